@@ -1,0 +1,130 @@
+//! The read side analysts use (`tillstream query`, the HTTP API), and the
+//! raw scans `verify` walks.
+
+use serde::Serialize;
+
+use crate::rows::*;
+use crate::store::StoreError;
+
+/// Width of a time bucket of a sales series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bucket {
+    /// One row per hour.
+    Hour,
+    /// One row per day.
+    Day,
+}
+
+/// One bucket of a sales series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct SalesBucket {
+    /// Start of the bucket (UTC µs).
+    pub start_us: i64,
+    /// Sales in it.
+    pub sales: u64,
+    /// Refunds in it.
+    pub refunds: u64,
+    /// Units sold.
+    pub items: i64,
+    /// Σ gross of sales.
+    pub gross: i64,
+    /// Σ tax of sales.
+    pub tax: i64,
+    /// Σ gross of refunds.
+    pub refunded: i64,
+    /// gross − refunded.
+    pub net: i64,
+}
+
+/// Ranking of [`Query::top_skus`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TopBy {
+    /// Units sold (net of refunds).
+    Quantity,
+    /// Amount sold (net of refunds).
+    Revenue,
+}
+
+/// One SKU's totals over a time range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SkuTotal {
+    /// Store (0 when summed over all stores).
+    pub store: u32,
+    /// Product.
+    pub sku: u64,
+    /// Units sold net of refunds.
+    pub quantity: i64,
+    /// Amount sold net of refunds.
+    pub revenue: i64,
+    /// Sale lines counted.
+    pub lines: u64,
+}
+
+/// A borrowed row of any table, as [`Query::scan`] hands them out.
+#[derive(Debug, Clone, Copy)]
+pub enum RowRef<'a> {
+    /// `sales`
+    Sale(&'a SaleRow),
+    /// `sale_lines`
+    SaleLine(&'a SaleLineRow),
+    /// `stock_movements`
+    Movement(&'a StockMovementRow),
+    /// `stock_levels`
+    Level(&'a StockLevelRow),
+    /// `terminal_rollups`
+    Rollup(&'a TerminalRollupRow),
+    /// `device_health`
+    Health(&'a DeviceHealthRow),
+    /// `device_watermarks`
+    Watermark(&'a WatermarkRow),
+    /// `device_batches`
+    Batch(&'a BatchRow),
+    /// `rejected_events`
+    Rejected(&'a RejectedEventRow),
+    /// `dead_letters`
+    DeadLetter(&'a DeadLetterRow),
+}
+
+/// Reads of the tables. Times are UTC µs, ranges are `[from, to)`.
+pub trait Query {
+    /// Sales and refunds of one store (or all) bucketed by hour or day.
+    /// Buckets without sales are left out.
+    fn sales_by_time(
+        &self,
+        store: Option<u32>,
+        from_us: i64,
+        to_us: i64,
+        bucket: Bucket,
+    ) -> Result<Vec<SalesBucket>, StoreError>;
+
+    /// The `limit` best SKUs of one store (or all, summed per SKU with
+    /// `store` 0) by quantity or revenue, best first.
+    fn top_skus(
+        &self,
+        store: Option<u32>,
+        from_us: i64,
+        to_us: i64,
+        by: TopBy,
+        limit: usize,
+    ) -> Result<Vec<SkuTotal>, StoreError>;
+
+    /// A SKU's stock movements in time order, each with its level after.
+    fn stock_history(
+        &self,
+        store: u32,
+        sku: u64,
+        from_us: i64,
+        to_us: i64,
+    ) -> Result<Vec<StockMovementRow>, StoreError>;
+
+    /// Current levels strictly below `below`, lowest first.
+    fn low_stock(&self, store: Option<u32>, below: i64) -> Result<Vec<StockLevelRow>, StoreError>;
+
+    /// Every device's durable watermark, by device.
+    fn watermarks(&self) -> Result<Vec<WatermarkRow>, StoreError>;
+
+    /// Hands every row of `table` to `f`, in the table's key order.
+    fn scan(&self, table: Table, f: &mut dyn FnMut(RowRef<'_>)) -> Result<(), StoreError>;
+}

@@ -1,0 +1,96 @@
+//! The `Store` trait: what the engine needs from a backend.
+
+use crate::rows::{RowSet, StockLevelRow, StockMovementRow, TerminalRollupRow};
+
+/// Errors of a store. A store that failed to make data durable is
+/// [`StoreError::Poisoned`] from then on: it refuses every further commit,
+/// and the engine stops acknowledging. A failed fsync is never retried (the
+/// kernel may have dropped the dirty pages it reported on).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// An earlier write or sync failed; nothing more is accepted until the
+    /// process restarts and recovers from what is on disk.
+    #[error(
+        "the store is poisoned after an earlier failed write or sync ({0}); restart to recover"
+    )]
+    Poisoned(String),
+    /// The backend failed.
+    #[error("{op} failed: {source}")]
+    Backend {
+        /// What was being done.
+        op: &'static str,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Stored bytes could not be decoded.
+    #[error("corrupt {what} in the store: {reason}")]
+    Corrupt {
+        /// Which record.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The data directory could not be opened.
+    #[error("cannot open the store at {path}: {reason}")]
+    Open {
+        /// The directory.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a commit did, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitInfo {
+    /// Logical rows written.
+    pub rows: usize,
+    /// Physical records written (blocks and point keys).
+    pub records: usize,
+    /// Bytes written before compression.
+    pub bytes: usize,
+}
+
+/// What the engine reads back to rebuild a store's entities on activation.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct StoreSnapshot {
+    /// Current level of every SKU of the store.
+    pub levels: Vec<StockLevelRow>,
+    /// The store's stock movements stamped at or after the `since` time
+    /// asked for, in (ts, key, line) order: the late window of each SKU.
+    pub recent_movements: Vec<StockMovementRow>,
+    /// The store's terminal rollups of the days asked for.
+    pub rollups: Vec<TerminalRollupRow>,
+}
+
+/// A storage backend. Methods block: the engine calls them from its
+/// flusher thread or from `spawn_blocking`, never on an async worker.
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Writes every row of `rows` atomically and durably, and returns only
+    /// once they are durable (fsynced, or acknowledged at the configured
+    /// consistency). Either all rows of the call become visible after a
+    /// crash or none do. Snapshot rows are upserts: stock levels keep the
+    /// highest `version`, watermarks the highest `seq`.
+    fn commit(&self, rows: &RowSet) -> Result<CommitInfo, StoreError>;
+
+    /// The highest durable batch seq of a device (0 if none).
+    fn watermark(&self, device: u64) -> Result<u64, StoreError>;
+
+    /// Everything needed to activate the entities of `store`: all its stock
+    /// levels, its movements stamped at or after `movements_since_us`, and
+    /// its rollups of days at or after `rollups_since_day`.
+    fn load_store(
+        &self,
+        store: u32,
+        movements_since_us: i64,
+        rollups_since_day: u32,
+    ) -> Result<StoreSnapshot, StoreError>;
+
+    /// Ok while the store accepts writes; the poison reason otherwise.
+    fn check_writable(&self) -> Result<(), StoreError>;
+
+    /// A short name of the backend (`embedded`, `scylla`).
+    fn backend(&self) -> &'static str;
+}
