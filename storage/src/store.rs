@@ -53,16 +53,15 @@ pub struct CommitInfo {
     pub bytes: usize,
 }
 
-/// What the engine reads back to rebuild a store's entities on activation.
+/// What a shard reads back to activate the SKUs of one store: their
+/// current levels and the movements of their late window.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct StoreSnapshot {
     /// Current level of every SKU of the store.
     pub levels: Vec<StockLevelRow>,
     /// The store's stock movements stamped at or after the `since` time
-    /// asked for, in (ts, key, line) order: the late window of each SKU.
+    /// asked for, in (ts, key, line) order.
     pub recent_movements: Vec<StockMovementRow>,
-    /// The store's terminal rollups of the days asked for.
-    pub rollups: Vec<TerminalRollupRow>,
 }
 
 /// A storage backend. Methods block: the engine calls them from its
@@ -78,15 +77,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The highest durable batch seq of a device (0 if none).
     fn watermark(&self, device: u64) -> Result<u64, StoreError>;
 
-    /// Everything needed to activate the entities of `store`: all its stock
-    /// levels, its movements stamped at or after `movements_since_us`, and
-    /// its rollups of days at or after `rollups_since_day`.
-    fn load_store(
-        &self,
-        store: u32,
-        movements_since_us: i64,
-        rollups_since_day: u32,
-    ) -> Result<StoreSnapshot, StoreError>;
+    /// Current level of every SKU of `store` (activation, step one).
+    fn load_levels(&self, store: u32) -> Result<Vec<StockLevelRow>, StoreError>;
+
+    /// Stock movements of `store` stamped at or after `since_us`, in
+    /// (ts, key, line) order (activation, step two: the late window).
+    fn load_movements(&self, store: u32, since_us: i64) -> Result<Vec<StockMovementRow>, StoreError>;
+
+    /// Terminal rollups of one store and day (activation of a terminal day).
+    fn load_rollups(&self, store: u32, day: u32) -> Result<Vec<TerminalRollupRow>, StoreError>;
 
     /// Ok while the store accepts writes; the poison reason otherwise.
     fn check_writable(&self) -> Result<(), StoreError>;
