@@ -14,16 +14,21 @@
 //! - the engine: it decides nothing about events, it stores rows;
 //! - a cache: every method goes to the backend.
 //!
-//! The CQL schema of the same tables lives in `schema/` beside this crate.
+//! The CQL schema of the same tables lives in `schema/` beside this crate
+//! and is embedded in [`schema`].
 
 pub mod query;
 pub mod rows;
+pub mod schema;
 pub mod store;
 pub mod time;
 pub mod verify;
 
 #[cfg(feature = "embedded")]
 pub mod embedded;
+
+#[cfg(test)]
+mod testutil;
 
 pub use query::*;
 pub use rows::*;

@@ -82,7 +82,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Stock movements of `store` stamped at or after `since_us`, in
     /// (ts, key, line) order (activation, step two: the late window).
-    fn load_movements(&self, store: u32, since_us: i64) -> Result<Vec<StockMovementRow>, StoreError>;
+    fn load_movements(
+        &self,
+        store: u32,
+        since_us: i64,
+    ) -> Result<Vec<StockMovementRow>, StoreError>;
 
     /// Terminal rollups of one store and day (activation of a terminal day).
     fn load_rollups(&self, store: u32, day: u32) -> Result<Vec<TerminalRollupRow>, StoreError>;

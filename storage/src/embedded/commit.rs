@@ -1,0 +1,244 @@
+//! The write path: one `RowSet` becomes one atomic fjall batch, then one
+//! sync. See the module docs of `embedded` for the invariants.
+
+use std::borrow::Cow;
+
+use fjall::{Keyspace, OwnedWriteBatch, Slice};
+use rkyv::util::AlignedVec;
+
+use super::blocks::{self, BlockRow};
+use super::{EmbeddedStore, backend_err, keys};
+use crate::rows::*;
+use crate::store::{CommitInfo, Store, StoreError};
+
+/// The batch being built and what it counts.
+struct Writer {
+    batch: OwnedWriteBatch,
+    info: CommitInfo,
+    blocks: usize,
+}
+
+impl Writer {
+    fn put(&mut self, ks: &Keyspace, key: &[u8], value: &[u8]) {
+        self.info.records += 1;
+        self.info.bytes += key.len() + value.len();
+        self.batch.insert(ks, Slice::from(key), Slice::from(value));
+    }
+}
+
+/// A block to write: its (partition, hour) and its rows.
+type Block<'a, T> = ((u64, u32), Cow<'a, Vec<T>>);
+
+/// Cache updates to apply once the commit is durable.
+#[derive(Default)]
+struct Durable {
+    levels: Vec<((u32, u64), u64)>,
+    marks: Vec<(u64, u64)>,
+}
+
+impl EmbeddedStore {
+    /// [`Store::commit`]: see the module docs.
+    pub(super) fn commit_rows(&self, rows: &RowSet) -> Result<CommitInfo, StoreError> {
+        let mut next_id = self.commit_lock.lock();
+        self.check_writable()?;
+        if rows.is_empty() {
+            return Ok(CommitInfo::default());
+        }
+        let id = *next_id;
+        let span = tracing::debug_span!(
+            "commit",
+            id,
+            rows = rows.len(),
+            blocks = tracing::field::Empty
+        );
+        let _entered = span.enter();
+
+        let mut w = Writer {
+            batch: self.db.batch(),
+            info: CommitInfo {
+                rows: rows.len(),
+                ..CommitInfo::default()
+            },
+            blocks: 0,
+        };
+        self.put_blocks(&mut w, &rows.sales, id)?;
+        self.put_blocks(&mut w, &rows.sale_lines, id)?;
+        self.put_blocks(&mut w, &rows.stock_movements, id)?;
+        self.put_blocks(&mut w, &rows.device_health, id)?;
+        self.put_blocks(&mut w, &rows.rejected, id)?;
+        self.put_blocks(&mut w, &rows.dead_letters, id)?;
+        let mut durable = Durable::default();
+        self.put_levels(&mut w, &rows.stock_levels, &mut durable)?;
+        self.put_marks(&mut w, &rows.watermarks, &mut durable)?;
+        self.put_rollups(&mut w, &rows.terminal_rollups)?;
+        self.put_batches(&mut w, &rows.batches)?;
+        w.put(&self.meta, keys::LAST_COMMIT, &id.to_be_bytes());
+        span.record("blocks", w.blocks);
+
+        let Writer { batch, info, .. } = w;
+        if let Err(e) = batch.commit() {
+            self.poison(format!("writing commit {id} failed: {e}"));
+            return Err(self.poisoned_err());
+        }
+        // The id is spent once written, whether or not the sync succeeds.
+        *next_id = id.saturating_add(1);
+        if let Err(e) = self.durability.sync(&self.db) {
+            self.poison(format!("syncing commit {id} failed: {e}"));
+            return Err(self.poisoned_err());
+        }
+        if !durable.levels.is_empty() {
+            self.level_versions.lock().extend(durable.levels);
+        }
+        if !durable.marks.is_empty() {
+            self.mark_seqs.write().extend(durable.marks);
+        }
+        Ok(info)
+    }
+
+    fn put_blocks<T: BlockRow>(
+        &self,
+        w: &mut Writer,
+        rows: &Vec<T>,
+        id: u64,
+    ) -> Result<(), StoreError> {
+        let Some(first) = rows.first() else {
+            return Ok(());
+        };
+        let first_key = (first.part(), crate::time::hour(first.ts_us()));
+        let single = rows
+            .iter()
+            .all(|r| (r.part(), crate::time::hour(r.ts_us())) == first_key);
+        // The common flush (one partition and hour) is encoded in place.
+        let groups: Vec<Block<'_, T>> = if single {
+            vec![(first_key, Cow::Borrowed(rows))]
+        } else {
+            blocks::group(rows)
+                .into_iter()
+                .map(|(k, v)| (k, Cow::Owned(v)))
+                .collect()
+        };
+        for ((part, hour), block) in groups {
+            let value = blocks::encode_block(block.as_ref())?;
+            w.put(
+                &self.blocks,
+                &keys::block_key(T::TABLE, part, hour, id),
+                &value,
+            );
+            w.blocks += 1;
+        }
+        Ok(())
+    }
+
+    /// Stock levels: the highest `version` wins, never overwritten by an
+    /// older one, whatever order commits land in. Ties keep what is stored.
+    fn put_levels(
+        &self,
+        w: &mut Writer,
+        rows: &[StockLevelRow],
+        durable: &mut Durable,
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let rows = blocks::dedupe(
+            rows,
+            |r| (r.store, r.sku),
+            |old, new| new.version >= old.version,
+        );
+        let mut cache = self.level_versions.lock();
+        let mut buf = AlignedVec::new();
+        for r in &rows {
+            let key = keys::level_key(r.store, r.sku);
+            let stored = match cache.get(&(r.store, r.sku)) {
+                Some(v) => Some(*v),
+                // A miss reads the disk; we hold the commit lock, so what
+                // we read is durable and may be cached.
+                None => match self
+                    .levels
+                    .get(key)
+                    .map_err(|e| backend_err("reading a level", e))?
+                {
+                    Some(v) => {
+                        let version = blocks::decode_one::<StockLevelRow>(&v, &mut buf)?.version;
+                        cache.insert((r.store, r.sku), version);
+                        Some(version)
+                    }
+                    None => None,
+                },
+            };
+            if stored.is_some_and(|v| v >= r.version) {
+                continue;
+            }
+            w.put(&self.levels, &key, &blocks::encode_one(r)?);
+            durable.levels.push(((r.store, r.sku), r.version));
+        }
+        Ok(())
+    }
+
+    /// Watermarks: the highest seq wins (a watermark of 0 is none).
+    fn put_marks(
+        &self,
+        w: &mut Writer,
+        rows: &[WatermarkRow],
+        durable: &mut Durable,
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for r in blocks::dedupe(rows, |r| r.device, |old, new| new.seq >= old.seq) {
+            if self.durable_watermark(r.device)? >= r.seq {
+                continue;
+            }
+            w.put(
+                &self.marks,
+                &keys::watermark_key(r.device),
+                &blocks::encode_one(&r)?,
+            );
+            durable.marks.push((r.device, r.seq));
+        }
+        Ok(())
+    }
+
+    /// Rollups: absolute values, the last write wins.
+    fn put_rollups(&self, w: &mut Writer, rows: &[TerminalRollupRow]) -> Result<(), StoreError> {
+        let rows = blocks::dedupe(
+            rows,
+            |r| (r.store, r.day, r.terminal, r.minute),
+            |_, _| true,
+        );
+        for r in &rows {
+            let key = keys::rollup_key(r.store, r.day, r.terminal, r.minute);
+            w.put(&self.rollups, &key, &blocks::encode_one(r)?);
+        }
+        Ok(())
+    }
+
+    /// The batch ledger: one point key per device batch, the last write wins.
+    fn put_batches(&self, w: &mut Writer, rows: &[BatchRow]) -> Result<(), StoreError> {
+        let rows = blocks::dedupe(rows, |r| (r.device, r.seq), |_, _| true);
+        for r in &rows {
+            let key = keys::batch_key(r.device, r.seq);
+            w.put(&self.batches, &key, &blocks::encode_one(r)?);
+        }
+        Ok(())
+    }
+
+    /// The durable watermark of `device`, from the cache or the disk (and
+    /// then cached). Call it with the commit lock held, so that no commit
+    /// is between its write and its sync.
+    pub(super) fn durable_watermark(&self, device: u64) -> Result<u64, StoreError> {
+        if let Some(seq) = self.mark_seqs.read().get(&device) {
+            return Ok(*seq);
+        }
+        let seq = match self
+            .marks
+            .get(keys::watermark_key(device))
+            .map_err(|e| backend_err("reading a watermark", e))?
+        {
+            Some(v) => blocks::decode_one::<WatermarkRow>(&v, &mut AlignedVec::new())?.seq,
+            None => 0,
+        };
+        self.mark_seqs.write().insert(device, seq);
+        Ok(seq)
+    }
+}

@@ -1,0 +1,158 @@
+//! Key encodings of the embedded store. Every integer is big-endian, so
+//! the byte order of keys is the numeric order of their fields and a prefix
+//! or range scan returns records in (partition, time, commit) order.
+
+use std::ops::RangeInclusive;
+
+use crate::rows::Table;
+
+/// Keyspace of the time-series blocks (every raw table).
+pub(crate) const BLOCKS: &str = "blocks";
+/// Keyspace of `stock_levels`.
+pub(crate) const LEVELS: &str = "stock_levels";
+/// Keyspace of `terminal_rollups`.
+pub(crate) const ROLLUPS: &str = "terminal_rollups";
+/// Keyspace of `device_watermarks`.
+pub(crate) const WATERMARKS: &str = "device_watermarks";
+/// Keyspace of `device_batches`.
+pub(crate) const BATCHES: &str = "device_batches";
+/// Keyspace of the store's own bookkeeping.
+pub(crate) const META: &str = "meta";
+
+/// Key (in [`META`]) of the id of the last commit.
+pub(crate) const LAST_COMMIT: &[u8] = b"last_commit";
+
+/// Bytes of the partition field of a block key of `table`: 4 for the store
+/// tables, 8 for the device tables, 0 for `dead_letters`.
+pub(crate) fn part_width(table: Table) -> usize {
+    match table {
+        Table::Sales | Table::SaleLines | Table::StockMovements => 4,
+        Table::DeviceHealth | Table::RejectedEvents => 8,
+        _ => 0,
+    }
+}
+
+/// Writes the partition field of `table` (`part` is a store or a device).
+fn push_part(key: &mut Vec<u8>, table: Table, part: u64) {
+    match part_width(table) {
+        4 => key.extend_from_slice(&u32::try_from(part).unwrap_or(u32::MAX).to_be_bytes()),
+        8 => key.extend_from_slice(&part.to_be_bytes()),
+        _ => {}
+    }
+}
+
+/// `table u8 | partition | hour u32 | commit u64`.
+pub(crate) fn block_key(table: Table, part: u64, hour: u32, commit: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + 8 + 4 + 8);
+    key.push(table as u8);
+    push_part(&mut key, table, part);
+    key.extend_from_slice(&hour.to_be_bytes());
+    key.extend_from_slice(&commit.to_be_bytes());
+    key
+}
+
+/// Prefix of every block of `table`, or of one partition of it.
+pub(crate) fn block_prefix(table: Table, part: Option<u64>) -> Vec<u8> {
+    let mut key = vec![table as u8];
+    if let Some(part) = part {
+        push_part(&mut key, table, part);
+    }
+    key
+}
+
+/// The keys of the blocks of one partition of `table` whose hour is in
+/// `from_hour..=to_hour`.
+pub(crate) fn block_range(
+    table: Table,
+    part: u64,
+    from_hour: u32,
+    to_hour: u32,
+) -> RangeInclusive<Vec<u8>> {
+    let mut start = block_prefix(table, Some(part));
+    let mut end = start.clone();
+    start.extend_from_slice(&from_hour.to_be_bytes());
+    end.extend_from_slice(&to_hour.to_be_bytes());
+    end.extend_from_slice(&u64::MAX.to_be_bytes());
+    start..=end
+}
+
+/// The hour field of a block key of `table`, if the key is well formed.
+pub(crate) fn block_hour(table: Table, key: &[u8]) -> Option<u32> {
+    let at = 1 + part_width(table);
+    let bytes: [u8; 4] = key.get(at..at + 4)?.try_into().ok()?;
+    (key.len() == at + 12 && key.first() == Some(&(table as u8)))
+        .then_some(u32::from_be_bytes(bytes))
+}
+
+/// `store u32 | sku u64`.
+pub(crate) fn level_key(store: u32, sku: u64) -> [u8; 12] {
+    let mut key = [0; 12];
+    key[..4].copy_from_slice(&store.to_be_bytes());
+    key[4..].copy_from_slice(&sku.to_be_bytes());
+    key
+}
+
+/// `store u32 | day u32 | terminal u32 | minute u16`.
+pub(crate) fn rollup_key(store: u32, day: u32, terminal: u32, minute: u16) -> [u8; 14] {
+    let mut key = [0; 14];
+    key[..4].copy_from_slice(&store.to_be_bytes());
+    key[4..8].copy_from_slice(&day.to_be_bytes());
+    key[8..12].copy_from_slice(&terminal.to_be_bytes());
+    key[12..].copy_from_slice(&minute.to_be_bytes());
+    key
+}
+
+/// `store u32 | day u32`: the prefix of one store's rollups of a day.
+pub(crate) fn rollup_day_prefix(store: u32, day: u32) -> [u8; 8] {
+    let mut key = [0; 8];
+    key[..4].copy_from_slice(&store.to_be_bytes());
+    key[4..].copy_from_slice(&day.to_be_bytes());
+    key
+}
+
+/// `device u64`.
+pub(crate) fn watermark_key(device: u64) -> [u8; 8] {
+    device.to_be_bytes()
+}
+
+/// `device u64 | seq u64`.
+pub(crate) fn batch_key(device: u64, seq: u64) -> [u8; 16] {
+    let mut key = [0; 16];
+    key[..8].copy_from_slice(&device.to_be_bytes());
+    key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_keys_sort_by_partition_hour_commit() {
+        let a = block_key(Table::Sales, 7, 10, u64::MAX);
+        let b = block_key(Table::Sales, 7, 11, 0);
+        let c = block_key(Table::Sales, 8, 0, 0);
+        assert!(a < b && b < c);
+        assert_eq!(block_hour(Table::Sales, &b), Some(11));
+        assert_eq!(block_hour(Table::DeviceHealth, &b), None);
+        let r = block_range(Table::Sales, 7, 10, 10);
+        assert!(r.contains(&a) && !r.contains(&b));
+        assert!(
+            block_key(Table::DeadLetters, 99, 3, 1)
+                .starts_with(&block_prefix(Table::DeadLetters, None))
+        );
+        assert_eq!(
+            block_hour(Table::DeadLetters, &block_key(Table::DeadLetters, 0, 3, 1)),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn point_keys_sort_numerically() {
+        assert!(level_key(1, u64::MAX) < level_key(2, 0));
+        assert!(rollup_key(1, 2, 3, 1439) < rollup_key(1, 2, 4, 0));
+        assert!(rollup_key(1, 2, 3, 4).starts_with(&rollup_day_prefix(1, 2)));
+        assert!(batch_key(1, 300) < batch_key(2, 1));
+        assert_eq!(watermark_key(1), [0, 0, 0, 0, 0, 0, 0, 1]);
+    }
+}

@@ -1,0 +1,318 @@
+//! The read side of the embedded store: block scans filtered by time, and
+//! the [`Query`] implementation on top of them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use fjall::{Iter, Keyspace};
+use rkyv::util::AlignedVec;
+
+use super::blocks::{self, BlockRow, StoredRow};
+use super::{EmbeddedStore, backend_err, keys};
+use crate::query::*;
+use crate::rows::*;
+use crate::store::StoreError;
+use crate::time;
+
+/// Rows of a [from, to) time range: the hours to read and the exact filter.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    from_us: i64,
+    to_us: i64,
+}
+
+impl Window {
+    const ALL: Window = Window {
+        from_us: i64::MIN,
+        to_us: i64::MAX,
+    };
+
+    fn hours(self) -> (u32, u32) {
+        (
+            time::hour(self.from_us),
+            time::hour(self.to_us.saturating_sub(1)),
+        )
+    }
+
+    fn contains(self, ts_us: i64) -> bool {
+        (self.from_us..self.to_us).contains(&ts_us)
+    }
+}
+
+impl EmbeddedStore {
+    /// Hands every block of `T`'s table (of partition `part`, or of all)
+    /// whose hour meets `window` to `f`, in key order.
+    fn each_block<T: BlockRow>(
+        &self,
+        part: Option<u64>,
+        window: Window,
+        f: &mut dyn FnMut(Vec<T>),
+    ) -> Result<(), StoreError> {
+        let (from_h, to_h) = window.hours();
+        let iter: Iter = match part {
+            Some(p) => self
+                .blocks
+                .range(keys::block_range(T::TABLE, p, from_h, to_h)),
+            None if keys::part_width(T::TABLE) == 0 => {
+                self.blocks
+                    .range(keys::block_range(T::TABLE, 0, from_h, to_h))
+            }
+            None => self.blocks.prefix(keys::block_prefix(T::TABLE, None)),
+        };
+        let mut buf = AlignedVec::new();
+        for guard in iter {
+            let (key, value) = guard
+                .into_inner_if(|k| {
+                    keys::block_hour(T::TABLE, k).is_some_and(|h| (from_h..=to_h).contains(&h))
+                })
+                .map_err(|e| backend_err("reading a block", e))?;
+            let Some(value) = value else {
+                if keys::block_hour(T::TABLE, &key).is_none() {
+                    return Err(StoreError::Corrupt {
+                        what: T::WHAT,
+                        reason: format!("malformed block key of {} bytes", key.len()),
+                    });
+                }
+                continue;
+            };
+            f(blocks::decode_block::<T>(&value, &mut buf)?);
+        }
+        Ok(())
+    }
+
+    /// Rows of `T`'s table stamped in `window`, of one partition or all.
+    fn rows_in<T: BlockRow>(
+        &self,
+        part: Option<u64>,
+        window: Window,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        self.each_block::<T>(part, window, &mut |rows| {
+            out.extend(rows.into_iter().filter(|r| window.contains(r.ts_us())));
+        })?;
+        Ok(out)
+    }
+
+    /// Hands every point value of `ks` under `prefix` to `f`, decoded.
+    fn each_point<T: StoredRow>(
+        ks: &Keyspace,
+        prefix: &[u8],
+        f: &mut dyn FnMut(T),
+    ) -> Result<(), StoreError> {
+        let mut buf = AlignedVec::new();
+        for guard in ks.prefix(prefix) {
+            let value = guard
+                .value()
+                .map_err(|e| backend_err("reading a record", e))?;
+            f(blocks::decode_one::<T>(&value, &mut buf)?);
+        }
+        Ok(())
+    }
+
+    fn points<T: StoredRow>(ks: &Keyspace, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        Self::each_point(ks, prefix, &mut |r| out.push(r))?;
+        Ok(out)
+    }
+
+    /// Current levels of one store, or of all, in (store, sku) order.
+    pub(super) fn levels_of(&self, store: Option<u32>) -> Result<Vec<StockLevelRow>, StoreError> {
+        let prefix = store.map(u32::to_be_bytes);
+        Self::points(&self.levels, prefix.as_ref().map_or(&[][..], |p| &p[..]))
+    }
+
+    /// Rollups of one store and day, in (terminal, minute) order.
+    pub(super) fn rollups_of(
+        &self,
+        store: u32,
+        day: u32,
+    ) -> Result<Vec<TerminalRollupRow>, StoreError> {
+        Self::points(&self.rollups, &keys::rollup_day_prefix(store, day))
+    }
+
+    /// A store's movements stamped at or after `since_us`, in (ts, key,
+    /// line) order.
+    pub(super) fn movements_since(
+        &self,
+        store: u32,
+        since_us: i64,
+    ) -> Result<Vec<StockMovementRow>, StoreError> {
+        let window = Window {
+            from_us: since_us,
+            to_us: i64::MAX,
+        };
+        let mut rows: Vec<StockMovementRow> = self.rows_in(Some(u64::from(store)), window)?;
+        rows.sort_unstable_by_key(|r| (r.ts_us, r.key, r.line));
+        Ok(rows)
+    }
+}
+
+fn sign(kind: SaleKind) -> i64 {
+    match kind {
+        SaleKind::Sale => 1,
+        SaleKind::Refund => -1,
+    }
+}
+
+impl Query for EmbeddedStore {
+    /// `items` counts the units of sales only (like `gross`).
+    fn sales_by_time(
+        &self,
+        store: Option<u32>,
+        from_us: i64,
+        to_us: i64,
+        bucket: Bucket,
+    ) -> Result<Vec<SalesBucket>, StoreError> {
+        let mut out: BTreeMap<i64, SalesBucket> = BTreeMap::new();
+        if from_us >= to_us {
+            return Ok(Vec::new());
+        }
+        let window = Window { from_us, to_us };
+        self.each_block::<SaleRow>(store.map(u64::from), window, &mut |rows| {
+            for r in rows.iter().filter(|r| window.contains(r.ts_us)) {
+                let start_us = match bucket {
+                    Bucket::Hour => time::hour_start_us(time::hour(r.ts_us)),
+                    Bucket::Day => time::day_start_us(time::day(r.ts_us)),
+                };
+                let b = out.entry(start_us).or_insert_with(|| SalesBucket {
+                    start_us,
+                    ..SalesBucket::default()
+                });
+                match r.kind {
+                    SaleKind::Sale => {
+                        b.sales += 1;
+                        b.items += r.items;
+                        b.gross += r.gross;
+                        b.tax += r.tax;
+                    }
+                    SaleKind::Refund => {
+                        b.refunds += 1;
+                        b.refunded += r.gross;
+                    }
+                }
+            }
+        })?;
+        Ok(out
+            .into_values()
+            .map(|mut b| {
+                b.net = b.gross - b.refunded;
+                b
+            })
+            .collect())
+    }
+
+    fn top_skus(
+        &self,
+        store: Option<u32>,
+        from_us: i64,
+        to_us: i64,
+        by: TopBy,
+        limit: usize,
+    ) -> Result<Vec<SkuTotal>, StoreError> {
+        if from_us >= to_us || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let window = Window { from_us, to_us };
+        let mut totals: HashMap<(u32, u64), SkuTotal> = HashMap::new();
+        self.each_block::<SaleLineRow>(store.map(u64::from), window, &mut |rows| {
+            for r in rows.iter().filter(|r| window.contains(r.ts_us)) {
+                let s = if store.is_some() { r.store } else { 0 };
+                let t = totals.entry((s, r.sku)).or_insert(SkuTotal {
+                    store: s,
+                    sku: r.sku,
+                    quantity: 0,
+                    revenue: 0,
+                    lines: 0,
+                });
+                t.quantity += sign(r.kind) * i64::from(r.quantity);
+                t.revenue += sign(r.kind) * r.amount;
+                t.lines += 1;
+            }
+        })?;
+        let mut out: Vec<SkuTotal> = totals.into_values().collect();
+        out.sort_unstable_by(|a, b| {
+            let (ka, kb) = match by {
+                TopBy::Quantity => (a.quantity, b.quantity),
+                TopBy::Revenue => (a.revenue, b.revenue),
+            };
+            kb.cmp(&ka).then((a.store, a.sku).cmp(&(b.store, b.sku)))
+        });
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    fn stock_history(
+        &self,
+        store: u32,
+        sku: u64,
+        from_us: i64,
+        to_us: i64,
+    ) -> Result<Vec<StockMovementRow>, StoreError> {
+        if from_us >= to_us {
+            return Ok(Vec::new());
+        }
+        let window = Window { from_us, to_us };
+        let mut out = Vec::new();
+        self.each_block::<StockMovementRow>(Some(u64::from(store)), window, &mut |rows| {
+            out.extend(
+                rows.into_iter()
+                    .filter(|r| r.sku == sku && window.contains(r.ts_us)),
+            );
+        })?;
+        out.sort_unstable_by_key(|r| (r.ts_us, r.key, r.line));
+        Ok(out)
+    }
+
+    fn low_stock(&self, store: Option<u32>, below: i64) -> Result<Vec<StockLevelRow>, StoreError> {
+        let mut out: Vec<StockLevelRow> = self
+            .levels_of(store)?
+            .into_iter()
+            .filter(|r| r.level < below)
+            .collect();
+        out.sort_by_key(|r| (r.level, r.store, r.sku));
+        Ok(out)
+    }
+
+    fn watermarks(&self) -> Result<Vec<WatermarkRow>, StoreError> {
+        Self::points(&self.marks, &[])
+    }
+
+    fn scan(&self, table: Table, f: &mut dyn FnMut(RowRef<'_>)) -> Result<(), StoreError> {
+        let all = Window::ALL;
+        match table {
+            Table::Sales => self.each_block::<SaleRow>(None, all, &mut |rows| {
+                rows.iter().for_each(|r| f(RowRef::Sale(r)));
+            }),
+            Table::SaleLines => self.each_block::<SaleLineRow>(None, all, &mut |rows| {
+                rows.iter().for_each(|r| f(RowRef::SaleLine(r)));
+            }),
+            Table::StockMovements => self.each_block::<StockMovementRow>(None, all, &mut |rows| {
+                rows.iter().for_each(|r| f(RowRef::Movement(r)));
+            }),
+            Table::DeviceHealth => self.each_block::<DeviceHealthRow>(None, all, &mut |rows| {
+                rows.iter().for_each(|r| f(RowRef::Health(r)));
+            }),
+            Table::RejectedEvents => self.each_block::<RejectedEventRow>(None, all, &mut |rows| {
+                rows.iter().for_each(|r| f(RowRef::Rejected(r)));
+            }),
+            Table::DeadLetters => self.each_block::<DeadLetterRow>(None, all, &mut |rows| {
+                rows.iter().for_each(|r| f(RowRef::DeadLetter(r)));
+            }),
+            Table::StockLevels => {
+                Self::each_point::<StockLevelRow>(&self.levels, &[], &mut |r| f(RowRef::Level(&r)))
+            }
+            Table::TerminalRollups => {
+                Self::each_point::<TerminalRollupRow>(&self.rollups, &[], &mut |r| {
+                    f(RowRef::Rollup(&r));
+                })
+            }
+            Table::DeviceWatermarks => {
+                Self::each_point::<WatermarkRow>(&self.marks, &[], &mut |r| {
+                    f(RowRef::Watermark(&r))
+                })
+            }
+            Table::DeviceBatches => {
+                Self::each_point::<BatchRow>(&self.batches, &[], &mut |r| f(RowRef::Batch(&r)))
+            }
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Tests of the embedded store's write path: round trips, upsert rules,
+//! commit ids, poisoning, corrupt values, and a property test.
+
+use std::sync::Arc;
+
+use tempfile::TempDir;
+
+use super::*;
+use crate::query::{Query, RowRef};
+use crate::testutil::{T0, key, sample};
+use crate::verify::verify;
+
+pub(super) type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+pub(super) fn open() -> Result<(TempDir, EmbeddedStore), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let store = EmbeddedStore::open(dir.path())?;
+    Ok((dir, store))
+}
+
+/// Every row of every table, each table's rows sorted by their `Debug`
+/// text: equal results mean equal multisets.
+pub(super) fn dump(q: &dyn Query) -> Result<Vec<(Table, Vec<String>)>, StoreError> {
+    let mut out = Vec::new();
+    for t in Table::ALL {
+        let mut rows = Vec::new();
+        q.scan(t, &mut |r| {
+            rows.push(match r {
+                RowRef::Sale(x) => format!("{x:?}"),
+                RowRef::SaleLine(x) => format!("{x:?}"),
+                RowRef::Movement(x) => format!("{x:?}"),
+                RowRef::Level(x) => format!("{x:?}"),
+                RowRef::Rollup(x) => format!("{x:?}"),
+                RowRef::Health(x) => format!("{x:?}"),
+                RowRef::Watermark(x) => format!("{x:?}"),
+                RowRef::Batch(x) => format!("{x:?}"),
+                RowRef::Rejected(x) => format!("{x:?}"),
+                RowRef::DeadLetter(x) => format!("{x:?}"),
+            });
+        })?;
+        rows.sort();
+        out.push((t, rows));
+    }
+    Ok(out)
+}
+
+pub(super) fn dead_letter(ts_us: i64) -> DeadLetterRow {
+    DeadLetterRow {
+        ts_us,
+        device: Some(4),
+        peer: "192.0.2.7:4433".into(),
+        code: 2,
+        reason: "bad checksum".into(),
+        raw: vec![0xAB; 40],
+    }
+}
+
+fn level(sku: u64, level: i64, version: u64) -> StockLevelRow {
+    StockLevelRow {
+        store: 1,
+        sku,
+        level,
+        count_ts_us: None,
+        count_key: None,
+        updated_ts_us: T0,
+        version,
+    }
+}
+
+fn mark(device: u64, seq: u64) -> RowSet {
+    RowSet {
+        watermarks: vec![WatermarkRow {
+            device,
+            seq,
+            updated_at_us: T0,
+        }],
+        ..RowSet::default()
+    }
+}
+
+fn levels(rows: Vec<StockLevelRow>) -> RowSet {
+    RowSet {
+        stock_levels: rows,
+        ..RowSet::default()
+    }
+}
+
+#[test]
+fn the_store_is_send_sync_and_shared_by_arc() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<EmbeddedStore>();
+    assert_send_sync::<Arc<EmbeddedStore>>();
+}
+
+#[test]
+fn every_table_round_trips_through_a_reopen() -> TestResult {
+    let (dir, store) = open()?;
+    let mut rows = sample();
+    rows.dead_letters = vec![dead_letter(T0), dead_letter(T0 + 2 * time_hour())];
+    let info = store.commit(&rows)?;
+    assert_eq!(info.rows, rows.len());
+    // 13 blocks for 38 raw rows, 16 point keys, the commit id.
+    assert_eq!(info.records, 30, "{info:?}");
+    let before = dump(&store)?;
+    let expect = dump(&crate::testutil::MemQuery(rows.clone()))?;
+    assert_eq!(before, expect);
+    let next = store.next_commit_id();
+    drop(store);
+
+    let store = EmbeddedStore::open(dir.path())?;
+    assert_eq!(dump(&store)?, expect);
+    assert_eq!(store.next_commit_id(), next);
+    assert!(verify(&store, None)?.ok);
+    Ok(())
+}
+
+fn time_hour() -> i64 {
+    crate::time::HOUR_US
+}
+
+#[test]
+fn rows_split_over_many_commits_verify_ok() -> TestResult {
+    let (_dir, store) = open()?;
+    let rows = sample();
+    // One commit per table, raw rows first, as three flush ticks might.
+    let mut raw = rows.clone();
+    raw.stock_levels.clear();
+    raw.terminal_rollups.clear();
+    raw.watermarks.clear();
+    store.commit(&RowSet {
+        sales: raw.sales.split_off(2),
+        ..RowSet::default()
+    })?;
+    store.commit(&raw)?;
+    store.commit(&RowSet {
+        stock_levels: rows.stock_levels.clone(),
+        terminal_rollups: rows.terminal_rollups.clone(),
+        watermarks: rows.watermarks.clone(),
+        ..RowSet::default()
+    })?;
+    assert_eq!(store.next_commit_id(), 4);
+    let r = verify(&store, None)?;
+    assert!(r.ok, "{r:#?}");
+    assert_eq!(dump(&store)?, dump(&crate::testutil::MemQuery(rows))?);
+    Ok(())
+}
+
+#[test]
+fn an_empty_commit_writes_nothing() -> TestResult {
+    let (_dir, store) = open()?;
+    assert_eq!(store.commit(&RowSet::default())?, CommitInfo::default());
+    assert_eq!(store.next_commit_id(), 1);
+    Ok(())
+}
+
+#[test]
+fn the_highest_level_version_wins_in_either_order() -> TestResult {
+    for (first, second) in [(5u64, 3u64), (3, 5)] {
+        let (dir, store) = open()?;
+        store.commit(&levels(vec![level(100, first as i64 * 10, first)]))?;
+        store.commit(&levels(vec![level(100, second as i64 * 10, second)]))?;
+        assert_eq!(store.load_levels(1)?, vec![level(100, 50, 5)]);
+        drop(store);
+        // With a cold cache the stored version is read from disk.
+        let store = EmbeddedStore::open(dir.path())?;
+        store.commit(&levels(vec![level(100, 40, 4)]))?;
+        assert_eq!(store.load_levels(1)?, vec![level(100, 50, 5)]);
+        store.commit(&levels(vec![level(100, 60, 6)]))?;
+        assert_eq!(store.load_levels(1)?, vec![level(100, 60, 6)]);
+    }
+    // Within one commit too, whatever the order of the rows.
+    let (_dir, store) = open()?;
+    store.commit(&levels(vec![
+        level(7, 9, 9),
+        level(8, 1, 1),
+        level(7, 2, 2),
+    ]))?;
+    assert_eq!(store.load_levels(1)?, vec![level(7, 9, 9), level(8, 1, 1)]);
+    assert!(store.load_levels(2)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn the_highest_watermark_wins() -> TestResult {
+    let (dir, store) = open()?;
+    assert_eq!(store.watermark(1)?, 0);
+    store.commit(&mark(1, 5))?;
+    store.commit(&mark(1, 3))?;
+    store.commit(&mark(2, 1))?;
+    assert_eq!(store.watermark(1)?, 5);
+    drop(store);
+    let store = EmbeddedStore::open(dir.path())?;
+    store.commit(&mark(1, 4))?;
+    assert_eq!(store.watermark(1)?, 5);
+    assert_eq!(store.watermark(2)?, 1);
+    let seqs: Vec<_> = store
+        .watermarks()?
+        .iter()
+        .map(|w| (w.device, w.seq))
+        .collect();
+    assert_eq!(seqs, vec![(1, 5), (2, 1)]);
+    Ok(())
+}
+
+#[test]
+fn rollups_and_batches_are_upserts() -> TestResult {
+    let (_dir, store) = open()?;
+    let r = TerminalRollupRow {
+        store: 1,
+        day: 3,
+        terminal: 2,
+        minute: 4,
+        sales: 1,
+        ..Default::default()
+    };
+    let b = BatchRow {
+        device: 1,
+        seq: 1,
+        events: 3,
+        received_at_us: T0,
+    };
+    store.commit(&RowSet {
+        terminal_rollups: vec![r],
+        batches: vec![b],
+        ..RowSet::default()
+    })?;
+    let r2 = TerminalRollupRow { sales: 2, ..r };
+    let r3 = TerminalRollupRow { sales: 3, ..r };
+    store.commit(&RowSet {
+        terminal_rollups: vec![r2, r3],
+        batches: vec![b],
+        ..RowSet::default()
+    })?;
+    assert_eq!(store.load_rollups(1, 3)?, vec![r3]);
+    assert!(store.load_rollups(1, 4)?.is_empty());
+    let mut batches = 0;
+    store.scan(Table::DeviceBatches, &mut |_| batches += 1)?;
+    assert_eq!(batches, 1);
+    Ok(())
+}
+
+#[test]
+fn load_movements_returns_the_late_window_in_order() -> TestResult {
+    let (_dir, store) = open()?;
+    let mut rows = sample();
+    rows.stock_movements.reverse();
+    // Two commits, so blocks of one hour come from two commit ids.
+    let late = RowSet {
+        stock_movements: rows.stock_movements.split_off(4),
+        ..RowSet::default()
+    };
+    store.commit(&rows)?;
+    store.commit(&late)?;
+    let got = store.load_movements(1, T0 + 3 * crate::time::MINUTE_US)?;
+    let keys: Vec<_> = got.iter().map(|m| (m.key, m.line)).collect();
+    assert_eq!(
+        keys,
+        vec![(key(2, 1, 0), 0), (key(2, 1, 1), 0), (key(1, 2, 0), 0)]
+    );
+    let all = store.load_movements(1, 0)?;
+    assert_eq!(all.len(), 8);
+    assert!(
+        all.windows(2)
+            .all(|w| (w[0].ts_us, w[0].key, w[0].line) <= (w[1].ts_us, w[1].key, w[1].line))
+    );
+    assert!(
+        store
+            .load_movements(1, T0 + 2 * crate::time::HOUR_US)?
+            .is_empty()
+    );
+    assert_eq!(store.load_movements(2, 0)?.len(), 3);
+    Ok(())
+}
+
+#[test]
+fn a_failed_sync_poisons_for_good() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = EmbeddedStore::open_with_failing_sync(dir.path(), 1)?;
+    store.commit(&mark(1, 1))?;
+    store.check_writable()?;
+    let err = store.commit(&mark(1, 2));
+    assert!(
+        matches!(err, Err(StoreError::Poisoned(ref why)) if why.contains("injected")),
+        "{err:?}"
+    );
+    assert!(store.is_poisoned());
+    assert!(matches!(
+        store.check_writable(),
+        Err(StoreError::Poisoned(_))
+    ));
+    // Nothing later is accepted, not even an empty commit.
+    assert!(matches!(
+        store.commit(&mark(1, 3)),
+        Err(StoreError::Poisoned(_))
+    ));
+    assert!(matches!(
+        store.commit(&RowSet::default()),
+        Err(StoreError::Poisoned(_))
+    ));
+    // The watermark reported stays the durable one.
+    assert_eq!(store.watermark(1)?, 1);
+    Ok(())
+}
+
+#[test]
+fn poison_for_test_refuses_commits() -> TestResult {
+    let (_dir, store) = open()?;
+    store.poison_for_test("disk full");
+    store.poison_for_test("second reason is not kept");
+    match store.commit(&sample()) {
+        Err(StoreError::Poisoned(why)) => assert_eq!(why, "disk full"),
+        other => return Err(format!("expected Poisoned, got {other:?}").into()),
+    }
+    assert!(format!("{store:?}").contains("poisoned: true"));
+    Ok(())
+}
+
+#[test]
+fn corrupt_values_are_errors_not_panics() -> TestResult {
+    let (_dir, store) = open()?;
+    store.commit(&sample())?;
+    store.levels.insert(keys::level_key(1, 5), [0xFFu8; 7])?;
+    assert!(matches!(
+        store.load_levels(1),
+        Err(StoreError::Corrupt { .. })
+    ));
+    let k = keys::block_key(Table::Sales, 1, crate::time::hour(T0), 999);
+    store.blocks.insert(k, [1u8, 2, 3])?;
+    assert!(matches!(
+        store.scan(Table::Sales, &mut |_| {}),
+        Err(StoreError::Corrupt { .. })
+    ));
+    // A malformed key inside a table's prefix is corrupt too.
+    store
+        .blocks
+        .insert([Table::SaleLines as u8, 0, 0], [0u8; 8])?;
+    assert!(matches!(
+        store.scan(Table::SaleLines, &mut |_| {}),
+        Err(StoreError::Corrupt { .. })
+    ));
+    store.marks.insert(keys::watermark_key(77), [9u8; 3])?;
+    assert!(matches!(
+        store.watermark(77),
+        Err(StoreError::Corrupt { .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn concurrent_commits_get_distinct_ids() -> TestResult {
+    let (_dir, store) = open()?;
+    let store = Arc::new(store);
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || -> Result<(), StoreError> {
+                for i in 0..5 {
+                    let mut g = crate::testutil::Gen::default();
+                    g.health(key(t, i, 0), 1, T0);
+                    store.commit(&g.finish())?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().map_err(|_| "a thread panicked")??;
+    }
+    assert_eq!(store.next_commit_id(), 21);
+    let mut n = 0;
+    store.scan(Table::DeviceHealth, &mut |_| n += 1)?;
+    assert_eq!(n, 20);
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! Tests of the embedded store's [`Query`] implementation on the sample
+//! data set of `testutil` (expected figures worked out by hand there).
+
+use super::tests::{TestResult, open};
+use crate::query::*;
+use crate::rows::*;
+use crate::store::Store;
+use crate::testutil::{T0, sample};
+use crate::time::{DAY_US, HOUR_US, MINUTE_US};
+
+fn loaded() -> Result<(tempfile::TempDir, super::EmbeddedStore), Box<dyn std::error::Error>> {
+    let (dir, store) = open()?;
+    let mut rows = sample();
+    // Two commits, so that one hour has blocks of two commit ids.
+    let second = RowSet {
+        sales: rows.sales.split_off(3),
+        sale_lines: rows.sale_lines.split_off(5),
+        ..RowSet::default()
+    };
+    store.commit(&rows)?;
+    store.commit(&second)?;
+    Ok((dir, store))
+}
+
+fn bucket(
+    start_us: i64,
+    sales: u64,
+    refunds: u64,
+    items: i64,
+    gross: i64,
+    tax: i64,
+    refunded: i64,
+) -> SalesBucket {
+    SalesBucket {
+        start_us,
+        sales,
+        refunds,
+        items,
+        gross,
+        tax,
+        refunded,
+        net: gross - refunded,
+    }
+}
+
+#[test]
+fn sales_by_hour_and_by_day() -> TestResult {
+    let (_dir, store) = loaded()?;
+    let hours = store.sales_by_time(Some(1), T0, T0 + DAY_US, Bucket::Hour)?;
+    assert_eq!(
+        hours,
+        vec![
+            bucket(T0, 2, 1, 7, 2047, 204, 1000),
+            bucket(T0 + HOUR_US, 1, 0, 4, 1000, 100, 0)
+        ]
+    );
+    let days = store.sales_by_time(None, T0, T0 + 2 * DAY_US, Bucket::Day)?;
+    assert_eq!(
+        days,
+        vec![
+            bucket(T0, 3, 1, 11, 3047, 304, 1000),
+            bucket(T0 + DAY_US, 1, 0, 6, 400, 40, 0)
+        ]
+    );
+    // [from, to): the refund at T0+2m is in, the sale at T0+1h is out.
+    let edge = store.sales_by_time(Some(1), T0 + 2 * MINUTE_US, T0 + HOUR_US, Bucket::Day)?;
+    assert_eq!(edge, vec![bucket(T0, 0, 1, 0, 0, 0, 1000)]);
+    assert!(
+        store
+            .sales_by_time(Some(2), T0, T0 + DAY_US, Bucket::Hour)?
+            .is_empty()
+    );
+    assert!(store.sales_by_time(None, T0, T0, Bucket::Hour)?.is_empty());
+    Ok(())
+}
+
+fn ranking(v: &[SkuTotal]) -> Vec<(u32, u64, i64, i64, u64)> {
+    v.iter()
+        .map(|t| (t.store, t.sku, t.quantity, t.revenue, t.lines))
+        .collect()
+}
+
+#[test]
+fn top_skus_by_quantity_and_revenue() -> TestResult {
+    let (_dir, store) = loaded()?;
+    let all = (T0, T0 + 2 * DAY_US);
+    let q = store.top_skus(None, all.0, all.1, TopBy::Quantity, 10)?;
+    assert_eq!(
+        ranking(&q),
+        vec![
+            (0, 100, 8, 2050, 4),
+            (0, 200, 5, 100, 1),
+            (0, 102, 3, 297, 1),
+            (0, 101, 0, 0, 2)
+        ]
+    );
+    let r = store.top_skus(None, all.0, all.1, TopBy::Revenue, 2)?;
+    assert_eq!(ranking(&r), vec![(0, 100, 8, 2050, 4), (0, 102, 3, 297, 1)]);
+    let one = store.top_skus(Some(1), all.0, all.1, TopBy::Quantity, 1)?;
+    assert_eq!(ranking(&one), vec![(1, 100, 7, 1750, 3)]);
+    assert!(
+        store
+            .top_skus(Some(1), all.0, all.1, TopBy::Quantity, 0)?
+            .is_empty()
+    );
+    Ok(())
+}
+
+#[test]
+fn stock_history_in_time_order() -> TestResult {
+    let (_dir, store) = loaded()?;
+    let h = store.stock_history(1, 100, T0, T0 + DAY_US)?;
+    let levels: Vec<_> = h.iter().map(|m| (m.reason, m.level_after)).collect();
+    use MovementReason::*;
+    assert_eq!(
+        levels,
+        vec![
+            (Sale, -2),
+            (Sale, -3),
+            (Receipt, 47),
+            (CountCorrection, 40),
+            (Sale, 36)
+        ]
+    );
+    let window = store.stock_history(1, 100, T0 + 3 * MINUTE_US, T0 + HOUR_US)?;
+    assert_eq!(window.len(), 2);
+    assert!(store.stock_history(1, 999, T0, T0 + DAY_US)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn low_stock_lowest_first() -> TestResult {
+    let (_dir, store) = loaded()?;
+    let low: Vec<_> = store
+        .low_stock(None, 1)?
+        .iter()
+        .map(|l| (l.store, l.sku, l.level))
+        .collect();
+    assert_eq!(
+        low,
+        vec![(2, 200, -7), (1, 102, -3), (2, 100, -1), (1, 101, 0)]
+    );
+    let low: Vec<_> = store
+        .low_stock(Some(1), 0)?
+        .iter()
+        .map(|l| (l.sku, l.level))
+        .collect();
+    assert_eq!(low, vec![(102, -3)]);
+    Ok(())
+}
+
+#[test]
+fn watermarks_and_rollups() -> TestResult {
+    let (_dir, store) = loaded()?;
+    let marks: Vec<_> = store
+        .watermarks()?
+        .iter()
+        .map(|w| (w.device, w.seq))
+        .collect();
+    assert_eq!(marks, vec![(1, 2), (2, 1), (3, 1)]);
+    let r: Vec<_> = store
+        .load_rollups(1, crate::time::day(T0))?
+        .iter()
+        .map(|r| {
+            (
+                r.terminal, r.minute, r.sales, r.refunds, r.gross, r.refunded,
+            )
+        })
+        .collect();
+    assert_eq!(
+        r,
+        vec![
+            (10, 1, 2, 0, 2047, 0),
+            (10, 2, 0, 1, 0, 1000),
+            (10, 60, 1, 0, 1000, 0)
+        ]
+    );
+    let levels: Vec<_> = store
+        .load_levels(1)?
+        .iter()
+        .map(|l| (l.sku, l.level))
+        .collect();
+    assert_eq!(levels, vec![(100, 36), (101, 0), (102, -3)]);
+    Ok(())
+}

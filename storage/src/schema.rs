@@ -1,0 +1,121 @@
+//! The CQL schema of the tables for ScyllaDB (`storage/schema/*.cql`),
+//! embedded in the binary so `tillstream schema apply` needs no files.
+
+/// One schema file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaFile {
+    /// File name, applied in name order.
+    pub name: &'static str,
+    /// CQL text: statements ending in `;`, `--` comments.
+    pub cql: &'static str,
+}
+
+/// The schema files, in the order to apply them.
+pub const FILES: [SchemaFile; 2] = [
+    SchemaFile {
+        name: "001_keyspace.cql",
+        cql: include_str!("../schema/001_keyspace.cql"),
+    },
+    SchemaFile {
+        name: "002_tables.cql",
+        cql: include_str!("../schema/002_tables.cql"),
+    },
+];
+
+/// The statements of a CQL text, without comments or the final `;`, in
+/// order. Loose: it does not handle `;` or `--` inside string literals,
+/// which the schema files do not use.
+pub fn statements(cql: &str) -> Vec<String> {
+    let text: String = cql
+        .lines()
+        .map(|l| l.split_once("--").map_or(l, |(code, _)| code))
+        .collect::<Vec<_>>()
+        .join("\n");
+    text.split(';')
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Every statement of every schema file, in order.
+pub fn all_statements() -> Vec<String> {
+    FILES.iter().flat_map(|f| statements(f.cql)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rows::Table;
+
+    #[test]
+    fn every_statement_ends_and_every_table_is_created() -> Result<(), String> {
+        for f in FILES {
+            let code: Vec<&str> = f
+                .cql
+                .lines()
+                .map(|l| l.split_once("--").map_or(l, |(c, _)| c).trim())
+                .filter(|l| !l.is_empty())
+                .collect();
+            let last = code.last().ok_or(format!("{} is empty", f.name))?;
+            if !last.ends_with(';') {
+                return Err(format!(
+                    "{}: the last statement does not end in ';'",
+                    f.name
+                ));
+            }
+        }
+        let stmts = all_statements();
+        for s in &stmts {
+            if !s.starts_with("CREATE ") {
+                return Err(format!("not a CREATE statement: {s}"));
+            }
+            if s.matches('(').count() != s.matches(')').count() {
+                return Err(format!("unbalanced parentheses: {s}"));
+            }
+        }
+        let ks = stmts.first().ok_or("no statement")?;
+        if !(ks.starts_with("CREATE KEYSPACE IF NOT EXISTS tillstream")
+            && ks.contains("NetworkTopologyStrategy"))
+        {
+            return Err(format!(
+                "the first statement must create the keyspace: {ks}"
+            ));
+        }
+        for t in Table::ALL {
+            let head = format!("CREATE TABLE IF NOT EXISTS tillstream.{} (", t.name());
+            let s = stmts
+                .iter()
+                .find(|s| s.starts_with(&head))
+                .ok_or(format!("no CREATE TABLE for {}", t.name()))?;
+            if !s.contains("PRIMARY KEY ((") {
+                return Err(format!("{}: no partition key", t.name()));
+            }
+            let series = !matches!(
+                t,
+                Table::StockLevels | Table::TerminalRollups | Table::DeviceWatermarks
+            );
+            let twcs =
+                s.contains("TimeWindowCompactionStrategy") && s.contains("default_time_to_live");
+            if series != twcs {
+                return Err(format!(
+                    "{}: TWCS and TTL only, and always, on time series",
+                    t.name()
+                ));
+            }
+        }
+        if stmts.len() != 1 + Table::ALL.len() {
+            return Err(format!(
+                "{} statements, expected {}",
+                stmts.len(),
+                1 + Table::ALL.len()
+            ));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn statements_strip_comments() {
+        let s = statements("-- a; b\nCREATE X (a int); -- c\n\nCREATE Y;");
+        assert_eq!(s, vec!["CREATE X (a int)", "CREATE Y"]);
+    }
+}

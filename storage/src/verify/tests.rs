@@ -1,0 +1,239 @@
+//! Tests of [`verify`](super::verify) on hand-built row sets.
+
+use super::*;
+use crate::testutil::{MemQuery, T0, key, sample};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn check(rows: RowSet, expected: Option<&[ExpectedBatch]>) -> Result<VerifyReport, StoreError> {
+    verify(&MemQuery(rows), expected)
+}
+
+/// The report has exactly the problems asked for (and not ok).
+fn only(
+    r: &VerifyReport,
+    missing: u64,
+    dups: u64,
+    orphans: u64,
+    stock: u64,
+    rollups: u64,
+    lines: u64,
+) {
+    let got = (
+        r.missing,
+        r.duplicates,
+        r.orphans,
+        r.stock_mismatches,
+        r.rollup_mismatches,
+        r.line_mismatches,
+    );
+    assert_eq!(
+        got,
+        (missing, dups, orphans, stock, rollups, lines),
+        "{r:#?}"
+    );
+    assert!(!r.ok);
+    assert!(!r.problems.is_empty());
+}
+
+#[test]
+fn a_consistent_set_is_ok() -> TestResult {
+    let r = check(sample(), None)?;
+    assert!(r.ok, "{r:#?}");
+    assert!(r.problems.is_empty());
+    assert_eq!((r.events, r.batches, r.devices), (10, 4, 3));
+    let acked = [
+        ExpectedBatch {
+            device: 1,
+            seq: 1,
+            events: 3,
+        },
+        ExpectedBatch {
+            device: 3,
+            seq: 1,
+            events: 2,
+        },
+    ];
+    assert!(check(sample(), Some(&acked))?.ok);
+    assert!(check(RowSet::default(), Some(&[]))?.ok);
+    Ok(())
+}
+
+#[test]
+fn finds_a_duplicate() -> TestResult {
+    let mut rows = sample();
+    let dup = rows.sales[1];
+    rows.sales.push(dup);
+    let hp = rows.device_health[0];
+    rows.device_health.push(hp);
+    let r = check(rows, None)?;
+    only(&r, 0, 2, 0, 0, 0, 0);
+    assert_eq!(r.events, 10);
+    Ok(())
+}
+
+#[test]
+fn finds_a_missing_event() -> TestResult {
+    let mut rows = sample();
+    rows.device_health.clear();
+    only(&check(rows, None)?, 1, 0, 0, 0, 0, 0);
+
+    // An acknowledged batch the ledger does not know, and one whose
+    // ledger row is short.
+    let acked = [
+        ExpectedBatch {
+            device: 9,
+            seq: 1,
+            events: 4,
+        },
+        ExpectedBatch {
+            device: 1,
+            seq: 2,
+            events: 3,
+        },
+    ];
+    only(&check(sample(), Some(&acked))?, 7, 0, 0, 0, 0, 0);
+    Ok(())
+}
+
+#[test]
+fn finds_orphans() -> TestResult {
+    let mut rows = sample();
+    // A ledger row above the watermark.
+    rows.batches.push(BatchRow {
+        device: 1,
+        seq: 3,
+        events: 1,
+        received_at_us: T0,
+    });
+    only(&check(rows, None)?, 0, 0, 1, 0, 0, 0);
+
+    // An event of a batch with no ledger row, and one past its batch's end.
+    let mut rows = sample();
+    rows.device_health[0].key = key(2, 7, 0);
+    rows.rejected[0].key = key(1, 2, 5);
+    // Their former keys are now missing from durable batches.
+    only(&check(rows, None)?, 2, 0, 2, 0, 0, 0);
+    Ok(())
+}
+
+#[test]
+fn finds_a_wrong_level() -> TestResult {
+    let mut rows = sample();
+    rows.stock_levels[0].level += 1;
+    only(&check(rows, None)?, 0, 0, 0, 1, 0, 0);
+
+    // A level with no movement must be 0; a SKU with movements needs a level.
+    let mut rows = sample();
+    let mut ghost = rows.stock_levels[0];
+    ghost.sku = 999;
+    rows.stock_levels.push(ghost);
+    rows.stock_levels.remove(1);
+    only(&check(rows, None)?, 0, 0, 0, 2, 0, 0);
+    Ok(())
+}
+
+#[test]
+fn a_count_resets_the_level_and_later_movements_apply() -> TestResult {
+    let rows = sample();
+    // SKU 100 of store 1: sales -3 (-2 -1), receipt +50, count 40, sale -4.
+    let l = rows
+        .stock_levels
+        .iter()
+        .find(|l| (l.store, l.sku) == (1, 100))
+        .ok_or("no level")?;
+    assert_eq!(l.level, 36);
+    // A movement stamped before the count, arriving late, does not move
+    // the level: the stored level stays right without it.
+    let mut rows = sample();
+    let late = StockMovementRow {
+        ts_us: T0 + 90 * 1_000_000,
+        key: key(2, 1, 3),
+        reason: MovementReason::Shrink,
+        delta: -5,
+        applied: false,
+        ..rows.stock_movements[3]
+    };
+    rows.stock_movements.push(late);
+    rows.batches
+        .iter_mut()
+        .filter(|b| b.device == 2)
+        .for_each(|b| b.events = 4);
+    assert!(check(rows, None)?.ok);
+    Ok(())
+}
+
+#[test]
+fn finds_a_wrong_rollup() -> TestResult {
+    let mut rows = sample();
+    rows.terminal_rollups[0].gross += 1;
+    only(&check(rows, None)?, 0, 0, 0, 0, 1, 0);
+
+    let mut rows = sample();
+    rows.terminal_rollups.remove(0);
+    let extra = TerminalRollupRow {
+        minute: 1000,
+        sales: 1,
+        ..rows.terminal_rollups[0]
+    };
+    rows.terminal_rollups.push(extra);
+    only(&check(rows, None)?, 0, 0, 0, 0, 2, 0);
+    Ok(())
+}
+
+#[test]
+fn finds_line_mismatches() -> TestResult {
+    let mut rows = sample();
+    rows.sale_lines.remove(1);
+    only(&check(rows, None)?, 0, 0, 0, 0, 0, 1);
+
+    let mut rows = sample();
+    rows.sale_lines[1].line = 0;
+    only(&check(rows, None)?, 0, 0, 0, 0, 0, 1);
+
+    // A sale movement whose key has no sale (it is the rejected event's).
+    let mut rows = sample();
+    let stray = StockMovementRow {
+        key: key(1, 2, 1),
+        ..rows.stock_movements[2]
+    };
+    rows.stock_movements.push(stray);
+    let r = check(rows, None)?;
+    // SKU 102 has no count, so the stray delta also breaks its level.
+    only(&r, 0, 0, 0, 1, 0, 1);
+    Ok(())
+}
+
+#[test]
+fn long_sales_check_every_line() {
+    let mut acc = SaleAcc::default();
+    (0..70).for_each(|l| acc.add_line(l));
+    acc.movements = 70;
+    assert!(acc.lines_match(70));
+    let mut acc = SaleAcc::default();
+    (0..69).chain([68]).for_each(|l| acc.add_line(l));
+    acc.movements = 70;
+    assert!(!acc.lines_match(70));
+    let mut acc = SaleAcc::default();
+    assert!(acc.lines_match(0));
+}
+
+#[test]
+fn problems_are_capped() -> TestResult {
+    let mut rows = sample();
+    for l in &mut rows.stock_levels {
+        l.level += 1;
+    }
+    for i in 0..30 {
+        rows.batches.push(BatchRow {
+            device: 50 + i,
+            seq: 1,
+            events: 1,
+            received_at_us: T0,
+        });
+    }
+    let r = check(rows, None)?;
+    assert_eq!(r.orphans, 30);
+    assert_eq!(r.problems.len(), MAX_PROBLEMS);
+    Ok(())
+}
