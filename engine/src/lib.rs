@@ -1,1 +1,28 @@
-//! placeholder
+//! The running tillstream server: the QUIC endpoint, the sessions, the
+//! ractor shard actors that each own an engine-core `ShardCore`, the
+//! group-commit flusher and the acks.
+//!
+//! It is a thin shell around `tillstream-engine-core`: every decision
+//! (routing, dedupe, entity apply) is made there; this crate moves bytes,
+//! owns tasks and talks to the disk.
+//!
+//! It is not: a client (see `tillstream-client`), nor the CLI (`tillstream`
+//! in `ops/`).
+
+mod clock;
+mod config;
+mod devices;
+mod error;
+mod flusher;
+mod http;
+mod metrics;
+mod server;
+mod session;
+mod shards;
+mod tls;
+pub mod udp;
+mod wire;
+
+pub use config::{ServerConfig, ServerSettings};
+pub use error::EngineError;
+pub use server::Server;

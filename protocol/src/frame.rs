@@ -364,7 +364,20 @@ impl ValidatedBatch {
     /// Validates `buf` as an archived [`Batch`]: bytecheck, seq ≥ 1, at most
     /// `max_events` events.
     pub fn new(buf: PayloadBuf, max_events: u32) -> Result<Self, FrameError> {
-        let batch = access::<Batch>(&buf)?;
+        Self::try_new(buf, max_events).map_err(|(e, _)| e)
+    }
+
+    /// As [`ValidatedBatch::new`], but hands the bytes back on failure so the
+    /// caller can keep them (as a dead letter).
+    pub fn try_new(buf: PayloadBuf, max_events: u32) -> Result<Self, (FrameError, PayloadBuf)> {
+        match Self::check(&buf, max_events) {
+            Ok(()) => Ok(Self { buf }),
+            Err(e) => Err((e, buf)),
+        }
+    }
+
+    fn check(buf: &[u8], max_events: u32) -> Result<(), FrameError> {
+        let batch = access::<Batch>(buf)?;
         let count = batch.events.len();
         if count > max_events as usize {
             return Err(FrameError::BatchTooLarge {
@@ -375,7 +388,7 @@ impl ValidatedBatch {
         if batch.seq.to_native() == 0 {
             return Err(FrameError::Violation("batch seq must start at 1"));
         }
-        Ok(Self { buf })
+        Ok(())
     }
 
     /// The archived batch.

@@ -1,0 +1,140 @@
+//! Dedupe and watermarks of one device.
+//!
+//! A device numbers its batches from 1 and resends the unacknowledged ones
+//! after a reconnect, with the same seq and the same events. The ledger
+//! tells a fresh batch from a resend, and when a resend may be acked.
+//!
+//! Invariants:
+//! - `durable <= applied` always;
+//! - [`DeviceLedger::admit`] returns [`Admission::Fresh`] for a seq at most
+//!   once over the ledger's life (seqs admitted are strictly increasing);
+//! - gaps are allowed (a device may drop a batch it could not encode); a
+//!   seq below `applied` that was never seen is a `Duplicate` too, which is
+//!   safe because a device sends its batches in order on one stream;
+//! - after a restart the ledger starts from the store's watermark
+//!   (`DeviceLedger::new(durable)`): anything above it was not durable and
+//!   is applied again, anything at or below it is acked again.
+
+/// The watermarks of one device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceLedger {
+    /// Highest seq handed to the shards.
+    applied: u64,
+    /// Highest seq whose rows (and every earlier batch's) are durable.
+    durable: u64,
+}
+
+/// What to do with an incoming batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Never seen: route and apply it.
+    Fresh,
+    /// Already applied: never apply it again; ack it once
+    /// [`DeviceLedger::durable`] reaches its seq.
+    Duplicate,
+}
+
+impl DeviceLedger {
+    /// A ledger for a device whose batches up to `durable` are in the store.
+    pub fn new(durable: u64) -> Self {
+        Self {
+            applied: durable,
+            durable,
+        }
+    }
+
+    /// Admits batch `seq`: `Fresh` iff it is above every seq admitted so
+    /// far (and then records it), `Duplicate` otherwise.
+    pub fn admit(&mut self, seq: u64) -> Admission {
+        if seq > self.applied {
+            self.applied = seq;
+            Admission::Fresh
+        } else {
+            Admission::Duplicate
+        }
+    }
+
+    /// Records that every batch up to `seq` is durable. Never lowers the
+    /// watermark; a seq above `applied` raises `applied` too, so it is
+    /// never admitted as fresh afterwards.
+    pub fn mark_durable(&mut self, seq: u64) {
+        self.durable = self.durable.max(seq);
+        self.applied = self.applied.max(self.durable);
+    }
+
+    /// Highest seq admitted.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Highest durable seq: what `Welcome` and `Ack` carry.
+    pub fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    /// Whether batch `seq` may be acked.
+    pub fn is_durable(&self, seq: u64) -> bool {
+        seq <= self.durable
+    }
+
+    /// True when every admitted batch is durable: nothing of this device
+    /// is in flight, so its state may be dropped.
+    pub fn is_quiescent(&self) -> bool {
+        self.applied == self.durable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn fresh_then_duplicate() {
+        let mut l = DeviceLedger::new(0);
+        assert!(l.is_quiescent());
+        assert_eq!(l.admit(1), Admission::Fresh);
+        assert_eq!(l.admit(1), Admission::Duplicate);
+        assert_eq!(l.admit(3), Admission::Fresh, "gaps are allowed");
+        assert_eq!(
+            l.admit(2),
+            Admission::Duplicate,
+            "a late lower seq is a resend"
+        );
+        assert!(!l.is_quiescent());
+        assert!(!l.is_durable(1));
+        l.mark_durable(3);
+        assert!(l.is_durable(3) && l.is_quiescent());
+        l.mark_durable(1);
+        assert_eq!(l.durable(), 3, "never lowered");
+    }
+
+    #[test]
+    fn restart_from_watermark() {
+        let mut l = DeviceLedger::new(5);
+        assert_eq!((l.applied(), l.durable()), (5, 5));
+        assert_eq!(l.admit(5), Admission::Duplicate);
+        assert_eq!(l.admit(6), Admission::Fresh);
+        l.mark_durable(9);
+        assert_eq!(l.applied(), 9);
+        assert_eq!(l.admit(8), Admission::Duplicate);
+    }
+
+    proptest! {
+        #[test]
+        fn never_admits_a_seq_twice(ops in proptest::collection::vec((0u64..40, any::<bool>()), 0..200)) {
+            let mut l = DeviceLedger::new(0);
+            let mut admitted = std::collections::HashSet::new();
+            for (seq, durable) in ops {
+                if durable {
+                    // Only what was applied can become durable.
+                    let s = seq.min(l.applied());
+                    l.mark_durable(s);
+                } else if l.admit(seq) == Admission::Fresh {
+                    prop_assert!(admitted.insert(seq), "seq {} admitted twice", seq);
+                }
+                prop_assert!(l.durable() <= l.applied());
+            }
+        }
+    }
+}

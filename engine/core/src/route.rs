@@ -1,0 +1,233 @@
+//! Routing: which shard applies which part of which event.
+//!
+//! A terminal lives on `shard_of_device(device)`, a SKU on
+//! `shard_of_sku(store, sku)`. A sale or refund touches its terminal's shard
+//! (the sale row and the rollups) and the shard of each of its lines' SKUs
+//! (the line rows and the stock movements).
+//!
+//! Invariants:
+//! - the hashes are fixed and seedless: the same inputs give the same shard
+//!   in every process and every version of this crate (a golden test pins
+//!   them). Changing them between restarts would still be safe, since
+//!   nothing lives only in memory, but it would make every entity activate
+//!   again;
+//! - [`plan_batch`] puts each event on each shard at most once per role,
+//!   with its items in event order; each valid sale or refund yields one
+//!   `Terminal` item and one `Lines` item per distinct shard of its lines,
+//!   a movement or count one `Stock` item, a health ping one `Health` item,
+//!   and a refused event one `Rejected` item (on the device's shard) plus
+//!   one entry in `plan.rejected`;
+//! - no allocation per event once the plan's vectors have grown: reuse the
+//!   plan across batches.
+
+use tillstream_protocol::{ArchivedBatch, ArchivedEvent, RejectCode, RejectedRef};
+
+use crate::validate::{Rules, check_event};
+
+/// The splitmix64 finalizer: a fixed bijection with full avalanche.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Maps a well-mixed hash to `0..shards` without modulo bias (Lemire's
+/// multiply-shift). `shards == 0` is treated as one shard.
+fn reduce(h: u64, shards: u16) -> u16 {
+    let n = u128::from(shards.max(1));
+    u16::try_from((u128::from(h) * n) >> 64).unwrap_or(0)
+}
+
+/// The shard of a device's terminal entity, in `0..shards` (0 when
+/// `shards` is 0).
+pub fn shard_of_device(device: u64, shards: u16) -> u16 {
+    reduce(mix64(device ^ 0x5DEE_CE66_D1CE_4E5B), shards)
+}
+
+/// The shard of a SKU entity, in `0..shards` (0 when `shards` is 0).
+pub fn shard_of_sku(store: u32, sku: u64, shards: u16) -> u16 {
+    let h = mix64(sku.wrapping_add(0x9E37_79B9_7F4A_7C15)) ^ u64::from(store);
+    reduce(mix64(h), shards)
+}
+
+/// What a shard does with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The sale or refund row and the terminal's rollups (device's shard).
+    Terminal,
+    /// The lines of a sale or refund whose SKU lives on this shard: line
+    /// rows and stock movements.
+    Lines,
+    /// A stock movement or shelf count (the SKU's shard).
+    Stock,
+    /// A device health ping (device's shard).
+    Health,
+    /// An event refused on semantic grounds (device's shard): store it in
+    /// `rejected_events`.
+    Rejected(RejectCode),
+}
+
+/// One event of a batch for one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkItem {
+    /// Index of the event in the batch.
+    pub idx: u32,
+    /// What the shard does with it.
+    pub role: Role,
+}
+
+/// A batch split into per-shard work. Reuse one per session: `clear`
+/// keeps the capacity.
+#[derive(Debug)]
+pub struct BatchPlan {
+    /// Work items per shard (index = shard id), in event order.
+    pub parts: Vec<Vec<WorkItem>>,
+    /// Events refused on semantic grounds, for the `Ack`.
+    pub rejected: Vec<RejectedRef>,
+}
+
+impl BatchPlan {
+    /// An empty plan over `shards` shards (0 is treated as 1).
+    pub fn new(shards: u16) -> Self {
+        Self {
+            parts: vec![Vec::new(); usize::from(shards.max(1))],
+            rejected: Vec::new(),
+        }
+    }
+
+    /// The number of shards the plan routes to.
+    pub fn shards(&self) -> u16 {
+        u16::try_from(self.parts.len()).unwrap_or(u16::MAX)
+    }
+
+    /// Empties every part, keeping capacity.
+    pub fn clear(&mut self) {
+        for p in &mut self.parts {
+            p.clear();
+        }
+        self.rejected.clear();
+    }
+
+    /// The shards with work, and their items.
+    pub fn touched(&self) -> impl Iterator<Item = (u16, &[WorkItem])> {
+        self.parts
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(s, p)| (u16::try_from(s).unwrap_or(u16::MAX), p.as_slice()))
+    }
+
+    /// Events over all parts and roles (an event touching three shards
+    /// counts three times).
+    pub fn items(&self) -> usize {
+        self.parts.iter().map(Vec::len).sum()
+    }
+}
+
+/// Splits `batch` of `device` into per-shard work items (see the module
+/// docs), after checking each event against `rules`. Clears `plan` first.
+pub fn plan_batch(
+    batch: &ArchivedBatch,
+    device: u64,
+    rules: &Rules,
+    now_us: i64,
+    plan: &mut BatchPlan,
+) {
+    plan_batch_scoped(batch, device, None, rules, now_us, plan);
+}
+
+/// [`plan_batch`] for a device bound to one store: an event that names
+/// another store is refused with [`RejectCode::WrongStore`]. `None` checks
+/// no store.
+pub fn plan_batch_scoped(
+    batch: &ArchivedBatch,
+    device: u64,
+    store: Option<u32>,
+    rules: &Rules,
+    now_us: i64,
+    plan: &mut BatchPlan,
+) {
+    plan.clear();
+    let shards = plan.shards();
+    let seq = batch.seq.to_native();
+    let dev_shard = usize::from(shard_of_device(device, shards));
+    for (i, e) in batch.events.iter().enumerate() {
+        let idx = u32::try_from(i).unwrap_or(u32::MAX);
+        let verdict = match store {
+            Some(s) if event_store(e) != s => Err(RejectCode::WrongStore),
+            _ => check_event(e, rules, now_us),
+        };
+        if let Err(code) = verdict {
+            push(plan, dev_shard, idx, Role::Rejected(code));
+            plan.rejected.push(RejectedRef {
+                seq,
+                idx,
+                code: code.as_u16(),
+            });
+            continue;
+        }
+        match e {
+            ArchivedEvent::Sale(s) => {
+                push(plan, dev_shard, idx, Role::Terminal);
+                let store = s.store.to_native();
+                for l in s.lines.iter() {
+                    push_lines(plan, store, l.sku.to_native(), shards, idx);
+                }
+            }
+            ArchivedEvent::Refund(r) => {
+                push(plan, dev_shard, idx, Role::Terminal);
+                let store = r.store.to_native();
+                for l in r.lines.iter() {
+                    push_lines(plan, store, l.sku.to_native(), shards, idx);
+                }
+            }
+            ArchivedEvent::Movement(m) => {
+                let s = shard_of_sku(m.store.to_native(), m.sku.to_native(), shards);
+                push(plan, usize::from(s), idx, Role::Stock);
+            }
+            ArchivedEvent::Count(c) => {
+                let s = shard_of_sku(c.store.to_native(), c.sku.to_native(), shards);
+                push(plan, usize::from(s), idx, Role::Stock);
+            }
+            ArchivedEvent::Health(_) => push(plan, dev_shard, idx, Role::Health),
+        }
+    }
+}
+
+/// The store an event names.
+pub fn event_store(e: &ArchivedEvent) -> u32 {
+    match e {
+        ArchivedEvent::Sale(s) => s.store.to_native(),
+        ArchivedEvent::Refund(r) => r.store.to_native(),
+        ArchivedEvent::Movement(m) => m.store.to_native(),
+        ArchivedEvent::Count(c) => c.store.to_native(),
+        ArchivedEvent::Health(h) => h.store.to_native(),
+    }
+}
+
+fn push(plan: &mut BatchPlan, shard: usize, idx: u32, role: Role) {
+    if let Some(p) = plan.parts.get_mut(shard) {
+        p.push(WorkItem { idx, role });
+    }
+}
+
+/// Adds a `Lines` item for event `idx` on the SKU's shard unless that
+/// shard already has one: an event's items on one shard are contiguous, so
+/// looking at the last item is enough.
+fn push_lines(plan: &mut BatchPlan, store: u32, sku: u64, shards: u16, idx: u32) {
+    let item = WorkItem {
+        idx,
+        role: Role::Lines,
+    };
+    let shard = usize::from(shard_of_sku(store, sku, shards));
+    if let Some(p) = plan
+        .parts
+        .get_mut(shard)
+        .filter(|p| p.last() != Some(&item))
+    {
+        p.push(item);
+    }
+}
+
+#[cfg(test)]
+mod tests;

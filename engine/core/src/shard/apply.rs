@@ -1,0 +1,327 @@
+//! `ShardCore::apply`: work items in, rows out.
+//!
+//! Invariants: items are applied in the order given; each SKU and rollup
+//! minute changed by one call gets exactly one snapshot row, appended at
+//! the end of the call with its final state; items that do not belong to
+//! this shard or do not match their event are skipped and counted, never
+//! a panic.
+
+use rkyv::rancor;
+use tillstream_protocol::{
+    ArchivedBatch, ArchivedEvent, ArchivedMovementKind, ArchivedStockMovement, Event, RejectCode,
+};
+use tillstream_storage::{
+    DeviceHealthRow, EventKey, MovementReason, RejectedEventRow, RowSet, SaleKind, SaleLineRow,
+    StockMovementRow,
+};
+
+use super::sku::{CountOutcome, SkuState};
+use super::terminal::{RollupSlot, SaleView, rollup_key};
+use super::{ShardCore, view};
+use crate::flush::PartTicket;
+use crate::route::{Role, WorkItem};
+
+impl ShardCore {
+    /// Applies the items of one batch part of `device` and appends the
+    /// rows to `out`. Returns the part's ticket: its place in this shard's
+    /// apply order, which [`CommitOrder`](crate::flush::CommitOrder) needs.
+    /// Stores and days not activated are taken as empty (and activated as
+    /// such). Never panics.
+    pub fn apply(
+        &mut self,
+        device: u64,
+        batch: &ArchivedBatch,
+        items: &[WorkItem],
+        now_us: i64,
+        out: &mut RowSet,
+    ) -> PartTicket {
+        let rows_before = out.len();
+        let seq = batch.seq.to_native();
+        for item in items {
+            let Some(e) = batch.events.get(item.idx as usize) else {
+                self.stats.misrouted += 1;
+                continue;
+            };
+            let key = EventKey {
+                device,
+                seq,
+                idx: item.idx,
+            };
+            let done = match (item.role, e) {
+                (Role::Terminal, ArchivedEvent::Sale(_) | ArchivedEvent::Refund(_)) => {
+                    view(e).is_some_and(|v| self.terminal(key, &v, out))
+                }
+                (Role::Lines, ArchivedEvent::Sale(_) | ArchivedEvent::Refund(_)) => {
+                    view(e).is_some_and(|v| self.lines(key, &v, out))
+                }
+                (Role::Stock, ArchivedEvent::Movement(m)) => self.stock_movement(key, m, out),
+                (Role::Stock, ArchivedEvent::Count(c)) => self.count(
+                    key,
+                    e,
+                    c.store.to_native(),
+                    c.sku.to_native(),
+                    c.level.to_native(),
+                    out,
+                ),
+                (Role::Health, ArchivedEvent::Health(h)) => {
+                    out.device_health.push(DeviceHealthRow {
+                        ts_us: h.ts_us.to_native(),
+                        key,
+                        store: h.store.to_native(),
+                        battery_pct: h.battery_pct,
+                        temperature_dc: h.temperature_dc.to_native(),
+                        uptime_s: h.uptime_s.to_native(),
+                        queue_depth: h.queue_depth.to_native(),
+                        rssi_dbm: h.rssi_dbm.to_native(),
+                    });
+                    true
+                }
+                (Role::Rejected(code), _) => {
+                    self.reject(key, e, code, out);
+                    continue;
+                }
+                _ => false,
+            };
+            if done {
+                self.stats.events_applied += 1;
+            } else {
+                self.stats.misrouted += 1;
+            }
+        }
+        self.flush_dirty(out);
+        self.stats.rows_emitted += out.len().saturating_sub(rows_before) as u64;
+        self.stats.parts_applied += 1;
+        self.stats.last_apply_us = now_us;
+        let ticket = PartTicket {
+            shard: self.cfg.id,
+            n: self.parts,
+        };
+        self.parts += 1;
+        ticket
+    }
+
+    /// A receipt, shrink or transfer. False if the SKU is not this shard's.
+    fn stock_movement(
+        &mut self,
+        key: EventKey,
+        m: &ArchivedStockMovement,
+        out: &mut RowSet,
+    ) -> bool {
+        let (store, sku) = (m.store.to_native(), m.sku.to_native());
+        if !self.owns(store, sku) {
+            return false;
+        }
+        let reason = match m.reason {
+            ArchivedMovementKind::Receipt => MovementReason::Receipt,
+            ArchivedMovementKind::Shrink => MovementReason::Shrink,
+            ArchivedMovementKind::TransferIn => MovementReason::TransferIn,
+            ArchivedMovementKind::TransferOut => MovementReason::TransferOut,
+        };
+        let delta = i64::from(m.delta.to_native());
+        self.movement(store, sku, m.ts_us.to_native(), key, 0, reason, delta, out);
+        true
+    }
+
+    /// The sale row and its rollup minute. Always handled: a terminal is
+    /// on its device's shard by construction.
+    fn terminal(&mut self, key: EventKey, v: &SaleView<'_>, out: &mut RowSet) -> bool {
+        let row = v.row(key);
+        let rk = rollup_key(v);
+        let days = &mut self.days;
+        let activations = &mut self.stats.activations;
+        let slot = self.rollups.entry(rk).or_insert_with(|| {
+            if days.insert((rk.0, rk.1)) {
+                *activations += 1;
+            }
+            RollupSlot::new(rk)
+        });
+        slot.add(&row);
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty_rollups.push(rk);
+        }
+        self.terminals.insert((v.store, v.terminal));
+        out.sales.push(row);
+        true
+    }
+
+    /// The lines of a sale or refund whose SKU lives here. False if none.
+    fn lines(&mut self, key: EventKey, v: &SaleView<'_>, out: &mut RowSet) -> bool {
+        let mut any = false;
+        for (i, l) in v.lines.iter().enumerate() {
+            let sku = l.sku.to_native();
+            if !self.owns(v.store, sku) {
+                continue;
+            }
+            any = true;
+            let line = u16::try_from(i).unwrap_or(u16::MAX);
+            let quantity = l.quantity.to_native();
+            out.sale_lines.push(SaleLineRow {
+                store: v.store,
+                sku,
+                ts_us: v.ts,
+                key,
+                line,
+                kind: v.kind,
+                quantity,
+                unit_price: l.unit_price.to_native(),
+                discount: l.discount.to_native(),
+                tax: l.tax.to_native(),
+                amount: l.amount(),
+            });
+            let (reason, delta) = match v.kind {
+                SaleKind::Sale => (MovementReason::Sale, -i64::from(quantity)),
+                SaleKind::Refund => (MovementReason::Refund, i64::from(quantity)),
+            };
+            self.movement(v.store, sku, v.ts, key, line, reason, delta, out);
+        }
+        any
+    }
+
+    /// The SKU's slot, created empty (and its store activated empty) if
+    /// it is new.
+    fn sku_mut(&mut self, store: u32, sku: u64) -> usize {
+        if let Some(&i) = self.sku_index.get(&(store, sku)) {
+            return i as usize;
+        }
+        if self.stores.insert(store) {
+            self.stats.activations += 1;
+        }
+        let i = self.skus.len();
+        self.skus.push(SkuState::empty(store, sku));
+        self.sku_index
+            .insert((store, sku), u32::try_from(i).unwrap_or(u32::MAX));
+        i
+    }
+
+    fn mark_dirty(&mut self, i: usize) {
+        if let Some(s) = self.skus.get_mut(i) {
+            if s.dirty {
+                return;
+            }
+            s.dirty = true;
+        }
+        self.dirty_skus.push(u32::try_from(i).unwrap_or(u32::MAX));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn movement(
+        &mut self,
+        store: u32,
+        sku: u64,
+        ts: i64,
+        key: EventKey,
+        line: u16,
+        reason: MovementReason,
+        delta: i64,
+        out: &mut RowSet,
+    ) {
+        let i = self.sku_mut(store, sku);
+        let Some(s) = self.skus.get_mut(i) else {
+            return;
+        };
+        let (applied, level_after) = s.movement(ts, delta, self.cfg.late_window_us);
+        if applied {
+            self.mark_dirty(i);
+        } else {
+            self.stats.stale_movements += 1;
+        }
+        out.stock_movements.push(StockMovementRow {
+            store,
+            sku,
+            ts_us: ts,
+            key,
+            line,
+            reason,
+            delta,
+            counted: 0,
+            level_after,
+            applied,
+        });
+    }
+
+    fn count(
+        &mut self,
+        key: EventKey,
+        e: &ArchivedEvent,
+        store: u32,
+        sku: u64,
+        counted: i64,
+        out: &mut RowSet,
+    ) -> bool {
+        if !self.owns(store, sku) {
+            return false;
+        }
+        let ts = e.ts_us();
+        let i = self.sku_mut(store, sku);
+        let Some(s) = self.skus.get_mut(i) else {
+            return false;
+        };
+        let outcome = s.count(ts, key, counted, self.cfg.late_window_us);
+        let level_after = s.level;
+        let (delta, applied) = match outcome {
+            CountOutcome::TooLate => {
+                self.stats.late_counts += 1;
+                self.reject(key, e, RejectCode::CountTooLate, out);
+                return true;
+            }
+            CountOutcome::Stale => {
+                self.stats.stale_counts += 1;
+                (0, false)
+            }
+            CountOutcome::Applied { delta } => {
+                self.mark_dirty(i);
+                (delta, true)
+            }
+        };
+        out.stock_movements.push(StockMovementRow {
+            store,
+            sku,
+            ts_us: ts,
+            key,
+            line: 0,
+            reason: MovementReason::CountCorrection,
+            delta,
+            counted,
+            level_after,
+            applied,
+        });
+        true
+    }
+
+    /// A `rejected_events` row. `event` holds the event archived on its
+    /// own (root type `Event`, readable with
+    /// `rkyv::access::<ArchivedEvent, _>`); empty if it could not be copied.
+    fn reject(&mut self, key: EventKey, e: &ArchivedEvent, code: RejectCode, out: &mut RowSet) {
+        let event = rkyv::deserialize::<Event, rancor::Error>(e)
+            .and_then(|ev| rkyv::to_bytes::<rancor::Error>(&ev))
+            .map(|b| b.to_vec())
+            .unwrap_or_default();
+        out.rejected.push(RejectedEventRow {
+            ts_us: e.ts_us(),
+            key,
+            code: code.as_u16(),
+            reason: code.name().to_owned(),
+            event,
+        });
+        self.stats.rejected += 1;
+    }
+
+    /// Emits the final level row of every SKU and rollup minute changed.
+    fn flush_dirty(&mut self, out: &mut RowSet) {
+        for &i in &self.dirty_skus {
+            if let Some(s) = self.skus.get_mut(i as usize) {
+                s.dirty = false;
+                out.stock_levels.push(s.row());
+            }
+        }
+        self.dirty_skus.clear();
+        for k in &self.dirty_rollups {
+            if let Some(slot) = self.rollups.get_mut(k) {
+                slot.dirty = false;
+                out.terminal_rollups.push(slot.row);
+            }
+        }
+        self.dirty_rollups.clear();
+    }
+}

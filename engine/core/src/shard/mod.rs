@@ -1,0 +1,328 @@
+//! One shard's entities: terminals (sale rows, rollups) and SKUs (stock
+//! levels), and the rows applying a batch part produces.
+//!
+//! The engine drives a [`ShardCore`] in this order, for each batch part
+//! routed to it:
+//! 1. [`ShardCore::needs`]: what must be loaded from the store first;
+//! 2. for each [`Need::Store`]: read the store's levels,
+//!    [`ShardCore::movements_since`] on them, read the movements since that
+//!    time, then [`ShardCore::activate_store`]; for each
+//!    [`Need::RollupDay`]: read that day's rollups and
+//!    [`ShardCore::activate_rollup_day`];
+//! 3. [`ShardCore::apply`], which appends rows and returns the part's
+//!    [`PartTicket`](crate::flush::PartTicket); the rows commit as a unit ordered by
+//!    [`CommitOrder`](crate::flush::CommitOrder).
+//!
+//! Invariants:
+//! - a SKU lives on `shard_of_sku(store, sku, shards)` and only there; a
+//!   terminal on its device's shard. `apply` ignores work that is not this
+//!   shard's (counted as `misrouted`), so the plan and the cores must use
+//!   the same shard count;
+//! - activation never overwrites live state: a store or day already active
+//!   is not loaded again;
+//! - each `apply` call emits, per SKU it changed, one `StockLevelRow` with
+//!   its final state (versions strictly increase), and per rollup minute it
+//!   changed, one `TerminalRollupRow`;
+//! - `apply` never panics, whatever the items say.
+
+mod apply;
+mod hash;
+mod sku;
+mod terminal;
+
+use std::collections::{HashMap, HashSet};
+
+use tillstream_protocol::{ArchivedBatch, ArchivedEvent};
+use tillstream_storage::time::{HOUR_US, day};
+use tillstream_storage::{MovementReason, StockLevelRow, StoreSnapshot, TerminalRollupRow};
+
+use crate::route::{Role, WorkItem, shard_of_sku};
+use crate::validate::Rules;
+use hash::Fixed;
+use sku::SkuState;
+use terminal::{RollupKey, RollupSlot, SaleView};
+
+/// The settings of one shard.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    /// This shard's id, in `0..shards`.
+    pub id: u16,
+    /// The number of shards (the same the plans route with).
+    pub shards: u16,
+    /// How late a shelf count may be, relative to its SKU's newest event,
+    /// and still be ordered (µs).
+    pub late_window_us: i64,
+    /// The validation rules.
+    pub rules: Rules,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        Self {
+            id: 0,
+            shards: 1,
+            late_window_us: HOUR_US,
+            rules: Rules::default(),
+        }
+    }
+}
+
+/// Something to load from the store before `apply` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Need {
+    /// The levels (and late-window movements) of a store's SKUs.
+    Store(u32),
+    /// The terminal rollups of a store's day.
+    RollupDay {
+        /// The store.
+        store: u32,
+        /// Days since the epoch.
+        day: u32,
+    },
+}
+
+/// Counters and gauges of one shard, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// `apply` calls (batch parts).
+    pub parts_applied: u64,
+    /// Work items applied (rejections not included).
+    pub events_applied: u64,
+    /// Rows appended over all tables.
+    pub rows_emitted: u64,
+    /// `rejected_events` rows emitted (validation and late counts).
+    pub rejected: u64,
+    /// Counts refused as `CountTooLate`.
+    pub late_counts: u64,
+    /// Counts older than their SKU's current count (recorded, not applied).
+    pub stale_counts: u64,
+    /// Movements stamped at or before their SKU's count (not applied).
+    pub stale_movements: u64,
+    /// Items ignored: not this shard's, or not matching their event.
+    pub misrouted: u64,
+    /// Stores and rollup days loaded (or started empty).
+    pub activations: u64,
+    /// SKUs in memory.
+    pub skus_active: u64,
+    /// Movements held in late windows.
+    pub window_movements: u64,
+    /// Terminals that sold on this shard since it started.
+    pub terminals_active: u64,
+    /// Stores active.
+    pub stores_active: u64,
+    /// Rollup days active.
+    pub rollup_days_active: u64,
+    /// Rollup minutes in memory.
+    pub rollup_minutes: u64,
+    /// The `now_us` of the latest `apply`.
+    pub last_apply_us: i64,
+}
+
+/// The entities of one shard (module docs). Pure: no I/O, no clock.
+#[derive(Debug)]
+pub struct ShardCore {
+    cfg: ShardConfig,
+    stores: HashSet<u32, Fixed>,
+    skus: Vec<SkuState>,
+    sku_index: HashMap<(u32, u64), u32, Fixed>,
+    dirty_skus: Vec<u32>,
+    days: HashSet<(u32, u32), Fixed>,
+    rollups: HashMap<RollupKey, RollupSlot, Fixed>,
+    dirty_rollups: Vec<RollupKey>,
+    terminals: HashSet<(u32, u32), Fixed>,
+    parts: u64,
+    stats: ShardStats,
+}
+
+impl ShardCore {
+    /// An empty shard: nothing is active.
+    pub fn new(cfg: ShardConfig) -> Self {
+        Self {
+            cfg,
+            stores: HashSet::default(),
+            skus: Vec::new(),
+            sku_index: HashMap::default(),
+            dirty_skus: Vec::new(),
+            days: HashSet::default(),
+            rollups: HashMap::default(),
+            dirty_rollups: Vec::new(),
+            terminals: HashSet::default(),
+            parts: 0,
+            stats: ShardStats::default(),
+        }
+    }
+
+    /// The shard's settings.
+    pub fn config(&self) -> &ShardConfig {
+        &self.cfg
+    }
+
+    fn owns(&self, store: u32, sku: u64) -> bool {
+        shard_of_sku(store, sku, self.cfg.shards) == self.cfg.id
+    }
+
+    /// What must be activated before `apply` can run these items: stores
+    /// whose SKUs this shard has not loaded, and (store, day) of rollups not
+    /// loaded. Appends to `out` what it does not hold yet.
+    pub fn needs(&self, batch: &ArchivedBatch, items: &[WorkItem], out: &mut Vec<Need>) {
+        let mut add = |n: Need| {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        };
+        for item in items {
+            let Some(e) = batch.events.get(item.idx as usize) else {
+                continue;
+            };
+            match (item.role, e) {
+                (Role::Terminal, _) => {
+                    if let Some(v) = view(e) {
+                        let d = day(v.ts);
+                        if !self.days.contains(&(v.store, d)) {
+                            add(Need::RollupDay {
+                                store: v.store,
+                                day: d,
+                            });
+                        }
+                    }
+                }
+                (Role::Lines, _) => {
+                    if let Some(v) = view(e) {
+                        let mine = v
+                            .lines
+                            .iter()
+                            .any(|l| self.owns(v.store, l.sku.to_native()));
+                        if mine && !self.stores.contains(&v.store) {
+                            add(Need::Store(v.store));
+                        }
+                    }
+                }
+                (Role::Stock, ArchivedEvent::Movement(m)) => {
+                    let s = m.store.to_native();
+                    if !self.stores.contains(&s) {
+                        add(Need::Store(s));
+                    }
+                }
+                (Role::Stock, ArchivedEvent::Count(c)) => {
+                    let s = c.store.to_native();
+                    if !self.stores.contains(&s) {
+                        add(Need::Store(s));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Activation step 1 → 2: given the levels of a store, the time from
+    /// which its movements must be loaded: the minimum over this shard's
+    /// SKUs of `updated_ts_us - late_window_us`; `i64::MAX` if it owns none
+    /// (nothing to load).
+    pub fn movements_since(&self, levels: &[StockLevelRow]) -> i64 {
+        levels
+            .iter()
+            .filter(|r| self.owns(r.store, r.sku))
+            .map(|r| r.updated_ts_us.saturating_sub(self.cfg.late_window_us))
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
+    /// Loads the SKUs of `store` that live on this shard from `snapshot`
+    /// (levels, and the movements since [`ShardCore::movements_since`] in
+    /// time order). A store already active is left as it is.
+    pub fn activate_store(&mut self, store: u32, snapshot: StoreSnapshot) {
+        if !self.stores.insert(store) {
+            return;
+        }
+        self.stats.activations += 1;
+        for row in &snapshot.levels {
+            if row.store != store || !self.owns(row.store, row.sku) {
+                continue;
+            }
+            if self.sku_index.contains_key(&(row.store, row.sku)) {
+                continue;
+            }
+            let idx = u32::try_from(self.skus.len()).unwrap_or(u32::MAX);
+            self.skus.push(SkuState::from_row(row));
+            self.sku_index.insert((row.store, row.sku), idx);
+        }
+        let lw = self.cfg.late_window_us;
+        for m in &snapshot.recent_movements {
+            if m.reason == MovementReason::CountCorrection || !m.applied || m.store != store {
+                continue;
+            }
+            let slot = self.sku_index.get(&(m.store, m.sku)).copied();
+            if let Some(s) = slot.and_then(|i| self.skus.get_mut(i as usize)) {
+                s.load_movement(m.ts_us, m.delta, lw);
+            }
+        }
+    }
+
+    /// Loads the rollups of `store`'s `day`. Every row given is kept: the
+    /// engine only asks for days this shard's terminals sell on, and only
+    /// the terminal's own shard ever updates a row. A day already active is
+    /// left as it is.
+    pub fn activate_rollup_day(&mut self, store: u32, day: u32, rollups: Vec<TerminalRollupRow>) {
+        if !self.days.insert((store, day)) {
+            return;
+        }
+        self.stats.activations += 1;
+        for row in rollups {
+            if row.store == store && row.day == day {
+                let key = (row.store, row.day, row.terminal, row.minute);
+                self.rollups.insert(key, RollupSlot { row, dirty: false });
+            }
+        }
+    }
+
+    /// Drops the rollups of days before `day` (passivation); they are
+    /// loaded again if a late sale needs them. Returns the days dropped.
+    ///
+    /// Only call it once every part this shard applied is durable
+    /// (`CommitOrder::released(id) == parts_applied()` after a commit):
+    /// reloading a day whose latest rollups are not in the store yet would
+    /// turn them back.
+    pub fn passivate_rollup_days_before(&mut self, day: u32) -> usize {
+        let before = self.days.len();
+        self.days.retain(|&(_, d)| d >= day);
+        self.rollups.retain(|k, _| k.1 >= day);
+        before - self.days.len()
+    }
+
+    /// The number of `apply` calls so far: the next part's ticket number.
+    pub fn parts_applied(&self) -> u64 {
+        self.parts
+    }
+
+    /// The shard's counters and gauges (walks the SKUs for the window
+    /// gauge: call it per metrics tick, not per batch).
+    pub fn stats(&self) -> ShardStats {
+        let mut s = self.stats;
+        s.skus_active = self.skus.len() as u64;
+        s.window_movements = self.skus.iter().map(|k| k.window_len() as u64).sum();
+        s.terminals_active = self.terminals.len() as u64;
+        s.stores_active = self.stores.len() as u64;
+        s.rollup_days_active = self.days.len() as u64;
+        s.rollup_minutes = self.rollups.len() as u64;
+        s
+    }
+
+    /// The current level row of a SKU, if this shard holds it (for tests
+    /// and `tillstream top`).
+    pub fn level(&self, store: u32, sku: u64) -> Option<StockLevelRow> {
+        let i = *self.sku_index.get(&(store, sku))?;
+        self.skus.get(i as usize).map(SkuState::row)
+    }
+}
+
+/// The sale or refund fields of an event, if it is one.
+fn view(e: &ArchivedEvent) -> Option<SaleView<'_>> {
+    match e {
+        ArchivedEvent::Sale(s) => Some(SaleView::sale(s)),
+        ArchivedEvent::Refund(r) => Some(SaleView::refund(r)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

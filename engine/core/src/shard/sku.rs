@@ -1,0 +1,328 @@
+//! The SKU entity: one product's stock level in one store, under the stock
+//! rule of DESIGN.md.
+//!
+//! Events are ordered by their own time. The level is the latest count
+//! (latest by `(ts, key)`) plus the deltas of the movements stamped
+//! strictly after it; with no count, the sum of all deltas.
+//!
+//! Invariants of [`SkuState`]:
+//! - `level` equals the sum of the `delta`s of every applied row
+//!   (a count's delta is the change it made), and `version` their number;
+//! - `window` holds, sorted by time, the applied movements stamped after
+//!   the current count and no earlier than the SKU's floor: exactly the
+//!   ones a count that can still be ordered needs to recompute the level.
+//!   The floor is `updated_ts - late_window`, raised for a hot SKU whose
+//!   window would pass [`MAX_WINDOW`] movements (memory stays bounded; its
+//!   late window is just shorter). A count older than the floor is refused;
+//! - `updated_ts` is the newest event time seen (movement or count), and
+//!   never goes back.
+
+use std::collections::VecDeque;
+
+use tillstream_storage::{EventKey, StockLevelRow};
+
+/// Most movements one SKU keeps for late counts, 16 bytes each: 16 KiB
+/// for a SKU that moves more than about once every 3.5 s of its late
+/// window; its late window is that much shorter.
+pub(super) const MAX_WINDOW: usize = 1024;
+
+/// What a shelf count did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CountOutcome {
+    /// Older than the late window: refuse it (`CountTooLate`).
+    TooLate,
+    /// Older than the current count: recorded, changes nothing.
+    Stale,
+    /// The newest count: the level was recomputed.
+    Applied {
+        /// New level − old level.
+        delta: i64,
+    },
+}
+
+/// One SKU's state (module docs).
+#[derive(Debug, Clone)]
+pub(super) struct SkuState {
+    pub(super) store: u32,
+    pub(super) sku: u64,
+    pub(super) level: i64,
+    pub(super) count: Option<(i64, EventKey)>,
+    pub(super) updated_ts: i64,
+    pub(super) version: u64,
+    /// (ts, delta) of applied movements after the count, in the window.
+    window: VecDeque<(i64, i64)>,
+    /// The time of the newest movement dropped to keep the window under
+    /// [`MAX_WINDOW`]: counts before it can no longer be ordered.
+    cut_ts: i64,
+    /// Changed in the current `apply` call (its level row is queued);
+    /// set and cleared by the shard, not here.
+    pub(super) dirty: bool,
+}
+
+impl SkuState {
+    /// A SKU the store has never seen.
+    pub(super) fn empty(store: u32, sku: u64) -> Self {
+        Self {
+            store,
+            sku,
+            level: 0,
+            count: None,
+            updated_ts: i64::MIN,
+            version: 0,
+            window: VecDeque::new(),
+            cut_ts: i64::MIN,
+            dirty: false,
+        }
+    }
+
+    /// A SKU as its stored level row describes it (window still empty:
+    /// feed it with [`SkuState::load_movement`]).
+    pub(super) fn from_row(row: &StockLevelRow) -> Self {
+        Self {
+            store: row.store,
+            sku: row.sku,
+            level: row.level,
+            count: row.count_ts_us.zip(row.count_key),
+            updated_ts: row.updated_ts_us,
+            version: row.version,
+            window: VecDeque::new(),
+            cut_ts: i64::MIN,
+            dirty: false,
+        }
+    }
+
+    /// The level row of the current state.
+    pub(super) fn row(&self) -> StockLevelRow {
+        StockLevelRow {
+            store: self.store,
+            sku: self.sku,
+            level: self.level,
+            count_ts_us: self.count.map(|c| c.0),
+            count_key: self.count.map(|c| c.1),
+            updated_ts_us: self.updated_ts,
+            version: self.version,
+        }
+    }
+
+    /// Movements in the window (for stats and tests).
+    pub(super) fn window_len(&self) -> usize {
+        self.window.len()
+    }
+
+    /// The oldest time a count may have and still be ordered.
+    fn floor(&self, late_window: i64) -> i64 {
+        self.updated_ts.saturating_sub(late_window).max(self.cut_ts)
+    }
+
+    /// Adds a stored, applied movement to the window on activation, if the
+    /// rule still needs it. Rows must come in time order.
+    pub(super) fn load_movement(&mut self, ts: i64, delta: i64, late_window: i64) {
+        let after_count = self.count.is_none_or(|(cts, _)| ts > cts);
+        if after_count && ts >= self.floor(late_window) {
+            self.insert(ts, delta);
+        }
+    }
+
+    /// Applies a movement of `delta` stamped `ts`. Returns whether it was
+    /// applied (false: stamped at or before the latest count, which saw
+    /// it) and the level after it.
+    pub(super) fn movement(&mut self, ts: i64, delta: i64, late_window: i64) -> (bool, i64) {
+        if self.count.is_some_and(|(cts, _)| ts <= cts) {
+            return (false, self.level);
+        }
+        self.level = self.level.saturating_add(delta);
+        self.version += 1;
+        self.updated_ts = self.updated_ts.max(ts);
+        let floor = self.floor(late_window);
+        if ts >= floor {
+            self.insert(ts, delta);
+        }
+        self.prune(floor);
+        (true, self.level)
+    }
+
+    /// Applies a count of `counted` units stamped `ts` with event `key`.
+    pub(super) fn count(
+        &mut self,
+        ts: i64,
+        key: EventKey,
+        counted: i64,
+        late_window: i64,
+    ) -> CountOutcome {
+        if self.updated_ts != i64::MIN && ts < self.floor(late_window) {
+            // Movements after it may be gone from the window.
+            return CountOutcome::TooLate;
+        }
+        if self.count.is_some_and(|c| (ts, key) <= c) {
+            return CountOutcome::Stale;
+        }
+        let after: i64 = self
+            .window
+            .iter()
+            .filter(|(t, _)| *t > ts)
+            .fold(0i64, |acc, (_, d)| acc.saturating_add(*d));
+        let before = self.level;
+        self.level = counted.saturating_add(after);
+        self.count = Some((ts, key));
+        self.version += 1;
+        self.updated_ts = self.updated_ts.max(ts);
+        // Movements at or before the count are behind it for good.
+        while self.window.front().is_some_and(|(t, _)| *t <= ts) {
+            self.window.pop_front();
+        }
+        self.prune(self.floor(late_window));
+        CountOutcome::Applied {
+            delta: self.level.saturating_sub(before),
+        }
+    }
+
+    fn insert(&mut self, ts: i64, delta: i64) {
+        if self.window.back().is_none_or(|(t, _)| *t <= ts) {
+            self.window.push_back((ts, delta));
+        } else {
+            let at = self.window.partition_point(|(t, _)| *t <= ts);
+            self.window.insert(at, (ts, delta));
+        }
+        if self.window.len() > MAX_WINDOW {
+            // A count at or after the dropped movement's time does not
+            // need it (it sums movements strictly after the count).
+            if let Some((t, _)) = self.window.pop_front() {
+                self.cut_ts = self.cut_ts.max(t);
+            }
+        }
+    }
+
+    fn prune(&mut self, floor: i64) {
+        while self.window.front().is_some_and(|(t, _)| *t < floor) {
+            self.window.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LW: i64 = 1_000;
+
+    fn key(idx: u32) -> EventKey {
+        EventKey {
+            device: 1,
+            seq: 1,
+            idx,
+        }
+    }
+
+    #[test]
+    fn movements_without_a_count_sum_up() {
+        let mut s = SkuState::empty(1, 2);
+        assert_eq!(s.movement(100, 5, LW), (true, 5));
+        assert_eq!(
+            s.movement(50, -2, LW),
+            (true, 3),
+            "late but no count: applies"
+        );
+        assert_eq!((s.version, s.updated_ts, s.window_len()), (2, 100, 2));
+    }
+
+    #[test]
+    fn a_count_sets_the_level_and_sees_what_came_before() {
+        let mut s = SkuState::empty(1, 2);
+        s.movement(100, 5, LW);
+        s.movement(300, 7, LW);
+        // Counted at 200: the movement at 100 is in the count, the one at
+        // 300 applies on top.
+        assert_eq!(
+            s.count(200, key(1), 40, LW),
+            CountOutcome::Applied { delta: 35 }
+        );
+        assert_eq!(s.level, 47);
+        assert_eq!(s.window_len(), 1, "movements before the count are dropped");
+        // A movement stamped at or before the count arrives late.
+        assert_eq!(s.movement(200, -3, LW), (false, 47));
+        assert_eq!(s.movement(150, -3, LW), (false, 47));
+        assert_eq!(s.version, 3);
+        // An older count changes nothing; a newer one recomputes.
+        assert_eq!(s.count(190, key(2), 1, LW), CountOutcome::Stale);
+        assert_eq!(
+            s.count(200, key(0), 1, LW),
+            CountOutcome::Stale,
+            "ties break on the key"
+        );
+        assert_eq!(
+            s.count(200, key(3), 10, LW),
+            CountOutcome::Applied { delta: -30 }
+        );
+        assert_eq!(s.level, 17);
+        assert_eq!(
+            s.count(400, key(4), 10, LW),
+            CountOutcome::Applied { delta: -7 }
+        );
+        assert_eq!((s.level, s.window_len(), s.version), (10, 0, 5));
+    }
+
+    #[test]
+    fn counts_older_than_the_window_are_refused() {
+        let mut s = SkuState::empty(1, 2);
+        assert_eq!(
+            s.count(5_000, key(1), 3, LW),
+            CountOutcome::Applied { delta: 3 }
+        );
+        s.movement(10_000, 1, LW);
+        assert_eq!(s.count(8_999, key(2), 3, LW), CountOutcome::TooLate);
+        // Counted 3 at 9000, plus the movement at 10000 on top.
+        assert_eq!(
+            s.count(9_000, key(2), 3, LW),
+            CountOutcome::Applied { delta: 0 }
+        );
+        assert_eq!(s.level, 4);
+    }
+
+    #[test]
+    fn the_window_is_pruned_as_time_advances() {
+        let mut s = SkuState::empty(1, 2);
+        for t in 0..10 {
+            s.movement(t * 400, 1, LW);
+        }
+        // Newest 3600: the window keeps ts >= 2600.
+        assert_eq!(s.window_len(), 3);
+        s.movement(3000, 1, LW);
+        assert_eq!(s.window_len(), 4, "out-of-order insert stays sorted");
+        assert_eq!(
+            s.count(2700, key(1), 0, LW),
+            CountOutcome::Applied { delta: -7 }
+        );
+        assert_eq!(s.level, 4);
+    }
+
+    #[test]
+    fn a_hot_sku_keeps_a_bounded_window() {
+        let mut s = SkuState::empty(1, 2);
+        let n = MAX_WINDOW as i64 + 10;
+        for t in 0..n {
+            s.movement(t, 1, i64::MAX / 4);
+        }
+        assert_eq!(s.window_len(), MAX_WINDOW);
+        assert_eq!(s.count(8, key(1), 0, i64::MAX / 4), CountOutcome::TooLate);
+        // At the cut: every movement after it is still there.
+        assert_eq!(
+            s.count(9, key(1), 0, i64::MAX / 4),
+            CountOutcome::Applied { delta: -10 }
+        );
+        assert_eq!(s.level, n - 10);
+    }
+
+    #[test]
+    fn a_row_round_trips() {
+        let mut s = SkuState::empty(3, 4);
+        s.count(10, key(1), 8, LW);
+        s.movement(20, -1, LW);
+        let r = s.row();
+        let mut t = SkuState::from_row(&r);
+        t.load_movement(5, 100, LW); // before the count: ignored
+        t.load_movement(20, -1, LW);
+        assert_eq!(t.row(), r);
+        assert_eq!(t.count(15, key(2), 8, LW), s.count(15, key(2), 8, LW));
+        assert_eq!(t.row(), s.row());
+    }
+}

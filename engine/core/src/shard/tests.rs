@@ -1,0 +1,337 @@
+use super::*;
+use crate::flush::PartTicket;
+use crate::route::{BatchPlan, plan_batch};
+use crate::testkit::{self, count, health, line, movement, refund, sale};
+use rkyv::rancor;
+use tillstream_protocol::RejectCode;
+use tillstream_protocol::ValidatedBatch;
+use tillstream_protocol::frame::FrameError;
+use tillstream_storage::time::{MINUTE_US, minute_of_day};
+use tillstream_storage::{EventKey, RowSet, StockMovementRow};
+
+type R = Result<(), Box<dyn std::error::Error>>;
+
+const NOW: i64 = 1_700_000_000_000_000;
+const LW: i64 = HOUR_US;
+
+fn core(id: u16, shards: u16) -> ShardCore {
+    ShardCore::new(ShardConfig {
+        id,
+        shards,
+        ..ShardConfig::default()
+    })
+}
+
+/// Plans `b` over `cores` and applies every part; returns the rows.
+fn run(cores: &mut [ShardCore], device: u64, b: &ValidatedBatch) -> RowSet {
+    let shards = u16::try_from(cores.len()).unwrap_or(1);
+    let mut plan = BatchPlan::new(shards);
+    plan_batch(b.get(), device, &Rules::default(), NOW, &mut plan);
+    let mut out = RowSet::default();
+    for (s, items) in plan.touched() {
+        cores[usize::from(s)].apply(device, b.get(), items, NOW, &mut out);
+    }
+    out
+}
+
+fn testkit_aligned(b: &[u8]) -> tillstream_protocol::frame::PayloadBuf {
+    tillstream_protocol::frame::aligned(b)
+}
+
+#[test]
+fn a_sale_writes_its_rows_across_shards() -> R {
+    for shards in [1u16, 2, 3, 7] {
+        let mut cores: Vec<ShardCore> = (0..shards).map(|i| core(i, shards)).collect();
+        let lines = vec![line(10, 2, 150), line(11, 1, 300), line(10, 1, 150)];
+        let b = testkit::batch(3, vec![sale(NOW, 1, 4, lines)])?;
+        let out = run(&mut cores, 9, &b);
+        assert_eq!(out.sales.len(), 1);
+        let s = &out.sales[0];
+        assert_eq!((s.gross, s.items, s.lines, s.tax), (750, 4, 3, 75));
+        assert_eq!((s.tendered, s.tenders, s.tender_methods), (750, 1, 1 << 1));
+        assert_eq!(
+            s.key,
+            EventKey {
+                device: 9,
+                seq: 3,
+                idx: 0
+            }
+        );
+        let mut lines: Vec<u16> = out.sale_lines.iter().map(|l| l.line).collect();
+        lines.sort_unstable();
+        assert_eq!(lines, [0, 1, 2]);
+        let mut mv: Vec<(u64, u16, i64, i64)> = out
+            .stock_movements
+            .iter()
+            .map(|m| (m.sku, m.line, m.delta, m.level_after))
+            .collect();
+        mv.sort_unstable();
+        assert_eq!(mv, [(10, 0, -2, -2), (10, 2, -1, -3), (11, 1, -1, -1)]);
+        let mut levels: Vec<(u64, i64, u64)> = out
+            .stock_levels
+            .iter()
+            .map(|l| (l.sku, l.level, l.version))
+            .collect();
+        levels.sort_unstable();
+        assert_eq!(
+            levels,
+            [(10, -3, 2), (11, -1, 1)],
+            "one row per SKU, final state"
+        );
+        assert_eq!(out.terminal_rollups.len(), 1);
+        let r = out.terminal_rollups[0];
+        assert_eq!(
+            (r.sales, r.gross, r.tax, r.minute),
+            (1, 750, 75, minute_of_day(NOW))
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn rollups_are_absolute_and_emitted_once_per_minute() -> R {
+    let mut cores = vec![core(0, 1)];
+    let b = testkit::batch(
+        1,
+        vec![
+            sale(NOW, 1, 4, vec![line(1, 1, 100)]),
+            sale(NOW + 1, 1, 4, vec![line(1, 1, 50)]),
+            refund(NOW + 2, 1, 4, vec![line(1, 1, 100)]),
+            sale(NOW + MINUTE_US, 1, 4, vec![line(1, 1, 7)]),
+        ],
+    )?;
+    let out = run(&mut cores, 1, &b);
+    let rows: Vec<(u32, u32, i64, i64)> = out
+        .terminal_rollups
+        .iter()
+        .map(|r| (r.sales, r.refunds, r.gross, r.refunded))
+        .collect();
+    assert_eq!(rows, [(2, 1, 150, 100), (1, 0, 7, 0)]);
+    let b = testkit::batch(2, vec![sale(NOW + 3, 1, 4, vec![line(1, 1, 1)])])?;
+    let out = run(&mut cores, 1, &b);
+    assert_eq!(out.terminal_rollups[0].sales, 3);
+    assert_eq!(out.terminal_rollups[0].gross, 151);
+    Ok(())
+}
+
+#[test]
+fn needs_then_activation() -> R {
+    let mut c = core(0, 1);
+    let b = testkit::batch(
+        1,
+        vec![
+            sale(NOW, 1, 4, vec![line(5, 1, 100)]),
+            movement(NOW, 2, 5, 3),
+            count(NOW, 2, 6, 3),
+            health(NOW, 1),
+        ],
+    )?;
+    let mut plan = BatchPlan::new(1);
+    plan_batch(b.get(), 1, &Rules::default(), NOW, &mut plan);
+    let mut needs = Vec::new();
+    c.needs(b.get(), &plan.parts[0], &mut needs);
+    let day = day(NOW);
+    assert_eq!(
+        needs,
+        [
+            Need::RollupDay { store: 1, day },
+            Need::Store(1),
+            Need::Store(2)
+        ]
+    );
+    // Store 2 had SKU 5 at level 40, counted an hour ago, with a movement
+    // since; the late window reaches back one hour before its newest event.
+    let key = EventKey {
+        device: 8,
+        seq: 1,
+        idx: 0,
+    };
+    let levels = vec![StockLevelRow {
+        store: 2,
+        sku: 5,
+        level: 40,
+        count_ts_us: Some(NOW - 60 * MINUTE_US),
+        count_key: Some(key),
+        updated_ts_us: NOW - 10 * MINUTE_US,
+        version: 7,
+    }];
+    assert_eq!(c.movements_since(&levels), NOW - 70 * MINUTE_US);
+    assert_eq!(c.movements_since(&[]), i64::MAX);
+    let moved = StockMovementRow {
+        store: 2,
+        sku: 5,
+        ts_us: NOW - 10 * MINUTE_US,
+        key: EventKey {
+            device: 8,
+            seq: 2,
+            idx: 0,
+        },
+        line: 0,
+        reason: MovementReason::Receipt,
+        delta: 10,
+        counted: 0,
+        level_after: 40,
+        applied: true,
+    };
+    c.activate_store(
+        2,
+        StoreSnapshot {
+            levels,
+            recent_movements: vec![moved],
+        },
+    );
+    c.activate_store(1, StoreSnapshot::default());
+    let old = TerminalRollupRow {
+        store: 1,
+        day,
+        terminal: 4,
+        minute: minute_of_day(NOW),
+        sales: 5,
+        gross: 1000,
+        ..Default::default()
+    };
+    c.activate_rollup_day(1, day, vec![old]);
+    needs.clear();
+    c.needs(b.get(), &plan.parts[0], &mut needs);
+    assert!(needs.is_empty());
+    let mut out = RowSet::default();
+    let t = c.apply(1, b.get(), &plan.parts[0], NOW, &mut out);
+    assert_eq!(t, PartTicket { shard: 0, n: 0 });
+    assert_eq!(
+        out.terminal_rollups[0].sales, 6,
+        "loaded rollups are added to"
+    );
+    assert_eq!(out.terminal_rollups[0].gross, 1100);
+    let l = c
+        .level(2, 5)
+        .ok_or(FrameError::Violation("sku 5 not loaded"))?;
+    assert_eq!((l.level, l.version), (43, 8));
+    // A count between the old count and the loaded movement recomputes on
+    // top of it.
+    let b = testkit::batch(2, vec![count(NOW - 30 * MINUTE_US, 2, 5, 20)])?;
+    let out = run(std::slice::from_mut(&mut c), 1, &b);
+    assert_eq!(out.stock_levels[0].level, 33);
+    assert_eq!(out.stock_levels[0].version, 9);
+    assert_eq!(out.stock_movements[0].delta, -10);
+    assert_eq!(c.stats().activations, 3);
+    Ok(())
+}
+
+#[test]
+fn late_counts_are_rejected_by_the_sku_shard() -> R {
+    let mut cores: Vec<ShardCore> = (0..3).map(|i| core(i, 3)).collect();
+    let b = testkit::batch(1, vec![movement(NOW, 1, 5, 3)])?;
+    run(&mut cores, 1, &b);
+    let b = testkit::batch(
+        2,
+        vec![count(NOW - LW - 1, 1, 5, 0), count(NOW - LW, 1, 5, 1)],
+    )?;
+    let out = run(&mut cores, 1, &b);
+    assert_eq!(out.rejected.len(), 1);
+    assert_eq!(out.rejected[0].code, RejectCode::CountTooLate.as_u16());
+    assert_eq!(out.rejected[0].reason, "count_too_late");
+    let bytes = testkit_aligned(&out.rejected[0].event);
+    let ev = rkyv::access::<ArchivedEvent, rancor::Error>(&bytes)?;
+    assert_eq!(ev.ts_us(), NOW - LW - 1);
+    assert_eq!(out.stock_levels[0].level, 4);
+    let owner = usize::from(shard_of_sku(1, 5, 3));
+    assert_eq!(cores[owner].stats().late_counts, 1);
+    Ok(())
+}
+
+#[test]
+fn stale_rows_are_recorded_but_not_applied() -> R {
+    let mut cores = vec![core(0, 1)];
+    let b = testkit::batch(
+        1,
+        vec![
+            count(NOW, 1, 5, 10),
+            movement(NOW - 1, 1, 5, 3),
+            movement(NOW, 1, 5, 3),
+            count(NOW - 5, 1, 5, 99),
+        ],
+    )?;
+    let out = run(&mut cores, 1, &b);
+    let applied: Vec<bool> = out.stock_movements.iter().map(|m| m.applied).collect();
+    assert_eq!(applied, [true, false, false, false]);
+    assert_eq!(out.stock_levels.len(), 1);
+    assert_eq!(
+        (out.stock_levels[0].level, out.stock_levels[0].version),
+        (10, 1)
+    );
+    let s = cores[0].stats();
+    assert_eq!((s.stale_counts, s.stale_movements), (1, 2));
+    Ok(())
+}
+
+#[test]
+fn bogus_items_are_ignored() -> R {
+    let mut c = core(0, 1);
+    let b = testkit::batch(1, vec![health(NOW, 1), movement(NOW, 1, 1, 1)])?;
+    let items = [
+        WorkItem {
+            idx: 7,
+            role: Role::Health,
+        },
+        WorkItem {
+            idx: 0,
+            role: Role::Stock,
+        },
+        WorkItem {
+            idx: 1,
+            role: Role::Terminal,
+        },
+        WorkItem {
+            idx: 1,
+            role: Role::Lines,
+        },
+    ];
+    let mut out = RowSet::default();
+    c.apply(1, b.get(), &items, NOW, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(c.stats().misrouted, 4);
+    // A SKU of another shard is not applied here.
+    let mut other = core(1, 2);
+    let sku = (0..100u64)
+        .find(|&s| shard_of_sku(1, s, 2) == 0)
+        .unwrap_or(0);
+    let b = testkit::batch(1, vec![movement(NOW, 1, sku, 1)])?;
+    other.apply(
+        1,
+        b.get(),
+        &[WorkItem {
+            idx: 0,
+            role: Role::Stock,
+        }],
+        NOW,
+        &mut out,
+    );
+    assert!(out.is_empty());
+    Ok(())
+}
+
+#[test]
+fn passivated_days_come_back_from_the_store() -> R {
+    let mut cores = vec![core(0, 1)];
+    let b = testkit::batch(1, vec![sale(NOW, 1, 4, vec![line(1, 1, 100)])])?;
+    run(&mut cores, 1, &b);
+    assert_eq!(cores[0].passivate_rollup_days_before(day(NOW) + 1), 1);
+    assert_eq!(cores[0].stats().rollup_minutes, 0);
+    let mut needs = Vec::new();
+    cores[0].needs(
+        b.get(),
+        &[WorkItem {
+            idx: 0,
+            role: Role::Terminal,
+        }],
+        &mut needs,
+    );
+    assert_eq!(
+        needs,
+        [Need::RollupDay {
+            store: 1,
+            day: day(NOW)
+        }]
+    );
+    Ok(())
+}

@@ -1,0 +1,71 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tillstream_protocol::Limits;
+
+/// How to run a server. `ServerConfig::new(dir)` works with no other
+/// setting: loopback QUIC on port 7400, a self-signed certificate in the
+/// data directory, one shard per core.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// QUIC (UDP) address to listen on.
+    pub listen: SocketAddr,
+    /// Where the embedded store and the TLS files live.
+    pub data_dir: PathBuf,
+    /// Shard actors (default: number of cores).
+    pub shards: u16,
+    /// HTTP address for /metrics, /healthz, /readyz and /v1/*; None for none.
+    pub http: Option<SocketAddr>,
+    /// Longest a committed row waits for its group commit to fill.
+    pub flush_interval: Duration,
+    /// Largest group commit in rows.
+    pub flush_max_rows: usize,
+    /// What devices are told they may send.
+    pub limits: Limits,
+    /// Bytes of batch payload a shard may hold unapplied before sessions
+    /// routing to it stop reading.
+    pub max_inflight_bytes_per_shard: usize,
+    /// PEM certificate chain and key; None: a self-signed pair in data_dir/tls.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Grace period of a drain on shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults over `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            data_dir: data_dir.into(),
+            shards: u16::try_from(cores).unwrap_or(2).max(1),
+            http: None,
+            flush_interval: Duration::from_millis(2),
+            flush_max_rows: 200_000,
+            limits: Limits::default(),
+            max_inflight_bytes_per_shard: 32 << 20,
+            tls: None,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The settings a running server reports (in loadgen reports and /v1/settings).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Shard actors.
+    pub shards: u16,
+    /// Group-commit interval, milliseconds.
+    pub flush_interval_ms: u64,
+    /// Largest group commit, rows.
+    pub flush_max_rows: usize,
+    /// Per-shard in-flight bound, bytes.
+    pub max_inflight_bytes_per_shard: usize,
+    /// Storage backend.
+    pub backend: String,
+    /// Most events per batch accepted.
+    pub max_events_per_batch: u32,
+    /// Most unacknowledged batches per device.
+    pub max_inflight_batches: u32,
+}

@@ -1,0 +1,106 @@
+//! Metrics, named `tillstream_<name>_<unit>[_total]`. Counted once per
+//! batch or per commit on the hot path, never per event; labels have
+//! bounded cardinality (codes, shard index), never a device or a SKU.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// The process-wide Prometheus recorder (installed once, shared by every
+/// server of the process).
+pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5,
+            ];
+            PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .as_ref()
+}
+
+pub(crate) fn batch_received(events: usize, bytes: usize) {
+    counter!("tillstream_batches_received_total").increment(1);
+    counter!("tillstream_events_received_total").increment(events as u64);
+    counter!("tillstream_bytes_received_total").increment(bytes as u64);
+}
+
+pub(crate) fn batch_duplicate() {
+    counter!("tillstream_batches_duplicate_total").increment(1);
+}
+
+pub(crate) fn events_rejected(count: usize) {
+    counter!("tillstream_events_rejected_total").increment(count as u64);
+}
+
+pub(crate) fn frame_refused(code: tillstream_protocol::ErrorCode) {
+    counter!("tillstream_frames_refused_total", "code" => code.name()).increment(1);
+}
+
+pub(crate) fn acked(latency: Duration, batches: u64) {
+    histogram!("tillstream_ack_latency_seconds").record(latency.as_secs_f64());
+    counter!("tillstream_batches_acked_total").increment(batches);
+}
+
+pub(crate) fn commit_done(elapsed: Duration, rows: usize, bytes: usize, units: usize) {
+    histogram!("tillstream_flush_duration_seconds").record(elapsed.as_secs_f64());
+    counter!("tillstream_flush_total").increment(1);
+    counter!("tillstream_flush_rows_total").increment(rows as u64);
+    counter!("tillstream_flush_bytes_total").increment(bytes as u64);
+    histogram!("tillstream_flush_units").record(units as f64);
+}
+
+pub(crate) fn commit_failed() {
+    counter!("tillstream_flush_failures_total").increment(1);
+}
+
+pub(crate) fn connections(delta: f64) {
+    gauge!("tillstream_connections_active").increment(delta);
+}
+
+pub(crate) fn sessions_refused(code: tillstream_protocol::ErrorCode) {
+    counter!("tillstream_sessions_refused_total", "code" => code.name()).increment(1);
+}
+
+/// Per-shard gauges, registered once (their label is the shard index).
+pub(crate) struct ShardGauges {
+    inflight: metrics::Gauge,
+    skus: metrics::Gauge,
+    terminals: metrics::Gauge,
+    window: metrics::Gauge,
+}
+
+impl ShardGauges {
+    pub(crate) fn new(shard: u16) -> Self {
+        let s = shard.to_string();
+        Self {
+            inflight: gauge!("tillstream_shard_inflight_bytes", "shard" => s.clone()),
+            skus: gauge!("tillstream_active_skus", "shard" => s.clone()),
+            terminals: gauge!("tillstream_active_terminals", "shard" => s.clone()),
+            window: gauge!("tillstream_late_window_movements", "shard" => s),
+        }
+    }
+
+    pub(crate) fn update(
+        &self,
+        inflight_bytes: usize,
+        stats: &tillstream_engine_core::shard::ShardStats,
+    ) {
+        self.inflight.set(inflight_bytes as f64);
+        self.skus.set(stats.skus_active as f64);
+        self.terminals.set(stats.terminals_active as f64);
+        self.window.set(stats.window_movements as f64);
+    }
+}
+
+pub(crate) fn dead_letter() {
+    counter!("tillstream_dead_letters_total").increment(1);
+}

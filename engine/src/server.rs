@@ -1,0 +1,284 @@
+//! Starting and stopping a server: the store, the shards, the flusher, the
+//! QUIC endpoint and its accept loop, and the HTTP API.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tillstream_engine_core::shard::ShardConfig;
+use tillstream_engine_core::validate::Rules;
+use tillstream_protocol::Limits;
+use tillstream_storage::Store;
+use tillstream_storage::embedded::EmbeddedStore;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::devices::Devices;
+use crate::flusher::{self, FlushSender, FlushSettings};
+use crate::shards::{self, ShardHandle};
+use crate::{EngineError, ServerConfig, ServerSettings, http, session, tls, udp};
+
+/// What every session shares.
+#[derive(Debug)]
+pub(crate) struct EngineCtx {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) devices: Devices,
+    pub(crate) shards: Vec<ShardHandle>,
+    pub(crate) shard_count: u16,
+    pub(crate) flush: FlushSender,
+    pub(crate) limits: Limits,
+    pub(crate) rules: Rules,
+    /// Set on shutdown: new sessions are refused, readers stop.
+    pub(crate) draining: AtomicBool,
+    /// Set when a batch could not be applied: the engine needs a restart.
+    pub(crate) failed: AtomicBool,
+}
+
+impl EngineCtx {
+    /// Why the server is not ready, if it is not.
+    pub(crate) fn not_ready(&self) -> Option<String> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Some("draining".into());
+        }
+        if self.failed.load(Ordering::Relaxed) {
+            return Some("a batch could not be applied; restart the server".into());
+        }
+        self.store.check_writable().err().map(|e| e.to_string())
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    quic_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    cert_path: PathBuf,
+    store: Arc<EmbeddedStore>,
+    settings: ServerSettings,
+    ctx: Arc<EngineCtx>,
+    endpoint: quinn::Endpoint,
+    shutdown_tx: watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+    http: Option<tokio::task::JoinHandle<()>>,
+    flusher: tokio::task::JoinHandle<()>,
+    drain_timeout: Duration,
+}
+
+impl Server {
+    /// Opens the store, binds the sockets and starts every task.
+    pub async fn start(cfg: ServerConfig) -> Result<Server, EngineError> {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| EngineError::Io {
+            what: "creating the data directory",
+            path: cfg.data_dir.clone(),
+            source,
+        })?;
+        let material = tls::load_or_create(cfg.tls.as_ref(), &cfg.data_dir)?;
+        if material.created {
+            tracing::info!(cert = %material.trust_path.display(), "created a self-signed development certificate; devices must trust this file");
+        }
+        let quic_cfg = tls::quic_server_config(&material, &cfg.limits)?;
+
+        let dir = cfg.data_dir.join("store");
+        let embedded = Arc::new(
+            tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir))
+                .await
+                .map_err(|e| EngineError::Actor(e.to_string()))??,
+        );
+        let store: Arc<dyn Store> = embedded.clone();
+        let shard_count = cfg.shards.max(1);
+        let rules = Rules::default();
+        let shard_rules = rules.clone();
+        let shards = shards::spawn_shards(
+            shard_count,
+            |id| ShardConfig {
+                id,
+                shards: shard_count,
+                rules: shard_rules.clone(),
+                ..ShardConfig::default()
+            },
+            store.clone(),
+            cfg.max_inflight_bytes_per_shard,
+        )
+        .await?;
+        let (flush, flusher) = flusher::spawn(
+            store.clone(),
+            FlushSettings {
+                interval: cfg.flush_interval,
+                max_rows: cfg.flush_max_rows,
+            },
+            4096,
+        );
+        let ctx = Arc::new(EngineCtx {
+            store,
+            devices: Devices::default(),
+            shards,
+            shard_count,
+            flush,
+            limits: cfg.limits,
+            rules,
+            draining: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+        });
+
+        let socket = udp::bind(cfg.listen).map_err(|source| EngineError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(quic_cfg),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| EngineError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let quic_addr = endpoint.local_addr().map_err(|source| EngineError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let accept = tokio::spawn(accept_loop(
+            endpoint.clone(),
+            ctx.clone(),
+            shutdown_rx.clone(),
+            cfg.drain_timeout,
+        ));
+
+        let settings = ServerSettings {
+            shards: shard_count,
+            flush_interval_ms: u64::try_from(cfg.flush_interval.as_millis()).unwrap_or(u64::MAX),
+            flush_max_rows: cfg.flush_max_rows,
+            max_inflight_bytes_per_shard: cfg.max_inflight_bytes_per_shard,
+            backend: ctx.store.backend().to_string(),
+            max_events_per_batch: cfg.limits.max_events_per_batch,
+            max_inflight_batches: cfg.limits.max_inflight_batches,
+        };
+        let (http_addr, http) = match cfg.http {
+            Some(addr) => {
+                let (bound, join) = http::serve(
+                    addr,
+                    http::HttpState {
+                        ctx: ctx.clone(),
+                        store: embedded.clone(),
+                        settings: settings.clone(),
+                    },
+                    shutdown_rx,
+                )
+                .await?;
+                (Some(bound), Some(join))
+            }
+            None => (None, None),
+        };
+        tracing::info!(%quic_addr, http = ?http_addr, shards = shard_count, data_dir = %cfg.data_dir.display(), "tillstream serving");
+        Ok(Server {
+            quic_addr,
+            http_addr,
+            cert_path: material.trust_path,
+            store: embedded,
+            settings,
+            ctx,
+            endpoint,
+            shutdown_tx,
+            accept,
+            http,
+            flusher,
+            drain_timeout: cfg.drain_timeout,
+        })
+    }
+
+    /// The QUIC address devices connect to.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// The HTTP API address, if any.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// PEM of the certificate devices must trust.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert_path
+    }
+
+    /// The store, for in-process verification and queries.
+    pub fn store(&self) -> Arc<EmbeddedStore> {
+        self.store.clone()
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> ServerSettings {
+        self.settings.clone()
+    }
+
+    /// Devices seen since start.
+    pub fn devices_seen(&self) -> usize {
+        self.ctx.devices.len()
+    }
+
+    /// Drains: refuses new sessions, stops reading batches, commits and
+    /// acknowledges what was read, closes connections (after at most the
+    /// drain timeout), then stops the shards and the flusher.
+    pub async fn shutdown(self) -> Result<(), EngineError> {
+        self.ctx.draining.store(true, Ordering::Relaxed);
+        let _ = self.shutdown_tx.send(true);
+        let _ = self.accept.await;
+        self.endpoint.close(
+            quinn::VarInt::from_u32(u32::from(tillstream_protocol::ErrorCode::Draining.as_u16())),
+            b"server shutting down",
+        );
+        if let Some(h) = self.http {
+            let _ = h.await;
+        }
+        let shards: Vec<ShardHandle> = self.ctx.shards.clone();
+        // The flusher ends once every sender (the context's included) is gone.
+        drop(self.ctx);
+        let _ = tokio::time::timeout(self.drain_timeout, self.flusher).await;
+        for s in shards {
+            s.actor.stop(None);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.endpoint.wait_idle()).await;
+        tracing::info!("tillstream stopped");
+        Ok(())
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    ctx: Arc<EngineCtx>,
+    mut shutdown: watch::Receiver<bool>,
+    drain_timeout: Duration,
+) {
+    let mut sessions = JoinSet::new();
+    let stop_signal = shutdown.clone();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let ctx = ctx.clone();
+                let stop = stop_signal.clone();
+                sessions.spawn(async move {
+                    match incoming.await {
+                        Ok(conn) => session::serve(conn, ctx, stop).await,
+                        Err(e) => tracing::debug!(error = %e, "handshake failed"),
+                    }
+                });
+            }
+            _ = shutdown.wait_for(|s| *s) => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    endpoint.set_server_config(None);
+    let drain = async { while sessions.join_next().await.is_some() {} };
+    if tokio::time::timeout(drain_timeout, drain).await.is_err() {
+        tracing::warn!(
+            left = sessions.len(),
+            "drain timeout: closing the remaining sessions"
+        );
+        sessions.abort_all();
+    }
+}

@@ -1,0 +1,205 @@
+//! Shard actors: each owns one `ShardCore` and applies the parts of
+//! batches routed to it, one mailbox message per batch part.
+//!
+//! The actor is a thin shell: it activates what the core asks for (reading
+//! the store on a blocking thread), calls `apply`, and hands the rows back
+//! to the session that sent the part. Rows never wait in the shard: the
+//! session assembles a batch's rows from all its shards into one commit
+//! unit, so a batch's rows and its watermark are always committed together.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tillstream_engine_core::flush::PartTicket;
+use tillstream_engine_core::route::WorkItem;
+use tillstream_engine_core::shard::{Need, ShardConfig, ShardCore};
+use tillstream_protocol::ValidatedBatch;
+use tillstream_storage::{RowSet, Store, StoreError, StoreSnapshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::clock::now_us;
+use crate::metrics as m;
+
+/// One batch's part for one shard.
+#[derive(Debug)]
+pub(crate) struct ApplyWork {
+    pub(crate) batch: Arc<ValidatedBatch>,
+    pub(crate) device: u64,
+    pub(crate) items: Vec<WorkItem>,
+    pub(crate) reply: oneshot::Sender<PartResult>,
+    /// Held until applied: bounds the bytes a shard has queued.
+    pub(crate) permit: OwnedSemaphorePermit,
+}
+
+/// A shard's answer for one part: its rows and its place in the shard's
+/// apply order (the flusher commits in an order consistent with it).
+pub(crate) type PartResult = Result<(RowSet, PartTicket), Arc<StoreError>>;
+
+/// Messages of a shard actor.
+#[derive(Debug)]
+pub(crate) enum ShardMsg {
+    /// Apply a batch part.
+    Apply(ApplyWork),
+}
+
+/// A shard: the actor's handle and its in-flight byte budget.
+#[derive(Debug, Clone)]
+pub(crate) struct ShardHandle {
+    pub(crate) actor: ActorRef<ShardMsg>,
+    pub(crate) budget: Arc<Semaphore>,
+    pub(crate) budget_units: u32,
+}
+
+/// Unit of the in-flight byte budget.
+pub(crate) const BUDGET_UNIT: usize = 1024;
+
+impl ShardHandle {
+    /// Permits for a payload of `bytes`, capped so one huge batch can still pass.
+    pub(crate) fn units_for(&self, bytes: usize) -> u32 {
+        u32::try_from(bytes.div_ceil(BUDGET_UNIT))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.budget_units)
+    }
+}
+
+struct ShardActor;
+
+struct ShardState {
+    core: ShardCore,
+    store: Arc<dyn Store>,
+    needs: Vec<Need>,
+    budget: Arc<Semaphore>,
+    budget_units: u32,
+    gauges: m::ShardGauges,
+}
+
+impl Actor for ShardActor {
+    type Msg = ShardMsg;
+    type State = ShardState;
+    type Arguments = (ShardConfig, Arc<dyn Store>, Arc<Semaphore>, u32);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        (cfg, store, budget, budget_units): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let gauges = m::ShardGauges::new(cfg.id);
+        Ok(ShardState {
+            core: ShardCore::new(cfg),
+            store,
+            needs: Vec::new(),
+            budget,
+            budget_units,
+            gauges,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ShardMsg::Apply(work) => {
+                let result = apply(state, &work).await;
+                drop(work.permit);
+                let used = state.budget_units as usize
+                    - state
+                        .budget
+                        .available_permits()
+                        .min(state.budget_units as usize);
+                state.gauges.update(used * BUDGET_UNIT, &state.core.stats());
+                // The session may be gone; its rows are then not needed.
+                let _ = work.reply.send(result);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn apply(state: &mut ShardState, work: &ApplyWork) -> PartResult {
+    let batch = work.batch.get();
+    state.needs.clear();
+    state.core.needs(batch, &work.items, &mut state.needs);
+    for i in 0..state.needs.len() {
+        activate(state, state.needs[i]).await.map_err(Arc::new)?;
+    }
+    let mut rows = RowSet::default();
+    let ticket = state
+        .core
+        .apply(work.device, batch, &work.items, now_us(), &mut rows);
+    Ok((rows, ticket))
+}
+
+/// Loads what the core needs from the store, off the async workers.
+async fn activate(state: &mut ShardState, need: Need) -> Result<(), StoreError> {
+    let store = state.store.clone();
+    match need {
+        Need::Store(id) => {
+            let levels = blocking(store.clone(), move |s| s.load_levels(id)).await?;
+            let since = state.core.movements_since(&levels);
+            let recent_movements = if since == i64::MAX {
+                Vec::new()
+            } else {
+                blocking(store, move |s| s.load_movements(id, since)).await?
+            };
+            tracing::debug!(
+                store = id,
+                levels = levels.len(),
+                movements = recent_movements.len(),
+                "store activated"
+            );
+            state.core.activate_store(
+                id,
+                StoreSnapshot {
+                    levels,
+                    recent_movements,
+                },
+            );
+        }
+        Need::RollupDay { store: id, day } => {
+            let rollups = blocking(store, move |s| s.load_rollups(id, day)).await?;
+            state.core.activate_rollup_day(id, day, rollups);
+        }
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    store: Arc<dyn Store>,
+    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(move || f(&*store))
+        .await
+        .map_err(|e| StoreError::Backend {
+            op: "activation read",
+            source: Box::new(e),
+        })?
+}
+
+/// Starts `cfg_of(i)` for every shard.
+pub(crate) async fn spawn_shards(
+    shards: u16,
+    cfg_of: impl Fn(u16) -> ShardConfig,
+    store: Arc<dyn Store>,
+    inflight_bytes: usize,
+) -> Result<Vec<ShardHandle>, crate::EngineError> {
+    let units = u32::try_from(inflight_bytes.div_ceil(BUDGET_UNIT))
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let mut out = Vec::with_capacity(usize::from(shards));
+    for id in 0..shards {
+        let budget = Arc::new(Semaphore::new(units as usize));
+        let args = (cfg_of(id), store.clone(), budget.clone(), units);
+        let (actor, _join) = Actor::spawn(None, ShardActor, args)
+            .await
+            .map_err(|e| crate::EngineError::Actor(format!("shard {id}: {e}")))?;
+        out.push(ShardHandle {
+            actor,
+            budget,
+            budget_units: units,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,87 @@
+//! Reading and writing frames on a QUIC stream.
+
+use tillstream_protocol::FrameError;
+use tillstream_protocol::frame::{self, FrameHeader, HEADER_LEN, PayloadBuf, WireMessage};
+
+/// Why a frame could not be read.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The connection or stream failed; nothing more can be read.
+    Conn(String),
+    /// The bytes were not a valid frame. `raw` is what was read of it.
+    Frame { err: FrameError, raw: Vec<u8> },
+}
+
+/// Reads one frame: `Ok(None)` when the peer finished the stream cleanly
+/// between frames. The header is checked before the payload is read, so a
+/// declared length over `max_payload` never allocates.
+pub(crate) async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    max_payload: u32,
+) -> Result<Option<(FrameHeader, PayloadBuf)>, ReadError> {
+    let mut head = [0u8; HEADER_LEN];
+    match recv.read_exact(&mut head).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(n)) => {
+            return Err(ReadError::Frame {
+                err: FrameError::Truncated {
+                    expected: HEADER_LEN,
+                    got: n,
+                },
+                raw: head[..n].to_vec(),
+            });
+        }
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(ReadError::Conn(e.to_string())),
+    }
+    let header = FrameHeader::parse(&head, max_payload).map_err(|err| ReadError::Frame {
+        err,
+        raw: head.to_vec(),
+    })?;
+    let len = header.len as usize;
+    let mut payload = PayloadBuf::with_capacity(len);
+    payload.resize(len, 0);
+    match recv.read_exact(&mut payload).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(n)) => {
+            let mut raw = head.to_vec();
+            raw.extend_from_slice(&payload[..n.min(len)]);
+            return Err(ReadError::Frame {
+                err: FrameError::Truncated {
+                    expected: len,
+                    got: n,
+                },
+                raw,
+            });
+        }
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(ReadError::Conn(e.to_string())),
+    }
+    header
+        .check_payload(&payload)
+        .map_err(|err| ReadError::Frame {
+            err,
+            raw: with_header(&head, &payload),
+        })?;
+    Ok(Some((header, payload)))
+}
+
+/// The header and payload of a frame as one byte string, capped for a dead letter.
+pub(crate) fn with_header(head: &[u8], payload: &[u8]) -> Vec<u8> {
+    let cap = tillstream_storage::DEAD_LETTER_MAX_BYTES;
+    let mut raw = Vec::with_capacity((head.len() + payload.len()).min(cap));
+    raw.extend_from_slice(head);
+    let room = cap.saturating_sub(raw.len());
+    raw.extend_from_slice(&payload[..payload.len().min(room)]);
+    raw
+}
+
+/// Encodes and writes one message.
+pub(crate) async fn write_msg<M>(send: &mut quinn::SendStream, msg: &M) -> Result<(), String>
+where
+    M: WireMessage,
+    M::Archived: rkyv::Portable
+        + for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>,
+{
+    let bytes = frame::encode_to_vec(msg).map_err(|e| e.to_string())?;
+    send.write_all(&bytes).await.map_err(|e| e.to_string())
+}

@@ -1,0 +1,102 @@
+//! `tillstream serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use tillstream_engine::{Server, ServerConfig};
+
+/// Run the server. With no flags: QUIC on 127.0.0.1:7400, HTTP on
+/// 127.0.0.1:7401, the embedded store and a self-signed certificate in
+/// ./data, one shard per core.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// UDP address for QUIC (use 0.0.0.0:7400 to accept devices from the network).
+    #[arg(long, default_value = "127.0.0.1:7400", env = "TILLSTREAM_LISTEN")]
+    listen: SocketAddr,
+    /// Data directory: the embedded store (store/) and TLS files (tls/).
+    #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Shard actors (default: the number of cores).
+    #[arg(long, env = "TILLSTREAM_SHARDS")]
+    shards: Option<u16>,
+    /// TCP address of the HTTP API (/metrics, /healthz, /readyz, /v1/*); "off" to disable.
+    #[arg(long, default_value = "127.0.0.1:7401", env = "TILLSTREAM_HTTP")]
+    http: String,
+    /// Longest a batch waits for its group commit to fill, in milliseconds.
+    #[arg(long, default_value_t = 2, env = "TILLSTREAM_FLUSH_INTERVAL_MS")]
+    flush_interval_ms: u64,
+    /// PEM certificate chain (with --tls-key); default: a self-signed one in the data directory.
+    #[arg(long, requires = "tls_key", env = "TILLSTREAM_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert", env = "TILLSTREAM_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Longest a graceful shutdown (SIGTERM, Ctrl-C) waits for in-flight batches, in seconds.
+    #[arg(long, default_value_t = 10, env = "TILLSTREAM_DRAIN_TIMEOUT_S")]
+    drain_timeout_s: u64,
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut cfg = ServerConfig::new(&args.data_dir);
+    cfg.listen = args.listen;
+    if let Some(s) = args.shards {
+        anyhow::ensure!(s >= 1, "--shards must be at least 1");
+        cfg.shards = s;
+    }
+    cfg.http = match args.http.as_str() {
+        "off" | "none" | "" => None,
+        a => Some(
+            a.parse()
+                .with_context(|| format!("--http {a:?} is not an address like 127.0.0.1:7401"))?,
+        ),
+    };
+    cfg.flush_interval = Duration::from_millis(args.flush_interval_ms);
+    cfg.tls = args.tls_cert.zip(args.tls_key);
+    cfg.drain_timeout = Duration::from_secs(args.drain_timeout_s);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tillstream")
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let server = Server::start(cfg).await.context("starting the server")?;
+        eprintln!(
+            "tillstream listening on {} (QUIC, ALPN tillstream/1); devices trust {}",
+            server.quic_addr(),
+            server.cert_path().display()
+        );
+        if let Some(h) = server.http_addr() {
+            eprintln!("HTTP API on http://{h} (/metrics, /healthz, /readyz, /v1/verify)");
+        }
+        wait_for_signal().await;
+        eprintln!("draining...");
+        server.shutdown().await.context("shutting down")?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

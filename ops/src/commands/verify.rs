@@ -1,0 +1,45 @@
+//! `tillstream verify`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tillstream_storage::verify::{ExpectedBatch, verify};
+
+/// Check the invariants of the store: every acknowledged event stored
+/// exactly once, each SKU's level equal to its latest count plus the
+/// movements after it, each terminal's rollups equal to its sales. Prints
+/// one JSON object; exits 0 when ok, 1 when not, 2 on errors. The server
+/// must be stopped (it holds the store); a running server answers the same
+/// check on POST /v1/verify.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Data directory of the server.
+    #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
+    data_dir: PathBuf,
+    /// A JSON file with the batches a client had acknowledged
+    /// (`[{"device":1,"seq":1,"events":128}, ...]`); each must be stored whole.
+    #[arg(long)]
+    expected: Option<PathBuf>,
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let store = super::open_store(&args.data_dir)?;
+    let expected: Option<Vec<ExpectedBatch>> = match &args.expected {
+        Some(p) => {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            Some(
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("parsing {}", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    let report = verify(&store, expected.as_deref()).context("verifying the store")?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

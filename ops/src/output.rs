@@ -1,0 +1,181 @@
+//! Rows as an aligned table, CSV or JSON. Rows are JSON objects; nested
+//! objects are flattened into `parent.child` columns, and fields named
+//! `*_us` (UTC microseconds) get a readable `*` twin in tables and CSV.
+
+use std::io::Write;
+
+use serde_json::{Map, Value};
+use tillstream_storage::time::format_ts;
+
+/// Output format of `tillstream query`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum Format {
+    /// Aligned columns for a terminal.
+    Table,
+    /// RFC 4180 CSV with a header row.
+    Csv,
+    /// A JSON array of objects.
+    Json,
+}
+
+pub(crate) fn print_rows(
+    rows: &[Value],
+    format: Format,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    if let Format::Json = format {
+        serde_json::to_writer_pretty(&mut *out, rows)?;
+        return writeln!(out);
+    }
+    let flat: Vec<Vec<(String, String)>> = rows.iter().map(flatten).collect();
+    let mut columns: Vec<String> = Vec::new();
+    for row in &flat {
+        for (k, _) in row {
+            if !columns.contains(k) {
+                columns.push(k.clone());
+            }
+        }
+    }
+    let cell = |row: &[(String, String)], col: &str| -> String {
+        row.iter()
+            .find(|(k, _)| k == col)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    match format {
+        Format::Csv => {
+            writeln!(
+                out,
+                "{}",
+                columns
+                    .iter()
+                    .map(|c| csv_field(c))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )?;
+            for row in &flat {
+                let line: Vec<String> = columns.iter().map(|c| csv_field(&cell(row, c))).collect();
+                writeln!(out, "{}", line.join(","))?;
+            }
+        }
+        Format::Table | Format::Json => {
+            if flat.is_empty() {
+                return writeln!(out, "(no rows)");
+            }
+            let mut widths: Vec<usize> = columns.iter().map(|c| c.len()).collect();
+            for row in &flat {
+                for (i, c) in columns.iter().enumerate() {
+                    widths[i] = widths[i].max(cell(row, c).len());
+                }
+            }
+            let line = |vals: Vec<String>| -> String {
+                vals.iter()
+                    .enumerate()
+                    .map(|(i, v)| format!("{v:<w$}", w = widths[i]))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_string()
+            };
+            writeln!(out, "{}", line(columns.clone()))?;
+            for row in &flat {
+                writeln!(
+                    out,
+                    "{}",
+                    line(columns.iter().map(|c| cell(row, c)).collect())
+                )?;
+            }
+            writeln!(out, "({} rows)", flat.len())?;
+        }
+    }
+    Ok(())
+}
+
+fn flatten(v: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Value::Object(m) = v {
+        flatten_into("", m, &mut out);
+    } else {
+        out.push(("value".into(), scalar(v)));
+    }
+    out
+}
+
+fn flatten_into(prefix: &str, m: &Map<String, Value>, out: &mut Vec<(String, String)>) {
+    for (k, v) in m {
+        let name = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            Value::Object(inner) => flatten_into(&name, inner, out),
+            _ => {
+                if let (Some(base), Some(us)) = (name.strip_suffix("_us"), v.as_i64()) {
+                    if us != i64::MAX && us > 0 {
+                        out.push((base.to_string(), format_ts(us)));
+                    }
+                }
+                out.push((name, scalar(v)));
+            }
+        }
+    }
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Array(a)
+            if a.iter().all(|x| x.as_u64().is_some_and(|n| n < 256)) && a.len() == 16 =>
+        {
+            // 16-byte ids print as hex.
+            a.iter()
+                .filter_map(Value::as_u64)
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_and_flattens() -> std::io::Result<()> {
+        let rows =
+            vec![serde_json::json!({"a": 1, "k": {"device": 2}, "s": "x,y", "ts_us": 1_000_000})];
+        let mut out = Vec::new();
+        print_rows(&rows, Format::Csv, &mut out)?;
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(
+            text,
+            "a,k.device,s,ts,ts_us\n1,2,\"x,y\",1970-01-01T00:00:01Z,1000000\n"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn table_aligns_columns() -> std::io::Result<()> {
+        let rows = vec![
+            serde_json::json!({"sku": 1, "n": 100}),
+            serde_json::json!({"sku": 22, "n": 3}),
+        ];
+        let mut out = Vec::new();
+        print_rows(&rows, Format::Table, &mut out)?;
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("sku  n\n1    100\n22   3\n"), "{text}");
+        assert!(text.ends_with("(2 rows)\n"));
+        Ok(())
+    }
+}
