@@ -1,1 +1,163 @@
-//! placeholder
+//! End-to-end tests across real QUIC on loopback and real stores on disk;
+//! the tests live in `tests/main.rs` (one binary, one module per area), and
+//! this library holds what they share.
+
+use std::time::Duration;
+
+use tillstream_client::{ClientConfig, DeviceClient, PreparedBatch, client_endpoint};
+use tillstream_engine::{Server, ServerConfig};
+use tillstream_protocol::*;
+
+/// A server on a loopback port over a fresh temporary directory.
+pub async fn start_server(dir: &std::path::Path, shards: u16) -> anyhow::Result<Server> {
+    let mut cfg = ServerConfig::new(dir);
+    cfg.listen = "127.0.0.1:0".parse()?;
+    cfg.shards = shards;
+    cfg.flush_interval = Duration::from_millis(1);
+    Ok(Server::start(cfg).await?)
+}
+
+/// A client endpoint trusting `server`'s self-signed certificate.
+pub fn endpoint_for(server: &Server) -> anyhow::Result<quinn::Endpoint> {
+    let ca = std::fs::read(server.cert_path())?;
+    Ok(client_endpoint(&ca, server.quic_addr())?)
+}
+
+/// Starts a device client against `server`.
+pub fn device(endpoint: &quinn::Endpoint, server: std::net::SocketAddr, id: u64) -> DeviceClient {
+    let mut cfg = ClientConfig::new(server, id);
+    cfg.max_inflight = 8;
+    cfg.backoff_min = Duration::from_millis(20);
+    cfg.backoff_max = Duration::from_millis(200);
+    DeviceClient::start(endpoint.clone(), cfg)
+}
+
+/// A small deterministic fleet: tills sell and refund, sensors count and
+/// move stock, everyone pings health. `batches[i]` is batch seq `i + 1`.
+#[derive(Debug, Clone)]
+pub struct DeviceScript {
+    /// The device.
+    pub device: u64,
+    /// Its batches in seq order.
+    pub batches: Vec<Batch>,
+}
+
+/// Builds `batches` batches of `per_batch` events for a device.
+pub fn script(
+    device: u64,
+    store: u32,
+    till: bool,
+    batches: u64,
+    per_batch: u32,
+    t0: i64,
+) -> DeviceScript {
+    let mut x = device.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut out = Vec::new();
+    for seq in 1..=batches {
+        let mut events = Vec::new();
+        for i in 0..per_batch {
+            let ts = t0 + i64::try_from(seq * 1_000 + u64::from(i)).unwrap_or(0) * 1_000;
+            let sku = 1 + next() % 20;
+            let e = match (till, next() % 10) {
+                (_, 0) => Event::Health(DeviceHealth {
+                    ts_us: ts,
+                    store,
+                    battery_pct: 255,
+                    temperature_dc: 200,
+                    uptime_s: 1,
+                    queue_depth: 0,
+                    rssi_dbm: -50,
+                }),
+                (true, 1) => Event::Refund(Refund {
+                    ts_us: ts,
+                    store,
+                    terminal: u32::try_from(device % 1000).unwrap_or(0),
+                    operator: 1,
+                    txn: [u8::try_from(i % 200).unwrap_or(0); 16],
+                    original_txn: None,
+                    currency: *b"GBP",
+                    lines: vec![line(sku, 1)],
+                    tenders: vec![tender(100)],
+                }),
+                (true, _) => Event::Sale(Sale {
+                    ts_us: ts,
+                    store,
+                    terminal: u32::try_from(device % 1000).unwrap_or(0),
+                    operator: 1,
+                    txn: [u8::try_from(i % 200).unwrap_or(0); 16],
+                    currency: *b"GBP",
+                    lines: vec![line(sku, 2), line(sku % 20 + 1, 1)],
+                    tenders: vec![tender(300)],
+                    customer: None,
+                }),
+                (false, 1..=3) => Event::Count(ShelfCount {
+                    ts_us: ts,
+                    store,
+                    sku,
+                    level: i64::try_from(next() % 50).unwrap_or(0),
+                }),
+                (false, _) => Event::Movement(StockMovement {
+                    ts_us: ts,
+                    store,
+                    sku,
+                    delta: if next() % 2 == 0 { 12 } else { -1 },
+                    reason: if next() % 2 == 0 {
+                        MovementKind::Receipt
+                    } else {
+                        MovementKind::Shrink
+                    },
+                }),
+            };
+            events.push(e);
+        }
+        out.push(Batch {
+            seq,
+            sent_at_us: t0,
+            events,
+        });
+    }
+    DeviceScript {
+        device,
+        batches: out,
+    }
+}
+
+fn line(sku: u64, quantity: i32) -> SaleLine {
+    SaleLine {
+        sku,
+        quantity,
+        unit_price: 100,
+        discount: 0,
+        tax: 20,
+    }
+}
+
+fn tender(amount: i64) -> Tender {
+    Tender {
+        method: TenderMethod::Card,
+        amount,
+        tip: 0,
+    }
+}
+
+/// Encodes every batch of a script.
+pub fn prepare(script: &DeviceScript) -> anyhow::Result<Vec<PreparedBatch>> {
+    script
+        .batches
+        .iter()
+        .map(|b| Ok(PreparedBatch::encode(b)?))
+        .collect()
+}
+
+/// Now in UTC microseconds.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(0))
+}

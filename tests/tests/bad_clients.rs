@@ -1,0 +1,162 @@
+//! Clients that send bad bytes: each bad frame gets a clear error code, is
+//! kept as a dead letter, and never disturbs the server or other devices.
+
+use std::time::Duration;
+
+use tillstream_protocol::frame::{self, FrameHeader, HEADER_LEN, aligned, decode};
+use tillstream_protocol::*;
+use tillstream_storage::{Query, RowRef, Table};
+use tillstream_tests::*;
+
+/// A raw session: the test writes frames by hand.
+struct Raw {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    _conn: quinn::Connection,
+}
+
+impl Raw {
+    async fn open(server: &tillstream_engine::Server, device: u64) -> anyhow::Result<Self> {
+        let endpoint = endpoint_for(server)?;
+        let conn = endpoint.connect(server.quic_addr(), "localhost")?.await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            device,
+            token: Vec::new(),
+        };
+        send.write_all(&frame::encode_to_vec(&hello)?).await?;
+        let (t, payload) = read(&mut recv).await?;
+        anyhow::ensure!(t == MsgType::Welcome, "expected Welcome, got {t:?}");
+        let welcome = decode::<Welcome>(&payload)?;
+        anyhow::ensure!(welcome.durable_seq == 0);
+        Ok(Self {
+            send,
+            recv,
+            _conn: conn,
+        })
+    }
+}
+
+async fn read(recv: &mut quinn::RecvStream) -> anyhow::Result<(MsgType, frame::PayloadBuf)> {
+    let mut head = [0u8; HEADER_LEN];
+    tokio::time::timeout(Duration::from_secs(10), recv.read_exact(&mut head)).await??;
+    let h = FrameHeader::parse(&head, frame::DEFAULT_MAX_PAYLOAD)?;
+    let mut payload = vec![0u8; h.len as usize];
+    recv.read_exact(&mut payload).await?;
+    h.check_payload(&payload)?;
+    Ok((h.msg_type, aligned(&payload)))
+}
+
+async fn expect_error(recv: &mut quinn::RecvStream, code: ErrorCode) -> anyhow::Result<()> {
+    let (t, payload) = read(recv).await?;
+    anyhow::ensure!(t == MsgType::Error, "expected Error, got {t:?}");
+    let e = decode::<Error>(&payload)?;
+    anyhow::ensure!(
+        e.code == code.as_u16(),
+        "expected {code:?}, got {} ({})",
+        e.code,
+        e.reason
+    );
+    Ok(())
+}
+
+fn good_batch(seq: u64) -> anyhow::Result<Vec<u8>> {
+    let s = script(9, 1, true, seq, 3, now_us());
+    let b = s
+        .batches
+        .last()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no batch"))?;
+    Ok(frame::encode_to_vec(&Batch { seq, ..b })?)
+}
+
+async fn dead_letters(server: &tillstream_engine::Server, want: usize) -> anyhow::Result<Vec<u16>> {
+    // Dead letters are committed without an ack to wait for: poll.
+    for _ in 0..100 {
+        let mut codes = Vec::new();
+        server.store().scan(Table::DeadLetters, &mut |r| {
+            if let RowRef::DeadLetter(d) = r {
+                codes.push(d.code);
+            }
+        })?;
+        if codes.len() >= want {
+            return Ok(codes);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("dead letters did not appear")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_error_codes_and_dead_letters() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start_server(dir.path(), 2).await?;
+    let mut raw = Raw::open(&server, 9).await?;
+
+    // A flipped payload bit: checksum error, the session goes on.
+    let mut bad = good_batch(1)?;
+    let last = bad.len() - 1;
+    bad[last] ^= 0x01;
+    raw.send.write_all(&bad).await?;
+    expect_error(&mut raw.recv, ErrorCode::ChecksumMismatch).await?;
+
+    // A payload with a right CRC that is not an archived batch.
+    let junk = vec![0xAB; 64];
+    let mut frame_bytes = Vec::new();
+    FrameHeader::write(MsgType::Batch, &junk, &mut frame_bytes);
+    frame_bytes.extend_from_slice(&junk);
+    raw.send.write_all(&frame_bytes).await?;
+    expect_error(&mut raw.recv, ErrorCode::InvalidPayload).await?;
+
+    // A valid batch after the bad ones is applied and acknowledged.
+    raw.send.write_all(&good_batch(1)?).await?;
+    let (t, payload) = read(&mut raw.recv).await?;
+    anyhow::ensure!(t == MsgType::Ack, "expected Ack, got {t:?}");
+    assert_eq!(decode::<Ack>(&payload)?.durable_seq, 1);
+
+    // A bad header loses the framing: error, then the connection closes.
+    let mut bad_magic = good_batch(2)?;
+    bad_magic[0] = b'X';
+    raw.send.write_all(&bad_magic).await?;
+    expect_error(&mut raw.recv, ErrorCode::BadMagic).await?;
+    let mut rest = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(10), raw.recv.read(&mut rest)).await?;
+    assert!(
+        matches!(closed, Ok(None) | Err(_)),
+        "stream should end after a bad header"
+    );
+
+    let mut codes = dead_letters(&server, 3).await?;
+    codes.sort_unstable();
+    assert_eq!(
+        codes,
+        vec![
+            ErrorCode::BadMagic.as_u16(),
+            ErrorCode::ChecksumMismatch.as_u16(),
+            ErrorCode::InvalidPayload.as_u16()
+        ]
+    );
+
+    // The server is still healthy for everyone else.
+    let mut other = Raw::open(&server, 10).await?;
+    other.send.write_all(&good_batch(1)?).await?;
+    let (t, _) = read(&mut other.recv).await?;
+    assert_eq!(t, MsgType::Ack);
+    server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_is_refused_before_its_payload_is_read() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start_server(dir.path(), 1).await?;
+    let mut raw = Raw::open(&server, 11).await?;
+    let mut head = Vec::new();
+    FrameHeader::write(MsgType::Batch, &[], &mut head);
+    head[8..12].copy_from_slice(&(64u32 << 20).to_le_bytes());
+    raw.send.write_all(&head).await?;
+    expect_error(&mut raw.recv, ErrorCode::FrameTooLarge).await?;
+    server.shutdown().await?;
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! End-to-end tests: one binary, one module per area.
+
+mod bad_clients;
+mod ingest;
