@@ -2,3 +2,4 @@
 
 mod bad_clients;
 mod ingest;
+mod layers;

@@ -1,0 +1,83 @@
+//! The dependency rule of DESIGN.md, checked mechanically: the crates that
+//! hold the decisions and the wire contract pull in no runtime, socket or
+//! disk crate, and no internal crate they must not know.
+
+use std::process::Command;
+
+/// Normal (non-dev) dependencies of a workspace crate, by name.
+fn deps(krate: &str) -> anyhow::Result<Vec<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "tree", "-p", krate, "-e", "normal", "--prefix", "none", "--format", "{p}",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect())
+}
+
+fn assert_free_of(krate: &str, banned: &[&str]) -> anyhow::Result<()> {
+    let found = deps(krate)?;
+    let bad: Vec<&String> = found
+        .iter()
+        .filter(|d| banned.contains(&d.as_str()))
+        .collect();
+    assert!(bad.is_empty(), "{krate} must not depend on {bad:?}");
+    Ok(())
+}
+
+#[test]
+fn engine_core_does_no_io() -> anyhow::Result<()> {
+    assert_free_of(
+        "tillstream-engine-core",
+        &[
+            "tokio",
+            "quinn",
+            "ractor",
+            "fjall",
+            "scylla",
+            "tillstream-engine",
+            "socket2",
+            "mio",
+        ],
+    )
+}
+
+#[test]
+fn protocol_depends_on_nothing_internal_and_no_runtime() -> anyhow::Result<()> {
+    assert_free_of(
+        "tillstream-protocol",
+        &[
+            "tokio",
+            "quinn",
+            "ractor",
+            "fjall",
+            "tillstream-storage",
+            "tillstream-engine-core",
+            "tillstream-engine",
+        ],
+    )
+}
+
+#[test]
+fn storage_depends_on_nothing_internal() -> anyhow::Result<()> {
+    assert_free_of(
+        "tillstream-storage",
+        &[
+            "tokio",
+            "quinn",
+            "ractor",
+            "tillstream-protocol",
+            "tillstream-engine-core",
+            "tillstream-engine",
+        ],
+    )
+}
