@@ -1,1 +1,23 @@
-//! placeholder
+//! tillstream-loadgen: simulated fleets and CSV replay against a tillstream
+//! server, with latency reports and end-to-end verification.
+//!
+//! It is:
+//! - a seeded generator of realistic retail telemetry ([`generator`]) and a
+//!   replay of real CSV exports ([`replay`]), both cut into per-device
+//!   batches and encoded before the clock starts ([`workload`]);
+//! - a fleet runner ([`fleet`]): one device client per device over one
+//!   shared QUIC endpoint, paced to a target rate, with per-batch ack
+//!   latencies in an HdrHistogram;
+//! - the report ([`report`]) and the end-to-end check ([`verify`]).
+//!
+//! It is not a test of correctness under faults (that is `tests/`), nor a
+//! micro-benchmark (that is `benches/`).
+
+pub mod cli;
+pub mod fleet;
+pub mod generator;
+pub mod replay;
+pub mod report;
+pub mod run;
+pub mod verify;
+pub mod workload;

@@ -1,0 +1,411 @@
+//! The device's background task: connect, `Hello`, resend, read acks,
+//! reconnect with backoff.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tillstream_protocol::{Ack, Error as ErrorMsg, ErrorCode, Welcome};
+use tokio::sync::{mpsc, watch};
+
+use crate::device::Shared;
+use crate::error::code_name;
+use crate::wire::{Incoming, hello_frame, read_frame};
+use crate::{AckEvent, Backoff, ClientConfig, ClientEvent, RefusedBatch};
+
+/// Application close code of a device that is going away normally.
+const CLOSE_NORMAL: u32 = 0;
+/// Application close code after the server broke the protocol.
+const CLOSE_PROTOCOL: u32 = 1;
+
+/// How a session ended.
+#[derive(Debug)]
+enum End {
+    /// The client is closing.
+    Shutdown,
+    /// The server rejected the device for good.
+    Fatal { code: u16, reason: String },
+    /// The connection was lost or could not be set up; try again.
+    Lost { reason: String, welcomed: bool },
+}
+
+impl End {
+    fn lost(reason: impl Into<String>, welcomed: bool) -> Self {
+        End::Lost {
+            reason: reason.into(),
+            welcomed,
+        }
+    }
+}
+
+/// What lives across the sessions of one device.
+#[derive(Debug)]
+struct Life {
+    backoff: Backoff,
+    /// When the last session was lost, until an ack shows recovery.
+    lost_at: Option<Instant>,
+    welcomed_before: bool,
+}
+
+/// The device's task.
+#[derive(Debug)]
+pub(crate) struct Session {
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    cfg: ClientConfig,
+    events: Option<mpsc::Sender<ClientEvent>>,
+}
+
+async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
+    // An error means the handle is gone, which is a shutdown too.
+    let _ = rx.wait_for(|&stop| stop).await;
+}
+
+impl Session {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        endpoint: quinn::Endpoint,
+        cfg: ClientConfig,
+        events: Option<mpsc::Sender<ClientEvent>>,
+    ) -> Self {
+        Self {
+            shared,
+            endpoint,
+            cfg,
+            events,
+        }
+    }
+
+    /// Runs sessions until shutdown or a fatal rejection.
+    pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut life = Life {
+            backoff: Backoff::new(
+                self.cfg.backoff_min,
+                self.cfg.backoff_max,
+                self.cfg.device ^ 0x9e37_79b9_7f4a_7c15,
+            ),
+            lost_at: None,
+            welcomed_before: false,
+        };
+        loop {
+            let (reason, welcomed) = match self.session(&mut life, &mut shutdown).await {
+                End::Shutdown => return,
+                End::Fatal { code, reason } => {
+                    self.send_event(ClientEvent::Fatal {
+                        device: self.cfg.device,
+                        code,
+                        reason,
+                    })
+                    .await;
+                    return;
+                }
+                End::Lost { reason, welcomed } => (reason, welcomed),
+            };
+            {
+                let mut st = self.shared.lock();
+                st.window.on_disconnect();
+                if welcomed {
+                    st.stats.disconnects += 1;
+                    life.lost_at.get_or_insert_with(Instant::now);
+                } else {
+                    st.stats.connect_failures += 1;
+                }
+                st.stats.last_error = Some(reason.clone());
+            }
+            let delay = life.backoff.next_delay();
+            tracing::debug!(%reason, welcomed, ?delay, "session ended; reconnecting");
+            tokio::select! {
+                biased;
+                () = wait_shutdown(&mut shutdown) => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn session(&self, life: &mut Life, shutdown: &mut watch::Receiver<bool>) -> End {
+        let setup = tokio::select! {
+            biased;
+            () = wait_shutdown(shutdown) => return End::Shutdown,
+            r = self.connect() => r,
+        };
+        let (conn, mut send, mut recv, welcome) = match setup {
+            Ok(s) => s,
+            Err(end) => return end,
+        };
+        if let Some(ev) = self.on_welcome(welcome, life) {
+            self.send_event(ev).await;
+        }
+        let end = tokio::select! {
+            biased;
+            () = wait_shutdown(shutdown) => End::Shutdown,
+            end = self.reader(&mut recv, life) => end,
+            end = self.writer(&mut send) => end,
+        };
+        let (code, why): (u32, &[u8]) = match &end {
+            End::Lost { reason, .. } if reason.starts_with("protocol") => {
+                (CLOSE_PROTOCOL, b"protocol violation")
+            }
+            _ => (CLOSE_NORMAL, b"device closing"),
+        };
+        conn.close(code.into(), why);
+        end
+    }
+
+    /// Handshake, stream, `Hello`, and the server's answer.
+    async fn connect(
+        &self,
+    ) -> Result<
+        (
+            quinn::Connection,
+            quinn::SendStream,
+            quinn::RecvStream,
+            Welcome,
+        ),
+        End,
+    > {
+        let cfg = &self.cfg;
+        let connecting = self
+            .endpoint
+            .connect(cfg.server, &cfg.server_name)
+            .map_err(|e| match e {
+                quinn::ConnectError::InvalidServerName(_) => {
+                    self.fatal(0, format!("invalid server name {:?}", cfg.server_name))
+                }
+                e => End::lost(format!("cannot connect: {e}"), false),
+            })?;
+        let conn = match tokio::time::timeout(cfg.connect_timeout, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(End::lost(format!("handshake failed: {e}"), false)),
+            Err(_) => return Err(End::lost("handshake timed out", false)),
+        };
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| End::lost(format!("cannot open the stream: {e}"), false))?;
+        let hello = hello_frame(cfg.device, &cfg.token)
+            .map_err(|e| self.fatal(0, format!("cannot encode Hello: {e}")))?;
+        send.write_all(&hello)
+            .await
+            .map_err(|e| End::lost(format!("cannot write Hello: {e}"), false))?;
+        let answer = match tokio::time::timeout(cfg.connect_timeout, read_frame(&mut recv)).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => return Err(End::lost(format!("no answer to Hello: {e}"), false)),
+            Err(_) => return Err(End::lost("no answer to Hello in time", false)),
+        };
+        match answer {
+            Incoming::Welcome(w) => Ok((conn, send, recv, w)),
+            Incoming::Reject(r) => {
+                self.shared
+                    .lock()
+                    .stats
+                    .rejects_by_code
+                    .entry(r.code)
+                    .and_modify(|n| *n += 1)
+                    .or_insert(1);
+                let retry = ErrorCode::from_u16(r.code).is_some_and(ErrorCode::is_retryable);
+                if retry {
+                    Err(End::lost(
+                        format!(
+                            "Hello rejected for now: {} ({})",
+                            code_name(r.code),
+                            r.reason
+                        ),
+                        false,
+                    ))
+                } else {
+                    Err(self.fatal(r.code, r.reason))
+                }
+            }
+            other => Err(End::lost(
+                format!("protocol: expected Welcome or Reject, got {other:?}"),
+                false,
+            )),
+        }
+    }
+
+    /// Marks the device as rejected for good and tells the listener.
+    fn fatal(&self, code: u16, reason: String) -> End {
+        tracing::error!(code = %code_name(code), %reason, "device rejected for good");
+        let durable = {
+            let mut st = self.shared.lock();
+            st.fatal = Some((code, reason.clone()));
+            st.stats.last_error = Some(reason.clone());
+            st.window.durable()
+        };
+        self.shared.publish(durable);
+        End::Fatal { code, reason }
+    }
+
+    fn on_welcome(&self, w: Welcome, life: &mut Life) -> Option<ClientEvent> {
+        let now = Instant::now();
+        let (acked, durable) = {
+            let mut st = self.shared.lock();
+            if w.durable_seq < st.window.durable() {
+                st.stats.watermark_regressions += 1;
+                tracing::warn!(
+                    announced = w.durable_seq,
+                    known = st.window.durable(),
+                    "server's durable seq went backwards"
+                );
+            }
+            let acked = st.window.on_welcome(w.durable_seq, &w.limits);
+            st.stats.connects += 1;
+            if life.welcomed_before {
+                st.stats.reconnects += 1;
+            }
+            count_acked(&mut st.stats, &acked, 0);
+            // Nothing left to wait for: the session has recovered.
+            let recovered = if st.window.is_empty() {
+                life.lost_at.take()
+            } else {
+                None
+            };
+            if let Some(t) = recovered {
+                st.stats.record_recovery(now - t);
+            }
+            (acked, st.window.durable())
+        };
+        life.welcomed_before = true;
+        tracing::debug!(durable_seq = w.durable_seq, limits = ?w.limits, "welcome");
+        self.shared.publish(durable);
+        (!acked.is_empty()).then(|| {
+            ClientEvent::Acked(AckEvent {
+                device: self.cfg.device,
+                durable_seq: w.durable_seq,
+                at: now,
+                batches: acked,
+                rejected: Vec::new(),
+            })
+        })
+    }
+
+    /// Reads acks and errors until the session ends.
+    async fn reader(&self, recv: &mut quinn::RecvStream, life: &mut Life) -> End {
+        loop {
+            let frame = match read_frame(recv).await {
+                Ok(f) => f,
+                Err(e) => return End::lost(e.to_string(), true),
+            };
+            let at = Instant::now();
+            let event = match frame {
+                Incoming::Ack(ack) => self.on_ack(ack, at, life),
+                Incoming::Error(err) => match self.on_error(err, at) {
+                    Ok(ev) => ev,
+                    Err(end) => return end,
+                },
+                other => {
+                    return End::lost(format!("protocol: unexpected {other:?} mid-session"), true);
+                }
+            };
+            if let Some(ev) = event {
+                self.send_event(ev).await;
+            }
+        }
+    }
+
+    fn on_ack(&self, ack: Ack, at: Instant, life: &mut Life) -> Option<ClientEvent> {
+        let (acked, durable) = {
+            let mut st = self.shared.lock();
+            if ack.durable_seq < st.window.durable() {
+                st.stats.watermark_regressions += 1;
+            }
+            let acked = st.window.on_ack(ack.durable_seq);
+            count_acked(&mut st.stats, &acked, ack.rejected.len());
+            if let Some(t) = life.lost_at.take() {
+                st.stats.record_recovery(at - t);
+            }
+            (acked, st.window.durable())
+        };
+        life.backoff.reset();
+        self.shared.publish(durable);
+        if acked.is_empty() && ack.rejected.is_empty() {
+            return None;
+        }
+        Some(ClientEvent::Acked(AckEvent {
+            device: self.cfg.device,
+            durable_seq: ack.durable_seq,
+            at,
+            batches: acked,
+            rejected: ack.rejected,
+        }))
+    }
+
+    /// A retryable error ends the session (the batch is kept and resent);
+    /// any other error drops the batch it names.
+    fn on_error(&self, err: ErrorMsg, at: Instant) -> Result<Option<ClientEvent>, End> {
+        let name = code_name(err.code);
+        let mut st = self.shared.lock();
+        *st.stats.errors_by_code.entry(err.code).or_default() += 1;
+        if ErrorCode::from_u16(err.code).is_some_and(ErrorCode::is_retryable) {
+            return Err(End::lost(
+                format!("server: {name} at batch {} ({})", err.batch_seq, err.reason),
+                true,
+            ));
+        }
+        let refused = if err.batch_seq == 0 {
+            None
+        } else {
+            st.window.refuse(err.batch_seq)
+        };
+        let Some(batch) = refused else {
+            drop(st);
+            tracing::warn!(code = %name, batch_seq = err.batch_seq, reason = %err.reason, "server error");
+            return Ok(None);
+        };
+        tracing::warn!(code = %name, seq = batch.seq, reason = %err.reason, "server refused a batch for good");
+        st.stats.refused_batches += 1;
+        st.remember_refusal(batch.seq, err.code, err.reason.clone());
+        let durable = st.window.durable();
+        drop(st);
+        self.shared.publish(durable);
+        Ok(Some(ClientEvent::Refused(RefusedBatch {
+            device: self.cfg.device,
+            seq: batch.seq,
+            events: batch.events,
+            code: err.code,
+            reason: err.reason,
+            at,
+        })))
+    }
+
+    /// Writes queued batches in seq order, as far as the window allows.
+    async fn writer(&self, send: &mut quinn::SendStream) -> End {
+        loop {
+            let notified = self.shared.work.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next = {
+                let mut st = self.shared.lock();
+                let next = st.window.next_to_write(Instant::now());
+                if let Some(n) = &next {
+                    st.stats.batches_written += 1;
+                    if n.resend {
+                        st.stats.resent_batches += 1;
+                    }
+                }
+                next
+            };
+            match next {
+                Some(n) => {
+                    if let Err(e) = send.write_all(&n.frame).await {
+                        return End::lost(format!("write of batch {} failed: {e}", n.seq), true);
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Tells the listener, if any; a closed listener is not the device's
+    /// problem.
+    async fn send_event(&self, ev: ClientEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(ev).await;
+        }
+    }
+}
+
+fn count_acked(stats: &mut crate::ClientStats, acked: &[crate::AckedBatch], rejected: usize) {
+    stats.acked_batches += acked.len() as u64;
+    stats.acked_events += acked.iter().map(|b| u64::from(b.events)).sum::<u64>();
+    stats.rejected_events += rejected as u64;
+}

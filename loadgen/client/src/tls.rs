@@ -1,0 +1,128 @@
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicClientConfig;
+use socket2::{Domain, Protocol, Socket, Type};
+use tillstream_protocol::ALPN;
+
+use crate::ClientError;
+
+/// Transport settings of a client endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointOptions {
+    /// A connection that hears nothing from the server for this long is
+    /// lost, and the device reconnects. A server killed without a word is
+    /// noticed only this way. The shorter of the client's and the server's
+    /// value applies.
+    pub idle_timeout: Duration,
+    /// Keep-alive interval: keeps a quiet but healthy connection from
+    /// timing out. Should be well below `idle_timeout`.
+    pub keep_alive: Duration,
+    /// UDP receive and send buffer sizes asked for (the kernel may grant
+    /// less): with the default ~208 KiB, batched runs dropped packets.
+    pub socket_buffer_bytes: usize,
+}
+
+impl Default for EndpointOptions {
+    /// 5 s idle timeout, a keep-alive every second, 8 MiB buffers.
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(1),
+            socket_buffer_bytes: 8 << 20,
+        }
+    }
+}
+
+/// A client QUIC endpoint that trusts the certificates in `ca_pem` (PEM, one
+/// or more) and speaks ALPN `tillstream/1` over TLS 1.3 with ring, 0-RTT
+/// off. It binds one UDP socket of `server`'s address family on an
+/// ephemeral port, shared by every device connected through it, with
+/// socket buffers of several MiB where the OS allows. Transport settings are
+/// [`EndpointOptions::default`].
+///
+/// Must be called inside a tokio runtime (the endpoint's driver is spawned
+/// on it).
+pub fn client_endpoint(ca_pem: &[u8], server: SocketAddr) -> Result<quinn::Endpoint, ClientError> {
+    client_endpoint_with(ca_pem, server, &EndpointOptions::default())
+}
+
+/// [`client_endpoint`] with explicit transport settings.
+pub fn client_endpoint_with(
+    ca_pem: &[u8],
+    server: SocketAddr,
+    opts: &EndpointOptions,
+) -> Result<quinn::Endpoint, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let mut rd = ca_pem;
+    for cert in rustls_pemfile::certs(&mut rd) {
+        let cert = cert.map_err(|e| ClientError::Tls(format!("cannot read the CA PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| ClientError::Tls(format!("unusable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(ClientError::Tls(
+            "the CA PEM holds no certificate (expected -----BEGIN CERTIFICATE-----)".into(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    // 0-RTT data can be replayed by an attacker: never send it.
+    tls.enable_early_data = false;
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| ClientError::Tls(e.to_string()))?;
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(opts.keep_alive));
+    let idle = quinn::IdleTimeout::try_from(opts.idle_timeout)
+        .map_err(|e| ClientError::Tls(format!("idle timeout: {e}")))?;
+    transport.max_idle_timeout(Some(idle));
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(Arc::new(transport));
+
+    let socket = bind(server, opts.socket_buffer_bytes).map_err(ClientError::Socket)?;
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    let mut endpoint =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+            .map_err(ClientError::Socket)?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+/// Binds a UDP socket of `server`'s family on an ephemeral port, with
+/// large buffers where the kernel allows (a smaller one only costs speed).
+fn bind(server: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    let addr: SocketAddr = if server.is_ipv6() {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(buffer) {
+        tracing::debug!(error = %e, "cannot grow the UDP receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(buffer) {
+        tracing::debug!(error = %e, "cannot grow the UDP send buffer");
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refuses_pem_without_certificates() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
+        assert!(matches!(
+            client_endpoint(b"not a pem", addr),
+            Err(ClientError::Tls(_))
+        ));
+    }
+}

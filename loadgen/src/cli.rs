@@ -1,0 +1,184 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Drive a tillstream server with a simulated fleet of tills and shelf
+/// sensors (or a replayed CSV export), then report throughput, ack latency
+/// percentiles and, with --verify, whether every acknowledged event was
+/// stored exactly once.
+///
+/// Without --server it starts a server in process on 127.0.0.1 over a fresh
+/// temporary directory: one command for a complete benchmark. All batches
+/// are generated and encoded before the clock starts. The exit code is 0
+/// only if every event was acknowledged (and verified, with --verify).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tillstream-loadgen", version, about, long_about)]
+pub struct Args {
+    /// QUIC address of a running server (host:port). Without it, a server
+    /// is started in process.
+    #[arg(long, value_name = "ADDR")]
+    pub server: Option<String>,
+
+    /// PEM file of the certificate to trust (the server's self-signed
+    /// certificate or its CA). Required with --server.
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub ca: Option<PathBuf>,
+
+    /// Name the server's certificate must carry.
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    pub server_name: String,
+
+    /// File holding a device token to send in Hello (for servers that
+    /// require one). Every simulated device sends the same token.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Base URL of the server's HTTP API, for --verify and the settings in
+    /// the report [default: http://<server ip>:7401].
+    #[arg(long, value_name = "URL", requires = "server")]
+    pub http: Option<String>,
+
+    /// Events to send in all.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub events: u64,
+
+    /// Stores of the simulated chain.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub stores: u32,
+
+    /// Tills per store (in CSV replay: tills per country).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub terminals_per_store: u32,
+
+    /// Shelf sensors per store.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub sensors_per_store: u32,
+
+    /// Products in the chain's catalogue.
+    #[arg(long, value_name = "N", default_value_t = 5_000)]
+    pub skus: u32,
+
+    /// Events per batch (a batch too large for one frame is split).
+    #[arg(long, value_name = "N", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub batch_size: u32,
+
+    /// Target events per second over the whole fleet; 0 sends as fast as
+    /// the server acknowledges.
+    #[arg(long, value_name = "EVENTS_PER_S", default_value_t = 0.0)]
+    pub rate: f64,
+
+    /// Simulated microseconds between consecutive events [default: 1e6 /
+    /// --rate with a rate, else 20].
+    #[arg(long, value_name = "US")]
+    pub sim_step_us: Option<i64>,
+
+    /// Seed of the generator: the same seed gives the same events.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub seed: u64,
+
+    /// Run id in the high bits of every device id (24 bits), so repeated
+    /// runs against one server use fresh devices [default: 0 in process,
+    /// else taken from the clock].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=0xff_ffff))]
+    pub run_id: Option<u32>,
+
+    /// Unacknowledged batches each device may have in flight (the server's
+    /// limit may lower it).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_inflight: usize,
+
+    /// Shard actors of the in-process server [default: number of cores].
+    #[arg(long, value_name = "N", conflicts_with = "server")]
+    pub shards: Option<u16>,
+
+    /// Group-commit interval of the in-process server, milliseconds
+    /// [default: the server's].
+    #[arg(long, value_name = "MS", conflicts_with = "server")]
+    pub flush_interval_ms: Option<u64>,
+
+    /// Data directory of the in-process server [default: a fresh temporary
+    /// directory, removed at exit]. A given directory is kept.
+    #[arg(long, value_name = "DIR", conflicts_with = "server")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Write the JSON report to FILE (otherwise it goes to stdout).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// After every event is acknowledged, check that the server stored
+    /// each acknowledged event exactly once (in process, or with POST
+    /// {http}/v1/verify).
+    #[arg(long)]
+    pub verify: bool,
+
+    /// Fail if not every event is acknowledged within this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub give_up_after: u64,
+
+    /// Replay this CSV export (online-retail format) instead of simulating
+    /// a fleet: one invoice is one sale, one country one store.
+    #[arg(long, value_name = "FILE")]
+    pub replay_csv: Option<PathBuf>,
+}
+
+impl Args {
+    /// Checks what clap cannot.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.server.is_some() && self.ca.is_none() {
+            anyhow::bail!(
+                "--ca FILE is required with --server (the PEM of the server's certificate)"
+            );
+        }
+        if !(self.rate.is_finite() && self.rate >= 0.0) {
+            anyhow::bail!("--rate must be a number of events per second, 0 or more");
+        }
+        if self.sim_step_us.is_some_and(|s| s < 0) {
+            anyhow::bail!("--sim-step-us cannot be negative");
+        }
+        Ok(())
+    }
+
+    /// Simulated µs between events.
+    pub fn step_us(&self) -> i64 {
+        self.sim_step_us.unwrap_or(if self.rate > 0.0 {
+            (1e6 / self.rate).round().max(1.0) as i64
+        } else {
+            20
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_and_checks() -> anyhow::Result<()> {
+        let a = Args::try_parse_from(["tillstream-loadgen"])?;
+        assert_eq!(
+            (a.events, a.stores, a.batch_size, a.seed),
+            (1_000_000, 10, 128, 1)
+        );
+        a.check()?;
+        assert_eq!(a.step_us(), 20);
+        let a = Args::try_parse_from(["x", "--rate", "50000"])?;
+        assert_eq!(a.step_us(), 20);
+        let a = Args::try_parse_from(["x", "--server", "127.0.0.1:7400"])?;
+        assert!(a.check().is_err(), "--ca is required with --server");
+        assert!(Args::try_parse_from(["x", "--ca", "c.pem"]).is_err());
+        assert!(Args::try_parse_from(["x", "--server", "h:1", "--shards", "2"]).is_err());
+        let a = Args::try_parse_from(["x", "--rate=-1"])?;
+        assert!(a.check().is_err());
+        Ok(())
+    }
+}

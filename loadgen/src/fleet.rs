@@ -1,0 +1,336 @@
+//! Runs a prepared workload against a server: one [`DeviceClient`] per
+//! device on one shared QUIC endpoint, a task per device sending its
+//! batches in order (paced to the overall target rate, if any), and one
+//! collector that turns acknowledgements into latencies and progress.
+//!
+//! Ack latency is measured per batch, from the first time its frame was
+//! written to a stream to the ack that first covered it (cumulative acks
+//! cover many batches at once). Resends keep the first write time, so a
+//! reconnect shows up in the tail.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tillstream_client::{ClientConfig, ClientEvent, ClientStats, DeviceClient, client_endpoint};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::workload::{DevicePlan, Workload};
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The server's QUIC address.
+    pub server: SocketAddr,
+    /// The name its certificate carries.
+    pub server_name: String,
+    /// PEM of the certificate(s) to trust.
+    pub ca_pem: Vec<u8>,
+    /// A device token for `Hello` (empty: none).
+    pub token: Vec<u8>,
+    /// Target events per second over the whole fleet; 0 for flat out.
+    pub rate: f64,
+    /// Stop and fail if not every event is acknowledged by then.
+    pub give_up_after: Duration,
+    /// Unacknowledged batches per device.
+    pub max_inflight: usize,
+    /// How long to wait for every device's first session before the clock
+    /// starts anyway.
+    pub connect_wait: Duration,
+}
+
+/// A batch the server acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct AckedRef {
+    /// The device.
+    pub device: u64,
+    /// The batch's seq.
+    pub seq: u64,
+    /// Events in it.
+    pub events: u32,
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// Events handed to the device clients.
+    pub events_sent: u64,
+    /// Events in acknowledged batches.
+    pub events_acked: u64,
+    /// Events in batches the server refused for good.
+    pub events_refused: u64,
+    /// Events acknowledged but refused on semantic grounds.
+    pub events_rejected: u64,
+    /// From the first send to the last acknowledgement.
+    pub elapsed: Duration,
+    /// Ack latency per batch, µs.
+    pub latency_us: Histogram<u64>,
+    /// The devices' counters, summed.
+    pub stats: ClientStats,
+    /// Every acknowledged batch.
+    pub acked: Vec<AckedRef>,
+    /// Why the run did not complete, if it did not.
+    pub failures: Vec<String>,
+}
+
+impl RunOutcome {
+    /// Whether every event was acknowledged.
+    pub fn complete(&self, total_events: u64) -> bool {
+        self.events_acked == total_events
+    }
+}
+
+fn progress(total: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:40}] {human_pos}/{human_len} events acked, {per_sec}, eta {eta} {msg}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// Sends `work` and collects the acknowledgements.
+pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> {
+    let endpoint =
+        client_endpoint(&cfg.ca_pem, cfg.server).context("creating the QUIC endpoint")?;
+    let (tx, mut rx) = mpsc::channel::<ClientEvent>(8192);
+    let total = work.events;
+    let plans: Vec<DevicePlan> = work
+        .devices
+        .into_iter()
+        .filter(|p| !p.batches.is_empty())
+        .collect();
+    let clients: Vec<Arc<DeviceClient>> = plans
+        .iter()
+        .map(|p| {
+            let mut c = ClientConfig::new(cfg.server, p.device);
+            c.server_name.clone_from(&cfg.server_name);
+            c.token.clone_from(&cfg.token);
+            c.max_inflight = cfg.max_inflight;
+            Arc::new(DeviceClient::start_with_events(
+                endpoint.clone(),
+                c,
+                tx.clone(),
+            ))
+        })
+        .collect();
+    drop(tx);
+    wait_connected(&clients, cfg.connect_wait).await;
+    let stale: Vec<String> = clients
+        .iter()
+        .filter_map(|c| {
+            let durable = *c.acks().borrow();
+            (durable > 0).then(|| format!("device {} up to seq {durable}", c.device()))
+        })
+        .collect();
+    if !stale.is_empty() {
+        for c in clients {
+            if let Ok(c) = Arc::try_unwrap(c) {
+                c.close().await;
+            }
+        }
+        anyhow::bail!(
+            "the server already holds batches of {} of these devices ({}, ...) from an \
+             earlier run; a new run must use fresh device ids: pass another --run-id",
+            stale.len(),
+            stale[0]
+        );
+    }
+
+    let start = Instant::now();
+    let sent = Arc::new(AtomicU64::new(0));
+    let (fail_tx, mut fail_rx) = mpsc::unbounded_channel::<String>();
+    let mut tasks = JoinSet::new();
+    for (plan, client) in plans.into_iter().zip(&clients) {
+        let (client, sent, fail_tx, rate) =
+            (client.clone(), sent.clone(), fail_tx.clone(), cfg.rate);
+        tasks.spawn(async move {
+            for b in plan.batches {
+                if rate > 0.0 {
+                    let due = Duration::from_secs_f64(b.due_event as f64 / rate);
+                    tokio::time::sleep_until((start + due).into()).await;
+                }
+                let events = u64::from(b.batch.events);
+                if let Err(e) = client.send(b.batch).await {
+                    let _ = fail_tx.send(format!("device {}: {e}", plan.device));
+                    return;
+                }
+                sent.fetch_add(events, Ordering::Relaxed);
+            }
+        });
+    }
+    drop(fail_tx);
+
+    let bar = progress(total);
+    let mut c = Collector::new()?;
+    let deadline = tokio::time::Instant::from(start + cfg.give_up_after);
+    let mut last_ack = start;
+    while c.acked + c.refused < total {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => {
+                    let before = c.acked;
+                    if let Some(at) = c.record(ev) {
+                        last_ack = last_ack.max(at);
+                    }
+                    bar.inc(c.acked - before);
+                }
+                None => {
+                    c.failures.push("every device stopped".into());
+                    break;
+                }
+            },
+            Some(f) = fail_rx.recv() => {
+                c.failures.push(f);
+                break;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                c.failures.push(format!(
+                    "gave up after {:?}: {} of {total} events acknowledged",
+                    cfg.give_up_after, c.acked
+                ));
+                break;
+            }
+        }
+        if !c.failures.is_empty() {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    if c.stale > 0 {
+        c.failures.push(format!(
+            "{} batches were acknowledged before they were sent: the server already \
+             holds these device ids from an earlier run (use another --run-id)",
+            c.stale
+        ));
+    }
+    let elapsed = last_ack.saturating_duration_since(start);
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+
+    let mut stats = ClientStats::default();
+    for client in clients {
+        stats.merge(&client.stats());
+        if let Ok(client) = Arc::try_unwrap(client) {
+            client.close().await;
+        }
+    }
+    endpoint.close(0u32.into(), b"run over");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    Ok(RunOutcome {
+        events_sent: sent.load(Ordering::Relaxed),
+        events_acked: c.acked,
+        events_refused: c.refused,
+        events_rejected: c.rejected,
+        elapsed,
+        latency_us: c.latency,
+        stats,
+        acked: c.manifest,
+        failures: c.failures,
+    })
+}
+
+/// Waits until every device has had a session (or gave up for good), at
+/// most `limit`, so the handshakes stay out of the measurement.
+async fn wait_connected(clients: &[Arc<DeviceClient>], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let waiting = clients
+            .iter()
+            .filter(|c| {
+                let s = c.stats();
+                s.connects == 0 && s.rejects_by_code.is_empty()
+            })
+            .count();
+        if waiting == 0 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                waiting,
+                "not every device connected in time; starting anyway"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Folds client events into counts, latencies and the manifest.
+struct Collector {
+    acked: u64,
+    refused: u64,
+    rejected: u64,
+    latency: Histogram<u64>,
+    manifest: Vec<AckedRef>,
+    failures: Vec<String>,
+    /// Batches acknowledged before they were ever sent.
+    stale: u64,
+}
+
+impl Collector {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            acked: 0,
+            refused: 0,
+            rejected: 0,
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .context("latency histogram")?,
+            manifest: Vec::new(),
+            failures: Vec::new(),
+            stale: 0,
+        })
+    }
+
+    /// Returns the time of an acknowledgement.
+    fn record(&mut self, ev: ClientEvent) -> Option<Instant> {
+        match ev {
+            ClientEvent::Acked(a) => {
+                for b in &a.batches {
+                    self.acked += u64::from(b.events);
+                    match b.first_sent {
+                        Some(t) => {
+                            let us = a.at.saturating_duration_since(t).as_micros();
+                            self.latency
+                                .saturating_record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
+                        }
+                        // The server had it before it was ever sent: its
+                        // watermark comes from an earlier run with the
+                        // same device ids, and this run's data is not there.
+                        None => self.stale += 1,
+                    }
+                    self.manifest.push(AckedRef {
+                        device: a.device,
+                        seq: b.seq,
+                        events: b.events,
+                    });
+                }
+                self.rejected += a.rejected.len() as u64;
+                Some(a.at)
+            }
+            ClientEvent::Refused(r) => {
+                self.refused += u64::from(r.events);
+                // The run goes on; the report counts the refused events.
+                tracing::warn!(device = r.device, seq = r.seq, code = r.code, reason = %r.reason, "batch refused by the server");
+                None
+            }
+            ClientEvent::Fatal {
+                device,
+                code,
+                reason,
+            } => {
+                self.failures.push(format!(
+                    "device {device} rejected by the server (code {code}): {reason}"
+                ));
+                None
+            }
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The run report: JSON for machines, a short summary for people.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tillstream_protocol::ErrorCode;
+
+use crate::fleet::RunOutcome;
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
+pub struct Percentiles {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest sample.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// Microseconds to milliseconds, rounded to the microsecond.
+fn ms(us: u64) -> f64 {
+    us as f64 / 1_000.0
+}
+
+impl Percentiles {
+    /// From a histogram of microseconds (all zero when it is empty).
+    pub fn from_us(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            count: h.len(),
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            mean: h.mean().round() / 1_000.0,
+        }
+    }
+}
+
+/// CSV replay figures.
+#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
+pub struct CsvInfo {
+    /// The file replayed.
+    pub file: String,
+    /// Data rows read.
+    pub rows: u64,
+    /// Rows turned into sale or refund lines.
+    pub used_rows: u64,
+    /// Rows that could not be parsed, by reason.
+    pub bad_rows: BTreeMap<String, u64>,
+    /// Invoices (one sale or refund each).
+    pub invoices: u64,
+    /// Countries (one store each).
+    pub stores: u64,
+}
+
+/// What was generated.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GeneratorInfo {
+    /// `fleet` (simulated) or `csv` (replay).
+    pub mode: &'static str,
+    /// Stores.
+    pub stores: u32,
+    /// Tills per store.
+    pub terminals_per_store: u32,
+    /// Sensors per store.
+    pub sensors_per_store: u32,
+    /// Catalogue size.
+    pub skus: u32,
+    /// Events per batch.
+    pub batch_size: u32,
+    /// Target events per second (0: flat out).
+    pub rate: f64,
+    /// Simulated µs between events.
+    pub step_us: i64,
+    /// Replay figures, in CSV mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csv: Option<CsvInfo>,
+}
+
+/// The run report (the JSON document).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Every event acknowledged, and verified when asked.
+    pub ok: bool,
+    /// Events handed to the device clients.
+    pub events_sent: u64,
+    /// Events in acknowledged batches.
+    pub events_acked: u64,
+    /// Events in batches the server refused for good.
+    pub events_refused: u64,
+    /// Acknowledged events the server refused on semantic grounds.
+    pub events_rejected: u64,
+    /// Events generated.
+    pub events_total: u64,
+    /// Batches generated.
+    pub batches: u64,
+    /// Frame bytes generated.
+    pub bytes: u64,
+    /// Devices that sent something.
+    pub devices: usize,
+    /// First send to last acknowledgement.
+    pub seconds: f64,
+    /// Acknowledged events per second.
+    pub events_per_s: f64,
+    /// Per-batch latency from first write to acknowledgement.
+    pub ack_latency_ms: Percentiles,
+    /// Sessions re-established after a loss.
+    pub reconnects: u64,
+    /// Batch frames written again after reconnects.
+    pub resent_batches: u64,
+    /// Error frames by code name.
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// The server's verification report, if asked.
+    pub verify: Option<serde_json::Value>,
+    /// The server's settings (null when unknown).
+    pub server: serde_json::Value,
+    /// Seed of the generator.
+    pub seed: u64,
+    /// Run id in the high bits of the device ids.
+    pub run_id: u32,
+    /// What was generated.
+    pub generator: GeneratorInfo,
+    /// Why the run is not ok.
+    pub failures: Vec<String>,
+}
+
+/// Names of the codes in a by-code count.
+pub fn by_code_name(counts: &BTreeMap<u16, u64>) -> BTreeMap<String, u64> {
+    counts
+        .iter()
+        .map(|(c, n)| {
+            let name = ErrorCode::from_u16(*c)
+                .map_or_else(|| format!("code_{c}"), |e| e.name().to_owned());
+            (name, *n)
+        })
+        .collect()
+}
+
+impl Report {
+    /// Builds the report of a run; `ok` and `failures` still need the
+    /// verification (see [`Report::finish`]).
+    pub fn new(
+        out: &RunOutcome,
+        totals: (u64, u64, u64),
+        devices: usize,
+        seed: u64,
+        generator: GeneratorInfo,
+        server: serde_json::Value,
+    ) -> Self {
+        let (events_total, batches, bytes) = totals;
+        let seconds = out.elapsed.as_secs_f64();
+        Self {
+            ok: false,
+            events_sent: out.events_sent,
+            events_acked: out.events_acked,
+            events_refused: out.events_refused,
+            events_rejected: out.events_rejected,
+            events_total,
+            batches,
+            bytes,
+            devices,
+            seconds: (seconds * 1_000.0).round() / 1_000.0,
+            events_per_s: if seconds > 0.0 {
+                (out.events_acked as f64 / seconds).round()
+            } else {
+                0.0
+            },
+            ack_latency_ms: Percentiles::from_us(&out.latency_us),
+            reconnects: out.stats.reconnects,
+            resent_batches: out.stats.resent_batches,
+            errors_by_code: by_code_name(&out.stats.errors_by_code),
+            verify: None,
+            server,
+            seed,
+            run_id: 0,
+            generator,
+            failures: out.failures.clone(),
+        }
+    }
+
+    /// Sets the verification and decides `ok`: every event acknowledged,
+    /// and the verification (when given) ok.
+    pub fn finish(&mut self, verify: Option<serde_json::Value>) {
+        if self.events_acked != self.events_total {
+            self.failures.push(format!(
+                "{} of {} events acknowledged ({} refused)",
+                self.events_acked, self.events_total, self.events_refused
+            ));
+        }
+        let verify_failed = verify
+            .as_ref()
+            .filter(|v| v.get("ok").and_then(serde_json::Value::as_bool) != Some(true));
+        if let Some(v) = verify_failed {
+            self.failures.push(format!("verification failed: {v}"));
+        }
+        self.verify = verify;
+        self.ok = self.failures.is_empty();
+    }
+
+    /// A few lines for a person.
+    pub fn summary(&self) -> String {
+        let l = &self.ack_latency_ms;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{} of {} events acknowledged in {:.3} s: {:.0} events/s from {} devices ({} batches, {:.1} MiB)",
+            self.events_acked,
+            self.events_total,
+            self.seconds,
+            self.events_per_s,
+            self.devices,
+            self.batches,
+            self.bytes as f64 / (1u64 << 20) as f64
+        );
+        let _ = writeln!(
+            s,
+            "ack latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        );
+        let _ = writeln!(
+            s,
+            "reconnects {}, resent batches {}, refused events {}, rejected events {}",
+            self.reconnects, self.resent_batches, self.events_refused, self.events_rejected
+        );
+        if let Some(v) = &self.verify {
+            let get = |k: &str| v.get(k).map_or_else(|| "?".to_owned(), ToString::to_string);
+            let _ = writeln!(
+                s,
+                "verify: ok {}, missing {}, duplicates {}",
+                get("ok"),
+                get("missing"),
+                get("duplicates")
+            );
+        }
+        if self.ok {
+            s.push_str("OK\n");
+        } else {
+            for f in &self.failures {
+                let _ = writeln!(s, "FAILED: {f}");
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_uniform_spread() -> Result<(), Box<dyn std::error::Error>> {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+        for ms in 1..=1000u64 {
+            h.record(ms * 1000)?;
+        }
+        let p = Percentiles::from_us(&h);
+        assert_eq!(p.count, 1000);
+        let near = |got: f64, want: f64| (got - want).abs() <= want * 0.002 + 0.001;
+        assert!(near(p.p50, 500.0), "{p:?}");
+        assert!(near(p.p90, 900.0), "{p:?}");
+        assert!(near(p.p99, 990.0), "{p:?}");
+        assert!(near(p.p999, 999.0), "{p:?}");
+        assert!(near(p.max, 1000.0), "{p:?}");
+        assert!(near(p.mean, 500.5), "{p:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn empty_histogram_is_all_zero() -> Result<(), Box<dyn std::error::Error>> {
+        let h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+        assert_eq!(Percentiles::from_us(&h), Percentiles::default());
+        Ok(())
+    }
+
+    #[test]
+    fn a_single_tail_sample_shows_in_max_not_p99() -> Result<(), Box<dyn std::error::Error>> {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+        h.record_n(2_000, 999)?;
+        h.record(5_000_000)?;
+        let p = Percentiles::from_us(&h);
+        assert!((p.p99 - 2.0).abs() < 0.01, "{p:?}");
+        assert!((p.max - 5000.0).abs() < 5.0, "{p:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn code_names() {
+        let mut m = BTreeMap::new();
+        m.insert(10u16, 3u64);
+        m.insert(999u16, 1u64);
+        let named = by_code_name(&m);
+        assert_eq!(named.get("busy"), Some(&3));
+        assert_eq!(named.get("code_999"), Some(&1));
+    }
+}

@@ -1,0 +1,221 @@
+//! One loadgen run from arguments to report: prepare the workload, find or
+//! start the server, send, verify, report.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use tillstream_engine::{Server, ServerConfig};
+
+use crate::cli::Args;
+use crate::fleet::{self, RunConfig};
+use crate::generator::{FleetSpec, with_run_id};
+use crate::report::{GeneratorInfo, Report};
+use crate::workload::{self, Workload};
+use crate::{replay, verify};
+
+/// Default port of the server's HTTP API.
+const DEFAULT_HTTP_PORT: u16 = 7401;
+
+/// Where the load goes.
+enum Target {
+    /// A server started here, over a temporary directory unless one was given.
+    InProcess {
+        server: Box<Server>,
+        _dir: Option<tempfile::TempDir>,
+    },
+    /// A server elsewhere, with its HTTP API.
+    Remote { http: String },
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Builds every batch before the clock starts.
+async fn prepare(args: &Args) -> anyhow::Result<(Workload, GeneratorInfo)> {
+    let started = Instant::now();
+    let a = args.clone();
+    let (work, info) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut info = GeneratorInfo {
+            mode: "fleet",
+            stores: a.stores,
+            terminals_per_store: a.terminals_per_store,
+            sensors_per_store: a.sensors_per_store,
+            skus: a.skus,
+            batch_size: a.batch_size,
+            rate: a.rate,
+            step_us: a.step_us(),
+            csv: None,
+        };
+        if let Some(path) = &a.replay_csv {
+            let (work, csv) = replay::build(path, a.batch_size, a.terminals_per_store)?;
+            info.mode = "csv";
+            info.stores = u32::try_from(csv.stores).unwrap_or(u32::MAX);
+            info.sensors_per_store = 0;
+            info.skus = 0;
+            info.step_us = 0;
+            info.csv = Some(csv);
+            return Ok((work, info));
+        }
+        let spec = FleetSpec {
+            stores: a.stores,
+            terminals_per_store: a.terminals_per_store,
+            sensors_per_store: a.sensors_per_store,
+            skus: a.skus,
+            events: a.events,
+            seed: a.seed,
+            start_us: now_us(),
+            step_us: a.step_us(),
+        };
+        Ok((workload::build(&spec, a.batch_size)?, info))
+    })
+    .await
+    .context("the generator task failed")??;
+    tracing::info!(
+        events = work.events,
+        batches = work.batches,
+        mib = work.bytes >> 20,
+        secs = started.elapsed().as_secs_f64(),
+        "workload prepared"
+    );
+    Ok((work, info))
+}
+
+async fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host(server)
+        .await
+        .with_context(|| format!("cannot resolve --server {server}"))?
+        .next()
+        .with_context(|| format!("--server {server} resolves to no address"))
+}
+
+/// Runs the whole benchmark and returns its report.
+pub async fn run(args: Args) -> anyhow::Result<Report> {
+    args.check()?;
+    let token = match &args.token_file {
+        Some(p) => {
+            let t = std::fs::read(p)
+                .with_context(|| format!("reading --token-file {}", p.display()))?;
+            t.trim_ascii().to_vec()
+        }
+        None => Vec::new(),
+    };
+    let (mut work, info) = prepare(&args).await?;
+    let totals = (work.events, work.batches, work.bytes);
+    let run_id = args.run_id.unwrap_or_else(|| {
+        if args.server.is_some() {
+            // Seconds of the clock: a fresh id for each run a second apart.
+            (now_us() / 1_000_000) as u32 & 0xff_ffff
+        } else {
+            0
+        }
+    });
+    for d in &mut work.devices {
+        d.device = with_run_id(d.device, run_id);
+    }
+
+    let (target, addr, ca_pem, settings) = match &args.server {
+        Some(s) => {
+            let addr = resolve(s).await?;
+            let ca = args
+                .ca
+                .as_ref()
+                .context("--ca FILE is required with --server")?;
+            let pem =
+                std::fs::read(ca).with_context(|| format!("reading --ca {}", ca.display()))?;
+            let http = args.http.clone().unwrap_or_else(|| {
+                format!("http://{}", SocketAddr::new(addr.ip(), DEFAULT_HTTP_PORT))
+            });
+            let settings = verify::remote_settings(&http).await;
+            (Target::Remote { http }, addr, pem, settings)
+        }
+        None => {
+            let (dir, path) = match &args.data_dir {
+                Some(d) => (None, d.clone()),
+                None => {
+                    let t = tempfile::tempdir().context("creating a temporary data directory")?;
+                    let p = t.path().to_path_buf();
+                    (Some(t), p)
+                }
+            };
+            let mut cfg = ServerConfig::new(&path);
+            cfg.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+            if let Some(n) = args.shards {
+                cfg.shards = n.max(1);
+            }
+            if let Some(ms) = args.flush_interval_ms {
+                cfg.flush_interval = Duration::from_millis(ms);
+            }
+            let server = Server::start(cfg)
+                .await
+                .with_context(|| format!("starting the in-process server in {}", path.display()))?;
+            let settings = server.settings();
+            if args.batch_size > settings.max_events_per_batch {
+                bail!(
+                    "--batch-size {} is above the server's limit of {} events per batch",
+                    args.batch_size,
+                    settings.max_events_per_batch
+                );
+            }
+            let pem = std::fs::read(server.cert_path())
+                .with_context(|| format!("reading {}", server.cert_path().display()))?;
+            let addr = server.quic_addr();
+            let settings =
+                serde_json::to_value(settings).context("encoding the server settings")?;
+            tracing::info!(%addr, data = %path.display(), "in-process server started");
+            (
+                Target::InProcess {
+                    server: Box::new(server),
+                    _dir: dir,
+                },
+                addr,
+                pem,
+                settings,
+            )
+        }
+    };
+
+    let devices = work
+        .devices
+        .iter()
+        .filter(|d| !d.batches.is_empty())
+        .count();
+    let cfg = RunConfig {
+        server: addr,
+        server_name: args.server_name.clone(),
+        ca_pem,
+        token,
+        rate: args.rate,
+        give_up_after: Duration::from_secs(args.give_up_after),
+        max_inflight: args.max_inflight,
+        connect_wait: Duration::from_secs(10),
+    };
+    let out = fleet::run(work, &cfg).await?;
+    let mut report = Report::new(&out, totals, devices, args.seed, info, settings);
+    report.run_id = run_id;
+
+    let verified = if args.verify {
+        let expected = verify::manifest(&out.acked);
+        let got = match &target {
+            Target::InProcess { server, .. } => verify::in_process(server.store(), expected).await,
+            Target::Remote { http } => verify::remote(http, expected).await,
+        };
+        Some(got.unwrap_or_else(|e| serde_json::json!({ "ok": false, "error": format!("{e:#}") })))
+    } else {
+        None
+    };
+    report.finish(verified);
+
+    // The temporary directory, if any, goes after the server has stopped.
+    let stopped = match target {
+        Target::InProcess { server, .. } => server.shutdown().await,
+        Target::Remote { .. } => Ok(()),
+    };
+    if let Err(e) = stopped {
+        tracing::warn!(error = %e, "the in-process server did not shut down cleanly");
+    }
+    Ok(report)
+}

@@ -1,0 +1,89 @@
+//! End-to-end verification: the acknowledged batches against what the
+//! server stored, in process or over the server's HTTP API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tillstream_storage::embedded::EmbeddedStore;
+use tillstream_storage::verify::{ExpectedBatch, verify};
+
+use crate::fleet::AckedRef;
+
+/// The manifest of acknowledged batches, as the verifier takes it.
+pub fn manifest(acked: &[AckedRef]) -> Vec<ExpectedBatch> {
+    acked
+        .iter()
+        .map(|a| ExpectedBatch {
+            device: a.device,
+            seq: a.seq,
+            events: a.events,
+        })
+        .collect()
+}
+
+/// Verifies the in-process server's store.
+pub async fn in_process(
+    store: Arc<EmbeddedStore>,
+    expected: Vec<ExpectedBatch>,
+) -> anyhow::Result<serde_json::Value> {
+    let report = tokio::task::spawn_blocking(move || verify(&*store, Some(&expected)))
+        .await
+        .context("the verification task failed")?
+        .context("verifying the store")?;
+    serde_json::to_value(report).context("encoding the verification report")
+}
+
+/// Body of `POST /v1/verify`.
+#[derive(Debug, serde::Serialize)]
+struct VerifyRequest<'a> {
+    expected: &'a [ExpectedBatch],
+}
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
+}
+
+/// Asks a remote server to verify: `POST {http}/v1/verify`.
+pub async fn remote(http: &str, expected: Vec<ExpectedBatch>) -> anyhow::Result<serde_json::Value> {
+    let url = format!("{}/v1/verify", http.trim_end_matches('/'));
+    tokio::task::spawn_blocking(move || {
+        let mut resp = agent(Duration::from_secs(600))
+            .post(&url)
+            .send_json(VerifyRequest {
+                expected: &expected,
+            })
+            .with_context(|| format!("POST {url}"))?;
+        resp.body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_json::<serde_json::Value>()
+            .with_context(|| format!("reading the answer of POST {url}"))
+    })
+    .await
+    .context("the verification task failed")?
+}
+
+/// The remote server's settings (`GET {http}/v1/settings`), or null.
+pub async fn remote_settings(http: &str) -> serde_json::Value {
+    let url = format!("{}/v1/settings", http.trim_end_matches('/'));
+    let got = tokio::task::spawn_blocking(move || {
+        agent(Duration::from_secs(5))
+            .get(&url)
+            .call()
+            .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>())
+            .map_err(|e| (url, e))
+    })
+    .await;
+    match got {
+        Ok(Ok(v)) => v,
+        Ok(Err((url, e))) => {
+            tracing::warn!(%url, error = %e, "cannot read the server's settings");
+            serde_json::Value::Null
+        }
+        Err(_) => serde_json::Value::Null,
+    }
+}

@@ -1,0 +1,154 @@
+//! Events cut into per-device batches and encoded into frames, all before
+//! the clock starts.
+
+use anyhow::Context;
+use tillstream_client::{ClientError, PreparedBatch};
+use tillstream_protocol::{Batch, Event, FrameError};
+
+use crate::generator::{FleetSpec, Generator};
+
+/// A batch and when, in the global event order, it is due.
+#[derive(Debug, Clone)]
+pub struct ScheduledBatch {
+    /// How many events of the whole run precede the batch's send, its own
+    /// included: at a target rate R it is due `due_event / R` seconds in.
+    pub due_event: u64,
+    /// The encoded frame.
+    pub batch: PreparedBatch,
+}
+
+/// Everything one device sends, in seq order.
+#[derive(Debug, Clone)]
+pub struct DevicePlan {
+    /// The device id.
+    pub device: u64,
+    /// Its store.
+    pub store: u32,
+    /// Its batches, seqs 1, 2, 3, ...
+    pub batches: Vec<ScheduledBatch>,
+}
+
+impl DevicePlan {
+    /// Events in all its batches.
+    pub fn events(&self) -> u64 {
+        self.batches.iter().map(|b| u64::from(b.batch.events)).sum()
+    }
+}
+
+/// A whole run, ready to send.
+#[derive(Debug, Clone, Default)]
+pub struct Workload {
+    /// One plan per device (devices without events included).
+    pub devices: Vec<DevicePlan>,
+    /// Events in all.
+    pub events: u64,
+    /// Batches in all.
+    pub batches: u64,
+    /// Frame bytes in all.
+    pub bytes: u64,
+}
+
+/// Cuts each device's events into batches of `size` and encodes them.
+#[derive(Debug)]
+pub struct Batcher {
+    size: usize,
+    open: Vec<Vec<Event>>,
+    work: Workload,
+    seen: u64,
+}
+
+impl Batcher {
+    /// A batcher for `devices` (device id, store), indexed as given.
+    pub fn new(devices: impl IntoIterator<Item = (u64, u32)>, size: u32) -> Self {
+        let plans: Vec<DevicePlan> = devices
+            .into_iter()
+            .map(|(device, store)| DevicePlan {
+                device,
+                store,
+                batches: Vec::new(),
+            })
+            .collect();
+        Self {
+            size: size.max(1) as usize,
+            open: vec![Vec::new(); plans.len()],
+            work: Workload {
+                devices: plans,
+                ..Workload::default()
+            },
+            seen: 0,
+        }
+    }
+
+    /// Adds the next event of the run, from device index `d`.
+    pub fn push(&mut self, d: usize, ev: Event) -> anyhow::Result<()> {
+        self.seen += 1;
+        let open = self
+            .open
+            .get_mut(d)
+            .with_context(|| format!("no device with index {d}"))?;
+        open.push(ev);
+        if open.len() >= self.size {
+            let events = std::mem::take(open);
+            self.close(d, events)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the open batches and returns the workload.
+    pub fn finish(mut self) -> anyhow::Result<Workload> {
+        for d in 0..self.open.len() {
+            let events = std::mem::take(&mut self.open[d]);
+            if !events.is_empty() {
+                self.close(d, events)?;
+            }
+        }
+        Ok(self.work)
+    }
+
+    /// Encodes `events` as the device's next batch; one too large for a
+    /// frame is split in two, recursively.
+    fn close(&mut self, d: usize, mut events: Vec<Event>) -> anyhow::Result<()> {
+        let plan = &mut self.work.devices[d];
+        let seq = plan.batches.len() as u64 + 1;
+        let batch = Batch {
+            seq,
+            sent_at_us: events.iter().map(Event::ts_us).max().unwrap_or(0),
+            events,
+        };
+        match PreparedBatch::encode(&batch) {
+            Ok(p) => {
+                self.work.events += u64::from(p.events);
+                self.work.batches += 1;
+                self.work.bytes += p.len() as u64;
+                plan.batches.push(ScheduledBatch {
+                    due_event: self.seen,
+                    batch: p,
+                });
+                Ok(())
+            }
+            Err(ClientError::Encode {
+                source: FrameError::TooLarge { .. },
+                ..
+            }) if batch.events.len() > 1 => {
+                events = batch.events;
+                let tail = events.split_off(events.len() / 2);
+                self.close(d, events)?;
+                self.close(d, tail)
+            }
+            Err(e) => Err(e).with_context(|| format!("encoding batch {seq} of device index {d}")),
+        }
+    }
+}
+
+/// Generates the fleet's events and prepares every batch.
+pub fn build(spec: &FleetSpec, batch_size: u32) -> anyhow::Result<Workload> {
+    let generator = Generator::new(spec.clone())?;
+    let mut batcher = Batcher::new(
+        generator.devices().iter().map(|d| (d.device, d.store)),
+        batch_size,
+    );
+    for (d, ev) in generator {
+        batcher.push(d, ev)?;
+    }
+    batcher.finish()
+}
