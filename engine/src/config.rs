@@ -42,7 +42,7 @@ impl ServerConfig {
             shards: u16::try_from(cores).unwrap_or(2).max(1),
             http: None,
             flush_interval: Duration::from_millis(2),
-            flush_max_rows: 200_000,
+            flush_max_rows: 65_536,
             limits: Limits::default(),
             max_inflight_bytes_per_shard: 32 << 20,
             tls: None,

@@ -82,13 +82,13 @@ impl DeviceSlot {
     /// Makes `conn` the device's session, closing the previous one.
     pub(crate) fn take_ownership(&self, conn: &quinn::Connection) {
         let old = self.owner.lock().replace(conn.clone());
-        if let Some(old) = old {
-            if old.stable_id() != conn.stable_id() {
-                old.close(
-                    SUPERSEDED,
-                    b"superseded by a newer connection of this device",
-                );
-            }
+        if let Some(old) = old
+            && old.stable_id() != conn.stable_id()
+        {
+            old.close(
+                SUPERSEDED,
+                b"superseded by a newer connection of this device",
+            );
         }
     }
 

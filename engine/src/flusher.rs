@@ -176,10 +176,10 @@ async fn run(store: Arc<dyn Store>, settings: FlushSettings, mut rx: mpsc::Recei
             }
         };
         for u in units.drain(..) {
-            if result.is_ok() {
-                if let Some((slot, seq)) = u.durable {
-                    slot.mark_durable(seq);
-                }
+            if result.is_ok()
+                && let Some((slot, seq)) = u.durable
+            {
+                slot.mark_durable(seq);
             }
             if let Some(done) = u.done {
                 let _ = done.send(result.clone());

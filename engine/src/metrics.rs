@@ -89,12 +89,11 @@ impl ShardGauges {
         }
     }
 
-    pub(crate) fn update(
-        &self,
-        inflight_bytes: usize,
-        stats: &tillstream_engine_core::shard::ShardStats,
-    ) {
-        self.inflight.set(inflight_bytes as f64);
+    pub(crate) fn inflight(&self, bytes: usize) {
+        self.inflight.set(bytes as f64);
+    }
+
+    pub(crate) fn entities(&self, stats: &tillstream_engine_core::shard::ShardStats) {
         self.skus.set(stats.skus_active as f64);
         self.terminals.set(stats.terminals_active as f64);
         self.window.set(stats.window_movements as f64);

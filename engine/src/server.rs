@@ -89,13 +89,13 @@ impl Server {
         let store: Arc<dyn Store> = embedded.clone();
         let shard_count = cfg.shards.max(1);
         let rules = Rules::default();
-        let shard_rules = rules.clone();
+        let shard_rules = rules;
         let shards = shards::spawn_shards(
             shard_count,
             |id| ShardConfig {
                 id,
                 shards: shard_count,
-                rules: shard_rules.clone(),
+                rules: shard_rules,
                 ..ShardConfig::default()
             },
             store.clone(),

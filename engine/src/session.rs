@@ -486,17 +486,13 @@ async fn ack(
                         &e.to_string(),
                     )
                     .await;
-                    conn.close(
-                        ErrorCode::StoreUnavailable.as_u16().into(),
-                        b"store unavailable",
-                    );
+                    close_after_flush(&mut send, writable, &conn, ErrorCode::StoreUnavailable)
+                        .await;
                     writable = false;
                 }
                 Err(_) => {
-                    conn.close(
-                        ErrorCode::StoreUnavailable.as_u16().into(),
-                        b"flusher stopped",
-                    );
+                    close_after_flush(&mut send, writable, &conn, ErrorCode::StoreUnavailable)
+                        .await;
                     writable = false;
                 }
             },
@@ -508,11 +504,8 @@ async fn ack(
             Acking::Error(e) => {
                 let code = e.code;
                 writable &= write_msg(&mut send, &e).await.is_ok();
-                if code == ErrorCode::TooManyErrors.as_u16() || !writable {
-                    conn.close(
-                        quinn::VarInt::from_u32(u32::from(code)),
-                        b"too many bad frames",
-                    );
+                if code == ErrorCode::TooManyErrors.as_u16() {
+                    close_after_flush(&mut send, writable, &conn, ErrorCode::TooManyErrors).await;
                     writable = false;
                 }
             }
@@ -525,10 +518,7 @@ async fn ack(
                     "the batch could not be made durable",
                 )
                 .await;
-                conn.close(
-                    ErrorCode::StoreUnavailable.as_u16().into(),
-                    b"store unavailable",
-                );
+                close_after_flush(&mut send, writable, &conn, ErrorCode::StoreUnavailable).await;
                 writable = false;
             }
         }
@@ -548,8 +538,29 @@ async fn ack(
         }
     }
     if writable {
+        // Let the device read the last acks (or a final Error) before the
+        // connection goes: closing discards stream data not yet delivered.
         let _ = send.finish();
+        let _ = tokio::time::timeout(FLUSH_GRACE, send.stopped()).await;
     }
+}
+
+/// How long a closing session waits for its last frames to be delivered.
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
+
+/// Finishes the stream, waits (a little) for the device to have read it,
+/// then closes the connection with `code`.
+async fn close_after_flush(
+    send: &mut quinn::SendStream,
+    writable: bool,
+    conn: &quinn::Connection,
+    code: ErrorCode,
+) {
+    if writable {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(FLUSH_GRACE, send.stopped()).await;
+    }
+    conn.close(u32::from(code.as_u16()).into(), code.name().as_bytes());
 }
 
 async fn send_error(

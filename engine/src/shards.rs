@@ -71,6 +71,7 @@ struct ShardState {
     budget: Arc<Semaphore>,
     budget_units: u32,
     gauges: m::ShardGauges,
+    gauges_at: std::time::Instant,
 }
 
 impl Actor for ShardActor {
@@ -91,6 +92,7 @@ impl Actor for ShardActor {
             budget,
             budget_units,
             gauges,
+            gauges_at: std::time::Instant::now(),
         })
     }
 
@@ -109,7 +111,13 @@ impl Actor for ShardActor {
                         .budget
                         .available_permits()
                         .min(state.budget_units as usize);
-                state.gauges.update(used * BUDGET_UNIT, &state.core.stats());
+                state.gauges.inflight(used * BUDGET_UNIT);
+                // `stats()` walks every SKU: refresh the entity gauges at
+                // most once a second, not per batch.
+                if state.gauges_at.elapsed() >= std::time::Duration::from_secs(1) {
+                    state.gauges.entities(&state.core.stats());
+                    state.gauges_at = std::time::Instant::now();
+                }
                 // The session may be gone; its rows are then not needed.
                 let _ = work.reply.send(result);
             }

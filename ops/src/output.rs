@@ -111,10 +111,11 @@ fn flatten_into(prefix: &str, m: &Map<String, Value>, out: &mut Vec<(String, Str
         match v {
             Value::Object(inner) => flatten_into(&name, inner, out),
             _ => {
-                if let (Some(base), Some(us)) = (name.strip_suffix("_us"), v.as_i64()) {
-                    if us != i64::MAX && us > 0 {
-                        out.push((base.to_string(), format_ts(us)));
-                    }
+                if let (Some(base), Some(us)) = (name.strip_suffix("_us"), v.as_i64())
+                    && us != i64::MAX
+                    && us > 0
+                {
+                    out.push((base.to_string(), format_ts(us)));
                 }
                 out.push((name, scalar(v)));
             }

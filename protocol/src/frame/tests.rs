@@ -153,13 +153,13 @@ fn small_messages_round_trip() -> Result<(), FrameError> {
     let (_, p) = split(&encode_to_vec(&ack)?)?;
     assert_eq!(decode::<Ack>(&p)?, ack);
 
-    let err = crate::Error {
+    let err = Error {
         code: 5,
         batch_seq: 3,
         reason: "bad".into(),
     };
     let (_, p) = split(&encode_to_vec(&err)?)?;
-    assert_eq!(decode::<crate::Error>(&p)?, err);
+    assert_eq!(decode::<Error>(&p)?, err);
 
     let reject = Reject {
         code: 11,
