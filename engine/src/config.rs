@@ -30,6 +30,10 @@ pub struct ServerConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Grace period of a drain on shutdown.
     pub drain_timeout: Duration,
+    /// Fault injection for tests: the store's fsync fails after this many
+    /// successful ones.
+    #[doc(hidden)]
+    pub fail_sync_after: Option<u64>,
 }
 
 impl ServerConfig {
@@ -47,6 +51,7 @@ impl ServerConfig {
             max_inflight_bytes_per_shard: 32 << 20,
             tls: None,
             drain_timeout: Duration::from_secs(10),
+            fail_sync_after: None,
         }
     }
 }

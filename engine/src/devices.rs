@@ -3,9 +3,10 @@
 //!
 //! Invariants:
 //! - a device's batches are applied in seq order by at most one session at
-//!   a time: a new session supersedes the old connection, and its `Welcome`
-//!   waits until the device is quiescent (everything applied is durable), so
-//!   the watermark it announces is exact;
+//!   a time: a new session takes ownership (under the ledger's lock, so the
+//!   old reader's next `admit` fails), closes the old connection, and its
+//!   `Welcome` waits until the device is quiescent (everything applied is
+//!   durable), so the watermark it announces is exact;
 //! - `durable` only grows, and only the flusher raises it, after the commit
 //!   that holds the batch's rows and watermark returned.
 
@@ -22,23 +23,37 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub(crate) struct DeviceSlot {
     pub(crate) device: u64,
-    ledger: Mutex<DeviceLedger>,
+    state: Mutex<SlotState>,
     durable_tx: watch::Sender<u64>,
-    owner: Mutex<Option<quinn::Connection>>,
+}
+
+/// Guarded together, so a superseded session can never admit a batch once
+/// the new one has taken over.
+#[derive(Debug)]
+struct SlotState {
+    ledger: DeviceLedger,
+    owner: Option<quinn::Connection>,
 }
 
 impl DeviceSlot {
-    /// Decides whether a batch is new or a replay, and records it as applied.
-    pub(crate) fn admit(&self, seq: u64) -> Admission {
-        self.ledger.lock().admit(seq)
+    /// Decides whether a batch is new or a replay, and records it as
+    /// applied; `None` if `conn` no longer owns the device (a newer
+    /// connection took over: the old one must stop reading).
+    pub(crate) fn admit(&self, seq: u64, conn: &quinn::Connection) -> Option<Admission> {
+        let mut st = self.state.lock();
+        let owns = st
+            .owner
+            .as_ref()
+            .is_some_and(|c| c.stable_id() == conn.stable_id());
+        owns.then(|| st.ledger.admit(seq))
     }
 
     /// Called by the flusher once the commit holding `seq` is durable.
     pub(crate) fn mark_durable(&self, seq: u64) {
         let durable = {
-            let mut l = self.ledger.lock();
-            l.mark_durable(seq);
-            l.durable()
+            let mut st = self.state.lock();
+            st.ledger.mark_durable(seq);
+            st.ledger.durable()
         };
         self.durable_tx.send_if_modified(|d| {
             if *d < durable {
@@ -52,7 +67,7 @@ impl DeviceSlot {
 
     /// The highest durable seq.
     pub(crate) fn durable(&self) -> u64 {
-        self.ledger.lock().durable()
+        self.state.lock().ledger.durable()
     }
 
     /// Waits until `seq` is durable.
@@ -68,7 +83,7 @@ impl DeviceSlot {
         let mut rx = self.durable_tx.subscribe();
         let wait = async {
             loop {
-                if self.ledger.lock().is_quiescent() {
+                if self.state.lock().ledger.is_quiescent() {
                     return;
                 }
                 if rx.changed().await.is_err() {
@@ -81,7 +96,7 @@ impl DeviceSlot {
 
     /// Makes `conn` the device's session, closing the previous one.
     pub(crate) fn take_ownership(&self, conn: &quinn::Connection) {
-        let old = self.owner.lock().replace(conn.clone());
+        let old = self.state.lock().owner.replace(conn.clone());
         if let Some(old) = old
             && old.stable_id() != conn.stable_id()
         {
@@ -94,12 +109,13 @@ impl DeviceSlot {
 
     /// Forgets `conn` as owner if it still is.
     pub(crate) fn release(&self, conn: &quinn::Connection) {
-        let mut owner = self.owner.lock();
-        if owner
+        let mut st = self.state.lock();
+        if st
+            .owner
             .as_ref()
             .is_some_and(|c| c.stable_id() == conn.stable_id())
         {
-            *owner = None;
+            st.owner = None;
         }
     }
 }
@@ -135,9 +151,11 @@ impl Devices {
         let slot = slots.entry(device).or_insert_with(|| {
             Arc::new(DeviceSlot {
                 device,
-                ledger: Mutex::new(DeviceLedger::new(durable)),
+                state: Mutex::new(SlotState {
+                    ledger: DeviceLedger::new(durable),
+                    owner: None,
+                }),
                 durable_tx: watch::Sender::new(durable),
-                owner: Mutex::new(None),
             })
         });
         Ok(slot.clone())

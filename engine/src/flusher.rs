@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tillstream_storage::{RowSet, Store, StoreError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use tillstream_engine_core::flush::{CommitOrder, PartTicket};
@@ -54,11 +54,12 @@ pub(crate) struct FlushSettings {
 /// is drained.
 pub(crate) fn spawn(
     store: Arc<dyn Store>,
+    failed: watch::Receiver<bool>,
     settings: FlushSettings,
     queue: usize,
 ) -> (FlushSender, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(queue);
-    let join = tokio::spawn(run(store, settings, rx));
+    let join = tokio::spawn(run(store, failed, settings, rx));
     (tx, join)
 }
 
@@ -84,7 +85,17 @@ impl Intake {
     }
 }
 
-async fn run(store: Arc<dyn Store>, settings: FlushSettings, mut rx: mpsc::Receiver<CommitUnit>) {
+/// True when the engine failed and units wait that must be failed.
+fn must_fail(failed: &watch::Receiver<bool>, intake: &Intake) -> bool {
+    *failed.borrow() && !intake.order.is_empty()
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    mut failed: watch::Receiver<bool>,
+    settings: FlushSettings,
+    mut rx: mpsc::Receiver<CommitUnit>,
+) {
     let mut intake = Intake {
         order: CommitOrder::new(),
         ready: Vec::new(),
@@ -95,11 +106,29 @@ async fn run(store: Arc<dyn Store>, settings: FlushSettings, mut rx: mpsc::Recei
     let mut open = true;
     let mut poisoned: Option<Arc<StoreError>> = None;
     let mut tick: u64 = 0;
+    let mut failed_gone = false;
     while open {
         // Gather: block until at least one unit may be committed, then give
-        // others up to `interval` to share its fsync.
+        // others up to `interval` to share its fsync. A failure wakes it
+        // too, so units blocked behind a part that will never come are
+        // failed rather than left waiting.
         while intake.ready.is_empty() {
-            match rx.recv().await {
+            if must_fail(&failed, &intake) {
+                break;
+            }
+            let failing = *failed.borrow();
+            let unit = if failing || failed_gone {
+                rx.recv().await
+            } else {
+                tokio::select! {
+                    u = rx.recv() => u,
+                    r = failed.changed() => {
+                        failed_gone = r.is_err();
+                        continue;
+                    }
+                }
+            };
+            match unit {
                 Some(u) => intake.take(u),
                 None => {
                     open = false;
@@ -107,7 +136,7 @@ async fn run(store: Arc<dyn Store>, settings: FlushSettings, mut rx: mpsc::Recei
                 }
             }
         }
-        if intake.ready.is_empty() {
+        if intake.ready.is_empty() && !must_fail(&failed, &intake) {
             break;
         }
         let deadline = tokio::time::Instant::now() + settings.interval;
@@ -126,6 +155,17 @@ async fn run(store: Arc<dyn Store>, settings: FlushSettings, mut rx: mpsc::Recei
         }
 
         tick += 1;
+        if poisoned.is_none() && *failed.borrow() {
+            // A batch was applied on only some of its shards: units waiting
+            // for its missing parts would wait forever, and a device's later
+            // batches must not become durable past it. Fail them all.
+            poisoned = Some(Arc::new(StoreError::Poisoned(
+                "a batch could not be applied on all its shards; restart the server".into(),
+            )));
+        }
+        if poisoned.is_some() {
+            intake.order.drain_all(&mut intake.ready);
+        }
         let mut units = std::mem::take(&mut intake.ready);
         intake.ready_rows = 0;
         for u in &mut units {

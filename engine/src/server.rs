@@ -32,17 +32,34 @@ pub(crate) struct EngineCtx {
     pub(crate) rules: Rules,
     /// Set on shutdown: new sessions are refused, readers stop.
     pub(crate) draining: AtomicBool,
-    /// Set when a batch could not be applied: the engine needs a restart.
-    pub(crate) failed: AtomicBool,
+    /// Set when a batch could not be applied on all its shards: nothing
+    /// more can be committed consistently, the engine needs a restart.
+    pub(crate) failed: watch::Sender<bool>,
 }
 
 impl EngineCtx {
+    /// Marks the engine failed: the flusher fails every pending and later
+    /// unit, new sessions are refused, waiting ackers give up.
+    pub(crate) fn fail(&self, why: &str) {
+        if !self.failed.send_replace(true) {
+            tracing::error!(
+                reason = why,
+                "engine failed: no more commits or acknowledgements until restart"
+            );
+        }
+    }
+
+    /// Whether [`EngineCtx::fail`] was called.
+    pub(crate) fn is_failed(&self) -> bool {
+        *self.failed.borrow()
+    }
+
     /// Why the server is not ready, if it is not.
     pub(crate) fn not_ready(&self) -> Option<String> {
         if self.draining.load(Ordering::Relaxed) {
             return Some("draining".into());
         }
-        if self.failed.load(Ordering::Relaxed) {
+        if self.is_failed() {
             return Some("a batch could not be applied; restart the server".into());
         }
         self.store.check_writable().err().map(|e| e.to_string())
@@ -81,10 +98,14 @@ impl Server {
         let quic_cfg = tls::quic_server_config(&material, &cfg.limits)?;
 
         let dir = cfg.data_dir.join("store");
+        let fail_after = cfg.fail_sync_after;
         let embedded = Arc::new(
-            tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir))
-                .await
-                .map_err(|e| EngineError::Actor(e.to_string()))??,
+            tokio::task::spawn_blocking(move || match fail_after {
+                Some(n) => EmbeddedStore::open_with_failing_sync(&dir, n),
+                None => EmbeddedStore::open(&dir),
+            })
+            .await
+            .map_err(|e| EngineError::Actor(e.to_string()))??,
         );
         let store: Arc<dyn Store> = embedded.clone();
         let shard_count = cfg.shards.max(1);
@@ -102,8 +123,10 @@ impl Server {
             cfg.max_inflight_bytes_per_shard,
         )
         .await?;
+        let failed = watch::Sender::new(false);
         let (flush, flusher) = flusher::spawn(
             store.clone(),
+            failed.subscribe(),
             FlushSettings {
                 interval: cfg.flush_interval,
                 max_rows: cfg.flush_max_rows,
@@ -119,7 +142,7 @@ impl Server {
             limits: cfg.limits,
             rules,
             draining: AtomicBool::new(false),
-            failed: AtomicBool::new(false),
+            failed,
         });
 
         let socket = udp::bind(cfg.listen).map_err(|source| EngineError::Bind {

@@ -156,6 +156,7 @@ async fn session(
     };
     slot.take_ownership(conn);
     if !slot.wait_quiescent(QUIESCE_TIMEOUT).await {
+        slot.release(conn);
         refuse(
             &mut send,
             ErrorCode::Busy,
@@ -176,7 +177,16 @@ async fn session(
     let (ack_tx, ack_rx) = mpsc::channel(window);
     let assembler =
         tokio::spawn(assemble(pend_rx, ack_tx, slot.clone(), ctx.clone()).in_current_span());
-    let acker = tokio::spawn(ack(ack_rx, send, slot.clone(), conn.clone()).in_current_span());
+    let acker = tokio::spawn(
+        ack(
+            ack_rx,
+            send,
+            slot.clone(),
+            conn.clone(),
+            ctx.failed.subscribe(),
+        )
+        .in_current_span(),
+    );
 
     let outcome = read_batches(&mut recv, conn, ctx, &slot, &pend_tx, stop).await;
     drop(pend_tx);
@@ -267,12 +277,35 @@ async fn read_batches(
         let events = u32::try_from(archived.events.len()).unwrap_or(u32::MAX);
         m::batch_received(events as usize, payload_len);
 
-        let pending = match slot.admit(seq) {
-            Admission::Duplicate => {
+        let pending = match slot.admit(seq, conn) {
+            None => return Err("superseded by a newer connection of this device".into()),
+            Some(Admission::TooFarAhead) => {
+                bad_frames += 1;
+                let err = FrameError::Violation(
+                    "batch seq leaps too far ahead of the device's last batch",
+                );
+                let raw = with_header(&head, &archived_bytes(&batch));
+                refuse_frame(
+                    ctx,
+                    conn,
+                    device,
+                    seq,
+                    &err,
+                    raw,
+                    pend_tx,
+                    bad_frames > MAX_BAD_FRAMES,
+                )
+                .await;
+                if bad_frames > MAX_BAD_FRAMES {
+                    return Err("too many bad frames".into());
+                }
+                continue;
+            }
+            Some(Admission::Duplicate) => {
                 m::batch_duplicate();
                 Pending::Duplicate { seq, received }
             }
-            Admission::Fresh => {
+            Some(Admission::Fresh) => {
                 plan.clear();
                 plan_batch(archived, device, &ctx.rules, now_us(), &mut plan);
                 if !plan.rejected.is_empty() {
@@ -298,9 +331,11 @@ async fn read_batches(
                         reply: tx,
                         permit,
                     };
-                    h.actor
-                        .send_message(ShardMsg::Apply(work))
-                        .map_err(|_| format!("shard {shard} is gone"))?;
+                    if h.actor.send_message(ShardMsg::Apply(work)).is_err() {
+                        // Earlier parts of this batch may already be applied.
+                        ctx.fail("a shard actor stopped");
+                        return Err(format!("shard {shard} is gone"));
+                    }
                     parts.push(rx);
                 }
                 Pending::Fresh {
@@ -316,6 +351,11 @@ async fn read_batches(
             return Err("session pipeline stopped".into());
         }
     }
+}
+
+/// The payload bytes of a validated batch (for a dead letter).
+fn archived_bytes(batch: &ValidatedBatch) -> Vec<u8> {
+    batch.bytes().to_vec()
 }
 
 /// Rebuilds the 16 header bytes of a parsed frame (for dead letters).
@@ -411,7 +451,7 @@ async fn assemble(
                 }
                 Err(e) => {
                     tracing::error!(seq, error = %e, "batch could not be applied; the engine needs a restart");
-                    ctx.failed.store(true, Ordering::Relaxed);
+                    ctx.fail(&e);
                     Acking::Failed { seq }
                 }
             },
@@ -459,6 +499,7 @@ async fn ack(
     mut send: quinn::SendStream,
     slot: Arc<DeviceSlot>,
     conn: quinn::Connection,
+    mut failed: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut writable = true;
     let mut unsent = 0u32;
@@ -497,9 +538,28 @@ async fn ack(
                 }
             },
             Acking::Duplicate { seq, received } => {
-                slot.wait_durable(seq).await;
-                unsent += 1;
-                oldest.get_or_insert(received);
+                // The original may never become durable if the engine failed.
+                let durable = tokio::select! {
+                    () = slot.wait_durable(seq) => true,
+                    // (A closed channel disables this branch: keep waiting.)
+                    Ok(_) = failed.wait_for(|f| *f) => false,
+                };
+                if durable {
+                    unsent += 1;
+                    oldest.get_or_insert(received);
+                } else {
+                    send_error(
+                        &mut send,
+                        writable,
+                        ErrorCode::StoreUnavailable,
+                        seq,
+                        "the server failed; restart it",
+                    )
+                    .await;
+                    close_after_flush(&mut send, writable, &conn, ErrorCode::StoreUnavailable)
+                        .await;
+                    writable = false;
+                }
             }
             Acking::Error(e) => {
                 let code = e.code;

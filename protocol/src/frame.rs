@@ -400,6 +400,11 @@ impl ValidatedBatch {
         unsafe { rkyv::access_unchecked::<ArchivedBatch>(&self.buf) }
     }
 
+    /// The payload's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Bytes of the payload.
     pub fn payload_len(&self) -> usize {
         self.buf.len()

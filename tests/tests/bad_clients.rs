@@ -62,7 +62,7 @@ async fn expect_error(recv: &mut quinn::RecvStream, code: ErrorCode) -> anyhow::
 }
 
 fn good_batch(seq: u64) -> anyhow::Result<Vec<u8>> {
-    let s = script(9, 1, true, seq, 3, now_us());
+    let s = script(9, 1, true, 1, 3, now_us());
     let b = s
         .batches
         .last()
@@ -157,6 +157,25 @@ async fn an_oversized_frame_is_refused_before_its_payload_is_read() -> anyhow::R
     head[8..12].copy_from_slice(&(64u32 << 20).to_le_bytes());
     raw.send.write_all(&head).await?;
     expect_error(&mut raw.recv, ErrorCode::FrameTooLarge).await?;
+    server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seq_leaping_far_ahead_is_refused_and_later_batches_still_count() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start_server(dir.path(), 2).await?;
+    let mut raw = Raw::open(&server, 12).await?;
+    raw.send.write_all(&good_batch(1)?).await?;
+    let (t, _) = read(&mut raw.recv).await?;
+    assert_eq!(t, MsgType::Ack);
+    // Accepting this would make every later real batch look like a replay.
+    raw.send.write_all(&good_batch(1 << 40)?).await?;
+    expect_error(&mut raw.recv, ErrorCode::ProtocolViolation).await?;
+    raw.send.write_all(&good_batch(2)?).await?;
+    let (t, payload) = read(&mut raw.recv).await?;
+    assert_eq!(t, MsgType::Ack);
+    assert_eq!(decode::<Ack>(&payload)?.durable_seq, 2);
     server.shutdown().await?;
     Ok(())
 }

@@ -32,7 +32,14 @@ pub enum Admission {
     /// Already applied: never apply it again; ack it once
     /// [`DeviceLedger::durable`] reaches its seq.
     Duplicate,
+    /// More than [`MAX_SEQ_JUMP`] above the highest seq admitted: refused
+    /// and not recorded. Accepting it would make every later real batch of
+    /// the device look like a duplicate (acked, never stored).
+    TooFarAhead,
 }
+
+/// The largest gap a device may leave between two batch seqs.
+pub const MAX_SEQ_JUMP: u64 = 1 << 20;
 
 impl DeviceLedger {
     /// A ledger for a device whose batches up to `durable` are in the store.
@@ -44,9 +51,12 @@ impl DeviceLedger {
     }
 
     /// Admits batch `seq`: `Fresh` iff it is above every seq admitted so
-    /// far (and then records it), `Duplicate` otherwise.
+    /// far (and then records it), `TooFarAhead` if it leaps more than
+    /// [`MAX_SEQ_JUMP`] past them, `Duplicate` otherwise.
     pub fn admit(&mut self, seq: u64) -> Admission {
-        if seq > self.applied {
+        if seq > self.applied.saturating_add(MAX_SEQ_JUMP) {
+            Admission::TooFarAhead
+        } else if seq > self.applied {
             self.applied = seq;
             Admission::Fresh
         } else {
@@ -88,6 +98,16 @@ impl DeviceLedger {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_leap_past_the_max_jump_is_refused_and_not_recorded() {
+        let mut l = DeviceLedger::new(10);
+        assert_eq!(l.admit(10 + MAX_SEQ_JUMP + 1), Admission::TooFarAhead);
+        assert_eq!(l.admit(u64::MAX), Admission::TooFarAhead);
+        assert_eq!(l.applied(), 10);
+        assert_eq!(l.admit(11), Admission::Fresh);
+        assert_eq!(l.admit(11 + MAX_SEQ_JUMP), Admission::Fresh);
+    }
 
     #[test]
     fn fresh_then_duplicate() {

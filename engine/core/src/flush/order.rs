@@ -226,6 +226,25 @@ impl<T> CommitOrder<T> {
     }
 }
 
+impl<T> CommitOrder<T> {
+    /// Takes every pending unit, released or not, in arrival order, and
+    /// forgets them. For an engine that can no longer commit (a batch was
+    /// applied on only some of its shards): the caller fails them all
+    /// instead of letting them wait for parts that will never come.
+    pub fn drain_all(&mut self, out: &mut Vec<T>) {
+        for id in self.arrivals.drain(..) {
+            if let Some(unit) = self.entries[id].take().and_then(|mut e| e.unit.take()) {
+                out.push(unit);
+            }
+            self.free.push(id);
+        }
+        for slots in &mut self.slots {
+            slots.clear();
+        }
+        self.devices.clear();
+    }
+}
+
 fn is_blocked<T>(entries: &[Option<Entry<T>>], id: usize) -> bool {
     entries
         .get(id)

@@ -189,3 +189,19 @@ proptest! {
         run(&batches, shards, &picks)?;
     }
 }
+
+#[test]
+fn drain_all_hands_back_blocked_units_too() {
+    let mut order: CommitOrder<&str> = CommitOrder::new();
+    // Part 0 of shard 0 never arrives: "b" (part 1) is blocked behind it.
+    order.push("b", Some(2), &[PartTicket { shard: 0, n: 1 }]);
+    order.push("dead letter", None, &[]);
+    let mut out = Vec::new();
+    order.release(&mut out);
+    assert_eq!(out, vec!["dead letter"]);
+    assert_eq!(order.pending(), 1);
+    out.clear();
+    order.drain_all(&mut out);
+    assert_eq!(out, vec!["b"]);
+    assert!(order.is_empty());
+}
