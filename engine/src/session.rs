@@ -44,6 +44,9 @@ use crate::wire::{ReadError, read_frame, with_header, write_msg};
 const MAX_BAD_FRAMES: u32 = 16;
 /// How long a device has to open its stream and say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest Hello payload: before a device is known, it may not make the
+/// server allocate a full batch frame.
+const HELLO_MAX_BYTES: u32 = 16 * 1024;
 /// How long a Hello waits for an older session's batches to become durable.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Acks are coalesced over at most this many durable batches.
@@ -111,10 +114,9 @@ async fn session(
         .await
         .map_err(|_| "no stream opened in time".to_string())?
         .map_err(|e| e.to_string())?;
-    let max_payload = ctx.limits.max_frame_bytes;
 
     // Hello.
-    let first = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut recv, max_payload))
+    let first = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut recv, HELLO_MAX_BYTES))
         .await
         .map_err(|_| "no Hello in time".to_string())?;
     let hello = match first {
