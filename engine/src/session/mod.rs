@@ -1,0 +1,222 @@
+//! One device connection: a reader that validates and routes batches, an
+//! assembler that turns each batch's shard replies into one commit unit,
+//! and an acker that sends cumulative acks once units are durable.
+//!
+//! ```text
+//! reader --Pending--> assembler --Acking--> acker --Ack frames--> device
+//!   |  (bounded: max_inflight_batches)   |
+//!   +--ApplyWork--> shard actors ---------+ (rows back through oneshots)
+//!                    assembler --CommitUnit--> flusher
+//! ```
+//!
+//! Invariants:
+//! - batches pass every stage in seq order, so a device's commit units
+//!   reach the flusher in seq order;
+//! - once a batch is admitted its unit is always submitted, even if the
+//!   connection dies, so the device's ledger becomes quiescent again;
+//! - an ack is only written after the flusher resolved the unit Ok (or,
+//!   for a replayed batch, once the device's durable seq covers it).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tillstream_engine_core::flush::PartTicket;
+use tillstream_engine_core::ledger::Admission;
+use tillstream_engine_core::route::{BatchPlan, plan_batch};
+use tillstream_protocol::frame::{FrameHeader, decode};
+use tillstream_protocol::{
+    Ack, ErrorCode, FrameError, Hello, MsgType, Reject, RejectedRef, ValidatedBatch, Welcome,
+};
+use tillstream_storage::{BatchRow, DeadLetterRow, RowSet, WatermarkRow};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use crate::clock::now_us;
+use crate::devices::DeviceSlot;
+use crate::flusher::{CommitResult, CommitUnit};
+use crate::metrics as m;
+use crate::server::EngineCtx;
+use crate::shards::{ApplyWork, PartResult, ShardMsg};
+use crate::wire::{ReadError, read_frame, with_header, write_msg};
+
+mod ack;
+mod assemble;
+mod read;
+
+use ack::ack;
+use assemble::assemble;
+use read::read_batches;
+
+/// Bad frames tolerated on one connection before it is closed.
+const MAX_BAD_FRAMES: u32 = 16;
+/// How long a device has to open its stream and say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest Hello payload: before a device is known, it may not make the
+/// server allocate a full batch frame.
+const HELLO_MAX_BYTES: u32 = 16 * 1024;
+/// How long a Hello waits for an older session's batches to become durable.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Acks are coalesced over at most this many durable batches.
+const ACK_EVERY: u32 = 32;
+
+pub(super) enum Pending {
+    Fresh {
+        seq: u64,
+        events: u32,
+        parts: Vec<oneshot::Receiver<PartResult>>,
+        rejected: Vec<RejectedRef>,
+        received: Instant,
+    },
+    Duplicate {
+        seq: u64,
+        received: Instant,
+    },
+    Error(tillstream_protocol::Error),
+}
+
+pub(super) enum Acking {
+    Unit {
+        seq: u64,
+        done: oneshot::Receiver<CommitResult>,
+        rejected: Vec<RejectedRef>,
+        received: Instant,
+    },
+    Duplicate {
+        seq: u64,
+        received: Instant,
+    },
+    Error(tillstream_protocol::Error),
+    Failed {
+        seq: u64,
+    },
+}
+
+/// Serves one connection until it ends.
+pub(crate) async fn serve(
+    conn: quinn::Connection,
+    ctx: Arc<EngineCtx>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let peer = conn.remote_address();
+    let span = tracing::info_span!("session", %peer, device = tracing::field::Empty);
+    async move {
+        m::connections(1.0);
+        let result = session(&conn, &ctx, stop).await;
+        m::connections(-1.0);
+        match result {
+            Ok(()) => tracing::debug!("session ended"),
+            Err(reason) => tracing::info!(%reason, "session ended"),
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn session(
+    conn: &quinn::Connection,
+    ctx: &Arc<EngineCtx>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
+        .await
+        .map_err(|_| "no stream opened in time".to_string())?
+        .map_err(|e| e.to_string())?;
+
+    // Hello.
+    let first = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut recv, HELLO_MAX_BYTES))
+        .await
+        .map_err(|_| "no Hello in time".to_string())?;
+    let hello = match first {
+        Ok(Some((h, payload))) if h.msg_type == MsgType::Hello => decode::<Hello>(&payload),
+        Ok(Some(_)) => Err(FrameError::Violation("the first frame must be Hello")),
+        Ok(None) => return Ok(()),
+        Err(ReadError::Conn(e)) => return Err(e),
+        Err(ReadError::Frame { err, .. }) => Err(err),
+    };
+    let hello = match hello {
+        Ok(h) => h,
+        Err(err) => {
+            refuse(&mut send, err.code(), &format!("bad Hello: {err}")).await;
+            return Err(format!("bad Hello: {err}"));
+        }
+    };
+    let device = hello.device;
+    tracing::Span::current().record("device", device);
+
+    if ctx.draining.load(Ordering::Relaxed) {
+        refuse(
+            &mut send,
+            ErrorCode::Draining,
+            "the server is draining; reconnect later",
+        )
+        .await;
+        return Err("refused: draining".into());
+    }
+    if let Err(e) = ctx.store.check_writable() {
+        refuse(&mut send, ErrorCode::StoreUnavailable, &e.to_string()).await;
+        return Err(format!("refused: {e}"));
+    }
+    let slot = match ctx.devices.slot(device, &ctx.store).await {
+        Ok(s) => s,
+        Err(e) => {
+            refuse(&mut send, ErrorCode::StoreUnavailable, &e.to_string()).await;
+            return Err(format!("refused: {e}"));
+        }
+    };
+    slot.take_ownership(conn);
+    if !slot.wait_quiescent(QUIESCE_TIMEOUT).await {
+        slot.release(conn);
+        refuse(
+            &mut send,
+            ErrorCode::Busy,
+            "earlier batches of this device are still being committed",
+        )
+        .await;
+        return Err("refused: not quiescent".into());
+    }
+    let welcome = Welcome {
+        durable_seq: slot.durable(),
+        limits: ctx.limits,
+    };
+    write_msg(&mut send, &welcome).await?;
+    tracing::debug!(durable_seq = welcome.durable_seq, "welcomed");
+
+    let window = ctx.limits.max_inflight_batches.max(1) as usize;
+    let (pend_tx, pend_rx) = mpsc::channel(window);
+    let (ack_tx, ack_rx) = mpsc::channel(window);
+    let assembler =
+        tokio::spawn(assemble(pend_rx, ack_tx, slot.clone(), ctx.clone()).in_current_span());
+    let acker = tokio::spawn(
+        ack(
+            ack_rx,
+            send,
+            slot.clone(),
+            conn.clone(),
+            ctx.failed.subscribe(),
+        )
+        .in_current_span(),
+    );
+
+    let outcome = read_batches(&mut recv, conn, ctx, &slot, &pend_tx, stop).await;
+    drop(pend_tx);
+    let _ = assembler.await;
+    let _ = acker.await;
+    slot.release(conn);
+    outcome
+}
+
+async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, reason: &str) {
+    m::sessions_refused(code);
+    let _ = write_msg(
+        send,
+        &Reject {
+            code: code.as_u16(),
+            reason: reason.to_string(),
+        },
+    )
+    .await;
+    let _ = send.finish();
+    // Give the Reject a moment to leave before the connection closes.
+    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+}
