@@ -13,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// movements, shelf counts, device health) over QUIC, acknowledged only once
 /// durable.
 #[derive(Debug, Parser)]
-#[command(name = "tillstream", version, about, long_about = None)]
+#[command(name = "tillstream", version)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = logging::Format::Human, env = "TILLSTREAM_LOG_FORMAT")]

@@ -1,0 +1,203 @@
+//! The `tillstream` binary as an operator runs it: a real `serve` process,
+//! devices streaming to it, the HTTP endpoints, a SIGTERM drain, then
+//! `verify` and `query` on the data directory it left.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tillstream_client::client_endpoint;
+use tillstream_tests::{DeviceScript, device, now_us, prepare, script};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tillstream");
+
+/// A `tillstream serve` child, killed if the test fails half-way.
+struct Serve {
+    child: Child,
+    quic: SocketAddr,
+    http: SocketAddr,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(data: &Path) -> anyhow::Result<Serve> {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+    let mut lines = BufReader::new(stderr).lines();
+    let (mut quic, mut http) = (None, None);
+    while quic.is_none() || http.is_none() {
+        let line = lines
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("serve exited early"))??;
+        if let Some(rest) = line.strip_prefix("tillstream listening on ") {
+            quic = rest.split_whitespace().next().map(str::parse).transpose()?;
+        }
+        if let Some(rest) = line.strip_prefix("HTTP API on http://") {
+            http = rest.split_whitespace().next().map(str::parse).transpose()?;
+        }
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok(Serve {
+        child,
+        quic: quic.ok_or_else(|| anyhow::anyhow!("no QUIC address"))?,
+        http: http.ok_or_else(|| anyhow::anyhow!("no HTTP address"))?,
+    })
+}
+
+fn stream(data: &Path, quic: SocketAddr, scripts: &[DeviceScript]) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let ca = std::fs::read(data.join("tls/cert.pem"))?;
+        let endpoint = client_endpoint(&ca, quic)?;
+        for s in scripts {
+            let dev = device(&endpoint, quic, s.device);
+            for b in prepare(s)? {
+                dev.send(b).await?;
+            }
+            let last = s.batches.len() as u64;
+            dev.wait_acked(last, Duration::from_secs(60)).await?;
+            dev.close().await;
+        }
+        anyhow::Ok(())
+    })
+}
+
+fn run(args: &[&str], data: &Path) -> anyhow::Result<(i32, String, String)> {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[test]
+fn serve_drain_verify_and_query_as_processes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let mut server = serve(&data)?;
+    let t0 = now_us() - 7_200_000_000;
+    let scripts: Vec<DeviceScript> = (0..3u64)
+        .map(|i| script(500 + i, 4, i < 2, 10, 20, t0))
+        .collect();
+    stream(&data, server.quic, &scripts)?;
+
+    let base = format!("http://{}", server.http);
+    let ready = ureq::get(&format!("{base}/readyz")).call()?;
+    assert_eq!(ready.status(), 200);
+    let metrics = ureq::get(&format!("{base}/metrics"))
+        .call()?
+        .into_body()
+        .read_to_string()?;
+    assert!(
+        metrics.contains("tillstream_batches_received_total 30"),
+        "{metrics}"
+    );
+    let report: serde_json::Value = ureq::post(&format!("{base}/v1/verify"))
+        .send_json(serde_json::json!({}))?
+        .into_body()
+        .read_json()?;
+    assert_eq!(report["ok"], true, "{report}");
+
+    // SIGTERM drains and exits cleanly.
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    let mut exited = None;
+    for _ in 0..150 {
+        if let Some(s) = server.child.try_wait()? {
+            exited = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let exited = exited.ok_or_else(|| anyhow::anyhow!("serve did not exit after SIGTERM"))?;
+    assert!(exited.success(), "serve exited with {exited}");
+
+    let (code, out, err) = run(&["verify"], &data)?;
+    assert_eq!(code, 0, "verify failed: {out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["missing"], 0);
+    assert_eq!(v["duplicates"], 0);
+    assert_eq!(v["events"], 3 * 10 * 20);
+
+    let (code, out, err) = run(&["query", "--format", "json", "watermarks"], &data)?;
+    assert_eq!(code, 0, "{err}");
+    let w: serde_json::Value = serde_json::from_str(&out)?;
+    let seqs: Vec<u64> = w
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["seq"].as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(seqs, vec![10, 10, 10], "{out}");
+
+    let (code, out, err) = run(
+        &[
+            "query", "--format", "csv", "sales", "--store", "4", "--bucket", "hour",
+        ],
+        &data,
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let mut rows = out.lines();
+    let header = rows.next().unwrap_or_default();
+    assert!(
+        header.starts_with("start,start_us,sales,refunds"),
+        "{header}"
+    );
+    let sales: u64 = rows
+        .filter_map(|l| l.split(',').nth(2)?.parse::<u64>().ok())
+        .sum();
+    assert!(sales > 0, "{out}");
+
+    let (code, out, _) = run(
+        &[
+            "query", "--format", "table", "top-skus", "--store", "4", "--limit", "3",
+        ],
+        &data,
+    )?;
+    assert_eq!(code, 0);
+    assert!(out.contains("(3 rows)"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn verify_explains_a_missing_data_directory() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (code, _, err) = run(&["verify"], &dir.path().join("nowhere"))?;
+    assert_ne!(code, 0);
+    assert!(err.contains("no store at"), "{err}");
+    Ok(())
+}
