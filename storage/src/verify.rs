@@ -103,38 +103,33 @@ impl Hasher for FastHasher {
 
 type Map<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
-/// What one sale key has: its row, its lines, its line movements.
+/// A set of line numbers, expected to be exactly `0..n`, each once.
 #[derive(Default)]
-struct SaleAcc {
-    /// `lines` of the (first) SaleRow, if there is one.
-    lines: Option<u16>,
-    /// SaleLineRows seen.
-    line_rows: u32,
+struct LineSet {
+    /// Rows seen.
+    rows: u32,
     /// Line numbers < 64 seen.
     mask: u64,
     /// Line numbers >= 64 seen (rare).
     high: Vec<u16>,
     /// A line number < 64 was seen twice.
-    dup_line: bool,
-    /// Sale/Refund movements seen.
-    movements: u32,
+    dup: bool,
 }
 
-impl SaleAcc {
-    fn add_line(&mut self, line: u16) {
-        self.line_rows += 1;
+impl LineSet {
+    fn add(&mut self, line: u16) {
+        self.rows += 1;
         if line < 64 {
             let bit = 1u64 << line;
-            self.dup_line |= self.mask & bit != 0;
+            self.dup |= self.mask & bit != 0;
             self.mask |= bit;
         } else {
             self.high.push(line);
         }
     }
 
-    /// True when the lines are exactly 0..n, once each, and so are the
-    /// movements.
-    fn lines_match(&mut self, n: u16) -> bool {
+    /// True when the lines are exactly 0..n, once each.
+    fn is_exactly(&mut self, n: u16) -> bool {
         let low = u32::from(n.min(64));
         let want_mask = if low == 64 {
             u64::MAX
@@ -143,11 +138,31 @@ impl SaleAcc {
         };
         self.high.sort_unstable();
         let high_ok = self.high.iter().copied().eq(64..n.max(64));
-        !self.dup_line
-            && self.mask == want_mask
-            && high_ok
-            && self.line_rows == u32::from(n)
-            && self.movements == u32::from(n)
+        !self.dup && self.mask == want_mask && high_ok && self.rows == u32::from(n)
+    }
+}
+
+/// What one sale key has: its row, its lines, its line movements.
+#[derive(Default)]
+struct SaleAcc {
+    /// `lines` of the (first) SaleRow, if there is one.
+    lines: Option<u16>,
+    /// SaleLineRows seen, by line.
+    line_rows: LineSet,
+    /// Sale/Refund movements seen, by line: a doubled line-0 movement and
+    /// a missing line-1 movement must not pass as "two movements".
+    movements: LineSet,
+}
+
+impl SaleAcc {
+    fn add_line(&mut self, line: u16) {
+        self.line_rows.add(line);
+    }
+
+    /// True when the lines are exactly 0..n, once each, and so are the
+    /// movements.
+    fn lines_match(&mut self, n: u16) -> bool {
+        self.line_rows.is_exactly(n) && self.movements.is_exactly(n)
     }
 }
 
@@ -243,7 +258,7 @@ impl Verifier {
         if r.reason.is_primary() {
             self.primary(r.key);
         } else {
-            self.sales.entry(r.key).or_default().movements += 1;
+            self.sales.entry(r.key).or_default().movements.add(r.line);
         }
         let sku = self.skus.entry((r.store, r.sku)).or_default();
         if r.reason == MovementReason::CountCorrection {
@@ -270,7 +285,7 @@ impl Verifier {
                 self.problem(|| match acc.lines {
                     Some(n) => format!(
                         "sale {key:?}: {n} lines expected, {} line rows and {} line movements stored",
-                        acc.line_rows, acc.movements
+                        acc.line_rows.rows, acc.movements.rows
                     ),
                     None => format!("sale lines or movements of {key:?} without a sale row"),
                 });
@@ -332,6 +347,19 @@ impl Verifier {
 
     fn check_batches(&mut self, marks: &Map<u64, u64>, expected: Option<&[ExpectedBatch]>) {
         let wm = |device: u64| marks.get(&device).copied().unwrap_or(0);
+        // A watermark is written in the same commit as its batch's ledger
+        // row: a watermark without it means a batch below it may be gone
+        // unseen (gaps in seqs are legal, so nothing else would show it).
+        let mut marks_sorted: Vec<(u64, u64)> = marks.iter().map(|(d, s)| (*d, *s)).collect();
+        marks_sorted.sort_unstable();
+        for (device, seq) in marks_sorted {
+            if seq > 0 && !self.ledger.contains_key(&(device, seq)) {
+                self.report.missing += 1;
+                self.problem(|| {
+                    format!("device {device} has watermark {seq} but no ledger row for batch {seq}")
+                });
+            }
+        }
         let mut ledger: Vec<((u64, u64), u32)> =
             self.ledger.iter().map(|(k, v)| (*k, *v)).collect();
         ledger.sort_unstable();

@@ -179,3 +179,27 @@ async fn a_seq_leaping_far_ahead_is_refused_and_later_batches_still_count() -> a
     server.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owed_ack_is_written_before_an_error() -> anyhow::Result<()> {
+    // Devices attribute an Error without a seq to their oldest frame that is
+    // neither acked nor refused: that only works if acks come first.
+    let dir = tempfile::tempdir()?;
+    let server = start_server(dir.path(), 2).await?;
+    let mut raw = Raw::open(&server, 13).await?;
+    let mut bad = good_batch(2)?;
+    let last = bad.len() - 1;
+    bad[last] ^= 0x01;
+    let mut both = good_batch(1)?;
+    both.extend_from_slice(&bad);
+    raw.send.write_all(&both).await?;
+    let (t, payload) = read(&mut raw.recv).await?;
+    anyhow::ensure!(
+        t == MsgType::Ack,
+        "expected the Ack of batch 1 first, got {t:?}"
+    );
+    assert_eq!(decode::<Ack>(&payload)?.durable_seq, 1);
+    expect_error(&mut raw.recv, ErrorCode::ChecksumMismatch).await?;
+    server.shutdown().await?;
+    Ok(())
+}

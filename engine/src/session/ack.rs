@@ -2,6 +2,43 @@
 
 use super::*;
 
+/// Acks earned and not yet written: coalesced over a few durable batches.
+#[derive(Default)]
+struct Owed {
+    batches: u32,
+    rejected: Vec<RejectedRef>,
+    oldest: Option<Instant>,
+}
+
+impl Owed {
+    fn add(&mut self, received: Instant, rejected: Vec<RejectedRef>) {
+        self.batches += 1;
+        self.rejected.extend(rejected);
+        self.oldest.get_or_insert(received);
+    }
+
+    /// Writes the cumulative ack owed, if any. Called before every Error
+    /// frame too, so a device can attribute an Error without a seq to the
+    /// oldest frame it wrote that is neither acked nor refused.
+    async fn pay(&mut self, send: &mut quinn::SendStream, writable: &mut bool, slot: &DeviceSlot) {
+        if self.batches == 0 {
+            return;
+        }
+        if *writable {
+            let msg = Ack {
+                durable_seq: slot.durable(),
+                rejected: std::mem::take(&mut self.rejected),
+            };
+            *writable = write_msg(send, &msg).await.is_ok();
+        }
+        if let Some(t) = self.oldest.take() {
+            m::acked(t.elapsed(), u64::from(self.batches));
+        }
+        self.batches = 0;
+        self.rejected.clear();
+    }
+}
+
 /// Stage three: wait for durability in seq order and send cumulative acks.
 pub(super) async fn ack(
     mut rx: mpsc::Receiver<Acking>,
@@ -11,23 +48,18 @@ pub(super) async fn ack(
     mut failed: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut writable = true;
-    let mut unsent = 0u32;
-    let mut rejected: Vec<RejectedRef> = Vec::new();
-    let mut oldest: Option<Instant> = None;
+    let mut owed = Owed::default();
     while let Some(a) = rx.recv().await {
         match a {
             Acking::Unit {
                 seq,
                 done,
-                rejected: r,
+                rejected,
                 received,
             } => match done.await {
-                Ok(Ok(())) => {
-                    rejected.extend(r);
-                    unsent += 1;
-                    oldest.get_or_insert(received);
-                }
+                Ok(Ok(())) => owed.add(received, rejected),
                 Ok(Err(e)) => {
+                    owed.pay(&mut send, &mut writable, &slot).await;
                     send_error(
                         &mut send,
                         writable,
@@ -41,6 +73,7 @@ pub(super) async fn ack(
                     writable = false;
                 }
                 Err(_) => {
+                    owed.pay(&mut send, &mut writable, &slot).await;
                     close_after_flush(&mut send, writable, &conn, ErrorCode::StoreUnavailable)
                         .await;
                     writable = false;
@@ -54,9 +87,9 @@ pub(super) async fn ack(
                     Ok(_) = failed.wait_for(|f| *f) => false,
                 };
                 if durable {
-                    unsent += 1;
-                    oldest.get_or_insert(received);
+                    owed.add(received, Vec::new());
                 } else {
+                    owed.pay(&mut send, &mut writable, &slot).await;
                     send_error(
                         &mut send,
                         writable,
@@ -71,6 +104,7 @@ pub(super) async fn ack(
                 }
             }
             Acking::Error(e) => {
+                owed.pay(&mut send, &mut writable, &slot).await;
                 let code = e.code;
                 writable &= write_msg(&mut send, &e).await.is_ok();
                 if code == ErrorCode::TooManyErrors.as_u16() {
@@ -79,6 +113,7 @@ pub(super) async fn ack(
                 }
             }
             Acking::Failed { seq } => {
+                owed.pay(&mut send, &mut writable, &slot).await;
                 send_error(
                     &mut send,
                     writable,
@@ -91,21 +126,11 @@ pub(super) async fn ack(
                 writable = false;
             }
         }
-        if unsent > 0 && (rx.is_empty() || unsent >= ACK_EVERY) {
-            if writable {
-                let msg = Ack {
-                    durable_seq: slot.durable(),
-                    rejected: std::mem::take(&mut rejected),
-                };
-                writable = write_msg(&mut send, &msg).await.is_ok();
-            }
-            if let Some(t) = oldest.take() {
-                m::acked(t.elapsed(), u64::from(unsent));
-            }
-            unsent = 0;
-            rejected.clear();
+        if owed.batches > 0 && (rx.is_empty() || owed.batches >= ACK_EVERY) {
+            owed.pay(&mut send, &mut writable, &slot).await;
         }
     }
+    owed.pay(&mut send, &mut writable, &slot).await;
     if writable {
         // Let the device read the last acks (or a final Error) before the
         // connection goes: closing discards stream data not yet delivered.

@@ -55,7 +55,12 @@ pub(super) async fn read_batches(
                 bad_frames += 1;
                 let fatal = bad_frames > MAX_BAD_FRAMES;
                 let raw = with_header(&head, &payload);
-                refuse_frame(ctx, conn, device, 0, &err, raw, pend_tx, fatal).await;
+                // A payload that passed bytecheck but broke a limit has a
+                // readable seq: name it, so the device knows which batch.
+                let seq =
+                    tillstream_protocol::frame::access::<tillstream_protocol::Batch>(&payload)
+                        .map_or(0, |b| b.seq.to_native());
+                refuse_frame(ctx, conn, device, seq, &err, raw, pend_tx, fatal).await;
                 if fatal {
                     return Err("too many bad frames".into());
                 }

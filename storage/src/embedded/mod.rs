@@ -102,7 +102,14 @@ struct Fsync;
 
 impl Durability for Fsync {
     fn sync(&self, db: &Database) -> Result<(), String> {
-        db.persist(PersistMode::SyncData).map_err(|e| e.to_string())
+        db.persist(PersistMode::SyncData)
+            .map_err(|e| e.to_string())?;
+        // fjall poisons itself when one of its background journal syncs
+        // fails, but only after releasing the journal lock; a sync of ours
+        // in between can succeed on a file whose earlier writeback failed.
+        // Asking again (a no-op flush that first checks the poison flag)
+        // narrows that window; closing it needs a fix in fjall.
+        db.persist(PersistMode::Buffer).map_err(|e| e.to_string())
     }
 }
 
@@ -267,7 +274,14 @@ impl EmbeddedStore {
 
 impl Store for EmbeddedStore {
     fn commit(&self, rows: &RowSet) -> Result<CommitInfo, StoreError> {
-        self.commit_rows(rows)
+        // Any failed commit poisons the store, not only a failed write or
+        // sync: the engine stops acknowledging on the first failure, and
+        // /readyz and Hello must say so too.
+        self.commit_rows(rows).inspect_err(|e| {
+            if !self.is_poisoned() {
+                self.poison(format!("a commit failed: {e}"));
+            }
+        })
     }
 
     fn watermark(&self, device: u64) -> Result<u64, StoreError> {

@@ -208,11 +208,15 @@ fn finds_line_mismatches() -> TestResult {
 fn long_sales_check_every_line() {
     let mut acc = SaleAcc::default();
     (0..70).for_each(|l| acc.add_line(l));
-    acc.movements = 70;
+    (0..70).for_each(|l| acc.movements.add(l));
     assert!(acc.lines_match(70));
     let mut acc = SaleAcc::default();
     (0..69).chain([68]).for_each(|l| acc.add_line(l));
-    acc.movements = 70;
+    (0..70).for_each(|l| acc.movements.add(l));
+    assert!(!acc.lines_match(70));
+    let mut acc = SaleAcc::default();
+    (0..70).for_each(|l| acc.add_line(l));
+    (0..69).chain([68]).for_each(|l| acc.movements.add(l));
     assert!(!acc.lines_match(70));
     let mut acc = SaleAcc::default();
     assert!(acc.lines_match(0));
@@ -235,5 +239,31 @@ fn problems_are_capped() -> TestResult {
     let r = check(rows, None)?;
     assert_eq!(r.orphans, 30);
     assert_eq!(r.problems.len(), MAX_PROBLEMS);
+    Ok(())
+}
+
+#[test]
+fn a_doubled_line_movement_does_not_hide_a_missing_one() -> TestResult {
+    let mut rows = sample();
+    let i = rows
+        .stock_movements
+        .iter()
+        .position(|m| !m.reason.is_primary() && m.line == 1)
+        .ok_or("the sample has a sale with two lines")?;
+    // Same count of movements for the sale, but line 0 twice, line 1 never.
+    rows.stock_movements[i].line = 0;
+    only(&check(rows, None)?, 0, 0, 0, 0, 0, 1);
+    Ok(())
+}
+
+#[test]
+fn a_watermark_without_its_ledger_row_is_missing_data() -> TestResult {
+    let mut rows = sample();
+    rows.watermarks.push(WatermarkRow {
+        device: 77,
+        seq: 5,
+        updated_at_us: T0,
+    });
+    only(&check(rows, None)?, 1, 0, 0, 0, 0, 0);
     Ok(())
 }
