@@ -7,6 +7,14 @@
 //! written to a stream to the ack that first covered it (cumulative acks
 //! cover many batches at once). Resends keep the first write time, so a
 //! reconnect shows up in the tail.
+//!
+//! Every run's seqs start at 1, so a device id the server already holds
+//! seqs of (an earlier run with the same `--run-id`) would have its batches
+//! acknowledged as duplicates without being stored. The device clients run
+//! without replays: they refuse such batches as stale (at `send`, or when
+//! the `Welcome` that tells the server's watermark comes after they were
+//! queued), and the run fails on the first one, whatever the timing of the
+//! connections.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +24,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tillstream_client::{ClientConfig, ClientEvent, ClientStats, DeviceClient, client_endpoint};
+use tillstream_client::{
+    ClientConfig, ClientError, ClientEvent, ClientStats, DeviceClient, client_endpoint,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -113,6 +123,9 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
             c.server_name.clone_from(&cfg.server_name);
             c.token.clone_from(&cfg.token);
             c.max_inflight = cfg.max_inflight;
+            // Every batch of the run is new: a server watermark above one
+            // means the device id was used before (refused as stale).
+            c.replay = false;
             Arc::new(DeviceClient::start_with_events(
                 endpoint.clone(),
                 c,
@@ -121,27 +134,9 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
         })
         .collect();
     drop(tx);
+    // Only to keep the handshakes out of the measurement: a device that
+    // is late is still checked for a used id by its client.
     wait_connected(&clients, cfg.connect_wait).await;
-    let stale: Vec<String> = clients
-        .iter()
-        .filter_map(|c| {
-            let durable = *c.acks().borrow();
-            (durable > 0).then(|| format!("device {} up to seq {durable}", c.device()))
-        })
-        .collect();
-    if !stale.is_empty() {
-        for c in clients {
-            if let Ok(c) = Arc::try_unwrap(c) {
-                c.close().await;
-            }
-        }
-        anyhow::bail!(
-            "the server already holds batches of {} of these devices ({}, ...) from an \
-             earlier run; a new run must use fresh device ids: pass another --run-id",
-            stale.len(),
-            stale[0]
-        );
-    }
 
     let start = Instant::now();
     let sent = Arc::new(AtomicU64::new(0));
@@ -158,7 +153,12 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
                 }
                 let events = u64::from(b.batch.events);
                 if let Err(e) = client.send(b.batch).await {
-                    let _ = fail_tx.send(format!("device {}: {e}", plan.device));
+                    let hint = if matches!(e, ClientError::Stale { .. }) {
+                        " (pass another --run-id)"
+                    } else {
+                        ""
+                    };
+                    let _ = fail_tx.send(format!("device {}: {e}{hint}", plan.device));
                     return;
                 }
                 sent.fetch_add(events, Ordering::Relaxed);
@@ -203,23 +203,34 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
         }
     }
     bar.finish_and_clear();
-    if c.stale > 0 {
-        c.failures.push(format!(
-            "{} batches were acknowledged before they were sent: the server already \
-             holds these device ids from an earlier run (use another --run-id)",
-            c.stale
-        ));
-    }
     let elapsed = last_ack.saturating_duration_since(start);
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
 
     let mut stats = ClientStats::default();
+    let mut used = Vec::new();
     for client in clients {
-        stats.merge(&client.stats());
+        let s = client.stats();
+        if s.stale_batches > 0 {
+            used.push(format!(
+                "device {} up to seq {}",
+                client.device(),
+                *client.acks().borrow()
+            ));
+        }
+        stats.merge(&s);
         if let Ok(client) = Arc::try_unwrap(client) {
             client.close().await;
         }
+    }
+    if let Some(first) = used.first() {
+        c.failures.push(format!(
+            "the server already holds batches of {} of these devices ({first}{}) from an \
+             earlier run: their batches would be acknowledged without being stored; a new \
+             run must use fresh device ids: pass another --run-id",
+            used.len(),
+            if used.len() > 1 { ", ..." } else { "" }
+        ));
     }
     endpoint.close(0u32.into(), b"run over");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
@@ -270,8 +281,6 @@ struct Collector {
     latency: Histogram<u64>,
     manifest: Vec<AckedRef>,
     failures: Vec<String>,
-    /// Batches acknowledged before they were ever sent.
-    stale: u64,
 }
 
 impl Collector {
@@ -284,7 +293,6 @@ impl Collector {
                 .context("latency histogram")?,
             manifest: Vec::new(),
             failures: Vec::new(),
-            stale: 0,
         })
     }
 
@@ -294,16 +302,12 @@ impl Collector {
             ClientEvent::Acked(a) => {
                 for b in &a.batches {
                     self.acked += u64::from(b.events);
-                    match b.first_sent {
-                        Some(t) => {
-                            let us = a.at.saturating_duration_since(t).as_micros();
-                            self.latency
-                                .saturating_record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
-                        }
-                        // The server had it before it was ever sent: its
-                        // watermark comes from an earlier run with the
-                        // same device ids, and this run's data is not there.
-                        None => self.stale += 1,
+                    // Always written first: without replays, a batch the
+                    // server had before it was sent is refused as stale.
+                    if let Some(t) = b.first_sent {
+                        let us = a.at.saturating_duration_since(t).as_micros();
+                        self.latency
+                            .saturating_record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
                     }
                     self.manifest.push(AckedRef {
                         device: a.device,
@@ -318,6 +322,15 @@ impl Collector {
                 self.refused += u64::from(r.events);
                 // The run goes on; the report counts the refused events.
                 tracing::warn!(device = r.device, seq = r.seq, code = r.code, reason = %r.reason, "batch refused by the server");
+                None
+            }
+            ClientEvent::Stale(s) => {
+                // Not stored by the server: the run cannot succeed.
+                self.failures.push(format!(
+                    "device {}: batch {} refused as stale: the server already holds this \
+                     device id's seqs up to {} (pass another --run-id)",
+                    s.device, s.seq, s.durable
+                ));
                 None
             }
             ClientEvent::Fatal {

@@ -125,6 +125,10 @@ pub struct Report {
     pub resent_batches: u64,
     /// Error frames by code name.
     pub errors_by_code: BTreeMap<String, u64>,
+    /// Times the server announced a durable seq below one it had announced
+    /// before: it lost acknowledged batches (the clients had dropped them,
+    /// so they were never resent). Any is a failure of the run.
+    pub watermark_regressions: u64,
     /// The server's verification report, if asked.
     pub verify: Option<serde_json::Value>,
     /// The server's settings (null when unknown).
@@ -184,6 +188,7 @@ impl Report {
             reconnects: out.stats.reconnects,
             resent_batches: out.stats.resent_batches,
             errors_by_code: by_code_name(&out.stats.errors_by_code),
+            watermark_regressions: out.stats.watermark_regressions,
             verify: None,
             server,
             seed,
@@ -194,8 +199,17 @@ impl Report {
     }
 
     /// Sets the verification and decides `ok`: every event acknowledged,
-    /// and the verification (when given) ok.
+    /// no durable seq announced below one announced before, and the
+    /// verification (when given) ok.
     pub fn finish(&mut self, verify: Option<serde_json::Value>) {
+        if self.watermark_regressions > 0 {
+            self.failures.push(format!(
+                "the server lost acknowledged batches: {} time(s) it announced a durable seq \
+                 below one it had acknowledged before (a server that lost data, or another \
+                 server); those batches were dropped by the devices and never resent",
+                self.watermark_regressions
+            ));
+        }
         if self.events_acked != self.events_total {
             self.failures.push(format!(
                 "{} of {} events acknowledged ({} refused)",
@@ -306,5 +320,70 @@ mod tests {
         let named = by_code_name(&m);
         assert_eq!(named.get("busy"), Some(&3));
         assert_eq!(named.get("code_999"), Some(&1));
+    }
+
+    fn outcome(acked: u64) -> Result<RunOutcome, Box<dyn std::error::Error>> {
+        Ok(RunOutcome {
+            events_sent: acked,
+            events_acked: acked,
+            events_refused: 0,
+            events_rejected: 0,
+            elapsed: std::time::Duration::from_secs(1),
+            latency_us: Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?,
+            stats: tillstream_client::ClientStats::default(),
+            acked: Vec::new(),
+            failures: Vec::new(),
+        })
+    }
+
+    fn info() -> GeneratorInfo {
+        GeneratorInfo {
+            mode: "fleet",
+            stores: 1,
+            terminals_per_store: 1,
+            sensors_per_store: 0,
+            skus: 1,
+            batch_size: 10,
+            rate: 0.0,
+            step_us: 1,
+            csv: None,
+        }
+    }
+
+    #[test]
+    fn a_complete_run_is_ok() -> Result<(), Box<dyn std::error::Error>> {
+        let mut r = Report::new(
+            &outcome(100)?,
+            (100, 10, 1000),
+            1,
+            1,
+            info(),
+            serde_json::Value::Null,
+        );
+        r.finish(None);
+        assert!(r.ok, "{}", r.summary());
+        Ok(())
+    }
+
+    #[test]
+    fn a_watermark_regression_fails_the_run_without_verify()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let mut out = outcome(100)?;
+        out.stats.watermark_regressions = 1;
+        let mut r = Report::new(&out, (100, 10, 1000), 1, 1, info(), serde_json::Value::Null);
+        r.finish(None);
+        assert!(!r.ok, "{}", r.summary());
+        assert_eq!(r.watermark_regressions, 1);
+        assert!(
+            r.failures
+                .iter()
+                .any(|f| f.contains("lost acknowledged batches")),
+            "{:?}",
+            r.failures
+        );
+        let json = serde_json::to_value(&r)?;
+        assert_eq!(json["ok"], false);
+        assert_eq!(json["watermark_regressions"], 1);
+        Ok(())
     }
 }

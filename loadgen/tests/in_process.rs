@@ -1,9 +1,15 @@
 //! One-command runs against an in-process server, end to end: generate,
 //! send over QUIC, acknowledge, verify.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use clap::Parser;
+use tillstream_engine::{Server, ServerConfig};
 use tillstream_loadgen::cli::Args;
+use tillstream_loadgen::fleet::{self, RunConfig};
+use tillstream_loadgen::generator::FleetSpec;
 use tillstream_loadgen::run::run;
+use tillstream_loadgen::workload;
 
 fn args(extra: &[&str]) -> anyhow::Result<Args> {
     let mut v = vec![
@@ -93,5 +99,92 @@ async fn the_csv_sample_replays() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no csv info"))?;
     assert_eq!(info.rows, 5_000);
     assert_eq!(r.events_acked, info.invoices);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_with_the_same_device_ids_fails_and_stores_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().to_string_lossy().into_owned();
+    let small = [
+        "--events",
+        "400",
+        "--stores",
+        "1",
+        "--terminals-per-store",
+        "2",
+        "--sensors-per-store",
+        "0",
+        "--batch-size",
+        "20",
+        "--data-dir",
+        &data,
+        "--run-id",
+        "7",
+    ];
+    let first = run(args(&small)?).await?;
+    assert!(first.ok, "{}", first.summary());
+    // Same data directory, same run id: the server holds these ids' seqs.
+    let second = run(args(&small)?).await?;
+    assert!(!second.ok, "{}", second.summary());
+    assert_eq!(second.events_acked, 0, "{}", second.summary());
+    assert!(
+        second.failures.iter().any(|f| f.contains("--run-id")),
+        "{:?}",
+        second.failures
+    );
+    Ok(())
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn used_device_ids_fail_the_run_even_before_they_connect() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut scfg = ServerConfig::new(dir.path());
+    scfg.listen = "127.0.0.1:0".parse()?;
+    scfg.shards = 1;
+    let server = Server::start(scfg).await?;
+    let spec = FleetSpec {
+        stores: 1,
+        terminals_per_store: 2,
+        sensors_per_store: 0,
+        skus: 50,
+        events: 400,
+        seed: 1,
+        start_us: now_us(),
+        step_us: 20,
+    };
+    let cfg = RunConfig {
+        server: server.quic_addr(),
+        server_name: "localhost".into(),
+        ca_pem: std::fs::read(server.cert_path())?,
+        token: Vec::new(),
+        rate: 0.0,
+        give_up_after: Duration::from_secs(60),
+        max_inflight: 8,
+        // Sends start before any Welcome: the check must not depend on it.
+        connect_wait: Duration::ZERO,
+    };
+    let first = fleet::run(workload::build(&spec, 20)?, &cfg).await?;
+    assert!(first.failures.is_empty(), "{:?}", first.failures);
+    assert_eq!(first.events_acked, 400);
+    let second = fleet::run(workload::build(&spec, 20)?, &cfg).await?;
+    assert_eq!(
+        second.events_acked, 0,
+        "batches the server already had are not acknowledged: {:?}",
+        second.failures
+    );
+    assert!(second.stats.stale_batches > 0, "{:?}", second.stats);
+    assert!(
+        second.failures.iter().any(|f| f.contains("--run-id")),
+        "{:?}",
+        second.failures
+    );
+    server.shutdown().await?;
     Ok(())
 }

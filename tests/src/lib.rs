@@ -25,7 +25,19 @@ pub fn endpoint_for(server: &Server) -> anyhow::Result<quinn::Endpoint> {
 
 /// Starts a device client against `server`.
 pub fn device(endpoint: &quinn::Endpoint, server: std::net::SocketAddr, id: u64) -> DeviceClient {
+    device_with(endpoint, server, id, false)
+}
+
+/// A device client that may be handed batches the server already holds
+/// (`replay`): a device resending its own queue after a reboot.
+pub fn device_with(
+    endpoint: &quinn::Endpoint,
+    server: std::net::SocketAddr,
+    id: u64,
+    replay: bool,
+) -> DeviceClient {
     let mut cfg = ClientConfig::new(server, id);
+    cfg.replay = replay;
     cfg.max_inflight = 8;
     cfg.backoff_min = Duration::from_millis(20);
     cfg.backoff_max = Duration::from_millis(200);

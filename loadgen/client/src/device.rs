@@ -17,30 +17,53 @@ use tracing::Instrument;
 use crate::session::Session;
 use crate::{ClientConfig, ClientError, ClientEvent, ClientStats, PreparedBatch, Window};
 
-/// Most refusals remembered for [`DeviceClient::wait_acked`].
-const REFUSALS_KEPT: usize = 4096;
-
 /// How long [`DeviceClient::close`] waits for the task to close its
 /// connection before aborting it.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a batch will never be acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The server refused it with an `Error` frame.
+    Server { code: u16, reason: String },
+    /// The server already held its seq (up to `durable`) from an earlier
+    /// user of the device id.
+    Stale { durable: u64 },
+}
+
+impl Refusal {
+    fn error(&self, seq: u64) -> ClientError {
+        match self {
+            Refusal::Server { code, reason } => ClientError::Refused {
+                seq,
+                code: *code,
+                reason: reason.clone(),
+            },
+            Refusal::Stale { durable } => ClientError::Stale {
+                seq,
+                durable: *durable,
+            },
+        }
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) window: Window,
     pub(crate) stats: ClientStats,
-    /// Refused seqs with their code and reason (the newest `REFUSALS_KEPT`).
-    pub(crate) refused: BTreeMap<u64, (u16, String)>,
+    /// Every refused seq, so that [`DeviceClient::wait_acked`] never takes
+    /// one for acknowledged when a later batch is. Not capped: refusals are
+    /// rare (each is a dead letter on the server, or a stale batch that
+    /// stops the sender), and forgetting one would give a wrong answer.
+    pub(crate) refused: BTreeMap<u64, Refusal>,
     /// Set when the server rejected the device for good.
     pub(crate) fatal: Option<(u16, String)>,
     pub(crate) closed: bool,
 }
 
 impl State {
-    pub(crate) fn remember_refusal(&mut self, seq: u64, code: u16, reason: String) {
-        self.refused.insert(seq, (code, reason));
-        while self.refused.len() > REFUSALS_KEPT {
-            self.refused.pop_first();
-        }
+    pub(crate) fn remember_refusal(&mut self, seq: u64, why: Refusal) {
+        self.refused.insert(seq, why);
     }
 }
 
@@ -113,7 +136,7 @@ impl DeviceClient {
         let shared = Arc::new(Shared {
             device: cfg.device,
             state: Mutex::new(State {
-                window: Window::new(cfg.max_inflight),
+                window: Window::new(cfg.max_inflight).with_replay(cfg.replay),
                 stats: ClientStats::default(),
                 refused: BTreeMap::new(),
                 fatal: None,
@@ -138,7 +161,9 @@ impl DeviceClient {
     /// Queues `batch` for sending, waiting while the window (the configured
     /// bound, lowered by the server's limit) is full. The batch is kept and
     /// resent after reconnects until it is acknowledged or refused. Seqs
-    /// must start at 1 and grow.
+    /// must start at 1 and grow, and be above the server's durable seq for
+    /// the device ([`ClientError::Stale`] otherwise, unless
+    /// [`ClientConfig::replay`] is set).
     pub async fn send(&self, batch: PreparedBatch) -> Result<(), ClientError> {
         loop {
             let notified = self.shared.space.notified();
@@ -153,7 +178,13 @@ impl DeviceClient {
                     return Err(ClientError::Closed);
                 }
                 if st.window.has_room() {
-                    st.window.push(batch)?;
+                    if let Err(e) = st.window.push(batch) {
+                        if let ClientError::Stale { seq, durable } = e {
+                            st.stats.stale_batches += 1;
+                            st.remember_refusal(seq, Refusal::Stale { durable });
+                        }
+                        return Err(e);
+                    }
                     drop(st);
                     self.shared.work.notify_one();
                     return Ok(());
@@ -169,24 +200,24 @@ impl DeviceClient {
         self.shared.durable.subscribe()
     }
 
-    /// Waits until batch `seq` is durable. Fails at once if it was refused,
-    /// the device was rejected or the client closed, and after `timeout`.
+    /// Waits until batch `seq` is durable. Fails at once if it was refused
+    /// (by the server, or as stale), even when later batches are durable;
+    /// if the device was rejected or the client closed; and after
+    /// `timeout`.
     pub async fn wait_acked(&self, seq: u64, timeout: Duration) -> Result<(), ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut changed = self.shared.changed.subscribe();
         loop {
             let durable = {
                 let st = self.shared.lock();
+                // Refusals first: a cumulative ack above a refused seq does
+                // not make it durable.
+                if let Some(why) = st.refused.get(&seq) {
+                    return Err(why.error(seq));
+                }
                 let durable = st.window.durable();
                 if durable >= seq {
                     return Ok(());
-                }
-                if let Some((code, reason)) = st.refused.get(&seq) {
-                    return Err(ClientError::Refused {
-                        seq,
-                        code: *code,
-                        reason: reason.clone(),
-                    });
                 }
                 if let Some((code, reason)) = &st.fatal {
                     return Err(self.rejected(*code, reason));
@@ -253,5 +284,46 @@ impl Drop for DeviceClient {
         if self.task.is_some() {
             self.signal_close();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_never_forgotten() {
+        let mut st = State {
+            window: Window::new(8),
+            stats: ClientStats::default(),
+            refused: BTreeMap::new(),
+            fatal: None,
+            closed: false,
+        };
+        for seq in 1..=10_000 {
+            st.remember_refusal(
+                seq,
+                Refusal::Server {
+                    code: 5,
+                    reason: "bad".into(),
+                },
+            );
+        }
+        st.remember_refusal(10_001, Refusal::Stale { durable: 20_000 });
+        assert!(matches!(
+            st.refused.get(&1).map(|r| r.error(1)),
+            Some(ClientError::Refused {
+                seq: 1,
+                code: 5,
+                ..
+            })
+        ));
+        assert!(matches!(
+            st.refused.get(&10_001).map(|r| r.error(10_001)),
+            Some(ClientError::Stale {
+                seq: 10_001,
+                durable: 20_000
+            })
+        ));
     }
 }

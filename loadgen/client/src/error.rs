@@ -48,6 +48,23 @@ pub enum ClientError {
         /// The last seq queued.
         last: u64,
     },
+    /// The server already holds this device's batches up to `durable`, at
+    /// or above this seq: the device id was already used with higher seqs
+    /// on this server (an earlier run, another device), and the batch would
+    /// be acknowledged as a duplicate without being stored. Use a fresh
+    /// device id (or [`ClientConfig::replay`](crate::ClientConfig::replay)
+    /// when the client really resends what an earlier life of this device
+    /// already sent).
+    #[error(
+        "batch seq {seq} is at or below seq {durable}, which the server already holds for this \
+         device id: the id was already used with higher seqs on this server; use a fresh device id"
+    )]
+    Stale {
+        /// The refused seq.
+        seq: u64,
+        /// The server's durable seq for the device.
+        durable: u64,
+    },
     /// Batch seqs start at 1.
     #[error("batch seq 0 is not allowed; seqs start at 1")]
     ZeroSeq,

@@ -11,6 +11,10 @@ pub enum ClientEvent {
     Acked(AckEvent),
     /// The server refused a batch for good; it will not be resent.
     Refused(RefusedBatch),
+    /// A queued batch that the server's durable seq already covers though
+    /// this client never sent it: the device id was already used with
+    /// higher seqs on this server. It is not stored; it will not be sent.
+    Stale(StaleBatch),
     /// The server rejected the device's `Hello` for good; the device stopped.
     Fatal {
         /// The device.
@@ -54,7 +58,9 @@ pub struct AckedBatch {
     /// Events in it.
     pub events: u32,
     /// When it was first written to a stream (None if it never was: the
-    /// server already had it from an earlier life of the device).
+    /// server already had it from an earlier life of the device, which only
+    /// a client with [`ClientConfig::replay`](crate::ClientConfig::replay)
+    /// takes as acknowledged).
     pub first_sent: Option<Instant>,
 }
 
@@ -72,5 +78,21 @@ pub struct RefusedBatch {
     /// The server's sentence.
     pub reason: String,
     /// When the refusal was read.
+    pub at: Instant,
+}
+
+/// A batch refused as stale: the server holds the device's seqs up to
+/// `durable`, at or above this one, from an earlier user of the device id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleBatch {
+    /// The device.
+    pub device: u64,
+    /// Its seq.
+    pub seq: u64,
+    /// Events in it.
+    pub events: u32,
+    /// The server's durable seq for the device.
+    pub durable: u64,
+    /// When the watermark that covers it was read.
     pub at: Instant,
 }

@@ -26,8 +26,18 @@
 //! store unavailable) makes the client keep the batch, back off, reconnect
 //! and resend; any other code with a `batch_seq` means the server refused
 //! that frame for good, so it leaves the resend buffer and is reported as a
-//! [`ClientEvent::Refused`]. A `Reject` of `Hello` with a code that is not
-//! retryable is fatal for the device.
+//! [`ClientEvent::Refused`]. An `Error` without a `batch_seq` (the server
+//! could not read the frame) refers to the oldest batch written on the
+//! connection that is neither acknowledged nor refused: the server answers
+//! in order and writes owed acks before an error. A `Reject` of `Hello` with
+//! a code that is not retryable is fatal for the device.
+//!
+//! Seqs are per device id: a server that already holds seqs of the device
+//! at or above the client's batches (the id was used before) makes the
+//! client refuse them as stale ([`ClientError::Stale`],
+//! [`ClientEvent::Stale`]) rather than take them as acknowledged, unless
+//! [`ClientConfig::replay`] says the client resends an earlier life's
+//! batches.
 //!
 //! Nothing the server sends can make this crate panic: frames are parsed
 //! with [`FrameHeader::parse`](tillstream_protocol::FrameHeader::parse), read
@@ -47,11 +57,11 @@ mod wire;
 pub use backoff::Backoff;
 pub use device::DeviceClient;
 pub use error::ClientError;
-pub use events::{AckEvent, AckedBatch, ClientEvent, RefusedBatch};
+pub use events::{AckEvent, AckedBatch, ClientEvent, RefusedBatch, StaleBatch};
 pub use prepared::PreparedBatch;
 pub use stats::ClientStats;
 pub use tls::{EndpointOptions, client_endpoint, client_endpoint_with};
-pub use window::Window;
+pub use window::{Settled, Window};
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -77,12 +87,22 @@ pub struct ClientConfig {
     /// Longest wait for the QUIC handshake, and then for the answer to
     /// `Hello`.
     pub connect_timeout: Duration,
+    /// Whether the batches handed to this client may include some that an
+    /// earlier life of the device already sent (a device that rebooted and
+    /// resends what it kept on disk): then a batch at or below the server's
+    /// durable seq is taken as acknowledged. Off (the default), the
+    /// client's batches are new, so a durable seq at or above one of them
+    /// means the device id was already used with higher seqs on this
+    /// server: [`DeviceClient::send`] fails with [`ClientError::Stale`], and
+    /// a batch queued before the `Welcome` that told it is refused as
+    /// [`ClientEvent::Stale`] instead of being acknowledged unstored.
+    pub replay: bool,
 }
 
 impl ClientConfig {
     /// Defaults for `device` talking to `server`: server name `localhost`,
     /// no token, 64 batches in flight, backoff from 50 ms to 5 s, a 10 s
-    /// connect timeout.
+    /// connect timeout, no replays (see [`replay`](Self::replay)).
     pub fn new(server: SocketAddr, device: u64) -> Self {
         Self {
             server,
@@ -93,6 +113,7 @@ impl ClientConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
+            replay: false,
         }
     }
 }

@@ -7,10 +7,12 @@ use std::time::Instant;
 use tillstream_protocol::{Ack, Error as ErrorMsg, ErrorCode, Welcome};
 use tokio::sync::{mpsc, watch};
 
-use crate::device::Shared;
+use crate::device::{Refusal, Shared, State};
 use crate::error::code_name;
 use crate::wire::{Incoming, hello_frame, read_frame};
-use crate::{AckEvent, Backoff, ClientConfig, ClientEvent, RefusedBatch};
+use crate::{
+    AckEvent, Backoff, ClientConfig, ClientEvent, PreparedBatch, RefusedBatch, StaleBatch,
+};
 
 /// Application close code of a device that is going away normally.
 const CLOSE_NORMAL: u32 = 0;
@@ -131,7 +133,7 @@ impl Session {
             Ok(s) => s,
             Err(end) => return end,
         };
-        if let Some(ev) = self.on_welcome(welcome, life) {
+        for ev in self.on_welcome(welcome, life) {
             self.send_event(ev).await;
         }
         let end = tokio::select! {
@@ -235,9 +237,9 @@ impl Session {
         End::Fatal { code, reason }
     }
 
-    fn on_welcome(&self, w: Welcome, life: &mut Life) -> Option<ClientEvent> {
+    fn on_welcome(&self, w: Welcome, life: &mut Life) -> Vec<ClientEvent> {
         let now = Instant::now();
-        let (acked, durable) = {
+        let (acked, stale, durable) = {
             let mut st = self.shared.lock();
             if w.durable_seq < st.window.durable() {
                 st.stats.watermark_regressions += 1;
@@ -247,7 +249,9 @@ impl Session {
                     "server's durable seq went backwards"
                 );
             }
-            let acked = st.window.on_welcome(w.durable_seq, &w.limits);
+            let settled = st.window.on_welcome(w.durable_seq, &w.limits);
+            let acked = settled.acked;
+            let stale = self.refuse_stale(&mut st, settled.stale, now);
             st.stats.connects += 1;
             if life.welcomed_before {
                 st.stats.reconnects += 1;
@@ -262,20 +266,58 @@ impl Session {
             if let Some(t) = recovered {
                 st.stats.record_recovery(now - t);
             }
-            (acked, st.window.durable())
+            (acked, stale, st.window.durable())
         };
         life.welcomed_before = true;
         tracing::debug!(durable_seq = w.durable_seq, limits = ?w.limits, "welcome");
         self.shared.publish(durable);
-        (!acked.is_empty()).then(|| {
-            ClientEvent::Acked(AckEvent {
+        let mut events = Vec::new();
+        if !acked.is_empty() {
+            events.push(ClientEvent::Acked(AckEvent {
                 device: self.cfg.device,
                 durable_seq: w.durable_seq,
                 at: now,
                 batches: acked,
                 rejected: Vec::new(),
+            }));
+        }
+        events.extend(stale);
+        events
+    }
+
+    /// Refuses batches a watermark covers though this client never wrote
+    /// them: the server holds their seqs from an earlier user of the device
+    /// id, so they were not stored. Returns the events to report.
+    fn refuse_stale(
+        &self,
+        st: &mut State,
+        stale: Vec<PreparedBatch>,
+        at: Instant,
+    ) -> Vec<ClientEvent> {
+        let durable = st.window.durable();
+        if let (Some(first), Some(last)) = (stale.first(), stale.last()) {
+            tracing::error!(
+                first = first.seq,
+                last = last.seq,
+                durable,
+                "the server already holds these seqs of this device id: it was used before \
+                 with higher seqs; refusing the batches as stale"
+            );
+        }
+        stale
+            .into_iter()
+            .map(|b| {
+                st.stats.stale_batches += 1;
+                st.remember_refusal(b.seq, Refusal::Stale { durable });
+                ClientEvent::Stale(StaleBatch {
+                    device: self.cfg.device,
+                    seq: b.seq,
+                    events: b.events,
+                    durable,
+                    at,
+                })
             })
-        })
+            .collect()
     }
 
     /// Reads acks and errors until the session ends.
@@ -286,51 +328,63 @@ impl Session {
                 Err(e) => return End::lost(e.to_string(), true),
             };
             let at = Instant::now();
-            let event = match frame {
+            let events = match frame {
                 Incoming::Ack(ack) => self.on_ack(ack, at, life),
                 Incoming::Error(err) => match self.on_error(err, at) {
-                    Ok(ev) => ev,
+                    Ok(ev) => ev.into_iter().collect(),
                     Err(end) => return end,
                 },
                 other => {
                     return End::lost(format!("protocol: unexpected {other:?} mid-session"), true);
                 }
             };
-            if let Some(ev) = event {
+            for ev in events {
                 self.send_event(ev).await;
             }
         }
     }
 
-    fn on_ack(&self, ack: Ack, at: Instant, life: &mut Life) -> Option<ClientEvent> {
-        let (acked, durable) = {
+    fn on_ack(&self, ack: Ack, at: Instant, life: &mut Life) -> Vec<ClientEvent> {
+        let (acked, stale, durable) = {
             let mut st = self.shared.lock();
             if ack.durable_seq < st.window.durable() {
                 st.stats.watermark_regressions += 1;
+                tracing::warn!(
+                    announced = ack.durable_seq,
+                    known = st.window.durable(),
+                    "server's durable seq went backwards"
+                );
             }
-            let acked = st.window.on_ack(ack.durable_seq);
+            let settled = st.window.on_ack(ack.durable_seq);
+            let acked = settled.acked;
+            let stale = self.refuse_stale(&mut st, settled.stale, at);
             count_acked(&mut st.stats, &acked, ack.rejected.len());
             if let Some(t) = life.lost_at.take() {
                 st.stats.record_recovery(at - t);
             }
-            (acked, st.window.durable())
+            (acked, stale, st.window.durable())
         };
         life.backoff.reset();
         self.shared.publish(durable);
-        if acked.is_empty() && ack.rejected.is_empty() {
-            return None;
+        let mut events = Vec::new();
+        if !acked.is_empty() || !ack.rejected.is_empty() {
+            events.push(ClientEvent::Acked(AckEvent {
+                device: self.cfg.device,
+                durable_seq: ack.durable_seq,
+                at,
+                batches: acked,
+                rejected: ack.rejected,
+            }));
         }
-        Some(ClientEvent::Acked(AckEvent {
-            device: self.cfg.device,
-            durable_seq: ack.durable_seq,
-            at,
-            batches: acked,
-            rejected: ack.rejected,
-        }))
+        events.extend(stale);
+        events
     }
 
     /// A retryable error ends the session (the batch is kept and resent);
-    /// any other error drops the batch it names.
+    /// any other error drops the batch it names, or, without a seq (the
+    /// server could not read the frame), the oldest batch written on this
+    /// connection that is neither acknowledged nor refused: the server
+    /// answers frames in order and writes owed acks before an error.
     fn on_error(&self, err: ErrorMsg, at: Instant) -> Result<Option<ClientEvent>, End> {
         let name = code_name(err.code);
         let mut st = self.shared.lock();
@@ -342,7 +396,7 @@ impl Session {
             ));
         }
         let refused = if err.batch_seq == 0 {
-            None
+            st.window.refuse_oldest_written()
         } else {
             st.window.refuse(err.batch_seq)
         };
@@ -353,7 +407,13 @@ impl Session {
         };
         tracing::warn!(code = %name, seq = batch.seq, reason = %err.reason, "server refused a batch for good");
         st.stats.refused_batches += 1;
-        st.remember_refusal(batch.seq, err.code, err.reason.clone());
+        st.remember_refusal(
+            batch.seq,
+            Refusal::Server {
+                code: err.code,
+                reason: err.reason.clone(),
+            },
+        );
         let durable = st.window.durable();
         drop(st);
         self.shared.publish(durable);

@@ -24,6 +24,9 @@ pub struct ClientStats {
     pub acked_events: u64,
     /// Batches the server refused for good.
     pub refused_batches: u64,
+    /// Batches refused as stale: the server already held their seq though
+    /// this client never sent them (the device id was used before).
+    pub stale_batches: u64,
     /// Events the server refused on semantic grounds (reported in acks).
     pub rejected_events: u64,
     /// `Error` frames received, by wire code.
@@ -55,6 +58,7 @@ impl ClientStats {
         self.acked_batches += o.acked_batches;
         self.acked_events += o.acked_events;
         self.refused_batches += o.refused_batches;
+        self.stale_batches += o.stale_batches;
         self.rejected_events += o.rejected_events;
         for (k, v) in &o.errors_by_code {
             *self.errors_by_code.entry(*k).or_default() += v;
