@@ -59,24 +59,30 @@ pub(super) async fn ack(
             } => match done.await {
                 Ok(Ok(())) => owed.add(received, rejected),
                 Ok(Err(e)) => {
-                    owed.pay(&mut send, &mut writable, &slot).await;
-                    send_error(
+                    let reason = e.to_string();
+                    give_up(
                         &mut send,
-                        writable,
-                        ErrorCode::StoreUnavailable,
+                        &mut writable,
+                        &conn,
+                        &mut owed,
+                        &slot,
                         seq,
-                        &e.to_string(),
+                        &reason,
                     )
                     .await;
-                    close_after_flush(&mut send, writable, &conn, ErrorCode::StoreUnavailable)
-                        .await;
-                    writable = false;
                 }
                 Err(_) => {
-                    owed.pay(&mut send, &mut writable, &slot).await;
-                    close_after_flush(&mut send, writable, &conn, ErrorCode::StoreUnavailable)
-                        .await;
-                    writable = false;
+                    let reason = "the flusher stopped";
+                    give_up(
+                        &mut send,
+                        &mut writable,
+                        &conn,
+                        &mut owed,
+                        &slot,
+                        seq,
+                        reason,
+                    )
+                    .await;
                 }
             },
             Acking::Duplicate { seq, received } => {
@@ -89,18 +95,17 @@ pub(super) async fn ack(
                 if durable {
                     owed.add(received, Vec::new());
                 } else {
-                    owed.pay(&mut send, &mut writable, &slot).await;
-                    send_error(
+                    let reason = "the server failed; restart it";
+                    give_up(
                         &mut send,
-                        writable,
-                        ErrorCode::StoreUnavailable,
+                        &mut writable,
+                        &conn,
+                        &mut owed,
+                        &slot,
                         seq,
-                        "the server failed; restart it",
+                        reason,
                     )
                     .await;
-                    close_after_flush(&mut send, writable, &conn, ErrorCode::StoreUnavailable)
-                        .await;
-                    writable = false;
                 }
             }
             Acking::Error(e) => {
@@ -113,17 +118,17 @@ pub(super) async fn ack(
                 }
             }
             Acking::Failed { seq } => {
-                owed.pay(&mut send, &mut writable, &slot).await;
-                send_error(
+                let reason = "the batch could not be made durable";
+                give_up(
                     &mut send,
-                    writable,
-                    ErrorCode::StoreUnavailable,
+                    &mut writable,
+                    &conn,
+                    &mut owed,
+                    &slot,
                     seq,
-                    "the batch could not be made durable",
+                    reason,
                 )
                 .await;
-                close_after_flush(&mut send, writable, &conn, ErrorCode::StoreUnavailable).await;
-                writable = false;
             }
         }
         if owed.batches > 0 && (rx.is_empty() || owed.batches >= ACK_EVERY) {
@@ -137,6 +142,23 @@ pub(super) async fn ack(
         let _ = send.finish();
         let _ = tokio::time::timeout(FLUSH_GRACE, send.stopped()).await;
     }
+}
+
+/// Ends the session on a store failure: the acks already earned, then a
+/// `store_unavailable` Error naming `seq`, then the close.
+async fn give_up(
+    send: &mut quinn::SendStream,
+    writable: &mut bool,
+    conn: &quinn::Connection,
+    owed: &mut Owed,
+    slot: &DeviceSlot,
+    seq: u64,
+    reason: &str,
+) {
+    owed.pay(send, writable, slot).await;
+    send_error(send, *writable, ErrorCode::StoreUnavailable, seq, reason).await;
+    close_after_flush(send, *writable, conn, ErrorCode::StoreUnavailable).await;
+    *writable = false;
 }
 
 /// How long a closing session waits for its last frames to be delivered.
