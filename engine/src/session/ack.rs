@@ -2,53 +2,108 @@
 
 use super::*;
 
-/// Acks earned and not yet written: coalesced over a few durable batches.
-#[derive(Default)]
-struct Owed {
-    batches: u32,
-    rejected: Vec<RejectedRef>,
+/// How long a closing session waits for its last frames to be delivered.
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
+
+/// The session's side of the stream: what it may still write, and the acks
+/// it has earned but not written yet (coalesced over a few durable batches).
+struct Outbox {
+    send: quinn::SendStream,
+    conn: quinn::Connection,
+    slot: Arc<DeviceSlot>,
+    writable: bool,
+    owed_batches: u32,
+    owed_rejected: Vec<RejectedRef>,
     oldest: Option<Instant>,
 }
 
-impl Owed {
-    fn add(&mut self, received: Instant, rejected: Vec<RejectedRef>) {
-        self.batches += 1;
-        self.rejected.extend(rejected);
+impl Outbox {
+    fn owe(&mut self, received: Instant, rejected: Vec<RejectedRef>) {
+        self.owed_batches += 1;
+        self.owed_rejected.extend(rejected);
         self.oldest.get_or_insert(received);
+    }
+
+    async fn write<M>(&mut self, msg: &M)
+    where
+        M: tillstream_protocol::frame::WireMessage,
+        M::Archived: rkyv::Portable
+            + for<'a> rkyv::bytecheck::CheckBytes<
+                rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>,
+            >,
+    {
+        if self.writable {
+            self.writable = write_msg(&mut self.send, msg).await.is_ok();
+        }
     }
 
     /// Writes the cumulative ack owed, if any. Called before every Error
     /// frame too, so a device can attribute an Error without a seq to the
     /// oldest frame it wrote that is neither acked nor refused.
-    async fn pay(&mut self, send: &mut quinn::SendStream, writable: &mut bool, slot: &DeviceSlot) {
-        if self.batches == 0 {
+    async fn pay(&mut self) {
+        if self.owed_batches == 0 {
             return;
         }
-        if *writable {
-            let msg = Ack {
-                durable_seq: slot.durable(),
-                rejected: std::mem::take(&mut self.rejected),
-            };
-            *writable = write_msg(send, &msg).await.is_ok();
-        }
+        let msg = Ack {
+            durable_seq: self.slot.durable(),
+            rejected: std::mem::take(&mut self.owed_rejected),
+        };
+        self.write(&msg).await;
         if let Some(t) = self.oldest.take() {
-            m::acked(t.elapsed(), u64::from(self.batches));
+            m::acked(t.elapsed(), u64::from(self.owed_batches));
         }
-        self.batches = 0;
-        self.rejected.clear();
+        self.owed_batches = 0;
+    }
+
+    /// Writes an Error after the acks owed.
+    async fn error(&mut self, e: &tillstream_protocol::Error) {
+        self.pay().await;
+        self.write(e).await;
+    }
+
+    /// Finishes the stream, waits (a little) for the device to have read
+    /// it (closing discards stream data not yet delivered), then closes
+    /// the connection with `code`. Nothing is written after.
+    async fn close(&mut self, code: ErrorCode) {
+        if self.writable {
+            let _ = self.send.finish();
+            let _ = tokio::time::timeout(FLUSH_GRACE, self.send.stopped()).await;
+        }
+        self.conn
+            .close(u32::from(code.as_u16()).into(), code.name().as_bytes());
+        self.writable = false;
+    }
+
+    /// Ends the session on a store failure: the acks already earned, then a
+    /// `store_unavailable` Error naming `seq`, then the close.
+    async fn give_up(&mut self, seq: u64, reason: &str) {
+        let e = tillstream_protocol::Error {
+            code: ErrorCode::StoreUnavailable.as_u16(),
+            batch_seq: seq,
+            reason: reason.to_string(),
+        };
+        self.error(&e).await;
+        self.close(ErrorCode::StoreUnavailable).await;
     }
 }
 
 /// Stage three: wait for durability in seq order and send cumulative acks.
 pub(super) async fn ack(
     mut rx: mpsc::Receiver<Acking>,
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     slot: Arc<DeviceSlot>,
     conn: quinn::Connection,
     mut failed: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut writable = true;
-    let mut owed = Owed::default();
+    let mut out = Outbox {
+        send,
+        conn,
+        slot,
+        writable: true,
+        owed_batches: 0,
+        owed_rejected: Vec::new(),
+        oldest: None,
+    };
     while let Some(a) = rx.recv().await {
         match a {
             Acking::Unit {
@@ -57,146 +112,43 @@ pub(super) async fn ack(
                 rejected,
                 received,
             } => match done.await {
-                Ok(Ok(())) => owed.add(received, rejected),
-                Ok(Err(e)) => {
-                    let reason = e.to_string();
-                    give_up(
-                        &mut send,
-                        &mut writable,
-                        &conn,
-                        &mut owed,
-                        &slot,
-                        seq,
-                        &reason,
-                    )
-                    .await;
-                }
-                Err(_) => {
-                    let reason = "the flusher stopped";
-                    give_up(
-                        &mut send,
-                        &mut writable,
-                        &conn,
-                        &mut owed,
-                        &slot,
-                        seq,
-                        reason,
-                    )
-                    .await;
-                }
+                Ok(Ok(())) => out.owe(received, rejected),
+                Ok(Err(e)) => out.give_up(seq, &e.to_string()).await,
+                Err(_) => out.give_up(seq, "the flusher stopped").await,
             },
             Acking::Duplicate { seq, received } => {
                 // The original may never become durable if the engine failed.
                 let durable = tokio::select! {
-                    () = slot.wait_durable(seq) => true,
+                    () = out.slot.wait_durable(seq) => true,
                     // (A closed channel disables this branch: keep waiting.)
                     Ok(_) = failed.wait_for(|f| *f) => false,
                 };
                 if durable {
-                    owed.add(received, Vec::new());
+                    out.owe(received, Vec::new());
                 } else {
-                    let reason = "the server failed; restart it";
-                    give_up(
-                        &mut send,
-                        &mut writable,
-                        &conn,
-                        &mut owed,
-                        &slot,
-                        seq,
-                        reason,
-                    )
-                    .await;
+                    out.give_up(seq, "the server failed; restart it").await;
                 }
             }
             Acking::Error(e) => {
-                owed.pay(&mut send, &mut writable, &slot).await;
-                let code = e.code;
-                writable &= write_msg(&mut send, &e).await.is_ok();
-                if code == ErrorCode::TooManyErrors.as_u16() {
-                    close_after_flush(&mut send, writable, &conn, ErrorCode::TooManyErrors).await;
-                    writable = false;
+                out.error(&e).await;
+                if e.code == ErrorCode::TooManyErrors.as_u16() {
+                    out.close(ErrorCode::TooManyErrors).await;
                 }
             }
             Acking::Failed { seq } => {
-                let reason = "the batch could not be made durable";
-                give_up(
-                    &mut send,
-                    &mut writable,
-                    &conn,
-                    &mut owed,
-                    &slot,
-                    seq,
-                    reason,
-                )
-                .await;
+                out.give_up(seq, "the batch could not be made durable")
+                    .await;
             }
         }
-        if owed.batches > 0 && (rx.is_empty() || owed.batches >= ACK_EVERY) {
-            owed.pay(&mut send, &mut writable, &slot).await;
+        if out.owed_batches > 0 && (rx.is_empty() || out.owed_batches >= ACK_EVERY) {
+            out.pay().await;
         }
     }
-    owed.pay(&mut send, &mut writable, &slot).await;
-    if writable {
+    out.pay().await;
+    if out.writable {
         // Let the device read the last acks (or a final Error) before the
         // connection goes: closing discards stream data not yet delivered.
-        let _ = send.finish();
-        let _ = tokio::time::timeout(FLUSH_GRACE, send.stopped()).await;
+        let _ = out.send.finish();
+        let _ = tokio::time::timeout(FLUSH_GRACE, out.send.stopped()).await;
     }
-}
-
-/// Ends the session on a store failure: the acks already earned, then a
-/// `store_unavailable` Error naming `seq`, then the close.
-async fn give_up(
-    send: &mut quinn::SendStream,
-    writable: &mut bool,
-    conn: &quinn::Connection,
-    owed: &mut Owed,
-    slot: &DeviceSlot,
-    seq: u64,
-    reason: &str,
-) {
-    owed.pay(send, writable, slot).await;
-    send_error(send, *writable, ErrorCode::StoreUnavailable, seq, reason).await;
-    close_after_flush(send, *writable, conn, ErrorCode::StoreUnavailable).await;
-    *writable = false;
-}
-
-/// How long a closing session waits for its last frames to be delivered.
-const FLUSH_GRACE: Duration = Duration::from_secs(2);
-
-/// Finishes the stream, waits (a little) for the device to have read it,
-/// then closes the connection with `code`.
-async fn close_after_flush(
-    send: &mut quinn::SendStream,
-    writable: bool,
-    conn: &quinn::Connection,
-    code: ErrorCode,
-) {
-    if writable {
-        let _ = send.finish();
-        let _ = tokio::time::timeout(FLUSH_GRACE, send.stopped()).await;
-    }
-    conn.close(u32::from(code.as_u16()).into(), code.name().as_bytes());
-}
-
-async fn send_error(
-    send: &mut quinn::SendStream,
-    writable: bool,
-    code: ErrorCode,
-    batch_seq: u64,
-    reason: &str,
-) -> bool {
-    if !writable {
-        return false;
-    }
-    write_msg(
-        send,
-        &tillstream_protocol::Error {
-            code: code.as_u16(),
-            batch_seq,
-            reason: reason.to_string(),
-        },
-    )
-    .await
-    .is_ok()
 }

@@ -39,7 +39,7 @@ pub(super) async fn read_batches(
         if header.msg_type != MsgType::Batch {
             bad_frames += 1;
             let err = FrameError::Violation("only Batch frames may follow Hello");
-            let raw = with_header(&header_bytes(&header, &payload), &payload);
+            let raw = frame_bytes(&header, &payload);
             let fatal = bad_frames > MAX_BAD_FRAMES;
             refuse_frame(ctx, conn, device, 0, &err, raw, pend_tx, fatal).await;
             if fatal {
@@ -48,13 +48,12 @@ pub(super) async fn read_batches(
             continue;
         }
         let payload_len = payload.len();
-        let head = header_bytes(&header, &payload);
         let batch = match ValidatedBatch::try_new(payload, ctx.limits.max_events_per_batch) {
             Ok(b) => b,
             Err((err, payload)) => {
                 bad_frames += 1;
                 let fatal = bad_frames > MAX_BAD_FRAMES;
-                let raw = with_header(&head, &payload);
+                let raw = frame_bytes(&header, &payload);
                 // A payload that passed bytecheck but broke a limit has a
                 // readable seq: name it, so the device knows which batch.
                 let seq =
@@ -80,7 +79,7 @@ pub(super) async fn read_batches(
                 let err = FrameError::Violation(
                     "batch seq leaps too far ahead of the device's last batch",
                 );
-                let raw = with_header(&head, &archived_bytes(&batch));
+                let raw = frame_bytes(&header, batch.bytes());
                 refuse_frame(
                     ctx,
                     conn,
@@ -149,16 +148,12 @@ pub(super) async fn read_batches(
     }
 }
 
-/// The payload bytes of a validated batch (for a dead letter).
-fn archived_bytes(batch: &ValidatedBatch) -> Vec<u8> {
-    batch.bytes().to_vec()
-}
-
-/// Rebuilds the 16 header bytes of a parsed frame (for dead letters).
-fn header_bytes(header: &FrameHeader, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16);
-    FrameHeader::write(header.msg_type, payload, &mut out);
-    out
+/// A refused frame's bytes, header rebuilt, capped for a dead letter. Only
+/// on refusal paths: it checksums the payload again.
+fn frame_bytes(header: &FrameHeader, payload: &[u8]) -> Vec<u8> {
+    let mut head = Vec::with_capacity(16);
+    FrameHeader::write(header.msg_type, payload, &mut head);
+    with_header(&head, payload)
 }
 
 #[allow(clippy::too_many_arguments)]
