@@ -1,52 +1,8 @@
 //! `tillstream`: the server and the operator's tools.
 
-use clap::{Parser, Subcommand};
-
-mod commands;
-mod logging;
-mod output;
-
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// tillstream: ingestion of point-of-sale telemetry (sales, refunds, stock
-/// movements, shelf counts, device health) over QUIC, acknowledged only once
-/// durable.
-#[derive(Debug, Parser)]
-#[command(name = "tillstream", version)]
-struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = logging::Format::Human, env = "TILLSTREAM_LOG_FORMAT")]
-    log_format: logging::Format,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run the server: QUIC ingest, embedded store, HTTP metrics and health.
-    Serve(commands::serve::Args),
-    /// Check the store's integrity (exactly-once, stock levels, rollups);
-    /// prints one JSON object and exits 0 only when everything holds.
-    Verify(commands::verify::Args),
-    /// Read the tables: sales over time, top SKUs, stock history, low stock,
-    /// device watermarks; as a table, CSV or JSON.
-    Query(commands::query::Args),
-}
-
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    logging::init(cli.log_format);
-    let result = match cli.command {
-        Command::Serve(a) => commands::serve::run(a),
-        Command::Verify(a) => commands::verify::run(a),
-        Command::Query(a) => commands::query::run(a),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    tillstream_ops::main()
 }
