@@ -150,7 +150,7 @@ impl Server {
             source,
         })?;
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            tls::endpoint_config(&cfg.data_dir)?,
             Some(quic_cfg),
             socket,
             Arc::new(quinn::TokioRuntime),

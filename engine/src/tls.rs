@@ -152,3 +152,82 @@ pub(crate) fn quic_server_config(
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
+
+/// Where the QUIC endpoint's secret lives below the data directory.
+const RESET_KEY: &str = "quic/stateless-reset.key";
+
+/// The QUIC endpoint's settings that must survive restarts. A device whose
+/// server was killed keeps sending on a connection the new process does not
+/// know. With the old process's connection-id key the new one recognises
+/// its own ids, and with the old reset key it answers with a stateless
+/// reset the device can authenticate: the device reconnects at once
+/// instead of waiting out its idle timeout. quinn's defaults draw both keys
+/// afresh per process, which makes every such packet silently dropped.
+pub(crate) fn endpoint_config(data_dir: &Path) -> Result<quinn::EndpointConfig, EngineError> {
+    let secret = endpoint_secret(data_dir)?;
+    let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret[..32]);
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&secret[32..40]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut cfg = quinn::EndpointConfig::new(Arc::new(reset));
+    cfg.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    // After a restart every device of the fleet needs its reset; quinn's
+    // default of one per 20 ms would leave most of a large fleet waiting
+    // for its idle timeout. A reset is smaller than the packet that
+    // caused it (no amplification), and packets with forged ids are
+    // already dropped by the keyed id check.
+    cfg.min_reset_interval(std::time::Duration::ZERO);
+    Ok(cfg)
+}
+
+/// 64 random bytes kept in the data directory, made on first start.
+fn endpoint_secret(data_dir: &Path) -> Result<Vec<u8>, EngineError> {
+    let path = data_dir.join(RESET_KEY);
+    let io = |what: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| EngineError::Io { what, path, source }
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) if bytes.len() == 64 => Ok(bytes),
+        Ok(_) => Err(EngineError::Tls(format!(
+            "{} is not a 64-byte key; delete it to make a new one",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut secret = vec![0u8; 64];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+                .map_err(|_| EngineError::Tls("no system randomness for the QUIC keys".into()))?;
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+            }
+            // Written whole then renamed: a crash leaves no half key.
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, &secret).map_err(io("writing", &tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io("renaming", &tmp))?;
+            Ok(secret)
+        }
+        Err(e) => Err(io("reading", &path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_secret_survives_a_restart_and_a_bad_one_is_refused() -> Result<(), EngineError>
+    {
+        let tmp = || tempfile::tempdir().map_err(|e| EngineError::Tls(e.to_string()));
+        let dir = tmp()?;
+        let first = endpoint_secret(dir.path())?;
+        assert_eq!(first, endpoint_secret(dir.path())?);
+        assert_ne!(first, endpoint_secret(tmp()?.path())?);
+        endpoint_config(dir.path())?;
+        std::fs::write(dir.path().join(RESET_KEY), b"short")
+            .map_err(|e| EngineError::Tls(e.to_string()))?;
+        assert!(endpoint_config(dir.path()).is_err());
+        Ok(())
+    }
+}

@@ -109,6 +109,12 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
 
+    /// Write the acknowledged batches to FILE as JSON
+    /// (`[{"device":..,"seq":..,"events":..}]`), the manifest that
+    /// `tillstream verify --expected FILE` checks the store against.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+
     /// After every event is acknowledged, check that the server stored
     /// each acknowledged event exactly once (in process, or with POST
     /// {http}/v1/verify).

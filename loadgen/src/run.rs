@@ -194,6 +194,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         connect_wait: Duration::from_secs(10),
     };
     let out = fleet::run(work, &cfg).await?;
+    if let Some(path) = &args.manifest {
+        let json =
+            serde_json::to_vec(&verify::manifest(&out.acked)).context("encoding the manifest")?;
+        std::fs::write(path, json)
+            .with_context(|| format!("writing the manifest to {}", path.display()))?;
+    }
     let mut report = Report::new(&out, totals, devices, args.seed, info, settings);
     report.run_id = run_id;
 

@@ -2,8 +2,11 @@
 
 mod bad_clients;
 mod bad_network;
+mod crash;
 mod durability;
 mod ingest;
 mod layers;
 mod offline;
+mod process;
+mod restart;
 mod storm;
