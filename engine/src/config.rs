@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use tillstream_protocol::Limits;
 
+use crate::faults::Faults;
+
 /// How to run a server. `ServerConfig::new(dir)` works with no other
 /// setting: loopback QUIC on port 7400, a self-signed certificate in the
 /// data directory, one shard per core.
@@ -30,10 +32,8 @@ pub struct ServerConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Grace period of a drain on shutdown.
     pub drain_timeout: Duration,
-    /// Fault injection for tests: the store's fsync fails after this many
-    /// successful ones.
-    #[doc(hidden)]
-    pub fail_sync_after: Option<u64>,
+    /// Faults to inject (tests and incident rehearsals); none by default.
+    pub faults: Faults,
 }
 
 impl ServerConfig {
@@ -51,7 +51,7 @@ impl ServerConfig {
             max_inflight_bytes_per_shard: 32 << 20,
             tls: None,
             drain_timeout: Duration::from_secs(10),
-            fail_sync_after: None,
+            faults: Faults::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ mod clock;
 mod config;
 mod devices;
 mod error;
+pub mod faults;
 mod flusher;
 mod http;
 mod metrics;

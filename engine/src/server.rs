@@ -98,7 +98,7 @@ impl Server {
         let quic_cfg = tls::quic_server_config(&material, &cfg.limits)?;
 
         let dir = cfg.data_dir.join("store");
-        let fail_after = cfg.fail_sync_after;
+        let fail_after = cfg.faults.fail_sync_after;
         let embedded = Arc::new(
             tokio::task::spawn_blocking(move || match fail_after {
                 Some(n) => EmbeddedStore::open_with_failing_sync(&dir, n),
@@ -107,7 +107,7 @@ impl Server {
             .await
             .map_err(|e| EngineError::Actor(e.to_string()))??,
         );
-        let store: Arc<dyn Store> = embedded.clone();
+        let store: Arc<dyn Store> = cfg.faults.wrap(embedded.clone());
         let shard_count = cfg.shards.max(1);
         let rules = Rules::default();
         let shard_rules = rules;

@@ -13,7 +13,7 @@ async fn a_failed_fsync_stops_acks_and_loses_nothing_acknowledged() -> anyhow::R
     let mut cfg = ServerConfig::new(dir.path());
     cfg.listen = "127.0.0.1:0".parse()?;
     cfg.shards = 2;
-    cfg.fail_sync_after = Some(4);
+    cfg.faults.fail_sync_after = Some(4);
     let server = Server::start(cfg).await?;
     let endpoint = endpoint_for(&server)?;
     let s = script(300, 1, true, 40, 10, now_us() - 60_000_000);

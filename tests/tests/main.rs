@@ -4,6 +4,7 @@ mod bad_clients;
 mod bad_network;
 mod crash;
 mod durability;
+mod full_disk;
 mod ingest;
 mod layers;
 mod offline;

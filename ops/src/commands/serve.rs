@@ -37,6 +37,32 @@ pub(crate) struct Args {
     /// Longest a graceful shutdown (SIGTERM, Ctrl-C) waits for in-flight batches, in seconds.
     #[arg(long, default_value_t = 10, env = "TILLSTREAM_DRAIN_TIMEOUT_S")]
     drain_timeout_s: u64,
+    /// Batch payload bytes a shard may hold unapplied, in MiB: with the
+    /// per-device window, what bounds the server's memory under overload
+    /// (devices are then slowed by QUIC flow control).
+    #[arg(long, default_value_t = 32, env = "TILLSTREAM_MAX_INFLIGHT_MIB_PER_SHARD",
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    max_inflight_mib_per_shard: u64,
+    /// Testing only: make every store commit first sleep for a time drawn
+    /// uniformly from MIN..MAX milliseconds (slow storage rehearsal).
+    #[arg(long, value_name = "MIN..MAX", value_parser = parse_ms_range)]
+    inject_commit_delay_ms: Option<(Duration, Duration)>,
+}
+
+/// Parses `50..500` (or a single `100`) as a range of milliseconds.
+fn parse_ms_range(s: &str) -> Result<(Duration, Duration), String> {
+    let (lo, hi) = s.split_once("..").unwrap_or((s, s));
+    let ms = |v: &str| {
+        v.trim()
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| format!("{s:?} is not MIN..MAX in milliseconds, like 50..500"))
+    };
+    let (lo, hi) = (ms(lo)?, ms(hi)?);
+    if lo > hi {
+        return Err(format!("{s:?}: MIN is above MAX"));
+    }
+    Ok((lo, hi))
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -56,6 +82,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     cfg.flush_interval = Duration::from_millis(args.flush_interval_ms);
     cfg.tls = args.tls_cert.zip(args.tls_key);
     cfg.drain_timeout = Duration::from_secs(args.drain_timeout_s);
+    cfg.max_inflight_bytes_per_shard =
+        usize::try_from(args.max_inflight_mib_per_shard << 20).unwrap_or(usize::MAX);
+    cfg.faults.commit_delay = args.inject_commit_delay_ms;
+    if let Some((lo, hi)) = cfg.faults.commit_delay {
+        tracing::warn!(?lo, ?hi, "fault injection: every store commit is delayed");
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -98,5 +130,19 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_delay_ranges_parse_and_bad_ones_are_explained() {
+        let ms = Duration::from_millis;
+        assert_eq!(parse_ms_range("50..500"), Ok((ms(50), ms(500))));
+        assert_eq!(parse_ms_range("100"), Ok((ms(100), ms(100))));
+        assert!(parse_ms_range("500..50").is_err());
+        assert!(parse_ms_range("fast").is_err_and(|e| e.contains("MIN..MAX")));
     }
 }

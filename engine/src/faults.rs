@@ -1,0 +1,109 @@
+//! Fault injection, for the reliability tests and for operators who
+//! rehearse incidents: a store whose fsync fails, commits made slow, and a
+//! hook that wraps the store in anything a test needs (a power cut, say).
+//! None of it is on unless asked for.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tillstream_storage::rows::{RowSet, StockLevelRow, StockMovementRow, TerminalRollupRow};
+use tillstream_storage::{CommitInfo, Store, StoreError};
+
+/// A function from the store to a store wrapping it.
+pub type WrapStore = dyn Fn(Arc<dyn Store>) -> Arc<dyn Store> + Send + Sync;
+
+/// Wraps the store the engine writes through.
+#[derive(Clone)]
+pub struct StoreLayer(pub Arc<WrapStore>);
+
+impl std::fmt::Debug for StoreLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreLayer(..)")
+    }
+}
+
+/// The faults to inject; the default injects none.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// The store's fsync fails after this many successful ones.
+    pub fail_sync_after: Option<u64>,
+    /// Every commit first sleeps for a time drawn uniformly from this
+    /// range: slow or overloaded storage.
+    pub commit_delay: Option<(Duration, Duration)>,
+    /// Wraps the store (outermost, around the commit delay).
+    pub store_layer: Option<StoreLayer>,
+}
+
+impl Faults {
+    /// The store the engine should write through.
+    pub(crate) fn wrap(&self, store: Arc<dyn Store>) -> Arc<dyn Store> {
+        let store = match self.commit_delay {
+            Some((min, max)) => Arc::new(SlowStore::new(store, min, max)),
+            None => store,
+        };
+        match &self.store_layer {
+            Some(layer) => (layer.0)(store),
+            None => store,
+        }
+    }
+}
+
+/// A store whose commits take longer: each sleeps before it writes.
+#[derive(Debug)]
+pub struct SlowStore {
+    inner: Arc<dyn Store>,
+    min: Duration,
+    max: Duration,
+    rng: Mutex<SmallRng>,
+}
+
+impl SlowStore {
+    /// Commits to `inner` after a delay uniform in `[min, max]`.
+    pub fn new(inner: Arc<dyn Store>, min: Duration, max: Duration) -> Self {
+        Self {
+            inner,
+            min,
+            max: max.max(min),
+            rng: Mutex::new(SmallRng::seed_from_u64(0x5EED)),
+        }
+    }
+}
+
+impl Store for SlowStore {
+    fn commit(&self, rows: &RowSet) -> Result<CommitInfo, StoreError> {
+        let delay = self.rng.lock().random_range(self.min..=self.max);
+        std::thread::sleep(delay);
+        self.inner.commit(rows)
+    }
+
+    fn watermark(&self, device: u64) -> Result<u64, StoreError> {
+        self.inner.watermark(device)
+    }
+
+    fn load_levels(&self, store: u32) -> Result<Vec<StockLevelRow>, StoreError> {
+        self.inner.load_levels(store)
+    }
+
+    fn load_movements(
+        &self,
+        store: u32,
+        since_us: i64,
+    ) -> Result<Vec<StockMovementRow>, StoreError> {
+        self.inner.load_movements(store, since_us)
+    }
+
+    fn load_rollups(&self, store: u32, day: u32) -> Result<Vec<TerminalRollupRow>, StoreError> {
+        self.inner.load_rollups(store, day)
+    }
+
+    fn check_writable(&self) -> Result<(), StoreError> {
+        self.inner.check_writable()
+    }
+
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+}
