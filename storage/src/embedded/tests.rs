@@ -233,6 +233,18 @@ fn rollups_and_batches_are_upserts() -> TestResult {
     })?;
     assert_eq!(store.load_rollups(1, 3)?, vec![r3]);
     assert!(store.load_rollups(1, 4)?.is_empty());
+    // Within one commit units come in arrival order, not apply order: the
+    // rollup that counts more events wins wherever it stands.
+    let r4 = TerminalRollupRow {
+        sales: 3,
+        refunds: 1,
+        ..r
+    };
+    store.commit(&RowSet {
+        terminal_rollups: vec![r4, r3],
+        ..RowSet::default()
+    })?;
+    assert_eq!(store.load_rollups(1, 3)?, vec![r4]);
     let mut batches = 0;
     store.scan(Table::DeviceBatches, &mut |_| batches += 1)?;
     assert_eq!(batches, 1);
