@@ -25,8 +25,9 @@ pub struct ServerConfig {
     pub flush_max_rows: usize,
     /// What devices are told they may send.
     pub limits: Limits,
-    /// Bytes of batch payload a shard may hold unapplied before sessions
-    /// routing to it stop reading.
+    /// Bytes of batch payload a shard may hold before it is durable (queued,
+    /// applied, or waiting for its commit) before sessions routing to it
+    /// stop reading: with slow storage, this is what bounds the memory.
     pub max_inflight_bytes_per_shard: usize,
     /// PEM certificate chain and key; None: a self-signed pair in data_dir/tls.
     pub tls: Option<(PathBuf, PathBuf)>,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tillstream_storage::{RowSet, Store, StoreError};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use tillstream_engine_core::flush::{CommitOrder, PartTicket};
@@ -38,6 +38,9 @@ pub(crate) struct CommitUnit {
     pub(crate) done: Option<oneshot::Sender<CommitResult>>,
     /// Where each of the batch's parts stands in its shard's apply order.
     pub(crate) tickets: Vec<PartTicket>,
+    /// The shards' in-flight budget the batch holds; freed when the unit
+    /// is dropped, after its commit (or its failure).
+    pub(crate) _budget: Vec<OwnedSemaphorePermit>,
 }
 
 /// Where sessions send units.

@@ -15,7 +15,7 @@ use tillstream_engine_core::route::WorkItem;
 use tillstream_engine_core::shard::{Need, ShardConfig, ShardCore};
 use tillstream_protocol::ValidatedBatch;
 use tillstream_storage::{RowSet, Store, StoreError, StoreSnapshot};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::clock::now_us;
 use crate::metrics as m;
@@ -27,8 +27,6 @@ pub(crate) struct ApplyWork {
     pub(crate) device: u64,
     pub(crate) items: Vec<WorkItem>,
     pub(crate) reply: oneshot::Sender<PartResult>,
-    /// Held until applied: bounds the bytes a shard has queued.
-    pub(crate) permit: OwnedSemaphorePermit,
 }
 
 /// A shard's answer for one part: its rows and its place in the shard's
@@ -105,7 +103,6 @@ impl Actor for ShardActor {
         match msg {
             ShardMsg::Apply(work) => {
                 let result = apply(state, &work).await;
-                drop(work.permit);
                 let used = state.budget_units as usize
                     - state
                         .budget

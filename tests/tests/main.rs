@@ -8,6 +8,7 @@ mod full_disk;
 mod ingest;
 mod layers;
 mod offline;
+mod overload;
 mod process;
 mod restart;
 mod storm;

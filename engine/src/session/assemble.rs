@@ -18,6 +18,7 @@ pub(super) async fn assemble(
                 seq,
                 events,
                 parts,
+                permits,
                 rejected,
                 received,
             } => match unit_of(seq, events, parts, &slot).await {
@@ -28,6 +29,7 @@ pub(super) async fn assemble(
                         durable: Some((slot.clone(), seq)),
                         done: Some(tx),
                         tickets,
+                        _budget: permits,
                     };
                     if ctx.flush.send(unit).await.is_err() {
                         Acking::Failed { seq }

@@ -29,7 +29,7 @@ use tillstream_protocol::{
     Ack, ErrorCode, FrameError, Hello, MsgType, Reject, RejectedRef, ValidatedBatch, Welcome,
 };
 use tillstream_storage::{BatchRow, DeadLetterRow, RowSet, WatermarkRow};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::clock::now_us;
@@ -65,6 +65,8 @@ pub(super) enum Pending {
         seq: u64,
         events: u32,
         parts: Vec<oneshot::Receiver<PartResult>>,
+        /// The shards' in-flight budget, held until durable.
+        permits: Vec<OwnedSemaphorePermit>,
         rejected: Vec<RejectedRef>,
         received: Instant,
     },

@@ -107,24 +107,32 @@ pub(super) async fn read_batches(
                     m::events_rejected(plan.rejected.len());
                 }
                 let batch = Arc::new(batch);
-                let mut parts = Vec::with_capacity(2);
-                for (shard, items) in plan.touched() {
+                // Back-pressure: every shard's permits first, in shard
+                // order, and held until the batch is durable. A full shard
+                // stops this reader, and QUIC flow control then stops the
+                // device. Taking them all before any part is applied means
+                // no applied part ever waits on a budget, so the units that
+                // hold the budget can always commit and free it.
+                let mut permits = Vec::with_capacity(2);
+                for (shard, _) in plan.touched() {
                     let h = &ctx.shards[usize::from(shard)];
-                    // Back-pressure: a full shard stops this reader, and
-                    // QUIC flow control then stops the device.
                     let permit = h
                         .budget
                         .clone()
                         .acquire_many_owned(h.units_for(payload_len))
                         .await
                         .map_err(|_| "server shutting down".to_string())?;
+                    permits.push(permit);
+                }
+                let mut parts = Vec::with_capacity(2);
+                for (shard, items) in plan.touched() {
+                    let h = &ctx.shards[usize::from(shard)];
                     let (tx, rx) = oneshot::channel();
                     let work = ApplyWork {
                         batch: batch.clone(),
                         device,
                         items: items.to_vec(),
                         reply: tx,
-                        permit,
                     };
                     if h.actor.send_message(ShardMsg::Apply(work)).is_err() {
                         // Earlier parts of this batch may already be applied.
@@ -137,6 +145,7 @@ pub(super) async fn read_batches(
                     seq,
                     events,
                     parts,
+                    permits,
                     rejected: plan.rejected.clone(),
                     received,
                 }
@@ -191,6 +200,7 @@ async fn refuse_frame(
             durable: None,
             done: None,
             tickets: Vec::new(),
+            _budget: Vec::new(),
         })
         .await;
     let _ = pend_tx

@@ -37,9 +37,9 @@ pub(crate) struct Args {
     /// Longest a graceful shutdown (SIGTERM, Ctrl-C) waits for in-flight batches, in seconds.
     #[arg(long, default_value_t = 10, env = "TILLSTREAM_DRAIN_TIMEOUT_S")]
     drain_timeout_s: u64,
-    /// Batch payload bytes a shard may hold unapplied, in MiB: with the
-    /// per-device window, what bounds the server's memory under overload
-    /// (devices are then slowed by QUIC flow control).
+    /// Batch payload a shard may hold until it is durable, in MiB: what
+    /// bounds the server's memory under overload or slow storage (devices
+    /// are then slowed by QUIC flow control).
     #[arg(long, default_value_t = 32, env = "TILLSTREAM_MAX_INFLIGHT_MIB_PER_SHARD",
           value_parser = clap::value_parser!(u64).range(1..=65_536))]
     max_inflight_mib_per_shard: u64,

@@ -1,0 +1,87 @@
+//! Fault 4 of the reliability issue: every store commit takes 50 to 500 ms
+//! (`--inject-commit-delay-ms 50..500`), and the devices offer twice the
+//! load the server can then sustain. Memory must stay under a cap, devices
+//! must be slowed (QUIC flow control and their window of unacknowledged
+//! batches), nothing may be dropped, and what was acknowledged is intact.
+//!
+//! `TILLSTREAM_OVERLOAD_SECS` sets how long the double load is offered
+//! (10 s here; `tests/chaos/overload.sh` runs the full minute).
+
+use crate::crash::{loadgen_args, stop_and_verify};
+use crate::process::{ServeOpts, ServerProcess};
+
+/// Peak resident memory the server may reach, MiB (measured: 680 to 790).
+/// The bounds that keep it there: 16 MiB of payload per shard until
+/// durable (`--max-inflight-mib-per-shard`), one frame of QUIC window per
+/// connection, fjall's memtables (32 MiB for blocks, 8 MiB per other
+/// table) and block cache.
+const RSS_CAP_MIB: u64 = 1024;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_storage_under_double_load_stays_bounded_and_loses_nothing() -> anyhow::Result<()> {
+    let secs = env_u64("TILLSTREAM_OVERLOAD_SECS", 10);
+    let dir = tempfile::tempdir()?;
+    let mut opts = ServeOpts::new(&dir.path().join("data"), &dir.path().join("serve.log"), 2)?;
+    opts.extra = vec![
+        "--inject-commit-delay-ms=50..500".into(),
+        "--max-inflight-mib-per-shard=16".into(),
+    ];
+    let server = ServerProcess::start(&opts)?;
+
+    // What the slow server sustains: devices flat out for a few seconds.
+    let probe_manifest = dir.path().join("probe.json");
+    let mut probe = loadgen_args(&opts, &probe_manifest, 40_000, 0, 21)?;
+    probe.max_inflight = 64;
+    let probe = tillstream_loadgen::run::run(probe).await?;
+    assert!(probe.ok, "{:?}", probe.failures);
+    let sustained = probe.events_per_s.max(100.0);
+
+    // Twice that, offered for `secs` seconds by fresh devices.
+    let offered = (sustained * 2.0).round() as u64;
+    let manifest = dir.path().join("acked.json");
+    let mut args = loadgen_args(&opts, &manifest, offered * secs, offered, 22)?;
+    args.max_inflight = 64;
+    args.run_id = Some(2);
+    let report = tillstream_loadgen::run::run(args).await?;
+
+    let peak_mib = server.proc_status_kib("VmHWM").unwrap_or(u64::MAX) >> 10;
+    let flushes = server.metric("tillstream_flush_total")?;
+    eprintln!(
+        "overload: sustained {sustained:.0} events/s with 50-500 ms commits; offered \
+         {offered}/s for {secs} s; achieved {:.0}/s, {} of {} events acked, errors {:?}, \
+         ack p50 {:.0} ms p99 {:.0} ms; {flushes} commits; server peak RSS {peak_mib} MiB \
+         (cap {RSS_CAP_MIB} MiB)",
+        report.events_per_s,
+        report.events_acked,
+        report.events_total,
+        report.errors_by_code,
+        report.ack_latency_ms.p50,
+        report.ack_latency_ms.p99,
+    );
+    assert!(report.ok, "the run failed: {:?}", report.failures);
+    assert_eq!(report.events_acked, report.events_total, "nothing dropped");
+    assert_eq!(report.events_refused, 0, "nothing refused for good");
+    assert!(
+        report.errors_by_code.keys().all(|k| k == "busy"),
+        "only explicit busy answers may slow devices: {:?}",
+        report.errors_by_code
+    );
+    assert!(
+        peak_mib < RSS_CAP_MIB,
+        "server peak RSS {peak_mib} MiB is over the cap of {RSS_CAP_MIB} MiB"
+    );
+    // Both runs' batches, each stored exactly once.
+    let mut all: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(&probe_manifest)?)?;
+    all.extend(serde_json::from_slice::<Vec<serde_json::Value>>(
+        &std::fs::read(&manifest)?,
+    )?);
+    std::fs::write(&manifest, serde_json::to_vec(&all)?)?;
+    stop_and_verify(server, &manifest)
+}
