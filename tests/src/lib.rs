@@ -2,6 +2,8 @@
 //! the tests live in `tests/main.rs` (one binary, one module per area), and
 //! this library holds what they share.
 
+pub mod relay;
+
 use std::time::Duration;
 
 use tillstream_client::{ClientConfig, DeviceClient, PreparedBatch, client_endpoint};
