@@ -9,6 +9,7 @@ mod ingest;
 mod layers;
 mod offline;
 mod overload;
+mod power_loss;
 mod process;
 mod restart;
 mod storm;
