@@ -119,7 +119,7 @@ async fn a_full_disk_stops_acks_refuses_batches_and_a_restart_recovers() -> anyh
     let ballast = disk.path.join("ballast");
 
     let fault = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        std::thread::sleep(Duration::from_secs(3));
+        server.wait_acked(200, Duration::from_secs(120));
         let acked_before = server.metric("tillstream_batches_acked_total")?;
         let ballast_bytes = fill(&ballast)?;
         let full_at = Instant::now();

@@ -209,11 +209,18 @@ impl ServerProcess {
     /// Waits until `tillstream_batches_acked_total` is above zero: the
     /// first acknowledgement of this process. None if `limit` passes.
     pub(crate) fn wait_first_ack(&self, limit: Duration) -> Option<Duration> {
+        self.wait_acked(1, limit)
+    }
+
+    /// Waits until this process has acknowledged at least `batches`
+    /// batches (mid-stream, whatever the speed of the build); how long
+    /// since it was spawned, or None if `limit` passes.
+    pub(crate) fn wait_acked(&self, batches: u64, limit: Duration) -> Option<Duration> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if self
                 .metric("tillstream_batches_acked_total")
-                .is_ok_and(|n| n > 0.0)
+                .is_ok_and(|n| n >= batches as f64)
             {
                 return Some(self.started.elapsed());
             }

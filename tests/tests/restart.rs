@@ -34,7 +34,7 @@ async fn sigterm_drains_acknowledges_what_it_flushed_and_devices_resend_the_rest
     )?));
 
     let drain = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        std::thread::sleep(Duration::from_secs(3));
+        server.wait_acked(300, Duration::from_secs(120));
         let acked_before = server.metric("tillstream_batches_acked_total")?;
         let (status, took) = server.terminate(Duration::from_secs(limit_s + 10))?;
         std::thread::sleep(Duration::from_millis(500));
