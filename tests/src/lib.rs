@@ -2,6 +2,7 @@
 //! the tests live in `tests/main.rs` (one binary, one module per area), and
 //! this library holds what they share.
 
+pub mod fleet_util;
 pub mod relay;
 
 use std::time::Duration;
