@@ -41,7 +41,7 @@ impl Faults {
     /// The store the engine should write through.
     pub(crate) fn wrap(&self, store: Arc<dyn Store>) -> Arc<dyn Store> {
         let store = match self.commit_delay {
-            Some((min, max)) => Arc::new(SlowStore::new(store, min, max)),
+            Some((min, max)) => Arc::new(FaultyStore::new(store, CommitDelay::new(min, max))),
             None => store,
         };
         match &self.store_layer {
@@ -51,20 +51,44 @@ impl Faults {
     }
 }
 
-/// A store whose commits take longer: each sleeps before it writes.
+/// A fault on the commit path; [`FaultyStore`] delegates everything else
+/// to the store it wraps.
+pub trait CommitFault: Send + Sync + std::fmt::Debug + 'static {
+    /// Commits `rows` to `inner`, or not, the faulty way.
+    fn commit(&self, inner: &Arc<dyn Store>, rows: &RowSet) -> Result<CommitInfo, StoreError>;
+
+    /// Refuses writes when the fault says so (before asking `inner`).
+    fn check_writable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// A store with a [`CommitFault`] in front of its commits.
 #[derive(Debug)]
-pub struct SlowStore {
+pub struct FaultyStore<F> {
     inner: Arc<dyn Store>,
+    fault: F,
+}
+
+impl<F: CommitFault> FaultyStore<F> {
+    /// `inner` behind `fault`.
+    pub fn new(inner: Arc<dyn Store>, fault: F) -> Self {
+        Self { inner, fault }
+    }
+}
+
+/// Commits that take longer: each sleeps before it writes.
+#[derive(Debug)]
+pub struct CommitDelay {
     min: Duration,
     max: Duration,
     rng: Mutex<SmallRng>,
 }
 
-impl SlowStore {
-    /// Commits to `inner` after a delay uniform in `[min, max]`.
-    pub fn new(inner: Arc<dyn Store>, min: Duration, max: Duration) -> Self {
+impl CommitDelay {
+    /// A delay uniform in `[min, max]`.
+    pub fn new(min: Duration, max: Duration) -> Self {
         Self {
-            inner,
             min,
             max: max.max(min),
             rng: Mutex::new(SmallRng::seed_from_u64(0x5EED)),
@@ -72,11 +96,17 @@ impl SlowStore {
     }
 }
 
-impl Store for SlowStore {
-    fn commit(&self, rows: &RowSet) -> Result<CommitInfo, StoreError> {
+impl CommitFault for CommitDelay {
+    fn commit(&self, inner: &Arc<dyn Store>, rows: &RowSet) -> Result<CommitInfo, StoreError> {
         let delay = self.rng.lock().random_range(self.min..=self.max);
         std::thread::sleep(delay);
-        self.inner.commit(rows)
+        inner.commit(rows)
+    }
+}
+
+impl<F: CommitFault> Store for FaultyStore<F> {
+    fn commit(&self, rows: &RowSet) -> Result<CommitInfo, StoreError> {
+        self.fault.commit(&self.inner, rows)
     }
 
     fn watermark(&self, device: u64) -> Result<u64, StoreError> {
@@ -100,6 +130,7 @@ impl Store for SlowStore {
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {
+        self.fault.check_writable()?;
         self.inner.check_writable()
     }
 

@@ -19,10 +19,10 @@ use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tillstream_client::DeviceClient;
-use tillstream_engine::faults::StoreLayer;
+use tillstream_engine::faults::{CommitFault, FaultyStore, StoreLayer};
 use tillstream_engine::{Server, ServerConfig};
 use tillstream_storage::embedded::EmbeddedStore;
-use tillstream_storage::rows::{RowSet, StockLevelRow, StockMovementRow, TerminalRollupRow};
+use tillstream_storage::rows::RowSet;
 use tillstream_storage::verify::{ExpectedBatch, verify};
 use tillstream_storage::{CommitInfo, Store, StoreError};
 use tillstream_tests::*;
@@ -39,7 +39,6 @@ struct Power {
 /// A store behind a power switch.
 #[derive(Debug)]
 struct PowerCut {
-    inner: Arc<dyn Store>,
     power: Arc<Power>,
     /// The bug this test exists to catch: report success when the write
     /// is in the page cache, and fsync later.
@@ -51,8 +50,8 @@ fn power_off() -> StoreError {
     StoreError::Poisoned("the power is off".into())
 }
 
-impl Store for PowerCut {
-    fn commit(&self, rows: &RowSet) -> Result<CommitInfo, StoreError> {
+impl CommitFault for PowerCut {
+    fn commit(&self, inner: &Arc<dyn Store>, rows: &RowSet) -> Result<CommitInfo, StoreError> {
         if self.power.off.load(Ordering::SeqCst) {
             return Err(power_off());
         }
@@ -61,7 +60,7 @@ impl Store for PowerCut {
         if self.ack_before_fsync {
             // A slower disk, so a cut always finds writes in flight.
             let fsync = fsync * 40;
-            let (inner, power, rows) = (self.inner.clone(), self.power.clone(), rows.clone());
+            let (inner, power, rows) = (inner.clone(), self.power.clone(), rows.clone());
             std::thread::spawn(move || {
                 std::thread::sleep(fsync);
                 if !power.off.load(Ordering::SeqCst) {
@@ -75,38 +74,14 @@ impl Store for PowerCut {
             // The power went during the fsync: the page cache is gone.
             return Err(power_off());
         }
-        self.inner.commit(rows)
-    }
-
-    fn watermark(&self, device: u64) -> Result<u64, StoreError> {
-        self.inner.watermark(device)
-    }
-
-    fn load_levels(&self, store: u32) -> Result<Vec<StockLevelRow>, StoreError> {
-        self.inner.load_levels(store)
-    }
-
-    fn load_movements(
-        &self,
-        store: u32,
-        since_us: i64,
-    ) -> Result<Vec<StockMovementRow>, StoreError> {
-        self.inner.load_movements(store, since_us)
-    }
-
-    fn load_rollups(&self, store: u32, day: u32) -> Result<Vec<TerminalRollupRow>, StoreError> {
-        self.inner.load_rollups(store, day)
+        inner.commit(rows)
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {
         if self.power.off.load(Ordering::SeqCst) {
             return Err(power_off());
         }
-        self.inner.check_writable()
-    }
-
-    fn backend(&self) -> &'static str {
-        "power-cut"
+        Ok(())
     }
 }
 
@@ -124,12 +99,14 @@ async fn start(
     cfg.shards = 2;
     cfg.flush_interval = Duration::from_millis(1);
     cfg.faults.store_layer = Some(StoreLayer(Arc::new(move |inner| {
-        Arc::new(PowerCut {
+        Arc::new(FaultyStore::new(
             inner,
-            power: p.clone(),
-            ack_before_fsync,
-            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
-        })
+            PowerCut {
+                power: p.clone(),
+                ack_before_fsync,
+                rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+            },
+        ))
     })));
     Ok((Server::start(cfg).await?, power))
 }
