@@ -149,3 +149,41 @@ async fn devices_stream_reconnect_and_every_acked_event_is_stored_once() -> anyh
     server.shutdown().await?;
     Ok(())
 }
+
+/// A till replaced mid-day (or backed up by a second device) reports the
+/// same (store, terminal) under two device ids. Its rollup minutes must
+/// count both devices' sales: each row has one writer, whichever device
+/// reported. Before terminals were routed by (store, terminal), devices on
+/// different shards overwrote each other's absolute rollup rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_till_reported_by_two_devices_keeps_one_rollup_per_minute() -> anyhow::Result<()> {
+    use tillstream_engine_core::shard_of_device;
+    const SHARDS: u16 = 4;
+    let dir = tempfile::tempdir()?;
+    let server = start_server(dir.path(), SHARDS).await?;
+    let endpoint = endpoint_for(&server)?;
+    let addr = server.quic_addr();
+    let t0 = now_us() - 3_600_000_000;
+    // Terminal = device % 1000: pick a pair on different device shards,
+    // so the old routing would have split the till.
+    let till = (1..1000u64)
+        .find(|d| shard_of_device(*d, SHARDS) != shard_of_device(d + 1000, SHARDS))
+        .ok_or_else(|| anyhow::anyhow!("no pair of devices on different shards"))?;
+    let scripts = vec![
+        script(till, 1, true, 20, 25, t0),
+        script(till + 1000, 1, true, 20, 25, t0),
+    ];
+    let mut devices = tokio::task::JoinSet::new();
+    for s in &scripts {
+        devices.spawn(stream_all(endpoint.clone(), addr, s.clone()));
+    }
+    while let Some(r) = devices.join_next().await {
+        r??;
+    }
+    let report = verify(&*server.store(), Some(&manifest(&scripts)))?;
+    assert_eq!(report.rollup_mismatches, 0, "{report:?}");
+    assert!(report.ok, "verify failed: {report:?}");
+    assert_eq!(report.events, events(&scripts));
+    server.shutdown().await?;
+    Ok(())
+}

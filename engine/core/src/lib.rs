@@ -67,6 +67,8 @@ pub mod validate;
 
 pub use flush::{CommitOrder, FlushPlanner, FlushPolicy, PartTicket};
 pub use ledger::{Admission, DeviceLedger};
-pub use route::{BatchPlan, Role, WorkItem, plan_batch, shard_of_device, shard_of_sku};
+pub use route::{
+    BatchPlan, Role, WorkItem, plan_batch, shard_of_device, shard_of_sku, shard_of_terminal,
+};
 pub use shard::{Need, ShardConfig, ShardCore, ShardStats};
 pub use validate::{Rules, check_event};

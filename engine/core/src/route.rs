@@ -1,9 +1,16 @@
 //! Routing: which shard applies which part of which event.
 //!
-//! A terminal lives on `shard_of_device(device)`, a SKU on
+//! A terminal lives on `shard_of_terminal(store, terminal)`, a SKU on
 //! `shard_of_sku(store, sku)`. A sale or refund touches its terminal's shard
 //! (the sale row and the rollups) and the shard of each of its lines' SKUs
-//! (the line rows and the stock movements).
+//! (the line rows and the stock movements). What belongs to the device
+//! rather than to a till (health pings, refused events) goes to
+//! `shard_of_device(device)`.
+//!
+//! Terminals are routed by what their rollups are keyed by, not by the
+//! device that reports them: a till replaced by a new device (or two
+//! devices reporting for one till) must still have one writer per rollup
+//! row, or the shards' absolute rows overwrite each other.
 //!
 //! Invariants:
 //! - the hashes are fixed and seedless: the same inputs give the same shard
@@ -44,6 +51,13 @@ pub fn shard_of_device(device: u64, shards: u16) -> u16 {
     reduce(mix64(device ^ 0x5DEE_CE66_D1CE_4E5B), shards)
 }
 
+/// The shard of a terminal entity (its sale rows and rollups), in
+/// `0..shards` (0 when `shards` is 0).
+pub fn shard_of_terminal(store: u32, terminal: u32, shards: u16) -> u16 {
+    let h = (u64::from(store) << 32) | u64::from(terminal);
+    reduce(mix64(h ^ 0x7E4A_1C0D_2B3F_9A65), shards)
+}
+
 /// The shard of a SKU entity, in `0..shards` (0 when `shards` is 0).
 pub fn shard_of_sku(store: u32, sku: u64, shards: u16) -> u16 {
     let h = mix64(sku.wrapping_add(0x9E37_79B9_7F4A_7C15)) ^ u64::from(store);
@@ -53,7 +67,8 @@ pub fn shard_of_sku(store: u32, sku: u64, shards: u16) -> u16 {
 /// What a shard does with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// The sale or refund row and the terminal's rollups (device's shard).
+    /// The sale or refund row and the terminal's rollups (the terminal's
+    /// shard).
     Terminal,
     /// The lines of a sale or refund whose SKU lives on this shard: line
     /// rows and stock movements.
@@ -168,15 +183,17 @@ pub fn plan_batch_scoped(
         }
         match e {
             ArchivedEvent::Sale(s) => {
-                push(plan, dev_shard, idx, Role::Terminal);
                 let store = s.store.to_native();
+                let t = shard_of_terminal(store, s.terminal.to_native(), shards);
+                push(plan, usize::from(t), idx, Role::Terminal);
                 for l in s.lines.iter() {
                     push_lines(plan, store, l.sku.to_native(), shards, idx);
                 }
             }
             ArchivedEvent::Refund(r) => {
-                push(plan, dev_shard, idx, Role::Terminal);
                 let store = r.store.to_native();
+                let t = shard_of_terminal(store, r.terminal.to_native(), shards);
+                push(plan, usize::from(t), idx, Role::Terminal);
                 for l in r.lines.iter() {
                     push_lines(plan, store, l.sku.to_native(), shards, idx);
                 }

@@ -10,14 +10,18 @@ fn hashes_are_pinned() {
     // Golden values: a change here moves every entity to another shard.
     let devices: Vec<u16> = (0..8).map(|d| shard_of_device(d, 7)).collect();
     let skus: Vec<u16> = (0..8).map(|s| shard_of_sku(1, s, 7)).collect();
+    let terminals: Vec<u16> = (0..8).map(|t| shard_of_terminal(1, t, 7)).collect();
     assert_eq!(devices, GOLDEN_DEVICES);
     assert_eq!(skus, GOLDEN_SKUS);
+    assert_eq!(terminals, GOLDEN_TERMINALS);
+    assert_eq!(shard_of_terminal(1, 42, 0), 0);
     assert_eq!(shard_of_device(42, 0), 0);
     assert_eq!(shard_of_sku(1, 42, 1), 0);
 }
 
 const GOLDEN_DEVICES: [u16; 8] = [5, 1, 6, 4, 5, 6, 3, 2];
 const GOLDEN_SKUS: [u16; 8] = [4, 2, 6, 5, 5, 3, 6, 0];
+const GOLDEN_TERMINALS: [u16; 8] = [1, 3, 0, 5, 5, 4, 0, 3];
 
 #[test]
 fn hashes_spread_evenly() {
@@ -35,6 +39,38 @@ fn hashes_spread_evenly() {
     for n in per {
         assert!((9_500..10_500).contains(&n), "uneven: {per:?}");
     }
+    // Chains number tills 1..n in every store: small, dense keys.
+    let mut per = [0u32; 3];
+    for store in 0..3_000u32 {
+        for terminal in 1..=10u32 {
+            per[usize::from(shard_of_terminal(store, terminal, 3))] += 1;
+        }
+    }
+    for n in per {
+        assert!((9_500..10_500).contains(&n), "uneven: {per:?}");
+    }
+}
+
+#[test]
+fn a_till_reported_by_two_devices_has_one_terminal_shard() -> Result<(), FrameError> {
+    // A replaced till, or a backup device, reports the same (store,
+    // terminal): its rollups must have a single writer.
+    let shards = 5;
+    let mut seen = Vec::new();
+    for device in [3u64, 1_000_003, 77, 91] {
+        let b = testkit::batch(1, vec![sale(NOW, 4, 9, vec![line(1, 1, 100)])])?;
+        let mut plan = BatchPlan::new(shards);
+        plan_batch(b.get(), device, &Rules::default(), NOW, &mut plan);
+        let at: Vec<u16> = plan
+            .touched()
+            .filter(|(_, items)| items.iter().any(|i| i.role == Role::Terminal))
+            .map(|(s, _)| s)
+            .collect();
+        seen.push(at);
+    }
+    let want = vec![shard_of_terminal(4, 9, shards)];
+    assert!(seen.iter().all(|s| *s == want), "{seen:?}");
+    Ok(())
 }
 
 #[test]
@@ -46,6 +82,7 @@ fn a_sale_touches_its_terminal_and_each_line_shard_once() -> Result<(), FrameErr
     let mut plan = BatchPlan::new(shards);
     plan_batch(b.get(), 77, &Rules::default(), NOW, &mut plan);
     let dev = shard_of_device(77, shards);
+    let till = shard_of_terminal(1, 2, shards);
     let mut line_shards: Vec<u16> = skus.iter().map(|&s| shard_of_sku(1, s, shards)).collect();
     line_shards.sort_unstable();
     line_shards.dedup();
@@ -53,7 +90,7 @@ fn a_sale_touches_its_terminal_and_each_line_shard_once() -> Result<(), FrameErr
         let terminal = items.iter().filter(|i| i.role == Role::Terminal).count();
         let lines = items.iter().filter(|i| i.role == Role::Lines).count();
         let health = items.iter().filter(|i| i.role == Role::Health).count();
-        assert_eq!(terminal, usize::from(s == dev));
+        assert_eq!(terminal, usize::from(s == till));
         assert_eq!(health, usize::from(s == dev));
         assert_eq!(lines, usize::from(line_shards.contains(&s)));
     }
@@ -117,12 +154,13 @@ fn arb_event() -> impl Strategy<Value = tillstream_protocol::Event> {
         (
             ts.clone(),
             1u32..3,
+            1u32..5,
             proptest::collection::vec((0u64..40, -1i32..4), 0..6)
         )
-            .prop_map(|(ts, store, ls)| sale(
+            .prop_map(|(ts, store, terminal, ls)| sale(
                 ts,
                 store,
-                1,
+                terminal,
                 ls.into_iter().map(|(s, q)| line(s, q, 10)).collect()
             )),
         (ts.clone(), 1u32..3, 0u64..40, -2i32..3).prop_map(|(t, st, s, d)| movement(t, st, s, d)),
@@ -140,6 +178,9 @@ proptest! {
         let d = shard_of_device(device, shards);
         prop_assert!(d < shards);
         prop_assert_eq!(d, shard_of_device(device, shards));
+        let t = shard_of_terminal(store, sku as u32, shards);
+        prop_assert!(t < shards);
+        prop_assert_eq!(t, shard_of_terminal(store, sku as u32, shards));
         prop_assert_eq!(shard_of_sku(store, sku, 1), 0);
     }
 
@@ -175,7 +216,7 @@ proptest! {
                     prop_assert_eq!(in_ack, 0);
                     match e {
                         ArchivedEvent::Sale(s) => {
-                            prop_assert_eq!(placed(|r| *r == Role::Terminal), vec![shard_of_device(device, shards)]);
+                            prop_assert_eq!(placed(|r| *r == Role::Terminal), vec![shard_of_terminal(s.store.to_native(), s.terminal.to_native(), shards)]);
                             let mut want: Vec<u16> = s.lines.iter().map(|l| shard_of_sku(s.store.to_native(), l.sku.to_native(), shards)).collect();
                             want.sort_unstable();
                             want.dedup();

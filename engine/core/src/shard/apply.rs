@@ -122,9 +122,12 @@ impl ShardCore {
         true
     }
 
-    /// The sale row and its rollup minute. Always handled: a terminal is
-    /// on its device's shard by construction.
+    /// The sale row and its rollup minute. False (misrouted) if the
+    /// terminal lives on another shard.
     fn terminal(&mut self, key: EventKey, v: &SaleView<'_>, out: &mut RowSet) -> bool {
+        if !self.owns_terminal(v.store, v.terminal) {
+            return false;
+        }
         let row = v.row(key);
         let rk = rollup_key(v);
         let days = &mut self.days;

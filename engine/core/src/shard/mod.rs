@@ -15,7 +15,8 @@
 //!
 //! Invariants:
 //! - a SKU lives on `shard_of_sku(store, sku, shards)` and only there; a
-//!   terminal on its device's shard. `apply` ignores work that is not this
+//!   terminal on `shard_of_terminal(store, terminal, shards)`, whichever
+//!   device reports it. `apply` ignores work that is not this
 //!   shard's (counted as `misrouted`), so the plan and the cores must use
 //!   the same shard count;
 //! - activation never overwrites live state: a store or day already active
@@ -36,7 +37,7 @@ use tillstream_protocol::{ArchivedBatch, ArchivedEvent};
 use tillstream_storage::time::{HOUR_US, day};
 use tillstream_storage::{MovementReason, StockLevelRow, StoreSnapshot, TerminalRollupRow};
 
-use crate::route::{Role, WorkItem, shard_of_sku};
+use crate::route::{Role, WorkItem, shard_of_sku, shard_of_terminal};
 use crate::validate::Rules;
 use hash::Fixed;
 use sku::SkuState;
@@ -161,6 +162,10 @@ impl ShardCore {
         shard_of_sku(store, sku, self.cfg.shards) == self.cfg.id
     }
 
+    fn owns_terminal(&self, store: u32, terminal: u32) -> bool {
+        shard_of_terminal(store, terminal, self.cfg.shards) == self.cfg.id
+    }
+
     /// What must be activated before `apply` can run these items: stores
     /// whose SKUs this shard has not loaded, and (store, day) of rollups not
     /// loaded. Appends to `out` what it does not hold yet.
@@ -258,17 +263,17 @@ impl ShardCore {
         }
     }
 
-    /// Loads the rollups of `store`'s `day`. Every row given is kept: the
-    /// engine only asks for days this shard's terminals sell on, and only
-    /// the terminal's own shard ever updates a row. A day already active is
-    /// left as it is.
+    /// Loads the rollups of `store`'s `day` for the terminals that live on
+    /// this shard; only a terminal's own shard ever updates its rows, so
+    /// the others' rows are not kept. A day already active is left as it
+    /// is.
     pub fn activate_rollup_day(&mut self, store: u32, day: u32, rollups: Vec<TerminalRollupRow>) {
         if !self.days.insert((store, day)) {
             return;
         }
         self.stats.activations += 1;
         for row in rollups {
-            if row.store == store && row.day == day {
+            if row.store == store && row.day == day && self.owns_terminal(store, row.terminal) {
                 let key = (row.store, row.day, row.terminal, row.minute);
                 self.rollups.insert(key, RollupSlot { row, dirty: false });
             }

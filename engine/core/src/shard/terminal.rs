@@ -1,7 +1,7 @@
 //! The terminal entity: sale rows and per-minute rollups of one till.
 //!
-//! A till is one device, so its terminal lives on the device's shard and
-//! only that shard ever writes its rollups. The rollups of a terminal are
+//! A terminal lives on `shard_of_terminal(store, terminal)`, whichever
+//! device reports it, so only that shard ever writes its rollups. The rollups of a terminal are
 //! kept per `(store, day, terminal, minute)` as absolute values: a row is
 //! rewritten whole whenever its minute changes, so a replay or a reload
 //! never double counts.
