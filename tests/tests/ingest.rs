@@ -187,3 +187,92 @@ async fn a_till_reported_by_two_devices_keeps_one_rollup_per_minute() -> anyhow:
     server.shutdown().await?;
     Ok(())
 }
+
+/// Every refused event is named in the acks, whoever refused it: the
+/// router (a zero movement, a sale without lines) or the SKU's shard at
+/// apply time (a shelf count older than the SKU's late window, which only
+/// the shard holding the SKU's history can judge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_name_every_refused_event_in_event_order() -> anyhow::Result<()> {
+    use tillstream_client::{ClientConfig, ClientEvent, DeviceClient, PreparedBatch};
+    use tillstream_protocol::{
+        Batch, Event, MovementKind, RejectCode, Sale, ShelfCount, StockMovement,
+    };
+    const MIN_US: i64 = 60_000_000;
+    let dir = tempfile::tempdir()?;
+    let server = start_server(dir.path(), 3).await?;
+    let endpoint = endpoint_for(&server)?;
+    let now = now_us();
+    let count = |ts_us, level| {
+        Event::Count(ShelfCount {
+            ts_us,
+            store: 1,
+            sku: 5,
+            level,
+        })
+    };
+    let movement = |ts_us, delta| {
+        Event::Movement(StockMovement {
+            ts_us,
+            store: 1,
+            sku: 5,
+            delta,
+            reason: MovementKind::Receipt,
+        })
+    };
+    let batches = [
+        Batch {
+            seq: 1,
+            sent_at_us: now,
+            events: vec![count(now - 10 * MIN_US, 40)],
+        },
+        Batch {
+            seq: 2,
+            sent_at_us: now,
+            events: vec![
+                movement(now - 5 * MIN_US, 0),
+                count(now - 180 * MIN_US, 7),
+                movement(now - 5 * MIN_US, 3),
+                Event::Sale(Sale {
+                    ts_us: now - MIN_US,
+                    store: 1,
+                    terminal: 1,
+                    operator: 1,
+                    txn: [1; 16],
+                    currency: *b"EUR",
+                    lines: vec![],
+                    tenders: vec![],
+                    customer: None,
+                }),
+            ],
+        },
+    ];
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let dev = DeviceClient::start_with_events(
+        endpoint.clone(),
+        ClientConfig::new(server.quic_addr(), 900),
+        tx,
+    );
+    for b in &batches {
+        dev.send(PreparedBatch::encode(b)?).await?;
+    }
+    dev.wait_acked(2, WAIT).await?;
+    dev.close().await;
+    let mut told = Vec::new();
+    while let Some(e) = rx.recv().await {
+        if let ClientEvent::Acked(a) = e {
+            told.extend(a.rejected.iter().map(|r| (r.seq, r.idx, r.code)));
+        }
+    }
+    let code = |c: RejectCode| c.as_u16();
+    assert_eq!(
+        told,
+        [
+            (2, 0, code(RejectCode::ZeroDelta)),
+            (2, 1, code(RejectCode::CountTooLate)),
+            (2, 3, code(RejectCode::NoLines)),
+        ]
+    );
+    server.shutdown().await?;
+    Ok(())
+}

@@ -97,7 +97,9 @@ pub struct WorkItem {
 pub struct BatchPlan {
     /// Work items per shard (index = shard id), in event order.
     pub parts: Vec<Vec<WorkItem>>,
-    /// Events refused on semantic grounds, for the `Ack`.
+    /// Events the plan refused on semantic grounds (bad fields, another
+    /// store). The shards may refuse more at apply time (a count older
+    /// than its SKU's late window); the `Ack` reports both from the rows.
     pub rejected: Vec<RejectedRef>,
 }
 

@@ -19,10 +19,10 @@ pub(super) async fn assemble(
                 events,
                 parts,
                 permits,
-                rejected,
                 received,
             } => match unit_of(seq, events, parts, &slot).await {
                 Ok((unit_rows, tickets)) => {
+                    let rejected = rejected_of(seq, &unit_rows);
                     let (tx, done) = oneshot::channel();
                     let unit = CommitUnit {
                         rows: unit_rows,
@@ -53,6 +53,28 @@ pub(super) async fn assemble(
         // submitted so the device's ledger settles.
         let _ = ack_tx.send(next).await;
     }
+}
+
+/// The events of batch `seq` that its shards refused, for the `Ack`: the
+/// plan's refusals (bad fields, wrong store) and the shards' own (a count
+/// older than its SKU's late window), in event order. Every refused event
+/// is stored in `rejected_events`; this tells the device which.
+fn rejected_of(seq: u64, rows: &RowSet) -> Vec<RejectedRef> {
+    if rows.rejected.is_empty() {
+        return Vec::new();
+    }
+    m::events_rejected(rows.rejected.len());
+    let mut out: Vec<RejectedRef> = rows
+        .rejected
+        .iter()
+        .map(|r| RejectedRef {
+            seq,
+            idx: r.key.idx,
+            code: r.code,
+        })
+        .collect();
+    out.sort_unstable_by_key(|r| r.idx);
+    out
 }
 
 async fn unit_of(

@@ -67,7 +67,6 @@ pub(super) enum Pending {
         parts: Vec<oneshot::Receiver<PartResult>>,
         /// The shards' in-flight budget, held until durable.
         permits: Vec<OwnedSemaphorePermit>,
-        rejected: Vec<RejectedRef>,
         received: Instant,
     },
     Duplicate {

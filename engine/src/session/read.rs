@@ -103,9 +103,6 @@ pub(super) async fn read_batches(
             Some(Admission::Fresh) => {
                 plan.clear();
                 plan_batch(archived, device, &ctx.rules, now_us(), &mut plan);
-                if !plan.rejected.is_empty() {
-                    m::events_rejected(plan.rejected.len());
-                }
                 let batch = Arc::new(batch);
                 // Back-pressure: every shard's permits first, in shard
                 // order, and held until the batch is durable. A full shard
@@ -146,7 +143,6 @@ pub(super) async fn read_batches(
                     events,
                     parts,
                     permits,
-                    rejected: plan.rejected.clone(),
                     received,
                 }
             }
