@@ -25,11 +25,22 @@ pub(crate) enum WireError {
     #[error("server closed the stream")]
     Finished,
     /// The stream or the connection failed.
-    #[error("read failed: {0}")]
+    #[error("read failed: {}", read_cause(.0))]
     Read(#[from] quinn::ReadExactError),
     /// The bytes were not a valid frame.
     #[error("bad frame from server: {0}")]
     Frame(#[from] FrameError),
+}
+
+/// A read error with its cause: quinn's "connection lost" alone does not
+/// say whether the server closed, reset or stopped answering.
+fn read_cause(e: &quinn::ReadExactError) -> String {
+    match e {
+        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => {
+            format!("connection lost: {c}")
+        }
+        e => e.to_string(),
+    }
 }
 
 /// The `Hello` frame of a device.
