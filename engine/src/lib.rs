@@ -9,6 +9,7 @@
 //! It is not: a client (see `tillstream-client`), nor the CLI (`tillstream`
 //! in `ops/`).
 
+mod accept;
 mod clock;
 mod config;
 mod devices;

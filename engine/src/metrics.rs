@@ -45,6 +45,14 @@ pub(crate) fn frame_refused(code: tillstream_protocol::ErrorCode) {
     counter!("tillstream_frames_refused_total", "code" => code.name()).increment(1);
 }
 
+pub(crate) fn connection_refused(reason: &'static str) {
+    counter!("tillstream_connections_refused_total", "reason" => reason).increment(1);
+}
+
+pub(crate) fn connection_waited(waited: Duration) {
+    histogram!("tillstream_connection_queue_wait_seconds").record(waited.as_secs_f64());
+}
+
 pub(crate) fn acked(latency: Duration, batches: u64) {
     histogram!("tillstream_ack_latency_seconds").record(latency.as_secs_f64());
     counter!("tillstream_batches_acked_total").increment(batches);

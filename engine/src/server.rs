@@ -13,12 +13,11 @@ use tillstream_protocol::Limits;
 use tillstream_storage::Store;
 use tillstream_storage::embedded::EmbeddedStore;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::devices::Devices;
 use crate::flusher::{self, FlushSender, FlushSettings};
 use crate::shards::{self, ShardHandle};
-use crate::{EngineError, ServerConfig, ServerSettings, http, session, tls, udp};
+use crate::{EngineError, ServerConfig, ServerSettings, accept, http, tls, udp};
 
 /// What every session shares.
 #[derive(Debug)]
@@ -164,10 +163,14 @@ impl Server {
             source,
         })?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let accept = tokio::spawn(accept_loop(
+        let accept = tokio::spawn(accept::accept_loop(
             endpoint.clone(),
             ctx.clone(),
             shutdown_rx.clone(),
+            accept::AdmissionLimits {
+                max_handshakes: cfg.max_handshakes,
+                max_wait: cfg.handshake_max_wait,
+            },
             cfg.drain_timeout,
         ));
 
@@ -267,41 +270,5 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.endpoint.wait_idle()).await;
         tracing::info!("tillstream stopped");
         Ok(())
-    }
-}
-
-async fn accept_loop(
-    endpoint: quinn::Endpoint,
-    ctx: Arc<EngineCtx>,
-    mut shutdown: watch::Receiver<bool>,
-    drain_timeout: Duration,
-) {
-    let mut sessions = JoinSet::new();
-    let stop_signal = shutdown.clone();
-    loop {
-        tokio::select! {
-            incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else { break };
-                let ctx = ctx.clone();
-                let stop = stop_signal.clone();
-                sessions.spawn(async move {
-                    match incoming.await {
-                        Ok(conn) => session::serve(conn, ctx, stop).await,
-                        Err(e) => tracing::debug!(error = %e, "handshake failed"),
-                    }
-                });
-            }
-            _ = shutdown.wait_for(|s| *s) => break,
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-        }
-    }
-    endpoint.set_server_config(None);
-    let drain = async { while sessions.join_next().await.is_some() {} };
-    if tokio::time::timeout(drain_timeout, drain).await.is_err() {
-        tracing::warn!(
-            left = sessions.len(),
-            "drain timeout: closing the remaining sessions"
-        );
-        sessions.abort_all();
     }
 }

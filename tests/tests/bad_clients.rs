@@ -203,3 +203,48 @@ async fn an_owed_ack_is_written_before_an_error() -> anyhow::Result<()> {
     server.shutdown().await?;
     Ok(())
 }
+
+/// A client that finishes its handshake and never says Hello holds a
+/// set-up slot; a device that has to wait for a slot longer than the
+/// server allows is refused at once (not left to time out), backs off,
+/// dials again and is served once the slot is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_waits_too_long_for_a_slot_is_refused_then_served() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let mut cfg = tillstream_engine::ServerConfig::new(dir.path());
+    cfg.listen = "127.0.0.1:0".parse()?;
+    cfg.shards = 1;
+    cfg.max_handshakes = 1;
+    cfg.handshake_max_wait = Duration::from_millis(50);
+    let server = tillstream_engine::Server::start(cfg).await?;
+    let endpoint = endpoint_for(&server)?;
+    let addr = server.quic_addr();
+    let silent = endpoint.connect(addr, "localhost")?.await?;
+
+    let dev = device(&endpoint, addr, 42);
+    dev.send(tillstream_client::PreparedBatch::encode(&Batch {
+        seq: 1,
+        sent_at_us: now_us(),
+        events: Vec::new(),
+    })?)
+    .await?;
+    // Its first attempt waits behind the silent client's slot.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(dev.stats().connects, 0, "no slot was free");
+    silent.close(0u32.into(), b"done");
+
+    dev.wait_acked(1, Duration::from_secs(30)).await?;
+    let stats = dev.stats();
+    assert!(stats.connect_failures >= 1, "{stats:?}");
+    assert!(
+        stats
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("refused")),
+        "{stats:?}"
+    );
+    dev.close().await;
+    server.shutdown().await?;
+    Ok(())
+}

@@ -21,9 +21,12 @@
 //! `TILLSTREAM_STORM_STRICT=1` also asserts that everyone was back within
 //! 10 s of the drop (off by default: timing on a shared CI machine must not
 //! fail a correctness test). `TILLSTREAM_STORM_IDLE_S` sets the devices'
-//! QUIC idle timeout (default 5 s), which also bounds a handshake: with
-//! 10,000 devices on 2 cores, handshakes queued longer than that are
-//! abandoned and redone, and the storm feeds on itself.
+//! QUIC idle timeout (default 5 s), which also bounds a handshake. The
+//! server sets up `--max-handshakes` connections at once and refuses one
+//! that waited past `--handshake-max-wait-ms` (see `engine/src/accept.rs`):
+//! without that, 10,000 handshakes on 2 cores all slowed down together,
+//! some outlived the devices' idle timeout and were redone, and the storm
+//! fed on itself.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -295,7 +298,11 @@ async fn a_fleet_reconnects_after_every_connection_drops_at_once() -> anyhow::Re
         let now = c.stats();
         let more = now.connect_failures - before.connect_failures;
         if more > 0 {
-            let why = reason_label(now.last_error.as_deref().unwrap_or("?"));
+            let full = now.last_error.as_deref().unwrap_or("?");
+            let why = reason_label(full);
+            if !failures.contains_key(&why) {
+                eprintln!("storm: first failure of its kind: {full}");
+            }
             *failures.entry(why).or_default() += more;
         }
     }

@@ -94,16 +94,19 @@ pub(super) enum Acking {
 }
 
 /// Serves one connection until it ends.
+/// `admitted` is the connection's set-up slot (see `accept`): it is given
+/// back once the device is welcomed or refused.
 pub(crate) async fn serve(
     conn: quinn::Connection,
     ctx: Arc<EngineCtx>,
     stop: tokio::sync::watch::Receiver<bool>,
+    admitted: Option<OwnedSemaphorePermit>,
 ) {
     let peer = conn.remote_address();
     let span = tracing::info_span!("session", %peer, device = tracing::field::Empty);
     async move {
         m::connections(1.0);
-        let result = session(&conn, &ctx, stop).await;
+        let result = session(&conn, &ctx, stop, admitted).await;
         m::connections(-1.0);
         match result {
             Ok(()) => tracing::debug!("session ended"),
@@ -118,6 +121,7 @@ async fn session(
     conn: &quinn::Connection,
     ctx: &Arc<EngineCtx>,
     stop: tokio::sync::watch::Receiver<bool>,
+    admitted: Option<OwnedSemaphorePermit>,
 ) -> Result<(), String> {
     let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
         .await
@@ -182,6 +186,7 @@ async fn session(
     };
     write_msg(&mut send, &welcome).await?;
     tracing::debug!(durable_seq = welcome.durable_seq, "welcomed");
+    drop(admitted);
 
     let window = ctx.limits.max_inflight_batches.max(1) as usize;
     let (pend_tx, pend_rx) = mpsc::channel(window);

@@ -43,6 +43,17 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 32, env = "TILLSTREAM_MAX_INFLIGHT_MIB_PER_SHARD",
           value_parser = clap::value_parser!(u64).range(1..=65_536))]
     max_inflight_mib_per_shard: u64,
+    /// Connections set up at once (handshake, Hello, Welcome); default 16
+    /// per core. In a reconnect storm the rest wait their turn, so each
+    /// handshake finishes fast instead of all of them slowing down together.
+    #[arg(long, env = "TILLSTREAM_MAX_HANDSHAKES",
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    max_handshakes: Option<u64>,
+    /// Longest a new connection waits for its turn, in milliseconds, before
+    /// it is refused and its device dials again after a back-off. Keep it
+    /// below the devices' idle timeout (5 s by default).
+    #[arg(long, default_value_t = 4000, env = "TILLSTREAM_HANDSHAKE_MAX_WAIT_MS")]
+    handshake_max_wait_ms: u64,
     /// Testing only: make every store commit first sleep for a time drawn
     /// uniformly from MIN..MAX milliseconds (slow storage rehearsal).
     #[arg(long, value_name = "MIN..MAX", value_parser = parse_ms_range)]
@@ -84,6 +95,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     cfg.drain_timeout = Duration::from_secs(args.drain_timeout_s);
     cfg.max_inflight_bytes_per_shard =
         usize::try_from(args.max_inflight_mib_per_shard << 20).unwrap_or(usize::MAX);
+    if let Some(n) = args.max_handshakes {
+        cfg.max_handshakes = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    cfg.handshake_max_wait = Duration::from_millis(args.handshake_max_wait_ms);
     cfg.faults.commit_delay = args.inject_commit_delay_ms;
     if let Some((lo, hi)) = cfg.faults.commit_delay {
         tracing::warn!(?lo, ?hi, "fault injection: every store commit is delayed");
