@@ -217,16 +217,18 @@ fn no_reject() -> HelloScript {
     Arc::new(|_| None)
 }
 
+/// Queues batches 1..=n and waits until batch n is acknowledged.
+async fn send_all(dev: &DeviceClient, n: u64) -> TestResult {
+    for seq in 1..=n {
+        dev.send(batch(seq)?).await?;
+    }
+    dev.wait_acked(n, Duration::from_secs(10)).await?;
+    Ok(())
+}
+
 /// Every seq in 1..=n acked exactly once across the events.
 fn assert_acked_once(events: &[ClientEvent], n: u64) {
-    let mut seqs: Vec<u64> = events
-        .iter()
-        .filter_map(|e| match e {
-            ClientEvent::Acked(a) => Some(a.batches.iter().map(|b| b.seq)),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+    let mut seqs = acked_seqs(events);
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
 }
@@ -260,10 +262,7 @@ async fn resends_in_order_after_a_lost_connection() -> TestResult {
     let ep = client_endpoint(&s.ca_pem, s.addr)?;
     let (tx, mut rx) = mpsc::channel(1024);
     let dev = DeviceClient::start_with_events(ep, config(&s), tx);
-    for seq in 1..=20 {
-        dev.send(batch(seq)?).await?;
-    }
-    dev.wait_acked(20, Duration::from_secs(10)).await?;
+    send_all(&dev, 20).await?;
     assert_eq!(*dev.acks().borrow(), 20);
     let stats = dev.stats();
     assert_eq!(stats.reconnects, 1);
@@ -299,10 +298,7 @@ async fn retryable_error_keeps_the_batch_and_reconnects() -> TestResult {
     )?;
     let ep = client_endpoint(&s.ca_pem, s.addr)?;
     let dev = DeviceClient::start(ep, config(&s));
-    for seq in 1..=6 {
-        dev.send(batch(seq)?).await?;
-    }
-    dev.wait_acked(6, Duration::from_secs(10)).await?;
+    send_all(&dev, 6).await?;
     let stats = dev.stats();
     assert_eq!(
         stats.errors_by_code.get(&ErrorCode::Busy.as_u16()),
@@ -326,10 +322,7 @@ async fn final_error_drops_and_reports_the_batch() -> TestResult {
     let ep = client_endpoint(&s.ca_pem, s.addr)?;
     let (tx, mut rx) = mpsc::channel(1024);
     let dev = DeviceClient::start_with_events(ep, config(&s), tx);
-    for seq in 1..=5 {
-        dev.send(batch(seq)?).await?;
-    }
-    dev.wait_acked(5, Duration::from_secs(10)).await?;
+    send_all(&dev, 5).await?;
     // Batch 5 is durable, the ack covers 2 as well, yet 2 was refused.
     let r = dev.wait_acked(2, Duration::from_secs(1)).await;
     assert!(

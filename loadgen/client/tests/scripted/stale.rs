@@ -18,10 +18,7 @@ async fn final_error_without_a_seq_refuses_the_oldest_unacked_batch() -> TestRes
     let ep = client_endpoint(&s.ca_pem, s.addr)?;
     let (tx, mut rx) = mpsc::channel(1024);
     let dev = DeviceClient::start_with_events(ep, config(&s), tx);
-    for seq in 1..=5 {
-        dev.send(batch(seq)?).await?;
-    }
-    dev.wait_acked(5, Duration::from_secs(10)).await?;
+    send_all(&dev, 5).await?;
     let r = dev.wait_acked(2, Duration::from_secs(1)).await;
     assert!(
         matches!(
@@ -64,10 +61,7 @@ async fn retryable_error_without_a_seq_keeps_the_batch() -> TestResult {
     )?;
     let ep = client_endpoint(&s.ca_pem, s.addr)?;
     let dev = DeviceClient::start(ep, config(&s));
-    for seq in 1..=6 {
-        dev.send(batch(seq)?).await?;
-    }
-    dev.wait_acked(6, Duration::from_secs(10)).await?;
+    send_all(&dev, 6).await?;
     let stats = dev.stats();
     assert_eq!(stats.refused_batches, 0, "{stats:?}");
     assert_eq!(stats.acked_batches, 6, "{stats:?}");
@@ -161,10 +155,7 @@ async fn a_replaying_device_takes_what_the_server_already_has() -> TestResult {
     cfg.replay = true;
     let (tx, mut rx) = mpsc::channel(1024);
     let dev = DeviceClient::start_with_events(ep, cfg, tx);
-    for seq in 1..=12 {
-        dev.send(batch(seq)?).await?;
-    }
-    dev.wait_acked(12, Duration::from_secs(10)).await?;
+    send_all(&dev, 12).await?;
     dev.wait_acked(3, Duration::from_secs(1)).await?;
     let stats = dev.stats();
     assert_eq!(stats.stale_batches, 0, "{stats:?}");
