@@ -19,9 +19,11 @@ pub struct ServerConfig {
     pub shards: u16,
     /// HTTP address for /metrics, /healthz, /readyz and /v1/*; None for none.
     pub http: Option<SocketAddr>,
-    /// Longest a committed row waits for its group commit to fill.
+    /// How often acknowledged rows are written to the tables (the journal
+    /// already holds them): longer gathers more per write, so each hot
+    /// SKU's level is written once per interval, not once per batch.
     pub flush_interval: Duration,
-    /// Largest group commit in rows.
+    /// Write to the tables early once this many rows wait.
     pub flush_max_rows: usize,
     /// What devices are told they may send.
     pub limits: Limits,
@@ -55,8 +57,8 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             shards: u16::try_from(cores).unwrap_or(2).max(1),
             http: None,
-            flush_interval: Duration::from_millis(2),
-            flush_max_rows: 65_536,
+            flush_interval: Duration::from_millis(200),
+            flush_max_rows: 1 << 20,
             limits: Limits::default(),
             max_inflight_bytes_per_shard: 32 << 20,
             tls: None,
@@ -73,9 +75,9 @@ impl ServerConfig {
 pub struct ServerSettings {
     /// Shard actors.
     pub shards: u16,
-    /// Group-commit interval, milliseconds.
+    /// Interval of the writes to the tables, milliseconds.
     pub flush_interval_ms: u64,
-    /// Largest group commit, rows.
+    /// Rows that start a write to the tables early.
     pub flush_max_rows: usize,
     /// Per-shard in-flight bound, bytes.
     pub max_inflight_bytes_per_shard: usize,

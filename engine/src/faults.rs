@@ -1,7 +1,8 @@
 //! Fault injection, for the reliability tests and for operators who
-//! rehearse incidents: a store whose fsync fails, commits made slow, and a
-//! hook that wraps the store in anything a test needs (a power cut, say).
-//! None of it is on unless asked for.
+//! rehearse incidents: a store whose fsync fails, durable writes made
+//! slow, and a hook that wraps the store in anything a test needs (a power
+//! cut, say). The faults sit on the journal append: the durable step every
+//! acknowledgement waits for. None of it is on unless asked for.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tillstream_storage::rows::{RowSet, StockLevelRow, StockMovementRow, TerminalRollupRow};
-use tillstream_storage::{CommitInfo, Store, StoreError};
+use tillstream_storage::{CommitInfo, ReplayVisitor, Store, StoreError};
 
 /// A function from the store to a store wrapping it.
 pub type WrapStore = dyn Fn(Arc<dyn Store>) -> Arc<dyn Store> + Send + Sync;
@@ -30,8 +31,8 @@ impl std::fmt::Debug for StoreLayer {
 pub struct Faults {
     /// The store's fsync fails after this many successful ones.
     pub fail_sync_after: Option<u64>,
-    /// Every commit first sleeps for a time drawn uniformly from this
-    /// range: slow or overloaded storage.
+    /// Every journal group commit first sleeps for a time drawn uniformly
+    /// from this range: slow or overloaded storage.
     pub commit_delay: Option<(Duration, Duration)>,
     /// Wraps the store (outermost, around the commit delay).
     pub store_layer: Option<StoreLayer>,
@@ -51,13 +52,19 @@ impl Faults {
     }
 }
 
-/// A fault on the commit path; [`FaultyStore`] delegates everything else
-/// to the store it wraps.
+/// A fault on the durable path (the journal append an ack waits for);
+/// [`FaultyStore`] delegates everything else to the store it wraps.
 pub trait CommitFault: Send + Sync + std::fmt::Debug + 'static {
-    /// Commits `rows` to `inner`, or not, the faulty way.
-    fn commit(&self, inner: &Arc<dyn Store>, rows: &RowSet) -> Result<CommitInfo, StoreError>;
+    /// Appends `records` to the journal of `inner`, or not, the faulty way.
+    fn journal_append(
+        &self,
+        inner: &Arc<dyn Store>,
+        records: &[u8],
+        last_lsn: u64,
+    ) -> Result<(), StoreError>;
 
-    /// Refuses writes when the fault says so (before asking `inner`).
+    /// Refuses writes when the fault says so (before asking `inner`):
+    /// commits and materializations too, not only journal appends.
     fn check_writable(&self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -97,16 +104,48 @@ impl CommitDelay {
 }
 
 impl CommitFault for CommitDelay {
-    fn commit(&self, inner: &Arc<dyn Store>, rows: &RowSet) -> Result<CommitInfo, StoreError> {
+    fn journal_append(
+        &self,
+        inner: &Arc<dyn Store>,
+        records: &[u8],
+        last_lsn: u64,
+    ) -> Result<(), StoreError> {
         let delay = self.rng.lock().random_range(self.min..=self.max);
         std::thread::sleep(delay);
-        inner.commit(rows)
+        inner.journal_append(records, last_lsn)
     }
 }
 
 impl<F: CommitFault> Store for FaultyStore<F> {
     fn commit(&self, rows: &RowSet) -> Result<CommitInfo, StoreError> {
-        self.fault.commit(&self.inner, rows)
+        self.fault.check_writable()?;
+        self.inner.commit(rows)
+    }
+
+    fn journal_append(&self, records: &[u8], last_lsn: u64) -> Result<(), StoreError> {
+        self.fault.journal_append(&self.inner, records, last_lsn)
+    }
+
+    fn journal_last_lsn(&self) -> u64 {
+        self.inner.journal_last_lsn()
+    }
+
+    fn journal_replay(&self, after: u64, f: &mut ReplayVisitor<'_>) -> Result<u64, StoreError> {
+        self.inner.journal_replay(after, f)
+    }
+
+    fn materialize(&self, rows: &RowSet, lsn: u64) -> Result<CommitInfo, StoreError> {
+        self.fault.check_writable()?;
+        self.inner.materialize(rows, lsn)
+    }
+
+    fn materialized_lsn(&self) -> Result<u64, StoreError> {
+        self.inner.materialized_lsn()
+    }
+
+    fn sync_materialized(&self) -> Result<u64, StoreError> {
+        self.fault.check_writable()?;
+        self.inner.sync_materialized()
     }
 
     fn watermark(&self, device: u64) -> Result<u64, StoreError> {

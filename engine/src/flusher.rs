@@ -1,240 +1,349 @@
-//! The group-commit flusher: one task that takes the commit units of every
-//! session, writes them in one atomic, durable store commit per tick, then
-//! raises the devices' durable watermarks and wakes the sessions to ack.
+//! The flusher: acknowledges batches once the journal holds them, and
+//! writes their rows to the tables in the background.
+//!
+//! Each session hands it one [`CommitUnit`] per batch, carrying the
+//! batch's LSN (see `sequencer`) and the rows its shards derived. The
+//! flusher takes units in LSN order; once the journal is durable up to a
+//! unit's LSN, the unit is acknowledged (its device's watermark rises, its
+//! acker writes the `Ack`) and its rows join the next materialization.
+//! Every `interval` (or `max_rows` rows) one blocking task writes what
+//! gathered with [`Store::materialize`], atomically with the LSN of its
+//! last unit, and now and then [`Store::sync_materialized`] makes that
+//! durable and lets the journal drop what the tables hold.
 //!
 //! Invariants:
-//! - one commit is in flight at a time, and a unit is only committed with
-//!   (or after) every unit holding an earlier part of any shard it touched,
-//!   and every earlier seq of its device (`CommitOrder`). A shard's rows
-//!   build on what it applied before (a SKU's level, a terminal's minute),
-//!   so committing out of that order could persist a level counting rows
-//!   that are not yet durable;
-//! - a unit's `done` resolves Ok only after `Store::commit` returned Ok for
-//!   a commit that held all of its rows;
-//! - after a failed commit the store is poisoned: every later unit fails,
-//!   nothing more is acknowledged.
+//! - a unit's `done` resolves Ok only once the journal is durable past its
+//!   LSN, and in LSN order; rows are materialized in LSN order, so the
+//!   tables always hold exactly the records up to their checkpoint;
+//! - a unit's shard budget is held until its rows are in the tables: the
+//!   journal's lead over the tables, and the memory the rows take, are
+//!   bounded by the shards' in-flight budgets;
+//! - after a failure (the journal, the tables, or a batch applied on only
+//!   some shards) nothing more is acknowledged or materialized: every
+//!   waiting unit fails, and the journal rebuilds the rest at restart.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tillstream_storage::{RowSet, Store, StoreError};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
-use tracing::Instrument;
-
-use tillstream_engine_core::flush::{CommitOrder, PartTicket};
 
 use crate::devices::DeviceSlot;
 use crate::metrics as m;
+use crate::sequencer::JournalState;
 
 /// What a commit of a unit ended with.
 pub(crate) type CommitResult = Result<(), Arc<StoreError>>;
 
-/// One device batch's rows (or a dead letter), to be committed together.
+/// One device batch's rows (or a dead letter), acknowledged together.
 #[derive(Debug)]
 pub(crate) struct CommitUnit {
+    /// The batch's LSN; `None` for a dead letter (not journaled: it joins
+    /// the next materialization as it is).
+    pub(crate) lsn: Option<u64>,
     pub(crate) rows: RowSet,
     /// The device and seq whose watermark the rows carry, if any.
     pub(crate) durable: Option<(Arc<DeviceSlot>, u64)>,
     pub(crate) done: Option<oneshot::Sender<CommitResult>>,
-    /// Where each of the batch's parts stands in its shard's apply order.
-    pub(crate) tickets: Vec<PartTicket>,
-    /// The shards' in-flight budget the batch holds; freed when the unit
-    /// is dropped, after its commit (or its failure).
-    pub(crate) _budget: Vec<OwnedSemaphorePermit>,
+    /// The shards' in-flight budget the batch holds; freed once its rows
+    /// are materialized (or it failed).
+    pub(crate) budget: Vec<OwnedSemaphorePermit>,
 }
 
 /// Where sessions send units.
 pub(crate) type FlushSender = mpsc::Sender<CommitUnit>;
 
-/// Settings of the group commit.
+/// Settings of the materialization.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FlushSettings {
+    /// Materialize at least this often while rows wait.
     pub(crate) interval: Duration,
+    /// Materialize once this many rows wait.
     pub(crate) max_rows: usize,
+    /// Sync the tables (and truncate the journal) at most this often.
+    pub(crate) sync_every: Duration,
 }
 
-/// Starts the flusher; it ends when every sender is dropped and the queue
-/// is drained.
+/// Starts the flusher after `checkpoint` (the tables' LSN, which recovery
+/// brought up to the journal's end); it ends when every sender is dropped
+/// and what it holds is materialized.
 pub(crate) fn spawn(
     store: Arc<dyn Store>,
+    checkpoint: u64,
+    journal: watch::Receiver<JournalState>,
     failed: watch::Receiver<bool>,
     settings: FlushSettings,
     queue: usize,
 ) -> (FlushSender, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(queue);
-    let join = tokio::spawn(run(store, failed, settings, rx));
+    let flusher = Flusher {
+        store,
+        settings,
+        next_lsn: checkpoint + 1,
+        waiting: BTreeMap::new(),
+        acc: Gathered::default(),
+        spare: RowSet::default(),
+        in_flight: None,
+        in_flight_budget: Vec::new(),
+        last_sync: Instant::now(),
+        error: None,
+        ticks: 0,
+    };
+    let join = tokio::spawn(flusher.run(rx, journal, failed));
     (tx, join)
 }
 
-/// Units received and not yet committed, in an order that keeps every
-/// shard's parts in its apply order (see `CommitOrder`).
-struct Intake {
-    order: CommitOrder<CommitUnit>,
-    ready: Vec<CommitUnit>,
-    ready_rows: usize,
-    released: usize,
+/// Rows acknowledged and not yet materialized, with the budget they hold.
+#[derive(Debug, Default)]
+struct Gathered {
+    rows: RowSet,
+    budget: Vec<OwnedSemaphorePermit>,
+    /// LSN of the last unit gathered (0: none since the last write).
+    lsn: u64,
+    since: Option<Instant>,
 }
 
-impl Intake {
-    fn take(&mut self, mut unit: CommitUnit) {
-        let device = unit.durable.as_ref().map(|(slot, _)| slot.device);
-        let tickets = std::mem::take(&mut unit.tickets);
-        self.order.push(unit, device, &tickets);
-        self.released = self.ready.len();
-        self.order.release(&mut self.ready);
-        for u in &self.ready[self.released..] {
-            self.ready_rows += u.rows.len();
-        }
-    }
-}
+type Materialized = (Result<(), StoreError>, RowSet);
 
-/// True when the engine failed and units wait that must be failed.
-fn must_fail(failed: &watch::Receiver<bool>, intake: &Intake) -> bool {
-    *failed.borrow() && !intake.order.is_empty()
-}
-
-async fn run(
+struct Flusher {
     store: Arc<dyn Store>,
-    mut failed: watch::Receiver<bool>,
     settings: FlushSettings,
-    mut rx: mpsc::Receiver<CommitUnit>,
-) {
-    let mut intake = Intake {
-        order: CommitOrder::new(),
-        ready: Vec::new(),
-        ready_rows: 0,
-        released: 0,
-    };
-    let mut acc = RowSet::default();
-    let mut open = true;
-    let mut poisoned: Option<Arc<StoreError>> = None;
-    let mut tick: u64 = 0;
-    let mut failed_gone = false;
-    while open {
-        // Gather: block until at least one unit may be committed, then give
-        // others up to `interval` to share its fsync. A failure wakes it
-        // too, so units blocked behind a part that will never come are
-        // failed rather than left waiting.
-        while intake.ready.is_empty() {
-            if must_fail(&failed, &intake) {
-                break;
-            }
-            let failing = *failed.borrow();
-            let unit = if failing || failed_gone {
-                rx.recv().await
-            } else {
-                tokio::select! {
-                    u = rx.recv() => u,
-                    r = failed.changed() => {
-                        failed_gone = r.is_err();
-                        continue;
-                    }
-                }
-            };
-            match unit {
-                Some(u) => intake.take(u),
-                None => {
-                    open = false;
+    /// The next LSN to acknowledge.
+    next_lsn: u64,
+    /// Units that arrived ahead of `next_lsn`, or before the journal holds them.
+    waiting: BTreeMap<u64, CommitUnit>,
+    acc: Gathered,
+    spare: RowSet,
+    in_flight: Option<tokio::task::JoinHandle<Materialized>>,
+    /// The budget of the rows being materialized.
+    in_flight_budget: Vec<OwnedSemaphorePermit>,
+    last_sync: Instant,
+    error: Option<Arc<StoreError>>,
+    ticks: u64,
+}
+
+impl Flusher {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<CommitUnit>,
+        mut journal: watch::Receiver<JournalState>,
+        mut failed: watch::Receiver<bool>,
+    ) {
+        let mut open = true;
+        let mut durable = journal.borrow().durable;
+        let mut tick = tokio::time::interval(self.settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if !open && self.waiting.is_empty() && self.in_flight.is_none() {
+                if self.acc.lsn == 0 && self.acc.rows.is_empty() {
                     break;
                 }
+                if self.error.is_some() {
+                    break;
+                }
+                // Draining: write what is left, then sync once below.
+                self.start_materialize();
+                continue;
             }
-        }
-        if intake.ready.is_empty() && !must_fail(&failed, &intake) {
-            break;
-        }
-        let deadline = tokio::time::Instant::now() + settings.interval;
-        while open && intake.ready_rows < settings.max_rows {
-            match rx.try_recv() {
-                Ok(u) => intake.take(u),
-                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(u)) => intake.take(u),
-                        Ok(None) => open = false,
-                        Err(_) => break,
+            tokio::select! {
+                unit = rx.recv(), if open => match unit {
+                    Some(u) => self.take(u),
+                    None => open = false,
+                },
+                r = journal.changed() => {
+                    if r.is_err() {
+                        // The writer is gone: nothing more becomes durable.
+                        if self.error.is_none() && !self.waiting.is_empty() {
+                            self.fail(Arc::new(StoreError::Poisoned("the journal writer stopped".into())));
+                        }
+                        // Stop watching: a closed channel would wake us for ever.
+                        journal = watch::Sender::new(JournalState::default()).subscribe();
+                        journal.mark_unchanged();
+                        continue;
                     }
-                }
+                    let s = journal.borrow_and_update().clone();
+                    durable = s.durable;
+                    if let Some(e) = s.error {
+                        self.fail(e);
+                    }
+                },
+                r = failed.changed() => {
+                    if r.is_ok() && *failed.borrow() {
+                        self.fail(Arc::new(StoreError::Poisoned(
+                            "a batch could not be applied on all its shards; restart the server".into(),
+                        )));
+                    } else if r.is_err() {
+                        failed = watch::Sender::new(false).subscribe();
+                    }
+                },
+                done = wait_for(&mut self.in_flight), if self.in_flight.is_some() => {
+                    self.materialized(done);
+                },
+                _ = tick.tick() => {
+                    if self.acc.since.is_some_and(|t| t.elapsed() >= self.settings.interval) {
+                        self.start_materialize();
+                    }
+                },
+            }
+            self.release(durable);
+            if self.acc.rows.len() >= self.settings.max_rows {
+                self.start_materialize();
             }
         }
+        if !self.waiting.is_empty() {
+            tracing::warn!(
+                units = self.waiting.len(),
+                "flusher stopped with units the journal never made durable; they were not acknowledged"
+            );
+        }
+        if self.error.is_none() {
+            let store = self.store.clone();
+            match tokio::task::spawn_blocking(move || store.sync_materialized()).await {
+                Ok(Ok(lsn)) => tracing::debug!(checkpoint = lsn, "tables synced"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "syncing the tables at shutdown failed"),
+                Err(e) => tracing::warn!(error = %e, "syncing the tables at shutdown failed"),
+            }
+        }
+        tracing::debug!(ticks = self.ticks, "flusher stopped");
+    }
 
-        tick += 1;
-        if poisoned.is_none() && *failed.borrow() {
-            // A batch was applied on only some of its shards: units waiting
-            // for its missing parts would wait forever, and a device's later
-            // batches must not become durable past it. Fail them all.
-            poisoned = Some(Arc::new(StoreError::Poisoned(
-                "a batch could not be applied on all its shards; restart the server".into(),
-            )));
+    fn take(&mut self, unit: CommitUnit) {
+        if let Some(e) = &self.error {
+            if let Some(done) = unit.done {
+                let _ = done.send(Err(e.clone()));
+            }
+            return;
         }
-        if poisoned.is_some() {
-            intake.order.drain_all(&mut intake.ready);
-        }
-        let mut units = std::mem::take(&mut intake.ready);
-        intake.ready_rows = 0;
-        for u in &mut units {
-            acc.append(&mut u.rows);
-        }
-        let rows = std::mem::take(&mut acc);
-        let result: CommitResult = if let Some(p) = &poisoned {
-            Err(p.clone())
-        } else {
-            let span = tracing::debug_span!("flush", tick, rows = rows.len(), units = units.len());
-            let st = store.clone();
-            let started = Instant::now();
-            let (res, rows) = async move {
-                match tokio::task::spawn_blocking(move || {
-                    let r = st.commit(&rows);
-                    (r, rows)
-                })
-                .await
-                {
-                    Ok((r, rows)) => (r, Some(rows)),
-                    Err(e) => (
-                        Err(StoreError::Backend {
-                            op: "commit task",
-                            source: Box::new(e),
-                        }),
-                        None,
-                    ),
+        match unit.lsn {
+            Some(lsn) => {
+                self.waiting.insert(lsn, unit);
+            }
+            None => {
+                // A dead letter: no LSN, no ack; it rides with the next write.
+                let mut unit = unit;
+                self.acc.rows.append(&mut unit.rows);
+                self.acc.since.get_or_insert_with(Instant::now);
+                if let Some(done) = unit.done {
+                    let _ = done.send(Ok(()));
                 }
             }
-            .instrument(span)
-            .await;
-            if let Some(mut rows) = rows {
-                rows.clear();
-                acc = rows; // keep the capacity for the next tick
-            }
-            match res {
-                Ok(info) => {
-                    m::commit_done(started.elapsed(), info.rows, info.bytes, units.len());
-                    Ok(())
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "commit failed: no more acknowledgements until restart");
-                    m::commit_failed();
-                    let e = Arc::new(e);
-                    poisoned = Some(e.clone());
-                    Err(e)
-                }
-            }
-        };
-        for u in units.drain(..) {
-            if result.is_ok()
-                && let Some((slot, seq)) = u.durable
-            {
+        }
+    }
+
+    /// Acknowledges, in LSN order, every unit the journal holds.
+    fn release(&mut self, durable: u64) {
+        if self.error.is_some() {
+            return;
+        }
+        while self.next_lsn <= durable {
+            let Some(mut unit) = self.waiting.remove(&self.next_lsn) else {
+                break;
+            };
+            if let Some((slot, seq)) = unit.durable.take() {
                 slot.mark_durable(seq);
             }
-            if let Some(done) = u.done {
-                let _ = done.send(result.clone());
+            if let Some(done) = unit.done.take() {
+                let _ = done.send(Ok(()));
+            }
+            self.acc.rows.append(&mut unit.rows);
+            self.acc.budget.append(&mut unit.budget);
+            self.acc.lsn = self.next_lsn;
+            self.acc.since.get_or_insert_with(Instant::now);
+            self.next_lsn += 1;
+        }
+    }
+
+    /// Starts writing what gathered, unless a write is under way.
+    fn start_materialize(&mut self) {
+        if self.in_flight.is_some() || self.error.is_some() {
+            return;
+        }
+        if self.acc.lsn == 0 && self.acc.rows.is_empty() {
+            return;
+        }
+        self.ticks += 1;
+        let rows = std::mem::replace(&mut self.acc.rows, std::mem::take(&mut self.spare));
+        let budget = std::mem::take(&mut self.acc.budget);
+        // Dead letters alone carry no LSN: the checkpoint stays where it is.
+        let lsn = self.next_lsn - 1;
+        self.acc.lsn = 0;
+        self.acc.since = None;
+        let sync = self.last_sync.elapsed() >= self.settings.sync_every;
+        if sync {
+            self.last_sync = Instant::now();
+        }
+        let store = self.store.clone();
+        let span = tracing::debug_span!("materialize", tick = self.ticks, rows = rows.len(), lsn);
+        let task = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let started = Instant::now();
+            let r = store.materialize(&rows, lsn).and_then(|info| {
+                m::commit_done(started.elapsed(), info.rows, info.bytes);
+                if sync {
+                    store.sync_materialized().map(|_| ())
+                } else {
+                    Ok(())
+                }
+            });
+            (r, rows)
+        });
+        self.in_flight = Some(task);
+        self.in_flight_budget = budget;
+    }
+
+    fn materialized(&mut self, done: Result<Materialized, tokio::task::JoinError>) {
+        // Dropping the budget lets readers admit more.
+        self.in_flight = None;
+        self.in_flight_budget.clear();
+        match done {
+            Ok((Ok(()), mut rows)) => {
+                rows.clear();
+                self.spare = rows;
+            }
+            Ok((Err(e), _)) => {
+                tracing::error!(error = %e, "writing the tables failed: no more acknowledgements until restart");
+                m::commit_failed();
+                self.fail(Arc::new(e));
+            }
+            Err(e) => {
+                self.fail(Arc::new(StoreError::Backend {
+                    op: "materialize task",
+                    source: Box::new(e),
+                }));
             }
         }
-        intake.ready = units; // reuse the allocation
     }
-    if !intake.order.is_empty() {
-        tracing::warn!(
-            units = intake.order.pending(),
-            "flusher stopped with units whose earlier shard parts never arrived; they were not acknowledged"
-        );
+
+    /// Fails every waiting unit and refuses later ones.
+    fn fail(&mut self, e: Arc<StoreError>) {
+        if self.error.is_none() {
+            self.error = Some(e.clone());
+        }
+        for (_, unit) in std::mem::take(&mut self.waiting) {
+            if let Some(done) = unit.done {
+                let _ = done.send(Err(e.clone()));
+            }
+        }
     }
-    tracing::debug!(ticks = tick, "flusher stopped");
+}
+
+impl std::fmt::Debug for Flusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flusher")
+            .field("next_lsn", &self.next_lsn)
+            .field("waiting", &self.waiting.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The materialization under way, if any (pending for ever if none: the
+/// branch that awaits it is disabled then).
+async fn wait_for(
+    task: &mut Option<tokio::task::JoinHandle<Materialized>>,
+) -> Result<Materialized, tokio::task::JoinError> {
+    match task {
+        Some(t) => t.await,
+        None => std::future::pending().await,
+    }
 }

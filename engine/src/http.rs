@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -116,6 +117,8 @@ struct VerifyRequest {
 
 async fn verify_handler(State(s): AppState, body: Option<Json<VerifyRequest>>) -> Response {
     let req = body.map(|Json(r)| r).unwrap_or_default();
+    // Acknowledged is journaled; the tables follow within a flush interval.
+    s.ctx.tables_caught_up(Duration::from_secs(60)).await;
     let store = s.store.clone();
     let run = tokio::task::spawn_blocking(move || verify(&*store, req.expected.as_deref()));
     match run.await {

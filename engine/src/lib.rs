@@ -18,6 +18,8 @@ pub mod faults;
 mod flusher;
 mod http;
 mod metrics;
+mod recovery;
+mod sequencer;
 mod server;
 mod session;
 mod shards;
@@ -27,4 +29,5 @@ mod wire;
 
 pub use config::{ServerConfig, ServerSettings};
 pub use error::EngineError;
+pub use recovery::{Replayed, recover};
 pub use server::Server;

@@ -58,12 +58,24 @@ pub(crate) fn acked(latency: Duration, batches: u64) {
     counter!("tillstream_batches_acked_total").increment(batches);
 }
 
-pub(crate) fn commit_done(elapsed: Duration, rows: usize, bytes: usize, units: usize) {
+/// One materialization of rows into the tables (off the ack path).
+pub(crate) fn commit_done(elapsed: Duration, rows: usize, bytes: usize) {
     histogram!("tillstream_flush_duration_seconds").record(elapsed.as_secs_f64());
     counter!("tillstream_flush_total").increment(1);
     counter!("tillstream_flush_rows_total").increment(rows as u64);
     counter!("tillstream_flush_bytes_total").increment(bytes as u64);
-    histogram!("tillstream_flush_units").record(units as f64);
+}
+
+/// One group commit of the journal: the write and fsync an ack waits for.
+pub(crate) fn journal_append(elapsed: Duration, bytes: usize) {
+    histogram!("tillstream_journal_append_duration_seconds").record(elapsed.as_secs_f64());
+    counter!("tillstream_journal_appends_total").increment(1);
+    counter!("tillstream_journal_bytes_total").increment(bytes as u64);
+}
+
+/// A session closed because its device did not read its acks in time.
+pub(crate) fn ack_write_timed_out() {
+    counter!("tillstream_ack_write_timeouts_total").increment(1);
 }
 
 pub(crate) fn commit_failed() {

@@ -16,6 +16,8 @@ use tokio::sync::watch;
 
 use crate::devices::Devices;
 use crate::flusher::{self, FlushSender, FlushSettings};
+use crate::recovery;
+use crate::sequencer::Sequencer;
 use crate::shards::{self, ShardHandle};
 use crate::{EngineError, ServerConfig, ServerSettings, accept, http, tls, udp};
 
@@ -26,6 +28,8 @@ pub(crate) struct EngineCtx {
     pub(crate) devices: Devices,
     pub(crate) shards: Vec<ShardHandle>,
     pub(crate) shard_count: u16,
+    /// Gives every fresh batch its LSN and journals it (see `sequencer`).
+    pub(crate) sequencer: Arc<Sequencer>,
     pub(crate) flush: FlushSender,
     pub(crate) limits: Limits,
     pub(crate) rules: Rules,
@@ -51,6 +55,24 @@ impl EngineCtx {
     /// Whether [`EngineCtx::fail`] was called.
     pub(crate) fn is_failed(&self) -> bool {
         *self.failed.borrow()
+    }
+
+    /// Waits until the tables hold everything the journal held when
+    /// called (rows are materialized off the ack path): readers of the
+    /// tables, such as verify, see every batch acknowledged before they
+    /// asked. Gives up after `limit`, or at once if the engine failed.
+    pub(crate) async fn tables_caught_up(&self, limit: Duration) -> bool {
+        let target = self.sequencer.subscribe().borrow().durable;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match self.store.materialized_lsn() {
+                Ok(lsn) if lsn >= target => return true,
+                Ok(_) if !self.is_failed() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                _ => return false,
+            }
+        }
     }
 
     /// Why the server is not ready, if it is not.
@@ -79,6 +101,8 @@ pub struct Server {
     accept: tokio::task::JoinHandle<()>,
     http: Option<tokio::task::JoinHandle<()>>,
     flusher: tokio::task::JoinHandle<()>,
+    sequencer: Arc<Sequencer>,
+    journal_writer: std::thread::JoinHandle<()>,
     drain_timeout: Duration,
 }
 
@@ -109,26 +133,39 @@ impl Server {
         let store: Arc<dyn Store> = cfg.faults.wrap(embedded.clone());
         let shard_count = cfg.shards.max(1);
         let rules = Rules::default();
-        let shard_rules = rules;
-        let shards = shards::spawn_shards(
-            shard_count,
-            |id| ShardConfig {
-                id,
-                shards: shard_count,
-                rules: shard_rules,
-                ..ShardConfig::default()
-            },
-            store.clone(),
-            cfg.max_inflight_bytes_per_shard,
-        )
-        .await?;
+        let cfg_of = move |id| ShardConfig {
+            id,
+            shards: shard_count,
+            rules,
+            ..ShardConfig::default()
+        };
+        // What the journal holds beyond the tables goes into them before
+        // any device is served: watermarks and activations then read
+        // everything that was ever acknowledged.
+        let replay_store = store.clone();
+        let (replayed, cores) = tokio::task::spawn_blocking(move || {
+            recovery::replay(&*replay_store, shard_count, rules, cfg_of)
+        })
+        .await
+        .map_err(|e| EngineError::Actor(e.to_string()))??;
+        let shards =
+            shards::spawn_shards(cores, store.clone(), cfg.max_inflight_bytes_per_shard).await?;
+        let (sequencer, journal_writer) = Sequencer::start(store.clone(), replayed.checkpoint)
+            .map_err(|source| EngineError::Io {
+                what: "starting the journal writer",
+                path: cfg.data_dir.clone(),
+                source,
+            })?;
         let failed = watch::Sender::new(false);
         let (flush, flusher) = flusher::spawn(
             store.clone(),
+            replayed.checkpoint,
+            sequencer.subscribe(),
             failed.subscribe(),
             FlushSettings {
                 interval: cfg.flush_interval,
                 max_rows: cfg.flush_max_rows,
+                sync_every: Duration::from_millis(500),
             },
             4096,
         );
@@ -137,6 +174,7 @@ impl Server {
             devices: Devices::default(),
             shards,
             shard_count,
+            sequencer: sequencer.clone(),
             flush,
             limits: cfg.limits,
             rules,
@@ -212,6 +250,8 @@ impl Server {
             accept,
             http,
             flusher,
+            sequencer,
+            journal_writer,
             drain_timeout: cfg.drain_timeout,
         })
     }
@@ -241,6 +281,12 @@ impl Server {
         self.settings.clone()
     }
 
+    /// Waits (up to `limit`) until the tables hold every batch
+    /// acknowledged so far; false if they did not catch up in time.
+    pub async fn tables_caught_up(&self, limit: Duration) -> bool {
+        self.ctx.tables_caught_up(limit).await
+    }
+
     /// Devices seen since start.
     pub fn devices_seen(&self) -> usize {
         self.ctx.devices.len()
@@ -264,6 +310,9 @@ impl Server {
         // The flusher ends once every sender (the context's included) is gone.
         drop(self.ctx);
         let _ = tokio::time::timeout(self.drain_timeout, self.flusher).await;
+        self.sequencer.close();
+        let writer = self.journal_writer;
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         for s in shards {
             s.actor.stop(None);
         }

@@ -10,11 +10,10 @@
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tillstream_engine_core::flush::PartTicket;
 use tillstream_engine_core::route::WorkItem;
 use tillstream_engine_core::shard::{Need, ShardConfig, ShardCore};
 use tillstream_protocol::ValidatedBatch;
-use tillstream_storage::{RowSet, Store, StoreError, StoreSnapshot};
+use tillstream_storage::{RowSet, Store, StoreError, StoreSnapshot, TerminalRollupRow};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::clock::now_us;
@@ -29,9 +28,9 @@ pub(crate) struct ApplyWork {
     pub(crate) reply: oneshot::Sender<PartResult>,
 }
 
-/// A shard's answer for one part: its rows and its place in the shard's
-/// apply order (the flusher commits in an order consistent with it).
-pub(crate) type PartResult = Result<(RowSet, PartTicket), Arc<StoreError>>;
+/// A shard's answer for one part: its rows. Parts reach a shard in LSN
+/// order (see `sequencer`), which is the order it applies them in.
+pub(crate) type PartResult = Result<RowSet, Arc<StoreError>>;
 
 /// Messages of a shard actor.
 #[derive(Debug)]
@@ -75,16 +74,16 @@ struct ShardState {
 impl Actor for ShardActor {
     type Msg = ShardMsg;
     type State = ShardState;
-    type Arguments = (ShardConfig, Arc<dyn Store>, Arc<Semaphore>, u32);
+    type Arguments = (ShardCore, Arc<dyn Store>, Arc<Semaphore>, u32);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        (cfg, store, budget, budget_units): Self::Arguments,
+        (core, store, budget, budget_units): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let gauges = m::ShardGauges::new(cfg.id);
+        let gauges = m::ShardGauges::new(core.config().id);
         Ok(ShardState {
-            core: ShardCore::new(cfg),
+            core,
             store,
             needs: Vec::new(),
             budget,
@@ -131,23 +130,49 @@ async fn apply(state: &mut ShardState, work: &ApplyWork) -> PartResult {
         activate(state, state.needs[i]).await.map_err(Arc::new)?;
     }
     let mut rows = RowSet::default();
-    let ticket = state
+    state
         .core
         .apply(work.device, batch, &work.items, now_us(), &mut rows);
-    Ok((rows, ticket))
+    Ok(rows)
 }
 
 /// Loads what the core needs from the store, off the async workers.
 async fn activate(state: &mut ShardState, need: Need) -> Result<(), StoreError> {
-    let store = state.store.clone();
+    let cfg = state.core.config().clone();
+    let loaded = blocking(state.store.clone(), move |s| load(s, &cfg, need)).await?;
+    loaded.install(&mut state.core);
+    Ok(())
+}
+
+/// What activation read from the store for one [`Need`].
+#[derive(Debug)]
+pub(crate) enum Loaded {
+    Store(u32, StoreSnapshot),
+    RollupDay(u32, u32, Vec<TerminalRollupRow>),
+}
+
+impl Loaded {
+    /// Hands what was read to the core.
+    pub(crate) fn install(self, core: &mut ShardCore) {
+        match self {
+            Loaded::Store(id, snapshot) => core.activate_store(id, snapshot),
+            Loaded::RollupDay(id, day, rows) => core.activate_rollup_day(id, day, rows),
+        }
+    }
+}
+
+/// Reads what a shard with settings `cfg` needs for `need` (blocking):
+/// a store's levels, then its movements since the earliest late window of
+/// the shard's SKUs; or a day's rollups.
+pub(crate) fn load(store: &dyn Store, cfg: &ShardConfig, need: Need) -> Result<Loaded, StoreError> {
     match need {
         Need::Store(id) => {
-            let levels = blocking(store.clone(), move |s| s.load_levels(id)).await?;
-            let since = state.core.movements_since(&levels);
+            let levels = store.load_levels(id)?;
+            let since = cfg.movements_since(&levels);
             let recent_movements = if since == i64::MAX {
                 Vec::new()
             } else {
-                blocking(store, move |s| s.load_movements(id, since)).await?
+                store.load_movements(id, since)?
             };
             tracing::debug!(
                 store = id,
@@ -155,20 +180,18 @@ async fn activate(state: &mut ShardState, need: Need) -> Result<(), StoreError> 
                 movements = recent_movements.len(),
                 "store activated"
             );
-            state.core.activate_store(
+            Ok(Loaded::Store(
                 id,
                 StoreSnapshot {
                     levels,
                     recent_movements,
                 },
-            );
+            ))
         }
         Need::RollupDay { store: id, day } => {
-            let rollups = blocking(store, move |s| s.load_rollups(id, day)).await?;
-            state.core.activate_rollup_day(id, day, rollups);
+            Ok(Loaded::RollupDay(id, day, store.load_rollups(id, day)?))
         }
     }
-    Ok(())
 }
 
 async fn blocking<T: Send + 'static>(
@@ -183,20 +206,21 @@ async fn blocking<T: Send + 'static>(
         })?
 }
 
-/// Starts `cfg_of(i)` for every shard.
+/// Starts one shard actor per core, shard `i` owning `cores[i]` (as
+/// recovery left it, or empty).
 pub(crate) async fn spawn_shards(
-    shards: u16,
-    cfg_of: impl Fn(u16) -> ShardConfig,
+    cores: Vec<ShardCore>,
     store: Arc<dyn Store>,
     inflight_bytes: usize,
 ) -> Result<Vec<ShardHandle>, crate::EngineError> {
     let units = u32::try_from(inflight_bytes.div_ceil(BUDGET_UNIT))
         .unwrap_or(u32::MAX)
         .max(1);
-    let mut out = Vec::with_capacity(usize::from(shards));
-    for id in 0..shards {
+    let mut out = Vec::with_capacity(cores.len());
+    for core in cores {
+        let id = core.config().id;
         let budget = Arc::new(Semaphore::new(units as usize));
-        let args = (cfg_of(id), store.clone(), budget.clone(), units);
+        let args = (core, store.clone(), budget.clone(), units);
         let (actor, _join) = Actor::spawn(None, ShardActor, args)
             .await
             .map_err(|e| crate::EngineError::Actor(format!("shard {id}: {e}")))?;

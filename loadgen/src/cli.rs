@@ -95,8 +95,8 @@ pub struct Args {
     #[arg(long, value_name = "N", conflicts_with = "server")]
     pub shards: Option<u16>,
 
-    /// Group-commit interval of the in-process server, milliseconds
-    /// [default: the server's].
+    /// How often the in-process server writes acknowledged rows to its
+    /// tables, milliseconds [default: the server's].
     #[arg(long, value_name = "MS", conflicts_with = "server")]
     pub flush_interval_ms: Option<u64>,
 

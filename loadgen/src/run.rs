@@ -206,7 +206,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let verified = if args.verify {
         let expected = verify::manifest(&out.acked);
         let got = match &target {
-            Target::InProcess { server, .. } => verify::in_process(server.store(), expected).await,
+            Target::InProcess { server, .. } => {
+                // Acks mean journaled; the tables follow a flush interval later.
+                server.tables_caught_up(Duration::from_secs(120)).await;
+                verify::in_process(server.store(), expected).await
+            }
             Target::Remote { http } => verify::remote(http, expected).await,
         };
         Some(got.unwrap_or_else(|e| serde_json::json!({ "ok": false, "error": format!("{e:#}") })))

@@ -64,15 +64,57 @@ pub struct StoreSnapshot {
     pub recent_movements: Vec<StockMovementRow>,
 }
 
+/// What [`Store::journal_replay`] calls for each record: `(lsn, payload)`.
+pub type ReplayVisitor<'a> = dyn FnMut(u64, &[u8]) -> Result<(), StoreError> + 'a;
+
 /// A storage backend. Methods block: the engine calls them from its
-/// flusher thread or from `spawn_blocking`, never on an async worker.
+/// journal and materializer threads or from `spawn_blocking`, never on an
+/// async worker.
+///
+/// The write path has two steps (ARCHITECTURE.md, "write path"):
+/// - the **journal**: [`Store::journal_append`] makes encoded records
+///   (validated device frames, opaque to the store) durable; an ack waits
+///   for this and nothing else that touches the disk;
+/// - the **tables**: [`Store::materialize`] writes the rows the engine
+///   derived from the journal records up to an LSN, atomically with that
+///   LSN (the checkpoint); [`Store::sync_materialized`] makes them durable
+///   and lets the journal drop what the tables now hold. After a crash the
+///   engine replays the journal after [`Store::materialized_lsn`].
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Writes every row of `rows` atomically and durably, and returns only
     /// once they are durable (fsynced, or acknowledged at the configured
     /// consistency). Either all rows of the call become visible after a
     /// crash or none do. Snapshot rows are upserts: stock levels keep the
-    /// highest `version`, watermarks the highest `seq`.
+    /// highest `version`, watermarks the highest `seq`. Leaves the
+    /// checkpoint LSN as it is (tools and tests; the engine materializes).
     fn commit(&self, rows: &RowSet) -> Result<CommitInfo, StoreError>;
+
+    /// Appends journal records (whole records, LSNs `journal_last_lsn()+1`
+    /// up to `last_lsn`, encoded by `journal::encode_record`) and returns
+    /// once they are durable. A failure poisons the store.
+    fn journal_append(&self, records: &[u8], last_lsn: u64) -> Result<(), StoreError>;
+
+    /// The LSN of the last durable journal record (or of the checkpoint,
+    /// when the journal holds nothing after it).
+    fn journal_last_lsn(&self) -> u64;
+
+    /// Calls `f(lsn, payload)` for every journal record after `after`, in
+    /// LSN order; returns how many it visited.
+    fn journal_replay(&self, after: u64, f: &mut ReplayVisitor<'_>) -> Result<u64, StoreError>;
+
+    /// Writes `rows`, the rows of every journal record after the current
+    /// checkpoint up to `lsn`, atomically with the new checkpoint `lsn`.
+    /// Visible at once; durable after [`Store::sync_materialized`] (a crash
+    /// before that rolls the tables back to an earlier checkpoint, whose
+    /// later records the journal still holds).
+    fn materialize(&self, rows: &RowSet, lsn: u64) -> Result<CommitInfo, StoreError>;
+
+    /// The checkpoint: every journal record up to it is in the tables.
+    fn materialized_lsn(&self) -> Result<u64, StoreError>;
+
+    /// Makes what was materialized durable, then drops the journal
+    /// segments the durable checkpoint covers. Returns that checkpoint.
+    fn sync_materialized(&self) -> Result<u64, StoreError>;
 
     /// The highest durable batch seq of a device (0 if none).
     fn watermark(&self, device: u64) -> Result<u64, StoreError>;

@@ -21,6 +21,26 @@ pub async fn start_server(dir: &std::path::Path, shards: u16) -> anyhow::Result<
 }
 
 /// A client endpoint trusting `server`'s self-signed certificate.
+/// Opens the store of a stopped server's data directory as `tillstream
+/// verify` does: its journal replayed into the tables first.
+pub fn open_recovered(
+    data_dir: &std::path::Path,
+) -> anyhow::Result<tillstream_storage::embedded::EmbeddedStore> {
+    let store = tillstream_storage::embedded::EmbeddedStore::open(&data_dir.join("store"))?;
+    tillstream_engine::recover(&store)?;
+    Ok(store)
+}
+
+/// Waits until a live server's tables hold every batch it acknowledged
+/// (they trail the journal by a flush interval), so verify sees them all.
+pub async fn caught_up(server: &Server) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        server.tables_caught_up(Duration::from_secs(60)).await,
+        "the server's tables did not catch up with its journal within 60 s"
+    );
+    Ok(())
+}
+
 pub fn endpoint_for(server: &Server) -> anyhow::Result<quinn::Endpoint> {
     let ca = std::fs::read(server.cert_path())?;
     Ok(client_endpoint(&ca, server.quic_addr())?)

@@ -48,7 +48,7 @@ async fn a_failed_fsync_stops_acks_and_loses_nothing_acknowledged() -> anyhow::R
     drop(store);
 
     // Reopened without the fault: every batch that was acknowledged is there.
-    let store = tillstream_storage::embedded::EmbeddedStore::open(&dir.path().join("store"))?;
+    let store = open_recovered(dir.path())?;
     let expected: Vec<ExpectedBatch> = s
         .batches
         .iter()

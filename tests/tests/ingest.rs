@@ -123,6 +123,7 @@ async fn devices_stream_reconnect_and_every_acked_event_is_stored_once() -> anyh
     );
 
     let expected = manifest(&scripts);
+    caught_up(&server).await?;
     let report = verify(&*server.store(), Some(&expected))?;
     assert!(report.ok, "verify failed: {report:?}");
     assert_eq!(report.missing, 0);
@@ -142,6 +143,7 @@ async fn devices_stream_reconnect_and_every_acked_event_is_stored_once() -> anyh
     replay_all(endpoint.clone(), addr, more.clone()).await?;
     let mut all = scripts;
     all[4] = more;
+    caught_up(&server).await?;
     let report = verify(&*server.store(), Some(&manifest(&all)))?;
     assert!(report.ok, "verify after restart failed: {report:?}");
     assert_eq!(report.duplicates, 0);
@@ -180,6 +182,7 @@ async fn a_till_reported_by_two_devices_keeps_one_rollup_per_minute() -> anyhow:
     while let Some(r) = devices.join_next().await {
         r??;
     }
+    caught_up(&server).await?;
     let report = verify(&*server.store(), Some(&manifest(&scripts)))?;
     assert_eq!(report.rollup_mismatches, 0, "{report:?}");
     assert!(report.ok, "verify failed: {report:?}");

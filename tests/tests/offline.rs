@@ -167,6 +167,7 @@ async fn day_offline(restart: bool) -> anyhow::Result<()> {
     }
     // What the server holds when the devices come back: what they saw
     // acknowledged, and maybe some of what was on the wire.
+    caught_up(&server).await?;
     let store = server.store();
     let mut held = BTreeMap::new();
     for s in &offline {
@@ -188,6 +189,7 @@ async fn day_offline(restart: bool) -> anyhow::Result<()> {
     let mut scripts = vec![live];
     scripts.extend(offline);
     let expected = manifest(&scripts);
+    caught_up(&server).await?;
     let report = verify(&*store, Some(&expected))?;
     let mut rejected_rows = BTreeMap::<String, u64>::new();
     store.scan(Table::RejectedEvents, &mut |row| {

@@ -3,13 +3,16 @@
 //! lose an acknowledged sale.
 //!
 //! The store is wrapped (through `ServerConfig::faults`) in a power switch
-//! modelled on redb's crash tests: a commit first lands in a volatile
-//! "page cache", its fsync takes a few milliseconds, and only a commit
-//! whose fsync finished before the power went reaches the disk (the real
-//! embedded store underneath). The power is cut at random moments while
-//! devices stream; every ack the devices ever received must be on disk.
-//! A second test runs the same check over a store that acknowledges before
-//! its fsync, and the check must catch it.
+//! modelled on redb's crash tests: a journal append first lands in a
+//! volatile "page cache", its fsync takes a few milliseconds, and only an
+//! append whose fsync finished before the power went reaches the disk (the
+//! real embedded store underneath); with the power off, nothing more is
+//! written, tables included. The power is cut at random moments while
+//! devices stream; after recovery (the journal replayed into the tables)
+//! every ack the devices ever received must be on disk. A second test runs
+//! the same check over a store that acknowledges before its fsync, and the
+//! check must catch it. The journal's own format under torn and unsynced
+//! writes is tested below the store, in `storage/src/journal`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,10 +24,8 @@ use rand::{Rng, SeedableRng};
 use tillstream_client::DeviceClient;
 use tillstream_engine::faults::{CommitFault, FaultyStore, StoreLayer};
 use tillstream_engine::{Server, ServerConfig};
-use tillstream_storage::embedded::EmbeddedStore;
-use tillstream_storage::rows::RowSet;
 use tillstream_storage::verify::{ExpectedBatch, verify};
-use tillstream_storage::{CommitInfo, Store, StoreError};
+use tillstream_storage::{Store, StoreError};
 use tillstream_tests::*;
 
 use crate::crash::chaos_seed;
@@ -36,14 +37,32 @@ struct Power {
     off: AtomicBool,
 }
 
+/// Appends waiting for the buggy disk's late fsync: (records, last LSN).
+type LateFsyncs = std::sync::mpsc::Sender<(Vec<u8>, u64)>;
+
 /// A store behind a power switch.
 #[derive(Debug)]
 struct PowerCut {
     power: Arc<Power>,
     /// The bug this test exists to catch: report success when the write
-    /// is in the page cache, and fsync later.
-    ack_before_fsync: bool,
+    /// is in the page cache, and fsync later (on this thread, in order).
+    ack_before_fsync: Option<Mutex<LateFsyncs>>,
     rng: Mutex<SmallRng>,
+}
+
+/// The buggy disk's late fsyncs: each append reaches the journal after a
+/// slow "fsync", in order, unless the power went first.
+fn late_fsyncs(inner: Arc<dyn Store>, power: Arc<Power>, fsync: Duration) -> LateFsyncs {
+    let (tx, rx) = std::sync::mpsc::channel::<(Vec<u8>, u64)>();
+    std::thread::spawn(move || {
+        for (records, last) in rx {
+            std::thread::sleep(fsync);
+            if power.off.load(Ordering::SeqCst) || inner.journal_append(&records, last).is_err() {
+                return;
+            }
+        }
+    });
+    tx
 }
 
 fn power_off() -> StoreError {
@@ -51,30 +70,27 @@ fn power_off() -> StoreError {
 }
 
 impl CommitFault for PowerCut {
-    fn commit(&self, inner: &Arc<dyn Store>, rows: &RowSet) -> Result<CommitInfo, StoreError> {
+    fn journal_append(
+        &self,
+        inner: &Arc<dyn Store>,
+        records: &[u8],
+        last_lsn: u64,
+    ) -> Result<(), StoreError> {
         if self.power.off.load(Ordering::SeqCst) {
             return Err(power_off());
         }
+        if let Some(late) = &self.ack_before_fsync {
+            let _ = late.lock().send((records.to_vec(), last_lsn));
+            return Ok(());
+        }
         // The write is in the page cache now; the fsync takes a while.
         let fsync = Duration::from_micros(self.rng.lock().random_range(500..4_000));
-        if self.ack_before_fsync {
-            // A slower disk, so a cut always finds writes in flight.
-            let fsync = fsync * 40;
-            let (inner, power, rows) = (inner.clone(), self.power.clone(), rows.clone());
-            std::thread::spawn(move || {
-                std::thread::sleep(fsync);
-                if !power.off.load(Ordering::SeqCst) {
-                    let _ = inner.commit(&rows);
-                }
-            });
-            return Ok(CommitInfo::default());
-        }
         std::thread::sleep(fsync);
         if self.power.off.load(Ordering::SeqCst) {
             // The power went during the fsync: the page cache is gone.
             return Err(power_off());
         }
-        inner.commit(rows)
+        inner.journal_append(records, last_lsn)
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {
@@ -99,11 +115,19 @@ async fn start(
     cfg.shards = 2;
     cfg.flush_interval = Duration::from_millis(1);
     cfg.faults.store_layer = Some(StoreLayer(Arc::new(move |inner| {
+        // A slow disk for the buggy store, so a cut always finds writes in flight.
+        let late = ack_before_fsync.then(|| {
+            Mutex::new(late_fsyncs(
+                inner.clone(),
+                p.clone(),
+                Duration::from_millis(80),
+            ))
+        });
         Arc::new(FaultyStore::new(
             inner,
             PowerCut {
                 power: p.clone(),
-                ack_before_fsync,
+                ack_before_fsync: late,
                 rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             },
         ))
@@ -192,7 +216,7 @@ async fn cut_and_check(
     // are refused: the power is off.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let acked = fleet.acked();
-    let disk = EmbeddedStore::open(&dir.join("store"))?;
+    let disk = open_recovered(dir)?;
     Ok(verify(&disk, Some(&acked))?)
 }
 
@@ -226,6 +250,7 @@ async fn power_cuts_never_lose_an_acknowledged_batch() -> anyhow::Result<()> {
     }
     let acked = fleet.acked();
     assert_eq!(acked.len() as u64, total);
+    caught_up(&server).await?;
     let store = server.store();
     let report = verify(&*store, Some(&acked))?;
     eprintln!(

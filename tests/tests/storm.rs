@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 use tillstream_client::{
     ClientConfig, ClientStats, DeviceClient, EndpointOptions, client_endpoint_with,
 };
-use tillstream_storage::embedded::EmbeddedStore;
 use tillstream_storage::verify::verify;
 use tillstream_tests::fleet_util::*;
 use tillstream_tests::*;
@@ -328,7 +327,7 @@ async fn a_fleet_reconnects_after_every_connection_drops_at_once() -> anyhow::Re
     let data = opts.data_dir.clone();
     let (status, _) = blocking(move || server.terminate(Duration::from_secs(60))).await?;
     anyhow::ensure!(status.success(), "serve exited with {status}");
-    let store = EmbeddedStore::open(&data.join("store"))?;
+    let store = open_recovered(&data)?;
     let report = verify(&store, Some(&manifest(&scripts)))?;
 
     let events = total_events(&scripts);

@@ -4,6 +4,9 @@ use super::*;
 
 /// How long a closing session waits for its last frames to be delivered.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
+/// How long one ack may take to write before the device counts as not
+/// reading.
+const ACK_WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The session's side of the stream: what it may still write, and the acks
 /// it has earned but not written yet (coalesced over a few durable batches).
@@ -32,8 +35,24 @@ impl Outbox {
                 rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>,
             >,
     {
-        if self.writable {
-            self.writable = write_msg(&mut self.send, msg).await.is_ok();
+        if !self.writable {
+            return;
+        }
+        // A device that does not read its acks must not hold its session
+        // (and the budget its batches hold) for ever: past the deadline the
+        // connection is closed; what it sent is still committed, and it
+        // learns its watermark from the next Welcome.
+        match tokio::time::timeout(ACK_WRITE_DEADLINE, write_msg(&mut self.send, msg)).await {
+            Ok(r) => self.writable = r.is_ok(),
+            Err(_) => {
+                tracing::info!("the device did not read its acks in time; closing");
+                m::ack_write_timed_out();
+                self.writable = false;
+                self.conn.close(
+                    u32::from(ErrorCode::TooManyErrors.as_u16()).into(),
+                    b"acks not read in time",
+                );
+            }
         }
     }
 
@@ -89,7 +108,7 @@ impl Outbox {
 
 /// Stage three: wait for durability in seq order and send cumulative acks.
 pub(super) async fn ack(
-    mut rx: mpsc::Receiver<Acking>,
+    mut rx: mpsc::UnboundedReceiver<Acking>,
     send: quinn::SendStream,
     slot: Arc<DeviceSlot>,
     conn: quinn::Connection,

@@ -6,7 +6,7 @@ use super::*;
 /// submit them with the batch's watermark as one commit unit.
 pub(super) async fn assemble(
     mut rx: mpsc::Receiver<Pending>,
-    ack_tx: mpsc::Sender<Acking>,
+    ack_tx: mpsc::UnboundedSender<Acking>,
     slot: Arc<DeviceSlot>,
     ctx: Arc<EngineCtx>,
 ) {
@@ -15,21 +15,23 @@ pub(super) async fn assemble(
             Pending::Duplicate { seq, received } => Acking::Duplicate { seq, received },
             Pending::Error(e) => Acking::Error(e),
             Pending::Fresh {
-                seq,
+                lsn,
+                header,
                 events,
                 parts,
                 permits,
                 received,
-            } => match unit_of(seq, events, parts, &slot).await {
-                Ok((unit_rows, tickets)) => {
+            } => match unit_of(header, events, parts).await {
+                Ok(unit_rows) => {
+                    let seq = header.seq;
                     let rejected = rejected_of(seq, &unit_rows);
                     let (tx, done) = oneshot::channel();
                     let unit = CommitUnit {
+                        lsn: Some(lsn),
                         rows: unit_rows,
                         durable: Some((slot.clone(), seq)),
                         done: Some(tx),
-                        tickets,
-                        _budget: permits,
+                        budget: permits,
                     };
                     if ctx.flush.send(unit).await.is_err() {
                         Acking::Failed { seq }
@@ -43,15 +45,19 @@ pub(super) async fn assemble(
                     }
                 }
                 Err(e) => {
+                    let seq = header.seq;
                     tracing::error!(seq, error = %e, "batch could not be applied; the engine needs a restart");
                     ctx.fail(&e);
                     Acking::Failed { seq }
                 }
             },
         };
-        // The acker may be gone with the connection; units are still
-        // submitted so the device's ledger settles.
-        let _ = ack_tx.send(next).await;
+        // Never waits on the acker: units reach the flusher in LSN order
+        // for every device, so one whose acks are not read would hold
+        // back everyone's. The queue is bounded by the reader's window
+        // and the acker's write deadline. The acker may be gone with the
+        // connection; units are still submitted so the ledger settles.
+        let _ = ack_tx.send(next);
     }
 }
 
@@ -77,33 +83,26 @@ fn rejected_of(seq: u64, rows: &RowSet) -> Vec<RejectedRef> {
     out
 }
 
+/// The rows of one batch: every shard part's, in shard order, then the
+/// ledger row and the watermark (stamped with the time the batch was
+/// planned and journaled with, so a replay writes the same rows).
 async fn unit_of(
-    seq: u64,
+    header: BatchHeader,
     events: u32,
     parts: Vec<oneshot::Receiver<PartResult>>,
-    slot: &DeviceSlot,
-) -> Result<(RowSet, Vec<PartTicket>), String> {
+) -> Result<RowSet, String> {
     let mut rows = RowSet::default();
-    let mut tickets = Vec::with_capacity(parts.len());
     for part in parts {
-        let (mut r, ticket) = part
+        let mut r = part
             .await
             .map_err(|_| "a shard dropped its reply".to_string())?
             .map_err(|e| e.to_string())?;
+        if rows.is_empty() {
+            // The first part's rows are taken as they are, not copied.
+            std::mem::swap(&mut rows, &mut r);
+        }
         rows.append(&mut r);
-        tickets.push(ticket);
     }
-    let now = now_us();
-    rows.batches.push(BatchRow {
-        device: slot.device,
-        seq,
-        events,
-        received_at_us: now,
-    });
-    rows.watermarks.push(WatermarkRow {
-        device: slot.device,
-        seq,
-        updated_at_us: now,
-    });
-    Ok((rows, tickets))
+    push_ledger(&mut rows, header, events);
+    Ok(rows)
 }

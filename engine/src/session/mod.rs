@@ -21,14 +21,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tillstream_engine_core::flush::PartTicket;
 use tillstream_engine_core::ledger::Admission;
 use tillstream_engine_core::route::{BatchPlan, plan_batch};
 use tillstream_protocol::frame::{FrameHeader, decode};
 use tillstream_protocol::{
     Ack, ErrorCode, FrameError, Hello, MsgType, Reject, RejectedRef, ValidatedBatch, Welcome,
 };
-use tillstream_storage::{BatchRow, DeadLetterRow, RowSet, WatermarkRow};
+use tillstream_storage::{DeadLetterRow, RowSet};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::Instrument;
 
@@ -36,6 +35,8 @@ use crate::clock::now_us;
 use crate::devices::DeviceSlot;
 use crate::flusher::{CommitResult, CommitUnit};
 use crate::metrics as m;
+use crate::recovery::push_ledger;
+use crate::sequencer::BatchHeader;
 use crate::server::EngineCtx;
 use crate::shards::{ApplyWork, PartResult, ShardMsg};
 use crate::wire::{ReadError, read_frame, with_header, write_msg};
@@ -62,7 +63,8 @@ const ACK_EVERY: u32 = 32;
 
 pub(super) enum Pending {
     Fresh {
-        seq: u64,
+        lsn: u64,
+        header: BatchHeader,
         events: u32,
         parts: Vec<oneshot::Receiver<PartResult>>,
         /// The shards' in-flight budget, held until durable.
@@ -190,7 +192,7 @@ async fn session(
 
     let window = ctx.limits.max_inflight_batches.max(1) as usize;
     let (pend_tx, pend_rx) = mpsc::channel(window);
-    let (ack_tx, ack_rx) = mpsc::channel(window);
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let assembler =
         tokio::spawn(assemble(pend_rx, ack_tx, slot.clone(), ctx.clone()).in_current_span());
     let acker = tokio::spawn(

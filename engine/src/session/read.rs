@@ -101,15 +101,16 @@ pub(super) async fn read_batches(
                 Pending::Duplicate { seq, received }
             }
             Some(Admission::Fresh) => {
+                let now = now_us();
                 plan.clear();
-                plan_batch(archived, device, &ctx.rules, now_us(), &mut plan);
+                plan_batch(archived, device, &ctx.rules, now, &mut plan);
                 let batch = Arc::new(batch);
                 // Back-pressure: every shard's permits first, in shard
-                // order, and held until the batch is durable. A full shard
-                // stops this reader, and QUIC flow control then stops the
-                // device. Taking them all before any part is applied means
-                // no applied part ever waits on a budget, so the units that
-                // hold the budget can always commit and free it.
+                // order, and held until the batch's rows are in the tables.
+                // A full shard stops this reader, and QUIC flow control
+                // then stops the device. Taking them all before any part
+                // is applied means no applied part ever waits on a budget,
+                // so the units that hold the budget can always complete.
                 let mut permits = Vec::with_capacity(2);
                 for (shard, _) in plan.touched() {
                     let h = &ctx.shards[usize::from(shard)];
@@ -121,25 +122,40 @@ pub(super) async fn read_batches(
                         .map_err(|_| "server shutting down".to_string())?;
                     permits.push(permit);
                 }
+                let header = BatchHeader {
+                    device,
+                    seq,
+                    now_us: now,
+                };
                 let mut parts = Vec::with_capacity(2);
-                for (shard, items) in plan.touched() {
-                    let h = &ctx.shards[usize::from(shard)];
-                    let (tx, rx) = oneshot::channel();
-                    let work = ApplyWork {
-                        batch: batch.clone(),
-                        device,
-                        items: items.to_vec(),
-                        reply: tx,
-                    };
-                    if h.actor.send_message(ShardMsg::Apply(work)).is_err() {
+                let sequenced = ctx.sequencer.submit(header, batch.bytes(), |_lsn| {
+                    for (shard, items) in plan.touched() {
+                        let (tx, rx) = oneshot::channel();
+                        let work = ApplyWork {
+                            batch: batch.clone(),
+                            device,
+                            items: items.to_vec(),
+                            reply: tx,
+                        };
+                        let actor = &ctx.shards[usize::from(shard)].actor;
+                        if actor.send_message(ShardMsg::Apply(work)).is_err() {
+                            return Err(shard);
+                        }
+                        parts.push(rx);
+                    }
+                    Ok(())
+                });
+                let lsn = match sequenced {
+                    Ok(lsn) => lsn,
+                    Err(shard) => {
                         // Earlier parts of this batch may already be applied.
                         ctx.fail("a shard actor stopped");
                         return Err(format!("shard {shard} is gone"));
                     }
-                    parts.push(rx);
-                }
+                };
                 Pending::Fresh {
-                    seq,
+                    lsn,
+                    header,
                     events,
                     parts,
                     permits,
@@ -192,11 +208,11 @@ async fn refuse_frame(
     let _ = ctx
         .flush
         .send(CommitUnit {
+            lsn: None,
             rows,
             durable: None,
             done: None,
-            tickets: Vec::new(),
-            _budget: Vec::new(),
+            budget: Vec::new(),
         })
         .await;
     let _ = pend_tx

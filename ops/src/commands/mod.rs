@@ -18,10 +18,22 @@ pub(crate) fn open_store(data_dir: &Path) -> anyhow::Result<EmbeddedStore> {
         "no store at {} (is --data-dir right? `tillstream serve` creates it)",
         dir.display()
     );
-    EmbeddedStore::open(&dir).with_context(|| {
+    let store = EmbeddedStore::open(&dir).with_context(|| {
         format!(
             "opening the store at {} (a running server holds it: stop it, or ask it over HTTP)",
             dir.display()
         )
-    })
+    })?;
+    // What was acknowledged but not yet in the tables when the server
+    // stopped is in the journal: bring the tables up to it first.
+    let replayed = tillstream_engine::recover(&store)
+        .with_context(|| format!("replaying the journal of {}", dir.display()))?;
+    if replayed.records > 0 {
+        tracing::info!(
+            records = replayed.records,
+            events = replayed.events,
+            "replayed the journal into the tables"
+        );
+    }
+    Ok(store)
 }

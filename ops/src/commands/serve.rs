@@ -25,8 +25,10 @@ pub(crate) struct Args {
     /// TCP address of the HTTP API (/metrics, /healthz, /readyz, /v1/*); "off" to disable.
     #[arg(long, default_value = "127.0.0.1:7401", env = "TILLSTREAM_HTTP")]
     http: String,
-    /// Longest a batch waits for its group commit to fill, in milliseconds.
-    #[arg(long, default_value_t = 2, env = "TILLSTREAM_FLUSH_INTERVAL_MS")]
+    /// How often acknowledged rows are written to the tables, in
+    /// milliseconds. Acks do not wait for it (they wait for the journal's
+    /// fsync); longer intervals write each busy SKU's level less often.
+    #[arg(long, default_value_t = 200, env = "TILLSTREAM_FLUSH_INTERVAL_MS")]
     flush_interval_ms: u64,
     /// PEM certificate chain (with --tls-key); default: a self-signed one in the data directory.
     #[arg(long, requires = "tls_key", env = "TILLSTREAM_TLS_CERT")]

@@ -104,7 +104,10 @@ pub(crate) fn encode_one<T: StoredRow>(row: &T) -> Result<AlignedVec, StoreError
 
 /// Archives a block of rows.
 pub(crate) fn encode_block<T: StoredRow>(rows: &Vec<T>) -> Result<AlignedVec, StoreError> {
-    rkyv::to_bytes::<RkyvError>(rows).map_err(|e| encode_err("encoding a block", e))
+    // Sized up front: growing from empty copied each block several times.
+    let size = rows.len() * size_of::<T::Archived>() + 64;
+    rkyv::api::high::to_bytes_in::<_, RkyvError>(rows, AlignedVec::with_capacity(size))
+        .map_err(|e| encode_err("encoding a block", e))
 }
 
 /// Copies `bytes` into the aligned scratch buffer `buf` (fjall's values have

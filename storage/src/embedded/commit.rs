@@ -38,10 +38,19 @@ struct Durable {
 
 impl EmbeddedStore {
     /// [`Store::commit`]: see the module docs.
-    pub(super) fn commit_rows(&self, rows: &RowSet) -> Result<CommitInfo, StoreError> {
+    /// `checkpoint`: the journal LSN the rows bring the tables up to,
+    /// written in the same atomic batch. `sync`: fsync before returning
+    /// (the tables' own durability; the engine syncs less often, since the
+    /// journal already holds what it acknowledged).
+    pub(super) fn commit_rows(
+        &self,
+        rows: &RowSet,
+        checkpoint: Option<u64>,
+        sync: bool,
+    ) -> Result<CommitInfo, StoreError> {
         let mut next_id = self.commit_lock.lock();
         self.check_writable()?;
-        if rows.is_empty() {
+        if rows.is_empty() && checkpoint.is_none() {
             return Ok(CommitInfo::default());
         }
         let id = *next_id;
@@ -73,6 +82,9 @@ impl EmbeddedStore {
         self.put_rollups(&mut w, &rows.terminal_rollups)?;
         self.put_batches(&mut w, &rows.batches)?;
         w.put(&self.meta, keys::LAST_COMMIT, &id.to_be_bytes());
+        if let Some(lsn) = checkpoint {
+            w.put(&self.meta, keys::CHECKPOINT, &lsn.to_be_bytes());
+        }
         span.record("blocks", w.blocks);
 
         let Writer { batch, info, .. } = w;
@@ -82,9 +94,13 @@ impl EmbeddedStore {
         }
         // The id is spent once written, whether or not the sync succeeds.
         *next_id = id.saturating_add(1);
-        if let Err(e) = self.durability.sync(&self.db) {
+        if sync && let Err(e) = self.durability.sync(&self.db) {
             self.poison(format!("syncing commit {id} failed: {e}"));
             return Err(self.poisoned_err());
+        }
+        if let Some(lsn) = checkpoint {
+            self.materialized
+                .store(lsn, std::sync::atomic::Ordering::Release);
         }
         if !durable.levels.is_empty() {
             self.level_versions.lock().extend(durable.levels);

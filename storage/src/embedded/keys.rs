@@ -21,6 +21,11 @@ pub(crate) const META: &str = "meta";
 
 /// Key (in [`META`]) of the id of the last commit.
 pub(crate) const LAST_COMMIT: &[u8] = b"last_commit";
+/// Key (in [`META`]) of the checkpoint: the journal LSN up to which every
+/// record's rows are in the tables.
+pub(crate) const CHECKPOINT: &[u8] = b"checkpoint";
+/// Folder (in the data directory) of the write-ahead journal.
+pub(crate) const JOURNAL_DIR: &str = "wal";
 
 /// Bytes of the partition field of a block key of `table`: 4 for the store
 /// tables, 8 for the device tables, 0 for `dead_letters`.

@@ -57,6 +57,19 @@ pub struct ShardConfig {
     pub rules: Rules,
 }
 
+impl ShardConfig {
+    /// [`ShardCore::movements_since`] for a shard with these settings:
+    /// what activation must read needs only the settings, not the state.
+    pub fn movements_since(&self, levels: &[StockLevelRow]) -> i64 {
+        levels
+            .iter()
+            .filter(|r| shard_of_sku(r.store, r.sku, self.shards) == self.id)
+            .map(|r| r.updated_ts_us.saturating_sub(self.late_window_us))
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+}
+
 impl Default for ShardConfig {
     fn default() -> Self {
         Self {
@@ -224,12 +237,7 @@ impl ShardCore {
     /// SKUs of `updated_ts_us - late_window_us`; `i64::MAX` if it owns none
     /// (nothing to load).
     pub fn movements_since(&self, levels: &[StockLevelRow]) -> i64 {
-        levels
-            .iter()
-            .filter(|r| self.owns(r.store, r.sku))
-            .map(|r| r.updated_ts_us.saturating_sub(self.cfg.late_window_us))
-            .min()
-            .unwrap_or(i64::MAX)
+        self.cfg.movements_since(levels)
     }
 
     /// Loads the SKUs of `store` that live on this shard from `snapshot`

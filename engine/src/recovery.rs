@@ -1,0 +1,147 @@
+//! Recovery at start: the journal records after the tables' checkpoint are
+//! applied again and their rows materialized, before any device is served.
+//!
+//! Replay runs the same decisions as the live path (`plan_batch`, then
+//! `ShardCore::apply` per shard) in journal order, with the time the live
+//! path stamped each batch with. The journal order is every shard's apply
+//! order (see `sequencer`), so every entity sees its events in the order it
+//! first did and the rows come out the same: the acks a device received
+//! (which name refused events) stay true. The shard count may differ from
+//! the run that wrote the journal: entities are independent, and each one's
+//! events keep their order whichever shard it lands on.
+//!
+//! Invariant: when [`replay`] returns Ok, the tables hold every record the
+//! journal holds, durably, and every device's watermark in the tables is
+//! its highest journaled seq.
+
+use std::time::Instant;
+
+use tillstream_engine_core::route::{BatchPlan, plan_batch};
+use tillstream_engine_core::shard::{Need, ShardConfig, ShardCore};
+use tillstream_engine_core::validate::Rules;
+use tillstream_protocol::ValidatedBatch;
+use tillstream_protocol::frame::PayloadBuf;
+use tillstream_storage::{BatchRow, RowSet, Store, StoreError, WatermarkRow};
+
+use crate::sequencer::BatchHeader;
+use crate::shards;
+
+/// Rows gathered before they are written during replay.
+const REPLAY_CHUNK_ROWS: usize = 256 * 1024;
+
+/// What a replay did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Journal records applied again.
+    pub records: u64,
+    /// Events in them.
+    pub events: u64,
+    /// The checkpoint after replay: the journal's last LSN.
+    pub checkpoint: u64,
+}
+
+/// Brings the tables of `store` up to its journal, as a server does when
+/// it starts: every tool that reads a data directory (`verify`, `query`)
+/// calls this first, or it would miss what was acknowledged but not yet
+/// materialized when the server stopped. Any shard count gives the same
+/// rows (module docs); the default validation rules are used.
+pub fn recover(store: &dyn Store) -> Result<Replayed, StoreError> {
+    let rules = Rules::default();
+    let (done, _cores) = replay(store, 1, rules, |id| ShardConfig {
+        id,
+        shards: 1,
+        rules,
+        ..ShardConfig::default()
+    })?;
+    Ok(done)
+}
+
+/// Applies and materializes every journal record after the checkpoint
+/// (module docs). Blocking: call it from `spawn_blocking`. Returns the
+/// shards' cores as replay left them: the server's shard actors start from
+/// them, so what replay activated is not read from the tables again.
+pub(crate) fn replay(
+    store: &dyn Store,
+    shard_count: u16,
+    rules: Rules,
+    cfg_of: impl Fn(u16) -> ShardConfig,
+) -> Result<(Replayed, Vec<ShardCore>), StoreError> {
+    let started = Instant::now();
+    let from = store.materialized_lsn()?;
+    let mut cores: Vec<ShardCore> = (0..shard_count.max(1))
+        .map(|id| ShardCore::new(cfg_of(id)))
+        .collect();
+    let mut plan = BatchPlan::new(shard_count);
+    let mut rows = RowSet::default();
+    let mut needs: Vec<Need> = Vec::new();
+    let mut done = Replayed {
+        checkpoint: from,
+        ..Replayed::default()
+    };
+    let mut last = from;
+    let mut visit = |lsn: u64, payload: &[u8]| -> Result<(), StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            what: "journal record",
+            reason: format!("lsn {lsn}: {reason}"),
+        };
+        let (h, bytes) = BatchHeader::decode(payload)
+            .ok_or_else(|| corrupt("not a batch record this version knows".into()))?;
+        // Stored bytes are checked again: a journal is a file like any other.
+        let mut frame = PayloadBuf::with_capacity(bytes.len());
+        frame.extend_from_slice(bytes);
+        let batch = ValidatedBatch::try_new(frame, u32::MAX)
+            .map_err(|(e, _)| corrupt(format!("the frame does not validate: {e}")))?;
+        let archived = batch.get();
+        plan_batch(archived, h.device, &rules, h.now_us, &mut plan);
+        for (shard, items) in plan.touched() {
+            let core = &mut cores[usize::from(shard)];
+            needs.clear();
+            core.needs(archived, items, &mut needs);
+            for need in &needs {
+                shards::load(store, core.config(), *need)?.install(core);
+            }
+            core.apply(h.device, archived, items, h.now_us, &mut rows);
+        }
+        push_ledger(
+            &mut rows,
+            h,
+            u32::try_from(archived.events.len()).unwrap_or(u32::MAX),
+        );
+        done.records += 1;
+        done.events += archived.events.len() as u64;
+        last = lsn;
+        if rows.len() >= REPLAY_CHUNK_ROWS {
+            store.materialize(&rows, lsn)?;
+            rows.clear();
+        }
+        Ok(())
+    };
+    store.journal_replay(from, &mut visit)?;
+    if last > from {
+        store.materialize(&rows, last)?;
+        done.checkpoint = store.sync_materialized()?;
+        tracing::info!(
+            records = done.records,
+            events = done.events,
+            checkpoint = done.checkpoint,
+            ms = started.elapsed().as_millis() as u64,
+            "journal replayed into the tables"
+        );
+    }
+    Ok((done, cores))
+}
+
+/// The batch ledger row and the watermark a batch's unit carries.
+pub(crate) fn push_ledger(rows: &mut RowSet, h: BatchHeader, events: u32) {
+    rows.batches.push(BatchRow {
+        device: h.device,
+        seq: h.seq,
+        events,
+        received_at_us: h.now_us,
+    });
+    rows.watermarks.push(WatermarkRow {
+        device: h.device,
+        seq: h.seq,
+        updated_at_us: h.now_us,
+    });
+}

@@ -1,0 +1,649 @@
+//! The write-ahead journal: an append-only sequence of opaque records, each
+//! with a 64-bit LSN (log sequence number) the caller assigns, kept in
+//! segment files under one directory. It is the durable step an
+//! acknowledgement waits for: [`Journal::append`] returns Ok only once the
+//! bytes are written and `fdatasync`ed.
+//!
+//! # Record format
+//!
+//! Every integer is little-endian. A segment file is a sequence of
+//! records, with no file header and no padding:
+//!
+//! | bytes | field | meaning |
+//! |---|---|---|
+//! | 0..4 | `len u32` | payload bytes, 1 to [`MAX_RECORD_PAYLOAD`] (64 MiB); anything else is invalid |
+//! | 4..8 | `crc u32` | CRC-32 (crc32fast) of the 8 LSN bytes, then the payload |
+//! | 8..16 | `lsn u64` | the record's LSN |
+//! | 16..16+len | payload | the caller's bytes |
+//!
+//! A segment is named after the first LSN it holds, zero-padded to 20
+//! digits, with the extension `.wal` (`00000000000000000001.wal`). Other
+//! files in the directory are ignored.
+//!
+//! # Invariants
+//!
+//! - LSNs are contiguous: within a segment each record is the previous
+//!   one + 1, the first record of a segment carries the segment's name,
+//!   and each segment starts right after the previous one ends. LSN 0 is
+//!   never a record: an empty journal has `last_lsn` 0 (or its base).
+//! - A record is acknowledged (its append returned Ok) only after
+//!   `write_all` and `sync_data` of its segment, and, for the first record
+//!   of a segment, after the fsync of the directory that made the new file
+//!   durable. One append is one write and one sync.
+//! - Only the last segment can end in a torn or invalid record: a segment
+//!   stops growing only when an append to the next one starts, which
+//!   happens only after every earlier append succeeded. So
+//!   [`Journal::open`] cuts the last segment at its first invalid record
+//!   (a power cut mid-append; nothing acknowledged follows it), and fails
+//!   with [`JournalError::Corrupt`] on an invalid record anywhere else,
+//!   rather than skip acknowledged data.
+//! - The cut is made durable (truncate, then fsync) before any append, and
+//!   redoing it is a no-op, so an interrupted open is simply opened again.
+//! - Any I/O error in an append or a truncation poisons the journal: every
+//!   later append fails with [`JournalError::Poisoned`]. A failed fsync is
+//!   never retried, as the kernel may have dropped the dirty pages it
+//!   reported on; the process restarts and recovers from what is on disk.
+//! - Segments are deleted oldest first, with a directory fsync after each,
+//!   so a crash mid-deletion leaves a contiguous run of segments.
+//!
+//! One caveat of cutting at the first invalid record: a bit flipped on the
+//! disk in an acknowledged record of the last segment also reads as a torn
+//! tail, and the records after it are dropped with it. Telling the two
+//! apart would need a second copy; the CRC only tells that the record is
+//! wrong.
+
+mod format;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use format::{MAX_RECORD_PAYLOAD, RECORD_HEADER, encode_record};
+use format::{SegmentReader, Step, check_group};
+
+/// Errors of the journal.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// A file system call failed.
+    #[error("journal: {op} failed on {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A segment holds an invalid record where acknowledged data must be,
+    /// or the segments do not hold contiguous LSNs.
+    #[error("journal: corrupt segment {path} at byte {offset}: {reason}")]
+    Corrupt {
+        /// The segment.
+        path: PathBuf,
+        /// Where the invalid record starts.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An earlier append or truncation failed; nothing more is accepted
+    /// until the process restarts and reopens the journal.
+    #[error(
+        "the journal is poisoned after an earlier failed write or sync ({0}); restart to recover"
+    )]
+    Poisoned(String),
+    /// The group given to [`Journal::append`] is not whole records with
+    /// the next LSNs; nothing was written and the journal is unchanged.
+    #[error("journal: invalid append: {0}")]
+    InvalidAppend(String),
+}
+
+/// Wraps an OS error with what was being done and where.
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> JournalError + 'a {
+    move |source| JournalError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// An error of [`Journal::replay`]: the journal's, or the callback's as is.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError<E> {
+    /// Reading the journal failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The callback returned this error; replay stopped there.
+    #[error("the journal replay callback failed")]
+    Callback(#[source] E),
+}
+
+/// Options of a [`Journal`].
+#[derive(Debug, Clone, Copy)]
+pub struct JournalOptions {
+    /// An append starts a new segment once the current one holds at least
+    /// this many bytes (so a segment exceeds it by at most one group).
+    pub segment_bytes: u64,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            segment_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A hook around the journal's data syncs, for fault tests. The journal
+/// calls [`before_sync`](SyncFault::before_sync) after writing a group and
+/// before its `sync_data`; an Err fails (and poisons) that append as a
+/// failed fsync would. Only the data syncs of appends go through the hook,
+/// not the directory syncs nor those of open.
+pub trait SyncFault: Send + Sync + std::fmt::Debug {
+    /// Called before each data sync of an append.
+    fn before_sync(&self) -> io::Result<()>;
+}
+
+/// The real sync: never fails on its own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RealSync;
+
+impl SyncFault for RealSync {
+    fn before_sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Lets `n` syncs through, then fails every later one.
+#[derive(Debug)]
+pub struct FailSyncAfter {
+    allowed: u64,
+    done: AtomicU64,
+}
+
+impl FailSyncAfter {
+    /// `n` real syncs, then every sync fails.
+    pub fn new(n: u64) -> Self {
+        FailSyncAfter {
+            allowed: n,
+            done: AtomicU64::new(0),
+        }
+    }
+}
+
+impl SyncFault for FailSyncAfter {
+    fn before_sync(&self) -> io::Result<()> {
+        if self.done.fetch_add(1, Ordering::Relaxed) < self.allowed {
+            Ok(())
+        } else {
+            Err(io::Error::other(
+                "injected fdatasync failure (FailSyncAfter)",
+            ))
+        }
+    }
+}
+
+/// One segment file as the journal knows it.
+#[derive(Debug)]
+struct Segment {
+    /// The LSN in its name: of its first record, once it has one.
+    first: u64,
+    /// LSN of its last valid record; `first - 1` while empty.
+    last: u64,
+    /// Bytes of valid records: the file's size, but for a torn tail of
+    /// a failed append.
+    bytes: u64,
+    path: PathBuf,
+}
+
+/// The segment appends go to, with its open file.
+#[derive(Debug)]
+struct Active {
+    seg: Segment,
+    file: File,
+}
+
+/// The segment files of the directory, oldest first.
+#[derive(Debug)]
+struct Segments {
+    dir: PathBuf,
+    /// Every segment before the current one.
+    closed: VecDeque<Segment>,
+    /// The last segment, None only while the journal has no segment.
+    current: Option<Active>,
+    /// Set by [`Journal::set_base`] above the last record: the next append
+    /// deletes every segment first, so that LSNs stay contiguous.
+    rebase: bool,
+}
+
+/// The write-ahead journal. See the module documentation.
+#[derive(Debug)]
+pub struct Journal {
+    segs: Segments,
+    opts: JournalOptions,
+    fault: Box<dyn SyncFault>,
+    last_lsn: u64,
+    poisoned: Option<String>,
+    cut_at_open: u64,
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `dir`, cutting a torn
+    /// tail off the last segment. See the module documentation.
+    pub fn open(dir: &Path, opts: JournalOptions) -> Result<Journal, JournalError> {
+        Journal::open_with_fault(dir, opts, Box::new(RealSync))
+    }
+
+    /// [`open`](Journal::open), with a hook around the data syncs.
+    pub fn open_with_fault(
+        dir: &Path,
+        opts: JournalOptions,
+        fault: Box<dyn SyncFault>,
+    ) -> Result<Journal, JournalError> {
+        ensure_dir(dir)?;
+        let (segs, cut_at_open) = recover(dir)?;
+        let last_lsn = segs.current.as_ref().map_or(0, |a| a.seg.last);
+        Ok(Journal {
+            segs,
+            opts,
+            fault,
+            last_lsn,
+            poisoned: None,
+            cut_at_open,
+        })
+    }
+
+    /// The LSN of the last valid record, or the value given to
+    /// [`set_base`](Journal::set_base) / 0 if the journal is empty.
+    pub fn last_lsn(&self) -> u64 {
+        self.last_lsn
+    }
+
+    /// Raises [`last_lsn`](Journal::last_lsn) to `lsn`: the next record
+    /// must be `lsn + 1`. For a journal that forgot its last LSN (every
+    /// segment deleted) while the caller's checkpoint knows it. A lower
+    /// `lsn` does nothing.
+    ///
+    /// `lsn` must be covered by the caller's checkpoint: if the journal
+    /// still holds records (all of them at most `lsn` then), the next
+    /// append deletes every segment before it starts a new one named
+    /// `lsn + 1`, as a gap in the LSNs would read as corruption. Not
+    /// durable until that append: reopened before it, the journal has its
+    /// old last LSN.
+    pub fn set_base(&mut self, lsn: u64) {
+        if lsn > self.last_lsn {
+            self.last_lsn = lsn;
+            self.segs.rebase = true;
+        }
+    }
+
+    /// Appends `encoded`: one or more whole records made by
+    /// [`encode_record`], with LSNs `last_lsn + 1`, `+ 2`, ... in order,
+    /// the last being `last`. Returns Ok only once they are durable.
+    ///
+    /// Starts a new segment first if the current one holds at least
+    /// `segment_bytes`. An empty `encoded` is Ok and does nothing. A group
+    /// that is not such records fails with [`JournalError::InvalidAppend`]
+    /// and changes nothing; any other error poisons the journal, and every
+    /// later append fails with [`JournalError::Poisoned`].
+    pub fn append(&mut self, encoded: &[u8], last: u64) -> Result<(), JournalError> {
+        self.check_poisoned()?;
+        if encoded.is_empty() {
+            return Ok(());
+        }
+        let first = check_group(encoded, self.last_lsn, last)?;
+        let written = self
+            .segs
+            .active_for(first, self.opts.segment_bytes)
+            .and_then(|active| write_durably(active, &*self.fault, encoded, last));
+        match written {
+            Ok(()) => {
+                self.last_lsn = last;
+                Ok(())
+            }
+            Err(e) => Err(self.poison(e)),
+        }
+    }
+
+    /// Calls `f(lsn, payload)` for every record with an LSN above `after`,
+    /// in LSN order, up to the last durable append. Reads one segment at a
+    /// time through a buffer, checking every CRC again. Returns the number
+    /// of records `f` was called with; stops at the first error of `f`.
+    pub fn replay<E>(
+        &self,
+        after: u64,
+        mut f: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<u64, ReplayError<E>> {
+        let mut visited = 0;
+        for seg in self.segs.iter().filter(|s| s.last > after) {
+            let mut reader = SegmentReader::open(&seg.path, seg.first, Some(seg.bytes))?;
+            loop {
+                match reader.step(after)? {
+                    Step::Record(lsn) => {
+                        f(lsn, reader.payload()).map_err(ReplayError::Callback)?;
+                        visited += 1;
+                    }
+                    Step::Skipped(_) => {}
+                    Step::End => break,
+                    // The segment was valid at open or written since: it
+                    // changed under us.
+                    Step::Bad(reason) => {
+                        let (path, offset) = (seg.path.clone(), reader.offset());
+                        return Err(JournalError::Corrupt {
+                            path,
+                            offset,
+                            reason,
+                        }
+                        .into());
+                    }
+                }
+            }
+        }
+        Ok(visited)
+    }
+
+    /// Deletes, oldest first, every segment whose records all have an LSN
+    /// at most `lsn`, never the current one. Returns how many were
+    /// deleted. For records checkpointed elsewhere. An I/O error poisons
+    /// the journal.
+    pub fn truncate_through(&mut self, lsn: u64) -> Result<usize, JournalError> {
+        self.check_poisoned()?;
+        let n = self
+            .segs
+            .closed
+            .iter()
+            .take_while(|s| s.last <= lsn)
+            .count();
+        match self.segs.delete_oldest(n) {
+            Ok(()) => Ok(n),
+            Err(e) => Err(self.poison(e)),
+        }
+    }
+
+    /// Bytes of valid records in all segment files (for metrics).
+    pub fn disk_bytes(&self) -> u64 {
+        self.segs.iter().map(|s| s.bytes).sum()
+    }
+
+    /// Whether an earlier error poisoned the journal.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
+    /// Bytes [`open`](Journal::open) cut off the end of the last segment
+    /// (a torn or invalid tail); 0 if it was clean. For the caller to log.
+    pub fn cut_at_open(&self) -> u64 {
+        self.cut_at_open
+    }
+
+    fn check_poisoned(&self) -> Result<(), JournalError> {
+        match &self.poisoned {
+            Some(why) => Err(JournalError::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&mut self, e: JournalError) -> JournalError {
+        self.poisoned = Some(e.to_string());
+        e
+    }
+}
+
+impl Segments {
+    fn iter(&self) -> impl Iterator<Item = &Segment> {
+        self.closed
+            .iter()
+            .chain(self.current.as_ref().map(|a| &a.seg))
+    }
+
+    /// The segment a group starting at `first` goes to: the current one,
+    /// or a new one if there is none, a rebase is pending, or the current
+    /// one is full. A full segment is never empty: an empty one already
+    /// carries the name `first` (its last LSN came from its name).
+    fn active_for(&mut self, first: u64, segment_bytes: u64) -> Result<&mut Active, JournalError> {
+        if self.rebase {
+            if let Some(old) = self.current.take() {
+                self.closed.push_back(old.seg);
+            }
+            self.delete_oldest(self.closed.len())?;
+            self.rebase = false;
+        }
+        let full = |a: &Active| a.seg.bytes > 0 && a.seg.bytes >= segment_bytes;
+        match self.current.take() {
+            Some(active) if !full(&active) => Ok(self.current.insert(active)),
+            old => {
+                let new = match create_segment(&self.dir, first) {
+                    Ok(new) => new,
+                    Err(e) => {
+                        self.current = old;
+                        return Err(e);
+                    }
+                };
+                if let Some(old) = old {
+                    self.closed.push_back(old.seg);
+                }
+                Ok(self.current.insert(new))
+            }
+        }
+    }
+
+    /// Deletes the `n` oldest closed segments, syncing the directory after
+    /// each so that what survives a crash is always a contiguous run.
+    fn delete_oldest(&mut self, n: usize) -> Result<(), JournalError> {
+        for _ in 0..n {
+            let Some(seg) = self.closed.front() else {
+                break;
+            };
+            match fs::remove_file(&seg.path) {
+                Ok(()) => {}
+                // Already gone (deleted before a failed directory sync).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("delete segment", &seg.path)(e)),
+            }
+            sync_dir(&self.dir)?;
+            self.closed.pop_front();
+        }
+        Ok(())
+    }
+}
+
+/// Writes a group at the end of the active segment and syncs it.
+fn write_durably(
+    active: &mut Active,
+    fault: &dyn SyncFault,
+    encoded: &[u8],
+    last: u64,
+) -> Result<(), JournalError> {
+    let path = &active.seg.path;
+    active
+        .file
+        .write_all(encoded)
+        .map_err(io_err("write segment", path))?;
+    fault.before_sync().map_err(io_err("sync segment", path))?;
+    active
+        .file
+        .sync_data()
+        .map_err(io_err("sync segment", path))?;
+    active.seg.bytes += encoded.len() as u64;
+    active.seg.last = last;
+    Ok(())
+}
+
+fn segment_name(first: u64) -> String {
+    format!("{first:020}.wal")
+}
+
+/// The first LSN of a segment file name, or None if it is not one.
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".wal")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The segments in `dir`, by first LSN.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("list journal directory", dir))? {
+        let entry = entry.map_err(io_err("list journal directory", dir))?;
+        if let Some(first) = entry.file_name().to_str().and_then(parse_segment_name) {
+            found.push((first, entry.path()));
+        }
+    }
+    found.sort_unstable_by_key(|(first, _)| *first);
+    Ok(found)
+}
+
+/// Scans every segment of `dir`, oldest first, and opens the last one
+/// for appending, cut at the end of its valid records. Returns the
+/// segments and the bytes cut.
+fn recover(dir: &Path) -> Result<(Segments, u64), JournalError> {
+    let mut closed = VecDeque::new();
+    // The newest segment scanned so far: the last one, unless another
+    // follows.
+    let mut newest: Option<Scan> = None;
+    for (first, path) in list_segments(dir)? {
+        if let Some(prev) = newest.take() {
+            if let Some(reason) = prev.bad {
+                let (path, offset) = (prev.seg.path, prev.seg.bytes);
+                return Err(JournalError::Corrupt {
+                    path,
+                    offset,
+                    reason,
+                });
+            }
+            if Some(first) != prev.seg.last.checked_add(1) {
+                let reason = format!(
+                    "the segment starts at LSN {first}, the previous one ends at {}",
+                    prev.seg.last
+                );
+                return Err(JournalError::Corrupt {
+                    path,
+                    offset: 0,
+                    reason,
+                });
+            }
+            closed.push_back(prev.seg);
+        }
+        if first == 0 {
+            let reason = "a segment named LSN 0".to_string();
+            return Err(JournalError::Corrupt {
+                path,
+                offset: 0,
+                reason,
+            });
+        }
+        newest = Some(scan_segment(path, first)?);
+    }
+    let (current, cut) = match newest {
+        Some(last) => {
+            let cut = last.file_len - last.seg.bytes;
+            let current = open_current(last.seg, cut > 0)?;
+            sync_dir(dir)?;
+            (Some(current), cut)
+        }
+        None => (None, 0),
+    };
+    let segs = Segments {
+        dir: dir.to_path_buf(),
+        closed,
+        current,
+        rebase: false,
+    };
+    Ok((segs, cut))
+}
+
+/// What [`scan_segment`] found.
+#[derive(Debug)]
+struct Scan {
+    /// The segment up to the end of its valid records.
+    seg: Segment,
+    file_len: u64,
+    /// Why the record at `seg.bytes` is invalid, if the file goes on.
+    bad: Option<String>,
+}
+
+/// Reads a whole segment, checking every record.
+fn scan_segment(path: PathBuf, first: u64) -> Result<Scan, JournalError> {
+    let mut reader = SegmentReader::open(&path, first, None)?;
+    let mut last = first.saturating_sub(1);
+    let bad = loop {
+        match reader.step(0)? {
+            Step::Record(lsn) | Step::Skipped(lsn) => last = lsn,
+            Step::End => break None,
+            Step::Bad(reason) => break Some(reason),
+        }
+    };
+    let (bytes, file_len) = (reader.offset(), reader.end());
+    drop(reader);
+    let seg = Segment {
+        first,
+        last,
+        bytes,
+        path,
+    };
+    Ok(Scan { seg, file_len, bad })
+}
+
+/// Opens the last segment for appending, first cutting it at the end of
+/// its valid records if `cut`. Syncs it either way: what open found (maybe
+/// only in the page cache, after a crash of the process) becomes durable
+/// before anything is appended after it.
+fn open_current(seg: Segment, cut: bool) -> Result<Active, JournalError> {
+    let path = &seg.path;
+    let file = OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(io_err("open segment", path))?;
+    if cut {
+        file.set_len(seg.bytes)
+            .map_err(io_err("truncate segment", path))?;
+    }
+    file.sync_data().map_err(io_err("sync segment", path))?;
+    Ok(Active { seg, file })
+}
+
+/// Creates the segment whose first record is `first`, durably.
+fn create_segment(dir: &Path, first: u64) -> Result<Active, JournalError> {
+    let path = dir.join(segment_name(first));
+    // create_new: an existing file of that name would be a segment open
+    // did not account for.
+    let file = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(io_err("create segment", &path))?;
+    sync_dir(dir)?;
+    let seg = Segment {
+        first,
+        last: first.saturating_sub(1),
+        bytes: 0,
+        path,
+    };
+    Ok(Active { seg, file })
+}
+
+/// Creates `dir` if needed; a new directory is made durable in its parent.
+fn ensure_dir(dir: &Path) -> Result<(), JournalError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(io_err("create journal directory", dir))?;
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
+/// fsyncs a directory, making the creation or deletion of its entries
+/// durable.
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync journal directory", dir))
+}
