@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::ctx::EngineCtx;
 use crate::metrics as m;
-use crate::server::EngineCtx;
 use crate::session;
 
 /// Connections waiting for a handshake slot. quinn holds each one's first

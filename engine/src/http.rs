@@ -17,7 +17,7 @@ use tillstream_storage::embedded::EmbeddedStore;
 use tillstream_storage::verify::{ExpectedBatch, verify};
 use tokio::sync::watch;
 
-use crate::server::EngineCtx;
+use crate::ctx::EngineCtx;
 use crate::{EngineError, ServerSettings, metrics};
 
 #[derive(Debug, Clone)]

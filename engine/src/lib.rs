@@ -12,6 +12,7 @@
 mod accept;
 mod clock;
 mod config;
+mod ctx;
 mod devices;
 mod error;
 pub mod faults;

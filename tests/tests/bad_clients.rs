@@ -248,3 +248,71 @@ async fn a_connection_that_waits_too_long_for_a_slot_is_refused_then_served() ->
     server.shutdown().await?;
     Ok(())
 }
+
+/// A device that stops reading its stream (it advertises a 64-byte window,
+/// so a couple of unread acks fill it) must not hold back anyone else's
+/// acks. Before the journal, its acker blocked, its applied batches never
+/// reached the flusher, and every later batch on the same shards waited
+/// behind them: honest devices got no more acks. Now the session keeps
+/// handing its batches on whatever its acker does, and an ack that cannot
+/// be written within the deadline closes the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_never_reads_its_acks_holds_back_no_one() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start_server(dir.path(), 2).await?;
+    let ca = std::fs::read(server.cert_path())?;
+    let opts = tillstream_client::EndpointOptions {
+        stream_receive_window: Some(64),
+        idle_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let deaf_endpoint = tillstream_client::client_endpoint_with(&ca, server.quic_addr(), &opts)?;
+    let conn = deaf_endpoint
+        .connect(server.quic_addr(), "localhost")?
+        .await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        device: 66,
+        token: Vec::new(),
+    };
+    send.write_all(&frame::encode_to_vec(&hello)?).await?;
+    let (t, _) = read(&mut recv).await?;
+    anyhow::ensure!(t == MsgType::Welcome, "expected Welcome, got {t:?}");
+    // From here on the deaf device only writes.
+    let deaf = tokio::spawn(async move {
+        for seq in 1..=400 {
+            let Ok(bytes) = good_batch(seq) else { break };
+            if send.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        recv
+    });
+
+    // An honest device on the same stores and shards streams meanwhile.
+    let endpoint = endpoint_for(&server)?;
+    let s = script(67, 1, true, 120, 8, now_us() - 60_000_000);
+    let honest = device(&endpoint, server.quic_addr(), s.device);
+    for b in prepare(&s)? {
+        honest.send(b).await?;
+    }
+    honest
+        .wait_acked(s.batches.len() as u64, Duration::from_secs(60))
+        .await
+        .map_err(|e| anyhow::anyhow!("the honest device was held back: {e}"))?;
+
+    // The deaf one is closed once an ack waits past the deadline.
+    let closed = tokio::time::timeout(Duration::from_secs(30), conn.closed()).await;
+    anyhow::ensure!(closed.is_ok(), "the deaf device was never closed");
+    drop(deaf.await?);
+    honest.close().await;
+    caught_up(&server).await?;
+    let report = tillstream_storage::verify::verify(
+        &*server.store(),
+        Some(&fleet_util::manifest(&[s])),
+    )?;
+    anyhow::ensure!(report.ok && report.missing == 0, "{report:?}");
+    server.shutdown().await?;
+    Ok(())
+}

@@ -1,6 +1,15 @@
 //! Stage three of a session: cumulative acks once units are durable.
 
-use super::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tillstream_protocol::{Ack, ErrorCode, RejectedRef};
+use tokio::sync::mpsc;
+
+use super::{ACK_EVERY, Acking};
+use crate::devices::DeviceSlot;
+use crate::metrics as m;
+use crate::wire::write_msg;
 
 /// How long a closing session waits for its last frames to be delivered.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);

@@ -1,6 +1,19 @@
 //! Stage two of a session: one commit unit per batch, in seq order.
 
-use super::*;
+use std::sync::Arc;
+
+use tillstream_protocol::RejectedRef;
+use tillstream_storage::RowSet;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Acking, Pending};
+use crate::ctx::EngineCtx;
+use crate::devices::DeviceSlot;
+use crate::flusher::CommitUnit;
+use crate::metrics as m;
+use crate::recovery::push_ledger;
+use crate::sequencer::BatchHeader;
+use crate::shards::PartResult;
 
 /// Stage two: collect each batch's rows from its shards, in seq order, and
 /// submit them with the batch's watermark as one commit unit.

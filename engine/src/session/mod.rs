@@ -21,25 +21,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tillstream_engine_core::ledger::Admission;
-use tillstream_engine_core::route::{BatchPlan, plan_batch};
-use tillstream_protocol::frame::{FrameHeader, decode};
-use tillstream_protocol::{
-    Ack, ErrorCode, FrameError, Hello, MsgType, Reject, RejectedRef, ValidatedBatch, Welcome,
-};
-use tillstream_storage::{DeadLetterRow, RowSet};
+use tillstream_protocol::frame::decode;
+use tillstream_protocol::{ErrorCode, FrameError, Hello, MsgType, Reject, RejectedRef, Welcome};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::clock::now_us;
-use crate::devices::DeviceSlot;
-use crate::flusher::{CommitResult, CommitUnit};
+use crate::ctx::EngineCtx;
+use crate::flusher::CommitResult;
 use crate::metrics as m;
-use crate::recovery::push_ledger;
 use crate::sequencer::BatchHeader;
-use crate::server::EngineCtx;
-use crate::shards::{ApplyWork, PartResult, ShardMsg};
-use crate::wire::{ReadError, read_frame, with_header, write_msg};
+use crate::shards::PartResult;
+use crate::wire::{ReadError, read_frame, write_msg};
 
 mod ack;
 mod assemble;
@@ -48,6 +40,44 @@ mod read;
 use ack::ack;
 use assemble::assemble;
 use read::read_batches;
+
+/// Why a session ended, when not because the device finished its stream.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionEnd {
+    /// The connection or its stream failed.
+    #[error("connection lost: {0}")]
+    Conn(String),
+    /// No stream was opened within the Hello timeout.
+    #[error("no stream opened in time")]
+    NoStream,
+    /// The stream was opened but no Hello came in time.
+    #[error("no Hello in time")]
+    NoHello,
+    /// The first frame was not a valid Hello.
+    #[error("bad Hello: {0}")]
+    BadHello(FrameError),
+    /// The device was refused (draining, store or engine failed, busy).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// A frame broke the framing: nothing after it can be read.
+    #[error("closed after a bad frame: {0}")]
+    BadFrame(FrameError),
+    /// More than `MAX_BAD_FRAMES` bad frames.
+    #[error("too many bad frames")]
+    TooManyBadFrames,
+    /// A newer connection of the same device took over.
+    #[error("superseded by a newer connection of this device")]
+    Superseded,
+    /// The server is shutting down.
+    #[error("server shutting down")]
+    ShuttingDown,
+    /// A shard actor stopped; the engine has failed.
+    #[error("shard {0} is gone")]
+    ShardGone(u16),
+    /// The session's own pipeline stopped.
+    #[error("session pipeline stopped")]
+    PipelineStopped,
+}
 
 /// Bad frames tolerated on one connection before it is closed.
 const MAX_BAD_FRAMES: u32 = 16;
@@ -124,69 +154,58 @@ async fn session(
     ctx: &Arc<EngineCtx>,
     stop: tokio::sync::watch::Receiver<bool>,
     admitted: Option<OwnedSemaphorePermit>,
-) -> Result<(), String> {
+) -> Result<(), SessionEnd> {
     let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
         .await
-        .map_err(|_| "no stream opened in time".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| SessionEnd::NoStream)?
+        .map_err(|e| SessionEnd::Conn(e.to_string()))?;
 
     // Hello.
     let first = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut recv, HELLO_MAX_BYTES))
         .await
-        .map_err(|_| "no Hello in time".to_string())?;
+        .map_err(|_| SessionEnd::NoHello)?;
     let hello = match first {
         Ok(Some((h, payload))) if h.msg_type == MsgType::Hello => decode::<Hello>(&payload),
         Ok(Some(_)) => Err(FrameError::Violation("the first frame must be Hello")),
         Ok(None) => return Ok(()),
-        Err(ReadError::Conn(e)) => return Err(e),
+        Err(ReadError::Conn(e)) => return Err(SessionEnd::Conn(e)),
         Err(ReadError::Frame { err, .. }) => Err(err),
     };
     let hello = match hello {
         Ok(h) => h,
         Err(err) => {
             refuse(&mut send, err.code(), &format!("bad Hello: {err}")).await;
-            return Err(format!("bad Hello: {err}"));
+            return Err(SessionEnd::BadHello(err));
         }
     };
     let device = hello.device;
     tracing::Span::current().record("device", device);
 
-    if ctx.draining.load(Ordering::Relaxed) {
-        refuse(
-            &mut send,
-            ErrorCode::Draining,
-            "the server is draining; reconnect later",
-        )
-        .await;
-        return Err("refused: draining".into());
-    }
-    if let Err(e) = ctx.store.check_writable() {
-        refuse(&mut send, ErrorCode::StoreUnavailable, &e.to_string()).await;
-        return Err(format!("refused: {e}"));
+    if let Some((code, why)) = refusal(ctx) {
+        refuse(&mut send, code, &why).await;
+        return Err(SessionEnd::Refused(why));
     }
     let slot = match ctx.devices.slot(device, &ctx.store).await {
         Ok(s) => s,
         Err(e) => {
             refuse(&mut send, ErrorCode::StoreUnavailable, &e.to_string()).await;
-            return Err(format!("refused: {e}"));
+            return Err(SessionEnd::Refused(e.to_string()));
         }
     };
     slot.take_ownership(conn);
     if !slot.wait_quiescent(QUIESCE_TIMEOUT).await {
         slot.release(conn);
-        refuse(
-            &mut send,
-            ErrorCode::Busy,
-            "earlier batches of this device are still being committed",
-        )
-        .await;
-        return Err("refused: not quiescent".into());
+        let why = "earlier batches of this device are still being committed";
+        refuse(&mut send, ErrorCode::Busy, why).await;
+        return Err(SessionEnd::Refused(why.into()));
     }
     let welcome = Welcome {
         durable_seq: slot.durable(),
         limits: ctx.limits,
     };
-    write_msg(&mut send, &welcome).await?;
+    write_msg(&mut send, &welcome)
+        .await
+        .map_err(SessionEnd::Conn)?;
     tracing::debug!(durable_seq = welcome.durable_seq, "welcomed");
     drop(admitted);
 
@@ -212,6 +231,28 @@ async fn session(
     let _ = acker.await;
     slot.release(conn);
     outcome
+}
+
+/// Why a Hello must be refused now, if it must: a draining server, a
+/// store that refuses writes, or an engine that failed (it would welcome a
+/// device only to never acknowledge it).
+fn refusal(ctx: &EngineCtx) -> Option<(ErrorCode, String)> {
+    if ctx.draining.load(Ordering::Relaxed) {
+        return Some((
+            ErrorCode::Draining,
+            "the server is draining; reconnect later".into(),
+        ));
+    }
+    if let Err(e) = ctx.store.check_writable() {
+        return Some((ErrorCode::StoreUnavailable, e.to_string()));
+    }
+    if ctx.is_failed() {
+        return Some((
+            ErrorCode::StoreUnavailable,
+            "a batch could not be applied on all its shards; the server needs a restart".into(),
+        ));
+    }
+    None
 }
 
 async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, reason: &str) {

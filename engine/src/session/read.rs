@@ -1,19 +1,44 @@
-//! Stage one of a session: read frames, validate, dedupe, route to shards.
+//! Stage one of a session: read frames, validate, dedupe, and sequence
+//! fresh batches (which routes them to the shards and journals them).
 
-use super::*;
+use std::sync::Arc;
+use std::time::Instant;
 
-/// Stage one: read, validate, dedupe, route.
+use tillstream_engine_core::ledger::Admission;
+use tillstream_engine_core::route::{BatchPlan, plan_batch};
+use tillstream_protocol::frame::{self, FrameHeader};
+use tillstream_protocol::{Batch, ErrorCode, FrameError, MsgType, ValidatedBatch};
+use tillstream_storage::{DeadLetterRow, RowSet};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{MAX_BAD_FRAMES, Pending, SessionEnd};
+use crate::clock::now_us;
+use crate::ctx::EngineCtx;
+use crate::devices::DeviceSlot;
+use crate::flusher::CommitUnit;
+use crate::metrics as m;
+use crate::sequencer::BatchHeader;
+use crate::shards::{ApplyWork, ShardMsg};
+use crate::wire::{ReadError, read_frame, with_header};
+
+/// Stage one: read, validate, dedupe, sequence.
 pub(super) async fn read_batches(
     recv: &mut quinn::RecvStream,
     conn: &quinn::Connection,
     ctx: &Arc<EngineCtx>,
     slot: &Arc<DeviceSlot>,
     pend_tx: &mpsc::Sender<Pending>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), String> {
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), SessionEnd> {
     let device = slot.device;
     let mut plan = BatchPlan::new(ctx.shard_count);
-    let mut bad_frames = 0u32;
+    let mut refusals = Refusals {
+        ctx,
+        conn,
+        device,
+        pend_tx,
+        count: 0,
+    };
     loop {
         // On drain, stop reading: what was read is still committed and
         // acknowledged; the device resends the rest to the next server.
@@ -25,44 +50,28 @@ pub(super) async fn read_batches(
         let (header, payload) = match read {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(()),
-            Err(ReadError::Conn(e)) => return Err(e),
+            Err(ReadError::Conn(e)) => return Err(SessionEnd::Conn(e)),
             Err(ReadError::Frame { err, raw }) => {
-                bad_frames += 1;
-                let fatal = !err.keeps_framing() || bad_frames > MAX_BAD_FRAMES;
-                refuse_frame(ctx, conn, device, 0, &err, raw, pend_tx, fatal).await;
-                if fatal {
-                    return Err(format!("closed after a bad frame: {err}"));
-                }
+                refusals.refuse(0, err, raw).await?;
                 continue;
             }
         };
         if header.msg_type != MsgType::Batch {
-            bad_frames += 1;
             let err = FrameError::Violation("only Batch frames may follow Hello");
             let raw = frame_bytes(&header, &payload);
-            let fatal = bad_frames > MAX_BAD_FRAMES;
-            refuse_frame(ctx, conn, device, 0, &err, raw, pend_tx, fatal).await;
-            if fatal {
-                return Err("too many bad frames".into());
-            }
+            refusals.refuse(0, err, raw).await?;
             continue;
         }
         let payload_len = payload.len();
         let batch = match ValidatedBatch::try_new(payload, ctx.limits.max_events_per_batch) {
             Ok(b) => b,
             Err((err, payload)) => {
-                bad_frames += 1;
-                let fatal = bad_frames > MAX_BAD_FRAMES;
-                let raw = frame_bytes(&header, &payload);
                 // A payload that passed bytecheck but broke a limit has a
                 // readable seq: name it, so the device knows which batch.
-                let seq =
-                    tillstream_protocol::frame::access::<tillstream_protocol::Batch>(&payload)
-                        .map_or(0, |b| b.seq.to_native());
-                refuse_frame(ctx, conn, device, seq, &err, raw, pend_tx, fatal).await;
-                if fatal {
-                    return Err("too many bad frames".into());
-                }
+                let seq = frame::access::<Batch>(&payload).map_or(0, |b| b.seq.to_native());
+                refusals
+                    .refuse(seq, err, frame_bytes(&header, &payload))
+                    .await?;
                 continue;
             }
         };
@@ -73,27 +82,14 @@ pub(super) async fn read_batches(
         m::batch_received(events as usize, payload_len);
 
         let pending = match slot.admit(seq, conn) {
-            None => return Err("superseded by a newer connection of this device".into()),
+            None => return Err(SessionEnd::Superseded),
             Some(Admission::TooFarAhead) => {
-                bad_frames += 1;
                 let err = FrameError::Violation(
                     "batch seq leaps too far ahead of the device's last batch",
                 );
-                let raw = frame_bytes(&header, batch.bytes());
-                refuse_frame(
-                    ctx,
-                    conn,
-                    device,
-                    seq,
-                    &err,
-                    raw,
-                    pend_tx,
-                    bad_frames > MAX_BAD_FRAMES,
-                )
-                .await;
-                if bad_frames > MAX_BAD_FRAMES {
-                    return Err("too many bad frames".into());
-                }
+                refusals
+                    .refuse(seq, err, frame_bytes(&header, batch.bytes()))
+                    .await?;
                 continue;
             }
             Some(Admission::Duplicate) => {
@@ -119,7 +115,7 @@ pub(super) async fn read_batches(
                         .clone()
                         .acquire_many_owned(h.units_for(payload_len))
                         .await
-                        .map_err(|_| "server shutting down".to_string())?;
+                        .map_err(|_| SessionEnd::ShuttingDown)?;
                     permits.push(permit);
                 }
                 let header = BatchHeader {
@@ -150,7 +146,7 @@ pub(super) async fn read_batches(
                     Err(shard) => {
                         // Earlier parts of this batch may already be applied.
                         ctx.fail("a shard actor stopped");
-                        return Err(format!("shard {shard} is gone"));
+                        return Err(SessionEnd::ShardGone(shard));
                     }
                 };
                 Pending::Fresh {
@@ -164,7 +160,7 @@ pub(super) async fn read_batches(
             }
         };
         if pend_tx.send(pending).await.is_err() {
-            return Err("session pipeline stopped".into());
+            return Err(SessionEnd::PipelineStopped);
         }
     }
 }
@@ -177,49 +173,69 @@ fn frame_bytes(header: &FrameHeader, payload: &[u8]) -> Vec<u8> {
     with_header(&head, payload)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn refuse_frame(
-    ctx: &Arc<EngineCtx>,
-    conn: &quinn::Connection,
+/// The bad frames of one session: each gets an `Error` with its code (after
+/// the acks owed, through the pipeline), is counted and kept as a dead
+/// letter. One that breaks framing ends the session, and so does one more
+/// than [`MAX_BAD_FRAMES`].
+struct Refusals<'a> {
+    ctx: &'a EngineCtx,
+    conn: &'a quinn::Connection,
     device: u64,
-    batch_seq: u64,
-    err: &FrameError,
-    raw: Vec<u8>,
-    pend_tx: &mpsc::Sender<Pending>,
-    fatal: bool,
-) {
-    let code = if fatal && err.keeps_framing() {
-        ErrorCode::TooManyErrors
-    } else {
-        err.code()
-    };
-    m::frame_refused(err.code());
-    tracing::info!(code = code.name(), error = %err, "frame refused");
-    let mut rows = RowSet::default();
-    rows.dead_letters.push(DeadLetterRow {
-        ts_us: now_us(),
-        device: Some(device),
-        peer: conn.remote_address().to_string(),
-        code: err.code().as_u16(),
-        reason: err.to_string(),
-        raw,
-    });
-    m::dead_letter();
-    let _ = ctx
-        .flush
-        .send(CommitUnit {
-            lsn: None,
-            rows,
-            durable: None,
-            done: None,
-            budget: Vec::new(),
-        })
-        .await;
-    let _ = pend_tx
-        .send(Pending::Error(tillstream_protocol::Error {
-            code: code.as_u16(),
-            batch_seq,
+    pend_tx: &'a mpsc::Sender<Pending>,
+    count: u32,
+}
+
+impl Refusals<'_> {
+    async fn refuse(
+        &mut self,
+        batch_seq: u64,
+        err: FrameError,
+        raw: Vec<u8>,
+    ) -> Result<(), SessionEnd> {
+        self.count += 1;
+        let too_many = self.count > MAX_BAD_FRAMES;
+        let code = if too_many && err.keeps_framing() {
+            ErrorCode::TooManyErrors
+        } else {
+            err.code()
+        };
+        m::frame_refused(err.code());
+        tracing::info!(code = code.name(), error = %err, "frame refused");
+        let mut rows = RowSet::default();
+        rows.dead_letters.push(DeadLetterRow {
+            ts_us: now_us(),
+            device: Some(self.device),
+            peer: self.conn.remote_address().to_string(),
+            code: err.code().as_u16(),
             reason: err.to_string(),
-        }))
-        .await;
+            raw,
+        });
+        m::dead_letter();
+        let _ = self
+            .ctx
+            .flush
+            .send(CommitUnit {
+                lsn: None,
+                rows,
+                durable: None,
+                done: None,
+                budget: Vec::new(),
+            })
+            .await;
+        let _ = self
+            .pend_tx
+            .send(Pending::Error(tillstream_protocol::Error {
+                code: code.as_u16(),
+                batch_seq,
+                reason: err.to_string(),
+            }))
+            .await;
+        if !err.keeps_framing() {
+            return Err(SessionEnd::BadFrame(err));
+        }
+        if too_many {
+            return Err(SessionEnd::TooManyBadFrames);
+        }
+        Ok(())
+    }
 }

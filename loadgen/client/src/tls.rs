@@ -22,6 +22,9 @@ pub struct EndpointOptions {
     /// UDP receive and send buffer sizes asked for (the kernel may grant
     /// less): with the default ~208 KiB, batched runs dropped packets.
     pub socket_buffer_bytes: usize,
+    /// The stream receive window advertised to the server, if not quinn's
+    /// default. Tests use a tiny one to play a device that reads nothing.
+    pub stream_receive_window: Option<u32>,
 }
 
 impl Default for EndpointOptions {
@@ -31,6 +34,7 @@ impl Default for EndpointOptions {
             idle_timeout: Duration::from_secs(5),
             keep_alive: Duration::from_secs(1),
             socket_buffer_bytes: 8 << 20,
+            stream_receive_window: None,
         }
     }
 }
@@ -84,6 +88,9 @@ pub fn client_endpoint_with(
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| ClientError::Tls(e.to_string()))?;
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(opts.keep_alive));
+    if let Some(window) = opts.stream_receive_window {
+        transport.stream_receive_window(window.into());
+    }
     let idle = quinn::IdleTimeout::try_from(opts.idle_timeout)
         .map_err(|e| ClientError::Tls(format!("idle timeout: {e}")))?;
     transport.max_idle_timeout(Some(idle));

@@ -1,0 +1,85 @@
+//! What every session, the accept loop and the HTTP API share: the store,
+//! the shards, the sequencer and the flusher's queue, the limits, and the
+//! engine's failed and draining flags. It imports none of its users, so
+//! `server` (which builds it) and the sessions (which use it) do not import
+//! each other.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tillstream_engine_core::validate::Rules;
+use tillstream_protocol::Limits;
+use tillstream_storage::Store;
+use tokio::sync::watch;
+
+use crate::devices::Devices;
+use crate::flusher::FlushSender;
+use crate::sequencer::Sequencer;
+use crate::shards::ShardHandle;
+
+/// What every session shares.
+#[derive(Debug)]
+pub(crate) struct EngineCtx {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) devices: Devices,
+    pub(crate) shards: Vec<ShardHandle>,
+    pub(crate) shard_count: u16,
+    /// Gives every fresh batch its LSN and journals it (see `sequencer`).
+    pub(crate) sequencer: Arc<Sequencer>,
+    pub(crate) flush: FlushSender,
+    pub(crate) limits: Limits,
+    pub(crate) rules: Rules,
+    /// Set on shutdown: new sessions are refused, readers stop.
+    pub(crate) draining: AtomicBool,
+    /// Set when a batch could not be applied on all its shards: nothing
+    /// more can be committed consistently, the engine needs a restart.
+    pub(crate) failed: watch::Sender<bool>,
+}
+
+impl EngineCtx {
+    /// Marks the engine failed: the flusher fails every pending and later
+    /// unit, new sessions are refused, waiting ackers give up.
+    pub(crate) fn fail(&self, why: &str) {
+        if !self.failed.send_replace(true) {
+            tracing::error!(
+                reason = why,
+                "engine failed: no more commits or acknowledgements until restart"
+            );
+        }
+    }
+
+    /// Whether [`EngineCtx::fail`] was called.
+    pub(crate) fn is_failed(&self) -> bool {
+        *self.failed.borrow()
+    }
+
+    /// Waits until the tables hold everything the journal held when
+    /// called (rows are materialized off the ack path): readers of the
+    /// tables, such as verify, see every batch acknowledged before they
+    /// asked. Gives up after `limit`, or at once if the engine failed.
+    pub(crate) async fn tables_caught_up(&self, limit: Duration) -> bool {
+        let target = self.sequencer.subscribe().borrow().durable;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match self.store.materialized_lsn() {
+                Ok(lsn) if lsn >= target => return true,
+                Ok(_) if !self.is_failed() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    /// Why the server is not ready, if it is not.
+    pub(crate) fn not_ready(&self) -> Option<String> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Some("draining".into());
+        }
+        if self.is_failed() {
+            return Some("a batch could not be applied; restart the server".into());
+        }
+        self.store.check_writable().err().map(|e| e.to_string())
+    }
+}
