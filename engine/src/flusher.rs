@@ -54,6 +54,9 @@ pub(crate) struct CommitUnit {
 /// Where sessions send units.
 pub(crate) type FlushSender = mpsc::Sender<CommitUnit>;
 
+/// Units gathered during a write that make the next write start at once.
+const BUSY_UNITS: usize = 64;
+
 /// Settings of the materialization.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FlushSettings {
@@ -300,6 +303,13 @@ impl Flusher {
             Ok((Ok(()), mut rows)) => {
                 rows.clear();
                 self.spare = rows;
+                // Self-clocking under load: what gathered during this write
+                // is written next, at once. Waiting for the timer instead
+                // left the shards' budgets held (and readers stopped) for up
+                // to an interval after every write.
+                if self.acc.budget.len() >= BUSY_UNITS {
+                    self.start_materialize();
+                }
             }
             Ok((Err(e), _)) => {
                 tracing::error!(error = %e, "writing the tables failed: no more acknowledgements until restart");
