@@ -1,5 +1,6 @@
-//! Commit throughput of the embedded store: what one group-commit tick of
-//! the flusher costs, fsync included.
+//! Write throughput of the embedded store's tables: a durable commit
+//! (fsync included), and a materialization, what the flusher writes off
+//! the ack path every interval (no fsync: the journal holds the records).
 //!
 //! Each commit carries what the engine writes for N sales of 3 lines from
 //! 16 terminals in 2 stores: the sales, their lines, their stock movements,
@@ -193,6 +194,26 @@ fn store_commit(c: &mut Criterion) {
                 |rows| match store.commit(&rows) {
                     Ok(info) => black_box(info),
                     Err(e) => panic!("commit failed: {e}"),
+                },
+                BatchSize::PerIteration,
+            );
+        });
+    }
+    // What the flusher does off the ack path: one write of everything that
+    // gathered over an interval (no fsync; the journal holds it), its
+    // levels and rollups deduplicated across the whole write.
+    let mut lsn = 0u64;
+    for sales in [4096usize, 16_384] {
+        group.throughput(Throughput::Elements(sales as u64));
+        group.bench_function(format!("materialize_{sales}_sales_3_lines"), |b| {
+            b.iter_batched(
+                || fleet.tick(sales),
+                |rows| {
+                    lsn += 1;
+                    match store.materialize(&rows, lsn) {
+                        Ok(info) => black_box(info),
+                        Err(e) => panic!("materialize failed: {e}"),
+                    }
                 },
                 BatchSize::PerIteration,
             );

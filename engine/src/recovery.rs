@@ -72,6 +72,13 @@ pub(crate) fn replay(
         .map(|id| ShardCore::new(cfg_of(id)))
         .collect();
     let mut plan = BatchPlan::new(shard_count);
+    // Activation reads for all the shards at once: the late window of
+    // every SKU of the store, whichever shard owns it.
+    let whole = ShardConfig {
+        id: 0,
+        shards: 1,
+        ..cfg_of(0)
+    };
     let mut rows = RowSet::default();
     let mut needs: Vec<Need> = Vec::new();
     let mut done = Replayed {
@@ -94,12 +101,17 @@ pub(crate) fn replay(
         let archived = batch.get();
         plan_batch(archived, h.device, &rules, h.now_us, &mut plan);
         for (shard, items) in plan.touched() {
-            let core = &mut cores[usize::from(shard)];
             needs.clear();
-            core.needs(archived, items, &mut needs);
+            cores[usize::from(shard)].needs(archived, items, &mut needs);
             for need in &needs {
-                shards::load(store, core.config(), *need)?.install(core);
+                // Read once for every shard: each keeps its own SKUs and
+                // terminals, and one that holds the store already ignores it.
+                let loaded = shards::load(store, &whole, *need)?;
+                for core in &mut cores {
+                    loaded.clone().install(core);
+                }
             }
+            let core = &mut cores[usize::from(shard)];
             core.apply(h.device, archived, items, h.now_us, &mut rows);
         }
         push_ledger(

@@ -60,7 +60,7 @@ pub struct StoreSnapshot {
     /// Current level of every SKU of the store.
     pub levels: Vec<StockLevelRow>,
     /// The store's stock movements stamped at or after the `since` time
-    /// asked for, in (ts, key, line) order.
+    /// asked for, in no particular order.
     pub recent_movements: Vec<StockMovementRow>,
 }
 
@@ -122,8 +122,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Current level of every SKU of `store` (activation, step one).
     fn load_levels(&self, store: u32) -> Result<Vec<StockLevelRow>, StoreError>;
 
-    /// Stock movements of `store` stamped at or after `since_us`, in
-    /// (ts, key, line) order (activation, step two: the late window).
+    /// Stock movements of `store` stamped at or after `since_us`, in no
+    /// particular order (activation, step two: the late window).
     fn load_movements(
         &self,
         store: u32,
