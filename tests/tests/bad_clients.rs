@@ -294,13 +294,23 @@ async fn a_device_that_never_reads_its_acks_holds_back_no_one() -> anyhow::Resul
     let endpoint = endpoint_for(&server)?;
     let s = script(67, 1, true, 120, 8, now_us() - 60_000_000);
     let honest = device(&endpoint, server.quic_addr(), s.device);
-    for b in prepare(&s)? {
-        honest.send(b).await?;
+    let batches = prepare(&s)?;
+    // Held back, its window fills and its sends wait for ever: a deadline
+    // turns that into a failure.
+    let streamed = tokio::time::timeout(Duration::from_secs(60), async {
+        for b in batches {
+            honest.send(b).await?;
+        }
+        honest
+            .wait_acked(s.batches.len() as u64, Duration::from_secs(60))
+            .await?;
+        anyhow::Ok(())
+    })
+    .await;
+    match streamed {
+        Ok(r) => r.map_err(|e| anyhow::anyhow!("the honest device failed: {e}"))?,
+        Err(_) => anyhow::bail!("the honest device was held back: no acks within 60 s"),
     }
-    honest
-        .wait_acked(s.batches.len() as u64, Duration::from_secs(60))
-        .await
-        .map_err(|e| anyhow::anyhow!("the honest device was held back: {e}"))?;
 
     // The deaf one is closed once an ack waits past the deadline.
     let closed = tokio::time::timeout(Duration::from_secs(30), conn.closed()).await;
@@ -308,10 +318,8 @@ async fn a_device_that_never_reads_its_acks_holds_back_no_one() -> anyhow::Resul
     drop(deaf.await?);
     honest.close().await;
     caught_up(&server).await?;
-    let report = tillstream_storage::verify::verify(
-        &*server.store(),
-        Some(&fleet_util::manifest(&[s])),
-    )?;
+    let report =
+        tillstream_storage::verify::verify(&*server.store(), Some(&fleet_util::manifest(&[s])))?;
     anyhow::ensure!(report.ok && report.missing == 0, "{report:?}");
     server.shutdown().await?;
     Ok(())
