@@ -57,7 +57,7 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             shards: u16::try_from(cores).unwrap_or(2).max(1),
             http: None,
-            flush_interval: Duration::from_millis(200),
+            flush_interval: Duration::from_millis(50),
             flush_max_rows: 1 << 20,
             limits: Limits::default(),
             max_inflight_bytes_per_shard: 32 << 20,

@@ -28,7 +28,7 @@ pub(crate) struct Args {
     /// How often acknowledged rows are written to the tables, in
     /// milliseconds. Acks do not wait for it (they wait for the journal's
     /// fsync); longer intervals write each busy SKU's level less often.
-    #[arg(long, default_value_t = 200, env = "TILLSTREAM_FLUSH_INTERVAL_MS")]
+    #[arg(long, default_value_t = 50, env = "TILLSTREAM_FLUSH_INTERVAL_MS")]
     flush_interval_ms: u64,
     /// PEM certificate chain (with --tls-key); default: a self-signed one in the data directory.
     #[arg(long, requires = "tls_key", env = "TILLSTREAM_TLS_CERT")]
