@@ -89,13 +89,30 @@ pub(crate) fn block_hour(table: Table, key: &[u8]) -> Option<u32> {
         .then_some(u32::from_be_bytes(bytes))
 }
 
-/// `store u32 | sku u64`.
-pub(crate) fn level_key(store: u32, sku: u64) -> [u8; 12] {
-    let mut key = [0; 12];
+/// Buckets of stock levels per store: a write rewrites each bucket it
+/// touches whole, so more buckets mean smaller rewrites but more keys.
+pub(crate) const LEVEL_BUCKETS: u16 = 64;
+
+/// The bucket of a SKU's level, in `0..LEVEL_BUCKETS` (a fixed hash: SKU
+/// numbers are often dense, and their low bits would crowd few buckets).
+pub(crate) fn level_bucket(sku: u64) -> u16 {
+    const _: () = assert!(LEVEL_BUCKETS.is_power_of_two());
+    // The top bits of a Fibonacci hash.
+    let shift = 64 - LEVEL_BUCKETS.trailing_zeros();
+    u16::try_from(sku.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift).unwrap_or(0)
+}
+
+/// `store u32 | bucket u16`: one block of levels, sorted by SKU.
+pub(crate) fn level_bucket_key(store: u32, bucket: u16) -> [u8; 6] {
+    let mut key = [0; 6];
     key[..4].copy_from_slice(&store.to_be_bytes());
-    key[4..].copy_from_slice(&sku.to_be_bytes());
+    key[4..].copy_from_slice(&bucket.to_be_bytes());
     key
 }
+
+/// Length of the keys of the first layout, one level per key
+/// (`store u32 | sku u64`); still read.
+pub(crate) const LEGACY_LEVEL_KEY_LEN: usize = 12;
 
 /// `store u32 | day u32 | terminal u32 | minute u16`.
 pub(crate) fn rollup_key(store: u32, day: u32, terminal: u32, minute: u16) -> [u8; 14] {
@@ -154,7 +171,11 @@ mod tests {
 
     #[test]
     fn point_keys_sort_numerically() {
-        assert!(level_key(1, u64::MAX) < level_key(2, 0));
+        assert!(level_bucket_key(1, LEVEL_BUCKETS - 1) < level_bucket_key(2, 0));
+        assert!((0..10_000).all(|sku| level_bucket(sku) < LEVEL_BUCKETS));
+        // Dense SKU numbers spread over every bucket.
+        let used: std::collections::HashSet<u16> = (0..1_000).map(level_bucket).collect();
+        assert_eq!(used.len(), usize::from(LEVEL_BUCKETS));
         assert!(rollup_key(1, 2, 3, 1439) < rollup_key(1, 2, 4, 0));
         assert!(rollup_key(1, 2, 3, 4).starts_with(&rollup_day_prefix(1, 2)));
         assert!(batch_key(1, 300) < batch_key(2, 1));

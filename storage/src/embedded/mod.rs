@@ -8,7 +8,7 @@
 //! | keyspace | key | value |
 //! |---|---|---|
 //! | `blocks` | `table u8 \| part \| hour u32 \| commit u64` | rkyv `Vec<Row>`: all rows of that group one commit wrote |
-//! | `stock_levels` | `store u32 \| sku u64` | rkyv `StockLevelRow` (highest `version` wins) |
+//! | `stock_levels` | `store u32 \| bucket u16` | rkyv `Vec<StockLevelRow>` of the store's SKUs in that bucket (`keys::level_bucket`), sorted by SKU; per SKU the highest `version` wins |
 //! | `terminal_rollups` | `store u32 \| day u32 \| terminal u32 \| minute u16` | rkyv `TerminalRollupRow` (last write wins) |
 //! | `device_watermarks` | `device u64` | rkyv `WatermarkRow` (highest `seq` wins) |
 //! | `device_batches` | `device u64 \| seq u64` | rkyv `BatchRow` |
@@ -65,13 +65,13 @@
 //!   sync made a checkpoint covering them durable. After a crash the tables
 //!   may be back at an older checkpoint; the engine replays the journal
 //!   from there.
-//! - The version caches (`level_versions`, `mark_seqs`) hold what the
+//! - The caches (`level_buckets`, `mark_seqs`) hold what the
 //!   tables hold (written or read under `commit_lock`), possibly not yet
 //!   synced: the journal holds those records durably, so
 //!   [`Store::watermark`] never reports a seq that a crash could lose.
 //!   Other reads see the data of a write as soon as its batch is written.
-//!   The caches hold one entry per (store, SKU) and per device ever written
-//!   or read: about 40 bytes
+//!   The caches hold one level row per SKU of every bucket ever written
+//!   or read (about 64 bytes) and one entry per device: about 64 bytes
 //!   each, 40 MB for a million SKUs.
 
 mod blocks;
@@ -165,8 +165,9 @@ pub struct EmbeddedStore {
     meta: Keyspace,
     /// Serializes commits; the id of the next commit.
     commit_lock: Mutex<u64>,
-    /// Durable `version` of stock levels written or read so far.
-    level_versions: Mutex<HashMap<(u32, u64), u64>>,
+    /// The level buckets written or read so far, as the tables hold them
+    /// (see `commit::put_levels`).
+    level_buckets: Mutex<HashMap<(u32, u16), Vec<StockLevelRow>>>,
     /// Durable watermark of devices written or read so far.
     mark_seqs: RwLock<HashMap<u64, u64>>,
     poisoned: AtomicBool,
@@ -298,7 +299,7 @@ impl EmbeddedStore {
             batches,
             meta,
             commit_lock: Mutex::new(last.saturating_add(1)),
-            level_versions: Mutex::new(HashMap::new()),
+            level_buckets: Mutex::new(HashMap::new()),
             mark_seqs: RwLock::new(HashMap::new()),
             poisoned: AtomicBool::new(false),
             poison_reason: Mutex::new(None),

@@ -116,8 +116,37 @@ impl EmbeddedStore {
 
     /// Current levels of one store, or of all, in (store, sku) order.
     pub(super) fn levels_of(&self, store: Option<u32>) -> Result<Vec<StockLevelRow>, StoreError> {
+        let mut out = Vec::new();
+        self.each_level(store, &mut |r| out.push(r))?;
+        out.sort_unstable_by_key(|r| (r.store, r.sku));
+        Ok(out)
+    }
+
+    /// Hands every level of one store, or of all, to `f`, bucket by bucket
+    /// (see `keys::level_bucket`); a key of the first layout holds one row.
+    fn each_level(
+        &self,
+        store: Option<u32>,
+        f: &mut dyn FnMut(StockLevelRow),
+    ) -> Result<(), StoreError> {
         let prefix = store.map(u32::to_be_bytes);
-        Self::points(&self.levels, prefix.as_ref().map_or(&[][..], |p| &p[..]))
+        let mut buf = AlignedVec::new();
+        for guard in self
+            .levels
+            .prefix(prefix.as_ref().map_or(&[][..], |p| &p[..]))
+        {
+            let (key, value) = guard
+                .into_inner()
+                .map_err(|e| backend_err("reading levels", e))?;
+            if key.len() == keys::LEGACY_LEVEL_KEY_LEN {
+                f(blocks::decode_one::<StockLevelRow>(&value, &mut buf)?);
+            } else {
+                blocks::decode_block::<StockLevelRow>(&value, &mut buf)?
+                    .into_iter()
+                    .for_each(&mut *f);
+            }
+        }
+        Ok(())
     }
 
     /// Rollups of one store and day, in (terminal, minute) order.
@@ -296,9 +325,7 @@ impl Query for EmbeddedStore {
             Table::DeadLetters => self.each_block::<DeadLetterRow>(None, all, &mut |rows| {
                 rows.iter().for_each(|r| f(RowRef::DeadLetter(r)));
             }),
-            Table::StockLevels => {
-                Self::each_point::<StockLevelRow>(&self.levels, &[], &mut |r| f(RowRef::Level(&r)))
-            }
+            Table::StockLevels => self.each_level(None, &mut |r| f(RowRef::Level(&r))),
             Table::TerminalRollups => {
                 Self::each_point::<TerminalRollupRow>(&self.rollups, &[], &mut |r| {
                     f(RowRef::Rollup(&r));

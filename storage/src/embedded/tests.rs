@@ -329,7 +329,10 @@ fn poison_for_test_refuses_commits() -> TestResult {
 fn corrupt_values_are_errors_not_panics() -> TestResult {
     let (_dir, store) = open()?;
     store.commit(&sample())?;
-    store.levels.insert(keys::level_key(1, 5), [0xFFu8; 7])?;
+    store.levels.insert(
+        keys::level_bucket_key(1, keys::level_bucket(5)),
+        [0xFFu8; 7],
+    )?;
     assert!(matches!(
         store.load_levels(1),
         Err(StoreError::Corrupt { .. })
@@ -380,5 +383,81 @@ fn concurrent_commits_get_distinct_ids() -> TestResult {
     let mut n = 0;
     store.scan(Table::DeviceHealth, &mut |_| n += 1)?;
     assert_eq!(n, 20);
+    Ok(())
+}
+
+fn level_of(store: u32, sku: u64, level: i64, version: u64) -> StockLevelRow {
+    StockLevelRow {
+        store,
+        sku,
+        level,
+        count_ts_us: None,
+        count_key: None,
+        updated_ts_us: T0,
+        version,
+    }
+}
+
+#[test]
+fn levels_in_buckets_keep_the_newest_version_across_writes_and_reopens() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    {
+        let store = EmbeddedStore::open(dir.path())?;
+        // Every SKU of two stores, then newer versions of some, then an
+        // older version that must not win.
+        let first = RowSet {
+            stock_levels: (0..1_000)
+                .map(|sku| level_of(1 + (sku % 2) as u32, sku, 10, 1))
+                .collect(),
+            ..RowSet::default()
+        };
+        store.commit(&first)?;
+        let newer = RowSet {
+            stock_levels: (0..1_000)
+                .step_by(3)
+                .map(|sku| level_of(1 + (sku % 2) as u32, sku, 7, 2))
+                .collect(),
+            ..RowSet::default()
+        };
+        store.materialize(&newer, 1)?;
+        let older = RowSet {
+            stock_levels: vec![level_of(1, 0, 99, 1)],
+            ..RowSet::default()
+        };
+        store.materialize(&older, 2)?;
+        store.sync_materialized()?;
+    }
+    // Reopened: the bucket cache is cold, the disk must say the same.
+    let store = EmbeddedStore::open(dir.path())?;
+    let one = store.load_levels(1)?;
+    assert_eq!(one.len(), 500);
+    assert!(one.windows(2).all(|w| w[0].sku < w[1].sku), "sorted by SKU");
+    for r in &one {
+        let want = if r.sku % 3 == 0 { (7, 2) } else { (10, 1) };
+        assert_eq!((r.level, r.version), want, "sku {}", r.sku);
+    }
+    assert_eq!(store.load_levels(2)?.len(), 500);
+    // A later write on a cold cache merges with what is stored.
+    let more = RowSet {
+        stock_levels: vec![level_of(1, 1_001, 3, 1)],
+        ..RowSet::default()
+    };
+    store.commit(&more)?;
+    assert_eq!(store.load_levels(1)?.len(), 501);
+    Ok(())
+}
+
+#[test]
+fn levels_of_the_first_layout_are_still_read() -> TestResult {
+    let (_dir, store) = open()?;
+    let mut key = Vec::from(1u32.to_be_bytes());
+    key.extend_from_slice(&42u64.to_be_bytes());
+    assert_eq!(key.len(), keys::LEGACY_LEVEL_KEY_LEN);
+    store
+        .levels
+        .insert(key, blocks::encode_one(&level_of(1, 42, 5, 3))?.as_slice())?;
+    let got = store.load_levels(1)?;
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].sku, got[0].level), (42, 5));
     Ok(())
 }
