@@ -365,6 +365,49 @@ async fn write_lines(
     Ok(())
 }
 
+/// The fields of a sale or refund that go into its `sales` row.
+struct SaleHead<'a> {
+    ts_us: i64,
+    store: u32,
+    terminal: u32,
+    operator: u32,
+    txn: &'a [u8],
+    refund: bool,
+    original: Option<&'a [u8]>,
+    currency: &'a [u8],
+    customer: Option<i64>,
+    tenders: &'a [Tender],
+}
+
+/// One `sales` row.
+async fn write_sale(
+    w: std::pin::Pin<&mut BinaryCopyInWriter>,
+    device: i64,
+    seq: i64,
+    h: &SaleHead<'_>,
+) -> anyhow::Result<()> {
+    let t = tenders(h.tenders);
+    let currency = String::from_utf8_lossy(h.currency).into_owned();
+    let row: [&(dyn ToSql + Sync); 14] = [
+        &device,
+        &seq,
+        &h.ts_us,
+        &i32_of(h.store),
+        &i32_of(h.terminal),
+        &i32_of(h.operator),
+        &h.txn,
+        &h.refund,
+        &h.original,
+        &currency,
+        &h.customer,
+        &t.methods,
+        &t.amounts,
+        &t.tips,
+    ];
+    w.write(&row).await?;
+    Ok(())
+}
+
 /// One transaction: three binary COPYs and a COMMIT.
 async fn write_transaction(client: &mut Client, txn: &[OwnedBatch]) -> anyhow::Result<()> {
     let tx = client.transaction().await?;
@@ -382,52 +425,34 @@ async fn write_transaction(client: &mut Client, txn: &[OwnedBatch]) -> anyhow::R
         for ev in &b.events {
             match ev {
                 Event::Sale(e) => {
-                    let t = tenders(&e.tenders);
-                    let currency = String::from_utf8_lossy(&e.currency).into_owned();
-                    let customer = e.customer.map(i64_of);
-                    let txn_id: &[u8] = &e.txn;
-                    let none: Option<&[u8]> = None;
-                    let row: [&(dyn ToSql + Sync); 14] = [
-                        &device,
-                        &seq,
-                        &e.ts_us,
-                        &i32_of(e.store),
-                        &i32_of(e.terminal),
-                        &i32_of(e.operator),
-                        &txn_id,
-                        &false,
-                        &none,
-                        &currency,
-                        &customer,
-                        &t.methods,
-                        &t.amounts,
-                        &t.tips,
-                    ];
-                    sales.as_mut().write(&row).await?;
+                    let head = SaleHead {
+                        ts_us: e.ts_us,
+                        store: e.store,
+                        terminal: e.terminal,
+                        operator: e.operator,
+                        txn: &e.txn,
+                        refund: false,
+                        original: None,
+                        currency: &e.currency,
+                        customer: e.customer.map(i64_of),
+                        tenders: &e.tenders,
+                    };
+                    write_sale(sales.as_mut(), device, seq, &head).await?;
                 }
                 Event::Refund(e) => {
-                    let t = tenders(&e.tenders);
-                    let currency = String::from_utf8_lossy(&e.currency).into_owned();
-                    let customer: Option<i64> = None;
-                    let txn_id: &[u8] = &e.txn;
-                    let original: Option<&[u8]> = e.original_txn.as_ref().map(|o| &o[..]);
-                    let row: [&(dyn ToSql + Sync); 14] = [
-                        &device,
-                        &seq,
-                        &e.ts_us,
-                        &i32_of(e.store),
-                        &i32_of(e.terminal),
-                        &i32_of(e.operator),
-                        &txn_id,
-                        &true,
-                        &original,
-                        &currency,
-                        &customer,
-                        &t.methods,
-                        &t.amounts,
-                        &t.tips,
-                    ];
-                    sales.as_mut().write(&row).await?;
+                    let head = SaleHead {
+                        ts_us: e.ts_us,
+                        store: e.store,
+                        terminal: e.terminal,
+                        operator: e.operator,
+                        txn: &e.txn,
+                        refund: true,
+                        original: e.original_txn.as_ref().map(|o| &o[..]),
+                        currency: &e.currency,
+                        customer: None,
+                        tenders: &e.tenders,
+                    };
+                    write_sale(sales.as_mut(), device, seq, &head).await?;
                 }
                 Event::Health(h) => health.push((device, seq, *h)),
                 Event::Movement(_) | Event::Count(_) => {

@@ -56,15 +56,7 @@ pub(super) fn dead_letter(ts_us: i64) -> DeadLetterRow {
 }
 
 fn level(sku: u64, level: i64, version: u64) -> StockLevelRow {
-    StockLevelRow {
-        store: 1,
-        sku,
-        level,
-        count_ts_us: None,
-        count_key: None,
-        updated_ts_us: T0,
-        version,
-    }
+    level_of(1, sku, level, version)
 }
 
 fn mark(device: u64, seq: u64) -> RowSet {
