@@ -148,7 +148,10 @@ impl EmbeddedStore {
     /// write rewrites the buckets it touches from `level_buckets`, the
     /// copy in memory of what the tables hold. One point key per SKU was
     /// ~60% of a write's cost (store_commit bench, 4,096 sales: 14.6 ms
-    /// with them, 6.0 ms without).
+    /// with them, 6.0 ms without). The trade: when most buckets change at
+    /// every write, each write rewrites most levels (50k SKUs: ~3 MB), so
+    /// at half load the ack p50 rose from ~4 to ~7 ms while the peak rose
+    /// ~8% (1M-event runs, 2 each).
     fn put_levels(&self, w: &mut Writer, rows: &[StockLevelRow]) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());

@@ -91,7 +91,7 @@ pub(crate) fn block_hour(table: Table, key: &[u8]) -> Option<u32> {
 
 /// Buckets of stock levels per store: a write rewrites each bucket it
 /// touches whole, so more buckets mean smaller rewrites but more keys.
-pub(crate) const LEVEL_BUCKETS: u16 = 64;
+pub(crate) const LEVEL_BUCKETS: u16 = 256;
 
 /// The bucket of a SKU's level, in `0..LEVEL_BUCKETS` (a fixed hash: SKU
 /// numbers are often dense, and their low bits would crowd few buckets).

@@ -255,6 +255,11 @@ impl EmbeddedStore {
                             .compression(fjall::CompressionType::None)
                             .separation_threshold(512),
                     ))
+            } else if name == keys::LEVELS {
+                // Level buckets are rewritten whole at every write.
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(8 << 20)
+                    .data_block_compression_policy(CompressionPolicy::disabled())
             } else {
                 KeyspaceCreateOptions::default().max_memtable_size(8 << 20)
             };
