@@ -81,7 +81,7 @@ fn final_level(
         .ok_or_else(|| "SKU never applied".to_owned())
 }
 
-/// The rule, straight from DESIGN.md.
+/// The stock rule, as ARCHITECTURE.md states it ("Stock converges").
 fn oracle(sent: &[Sent]) -> i64 {
     let key = |s: &Sent, ts: i64| (ts, s.device, s.seq);
     let latest = sent

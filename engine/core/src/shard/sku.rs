@@ -1,5 +1,5 @@
 //! The SKU entity: one product's stock level in one store, under the stock
-//! rule of DESIGN.md.
+//! rule of ARCHITECTURE.md ("Stock converges").
 //!
 //! Events are ordered by their own time. The level is the latest count
 //! (latest by `(ts, key)`) plus the deltas of the movements stamped
