@@ -7,7 +7,7 @@
 //! - the [`Store`] trait: one atomic, durable commit of a [`RowSet`] per
 //!   group-commit tick, plus what the engine reads back on activation;
 //! - the [`Query`] API (sales over time, top SKUs, stock history, low stock,
-//!   watermarks) and [`verify`], the integrity check of DESIGN.md;
+//!   watermarks) and [`verify`], the integrity check of the invariants in ARCHITECTURE.md;
 //! - the embedded backend on fjall (feature `embedded`, on by default).
 //!
 //! It is not:

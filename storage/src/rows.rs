@@ -1,4 +1,4 @@
-//! Row types of the logical tables of DESIGN.md, one struct per table.
+//! Row types of the logical tables (storage/schema/), one struct per table.
 //!
 //! Raw rows (sales, sale_lines, stock_movements, device_health,
 //! rejected_events) carry the [`EventKey`] of the event they came from, so a

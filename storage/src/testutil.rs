@@ -1,6 +1,6 @@
 //! Test helpers: a generator of consistent row sets (what the engine would
 //! write for a stream of events, with levels, rollups, ledger and
-//! watermarks derived the way DESIGN.md says) and an in-memory [`Query`]
+//! watermarks derived the way ARCHITECTURE.md says) and an in-memory [`Query`]
 //! over a `RowSet`, for tests that need no backend.
 
 use std::collections::BTreeMap;

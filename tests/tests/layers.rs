@@ -1,4 +1,4 @@
-//! The dependency rule of DESIGN.md, checked mechanically: the crates that
+//! The dependency rule of ARCHITECTURE.md, checked mechanically: the crates that
 //! hold the decisions and the wire contract pull in no runtime, socket or
 //! disk crate, and no internal crate they must not know.
 

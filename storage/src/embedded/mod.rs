@@ -1,4 +1,4 @@
-//! The embedded backend: the logical tables of DESIGN.md on one fjall
+//! The embedded backend: the logical tables (storage/schema/) on one fjall
 //! database, for single-machine deployments without a ScyllaDB cluster.
 //!
 //! # Physical layout
@@ -19,7 +19,7 @@
 //! `rejected_events`, and absent for `dead_letters`; `hour` is
 //! [`time::hour`](crate::time::hour) of the rows' `ts_us`.
 //!
-//! Raw rows are packed, as DESIGN.md "Speed" asks: a commit writes one
+//! Raw rows are packed (one key per row would cap the engine): a commit writes one
 //! block per (table, part, hour) holding every row of that group, so a
 //! flush of 256 sales with 3 lines writes a handful of values instead of
 //! 1,792 keys. A prefix scan of `table | part` returns a partition's blocks
@@ -27,7 +27,7 @@
 //! keep the order the engine gave them (not sorted): readers that promise
 //! an order sort what they return.
 //!
-//! The logical partitions stay those of DESIGN.md: sales (store, day),
+//! The logical partitions stay those of the CQL schema: sales (store, day),
 //! sale_lines (store, sku, day), stock_movements (store, sku, month). The
 //! embedded store groups coarser, by (store, hour), so that blocks hold
 //! many rows. The accepted trade-off: a query about one SKU

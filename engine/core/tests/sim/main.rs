@@ -4,7 +4,7 @@
 //! flusher) over a virtual clock, with resends, replays, reconnects,
 //! crashes (possibly coming back with another shard count) and commits
 //! shuffled across devices. The model store checks the invariants of
-//! DESIGN.md after every commit and everything after every crash and at
+//! ARCHITECTURE.md after every commit and everything after every crash and at
 //! the end (see `model.rs`).
 //!
 //! A failure names the seed (in the test's captured output); rerun one with
