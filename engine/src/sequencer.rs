@@ -20,7 +20,7 @@
 //! - the durable LSN only rises, and only after `journal_append` returned
 //!   Ok for every record up to it;
 //! - after a failed append nothing more becomes durable: the error is
-//!   published and the writer stops.
+//!   published, the writer stops, and frames are no longer buffered.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -93,6 +93,9 @@ struct Pending {
     /// LSN of the last record in `buf` (0 when empty).
     last: u64,
     closed: bool,
+    /// An append failed: nothing will be written again, so frames are no
+    /// longer kept (the flusher fails their batches).
+    failed: bool,
 }
 
 /// The sequencer (module docs). Shared by every session.
@@ -115,6 +118,7 @@ impl Sequencer {
                 buf: Vec::with_capacity(1 << 20),
                 last: 0,
                 closed: false,
+                failed: false,
             }),
             wake: Condvar::new(),
             state: watch::Sender::new(JournalState {
@@ -143,8 +147,10 @@ impl Sequencer {
         let lsn = p.next_lsn;
         dispatch(lsn)?;
         p.next_lsn += 1;
-        encode_record(lsn, &[&header.encode(), frame], &mut p.buf);
-        p.last = lsn;
+        if !p.failed {
+            encode_record(lsn, &[&header.encode(), frame], &mut p.buf);
+            p.last = lsn;
+        }
         drop(p);
         self.wake.notify_one();
         Ok(lsn)
@@ -185,6 +191,10 @@ impl Sequencer {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "journal append failed: no more acknowledgements until restart");
+                    let mut p = self.pending.lock();
+                    p.failed = true;
+                    p.buf = Vec::new();
+                    drop(p);
                     self.state.send_modify(|s| s.error = Some(Arc::new(e)));
                     return;
                 }
