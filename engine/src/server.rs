@@ -43,6 +43,9 @@ pub struct Server {
 impl Server {
     /// Opens the store, binds the sockets and starts every task.
     pub async fn start(cfg: ServerConfig) -> Result<Server, EngineError> {
+        // The recorder first: a metric handle taken before it is installed
+        // (the shards take theirs when they start) records nothing.
+        let _ = crate::metrics::handle();
         std::fs::create_dir_all(&cfg.data_dir).map_err(|source| EngineError::Io {
             what: "creating the data directory",
             path: cfg.data_dir.clone(),

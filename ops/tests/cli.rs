@@ -125,6 +125,12 @@ fn serve_drain_verify_and_query_as_processes() -> anyhow::Result<()> {
         metrics.contains("tillstream_batches_received_total 30"),
         "{metrics}"
     );
+    // Per-shard gauges are taken when the shards start: they are exported
+    // only if the recorder was installed before that.
+    assert!(
+        metrics.contains("tillstream_shard_inflight_bytes{shard=\"0\"}"),
+        "{metrics}"
+    );
     let report: serde_json::Value = ureq::post(&format!("{base}/v1/verify"))
         .send_json(serde_json::json!({}))?
         .into_body()
