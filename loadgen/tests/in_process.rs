@@ -76,12 +76,9 @@ async fn a_paced_run_keeps_to_its_rate() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_csv_sample_replays() -> anyhow::Result<()> {
+    // Shipped with the tests (tests/data/README.md), so this always runs.
     let csv = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/online-retail-sample.csv");
-    if !csv.exists() {
-        eprintln!("skipped: {} not found", csv.display());
-        return Ok(());
-    }
+        .join("tests/data/online-retail-sample.csv");
     let path = csv.to_string_lossy().into_owned();
     let a = args(&[
         "--replay-csv",
