@@ -9,7 +9,6 @@
 //! clock starts: each message is then queued for it.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -83,20 +82,19 @@ pub(crate) async fn run(
     let port = procs::free_port()?;
     let conf = dir.path().join("mosquitto.conf");
     std::fs::write(&conf, config(port, &data))?;
-    let mut proc = ServerProc::spawn(
+    let proc = ServerProc::spawn(
         "mosquitto",
         Command::new(&bin).arg("-c").arg(&conf),
         &dir.path().join("mosquitto.log"),
     )?;
-    proc.wait_accepting(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(30),
-    )
-    .await?;
-    let result = tokio::time::timeout(s.give_up_after, measure(prep, s, port))
-        .await
-        .unwrap_or_else(|_| bail!("gave up after {:?}", s.give_up_after));
-    proc.stop();
+    let result = proc
+        .measure(
+            port,
+            Duration::from_secs(30),
+            s.give_up_after,
+            measure(prep, s, port),
+        )
+        .await;
     drop(dir);
     result
 }

@@ -10,7 +10,6 @@
 //! The tables have no indexes or constraints: the cheapest durable insert
 //! PostgreSQL offers.
 
-use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -159,7 +158,7 @@ pub(crate) async fn run(
         );
     }
     let port = procs::free_port()?;
-    let mut proc = ServerProc::spawn(
+    let proc = ServerProc::spawn(
         "postgres",
         Command::new(bin.join("postgres"))
             .arg("-D")
@@ -172,15 +171,14 @@ pub(crate) async fn run(
             .current_dir(dir.path()),
         &dir.path().join("postgres.log"),
     )?;
-    proc.wait_accepting(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(60),
-    )
-    .await?;
-    let result = tokio::time::timeout(s.give_up_after, measure(prep, s, port))
-        .await
-        .unwrap_or_else(|_| bail!("gave up after {:?}", s.give_up_after));
-    proc.stop();
+    let result = proc
+        .measure(
+            port,
+            Duration::from_secs(60),
+            s.give_up_after,
+            measure(prep, s, port),
+        )
+        .await;
     drop(dir);
     result
 }

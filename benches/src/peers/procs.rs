@@ -164,6 +164,25 @@ impl ServerProc {
         }
     }
 
+    /// Once the server accepts on `port` (within `ready_within`), runs
+    /// `measure`, giving up after `limit`; stops the server whatever
+    /// happened.
+    pub(crate) async fn measure<T>(
+        mut self,
+        port: u16,
+        ready_within: Duration,
+        limit: Duration,
+        measure: impl Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        self.wait_accepting(SocketAddr::from(([127, 0, 0, 1], port)), ready_within)
+            .await?;
+        let result = tokio::time::timeout(limit, measure)
+            .await
+            .unwrap_or_else(|_| bail!("gave up after {limit:?}"));
+        self.stop();
+        result
+    }
+
     /// Stops it: SIGTERM, up to 15 s for a clean stop, then SIGKILL.
     pub(crate) fn stop(&mut self) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
