@@ -66,16 +66,7 @@ async fn one_run(work: Workload) -> Duration {
         Ok(p) => p,
         Err(e) => panic!("certificate: {e}"),
     };
-    let rc = RunConfig {
-        server: server.quic_addr(),
-        server_name: "localhost".into(),
-        ca_pem,
-        token: Vec::new(),
-        rate: 0.0,
-        give_up_after: Duration::from_secs(30),
-        max_inflight: 4,
-        connect_wait: Duration::from_secs(10),
-    };
+    let rc = RunConfig::flat_out(server.quic_addr(), ca_pem, 4, Duration::from_secs(30));
     let out = match fleet::run(work, &rc).await {
         Ok(o) => o,
         Err(e) => panic!("fleet: {e}"),

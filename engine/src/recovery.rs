@@ -107,8 +107,11 @@ pub(crate) fn replay(
                 // Read once for every shard: each keeps its own SKUs and
                 // terminals, and one that holds the store already ignores it.
                 let loaded = shards::load(store, &whole, *need)?;
-                for core in &mut cores {
-                    loaded.clone().install(core);
+                if let Some((last, rest)) = cores.split_last_mut() {
+                    for core in rest {
+                        loaded.clone().install(core);
+                    }
+                    loaded.install(last);
                 }
             }
             let core = &mut cores[usize::from(shard)];

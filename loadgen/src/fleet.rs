@@ -54,6 +54,29 @@ pub struct RunConfig {
     pub connect_wait: Duration,
 }
 
+impl RunConfig {
+    /// Flat out against `server` (certificate name `localhost`, no token),
+    /// waiting up to 10 s for every device's first session: how a benchmark
+    /// drives a server it started itself.
+    pub fn flat_out(
+        server: SocketAddr,
+        ca_pem: Vec<u8>,
+        max_inflight: usize,
+        give_up_after: Duration,
+    ) -> Self {
+        RunConfig {
+            server,
+            server_name: "localhost".into(),
+            ca_pem,
+            token: Vec::new(),
+            rate: 0.0,
+            give_up_after,
+            max_inflight,
+            connect_wait: Duration::from_secs(10),
+        }
+    }
+}
+
 /// A batch the server acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct AckedRef {

@@ -9,7 +9,6 @@
 //! prepared once here and handed to `fleet::run`.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tillstream_engine::{Server, ServerConfig};
@@ -41,16 +40,7 @@ pub(crate) async fn run(prep: &Prepared, s: &Settings) -> anyhow::Result<Measure
         }
         let ca_pem = std::fs::read(server.cert_path())
             .with_context(|| format!("reading {}", server.cert_path().display()))?;
-        let rc = RunConfig {
-            server: server.quic_addr(),
-            server_name: "localhost".into(),
-            ca_pem,
-            token: Vec::new(),
-            rate: 0.0,
-            give_up_after: s.give_up_after,
-            max_inflight: s.inflight,
-            connect_wait: Duration::from_secs(10),
-        };
+        let rc = RunConfig::flat_out(server.quic_addr(), ca_pem, s.inflight, s.give_up_after);
         let out = fleet::run(prep.work.clone(), &rc).await?;
         if let Some(f) = out.failures.first() {
             bail!("{f}");
