@@ -63,7 +63,7 @@ fn core_apply(c: &mut Criterion) {
         out.clear();
         plan_batch(b.get(), DEVICE, &rules, NOW, plan);
         for (s, items) in plan.touched() {
-            cores[usize::from(s)].apply(DEVICE, b.get(), items, NOW, out);
+            cores[usize::from(s)].apply(1, DEVICE, b.get(), items, NOW, out);
         }
         out.len()
     };

@@ -44,6 +44,11 @@ pub struct ServerConfig {
     /// (the device backs off and dials again). Default 4 s: below the
     /// devices' 5 s idle timeout, past which a waiting handshake is wasted.
     pub handshake_max_wait: Duration,
+    /// Stores (their SKUs), rollup days and device slots unchanged for this
+    /// long leave memory once their rows are in the tables, and are read
+    /// again when needed. Default 15 minutes: longer than a till's quiet
+    /// spell in opening hours, so what sells stays resident.
+    pub passivate_after: Duration,
     /// Faults to inject (tests and incident rehearsals); none by default.
     pub faults: Faults,
 }
@@ -65,6 +70,7 @@ impl ServerConfig {
             drain_timeout: Duration::from_secs(10),
             max_handshakes: 16 * cores,
             handshake_max_wait: Duration::from_secs(4),
+            passivate_after: Duration::from_secs(15 * 60),
             faults: Faults::default(),
         }
     }
@@ -87,4 +93,7 @@ pub struct ServerSettings {
     pub max_events_per_batch: u32,
     /// Most unacknowledged batches per device.
     pub max_inflight_batches: u32,
+    /// Idle time after which entities leave memory, seconds.
+    #[serde(default)]
+    pub passivate_after_s: u64,
 }

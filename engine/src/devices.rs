@@ -7,12 +7,15 @@
 //!   old reader's next `admit` fails), closes the old connection, and its
 //!   `Welcome` waits until the device is quiescent (everything applied is
 //!   durable), so the watermark it announces is exact;
-//! - `durable` only grows, and only the flusher raises it, after the commit
-//!   that holds the batch's rows and watermark returned.
+//! - `durable` only grows, and only the flusher raises it, once the journal
+//!   holds the batch;
+//! - a slot leaves memory (passivation) only when no session or unit holds
+//!   it, everything it admitted is durable and its last batch is in the
+//!   tables: the watermark a new slot reads from the tables is then exact.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tillstream_engine_core::ledger::{Admission, DeviceLedger};
@@ -33,6 +36,10 @@ pub(crate) struct DeviceSlot {
 struct SlotState {
     ledger: DeviceLedger,
     owner: Option<quinn::Connection>,
+    /// LSN of the last batch that became durable (0: none since loaded).
+    last_lsn: u64,
+    /// Since when no session owns the slot.
+    idle_since: Instant,
 }
 
 impl DeviceSlot {
@@ -48,11 +55,12 @@ impl DeviceSlot {
         owns.then(|| st.ledger.admit(seq))
     }
 
-    /// Called by the flusher once the commit holding `seq` is durable.
-    pub(crate) fn mark_durable(&self, seq: u64) {
+    /// Called by the flusher once the journal holds `seq`, whose LSN is `lsn`.
+    pub(crate) fn mark_durable(&self, seq: u64, lsn: u64) {
         let durable = {
             let mut st = self.state.lock();
             st.ledger.mark_durable(seq);
+            st.last_lsn = st.last_lsn.max(lsn);
             st.ledger.durable()
         };
         self.durable_tx.send_if_modified(|d| {
@@ -116,7 +124,18 @@ impl DeviceSlot {
             .is_some_and(|c| c.stable_id() == conn.stable_id())
         {
             st.owner = None;
+            st.idle_since = Instant::now();
         }
+    }
+
+    /// Whether the slot may leave memory (module docs), once no one else
+    /// holds it.
+    fn idle(&self, since_before: Instant, materialized_lsn: u64) -> bool {
+        let st = self.state.lock();
+        st.owner.is_none()
+            && st.idle_since < since_before
+            && st.ledger.is_quiescent()
+            && st.last_lsn <= materialized_lsn
     }
 }
 
@@ -154,6 +173,8 @@ impl Devices {
                 state: Mutex::new(SlotState {
                     ledger: DeviceLedger::new(durable),
                     owner: None,
+                    last_lsn: 0,
+                    idle_since: Instant::now(),
                 }),
                 durable_tx: watch::Sender::new(durable),
             })
@@ -164,5 +185,20 @@ impl Devices {
     /// Devices known.
     pub(crate) fn len(&self) -> usize {
         self.slots.lock().len()
+    }
+
+    /// Drops the slots of devices gone since before `since_before` whose
+    /// batches are all in the tables (up to `materialized_lsn`); their
+    /// next session reads the watermark from the store again. Returns how
+    /// many left.
+    pub(crate) fn passivate_idle(&self, since_before: Instant, materialized_lsn: u64) -> usize {
+        let mut slots = self.slots.lock();
+        let before = slots.len();
+        // Under the map's lock no session can take a slot it does not
+        // already hold: a count of one means no one holds it.
+        slots.retain(|_, slot| {
+            Arc::strong_count(slot) > 1 || !slot.idle(since_before, materialized_lsn)
+        });
+        before - slots.len()
     }
 }

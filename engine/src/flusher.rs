@@ -70,12 +70,14 @@ pub(crate) struct FlushSettings {
 
 /// Starts the flusher after `checkpoint` (the tables' LSN, which recovery
 /// brought up to the journal's end); it ends when every sender is dropped
-/// and what it holds is materialized.
+/// and what it holds is materialized. It publishes each new checkpoint on
+/// `materialized`.
 pub(crate) fn spawn(
     store: Arc<dyn Store>,
     checkpoint: u64,
     journal: watch::Receiver<JournalState>,
     failed: watch::Receiver<bool>,
+    materialized: watch::Sender<u64>,
     settings: FlushSettings,
     queue: usize,
 ) -> (FlushSender, tokio::task::JoinHandle<()>) {
@@ -92,6 +94,7 @@ pub(crate) fn spawn(
         last_sync: Instant::now(),
         error: None,
         ticks: 0,
+        materialized,
     };
     let join = tokio::spawn(flusher.run(rx, journal, failed));
     (tx, join)
@@ -107,7 +110,8 @@ struct Gathered {
     since: Option<Instant>,
 }
 
-type Materialized = (Result<(), StoreError>, RowSet);
+/// A write's outcome, its rows (to reuse the buffers) and its checkpoint.
+type Materialized = (Result<(), StoreError>, RowSet, u64);
 
 struct Flusher {
     store: Arc<dyn Store>,
@@ -124,6 +128,8 @@ struct Flusher {
     last_sync: Instant,
     error: Option<Arc<StoreError>>,
     ticks: u64,
+    /// The LSN the tables hold, for passivation.
+    materialized: watch::Sender<u64>,
 }
 
 impl Flusher {
@@ -244,7 +250,7 @@ impl Flusher {
                 break;
             };
             if let Some((slot, seq)) = unit.durable.take() {
-                slot.mark_durable(seq);
+                slot.mark_durable(seq, self.next_lsn);
             }
             if let Some(done) = unit.done.take() {
                 let _ = done.send(Ok(()));
@@ -289,7 +295,7 @@ impl Flusher {
                     Ok(())
                 }
             });
-            (r, rows)
+            (r, rows, lsn)
         });
         self.in_flight = Some(task);
         self.in_flight_budget = budget;
@@ -300,7 +306,12 @@ impl Flusher {
         self.in_flight = None;
         self.in_flight_budget.clear();
         match done {
-            Ok((Ok(()), mut rows)) => {
+            Ok((Ok(()), mut rows, lsn)) => {
+                self.materialized.send_if_modified(|m| {
+                    let newer = lsn > *m;
+                    *m = (*m).max(lsn);
+                    newer
+                });
                 rows.clear();
                 self.spare = rows;
                 // Self-clocking under load: what gathered during this write
@@ -311,7 +322,7 @@ impl Flusher {
                     self.start_materialize();
                 }
             }
-            Ok((Err(e), _)) => {
+            Ok((Err(e), _, _)) => {
                 tracing::error!(error = %e, "writing the tables failed: no more acknowledgements until restart");
                 m::commit_failed();
                 self.fail(Arc::new(e));

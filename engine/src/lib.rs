@@ -19,6 +19,7 @@ pub mod faults;
 mod flusher;
 mod http;
 mod metrics;
+mod passivate;
 mod recovery;
 mod sequencer;
 mod server;

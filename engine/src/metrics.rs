@@ -120,6 +120,18 @@ impl ShardGauges {
     }
 }
 
+/// Entities a shard dropped from memory as idle.
+pub(crate) fn passivated(gone: &tillstream_engine_core::shard::Passivated) {
+    counter!("tillstream_passivated_stores_total").increment(gone.stores);
+    counter!("tillstream_passivated_skus_total").increment(gone.skus);
+    counter!("tillstream_passivated_rollup_days_total").increment(gone.days);
+}
+
+/// Device slots dropped from memory as idle.
+pub(crate) fn passivated_devices(n: usize) {
+    counter!("tillstream_passivated_devices_total").increment(n as u64);
+}
+
 pub(crate) fn dead_letter() {
     counter!("tillstream_dead_letters_total").increment(1);
 }

@@ -115,7 +115,7 @@ pub(crate) fn replay(
                 }
             }
             let core = &mut cores[usize::from(shard)];
-            core.apply(h.device, archived, items, h.now_us, &mut rows);
+            core.apply(lsn, h.device, archived, items, h.now_us, &mut rows);
         }
         push_ledger(
             &mut rows,

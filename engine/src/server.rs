@@ -19,7 +19,7 @@ use crate::flusher::{self, FlushSettings};
 use crate::recovery;
 use crate::sequencer::Sequencer;
 use crate::shards::{self, ShardHandle};
-use crate::{EngineError, ServerConfig, ServerSettings, accept, http, tls, udp};
+use crate::{EngineError, ServerConfig, ServerSettings, accept, http, passivate, tls, udp};
 
 /// A running server.
 #[derive(Debug)]
@@ -85,8 +85,14 @@ impl Server {
         })
         .await
         .map_err(|e| EngineError::Actor(e.to_string()))??;
-        let shards =
-            shards::spawn_shards(cores, store.clone(), cfg.max_inflight_bytes_per_shard).await?;
+        let materialized = watch::Sender::new(replayed.checkpoint);
+        let shards = shards::spawn_shards(
+            cores,
+            store.clone(),
+            &materialized.subscribe(),
+            cfg.max_inflight_bytes_per_shard,
+        )
+        .await?;
         let (sequencer, journal_writer) = Sequencer::start(store.clone(), replayed.checkpoint)
             .map_err(|source| EngineError::Io {
                 what: "starting the journal writer",
@@ -99,6 +105,7 @@ impl Server {
             replayed.checkpoint,
             sequencer.subscribe(),
             failed.subscribe(),
+            materialized.clone(),
             FlushSettings {
                 interval: cfg.flush_interval,
                 max_rows: cfg.flush_max_rows,
@@ -157,7 +164,14 @@ impl Server {
             backend: ctx.store.backend().to_string(),
             max_events_per_batch: cfg.limits.max_events_per_batch,
             max_inflight_batches: cfg.limits.max_inflight_batches,
+            passivate_after_s: cfg.passivate_after.as_secs(),
         };
+        tokio::spawn(passivate::run(
+            ctx.clone(),
+            cfg.passivate_after,
+            materialized.subscribe(),
+            shutdown_rx.clone(),
+        ));
         let (http_addr, http) = match cfg.http {
             Some(addr) => {
                 let (bound, join) = http::serve(

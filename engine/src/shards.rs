@@ -6,6 +6,10 @@
 //! to the session that sent the part. Rows never wait in the shard: the
 //! session assembles a batch's rows from all its shards into one commit
 //! unit, so a batch's rows and its watermark are always committed together.
+//!
+//! Passivation: now and then the server asks every shard to drop what sat
+//! idle ([`ShardMsg::Passivate`]); the core keeps whatever still has rows
+//! on their way to the tables, so what is loaded again is what it was.
 
 use std::sync::Arc;
 
@@ -14,7 +18,7 @@ use tillstream_engine_core::route::WorkItem;
 use tillstream_engine_core::shard::{Need, ShardConfig, ShardCore};
 use tillstream_protocol::ValidatedBatch;
 use tillstream_storage::{RowSet, Store, StoreError, StoreSnapshot, TerminalRollupRow};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::clock::now_us;
 use crate::metrics as m;
@@ -22,6 +26,8 @@ use crate::metrics as m;
 /// One batch's part for one shard.
 #[derive(Debug)]
 pub(crate) struct ApplyWork {
+    /// The batch's place in the engine's order (see `sequencer`).
+    pub(crate) lsn: u64,
     pub(crate) batch: Arc<ValidatedBatch>,
     pub(crate) device: u64,
     pub(crate) items: Vec<WorkItem>,
@@ -37,6 +43,9 @@ pub(crate) type PartResult = Result<RowSet, Arc<StoreError>>;
 pub(crate) enum ShardMsg {
     /// Apply a batch part.
     Apply(ApplyWork),
+    /// Drop the stores and rollup days unchanged since this time (µs)
+    /// whose rows are all in the tables.
+    Passivate { idle_before_us: i64 },
 }
 
 /// A shard: the actor's handle and its in-flight byte budget.
@@ -64,6 +73,8 @@ struct ShardActor;
 struct ShardState {
     core: ShardCore,
     store: Arc<dyn Store>,
+    /// The LSN the tables hold (the flusher publishes it).
+    materialized: watch::Receiver<u64>,
     needs: Vec<Need>,
     budget: Arc<Semaphore>,
     budget_units: u32,
@@ -74,17 +85,24 @@ struct ShardState {
 impl Actor for ShardActor {
     type Msg = ShardMsg;
     type State = ShardState;
-    type Arguments = (ShardCore, Arc<dyn Store>, Arc<Semaphore>, u32);
+    type Arguments = ShardArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        (core, store, budget, budget_units): Self::Arguments,
+        ShardArgs {
+            core,
+            store,
+            materialized,
+            budget,
+            budget_units,
+        }: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let gauges = m::ShardGauges::new(core.config().id);
         Ok(ShardState {
             core,
             store,
+            materialized,
             needs: Vec::new(),
             budget,
             budget_units,
@@ -117,9 +135,32 @@ impl Actor for ShardActor {
                 // The session may be gone; its rows are then not needed.
                 let _ = work.reply.send(result);
             }
+            ShardMsg::Passivate { idle_before_us } => {
+                let materialized = *state.materialized.borrow();
+                let gone = state.core.passivate_idle(idle_before_us, materialized);
+                if gone != Default::default() {
+                    tracing::debug!(
+                        shard = state.core.config().id,
+                        ?gone,
+                        "passivated idle entities"
+                    );
+                    m::passivated(&gone);
+                    state.gauges.entities(&state.core.stats());
+                    state.gauges_at = std::time::Instant::now();
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// What a shard actor starts with.
+struct ShardArgs {
+    core: ShardCore,
+    store: Arc<dyn Store>,
+    materialized: watch::Receiver<u64>,
+    budget: Arc<Semaphore>,
+    budget_units: u32,
 }
 
 async fn apply(state: &mut ShardState, work: &ApplyWork) -> PartResult {
@@ -130,9 +171,14 @@ async fn apply(state: &mut ShardState, work: &ApplyWork) -> PartResult {
         activate(state, state.needs[i]).await.map_err(Arc::new)?;
     }
     let mut rows = RowSet::default();
-    state
-        .core
-        .apply(work.device, batch, &work.items, now_us(), &mut rows);
+    state.core.apply(
+        work.lsn,
+        work.device,
+        batch,
+        &work.items,
+        now_us(),
+        &mut rows,
+    );
     Ok(rows)
 }
 
@@ -207,10 +253,12 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Starts one shard actor per core, shard `i` owning `cores[i]` (as
-/// recovery left it, or empty).
+/// recovery left it, or empty). `materialized` is the LSN the tables hold,
+/// which bounds what passivation may drop.
 pub(crate) async fn spawn_shards(
     cores: Vec<ShardCore>,
     store: Arc<dyn Store>,
+    materialized: &watch::Receiver<u64>,
     inflight_bytes: usize,
 ) -> Result<Vec<ShardHandle>, crate::EngineError> {
     let units = u32::try_from(inflight_bytes.div_ceil(BUDGET_UNIT))
@@ -220,7 +268,13 @@ pub(crate) async fn spawn_shards(
     for core in cores {
         let id = core.config().id;
         let budget = Arc::new(Semaphore::new(units as usize));
-        let args = (core, store.clone(), budget.clone(), units);
+        let args = ShardArgs {
+            core,
+            store: store.clone(),
+            materialized: materialized.clone(),
+            budget: budget.clone(),
+            budget_units: units,
+        };
         let (actor, _join) = Actor::spawn(None, ShardActor, args)
             .await
             .map_err(|e| crate::EngineError::Actor(format!("shard {id}: {e}")))?;

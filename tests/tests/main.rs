@@ -9,6 +9,7 @@ mod ingest;
 mod layers;
 mod offline;
 mod overload;
+mod passivation;
 mod power_loss;
 mod process;
 mod restart;

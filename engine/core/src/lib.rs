@@ -2,8 +2,8 @@
 //!
 //! The engine feeds this crate validated batches and the current time, and
 //! gets back what to do: which shard applies which event, which rows to
-//! persist, which batch is fresh and which a resend, when to commit and in
-//! what order. Like quinn-proto, it is a deterministic state machine that a
+//! persist, which batch is fresh and which a resend, and which entities
+//! may leave memory. Like quinn-proto, it is a deterministic state machine that a
 //! test can drive through thousands of devices with a virtual clock.
 //!
 //! It is:
@@ -14,9 +14,6 @@
 //! - [`ledger`]: dedupe and watermarks of one device;
 //! - [`shard`]: [`shard::ShardCore`], the terminal and SKU entities of one
 //!   shard: `apply` turns work items into rows;
-//! - [`flush`]: group-commit planning ([`flush::FlushPlanner`]) and the
-//!   order in which commit units may become durable
-//!   ([`flush::CommitOrder`]);
 //! - [`testkit`]: builders of events and validated batches for tests and
 //!   benchmarks.
 //!
@@ -38,7 +35,8 @@
 //! - Memory is bounded by the entities: a SKU keeps at most its late
 //!   window of movements (capped at 1,024; a hotter SKU's window is
 //!   shorter), a terminal one row per active minute of the days loaded
-//!   (see `ShardCore::passivate_rollup_days_before`).
+//!   (see `ShardCore::passivate_idle`): an engine that passivates what
+//!   sat idle keeps only what devices use.
 //! - Every row's key derives from (device, batch seq, index in batch), and
 //!   every decision is a function of the entity's state and the event, so
 //!   applying the same batches to the same state gives the same rows.
@@ -48,27 +46,25 @@
 //!
 //! # What the engine must guarantee
 //!
-//! The store must only ever hold a *consistent cut*: each shard's parts up
-//! to some point of its apply order, each batch whole, and each device's
-//! batches up to its watermark. A shard's rows build on every earlier part
-//! it applied (a stock level counts the movements before it), so committing
-//! a later part without an earlier one and then crashing would leave a
-//! level that counts a movement the store does not hold, and the resend of
-//! that batch would count it twice. [`shard::ShardCore::apply`] numbers
-//! each part ([`flush::PartTicket`]) and [`flush::CommitOrder`] releases
-//! exactly the units that keep the store consistent.
+//! Each shard's parts are applied in one global order (the engine's LSN,
+//! ARCHITECTURE.md "write path"), and the store must only ever hold a
+//! *prefix* of that order: a shard's rows build on every earlier part it
+//! applied (a stock level counts the movements before it), so a store
+//! that held a later part without an earlier one would, after a crash,
+//! count a movement twice once the earlier batch is replayed or resent.
+//! The LSN given to [`shard::ShardCore::apply`] is what lets the core say
+//! when an entity's rows are all in the tables, so that passivating it and
+//! loading it again gives the same state.
 
-pub mod flush;
 pub mod ledger;
 pub mod route;
 pub mod shard;
 pub mod testkit;
 pub mod validate;
 
-pub use flush::{CommitOrder, FlushPlanner, FlushPolicy, PartTicket};
 pub use ledger::{Admission, DeviceLedger};
 pub use route::{
     BatchPlan, Role, WorkItem, plan_batch, shard_of_device, shard_of_sku, shard_of_terminal,
 };
-pub use shard::{Need, ShardConfig, ShardCore, ShardStats};
+pub use shard::{Need, Passivated, ShardConfig, ShardCore, ShardStats};
 pub use validate::{Rules, check_event};

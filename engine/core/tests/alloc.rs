@@ -97,7 +97,7 @@ fn planning_and_applying_a_warm_batch_does_not_allocate() {
         COUNTING.with(|c| c.set(count));
         plan_batch(b.get(), DEVICE, &rules, NOW, &mut plan);
         for (s, items) in plan.touched() {
-            cores[usize::from(s)].apply(DEVICE, b.get(), items, NOW, &mut out);
+            cores[usize::from(s)].apply(1, DEVICE, b.get(), items, NOW, &mut out);
         }
         COUNTING.with(|c| c.set(false));
         out.len()

@@ -50,7 +50,7 @@ fn final_level(
     let mut plan = BatchPlan::new(shards);
     let mut out = RowSet::default();
     let mut last = None;
-    for &i in order {
+    for (lsn, &i) in (1u64..).zip(order) {
         plan_batch(
             batches[i].get(),
             sent[i].device,
@@ -60,7 +60,14 @@ fn final_level(
         );
         for (s, items) in plan.touched() {
             out.clear();
-            cores[usize::from(s)].apply(sent[i].device, batches[i].get(), items, NOW, &mut out);
+            cores[usize::from(s)].apply(
+                lsn,
+                sent[i].device,
+                batches[i].get(),
+                items,
+                NOW,
+                &mut out,
+            );
             if let Some(l) = out.stock_levels.last() {
                 match last.replace(l.version) {
                     Some(prev) if l.version <= prev => {

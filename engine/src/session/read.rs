@@ -124,10 +124,11 @@ pub(super) async fn read_batches(
                     now_us: now,
                 };
                 let mut parts = Vec::with_capacity(2);
-                let sequenced = ctx.sequencer.submit(header, batch.bytes(), |_lsn| {
+                let sequenced = ctx.sequencer.submit(header, batch.bytes(), |lsn| {
                     for (shard, items) in plan.touched() {
                         let (tx, rx) = oneshot::channel();
                         let work = ApplyWork {
+                            lsn,
                             batch: batch.clone(),
                             device,
                             items: items.to_vec(),

@@ -56,6 +56,14 @@ pub(crate) struct Args {
     /// below the devices' idle timeout (5 s by default).
     #[arg(long, default_value_t = 4000, env = "TILLSTREAM_HANDSHAKE_MAX_WAIT_MS")]
     handshake_max_wait_ms: u64,
+    /// Seconds a store's SKUs, a rollup day or a device may sit unchanged
+    /// before they leave memory (once their rows are in the tables); they
+    /// are read back from the store when a batch needs them. Lower it to
+    /// bound memory with many stores; raise it if /metrics shows
+    /// tillstream_passivated_skus_total climbing under steady load.
+    #[arg(long, default_value_t = 900, env = "TILLSTREAM_PASSIVATE_AFTER_S",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    passivate_after_s: u64,
     /// Testing only: make every store commit first sleep for a time drawn
     /// uniformly from MIN..MAX milliseconds (slow storage rehearsal).
     #[arg(long, value_name = "MIN..MAX", value_parser = parse_ms_range)]
@@ -101,6 +109,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         cfg.max_handshakes = usize::try_from(n).unwrap_or(usize::MAX);
     }
     cfg.handshake_max_wait = Duration::from_millis(args.handshake_max_wait_ms);
+    cfg.passivate_after = Duration::from_secs(args.passivate_after_s);
     cfg.faults.commit_delay = args.inject_commit_delay_ms;
     if let Some((lo, hi)) = cfg.faults.commit_delay {
         tracing::warn!(?lo, ?hi, "fault injection: every store commit is delayed");

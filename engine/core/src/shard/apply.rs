@@ -17,24 +17,24 @@ use tillstream_storage::{
 
 use super::sku::{CountOutcome, SkuState};
 use super::terminal::{RollupSlot, SaleView, rollup_key};
-use super::{ShardCore, view};
-use crate::flush::PartTicket;
+use super::{LastChange, ShardCore, view};
 use crate::route::{Role, WorkItem};
 
 impl ShardCore {
-    /// Applies the items of one batch part of `device` and appends the
-    /// rows to `out`. Returns the part's ticket: its place in this shard's
-    /// apply order, which [`CommitOrder`](crate::flush::CommitOrder) needs.
-    /// Stores and days not activated are taken as empty (and activated as
-    /// such). Never panics.
+    /// Applies the items of one batch part of `device`, whose batch has
+    /// `lsn` in the engine's order, and appends the rows to `out`. Parts
+    /// must come in LSN order (the LSN records what each entity's rows
+    /// depend on, for [`ShardCore::passivate_idle`]). Stores and days not
+    /// activated are taken as empty (and activated as such). Never panics.
     pub fn apply(
         &mut self,
+        lsn: u64,
         device: u64,
         batch: &ArchivedBatch,
         items: &[WorkItem],
         now_us: i64,
         out: &mut RowSet,
-    ) -> PartTicket {
+    ) {
         let rows_before = out.len();
         let seq = batch.seq.to_native();
         for item in items {
@@ -88,16 +88,10 @@ impl ShardCore {
                 self.stats.misrouted += 1;
             }
         }
-        self.flush_dirty(out);
+        self.flush_dirty(LastChange { at_us: now_us, lsn }, out);
         self.stats.rows_emitted += out.len().saturating_sub(rows_before) as u64;
         self.stats.parts_applied += 1;
         self.stats.last_apply_us = now_us;
-        let ticket = PartTicket {
-            shard: self.cfg.id,
-            n: self.parts,
-        };
-        self.parts += 1;
-        ticket
     }
 
     /// A receipt, shrink or transfer. False if the SKU is not this shard's.
@@ -133,9 +127,10 @@ impl ShardCore {
         let days = &mut self.days;
         let activations = &mut self.stats.activations;
         let slot = self.rollups.entry(rk).or_insert_with(|| {
-            if days.insert((rk.0, rk.1)) {
+            days.entry((rk.0, rk.1)).or_insert_with(|| {
                 *activations += 1;
-            }
+                LastChange::LOADED
+            });
             RollupSlot::new(rk)
         });
         slot.add(&row);
@@ -187,7 +182,8 @@ impl ShardCore {
         if let Some(&i) = self.sku_index.get(&(store, sku)) {
             return i as usize;
         }
-        if self.stores.insert(store) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.stores.entry(store) {
+            e.insert(LastChange::LOADED);
             self.stats.activations += 1;
         }
         let i = self.skus.len();
@@ -310,19 +306,31 @@ impl ShardCore {
         self.stats.rejected += 1;
     }
 
-    /// Emits the final level row of every SKU and rollup minute changed.
-    fn flush_dirty(&mut self, out: &mut RowSet) {
+    /// Emits the final level row of every SKU and rollup minute changed,
+    /// and records the change on their stores and days.
+    fn flush_dirty(&mut self, change: LastChange, out: &mut RowSet) {
+        // A part's SKUs are mostly of one store: look it up once per run.
+        let mut last_store = None;
         for &i in &self.dirty_skus {
             if let Some(s) = self.skus.get_mut(i as usize) {
                 s.dirty = false;
                 out.stock_levels.push(s.row());
+                if last_store != Some(s.store) {
+                    last_store = Some(s.store);
+                    self.stores.insert(s.store, change);
+                }
             }
         }
         self.dirty_skus.clear();
+        let mut last_day = None;
         for k in &self.dirty_rollups {
             if let Some(slot) = self.rollups.get_mut(k) {
                 slot.dirty = false;
                 out.terminal_rollups.push(slot.row);
+                if last_day != Some((k.0, k.1)) {
+                    last_day = Some((k.0, k.1));
+                    self.days.insert((k.0, k.1), change);
+                }
             }
         }
         self.dirty_rollups.clear();

@@ -9,9 +9,9 @@
 //!    time, then [`ShardCore::activate_store`]; for each
 //!    [`Need::RollupDay`]: read that day's rollups and
 //!    [`ShardCore::activate_rollup_day`];
-//! 3. [`ShardCore::apply`], which appends rows and returns the part's
-//!    [`PartTicket`](crate::flush::PartTicket); the rows commit as a unit ordered by
-//!    [`CommitOrder`](crate::flush::CommitOrder).
+//! 3. [`ShardCore::apply`] with the part's LSN, which appends rows;
+//! 4. now and then, [`ShardCore::passivate_idle`] with the LSN the tables
+//!    hold, which drops the stores and rollup days idle since a time.
 //!
 //! Invariants:
 //! - a SKU lives on `shard_of_sku(store, sku, shards)` and only there; a
@@ -21,6 +21,9 @@
 //!   the same shard count;
 //! - activation never overwrites live state: a store or day already active
 //!   is not loaded again;
+//! - a store or rollup day is only passivated once every row that changed
+//!   it is in the tables (its last LSN is at most the tables' LSN), so
+//!   loading it again gives the state it had;
 //! - each `apply` call emits, per SKU it changed, one `StockLevelRow` with
 //!   its final state (versions strictly increase), and per rollup minute it
 //!   changed, one `TerminalRollupRow`;
@@ -132,19 +135,51 @@ pub struct ShardStats {
     pub last_apply_us: i64,
 }
 
+/// When an active store or rollup day last changed: the `now_us` and the
+/// LSN of the last `apply` that changed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LastChange {
+    at_us: i64,
+    lsn: u64,
+}
+
+impl LastChange {
+    /// Loaded from the store and not changed since.
+    const LOADED: LastChange = LastChange {
+        at_us: i64::MIN,
+        lsn: 0,
+    };
+
+    fn idle(&self, before_us: i64, materialized_lsn: u64) -> bool {
+        self.at_us < before_us && self.lsn <= materialized_lsn
+    }
+}
+
+/// What [`ShardCore::passivate_idle`] dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Passivated {
+    /// Stores whose SKUs left memory.
+    pub stores: u64,
+    /// SKUs that left memory.
+    pub skus: u64,
+    /// Rollup days that left memory.
+    pub days: u64,
+    /// Rollup minutes that left memory.
+    pub rollup_minutes: u64,
+}
+
 /// The entities of one shard (module docs). Pure: no I/O, no clock.
 #[derive(Debug)]
 pub struct ShardCore {
     cfg: ShardConfig,
-    stores: HashSet<u32, Fixed>,
+    stores: HashMap<u32, LastChange, Fixed>,
     skus: Vec<SkuState>,
     sku_index: HashMap<(u32, u64), u32, Fixed>,
     dirty_skus: Vec<u32>,
-    days: HashSet<(u32, u32), Fixed>,
+    days: HashMap<(u32, u32), LastChange, Fixed>,
     rollups: HashMap<RollupKey, RollupSlot, Fixed>,
     dirty_rollups: Vec<RollupKey>,
     terminals: HashSet<(u32, u32), Fixed>,
-    parts: u64,
     stats: ShardStats,
 }
 
@@ -153,15 +188,14 @@ impl ShardCore {
     pub fn new(cfg: ShardConfig) -> Self {
         Self {
             cfg,
-            stores: HashSet::default(),
+            stores: HashMap::default(),
             skus: Vec::new(),
             sku_index: HashMap::default(),
             dirty_skus: Vec::new(),
-            days: HashSet::default(),
+            days: HashMap::default(),
             rollups: HashMap::default(),
             dirty_rollups: Vec::new(),
             terminals: HashSet::default(),
-            parts: 0,
             stats: ShardStats::default(),
         }
     }
@@ -196,7 +230,7 @@ impl ShardCore {
                 (Role::Terminal, _) => {
                     if let Some(v) = view(e) {
                         let d = day(v.ts);
-                        if !self.days.contains(&(v.store, d)) {
+                        if !self.days.contains_key(&(v.store, d)) {
                             add(Need::RollupDay {
                                 store: v.store,
                                 day: d,
@@ -210,20 +244,20 @@ impl ShardCore {
                             .lines
                             .iter()
                             .any(|l| self.owns(v.store, l.sku.to_native()));
-                        if mine && !self.stores.contains(&v.store) {
+                        if mine && !self.stores.contains_key(&v.store) {
                             add(Need::Store(v.store));
                         }
                     }
                 }
                 (Role::Stock, ArchivedEvent::Movement(m)) => {
                     let s = m.store.to_native();
-                    if !self.stores.contains(&s) {
+                    if !self.stores.contains_key(&s) {
                         add(Need::Store(s));
                     }
                 }
                 (Role::Stock, ArchivedEvent::Count(c)) => {
                     let s = c.store.to_native();
-                    if !self.stores.contains(&s) {
+                    if !self.stores.contains_key(&s) {
                         add(Need::Store(s));
                     }
                 }
@@ -244,9 +278,10 @@ impl ShardCore {
     /// (levels, and the movements since [`ShardCore::movements_since`] in
     /// time order). A store already active is left as it is.
     pub fn activate_store(&mut self, store: u32, snapshot: StoreSnapshot) {
-        if !self.stores.insert(store) {
+        if self.stores.contains_key(&store) {
             return;
         }
+        self.stores.insert(store, LastChange::LOADED);
         self.stats.activations += 1;
         for row in &snapshot.levels {
             if row.store != store || !self.owns(row.store, row.sku) {
@@ -276,9 +311,10 @@ impl ShardCore {
     /// the others' rows are not kept. A day already active is left as it
     /// is.
     pub fn activate_rollup_day(&mut self, store: u32, day: u32, rollups: Vec<TerminalRollupRow>) {
-        if !self.days.insert((store, day)) {
+        if self.days.contains_key(&(store, day)) {
             return;
         }
+        self.days.insert((store, day), LastChange::LOADED);
         self.stats.activations += 1;
         for row in rollups {
             if row.store == store && row.day == day && self.owns_terminal(store, row.terminal) {
@@ -288,23 +324,46 @@ impl ShardCore {
         }
     }
 
-    /// Drops the rollups of days before `day` (passivation); they are
-    /// loaded again if a late sale needs them. Returns the days dropped.
-    ///
-    /// Only call it once every part this shard applied is durable
-    /// (`CommitOrder::released(id) == parts_applied()` after a commit):
-    /// reloading a day whose latest rollups are not in the store yet would
-    /// turn them back.
-    pub fn passivate_rollup_days_before(&mut self, day: u32) -> usize {
+    /// Passivation: drops the stores (their SKUs) and rollup days that
+    /// last changed before `idle_before_us` and whose rows are all in the
+    /// tables (their last LSN is at most `materialized_lsn`). They are
+    /// loaded again from the store when a batch needs them; one whose rows
+    /// are still on their way stays, whatever its age, since loading it
+    /// again now would turn its state back.
+    pub fn passivate_idle(&mut self, idle_before_us: i64, materialized_lsn: u64) -> Passivated {
+        let mut out = Passivated::default();
+        let before = self.stores.len();
+        self.stores
+            .retain(|_, last| !last.idle(idle_before_us, materialized_lsn));
+        out.stores = (before - self.stores.len()) as u64;
+        if out.stores > 0 {
+            let stores = &self.stores;
+            let before = self.skus.len();
+            self.skus.retain(|s| stores.contains_key(&s.store));
+            out.skus = (before - self.skus.len()) as u64;
+            // Slots moved: the index is rebuilt (this runs per sweep, not
+            // per batch, and only when a store left).
+            self.sku_index.clear();
+            self.sku_index.shrink_to(self.skus.len());
+            for (i, s) in self.skus.iter().enumerate() {
+                self.sku_index
+                    .insert((s.store, s.sku), u32::try_from(i).unwrap_or(u32::MAX));
+            }
+            self.skus.shrink_to(self.skus.len() * 2);
+        }
         let before = self.days.len();
-        self.days.retain(|&(_, d)| d >= day);
-        self.rollups.retain(|k, _| k.1 >= day);
-        before - self.days.len()
-    }
-
-    /// The number of `apply` calls so far: the next part's ticket number.
-    pub fn parts_applied(&self) -> u64 {
-        self.parts
+        self.days
+            .retain(|_, last| !last.idle(idle_before_us, materialized_lsn));
+        out.days = (before - self.days.len()) as u64;
+        if out.days > 0 {
+            let days = &self.days;
+            let before = self.rollups.len();
+            self.rollups.retain(|k, _| days.contains_key(&(k.0, k.1)));
+            out.rollup_minutes = (before - self.rollups.len()) as u64;
+            let live: HashSet<u32, Fixed> = days.keys().map(|&(store, _)| store).collect();
+            self.terminals.retain(|(store, _)| live.contains(store));
+        }
+        out
     }
 
     /// The shard's counters and gauges (walks the SKUs for the window

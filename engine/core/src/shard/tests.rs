@@ -1,5 +1,4 @@
 use super::*;
-use crate::flush::PartTicket;
 use crate::route::{BatchPlan, plan_batch};
 use crate::testkit::{self, count, health, line, movement, refund, sale};
 use rkyv::rancor;
@@ -29,7 +28,14 @@ fn run(cores: &mut [ShardCore], device: u64, b: &ValidatedBatch) -> RowSet {
     plan_batch(b.get(), device, &Rules::default(), NOW, &mut plan);
     let mut out = RowSet::default();
     for (s, items) in plan.touched() {
-        cores[usize::from(s)].apply(device, b.get(), items, NOW, &mut out);
+        cores[usize::from(s)].apply(
+            b.get().seq.to_native(),
+            device,
+            b.get(),
+            items,
+            NOW,
+            &mut out,
+        );
     }
     out
 }
@@ -195,8 +201,7 @@ fn needs_then_activation() -> R {
     c.needs(b.get(), &plan.parts[0], &mut needs);
     assert!(needs.is_empty());
     let mut out = RowSet::default();
-    let t = c.apply(1, b.get(), &plan.parts[0], NOW, &mut out);
-    assert_eq!(t, PartTicket { shard: 0, n: 0 });
+    c.apply(1, 1, b.get(), &plan.parts[0], NOW, &mut out);
     assert_eq!(
         out.terminal_rollups[0].sales, 6,
         "loaded rollups are added to"
@@ -287,7 +292,7 @@ fn bogus_items_are_ignored() -> R {
         },
     ];
     let mut out = RowSet::default();
-    c.apply(1, b.get(), &items, NOW, &mut out);
+    c.apply(1, 1, b.get(), &items, NOW, &mut out);
     assert!(out.is_empty());
     assert_eq!(c.stats().misrouted, 4);
     // A SKU of another shard is not applied here.
@@ -297,6 +302,7 @@ fn bogus_items_are_ignored() -> R {
         .unwrap_or(0);
     let b = testkit::batch(1, vec![movement(NOW, 1, sku, 1)])?;
     other.apply(
+        1,
         1,
         b.get(),
         &[WorkItem {
@@ -310,28 +316,140 @@ fn bogus_items_are_ignored() -> R {
     Ok(())
 }
 
+/// Applies `b` with `lsn` at `now` on a one-shard core.
+fn apply_at(c: &mut ShardCore, lsn: u64, b: &ValidatedBatch, now: i64) -> RowSet {
+    let mut plan = BatchPlan::new(1);
+    plan_batch(b.get(), 1, &Rules::default(), now, &mut plan);
+    let mut out = RowSet::default();
+    for (_, items) in plan.touched() {
+        c.apply(lsn, 1, b.get(), items, now, &mut out);
+    }
+    out
+}
+
 #[test]
-fn passivated_days_come_back_from_the_store() -> R {
-    let mut cores = vec![core(0, 1)];
-    let b = testkit::batch(1, vec![sale(NOW, 1, 4, vec![line(1, 1, 100)])])?;
-    run(&mut cores, 1, &b);
-    assert_eq!(cores[0].passivate_rollup_days_before(day(NOW) + 1), 1);
-    assert_eq!(cores[0].stats().rollup_minutes, 0);
-    let mut needs = Vec::new();
-    cores[0].needs(
-        b.get(),
-        &[WorkItem {
-            idx: 0,
-            role: Role::Terminal,
-        }],
-        &mut needs,
-    );
+fn idle_stores_and_days_leave_memory_once_their_rows_are_in_the_tables() -> R {
+    let mut c = core(0, 1);
+    let old = testkit::batch(1, vec![sale(NOW, 1, 4, vec![line(7, 1, 100)])])?;
+    apply_at(&mut c, 10, &old, NOW);
+    let hot = testkit::batch(2, vec![movement(NOW, 2, 9, 5)])?;
+    apply_at(&mut c, 11, &hot, NOW + HOUR_US);
+    let s = c.stats();
     assert_eq!(
-        needs,
-        [Need::RollupDay {
+        (s.stores_active, s.skus_active, s.rollup_days_active),
+        (2, 2, 1)
+    );
+
+    // Idle for long enough, but its rows (LSN 10) are not in the tables.
+    let none = c.passivate_idle(NOW + 1, 9);
+    assert_eq!(none, Passivated::default());
+    // In the tables: store 1 and its day leave; store 2 changed since.
+    let gone = c.passivate_idle(NOW + 1, 10);
+    assert_eq!(
+        gone,
+        Passivated {
+            stores: 1,
+            skus: 1,
+            days: 1,
+            rollup_minutes: 1,
+        }
+    );
+    let s = c.stats();
+    assert_eq!(
+        (s.stores_active, s.skus_active, s.rollup_days_active),
+        (1, 1, 0)
+    );
+    assert_eq!(s.terminals_active, 0);
+    assert_eq!(c.level(1, 7), None);
+    assert_eq!(
+        c.level(2, 9).map(|l| l.level),
+        Some(5),
+        "the index still finds what stayed"
+    );
+
+    // The next batch for store 1 asks for it again.
+    let mut needs = Vec::new();
+    let mut plan = BatchPlan::new(1);
+    plan_batch(old.get(), 1, &Rules::default(), NOW, &mut plan);
+    c.needs(old.get(), &plan.parts[0], &mut needs);
+    assert!(needs.contains(&Need::Store(1)), "{needs:?}");
+    assert!(
+        needs.contains(&Need::RollupDay {
             store: 1,
             day: day(NOW)
-        }]
+        }),
+        "{needs:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn passivated_state_comes_back_the_same_from_its_rows() -> R {
+    // One core keeps everything; the other passivates after each batch and
+    // reloads from the rows it emitted: both emit the same rows.
+    let mut kept = core(0, 1);
+    let mut cycled = core(0, 1);
+    let mut levels: std::collections::BTreeMap<(u32, u64), StockLevelRow> = Default::default();
+    let mut moves: Vec<StockMovementRow> = Vec::new();
+    let mut rollups: std::collections::BTreeMap<(u32, u32, u32, u16), TerminalRollupRow> =
+        Default::default();
+    let events = [
+        vec![
+            movement(NOW, 1, 5, 10),
+            sale(NOW + 1, 1, 2, vec![line(5, 2, 100)]),
+        ],
+        vec![count(NOW - MINUTE_US, 1, 5, 50)],
+        vec![
+            sale(NOW + 2, 1, 2, vec![line(5, 1, 100)]),
+            movement(NOW + 3, 1, 5, -4),
+        ],
+        vec![
+            count(NOW + 2, 1, 5, 20),
+            refund(NOW + 4, 1, 2, vec![line(5, 1, 100)]),
+        ],
+    ];
+    for (i, evs) in events.into_iter().enumerate() {
+        let lsn = i as u64 + 1;
+        let b = testkit::batch(lsn, evs)?;
+        let want = apply_at(&mut kept, lsn, &b, NOW);
+        let mut plan = BatchPlan::new(1);
+        plan_batch(b.get(), 1, &Rules::default(), NOW, &mut plan);
+        let mut needs = Vec::new();
+        cycled.needs(b.get(), &plan.parts[0], &mut needs);
+        for need in needs {
+            match need {
+                Need::Store(st) => {
+                    let lv: Vec<StockLevelRow> = levels.values().copied().collect();
+                    let since = cycled.movements_since(&lv);
+                    let recent_movements =
+                        moves.iter().filter(|m| m.ts_us >= since).copied().collect();
+                    cycled.activate_store(
+                        st,
+                        StoreSnapshot {
+                            levels: lv,
+                            recent_movements,
+                        },
+                    );
+                }
+                Need::RollupDay { store, day } => {
+                    cycled.activate_rollup_day(store, day, rollups.values().copied().collect());
+                }
+            }
+        }
+        let got = apply_at(&mut cycled, lsn, &b, NOW);
+        assert_eq!(got.stock_levels, want.stock_levels, "batch {lsn}");
+        assert_eq!(got.terminal_rollups, want.terminal_rollups, "batch {lsn}");
+        assert_eq!(got.stock_movements, want.stock_movements, "batch {lsn}");
+        // "Materialize", then everything is idle and in the tables.
+        for l in &got.stock_levels {
+            levels.insert((l.store, l.sku), *l);
+        }
+        moves.extend(got.stock_movements.iter().copied());
+        for r in &got.terminal_rollups {
+            rollups.insert((r.store, r.day, r.terminal, r.minute), *r);
+        }
+        let p = cycled.passivate_idle(NOW + 1, lsn);
+        assert!(p.stores > 0, "batch {lsn}: {p:?}");
+    }
     Ok(())
 }

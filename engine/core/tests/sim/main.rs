@@ -1,11 +1,14 @@
 //! A deterministic simulation of the core, quinn-proto style: a fleet of
-//! tills and shelf sensors across a few stores streams batches to a
-//! stand-in engine (sessions, shard mailboxes, shard cores, a group-commit
-//! flusher) over a virtual clock, with resends, replays, reconnects,
-//! crashes (possibly coming back with another shard count) and commits
-//! shuffled across devices. The model store checks the invariants of
-//! ARCHITECTURE.md after every commit and everything after every crash and at
-//! the end (see `model.rs`).
+//! tills and shelf sensors across a few stores streams batches to the
+//! engine's write path reduced to its decisions (sequencer, shard
+//! mailboxes and cores, journal, flusher, passivation, recovery; see
+//! `server.rs`) over a virtual clock, with resends, replays, reconnects,
+//! shards stepped in any interleaving, journal syncs cut short, and crashes
+//! that lose what the journal had not synced (possibly coming back with
+//! another shard count). The model store checks the invariants of
+//! ARCHITECTURE.md after every materialization and everything after every
+//! crash and at the end (see `model.rs`); after a crash, nothing a device
+//! was told is durable may be missing.
 //!
 //! A failure names the seed (in the test's captured output); rerun one with
 //! `SIM_SEED=<n> cargo test -p tillstream-engine-core --test sim`.
@@ -16,15 +19,15 @@ mod fleet;
 mod model;
 mod server;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tillstream_storage::time::{MINUTE_US, day, parse_ts};
+use tillstream_storage::time::{MINUTE_US, parse_ts};
 
 use fleet::Device;
-use model::{ModelStore, Sent};
-use server::Server;
+use model::{ModelStore, Registry};
+use server::{Journal, Server};
 
 const SHARD_COUNTS: [u16; 4] = [1, 2, 3, 7];
 
@@ -45,7 +48,8 @@ struct Sim {
     index: BTreeMap<u64, usize>,
     server: Server,
     model: ModelStore,
-    registry: HashMap<(u64, u64), Sent>,
+    journal: Journal,
+    registry: Registry,
     counters: Counters,
 }
 
@@ -54,15 +58,26 @@ impl Sim {
         let mut rng = StdRng::seed_from_u64(seed);
         let devices = Device::fleet(&mut rng);
         let index = devices.iter().enumerate().map(|(i, d)| (d.id, i)).collect();
+        let mut model = ModelStore::default();
+        let mut journal = Journal::default();
+        let registry = Registry::new();
+        let server = Server::start(
+            shards,
+            &mut model,
+            &mut journal,
+            &registry,
+            Default::default(),
+        );
         Self {
             rng,
             // Twenty minutes before midnight: the run crosses a day.
             now: parse_ts("2024-03-09T23:40:00Z").unwrap_or(0),
             devices,
             index,
-            server: Server::new(shards),
-            model: ModelStore::default(),
-            registry: HashMap::new(),
+            server,
+            model,
+            journal,
+            registry,
             counters: Counters::default(),
         }
     }
@@ -73,36 +88,30 @@ impl Sim {
         if p < 0.25 {
             let i = self.rng.random_range(0..self.devices.len());
             self.send(i);
-        } else if p < 0.55 {
-            for _ in 0..self.rng.random_range(1..4) {
-                self.server.deliver(&mut self.rng);
-            }
-        } else if p < 0.85 {
+        } else if p < 0.45 {
+            self.journal.sync(&mut self.rng);
+            self.release();
+        } else if p < 0.80 {
             for _ in 0..self.rng.random_range(1..4) {
                 self.server.step_shard(&mut self.rng, self.now, &self.model);
             }
-        } else if p < 0.87 {
+            self.release();
+        } else if p < 0.82 {
             let i = self.rng.random_range(0..self.devices.len());
             self.replay(i);
-        } else if p < 0.88 {
+        } else if p < 0.83 {
             let i = self.rng.random_range(0..self.devices.len());
             let d = &mut self.devices[i];
             d.reconnect(self.model.watermark(d.id));
             self.counters.reconnects += 1;
-        } else if p < 0.883 {
+        } else if p < 0.833 {
             self.crash();
-        } else if p < 0.90 {
-            // Old days, or everything (it comes back from the store).
-            let before = if self.rng.random_bool(0.5) {
-                day(self.now - 10 * MINUTE_US)
-            } else {
-                day(self.now) + 1
-            };
-            self.server.passivate(before);
-        } else if self.rng.random_bool(0.05) {
-            self.flush();
-        }
-        if self.server.should_flush(self.now) {
+        } else if p < 0.86 {
+            // Idle for a few minutes, or for no time at all: only what is
+            // in the tables may go, whatever its age.
+            let idle_us = self.rng.random_range(0..5 * MINUTE_US);
+            self.server.passivate(self.now - idle_us, &self.model);
+        } else if p < 0.92 {
             self.flush();
         }
     }
@@ -113,10 +122,14 @@ impl Sim {
             return;
         };
         self.counters.sends += 1;
-        if let Some(durable) = self
-            .server
-            .receive(s.device, s.seq, s.batch, self.now, &self.model)
-        {
+        if let Some(durable) = self.server.receive(
+            s.device,
+            s.seq,
+            s.batch,
+            self.now,
+            &self.model,
+            &mut self.journal,
+        ) {
             self.devices[i].ack(durable);
         }
     }
@@ -127,9 +140,14 @@ impl Sim {
         };
         self.counters.replays += 1;
         let fresh = self.server.stats.fresh;
-        let got = self
-            .server
-            .receive(s.device, s.seq, s.batch, self.now, &self.model);
+        let got = self.server.receive(
+            s.device,
+            s.seq,
+            s.batch,
+            self.now,
+            &self.model,
+            &mut self.journal,
+        );
         assert!(
             got.is_some_and(|durable| durable >= s.seq),
             "replay of durable {}/{} was not acked as a duplicate: {got:?}",
@@ -139,19 +157,24 @@ impl Sim {
         assert_eq!(fresh, self.server.stats.fresh, "a replay was applied");
     }
 
-    fn flush(&mut self) {
-        self.counters.flushes += 1;
-        let acks = self
-            .server
-            .flush(&mut self.rng, self.now, &mut self.model, &self.registry);
-        for (device, seq) in acks {
+    /// The flusher's acks, delivered to the devices.
+    fn release(&mut self) {
+        for (device, seq) in self.server.release(&self.journal) {
             if let Some(&i) = self.index.get(&device) {
                 self.devices[i].ack(seq);
             }
         }
     }
 
-    /// Everything in memory is lost; the store is what survives.
+    fn flush(&mut self) {
+        self.counters.flushes += 1;
+        self.release();
+        self.server
+            .materialize(&mut self.model, &mut self.journal, &self.registry);
+    }
+
+    /// Everything in memory and whatever the journal had not synced is
+    /// lost; the server recovers from the tables and the journal.
     fn crash(&mut self) {
         self.counters.crashes += 1;
         self.server.absorb_core_stats();
@@ -161,11 +184,24 @@ impl Sim {
             shards = SHARD_COUNTS[self.rng.random_range(0..SHARD_COUNTS.len())];
             self.counters.reshards += 1;
         }
-        self.server = Server::new(shards);
-        self.server.stats = stats;
+        self.journal.crash();
+        self.server = Server::start(
+            shards,
+            &mut self.model,
+            &mut self.journal,
+            &self.registry,
+            stats,
+        );
         self.model.check_all(&self.registry);
         for d in &mut self.devices {
-            d.reconnect(self.model.watermark(d.id));
+            let stored = self.model.watermark(d.id);
+            assert!(
+                d.durable <= stored,
+                "device {} was acked through seq {} but the recovered store holds {stored}",
+                d.id,
+                d.durable
+            );
+            d.reconnect(stored);
         }
     }
 
@@ -179,8 +215,8 @@ impl Sim {
                     self.send(i);
                 }
             }
-            while self.server.deliver(&mut self.rng) {}
             while self.server.step_shard(&mut self.rng, self.now, &self.model) {}
+            self.journal.sync(&mut self.rng);
             self.flush();
             if self.server.idle() && self.devices.iter().all(Device::all_acked) {
                 break;
@@ -219,7 +255,7 @@ fn run(seed: u64, shards: u16, steps: usize) -> u64 {
     );
     if std::env::var_os("SIM_VERBOSE").is_some() {
         eprintln!(
-            "seed {seed} shards {shards}: {:?} {s:?} rows {} (sales {}, movements {}) commits {} rejected {:?}",
+            "seed {seed} shards {shards}: {:?} {s:?} rows {} (sales {}, movements {}) materializations {} rejected {:?}",
             sim.counters,
             sim.model.rows,
             sim.model.sale_rows(),

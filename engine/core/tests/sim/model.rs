@@ -25,6 +25,9 @@ use tillstream_storage::{
     TerminalRollupRow,
 };
 
+/// What each batch sent was meant to be, by (device, seq).
+pub(crate) type Registry = HashMap<(u64, u64), Sent>;
+
 /// (store, day, terminal, minute)
 pub(crate) type RollupKey = (u32, u32, u32, u16);
 
@@ -53,6 +56,8 @@ pub(crate) struct ModelStore {
     per_event: HashMap<EventKey, EventRows>,
     pub(crate) commits: u64,
     pub(crate) rows: u64,
+    /// The LSN of the last batch the tables hold.
+    pub(crate) checkpoint: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -110,8 +115,20 @@ impl ModelStore {
         assert_eq!(*n, 1, "row stored twice: table {table} {key:?} line {line}");
     }
 
+    /// Writes `rows` with the checkpoint `lsn` atomically, then checks
+    /// what it touched. The tables only ever move forward in LSN order.
+    pub(crate) fn materialize(&mut self, rows: &RowSet, lsn: u64, registry: &Registry) {
+        assert!(
+            lsn > self.checkpoint,
+            "checkpoint went from {} to {lsn}",
+            self.checkpoint
+        );
+        self.checkpoint = lsn;
+        self.commit(rows, registry);
+    }
+
     /// Commits `rows` atomically, then checks what it touched.
-    pub(crate) fn commit(&mut self, rows: &RowSet, registry: &HashMap<(u64, u64), Sent>) {
+    fn commit(&mut self, rows: &RowSet, registry: &Registry) {
         self.commits += 1;
         self.rows += rows.len() as u64;
         let mut skus = BTreeSet::new();

@@ -1,16 +1,23 @@
-//! The engine, reduced to its decisions: sessions (ledger, plan), shard
-//! mailboxes fed over per-(device, shard) channels so shards see devices
-//! interleaved in any order, shard cores activated from the model store,
-//! per-device assembly of commit units, and a group-commit flusher that
-//! releases units through `CommitOrder` and commits them in an order
-//! shuffled across devices.
+//! The engine, reduced to its decisions and its write path, as it runs:
+//! - the sequencer: a fresh batch gets the next LSN, its parts go into the
+//!   shards' mailboxes and its record into the journal, all in one step,
+//!   so every mailbox holds parts in LSN order;
+//! - shard actors, stepped in any interleaving, that activate from the
+//!   model store and apply parts with their LSN;
+//! - the journal, synced up to a random point: only synced records
+//!   survive a crash;
+//! - the flusher: a batch is acknowledged once it is applied on all its
+//!   shards and the journal holds it, in LSN order; acknowledged rows are
+//!   materialized with the LSN of the last one (the tables' checkpoint);
+//! - passivation of what sat idle, bounded by the checkpoint;
+//! - recovery: the journal after the checkpoint applied again, in order,
+//!   with the time the live path stamped each batch with.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 use rand::Rng;
 use rand::rngs::StdRng;
-use tillstream_engine_core::flush::{CommitOrder, FlushPlanner, FlushPolicy, PartTicket};
 use tillstream_engine_core::ledger::{Admission, DeviceLedger};
 use tillstream_engine_core::route::{BatchPlan, WorkItem, plan_batch};
 use tillstream_engine_core::shard::{Need, ShardConfig, ShardCore};
@@ -18,34 +25,76 @@ use tillstream_engine_core::validate::Rules;
 use tillstream_protocol::ValidatedBatch;
 use tillstream_storage::{BatchRow, RowSet, StoreSnapshot, WatermarkRow};
 
-use crate::model::{ModelStore, Sent};
+use crate::model::{ModelStore, Registry};
 
 pub(crate) const LATE_WINDOW_US: i64 = 10 * 60 * 1_000_000;
 
-#[derive(Debug)]
-struct Part {
-    /// Dispatch order, to deliver mostly oldest first.
-    stamp: u64,
+/// One journal record: what replay needs to rebuild the batch's rows.
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    lsn: u64,
     device: u64,
     seq: u64,
+    now: i64,
+    batch: Rc<ValidatedBatch>,
+}
+
+/// The journal on disk: records in LSN order, synced up to `synced`.
+#[derive(Debug, Default)]
+pub(crate) struct Journal {
+    records: VecDeque<Record>,
+    synced: u64,
+}
+
+impl Journal {
+    fn last_lsn(&self) -> u64 {
+        self.records.back().map_or(self.synced, |r| r.lsn)
+    }
+
+    /// The writer syncs what is pending, or only part of it (a crash may
+    /// come between two group commits).
+    pub(crate) fn sync(&mut self, rng: &mut StdRng) {
+        let last = self.last_lsn();
+        if last > self.synced {
+            self.synced = if rng.random_bool(0.8) {
+                last
+            } else {
+                rng.random_range(self.synced..=last)
+            };
+        }
+    }
+
+    /// A power cut: unsynced records vanish.
+    pub(crate) fn crash(&mut self) {
+        while self.records.back().is_some_and(|r| r.lsn > self.synced) {
+            self.records.pop_back();
+        }
+    }
+
+    /// Drops what the tables hold (the store truncates once synced).
+    fn truncate_through(&mut self, lsn: u64) {
+        while self.records.front().is_some_and(|r| r.lsn <= lsn) {
+            self.records.pop_front();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Part {
+    lsn: u64,
+    device: u64,
     batch: Rc<ValidatedBatch>,
     items: Vec<WorkItem>,
 }
 
+/// A sequenced batch on its way to its ack.
 #[derive(Debug)]
-struct Assembly {
-    seq: u64,
-    events: u32,
-    parts_left: usize,
-    rows: RowSet,
-    tickets: Vec<PartTicket>,
-}
-
-#[derive(Debug)]
-pub(crate) struct Unit {
+struct Unit {
     device: u64,
     seq: u64,
     events: u32,
+    now: i64,
+    parts_left: usize,
     rows: RowSet,
 }
 
@@ -53,15 +102,19 @@ pub(crate) struct Unit {
 pub(crate) struct Server {
     pub(crate) shards: u16,
     cores: Vec<ShardCore>,
-    channels: BTreeMap<(u64, u16), VecDeque<Part>>,
     mailboxes: Vec<VecDeque<Part>>,
     ledgers: BTreeMap<u64, DeviceLedger>,
-    assembling: BTreeMap<u64, VecDeque<Assembly>>,
-    order: CommitOrder<Unit>,
-    planner: FlushPlanner,
+    next_lsn: u64,
+    /// Sequenced and not yet acknowledged, by LSN.
+    units: BTreeMap<u64, Unit>,
+    /// The next LSN to acknowledge.
+    next_ack: u64,
+    /// Acknowledged rows waiting for the next materialization, and the
+    /// LSN of the last of them.
+    gathered: RowSet,
+    gathered_lsn: u64,
     plan: BatchPlan,
     needs: Vec<Need>,
-    stamp: u64,
     pub(crate) stats: ServerStats,
 }
 
@@ -71,43 +124,127 @@ pub(crate) struct ServerStats {
     pub(crate) duplicates: u64,
     pub(crate) parts: u64,
     pub(crate) activations: u64,
-    pub(crate) commits: u64,
+    pub(crate) materializations: u64,
+    pub(crate) replayed: u64,
     pub(crate) late_counts: u64,
     pub(crate) stale_movements: u64,
-    pub(crate) passivations: u64,
+    pub(crate) passivated_stores: u64,
+    pub(crate) passivated_days: u64,
+}
+
+fn cores(shards: u16) -> Vec<ShardCore> {
+    (0..shards)
+        .map(|id| ShardCore::new(shard_config(id, shards)))
+        .collect()
+}
+
+fn shard_config(id: u16, shards: u16) -> ShardConfig {
+    ShardConfig {
+        id,
+        shards,
+        late_window_us: LATE_WINDOW_US,
+        rules: Rules::default(),
+    }
+}
+
+/// What activation reads for `need`, installed on `core` (as the engine's
+/// shard actors do).
+fn activate(core: &mut ShardCore, need: Need, model: &ModelStore) {
+    match need {
+        Need::Store(id) => {
+            let levels = model.load_levels(id);
+            let since = core.movements_since(&levels);
+            let recent_movements = if since == i64::MAX {
+                Vec::new()
+            } else {
+                model.load_movements(id, since)
+            };
+            core.activate_store(
+                id,
+                StoreSnapshot {
+                    levels,
+                    recent_movements,
+                },
+            );
+        }
+        Need::RollupDay { store, day } => {
+            core.activate_rollup_day(store, day, model.load_rollups(store, day));
+        }
+    }
+}
+
+fn push_ledger(rows: &mut RowSet, device: u64, seq: u64, events: u32, now: i64) {
+    rows.batches.push(BatchRow {
+        device,
+        seq,
+        events,
+        received_at_us: now,
+    });
+    rows.watermarks.push(WatermarkRow {
+        device,
+        seq,
+        updated_at_us: now,
+    });
 }
 
 impl Server {
-    pub(crate) fn new(shards: u16) -> Self {
-        Self {
+    /// A server starting over `model`: the journal's records after the
+    /// tables' checkpoint are applied again and materialized first
+    /// (recovery), and the shards start from the cores replay left.
+    pub(crate) fn start(
+        shards: u16,
+        model: &mut ModelStore,
+        journal: &mut Journal,
+        registry: &Registry,
+        stats: ServerStats,
+    ) -> Self {
+        let mut s = Self {
             shards,
-            cores: (0..shards)
-                .map(|id| {
-                    ShardCore::new(ShardConfig {
-                        id,
-                        shards,
-                        late_window_us: LATE_WINDOW_US,
-                        rules: Rules::default(),
-                    })
-                })
-                .collect(),
-            channels: BTreeMap::new(),
+            cores: cores(shards),
             mailboxes: (0..shards).map(|_| VecDeque::new()).collect(),
             ledgers: BTreeMap::new(),
-            assembling: BTreeMap::new(),
-            order: CommitOrder::new(),
-            planner: FlushPlanner::new(FlushPolicy {
-                max_rows: 400,
-                max_wait_us: 3_000_000,
-            }),
+            next_lsn: journal.last_lsn() + 1,
+            units: BTreeMap::new(),
+            next_ack: journal.last_lsn() + 1,
+            gathered: RowSet::default(),
+            gathered_lsn: 0,
             plan: BatchPlan::new(shards),
             needs: Vec::new(),
-            stamp: 0,
-            stats: ServerStats::default(),
+            stats,
+        };
+        s.recover(model, journal, registry);
+        s
+    }
+
+    fn recover(&mut self, model: &mut ModelStore, journal: &mut Journal, registry: &Registry) {
+        let from = model.checkpoint;
+        let mut rows = RowSet::default();
+        let mut last = from;
+        for r in journal.records.iter().filter(|r| r.lsn > from) {
+            let archived = r.batch.get();
+            plan_batch(archived, r.device, &Rules::default(), r.now, &mut self.plan);
+            for (shard, items) in self.plan.touched() {
+                self.needs.clear();
+                let core = &mut self.cores[usize::from(shard)];
+                core.needs(archived, items, &mut self.needs);
+                for &need in &self.needs {
+                    self.stats.activations += 1;
+                    activate(core, need, model);
+                }
+                core.apply(r.lsn, r.device, archived, items, r.now, &mut rows);
+            }
+            let events = u32::try_from(archived.events.len()).unwrap_or(u32::MAX);
+            push_ledger(&mut rows, r.device, r.seq, events, r.now);
+            self.stats.replayed += 1;
+            last = r.lsn;
+        }
+        if last > from {
+            model.materialize(&rows, last, registry);
+            journal.truncate_through(last);
         }
     }
 
-    /// The session: admit, plan, dispatch. Returns the device's durable
+    /// The session: admit, plan, sequence. Returns the device's durable
     /// watermark for a duplicate (to ack), None for a fresh batch.
     pub(crate) fn receive(
         &mut self,
@@ -116,6 +253,7 @@ impl Server {
         batch: Rc<ValidatedBatch>,
         now: i64,
         model: &ModelStore,
+        journal: &mut Journal,
     ) -> Option<u64> {
         let ledger = self
             .ledgers
@@ -127,33 +265,37 @@ impl Server {
         }
         self.stats.fresh += 1;
         plan_batch(batch.get(), device, &Rules::default(), now, &mut self.plan);
+        // The sequencer's one step: LSN, mailboxes, journal.
+        let lsn = self.next_lsn;
+        self.next_lsn += 1;
         let mut parts = 0;
         for (s, items) in self.plan.touched() {
             parts += 1;
-            self.stamp += 1;
-            self.channels
-                .entry((device, s))
-                .or_default()
-                .push_back(Part {
-                    stamp: self.stamp,
-                    device,
-                    seq,
-                    batch: batch.clone(),
-                    items: items.to_vec(),
-                });
+            self.mailboxes[usize::from(s)].push_back(Part {
+                lsn,
+                device,
+                batch: batch.clone(),
+                items: items.to_vec(),
+            });
         }
-        let events = batch.get().events.len() as u32;
-        self.assembling
-            .entry(device)
-            .or_default()
-            .push_back(Assembly {
+        journal.records.push_back(Record {
+            lsn,
+            device,
+            seq,
+            now,
+            batch: batch.clone(),
+        });
+        self.units.insert(
+            lsn,
+            Unit {
+                device,
                 seq,
-                events,
+                events: u32::try_from(batch.get().events.len()).unwrap_or(u32::MAX),
+                now,
                 parts_left: parts,
                 rows: RowSet::default(),
-                tickets: Vec::new(),
-            });
-        self.submit_ready(device, now);
+            },
+        );
         None
     }
 
@@ -161,31 +303,8 @@ impl Server {
         self.ledgers.get(&device).copied()
     }
 
-    /// Moves the head of a channel into its shard's mailbox: mostly the
-    /// oldest, sometimes a random one (a slow session).
-    pub(crate) fn deliver(&mut self, rng: &mut StdRng) -> bool {
-        let busy: Vec<((u64, u16), u64)> = self
-            .channels
-            .iter()
-            .filter_map(|(k, q)| q.front().map(|p| (*k, p.stamp)))
-            .collect();
-        if busy.is_empty() {
-            return false;
-        }
-        let k = if rng.random_bool(0.7) {
-            busy.iter()
-                .min_by_key(|(_, stamp)| *stamp)
-                .map_or(busy[0].0, |b| b.0)
-        } else {
-            busy[rng.random_range(0..busy.len())].0
-        };
-        if let Some(p) = self.channels.get_mut(&k).and_then(VecDeque::pop_front) {
-            self.mailboxes[usize::from(k.1)].push_back(p);
-        }
-        true
-    }
-
-    /// A shard actor handles the next message of its mailbox.
+    /// A shard actor handles the next message of its mailbox; shards run
+    /// in any interleaving.
     pub(crate) fn step_shard(&mut self, rng: &mut StdRng, now: i64, model: &ModelStore) -> bool {
         let busy: Vec<usize> = (0..self.mailboxes.len())
             .filter(|&s| !self.mailboxes[s].is_empty())
@@ -200,145 +319,86 @@ impl Server {
         let core = &mut self.cores[s];
         self.needs.clear();
         core.needs(part.batch.get(), &part.items, &mut self.needs);
-        for need in &self.needs {
+        for &need in &self.needs {
             self.stats.activations += 1;
-            match *need {
-                Need::Store(id) => {
-                    let levels = model.load_levels(id);
-                    let since = core.movements_since(&levels);
-                    let recent_movements = if since == i64::MAX {
-                        Vec::new()
-                    } else {
-                        model.load_movements(id, since)
-                    };
-                    core.activate_store(
-                        id,
-                        StoreSnapshot {
-                            levels,
-                            recent_movements,
-                        },
-                    );
-                }
-                Need::RollupDay { store, day } => {
-                    core.activate_rollup_day(store, day, model.load_rollups(store, day))
-                }
-            }
+            activate(core, need, model);
         }
-        let mut rows = RowSet::default();
-        let ticket = core.apply(part.device, part.batch.get(), &part.items, now, &mut rows);
+        let unit = self
+            .units
+            .get_mut(&part.lsn)
+            .unwrap_or_else(|| panic!("no unit for lsn {}", part.lsn));
+        core.apply(
+            part.lsn,
+            part.device,
+            part.batch.get(),
+            &part.items,
+            now,
+            &mut unit.rows,
+        );
+        unit.parts_left -= 1;
         self.stats.parts += 1;
-        let asm = self
-            .assembling
-            .get_mut(&part.device)
-            .and_then(|q| q.iter_mut().find(|a| a.seq == part.seq))
-            .unwrap_or_else(|| panic!("no assembly for {}/{}", part.device, part.seq));
-        asm.rows.append(&mut rows);
-        asm.tickets.push(ticket);
-        asm.parts_left -= 1;
-        self.submit_ready(part.device, now);
         true
     }
 
-    /// Units go to the flusher in each device's seq order.
-    fn submit_ready(&mut self, device: u64, now: i64) {
-        let Some(q) = self.assembling.get_mut(&device) else {
-            return;
-        };
-        while q.front().is_some_and(|a| a.parts_left == 0) {
-            let Some(a) = q.pop_front() else { break };
-            self.planner.push(a.rows.len(), now);
-            self.order.push(
-                Unit {
-                    device,
-                    seq: a.seq,
-                    events: a.events,
-                    rows: a.rows,
-                },
-                Some(device),
-                &a.tickets,
-            );
-        }
-    }
-
-    pub(crate) fn should_flush(&self, now: i64) -> bool {
-        self.planner.should_commit(now)
-    }
-
-    /// One group commit: release what may be durable, shuffle it across
-    /// devices (each device's units stay in order), commit, ack.
-    pub(crate) fn flush(
-        &mut self,
-        rng: &mut StdRng,
-        now: i64,
-        model: &mut ModelStore,
-        registry: &HashMap<(u64, u64), Sent>,
-    ) -> Vec<(u64, u64)> {
-        let mut units = Vec::new();
-        self.order.release(&mut units);
-        self.planner.committed();
-        if !self.order.is_empty() {
-            self.planner.push(0, now); // what stays blocked is due again
-        }
-        if units.is_empty() {
-            return Vec::new();
-        }
-        // Random interleaving of the per-device sequences.
-        let mut per_device: BTreeMap<u64, VecDeque<Unit>> = BTreeMap::new();
-        for u in units {
-            per_device.entry(u.device).or_default().push_back(u);
-        }
-        let mut rows = RowSet::default();
+    /// The flusher: acknowledges, in LSN order, every unit applied on all
+    /// its shards that the journal holds. Returns the (device, seq) acked.
+    pub(crate) fn release(&mut self, journal: &Journal) -> Vec<(u64, u64)> {
         let mut acks = Vec::new();
-        while !per_device.is_empty() {
-            let keys: Vec<u64> = per_device.keys().copied().collect();
-            let d = keys[rng.random_range(0..keys.len())];
-            let Some(q) = per_device.get_mut(&d) else {
+        while self.next_ack <= journal.synced {
+            let ready = self
+                .units
+                .get(&self.next_ack)
+                .is_some_and(|u| u.parts_left == 0);
+            if !ready {
+                break;
+            }
+            let Some(mut u) = self.units.remove(&self.next_ack) else {
                 break;
             };
-            if let Some(mut u) = q.pop_front() {
-                rows.append(&mut u.rows);
-                rows.watermarks.push(WatermarkRow {
-                    device: u.device,
-                    seq: u.seq,
-                    updated_at_us: now,
-                });
-                rows.batches.push(BatchRow {
-                    device: u.device,
-                    seq: u.seq,
-                    events: u.events,
-                    received_at_us: now,
-                });
-                acks.push((u.device, u.seq));
+            self.gathered.append(&mut u.rows);
+            push_ledger(&mut self.gathered, u.device, u.seq, u.events, u.now);
+            self.gathered_lsn = self.next_ack;
+            if let Some(l) = self.ledgers.get_mut(&u.device) {
+                l.mark_durable(u.seq);
             }
-            if q.is_empty() {
-                per_device.remove(&d);
-            }
-        }
-        model.commit(&rows, registry);
-        self.stats.commits += 1;
-        for &(d, seq) in &acks {
-            if let Some(l) = self.ledgers.get_mut(&d) {
-                l.mark_durable(seq);
-            }
+            acks.push((u.device, u.seq));
+            self.next_ack += 1;
         }
         acks
     }
 
-    /// Passivates old rollup days on shards whose every part is durable.
-    pub(crate) fn passivate(&mut self, before_day: u32) {
-        for (s, core) in self.cores.iter_mut().enumerate() {
-            if core.parts_applied() == self.order.released(s as u16) {
-                self.stats.passivations += core.passivate_rollup_days_before(before_day) as u64;
-            }
+    /// Writes what was acknowledged to the tables, with its checkpoint;
+    /// the journal then drops what the tables hold.
+    pub(crate) fn materialize(
+        &mut self,
+        model: &mut ModelStore,
+        journal: &mut Journal,
+        registry: &Registry,
+    ) {
+        if self.gathered_lsn == 0 {
+            return;
+        }
+        let rows = std::mem::take(&mut self.gathered);
+        model.materialize(&rows, self.gathered_lsn, registry);
+        journal.truncate_through(self.gathered_lsn);
+        self.gathered_lsn = 0;
+        self.stats.materializations += 1;
+    }
+
+    /// Passivates what changed before `idle_before_us` and is in the tables.
+    pub(crate) fn passivate(&mut self, idle_before_us: i64, model: &ModelStore) {
+        for core in &mut self.cores {
+            let p = core.passivate_idle(idle_before_us, model.checkpoint);
+            self.stats.passivated_stores += p.stores;
+            self.stats.passivated_days += p.days;
         }
     }
 
     /// Nothing in flight anywhere.
     pub(crate) fn idle(&self) -> bool {
-        self.channels.values().all(VecDeque::is_empty)
-            && self.mailboxes.iter().all(VecDeque::is_empty)
-            && self.assembling.values().all(VecDeque::is_empty)
-            && self.order.is_empty()
+        self.mailboxes.iter().all(VecDeque::is_empty)
+            && self.units.is_empty()
+            && self.gathered_lsn == 0
     }
 
     pub(crate) fn absorb_core_stats(&mut self) {
