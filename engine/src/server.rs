@@ -18,7 +18,7 @@ use crate::devices::Devices;
 use crate::flusher::{self, FlushSettings};
 use crate::recovery;
 use crate::sequencer::Sequencer;
-use crate::shards::{self, ShardHandle};
+use crate::shards::{self, ShardHandle, ShardMsg};
 use crate::{EngineError, ServerConfig, ServerSettings, accept, http, passivate, tls, udp};
 
 /// A running server.
@@ -205,6 +205,21 @@ impl Server {
             journal_writer,
             drain_timeout: cfg.drain_timeout,
         })
+    }
+
+    /// Every shard's counters and gauges (entities resident, parts
+    /// applied), asked of the shard actors: they answer between batches.
+    pub async fn shard_stats(&self) -> Vec<tillstream_engine_core::shard::ShardStats> {
+        let mut out = Vec::with_capacity(self.ctx.shards.len());
+        for shard in &self.ctx.shards {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if shard.actor.send_message(ShardMsg::Stats(tx)).is_ok()
+                && let Ok(s) = rx.await
+            {
+                out.push(s);
+            }
+        }
+        out
     }
 
     /// The QUIC address devices connect to.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tillstream_engine_core::route::WorkItem;
-use tillstream_engine_core::shard::{Need, ShardConfig, ShardCore};
+use tillstream_engine_core::shard::{Need, ShardConfig, ShardCore, ShardStats};
 use tillstream_protocol::ValidatedBatch;
 use tillstream_storage::{RowSet, Store, StoreError, StoreSnapshot, TerminalRollupRow};
 use tokio::sync::{Semaphore, oneshot, watch};
@@ -46,6 +46,8 @@ pub(crate) enum ShardMsg {
     /// Drop the stores and rollup days unchanged since this time (µs)
     /// whose rows are all in the tables.
     Passivate { idle_before_us: i64 },
+    /// Report the core's counters and gauges.
+    Stats(oneshot::Sender<ShardStats>),
 }
 
 /// A shard: the actor's handle and its in-flight byte budget.
@@ -134,6 +136,9 @@ impl Actor for ShardActor {
                 }
                 // The session may be gone; its rows are then not needed.
                 let _ = work.reply.send(result);
+            }
+            ShardMsg::Stats(reply) => {
+                let _ = reply.send(state.core.stats());
             }
             ShardMsg::Passivate { idle_before_us } => {
                 let materialized = *state.materialized.borrow();

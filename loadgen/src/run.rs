@@ -35,7 +35,7 @@ fn now_us() -> i64 {
 }
 
 /// Builds every batch before the clock starts.
-async fn prepare(args: &Args) -> anyhow::Result<(Workload, GeneratorInfo)> {
+pub async fn prepare(args: &Args) -> anyhow::Result<(Workload, GeneratorInfo)> {
     let started = Instant::now();
     let a = args.clone();
     let (work, info) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
