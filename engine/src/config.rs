@@ -49,6 +49,12 @@ pub struct ServerConfig {
     /// again when needed. Default 15 minutes: longer than a till's quiet
     /// spell in opening hours, so what sells stays resident.
     pub passivate_after: Duration,
+    /// How far ahead of the server's clock an event may be stamped (whole
+    /// seconds). Later events are refused as `future_timestamp` and kept in
+    /// `rejected_events` with their bytes. Default 5 minutes: a till whose
+    /// clock runs hours fast must not push the SKUs it sells ahead of the
+    /// honest shelf counts.
+    pub max_clock_skew: Duration,
     /// Faults to inject (tests and incident rehearsals); none by default.
     pub faults: Faults,
 }
@@ -71,6 +77,7 @@ impl ServerConfig {
             max_handshakes: 16 * cores,
             handshake_max_wait: Duration::from_secs(4),
             passivate_after: Duration::from_secs(15 * 60),
+            max_clock_skew: Duration::from_secs(5 * 60),
             faults: Faults::default(),
         }
     }
@@ -96,4 +103,7 @@ pub struct ServerSettings {
     /// Idle time after which entities leave memory, seconds.
     #[serde(default)]
     pub passivate_after_s: u64,
+    /// How far ahead of the server's clock events may be stamped, seconds.
+    #[serde(default)]
+    pub max_clock_skew_s: u64,
 }

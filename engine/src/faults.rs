@@ -159,9 +159,9 @@ impl<F: CommitFault> Store for FaultyStore<F> {
     fn load_movements(
         &self,
         store: u32,
-        since_us: i64,
+        windows: &[(i64, i64)],
     ) -> Result<Vec<StockMovementRow>, StoreError> {
-        self.inner.load_movements(store, since_us)
+        self.inner.load_movements(store, windows)
     }
 
     fn load_rollups(&self, store: u32, day: u32) -> Result<Vec<TerminalRollupRow>, StoreError> {

@@ -99,7 +99,7 @@ pub(crate) fn replay(
         let batch = ValidatedBatch::try_new(frame, u32::MAX)
             .map_err(|(e, _)| corrupt(format!("the frame does not validate: {e}")))?;
         let archived = batch.get();
-        plan_batch(archived, h.device, &rules, h.now_us, &mut plan);
+        plan_batch(archived, h.device, &h.rules(rules), h.now_us, &mut plan);
         for (shard, items) in plan.touched() {
             needs.clear();
             cores[usize::from(shard)].needs(archived, items, &mut needs);

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
+use tillstream_engine_core::validate::{LEGACY_MAX_FUTURE_US, Rules};
 use tillstream_storage::journal::encode_record;
 use tillstream_storage::{Store, StoreError};
 use tokio::sync::watch;
@@ -45,13 +46,28 @@ pub(crate) struct BatchHeader {
     pub(crate) seq: u64,
     /// The time the live path planned and stamped the batch with.
     pub(crate) now_us: i64,
+    /// The clock skew (`Rules::max_future_us`, in seconds) the live path
+    /// validated it with: replay must decide the same.
+    pub(crate) max_future_s: u32,
 }
 
 impl BatchHeader {
-    /// `kind u8 | 7 reserved | device u64 | seq u64 | now_us i64`, LE.
+    /// The rules the live path validated this batch with: `base` with the
+    /// journaled clock-skew bound.
+    pub(crate) fn rules(&self, base: Rules) -> Rules {
+        Rules {
+            max_future_us: i64::from(self.max_future_s) * 1_000_000,
+            ..base
+        }
+    }
+
+    /// `kind u8 | 3 reserved | max_future_s u32 | device u64 | seq u64 |
+    /// now_us i64`, LE. Records from before the skew bound was journaled
+    /// hold 0 there: they were validated with the 24 h of that time.
     pub(crate) fn encode(&self) -> [u8; BATCH_HEADER] {
         let mut h = [0u8; BATCH_HEADER];
         h[0] = RECORD_BATCH;
+        h[4..8].copy_from_slice(&self.max_future_s.to_le_bytes());
         h[8..16].copy_from_slice(&self.device.to_le_bytes());
         h[16..24].copy_from_slice(&self.seq.to_le_bytes());
         h[24..32].copy_from_slice(&self.now_us.to_le_bytes());
@@ -66,11 +82,14 @@ impl BatchHeader {
             return None;
         }
         let word = |at: usize| -> Option<[u8; 8]> { h.get(at..at + 8)?.try_into().ok() };
+        let skew = u32::from_le_bytes(h.get(4..8)?.try_into().ok()?);
+        let legacy = u32::try_from(LEGACY_MAX_FUTURE_US / 1_000_000).unwrap_or(u32::MAX);
         Some((
             BatchHeader {
                 device: u64::from_le_bytes(word(8)?),
                 seq: u64::from_le_bytes(word(16)?),
                 now_us: i64::from_le_bytes(word(24)?),
+                max_future_s: if skew == 0 { legacy } else { skew },
             },
             frame,
         ))
@@ -213,10 +232,16 @@ mod tests {
             device: 7,
             seq: u64::MAX,
             now_us: -5,
+            max_future_s: 300,
         };
         let mut rec = h.encode().to_vec();
         rec.extend_from_slice(b"frame");
         assert_eq!(BatchHeader::decode(&rec), Some((h, &b"frame"[..])));
+        assert_eq!(h.rules(Rules::default()).max_future_us, 300_000_000);
+        // A record from before the bound was journaled replays with 24 h.
+        rec[4..8].fill(0);
+        let old = BatchHeader::decode(&rec).map(|(h, _)| h.rules(Rules::default()));
+        assert_eq!(old.map(|r| r.max_future_us), Some(LEGACY_MAX_FUTURE_US));
         rec[0] = 9;
         assert_eq!(BatchHeader::decode(&rec), None);
         assert_eq!(BatchHeader::decode(&rec[..10]), None);

@@ -69,7 +69,13 @@ impl Server {
         );
         let store: Arc<dyn Store> = cfg.faults.wrap(embedded.clone());
         let shard_count = cfg.shards.max(1);
-        let rules = Rules::default();
+        let rules = Rules {
+            max_future_us: i64::try_from(cfg.max_clock_skew.as_secs())
+                .unwrap_or(i64::MAX / 1_000_000)
+                .clamp(1, i64::from(u32::MAX))
+                * 1_000_000,
+            ..Rules::default()
+        };
         let cfg_of = move |id| ShardConfig {
             id,
             shards: shard_count,
@@ -165,6 +171,7 @@ impl Server {
             max_events_per_batch: cfg.limits.max_events_per_batch,
             max_inflight_batches: cfg.limits.max_inflight_batches,
             passivate_after_s: cfg.passivate_after.as_secs(),
+            max_clock_skew_s: cfg.max_clock_skew.as_secs(),
         };
         tokio::spawn(passivate::run(
             ctx.clone(),

@@ -219,11 +219,11 @@ pub(crate) fn load(store: &dyn Store, cfg: &ShardConfig, need: Need) -> Result<L
     match need {
         Need::Store(id) => {
             let levels = store.load_levels(id)?;
-            let since = cfg.movements_since(&levels);
-            let recent_movements = if since == i64::MAX {
+            let windows = cfg.movement_windows(&levels);
+            let recent_movements = if windows.is_empty() {
                 Vec::new()
             } else {
-                store.load_movements(id, since)?
+                store.load_movements(id, &windows)?
             };
             tracing::debug!(
                 store = id,

@@ -122,12 +122,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Current level of every SKU of `store` (activation, step one).
     fn load_levels(&self, store: u32) -> Result<Vec<StockLevelRow>, StoreError>;
 
-    /// Stock movements of `store` stamped at or after `since_us`, in no
-    /// particular order (activation, step two: the late window).
+    /// Stock movements of `store` stamped in any of `windows` (each
+    /// `[from_us, to_us)`, sorted and disjoint), in no particular order
+    /// (activation, step two: the SKUs' late windows). Reading windows
+    /// rather than everything since the oldest keeps one SKU with an
+    /// ancient event from loading the store's whole history.
     fn load_movements(
         &self,
         store: u32,
-        since_us: i64,
+        windows: &[(i64, i64)],
     ) -> Result<Vec<StockMovementRow>, StoreError>;
 
     /// Terminal rollups of one store and day (activation of a terminal day).

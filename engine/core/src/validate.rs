@@ -18,10 +18,22 @@ pub const Y2000_US: i64 = 946_684_800_000_000;
 /// Most tenders one sale may carry: `SaleRow::tenders` is a `u8`.
 pub const MAX_TENDERS: usize = u8::MAX as usize;
 
+/// How far ahead an event may be stamped by default: a few minutes of
+/// clock drift. More would let one fast clock push every SKU it touches
+/// ahead (a SKU's late-count floor follows its newest event), so that
+/// honest shelf counts are refused as too late while the skew lasts.
+pub const DEFAULT_MAX_FUTURE_US: i64 = 5 * 60 * 1_000_000;
+
+/// The bound before it was configurable; journal records written then
+/// were validated with it, and are replayed with it.
+pub const LEGACY_MAX_FUTURE_US: i64 = 24 * HOUR_US;
+
 /// The limits an event is checked against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rules {
-    /// How far ahead of the server's clock an event may be stamped.
+    /// How far ahead of the server's clock an event may be stamped; later
+    /// events are refused (`FutureTimestamp`) and kept in
+    /// `rejected_events`.
     pub max_future_us: i64,
     /// The earliest plausible event time.
     pub min_ts_us: i64,
@@ -32,7 +44,7 @@ pub struct Rules {
 impl Default for Rules {
     fn default() -> Self {
         Self {
-            max_future_us: 24 * HOUR_US,
+            max_future_us: DEFAULT_MAX_FUTURE_US,
             min_ts_us: Y2000_US,
             max_lines: 512,
         }
@@ -172,9 +184,9 @@ mod tests {
 
     #[test]
     fn timestamps() -> Result<(), rancor::Error> {
-        let ok = sale(NOW + 24 * HOUR_US, vec![line(1, 1)], 0);
+        let ok = sale(NOW + DEFAULT_MAX_FUTURE_US, vec![line(1, 1)], 0);
         assert_eq!(check(&ok, NOW)?, Ok(()));
-        let future = sale(NOW + 24 * HOUR_US + 1, vec![line(1, 1)], 0);
+        let future = sale(NOW + DEFAULT_MAX_FUTURE_US + 1, vec![line(1, 1)], 0);
         assert_eq!(check(&future, NOW)?, Err(RejectCode::FutureTimestamp));
         let old = sale(Y2000_US - 1, vec![line(1, 1)], 0);
         assert_eq!(check(&old, NOW)?, Err(RejectCode::ImplausibleTimestamp));

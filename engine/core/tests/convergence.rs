@@ -12,6 +12,9 @@ use tillstream_storage::RowSet;
 use tillstream_storage::time::MINUTE_US;
 
 const NOW: i64 = 1_710_000_000_000_000;
+/// The server's clock: after every generated event (they span 10 minutes
+/// from NOW), so none is refused as stamped in the future.
+const APPLIED_AT: i64 = NOW + 10 * MINUTE_US;
 const STORE: u32 = 4;
 const SKU: u64 = 77;
 
@@ -55,7 +58,7 @@ fn final_level(
             batches[i].get(),
             sent[i].device,
             &Rules::default(),
-            NOW,
+            APPLIED_AT,
             &mut plan,
         );
         for (s, items) in plan.touched() {
@@ -65,7 +68,7 @@ fn final_level(
                 sent[i].device,
                 batches[i].get(),
                 items,
-                NOW,
+                APPLIED_AT,
                 &mut out,
             );
             if let Some(l) = out.stock_levels.last() {

@@ -122,6 +122,8 @@ pub(super) async fn read_batches(
                     device,
                     seq,
                     now_us: now,
+                    max_future_s: u32::try_from(ctx.rules.max_future_us / 1_000_000)
+                        .unwrap_or(u32::MAX),
                 };
                 let mut parts = Vec::with_capacity(2);
                 let sequenced = ctx.sequencer.submit(header, batch.bytes(), |lsn| {

@@ -64,6 +64,13 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 900, env = "TILLSTREAM_PASSIVATE_AFTER_S",
           value_parser = clap::value_parser!(u64).range(1..))]
     passivate_after_s: u64,
+    /// Seconds ahead of the server's clock an event may be stamped. Later
+    /// events are refused as future_timestamp (kept in rejected_events,
+    /// and named in the batch's Ack) so that one fast till cannot make the
+    /// honest shelf counts of the SKUs it sells too late.
+    #[arg(long, default_value_t = 300, env = "TILLSTREAM_MAX_CLOCK_SKEW_S",
+          value_parser = clap::value_parser!(u64).range(1..=86_400 * 7))]
+    max_clock_skew_s: u64,
     /// Testing only: make every store commit first sleep for a time drawn
     /// uniformly from MIN..MAX milliseconds (slow storage rehearsal).
     #[arg(long, value_name = "MIN..MAX", value_parser = parse_ms_range)]
@@ -110,6 +117,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     cfg.handshake_max_wait = Duration::from_millis(args.handshake_max_wait_ms);
     cfg.passivate_after = Duration::from_secs(args.passivate_after_s);
+    cfg.max_clock_skew = Duration::from_secs(args.max_clock_skew_s);
     cfg.faults.commit_delay = args.inject_commit_delay_ms;
     if let Some((lo, hi)) = cfg.faults.commit_delay {
         tracing::warn!(?lo, ?hi, "fault injection: every store commit is delayed");

@@ -451,9 +451,9 @@ impl Store for EmbeddedStore {
     fn load_movements(
         &self,
         store: u32,
-        since_us: i64,
+        windows: &[(i64, i64)],
     ) -> Result<Vec<StockMovementRow>, StoreError> {
-        self.movements_since(store, since_us)
+        self.movements_in(store, windows)
     }
 
     fn load_rollups(&self, store: u32, day: u32) -> Result<Vec<TerminalRollupRow>, StoreError> {

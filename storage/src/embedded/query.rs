@@ -161,16 +161,21 @@ impl EmbeddedStore {
     /// A store's movements stamped at or after `since_us`, in stored order
     /// (by hour, then write): activation needs no finer order, and sorting
     /// a store's whole late window cost 40% of a restart.
-    pub(super) fn movements_since(
+    pub(super) fn movements_in(
         &self,
         store: u32,
-        since_us: i64,
+        windows: &[(i64, i64)],
     ) -> Result<Vec<StockMovementRow>, StoreError> {
-        let window = Window {
-            from_us: since_us,
-            to_us: i64::MAX,
-        };
-        self.rows_in(Some(u64::from(store)), window)
+        let mut out = Vec::new();
+        for &(from_us, to_us) in windows {
+            if from_us < to_us {
+                out.extend(self.rows_in::<StockMovementRow>(
+                    Some(u64::from(store)),
+                    Window { from_us, to_us },
+                )?);
+            }
+        }
+        Ok(out)
     }
 }
 

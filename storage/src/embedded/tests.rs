@@ -255,7 +255,7 @@ fn load_movements_returns_the_late_window() -> TestResult {
     };
     store.commit(&rows)?;
     store.commit(&late)?;
-    let got = store.load_movements(1, T0 + 3 * crate::time::MINUTE_US)?;
+    let got = store.load_movements(1, &[(T0 + 3 * crate::time::MINUTE_US, i64::MAX)])?;
     let mut keys: Vec<_> = got.iter().map(|m| (m.ts_us, m.key, m.line)).collect();
     keys.sort_unstable();
     let keys: Vec<_> = keys.into_iter().map(|(_, k, l)| (k, l)).collect();
@@ -263,14 +263,25 @@ fn load_movements_returns_the_late_window() -> TestResult {
         keys,
         vec![(key(2, 1, 0), 0), (key(2, 1, 1), 0), (key(1, 2, 0), 0)]
     );
-    let all = store.load_movements(1, 0)?;
+    let all = store.load_movements(1, &[(0, i64::MAX)])?;
     assert_eq!(all.len(), 8);
     assert!(
         store
-            .load_movements(1, T0 + 2 * crate::time::HOUR_US)?
+            .load_movements(1, &[(T0 + 2 * crate::time::HOUR_US, i64::MAX)])?
             .is_empty()
     );
-    assert_eq!(store.load_movements(2, 0)?.len(), 3);
+    assert_eq!(store.load_movements(2, &[(0, i64::MAX)])?.len(), 3);
+    // Two windows read what each holds, and nothing between them.
+    let ts: Vec<i64> = all.iter().map(|m| m.ts_us).collect();
+    let (lo, hi) = (
+        ts.iter().min().copied().unwrap_or(0),
+        ts.iter().max().copied().unwrap_or(0),
+    );
+    let two = store.load_movements(1, &[(lo, lo + 1), (hi, hi + 1)])?;
+    assert!(
+        !two.is_empty() && two.iter().all(|m| m.ts_us == lo || m.ts_us == hi),
+        "{two:?}"
+    );
     Ok(())
 }
 

@@ -5,8 +5,8 @@
 //! routed to it:
 //! 1. [`ShardCore::needs`]: what must be loaded from the store first;
 //! 2. for each [`Need::Store`]: read the store's levels,
-//!    [`ShardCore::movements_since`] on them, read the movements since that
-//!    time, then [`ShardCore::activate_store`]; for each
+//!    [`ShardCore::movement_windows`] on them, read the movements in those
+//!    windows, then [`ShardCore::activate_store`]; for each
 //!    [`Need::RollupDay`]: read that day's rollups and
 //!    [`ShardCore::activate_rollup_day`];
 //! 3. [`ShardCore::apply`] with the part's LSN, which appends rows;
@@ -61,15 +61,39 @@ pub struct ShardConfig {
 }
 
 impl ShardConfig {
-    /// [`ShardCore::movements_since`] for a shard with these settings:
+    /// [`ShardCore::movement_windows`] for a shard with these settings:
     /// what activation must read needs only the settings, not the state.
-    pub fn movements_since(&self, levels: &[StockLevelRow]) -> i64 {
-        levels
+    ///
+    /// Each SKU of this shard needs the movements of its late window,
+    /// `[updated_ts - late_window, updated_ts]`; the windows are widened to
+    /// whole hours (the store's movement blocks are per hour) and merged,
+    /// so a store whose SKUs moved recently is one or two ranges, and one
+    /// SKU last seen years ago adds its own hour or two, not the years
+    /// between. Sorted, disjoint, each `[from, to)`.
+    pub fn movement_windows(&self, levels: &[StockLevelRow]) -> Vec<(i64, i64)> {
+        let mut hours: Vec<(i64, i64)> = levels
             .iter()
             .filter(|r| shard_of_sku(r.store, r.sku, self.shards) == self.id)
-            .map(|r| r.updated_ts_us.saturating_sub(self.late_window_us))
-            .min()
-            .unwrap_or(i64::MAX)
+            .map(|r| {
+                let from = r.updated_ts_us.saturating_sub(self.late_window_us);
+                let to = r.updated_ts_us.saturating_add(1);
+                (
+                    from.div_euclid(HOUR_US).saturating_mul(HOUR_US),
+                    to.div_euclid(HOUR_US)
+                        .saturating_add(i64::from(to.rem_euclid(HOUR_US) != 0))
+                        .saturating_mul(HOUR_US),
+                )
+            })
+            .collect();
+        hours.sort_unstable();
+        let mut merged: Vec<(i64, i64)> = Vec::new();
+        for (from, to) in hours {
+            match merged.last_mut() {
+                Some(last) if from <= last.1 => last.1 = last.1.max(to),
+                _ => merged.push((from, to)),
+            }
+        }
+        merged
     }
 }
 
@@ -266,16 +290,16 @@ impl ShardCore {
         }
     }
 
-    /// Activation step 1 → 2: given the levels of a store, the time from
-    /// which its movements must be loaded: the minimum over this shard's
-    /// SKUs of `updated_ts_us - late_window_us`; `i64::MAX` if it owns none
-    /// (nothing to load).
-    pub fn movements_since(&self, levels: &[StockLevelRow]) -> i64 {
-        self.cfg.movements_since(levels)
+    /// Activation step 1 → 2: given the levels of a store, the time
+    /// windows whose movements must be loaded: this shard's SKUs' late
+    /// windows (see [`ShardConfig::movement_windows`]); empty if it owns
+    /// none (nothing to load).
+    pub fn movement_windows(&self, levels: &[StockLevelRow]) -> Vec<(i64, i64)> {
+        self.cfg.movement_windows(levels)
     }
 
     /// Loads the SKUs of `store` that live on this shard from `snapshot`
-    /// (levels, and the movements since [`ShardCore::movements_since`] in
+    /// (levels, and the movements in [`ShardCore::movement_windows`], in
     /// time order). A store already active is left as it is.
     pub fn activate_store(&mut self, store: u32, snapshot: StoreSnapshot) {
         if self.stores.contains_key(&store) {

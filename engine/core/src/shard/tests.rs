@@ -161,8 +161,24 @@ fn needs_then_activation() -> R {
         updated_ts_us: NOW - 10 * MINUTE_US,
         version: 7,
     }];
-    assert_eq!(c.movements_since(&levels), NOW - 70 * MINUTE_US);
-    assert_eq!(c.movements_since(&[]), i64::MAX);
+    let windows = c.movement_windows(&levels);
+    assert_eq!(windows.len(), 1, "{windows:?}");
+    let (from, to) = windows[0];
+    assert!(
+        from <= NOW - 70 * MINUTE_US && to > NOW - 10 * MINUTE_US,
+        "{windows:?}"
+    );
+    assert!(from % HOUR_US == 0 && to % HOUR_US == 0 && to - from <= 3 * HOUR_US);
+    assert!(c.movement_windows(&[]).is_empty());
+    // A SKU last seen in 2000 adds its own hours, not the years between.
+    let mut ancient = levels[0];
+    ancient.sku = 6;
+    ancient.count_ts_us = None;
+    ancient.updated_ts_us = crate::validate::Y2000_US + 36 * HOUR_US;
+    let both = c.movement_windows(&[levels[0], ancient]);
+    assert_eq!(both.len(), 2, "{both:?}");
+    let covered: i64 = both.iter().map(|w| w.1 - w.0).sum();
+    assert!(covered <= 6 * HOUR_US, "{both:?}");
     let moved = StockMovementRow {
         store: 2,
         sku: 5,
@@ -420,9 +436,12 @@ fn passivated_state_comes_back_the_same_from_its_rows() -> R {
             match need {
                 Need::Store(st) => {
                     let lv: Vec<StockLevelRow> = levels.values().copied().collect();
-                    let since = cycled.movements_since(&lv);
-                    let recent_movements =
-                        moves.iter().filter(|m| m.ts_us >= since).copied().collect();
+                    let windows = cycled.movement_windows(&lv);
+                    let recent_movements = moves
+                        .iter()
+                        .filter(|m| windows.iter().any(|w| (w.0..w.1).contains(&m.ts_us)))
+                        .copied()
+                        .collect();
                     cycled.activate_store(
                         st,
                         StoreSnapshot {
@@ -451,5 +470,34 @@ fn passivated_state_comes_back_the_same_from_its_rows() -> R {
         let p = cycled.passivate_idle(NOW + 1, lsn);
         assert!(p.stores > 0, "batch {lsn}: {p:?}");
     }
+    Ok(())
+}
+
+#[test]
+fn a_fast_till_cannot_make_honest_counts_too_late() -> R {
+    let mut cores = vec![core(0, 1)];
+    // A till two hours fast sells SKU 9: refused, so the SKU does not move
+    // ahead of the shelf.
+    let fast = testkit::batch(
+        1,
+        vec![sale(NOW + 2 * HOUR_US, 1, 4, vec![line(9, 1, 100)])],
+    )?;
+    let out = run(&mut cores, 1, &fast);
+    assert_eq!(out.rejected.len(), 1);
+    assert_eq!(out.rejected[0].code, RejectCode::FutureTimestamp.as_u16());
+    assert!(out.sale_lines.is_empty());
+    // The honest sensor's count now is applied, not refused as too late.
+    let honest = testkit::batch(2, vec![count(NOW, 1, 9, 30)])?;
+    let out = run(&mut cores, 2, &honest);
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    assert_eq!(cores[0].level(1, 9).map(|l| l.level), Some(30));
+    // Within the bound, a few minutes fast is accepted as drift.
+    let drift = testkit::batch(
+        3,
+        vec![sale(NOW + 4 * MINUTE_US, 1, 4, vec![line(9, 1, 100)])],
+    )?;
+    let out = run(&mut cores, 3, &drift);
+    assert!(out.rejected.is_empty());
+    assert_eq!(cores[0].level(1, 9).map(|l| l.level), Some(29));
     Ok(())
 }

@@ -86,15 +86,19 @@ impl ModelStore {
             .collect()
     }
 
-    /// Movements of `store` stamped at or after `since`, in (ts, key, line) order.
-    pub(crate) fn load_movements(&self, store: u32, since: i64) -> Vec<StockMovementRow> {
+    /// Movements of `store` stamped in one of `windows`, in (ts, key, line) order.
+    pub(crate) fn load_movements(
+        &self,
+        store: u32,
+        windows: &[(i64, i64)],
+    ) -> Vec<StockMovementRow> {
         let mut out: Vec<StockMovementRow> = self
             .movements_by_store
             .get(&store)
             .map(|ids| {
                 ids.iter()
                     .map(|&i| self.movements[i])
-                    .filter(|m| m.ts_us >= since)
+                    .filter(|m| windows.iter().any(|w| (w.0..w.1).contains(&m.ts_us)))
                     .collect()
             })
             .unwrap_or_default();

@@ -153,12 +153,8 @@ fn activate(core: &mut ShardCore, need: Need, model: &ModelStore) {
     match need {
         Need::Store(id) => {
             let levels = model.load_levels(id);
-            let since = core.movements_since(&levels);
-            let recent_movements = if since == i64::MAX {
-                Vec::new()
-            } else {
-                model.load_movements(id, since)
-            };
+            let windows = core.movement_windows(&levels);
+            let recent_movements = model.load_movements(id, &windows);
             core.activate_store(
                 id,
                 StoreSnapshot {
