@@ -324,3 +324,56 @@ async fn a_device_that_never_reads_its_acks_holds_back_no_one() -> anyhow::Resul
     server.shutdown().await?;
     Ok(())
 }
+
+/// Refused events are named in the Ack; 16 batches of 4,096 refused events
+/// coalesced into one Ack made a frame past the 1 MiB limit, which the
+/// device could not read, and the session never acked again. Acks now
+/// split their references, and every one arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_naming_many_refused_events_stay_within_the_frame_limit() -> anyhow::Result<()> {
+    const BATCHES: u64 = 24;
+    const EVENTS: u32 = 4096;
+    let dir = tempfile::tempdir()?;
+    let server = start_server(dir.path(), 2).await?;
+    let mut raw = Raw::open(&server, 71).await?;
+    let ts = now_us();
+    let refused: Vec<Event> = (0..EVENTS)
+        .map(|i| {
+            Event::Movement(StockMovement {
+                ts_us: ts,
+                store: 1,
+                sku: u64::from(i),
+                delta: 0, // zero_delta: refused, kept in rejected_events
+                reason: MovementKind::Receipt,
+            })
+        })
+        .collect();
+    // Every batch is written before any ack is read, so acks coalesce.
+    let mut frames = Vec::new();
+    for seq in 1..=BATCHES {
+        frames.extend(frame::encode_to_vec(&Batch {
+            seq,
+            sent_at_us: ts,
+            events: refused.clone(),
+        })?);
+    }
+    raw.send.write_all(&frames).await?;
+    let mut durable = 0;
+    let mut refs = 0u64;
+    while durable < BATCHES {
+        let (t, payload) = read(&mut raw.recv).await?;
+        anyhow::ensure!(t == MsgType::Ack, "expected Ack, got {t:?}");
+        let ack = decode::<Ack>(&payload)?;
+        durable = durable.max(ack.durable_seq);
+        refs += ack.rejected.len() as u64;
+    }
+    // The last refs may trail the last durable_seq by one Ack.
+    while refs < BATCHES * u64::from(EVENTS) {
+        let (t, payload) = read(&mut raw.recv).await?;
+        anyhow::ensure!(t == MsgType::Ack, "expected Ack, got {t:?}");
+        refs += decode::<Ack>(&payload)?.rejected.len() as u64;
+    }
+    assert_eq!(refs, BATCHES * u64::from(EVENTS));
+    server.shutdown().await?;
+    Ok(())
+}

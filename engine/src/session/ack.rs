@@ -16,6 +16,12 @@ const FLUSH_GRACE: Duration = Duration::from_secs(2);
 /// How long one ack may take to write before the device counts as not
 /// reading.
 const ACK_WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// Most refused-event references one Ack carries: 16 bytes each archived,
+/// so an Ack stays near 512 KiB, well inside the 1 MiB frame limit a
+/// device reads with. More refs go in the next Ack (same or higher
+/// `durable_seq`). Uncapped, 16 fully refused batches of 4,096 events made
+/// a frame the device could not read, and the session went silent.
+pub(super) const MAX_REJECTED_PER_ACK: usize = 32 * 1024;
 
 /// The session's side of the stream: what it may still write, and the acks
 /// it has earned but not written yet (coalesced over a few durable batches).
@@ -30,10 +36,24 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn owe(&mut self, received: Instant, rejected: Vec<RejectedRef>) {
+    /// Records a durable batch and its refused events; writes an Ack
+    /// early whenever the refs owed would pass [`MAX_REJECTED_PER_ACK`].
+    async fn owe(&mut self, received: Instant, mut rejected: Vec<RejectedRef>) {
         self.owed_batches += 1;
-        self.owed_rejected.extend(rejected);
         self.oldest.get_or_insert(received);
+        while self.owed_rejected.len() + rejected.len() > MAX_REJECTED_PER_ACK {
+            let room = MAX_REJECTED_PER_ACK.saturating_sub(self.owed_rejected.len());
+            let rest = rejected.split_off(room.min(rejected.len()));
+            self.owed_rejected.append(&mut rejected);
+            rejected = rest;
+            self.pay().await;
+        }
+        self.owed_rejected.append(&mut rejected);
+    }
+
+    /// Whether an Ack is owed: batches, or refs left over from a split.
+    fn owes(&self) -> bool {
+        self.owed_batches > 0 || !self.owed_rejected.is_empty()
     }
 
     async fn write<M>(&mut self, msg: &M)
@@ -69,7 +89,7 @@ impl Outbox {
     /// frame too, so a device can attribute an Error without a seq to the
     /// oldest frame it wrote that is neither acked nor refused.
     async fn pay(&mut self) {
-        if self.owed_batches == 0 {
+        if !self.owes() {
             return;
         }
         let msg = Ack {
@@ -77,7 +97,9 @@ impl Outbox {
             rejected: std::mem::take(&mut self.owed_rejected),
         };
         self.write(&msg).await;
-        if let Some(t) = self.oldest.take() {
+        if let Some(t) = self.oldest.take()
+            && self.owed_batches > 0
+        {
             m::acked(t.elapsed(), u64::from(self.owed_batches));
         }
         self.owed_batches = 0;
@@ -140,7 +162,7 @@ pub(super) async fn ack(
                 rejected,
                 received,
             } => match done.await {
-                Ok(Ok(())) => out.owe(received, rejected),
+                Ok(Ok(())) => out.owe(received, rejected).await,
                 Ok(Err(e)) => out.give_up(seq, &e.to_string()).await,
                 Err(_) => out.give_up(seq, "the flusher stopped").await,
             },
@@ -152,7 +174,7 @@ pub(super) async fn ack(
                     Ok(_) = failed.wait_for(|f| *f) => false,
                 };
                 if durable {
-                    out.owe(received, Vec::new());
+                    out.owe(received, Vec::new()).await;
                 } else {
                     out.give_up(seq, "the server failed; restart it").await;
                 }
@@ -168,7 +190,7 @@ pub(super) async fn ack(
                     .await;
             }
         }
-        if out.owed_batches > 0 && (rx.is_empty() || out.owed_batches >= ACK_EVERY) {
+        if out.owes() && (rx.is_empty() || out.owed_batches >= ACK_EVERY) {
             out.pay().await;
         }
     }
