@@ -42,7 +42,7 @@ use tillstream_storage::{MovementReason, StockLevelRow, StoreSnapshot, TerminalR
 
 use crate::route::{Role, WorkItem, shard_of_sku, shard_of_terminal};
 use crate::validate::Rules;
-use hash::Fixed;
+use hash::Keyed;
 use sku::SkuState;
 use terminal::{RollupKey, RollupSlot, SaleView};
 
@@ -196,14 +196,14 @@ pub struct Passivated {
 #[derive(Debug)]
 pub struct ShardCore {
     cfg: ShardConfig,
-    stores: HashMap<u32, LastChange, Fixed>,
+    stores: HashMap<u32, LastChange, Keyed>,
     skus: Vec<SkuState>,
-    sku_index: HashMap<(u32, u64), u32, Fixed>,
+    sku_index: HashMap<(u32, u64), u32, Keyed>,
     dirty_skus: Vec<u32>,
-    days: HashMap<(u32, u32), LastChange, Fixed>,
-    rollups: HashMap<RollupKey, RollupSlot, Fixed>,
+    days: HashMap<(u32, u32), LastChange, Keyed>,
+    rollups: HashMap<RollupKey, RollupSlot, Keyed>,
     dirty_rollups: Vec<RollupKey>,
-    terminals: HashSet<(u32, u32), Fixed>,
+    terminals: HashSet<(u32, u32), Keyed>,
     stats: ShardStats,
 }
 
@@ -384,7 +384,7 @@ impl ShardCore {
             let before = self.rollups.len();
             self.rollups.retain(|k, _| days.contains_key(&(k.0, k.1)));
             out.rollup_minutes = (before - self.rollups.len()) as u64;
-            let live: HashSet<u32, Fixed> = days.keys().map(|&(store, _)| store).collect();
+            let live: HashSet<u32, Keyed> = days.keys().map(|&(store, _)| store).collect();
             self.terminals.retain(|(store, _)| live.contains(store));
         }
         out
