@@ -249,6 +249,60 @@ async fn a_connection_that_waits_too_long_for_a_slot_is_refused_then_served() ->
     Ok(())
 }
 
+/// Connections that finish their handshake and then say nothing held the
+/// set-up slots for 10 s each (and Hello for 10 s more): as many silent
+/// connections as slots locked every new device out. Each stage now has a
+/// short deadline, and the slot is freed once Hello is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_do_not_lock_devices_out() -> anyhow::Result<()> {
+    const SLOTS: usize = 4;
+    let dir = tempfile::tempdir()?;
+    let mut cfg = tillstream_engine::ServerConfig::new(dir.path());
+    cfg.listen = "127.0.0.1:0".parse()?;
+    cfg.shards = 1;
+    cfg.max_handshakes = SLOTS;
+    let server = tillstream_engine::Server::start(cfg).await?;
+    let endpoint = endpoint_for(&server)?;
+    let addr = server.quic_addr();
+    // Twice as many silent connections as slots: no stream, no Hello.
+    let mut silent = Vec::new();
+    for _ in 0..2 * SLOTS {
+        silent.push(endpoint.connect(addr, "localhost")?);
+    }
+    let mut held = Vec::new();
+    for s in silent {
+        if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(10), s).await {
+            held.push(c);
+        }
+    }
+    // One that opens its stream and then stalls before Hello.
+    let stalling = endpoint.connect(addr, "localhost")?.await?;
+    let (_stall_send, _stall_recv) = stalling.open_bi().await?;
+
+    let started = std::time::Instant::now();
+    let dev = device(&endpoint, addr, 43);
+    dev.send(tillstream_client::PreparedBatch::encode(&Batch {
+        seq: 1,
+        sent_at_us: now_us(),
+        events: Vec::new(),
+    })?)
+    .await?;
+    dev.wait_acked(1, Duration::from_secs(30)).await?;
+    let took = started.elapsed();
+    // Before, the slots were held 10 s: generous margin, not a speed test.
+    assert!(
+        took < Duration::from_secs(8),
+        "the device waited {took:?} for a slot"
+    );
+    // The silent ones were closed by the server, not left to idle out.
+    let closed = tokio::time::timeout(Duration::from_secs(10), held[0].closed()).await;
+    assert!(closed.is_ok(), "a silent connection was left open");
+    dev.close().await;
+    drop(held);
+    server.shutdown().await?;
+    Ok(())
+}
+
 /// A device that stops reading its stream (it advertises a 64-byte window,
 /// so a couple of unread acks fill it) must not hold back anyone else's
 /// acks. Before the journal, its acker blocked, its applied batches never

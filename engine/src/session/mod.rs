@@ -81,8 +81,11 @@ pub(crate) enum SessionEnd {
 
 /// Bad frames tolerated on one connection before it is closed.
 const MAX_BAD_FRAMES: u32 = 16;
-/// How long a device has to open its stream and say Hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a device has, once its handshake is done, to open its stream
+/// and then to say Hello (each). A device does both at once; the set-up
+/// slot it holds meanwhile is one of a few, so a silent connection must
+/// not keep it long: 32 silent connections held every slot for 20 s.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest Hello payload: before a device is known, it may not make the
 /// server allocate a full batch frame.
 const HELLO_MAX_BYTES: u32 = 16 * 1024;
@@ -127,7 +130,7 @@ pub(super) enum Acking {
 
 /// Serves one connection until it ends.
 /// `admitted` is the connection's set-up slot (see `accept`): it is given
-/// back once the device is welcomed or refused.
+/// back once the device's Hello is read (or the connection ends first).
 pub(crate) async fn serve(
     conn: quinn::Connection,
     ctx: Arc<EngineCtx>,
@@ -180,6 +183,10 @@ async fn session(
     };
     let device = hello.device;
     tracing::Span::current().record("device", device);
+    // The costly part of setting up (handshake, Hello) is over: what is
+    // left waits on the device's older batches, not on the CPU, and must
+    // not keep other devices from being set up.
+    drop(admitted);
 
     if let Some((code, why)) = refusal(ctx) {
         refuse(&mut send, code, &why).await;
@@ -207,7 +214,6 @@ async fn session(
         .await
         .map_err(SessionEnd::Conn)?;
     tracing::debug!(durable_seq = welcome.durable_seq, "welcomed");
-    drop(admitted);
 
     let window = ctx.limits.max_inflight_batches.max(1) as usize;
     let (pend_tx, pend_rx) = mpsc::channel(window);
