@@ -127,4 +127,20 @@ pub trait Query {
 
     /// Hands every row of `table` to `f`, in the table's key order.
     fn scan(&self, table: Table, f: &mut dyn FnMut(RowRef<'_>)) -> Result<(), StoreError>;
+
+    /// [`Query::scan`] of each of `tables` in turn, all as of one moment:
+    /// a reader that checks tables against each other (verify) on a live
+    /// server must not see one table before a write and the next after it.
+    /// The default scans each table as it is (for a backend without
+    /// snapshots); a backend that has them overrides it.
+    fn scan_consistent(
+        &self,
+        tables: &[Table],
+        f: &mut dyn FnMut(RowRef<'_>),
+    ) -> Result<(), StoreError> {
+        for &t in tables {
+            self.scan(t, f)?;
+        }
+        Ok(())
+    }
 }

@@ -176,18 +176,18 @@ struct SkuAcc {
 }
 
 impl SkuAcc {
+    /// Saturating, as the engine computes levels: hostile values near the
+    /// ends of `i64` give a mismatch to report, never a panic.
     fn expected_level(&self) -> i64 {
+        let after = |from: i64| {
+            self.deltas
+                .iter()
+                .filter(|d| d.0 > from)
+                .fold(0i64, |acc, d| acc.saturating_add(d.1))
+        };
         match self.count {
-            Some((ts, _, counted)) => {
-                counted
-                    + self
-                        .deltas
-                        .iter()
-                        .filter(|d| d.0 > ts)
-                        .map(|d| d.1)
-                        .sum::<i64>()
-            }
-            None => self.deltas.iter().map(|d| d.1).sum(),
+            Some((ts, _, counted)) => counted.saturating_add(after(ts)),
+            None => after(i64::MIN),
         }
     }
 }
@@ -242,14 +242,15 @@ impl Verifier {
                 ..TerminalRollupRow::default()
             });
         match r.kind {
+            // Saturating, as the engine's rollups are.
             SaleKind::Sale => {
-                m.sales += 1;
-                m.gross += r.gross;
-                m.tax += r.tax;
+                m.sales = m.sales.saturating_add(1);
+                m.gross = m.gross.saturating_add(r.gross);
+                m.tax = m.tax.saturating_add(r.tax);
             }
             SaleKind::Refund => {
-                m.refunds += 1;
-                m.refunded += r.gross;
+                m.refunds = m.refunds.saturating_add(1);
+                m.refunded = m.refunded.saturating_add(r.gross);
             }
         }
     }
@@ -437,51 +438,43 @@ pub fn verify(
     expected: Option<&[ExpectedBatch]>,
 ) -> Result<VerifyReport, StoreError> {
     let mut v = Verifier::default();
-    q.scan(Table::Sales, &mut |r| {
-        if let RowRef::Sale(s) = r {
-            v.sale(s);
-        }
-    })?;
-    q.scan(Table::StockMovements, &mut |r| {
-        if let RowRef::Movement(m) = r {
-            v.movement(m);
-        }
-    })?;
-    q.scan(Table::SaleLines, &mut |r| {
-        if let RowRef::SaleLine(l) = r {
+    let mut marks: Map<u64, u64> = Map::default();
+    // One snapshot for every table: on a live server a write landing
+    // between two tables' scans would show as rows without their batch.
+    let tables = [
+        Table::Sales,
+        Table::StockMovements,
+        Table::SaleLines,
+        Table::DeviceHealth,
+        Table::RejectedEvents,
+        Table::StockLevels,
+        Table::TerminalRollups,
+        Table::DeviceBatches,
+        Table::DeviceWatermarks,
+    ];
+    q.scan_consistent(&tables, &mut |r| match r {
+        RowRef::Sale(s) => v.sale(s),
+        RowRef::Movement(m) => v.movement(m),
+        RowRef::SaleLine(l) => {
             v.sales.entry(l.key).or_default().add_line(l.line);
         }
-    })?;
-    q.scan(Table::DeviceHealth, &mut |r| {
-        if let RowRef::Health(h) = r {
+        RowRef::Health(h) => {
             v.primary(h.key);
         }
-    })?;
-    q.scan(Table::RejectedEvents, &mut |r| {
-        if let RowRef::Rejected(x) = r {
+        RowRef::Rejected(x) => {
             v.primary(x.key);
         }
-    })?;
-    q.scan(Table::StockLevels, &mut |r| {
-        if let RowRef::Level(l) = r {
-            v.levels.push(*l);
-        }
-    })?;
-    q.scan(Table::TerminalRollups, &mut |r| {
-        if let RowRef::Rollup(x) = r {
-            v.stored_rollups.push(*x);
-        }
-    })?;
-    q.scan(Table::DeviceBatches, &mut |r| {
-        if let RowRef::Batch(b) = r {
+        RowRef::Level(l) => v.levels.push(*l),
+        RowRef::Rollup(x) => v.stored_rollups.push(*x),
+        RowRef::Batch(b) => {
             v.ledger.insert((b.device, b.seq), b.events);
         }
+        RowRef::Watermark(w) => {
+            let m = marks.entry(w.device).or_insert(0);
+            *m = (*m).max(w.seq);
+        }
+        _ => {}
     })?;
-    let marks: Map<u64, u64> = q
-        .watermarks()?
-        .into_iter()
-        .map(|w| (w.device, w.seq))
-        .collect();
 
     let dups: Vec<EventKey> = v
         .primary

@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use fjall::{Iter, Keyspace};
+use std::ops::RangeBounds;
+
+use fjall::{Iter, Keyspace, Readable, Snapshot};
 use rkyv::util::AlignedVec;
 
 use super::blocks::{self, BlockRow, StoredRow};
@@ -38,6 +40,28 @@ impl Window {
     }
 }
 
+/// Where reads come from: the tables as they are, or as of a snapshot.
+enum Reader<'a> {
+    Live,
+    At(&'a Snapshot),
+}
+
+impl Reader<'_> {
+    fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, ks: &Keyspace, range: R) -> Iter {
+        match self {
+            Reader::Live => ks.range(range),
+            Reader::At(s) => s.range(ks, range),
+        }
+    }
+
+    fn prefix<K: AsRef<[u8]>>(&self, ks: &Keyspace, prefix: K) -> Iter {
+        match self {
+            Reader::Live => ks.prefix(prefix),
+            Reader::At(s) => s.prefix(ks, prefix),
+        }
+    }
+}
+
 impl EmbeddedStore {
     /// Hands every block of `T`'s table (of partition `part`, or of all)
     /// whose hour meets `window` to `f`, in key order.
@@ -47,16 +71,23 @@ impl EmbeddedStore {
         window: Window,
         f: &mut dyn FnMut(Vec<T>),
     ) -> Result<(), StoreError> {
+        self.each_block_in(&Reader::Live, part, window, f)
+    }
+
+    fn each_block_in<T: BlockRow>(
+        &self,
+        rd: &Reader<'_>,
+        part: Option<u64>,
+        window: Window,
+        f: &mut dyn FnMut(Vec<T>),
+    ) -> Result<(), StoreError> {
         let (from_h, to_h) = window.hours();
         let iter: Iter = match part {
-            Some(p) => self
-                .blocks
-                .range(keys::block_range(T::TABLE, p, from_h, to_h)),
+            Some(p) => rd.range(&self.blocks, keys::block_range(T::TABLE, p, from_h, to_h)),
             None if keys::part_width(T::TABLE) == 0 => {
-                self.blocks
-                    .range(keys::block_range(T::TABLE, 0, from_h, to_h))
+                rd.range(&self.blocks, keys::block_range(T::TABLE, 0, from_h, to_h))
             }
-            None => self.blocks.prefix(keys::block_prefix(T::TABLE, None)),
+            None => rd.prefix(&self.blocks, keys::block_prefix(T::TABLE, None)),
         };
         let mut buf = AlignedVec::new();
         for guard in iter {
@@ -98,8 +129,17 @@ impl EmbeddedStore {
         prefix: &[u8],
         f: &mut dyn FnMut(T),
     ) -> Result<(), StoreError> {
+        Self::each_point_in(&Reader::Live, ks, prefix, f)
+    }
+
+    fn each_point_in<T: StoredRow>(
+        rd: &Reader<'_>,
+        ks: &Keyspace,
+        prefix: &[u8],
+        f: &mut dyn FnMut(T),
+    ) -> Result<(), StoreError> {
         let mut buf = AlignedVec::new();
-        for guard in ks.prefix(prefix) {
+        for guard in rd.prefix(ks, prefix) {
             let value = guard
                 .value()
                 .map_err(|e| backend_err("reading a record", e))?;
@@ -129,12 +169,18 @@ impl EmbeddedStore {
         store: Option<u32>,
         f: &mut dyn FnMut(StockLevelRow),
     ) -> Result<(), StoreError> {
+        self.each_level_in(&Reader::Live, store, f)
+    }
+
+    fn each_level_in(
+        &self,
+        rd: &Reader<'_>,
+        store: Option<u32>,
+        f: &mut dyn FnMut(StockLevelRow),
+    ) -> Result<(), StoreError> {
         let prefix = store.map(u32::to_be_bytes);
         let mut buf = AlignedVec::new();
-        for guard in self
-            .levels
-            .prefix(prefix.as_ref().map_or(&[][..], |p| &p[..]))
-        {
+        for guard in rd.prefix(&self.levels, prefix.as_ref().map_or(&[][..], |p| &p[..])) {
             let (key, value) = guard
                 .into_inner()
                 .map_err(|e| backend_err("reading levels", e))?;
@@ -310,39 +356,72 @@ impl Query for EmbeddedStore {
     }
 
     fn scan(&self, table: Table, f: &mut dyn FnMut(RowRef<'_>)) -> Result<(), StoreError> {
+        self.scan_in(&Reader::Live, table, f)
+    }
+
+    /// Every table read from one fjall snapshot: the rows of a write that
+    /// lands during the scan are in every table or in none.
+    fn scan_consistent(
+        &self,
+        tables: &[Table],
+        f: &mut dyn FnMut(RowRef<'_>),
+    ) -> Result<(), StoreError> {
+        let snapshot = self.db.snapshot();
+        for &t in tables {
+            self.scan_in(&Reader::At(&snapshot), t, f)?;
+        }
+        Ok(())
+    }
+}
+
+impl EmbeddedStore {
+    fn scan_in(
+        &self,
+        rd: &Reader<'_>,
+        table: Table,
+        f: &mut dyn FnMut(RowRef<'_>),
+    ) -> Result<(), StoreError> {
         let all = Window::ALL;
         match table {
-            Table::Sales => self.each_block::<SaleRow>(None, all, &mut |rows| {
+            Table::Sales => self.each_block_in::<SaleRow>(rd, None, all, &mut |rows| {
                 rows.iter().for_each(|r| f(RowRef::Sale(r)));
             }),
-            Table::SaleLines => self.each_block::<SaleLineRow>(None, all, &mut |rows| {
+            Table::SaleLines => self.each_block_in::<SaleLineRow>(rd, None, all, &mut |rows| {
                 rows.iter().for_each(|r| f(RowRef::SaleLine(r)));
             }),
-            Table::StockMovements => self.each_block::<StockMovementRow>(None, all, &mut |rows| {
-                rows.iter().for_each(|r| f(RowRef::Movement(r)));
-            }),
-            Table::DeviceHealth => self.each_block::<DeviceHealthRow>(None, all, &mut |rows| {
-                rows.iter().for_each(|r| f(RowRef::Health(r)));
-            }),
-            Table::RejectedEvents => self.each_block::<RejectedEventRow>(None, all, &mut |rows| {
-                rows.iter().for_each(|r| f(RowRef::Rejected(r)));
-            }),
-            Table::DeadLetters => self.each_block::<DeadLetterRow>(None, all, &mut |rows| {
+            Table::StockMovements => {
+                self.each_block_in::<StockMovementRow>(rd, None, all, &mut |rows| {
+                    rows.iter().for_each(|r| f(RowRef::Movement(r)));
+                })
+            }
+            Table::DeviceHealth => {
+                self.each_block_in::<DeviceHealthRow>(rd, None, all, &mut |rows| {
+                    rows.iter().for_each(|r| f(RowRef::Health(r)));
+                })
+            }
+            Table::RejectedEvents => {
+                self.each_block_in::<RejectedEventRow>(rd, None, all, &mut |rows| {
+                    rows.iter().for_each(|r| f(RowRef::Rejected(r)));
+                })
+            }
+            Table::DeadLetters => self.each_block_in::<DeadLetterRow>(rd, None, all, &mut |rows| {
                 rows.iter().for_each(|r| f(RowRef::DeadLetter(r)));
             }),
-            Table::StockLevels => self.each_level(None, &mut |r| f(RowRef::Level(&r))),
+            Table::StockLevels => self.each_level_in(rd, None, &mut |r| f(RowRef::Level(&r))),
             Table::TerminalRollups => {
-                Self::each_point::<TerminalRollupRow>(&self.rollups, &[], &mut |r| {
+                Self::each_point_in::<TerminalRollupRow>(rd, &self.rollups, &[], &mut |r| {
                     f(RowRef::Rollup(&r));
                 })
             }
             Table::DeviceWatermarks => {
-                Self::each_point::<WatermarkRow>(&self.marks, &[], &mut |r| {
+                Self::each_point_in::<WatermarkRow>(rd, &self.marks, &[], &mut |r| {
                     f(RowRef::Watermark(&r))
                 })
             }
             Table::DeviceBatches => {
-                Self::each_point::<BatchRow>(&self.batches, &[], &mut |r| f(RowRef::Batch(&r)))
+                Self::each_point_in::<BatchRow>(rd, &self.batches, &[], &mut |r| {
+                    f(RowRef::Batch(&r))
+                })
             }
         }
     }
