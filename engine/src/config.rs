@@ -55,6 +55,12 @@ pub struct ServerConfig {
     /// clock runs hours fast must not push the SKUs it sells ahead of the
     /// honest shelf counts.
     pub max_clock_skew: Duration,
+    /// `/readyz` answers 503 once no batch has been acknowledged for this
+    /// long although batches wait (`tillstream_ack_stall_seconds` shows the
+    /// stall as it grows). Default 10 s: far above a healthy server's worst
+    /// ack (hundreds of ms at full load), short enough for a load balancer
+    /// to stop sending before devices time out.
+    pub ack_stall_not_ready: Duration,
     /// Faults to inject (tests and incident rehearsals); none by default.
     pub faults: Faults,
 }
@@ -78,6 +84,7 @@ impl ServerConfig {
             handshake_max_wait: Duration::from_secs(4),
             passivate_after: Duration::from_secs(15 * 60),
             max_clock_skew: Duration::from_secs(5 * 60),
+            ack_stall_not_ready: Duration::from_secs(10),
             faults: Faults::default(),
         }
     }

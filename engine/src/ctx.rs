@@ -32,6 +32,9 @@ pub(crate) struct EngineCtx {
     pub(crate) rules: Rules,
     /// Set on shutdown: new sessions are refused, readers stop.
     pub(crate) draining: AtomicBool,
+    /// Acknowledgements stuck this long while batches wait make `/readyz`
+    /// fail (see `ServerConfig::ack_stall_not_ready`).
+    pub(crate) ack_stall_not_ready: Duration,
     /// Set when a batch could not be applied on all its shards: nothing
     /// more can be committed consistently, the engine needs a restart.
     pub(crate) failed: watch::Sender<bool>,
@@ -79,6 +82,13 @@ impl EngineCtx {
         }
         if self.is_failed() {
             return Some("a batch could not be applied; restart the server".into());
+        }
+        let stall = self.sequencer.ack_stall();
+        if stall >= self.ack_stall_not_ready {
+            return Some(format!(
+                "no batch acknowledged for {} s although batches wait",
+                stall.as_secs()
+            ));
         }
         self.store.check_writable().err().map(|e| e.to_string())
     }

@@ -31,7 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 
 use crate::devices::DeviceSlot;
 use crate::metrics as m;
-use crate::sequencer::JournalState;
+use crate::sequencer::{AckProgress, JournalState, Sequencer};
 
 /// What a commit of a unit ended with.
 pub(crate) type CommitResult = Result<(), Arc<StoreError>>;
@@ -75,7 +75,7 @@ pub(crate) struct FlushSettings {
 pub(crate) fn spawn(
     store: Arc<dyn Store>,
     checkpoint: u64,
-    journal: watch::Receiver<JournalState>,
+    sequencer: &Sequencer,
     failed: watch::Receiver<bool>,
     materialized: watch::Sender<u64>,
     settings: FlushSettings,
@@ -95,8 +95,9 @@ pub(crate) fn spawn(
         error: None,
         ticks: 0,
         materialized,
+        progress: sequencer.progress(),
     };
-    let join = tokio::spawn(flusher.run(rx, journal, failed));
+    let join = tokio::spawn(flusher.run(rx, sequencer.subscribe(), failed));
     (tx, join)
 }
 
@@ -130,6 +131,8 @@ struct Flusher {
     ticks: u64,
     /// The LSN the tables hold, for passivation.
     materialized: watch::Sender<u64>,
+    /// Where acknowledgements stand, for stall checks.
+    progress: Arc<AckProgress>,
 }
 
 impl Flusher {
@@ -245,6 +248,7 @@ impl Flusher {
         if self.error.is_some() {
             return;
         }
+        let from = self.next_lsn;
         while self.next_lsn <= durable {
             let Some(mut unit) = self.waiting.remove(&self.next_lsn) else {
                 break;
@@ -260,6 +264,9 @@ impl Flusher {
             self.acc.lsn = self.next_lsn;
             self.acc.since.get_or_insert_with(Instant::now);
             self.next_lsn += 1;
+        }
+        if self.next_lsn > from {
+            self.progress.acked(self.next_lsn - 1);
         }
     }
 

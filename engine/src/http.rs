@@ -64,7 +64,8 @@ pub(crate) async fn serve(
 
 type AppState = State<Arc<HttpState>>;
 
-async fn metrics_text() -> Response {
+async fn metrics_text(State(s): AppState) -> Response {
+    metrics::ack_stall(s.ctx.sequencer.ack_stall());
     match metrics::handle() {
         Some(h) => h.render().into_response(),
         None => (

@@ -132,6 +132,12 @@ pub(crate) fn passivated_devices(n: usize) {
     counter!("tillstream_passivated_devices_total").increment(n as u64);
 }
 
+/// How long no batch has been acknowledged although batches wait (0 when
+/// none waits): the age of a stall, refreshed on every scrape.
+pub(crate) fn ack_stall(stalled: Duration) {
+    gauge!("tillstream_ack_stall_seconds").set(stalled.as_secs_f64());
+}
+
 pub(crate) fn dead_letter() {
     counter!("tillstream_dead_letters_total").increment(1);
 }

@@ -23,7 +23,9 @@
 //!   published, the writer stops, and frames are no longer buffered.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use tillstream_engine_core::validate::{LEGACY_MAX_FUTURE_US, Rules};
@@ -117,10 +119,57 @@ struct Pending {
     failed: bool,
 }
 
+/// How far acknowledgements got and when they last moved, to tell a stall
+/// (nothing acknowledged for a while although batches wait) from a quiet
+/// server. Written by the flusher, and by the sequencer when a batch
+/// arrives at an idle server (so an old quiet spell is not a stall).
+#[derive(Debug)]
+pub(crate) struct AckProgress {
+    epoch: Instant,
+    acked: AtomicU64,
+    moved_at_ms: AtomicU64,
+}
+
+impl AckProgress {
+    fn new(acked: u64) -> Self {
+        Self {
+            epoch: Instant::now(),
+            acked: AtomicU64::new(acked),
+            moved_at_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.moved_at_ms.store(ms, Ordering::Release);
+    }
+
+    /// Every batch up to `lsn` is acknowledged.
+    pub(crate) fn acked(&self, lsn: u64) {
+        self.acked.store(lsn, Ordering::Release);
+        self.touch();
+    }
+
+    /// How long acknowledgements have not moved while batches up to
+    /// `sequenced` wait; zero when none waits.
+    pub(crate) fn stalled_for(&self, sequenced: u64) -> Duration {
+        if sequenced <= self.acked.load(Ordering::Acquire) {
+            return Duration::ZERO;
+        }
+        let now = self.epoch.elapsed();
+        now.saturating_sub(Duration::from_millis(
+            self.moved_at_ms.load(Ordering::Acquire),
+        ))
+    }
+}
+
 /// The sequencer (module docs). Shared by every session.
 #[derive(Debug)]
 pub(crate) struct Sequencer {
     pending: Mutex<Pending>,
+    /// The last LSN handed out (read without the lock, for stall checks).
+    sequenced: AtomicU64,
+    progress: Arc<AckProgress>,
     wake: Condvar,
     state: watch::Sender<JournalState>,
 }
@@ -132,6 +181,8 @@ impl Sequencer {
         last_lsn: u64,
     ) -> Result<(Arc<Sequencer>, JoinHandle<()>), std::io::Error> {
         let seq = Arc::new(Sequencer {
+            sequenced: AtomicU64::new(last_lsn),
+            progress: Arc::new(AckProgress::new(last_lsn)),
             pending: Mutex::new(Pending {
                 next_lsn: last_lsn + 1,
                 buf: Vec::with_capacity(1 << 20),
@@ -166,6 +217,11 @@ impl Sequencer {
         let lsn = p.next_lsn;
         dispatch(lsn)?;
         p.next_lsn += 1;
+        self.sequenced.store(lsn, Ordering::Release);
+        if self.progress.acked.load(Ordering::Acquire) + 1 == lsn {
+            // Nothing was waiting: the stall clock starts now.
+            self.progress.touch();
+        }
         if !p.failed {
             encode_record(lsn, &[&header.encode(), frame], &mut p.buf);
             p.last = lsn;
@@ -173,6 +229,21 @@ impl Sequencer {
         drop(p);
         self.wake.notify_one();
         Ok(lsn)
+    }
+
+    /// The last LSN handed out.
+    pub(crate) fn sequenced(&self) -> u64 {
+        self.sequenced.load(Ordering::Acquire)
+    }
+
+    /// Where acknowledgements stand (the flusher moves it).
+    pub(crate) fn progress(&self) -> Arc<AckProgress> {
+        self.progress.clone()
+    }
+
+    /// How long acknowledgements have been stuck while batches wait.
+    pub(crate) fn ack_stall(&self) -> Duration {
+        self.progress.stalled_for(self.sequenced())
     }
 
     /// Watches the journal's durable LSN and its failure.
@@ -200,7 +271,7 @@ impl Sequencer {
                 std::mem::swap(&mut p.buf, &mut spare);
                 std::mem::take(&mut p.last)
             };
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let result = store.journal_append(&spare, last);
             m::journal_append(started.elapsed(), spare.len());
             spare.clear();
@@ -225,6 +296,20 @@ impl Sequencer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stall_is_counted_only_while_batches_wait() {
+        let p = AckProgress::new(10);
+        assert_eq!(p.stalled_for(10), Duration::ZERO, "nothing waits");
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(p.stalled_for(11) >= Duration::from_millis(20));
+        p.acked(11);
+        assert_eq!(p.stalled_for(11), Duration::ZERO);
+        assert!(
+            p.stalled_for(12) < Duration::from_millis(20),
+            "the clock restarts at each ack"
+        );
+    }
 
     #[test]
     fn batch_headers_round_trip_and_refuse_other_kinds() {

@@ -109,7 +109,7 @@ impl Server {
         let (flush, flusher) = flusher::spawn(
             store.clone(),
             replayed.checkpoint,
-            sequencer.subscribe(),
+            &sequencer,
             failed.subscribe(),
             materialized.clone(),
             FlushSettings {
@@ -129,6 +129,7 @@ impl Server {
             limits: cfg.limits,
             rules,
             draining: AtomicBool::new(false),
+            ack_stall_not_ready: cfg.ack_stall_not_ready,
             failed,
         });
 

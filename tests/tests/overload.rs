@@ -86,3 +86,68 @@ async fn slow_storage_under_double_load_stays_bounded_and_loses_nothing() -> any
     );
     stop_and_verify(server, &manifest)
 }
+
+/// A stall (batches wait and nothing is acknowledged) used to be invisible:
+/// `/readyz` answered 200 while no device got an ack. Now the stall's age
+/// is a metric and `/readyz` fails past a threshold, then recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_in_acknowledgements_shows_on_readyz_and_metrics() -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    use tillstream_tests::*;
+
+    let dir = tempfile::tempdir()?;
+    let mut cfg = tillstream_engine::ServerConfig::new(dir.path());
+    cfg.listen = "127.0.0.1:0".parse()?;
+    cfg.http = Some("127.0.0.1:0".parse()?);
+    cfg.shards = 1;
+    cfg.ack_stall_not_ready = Duration::from_millis(500);
+    // Every journal append takes 3 s: the first batch waits that long.
+    cfg.faults.commit_delay = Some((Duration::from_secs(3), Duration::from_secs(3)));
+    let server = tillstream_engine::Server::start(cfg).await?;
+    let http = format!(
+        "http://{}",
+        server
+            .http_addr()
+            .ok_or_else(|| anyhow::anyhow!("no http"))?
+    );
+    let get = |path: &'static str| {
+        let url = format!("{http}{path}");
+        tokio::task::spawn_blocking(move || crate::process::http_get(&url))
+    };
+    assert_eq!(get("/readyz").await??.0, 200, "ready before any batch");
+
+    let endpoint = endpoint_for(&server)?;
+    let dev = device(&endpoint, server.quic_addr(), 81);
+    let s = script(81, 1, true, 1, 5, now_us() - 60_000_000);
+    for b in prepare(&s)? {
+        dev.send(b).await?;
+    }
+    // Within the append's 3 s, /readyz turns 503 and names the stall.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = None;
+    while Instant::now() < deadline && seen.is_none() {
+        let (status, body) = get("/readyz").await??;
+        if status == 503 {
+            let (_, metrics) = get("/metrics").await??;
+            seen = Some((
+                body,
+                crate::process::metric_sum(&metrics, "tillstream_ack_stall_seconds"),
+            ));
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (body, stalled_s) =
+        seen.ok_or_else(|| anyhow::anyhow!("/readyz never reported the stall"))?;
+    assert!(body.contains("acknowledged"), "{body}");
+    assert!(
+        stalled_s >= 0.5,
+        "tillstream_ack_stall_seconds = {stalled_s}"
+    );
+    // Once the append lands the ack goes out and the server is ready again.
+    dev.wait_acked(1, Duration::from_secs(30)).await?;
+    assert_eq!(get("/readyz").await??.0, 200, "ready again after the ack");
+    dev.close().await;
+    server.shutdown().await?;
+    Ok(())
+}

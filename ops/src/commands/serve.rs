@@ -71,6 +71,12 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 300, env = "TILLSTREAM_MAX_CLOCK_SKEW_S",
           value_parser = clap::value_parser!(u64).range(1..=86_400 * 7))]
     max_clock_skew_s: u64,
+    /// /readyz answers 503 once no batch has been acknowledged for this
+    /// many seconds although batches wait (tillstream_ack_stall_seconds on
+    /// /metrics shows the stall as it grows).
+    #[arg(long, default_value_t = 10, env = "TILLSTREAM_ACK_STALL_NOT_READY_S",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    ack_stall_not_ready_s: u64,
     /// Testing only: make every store commit first sleep for a time drawn
     /// uniformly from MIN..MAX milliseconds (slow storage rehearsal).
     #[arg(long, value_name = "MIN..MAX", value_parser = parse_ms_range)]
@@ -118,6 +124,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     cfg.handshake_max_wait = Duration::from_millis(args.handshake_max_wait_ms);
     cfg.passivate_after = Duration::from_secs(args.passivate_after_s);
     cfg.max_clock_skew = Duration::from_secs(args.max_clock_skew_s);
+    cfg.ack_stall_not_ready = Duration::from_secs(args.ack_stall_not_ready_s);
     cfg.faults.commit_delay = args.inject_commit_delay_ms;
     if let Some((lo, hi)) = cfg.faults.commit_delay {
         tracing::warn!(?lo, ?hi, "fault injection: every store commit is delayed");
