@@ -37,6 +37,8 @@ pub(crate) struct AdmissionLimits {
     pub(crate) max_handshakes: usize,
     /// Longest a connection waits for a slot before it is refused.
     pub(crate) max_wait: Duration,
+    /// Connections open at once (set up or serving); more are refused.
+    pub(crate) max_connections: usize,
 }
 
 /// Accepts connections until shutdown, then drains the sessions for up to
@@ -58,6 +60,11 @@ pub(crate) async fn accept_loop(
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                if sessions.len() >= limits.max_connections {
+                    m::connection_refused("too_many_connections");
+                    incoming.refuse();
+                    continue;
+                }
                 if let Err(full) = queue_tx.try_send((incoming, Instant::now())) {
                     let (incoming, _) = full.into_inner();
                     m::connection_refused("queue_full");

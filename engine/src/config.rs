@@ -61,6 +61,12 @@ pub struct ServerConfig {
     /// ack (hundreds of ms at full load), short enough for a load balancer
     /// to stop sending before devices time out.
     pub ack_stall_not_ready: Duration,
+    /// Connections open at once, in handshake or serving; more are
+    /// refused (CONNECTION_REFUSED, counted as `too_many_connections`).
+    /// Each one costs a session's tasks and buffers; a device holds one
+    /// (a newer connection of a device closes its older one). Default
+    /// 20,000: twice a 10,000-device fleet.
+    pub max_connections: usize,
     /// Faults to inject (tests and incident rehearsals); none by default.
     pub faults: Faults,
 }
@@ -85,6 +91,7 @@ impl ServerConfig {
             passivate_after: Duration::from_secs(15 * 60),
             max_clock_skew: Duration::from_secs(5 * 60),
             ack_stall_not_ready: Duration::from_secs(10),
+            max_connections: 20_000,
             faults: Faults::default(),
         }
     }

@@ -159,6 +159,7 @@ impl Server {
             accept::AdmissionLimits {
                 max_handshakes: cfg.max_handshakes,
                 max_wait: cfg.handshake_max_wait,
+                max_connections: cfg.max_connections.max(1),
             },
             cfg.drain_timeout,
         ));

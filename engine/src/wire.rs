@@ -12,9 +12,16 @@ pub(crate) enum ReadError {
     Frame { err: FrameError, raw: Vec<u8> },
 }
 
+/// What a payload buffer starts with: the buffer grows as bytes arrive,
+/// so a header declaring 1 MiB and a stall costs this, not 1 MiB.
+const FIRST_PAYLOAD_CAPACITY: usize = 64 * 1024;
+
 /// Reads one frame: `Ok(None)` when the peer finished the stream cleanly
 /// between frames. The header is checked before the payload is read, so a
-/// declared length over `max_payload` never allocates.
+/// declared length over `max_payload` never allocates; and the payload
+/// buffer grows with the bytes that arrive, never ahead of them (a frame
+/// buffer allocated and zeroed for its declared length let every stalled
+/// connection pin a megabyte).
 pub(crate) async fn read_frame(
     recv: &mut quinn::RecvStream,
     max_payload: u32,
@@ -39,22 +46,21 @@ pub(crate) async fn read_frame(
         raw: head.to_vec(),
     })?;
     let len = header.len as usize;
-    let mut payload = PayloadBuf::with_capacity(len);
-    payload.resize(len, 0);
-    match recv.read_exact(&mut payload).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(n)) => {
-            let mut raw = head.to_vec();
-            raw.extend_from_slice(&payload[..n.min(len)]);
-            return Err(ReadError::Frame {
-                err: FrameError::Truncated {
-                    expected: len,
-                    got: n,
-                },
-                raw,
-            });
+    let mut payload = PayloadBuf::with_capacity(len.min(FIRST_PAYLOAD_CAPACITY));
+    while payload.len() < len {
+        match recv.read_chunk(len - payload.len(), true).await {
+            Ok(Some(chunk)) => payload.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(ReadError::Frame {
+                    err: FrameError::Truncated {
+                        expected: len,
+                        got: payload.len(),
+                    },
+                    raw: with_header(&head, &payload),
+                });
+            }
+            Err(e) => return Err(ReadError::Conn(e.to_string())),
         }
-        Err(quinn::ReadExactError::ReadError(e)) => return Err(ReadError::Conn(e.to_string())),
     }
     header
         .check_payload(&payload)

@@ -5,6 +5,7 @@ mod bad_network;
 mod crash;
 mod durability;
 mod full_disk;
+mod hostile;
 mod ingest;
 mod layers;
 mod offline;

@@ -77,6 +77,11 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 10, env = "TILLSTREAM_ACK_STALL_NOT_READY_S",
           value_parser = clap::value_parser!(u64).range(1..))]
     ack_stall_not_ready_s: u64,
+    /// Connections open at once (in handshake or serving); more are
+    /// refused and their devices back off. A device holds one.
+    #[arg(long, default_value_t = 20_000, env = "TILLSTREAM_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
     /// Testing only: make every store commit first sleep for a time drawn
     /// uniformly from MIN..MAX milliseconds (slow storage rehearsal).
     #[arg(long, value_name = "MIN..MAX", value_parser = parse_ms_range)]
@@ -125,6 +130,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     cfg.passivate_after = Duration::from_secs(args.passivate_after_s);
     cfg.max_clock_skew = Duration::from_secs(args.max_clock_skew_s);
     cfg.ack_stall_not_ready = Duration::from_secs(args.ack_stall_not_ready_s);
+    cfg.max_connections = usize::try_from(args.max_connections).unwrap_or(usize::MAX);
     cfg.faults.commit_delay = args.inject_commit_delay_ms;
     if let Some((lo, hi)) = cfg.faults.commit_delay {
         tracing::warn!(?lo, ?hi, "fault injection: every store commit is delayed");

@@ -1,0 +1,124 @@
+//! Hostile or broken devices against a real server: what one of them does
+//! must cost bounded memory and leave the others served.
+
+use std::time::Duration;
+
+use tillstream_client::client_endpoint;
+use tillstream_protocol::frame::{self, FrameHeader, decode};
+use tillstream_protocol::*;
+
+use crate::process::{ServeOpts, ServerProcess};
+
+/// Opens a connection and says Hello as `device`; returns it with its
+/// stream once welcomed.
+async fn hello(
+    endpoint: &quinn::Endpoint,
+    addr: std::net::SocketAddr,
+    device: u64,
+) -> anyhow::Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
+    let conn = endpoint.connect(addr, "localhost")?.await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        device,
+        token: Vec::new(),
+    };
+    send.write_all(&frame::encode_to_vec(&hello)?).await?;
+    let mut head = [0u8; frame::HEADER_LEN];
+    tokio::time::timeout(Duration::from_secs(20), recv.read_exact(&mut head)).await??;
+    let h = FrameHeader::parse(&head, frame::DEFAULT_MAX_PAYLOAD)?;
+    let mut payload = vec![0u8; h.len as usize];
+    recv.read_exact(&mut payload).await?;
+    anyhow::ensure!(
+        h.msg_type == MsgType::Welcome,
+        "expected Welcome, got {:?}",
+        h.msg_type
+    );
+    decode::<Welcome>(&frame::aligned(&payload))?;
+    Ok((conn, send, recv))
+}
+
+/// Connections that declare a 1 MiB batch frame and then stall: the server
+/// allocated (and zeroed) each declared megabyte before a byte of it came,
+/// so 200 of them pinned 200 MiB. Buffers now grow with what arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_frames_pin_no_memory_for_what_never_came() -> anyhow::Result<()> {
+    const CONNECTIONS: u64 = 200;
+    let dir = tempfile::tempdir()?;
+    let opts = ServeOpts::new(&dir.path().join("data"), &dir.path().join("serve.log"), 1)?;
+    let server = ServerProcess::start(&opts)?;
+    let endpoint = client_endpoint(&std::fs::read(opts.cert_path())?, opts.quic)?;
+    // Warm the server up with the same shape of connection, without the
+    // stall, so the baseline includes what every connection costs anyway.
+    let mut warm = Vec::new();
+    for d in 0..CONNECTIONS {
+        warm.push(hello(&endpoint, opts.quic, 10_000 + d).await?);
+    }
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = server.proc_status_kib("VmRSS").unwrap_or(0);
+
+    let declared = vec![0u8; (frame::DEFAULT_MAX_PAYLOAD - 64) as usize];
+    let mut head = Vec::new();
+    FrameHeader::write(MsgType::Batch, &declared, &mut head);
+    let mut stalled = Vec::new();
+    for d in 0..CONNECTIONS {
+        let (conn, mut send, recv) = hello(&endpoint, opts.quic, 20_000 + d).await?;
+        send.write_all(&head).await?;
+        send.write_all(&declared[..1024]).await?;
+        stalled.push((conn, send, recv));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = server.proc_status_kib("VmRSS").unwrap_or(0);
+    let grew_mib = after.saturating_sub(before) / 1024;
+    eprintln!("{CONNECTIONS} stalled 1 MiB frames: RSS {before} -> {after} KiB");
+    assert!(
+        grew_mib < 64,
+        "{CONNECTIONS} stalled frames grew the server by {grew_mib} MiB"
+    );
+    drop(stalled);
+    Ok(())
+}
+
+/// Past `max_connections` the server refuses new connections (their
+/// devices back off) instead of paying for every one a flood opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_refused_until_one_closes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = tillstream_engine::ServerConfig::new(dir.path());
+    cfg.listen = "127.0.0.1:0".parse()?;
+    cfg.shards = 1;
+    cfg.max_connections = 3;
+    let server = tillstream_engine::Server::start(cfg).await?;
+    let endpoint = tillstream_tests::endpoint_for(&server)?;
+    let addr = server.quic_addr();
+    let mut held = Vec::new();
+    for d in 1..=3 {
+        held.push(hello(&endpoint, addr, d).await?);
+    }
+    let refused = endpoint.connect(addr, "localhost")?.await;
+    assert!(
+        matches!(refused, Err(quinn::ConnectionError::ConnectionClosed(_))),
+        "a fourth connection was accepted: {refused:?}"
+    );
+    // One closes: a new device gets in.
+    let (conn, _, _) = held.remove(0);
+    conn.close(0u32.into(), b"bye");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match hello(&endpoint, addr, 4).await {
+            Ok(c) => {
+                held.push(c);
+                break;
+            }
+            // The close takes a moment to reach the server.
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => anyhow::bail!("no room after a connection closed: {e}"),
+        }
+    }
+    drop(held);
+    server.shutdown().await?;
+    Ok(())
+}
