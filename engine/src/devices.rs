@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tillstream_engine_core::ledger::{Admission, DeviceLedger};
+use tillstream_engine_core::ledger::{Admission, DeviceLedger, DigestCheck, RecentDigests};
 use tillstream_storage::Store;
 use tokio::sync::watch;
 
@@ -35,6 +35,8 @@ pub(crate) struct DeviceSlot {
 #[derive(Debug)]
 struct SlotState {
     ledger: DeviceLedger,
+    /// Digests of the latest fresh batches, to check resends.
+    recent: RecentDigests,
     owner: Option<quinn::Connection>,
     /// LSN of the last batch that became durable (0: none since loaded).
     last_lsn: u64,
@@ -43,16 +45,34 @@ struct SlotState {
 }
 
 impl DeviceSlot {
-    /// Decides whether a batch is new or a replay, and records it as
-    /// applied; `None` if `conn` no longer owns the device (a newer
-    /// connection took over: the old one must stop reading).
-    pub(crate) fn admit(&self, seq: u64, conn: &quinn::Connection) -> Option<Admission> {
+    /// Decides whether a batch is new or a replay, and records a new one
+    /// as applied, with its `digest`; `None` if `conn` no longer owns the
+    /// device (a newer connection took over: the old one must stop
+    /// reading). A replay comes with what the recent digests know of it.
+    pub(crate) fn admit(
+        &self,
+        seq: u64,
+        digest: u64,
+        conn: &quinn::Connection,
+    ) -> Option<(Admission, DigestCheck)> {
         let mut st = self.state.lock();
         let owns = st
             .owner
             .as_ref()
             .is_some_and(|c| c.stable_id() == conn.stable_id());
-        owns.then(|| st.ledger.admit(seq))
+        if !owns {
+            return None;
+        }
+        let admission = st.ledger.admit(seq);
+        let check = match admission {
+            Admission::Fresh => {
+                st.recent.record(seq, digest);
+                DigestCheck::Same
+            }
+            Admission::Duplicate => st.recent.check(seq, digest),
+            Admission::TooFarAhead => DigestCheck::Unknown,
+        };
+        Some((admission, check))
     }
 
     /// Called by the flusher once the journal holds `seq`, whose LSN is `lsn`.
@@ -172,6 +192,7 @@ impl Devices {
                 device,
                 state: Mutex::new(SlotState {
                     ledger: DeviceLedger::new(durable),
+                    recent: RecentDigests::default(),
                     owner: None,
                     last_lsn: 0,
                     idle_since: Instant::now(),

@@ -156,6 +156,10 @@ impl<F: CommitFault> Store for FaultyStore<F> {
         self.inner.load_levels(store)
     }
 
+    fn has_batch(&self, device: u64, seq: u64) -> Result<bool, StoreError> {
+        self.inner.has_batch(device, seq)
+    }
+
     fn load_movements(
         &self,
         store: u32,

@@ -33,6 +33,11 @@ pub(crate) fn batch_received(events: usize, bytes: usize) {
     counter!("tillstream_bytes_received_total").increment(bytes as u64);
 }
 
+/// A resent seq whose batch is not the one admitted under it.
+pub(crate) fn batch_seq_conflict() {
+    counter!("tillstream_batches_seq_conflict_total").increment(1);
+}
+
 pub(crate) fn batch_duplicate() {
     counter!("tillstream_batches_duplicate_total").increment(1);
 }

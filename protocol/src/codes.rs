@@ -39,6 +39,11 @@ pub enum ErrorCode {
     TooManyErrors = 15,
     /// An unknown message type byte.
     UnknownMessageType = 16,
+    /// A batch whose seq is at or below the device's watermark is not the
+    /// batch stored under that seq: other content, or none was stored (a
+    /// device that lost its seq counter, or another one using its id).
+    /// Refused and kept as a dead letter, never acknowledged.
+    SeqConflict = 17,
 }
 
 impl ErrorCode {
@@ -67,6 +72,7 @@ impl ErrorCode {
             14 => Truncated,
             15 => TooManyErrors,
             16 => UnknownMessageType,
+            17 => SeqConflict,
             _ => return None,
         })
     }
@@ -91,6 +97,7 @@ impl ErrorCode {
             Truncated => "truncated",
             TooManyErrors => "too_many_errors",
             UnknownMessageType => "unknown_message_type",
+            SeqConflict => "seq_conflict",
         }
     }
 

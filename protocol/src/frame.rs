@@ -136,6 +136,9 @@ pub enum FrameError {
     /// A protocol rule broken inside an otherwise valid payload.
     #[error("protocol violation: {0}")]
     Violation(&'static str),
+    /// A resent seq whose batch is not the one stored under it.
+    #[error("seq conflict: {0}")]
+    SeqConflict(&'static str),
 }
 
 impl FrameError {
@@ -152,6 +155,7 @@ impl FrameError {
             FrameError::Invalid { .. } => ErrorCode::InvalidPayload,
             FrameError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
             FrameError::Violation(_) => ErrorCode::ProtocolViolation,
+            FrameError::SeqConflict(_) => ErrorCode::SeqConflict,
         }
     }
 
@@ -165,6 +169,7 @@ impl FrameError {
                 | FrameError::Invalid { .. }
                 | FrameError::BatchTooLarge { .. }
                 | FrameError::Violation(_)
+                | FrameError::SeqConflict(_)
         )
     }
 }

@@ -122,6 +122,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Current level of every SKU of `store` (activation, step one).
     fn load_levels(&self, store: u32) -> Result<Vec<StockLevelRow>, StoreError>;
 
+    /// Whether the tables hold batch `seq` of `device` in the batch ledger
+    /// (a resend whose seq is not among the device's recent batches is
+    /// checked against it: a seq below the watermark that was never stored
+    /// is not a resend).
+    fn has_batch(&self, device: u64, seq: u64) -> Result<bool, StoreError>;
+
     /// Stock movements of `store` stamped in any of `windows` (each
     /// `[from_us, to_us)`, sorted and disjoint), in no particular order
     /// (activation, step two: the SKUs' late windows). Reading windows

@@ -431,3 +431,57 @@ async fn acks_naming_many_refused_events_stay_within_the_frame_limit() -> anyhow
     server.shutdown().await?;
     Ok(())
 }
+
+/// A resend was recognised by its seq alone: a batch with a seq already
+/// used but other bytes (a device that lost its counter, or another one
+/// saying Hello with its id) was acknowledged and dropped, and so was a
+/// seq below the watermark that was never stored (after an impostor leapt
+/// ahead). Both are now refused with `seq_conflict` and kept as dead
+/// letters; a true resend is still acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_seq_with_other_content_is_refused_not_acknowledged() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start_server(dir.path(), 2).await?;
+    let mut raw = Raw::open(&server, 90).await?;
+    let ack = |payload: &frame::PayloadBuf| decode::<Ack>(payload).map(|a| a.durable_seq);
+
+    let first = good_batch(1)?;
+    raw.send.write_all(&first).await?;
+    let (t, p) = read(&mut raw.recv).await?;
+    anyhow::ensure!(t == MsgType::Ack && ack(&p)? == 1, "batch 1 acked");
+
+    // Same seq, other events (other timestamps): refused.
+    let mut other = good_batch(1)?;
+    if other == first {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        other = good_batch(1)?;
+    }
+    raw.send.write_all(&other).await?;
+    expect_error(&mut raw.recv, ErrorCode::SeqConflict).await?;
+
+    // The very same bytes again: a true resend, acknowledged.
+    raw.send.write_all(&first).await?;
+    let (t, p) = read(&mut raw.recv).await?;
+    anyhow::ensure!(t == MsgType::Ack && ack(&p)? == 1, "a true resend is acked");
+
+    // An impostor leaps ahead; a seq between that was never stored is
+    // refused instead of acknowledged and lost.
+    raw.send.write_all(&good_batch(1000)?).await?;
+    let (t, p) = read(&mut raw.recv).await?;
+    anyhow::ensure!(t == MsgType::Ack && ack(&p)? == 1000, "batch 1000 acked");
+    caught_up(&server).await?;
+    raw.send.write_all(&good_batch(500)?).await?;
+    expect_error(&mut raw.recv, ErrorCode::SeqConflict).await?;
+
+    let codes = dead_letters(&server, 2).await?;
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|&&c| c == ErrorCode::SeqConflict.as_u16())
+            .count(),
+        2,
+        "{codes:?}"
+    );
+    server.shutdown().await?;
+    Ok(())
+}

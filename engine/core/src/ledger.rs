@@ -94,10 +94,74 @@ impl DeviceLedger {
     }
 }
 
+/// Digests of a device's latest fresh batches, to tell a true resend
+/// (same seq, same bytes) from another batch under a seq already used: a
+/// device that lost its seq counter, or one that says Hello with another
+/// device's id. The seq alone would ack the impostor and drop it.
+///
+/// Invariants: it holds at most [`RecentDigests::CAPACITY`] entries, the
+/// latest by seq; a seq it does not hold is [`DigestCheck::Unknown`], never
+/// a match (the caller then asks the store whether that seq was stored).
+#[derive(Debug, Clone, Default)]
+pub struct RecentDigests {
+    entries: std::collections::VecDeque<(u64, u64)>,
+}
+
+/// What [`RecentDigests::check`] knows of a resent seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestCheck {
+    /// The same bytes were admitted under this seq: a true resend.
+    Same,
+    /// Other bytes were admitted under this seq.
+    Different,
+    /// Not among the latest fresh batches.
+    Unknown,
+}
+
+impl RecentDigests {
+    /// Entries kept: above a device's window of unacknowledged batches
+    /// (64), so every batch a reconnecting device may resend is here.
+    pub const CAPACITY: usize = 128;
+
+    /// Records fresh batch `seq` with `digest`.
+    pub fn record(&mut self, seq: u64, digest: u64) {
+        if self.entries.len() == Self::CAPACITY {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((seq, digest));
+    }
+
+    /// Compares a resent `seq`'s `digest` with what was admitted.
+    pub fn check(&self, seq: u64, digest: u64) -> DigestCheck {
+        match self.entries.iter().rev().find(|e| e.0 == seq) {
+            Some(&(_, d)) if d == digest => DigestCheck::Same,
+            Some(_) => DigestCheck::Different,
+            None => DigestCheck::Unknown,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn recent_digests_tell_a_resend_from_another_batch() {
+        let mut r = RecentDigests::default();
+        for seq in 1..=200 {
+            r.record(seq, seq * 7);
+        }
+        assert_eq!(r.check(200, 1400), DigestCheck::Same);
+        assert_eq!(r.check(200, 1401), DigestCheck::Different);
+        assert_eq!(
+            r.check(73, 511),
+            DigestCheck::Same,
+            "the latest 128 are kept"
+        );
+        assert_eq!(r.check(72, 504), DigestCheck::Unknown, "older ones are not");
+        assert_eq!(r.check(500, 0), DigestCheck::Unknown);
+    }
 
     #[test]
     fn a_leap_past_the_max_jump_is_refused_and_not_recorded() {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tillstream_engine_core::ledger::Admission;
+use tillstream_engine_core::ledger::{Admission, DigestCheck};
 use tillstream_engine_core::route::{BatchPlan, plan_batch};
 use tillstream_protocol::frame::{self, FrameHeader};
 use tillstream_protocol::{Batch, ErrorCode, FrameError, MsgType, ValidatedBatch};
@@ -81,9 +81,10 @@ pub(super) async fn read_batches(
         let events = u32::try_from(archived.events.len()).unwrap_or(u32::MAX);
         m::batch_received(events as usize, payload_len);
 
-        let pending = match slot.admit(seq, conn) {
+        let digest = xxhash_rust::xxh3::xxh3_64(batch.bytes());
+        let pending = match slot.admit(seq, digest, conn) {
             None => return Err(SessionEnd::Superseded),
-            Some(Admission::TooFarAhead) => {
+            Some((Admission::TooFarAhead, _)) => {
                 let err = FrameError::Violation(
                     "batch seq leaps too far ahead of the device's last batch",
                 );
@@ -92,11 +93,22 @@ pub(super) async fn read_batches(
                     .await?;
                 continue;
             }
-            Some(Admission::Duplicate) => {
+            Some((Admission::Duplicate, check)) => {
+                if let Some(why) = resend_conflict(ctx, device, seq, check).await? {
+                    m::batch_seq_conflict();
+                    refusals
+                        .refuse(
+                            seq,
+                            FrameError::SeqConflict(why),
+                            frame_bytes(&header, batch.bytes()),
+                        )
+                        .await?;
+                    continue;
+                }
                 m::batch_duplicate();
                 Pending::Duplicate { seq, received }
             }
-            Some(Admission::Fresh) => {
+            Some((Admission::Fresh, _)) => {
                 let now = now_us();
                 plan.clear();
                 plan_batch(archived, device, &ctx.rules, now, &mut plan);
@@ -164,6 +176,42 @@ pub(super) async fn read_batches(
         };
         if pend_tx.send(pending).await.is_err() {
             return Err(SessionEnd::PipelineStopped);
+        }
+    }
+}
+
+/// Why a batch whose seq was already admitted is not a resend of it, if it
+/// is not: its bytes differ from what was admitted under that seq, or (for
+/// a seq older than the recent digests) no batch was ever stored under it.
+/// Acknowledging either would tell the device a batch is stored that is not.
+async fn resend_conflict(
+    ctx: &EngineCtx,
+    device: u64,
+    seq: u64,
+    check: DigestCheck,
+) -> Result<Option<&'static str>, SessionEnd> {
+    match check {
+        DigestCheck::Same => Ok(None),
+        DigestCheck::Different => Ok(Some(
+            "another batch with this seq was stored; the device's seq counter was reset or its id is used by another",
+        )),
+        DigestCheck::Unknown => {
+            let store = ctx.store.clone();
+            let stored = tokio::task::spawn_blocking(move || store.has_batch(device, seq))
+                .await
+                .map_err(|e| SessionEnd::Conn(format!("batch ledger read: {e}")))?;
+            match stored {
+                Ok(true) => Ok(None),
+                Ok(false) => Ok(Some(
+                    "no batch was stored under this seq, which is below the device's watermark",
+                )),
+                // Cannot tell: ack as before rather than refuse a true
+                // resend; the store's failure shows everywhere else.
+                Err(e) => {
+                    tracing::warn!(error = %e, "batch ledger unreadable; resend acked unchecked");
+                    Ok(None)
+                }
+            }
         }
     }
 }

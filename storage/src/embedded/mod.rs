@@ -456,6 +456,12 @@ impl Store for EmbeddedStore {
         self.movements_in(store, windows)
     }
 
+    fn has_batch(&self, device: u64, seq: u64) -> Result<bool, StoreError> {
+        self.batches
+            .contains_key(keys::batch_key(device, seq))
+            .map_err(|e| backend_err("reading the batch ledger", e))
+    }
+
     fn load_rollups(&self, store: u32, day: u32) -> Result<Vec<TerminalRollupRow>, StoreError> {
         self.rollups_of(store, day)
     }
