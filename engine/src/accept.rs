@@ -26,6 +26,11 @@ use crate::session;
 /// datagrams (about 1.2 KiB each) until it is accepted or refused.
 const MAX_QUEUED: usize = 16_384;
 
+/// Connections waiting for a slot above which a new one must first prove
+/// its address (QUIC Retry, one round trip): in a flood of spoofed source
+/// addresses those never come back, and cost no handshake.
+const RETRY_ABOVE_QUEUED: usize = 64;
+
 /// Longest a handshake may take once started: a device gives up after its
 /// idle timeout (5 s by default) and dials again.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,6 +68,14 @@ pub(crate) async fn accept_loop(
                 if sessions.len() >= limits.max_connections {
                     m::connection_refused("too_many_connections");
                     incoming.refuse();
+                    continue;
+                }
+                let queued = queue_tx.max_capacity() - queue_tx.capacity();
+                if queued > RETRY_ABOVE_QUEUED && incoming.may_retry() {
+                    m::connection_retried();
+                    if let Err(e) = incoming.retry() {
+                        e.into_incoming().ignore();
+                    }
                     continue;
                 }
                 if let Err(full) = queue_tx.try_send((incoming, Instant::now())) {

@@ -67,6 +67,12 @@ pub struct ServerConfig {
     /// (a newer connection of a device closes its older one). Default
     /// 20,000: twice a 10,000-device fleet.
     pub max_connections: usize,
+    /// Events a second one device may send (GCRA, bursts of a few
+    /// batches); past it its reader waits, so QUIC flow control slows the
+    /// device and nothing is lost. 0: no limit. Default 50,000: a till
+    /// sends a few a second, a store gateway thousands; one runaway device
+    /// cannot take the server from the others.
+    pub max_events_per_s_per_device: u32,
     /// Faults to inject (tests and incident rehearsals); none by default.
     pub faults: Faults,
 }
@@ -92,6 +98,7 @@ impl ServerConfig {
             max_clock_skew: Duration::from_secs(5 * 60),
             ack_stall_not_ready: Duration::from_secs(10),
             max_connections: 20_000,
+            max_events_per_s_per_device: 50_000,
             faults: Faults::default(),
         }
     }

@@ -14,6 +14,7 @@
 //!   tables: the watermark a new slot reads from the tables is then exact.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,8 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub(crate) struct DeviceSlot {
     pub(crate) device: u64,
+    /// The device's event rate limit (GCRA), across its connections.
+    limiter: Option<governor::DefaultDirectRateLimiter>,
     state: Mutex<SlotState>,
     durable_tx: watch::Sender<u64>,
 }
@@ -91,6 +94,23 @@ impl DeviceSlot {
                 false
             }
         });
+    }
+
+    /// Waits until the device may send `events` more events (its rate
+    /// limit); returns whether it had to wait.
+    pub(crate) async fn pace(&self, events: u32) -> bool {
+        let (Some(limiter), Some(n)) = (&self.limiter, NonZeroU32::new(events)) else {
+            return false;
+        };
+        match limiter.check_n(n) {
+            Ok(Ok(())) => false,
+            Ok(Err(_)) => {
+                // The burst holds a whole batch, so this always resolves.
+                let _ = limiter.until_n_ready(n).await;
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// The highest durable seq.
@@ -166,9 +186,25 @@ pub(crate) const SUPERSEDED: quinn::VarInt = quinn::VarInt::from_u32(2);
 #[derive(Debug, Default)]
 pub(crate) struct Devices {
     slots: Mutex<HashMap<u64, Arc<DeviceSlot>>>,
+    /// Each device's rate limit, if any.
+    quota: Option<governor::Quota>,
 }
 
 impl Devices {
+    /// A registry whose devices may each send `events_per_s` events a
+    /// second (0: no limit), in bursts of up to `burst` events (at least
+    /// one batch, or a batch could never pass).
+    pub(crate) fn new(events_per_s: u32, burst: u32) -> Self {
+        let quota = NonZeroU32::new(events_per_s).map(|rate| {
+            governor::Quota::per_second(rate)
+                .allow_burst(NonZeroU32::new(burst.max(rate.get())).unwrap_or(rate))
+        });
+        Self {
+            slots: Mutex::default(),
+            quota,
+        }
+    }
+
     /// The device's slot, loading its watermark from the store on first use.
     pub(crate) async fn slot(
         &self,
@@ -190,6 +226,7 @@ impl Devices {
         let slot = slots.entry(device).or_insert_with(|| {
             Arc::new(DeviceSlot {
                 device,
+                limiter: self.quota.map(governor::RateLimiter::direct),
                 state: Mutex::new(SlotState {
                     ledger: DeviceLedger::new(durable),
                     recent: RecentDigests::default(),

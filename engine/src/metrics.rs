@@ -38,6 +38,11 @@ pub(crate) fn batch_seq_conflict() {
     counter!("tillstream_batches_seq_conflict_total").increment(1);
 }
 
+/// A batch held back because its device was past its event rate.
+pub(crate) fn rate_limited() {
+    counter!("tillstream_rate_limited_batches_total").increment(1);
+}
+
 pub(crate) fn batch_duplicate() {
     counter!("tillstream_batches_duplicate_total").increment(1);
 }
@@ -52,6 +57,11 @@ pub(crate) fn frame_refused(code: tillstream_protocol::ErrorCode) {
 
 pub(crate) fn connection_refused(reason: &'static str) {
     counter!("tillstream_connections_refused_total", "reason" => reason).increment(1);
+}
+
+/// A connection asked to prove its address first (QUIC Retry).
+pub(crate) fn connection_retried() {
+    counter!("tillstream_connections_retried_total").increment(1);
 }
 
 pub(crate) fn connection_waited(waited: Duration) {

@@ -121,7 +121,10 @@ impl Server {
         );
         let ctx = Arc::new(EngineCtx {
             store,
-            devices: Devices::default(),
+            devices: Devices::new(
+                cfg.max_events_per_s_per_device,
+                cfg.limits.max_events_per_batch.saturating_mul(4),
+            ),
             shards,
             shard_count,
             sequencer: sequencer.clone(),

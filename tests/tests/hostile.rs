@@ -122,3 +122,39 @@ async fn connections_past_the_cap_are_refused_until_one_closes() -> anyhow::Resu
     server.shutdown().await?;
     Ok(())
 }
+
+/// A device past its event rate is slowed, not refused: its batches wait
+/// before admission, and every one is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_past_its_rate_is_slowed_and_loses_nothing() -> anyhow::Result<()> {
+    use tillstream_tests::*;
+    let dir = tempfile::tempdir()?;
+    let mut cfg = tillstream_engine::ServerConfig::new(dir.path());
+    cfg.listen = "127.0.0.1:0".parse()?;
+    cfg.shards = 1;
+    cfg.limits.max_events_per_batch = 500;
+    cfg.max_events_per_s_per_device = 2_000;
+    let server = tillstream_engine::Server::start(cfg).await?;
+    let endpoint = endpoint_for(&server)?;
+    // 10 batches of 500 events: 5,000 events, a 2,000-event burst, then
+    // 2,000 a second.
+    let s = script(95, 1, true, 10, 500, now_us() - 60_000_000);
+    let dev = device(&endpoint, server.quic_addr(), s.device);
+    let started = std::time::Instant::now();
+    for b in prepare(&s)? {
+        dev.send(b).await?;
+    }
+    dev.wait_acked(10, Duration::from_secs(60)).await?;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1_200),
+        "5,000 events at 2,000/s after a 2,000 burst took only {took:?}"
+    );
+    dev.close().await;
+    caught_up(&server).await?;
+    let report =
+        tillstream_storage::verify::verify(&*server.store(), Some(&fleet_util::manifest(&[s])))?;
+    assert!(report.ok && report.missing == 0, "{report:?}");
+    server.shutdown().await?;
+    Ok(())
+}

@@ -81,6 +81,11 @@ pub(super) async fn read_batches(
         let events = u32::try_from(archived.events.len()).unwrap_or(u32::MAX);
         m::batch_received(events as usize, payload_len);
 
+        // A device past its event rate waits here, before admission:
+        // QUIC flow control then slows it, and nothing it sent is lost.
+        if slot.pace(events).await {
+            m::rate_limited();
+        }
         let digest = xxhash_rust::xxh3::xxh3_64(batch.bytes());
         let pending = match slot.admit(seq, digest, conn) {
             None => return Err(SessionEnd::Superseded),

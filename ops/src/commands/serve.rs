@@ -82,6 +82,15 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 20_000, env = "TILLSTREAM_MAX_CONNECTIONS",
           value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
+    /// Events a second one device may send; past it the device is slowed
+    /// (its batches wait, QUIC flow control holds it back), nothing is
+    /// dropped. 0 for no limit.
+    #[arg(
+        long,
+        default_value_t = 50_000,
+        env = "TILLSTREAM_MAX_EVENTS_PER_S_PER_DEVICE"
+    )]
+    max_events_per_s_per_device: u32,
     /// Testing only: make every store commit first sleep for a time drawn
     /// uniformly from MIN..MAX milliseconds (slow storage rehearsal).
     #[arg(long, value_name = "MIN..MAX", value_parser = parse_ms_range)]
@@ -131,6 +140,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     cfg.max_clock_skew = Duration::from_secs(args.max_clock_skew_s);
     cfg.ack_stall_not_ready = Duration::from_secs(args.ack_stall_not_ready_s);
     cfg.max_connections = usize::try_from(args.max_connections).unwrap_or(usize::MAX);
+    cfg.max_events_per_s_per_device = args.max_events_per_s_per_device;
     cfg.faults.commit_delay = args.inject_commit_delay_ms;
     if let Some((lo, hi)) = cfg.faults.commit_delay {
         tracing::warn!(?lo, ?hi, "fault injection: every store commit is delayed");
