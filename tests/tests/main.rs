@@ -6,6 +6,7 @@ mod crash;
 mod durability;
 mod full_disk;
 mod hostile;
+mod hostile_fleet;
 mod ingest;
 mod layers;
 mod offline;
