@@ -73,6 +73,11 @@ pub struct ServerConfig {
     /// sends a few a second, a store gateway thousands; one runaway device
     /// cannot take the server from the others.
     pub max_events_per_s_per_device: u32,
+    /// Distinct stores one device may send for while the server holds its
+    /// slot (until it is passivated). A batch naming more is refused whole
+    /// (`too_many_stores`, kept as a dead letter). Default 16: a till or
+    /// sensor belongs to one store, a gateway to a few.
+    pub max_stores_per_device: usize,
     /// Faults to inject (tests and incident rehearsals); none by default.
     pub faults: Faults,
 }
@@ -99,6 +104,7 @@ impl ServerConfig {
             ack_stall_not_ready: Duration::from_secs(10),
             max_connections: 20_000,
             max_events_per_s_per_device: 50_000,
+            max_stores_per_device: 16,
             faults: Faults::default(),
         }
     }

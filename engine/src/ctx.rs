@@ -32,6 +32,8 @@ pub(crate) struct EngineCtx {
     pub(crate) rules: Rules,
     /// Set on shutdown: new sessions are refused, readers stop.
     pub(crate) draining: AtomicBool,
+    /// Distinct stores one device may send for.
+    pub(crate) max_stores_per_device: usize,
     /// Acknowledgements stuck this long while batches wait make `/readyz`
     /// fail (see `ServerConfig::ack_stall_not_ready`).
     pub(crate) ack_stall_not_ready: Duration,

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tillstream_engine_core::ledger::{Admission, DeviceLedger, DigestCheck, RecentDigests};
+use tillstream_engine_core::ledger::{
+    Admission, DeviceLedger, DeviceStores, DigestCheck, RecentDigests,
+};
 use tillstream_storage::Store;
 use tokio::sync::watch;
 
@@ -40,6 +42,8 @@ struct SlotState {
     ledger: DeviceLedger,
     /// Digests of the latest fresh batches, to check resends.
     recent: RecentDigests,
+    /// The stores the device sent for.
+    stores: DeviceStores,
     owner: Option<quinn::Connection>,
     /// LSN of the last batch that became durable (0: none since loaded).
     last_lsn: u64,
@@ -94,6 +98,12 @@ impl DeviceSlot {
                 false
             }
         });
+    }
+
+    /// Whether a batch naming `stores` may pass the device's limit of
+    /// `limit` distinct stores (and records them if so).
+    pub(crate) fn admit_stores(&self, stores: impl IntoIterator<Item = u32>, limit: usize) -> bool {
+        self.state.lock().stores.admit(stores, limit)
     }
 
     /// Waits until the device may send `events` more events (its rate
@@ -192,12 +202,11 @@ pub(crate) struct Devices {
 
 impl Devices {
     /// A registry whose devices may each send `events_per_s` events a
-    /// second (0: no limit), in bursts of up to `burst` events (at least
-    /// one batch, or a batch could never pass).
+    /// second (0: no limit), in bursts of up to `burst` events (the caller
+    /// makes it at least one batch, or a batch could never pass).
     pub(crate) fn new(events_per_s: u32, burst: u32) -> Self {
         let quota = NonZeroU32::new(events_per_s).map(|rate| {
-            governor::Quota::per_second(rate)
-                .allow_burst(NonZeroU32::new(burst.max(rate.get())).unwrap_or(rate))
+            governor::Quota::per_second(rate).allow_burst(NonZeroU32::new(burst).unwrap_or(rate))
         });
         Self {
             slots: Mutex::default(),
@@ -230,6 +239,7 @@ impl Devices {
                 state: Mutex::new(SlotState {
                     ledger: DeviceLedger::new(durable),
                     recent: RecentDigests::default(),
+                    stores: DeviceStores::default(),
                     owner: None,
                     last_lsn: 0,
                     idle_since: Instant::now(),

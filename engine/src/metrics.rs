@@ -38,6 +38,11 @@ pub(crate) fn batch_seq_conflict() {
     counter!("tillstream_batches_seq_conflict_total").increment(1);
 }
 
+/// A batch refused for naming more stores than a device may send for.
+pub(crate) fn too_many_stores() {
+    counter!("tillstream_batches_too_many_stores_total").increment(1);
+}
+
 /// A batch held back because its device was past its event rate.
 pub(crate) fn rate_limited() {
     counter!("tillstream_rate_limited_batches_total").increment(1);

@@ -44,6 +44,11 @@ pub enum ErrorCode {
     /// device that lost its seq counter, or another one using its id).
     /// Refused and kept as a dead letter, never acknowledged.
     SeqConflict = 17,
+    /// The batch names more stores than one device may send for; refused
+    /// whole and kept as a dead letter. A till or sensor belongs to one
+    /// store: a device spraying store ids would make the server load every
+    /// one of them.
+    TooManyStores = 18,
 }
 
 impl ErrorCode {
@@ -73,6 +78,7 @@ impl ErrorCode {
             15 => TooManyErrors,
             16 => UnknownMessageType,
             17 => SeqConflict,
+            18 => TooManyStores,
             _ => return None,
         })
     }
@@ -98,6 +104,7 @@ impl ErrorCode {
             TooManyErrors => "too_many_errors",
             UnknownMessageType => "unknown_message_type",
             SeqConflict => "seq_conflict",
+            TooManyStores => "too_many_stores",
         }
     }
 

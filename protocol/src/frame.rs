@@ -139,6 +139,12 @@ pub enum FrameError {
     /// A resent seq whose batch is not the one stored under it.
     #[error("seq conflict: {0}")]
     SeqConflict(&'static str),
+    /// More distinct stores than one device may send for.
+    #[error("the batch names stores beyond the {limit} this device may send for")]
+    TooManyStores {
+        /// Distinct stores a device may send for.
+        limit: u32,
+    },
 }
 
 impl FrameError {
@@ -156,6 +162,7 @@ impl FrameError {
             FrameError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
             FrameError::Violation(_) => ErrorCode::ProtocolViolation,
             FrameError::SeqConflict(_) => ErrorCode::SeqConflict,
+            FrameError::TooManyStores { .. } => ErrorCode::TooManyStores,
         }
     }
 
@@ -170,6 +177,7 @@ impl FrameError {
                 | FrameError::BatchTooLarge { .. }
                 | FrameError::Violation(_)
                 | FrameError::SeqConflict(_)
+                | FrameError::TooManyStores { .. }
         )
     }
 }

@@ -136,7 +136,7 @@ async fn a_device_past_its_rate_is_slowed_and_loses_nothing() -> anyhow::Result<
     cfg.max_events_per_s_per_device = 2_000;
     let server = tillstream_engine::Server::start(cfg).await?;
     let endpoint = endpoint_for(&server)?;
-    // 10 batches of 500 events: 5,000 events, a 2,000-event burst, then
+    // 10 batches of 500 events: 5,000 events, a one-batch burst, then
     // 2,000 a second.
     let s = script(95, 1, true, 10, 500, now_us() - 60_000_000);
     let dev = device(&endpoint, server.quic_addr(), s.device);
@@ -148,7 +148,7 @@ async fn a_device_past_its_rate_is_slowed_and_loses_nothing() -> anyhow::Result<
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(1_200),
-        "5,000 events at 2,000/s after a 2,000 burst took only {took:?}"
+        "5,000 events at 2,000/s after a 500-event burst took only {took:?}"
     );
     dev.close().await;
     caught_up(&server).await?;

@@ -141,10 +141,51 @@ impl RecentDigests {
     }
 }
 
+/// The stores one device has sent for, up to a limit. A till or a shelf
+/// sensor belongs to one store (a gateway to a few); each new store costs
+/// the server an activation (a read of its levels and late windows), so a
+/// device spraying store ids must be stopped before its batch is applied.
+///
+/// Invariant: it never holds more than its limit; [`DeviceStores::admit`]
+/// adds a batch's stores all or none.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceStores {
+    seen: Vec<u32>,
+}
+
+impl DeviceStores {
+    /// Whether a batch naming `stores` may pass with at most `limit`
+    /// distinct stores per device; if so, records them.
+    pub fn admit(&mut self, stores: impl IntoIterator<Item = u32>, limit: usize) -> bool {
+        let before = self.seen.len();
+        for s in stores {
+            if !self.seen.contains(&s) {
+                if self.seen.len() >= limit {
+                    self.seen.truncate(before);
+                    return false;
+                }
+                self.seen.push(s);
+            }
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_device_may_send_for_a_few_stores_all_or_none() {
+        let mut d = DeviceStores::default();
+        assert!(d.admit([1, 1, 2], 3));
+        assert!(d.admit([2, 1], 3), "known stores always pass");
+        assert!(!d.admit([3, 4], 3), "two new stores, one place");
+        assert!(d.admit([3], 3), "the refused batch recorded nothing");
+        assert!(!d.admit([9], 3));
+        assert!(d.admit([1, 2, 3], 3));
+    }
 
     #[test]
     fn recent_digests_tell_a_resend_from_another_batch() {

@@ -81,6 +81,19 @@ pub(super) async fn read_batches(
         let events = u32::try_from(archived.events.len()).unwrap_or(u32::MAX);
         m::batch_received(events as usize, payload_len);
 
+        // Cheap checks first: a device that sprays store ids is refused
+        // before anything of its batch is activated or applied.
+        let limit = ctx.max_stores_per_device;
+        if !slot.admit_stores(archived.events.iter().map(|e| e.store()), limit) {
+            m::too_many_stores();
+            let err = FrameError::TooManyStores {
+                limit: u32::try_from(limit).unwrap_or(u32::MAX),
+            };
+            refusals
+                .refuse(seq, err, frame_bytes(&header, batch.bytes()))
+                .await?;
+            continue;
+        }
         // A device past its event rate waits here, before admission:
         // QUIC flow control then slows it, and nothing it sent is lost.
         if slot.pace(events).await {

@@ -42,6 +42,17 @@ impl ArchivedEvent {
         }
     }
 
+    /// The store the event is about.
+    pub fn store(&self) -> u32 {
+        match self {
+            ArchivedEvent::Sale(e) => e.store.to_native(),
+            ArchivedEvent::Refund(e) => e.store.to_native(),
+            ArchivedEvent::Movement(e) => e.store.to_native(),
+            ArchivedEvent::Count(e) => e.store.to_native(),
+            ArchivedEvent::Health(e) => e.store.to_native(),
+        }
+    }
+
     /// A short stable name of the kind, for metrics and logs.
     pub fn kind_name(&self) -> &'static str {
         match self {
