@@ -103,7 +103,9 @@ impl EmbeddedStore {
                 .store(lsn, std::sync::atomic::Ordering::Release);
         }
         if !durable.marks.is_empty() {
-            self.mark_seqs.write().extend(durable.marks);
+            let mut marks = self.mark_seqs.write();
+            bound_cache(&mut marks, MAX_CACHED_MARKS);
+            marks.extend(durable.marks);
         }
         Ok(info)
     }
@@ -157,6 +159,7 @@ impl EmbeddedStore {
             return Ok(());
         }
         let mut cache = self.level_buckets.lock();
+        bound_cache(&mut cache, MAX_CACHED_LEVEL_BUCKETS);
         let mut touched: HashSet<(u32, u16)> = HashSet::new();
         let mut buf = AlignedVec::new();
         for r in rows {
@@ -271,7 +274,36 @@ impl EmbeddedStore {
             Some(v) => blocks::decode_one::<WatermarkRow>(&v, &mut AlignedVec::new())?.seq,
             None => 0,
         };
-        self.mark_seqs.write().insert(device, seq);
+        let mut marks = self.mark_seqs.write();
+        bound_cache(&mut marks, MAX_CACHED_MARKS);
+        marks.insert(device, seq);
         Ok(seq)
+    }
+}
+
+/// Level buckets kept in memory: about 20 levels of 64 bytes each, so
+/// 64 Ki buckets is ~80 MiB (1.3 M SKUs). Devices may name any store and
+/// SKU, so the caches must not grow with every value they send.
+#[cfg(not(test))]
+const MAX_CACHED_LEVEL_BUCKETS: usize = 1 << 16;
+#[cfg(test)]
+const MAX_CACHED_LEVEL_BUCKETS: usize = 64;
+/// Device watermarks kept in memory (16 bytes each).
+#[cfg(not(test))]
+const MAX_CACHED_MARKS: usize = 1 << 20;
+#[cfg(test)]
+const MAX_CACHED_MARKS: usize = 64;
+
+/// Empties a cache that reached `max` entries: what it held is in the
+/// tables, and the next miss reads it back (under the commit lock, so it
+/// is what the tables hold). Crude next to an LRU, but bounded, and a
+/// working set under the limit never pays for it.
+fn bound_cache<K: Eq + std::hash::Hash, V>(
+    cache: &mut std::collections::HashMap<K, V>,
+    max: usize,
+) {
+    if cache.len() >= max {
+        cache.clear();
+        cache.shrink_to(max / 4);
     }
 }

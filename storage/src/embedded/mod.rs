@@ -70,9 +70,10 @@
 //!   synced: the journal holds those records durably, so
 //!   [`Store::watermark`] never reports a seq that a crash could lose.
 //!   Other reads see the data of a write as soon as its batch is written.
-//!   The caches hold one level row per SKU of every bucket ever written
-//!   or read (about 64 bytes) and one entry per device: about 64 bytes
-//!   each, 40 MB for a million SKUs.
+//!   The caches hold one level row per SKU of the buckets written or read
+//!   (about 64 bytes) and one entry per device, and are emptied when they
+//!   reach 64 Ki buckets (~80 MiB) or 1 Mi devices: a device naming random
+//!   stores and SKUs cannot grow them without bound.
 
 mod blocks;
 mod commit;
