@@ -78,6 +78,9 @@ pub struct ServerConfig {
     /// (`too_many_stores`, kept as a dead letter). Default 16: a till or
     /// sensor belongs to one store, a gateway to a few.
     pub max_stores_per_device: usize,
+    /// Distinct terminals one device may sell on (its sales and refunds),
+    /// likewise; refused whole as `too_many_terminals`. Default 16.
+    pub max_terminals_per_device: usize,
     /// Faults to inject (tests and incident rehearsals); none by default.
     pub faults: Faults,
 }
@@ -105,6 +108,7 @@ impl ServerConfig {
             max_connections: 20_000,
             max_events_per_s_per_device: 50_000,
             max_stores_per_device: 16,
+            max_terminals_per_device: 16,
             faults: Faults::default(),
         }
     }

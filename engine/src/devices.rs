@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tillstream_engine_core::ledger::{
-    Admission, DeviceLedger, DeviceStores, DigestCheck, RecentDigests,
+    Admission, DeviceLedger, DigestCheck, DistinctKeys, RecentDigests,
 };
 use tillstream_storage::Store;
 use tokio::sync::watch;
@@ -42,8 +42,9 @@ struct SlotState {
     ledger: DeviceLedger,
     /// Digests of the latest fresh batches, to check resends.
     recent: RecentDigests,
-    /// The stores the device sent for.
-    stores: DeviceStores,
+    /// The stores the device sent for, and the terminals it sold on.
+    stores: DistinctKeys,
+    terminals: DistinctKeys,
     owner: Option<quinn::Connection>,
     /// LSN of the last batch that became durable (0: none since loaded).
     last_lsn: u64,
@@ -104,6 +105,15 @@ impl DeviceSlot {
     /// `limit` distinct stores (and records them if so).
     pub(crate) fn admit_stores(&self, stores: impl IntoIterator<Item = u32>, limit: usize) -> bool {
         self.state.lock().stores.admit(stores, limit)
+    }
+
+    /// Likewise for the terminals of its sales and refunds.
+    pub(crate) fn admit_terminals(
+        &self,
+        terminals: impl IntoIterator<Item = u32>,
+        limit: usize,
+    ) -> bool {
+        self.state.lock().terminals.admit(terminals, limit)
     }
 
     /// Waits until the device may send `events` more events (its rate
@@ -239,7 +249,8 @@ impl Devices {
                 state: Mutex::new(SlotState {
                     ledger: DeviceLedger::new(durable),
                     recent: RecentDigests::default(),
-                    stores: DeviceStores::default(),
+                    stores: DistinctKeys::default(),
+                    terminals: DistinctKeys::default(),
                     owner: None,
                     last_lsn: 0,
                     idle_since: Instant::now(),

@@ -43,6 +43,11 @@ pub(crate) fn too_many_stores() {
     counter!("tillstream_batches_too_many_stores_total").increment(1);
 }
 
+/// A batch refused for naming more terminals than a device may sell on.
+pub(crate) fn too_many_terminals() {
+    counter!("tillstream_batches_too_many_terminals_total").increment(1);
+}
+
 /// A batch held back because its device was past its event rate.
 pub(crate) fn rate_limited() {
     counter!("tillstream_rate_limited_batches_total").increment(1);

@@ -138,6 +138,7 @@ impl Server {
             draining: AtomicBool::new(false),
             ack_stall_not_ready: cfg.ack_stall_not_ready,
             max_stores_per_device: cfg.max_stores_per_device.max(1),
+            max_terminals_per_device: cfg.max_terminals_per_device.max(1),
             failed,
         });
 

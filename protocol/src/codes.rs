@@ -49,6 +49,10 @@ pub enum ErrorCode {
     /// store: a device spraying store ids would make the server load every
     /// one of them.
     TooManyStores = 18,
+    /// The batch names more terminals than one device may sell on (each
+    /// new terminal opens rollup rows); refused whole, kept as a dead
+    /// letter.
+    TooManyTerminals = 19,
 }
 
 impl ErrorCode {
@@ -79,6 +83,7 @@ impl ErrorCode {
             16 => UnknownMessageType,
             17 => SeqConflict,
             18 => TooManyStores,
+            19 => TooManyTerminals,
             _ => return None,
         })
     }
@@ -105,6 +110,7 @@ impl ErrorCode {
             UnknownMessageType => "unknown_message_type",
             SeqConflict => "seq_conflict",
             TooManyStores => "too_many_stores",
+            TooManyTerminals => "too_many_terminals",
         }
     }
 

@@ -145,6 +145,12 @@ pub enum FrameError {
         /// Distinct stores a device may send for.
         limit: u32,
     },
+    /// More distinct terminals than one device may sell on.
+    #[error("the batch names terminals beyond the {limit} this device may sell on")]
+    TooManyTerminals {
+        /// Distinct terminals a device may sell on.
+        limit: u32,
+    },
 }
 
 impl FrameError {
@@ -163,6 +169,7 @@ impl FrameError {
             FrameError::Violation(_) => ErrorCode::ProtocolViolation,
             FrameError::SeqConflict(_) => ErrorCode::SeqConflict,
             FrameError::TooManyStores { .. } => ErrorCode::TooManyStores,
+            FrameError::TooManyTerminals { .. } => ErrorCode::TooManyTerminals,
         }
     }
 
@@ -178,6 +185,7 @@ impl FrameError {
                 | FrameError::Violation(_)
                 | FrameError::SeqConflict(_)
                 | FrameError::TooManyStores { .. }
+                | FrameError::TooManyTerminals { .. }
         )
     }
 }

@@ -2,7 +2,7 @@
 //! loadgen, against a real server process), hostile clients send random
 //! bytes, oversized, truncated and bit-flipped frames, the wrong ALPN,
 //! Hello a byte at a time, batches they never read the acks of, sprayed
-//! store ids, random SKUs, clocks hours fast, seq leaps, reused seqs, and
+//! store and terminal ids, random SKUs, clocks hours fast, seq leaps, reused seqs, and
 //! more events than their rate.
 //!
 //! Passes when the server never panics and stays under its memory cap,
@@ -241,6 +241,18 @@ async fn hostile(
         }
         8 => "clock two hours fast",
         12 => "random SKUs",
+        13 => {
+            use tillstream_engine_core::testkit::{line, sale};
+            let mut raw = hello(&endpoint, &opts, device).await?;
+            let sprayed: Vec<Event> = (0..64)
+                .map(|_| sale(now_us(), 1, rng.random(), vec![line(1, 1, 100)]))
+                .collect();
+            raw.send.write_all(&batch(1, sprayed)?).await?;
+            return Ok((
+                "random terminals",
+                coded_or_closed(&mut raw, ErrorCode::TooManyTerminals).await?,
+            ));
+        }
         9 => {
             let mut raw = hello(&endpoint, &opts, device).await?;
             raw.send
@@ -363,7 +375,7 @@ async fn a_hostile_fleet_costs_the_honest_devices_nothing() -> anyhow::Result<()
     let kinds: Vec<usize> = std::env::var("TILLSTREAM_HOSTILE_KINDS")
         .ok()
         .map(|v| v.split(',').filter_map(|k| k.trim().parse().ok()).collect())
-        .unwrap_or_else(|| (0..13).collect());
+        .unwrap_or_else(|| (0..14).collect());
     let started = Instant::now();
     let mut hostiles = tokio::task::JoinSet::new();
     for &kind in &kinds {

@@ -141,24 +141,25 @@ impl RecentDigests {
     }
 }
 
-/// The stores one device has sent for, up to a limit. A till or a shelf
-/// sensor belongs to one store (a gateway to a few); each new store costs
-/// the server an activation (a read of its levels and late windows), so a
-/// device spraying store ids must be stopped before its batch is applied.
+/// The stores (or terminals) one device has sent for, up to a limit. A
+/// till or a shelf sensor belongs to one store (a gateway to a few), a till
+/// is one terminal; each new store costs the server an activation (a read
+/// of its levels and late windows) and each new terminal its rollup rows,
+/// so a device spraying ids must be stopped before its batch is applied.
 ///
-/// Invariant: it never holds more than its limit; [`DeviceStores::admit`]
-/// adds a batch's stores all or none.
+/// Invariant: it never holds more than its limit; [`DistinctKeys::admit`]
+/// adds a batch's keys all or none.
 #[derive(Debug, Clone, Default)]
-pub struct DeviceStores {
+pub struct DistinctKeys {
     seen: Vec<u32>,
 }
 
-impl DeviceStores {
-    /// Whether a batch naming `stores` may pass with at most `limit`
-    /// distinct stores per device; if so, records them.
-    pub fn admit(&mut self, stores: impl IntoIterator<Item = u32>, limit: usize) -> bool {
+impl DistinctKeys {
+    /// Whether a batch naming `keys` may pass with at most `limit`
+    /// distinct keys per device; if so, records them.
+    pub fn admit(&mut self, keys: impl IntoIterator<Item = u32>, limit: usize) -> bool {
         let before = self.seen.len();
-        for s in stores {
+        for s in keys {
             if !self.seen.contains(&s) {
                 if self.seen.len() >= limit {
                     self.seen.truncate(before);
@@ -178,7 +179,7 @@ mod tests {
 
     #[test]
     fn a_device_may_send_for_a_few_stores_all_or_none() {
-        let mut d = DeviceStores::default();
+        let mut d = DistinctKeys::default();
         assert!(d.admit([1, 1, 2], 3));
         assert!(d.admit([2, 1], 3), "known stores always pass");
         assert!(!d.admit([3, 4], 3), "two new stores, one place");

@@ -94,6 +94,17 @@ pub(super) async fn read_batches(
                 .await?;
             continue;
         }
+        let limit = ctx.max_terminals_per_device;
+        if !slot.admit_terminals(archived.events.iter().filter_map(|e| e.terminal()), limit) {
+            m::too_many_terminals();
+            let err = FrameError::TooManyTerminals {
+                limit: u32::try_from(limit).unwrap_or(u32::MAX),
+            };
+            refusals
+                .refuse(seq, err, frame_bytes(&header, batch.bytes()))
+                .await?;
+            continue;
+        }
         // A device past its event rate waits here, before admission:
         // QUIC flow control then slows it, and nothing it sent is lost.
         if slot.pace(events).await {

@@ -96,6 +96,11 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 16, env = "TILLSTREAM_MAX_STORES_PER_DEVICE",
           value_parser = clap::value_parser!(u64).range(1..=65_536))]
     max_stores_per_device: u64,
+    /// Distinct terminals one device may sell on; a batch naming more is
+    /// refused whole (too_many_terminals) and kept as a dead letter.
+    #[arg(long, default_value_t = 16, env = "TILLSTREAM_MAX_TERMINALS_PER_DEVICE",
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    max_terminals_per_device: u64,
     /// Testing only: make every store commit first sleep for a time drawn
     /// uniformly from MIN..MAX milliseconds (slow storage rehearsal).
     #[arg(long, value_name = "MIN..MAX", value_parser = parse_ms_range)]
@@ -147,6 +152,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     cfg.max_connections = usize::try_from(args.max_connections).unwrap_or(usize::MAX);
     cfg.max_events_per_s_per_device = args.max_events_per_s_per_device;
     cfg.max_stores_per_device = usize::try_from(args.max_stores_per_device).unwrap_or(16);
+    cfg.max_terminals_per_device = usize::try_from(args.max_terminals_per_device).unwrap_or(16);
     cfg.faults.commit_delay = args.inject_commit_delay_ms;
     if let Some((lo, hi)) = cfg.faults.commit_delay {
         tracing::warn!(?lo, ?hi, "fault injection: every store commit is delayed");

@@ -53,6 +53,15 @@ impl ArchivedEvent {
         }
     }
 
+    /// The terminal of a sale or refund; `None` for other events.
+    pub fn terminal(&self) -> Option<u32> {
+        match self {
+            ArchivedEvent::Sale(e) => Some(e.terminal.to_native()),
+            ArchivedEvent::Refund(e) => Some(e.terminal.to_native()),
+            _ => None,
+        }
+    }
+
     /// A short stable name of the kind, for metrics and logs.
     pub fn kind_name(&self) -> &'static str {
         match self {
