@@ -81,6 +81,12 @@ pub struct ServerConfig {
     /// Distinct terminals one device may sell on (its sales and refunds),
     /// likewise; refused whole as `too_many_terminals`. Default 16.
     pub max_terminals_per_device: usize,
+    /// How long a device has, once its handshake is done, to open its
+    /// stream, and then again to say Hello. A device does both at once;
+    /// the set-up slot it holds meanwhile is one of a few, so a silent
+    /// connection must not keep it long (at 10 s, 32 silent connections
+    /// held every slot for 20 s). Default 2 s.
+    pub hello_timeout: Duration,
     /// Faults to inject (tests and incident rehearsals); none by default.
     pub faults: Faults,
 }
@@ -109,6 +115,7 @@ impl ServerConfig {
             max_events_per_s_per_device: 50_000,
             max_stores_per_device: 16,
             max_terminals_per_device: 16,
+            hello_timeout: Duration::from_secs(2),
             faults: Faults::default(),
         }
     }

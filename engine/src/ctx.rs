@@ -32,6 +32,9 @@ pub(crate) struct EngineCtx {
     pub(crate) rules: Rules,
     /// Set on shutdown: new sessions are refused, readers stop.
     pub(crate) draining: AtomicBool,
+    /// How long a device has, once its handshake is done, to open its
+    /// stream, and then to say Hello (see `ServerConfig::hello_timeout`).
+    pub(crate) hello_timeout: Duration,
     /// Distinct stores one device may send for.
     pub(crate) max_stores_per_device: usize,
     /// Distinct terminals one device may sell on.

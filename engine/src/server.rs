@@ -139,6 +139,7 @@ impl Server {
             ack_stall_not_ready: cfg.ack_stall_not_ready,
             max_stores_per_device: cfg.max_stores_per_device.max(1),
             max_terminals_per_device: cfg.max_terminals_per_device.max(1),
+            hello_timeout: cfg.hello_timeout,
             failed,
         });
 

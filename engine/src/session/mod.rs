@@ -81,11 +81,6 @@ pub(crate) enum SessionEnd {
 
 /// Bad frames tolerated on one connection before it is closed.
 const MAX_BAD_FRAMES: u32 = 16;
-/// How long a device has, once its handshake is done, to open its stream
-/// and then to say Hello (each). A device does both at once; the set-up
-/// slot it holds meanwhile is one of a few, so a silent connection must
-/// not keep it long: 32 silent connections held every slot for 20 s.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest Hello payload: before a device is known, it may not make the
 /// server allocate a full batch frame.
 const HELLO_MAX_BYTES: u32 = 16 * 1024;
@@ -158,13 +153,13 @@ async fn session(
     stop: tokio::sync::watch::Receiver<bool>,
     admitted: Option<OwnedSemaphorePermit>,
 ) -> Result<(), SessionEnd> {
-    let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
+    let (mut send, mut recv) = tokio::time::timeout(ctx.hello_timeout, conn.accept_bi())
         .await
         .map_err(|_| SessionEnd::NoStream)?
         .map_err(|e| SessionEnd::Conn(e.to_string()))?;
 
     // Hello.
-    let first = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut recv, HELLO_MAX_BYTES))
+    let first = tokio::time::timeout(ctx.hello_timeout, read_frame(&mut recv, HELLO_MAX_BYTES))
         .await
         .map_err(|_| SessionEnd::NoHello)?;
     let hello = match first {

@@ -101,6 +101,12 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 16, env = "TILLSTREAM_MAX_TERMINALS_PER_DEVICE",
           value_parser = clap::value_parser!(u64).range(1..=65_536))]
     max_terminals_per_device: u64,
+    /// Milliseconds a device has, after its TLS handshake, to open its
+    /// stream, and then to say Hello; past either the connection closes
+    /// and its set-up slot goes to the next device.
+    #[arg(long, default_value_t = 2000, env = "TILLSTREAM_HELLO_TIMEOUT_MS",
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    hello_timeout_ms: u64,
     /// Testing only: make every store commit first sleep for a time drawn
     /// uniformly from MIN..MAX milliseconds (slow storage rehearsal).
     #[arg(long, value_name = "MIN..MAX", value_parser = parse_ms_range)]
@@ -153,6 +159,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     cfg.max_events_per_s_per_device = args.max_events_per_s_per_device;
     cfg.max_stores_per_device = usize::try_from(args.max_stores_per_device).unwrap_or(16);
     cfg.max_terminals_per_device = usize::try_from(args.max_terminals_per_device).unwrap_or(16);
+    cfg.hello_timeout = Duration::from_millis(args.hello_timeout_ms);
     cfg.faults.commit_delay = args.inject_commit_delay_ms;
     if let Some((lo, hi)) = cfg.faults.commit_delay {
         tracing::warn!(?lo, ?hi, "fault injection: every store commit is delayed");
