@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::EngineError;
@@ -40,8 +41,8 @@ pub(crate) fn load_or_create(
             (cert, key, created)
         }
     };
-    let chain = read_pem(&cert_path, |r| {
-        rustls_pemfile::certs(r).collect::<Result<Vec<_>, _>>()
+    let chain = read_pem(&cert_path, |pem| {
+        CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>()
     })?;
     if chain.is_empty() {
         return Err(EngineError::Tls(format!(
@@ -49,8 +50,12 @@ pub(crate) fn load_or_create(
             cert_path.display()
         )));
     }
-    let key = read_pem(&key_path, rustls_pemfile::private_key)?
-        .ok_or_else(|| EngineError::Tls(format!("no private key in {}", key_path.display())))?;
+    let key = read_pem(&key_path, |pem| match PrivateKeyDer::from_pem_slice(pem) {
+        Ok(k) => Ok(Some(k)),
+        Err(pem::Error::NoItemsFound) => Ok(None),
+        Err(e) => Err(e),
+    })?
+    .ok_or_else(|| EngineError::Tls(format!("no private key in {}", key_path.display())))?;
     Ok(TlsMaterial {
         chain,
         key,
@@ -59,17 +64,18 @@ pub(crate) fn load_or_create(
     })
 }
 
+/// Reads `path` and parses it with `parse` (PEM through rustls-pki-types:
+/// rustls-pemfile is unmaintained, RUSTSEC-2025-0134).
 fn read_pem<T>(
     path: &Path,
-    parse: impl FnOnce(&mut dyn std::io::BufRead) -> std::io::Result<T>,
+    parse: impl FnOnce(&[u8]) -> Result<T, pem::Error>,
 ) -> Result<T, EngineError> {
     let bytes = std::fs::read(path).map_err(|source| EngineError::Io {
         what: "reading TLS file",
         path: path.to_owned(),
         source,
     })?;
-    parse(&mut bytes.as_slice())
-        .map_err(|e| EngineError::Tls(format!("cannot parse {}: {e}", path.display())))
+    parse(&bytes).map_err(|e| EngineError::Tls(format!("cannot parse {}: {e}", path.display())))
 }
 
 fn create_self_signed(cert_path: &Path, key_path: &Path) -> Result<(), EngineError> {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
+use rustls::pki_types::pem::PemObject;
 use tillstream_client::{EndpointOptions, client_endpoint, client_endpoint_with};
 use tillstream_protocol::frame::{self, FrameHeader, decode};
 use tillstream_protocol::*;
@@ -324,7 +325,7 @@ async fn hostile(
 /// A client offering another protocol's ALPN.
 fn wrong_alpn_endpoint(ca_pem: &[u8]) -> anyhow::Result<quinn::Endpoint> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
         roots.add(cert?)?;
     }
     let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(

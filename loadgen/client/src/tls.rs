@@ -3,6 +3,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::QuicClientConfig;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use socket2::{Domain, Protocol, Socket, Type};
 use tillstream_protocol::ALPN;
 
@@ -59,8 +61,8 @@ pub fn client_endpoint_with(
     opts: &EndpointOptions,
 ) -> Result<quinn::Endpoint, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
-    let mut rd = ca_pem;
-    for cert in rustls_pemfile::certs(&mut rd) {
+    // PEM through rustls-pki-types: rustls-pemfile is unmaintained.
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
         let cert = cert.map_err(|e| ClientError::Tls(format!("cannot read the CA PEM: {e}")))?;
         roots
             .add(cert)
