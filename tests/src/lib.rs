@@ -3,6 +3,7 @@
 //! this library holds what they share.
 
 pub mod fleet_util;
+pub mod raw;
 pub mod relay;
 
 use std::time::Duration;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tillstream_protocol::frame::{self, FrameHeader, HEADER_LEN, aligned, decode};
+use tillstream_protocol::frame::{self, FrameHeader, decode};
 use tillstream_protocol::*;
 use tillstream_storage::{Query, RowRef, Table};
 use tillstream_tests::*;
@@ -18,34 +18,18 @@ struct Raw {
 impl Raw {
     async fn open(server: &tillstream_engine::Server, device: u64) -> anyhow::Result<Self> {
         let endpoint = endpoint_for(server)?;
-        let conn = endpoint.connect(server.quic_addr(), "localhost")?.await?;
-        let (mut send, mut recv) = conn.open_bi().await?;
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            device,
-            token: Vec::new(),
-        };
-        send.write_all(&frame::encode_to_vec(&hello)?).await?;
-        let (t, payload) = read(&mut recv).await?;
-        anyhow::ensure!(t == MsgType::Welcome, "expected Welcome, got {t:?}");
-        let welcome = decode::<Welcome>(&payload)?;
-        anyhow::ensure!(welcome.durable_seq == 0);
+        let s = raw::RawSession::open(&endpoint, server.quic_addr(), device).await?;
+        anyhow::ensure!(s.welcome.durable_seq == 0);
         Ok(Self {
-            send,
-            recv,
-            _conn: conn,
+            send: s.send,
+            recv: s.recv,
+            _conn: s.conn,
         })
     }
 }
 
 async fn read(recv: &mut quinn::RecvStream) -> anyhow::Result<(MsgType, frame::PayloadBuf)> {
-    let mut head = [0u8; HEADER_LEN];
-    tokio::time::timeout(Duration::from_secs(10), recv.read_exact(&mut head)).await??;
-    let h = FrameHeader::parse(&head, frame::DEFAULT_MAX_PAYLOAD)?;
-    let mut payload = vec![0u8; h.len as usize];
-    recv.read_exact(&mut payload).await?;
-    h.check_payload(&payload)?;
-    Ok((h.msg_type, aligned(&payload)))
+    raw::read_msg(recv).await
 }
 
 async fn expect_error(recv: &mut quinn::RecvStream, code: ErrorCode) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tillstream_client::client_endpoint;
-use tillstream_protocol::frame::{self, FrameHeader, decode};
+use tillstream_protocol::frame::{self, FrameHeader};
 use tillstream_protocol::*;
 
 use crate::process::{ServeOpts, ServerProcess};
@@ -16,26 +16,8 @@ async fn hello(
     addr: std::net::SocketAddr,
     device: u64,
 ) -> anyhow::Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
-    let conn = endpoint.connect(addr, "localhost")?.await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        device,
-        token: Vec::new(),
-    };
-    send.write_all(&frame::encode_to_vec(&hello)?).await?;
-    let mut head = [0u8; frame::HEADER_LEN];
-    tokio::time::timeout(Duration::from_secs(20), recv.read_exact(&mut head)).await??;
-    let h = FrameHeader::parse(&head, frame::DEFAULT_MAX_PAYLOAD)?;
-    let mut payload = vec![0u8; h.len as usize];
-    recv.read_exact(&mut payload).await?;
-    anyhow::ensure!(
-        h.msg_type == MsgType::Welcome,
-        "expected Welcome, got {:?}",
-        h.msg_type
-    );
-    decode::<Welcome>(&frame::aligned(&payload))?;
-    Ok((conn, send, recv))
+    let s = tillstream_tests::raw::RawSession::open(endpoint, addr, device).await?;
+    Ok((s.conn, s.send, s.recv))
 }
 
 /// Connections that declare a 1 MiB batch frame and then stall: the server

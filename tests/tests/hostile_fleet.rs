@@ -20,6 +20,7 @@ use tillstream_client::{EndpointOptions, client_endpoint, client_endpoint_with};
 use tillstream_protocol::frame::{self, FrameHeader, decode};
 use tillstream_protocol::*;
 use tillstream_tests::now_us;
+use tillstream_tests::raw::{RawSession, read_msg};
 
 use crate::crash::{loadgen_args, stop_and_verify};
 use crate::process::{ServeOpts, ServerProcess, tail};
@@ -45,26 +46,16 @@ async fn connect(
 }
 
 async fn hello(endpoint: &quinn::Endpoint, opts: &ServeOpts, device: u64) -> anyhow::Result<Raw> {
-    let conn = connect(endpoint, opts).await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        device,
-        token: Vec::new(),
-    };
-    send.write_all(&frame::encode_to_vec(&hello)?).await?;
-    let (t, _) = read(&mut recv).await?;
-    anyhow::ensure!(t == MsgType::Welcome, "expected Welcome, got {t:?}");
-    Ok(Raw { conn, send, recv })
+    let s = RawSession::open(endpoint, opts.quic, device).await?;
+    Ok(Raw {
+        conn: s.conn,
+        send: s.send,
+        recv: s.recv,
+    })
 }
 
 async fn read(recv: &mut quinn::RecvStream) -> anyhow::Result<(MsgType, frame::PayloadBuf)> {
-    let mut head = [0u8; frame::HEADER_LEN];
-    tokio::time::timeout(Duration::from_secs(20), recv.read_exact(&mut head)).await??;
-    let h = FrameHeader::parse(&head, frame::DEFAULT_MAX_PAYLOAD)?;
-    let mut payload = vec![0u8; h.len as usize];
-    recv.read_exact(&mut payload).await?;
-    Ok((h.msg_type, frame::aligned(&payload)))
+    read_msg(recv).await
 }
 
 /// Reads until an Error frame with `code` (skipping acks), or the
