@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 use tillstream_engine_core::ledger::{
     Admission, DeviceLedger, DigestCheck, DistinctKeys, RecentDigests,
 };
+use tillstream_protocol::{ArchivedBatch, FrameError};
 use tillstream_storage::Store;
 use tokio::sync::watch;
 
@@ -101,19 +102,34 @@ impl DeviceSlot {
         });
     }
 
-    /// Whether a batch naming `stores` may pass the device's limit of
-    /// `limit` distinct stores (and records them if so).
-    pub(crate) fn admit_stores(&self, stores: impl IntoIterator<Item = u32>, limit: usize) -> bool {
-        self.state.lock().stores.admit(stores, limit)
-    }
-
-    /// Likewise for the terminals of its sales and refunds.
-    pub(crate) fn admit_terminals(
+    /// Whether `batch` stays within the device's limits of distinct stores
+    /// and terminals (recording its new ones if so, none if not); the
+    /// error to refuse it with otherwise.
+    pub(crate) fn admit_keys(
         &self,
-        terminals: impl IntoIterator<Item = u32>,
-        limit: usize,
-    ) -> bool {
-        self.state.lock().terminals.admit(terminals, limit)
+        batch: &ArchivedBatch,
+        max_stores: usize,
+        max_terminals: usize,
+    ) -> Result<(), FrameError> {
+        let limit = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let mut st = self.state.lock();
+        let mark = st.stores.len();
+        if !st
+            .stores
+            .admit(batch.events.iter().map(|e| e.store()), max_stores)
+        {
+            return Err(FrameError::TooManyStores {
+                limit: limit(max_stores),
+            });
+        }
+        let terminals = batch.events.iter().filter_map(|e| e.terminal());
+        if !st.terminals.admit(terminals, max_terminals) {
+            st.stores.forget_since(mark);
+            return Err(FrameError::TooManyTerminals {
+                limit: limit(max_terminals),
+            });
+        }
+        Ok(())
     }
 
     /// Waits until the device may send `events` more events (its rate

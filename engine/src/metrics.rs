@@ -38,14 +38,10 @@ pub(crate) fn batch_seq_conflict() {
     counter!("tillstream_batches_seq_conflict_total").increment(1);
 }
 
-/// A batch refused for naming more stores than a device may send for.
-pub(crate) fn too_many_stores() {
-    counter!("tillstream_batches_too_many_stores_total").increment(1);
-}
-
-/// A batch refused for naming more terminals than a device may sell on.
-pub(crate) fn too_many_terminals() {
-    counter!("tillstream_batches_too_many_terminals_total").increment(1);
+/// A batch refused for naming more stores or terminals than a device may
+/// (labelled with the code: `too_many_stores`, `too_many_terminals`).
+pub(crate) fn too_many_keys(code: tillstream_protocol::ErrorCode) {
+    counter!("tillstream_batches_over_device_limits_total", "code" => code.name()).increment(1);
 }
 
 /// A batch held back because its device was past its event rate.

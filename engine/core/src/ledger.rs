@@ -155,6 +155,22 @@ pub struct DistinctKeys {
 }
 
 impl DistinctKeys {
+    /// Keys recorded so far (a mark for [`DistinctKeys::forget_since`]).
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Whether no key is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Forgets the keys recorded after `mark` (a batch refused for another
+    /// reason after its keys were admitted records nothing).
+    pub fn forget_since(&mut self, mark: usize) {
+        self.seen.truncate(mark);
+    }
+
     /// Whether a batch naming `keys` may pass with at most `limit`
     /// distinct keys per device; if so, records them.
     pub fn admit(&mut self, keys: impl IntoIterator<Item = u32>, limit: usize) -> bool {
@@ -186,6 +202,14 @@ mod tests {
         assert!(d.admit([3], 3), "the refused batch recorded nothing");
         assert!(!d.admit([9], 3));
         assert!(d.admit([1, 2, 3], 3));
+        // A batch refused for another reason records nothing either.
+        let mut e = DistinctKeys::default();
+        assert!(e.admit([1], 3));
+        let mark = e.len();
+        assert!(e.admit([2, 3], 3));
+        e.forget_since(mark);
+        assert_eq!(e.len(), 1);
+        assert!(e.admit([4, 5], 3), "the forgotten keys left room");
     }
 
     #[test]

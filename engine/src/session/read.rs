@@ -83,23 +83,12 @@ pub(super) async fn read_batches(
 
         // Cheap checks first: a device that sprays store ids is refused
         // before anything of its batch is activated or applied.
-        let limit = ctx.max_stores_per_device;
-        if !slot.admit_stores(archived.events.iter().map(|e| e.store()), limit) {
-            m::too_many_stores();
-            let err = FrameError::TooManyStores {
-                limit: u32::try_from(limit).unwrap_or(u32::MAX),
-            };
-            refusals
-                .refuse(seq, err, frame_bytes(&header, batch.bytes()))
-                .await?;
-            continue;
-        }
-        let limit = ctx.max_terminals_per_device;
-        if !slot.admit_terminals(archived.events.iter().filter_map(|e| e.terminal()), limit) {
-            m::too_many_terminals();
-            let err = FrameError::TooManyTerminals {
-                limit: u32::try_from(limit).unwrap_or(u32::MAX),
-            };
+        if let Err(err) = slot.admit_keys(
+            archived,
+            ctx.max_stores_per_device,
+            ctx.max_terminals_per_device,
+        ) {
+            m::too_many_keys(err.code());
             refusals
                 .refuse(seq, err, frame_bytes(&header, batch.bytes()))
                 .await?;
