@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, anyhow};
 use plotters::coord::Shift;
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 
 use crate::Curve;
@@ -79,35 +80,42 @@ fn panel(
         .x_label_area_size(40)
         .y_label_area_size(60);
     if curve.log_x {
-        let mut chart = builder
+        let chart = builder
             .build_cartesian_2d((lo * 0.8..hi * 1.25).log_scale(), 0.0..y_max)
             .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .x_desc(curve.x_label)
-            .y_desc(y_label)
-            .draw()
-            .map_err(plot_err)?;
-        for (name, pts, color) in series {
-            draw_series(&mut chart, name, pts, *color)?;
-        }
-        legend(&mut chart)
+        fill(chart, curve, y_label, series)
     } else {
         let pad = (hi - lo) * 0.05;
-        let mut chart = builder
+        let chart = builder
             .build_cartesian_2d(lo - pad..hi + pad, 0.0..y_max)
             .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .x_desc(curve.x_label)
-            .y_desc(y_label)
-            .draw()
-            .map_err(plot_err)?;
-        for (name, pts, color) in series {
-            draw_series(&mut chart, name, pts, *color)?;
-        }
-        legend(&mut chart)
+        fill(chart, curve, y_label, series)
     }
+}
+
+type Chart<'a, X> =
+    ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, plotters::coord::types::RangedCoordf64>>;
+
+/// Mesh, series and legend of one panel, whichever the x axis.
+fn fill<'a, X>(
+    mut chart: Chart<'a, X>,
+    curve: &Curve,
+    y_label: &str,
+    series: &[Series<'_>],
+) -> anyhow::Result<()>
+where
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    chart
+        .configure_mesh()
+        .x_desc(curve.x_label)
+        .y_desc(y_label)
+        .draw()
+        .map_err(plot_err)?;
+    for (name, pts, color) in series {
+        draw_series(&mut chart, name, pts, *color)?;
+    }
+    legend(&mut chart)
 }
 
 fn draw_series<'a, X>(
