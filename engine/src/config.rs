@@ -87,6 +87,10 @@ pub struct ServerConfig {
     /// connection must not keep it long (at 10 s, 32 silent connections
     /// held every slot for 20 s). Default 2 s.
     pub hello_timeout: Duration,
+    /// A connection silent this long (no packet, not even a keep-alive) is
+    /// closed. Devices keep alive every 5 s, so the default 30 s only ends
+    /// connections whose device is gone.
+    pub idle_timeout: Duration,
     /// Faults to inject (tests and incident rehearsals); none by default.
     pub faults: Faults,
 }
@@ -116,6 +120,7 @@ impl ServerConfig {
             max_stores_per_device: 16,
             max_terminals_per_device: 16,
             hello_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(30),
             faults: Faults::default(),
         }
     }

@@ -55,7 +55,7 @@ impl Server {
         if material.created {
             tracing::info!(cert = %material.trust_path.display(), "created a self-signed development certificate; devices must trust this file");
         }
-        let quic_cfg = tls::quic_server_config(&material, &cfg.limits)?;
+        let quic_cfg = tls::quic_server_config(&material, &cfg.limits, cfg.idle_timeout)?;
 
         let dir = cfg.data_dir.join("store");
         let fail_after = cfg.faults.fail_sync_after;

@@ -125,6 +125,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
 pub(crate) fn quic_server_config(
     material: &TlsMaterial,
     limits: &tillstream_protocol::Limits,
+    idle_timeout: std::time::Duration,
 ) -> Result<quinn::ServerConfig, EngineError> {
     let mut provider = rustls::crypto::ring::default_provider();
     // AES-128-GCM with SHA-256 first: the handshake's key schedule and
@@ -159,7 +160,7 @@ pub(crate) fn quic_server_config(
         .stream_receive_window(quinn::VarInt::from_u64(window).unwrap_or(quinn::VarInt::MAX))
         .receive_window(quinn::VarInt::from_u64(window).unwrap_or(quinn::VarInt::MAX))
         .max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(std::time::Duration::from_secs(30))
+            quinn::IdleTimeout::try_from(idle_timeout)
                 .map_err(|e| EngineError::Tls(e.to_string()))?,
         ))
         .keep_alive_interval(Some(std::time::Duration::from_secs(5)));

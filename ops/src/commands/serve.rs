@@ -107,6 +107,11 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 2000, env = "TILLSTREAM_HELLO_TIMEOUT_MS",
           value_parser = clap::value_parser!(u64).range(100..=60_000))]
     hello_timeout_ms: u64,
+    /// Seconds a connection may stay silent (no packet, not even a
+    /// keep-alive; devices send one every 5 s) before it is closed.
+    #[arg(long, default_value_t = 30, env = "TILLSTREAM_IDLE_TIMEOUT_S",
+          value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    idle_timeout_s: u64,
     /// Testing only: make every store commit first sleep for a time drawn
     /// uniformly from MIN..MAX milliseconds (slow storage rehearsal).
     #[arg(long, value_name = "MIN..MAX", value_parser = parse_ms_range)]
@@ -160,6 +165,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     cfg.max_stores_per_device = usize::try_from(args.max_stores_per_device).unwrap_or(16);
     cfg.max_terminals_per_device = usize::try_from(args.max_terminals_per_device).unwrap_or(16);
     cfg.hello_timeout = Duration::from_millis(args.hello_timeout_ms);
+    cfg.idle_timeout = Duration::from_secs(args.idle_timeout_s);
     cfg.faults.commit_delay = args.inject_commit_delay_ms;
     if let Some((lo, hi)) = cfg.faults.commit_delay {
         tracing::warn!(?lo, ?hi, "fault injection: every store commit is delayed");
