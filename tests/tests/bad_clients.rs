@@ -469,3 +469,44 @@ async fn a_reused_seq_with_other_content_is_refused_not_acknowledged() -> anyhow
     server.shutdown().await?;
     Ok(())
 }
+
+/// A resend older than the device's recent digests is checked against the
+/// batch ledger in the tables, which trail the journal: right after its
+/// ack the tables may not hold it yet, and it must still be acknowledged,
+/// not refused as a seq that was never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_resend_is_acked_even_before_the_tables_hold_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = tillstream_engine::ServerConfig::new(dir.path());
+    cfg.listen = "127.0.0.1:0".parse()?;
+    cfg.shards = 1;
+    // The tables trail the journal by seconds.
+    cfg.flush_interval = Duration::from_secs(3);
+    let server = tillstream_engine::Server::start(cfg).await?;
+    let mut raw = Raw::open(&server, 92).await?;
+    // More fresh batches than the recent digests keep.
+    let n = tillstream_engine_core::ledger::RecentDigests::CAPACITY as u64 + 10;
+    let mut frames = Vec::new();
+    for seq in 1..=n {
+        frames.extend(good_batch(seq)?);
+    }
+    raw.send.write_all(&frames).await?;
+    let mut durable = 0;
+    while durable < n {
+        let (t, p) = read(&mut raw.recv).await?;
+        anyhow::ensure!(t == MsgType::Ack, "expected Ack, got {t:?}");
+        durable = decode::<Ack>(&p)?.durable_seq;
+    }
+    // Batch 1 again, at once: acked, not refused.
+    raw.send.write_all(&good_batch(1)?).await?;
+    let (t, p) = read(&mut raw.recv).await?;
+    if t == MsgType::Error {
+        anyhow::bail!(
+            "an old resend was refused: {:?}",
+            decode::<Error>(&p)?.reason
+        );
+    }
+    anyhow::ensure!(t == MsgType::Ack, "expected Ack, got {t:?}");
+    server.shutdown().await?;
+    Ok(())
+}

@@ -2,13 +2,13 @@
 //! fresh batches (which routes them to the shards and journals them).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tillstream_engine_core::ledger::{Admission, DigestCheck};
 use tillstream_engine_core::route::{BatchPlan, plan_batch};
 use tillstream_protocol::frame::{self, FrameHeader};
 use tillstream_protocol::{Batch, ErrorCode, FrameError, MsgType, ValidatedBatch};
-use tillstream_storage::{DeadLetterRow, RowSet};
+use tillstream_storage::{DeadLetterRow, RowSet, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{MAX_BAD_FRAMES, Pending, SessionEnd};
@@ -214,10 +214,27 @@ async fn resend_conflict(
             "another batch with this seq was stored; the device's seq counter was reset or its id is used by another",
         )),
         DigestCheck::Unknown => {
-            let store = ctx.store.clone();
-            let stored = tokio::task::spawn_blocking(move || store.has_batch(device, seq))
-                .await
-                .map_err(|e| SessionEnd::Conn(format!("batch ledger read: {e}")))?;
+            let has_batch = || {
+                let store = ctx.store.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || store.has_batch(device, seq))
+                        .await
+                        .map_err(|e| SessionEnd::Conn(format!("batch ledger read: {e}")))
+                }
+            };
+            let mut stored = has_batch().await?;
+            if matches!(stored, Ok(false)) {
+                // The batch may be journaled and acknowledged but not yet
+                // in the tables (they trail the journal by a flush): once
+                // they hold everything journaled now, the answer is final.
+                if ctx.tables_caught_up(Duration::from_secs(10)).await {
+                    stored = has_batch().await?;
+                } else {
+                    stored = Err(StoreError::Poisoned(
+                        "the tables did not catch up with the journal".into(),
+                    ));
+                }
+            }
             match stored {
                 Ok(true) => Ok(None),
                 Ok(false) => Ok(Some(
