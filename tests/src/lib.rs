@@ -12,11 +12,20 @@ use tillstream_client::{ClientConfig, DeviceClient, PreparedBatch, client_endpoi
 use tillstream_engine::{Server, ServerConfig};
 use tillstream_protocol::*;
 
-/// A server on a loopback port over a fresh temporary directory.
-pub async fn start_server(dir: &std::path::Path, shards: u16) -> anyhow::Result<Server> {
+/// The settings of a test server over `dir`: a free loopback port and
+/// `shards` shards, the rest as a user gets them. Tests change what they
+/// exercise, then `Server::start` it.
+pub fn test_config(dir: &std::path::Path, shards: u16) -> ServerConfig {
     let mut cfg = ServerConfig::new(dir);
-    cfg.listen = "127.0.0.1:0".parse()?;
+    cfg.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     cfg.shards = shards;
+    cfg
+}
+
+/// A server on a loopback port over a fresh temporary directory, writing
+/// its tables every millisecond (verify sees acked batches at once).
+pub async fn start_server(dir: &std::path::Path, shards: u16) -> anyhow::Result<Server> {
+    let mut cfg = test_config(dir, shards);
     cfg.flush_interval = Duration::from_millis(1);
     Ok(Server::start(cfg).await?)
 }

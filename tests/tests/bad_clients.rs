@@ -196,9 +196,7 @@ async fn an_owed_ack_is_written_before_an_error() -> anyhow::Result<()> {
 async fn a_connection_that_waits_too_long_for_a_slot_is_refused_then_served() -> anyhow::Result<()>
 {
     let dir = tempfile::tempdir()?;
-    let mut cfg = tillstream_engine::ServerConfig::new(dir.path());
-    cfg.listen = "127.0.0.1:0".parse()?;
-    cfg.shards = 1;
+    let mut cfg = test_config(dir.path(), 1);
     cfg.max_handshakes = 1;
     cfg.handshake_max_wait = Duration::from_millis(50);
     let server = tillstream_engine::Server::start(cfg).await?;
@@ -241,9 +239,7 @@ async fn a_connection_that_waits_too_long_for_a_slot_is_refused_then_served() ->
 async fn silent_connections_do_not_lock_devices_out() -> anyhow::Result<()> {
     const SLOTS: usize = 4;
     let dir = tempfile::tempdir()?;
-    let mut cfg = tillstream_engine::ServerConfig::new(dir.path());
-    cfg.listen = "127.0.0.1:0".parse()?;
-    cfg.shards = 1;
+    let mut cfg = test_config(dir.path(), 1);
     cfg.max_handshakes = SLOTS;
     let server = tillstream_engine::Server::start(cfg).await?;
     let endpoint = endpoint_for(&server)?;
@@ -477,9 +473,7 @@ async fn a_reused_seq_with_other_content_is_refused_not_acknowledged() -> anyhow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_resend_is_acked_even_before_the_tables_hold_it() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut cfg = tillstream_engine::ServerConfig::new(dir.path());
-    cfg.listen = "127.0.0.1:0".parse()?;
-    cfg.shards = 1;
+    let mut cfg = test_config(dir.path(), 1);
     // The tables trail the journal by seconds.
     cfg.flush_interval = Duration::from_secs(3);
     let server = tillstream_engine::Server::start(cfg).await?;

@@ -3,16 +3,14 @@
 
 use std::time::Duration;
 
-use tillstream_engine::{Server, ServerConfig};
+use tillstream_engine::Server;
 use tillstream_storage::verify::{ExpectedBatch, verify};
 use tillstream_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fsync_stops_acks_and_loses_nothing_acknowledged() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut cfg = ServerConfig::new(dir.path());
-    cfg.listen = "127.0.0.1:0".parse()?;
-    cfg.shards = 2;
+    let mut cfg = test_config(dir.path(), 2);
     cfg.faults.fail_sync_after = Some(4);
     let server = Server::start(cfg).await?;
     let endpoint = endpoint_for(&server)?;

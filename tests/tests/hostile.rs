@@ -67,9 +67,7 @@ async fn stalled_frames_pin_no_memory_for_what_never_came() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_are_refused_until_one_closes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut cfg = tillstream_engine::ServerConfig::new(dir.path());
-    cfg.listen = "127.0.0.1:0".parse()?;
-    cfg.shards = 1;
+    let mut cfg = tillstream_tests::test_config(dir.path(), 1);
     cfg.max_connections = 3;
     let server = tillstream_engine::Server::start(cfg).await?;
     let endpoint = tillstream_tests::endpoint_for(&server)?;
@@ -111,9 +109,7 @@ async fn connections_past_the_cap_are_refused_until_one_closes() -> anyhow::Resu
 async fn a_device_past_its_rate_is_slowed_and_loses_nothing() -> anyhow::Result<()> {
     use tillstream_tests::*;
     let dir = tempfile::tempdir()?;
-    let mut cfg = tillstream_engine::ServerConfig::new(dir.path());
-    cfg.listen = "127.0.0.1:0".parse()?;
-    cfg.shards = 1;
+    let mut cfg = test_config(dir.path(), 1);
     cfg.limits.max_events_per_batch = 500;
     cfg.max_events_per_s_per_device = 2_000;
     let server = tillstream_engine::Server::start(cfg).await?;

@@ -31,13 +31,6 @@ const RSS_CAP_MIB: u64 = 1024;
 const HONEST_RATE: u64 = 10_000;
 const HONEST_SECS: u64 = 8;
 
-/// One raw client session.
-struct Raw {
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-}
-
 async fn connect(
     endpoint: &quinn::Endpoint,
     opts: &ServeOpts,
@@ -45,24 +38,23 @@ async fn connect(
     Ok(endpoint.connect(opts.quic, "localhost")?.await?)
 }
 
-async fn hello(endpoint: &quinn::Endpoint, opts: &ServeOpts, device: u64) -> anyhow::Result<Raw> {
-    let s = RawSession::open(endpoint, opts.quic, device).await?;
-    Ok(Raw {
-        conn: s.conn,
-        send: s.send,
-        recv: s.recv,
-    })
-}
-
-async fn read(recv: &mut quinn::RecvStream) -> anyhow::Result<(MsgType, frame::PayloadBuf)> {
-    read_msg(recv).await
+async fn hello(
+    endpoint: &quinn::Endpoint,
+    opts: &ServeOpts,
+    device: u64,
+) -> anyhow::Result<RawSession> {
+    RawSession::open(endpoint, opts.quic, device).await
 }
 
 /// Reads until an Error frame with `code` (skipping acks), or the
 /// connection closes: either is the server answering the hostile.
-async fn coded_or_closed(raw: &mut Raw, code: ErrorCode) -> anyhow::Result<&'static str> {
+async fn coded_or_closed(
+    conn: &quinn::Connection,
+    recv: &mut quinn::RecvStream,
+    code: ErrorCode,
+) -> anyhow::Result<&'static str> {
     loop {
-        match read(&mut raw.recv).await {
+        match read_msg(recv).await {
             Ok((MsgType::Error, p)) => {
                 let e = decode::<Error>(&p)?;
                 anyhow::ensure!(
@@ -75,7 +67,7 @@ async fn coded_or_closed(raw: &mut Raw, code: ErrorCode) -> anyhow::Result<&'sta
             }
             Ok(_) => continue,
             Err(_) => {
-                tokio::time::timeout(Duration::from_secs(20), raw.conn.closed()).await?;
+                tokio::time::timeout(Duration::from_secs(20), conn.closed()).await?;
                 return Ok("closed");
             }
         }
@@ -118,13 +110,12 @@ async fn hostile(
     let name = match kind {
         0 => {
             let conn = connect(&endpoint, &opts).await?;
-            let (mut send, recv) = conn.open_bi().await?;
+            let (mut send, mut recv) = conn.open_bi().await?;
             let junk: Vec<u8> = (0..4096).map(|_| rng.random()).collect();
             send.write_all(&junk).await?;
-            let mut raw = Raw { conn, send, recv };
             return Ok((
                 "random bytes",
-                coded_or_closed(&mut raw, ErrorCode::BadMagic).await?,
+                coded_or_closed(&conn, &mut recv, ErrorCode::BadMagic).await?,
             ));
         }
         1 => {
@@ -135,7 +126,7 @@ async fn hostile(
             raw.send.write_all(&head).await?;
             return Ok((
                 "oversized frame",
-                coded_or_closed(&mut raw, ErrorCode::FrameTooLarge).await?,
+                coded_or_closed(&raw.conn, &mut raw.recv, ErrorCode::FrameTooLarge).await?,
             ));
         }
         2 => {
@@ -145,7 +136,7 @@ async fn hostile(
             raw.send.finish()?;
             return Ok((
                 "truncated frame",
-                coded_or_closed(&mut raw, ErrorCode::Truncated).await?,
+                coded_or_closed(&raw.conn, &mut raw.recv, ErrorCode::Truncated).await?,
             ));
         }
         3 => {
@@ -156,7 +147,7 @@ async fn hostile(
             raw.send.write_all(&f).await?;
             return Ok((
                 "bit-flipped frame",
-                coded_or_closed(&mut raw, ErrorCode::ChecksumMismatch).await?,
+                coded_or_closed(&raw.conn, &mut raw.recv, ErrorCode::ChecksumMismatch).await?,
             ));
         }
         4 => {
@@ -200,10 +191,11 @@ async fn hostile(
                 },
             )?;
             let raw = hello(&deaf, &opts, device).await?;
-            let Raw {
+            let RawSession {
                 conn,
                 mut send,
                 recv,
+                ..
             } = raw;
             let writer = async {
                 for seq in 1..=5_000 {
@@ -228,7 +220,7 @@ async fn hostile(
             raw.send.write_all(&batch(1, sprayed)?).await?;
             return Ok((
                 "random stores",
-                coded_or_closed(&mut raw, ErrorCode::TooManyStores).await?,
+                coded_or_closed(&raw.conn, &mut raw.recv, ErrorCode::TooManyStores).await?,
             ));
         }
         8 => "clock two hours fast",
@@ -242,7 +234,7 @@ async fn hostile(
             raw.send.write_all(&batch(1, sprayed)?).await?;
             return Ok((
                 "random terminals",
-                coded_or_closed(&mut raw, ErrorCode::TooManyTerminals).await?,
+                coded_or_closed(&raw.conn, &mut raw.recv, ErrorCode::TooManyTerminals).await?,
             ));
         }
         9 => {
@@ -258,7 +250,7 @@ async fn hostile(
                 .await?;
             return Ok((
                 "seq leap",
-                coded_or_closed(&mut raw, ErrorCode::ProtocolViolation).await?,
+                coded_or_closed(&raw.conn, &mut raw.recv, ErrorCode::ProtocolViolation).await?,
             ));
         }
         10 => {
@@ -272,7 +264,7 @@ async fn hostile(
                 .await?;
             return Ok((
                 "reused seq",
-                coded_or_closed(&mut raw, ErrorCode::SeqConflict).await?,
+                coded_or_closed(&raw.conn, &mut raw.recv, ErrorCode::SeqConflict).await?,
             ));
         }
         _ => "past its rate",
@@ -293,7 +285,7 @@ async fn hostile(
     let mut durable = 0;
     let mut refused = 0;
     while durable < batches {
-        let (t, p) = read(&mut raw.recv).await?;
+        let (t, p) = read_msg(&mut raw.recv).await?;
         anyhow::ensure!(t == MsgType::Ack, "{name}: expected Ack, got {t:?}");
         let a = decode::<Ack>(&p)?;
         durable = a.durable_seq;

@@ -96,10 +96,8 @@ async fn a_stall_in_acknowledgements_shows_on_readyz_and_metrics() -> anyhow::Re
     use tillstream_tests::*;
 
     let dir = tempfile::tempdir()?;
-    let mut cfg = tillstream_engine::ServerConfig::new(dir.path());
-    cfg.listen = "127.0.0.1:0".parse()?;
+    let mut cfg = test_config(dir.path(), 1);
     cfg.http = Some("127.0.0.1:0".parse()?);
-    cfg.shards = 1;
     cfg.ack_stall_not_ready = Duration::from_millis(500);
     // Every journal append takes 3 s: the first batch waits that long.
     cfg.faults.commit_delay = Some((Duration::from_secs(3), Duration::from_secs(3)));
