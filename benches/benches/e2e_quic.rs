@@ -12,8 +12,8 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tillstream_engine::{Server, ServerConfig};
 use tillstream_loadgen::fleet::{self, RunConfig};
-use tillstream_loadgen::generator::{FleetSpec, Generator};
-use tillstream_loadgen::workload::{Batcher, Workload};
+use tillstream_loadgen::generator::FleetSpec;
+use tillstream_loadgen::workload::Workload;
 
 const EVENTS: u64 = 32_768;
 
@@ -29,24 +29,9 @@ fn workload() -> Workload {
         start_us: 1_767_225_600_000_000, // 2026-01-01
         step_us: 20,
     };
-    let generator = match Generator::new(spec) {
-        Ok(g) => g,
-        Err(e) => panic!("generator: {e}"),
-    };
-    let ids: Vec<(u64, u32)> = generator
-        .devices()
-        .iter()
-        .map(|d| (d.device, d.store))
-        .collect();
-    let mut batcher = Batcher::new(ids.iter().copied(), 128);
-    for (d, ev) in generator {
-        if let Err(e) = batcher.push(d, ev) {
-            panic!("batching: {e}");
-        }
-    }
-    match batcher.finish() {
+    match tillstream_loadgen::workload::build(&spec, 128) {
         Ok(w) => w,
-        Err(e) => panic!("batching: {e}"),
+        Err(e) => panic!("workload: {e}"),
     }
 }
 
@@ -66,7 +51,17 @@ async fn one_run(work: Workload) -> Duration {
         Ok(p) => p,
         Err(e) => panic!("certificate: {e}"),
     };
-    let rc = RunConfig::flat_out(server.quic_addr(), ca_pem, 4, Duration::from_secs(30));
+    let creds = match tillstream_loadgen::credentials::Credentials::of_server(&server) {
+        Ok(c) => c,
+        Err(e) => panic!("signing key: {e}"),
+    };
+    let rc = RunConfig::flat_out(
+        server.quic_addr(),
+        ca_pem,
+        creds,
+        4,
+        Duration::from_secs(30),
+    );
     let out = match fleet::run(work, &rc).await {
         Ok(o) => o,
         Err(e) => panic!("fleet: {e}"),

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::audit::Record;
 use crate::ctx::EngineCtx;
 use crate::metrics as m;
 use crate::session;
@@ -67,6 +68,10 @@ pub(crate) async fn accept_loop(
                 let Some(incoming) = incoming else { break };
                 if sessions.len() >= limits.max_connections {
                     m::connection_refused("too_many_connections");
+                    ctx.auth.audit.log(
+                        Record::new("limit", "too many connections")
+                            .peer(incoming.remote_address()),
+                    );
                     incoming.refuse();
                     continue;
                 }
@@ -96,13 +101,22 @@ pub(crate) async fn accept_loop(
                 let ctx = ctx.clone();
                 let stop = stop_signal.clone();
                 let admitted = slot.take();
+                let peer = incoming.remote_address();
                 sessions.spawn(async move {
                     // Before the handshake ends the server's own idle
                     // timeout (30 s) applies: a device that gave up must
                     // not hold its slot that long.
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
                         Ok(Ok(conn)) => session::serve(conn, ctx, stop, admitted).await,
-                        Ok(Err(e)) => tracing::debug!(error = %e, "handshake failed"),
+                        Ok(Err(e)) => {
+                            // A client certificate the device CA did not
+                            // sign ends here, in the TLS handshake.
+                            let reason = e.to_string();
+                            ctx.auth.audit.log(
+                                Record::new("handshake_failed", &reason).peer(peer),
+                            );
+                            tracing::debug!(error = %e, "handshake failed");
+                        }
                         Err(_) => {
                             m::connection_refused("handshake_timeout");
                             tracing::debug!("handshake timed out");

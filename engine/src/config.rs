@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tillstream_protocol::Limits;
 
+use crate::auth::AuthConfig;
 use crate::faults::Faults;
 
 /// How to run a server. `ServerConfig::new(dir)` works with no other
@@ -91,6 +92,10 @@ pub struct ServerConfig {
     /// closed. Devices keep alive every 5 s, so the default 30 s only ends
     /// connections whose device is gone.
     pub idle_timeout: Duration,
+    /// Device and API authentication, revocation, the audit log. Default:
+    /// on, tokens signed by `DATA_DIR/auth/signing.key` (made on first
+    /// start), client certificates once `tillstream ca init` made a CA.
+    pub auth: AuthConfig,
     /// Faults to inject (tests and incident rehearsals); none by default.
     pub faults: Faults,
 }
@@ -121,6 +126,7 @@ impl ServerConfig {
             max_terminals_per_device: 16,
             hello_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(30),
+            auth: AuthConfig::default(),
             faults: Faults::default(),
         }
     }
@@ -149,4 +155,8 @@ pub struct ServerSettings {
     /// How far ahead of the server's clock events may be stamped, seconds.
     #[serde(default)]
     pub max_clock_skew_s: u64,
+    /// Device credentials accepted: `token`, `certificate`, both joined by
+    /// `+`, or `none` (authentication off).
+    #[serde(default)]
+    pub auth: String,
 }

@@ -13,6 +13,7 @@ use tillstream_protocol::Limits;
 use tillstream_storage::Store;
 use tokio::sync::watch;
 
+use crate::auth::Auth;
 use crate::devices::Devices;
 use crate::flusher::FlushSender;
 use crate::sequencer::Sequencer;
@@ -42,6 +43,8 @@ pub(crate) struct EngineCtx {
     /// Acknowledgements stuck this long while batches wait make `/readyz`
     /// fail (see `ServerConfig::ack_stall_not_ready`).
     pub(crate) ack_stall_not_ready: Duration,
+    /// Credentials, revocation, the audit log.
+    pub(crate) auth: Arc<Auth>,
     /// Set when a batch could not be applied on all its shards: nothing
     /// more can be committed consistently, the engine needs a restart.
     pub(crate) failed: watch::Sender<bool>,

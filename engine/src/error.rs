@@ -28,6 +28,9 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// The signing key, the device CA or the revocation list is unusable.
+    #[error("authentication setup: {0}")]
+    Auth(String),
     /// The actor system failed.
     #[error("actor system: {0}")]
     Actor(String),

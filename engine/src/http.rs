@@ -1,15 +1,20 @@
 //! The HTTP API: `/metrics` (Prometheus), `/healthz`, `/readyz`, and the
-//! `/v1/*` endpoints that remote tools use (verify, settings, watermarks).
-//! Unauthenticated in this version: bind it to loopback or a private
-//! network (the default is loopback).
+//! `/v1/*` endpoints that remote tools use (verify, settings, watermarks,
+//! revoke).
+//!
+//! Every endpoint but `/healthz` and `/readyz` (and `/metrics`, unless
+//! configured closed) needs a bearer token: role `analyst` reads (settings,
+//! watermarks, verify), role `admin` does everything (also revoke). With
+//! `--auth none` the API is open.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, State};
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tillstream_storage::Query;
@@ -17,8 +22,10 @@ use tillstream_storage::embedded::EmbeddedStore;
 use tillstream_storage::verify::{ExpectedBatch, verify};
 use tokio::sync::watch;
 
+use crate::audit::Record;
 use crate::ctx::EngineCtx;
 use crate::{EngineError, ServerSettings, metrics};
+use tillstream_auth::{Method, Role};
 
 #[derive(Debug, Clone)]
 pub(crate) struct HttpState {
@@ -47,14 +54,18 @@ pub(crate) async fn serve(
         .route("/v1/settings", get(settings))
         .route("/v1/watermarks", get(watermarks))
         .route("/v1/verify", post(verify_handler))
+        .route("/v1/revoke", post(revoke_handler))
         .with_state(Arc::new(state));
     let join = tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
+        if let Err(e) = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop)
+        .await
         {
             tracing::error!(error = %e, "HTTP API stopped");
         }
@@ -63,8 +74,44 @@ pub(crate) async fn serve(
 }
 
 type AppState = State<Arc<HttpState>>;
+type Peer = ConnectInfo<SocketAddr>;
 
-async fn metrics_text(State(s): AppState) -> Response {
+/// `None` lets the call through: its bearer token has `need` (admin has
+/// every role). Otherwise the refusal to send: 401 (no or bad token) or
+/// 403 (too weak), audited.
+fn refusal(s: &HttpState, headers: &HeaderMap, peer: SocketAddr, need: Role) -> Option<Response> {
+    let header = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let denied = |status: StatusCode, reason: String| {
+        metrics::auth_failed("http");
+        s.ctx.auth.audit.log(
+            Record::new("api_denied", &reason)
+                .peer(peer)
+                .detail(serde_json::json!({ "needs": need.as_str() })),
+        );
+        let mut r = (status, Json(serde_json::json!({ "error": reason }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    };
+    match s.ctx.auth.api(header) {
+        Ok(None) => None,
+        Ok(Some(role)) if role == need || role == Role::Admin => None,
+        Ok(Some(role)) => Some(denied(
+            StatusCode::FORBIDDEN,
+            format!("this endpoint needs role {need}; the token has {role}"),
+        )),
+        Err(why) => Some(denied(StatusCode::UNAUTHORIZED, why)),
+    }
+}
+
+async fn metrics_text(State(s): AppState, ConnectInfo(peer): Peer, headers: HeaderMap) -> Response {
+    if !s.ctx.auth.metrics_open
+        && let Some(r) = refusal(&s, &headers, peer, Role::Analyst)
+    {
+        return r;
+    }
     metrics::ack_stall(s.ctx.sequencer.ack_stall());
     match metrics::handle() {
         Some(h) => h.render().into_response(),
@@ -78,6 +125,9 @@ async fn metrics_text(State(s): AppState) -> Response {
 
 async fn readyz(State(s): AppState) -> Response {
     match s.ctx.not_ready() {
+        None if !s.ctx.auth.enabled() => {
+            "ready (authentication is off: any device may write for any store)\n".into_response()
+        }
         None => "ready\n".into_response(),
         Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -87,8 +137,11 @@ async fn readyz(State(s): AppState) -> Response {
     }
 }
 
-async fn settings(State(s): AppState) -> Json<ServerSettings> {
-    Json(s.settings.clone())
+async fn settings(State(s): AppState, ConnectInfo(peer): Peer, headers: HeaderMap) -> Response {
+    if let Some(r) = refusal(&s, &headers, peer, Role::Analyst) {
+        return r;
+    }
+    Json(s.settings.clone()).into_response()
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {
@@ -99,7 +152,10 @@ fn internal(e: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-async fn watermarks(State(s): AppState) -> Response {
+async fn watermarks(State(s): AppState, ConnectInfo(peer): Peer, headers: HeaderMap) -> Response {
+    if let Some(r) = refusal(&s, &headers, peer, Role::Analyst) {
+        return r;
+    }
     let store = s.store.clone();
     match tokio::task::spawn_blocking(move || store.watermarks()).await {
         Ok(Ok(rows)) => Json(rows).into_response(),
@@ -116,7 +172,15 @@ struct VerifyRequest {
     expected: Option<Vec<ExpectedBatch>>,
 }
 
-async fn verify_handler(State(s): AppState, body: Option<Json<VerifyRequest>>) -> Response {
+async fn verify_handler(
+    State(s): AppState,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    body: Option<Json<VerifyRequest>>,
+) -> Response {
+    if let Some(r) = refusal(&s, &headers, peer, Role::Analyst) {
+        return r;
+    }
     let req = body.map(|Json(r)| r).unwrap_or_default();
     // Acknowledged is journaled; the tables follow within a flush interval.
     s.ctx.tables_caught_up(Duration::from_secs(60)).await;
@@ -125,6 +189,55 @@ async fn verify_handler(State(s): AppState, body: Option<Json<VerifyRequest>>) -
     match run.await {
         Ok(Ok(report)) => Json(report).into_response(),
         Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+/// Body of `POST /v1/revoke` (role admin).
+#[derive(Debug, serde::Deserialize)]
+struct RevokeRequest {
+    /// The token's `jti` or the certificate's serial, in hex.
+    id: String,
+    /// `token` or `certificate`.
+    kind: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn revoke_handler(
+    State(s): AppState,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    Json(req): Json<RevokeRequest>,
+) -> Response {
+    if let Some(r) = refusal(&s, &headers, peer, Role::Admin) {
+        return r;
+    }
+    let method = match req.kind.as_str() {
+        "token" => Method::Token,
+        "certificate" => Method::Certificate,
+        other => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(
+                    serde_json::json!({ "error": format!("kind {other:?}: token or certificate") }),
+                ),
+            )
+                .into_response();
+        }
+    };
+    let auth = s.ctx.auth.clone();
+    let run = tokio::task::spawn_blocking(move || auth.revoke(&req.id, method, &req.reason));
+    match run.await {
+        Ok(Ok((added, closed))) => {
+            Json(serde_json::json!({ "revoked": added, "connections_closed": closed }))
+                .into_response()
+        }
+        Ok(Err(e)) => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
         Err(e) => internal(e),
     }
 }

@@ -10,6 +10,8 @@
 //! in `ops/`).
 
 mod accept;
+mod audit;
+mod auth;
 mod clock;
 mod config;
 mod ctx;
@@ -29,6 +31,8 @@ mod tls;
 pub mod udp;
 mod wire;
 
+pub use audit::AuditTarget;
+pub use auth::{AuthConfig, CertAuth};
 pub use config::{ServerConfig, ServerSettings};
 pub use error::EngineError;
 pub use recovery::{Replayed, recover};

@@ -162,3 +162,28 @@ pub(crate) fn ack_stall(stalled: Duration) {
 pub(crate) fn dead_letter() {
     counter!("tillstream_dead_letters_total").increment(1);
 }
+
+/// 1 when devices and API callers must authenticate, 0 with `--auth none`.
+pub(crate) fn auth_enabled(on: bool) {
+    gauge!("tillstream_auth_enabled").set(if on { 1.0 } else { 0.0 });
+}
+
+/// A device's credential refused at `Hello`, or an API call refused.
+pub(crate) fn auth_failed(surface: &'static str) {
+    counter!("tillstream_auth_failures_total", "surface" => surface).increment(1);
+}
+
+/// A live connection closed because its credential was revoked or expired.
+pub(crate) fn auth_closed(why: &'static str) {
+    counter!("tillstream_auth_connections_closed_total", "reason" => why).increment(1);
+}
+
+/// Events refused because the device's credential does not allow them.
+pub(crate) fn authz_refused(code: tillstream_protocol::RejectCode, events: u64) {
+    counter!("tillstream_authz_refused_events_total", "code" => code.name()).increment(events);
+}
+
+/// Audit lines that could not be queued or written.
+pub(crate) fn audit_dropped() {
+    counter!("tillstream_audit_lines_dropped_total").increment(1);
+}

@@ -16,7 +16,7 @@
 
 use std::time::Instant;
 
-use tillstream_engine_core::route::{BatchPlan, plan_batch};
+use tillstream_engine_core::route::{BatchPlan, plan_batch_scoped};
 use tillstream_engine_core::shard::{Need, ShardConfig, ShardCore};
 use tillstream_engine_core::validate::Rules;
 use tillstream_protocol::ValidatedBatch;
@@ -99,7 +99,14 @@ pub(crate) fn replay(
         let batch = ValidatedBatch::try_new(frame, u32::MAX)
             .map_err(|(e, _)| corrupt(format!("the frame does not validate: {e}")))?;
         let archived = batch.get();
-        plan_batch(archived, h.device, &h.rules(rules), h.now_us, &mut plan);
+        plan_batch_scoped(
+            archived,
+            h.device,
+            &h.scope,
+            &h.rules(rules),
+            h.now_us,
+            &mut plan,
+        );
         for (shard, items) in plan.touched() {
             needs.clear();
             cores[usize::from(shard)].needs(archived, items, &mut needs);

@@ -28,6 +28,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
+use tillstream_engine_core::route::{Kinds, Scope};
 use tillstream_engine_core::validate::{LEGACY_MAX_FUTURE_US, Rules};
 use tillstream_storage::journal::encode_record;
 use tillstream_storage::{Store, StoreError};
@@ -35,10 +36,14 @@ use tokio::sync::watch;
 
 use crate::metrics as m;
 
-/// Journal record kind of a device batch.
+/// Journal record kind of a device batch, before scopes were journaled.
 pub(crate) const RECORD_BATCH: u8 = 1;
-/// Bytes of the engine's header inside a journal record (before the frame).
+/// Journal record kind of a device batch with its credential's scope.
+pub(crate) const RECORD_BATCH_SCOPED: u8 = 2;
+/// Bytes of the engine's header of a `RECORD_BATCH` (before the frame).
 pub(crate) const BATCH_HEADER: usize = 32;
+/// Bytes of the engine's header of a `RECORD_BATCH_SCOPED`.
+pub(crate) const BATCH_HEADER_SCOPED: usize = 40;
 
 /// The engine's header of a journaled batch: what replay needs besides
 /// the frame to rebuild exactly what the live path did.
@@ -51,6 +56,10 @@ pub(crate) struct BatchHeader {
     /// The clock skew (`Rules::max_future_us`, in seconds) the live path
     /// validated it with: replay must decide the same.
     pub(crate) max_future_s: u32,
+    /// What the device's credential allowed when the batch was admitted:
+    /// replay refuses the same events, even if the credential has since
+    /// been revoked or the server's authentication changed.
+    pub(crate) scope: Scope,
 }
 
 impl BatchHeader {
@@ -64,34 +73,61 @@ impl BatchHeader {
     }
 
     /// `kind u8 | 3 reserved | max_future_s u32 | device u64 | seq u64 |
-    /// now_us i64`, LE. Records from before the skew bound was journaled
-    /// hold 0 there: they were validated with the 24 h of that time.
-    pub(crate) fn encode(&self) -> [u8; BATCH_HEADER] {
-        let mut h = [0u8; BATCH_HEADER];
-        h[0] = RECORD_BATCH;
+    /// now_us i64 | store u32 | kinds u8 | flags u8 | 2 reserved`, LE;
+    /// flags bit 0: the store is bound. Kinds: 0 all, 1 sales, 2 stock.
+    pub(crate) fn encode(&self) -> [u8; BATCH_HEADER_SCOPED] {
+        let mut h = [0u8; BATCH_HEADER_SCOPED];
+        h[0] = RECORD_BATCH_SCOPED;
         h[4..8].copy_from_slice(&self.max_future_s.to_le_bytes());
         h[8..16].copy_from_slice(&self.device.to_le_bytes());
         h[16..24].copy_from_slice(&self.seq.to_le_bytes());
         h[24..32].copy_from_slice(&self.now_us.to_le_bytes());
+        if let Some(store) = self.scope.store {
+            h[32..36].copy_from_slice(&store.to_le_bytes());
+            h[37] = 1;
+        }
+        h[36] = match self.scope.kinds {
+            Kinds::All => 0,
+            Kinds::Sales => 1,
+            Kinds::Stock => 2,
+        };
         h
     }
 
     /// The header and the frame of a journal record; `None` if it is not
-    /// a batch record this version knows.
+    /// a batch record this version knows. Records from before the skew
+    /// bound was journaled hold 0 there: they were validated with the 24 h
+    /// of that time. Records from before scopes (kind 1) allowed all.
     pub(crate) fn decode(payload: &[u8]) -> Option<(BatchHeader, &[u8])> {
-        let (h, frame) = payload.split_at_checked(BATCH_HEADER)?;
-        if h[0] != RECORD_BATCH {
-            return None;
-        }
+        let len = match *payload.first()? {
+            RECORD_BATCH => BATCH_HEADER,
+            RECORD_BATCH_SCOPED => BATCH_HEADER_SCOPED,
+            _ => return None,
+        };
+        let (h, frame) = payload.split_at_checked(len)?;
         let word = |at: usize| -> Option<[u8; 8]> { h.get(at..at + 8)?.try_into().ok() };
         let skew = u32::from_le_bytes(h.get(4..8)?.try_into().ok()?);
         let legacy = u32::try_from(LEGACY_MAX_FUTURE_US / 1_000_000).unwrap_or(u32::MAX);
+        let scope = if len == BATCH_HEADER_SCOPED {
+            Scope {
+                store: (h[37] & 1 == 1).then(|| u32::from_le_bytes([h[32], h[33], h[34], h[35]])),
+                kinds: match h[36] {
+                    0 => Kinds::All,
+                    1 => Kinds::Sales,
+                    2 => Kinds::Stock,
+                    _ => return None,
+                },
+            }
+        } else {
+            Scope::default()
+        };
         Some((
             BatchHeader {
                 device: u64::from_le_bytes(word(8)?),
                 seq: u64::from_le_bytes(word(16)?),
                 now_us: i64::from_le_bytes(word(24)?),
                 max_future_s: if skew == 0 { legacy } else { skew },
+                scope,
             },
             frame,
         ))
@@ -318,6 +354,10 @@ mod tests {
             seq: u64::MAX,
             now_us: -5,
             max_future_s: 300,
+            scope: Scope {
+                store: Some(u32::MAX),
+                kinds: Kinds::Stock,
+            },
         };
         let mut rec = h.encode().to_vec();
         rec.extend_from_slice(b"frame");
@@ -327,6 +367,16 @@ mod tests {
         rec[4..8].fill(0);
         let old = BatchHeader::decode(&rec).map(|(h, _)| h.rules(Rules::default()));
         assert_eq!(old.map(|r| r.max_future_us), Some(LEGACY_MAX_FUTURE_US));
+        // A record from before scopes: 32 bytes of header, everything allowed.
+        let mut v1 = rec[..BATCH_HEADER].to_vec();
+        v1[0] = RECORD_BATCH;
+        v1.extend_from_slice(b"frame");
+        assert_eq!(
+            BatchHeader::decode(&v1).map(|(h, f)| (h.scope, f)),
+            Some((Scope::default(), &b"frame"[..]))
+        );
+        rec[36] = 7;
+        assert_eq!(BatchHeader::decode(&rec), None, "unknown kinds");
         rec[0] = 9;
         assert_eq!(BatchHeader::decode(&rec), None);
         assert_eq!(BatchHeader::decode(&rec[..10]), None);

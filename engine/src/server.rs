@@ -13,6 +13,7 @@ use tillstream_storage::Store;
 use tillstream_storage::embedded::EmbeddedStore;
 use tokio::sync::watch;
 
+use crate::auth::{self, Auth};
 use crate::ctx::EngineCtx;
 use crate::devices::Devices;
 use crate::flusher::{self, FlushSettings};
@@ -27,6 +28,7 @@ pub struct Server {
     quic_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
     cert_path: PathBuf,
+    signing_key: Option<PathBuf>,
     store: Arc<EmbeddedStore>,
     settings: ServerSettings,
     ctx: Arc<EngineCtx>,
@@ -55,7 +57,9 @@ impl Server {
         if material.created {
             tracing::info!(cert = %material.trust_path.display(), "created a self-signed development certificate; devices must trust this file");
         }
-        let quic_cfg = tls::quic_server_config(&material, &cfg.limits, cfg.idle_timeout)?;
+        let auth = Arc::new(Auth::start(&cfg.auth, &cfg.data_dir)?);
+        let quic_cfg =
+            tls::quic_server_config(&material, auth.client_ca(), &cfg.limits, cfg.idle_timeout)?;
 
         let dir = cfg.data_dir.join("store");
         let fail_after = cfg.faults.fail_sync_after;
@@ -140,6 +144,7 @@ impl Server {
             max_stores_per_device: cfg.max_stores_per_device.max(1),
             max_terminals_per_device: cfg.max_terminals_per_device.max(1),
             hello_timeout: cfg.hello_timeout,
+            auth: auth.clone(),
             failed,
         });
 
@@ -184,7 +189,16 @@ impl Server {
             max_inflight_batches: cfg.limits.max_inflight_batches,
             passivate_after_s: cfg.passivate_after.as_secs(),
             max_clock_skew_s: cfg.max_clock_skew.as_secs(),
+            auth: match (auth.enabled(), cfg.auth.tokens, auth.client_ca().is_some()) {
+                (false, _, _) => "none",
+                (true, true, true) => "token+certificate",
+                (true, true, false) => "token",
+                (true, false, true) => "certificate",
+                (true, false, false) => "api-only",
+            }
+            .to_string(),
         };
+        tokio::spawn(auth::run_sweeper(auth.clone(), shutdown_rx.clone()));
         tokio::spawn(passivate::run(
             ctx.clone(),
             cfg.passivate_after,
@@ -212,6 +226,9 @@ impl Server {
             quic_addr,
             http_addr,
             cert_path: material.trust_path,
+            signing_key: auth
+                .enabled()
+                .then(|| cfg.data_dir.join(tillstream_auth::token::SIGNING_KEY)),
             store: embedded,
             settings,
             ctx,
@@ -254,6 +271,12 @@ impl Server {
     /// PEM of the certificate devices must trust.
     pub fn cert_path(&self) -> &Path {
         &self.cert_path
+    }
+
+    /// The key that signs device and API tokens (`tillstream token issue`
+    /// uses it); `None` when authentication is off.
+    pub fn signing_key_path(&self) -> Option<&Path> {
+        self.signing_key.as_deref()
     }
 
     /// The store, for in-process verification and queries.

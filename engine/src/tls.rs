@@ -124,6 +124,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
 /// connection, explicit flow-control windows.
 pub(crate) fn quic_server_config(
     material: &TlsMaterial,
+    client_ca: Option<&[u8]>,
     limits: &tillstream_protocol::Limits,
     idle_timeout: std::time::Duration,
 ) -> Result<quinn::ServerConfig, EngineError> {
@@ -134,10 +135,15 @@ pub(crate) fn quic_server_config(
     provider
         .cipher_suites
         .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+    let provider = Arc::new(provider);
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| EngineError::Tls(e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| EngineError::Tls(e.to_string()))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(pem) => builder.with_client_cert_verifier(client_verifier(pem, provider)?),
+    };
+    let mut tls = builder
         .with_single_cert(material.chain.clone(), material.key.clone_key())
         .map_err(|e| EngineError::Tls(format!("certificate and key do not match: {e}")))?;
     tls.alpn_protocols = vec![tillstream_protocol::ALPN.to_vec()];
@@ -166,6 +172,27 @@ pub(crate) fn quic_server_config(
         .keep_alive_interval(Some(std::time::Duration::from_secs(5)));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
+}
+
+/// Client certificates are checked against the device CA (chain, validity,
+/// client-auth usage) by rustls' WebPKI verifier. A certificate is
+/// optional: a device may instead send a token in `Hello`, and one that
+/// offers neither is refused there, with a code it can read.
+fn client_verifier(
+    ca_pem: &[u8],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, EngineError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| EngineError::Tls(format!("the device CA: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| EngineError::Tls(format!("the device CA: {e}")))?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| EngineError::Tls(format!("the device CA: {e}")))
 }
 
 /// Where the QUIC endpoint's secret lives below the data directory.

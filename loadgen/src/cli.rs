@@ -30,10 +30,21 @@ pub struct Args {
     #[arg(long, value_name = "NAME", default_value = "localhost")]
     pub server_name: String,
 
-    /// File holding a device token to send in Hello (for servers that
-    /// require one). Every simulated device sends the same token.
+    /// The server's token signing key (DATA_DIR/auth/signing.key of the
+    /// server): each simulated device gets a token of its own, for its
+    /// store and role, as a provisioned fleet would. Needed with --server
+    /// unless the server runs --auth none; without --server the loadgen
+    /// uses its own server's key.
     #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
+    pub token_key: Option<PathBuf>,
+
+    /// How the devices authenticate: `token` (a signed token in Hello),
+    /// `certificate` (a client certificate per device from the device CA
+    /// of the in-process server, made if missing) or `none` (the
+    /// in-process server runs with authentication off, for a benchmark
+    /// without it). The report says which mode ran.
+    #[arg(long, value_enum, default_value_t = AuthMode::Token)]
+    pub auth: AuthMode,
 
     /// Base URL of the server's HTTP API, for --verify and the settings in
     /// the report [default: http://<server ip>:7401].
@@ -139,6 +150,14 @@ impl Args {
                 "--ca FILE is required with --server (the PEM of the server's certificate)"
             );
         }
+        if self.server.is_some() && self.auth == AuthMode::Certificate {
+            anyhow::bail!(
+                "--auth certificate issues certificates from the in-process server's CA; against --server use --token-key (or provision devices with `tillstream ca issue`)"
+            );
+        }
+        if self.server.is_none() && self.token_key.is_some() {
+            anyhow::bail!("--token-key is for --server; the in-process server's own key is used");
+        }
         if !(self.rate.is_finite() && self.rate >= 0.0) {
             anyhow::bail!("--rate must be a number of events per second, 0 or more");
         }
@@ -188,4 +207,15 @@ mod tests {
         assert!(a.check().is_err());
         Ok(())
     }
+}
+
+/// How the simulated devices authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// A token per device, signed with the server's key.
+    Token,
+    /// A client certificate per device, issued by the server's device CA.
+    Certificate,
+    /// None: the server runs with authentication off.
+    None,
 }

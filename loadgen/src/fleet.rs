@@ -30,6 +30,7 @@ use tillstream_client::{
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::credentials::Credentials;
 use crate::workload::{DevicePlan, Workload};
 
 /// How to run.
@@ -41,8 +42,8 @@ pub struct RunConfig {
     pub server_name: String,
     /// PEM of the certificate(s) to trust.
     pub ca_pem: Vec<u8>,
-    /// A device token for `Hello` (empty: none).
-    pub token: Vec<u8>,
+    /// What each device authenticates with.
+    pub credentials: Credentials,
     /// Target events per second over the whole fleet; 0 for flat out.
     pub rate: f64,
     /// Stop and fail if not every event is acknowledged by then.
@@ -55,12 +56,13 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// Flat out against `server` (certificate name `localhost`, no token),
-    /// waiting up to 10 s for every device's first session: how a benchmark
-    /// drives a server it started itself.
+    /// Flat out against `server` (certificate name `localhost`), waiting
+    /// up to 10 s for every device's first session: how a benchmark drives
+    /// a server it started itself.
     pub fn flat_out(
         server: SocketAddr,
         ca_pem: Vec<u8>,
+        credentials: Credentials,
         max_inflight: usize,
         give_up_after: Duration,
     ) -> Self {
@@ -68,7 +70,7 @@ impl RunConfig {
             server,
             server_name: "localhost".into(),
             ca_pem,
-            token: Vec::new(),
+            credentials,
             rate: 0.0,
             give_up_after,
             max_inflight,
@@ -144,18 +146,20 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
         .map(|p| {
             let mut c = ClientConfig::new(cfg.server, p.device);
             c.server_name.clone_from(&cfg.server_name);
-            c.token.clone_from(&cfg.token);
+            let cred = cfg.credentials.for_device(p.device, p.store, p.role)?;
+            c.token = cred.token;
+            c.tls = cred.tls;
             c.max_inflight = cfg.max_inflight;
             // Every batch of the run is new: a server watermark above one
             // means the device id was used before (refused as stale).
             c.replay = false;
-            Arc::new(DeviceClient::start_with_events(
+            anyhow::Ok(Arc::new(DeviceClient::start_with_events(
                 endpoint.clone(),
                 c,
                 tx.clone(),
-            ))
+            )))
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     drop(tx);
     // Only to keep the handshakes out of the measurement: a device that
     // is late is still checked for a used id by its client. A large fleet

@@ -14,6 +14,7 @@
 //! micro-benchmark (that is `benches/`).
 
 pub mod cli;
+pub mod credentials;
 pub mod fleet;
 pub mod generator;
 pub mod replay;

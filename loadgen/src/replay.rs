@@ -229,8 +229,10 @@ pub fn build(path: &Path, batch_size: u32, tills: u32) -> anyhow::Result<(Worklo
     info.invoices = invoices.len() as u64;
 
     // Devices: `tills` per store; events in time order across the chain.
-    let devices: Vec<(u64, u32)> = (1..=store_of.len() as u32)
-        .flat_map(|s| (0..tills).map(move |t| (device_id(s, t), s)))
+    let devices: Vec<(u64, u32, tillstream_auth::Role)> = (1..=store_of.len() as u32)
+        .flat_map(|s| {
+            (0..tills).map(move |t| (device_id(s, t), s, tillstream_auth::Role::Terminal))
+        })
         .collect();
     let mut events: Vec<(i64, usize, Event)> = invoices
         .iter()

@@ -137,6 +137,8 @@ pub struct Report {
     pub seed: u64,
     /// Run id in the high bits of the device ids.
     pub run_id: u32,
+    /// How the devices authenticated: `token`, `certificate` or `none`.
+    pub auth: String,
     /// What was generated.
     pub generator: GeneratorInfo,
     /// Why the run is not ok.
@@ -193,6 +195,7 @@ impl Report {
             server,
             seed,
             run_id: 0,
+            auth: String::new(),
             generator,
             failures: out.failures.clone(),
         }

@@ -5,9 +5,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use tillstream_engine::{Server, ServerConfig};
+use std::sync::Arc;
+use tillstream_auth::ca::DeviceCa;
+use tillstream_auth::token::SigningKey;
+use tillstream_engine::{AuthConfig, CertAuth, Server, ServerConfig};
 
-use crate::cli::Args;
+use crate::cli::{Args, AuthMode};
+use crate::credentials::Credentials;
 use crate::fleet::{self, RunConfig};
 use crate::generator::{FleetSpec, with_run_id};
 use crate::report::{GeneratorInfo, Report};
@@ -24,8 +28,11 @@ enum Target {
         server: Box<Server>,
         _dir: Option<tempfile::TempDir>,
     },
-    /// A server elsewhere, with its HTTP API.
-    Remote { http: String },
+    /// A server elsewhere, with its HTTP API (and an admin token for it).
+    Remote {
+        http: String,
+        bearer: Option<String>,
+    },
 }
 
 fn now_us() -> i64 {
@@ -95,14 +102,6 @@ async fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
 /// Runs the whole benchmark and returns its report.
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     args.check()?;
-    let token = match &args.token_file {
-        Some(p) => {
-            let t = std::fs::read(p)
-                .with_context(|| format!("reading --token-file {}", p.display()))?;
-            t.trim_ascii().to_vec()
-        }
-        None => Vec::new(),
-    };
     let (mut work, info) = prepare(&args).await?;
     let totals = (work.events, work.batches, work.bytes);
     let run_id = args.run_id.unwrap_or_else(|| {
@@ -117,8 +116,18 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         d.device = with_run_id(d.device, run_id);
     }
 
-    let (target, addr, ca_pem, settings) = match &args.server {
+    let (target, addr, ca_pem, settings, credentials) = match &args.server {
         Some(s) => {
+            let credentials = match (&args.token_key, args.auth) {
+                (_, AuthMode::None) => Credentials::None,
+                (Some(p), _) => Credentials::Tokens(Arc::new(
+                    SigningKey::load(p)
+                        .with_context(|| format!("reading --token-key {}", p.display()))?,
+                )),
+                (None, _) => bail!(
+                    "--token-key FILE is required with --server (the server's DATA_DIR/auth/signing.key), or --auth none for a server run with --auth none"
+                ),
+            };
             let addr = resolve(s).await?;
             let ca = args
                 .ca
@@ -129,8 +138,15 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             let http = args.http.clone().unwrap_or_else(|| {
                 format!("http://{}", SocketAddr::new(addr.ip(), DEFAULT_HTTP_PORT))
             });
-            let settings = verify::remote_settings(&http).await;
-            (Target::Remote { http }, addr, pem, settings)
+            let bearer = credentials.api_token();
+            let settings = verify::remote_settings(&http, bearer.as_deref()).await;
+            (
+                Target::Remote { http, bearer },
+                addr,
+                pem,
+                settings,
+                credentials,
+            )
         }
         None => {
             let (dir, path) = match &args.data_dir {
@@ -149,6 +165,21 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             if let Some(ms) = args.flush_interval_ms {
                 cfg.flush_interval = Duration::from_millis(ms);
             }
+            let device_ca = match args.auth {
+                AuthMode::None => {
+                    cfg.auth = AuthConfig::none();
+                    None
+                }
+                AuthMode::Token => None,
+                AuthMode::Certificate => {
+                    let ca = match DeviceCa::load(&path) {
+                        Ok(ca) => ca,
+                        Err(_) => DeviceCa::init(&path).context("making the device CA")?,
+                    };
+                    cfg.auth.certificates = CertAuth::On;
+                    Some(Arc::new(ca))
+                }
+            };
             let server = Server::start(cfg)
                 .await
                 .with_context(|| format!("starting the in-process server in {}", path.display()))?;
@@ -162,6 +193,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             }
             let pem = std::fs::read(server.cert_path())
                 .with_context(|| format!("reading {}", server.cert_path().display()))?;
+            let credentials = match device_ca {
+                Some(ca) => Credentials::Certificates {
+                    ca,
+                    trust_pem: pem.clone(),
+                },
+                None => Credentials::of_server(&server)?,
+            };
             let addr = server.quic_addr();
             let settings =
                 serde_json::to_value(settings).context("encoding the server settings")?;
@@ -174,9 +212,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 addr,
                 pem,
                 settings,
+                credentials,
             )
         }
     };
+    tracing::info!(auth = credentials.mode(), "devices authenticate");
+    let auth_mode = credentials.mode();
 
     let devices = work
         .devices
@@ -187,7 +228,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         server: addr,
         server_name: args.server_name.clone(),
         ca_pem,
-        token,
+        credentials,
         rate: args.rate,
         give_up_after: Duration::from_secs(args.give_up_after),
         max_inflight: args.max_inflight,
@@ -202,6 +243,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
     let mut report = Report::new(&out, totals, devices, args.seed, info, settings);
     report.run_id = run_id;
+    report.auth = auth_mode.to_string();
 
     let verified = if args.verify {
         let expected = verify::manifest(&out.acked);
@@ -211,7 +253,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 server.tables_caught_up(Duration::from_secs(120)).await;
                 verify::in_process(server.store(), expected).await
             }
-            Target::Remote { http } => verify::remote(http, expected).await,
+            Target::Remote { http, bearer } => {
+                verify::remote(http, bearer.as_deref(), expected).await
+            }
         };
         Some(got.unwrap_or_else(|e| serde_json::json!({ "ok": false, "error": format!("{e:#}") })))
     } else {

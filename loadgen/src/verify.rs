@@ -48,11 +48,21 @@ fn agent(timeout: Duration) -> ureq::Agent {
 }
 
 /// Asks a remote server to verify: `POST {http}/v1/verify`.
-pub async fn remote(http: &str, expected: Vec<ExpectedBatch>) -> anyhow::Result<serde_json::Value> {
+/// `bearer` is an API token (role analyst or admin) for servers that
+/// require one.
+pub async fn remote(
+    http: &str,
+    bearer: Option<&str>,
+    expected: Vec<ExpectedBatch>,
+) -> anyhow::Result<serde_json::Value> {
     let url = format!("{}/v1/verify", http.trim_end_matches('/'));
+    let auth = bearer.map(|t| format!("Bearer {t}"));
     tokio::task::spawn_blocking(move || {
-        let mut resp = agent(Duration::from_secs(600))
-            .post(&url)
+        let mut req = agent(Duration::from_secs(600)).post(&url);
+        if let Some(a) = &auth {
+            req = req.header("Authorization", a);
+        }
+        let mut resp = req
             .send_json(VerifyRequest {
                 expected: &expected,
             })
@@ -68,12 +78,15 @@ pub async fn remote(http: &str, expected: Vec<ExpectedBatch>) -> anyhow::Result<
 }
 
 /// The remote server's settings (`GET {http}/v1/settings`), or null.
-pub async fn remote_settings(http: &str) -> serde_json::Value {
+pub async fn remote_settings(http: &str, bearer: Option<&str>) -> serde_json::Value {
     let url = format!("{}/v1/settings", http.trim_end_matches('/'));
+    let auth = bearer.map(|t| format!("Bearer {t}"));
     let got = tokio::task::spawn_blocking(move || {
-        agent(Duration::from_secs(5))
-            .get(&url)
-            .call()
+        let mut req = agent(Duration::from_secs(5)).get(&url);
+        if let Some(a) = &auth {
+            req = req.header("Authorization", a);
+        }
+        req.call()
             .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>())
             .map_err(|e| (url, e))
     })

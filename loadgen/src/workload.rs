@@ -2,10 +2,11 @@
 //! the clock starts.
 
 use anyhow::Context;
+use tillstream_auth::Role;
 use tillstream_client::{ClientError, PreparedBatch};
 use tillstream_protocol::{Batch, Event, FrameError};
 
-use crate::generator::{FleetSpec, Generator};
+use crate::generator::{DeviceKind, FleetSpec, Generator};
 
 /// A batch and when, in the global event order, it is due.
 #[derive(Debug, Clone)]
@@ -24,6 +25,8 @@ pub struct DevicePlan {
     pub device: u64,
     /// Its store.
     pub store: u32,
+    /// What it is, as its credential says: a till or a shelf sensor.
+    pub role: Role,
     /// Its batches, seqs 1, 2, 3, ...
     pub batches: Vec<ScheduledBatch>,
 }
@@ -58,13 +61,14 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// A batcher for `devices` (device id, store), indexed as given.
-    pub fn new(devices: impl IntoIterator<Item = (u64, u32)>, size: u32) -> Self {
+    /// A batcher for `devices` (device id, store, role), indexed as given.
+    pub fn new(devices: impl IntoIterator<Item = (u64, u32, Role)>, size: u32) -> Self {
         let plans: Vec<DevicePlan> = devices
             .into_iter()
-            .map(|(device, store)| DevicePlan {
+            .map(|(device, store, role)| DevicePlan {
                 device,
                 store,
+                role,
                 batches: Vec::new(),
             })
             .collect();
@@ -144,7 +148,13 @@ impl Batcher {
 pub fn build(spec: &FleetSpec, batch_size: u32) -> anyhow::Result<Workload> {
     let generator = Generator::new(spec.clone())?;
     let mut batcher = Batcher::new(
-        generator.devices().iter().map(|d| (d.device, d.store)),
+        generator.devices().iter().map(|d| {
+            let role = match d.kind {
+                DeviceKind::Till => Role::Terminal,
+                DeviceKind::Sensor => Role::ShelfSensor,
+            };
+            (d.device, d.store, role)
+        }),
         batch_size,
     );
     for (d, ev) in generator {

@@ -160,7 +160,7 @@ async fn used_device_ids_fail_the_run_even_before_they_connect() -> anyhow::Resu
         server: server.quic_addr(),
         server_name: "localhost".into(),
         ca_pem: std::fs::read(server.cert_path())?,
-        token: Vec::new(),
+        credentials: tillstream_loadgen::credentials::Credentials::of_server(&server)?,
         rate: 0.0,
         give_up_after: Duration::from_secs(60),
         max_inflight: 8,

@@ -24,13 +24,17 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server: QUIC ingest, embedded store, HTTP metrics and health.
-    Serve(commands::serve::Args),
+    Serve(Box<commands::serve::Args>),
     /// Check the store's integrity (exactly-once, stock levels, rollups);
     /// prints one JSON object and exits 0 only when everything holds.
     Verify(commands::verify::Args),
     /// Read the tables: sales over time, top SKUs, stock history, low stock,
     /// device watermarks; as a table, CSV or JSON.
     Query(commands::query::Args),
+    /// The device CA for mutual TLS: `ca init`, `ca issue`, `ca revoke`.
+    Ca(commands::credentials::CaArgs),
+    /// Signed tokens for devices and the HTTP API: `token issue`, `token revoke`.
+    Token(commands::credentials::TokenArgs),
 }
 
 /// Parses the process's arguments and runs the subcommand.
@@ -38,9 +42,11 @@ pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
     let result = match cli.command {
-        Command::Serve(a) => commands::serve::run(a),
+        Command::Serve(a) => commands::serve::run(*a),
         Command::Verify(a) => commands::verify::run(a),
         Command::Query(a) => commands::query::run(a),
+        Command::Ca(a) => commands::credentials::run_ca(a),
+        Command::Token(a) => commands::credentials::run_token(a),
     };
     match result {
         Ok(code) => code,

@@ -78,7 +78,17 @@ fn stream(data: &Path, quic: SocketAddr, scripts: &[DeviceScript]) -> anyhow::Re
         let ca = std::fs::read(data.join("tls/cert.pem"))?;
         let endpoint = client_endpoint(&ca, quic)?;
         for s in scripts {
-            let dev = device(&endpoint, quic, s.device);
+            // Provisioned as an operator would: `tillstream token issue`.
+            let (device_id, store) = (s.device.to_string(), s.store.to_string());
+            let role = if s.till { "terminal" } else { "shelf-sensor" };
+            let (code, token, err) = run(
+                &[
+                    "token", "issue", "--device", &device_id, "--store", &store, "--role", role,
+                ],
+                data,
+            )?;
+            anyhow::ensure!(code == 0, "token issue failed: {err}");
+            let dev = device(&endpoint, quic, s.device, token.trim().as_bytes().to_vec());
             for b in prepare(s)? {
                 dev.send(b).await?;
             }
@@ -131,7 +141,16 @@ fn serve_drain_verify_and_query_as_processes() -> anyhow::Result<()> {
         metrics.contains("tillstream_shard_inflight_bytes{shard=\"0\"}"),
         "{metrics}"
     );
+    // The API wants a token: an analyst's, issued as an operator would.
+    let (code, analyst, err) = run(&["token", "issue", "--role", "analyst"], &data)?;
+    assert_eq!(code, 0, "{err}");
+    let unauthorized = ureq::post(&format!("{base}/v1/verify")).send_json(serde_json::json!({}));
+    assert!(
+        matches!(unauthorized, Err(ureq::Error::StatusCode(401))),
+        "{unauthorized:?}"
+    );
     let report: serde_json::Value = ureq::post(&format!("{base}/v1/verify"))
+        .header("Authorization", &format!("Bearer {}", analyst.trim()))
         .send_json(serde_json::json!({}))?
         .into_body()
         .read_json()?;

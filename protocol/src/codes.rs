@@ -151,6 +151,9 @@ pub enum RejectCode {
     WrongStore = 108,
     /// A sale with more lines or tenders than the server accepts.
     TooManyLines = 109,
+    /// The device's credential does not allow this kind of event: a shelf
+    /// sensor sent a sale, or a till a shelf count.
+    NotPermitted = 110,
 }
 
 impl RejectCode {
@@ -173,6 +176,7 @@ impl RejectCode {
             107 => ZeroDelta,
             108 => WrongStore,
             109 => TooManyLines,
+            110 => NotPermitted,
             _ => return None,
         })
     }
@@ -191,6 +195,7 @@ impl RejectCode {
             ZeroDelta => "zero_delta",
             WrongStore => "wrong_store",
             TooManyLines => "too_many_lines",
+            NotPermitted => "not_permitted",
         }
     }
 }

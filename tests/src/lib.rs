@@ -6,7 +6,12 @@ pub mod fleet_util;
 pub mod raw;
 pub mod relay;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use anyhow::Context;
+use tillstream_auth::Role;
+use tillstream_auth::token::{SigningKey, TokenRequest};
 
 use tillstream_client::{ClientConfig, DeviceClient, PreparedBatch, client_endpoint};
 use tillstream_engine::{Server, ServerConfig};
@@ -51,14 +56,96 @@ pub async fn caught_up(server: &Server) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Device tokens signed with a test server's key, as `tillstream token
+/// issue` makes them: the tests' devices authenticate like real ones.
+/// With authentication off (`Tokens::none`), tokens are empty.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens(Option<Arc<SigningKey>>);
+
+impl Tokens {
+    /// The signer of `server`'s tokens (none if it runs `--auth none`).
+    pub fn of(server: &Server) -> anyhow::Result<Self> {
+        match server.signing_key_path() {
+            Some(p) => Self::from_key(p),
+            None => Ok(Self::none()),
+        }
+    }
+
+    /// The signer whose key is at `path`.
+    pub fn from_key(path: &std::path::Path) -> anyhow::Result<Self> {
+        Ok(Self(Some(Arc::new(SigningKey::load(path)?))))
+    }
+
+    /// The key of a server process's data directory, once it made it.
+    pub async fn of_data_dir(dir: &std::path::Path) -> anyhow::Result<Self> {
+        let path = dir.join(tillstream_auth::token::SIGNING_KEY);
+        for _ in 0..600 {
+            if path.exists()
+                && let Ok(t) = Self::from_key(&path)
+            {
+                return Ok(t);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("no signing key at {} after 30 s", path.display())
+    }
+
+    /// No tokens: for servers with authentication off.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// A day's token for `device` of `store`: a till (sales, refunds,
+    /// health) or a shelf sensor (counts, movements, health).
+    pub fn device(&self, device: u64, store: u32, till: bool) -> anyhow::Result<Vec<u8>> {
+        let Some(key) = &self.0 else {
+            return Ok(Vec::new());
+        };
+        let role = if till {
+            Role::Terminal
+        } else {
+            Role::ShelfSensor
+        };
+        let (token, _) = key.issue(&TokenRequest {
+            device: Some(device),
+            store: Some(store),
+            role,
+            ttl: Duration::from_secs(86_400),
+        })?;
+        Ok(token.into_bytes())
+    }
+
+    /// The token of a script's device.
+    pub fn script(&self, s: &DeviceScript) -> anyhow::Result<Vec<u8>> {
+        self.device(s.device, s.store, s.till)
+    }
+
+    /// An HTTP API token (`admin` or `analyst`).
+    pub fn api(&self, role: Role) -> anyhow::Result<String> {
+        let key = self.0.as_ref().context("authentication is off")?;
+        let (token, _) = key.issue(&TokenRequest {
+            device: None,
+            store: None,
+            role,
+            ttl: Duration::from_secs(3600),
+        })?;
+        Ok(token)
+    }
+}
+
 pub fn endpoint_for(server: &Server) -> anyhow::Result<quinn::Endpoint> {
     let ca = std::fs::read(server.cert_path())?;
     Ok(client_endpoint(&ca, server.quic_addr())?)
 }
 
 /// Starts a device client against `server`.
-pub fn device(endpoint: &quinn::Endpoint, server: std::net::SocketAddr, id: u64) -> DeviceClient {
-    device_with(endpoint, server, id, false)
+pub fn device(
+    endpoint: &quinn::Endpoint,
+    server: std::net::SocketAddr,
+    id: u64,
+    token: Vec<u8>,
+) -> DeviceClient {
+    device_with(endpoint, server, id, token, false)
 }
 
 /// A device client that may be handed batches the server already holds
@@ -67,9 +154,11 @@ pub fn device_with(
     endpoint: &quinn::Endpoint,
     server: std::net::SocketAddr,
     id: u64,
+    token: Vec<u8>,
     replay: bool,
 ) -> DeviceClient {
     let mut cfg = ClientConfig::new(server, id);
+    cfg.token = token;
     cfg.replay = replay;
     cfg.max_inflight = 8;
     cfg.backoff_min = Duration::from_millis(20);
@@ -83,6 +172,10 @@ pub fn device_with(
 pub struct DeviceScript {
     /// The device.
     pub device: u64,
+    /// Its store.
+    pub store: u32,
+    /// A till (else a shelf sensor).
+    pub till: bool,
     /// Its batches in seq order.
     pub batches: Vec<Batch>,
 }
@@ -169,6 +262,8 @@ pub fn script(
     }
     DeviceScript {
         device,
+        store,
+        till,
         batches: out,
     }
 }

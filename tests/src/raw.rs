@@ -21,19 +21,21 @@ pub struct RawSession {
 }
 
 impl RawSession {
-    /// Connects through `endpoint`, says Hello as `device` and reads the
+    /// Connects through `endpoint`, says Hello as `device` with `token`
+    /// (see `Tokens`; empty for a server without authentication) and reads the
     /// Welcome (an error if anything else comes back).
     pub async fn open(
         endpoint: &quinn::Endpoint,
         addr: SocketAddr,
         device: u64,
+        token: &[u8],
     ) -> anyhow::Result<Self> {
         let conn = endpoint.connect(addr, "localhost")?.await?;
         let (mut send, mut recv) = conn.open_bi().await?;
         let hello = Hello {
             version: PROTOCOL_VERSION,
             device,
-            token: Vec::new(),
+            token: token.to_vec(),
         };
         send.write_all(&frame::encode_to_vec(&hello)?).await?;
         let (t, payload) = read_msg(&mut recv).await?;

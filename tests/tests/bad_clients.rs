@@ -18,7 +18,8 @@ struct Raw {
 impl Raw {
     async fn open(server: &tillstream_engine::Server, device: u64) -> anyhow::Result<Self> {
         let endpoint = endpoint_for(server)?;
-        let s = raw::RawSession::open(&endpoint, server.quic_addr(), device).await?;
+        let token = Tokens::of(server)?.device(device, 1, true)?;
+        let s = raw::RawSession::open(&endpoint, server.quic_addr(), device, &token).await?;
         anyhow::ensure!(s.welcome.durable_seq == 0);
         Ok(Self {
             send: s.send,
@@ -204,7 +205,12 @@ async fn a_connection_that_waits_too_long_for_a_slot_is_refused_then_served() ->
     let addr = server.quic_addr();
     let silent = endpoint.connect(addr, "localhost")?.await?;
 
-    let dev = device(&endpoint, addr, 42);
+    let dev = device(
+        &endpoint,
+        addr,
+        42,
+        Tokens::of(&server)?.device(42, 1, true)?,
+    );
     dev.send(tillstream_client::PreparedBatch::encode(&Batch {
         seq: 1,
         sent_at_us: now_us(),
@@ -260,7 +266,12 @@ async fn silent_connections_do_not_lock_devices_out() -> anyhow::Result<()> {
     let (_stall_send, _stall_recv) = stalling.open_bi().await?;
 
     let started = std::time::Instant::now();
-    let dev = device(&endpoint, addr, 43);
+    let dev = device(
+        &endpoint,
+        addr,
+        43,
+        Tokens::of(&server)?.device(43, 1, true)?,
+    );
     dev.send(tillstream_client::PreparedBatch::encode(&Batch {
         seq: 1,
         sent_at_us: now_us(),
@@ -308,7 +319,7 @@ async fn a_device_that_never_reads_its_acks_holds_back_no_one() -> anyhow::Resul
     let hello = Hello {
         version: PROTOCOL_VERSION,
         device: 66,
-        token: Vec::new(),
+        token: Tokens::of(&server)?.device(66, 1, true)?,
     };
     send.write_all(&frame::encode_to_vec(&hello)?).await?;
     let (t, _) = read(&mut recv).await?;
@@ -327,7 +338,12 @@ async fn a_device_that_never_reads_its_acks_holds_back_no_one() -> anyhow::Resul
     // An honest device on the same stores and shards streams meanwhile.
     let endpoint = endpoint_for(&server)?;
     let s = script(67, 1, true, 120, 8, now_us() - 60_000_000);
-    let honest = device(&endpoint, server.quic_addr(), s.device);
+    let honest = device(
+        &endpoint,
+        server.quic_addr(),
+        s.device,
+        Tokens::of(&server)?.script(&s)?,
+    );
     let batches = prepare(&s)?;
     // Held back, its window fills and its sends wait for ever: a deadline
     // turns that into a failure.

@@ -301,6 +301,7 @@ async fn every_event_is_acked_exactly_once_through_loss_delay_and_partition() ->
     eprintln!("plan: {plan:?}");
     let dir = tempfile::tempdir()?;
     let server = start_server(dir.path(), 2).await?;
+    let tokens = Tokens::of(&server)?;
     let ca = std::fs::read(server.cert_path())?;
 
     let secs = |d: Duration| format!("{}", d.as_secs_f64());
@@ -355,11 +356,9 @@ async fn every_event_is_acked_exactly_once_through_loss_delay_and_partition() ->
         }));
         let prepared = prepare(&s)?;
         let endpoint = endpoints[usize::try_from(d % plan.endpoints)?].clone();
-        let client = Arc::new(DeviceClient::start_with_events(
-            endpoint,
-            ClientConfig::new(relay.addr, id),
-            tx.clone(),
-        ));
+        let mut cfg = ClientConfig::new(relay.addr, id);
+        cfg.token = tokens.script(&s)?;
+        let client = Arc::new(DeviceClient::start_with_events(endpoint, cfg, tx.clone()));
         clients.push(client.clone());
         let plan = plan.clone();
         senders.spawn(async move {

@@ -48,6 +48,12 @@ pub(crate) fn loadgen_args(
         "tillstream-loadgen".to_owned(),
         format!("--server={}", opts.quic),
         format!("--ca={}", opts.cert_path().display()),
+        format!(
+            "--token-key={}",
+            opts.data_dir
+                .join(tillstream_auth::token::SIGNING_KEY)
+                .display()
+        ),
         format!("--http={}", opts.http_url()),
         format!("--events={events}"),
         "--stores=13".into(),

@@ -15,7 +15,12 @@ async fn a_failed_fsync_stops_acks_and_loses_nothing_acknowledged() -> anyhow::R
     let server = Server::start(cfg).await?;
     let endpoint = endpoint_for(&server)?;
     let s = script(300, 1, true, 40, 10, now_us() - 60_000_000);
-    let dev = device(&endpoint, server.quic_addr(), s.device);
+    let dev = device(
+        &endpoint,
+        server.quic_addr(),
+        s.device,
+        Tokens::of(&server)?.script(&s)?,
+    );
     for b in prepare(&s)? {
         // Sends stop once the window is full of batches never acked.
         if tokio::time::timeout(Duration::from_secs(2), dev.send(b))

@@ -15,8 +15,10 @@ async fn hello(
     endpoint: &quinn::Endpoint,
     addr: std::net::SocketAddr,
     device: u64,
+    tokens: &tillstream_tests::Tokens,
 ) -> anyhow::Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
-    let s = tillstream_tests::raw::RawSession::open(endpoint, addr, device).await?;
+    let token = tokens.device(device, 1, true)?;
+    let s = tillstream_tests::raw::RawSession::open(endpoint, addr, device, &token).await?;
     Ok((s.conn, s.send, s.recv))
 }
 
@@ -30,11 +32,12 @@ async fn stalled_frames_pin_no_memory_for_what_never_came() -> anyhow::Result<()
     let opts = ServeOpts::new(&dir.path().join("data"), &dir.path().join("serve.log"), 1)?;
     let server = ServerProcess::start(&opts)?;
     let endpoint = client_endpoint(&std::fs::read(opts.cert_path())?, opts.quic)?;
+    let tokens = tillstream_tests::Tokens::of_data_dir(&opts.data_dir).await?;
     // Warm the server up with the same shape of connection, without the
     // stall, so the baseline includes what every connection costs anyway.
     let mut warm = Vec::new();
     for d in 0..CONNECTIONS {
-        warm.push(hello(&endpoint, opts.quic, 10_000 + d).await?);
+        warm.push(hello(&endpoint, opts.quic, 10_000 + d, &tokens).await?);
     }
     drop(warm);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -45,7 +48,7 @@ async fn stalled_frames_pin_no_memory_for_what_never_came() -> anyhow::Result<()
     FrameHeader::write(MsgType::Batch, &declared, &mut head);
     let mut stalled = Vec::new();
     for d in 0..CONNECTIONS {
-        let (conn, mut send, recv) = hello(&endpoint, opts.quic, 20_000 + d).await?;
+        let (conn, mut send, recv) = hello(&endpoint, opts.quic, 20_000 + d, &tokens).await?;
         send.write_all(&head).await?;
         send.write_all(&declared[..1024]).await?;
         stalled.push((conn, send, recv));
@@ -72,9 +75,10 @@ async fn connections_past_the_cap_are_refused_until_one_closes() -> anyhow::Resu
     let server = tillstream_engine::Server::start(cfg).await?;
     let endpoint = tillstream_tests::endpoint_for(&server)?;
     let addr = server.quic_addr();
+    let tokens = tillstream_tests::Tokens::of(&server)?;
     let mut held = Vec::new();
     for d in 1..=3 {
-        held.push(hello(&endpoint, addr, d).await?);
+        held.push(hello(&endpoint, addr, d, &tokens).await?);
     }
     let refused = endpoint.connect(addr, "localhost")?.await;
     assert!(
@@ -86,7 +90,7 @@ async fn connections_past_the_cap_are_refused_until_one_closes() -> anyhow::Resu
     conn.close(0u32.into(), b"bye");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match hello(&endpoint, addr, 4).await {
+        match hello(&endpoint, addr, 4, &tokens).await {
             Ok(c) => {
                 held.push(c);
                 break;
@@ -117,7 +121,12 @@ async fn a_device_past_its_rate_is_slowed_and_loses_nothing() -> anyhow::Result<
     // 10 batches of 500 events: 5,000 events, a one-batch burst, then
     // 2,000 a second.
     let s = script(95, 1, true, 10, 500, now_us() - 60_000_000);
-    let dev = device(&endpoint, server.quic_addr(), s.device);
+    let dev = device(
+        &endpoint,
+        server.quic_addr(),
+        s.device,
+        Tokens::of(&server)?.script(&s)?,
+    );
     let started = std::time::Instant::now();
     for b in prepare(&s)? {
         dev.send(b).await?;

@@ -38,12 +38,24 @@ async fn connect(
     Ok(endpoint.connect(opts.quic, "localhost")?.await?)
 }
 
+/// Says Hello with a valid credential: a hostile device is a compromised
+/// one, not only a stranger. Each plays a sensor of the store its events
+/// name (a till of store 1 for the terminal sprayer), so what it is
+/// refused for is what it does, not who it is.
 async fn hello(
     endpoint: &quinn::Endpoint,
     opts: &ServeOpts,
     device: u64,
+    kind: usize,
 ) -> anyhow::Result<RawSession> {
-    RawSession::open(endpoint, opts.quic, device).await
+    let tokens = tillstream_tests::Tokens::of_data_dir(&opts.data_dir).await?;
+    let token = match kind {
+        13 => tokens.device(device, 1, true)?,
+        12 => tokens.device(device, 3, false)?,
+        0..=10 => tokens.device(device, 1, false)?,
+        _ => tokens.device(device, 2, false)?,
+    };
+    RawSession::open(endpoint, opts.quic, device, &token).await
 }
 
 /// Reads until an Error frame with `code` (skipping acks), or the
@@ -119,7 +131,7 @@ async fn hostile(
             ));
         }
         1 => {
-            let mut raw = hello(&endpoint, &opts, device).await?;
+            let mut raw = hello(&endpoint, &opts, device, kind).await?;
             let mut head = Vec::new();
             FrameHeader::write(MsgType::Batch, &[], &mut head);
             head[8..12].copy_from_slice(&(64u32 << 20).to_le_bytes());
@@ -130,7 +142,7 @@ async fn hostile(
             ));
         }
         2 => {
-            let mut raw = hello(&endpoint, &opts, device).await?;
+            let mut raw = hello(&endpoint, &opts, device, kind).await?;
             let whole = batch(1, movements(20, |i| (1, i as u64), now_us()))?;
             raw.send.write_all(&whole[..whole.len() / 2]).await?;
             raw.send.finish()?;
@@ -140,7 +152,7 @@ async fn hostile(
             ));
         }
         3 => {
-            let mut raw = hello(&endpoint, &opts, device).await?;
+            let mut raw = hello(&endpoint, &opts, device, kind).await?;
             let mut f = batch(1, movements(20, |i| (1, i as u64), now_us()))?;
             let at = frame::HEADER_LEN + rng.random_range(0..f.len() - frame::HEADER_LEN);
             f[at] ^= 0x5a;
@@ -190,7 +202,7 @@ async fn hostile(
                     ..Default::default()
                 },
             )?;
-            let raw = hello(&deaf, &opts, device).await?;
+            let raw = hello(&deaf, &opts, device, kind).await?;
             let RawSession {
                 conn,
                 mut send,
@@ -215,7 +227,7 @@ async fn hostile(
             return Ok(("never reads acks", "closed"));
         }
         7 => {
-            let mut raw = hello(&endpoint, &opts, device).await?;
+            let mut raw = hello(&endpoint, &opts, device, kind).await?;
             let sprayed = movements(256, |_| (rng.random(), rng.random()), now_us());
             raw.send.write_all(&batch(1, sprayed)?).await?;
             return Ok((
@@ -227,7 +239,7 @@ async fn hostile(
         12 => "random SKUs",
         13 => {
             use tillstream_engine_core::testkit::{line, sale};
-            let mut raw = hello(&endpoint, &opts, device).await?;
+            let mut raw = hello(&endpoint, &opts, device, kind).await?;
             let sprayed: Vec<Event> = (0..64)
                 .map(|_| sale(now_us(), 1, rng.random(), vec![line(1, 1, 100)]))
                 .collect();
@@ -238,7 +250,7 @@ async fn hostile(
             ));
         }
         9 => {
-            let mut raw = hello(&endpoint, &opts, device).await?;
+            let mut raw = hello(&endpoint, &opts, device, kind).await?;
             raw.send
                 .write_all(&batch(1, movements(4, |i| (1, i as u64), now_us()))?)
                 .await?;
@@ -254,7 +266,7 @@ async fn hostile(
             ));
         }
         10 => {
-            let mut raw = hello(&endpoint, &opts, device).await?;
+            let mut raw = hello(&endpoint, &opts, device, kind).await?;
             raw.send
                 .write_all(&batch(1, movements(4, |i| (1, i as u64), now_us()))?)
                 .await?;
@@ -271,7 +283,7 @@ async fn hostile(
     };
     // Kinds 8, 11 and 12 send acceptable frames: their batches are acked
     // (events refused by rule where they should be), never the server hurt.
-    let mut raw = hello(&endpoint, &opts, device).await?;
+    let mut raw = hello(&endpoint, &opts, device, kind).await?;
     let batches: u64 = if kind == 11 { 60 } else { 20 };
     let ahead = 2 * 3_600_000_000;
     for seq in 1..=batches {

@@ -32,9 +32,10 @@ fn events(scripts: &[DeviceScript]) -> u64 {
 async fn stream_all(
     endpoint: quinn::Endpoint,
     server: std::net::SocketAddr,
+    tokens: Tokens,
     script: DeviceScript,
 ) -> anyhow::Result<()> {
-    let dev = device(&endpoint, server, script.device);
+    let dev = device(&endpoint, server, script.device, tokens.script(&script)?);
     let prepared = prepare(&script)?;
     let last = prepared.last().map_or(0, |b| b.seq);
     for b in prepared {
@@ -49,9 +50,16 @@ async fn stream_all(
 async fn replay_all(
     endpoint: quinn::Endpoint,
     server: std::net::SocketAddr,
+    tokens: Tokens,
     script: DeviceScript,
 ) -> anyhow::Result<()> {
-    let dev = device_with(&endpoint, server, script.device, true);
+    let dev = device_with(
+        &endpoint,
+        server,
+        script.device,
+        tokens.script(&script)?,
+        true,
+    );
     let prepared = prepare(&script)?;
     let last = prepared.last().map_or(0, |b| b.seq);
     for b in prepared {
@@ -66,6 +74,7 @@ async fn replay_all(
 async fn devices_stream_reconnect_and_every_acked_event_is_stored_once() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start_server(dir.path(), 2).await?;
+    let tokens = Tokens::of(&server)?;
     let endpoint = endpoint_for(&server)?;
     let t0 = now_us() - 3_600_000_000;
     let scripts: Vec<DeviceScript> = (0..6u64)
@@ -85,7 +94,12 @@ async fn devices_stream_reconnect_and_every_acked_event_is_stored_once() -> anyh
     let addr = server.quic_addr();
     let mut others = tokio::task::JoinSet::new();
     for s in &scripts[1..] {
-        others.spawn(stream_all(endpoint.clone(), addr, s.clone()));
+        others.spawn(stream_all(
+            endpoint.clone(),
+            addr,
+            tokens.clone(),
+            s.clone(),
+        ));
     }
 
     // Device 100 loses its connection mid-way: its first client sends half
@@ -94,7 +108,7 @@ async fn devices_stream_reconnect_and_every_acked_event_is_stored_once() -> anyh
     // learns the watermark from Welcome and resends only what is missing.
     let reconnecting = async {
         let prepared = prepare(&scripts[0])?;
-        let first = device(&endpoint, addr, 100);
+        let first = device(&endpoint, addr, 100, tokens.script(&scripts[0])?);
         for b in prepared.iter().take(15).cloned() {
             first.send(b).await?;
         }
@@ -104,7 +118,7 @@ async fn devices_stream_reconnect_and_every_acked_event_is_stored_once() -> anyh
 
         // The rebooted device replays its own queue: batches the server
         // already holds are taken as acknowledged, not refused as stale.
-        let second = device_with(&endpoint, addr, 100, true);
+        let second = device_with(&endpoint, addr, 100, tokens.script(&scripts[0])?, true);
         for b in prepared {
             second.send(b).await?;
         }
@@ -135,12 +149,13 @@ async fn devices_stream_reconnect_and_every_acked_event_is_stored_once() -> anyh
     // resends everything is acknowledged without a single new row, and new
     // batches apply on top of the recovered stock levels and rollups.
     let server = start_server(dir.path(), 3).await?;
+    let tokens = Tokens::of(&server)?;
     let endpoint = endpoint_for(&server)?;
     let addr = server.quic_addr();
-    replay_all(endpoint.clone(), addr, scripts[2].clone()).await?;
+    replay_all(endpoint.clone(), addr, tokens.clone(), scripts[2].clone()).await?;
     let more = script(104, 1, false, 40, 25, t0);
     // Device 104 holds its 30 stored batches and 10 new ones.
-    replay_all(endpoint.clone(), addr, more.clone()).await?;
+    replay_all(endpoint.clone(), addr, tokens.clone(), more.clone()).await?;
     let mut all = scripts;
     all[4] = more;
     caught_up(&server).await?;
@@ -163,6 +178,7 @@ async fn a_till_reported_by_two_devices_keeps_one_rollup_per_minute() -> anyhow:
     const SHARDS: u16 = 4;
     let dir = tempfile::tempdir()?;
     let server = start_server(dir.path(), SHARDS).await?;
+    let tokens = Tokens::of(&server)?;
     let endpoint = endpoint_for(&server)?;
     let addr = server.quic_addr();
     let t0 = now_us() - 3_600_000_000;
@@ -177,7 +193,12 @@ async fn a_till_reported_by_two_devices_keeps_one_rollup_per_minute() -> anyhow:
     ];
     let mut devices = tokio::task::JoinSet::new();
     for s in &scripts {
-        devices.spawn(stream_all(endpoint.clone(), addr, s.clone()));
+        devices.spawn(stream_all(
+            endpoint.clone(),
+            addr,
+            tokens.clone(),
+            s.clone(),
+        ));
     }
     while let Some(r) = devices.join_next().await {
         r??;
@@ -203,7 +224,13 @@ async fn acks_name_every_refused_event_in_event_order() -> anyhow::Result<()> {
     };
     const MIN_US: i64 = 60_000_000;
     let dir = tempfile::tempdir()?;
-    let server = start_server(dir.path(), 3).await?;
+    // One device here plays till and sensor at once, to show every rule's
+    // code side by side; a credential would refuse half of its events as
+    // not permitted for its role (the auth tests show that code).
+    let mut cfg = test_config(dir.path(), 3);
+    cfg.flush_interval = Duration::from_millis(1);
+    cfg.auth = tillstream_engine::AuthConfig::none();
+    let server = tillstream_engine::Server::start(cfg).await?;
     let endpoint = endpoint_for(&server)?;
     let now = now_us();
     let count = |ts_us, level| {

@@ -1,5 +1,6 @@
 //! End-to-end tests: one binary, one module per area.
 
+mod auth;
 mod bad_clients;
 mod bad_network;
 mod crash;

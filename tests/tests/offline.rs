@@ -36,11 +36,12 @@ const WAIT: Duration = Duration::from_secs(300);
 async fn first_life(
     endpoint: &quinn::Endpoint,
     server: std::net::SocketAddr,
+    tokens: &Tokens,
     s: &DeviceScript,
 ) -> anyhow::Result<(u64, u64)> {
     let prepared = prepare(s)?;
     let half = prepared.len() / 2;
-    let dev = device(endpoint, server, s.device);
+    let dev = device(endpoint, server, s.device, tokens.script(s)?);
     for b in &prepared[..half] {
         dev.send(b.clone()).await?;
     }
@@ -69,11 +70,13 @@ struct Replay {
 async fn replay(
     endpoint: quinn::Endpoint,
     server: std::net::SocketAddr,
+    tokens: Tokens,
     s: DeviceScript,
 ) -> anyhow::Result<Replay> {
     let prepared = prepare(&s)?;
     let last = prepared.len() as u64;
     let mut cfg = tillstream_client::ClientConfig::new(server, s.device);
+    cfg.token = tokens.script(&s)?;
     cfg.replay = true;
     cfg.max_inflight = 64;
     cfg.backoff_min = Duration::from_millis(20);
@@ -119,6 +122,8 @@ async fn day_offline(restart: bool) -> anyhow::Result<()> {
     let till_batches = env_count("TILLSTREAM_OFFLINE_BATCHES", 960) as u64;
     let dir = tempfile::tempdir()?;
     let mut server = start_server(dir.path(), 2).await?;
+    // The key lives in the data directory: the same after the restart.
+    let tokens = Tokens::of(&server)?;
     let mut endpoint = endpoint_for(&server)?;
     let mut addr = server.quic_addr();
     let now = now_us();
@@ -127,7 +132,7 @@ async fn day_offline(restart: bool) -> anyhow::Result<()> {
     // SKU's newest event is recent.
     let live = script(7001, STORE, false, 20, PER_BATCH, now - HOUR_US / 6);
     {
-        let dev = device(&endpoint, addr, live.device);
+        let dev = device(&endpoint, addr, live.device, tokens.script(&live)?);
         for b in prepare(&live)? {
             dev.send(b).await?;
         }
@@ -154,7 +159,7 @@ async fn day_offline(restart: bool) -> anyhow::Result<()> {
     let mut acked_before = BTreeMap::new();
     let mut told_rejected = 0;
     for s in &offline {
-        let (acked, rejected) = first_life(&endpoint, addr, s).await?;
+        let (acked, rejected) = first_life(&endpoint, addr, &tokens, s).await?;
         acked_before.insert(s.device, acked);
         told_rejected += rejected;
     }
@@ -177,7 +182,7 @@ async fn day_offline(restart: bool) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let mut replays = tokio::task::JoinSet::new();
     for s in &offline {
-        replays.spawn(replay(endpoint.clone(), addr, s.clone()));
+        replays.spawn(replay(endpoint.clone(), addr, tokens.clone(), s.clone()));
     }
     let mut done = Vec::new();
     while let Some(r) = replays.join_next().await {

@@ -115,8 +115,13 @@ async fn a_stall_in_acknowledgements_shows_on_readyz_and_metrics() -> anyhow::Re
     assert_eq!(get("/readyz").await??.0, 200, "ready before any batch");
 
     let endpoint = endpoint_for(&server)?;
-    let dev = device(&endpoint, server.quic_addr(), 81);
     let s = script(81, 1, true, 1, 5, now_us() - 60_000_000);
+    let dev = device(
+        &endpoint,
+        server.quic_addr(),
+        81,
+        Tokens::of(&server)?.script(&s)?,
+    );
     for b in prepare(&s)? {
         dev.send(b).await?;
     }

@@ -18,11 +18,12 @@ const WAIT: Duration = Duration::from_secs(60);
 async fn stream_range(
     endpoint: &quinn::Endpoint,
     addr: std::net::SocketAddr,
+    tokens: &Tokens,
     script: &DeviceScript,
     from: u64,
     to: u64,
 ) -> anyhow::Result<()> {
-    let dev = device(endpoint, addr, script.device);
+    let dev = device(endpoint, addr, script.device, tokens.script(script)?);
     for b in prepare(script)?
         .into_iter()
         .filter(|b| (from..=to).contains(&b.seq))
@@ -58,6 +59,7 @@ async fn idle_entities_leave_memory_and_come_back_unchanged() -> anyhow::Result<
         .map(String::from)
         .to_vec();
     let server = ServerProcess::start(&opts)?;
+    let tokens = Tokens::of_data_dir(&opts.data_dir).await?;
     let endpoint = client_endpoint(&std::fs::read(opts.cert_path())?, opts.quic)?;
     let t0 = now_us() - 3_600_000_000;
     // Two tills and two shelf sensors over two stores: sales, refunds,
@@ -76,7 +78,7 @@ async fn idle_entities_leave_memory_and_come_back_unchanged() -> anyhow::Result<
         .collect();
 
     for s in &scripts {
-        stream_range(&endpoint, opts.quic, s, 1, 20).await?;
+        stream_range(&endpoint, opts.quic, &tokens, s, 1, 20).await?;
     }
     let passivated = wait_metrics(&server, Duration::from_secs(20), |s| {
         Ok(s.metric("tillstream_passivated_stores_total")? >= 2.0
@@ -98,7 +100,7 @@ async fn idle_entities_leave_memory_and_come_back_unchanged() -> anyhow::Result<
     // The devices come back: watermarks, levels, late windows and rollups
     // are read from the store, and the second half lands on top of them.
     for s in &scripts {
-        stream_range(&endpoint, opts.quic, s, 21, 40).await?;
+        stream_range(&endpoint, opts.quic, &tokens, s, 21, 40).await?;
     }
 
     let data = opts.data_dir.clone();

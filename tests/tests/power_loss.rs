@@ -144,6 +144,7 @@ struct Fleet {
 
 fn fleet(server: &Server, devices: u64, batches: u64) -> anyhow::Result<Fleet> {
     let endpoint = endpoint_for(server)?;
+    let tokens = Tokens::of(server)?;
     let t0 = now_us() - 600_000_000;
     let mut f = Fleet {
         scripts: Vec::new(),
@@ -152,7 +153,12 @@ fn fleet(server: &Server, devices: u64, batches: u64) -> anyhow::Result<Fleet> {
     };
     for d in 0..devices {
         let s = script(7_000 + d, 1 + (d % 3) as u32, d % 4 != 3, batches, 8, t0);
-        let client = Arc::new(device(&endpoint, server.quic_addr(), s.device));
+        let client = Arc::new(device(
+            &endpoint,
+            server.quic_addr(),
+            s.device,
+            tokens.script(&s)?,
+        ));
         let prepared = prepare(&s)?;
         let c = client.clone();
         f.senders.spawn(async move {

@@ -194,9 +194,22 @@ impl ServerProcess {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
     }
 
-    /// GET a path of the HTTP API.
+    /// GET a path of the HTTP API, as an admin (a token signed with the
+    /// server's key) when the server authenticates.
     pub(crate) fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        http_get(&format!("{}{path}", self.opts.http_url()))
+        let url = format!("{}{path}", self.opts.http_url());
+        let key = self.opts.data_dir.join(tillstream_auth::token::SIGNING_KEY);
+        if !key.exists() {
+            return http_get(&url);
+        }
+        let admin = tillstream_tests::Tokens::from_key(&key)?.api(tillstream_auth::Role::Admin)?;
+        let mut resp = agent()
+            .get(&url)
+            .header("Authorization", &format!("Bearer {admin}"))
+            .call()?;
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().read_to_string()?;
+        Ok((status, body))
     }
 
     /// The sum of a metric's samples on /metrics (0 when absent).

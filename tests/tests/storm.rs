@@ -74,8 +74,9 @@ impl DropBy {
     }
 }
 
-fn client_config(server: std::net::SocketAddr, device: u64) -> ClientConfig {
+fn client_config(server: std::net::SocketAddr, device: u64, token: Vec<u8>) -> ClientConfig {
     let mut cfg = ClientConfig::new(server, device);
+    cfg.token = token;
     cfg.max_inflight = 8;
     // A real device's defaults: the first retry after 25-50 ms, then
     // doubling with equal jitter up to 5 s, so a fleet that lost its
@@ -197,14 +198,16 @@ async fn a_fleet_reconnects_after_every_connection_drops_at_once() -> anyhow::Re
     let endpoints = (0..n.div_ceil(DEVICES_PER_ENDPOINT))
         .map(|_| client_endpoint_with(&ca, addr, &endpoint_options()))
         .collect::<Result<Vec<_>, _>>()?;
+    let tokens = Tokens::of_data_dir(&opts.data_dir).await?;
     let clients: Vec<Arc<DeviceClient>> = scripts
         .iter()
         .enumerate()
         .map(|(i, s)| {
             let ep = endpoints[i / DEVICES_PER_ENDPOINT].clone();
-            Arc::new(DeviceClient::start(ep, client_config(addr, s.device)))
+            let cfg = client_config(addr, s.device, tokens.script(s)?);
+            anyhow::Ok(Arc::new(DeviceClient::start(ep, cfg)))
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
 
     // Cold start: the fleet connects and delivers two batches each.
     let cold = Instant::now();

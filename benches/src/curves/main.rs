@@ -186,6 +186,7 @@ async fn run_once(loadgen_flags: &[String], shards: Option<u16>) -> anyhow::Resu
         let rc = RunConfig::flat_out(
             server.quic_addr(),
             ca,
+            tillstream_loadgen::credentials::Credentials::of_server(&server)?,
             args.max_inflight,
             Duration::from_secs(600),
         );

@@ -40,7 +40,13 @@ pub(crate) async fn run(prep: &Prepared, s: &Settings) -> anyhow::Result<Measure
         }
         let ca_pem = std::fs::read(server.cert_path())
             .with_context(|| format!("reading {}", server.cert_path().display()))?;
-        let rc = RunConfig::flat_out(server.quic_addr(), ca_pem, s.inflight, s.give_up_after);
+        let rc = RunConfig::flat_out(
+            server.quic_addr(),
+            ca_pem,
+            tillstream_loadgen::credentials::Credentials::of_server(&server)?,
+            s.inflight,
+            s.give_up_after,
+        );
         let out = fleet::run(prep.work.clone(), &rc).await?;
         if let Some(f) = out.failures.first() {
             bail!("{f}");

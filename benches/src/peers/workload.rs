@@ -81,10 +81,11 @@ pub(crate) fn prepare(shape: Shape) -> anyhow::Result<Prepared> {
         step_us: STEP_US,
     };
     let generator = Generator::new(spec).context("setting up the generator")?;
-    let ids: Vec<(u64, u32)> = generator
+    // Tills only (no sensors in this shape): every device is a terminal.
+    let ids: Vec<(u64, u32, tillstream_auth::Role)> = generator
         .devices()
         .iter()
-        .map(|d| (d.device, d.store))
+        .map(|d| (d.device, d.store, tillstream_auth::Role::Terminal))
         .collect();
     let mut per_device: Vec<Vec<Event>> = vec![Vec::new(); ids.len()];
     let mut batcher = Batcher::new(ids.iter().copied(), shape.batch_size);

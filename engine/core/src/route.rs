@@ -150,16 +150,65 @@ pub fn plan_batch(
     now_us: i64,
     plan: &mut BatchPlan,
 ) {
-    plan_batch_scoped(batch, device, None, rules, now_us, plan);
+    plan_batch_scoped(batch, device, &Scope::default(), rules, now_us, plan);
 }
 
-/// [`plan_batch`] for a device bound to one store: an event that names
-/// another store is refused with [`RejectCode::WrongStore`]. `None` checks
-/// no store.
+/// What a device's credential lets it send: events of one store, of some
+/// kinds. The default allows everything (authentication off, or a journal
+/// record written before scopes were journaled).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Scope {
+    /// The only store the device may name; `None`: any.
+    pub store: Option<u32>,
+    /// The kinds of event it may send.
+    pub kinds: Kinds,
+}
+
+/// Which kinds of event a device may send.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Kinds {
+    /// Every kind.
+    #[default]
+    All,
+    /// A till: sales, refunds and health.
+    Sales,
+    /// A shelf sensor: shelf counts, stock movements and health.
+    Stock,
+}
+
+impl Kinds {
+    /// Whether an event of this kind is allowed.
+    pub fn allow(self, e: &ArchivedEvent) -> bool {
+        matches!(
+            (self, e),
+            (Kinds::All, _)
+                | (_, ArchivedEvent::Health(_))
+                | (Kinds::Sales, ArchivedEvent::Sale(_) | ArchivedEvent::Refund(_))
+                | (Kinds::Stock, ArchivedEvent::Count(_) | ArchivedEvent::Movement(_))
+        )
+    }
+}
+
+impl Scope {
+    /// Why `e` is outside the scope, if it is: another store
+    /// ([`RejectCode::WrongStore`]) or a kind the role may not send
+    /// ([`RejectCode::NotPermitted`]).
+    pub fn check(&self, e: &ArchivedEvent) -> Result<(), RejectCode> {
+        match self.store {
+            Some(s) if event_store(e) != s => Err(RejectCode::WrongStore),
+            _ if !self.kinds.allow(e) => Err(RejectCode::NotPermitted),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// [`plan_batch`] for a device bound to a [`Scope`]: an event outside it
+/// is refused with its code (and kept in `rejected_events`), before any
+/// other check.
 pub fn plan_batch_scoped(
     batch: &ArchivedBatch,
     device: u64,
-    store: Option<u32>,
+    scope: &Scope,
     rules: &Rules,
     now_us: i64,
     plan: &mut BatchPlan,
@@ -170,10 +219,7 @@ pub fn plan_batch_scoped(
     let dev_shard = usize::from(shard_of_device(device, shards));
     for (i, e) in batch.events.iter().enumerate() {
         let idx = u32::try_from(i).unwrap_or(u32::MAX);
-        let verdict = match store {
-            Some(s) if event_store(e) != s => Err(RejectCode::WrongStore),
-            _ => check_event(e, rules, now_us),
-        };
+        let verdict = scope.check(e).and_then(|()| check_event(e, rules, now_us));
         if let Err(code) = verdict {
             push(plan, dev_shard, idx, Role::Rejected(code));
             plan.rejected.push(RejectedRef {

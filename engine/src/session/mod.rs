@@ -26,6 +26,8 @@ use tillstream_protocol::{ErrorCode, FrameError, Hello, MsgType, Reject, Rejecte
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::Instrument;
 
+use crate::audit::Record;
+use crate::auth;
 use crate::ctx::EngineCtx;
 use crate::flusher::CommitResult;
 use crate::metrics as m;
@@ -178,6 +180,24 @@ async fn session(
     };
     let device = hello.device;
     tracing::Span::current().record("device", device);
+    let claims = match ctx.auth.device(conn, device, &hello.token) {
+        Ok(c) => c,
+        Err(no) => {
+            m::auth_failed("device");
+            let mut record = Record::new("auth_failed", &no.reason)
+                .peer(conn.remote_address())
+                .device(device);
+            if let Some(id) = &no.credential {
+                record = record.credential(id);
+            }
+            ctx.auth.audit.log(record);
+            refuse(&mut send, no.code, &no.reason).await;
+            return Err(SessionEnd::Refused(no.reason));
+        }
+    };
+    // Revoking the credential (or its expiry) closes this connection.
+    let _live = claims.as_ref().map(|c| ctx.auth.hold(c, conn));
+    let scope = auth::scope(claims.as_ref());
     // The costly part of setting up (handshake, Hello) is over: what is
     // left waits on the device's older batches, not on the CPU, and must
     // not keep other devices from being set up.
@@ -226,7 +246,7 @@ async fn session(
         .in_current_span(),
     );
 
-    let outcome = read_batches(&mut recv, conn, ctx, &slot, &pend_tx, stop).await;
+    let outcome = read_batches(&mut recv, conn, ctx, &slot, scope, &pend_tx, stop).await;
     drop(pend_tx);
     let _ = assembler.await;
     let _ = acker.await;

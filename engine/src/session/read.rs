@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tillstream_engine_core::ledger::{Admission, DigestCheck};
-use tillstream_engine_core::route::{BatchPlan, plan_batch};
+use tillstream_engine_core::route::{BatchPlan, Scope, plan_batch_scoped};
 use tillstream_protocol::frame::{self, FrameHeader};
 use tillstream_protocol::{Batch, ErrorCode, FrameError, MsgType, ValidatedBatch};
 use tillstream_storage::{DeadLetterRow, RowSet, StoreError};
@@ -27,11 +27,13 @@ pub(super) async fn read_batches(
     conn: &quinn::Connection,
     ctx: &Arc<EngineCtx>,
     slot: &Arc<DeviceSlot>,
+    scope: Scope,
     pend_tx: &mpsc::Sender<Pending>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), SessionEnd> {
     let device = slot.device;
     let mut plan = BatchPlan::new(ctx.shard_count);
+    let mut throttled = false;
     let mut refusals = Refusals {
         ctx,
         conn,
@@ -98,6 +100,17 @@ pub(super) async fn read_batches(
         // QUIC flow control then slows it, and nothing it sent is lost.
         if slot.pace(events).await {
             m::rate_limited();
+            // Once per session: a throttled device would otherwise write
+            // a line per batch.
+            if !throttled {
+                throttled = true;
+                ctx.auth.audit.log(
+                    crate::audit::Record::new("limit", "device past its event rate: throttled")
+                        .peer(conn.remote_address())
+                        .device(device)
+                        .detail(serde_json::json!({ "seq": seq })),
+                );
+            }
         }
         let digest = xxhash_rust::xxh3::xxh3_64(batch.bytes());
         let pending = match slot.admit(seq, digest, conn) {
@@ -129,7 +142,8 @@ pub(super) async fn read_batches(
             Some((Admission::Fresh, _)) => {
                 let now = now_us();
                 plan.clear();
-                plan_batch(archived, device, &ctx.rules, now, &mut plan);
+                plan_batch_scoped(archived, device, &scope, &ctx.rules, now, &mut plan);
+                audit_out_of_scope(ctx, conn, device, seq, &plan);
                 let batch = Arc::new(batch);
                 // Back-pressure: every shard's permits first, in shard
                 // order, and held until the batch's rows are in the tables.
@@ -154,6 +168,7 @@ pub(super) async fn read_batches(
                     now_us: now,
                     max_future_s: u32::try_from(ctx.rules.max_future_us / 1_000_000)
                         .unwrap_or(u32::MAX),
+                    scope,
                 };
                 let mut parts = Vec::with_capacity(2);
                 let sequenced = ctx.sequencer.submit(header, batch.bytes(), |lsn| {
@@ -287,6 +302,15 @@ impl Refusals<'_> {
         };
         m::frame_refused(err.code());
         tracing::info!(code = code.name(), error = %err, "frame refused");
+        if is_limit(code) {
+            let reason = err.to_string();
+            self.ctx.auth.audit.log(
+                crate::audit::Record::new("limit", &reason)
+                    .peer(self.conn.remote_address())
+                    .device(self.device)
+                    .detail(serde_json::json!({ "code": code.name(), "seq": batch_seq })),
+            );
+        }
         let mut rows = RowSet::default();
         rows.dead_letters.push(DeadLetterRow {
             ts_us: now_us(),
@@ -324,4 +348,61 @@ impl Refusals<'_> {
         }
         Ok(())
     }
+}
+
+/// Events refused because the credential does not allow them are counted
+/// and audited, one line per batch (they are also in the ack and in
+/// `rejected_events`, like any refused event).
+fn audit_out_of_scope(
+    ctx: &EngineCtx,
+    conn: &quinn::Connection,
+    device: u64,
+    seq: u64,
+    plan: &BatchPlan,
+) {
+    use tillstream_protocol::RejectCode;
+    let count = |code: RejectCode| {
+        plan.rejected
+            .iter()
+            .filter(|r| r.code == code.as_u16())
+            .count() as u64
+    };
+    let (store, kind) = (
+        count(RejectCode::WrongStore),
+        count(RejectCode::NotPermitted),
+    );
+    if store + kind == 0 {
+        return;
+    }
+    for (code, n) in [
+        (RejectCode::WrongStore, store),
+        (RejectCode::NotPermitted, kind),
+    ] {
+        if n > 0 {
+            m::authz_refused(code, n);
+        }
+    }
+    ctx.auth.audit.log(
+        crate::audit::Record::new(
+            "authz_refused",
+            "events outside the credential's store or role",
+        )
+        .peer(conn.remote_address())
+        .device(device)
+        .detail(serde_json::json!({ "seq": seq, "wrong_store": store, "not_permitted": kind })),
+    );
+}
+
+/// Refusals that are limit decisions (the audit log keeps them), as
+/// opposed to malformed frames.
+fn is_limit(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::FrameTooLarge
+            | ErrorCode::BatchTooLarge
+            | ErrorCode::TooManyStores
+            | ErrorCode::TooManyTerminals
+            | ErrorCode::TooManyErrors
+            | ErrorCode::SeqConflict
+    )
 }

@@ -60,7 +60,7 @@ pub use error::ClientError;
 pub use events::{AckEvent, AckedBatch, ClientEvent, RefusedBatch, StaleBatch};
 pub use prepared::PreparedBatch;
 pub use stats::ClientStats;
-pub use tls::{EndpointOptions, client_endpoint, client_endpoint_with};
+pub use tls::{EndpointOptions, client_endpoint, client_endpoint_with, client_tls_with_identity};
 pub use window::{Settled, Window};
 
 use std::net::SocketAddr;
@@ -87,6 +87,10 @@ pub struct ClientConfig {
     /// Longest wait for the QUIC handshake, and then for the answer to
     /// `Hello`.
     pub connect_timeout: Duration,
+    /// The device's own TLS settings, to present a client certificate
+    /// (mutual TLS; see [`client_tls_with_identity`]); `None`: the
+    /// endpoint's, with no certificate.
+    pub tls: Option<quinn::ClientConfig>,
     /// Whether the batches handed to this client may include some that an
     /// earlier life of the device already sent (a device that rebooted and
     /// resends what it kept on disk): then a batch at or below the server's
@@ -109,6 +113,7 @@ impl ClientConfig {
             server_name: "localhost".to_owned(),
             device,
             token: Vec::new(),
+            tls: None,
             max_inflight: 64,
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),

@@ -165,15 +165,18 @@ impl Session {
         End,
     > {
         let cfg = &self.cfg;
-        let connecting = self
-            .endpoint
-            .connect(cfg.server, &cfg.server_name)
-            .map_err(|e| match e {
-                quinn::ConnectError::InvalidServerName(_) => {
-                    self.fatal(0, format!("invalid server name {:?}", cfg.server_name))
-                }
-                e => End::lost(format!("cannot connect: {e}"), false),
-            })?;
+        let connecting = match &cfg.tls {
+            Some(tls) => self
+                .endpoint
+                .connect_with(tls.clone(), cfg.server, &cfg.server_name),
+            None => self.endpoint.connect(cfg.server, &cfg.server_name),
+        }
+        .map_err(|e| match e {
+            quinn::ConnectError::InvalidServerName(_) => {
+                self.fatal(0, format!("invalid server name {:?}", cfg.server_name))
+            }
+            e => End::lost(format!("cannot connect: {e}"), false),
+        })?;
         let conn = match tokio::time::timeout(cfg.connect_timeout, connecting).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(End::lost(format!("handshake failed: {e}"), false)),

@@ -3,8 +3,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::QuicClientConfig;
-use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use socket2::{Domain, Protocol, Socket, Type};
 use tillstream_protocol::ALPN;
 
@@ -60,6 +60,45 @@ pub fn client_endpoint_with(
     server: SocketAddr,
     opts: &EndpointOptions,
 ) -> Result<quinn::Endpoint, ClientError> {
+    let client = quic_client_config(ca_pem, opts, None)?;
+    let socket = bind(server, opts.socket_buffer_bytes).map_err(ClientError::Socket)?;
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    let mut endpoint =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+            .map_err(ClientError::Socket)?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+/// The TLS settings of one device that proves who it is with a client
+/// certificate (PEM chain and PKCS#8 key, as `tillstream ca issue` writes
+/// them); put it in [`ClientConfig::tls`](crate::ClientConfig::tls).
+pub fn client_tls_with_identity(
+    ca_pem: &[u8],
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    opts: &EndpointOptions,
+) -> Result<quinn::ClientConfig, ClientError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ClientError::Tls(format!("cannot read the device certificate: {e}")))?;
+    if chain.is_empty() {
+        return Err(ClientError::Tls(
+            "the device certificate PEM holds no certificate".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| ClientError::Tls(format!("cannot read the device key: {e}")))?;
+    quic_client_config(ca_pem, opts, Some((chain, key)))
+}
+
+type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+fn quic_client_config(
+    ca_pem: &[u8],
+    opts: &EndpointOptions,
+    identity: Option<Identity>,
+) -> Result<quinn::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     // PEM through rustls-pki-types: rustls-pemfile is unmaintained.
     for cert in CertificateDer::pem_slice_iter(ca_pem) {
@@ -79,11 +118,16 @@ pub fn client_endpoint_with(
     provider
         .cipher_suites
         .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut tls = match identity {
+        None => tls.with_no_client_auth(),
+        Some((chain, key)) => tls
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| ClientError::Tls(format!("the device certificate and key: {e}")))?,
+    };
     tls.alpn_protocols = vec![ALPN.to_vec()];
     // 0-RTT data can be replayed by an attacker: never send it.
     tls.enable_early_data = false;
@@ -98,14 +142,7 @@ pub fn client_endpoint_with(
     transport.max_idle_timeout(Some(idle));
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(Arc::new(transport));
-
-    let socket = bind(server, opts.socket_buffer_bytes).map_err(ClientError::Socket)?;
-    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-    let mut endpoint =
-        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-            .map_err(ClientError::Socket)?;
-    endpoint.set_default_client_config(client);
-    Ok(endpoint)
+    Ok(client)
 }
 
 /// Binds a UDP socket of `server`'s family on an ephemeral port, with

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub(crate) mod credentials;
 pub(crate) mod query;
 pub(crate) mod serve;
 pub(crate) mod verify;

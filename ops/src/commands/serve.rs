@@ -116,6 +116,8 @@ pub(crate) struct Args {
     /// uniformly from MIN..MAX milliseconds (slow storage rehearsal).
     #[arg(long, value_name = "MIN..MAX", value_parser = parse_ms_range)]
     inject_commit_delay_ms: Option<(Duration, Duration)>,
+    #[command(flatten)]
+    auth: super::credentials::AuthArgs,
 }
 
 /// Parses `50..500` (or a single `100`) as a range of milliseconds.
@@ -166,6 +168,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     cfg.max_terminals_per_device = usize::try_from(args.max_terminals_per_device).unwrap_or(16);
     cfg.hello_timeout = Duration::from_millis(args.hello_timeout_ms);
     cfg.idle_timeout = Duration::from_secs(args.idle_timeout_s);
+    cfg.auth = args.auth.config()?;
     cfg.faults.commit_delay = args.inject_commit_delay_ms;
     if let Some((lo, hi)) = cfg.faults.commit_delay {
         tracing::warn!(?lo, ?hi, "fault injection: every store commit is delayed");
@@ -183,6 +186,17 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             server.quic_addr(),
             server.cert_path().display()
         );
+        match server.settings().auth.as_str() {
+            "none" => eprintln!(
+                "AUTHENTICATION IS OFF (--auth none): any peer may write as any device for any store"
+            ),
+            modes => eprintln!(
+                "devices authenticate by {modes} (`tillstream token issue --device ID --store ID --role terminal`; signing key {})",
+                server
+                    .signing_key_path()
+                    .map_or_else(String::new, |p| p.display().to_string())
+            ),
+        }
         if let Some(h) = server.http_addr() {
             eprintln!("HTTP API on http://{h} (/metrics, /healthz, /readyz, /v1/verify)");
         }

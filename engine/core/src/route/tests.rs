@@ -110,7 +110,11 @@ fn bad_events_are_rejected_on_the_device_shard() -> Result<(), FrameError> {
         ],
     )?;
     let mut plan = BatchPlan::new(2);
-    plan_batch_scoped(b.get(), 5, Some(1), &Rules::default(), NOW, &mut plan);
+    let scope = Scope {
+        store: Some(1),
+        kinds: Kinds::All,
+    };
+    plan_batch_scoped(b.get(), 5, &scope, &Rules::default(), NOW, &mut plan);
     let codes: Vec<(u32, u16)> = plan.rejected.iter().map(|r| (r.idx, r.code)).collect();
     assert_eq!(
         codes,
@@ -235,4 +239,34 @@ proptest! {
             prop_assert!(items.windows(2).all(|w| w[0].idx <= w[1].idx));
         }
     }
+}
+
+#[test]
+fn a_scope_refuses_kinds_its_role_may_not_send() -> Result<(), FrameError> {
+    let b = testkit::batch(
+        9,
+        vec![
+            sale(NOW, 1, 2, vec![line(10, 1, 100)]),
+            count(NOW, 1, 10, 5),
+            movement(NOW, 1, 10, -1),
+            health(NOW, 1),
+        ],
+    )?;
+    let refused = |kinds| {
+        let mut plan = BatchPlan::new(2);
+        let scope = Scope {
+            store: Some(1),
+            kinds,
+        };
+        plan_batch_scoped(b.get(), 5, &scope, &Rules::default(), NOW, &mut plan);
+        plan.rejected
+            .iter()
+            .map(|r| (r.idx, r.code))
+            .collect::<Vec<_>>()
+    };
+    let no = RejectCode::NotPermitted.as_u16();
+    assert_eq!(refused(Kinds::Stock), [(0, no)]);
+    assert_eq!(refused(Kinds::Sales), [(1, no), (2, no)]);
+    assert!(refused(Kinds::All).is_empty());
+    Ok(())
 }
