@@ -32,17 +32,23 @@ pub struct Args {
 
     /// The server's token signing key (DATA_DIR/auth/signing.key of the
     /// server): each simulated device gets a token of its own, for its
-    /// store and role, as a provisioned fleet would. Needed with --server
-    /// unless the server runs --auth none; without --server the loadgen
-    /// uses its own server's key.
+    /// store and role, as a provisioned fleet would, and --verify an admin
+    /// token for the HTTP API. Needed with --server unless the server runs
+    /// --auth none; without --server the loadgen uses its own server's key.
     #[arg(long, value_name = "FILE")]
     pub token_key: Option<PathBuf>,
 
+    /// The server's data directory holding its device CA (`tillstream ca
+    /// init`), for `--auth certificate` with --server: each simulated
+    /// device gets a certificate of its own.
+    #[arg(long, value_name = "DATA_DIR", requires = "server")]
+    pub device_ca_dir: Option<PathBuf>,
+
     /// How the devices authenticate: `token` (a signed token in Hello),
-    /// `certificate` (a client certificate per device from the device CA
-    /// of the in-process server, made if missing) or `none` (the
-    /// in-process server runs with authentication off, for a benchmark
-    /// without it). The report says which mode ran.
+    /// `certificate` (a client certificate per device from the device CA:
+    /// the in-process server's, made if missing, or --device-ca-dir's) or
+    /// `none` (the in-process server runs with authentication off, for a
+    /// benchmark without it). The report says which mode ran.
     #[arg(long, value_enum, default_value_t = AuthMode::Token)]
     pub auth: AuthMode,
 
@@ -150,9 +156,12 @@ impl Args {
                 "--ca FILE is required with --server (the PEM of the server's certificate)"
             );
         }
-        if self.server.is_some() && self.auth == AuthMode::Certificate {
+        if self.server.is_some()
+            && self.auth == AuthMode::Certificate
+            && self.device_ca_dir.is_none()
+        {
             anyhow::bail!(
-                "--auth certificate issues certificates from the in-process server's CA; against --server use --token-key (or provision devices with `tillstream ca issue`)"
+                "--auth certificate with --server needs --device-ca-dir DATA_DIR (the data directory where `tillstream ca init` made the CA)"
             );
         }
         if self.server.is_none() && self.token_key.is_some() {

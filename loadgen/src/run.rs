@@ -118,8 +118,27 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     let (target, addr, ca_pem, settings, credentials) = match &args.server {
         Some(s) => {
+            let ca_pem_of_server = args
+                .ca
+                .as_ref()
+                .map(std::fs::read)
+                .transpose()
+                .context("reading --ca")?
+                .unwrap_or_default();
             let credentials = match (&args.token_key, args.auth) {
                 (_, AuthMode::None) => Credentials::None,
+                (_, AuthMode::Certificate) => {
+                    let dir = args
+                        .device_ca_dir
+                        .as_ref()
+                        .context("--device-ca-dir is required with --auth certificate")?;
+                    Credentials::Certificates {
+                        ca: Arc::new(DeviceCa::load(dir).with_context(|| {
+                            format!("loading the device CA of {}", dir.display())
+                        })?),
+                        trust_pem: ca_pem_of_server,
+                    }
+                }
                 (Some(p), _) => Credentials::Tokens(Arc::new(
                     SigningKey::load(p)
                         .with_context(|| format!("reading --token-key {}", p.display()))?,
@@ -138,7 +157,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             let http = args.http.clone().unwrap_or_else(|| {
                 format!("http://{}", SocketAddr::new(addr.ip(), DEFAULT_HTTP_PORT))
             });
-            let bearer = credentials.api_token();
+            // The API (verify, settings) takes an admin token signed with
+            // the server's key, whatever the devices present.
+            let bearer = match &args.token_key {
+                Some(p) => Credentials::Tokens(Arc::new(SigningKey::load(p)?)).api_token(),
+                None => None,
+            };
             let settings = verify::remote_settings(&http, bearer.as_deref()).await;
             (
                 Target::Remote { http, bearer },
