@@ -26,7 +26,7 @@ PARALLEL="${PARALLEL:-2}"
 LOG_DIR="${LOG_DIR:-$here/logs}"
 NICE="${NICE:-19}"
 FUZZ_ARGS="${FUZZ_ARGS:-}"
-ALL_TARGETS=(frame_header batch_validate core_apply hello)
+ALL_TARGETS=(frame_header batch_validate core_apply hello credentials)
 if [ "$#" -gt 0 ]; then targets=("$@"); else targets=("${ALL_TARGETS[@]}"); fi
 
 export PATH="$HOME/.cargo/bin:$PATH"

@@ -9,6 +9,8 @@ use std::error::Error as StdError;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use rustls_pki_types::pem::PemObject;
+
 use tillstream_engine_core::testkit::{count, health, line, movement, refund, sale};
 use tillstream_engine_core::validate::{DEFAULT_MAX_FUTURE_US, Y2000_US};
 use tillstream_protocol::frame::{HEADER_LEN, encode_to_vec};
@@ -103,7 +105,46 @@ fn main() -> R {
         "hello",
         hello_frames.iter().chain(&server_frames).map(Vec::as_slice),
     )?;
+    // credentials: tokens signed with the target's test key (device and
+    // API roles), one expired, and a device certificate's DER.
+    write(&root, "credentials", credentials()?.iter().map(Vec::as_slice))?;
     Ok(())
+}
+
+/// The fuzz target's test key (fuzz_targets/credentials.rs).
+const TEST_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIEuKKbC0dYv0bl3WDapyID3W93NT++e7DEODRYevaARF
+-----END PRIVATE KEY-----
+";
+
+fn credentials() -> R<Vec<Vec<u8>>> {
+    use std::time::Duration;
+    use tillstream_auth::Role;
+    use tillstream_auth::token::{SigningKey, TokenRequest};
+    let key = SigningKey::from_pem(TEST_KEY_PEM)?;
+    let mut out = Vec::new();
+    for (device, store, role, ttl) in [
+        (Some(7), Some(3), Role::Terminal, 86_400 * 365 * 9),
+        (Some(u64::MAX), Some(u32::MAX), Role::ShelfSensor, 60),
+        (None, None, Role::Analyst, 3600),
+    ] {
+        let (t, _) = key.issue(&TokenRequest {
+            device,
+            store,
+            role,
+            ttl: Duration::from_secs(ttl),
+        })?;
+        out.push(t.into_bytes());
+    }
+    let dir = std::env::temp_dir().join(format!("tillstream-fuzz-seed-{}", std::process::id()));
+    let ca = tillstream_auth::ca::DeviceCa::init(&dir)?;
+    let cert = ca.issue(42, 9, Role::ShelfSensor, Duration::from_secs(3600))?;
+    let der = rustls_pki_types::CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+        .next()
+        .ok_or("no certificate")??;
+    out.push(der.to_vec());
+    let _ = fs::remove_dir_all(&dir);
+    Ok(out)
 }
 
 fn write<'a>(root: &Path, target: &str, inputs: impl Iterator<Item = &'a [u8]>) -> R {
