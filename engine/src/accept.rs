@@ -86,6 +86,10 @@ pub(crate) async fn accept_loop(
                 if let Err(full) = queue_tx.try_send((incoming, Instant::now())) {
                     let (incoming, _) = full.into_inner();
                     m::connection_refused("queue_full");
+                    ctx.auth.audit.log(
+                        Record::new("limit", "set-up queue full")
+                            .peer(incoming.remote_address()),
+                    );
                     incoming.refuse();
                 }
             }
@@ -95,6 +99,10 @@ pub(crate) async fn accept_loop(
                 m::connection_waited(waited);
                 if waited > limits.max_wait {
                     m::connection_refused("waited_too_long");
+                    ctx.auth.audit.log(
+                        Record::new("limit", "waited too long for a set-up slot")
+                            .peer(incoming.remote_address()),
+                    );
                     incoming.refuse();
                     continue;
                 }

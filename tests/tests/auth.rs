@@ -477,6 +477,29 @@ async fn the_http_api_serves_analysts_queries_and_admins_everything() -> anyhow:
     let denied = audited(dir.path(), "api_denied")?;
     assert_eq!(denied.len(), 3, "{denied:?}");
     server.shutdown().await?;
+
+    // `--metrics-auth`: scrapers need a token too.
+    let dir = tempfile::tempdir()?;
+    let mut cfg = test_config(dir.path(), 1);
+    cfg.http = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    cfg.auth.metrics_open = false;
+    let server = Server::start(cfg).await?;
+    let analyst = Tokens::of(&server)?.api(Role::Analyst)?;
+    let url = format!(
+        "http://{}/metrics",
+        server
+            .http_addr()
+            .ok_or_else(|| anyhow::anyhow!("no HTTP API"))?
+    );
+    let (open, scraped) = tokio::task::spawn_blocking(move || {
+        anyhow::Ok((
+            http("GET", &url, None, None)?,
+            http("GET", &url, Some(&analyst), None)?,
+        ))
+    })
+    .await??;
+    assert_eq!((open, scraped), (401, 200));
+    server.shutdown().await?;
     Ok(())
 }
 
@@ -501,5 +524,24 @@ async fn a_server_without_authentication_says_so() -> anyhow::Result<()> {
     let endpoint = client_endpoint(&std::fs::read(opts.cert_path())?, opts.quic)?;
     RawSession::open(&endpoint, opts.quic, 77, b"").await?;
     let _ = AuthConfig::none();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_expires_mid_session_closes_its_connection() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = server(dir.path()).await?;
+    let endpoint = endpoint_for(&server)?;
+    let key = server_key(&server)?;
+    let tok = token(&key, 12, 1, Role::Terminal, 2)?;
+    let raw = RawSession::open(&endpoint, server.quic_addr(), 12, tok.as_bytes()).await?;
+    let closed = tokio::time::timeout(Duration::from_secs(6), raw.conn.closed()).await?;
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(&c.reason[..], b"credential expired");
+        }
+        other => anyhow::bail!("closed otherwise: {other:?}"),
+    }
+    server.shutdown().await?;
     Ok(())
 }

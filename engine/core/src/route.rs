@@ -183,8 +183,14 @@ impl Kinds {
             (self, e),
             (Kinds::All, _)
                 | (_, ArchivedEvent::Health(_))
-                | (Kinds::Sales, ArchivedEvent::Sale(_) | ArchivedEvent::Refund(_))
-                | (Kinds::Stock, ArchivedEvent::Count(_) | ArchivedEvent::Movement(_))
+                | (
+                    Kinds::Sales,
+                    ArchivedEvent::Sale(_) | ArchivedEvent::Refund(_)
+                )
+                | (
+                    Kinds::Stock,
+                    ArchivedEvent::Count(_) | ArchivedEvent::Movement(_)
+                )
         )
     }
 }
