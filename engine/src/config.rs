@@ -92,6 +92,24 @@ pub struct ServerConfig {
     /// closed. Devices keep alive every 5 s, so the default 30 s only ends
     /// connections whose device is gone.
     pub idle_timeout: Duration,
+    /// Bytes of frame payload all connections together may hold while
+    /// their frames arrive (a frame being read is not yet any shard's
+    /// in-flight budget). A reader waits for room before it reads more, so
+    /// its device waits on QUIC flow control. Default 256 MiB: thousands
+    /// of honest frames (tens of KiB each) at once, while 20,000
+    /// connections each dripping a 1 MiB frame could otherwise pin 20 GiB.
+    pub max_frame_buffer_bytes: usize,
+    /// Longest a device may take to send the rest of a frame it started
+    /// (time its reader waited for buffer room not counted); past it the
+    /// connection is closed, so a drip cannot hold its share of the
+    /// buffer budget for long. Default 10 s.
+    pub frame_deadline: Duration,
+    /// QUIC receive window of each connection (stream and connection):
+    /// the most a connection may have buffered in the server before its
+    /// reader takes it. The reader takes bytes as they arrive, so frames
+    /// larger than the window pass; what it bounds is a stalled reader's
+    /// backlog, times every connection. Default 256 KiB.
+    pub quic_window_bytes: u64,
     /// Device and API authentication, revocation, the audit log. Default:
     /// on, tokens signed by `DATA_DIR/auth/signing.key` (made on first
     /// start), client certificates once `tillstream ca init` made a CA.
@@ -126,6 +144,9 @@ impl ServerConfig {
             max_terminals_per_device: 16,
             hello_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(30),
+            max_frame_buffer_bytes: 256 << 20,
+            frame_deadline: Duration::from_secs(10),
+            quic_window_bytes: 256 << 10,
             auth: AuthConfig::default(),
             faults: Faults::default(),
         }

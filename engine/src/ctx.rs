@@ -18,6 +18,7 @@ use crate::devices::Devices;
 use crate::flusher::FlushSender;
 use crate::sequencer::Sequencer;
 use crate::shards::ShardHandle;
+use crate::wire::FrameBudget;
 
 /// What every session shares.
 #[derive(Debug)]
@@ -43,6 +44,9 @@ pub(crate) struct EngineCtx {
     /// Acknowledgements stuck this long while batches wait make `/readyz`
     /// fail (see `ServerConfig::ack_stall_not_ready`).
     pub(crate) ack_stall_not_ready: Duration,
+    /// What the frames being read may hold, across connections, and how
+    /// long one may take (see `ServerConfig::max_frame_buffer_bytes`).
+    pub(crate) frame_budget: FrameBudget,
     /// Credentials, revocation, the audit log.
     pub(crate) auth: Arc<Auth>,
     /// Set when a batch could not be applied on all its shards: nothing

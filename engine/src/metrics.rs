@@ -187,3 +187,8 @@ pub(crate) fn authz_refused(code: tillstream_protocol::RejectCode, events: u64) 
 pub(crate) fn audit_dropped() {
     counter!("tillstream_audit_lines_dropped_total").increment(1);
 }
+
+/// Connections closed because a frame they started did not arrive in time.
+pub(crate) fn frame_too_slow() {
+    counter!("tillstream_frames_too_slow_total").increment(1);
+}

@@ -20,6 +20,7 @@ use crate::flusher::{self, FlushSettings};
 use crate::recovery;
 use crate::sequencer::Sequencer;
 use crate::shards::{self, ShardHandle, ShardMsg};
+use crate::wire::FrameBudget;
 use crate::{EngineError, ServerConfig, ServerSettings, accept, http, passivate, tls, udp};
 
 /// A running server.
@@ -58,8 +59,12 @@ impl Server {
             tracing::info!(cert = %material.trust_path.display(), "created a self-signed development certificate; devices must trust this file");
         }
         let auth = Arc::new(Auth::start(&cfg.auth, &cfg.data_dir)?);
-        let quic_cfg =
-            tls::quic_server_config(&material, auth.client_ca(), &cfg.limits, cfg.idle_timeout)?;
+        let quic_cfg = tls::quic_server_config(
+            &material,
+            auth.client_ca(),
+            cfg.quic_window_bytes,
+            cfg.idle_timeout,
+        )?;
 
         let dir = cfg.data_dir.join("store");
         let fail_after = cfg.faults.fail_sync_after;
@@ -145,6 +150,15 @@ impl Server {
             max_terminals_per_device: cfg.max_terminals_per_device.max(1),
             hello_timeout: cfg.hello_timeout,
             auth: auth.clone(),
+            frame_budget: FrameBudget {
+                bytes: Arc::new(tokio::sync::Semaphore::new(
+                    cfg.max_frame_buffer_bytes.clamp(
+                        cfg.limits.max_frame_bytes as usize,
+                        tokio::sync::Semaphore::MAX_PERMITS,
+                    ),
+                )),
+                deadline: cfg.frame_deadline.max(Duration::from_millis(100)),
+            },
             failed,
         });
 

@@ -125,7 +125,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
 pub(crate) fn quic_server_config(
     material: &TlsMaterial,
     client_ca: Option<&[u8]>,
-    limits: &tillstream_protocol::Limits,
+    window: u64,
     idle_timeout: std::time::Duration,
 ) -> Result<quinn::ServerConfig, EngineError> {
     let mut provider = rustls::crypto::ring::default_provider();
@@ -154,12 +154,13 @@ pub(crate) fn quic_server_config(
         .map_err(|e| EngineError::Tls(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    // Room for one largest frame and a little more per connection; beyond
-    // it the device blocks on flow control, the intended back-pressure.
-    // What a blocked reader leaves buffered in QUIC is at most this per
-    // connection, so the window is kept small: it multiplies by the fleet
-    // (104 devices with 4 MiB windows reached 800 MiB under slow storage).
-    let window = u64::from(limits.max_frame_bytes).saturating_add(64 << 10);
+    // Beyond the window the device blocks on flow control, the intended
+    // back-pressure. What a blocked reader leaves buffered in QUIC is at
+    // most this per connection, so the window is kept small: it multiplies
+    // by the fleet (104 devices with 4 MiB windows reached 800 MiB under
+    // slow storage). Frames larger than it still pass: the reader takes
+    // bytes as they arrive, which gives the device credit again.
+    let window = window.max(16 << 10);
     transport
         .max_concurrent_bidi_streams(1u32.into())
         .max_concurrent_uni_streams(0u32.into())

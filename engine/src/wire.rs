@@ -1,5 +1,10 @@
 //! Reading and writing frames on a QUIC stream.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use tillstream_protocol::FrameError;
 use tillstream_protocol::frame::{self, FrameHeader, HEADER_LEN, PayloadBuf, WireMessage};
 
@@ -10,6 +15,26 @@ pub(crate) enum ReadError {
     Conn(String),
     /// The bytes were not a valid frame. `raw` is what was read of it.
     Frame { err: FrameError, raw: Vec<u8> },
+    /// The peer took longer than the frame deadline to send a frame it
+    /// had started (time spent waiting for the buffer budget not counted).
+    TooSlow { got: usize, of: usize },
+}
+
+/// How the payloads of frames being read are bounded, across connections.
+#[derive(Debug, Clone)]
+pub(crate) struct FrameBudget {
+    /// Bytes of frame payload all connections may hold while they read
+    /// them; a reader waits for room before it reads more (QUIC flow
+    /// control then holds its device).
+    pub(crate) bytes: Arc<Semaphore>,
+    /// Longest a peer may take to send the rest of a frame it started.
+    pub(crate) deadline: Duration,
+}
+
+/// A frame's share of the budget, released when dropped.
+#[derive(Debug)]
+pub(crate) struct FramePermit {
+    _held: Option<OwnedSemaphorePermit>,
 }
 
 /// What a payload buffer starts with: the buffer grows as bytes arrive,
@@ -22,10 +47,17 @@ const FIRST_PAYLOAD_CAPACITY: usize = 64 * 1024;
 /// buffer grows with the bytes that arrive, never ahead of them (a frame
 /// buffer allocated and zeroed for its declared length let every stalled
 /// connection pin a megabyte).
+///
+/// With a `budget`, the payload's declared length is counted against it
+/// before it is read and stays counted until the returned permit drops,
+/// and the payload must arrive within the budget's deadline (counted from
+/// when the share was granted): a peer dripping a frame holds a bounded
+/// share for a bounded time, however many connections it opens.
 pub(crate) async fn read_frame(
     recv: &mut quinn::RecvStream,
     max_payload: u32,
-) -> Result<Option<(FrameHeader, PayloadBuf)>, ReadError> {
+    budget: Option<&FrameBudget>,
+) -> Result<Option<(FrameHeader, PayloadBuf, FramePermit)>, ReadError> {
     let mut head = [0u8; HEADER_LEN];
     match recv.read_exact(&mut head).await {
         Ok(()) => {}
@@ -47,8 +79,37 @@ pub(crate) async fn read_frame(
     })?;
     let len = header.len as usize;
     let mut payload = PayloadBuf::with_capacity(len.min(FIRST_PAYLOAD_CAPACITY));
+    // The whole declared length is taken from the budget at once, before
+    // a byte is read: a reader holds all of its frame's share or none, so
+    // readers waiting for room never hold part of it (partial shares
+    // could leave every reader waiting on the others). Declaring a large
+    // frame and dripping it costs the share until the deadline.
+    let held = match budget {
+        Some(b) => Some(
+            b.bytes
+                .clone()
+                .acquire_many_owned(u32::try_from(len).unwrap_or(u32::MAX))
+                .await
+                .map_err(|_| ReadError::Conn("server shutting down".into()))?,
+        ),
+        None => None,
+    };
+    let deadline = budget.map(|b| tokio::time::Instant::now() + b.deadline);
     while payload.len() < len {
-        match recv.read_chunk(len - payload.len(), true).await {
+        let chunk = recv.read_chunk(len - payload.len(), true);
+        let read = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, chunk).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(ReadError::TooSlow {
+                        got: payload.len(),
+                        of: len,
+                    });
+                }
+            },
+            None => chunk.await,
+        };
+        match read {
             Ok(Some(chunk)) => payload.extend_from_slice(&chunk.bytes),
             Ok(None) => {
                 return Err(ReadError::Frame {
@@ -68,7 +129,7 @@ pub(crate) async fn read_frame(
             err,
             raw: with_header(&head, &payload),
         })?;
-    Ok(Some((header, payload)))
+    Ok(Some((header, payload, FramePermit { _held: held })))
 }
 
 /// The header and payload of a frame as one byte string, capped for a dead letter.

@@ -145,3 +145,81 @@ async fn a_device_past_its_rate_is_slowed_and_loses_nothing() -> anyhow::Result<
     server.shutdown().await?;
     Ok(())
 }
+
+/// Connections that each drip most of a 1 MiB frame and stall: each
+/// could pin its megabyte (and a QUIC window more), so enough of them
+/// could take any amount of memory. A global budget for the frames being
+/// read (8 MiB here) and a small QUIC window bound them all together, a
+/// deadline closes the drippers, and an honest device is served after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dripped_frames_share_one_bounded_budget_and_time_out() -> anyhow::Result<()> {
+    const CONNECTIONS: u64 = 60;
+    const BUDGET_MIB: u64 = 8;
+    let dir = tempfile::tempdir()?;
+    let mut opts = ServeOpts::new(&dir.path().join("data"), &dir.path().join("serve.log"), 1)?;
+    opts.extra = vec![
+        format!("--max-frame-buffers-mib={BUDGET_MIB}"),
+        "--frame-deadline-s=3".into(),
+        "--quic-window-kib=64".into(),
+    ];
+    let server = ServerProcess::start(&opts)?;
+    let endpoint = client_endpoint(&std::fs::read(opts.cert_path())?, opts.quic)?;
+    let tokens = tillstream_tests::Tokens::of_data_dir(&opts.data_dir).await?;
+    // Baseline with the same connections, said Hello and idle.
+    let mut warm = Vec::new();
+    for d in 0..CONNECTIONS {
+        warm.push(hello(&endpoint, opts.quic, 30_000 + d, &tokens).await?);
+    }
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = server.proc_status_kib("VmRSS").unwrap_or(0);
+
+    let declared = vec![0u8; (frame::DEFAULT_MAX_PAYLOAD - 64) as usize];
+    let mut head = Vec::new();
+    FrameHeader::write(MsgType::Batch, &declared, &mut head);
+    let mut drips = tokio::task::JoinSet::new();
+    let mut conns = Vec::new();
+    for d in 0..CONNECTIONS {
+        let (conn, mut send, recv) = hello(&endpoint, opts.quic, 40_000 + d, &tokens).await?;
+        conns.push((conn.clone(), recv));
+        let (head, body) = (head.clone(), declared[..900 << 10].to_vec());
+        drips.spawn(async move {
+            // Blocks on flow control where the server does not read.
+            let _ = send.write_all(&head).await;
+            let _ = send.write_all(&body).await;
+            send
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = server.proc_status_kib("VmRSS").unwrap_or(0);
+    let grew_mib = during.saturating_sub(before) / 1024;
+    eprintln!(
+        "{CONNECTIONS} dripped 900 KiB frames: RSS {before} -> {during} KiB (unbounded: {} MiB)",
+        CONNECTIONS * 900 / 1024
+    );
+    assert!(
+        grew_mib < BUDGET_MIB + 24,
+        "{CONNECTIONS} dripped frames grew the server by {grew_mib} MiB"
+    );
+
+    // The deadline closes the drippers, a few at a time as each gets its
+    // share; meanwhile an honest device's batch is acknowledged.
+    let honest_token = tokens.device(7, 1, true)?;
+    let mut cfg = tillstream_client::ClientConfig::new(opts.quic, 7);
+    cfg.token = honest_token;
+    let dev = tillstream_client::DeviceClient::start(endpoint.clone(), cfg);
+    let s = tillstream_tests::script(7, 1, true, 1, 10, tillstream_tests::now_us() - 60_000_000);
+    for b in tillstream_tests::prepare(&s)? {
+        dev.send(b).await?;
+    }
+    dev.wait_acked(1, Duration::from_secs(120)).await?;
+    let closed = conns
+        .iter()
+        .filter(|(c, _)| c.close_reason().is_some())
+        .count();
+    eprintln!("{closed} of {CONNECTIONS} drippers closed by the deadline so far");
+    assert!(closed > 0, "no dripper was closed");
+    assert!(server.metric("tillstream_frames_too_slow_total")? > 0.0);
+    drips.abort_all();
+    Ok(())
+}

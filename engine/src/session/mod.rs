@@ -64,6 +64,9 @@ pub(crate) enum SessionEnd {
     /// A frame broke the framing: nothing after it can be read.
     #[error("closed after a bad frame: {0}")]
     BadFrame(FrameError),
+    /// A started frame did not arrive within the frame deadline.
+    #[error("a frame took longer than {0:?} to arrive ({1} of {2} bytes)")]
+    TooSlow(Duration, usize, usize),
     /// More than `MAX_BAD_FRAMES` bad frames.
     #[error("too many bad frames")]
     TooManyBadFrames,
@@ -161,13 +164,19 @@ async fn session(
         .map_err(|e| SessionEnd::Conn(e.to_string()))?;
 
     // Hello.
-    let first = tokio::time::timeout(ctx.hello_timeout, read_frame(&mut recv, HELLO_MAX_BYTES))
-        .await
-        .map_err(|_| SessionEnd::NoHello)?;
+    // A Hello is small (16 KiB at most) and only a set-up slot's holder
+    // reads one: it is not counted in the frame budget.
+    let first = tokio::time::timeout(
+        ctx.hello_timeout,
+        read_frame(&mut recv, HELLO_MAX_BYTES, None),
+    )
+    .await
+    .map_err(|_| SessionEnd::NoHello)?;
     let hello = match first {
-        Ok(Some((h, payload))) if h.msg_type == MsgType::Hello => decode::<Hello>(&payload),
+        Ok(Some((h, payload, _))) if h.msg_type == MsgType::Hello => decode::<Hello>(&payload),
         Ok(Some(_)) => Err(FrameError::Violation("the first frame must be Hello")),
         Ok(None) => return Ok(()),
+        Err(ReadError::TooSlow { .. }) => return Err(SessionEnd::NoHello),
         Err(ReadError::Conn(e)) => return Err(SessionEnd::Conn(e)),
         Err(ReadError::Frame { err, .. }) => Err(err),
     };

@@ -47,12 +47,24 @@ pub(super) async fn read_batches(
         let read = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => return Ok(()),
-            r = read_frame(recv, ctx.limits.max_frame_bytes) => r,
+            r = read_frame(recv, ctx.limits.max_frame_bytes, Some(&ctx.frame_budget)) => r,
         };
-        let (header, payload) = match read {
+        // The frame's share of the buffer budget is held until the batch
+        // holds its shards' budget (or is refused, at the end of this turn).
+        let (header, payload, frame_permit) = match read {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(()),
             Err(ReadError::Conn(e)) => return Err(SessionEnd::Conn(e)),
+            Err(ReadError::TooSlow { got, of }) => {
+                m::frame_too_slow();
+                ctx.auth.audit.log(
+                    crate::audit::Record::new("limit", "a frame took too long to arrive")
+                        .peer(conn.remote_address())
+                        .device(device)
+                        .detail(serde_json::json!({ "got": got, "of": of })),
+                );
+                return Err(SessionEnd::TooSlow(ctx.frame_budget.deadline, got, of));
+            }
             Err(ReadError::Frame { err, raw }) => {
                 refusals.refuse(0, err, raw).await?;
                 continue;
@@ -162,6 +174,8 @@ pub(super) async fn read_batches(
                         .map_err(|_| SessionEnd::ShuttingDown)?;
                     permits.push(permit);
                 }
+                // Its bytes now count against its shards' budget.
+                drop(frame_permit);
                 let header = BatchHeader {
                     device,
                     seq,

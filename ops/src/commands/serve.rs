@@ -112,6 +112,26 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 30, env = "TILLSTREAM_IDLE_TIMEOUT_S",
           value_parser = clap::value_parser!(u64).range(1..=3_600))]
     idle_timeout_s: u64,
+    /// MiB of frame payload all connections together may hold while their
+    /// frames arrive; a connection waits for room (its device then waits
+    /// on QUIC flow control). With --quic-window-kib and
+    /// --max-connections it bounds what connections cost: at most
+    /// connections x window + this.
+    #[arg(long, default_value_t = 256, env = "TILLSTREAM_MAX_FRAME_BUFFERS_MIB",
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    max_frame_buffers_mib: u64,
+    /// Seconds a device may take to send the rest of a frame it started;
+    /// past it the connection is closed (a drip holds its share of the
+    /// frame buffers for no longer).
+    #[arg(long, default_value_t = 10, env = "TILLSTREAM_FRAME_DEADLINE_S",
+          value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    frame_deadline_s: u64,
+    /// QUIC receive window of each connection, in KiB: what a connection
+    /// may have buffered in the server before its reader takes it. Frames
+    /// larger than it still pass (the reader takes bytes as they come).
+    #[arg(long, default_value_t = 256, env = "TILLSTREAM_QUIC_WINDOW_KIB",
+          value_parser = clap::value_parser!(u64).range(16..=65_536))]
+    quic_window_kib: u64,
     /// Testing only: make every store commit first sleep for a time drawn
     /// uniformly from MIN..MAX milliseconds (slow storage rehearsal).
     #[arg(long, value_name = "MIN..MAX", value_parser = parse_ms_range)]
@@ -169,6 +189,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     cfg.hello_timeout = Duration::from_millis(args.hello_timeout_ms);
     cfg.idle_timeout = Duration::from_secs(args.idle_timeout_s);
     cfg.auth = args.auth.config()?;
+    cfg.max_frame_buffer_bytes =
+        usize::try_from(args.max_frame_buffers_mib << 20).unwrap_or(usize::MAX);
+    cfg.frame_deadline = Duration::from_secs(args.frame_deadline_s);
+    cfg.quic_window_bytes = args.quic_window_kib << 10;
     cfg.faults.commit_delay = args.inject_commit_delay_ms;
     if let Some((lo, hi)) = cfg.faults.commit_delay {
         tracing::warn!(?lo, ?hi, "fault injection: every store commit is delayed");
