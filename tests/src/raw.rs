@@ -30,15 +30,7 @@ impl RawSession {
         device: u64,
         token: &[u8],
     ) -> anyhow::Result<Self> {
-        let conn = endpoint.connect(addr, "localhost")?.await?;
-        let (mut send, mut recv) = conn.open_bi().await?;
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            device,
-            token: token.to_vec(),
-        };
-        send.write_all(&frame::encode_to_vec(&hello)?).await?;
-        let (t, payload) = read_msg(&mut recv).await?;
+        let (conn, send, recv, t, payload) = hello(endpoint, addr, device, token).await?;
         anyhow::ensure!(t == MsgType::Welcome, "expected Welcome, got {t:?}");
         let welcome = decode::<Welcome>(&payload)?;
         Ok(Self {
@@ -61,4 +53,39 @@ pub async fn read_msg(
     recv.read_exact(&mut payload).await?;
     h.check_payload(&payload)?;
     Ok((h.msg_type, frame::aligned(&payload)))
+}
+
+/// A `Batch` frame of `events` with seq `seq`, stamped now.
+pub fn batch_frame(seq: u64, events: Vec<tillstream_protocol::Event>) -> anyhow::Result<Vec<u8>> {
+    Ok(frame::encode_to_vec(&tillstream_protocol::Batch {
+        seq,
+        sent_at_us: crate::now_us(),
+        events,
+    })?)
+}
+
+/// Opens a connection, says Hello as `device` with `token`, and returns
+/// the connection, its stream and the server's answer (Welcome, Reject).
+pub async fn hello(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    device: u64,
+    token: &[u8],
+) -> anyhow::Result<(
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+    MsgType,
+    frame::PayloadBuf,
+)> {
+    let conn = endpoint.connect(addr, "localhost")?.await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        device,
+        token: token.to_vec(),
+    };
+    send.write_all(&frame::encode_to_vec(&hello)?).await?;
+    let (t, payload) = read_msg(&mut recv).await?;
+    Ok((conn, send, recv, t, payload))
 }

@@ -39,15 +39,8 @@ async fn hello_answer(
     device: u64,
     token: &[u8],
 ) -> anyhow::Result<(MsgType, u16, String)> {
-    let conn = endpoint.connect(addr, "localhost")?.await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        device,
-        token: token.to_vec(),
-    };
-    send.write_all(&frame::encode_to_vec(&hello)?).await?;
-    let (t, payload) = read_msg(&mut recv).await?;
+    let (_conn, _send, _recv, t, payload) =
+        tillstream_tests::raw::hello(endpoint, addr, device, token).await?;
     Ok(match t {
         MsgType::Reject => {
             let r = decode::<Reject>(&payload)?;
@@ -92,13 +85,7 @@ fn audited(dir: &Path, event: &str) -> anyhow::Result<Vec<serde_json::Value>> {
         .collect())
 }
 
-fn batch(seq: u64, events: Vec<Event>) -> anyhow::Result<Vec<u8>> {
-    Ok(frame::encode_to_vec(&Batch {
-        seq,
-        sent_at_us: now_us(),
-        events,
-    })?)
-}
+use tillstream_tests::raw::batch_frame as batch;
 
 /// Reads acks until `seq` is durable; returns every rejected reference.
 async fn acked_through(raw: &mut RawSession, seq: u64) -> anyhow::Result<Vec<(u32, u16)>> {

@@ -22,6 +22,25 @@ async fn hello(
     Ok((s.conn, s.send, s.recv))
 }
 
+/// The server's RSS (KiB) after `n` connections said Hello and closed:
+/// a baseline that includes what every connection costs anyway.
+async fn warm_rss(
+    server: &ServerProcess,
+    endpoint: &quinn::Endpoint,
+    opts: &ServeOpts,
+    tokens: &tillstream_tests::Tokens,
+    n: u64,
+    first_device: u64,
+) -> anyhow::Result<u64> {
+    let mut warm = Vec::new();
+    for d in 0..n {
+        warm.push(hello(endpoint, opts.quic, first_device + d, tokens).await?);
+    }
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(server.proc_status_kib("VmRSS").unwrap_or(0))
+}
+
 /// Connections that declare a 1 MiB batch frame and then stall: the server
 /// allocated (and zeroed) each declared megabyte before a byte of it came,
 /// so 200 of them pinned 200 MiB. Buffers now grow with what arrives.
@@ -33,15 +52,7 @@ async fn stalled_frames_pin_no_memory_for_what_never_came() -> anyhow::Result<()
     let server = ServerProcess::start(&opts)?;
     let endpoint = client_endpoint(&std::fs::read(opts.cert_path())?, opts.quic)?;
     let tokens = tillstream_tests::Tokens::of_data_dir(&opts.data_dir).await?;
-    // Warm the server up with the same shape of connection, without the
-    // stall, so the baseline includes what every connection costs anyway.
-    let mut warm = Vec::new();
-    for d in 0..CONNECTIONS {
-        warm.push(hello(&endpoint, opts.quic, 10_000 + d, &tokens).await?);
-    }
-    drop(warm);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = server.proc_status_kib("VmRSS").unwrap_or(0);
+    let before = warm_rss(&server, &endpoint, &opts, &tokens, CONNECTIONS, 10_000).await?;
 
     let declared = vec![0u8; (frame::DEFAULT_MAX_PAYLOAD - 64) as usize];
     let mut head = Vec::new();
@@ -165,14 +176,7 @@ async fn dripped_frames_share_one_bounded_budget_and_time_out() -> anyhow::Resul
     let server = ServerProcess::start(&opts)?;
     let endpoint = client_endpoint(&std::fs::read(opts.cert_path())?, opts.quic)?;
     let tokens = tillstream_tests::Tokens::of_data_dir(&opts.data_dir).await?;
-    // Baseline with the same connections, said Hello and idle.
-    let mut warm = Vec::new();
-    for d in 0..CONNECTIONS {
-        warm.push(hello(&endpoint, opts.quic, 30_000 + d, &tokens).await?);
-    }
-    drop(warm);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = server.proc_status_kib("VmRSS").unwrap_or(0);
+    let before = warm_rss(&server, &endpoint, &opts, &tokens, CONNECTIONS, 30_000).await?;
 
     let declared = vec![0u8; (frame::DEFAULT_MAX_PAYLOAD - 64) as usize];
     let mut head = Vec::new();

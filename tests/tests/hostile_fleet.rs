@@ -86,13 +86,7 @@ async fn coded_or_closed(
     }
 }
 
-fn batch(seq: u64, events: Vec<Event>) -> anyhow::Result<Vec<u8>> {
-    Ok(frame::encode_to_vec(&Batch {
-        seq,
-        sent_at_us: now_us(),
-        events,
-    })?)
-}
+use tillstream_tests::raw::batch_frame as batch;
 
 /// `n` receipts stamped `ts`, event `i` for the (store, SKU) `at(i)`.
 fn movements(n: usize, mut at: impl FnMut(usize) -> (u32, u64), ts: i64) -> Vec<Event> {

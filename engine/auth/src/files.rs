@@ -11,8 +11,9 @@ pub(crate) fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error)
     move |source| AuthError::Io { what, path, source }
 }
 
-/// Writes `bytes` to `path` atomically; `private` makes it mode 0600.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), AuthError> {
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename);
+/// `private` makes it mode 0600 (keys).
+pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), AuthError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     }

@@ -16,6 +16,8 @@ pub mod token;
 
 mod files;
 
+pub use files::write_atomic;
+
 use std::fmt;
 use std::str::FromStr;
 

@@ -325,18 +325,7 @@ fn report_revoked(data_dir: &Path, id: &str, kind: Method, reason: &str) -> anyh
 }
 
 fn write(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    opts.open(path)
-        .and_then(|mut f| f.write_all(bytes))
+    tillstream_auth::write_atomic(path, bytes, private)
         .with_context(|| format!("writing {}", path.display()))
 }
 
