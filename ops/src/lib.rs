@@ -31,6 +31,10 @@ enum Command {
     /// Read the tables: sales over time, top SKUs, stock history, low stock,
     /// device watermarks; as a table, CSV or JSON.
     Query(commands::query::Args),
+    /// The ScyllaDB schema: `schema print` (pipe it to `cqlsh`).
+    Schema(commands::schema::Args),
+    /// Write one table's rows as CSV or JSON lines, streamed.
+    Export(commands::export::Args),
     /// The device CA for mutual TLS: `ca init`, `ca issue`, `ca revoke`.
     Ca(commands::credentials::CaArgs),
     /// Signed tokens for devices and the HTTP API: `token issue`, `token revoke`.
@@ -45,6 +49,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Serve(a) => commands::serve::run(*a),
         Command::Verify(a) => commands::verify::run(a),
         Command::Query(a) => commands::query::run(a),
+        Command::Export(a) => commands::export::run(a),
+        Command::Schema(a) => commands::schema::run(a),
         Command::Ca(a) => commands::credentials::run_ca(a),
         Command::Token(a) => commands::credentials::run_token(a),
     };

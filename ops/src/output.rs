@@ -140,6 +140,54 @@ fn scalar(v: &Value) -> String {
     }
 }
 
+/// Rows written one at a time, as they are read: CSV (the first row's
+/// columns make the header) or JSON lines.
+pub(crate) struct RowWriter<W: Write> {
+    out: W,
+    csv: bool,
+    columns: Option<Vec<String>>,
+}
+
+impl<W: Write> RowWriter<W> {
+    pub(crate) fn new(out: W, csv: bool) -> Self {
+        Self {
+            out,
+            csv,
+            columns: None,
+        }
+    }
+
+    pub(crate) fn write(&mut self, row: &Value) -> std::io::Result<()> {
+        if !self.csv {
+            serde_json::to_writer(&mut self.out, row)?;
+            return writeln!(self.out);
+        }
+        let flat = flatten(row);
+        let columns = match &self.columns {
+            Some(c) => c,
+            None => {
+                let names: Vec<String> = flat.iter().map(|(k, _)| k.clone()).collect();
+                let header: Vec<String> = names.iter().map(|c| csv_field(c)).collect();
+                writeln!(self.out, "{}", header.join(","))?;
+                self.columns.insert(names)
+            }
+        };
+        let line: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                flat.iter()
+                    .find(|(k, _)| k == c)
+                    .map_or_else(String::new, |(_, v)| csv_field(v))
+            })
+            .collect();
+        writeln!(self.out, "{}", line.join(","))
+    }
+
+    pub(crate) fn finish(mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))

@@ -180,6 +180,43 @@ fn serve_drain_verify_and_query_as_processes() -> anyhow::Result<()> {
     assert_eq!(v["duplicates"], 0);
     assert_eq!(v["events"], 3 * 10 * 20);
 
+    // Export: the same rows as CSV and as JSON lines, filtered by time.
+    let (code, csv, err) = run(
+        &["export", "--table", "sale_lines", "--format", "csv"],
+        &data,
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let (code, jsonl, err) = run(&["export", "--table", "sale_lines"], &data)?;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = jsonl
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert!(!lines.is_empty());
+    assert_eq!(csv.lines().count(), lines.len() + 1, "CSV has a header row");
+    assert!(
+        csv.lines().next().is_some_and(|h| h.contains("ts_us")),
+        "{csv}"
+    );
+    let mut times: Vec<i64> = lines.iter().filter_map(|l| l["ts_us"].as_i64()).collect();
+    times.sort_unstable();
+    let mid = times[times.len() / 2];
+    let from = tillstream_storage::time::format_ts(mid);
+    let (code, later, err) = run(&["export", "--table", "sale_lines", "--from", &from], &data)?;
+    assert_eq!(code, 0, "{err}");
+    let kept = later.lines().count();
+    let expected = times
+        .iter()
+        .filter(|&&t| t >= mid - mid % 1_000_000)
+        .count();
+    assert_eq!(kept, expected, "--from {from}");
+    let (code, _, err) = run(
+        &["export", "--table", "stock_levels", "--from", &from],
+        &data,
+    )?;
+    assert_eq!(code, 1);
+    assert!(err.contains("no event time"), "{err}");
+
     let (code, out, err) = run(&["query", "--format", "json", "watermarks"], &data)?;
     assert_eq!(code, 0, "{err}");
     let w: serde_json::Value = serde_json::from_str(&out)?;

@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
 pub(crate) mod credentials;
+pub(crate) mod export;
 pub(crate) mod query;
+pub(crate) mod schema;
 pub(crate) mod serve;
 pub(crate) mod verify;
 
