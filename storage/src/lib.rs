@@ -31,6 +31,9 @@ pub mod embedded;
 #[cfg(test)]
 mod testutil;
 
+#[cfg(all(test, feature = "embedded"))]
+mod conformance;
+
 pub use query::*;
 pub use rows::*;
 pub use store::*;
