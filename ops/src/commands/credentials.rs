@@ -87,11 +87,13 @@ enum CaCommand {
     /// Make the device CA in DATA_DIR/auth/ca (once; a running server
     /// accepts its certificates after a restart).
     Init {
+        /// Data directory of the server that will trust the CA.
         #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
         data_dir: PathBuf,
     },
     /// Issue a device certificate and key, signed by the CA.
     Issue {
+        /// Data directory holding the CA (`ca init`).
         #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
         data_dir: PathBuf,
         #[command(flatten)]
@@ -106,6 +108,7 @@ enum CaCommand {
     /// Revoke a device certificate: its live connections close within the
     /// server's revocation poll, and it is refused from then on.
     Revoke {
+        /// Data directory of the server (its revocation list is there).
         #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
         data_dir: PathBuf,
         /// The certificate's PEM file.
@@ -148,15 +151,20 @@ enum TokenCommand {
     /// --store and --role terminal|shelf-sensor. HTTP API: --role
     /// analyst (queries) or admin (everything), no device or store.
     Issue {
+        /// Data directory of the server whose key signs.
         #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
         data_dir: PathBuf,
         /// The signing key [default: DATA_DIR/auth/signing.key].
         #[arg(long)]
         key: Option<PathBuf>,
+        /// The device id it will send in Hello (device roles only).
         #[arg(long)]
         device: Option<u64>,
+        /// The only store it may send events for (device roles only).
         #[arg(long)]
         store: Option<u32>,
+        /// terminal or shelf-sensor (a device), analyst (HTTP queries) or
+        /// admin (the whole HTTP API).
         #[arg(long)]
         role: Role,
         /// How long it is valid: 30d, 12h, 30m or seconds.
@@ -166,6 +174,7 @@ enum TokenCommand {
     /// Revoke a token: its live connections close within the server's
     /// revocation poll, and it is refused from then on.
     Revoke {
+        /// Data directory of the server (its revocation list is there).
         #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
         data_dir: PathBuf,
         /// The token itself (its id is read from it)...
