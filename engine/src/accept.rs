@@ -68,7 +68,7 @@ pub(crate) async fn accept_loop(
                 let Some(incoming) = incoming else { break };
                 if sessions.len() >= limits.max_connections {
                     m::connection_refused("too_many_connections");
-                    ctx.auth.audit.log(
+                    ctx.auth.audit.log_unauthenticated(
                         Record::new("limit", "too many connections")
                             .peer(incoming.remote_address()),
                     );
@@ -86,7 +86,7 @@ pub(crate) async fn accept_loop(
                 if let Err(full) = queue_tx.try_send((incoming, Instant::now())) {
                     let (incoming, _) = full.into_inner();
                     m::connection_refused("queue_full");
-                    ctx.auth.audit.log(
+                    ctx.auth.audit.log_unauthenticated(
                         Record::new("limit", "set-up queue full")
                             .peer(incoming.remote_address()),
                     );
@@ -99,7 +99,7 @@ pub(crate) async fn accept_loop(
                 m::connection_waited(waited);
                 if waited > limits.max_wait {
                     m::connection_refused("waited_too_long");
-                    ctx.auth.audit.log(
+                    ctx.auth.audit.log_unauthenticated(
                         Record::new("limit", "waited too long for a set-up slot")
                             .peer(incoming.remote_address()),
                     );
@@ -120,7 +120,7 @@ pub(crate) async fn accept_loop(
                             // A client certificate the device CA did not
                             // sign ends here, in the TLS handshake.
                             let reason = e.to_string();
-                            ctx.auth.audit.log(
+                            ctx.auth.audit.log_unauthenticated(
                                 Record::new("handshake_failed", &reason).peer(peer),
                             );
                             tracing::debug!(error = %e, "handshake failed");

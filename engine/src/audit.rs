@@ -5,6 +5,10 @@
 //! Lines go through a bounded queue to a writer thread, so a flood of
 //! refusals never blocks a session; what the queue cannot take is counted
 //! in `tillstream_audit_lines_dropped_total` instead of stalling the server.
+//! Records about peers not yet authenticated (failed handshakes and
+//! credentials, connection limits, refused API calls) share a rate, so a
+//! flood of them can neither fill the disk nor crowd out revocations and
+//! refusals of known devices; the file is rotated once (`.1`) past a size.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -27,11 +31,17 @@ pub enum AuditTarget {
 
 /// Lines waiting for the writer before new ones are dropped.
 const QUEUE: usize = 8192;
+/// Lines a second about unauthenticated peers (a burst of as many).
+const UNAUTHENTICATED_PER_S: u32 = 200;
+/// Size past which the file moves to `<name>.1` (replacing an older one)
+/// and a new one starts: at most twice this on disk.
+const ROTATE_BYTES: u64 = 256 << 20;
 
 /// The writer's end; cheap to share.
 #[derive(Debug, Clone)]
 pub(crate) struct Audit {
     tx: Option<SyncSender<String>>,
+    unauthenticated: Option<std::sync::Arc<governor::DefaultDirectRateLimiter>>,
 }
 
 /// One audit record.
@@ -87,7 +97,12 @@ impl Audit {
     /// Opens the target and starts its writer thread.
     pub(crate) fn open(target: &AuditTarget) -> Result<Self, EngineError> {
         let mut out: Box<dyn Write + Send> = match target {
-            AuditTarget::Off => return Ok(Self { tx: None }),
+            AuditTarget::Off => {
+                return Ok(Self {
+                    tx: None,
+                    unauthenticated: None,
+                });
+            }
             AuditTarget::Stderr => Box::new(std::io::stderr()),
             AuditTarget::File(path) => {
                 if let Some(dir) = path.parent() {
@@ -97,16 +112,13 @@ impl Audit {
                         source,
                     })?;
                 }
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|source| EngineError::Io {
+                Box::new(
+                    RotatingFile::open(path.clone()).map_err(|source| EngineError::Io {
                         what: "opening the audit log",
                         path: path.clone(),
                         source,
-                    })?;
-                Box::new(std::io::BufWriter::new(f))
+                    })?,
+                )
             }
         };
         let (tx, rx) = sync_channel::<String>(QUEUE);
@@ -120,7 +132,7 @@ impl Audit {
                         ok &= out.write_all(more.as_bytes()).is_ok();
                     }
                     if !(ok && out.flush().is_ok()) {
-                        m::audit_dropped();
+                        m::audit_dropped("write");
                     }
                 }
             })
@@ -129,7 +141,25 @@ impl Audit {
                 path: PathBuf::from("tillstream-audit"),
                 source,
             })?;
-        Ok(Self { tx: Some(tx) })
+        let quota = governor::Quota::per_second(
+            std::num::NonZeroU32::new(UNAUTHENTICATED_PER_S).unwrap_or(std::num::NonZeroU32::MIN),
+        );
+        Ok(Self {
+            tx: Some(tx),
+            unauthenticated: Some(std::sync::Arc::new(governor::RateLimiter::direct(quota))),
+        })
+    }
+
+    /// [`Audit::log`] for a record about a peer not authenticated yet: kept
+    /// within a shared rate (past it, counted and dropped).
+    pub(crate) fn log_unauthenticated(&self, record: Record<'_>) {
+        if let Some(limit) = &self.unauthenticated
+            && limit.check().is_err()
+        {
+            m::audit_dropped("rate");
+            return;
+        }
+        self.log(record);
     }
 
     /// Queues one line stamped with the time; never blocks.
@@ -150,7 +180,53 @@ impl Audit {
         line.push('\n');
         match tx.try_send(line) {
             Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => m::audit_dropped(),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => m::audit_dropped("queue"),
         }
+    }
+}
+
+/// An append-only file that moves to `<name>.1` past [`ROTATE_BYTES`].
+struct RotatingFile {
+    path: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    written: u64,
+}
+
+impl RotatingFile {
+    fn open(path: PathBuf) -> std::io::Result<Self> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        let written = f.metadata()?.len();
+        Ok(Self {
+            path,
+            file: std::io::BufWriter::new(f),
+            written,
+        })
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.file.flush()?;
+        let mut old = self.path.clone().into_os_string();
+        old.push(".1");
+        std::fs::rename(&self.path, old)?;
+        *self = Self::open(self.path.clone())?;
+        Ok(())
+    }
+}
+
+impl Write for RotatingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written >= ROTATE_BYTES {
+            self.rotate()?;
+        }
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
     }
 }

@@ -255,17 +255,29 @@ impl Auth {
         if self.revoked.read().contains(&claims.id) {
             return Err(with_id(format!("the credential {} was revoked", claims.id)));
         }
+        // Tokens were checked for expiry above; a certificate was checked by
+        // the TLS handshake, unless the session was resumed: check it here.
+        if claims.expires_at_s <= now_s() {
+            return Err(with_id("the credential expired".into()));
+        }
         Ok(Some(claims))
     }
 
-    /// The role of an HTTP caller from its `Authorization` header; `None`
-    /// when authentication is off (everything is allowed).
-    pub(crate) fn api(&self, authorization: Option<&str>) -> Result<Option<Role>, String> {
+    /// The role and credential id of an HTTP caller from its
+    /// `Authorization` header; `None` when authentication is off
+    /// (everything is allowed).
+    pub(crate) fn api(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<Option<(Role, String)>, String> {
         let Some(key) = &self.key else {
             return Ok(None);
         };
+        // The scheme is case-insensitive (RFC 7235).
         let token = authorization
-            .and_then(|h| h.strip_prefix("Bearer "))
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t)
             .ok_or("a bearer token is required (tillstream token issue --role analyst|admin)")?;
         let claims = key
             .verify(token.trim(), now_s())
@@ -279,7 +291,7 @@ impl Auth {
                 claims.role
             ));
         }
-        Ok(Some(claims.role))
+        Ok(Some((claims.role, claims.id)))
     }
 
     /// Keeps `conn` under its credential until the guard drops, so that
@@ -310,7 +322,9 @@ impl Auth {
         if self.key.is_none() {
             return Ok(0);
         }
-        self.reload_revocations()?;
+        // A list that cannot be read now is reported, and the connections
+        // are still checked against the last one read (and for expiry).
+        let reloaded = self.reload_revocations();
         let now = now_s();
         let revoked = self.revoked.read();
         let mut closed = 0;
@@ -341,7 +355,7 @@ impl Auth {
             });
         }
         live.retain(|_, v| !v.is_empty());
-        Ok(closed)
+        reloaded.map(|()| closed)
     }
 
     /// Adds a credential to the revocation list and closes its live

@@ -99,10 +99,11 @@ pub struct ServerConfig {
     /// of honest frames (tens of KiB each) at once, while 20,000
     /// connections each dripping a 1 MiB frame could otherwise pin 20 GiB.
     pub max_frame_buffer_bytes: usize,
-    /// Longest a device may take to send the rest of a frame it started
-    /// (time its reader waited for buffer room not counted); past it the
-    /// connection is closed, so a drip cannot hold its share of the
-    /// buffer budget for long. Default 10 s.
+    /// Longest a device may take to send the rest of a frame it started,
+    /// plus what the frame's size needs at 64 KiB/s (time its reader
+    /// waited for buffer room not counted); past it the connection is
+    /// closed, so a drip cannot hold its share of the buffer budget for
+    /// long. Default 10 s (a 1 MiB frame: 26 s).
     pub frame_deadline: Duration,
     /// QUIC receive window of each connection (stream and connection):
     /// the most a connection may have buffered in the server before its

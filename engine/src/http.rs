@@ -83,11 +83,16 @@ fn refusal(s: &HttpState, headers: &HeaderMap, peer: SocketAddr, need: Role) -> 
     let header = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
     let denied = |status: StatusCode, reason: String| {
         metrics::auth_failed("http");
-        s.ctx.auth.audit.log(
-            Record::new("api_denied", &reason)
-                .peer(peer)
-                .detail(serde_json::json!({ "needs": need.as_str() })),
-        );
+        let record = Record::new("api_denied", &reason)
+            .peer(peer)
+            .detail(serde_json::json!({ "needs": need.as_str() }));
+        // A caller with a valid token but too weak a role is known; one
+        // without a valid token is not, and shares a rate.
+        if status == StatusCode::FORBIDDEN {
+            s.ctx.auth.audit.log(record);
+        } else {
+            s.ctx.auth.audit.log_unauthenticated(record);
+        }
         let mut r = (status, Json(serde_json::json!({ "error": reason }))).into_response();
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut()
@@ -97,8 +102,8 @@ fn refusal(s: &HttpState, headers: &HeaderMap, peer: SocketAddr, need: Role) -> 
     };
     match s.ctx.auth.api(header) {
         Ok(None) => None,
-        Ok(Some(role)) if role == need || role == Role::Admin => None,
-        Ok(Some(role)) => Some(denied(
+        Ok(Some((role, _))) if role == need || role == Role::Admin => None,
+        Ok(Some((role, _))) => Some(denied(
             StatusCode::FORBIDDEN,
             format!("this endpoint needs role {need}; the token has {role}"),
         )),
@@ -213,6 +218,19 @@ async fn revoke_handler(
     if let Some(r) = refusal(&s, &headers, peer, Role::Admin) {
         return r;
     }
+    // Who revoked what, from where.
+    let by = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| s.ctx.auth.api(Some(h)).ok().flatten())
+        .map(|(_, id)| id)
+        .unwrap_or_default();
+    s.ctx.auth.audit.log(
+        Record::new("revoke_requested", &req.reason)
+            .peer(peer)
+            .credential(&req.id)
+            .detail(serde_json::json!({ "kind": req.kind, "by": by })),
+    );
     let method = match req.kind.as_str() {
         "token" => Method::Token,
         "certificate" => Method::Certificate,

@@ -183,9 +183,10 @@ pub(crate) fn authz_refused(code: tillstream_protocol::RejectCode, events: u64) 
     counter!("tillstream_authz_refused_events_total", "code" => code.name()).increment(events);
 }
 
-/// Audit lines that could not be queued or written.
-pub(crate) fn audit_dropped() {
-    counter!("tillstream_audit_lines_dropped_total").increment(1);
+/// Audit lines not written: `queue` (the writer fell behind), `write`
+/// (the file failed), `rate` (unauthenticated peers past their share).
+pub(crate) fn audit_dropped(reason: &'static str) {
+    counter!("tillstream_audit_lines_dropped_total", "reason" => reason).increment(1);
 }
 
 /// Connections closed because a frame they started did not arrive in time.

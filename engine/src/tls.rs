@@ -148,6 +148,13 @@ pub(crate) fn quic_server_config(
         .map_err(|e| EngineError::Tls(format!("certificate and key do not match: {e}")))?;
     tls.alpn_protocols = vec![tillstream_protocol::ALPN.to_vec()];
     tls.ignore_client_order = true;
+    if client_ca.is_some() {
+        // A resumed session reuses the client certificate of the first
+        // handshake without checking it again (an expired or since-revoked
+        // certificate would pass): with client certificates, no resumption.
+        tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        tls.send_tls13_tickets = 0;
+    }
     // 0-RTT stays off: rustls' default max_early_data_size is 0.
     tls.max_early_data_size = 0;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)

@@ -27,9 +27,18 @@ pub(crate) struct FrameBudget {
     /// them; a reader waits for room before it reads more (QUIC flow
     /// control then holds its device).
     pub(crate) bytes: Arc<Semaphore>,
-    /// Longest a peer may take to send the rest of a frame it started.
+    /// Longest a peer may take to send the rest of a frame it started,
+    /// beyond what the frame's size needs at `MIN_FRAME_BYTES_PER_S`.
     pub(crate) deadline: Duration,
 }
+
+/// The slowest a device may send a frame it started, past the deadline's
+/// base: 64 KiB/s (half a Mbit/s), so a 1 MiB frame gets 16 s more.
+const MIN_FRAME_BYTES_PER_S: f64 = 64.0 * 1024.0;
+
+/// Frames up to this size are not counted in the budget (see `read_frame`):
+/// what they cost is at most this per connection.
+pub(crate) const UNBUDGETED_FRAME_BYTES: usize = 64 * 1024;
 
 /// A frame's share of the budget, released when dropped.
 #[derive(Debug)]
@@ -48,8 +57,9 @@ const FIRST_PAYLOAD_CAPACITY: usize = 64 * 1024;
 /// buffer allocated and zeroed for its declared length let every stalled
 /// connection pin a megabyte).
 ///
-/// With a `budget`, the payload's declared length is counted against it
-/// before it is read and stays counted until the returned permit drops,
+/// With a `budget`, the declared length of a frame larger than
+/// `UNBUDGETED_FRAME_BYTES` is counted against it before it is read and
+/// stays counted until the returned permit drops,
 /// and the payload must arrive within the budget's deadline (counted from
 /// when the share was granted): a peer dripping a frame holds a bounded
 /// share for a bounded time, however many connections it opens.
@@ -85,6 +95,11 @@ pub(crate) async fn read_frame(
     // could leave every reader waiting on the others). Declaring a large
     // frame and dripping it costs the share until the deadline.
     let held = match budget {
+        // A small frame is bounded by the connection (one at a time, as the
+        // QUIC window is): it does not queue for the budget behind large
+        // frames that may be dripping, so a till's batch is never held up
+        // by them.
+        Some(_) if len <= UNBUDGETED_FRAME_BYTES => None,
         Some(b) => Some(
             b.bytes
                 .clone()
@@ -94,7 +109,12 @@ pub(crate) async fn read_frame(
         ),
         None => None,
     };
-    let deadline = budget.map(|b| tokio::time::Instant::now() + b.deadline);
+    // The deadline grows with the frame at a floor rate, so a large frame
+    // on a slow link still arrives; a drip below that rate does not.
+    let deadline = budget.map(|b| {
+        let at_floor = Duration::from_secs_f64(len as f64 / MIN_FRAME_BYTES_PER_S);
+        tokio::time::Instant::now() + b.deadline + at_floor
+    });
     while payload.len() < len {
         let chunk = recv.read_chunk(len - payload.len(), true);
         let read = match deadline {

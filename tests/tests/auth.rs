@@ -532,3 +532,48 @@ async fn a_token_that_expires_mid_session_closes_its_connection() -> anyhow::Res
     server.shutdown().await?;
     Ok(())
 }
+
+/// A certificate that expired is refused on the next connection, also when
+/// the client tries to resume its earlier TLS session (a resumed session
+/// would reuse the certificate without checking it again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_is_refused_even_when_the_session_resumes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca = DeviceCa::init(dir.path())?;
+    let server = server(dir.path()).await?;
+    let trust = std::fs::read(server.cert_path())?;
+    let endpoint = client_endpoint(&trust, server.quic_addr())?;
+    let short = ca.issue(51, 1, Role::Terminal, Duration::from_secs(2))?;
+    // One client config for both connections: it keeps its session tickets.
+    let tls = client_tls_with_identity(
+        &trust,
+        short.cert_pem.as_bytes(),
+        short.key_pem.as_bytes(),
+        &EndpointOptions::default(),
+    )?;
+    let answer = |tls: quinn::ClientConfig| {
+        let endpoint = endpoint.clone();
+        let addr = server.quic_addr();
+        async move {
+            let conn = endpoint.connect_with(tls, addr, "localhost")?.await?;
+            let (mut send, mut recv) = conn.open_bi().await?;
+            let h = Hello {
+                version: PROTOCOL_VERSION,
+                device: 51,
+                token: Vec::new(),
+            };
+            send.write_all(&frame::encode_to_vec(&h)?).await?;
+            let (t, _) = read_msg(&mut recv).await?;
+            conn.close(0u32.into(), b"done");
+            anyhow::Ok(t)
+        }
+    };
+    assert_eq!(answer(tls.clone()).await?, MsgType::Welcome);
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    match answer(tls).await {
+        Ok(t) => assert_eq!(t, MsgType::Reject, "an expired certificate got {t:?}"),
+        Err(e) => eprintln!("refused in the handshake: {e}"),
+    }
+    server.shutdown().await?;
+    Ok(())
+}

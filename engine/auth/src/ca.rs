@@ -132,7 +132,12 @@ impl DeviceCa {
             .push(DnType::CommonName, format!("tillstream device {device}"));
         let uri = format!("{URN}{device}:store:{store}:role:{role}");
         params.subject_alt_names = vec![SanType::URI(uri.try_into().map_err(crypto)?)];
-        let (id, serial) = random_id()?;
+        if validity > CA_VALIDITY {
+            return Err(AuthError::Invalid(
+                "a device certificate may live twenty years at most (as long as its CA)".into(),
+            ));
+        }
+        let (_, serial) = random_id()?;
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -142,17 +147,13 @@ impl DeviceCa {
         params.not_before = now - time::Duration::minutes(5);
         params.not_after = now + validity;
         let cert = params.signed_by(&key, &issuer).map_err(crypto)?;
+        // The claims as the server will read them from the signed bytes
+        // (its serial as DER writes it: a leading zero byte is dropped).
+        let claims = claims_from_cert(cert.der())?;
         Ok(IssuedCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
-            claims: Claims {
-                device: Some(device),
-                store: Some(store),
-                role,
-                expires_at_s: u64::try_from(params.not_after.unix_timestamp()).unwrap_or(0),
-                id,
-                method: Method::Certificate,
-            },
+            claims,
         })
     }
 }
@@ -177,17 +178,22 @@ pub fn claims_from_cert(der: &[u8]) -> Result<Claims, AuthError> {
         .ok_or_else(|| AuthError::Invalid("the client certificate names no device".into()))?;
     let (device, store, role) = parse_urn(uri)
         .ok_or_else(|| AuthError::Invalid(format!("malformed device name {uri:?}")))?;
-    let serial = cert.raw_serial();
-    // Leading zero bytes are DER padding; the id is the number itself.
-    let first = serial.iter().position(|&b| b != 0).unwrap_or(serial.len());
     Ok(Claims {
         device: Some(device),
         store: Some(store),
         role,
         expires_at_s: u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0),
-        id: crate::hex(&serial[first..]),
+        id: serial_id(cert.raw_serial()),
         method: Method::Certificate,
     })
+}
+
+/// A certificate serial as revocation names it: lower-case hex of the
+/// number, without leading zero bytes (DER padding, or a random first
+/// byte that happened to be 0).
+pub fn serial_id(serial: &[u8]) -> String {
+    let first = serial.iter().position(|&b| b != 0).unwrap_or(serial.len());
+    crate::hex(&serial[first..])
 }
 
 fn parse_urn(uri: &str) -> Option<(u64, u32, Role)> {
@@ -247,6 +253,13 @@ mod tests {
                 .is_err()
         );
         Ok(())
+    }
+
+    #[test]
+    fn serials_with_a_leading_zero_byte_are_named_as_the_server_reads_them() {
+        assert_eq!(serial_id(&[0, 0x12, 0]), "1200");
+        assert_eq!(serial_id(&[0x7f, 1]), "7f01");
+        assert_eq!(serial_id(&[0, 0]), "");
     }
 
     #[test]

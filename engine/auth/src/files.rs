@@ -17,9 +17,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), Auth
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     }
-    let tmp = path.with_extension("tmp");
+    // A name of its own (two files of one directory never share a temp
+    // file), created new: a leftover file cannot lend it its mode.
+    let (suffix, _) = crate::random_id()?;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{suffix}.tmp"));
+    let tmp = path.with_file_name(name);
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     if private {
         use std::os::unix::fs::OpenOptionsExt;

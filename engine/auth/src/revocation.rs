@@ -39,14 +39,16 @@ pub fn path(data_dir: &Path) -> PathBuf {
 /// as done, so the operator's command failed and is run again.
 pub fn load(data_dir: &Path) -> Result<HashSet<String>, AuthError> {
     let p = path(data_dir);
-    let text = match std::fs::read_to_string(&p) {
-        Ok(t) => t,
+    // Bytes, line by line: a torn append may cut a character of a reason
+    // in half, and that must cost its own line, not the whole list.
+    let bytes = match std::fs::read(&p) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
         Err(e) => return Err(io("reading the revocation list", &p)(e)),
     };
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Revocation>(l).ok())
+    Ok(bytes
+        .split(|&b| b == b'\n')
+        .filter_map(|l| serde_json::from_slice::<Revocation>(l).ok())
         .map(|r| r.id)
         .collect())
 }
@@ -54,11 +56,17 @@ pub fn load(data_dir: &Path) -> Result<HashSet<String>, AuthError> {
 /// Adds `id` to the list, durably, unless it is there already; returns
 /// whether it was added.
 pub fn revoke(data_dir: &Path, id: &str, kind: Method, reason: &str) -> Result<bool, AuthError> {
-    let id = id.trim().to_ascii_lowercase();
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let mut id = id.trim().to_ascii_lowercase();
+    if id.is_empty() || !id.len().is_multiple_of(2) || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(AuthError::Invalid(format!(
             "{id:?} is not a credential id (the token's jti or the certificate's serial, in hex)"
         )));
+    }
+    if kind == Method::Certificate {
+        // As the server reads serials: without leading zero bytes.
+        while id.len() > 2 && id.starts_with("00") {
+            id.drain(..2);
+        }
     }
     if load(data_dir)?.contains(&id) {
         return Ok(false);
@@ -115,11 +123,13 @@ mod tests {
             .append(true)
             .open(path(dir.path()))
             .map_err(|e| AuthError::Crypto(e.to_string()))?;
-        f.write_all(b"{\"id\":\"ee")
+        // ... even inside a character of its reason.
+        f.write_all(b"{\"id\":\"ee\",\"kind\":\"token\",\"at_s\":1,\"reason\":\"caf\xc3")
             .map_err(|e| AuthError::Crypto(e.to_string()))?;
-        assert!(revoke(dir.path(), "01", Method::Certificate, "")?);
+        // A certificate serial is named without leading zero bytes.
+        assert!(revoke(dir.path(), "0012", Method::Certificate, "")?);
         let ids = load(dir.path())?;
-        assert_eq!(ids, HashSet::from(["abcd".to_string(), "01".to_string()]));
+        assert_eq!(ids, HashSet::from(["abcd".to_string(), "12".to_string()]));
         Ok(())
     }
 }

@@ -199,7 +199,7 @@ async fn session(
             if let Some(id) = &no.credential {
                 record = record.credential(id);
             }
-            ctx.auth.audit.log(record);
+            ctx.auth.audit.log_unauthenticated(record);
             refuse(&mut send, no.code, &no.reason).await;
             return Err(SessionEnd::Refused(no.reason));
         }

@@ -49,8 +49,11 @@ pub(super) async fn read_batches(
             _ = stop.wait_for(|s| *s) => return Ok(()),
             r = read_frame(recv, ctx.limits.max_frame_bytes, Some(&ctx.frame_budget)) => r,
         };
-        // The frame's share of the buffer budget is held until the batch
-        // holds its shards' budget (or is refused, at the end of this turn).
+        // The frame's share of the buffer budget covers it while it is on
+        // the wire; once whole and validated, what bounds it is this
+        // reader's one frame at a time and then its shards' budget. Held
+        // longer, frames waiting for one slow shard would take the budget
+        // from readers bound for the others.
         let (header, payload, frame_permit) = match read {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(()),
@@ -77,7 +80,9 @@ pub(super) async fn read_batches(
             continue;
         }
         let payload_len = payload.len();
-        let batch = match ValidatedBatch::try_new(payload, ctx.limits.max_events_per_batch) {
+        let validated = ValidatedBatch::try_new(payload, ctx.limits.max_events_per_batch);
+        drop(frame_permit);
+        let batch = match validated {
             Ok(b) => b,
             Err((err, payload)) => {
                 // A payload that passed bytecheck but broke a limit has a
@@ -174,8 +179,6 @@ pub(super) async fn read_batches(
                         .map_err(|_| SessionEnd::ShuttingDown)?;
                     permits.push(permit);
                 }
-                // Its bytes now count against its shards' budget.
-                drop(frame_permit);
                 let header = BatchHeader {
                     device,
                     seq,

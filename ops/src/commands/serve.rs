@@ -120,9 +120,10 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 256, env = "TILLSTREAM_MAX_FRAME_BUFFERS_MIB",
           value_parser = clap::value_parser!(u64).range(1..=65_536))]
     max_frame_buffers_mib: u64,
-    /// Seconds a device may take to send the rest of a frame it started;
-    /// past it the connection is closed (a drip holds its share of the
-    /// frame buffers for no longer).
+    /// Seconds a device may take to send the rest of a frame it started,
+    /// plus what the frame's size needs at 64 KiB/s; past it the
+    /// connection is closed (a drip holds its share of the frame buffers
+    /// for no longer).
     #[arg(long, default_value_t = 10, env = "TILLSTREAM_FRAME_DEADLINE_S",
           value_parser = clap::value_parser!(u64).range(1..=3_600))]
     frame_deadline_s: u64,
