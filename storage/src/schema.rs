@@ -113,6 +113,39 @@ mod tests {
         Ok(())
     }
 
+    /// The partition key columns of a CREATE TABLE statement.
+    fn partition_key(stmt: &str) -> Vec<&str> {
+        stmt.split_once("PRIMARY KEY ((")
+            .and_then(|(_, rest)| rest.split_once(')'))
+            .map(|(cols, _)| cols.split(',').map(str::trim).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn every_partition_is_bounded_by_a_time_bucket_or_a_hash_bucket() -> Result<(), String> {
+        let stmts = all_statements();
+        for t in Table::ALL {
+            let head = format!("CREATE TABLE IF NOT EXISTS tillstream.{} (", t.name());
+            let s = stmts
+                .iter()
+                .find(|s| s.starts_with(&head))
+                .ok_or(format!("no CREATE TABLE for {}", t.name()))?;
+            let key = partition_key(s);
+            let bounded = match t {
+                // One row per device, ever.
+                Table::DeviceWatermarks => key == ["device"],
+                // SKUs spread over 256 buckets per store.
+                Table::StockLevels => key == ["store", "bucket"],
+                Table::TerminalRollups => key == ["store", "hour"],
+                _ => key.iter().any(|c| matches!(*c, "hour" | "day" | "month")),
+            };
+            if !bounded {
+                return Err(format!("{}: unbounded partition key {key:?}", t.name()));
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn statements_strip_comments() {
         let s = statements("-- a; b\nCREATE X (a int); -- c\n\nCREATE Y;");

@@ -89,18 +89,7 @@ pub(crate) fn block_hour(table: Table, key: &[u8]) -> Option<u32> {
         .then_some(u32::from_be_bytes(bytes))
 }
 
-/// Buckets of stock levels per store: a write rewrites each bucket it
-/// touches whole, so more buckets mean smaller rewrites but more keys.
-pub(crate) const LEVEL_BUCKETS: u16 = 256;
-
-/// The bucket of a SKU's level, in `0..LEVEL_BUCKETS` (a fixed hash: SKU
-/// numbers are often dense, and their low bits would crowd few buckets).
-pub(crate) fn level_bucket(sku: u64) -> u16 {
-    const _: () = assert!(LEVEL_BUCKETS.is_power_of_two());
-    // The top bits of a Fibonacci hash.
-    let shift = 64 - LEVEL_BUCKETS.trailing_zeros();
-    u16::try_from(sku.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift).unwrap_or(0)
-}
+pub(crate) use crate::buckets::level_bucket;
 
 /// `store u32 | bucket u16`: one block of levels, sorted by SKU.
 pub(crate) fn level_bucket_key(store: u32, bucket: u16) -> [u8; 6] {
@@ -148,6 +137,7 @@ pub(crate) fn batch_key(device: u64, seq: u64) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buckets::LEVEL_BUCKETS;
 
     #[test]
     fn block_keys_sort_by_partition_hour_commit() {
