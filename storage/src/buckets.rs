@@ -17,9 +17,26 @@ pub fn level_bucket(sku: u64) -> u16 {
     u16::try_from(sku.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift).unwrap_or(0)
 }
 
+/// Batches per partition of the batch ledger (ScyllaDB): a partition is
+/// (device, seq / `BATCHES_PER_BUCKET`).
+pub const BATCHES_PER_BUCKET: u64 = 65_536;
+
+/// The ledger partition of batch `seq`: the resend check looks a batch up
+/// by device and seq alone.
+pub fn batch_seq_bucket(seq: u64) -> u64 {
+    seq / BATCHES_PER_BUCKET
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ledger_partition_holds_65536_batches() {
+        assert_eq!(batch_seq_bucket(0), batch_seq_bucket(65_535));
+        assert_eq!(batch_seq_bucket(65_536), 1);
+        assert_eq!(batch_seq_bucket(u64::MAX), u64::MAX >> 16);
+    }
 
     #[test]
     fn a_million_dense_skus_spread_evenly_over_the_buckets() {

@@ -103,12 +103,21 @@ mod tests {
                 ));
             }
         }
-        if stmts.len() != 1 + Table::ALL.len() {
+        // The keyspace, the logical tables, and store_movements (the
+        // movements by store and hour, for activation).
+        if stmts.len() != 2 + Table::ALL.len() {
             return Err(format!(
                 "{} statements, expected {}",
                 stmts.len(),
-                1 + Table::ALL.len()
+                2 + Table::ALL.len()
             ));
+        }
+        let by_hour = stmts
+            .iter()
+            .find(|s| s.starts_with("CREATE TABLE IF NOT EXISTS tillstream.store_movements ("))
+            .ok_or("no store_movements")?;
+        if partition_key(by_hour) != ["store", "hour"] {
+            return Err(format!("store_movements: {:?}", partition_key(by_hour)));
         }
         Ok(())
     }
@@ -137,6 +146,7 @@ mod tests {
                 // SKUs spread over 256 buckets per store.
                 Table::StockLevels => key == ["store", "bucket"],
                 Table::TerminalRollups => key == ["store", "hour"],
+                Table::DeviceBatches => key == ["device", "seq_bucket"],
                 _ => key.iter().any(|c| matches!(*c, "hour" | "day" | "month")),
             };
             if !bounded {
