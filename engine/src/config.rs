@@ -70,9 +70,11 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Events a second one device may send (GCRA, bursts of a few
     /// batches); past it its reader waits, so QUIC flow control slows the
-    /// device and nothing is lost. 0: no limit. Default 50,000: a till
-    /// sends a few a second, a store gateway thousands; one runaway device
-    /// cannot take the server from the others.
+    /// device and nothing is lost. A batch counts as at least 64 events
+    /// (each costs a journal record, shard messages and an ack whatever it
+    /// holds). 0: no limit. Default 50,000: a till sends a few a second, a
+    /// store gateway thousands; one runaway device cannot take the server
+    /// from the others.
     pub max_events_per_s_per_device: u32,
     /// Distinct stores one device may send for while the server holds its
     /// slot (until it is passivated). A batch naming more is refused whole

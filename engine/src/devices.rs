@@ -26,6 +26,12 @@ use tillstream_protocol::{ArchivedBatch, FrameError};
 use tillstream_storage::Store;
 use tokio::sync::watch;
 
+/// What a batch costs against a device's event rate at least, whatever
+/// it holds: every batch costs the server a journal record, a message to
+/// each shard it touches and an ack. Without it, a device sending one-event
+/// batches at its event rate cost the others as much as 64 devices.
+pub(crate) const MIN_BATCH_COST: u32 = 64;
+
 /// One device's ledger and the session that currently owns it.
 #[derive(Debug)]
 pub(crate) struct DeviceSlot {
@@ -132,10 +138,12 @@ impl DeviceSlot {
         Ok(())
     }
 
-    /// Waits until the device may send `events` more events (its rate
-    /// limit); returns whether it had to wait.
+    /// Waits until the device may send a batch of `events` events (its
+    /// rate limit; a batch counts as at least `MIN_BATCH_COST` events);
+    /// returns whether it had to wait.
     pub(crate) async fn pace(&self, events: u32) -> bool {
-        let (Some(limiter), Some(n)) = (&self.limiter, NonZeroU32::new(events)) else {
+        let cost = NonZeroU32::new(events.max(MIN_BATCH_COST));
+        let (Some(limiter), Some(n)) = (&self.limiter, cost) else {
             return false;
         };
         match limiter.check_n(n) {
@@ -295,5 +303,31 @@ impl Devices {
             Arc::strong_count(slot) > 1 || !slot.idle(since_before, materialized_lsn)
         });
         before - slots.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_costs_at_least_its_minimum_against_the_rate()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn Store> = Arc::new(tillstream_storage::embedded::EmbeddedStore::open(
+            &dir.path().join("store"),
+        )?);
+        // Four minimum batches a second, and a burst of as many.
+        let devices = Devices::new(MIN_BATCH_COST * 4, MIN_BATCH_COST * 4);
+        let slot = devices.slot(1, &store).await?;
+        for _ in 0..4 {
+            assert!(!slot.pace(1).await, "within the burst");
+        }
+        // A fifth one-event batch is past 4 x 64 events: it waits a quarter
+        // of a second, as a 64-event batch would.
+        let started = Instant::now();
+        assert!(slot.pace(1).await);
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        Ok(())
     }
 }

@@ -82,9 +82,10 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 20_000, env = "TILLSTREAM_MAX_CONNECTIONS",
           value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
-    /// Events a second one device may send; past it the device is slowed
-    /// (its batches wait, QUIC flow control holds it back), nothing is
-    /// dropped. 0 for no limit.
+    /// Events a second one device may send (a batch counts as at least
+    /// 64: each one costs the server as much whatever it holds); past it
+    /// the device is slowed (its batches wait, QUIC flow control holds it
+    /// back), nothing is dropped. 0 for no limit.
     #[arg(
         long,
         default_value_t = 50_000,
