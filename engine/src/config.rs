@@ -84,6 +84,12 @@ pub struct ServerConfig {
     /// Distinct terminals one device may sell on (its sales and refunds),
     /// likewise; refused whole as `too_many_terminals`. Default 16.
     pub max_terminals_per_device: usize,
+    /// Distinct (store, SKU) pairs one device may name while the server
+    /// holds its slot (each new one is an entity a shard keeps); a batch
+    /// naming more is refused whole as `too_many_skus`. Default 200,000:
+    /// a shelf-sensor gateway counting a large store's whole range; a till
+    /// names a few thousand. What it costs to track: ~24 bytes a pair.
+    pub max_skus_per_device: usize,
     /// How long a device has, once its handshake is done, to open its
     /// stream, and then again to say Hello. A device does both at once;
     /// the set-up slot it holds meanwhile is one of a few, so a silent
@@ -145,6 +151,7 @@ impl ServerConfig {
             max_events_per_s_per_device: 50_000,
             max_stores_per_device: 16,
             max_terminals_per_device: 16,
+            max_skus_per_device: 200_000,
             hello_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(30),
             max_frame_buffer_bytes: 256 << 20,

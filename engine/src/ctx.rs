@@ -41,6 +41,8 @@ pub(crate) struct EngineCtx {
     pub(crate) max_stores_per_device: usize,
     /// Distinct terminals one device may sell on.
     pub(crate) max_terminals_per_device: usize,
+    /// Distinct (store, SKU) pairs one device may name.
+    pub(crate) max_skus_per_device: usize,
     /// Acknowledgements stuck this long while batches wait make `/readyz`
     /// fail (see `ServerConfig::ack_stall_not_ready`).
     pub(crate) ack_stall_not_ready: Duration,

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tillstream_engine_core::ledger::{
-    Admission, DeviceLedger, DigestCheck, DistinctKeys, RecentDigests,
+    Admission, DeviceLedger, DigestCheck, DistinctKeys, DistinctSkus, RecentDigests,
 };
+use tillstream_engine_core::route::event_skus;
 use tillstream_protocol::{ArchivedBatch, FrameError};
 use tillstream_storage::Store;
 use tokio::sync::watch;
@@ -52,6 +53,7 @@ struct SlotState {
     /// The stores the device sent for, and the terminals it sold on.
     stores: DistinctKeys,
     terminals: DistinctKeys,
+    skus: DistinctSkus,
     owner: Option<quinn::Connection>,
     /// LSN of the last batch that became durable (0: none since loaded).
     last_lsn: u64,
@@ -108,14 +110,15 @@ impl DeviceSlot {
         });
     }
 
-    /// Whether `batch` stays within the device's limits of distinct stores
-    /// and terminals (recording its new ones if so, none if not); the
-    /// error to refuse it with otherwise.
+    /// Whether `batch` stays within the device's limits of distinct
+    /// stores, terminals and (store, SKU) pairs (recording its new ones if
+    /// so, none if not); the error to refuse it with otherwise.
     pub(crate) fn admit_keys(
         &self,
         batch: &ArchivedBatch,
         max_stores: usize,
         max_terminals: usize,
+        max_skus: usize,
     ) -> Result<(), FrameError> {
         let limit = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let mut st = self.state.lock();
@@ -129,10 +132,19 @@ impl DeviceSlot {
             });
         }
         let terminals = batch.events.iter().filter_map(|e| e.terminal());
+        let terminal_mark = st.terminals.len();
         if !st.terminals.admit(terminals, max_terminals) {
             st.stores.forget_since(mark);
             return Err(FrameError::TooManyTerminals {
                 limit: limit(max_terminals),
+            });
+        }
+        let skus = batch.events.iter().flat_map(event_skus);
+        if !st.skus.admit(skus, max_skus) {
+            st.stores.forget_since(mark);
+            st.terminals.forget_since(terminal_mark);
+            return Err(FrameError::TooManySkus {
+                limit: limit(max_skus),
             });
         }
         Ok(())
@@ -275,6 +287,7 @@ impl Devices {
                     recent: RecentDigests::default(),
                     stores: DistinctKeys::default(),
                     terminals: DistinctKeys::default(),
+                    skus: DistinctSkus::default(),
                     owner: None,
                     last_lsn: 0,
                     idle_since: Instant::now(),

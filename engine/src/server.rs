@@ -148,6 +148,7 @@ impl Server {
             ack_stall_not_ready: cfg.ack_stall_not_ready,
             max_stores_per_device: cfg.max_stores_per_device.max(1),
             max_terminals_per_device: cfg.max_terminals_per_device.max(1),
+            max_skus_per_device: cfg.max_skus_per_device.max(1),
             hello_timeout: cfg.hello_timeout,
             auth: auth.clone(),
             frame_budget: FrameBudget {

@@ -53,6 +53,10 @@ pub enum ErrorCode {
     /// new terminal opens rollup rows); refused whole, kept as a dead
     /// letter.
     TooManyTerminals = 19,
+    /// The batch names more distinct SKUs than one device may (each new
+    /// one is an entity the server keeps); refused whole, kept as a dead
+    /// letter.
+    TooManySkus = 20,
 }
 
 impl ErrorCode {
@@ -84,6 +88,7 @@ impl ErrorCode {
             17 => SeqConflict,
             18 => TooManyStores,
             19 => TooManyTerminals,
+            20 => TooManySkus,
             _ => return None,
         })
     }
@@ -111,6 +116,7 @@ impl ErrorCode {
             SeqConflict => "seq_conflict",
             TooManyStores => "too_many_stores",
             TooManyTerminals => "too_many_terminals",
+            TooManySkus => "too_many_skus",
         }
     }
 

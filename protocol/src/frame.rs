@@ -151,6 +151,12 @@ pub enum FrameError {
         /// Distinct terminals a device may sell on.
         limit: u32,
     },
+    /// More distinct SKUs than one device may name.
+    #[error("the batch names SKUs beyond the {limit} this device may name")]
+    TooManySkus {
+        /// Distinct (store, SKU) pairs a device may name.
+        limit: u32,
+    },
 }
 
 impl FrameError {
@@ -170,6 +176,7 @@ impl FrameError {
             FrameError::SeqConflict(_) => ErrorCode::SeqConflict,
             FrameError::TooManyStores { .. } => ErrorCode::TooManyStores,
             FrameError::TooManyTerminals { .. } => ErrorCode::TooManyTerminals,
+            FrameError::TooManySkus { .. } => ErrorCode::TooManySkus,
         }
     }
 
@@ -186,6 +193,7 @@ impl FrameError {
                 | FrameError::SeqConflict(_)
                 | FrameError::TooManyStores { .. }
                 | FrameError::TooManyTerminals { .. }
+                | FrameError::TooManySkus { .. }
         )
     }
 }

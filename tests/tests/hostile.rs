@@ -235,3 +235,40 @@ async fn dripped_frames_share_one_bounded_budget_and_time_out() -> anyhow::Resul
     drips.abort_all();
     Ok(())
 }
+
+/// A device naming ever new SKUs would make its store's shard keep an
+/// entity for each: past `max_skus_per_device` its batch is refused whole
+/// (`too_many_skus`, a dead letter), and SKUs it named before still pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_naming_too_many_skus_is_refused_and_known_ones_pass() -> anyhow::Result<()> {
+    use tillstream_engine_core::testkit::movement;
+    use tillstream_protocol::frame::decode;
+    use tillstream_tests::raw::{RawSession, batch_frame, read_msg};
+    let dir = tempfile::tempdir()?;
+    let mut cfg = tillstream_tests::test_config(dir.path(), 1);
+    cfg.max_skus_per_device = 100;
+    let server = tillstream_engine::Server::start(cfg).await?;
+    let endpoint = tillstream_tests::endpoint_for(&server)?;
+    let token = tillstream_tests::Tokens::of(&server)?.device(61, 1, false)?;
+    let mut raw = RawSession::open(&endpoint, server.quic_addr(), 61, &token).await?;
+    let now = tillstream_tests::now_us();
+    let skus = |from: u64, to: u64| (from..to).map(|sku| movement(now, 1, sku, 1)).collect();
+    raw.send.write_all(&batch_frame(1, skus(0, 64))?).await?;
+    raw.send.write_all(&batch_frame(2, skus(64, 128))?).await?;
+    raw.send.write_all(&batch_frame(3, skus(0, 10))?).await?;
+    let (mut refused, mut durable) = (Vec::new(), 0);
+    while durable < 3 {
+        let (t, p) = read_msg(&mut raw.recv).await?;
+        match t {
+            MsgType::Error => {
+                let e = decode::<Error>(&p)?;
+                refused.push((e.batch_seq, e.code));
+            }
+            MsgType::Ack => durable = decode::<Ack>(&p)?.durable_seq,
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(refused, vec![(2, ErrorCode::TooManySkus.as_u16())]);
+    server.shutdown().await?;
+    Ok(())
+}

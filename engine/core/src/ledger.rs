@@ -15,6 +15,10 @@
 //!   (`DeviceLedger::new(durable)`): anything above it was not durable and
 //!   is applied again, anything at or below it is acked again.
 
+use std::collections::HashSet;
+
+use crate::shard::hash::Keyed;
+
 /// The watermarks of one device.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeviceLedger {
@@ -188,10 +192,67 @@ impl DistinctKeys {
     }
 }
 
+/// The distinct (store, SKU) pairs one device named while the server holds
+/// its slot: each new one is an entity a shard keeps, so a device naming
+/// random SKUs must be stopped past a limit, as one spraying stores is.
+/// Keyed hashing: the device chooses the keys.
+///
+/// Invariant: it never holds more than its limit; [`DistinctSkus::admit`]
+/// adds a batch's pairs all or none.
+#[derive(Debug, Clone, Default)]
+pub struct DistinctSkus {
+    seen: HashSet<(u32, u64), Keyed>,
+    fresh: Vec<(u32, u64)>,
+}
+
+impl DistinctSkus {
+    /// Pairs recorded so far.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Whether none is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Whether a batch naming `keys` may pass with at most `limit`
+    /// distinct pairs per device; if so, records them.
+    pub fn admit(&mut self, keys: impl IntoIterator<Item = (u32, u64)>, limit: usize) -> bool {
+        self.fresh.clear();
+        for k in keys {
+            if self.seen.insert(k) {
+                self.fresh.push(k);
+                if self.seen.len() > limit {
+                    for f in self.fresh.drain(..) {
+                        self.seen.remove(&f);
+                    }
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_device_naming_too_many_skus_is_refused_all_or_none() {
+        let mut d = DistinctSkus::default();
+        assert!(d.admit([(1, 1), (1, 2), (1, 1)], 3));
+        assert!(d.admit([(1, 2), (1, 1)], 3), "known pairs always pass");
+        assert!(!d.admit([(1, 3), (1, 4)], 3), "two new pairs, one place");
+        assert_eq!(d.len(), 2, "the refused batch recorded nothing");
+        assert!(d.admit([(1, 3)], 3));
+        assert!(
+            !d.admit([(2, 1)], 3),
+            "the same SKU in another store is another pair"
+        );
+    }
 
     #[test]
     fn a_device_may_send_for_a_few_stores_all_or_none() {
@@ -274,7 +335,7 @@ mod tests {
         #[test]
         fn never_admits_a_seq_twice(ops in proptest::collection::vec((0u64..40, any::<bool>()), 0..200)) {
             let mut l = DeviceLedger::new(0);
-            let mut admitted = std::collections::HashSet::new();
+            let mut admitted = HashSet::new();
             for (seq, durable) in ops {
                 if durable {
                     // Only what was applied can become durable.

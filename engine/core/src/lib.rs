@@ -62,7 +62,7 @@ pub mod shard;
 pub mod testkit;
 pub mod validate;
 
-pub use ledger::{Admission, DeviceLedger, DigestCheck, DistinctKeys, RecentDigests};
+pub use ledger::{Admission, DeviceLedger, DigestCheck, DistinctKeys, DistinctSkus, RecentDigests};
 pub use route::{
     BatchPlan, Role, WorkItem, plan_batch, shard_of_device, shard_of_sku, shard_of_terminal,
 };

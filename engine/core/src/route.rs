@@ -27,7 +27,9 @@
 //! - no allocation per event once the plan's vectors have grown: reuse the
 //!   plan across batches.
 
-use tillstream_protocol::{ArchivedBatch, ArchivedEvent, RejectCode, RejectedRef};
+use tillstream_protocol::{
+    ArchivedBatch, ArchivedEvent, ArchivedSaleLine, RejectCode, RejectedRef,
+};
 
 use crate::validate::{Rules, check_event};
 
@@ -274,6 +276,23 @@ pub fn event_store(e: &ArchivedEvent) -> u32 {
         ArchivedEvent::Count(c) => c.store.to_native(),
         ArchivedEvent::Health(h) => h.store.to_native(),
     }
+}
+
+/// The (store, SKU) pairs an event names: a sale's or refund's lines, a
+/// movement's or count's SKU, none for a health ping.
+pub fn event_skus(e: &ArchivedEvent) -> impl Iterator<Item = (u32, u64)> + '_ {
+    let store = event_store(e);
+    let (lines, single): (&[ArchivedSaleLine], Option<u64>) = match e {
+        ArchivedEvent::Sale(s) => (&s.lines, None),
+        ArchivedEvent::Refund(r) => (&r.lines, None),
+        ArchivedEvent::Movement(m) => (&[], Some(m.sku.to_native())),
+        ArchivedEvent::Count(c) => (&[], Some(c.sku.to_native())),
+        ArchivedEvent::Health(_) => (&[], None),
+    };
+    lines
+        .iter()
+        .map(move |l| (store, l.sku.to_native()))
+        .chain(single.map(move |sku| (store, sku)))
 }
 
 fn push(plan: &mut BatchPlan, shard: usize, idx: u32, role: Role) {

@@ -106,6 +106,7 @@ pub(super) async fn read_batches(
             archived,
             ctx.max_stores_per_device,
             ctx.max_terminals_per_device,
+            ctx.max_skus_per_device,
         ) {
             m::too_many_keys(err.code());
             refusals
@@ -419,6 +420,7 @@ fn is_limit(code: ErrorCode) -> bool {
             | ErrorCode::BatchTooLarge
             | ErrorCode::TooManyStores
             | ErrorCode::TooManyTerminals
+            | ErrorCode::TooManySkus
             | ErrorCode::TooManyErrors
             | ErrorCode::SeqConflict
     )

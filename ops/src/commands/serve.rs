@@ -102,6 +102,12 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 16, env = "TILLSTREAM_MAX_TERMINALS_PER_DEVICE",
           value_parser = clap::value_parser!(u64).range(1..=65_536))]
     max_terminals_per_device: u64,
+    /// Distinct (store, SKU) pairs one device may name (each new one is an
+    /// entity the server keeps); a batch naming more is refused whole
+    /// (too_many_skus) and kept as a dead letter.
+    #[arg(long, default_value_t = 200_000, env = "TILLSTREAM_MAX_SKUS_PER_DEVICE",
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    max_skus_per_device: u64,
     /// Milliseconds a device has, after its TLS handshake, to open its
     /// stream, and then to say Hello; past either the connection closes
     /// and its set-up slot goes to the next device.
@@ -188,6 +194,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     cfg.max_events_per_s_per_device = args.max_events_per_s_per_device;
     cfg.max_stores_per_device = usize::try_from(args.max_stores_per_device).unwrap_or(16);
     cfg.max_terminals_per_device = usize::try_from(args.max_terminals_per_device).unwrap_or(16);
+    cfg.max_skus_per_device = usize::try_from(args.max_skus_per_device).unwrap_or(200_000);
     cfg.hello_timeout = Duration::from_millis(args.hello_timeout_ms);
     cfg.idle_timeout = Duration::from_secs(args.idle_timeout_s);
     cfg.auth = args.auth.config()?;

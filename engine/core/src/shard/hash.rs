@@ -12,7 +12,7 @@
 
 /// The hasher's builder, for `HashMap<K, V, Keyed>`: each map draws its own
 /// seed.
-pub(super) type Keyed = foldhash::fast::RandomState;
+pub(crate) type Keyed = foldhash::fast::RandomState;
 
 #[cfg(test)]
 mod tests {

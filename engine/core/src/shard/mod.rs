@@ -30,7 +30,7 @@
 //! - `apply` never panics, whatever the items say.
 
 mod apply;
-mod hash;
+pub(crate) mod hash;
 mod sku;
 mod terminal;
 
