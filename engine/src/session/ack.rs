@@ -33,12 +33,19 @@ struct Outbox {
     owed_batches: u32,
     owed_rejected: Vec<RejectedRef>,
     oldest: Option<Instant>,
+    /// The highest seq this acker has taken in (in seq order): an Ack never
+    /// says more, even if later batches are durable already. Otherwise an
+    /// Ack written before the Error of a refused batch could cover that
+    /// batch's seq (its successor being durable), and the device would
+    /// take the refused batch for acknowledged.
+    acked_upto: u64,
 }
 
 impl Outbox {
     /// Records a durable batch and its refused events; writes an Ack
     /// early whenever the refs owed would pass [`MAX_REJECTED_PER_ACK`].
-    async fn owe(&mut self, received: Instant, mut rejected: Vec<RejectedRef>) {
+    async fn owe(&mut self, seq: u64, received: Instant, mut rejected: Vec<RejectedRef>) {
+        self.acked_upto = self.acked_upto.max(seq);
         self.owed_batches += 1;
         self.oldest.get_or_insert(received);
         while self.owed_rejected.len() + rejected.len() > MAX_REJECTED_PER_ACK {
@@ -93,7 +100,7 @@ impl Outbox {
             return;
         }
         let msg = Ack {
-            durable_seq: self.slot.durable(),
+            durable_seq: self.slot.durable().min(self.acked_upto),
             rejected: std::mem::take(&mut self.owed_rejected),
         };
         self.write(&msg).await;
@@ -144,6 +151,7 @@ pub(super) async fn ack(
     slot: Arc<DeviceSlot>,
     conn: quinn::Connection,
     mut failed: tokio::sync::watch::Receiver<bool>,
+    welcomed: u64,
 ) {
     let mut out = Outbox {
         send,
@@ -153,6 +161,8 @@ pub(super) async fn ack(
         owed_batches: 0,
         owed_rejected: Vec::new(),
         oldest: None,
+        // What the Welcome announced is acknowledged already.
+        acked_upto: welcomed,
     };
     while let Some(a) = rx.recv().await {
         match a {
@@ -162,7 +172,7 @@ pub(super) async fn ack(
                 rejected,
                 received,
             } => match done.await {
-                Ok(Ok(())) => out.owe(received, rejected).await,
+                Ok(Ok(())) => out.owe(seq, received, rejected).await,
                 Ok(Err(e)) => out.give_up(seq, &e.to_string()).await,
                 Err(_) => out.give_up(seq, "the flusher stopped").await,
             },
@@ -174,7 +184,7 @@ pub(super) async fn ack(
                     Ok(_) = failed.wait_for(|f| *f) => false,
                 };
                 if durable {
-                    out.owe(received, Vec::new()).await;
+                    out.owe(seq, received, Vec::new()).await;
                 } else {
                     out.give_up(seq, "the server failed; restart it").await;
                 }

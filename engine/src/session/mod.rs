@@ -251,6 +251,7 @@ async fn session(
             slot.clone(),
             conn.clone(),
             ctx.failed.subscribe(),
+            welcome.durable_seq,
         )
         .in_current_span(),
     );
