@@ -27,9 +27,24 @@ pub fn batch_seq_bucket(seq: u64) -> u64 {
     seq / BATCHES_PER_BUCKET
 }
 
+/// Journal records per partition of the cluster's journal: a partition
+/// is (node, lsn / `RECORDS_PER_SEGMENT`), about 8 MB of 30 KB frames.
+pub const RECORDS_PER_SEGMENT: u64 = 256;
+
+/// The journal partition of record `lsn`.
+pub fn journal_segment(lsn: u64) -> u64 {
+    lsn / RECORDS_PER_SEGMENT
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_journal_segment_holds_256_records() {
+        assert_eq!(journal_segment(1), journal_segment(255));
+        assert_eq!(journal_segment(256), 1);
+    }
 
     #[test]
     fn a_ledger_partition_holds_65536_batches() {

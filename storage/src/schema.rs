@@ -103,21 +103,29 @@ mod tests {
                 ));
             }
         }
-        // The keyspace, the logical tables, and store_movements (the
-        // movements by store and hour, for activation).
-        if stmts.len() != 2 + Table::ALL.len() {
+        // The keyspace, the logical tables, and three of the backend's
+        // own: store_movements (the movements by store and hour, for
+        // activation), the journal and the checkpoints.
+        if stmts.len() != 4 + Table::ALL.len() {
             return Err(format!(
                 "{} statements, expected {}",
                 stmts.len(),
-                2 + Table::ALL.len()
+                4 + Table::ALL.len()
             ));
         }
-        let by_hour = stmts
-            .iter()
-            .find(|s| s.starts_with("CREATE TABLE IF NOT EXISTS tillstream.store_movements ("))
-            .ok_or("no store_movements")?;
-        if partition_key(by_hour) != ["store", "hour"] {
-            return Err(format!("store_movements: {:?}", partition_key(by_hour)));
+        for (table, key) in [
+            ("store_movements", &["store", "hour"][..]),
+            ("journal", &["node", "segment"][..]),
+            ("checkpoints", &["node"][..]),
+        ] {
+            let head = format!("CREATE TABLE IF NOT EXISTS tillstream.{table} (");
+            let s = stmts
+                .iter()
+                .find(|s| s.starts_with(&head))
+                .ok_or(format!("no {table}"))?;
+            if partition_key(s) != key {
+                return Err(format!("{table}: {:?}", partition_key(s)));
+            }
         }
         Ok(())
     }
