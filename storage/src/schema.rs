@@ -82,11 +82,7 @@ mod tests {
             ));
         }
         for t in Table::ALL {
-            let head = format!("CREATE TABLE IF NOT EXISTS tillstream.{} (", t.name());
-            let s = stmts
-                .iter()
-                .find(|s| s.starts_with(&head))
-                .ok_or(format!("no CREATE TABLE for {}", t.name()))?;
+            let s = create_table(&stmts, t.name())?;
             if !s.contains("PRIMARY KEY ((") {
                 return Err(format!("{}: no partition key", t.name()));
             }
@@ -118,16 +114,21 @@ mod tests {
             ("journal", &["node", "segment"][..]),
             ("checkpoints", &["node"][..]),
         ] {
-            let head = format!("CREATE TABLE IF NOT EXISTS tillstream.{table} (");
-            let s = stmts
-                .iter()
-                .find(|s| s.starts_with(&head))
-                .ok_or(format!("no {table}"))?;
+            let s = create_table(&stmts, table)?;
             if partition_key(s) != key {
                 return Err(format!("{table}: {:?}", partition_key(s)));
             }
         }
         Ok(())
+    }
+
+    /// The CREATE TABLE statement of `table`.
+    fn create_table<'a>(stmts: &'a [String], table: &str) -> Result<&'a String, String> {
+        let head = format!("CREATE TABLE IF NOT EXISTS tillstream.{table} (");
+        stmts
+            .iter()
+            .find(|s| s.starts_with(&head))
+            .ok_or(format!("no CREATE TABLE for {table}"))
     }
 
     /// The partition key columns of a CREATE TABLE statement.
@@ -142,11 +143,7 @@ mod tests {
     fn every_partition_is_bounded_by_a_time_bucket_or_a_hash_bucket() -> Result<(), String> {
         let stmts = all_statements();
         for t in Table::ALL {
-            let head = format!("CREATE TABLE IF NOT EXISTS tillstream.{} (", t.name());
-            let s = stmts
-                .iter()
-                .find(|s| s.starts_with(&head))
-                .ok_or(format!("no CREATE TABLE for {}", t.name()))?;
+            let s = create_table(&stmts, t.name())?;
             let key = partition_key(s);
             let bounded = match t {
                 // One row per device, ever.
