@@ -144,3 +144,131 @@ pub trait Query {
         Ok(())
     }
 }
+
+/// Folds sales into the buckets of [`Query::sales_by_time`]; every backend
+/// reads its rows its own way and sums them here, so the answers agree.
+#[derive(Debug)]
+pub struct SalesSeries {
+    bucket: Bucket,
+    from_us: i64,
+    to_us: i64,
+    out: std::collections::BTreeMap<i64, SalesBucket>,
+}
+
+impl SalesSeries {
+    /// An empty series over `[from_us, to_us)`.
+    pub fn new(from_us: i64, to_us: i64, bucket: Bucket) -> Self {
+        SalesSeries {
+            bucket,
+            from_us,
+            to_us,
+            out: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// Adds `r` if it is stamped inside the range. `items` counts the
+    /// units of sales only (like `gross`).
+    pub fn add(&mut self, r: &SaleRow) {
+        if r.ts_us < self.from_us || r.ts_us >= self.to_us {
+            return;
+        }
+        let start_us = match self.bucket {
+            Bucket::Hour => crate::time::hour_start_us(crate::time::hour(r.ts_us)),
+            Bucket::Day => crate::time::day_start_us(crate::time::day(r.ts_us)),
+        };
+        let b = self.out.entry(start_us).or_insert_with(|| SalesBucket {
+            start_us,
+            ..SalesBucket::default()
+        });
+        match r.kind {
+            SaleKind::Sale => {
+                b.sales += 1;
+                b.items += r.items;
+                b.gross += r.gross;
+                b.tax += r.tax;
+            }
+            SaleKind::Refund => {
+                b.refunds += 1;
+                b.refunded += r.gross;
+            }
+        }
+    }
+
+    /// The buckets in time order, empty ones left out.
+    pub fn finish(self) -> Vec<SalesBucket> {
+        self.out
+            .into_values()
+            .map(|mut b| {
+                b.net = b.gross - b.refunded;
+                b
+            })
+            .collect()
+    }
+}
+
+/// Sums sale lines per SKU for [`Query::top_skus`], the same for every
+/// backend.
+#[derive(Debug)]
+pub struct SkuTotals {
+    per_store: bool,
+    from_us: i64,
+    to_us: i64,
+    totals: std::collections::HashMap<(u32, u64), SkuTotal>,
+}
+
+impl SkuTotals {
+    /// Empty totals over `[from_us, to_us)`; `per_store` false sums each
+    /// SKU over all stores (reported as store 0).
+    pub fn new(from_us: i64, to_us: i64, per_store: bool) -> Self {
+        SkuTotals {
+            per_store,
+            from_us,
+            to_us,
+            totals: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Adds `r` if it is stamped inside the range.
+    pub fn add(&mut self, r: &SaleLineRow) {
+        if r.ts_us < self.from_us || r.ts_us >= self.to_us {
+            return;
+        }
+        let sign = match r.kind {
+            SaleKind::Sale => 1,
+            SaleKind::Refund => -1,
+        };
+        let s = if self.per_store { r.store } else { 0 };
+        let t = self.totals.entry((s, r.sku)).or_insert(SkuTotal {
+            store: s,
+            sku: r.sku,
+            quantity: 0,
+            revenue: 0,
+            lines: 0,
+        });
+        t.quantity += sign * i64::from(r.quantity);
+        t.revenue += sign * r.amount;
+        t.lines += 1;
+    }
+
+    /// The `limit` best, best first; ties in (store, SKU) order.
+    pub fn finish(self, by: TopBy, limit: usize) -> Vec<SkuTotal> {
+        let mut out: Vec<SkuTotal> = self.totals.into_values().collect();
+        out.sort_unstable_by(|a, b| {
+            let (ka, kb) = match by {
+                TopBy::Quantity => (a.quantity, b.quantity),
+                TopBy::Revenue => (a.revenue, b.revenue),
+            };
+            kb.cmp(&ka).then((a.store, a.sku).cmp(&(b.store, b.sku)))
+        });
+        out.truncate(limit);
+        out
+    }
+}
+
+/// The answer of [`Query::low_stock`] from candidate levels: those below
+/// `below`, lowest first.
+pub fn lowest_levels(levels: Vec<StockLevelRow>, below: i64) -> Vec<StockLevelRow> {
+    let mut out: Vec<StockLevelRow> = levels.into_iter().filter(|r| r.level < below).collect();
+    out.sort_by_key(|r| (r.level, r.store, r.sku));
+    out
+}

@@ -1,8 +1,6 @@
 //! The read side of the embedded store: block scans filtered by time, and
 //! the [`Query`] implementation on top of them.
 
-use std::collections::{BTreeMap, HashMap};
-
 use std::ops::RangeBounds;
 
 use fjall::{Iter, Keyspace, Readable, Snapshot};
@@ -225,15 +223,7 @@ impl EmbeddedStore {
     }
 }
 
-fn sign(kind: SaleKind) -> i64 {
-    match kind {
-        SaleKind::Sale => 1,
-        SaleKind::Refund => -1,
-    }
-}
-
 impl Query for EmbeddedStore {
-    /// `items` counts the units of sales only (like `gross`).
     fn sales_by_time(
         &self,
         store: Option<u32>,
@@ -241,42 +231,15 @@ impl Query for EmbeddedStore {
         to_us: i64,
         bucket: Bucket,
     ) -> Result<Vec<SalesBucket>, StoreError> {
-        let mut out: BTreeMap<i64, SalesBucket> = BTreeMap::new();
         if from_us >= to_us {
             return Ok(Vec::new());
         }
+        let mut series = SalesSeries::new(from_us, to_us, bucket);
         let window = Window { from_us, to_us };
         self.each_block::<SaleRow>(store.map(u64::from), window, &mut |rows| {
-            for r in rows.iter().filter(|r| window.contains(r.ts_us)) {
-                let start_us = match bucket {
-                    Bucket::Hour => time::hour_start_us(time::hour(r.ts_us)),
-                    Bucket::Day => time::day_start_us(time::day(r.ts_us)),
-                };
-                let b = out.entry(start_us).or_insert_with(|| SalesBucket {
-                    start_us,
-                    ..SalesBucket::default()
-                });
-                match r.kind {
-                    SaleKind::Sale => {
-                        b.sales += 1;
-                        b.items += r.items;
-                        b.gross += r.gross;
-                        b.tax += r.tax;
-                    }
-                    SaleKind::Refund => {
-                        b.refunds += 1;
-                        b.refunded += r.gross;
-                    }
-                }
-            }
+            rows.iter().for_each(|r| series.add(r));
         })?;
-        Ok(out
-            .into_values()
-            .map(|mut b| {
-                b.net = b.gross - b.refunded;
-                b
-            })
-            .collect())
+        Ok(series.finish())
     }
 
     fn top_skus(
@@ -291,32 +254,11 @@ impl Query for EmbeddedStore {
             return Ok(Vec::new());
         }
         let window = Window { from_us, to_us };
-        let mut totals: HashMap<(u32, u64), SkuTotal> = HashMap::new();
+        let mut totals = SkuTotals::new(from_us, to_us, store.is_some());
         self.each_block::<SaleLineRow>(store.map(u64::from), window, &mut |rows| {
-            for r in rows.iter().filter(|r| window.contains(r.ts_us)) {
-                let s = if store.is_some() { r.store } else { 0 };
-                let t = totals.entry((s, r.sku)).or_insert(SkuTotal {
-                    store: s,
-                    sku: r.sku,
-                    quantity: 0,
-                    revenue: 0,
-                    lines: 0,
-                });
-                t.quantity += sign(r.kind) * i64::from(r.quantity);
-                t.revenue += sign(r.kind) * r.amount;
-                t.lines += 1;
-            }
+            rows.iter().for_each(|r| totals.add(r));
         })?;
-        let mut out: Vec<SkuTotal> = totals.into_values().collect();
-        out.sort_unstable_by(|a, b| {
-            let (ka, kb) = match by {
-                TopBy::Quantity => (a.quantity, b.quantity),
-                TopBy::Revenue => (a.revenue, b.revenue),
-            };
-            kb.cmp(&ka).then((a.store, a.sku).cmp(&(b.store, b.sku)))
-        });
-        out.truncate(limit);
-        Ok(out)
+        Ok(totals.finish(by, limit))
     }
 
     fn stock_history(
@@ -342,13 +284,7 @@ impl Query for EmbeddedStore {
     }
 
     fn low_stock(&self, store: Option<u32>, below: i64) -> Result<Vec<StockLevelRow>, StoreError> {
-        let mut out: Vec<StockLevelRow> = self
-            .levels_of(store)?
-            .into_iter()
-            .filter(|r| r.level < below)
-            .collect();
-        out.sort_by_key(|r| (r.level, r.store, r.sku));
-        Ok(out)
+        Ok(lowest_levels(self.levels_of(store)?, below))
     }
 
     fn watermarks(&self) -> Result<Vec<WatermarkRow>, StoreError> {
