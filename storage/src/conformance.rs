@@ -115,9 +115,12 @@ pub(crate) fn a_crash_between_rows_and_checkpoint_loses_and_doubles_nothing(
     b: &mut impl Backend,
 ) -> TestResult {
     let mut first = sample();
+    // The second batch carries the watermarks: a crash between its rows
+    // and its checkpoint must leave them exact once replayed.
     let second = RowSet {
         sales: first.sales.split_off(3),
         sale_lines: first.sale_lines.split_off(5),
+        watermarks: std::mem::take(&mut first.watermarks),
         ..RowSet::default()
     };
     let rows_of = |payload: &[u8]| match payload {
@@ -199,6 +202,67 @@ pub(crate) fn snapshot_rows_keep_the_newest(b: &mut impl Backend) -> TestResult 
     Ok(())
 }
 
+/// Every question of the query API reads the rows it should: a store's
+/// partitions, the time window's edges, the sums over all stores.
+pub(crate) fn queries_answer_from_the_rows(b: &mut impl Backend) -> TestResult {
+    use crate::query::{Bucket, SalesSeries, SkuTotals, TopBy, lowest_levels};
+    let rows = sample();
+    let store = b.open()?;
+    store.commit(&rows)?;
+    let from = rows.sales.iter().map(|r| r.ts_us).min().unwrap_or(0) + 1;
+    let to = rows.sales.iter().map(|r| r.ts_us).max().unwrap_or(0) + 1;
+    for (who, bucket) in [
+        (None, Bucket::Hour),
+        (Some(1), Bucket::Day),
+        (Some(2), Bucket::Hour),
+    ] {
+        let mut want = SalesSeries::new(from, to, bucket);
+        rows.sales
+            .iter()
+            .filter(|r| who.is_none_or(|s| s == r.store))
+            .for_each(|r| want.add(r));
+        assert_eq!(
+            store.sales_by_time(who, from, to, bucket)?,
+            want.finish(),
+            "sales of {who:?}"
+        );
+    }
+    for (who, by) in [(None, TopBy::Quantity), (Some(1), TopBy::Revenue)] {
+        let mut want = SkuTotals::new(from, to, who.is_some());
+        rows.sale_lines
+            .iter()
+            .filter(|r| who.is_none_or(|s| s == r.store))
+            .for_each(|r| want.add(r));
+        assert_eq!(store.top_skus(who, from, to, by, 2)?, want.finish(by, 2));
+    }
+    let m = rows.stock_movements[0];
+    let mut history: Vec<StockMovementRow> = rows
+        .stock_movements
+        .iter()
+        .filter(|r| (r.store, r.sku) == (m.store, m.sku))
+        .copied()
+        .collect();
+    history.sort_unstable_by_key(|r| (r.ts_us, r.key, r.line));
+    assert!(history.len() > 1, "the sample moves one SKU more than once");
+    assert_eq!(
+        store.stock_history(m.store, m.sku, i64::MIN + 1, i64::MAX)?,
+        history
+    );
+    // A window that starts after the first movement leaves it out.
+    assert_eq!(
+        store.stock_history(m.store, m.sku, history[0].ts_us + 1, i64::MAX)?,
+        history[1..]
+    );
+    assert_eq!(
+        store.low_stock(None, 1_000)?,
+        lowest_levels(rows.stock_levels.clone(), 1_000)
+    );
+    let mut marks = rows.watermarks.clone();
+    marks.sort_unstable_by_key(|w| w.device);
+    assert_eq!(store.watermarks()?, marks);
+    Ok(())
+}
+
 /// The embedded store over a temporary directory.
 struct Embedded(tempfile::TempDir);
 
@@ -231,4 +295,99 @@ fn embedded_a_crash_between_rows_and_checkpoint_loses_and_doubles_nothing() -> T
 #[test]
 fn embedded_snapshot_rows_keep_the_newest() -> TestResult {
     snapshot_rows_keep_the_newest(&mut embedded()?)
+}
+
+#[test]
+fn embedded_queries_answer_from_the_rows() -> TestResult {
+    queries_answer_from_the_rows(&mut embedded()?)
+}
+
+/// The same suite against a live ScyllaDB cluster, when
+/// `TILLSTREAM_SCYLLA_NODES` names one at build time (`host:port,...`;
+/// `TILLSTREAM_SCYLLA_DC`, default `datacenter1`, and
+/// `TILLSTREAM_SCYLLA_RF`, default 1, shape the test keyspaces). Each
+/// test makes a keyspace of its own, `tillstream_conformance_<n>`, and
+/// "reopening" is connecting a new store to it under the same node id:
+/// what a replacement node does.
+#[cfg(feature = "scylla")]
+mod on_scylla {
+    use super::*;
+    use crate::schema::SchemaOptions;
+    use crate::scylla::{ScyllaConfig, ScyllaStore, apply_schema};
+
+    struct Scylla(ScyllaConfig);
+
+    impl Backend for Scylla {
+        type S = ScyllaStore;
+        fn open(&mut self) -> Result<ScyllaStore, StoreError> {
+            ScyllaStore::connect(self.0.clone())
+        }
+    }
+
+    fn scylla() -> Result<Scylla, Box<dyn std::error::Error>> {
+        let nodes = std::env::var("TILLSTREAM_SCYLLA_NODES")
+            .map_err(|_| "set TILLSTREAM_SCYLLA_NODES to host:port of a ScyllaDB node")?;
+        let dc = std::env::var("TILLSTREAM_SCYLLA_DC").unwrap_or_else(|_| "datacenter1".into());
+        let rf = std::env::var("TILLSTREAM_SCYLLA_RF").unwrap_or_else(|_| "1".into());
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos();
+        let mut cfg = ScyllaConfig::new(nodes.split(',').map(str::to_string).collect());
+        cfg.keyspace = format!("tillstream_conformance_{stamp}");
+        cfg.node_id = format!("conformance-{stamp}");
+        apply_schema(
+            &cfg,
+            &SchemaOptions {
+                keyspace: cfg.keyspace.clone(),
+                replication: format!("{{'class': 'NetworkTopologyStrategy', '{dc}': {rf}}}"),
+                ttl_days: None,
+            },
+        )?;
+        Ok(Scylla(cfg))
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(scylla_cluster),
+        ignore = "needs a ScyllaDB cluster: build with TILLSTREAM_SCYLLA_NODES set"
+    )]
+    fn scylla_rows_round_trip() -> TestResult {
+        rows_round_trip(&mut scylla()?)
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(scylla_cluster),
+        ignore = "needs a ScyllaDB cluster: build with TILLSTREAM_SCYLLA_NODES set"
+    )]
+    fn scylla_journal_replays_what_the_checkpoint_does_not_cover() -> TestResult {
+        the_journal_replays_what_the_checkpoint_does_not_cover(&mut scylla()?)
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(scylla_cluster),
+        ignore = "needs a ScyllaDB cluster: build with TILLSTREAM_SCYLLA_NODES set"
+    )]
+    fn scylla_a_crash_between_rows_and_checkpoint_loses_and_doubles_nothing() -> TestResult {
+        a_crash_between_rows_and_checkpoint_loses_and_doubles_nothing(&mut scylla()?)
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(scylla_cluster),
+        ignore = "needs a ScyllaDB cluster: build with TILLSTREAM_SCYLLA_NODES set"
+    )]
+    fn scylla_snapshot_rows_keep_the_newest() -> TestResult {
+        snapshot_rows_keep_the_newest(&mut scylla()?)
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(scylla_cluster),
+        ignore = "needs a ScyllaDB cluster: build with TILLSTREAM_SCYLLA_NODES set"
+    )]
+    fn scylla_queries_answer_from_the_rows() -> TestResult {
+        queries_answer_from_the_rows(&mut scylla()?)
+    }
 }

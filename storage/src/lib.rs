@@ -8,7 +8,8 @@
 //!   group-commit tick, plus what the engine reads back on activation;
 //! - the [`Query`] API (sales over time, top SKUs, stock history, low stock,
 //!   watermarks) and [`verify`], the integrity check of the invariants in ARCHITECTURE.md;
-//! - the embedded backend on fjall (feature `embedded`, on by default).
+//! - the embedded backend on fjall (feature `embedded`, on by default),
+//!   and the ScyllaDB backend on the `scylla` driver (feature `scylla`).
 //!
 //! It is not:
 //! - the engine: it decides nothing about events, it stores rows;
@@ -28,6 +29,9 @@ pub mod verify;
 
 #[cfg(feature = "embedded")]
 pub mod embedded;
+
+#[cfg(feature = "scylla")]
+pub mod scylla;
 
 #[cfg(test)]
 mod testutil;

@@ -37,6 +37,73 @@ pub fn statements(cql: &str) -> Vec<String> {
         .collect()
 }
 
+/// The keyspace the schema files name, their replication map and their
+/// table TTL, which [`render`] replaces.
+pub const DEFAULT_KEYSPACE: &str = "tillstream";
+const FILE_REPLICATION: &str = "{'class': 'NetworkTopologyStrategy', 'dc1': 3}";
+const FILE_TTL: &str = "default_time_to_live = 34560000";
+
+/// What differs between clusters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaOptions {
+    /// Keyspace name (letters, digits and `_`, a letter first, at most 48).
+    pub keyspace: String,
+    /// The keyspace's replication map, as CQL
+    /// (`{'class': 'NetworkTopologyStrategy', 'dc1': 3}`).
+    pub replication: String,
+    /// TTL of the time-series tables in days; `None` keeps rows for ever.
+    pub ttl_days: Option<u32>,
+}
+
+impl Default for SchemaOptions {
+    fn default() -> Self {
+        SchemaOptions {
+            keyspace: DEFAULT_KEYSPACE.into(),
+            replication: FILE_REPLICATION.into(),
+            ttl_days: Some(400),
+        }
+    }
+}
+
+/// Whether `name` can be a keyspace: CQL's unquoted identifiers, which
+/// fold to lower case, so only lower case is accepted.
+pub fn valid_keyspace(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 48
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// The schema files for one cluster: the keyspace, replication and TTL of
+/// `opts` in place of the files' own. Errors name a bad keyspace.
+pub fn render(opts: &SchemaOptions) -> Result<Vec<(&'static str, String)>, String> {
+    if !valid_keyspace(&opts.keyspace) {
+        return Err(format!(
+            "keyspace {:?}: use lower-case letters, digits and '_', a letter first, at most 48",
+            opts.keyspace
+        ));
+    }
+    let ttl = format!(
+        "default_time_to_live = {}",
+        opts.ttl_days.map_or(0, |d| u64::from(d) * 86_400)
+    );
+    Ok(FILES
+        .iter()
+        .map(|f| {
+            let cql = f
+                .cql
+                .replace(FILE_REPLICATION, &opts.replication)
+                .replace(FILE_TTL, &ttl)
+                .replace(
+                    "KEYSPACE IF NOT EXISTS tillstream\n",
+                    &format!("KEYSPACE IF NOT EXISTS {}\n", opts.keyspace),
+                )
+                .replace("tillstream.", &format!("{}.", opts.keyspace));
+            (f.name, cql)
+        })
+        .collect())
+}
+
 /// Every statement of every schema file, in order.
 pub fn all_statements() -> Vec<String> {
     FILES.iter().flat_map(|f| statements(f.cql)).collect()
@@ -157,6 +224,36 @@ mod tests {
             if !bounded {
                 return Err(format!("{}: unbounded partition key {key:?}", t.name()));
             }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn render_names_the_keyspace_replication_and_ttl_everywhere() -> Result<(), String> {
+        let opts = SchemaOptions {
+            keyspace: "chain_eu".into(),
+            replication: "{'class': 'NetworkTopologyStrategy', 'eu': 3}".into(),
+            ttl_days: None,
+        };
+        let files = render(&opts)?;
+        let stmts: Vec<String> = files.iter().flat_map(|(_, c)| statements(c)).collect();
+        assert_eq!(stmts.len(), all_statements().len());
+        assert!(stmts[0].starts_with("CREATE KEYSPACE IF NOT EXISTS chain_eu WITH replication = {'class': 'NetworkTopologyStrategy', 'eu': 3}"), "{}", stmts[0]);
+        for s in &stmts[1..] {
+            assert!(s.contains(" chain_eu."), "{s}");
+            assert!(!s.contains("tillstream."), "{s}");
+            assert!(!s.contains("34560000"), "{s}");
+        }
+        assert!(stmts.iter().any(|s| s.contains("default_time_to_live = 0")));
+        // The default options give the files back unchanged.
+        let same = render(&SchemaOptions::default())?;
+        assert!(same.iter().zip(FILES).all(|((_, c), f)| c == f.cql));
+        for bad in ["", "Chain", "1chain", "chain-eu", "a;drop"] {
+            let opts = SchemaOptions {
+                keyspace: bad.into(),
+                ..SchemaOptions::default()
+            };
+            assert!(render(&opts).is_err(), "{bad:?}");
         }
         Ok(())
     }

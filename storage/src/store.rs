@@ -147,4 +147,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// A short name of the backend (`embedded`, `scylla`).
     fn backend(&self) -> &'static str;
+
+    /// The backend's own counters (`tillstream_*` names, with units), for
+    /// `/metrics` beside the engine's: the ScyllaDB driver's requests,
+    /// errors, retries and latency. None by default.
+    fn backend_metrics(&self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
 }

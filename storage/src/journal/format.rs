@@ -86,6 +86,29 @@ fn crc_of(lsn: u64, payload: &[u8]) -> u32 {
 /// [`Journal::open`](super::Journal::open) would otherwise drop as a torn
 /// tail after the append was acknowledged.
 pub(super) fn check_group(encoded: &[u8], prev: u64, last: u64) -> Result<u64, JournalError> {
+    each_record(encoded, prev, last, |_, _| {})
+}
+
+/// Walks a group as [`check_group`] does and hands each record's LSN and
+/// payload to `f`: a backend that keeps records elsewhere than in segment
+/// files (the ScyllaDB journal table) stores them one by one. Nothing is
+/// handed out unless the whole group is valid.
+pub fn split_records(
+    encoded: &[u8],
+    prev: u64,
+    last: u64,
+) -> Result<Vec<(u64, &[u8])>, JournalError> {
+    let mut out = Vec::new();
+    each_record(encoded, prev, last, |lsn, payload| out.push((lsn, payload)))?;
+    Ok(out)
+}
+
+fn each_record<'a>(
+    encoded: &'a [u8],
+    prev: u64,
+    last: u64,
+    mut f: impl FnMut(u64, &'a [u8]),
+) -> Result<u64, JournalError> {
     let invalid = |reason: String| Err(JournalError::InvalidAppend(reason));
     let mut rest = encoded;
     let mut at = prev;
@@ -109,6 +132,7 @@ pub(super) fn check_group(encoded: &[u8], prev: u64, last: u64) -> Result<u64, J
                 h.lsn, h.len
             ));
         }
+        f(h.lsn, &after[..len]);
         rest = &after[len..];
         offset += RECORD_HEADER + len;
         at = h.lsn;

@@ -65,7 +65,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use format::{MAX_RECORD_PAYLOAD, RECORD_HEADER, encode_record};
+pub use format::{MAX_RECORD_PAYLOAD, RECORD_HEADER, encode_record, split_records};
 use format::{SegmentReader, Step, check_group};
 use segments::{create_segment, ensure_dir, recover, sync_dir};
 

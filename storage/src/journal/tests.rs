@@ -433,3 +433,18 @@ pub(super) fn power_cut(
     assert_records(&read_all(&Journal::open(tmp.path(), opts)?, 0)?, 1, end + 2);
     Ok(())
 }
+
+#[test]
+fn a_group_splits_into_its_records_or_not_at_all() {
+    let mut buf = Vec::new();
+    encode_record(8, &[b"eight"], &mut buf);
+    encode_record(9, &[b"ni", b"ne"], &mut buf);
+    let split = split_records(&buf, 7, 9).map_err(|e| e.to_string());
+    assert_eq!(
+        split,
+        Ok(vec![(8, b"eight".as_slice()), (9, b"nine".as_slice())])
+    );
+    // A group that does not follow LSN 6, or is cut short, is refused.
+    assert!(split_records(&buf, 6, 9).is_err());
+    assert!(split_records(&buf[..buf.len() - 1], 7, 9).is_err());
+}

@@ -1,0 +1,220 @@
+//! How to reach a cluster, and `schema apply`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::statement::Consistency;
+
+use crate::schema::{SchemaOptions, render, statements};
+use crate::store::StoreError;
+
+/// Everything the backend needs to reach and use a cluster. The defaults
+/// suit one local node (`127.0.0.1:9042`, keyspace `tillstream`).
+#[derive(Debug, Clone)]
+pub struct ScyllaConfig {
+    /// Contact points, `host:port`.
+    pub nodes: Vec<String>,
+    /// Keyspace holding the tables (`tillstream schema apply` makes it).
+    pub keyspace: String,
+    /// This tillstream node's name: its journal and checkpoint rows. A
+    /// replacement node takes over by starting with the same name. Two
+    /// live nodes must never share one.
+    pub node_id: String,
+    /// Data centre to send requests to first (token- and shard-aware
+    /// within it); `None` lets the driver use every one.
+    pub datacenter: Option<String>,
+    /// Consistency of every read and write (LOCAL_QUORUM by default): an
+    /// ack waits for this many replicas.
+    pub consistency: Consistency,
+    /// Requests in flight at most, per call into the store.
+    pub max_in_flight: usize,
+    /// Client-side request timeout: at or above the server's own timeouts
+    /// (ScyllaDB: 2 s writes, 5 s reads, 10 s range scans), so the client
+    /// never gives up on a request the server still works on.
+    pub request_timeout: Duration,
+    /// Username and password (PasswordAuthenticator).
+    pub credentials: Option<(String, String)>,
+    /// PEM file of the CA that signed the nodes' certificates; TLS is on
+    /// when set.
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl ScyllaConfig {
+    /// The defaults, with these contact points.
+    pub fn new(nodes: Vec<String>) -> ScyllaConfig {
+        ScyllaConfig {
+            nodes,
+            keyspace: crate::schema::DEFAULT_KEYSPACE.into(),
+            node_id: "tillstream-1".into(),
+            datacenter: None,
+            consistency: Consistency::LocalQuorum,
+            max_in_flight: 256,
+            request_timeout: Duration::from_secs(12),
+            credentials: None,
+            tls_ca: None,
+        }
+    }
+
+    fn open_err(&self, reason: String) -> StoreError {
+        StoreError::Open {
+            path: self.nodes.join(","),
+            reason,
+        }
+    }
+
+    /// One session for the whole process: the default token- and
+    /// shard-aware policy (preferring `datacenter`), the consistency and
+    /// timeout above, the driver's default retry policy (it retries only
+    /// statements marked idempotent, and every statement here is).
+    pub(crate) async fn session(&self) -> Result<Session, StoreError> {
+        if self.nodes.is_empty() {
+            return Err(self.open_err("no ScyllaDB nodes given (--scylla-nodes)".into()));
+        }
+        let mut policy = DefaultPolicy::builder().token_aware(true);
+        if let Some(dc) = &self.datacenter {
+            policy = policy
+                .prefer_datacenter(dc.clone())
+                .permit_dc_failover(false);
+        }
+        let profile = ExecutionProfile::builder()
+            .consistency(self.consistency)
+            .request_timeout(Some(self.request_timeout))
+            .load_balancing_policy(policy.build())
+            .build();
+        let mut builder = SessionBuilder::new()
+            .known_nodes(&self.nodes)
+            .default_execution_profile_handle(profile.into_handle())
+            .connection_timeout(Duration::from_secs(5));
+        if let Some((user, password)) = &self.credentials {
+            builder = builder.user(user.clone(), password.clone());
+        }
+        if let Some(ca) = &self.tls_ca {
+            builder = builder.tls_context(Some(self.tls_config(ca)?));
+        }
+        builder
+            .build()
+            .await
+            .map_err(|e| self.open_err(format!("connecting: {e}")))
+    }
+
+    fn tls_config(&self, ca: &PathBuf) -> Result<Arc<rustls::ClientConfig>, StoreError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        let certs = CertificateDer::pem_file_iter(ca)
+            .map_err(|e| self.open_err(format!("reading the CA {}: {e}", ca.display())))?;
+        for cert in certs {
+            let cert =
+                cert.map_err(|e| self.open_err(format!("reading the CA {}: {e}", ca.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| self.open_err(format!("the CA {}: {e}", ca.display())))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| self.open_err(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+}
+
+/// Consistency levels by their CQL names (`local_quorum`, `QUORUM`, ...).
+pub trait ParseConsistency: Sized {
+    /// The level named `s`, case-insensitive.
+    fn parse_level(s: &str) -> Result<Self, String>;
+}
+
+impl ParseConsistency for Consistency {
+    fn parse_level(s: &str) -> Result<Self, String> {
+        Ok(match s.to_ascii_lowercase().replace('-', "_").as_str() {
+            "one" => Consistency::One,
+            "two" => Consistency::Two,
+            "three" => Consistency::Three,
+            "quorum" => Consistency::Quorum,
+            "all" => Consistency::All,
+            "local_quorum" => Consistency::LocalQuorum,
+            "each_quorum" => Consistency::EachQuorum,
+            "local_one" => Consistency::LocalOne,
+            _ => {
+                return Err(format!(
+                    "unknown consistency {s:?}: one of one, two, three, quorum, all, local_quorum, each_quorum, local_one"
+                ));
+            }
+        })
+    }
+}
+
+/// Creates the keyspace and every table (`IF NOT EXISTS`: running it again
+/// changes nothing) and waits for the cluster to agree on the schema.
+/// Returns the statements run.
+pub fn apply_schema(cfg: &ScyllaConfig, opts: &SchemaOptions) -> Result<usize, StoreError> {
+    let files = render(opts).map_err(|reason| cfg.open_err(reason))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| cfg.open_err(format!("starting the driver's runtime: {e}")))?;
+    rt.block_on(async {
+        let session = cfg.session().await?;
+        let mut n = 0;
+        for (name, cql) in &files {
+            for stmt in statements(cql) {
+                session
+                    .query_unpaged(stmt.as_str(), ())
+                    .await
+                    .map_err(|e| cfg.open_err(format!("{name}: {e}\n  in: {stmt}")))?;
+                n += 1;
+            }
+        }
+        session
+            .await_schema_agreement()
+            .await
+            .map_err(|e| cfg.open_err(format!("waiting for schema agreement: {e}")))?;
+        Ok(n)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consistency_levels_parse_by_cql_name() {
+        assert_eq!(
+            Consistency::parse_level("LOCAL_QUORUM"),
+            Ok(Consistency::LocalQuorum)
+        );
+        assert_eq!(
+            Consistency::parse_level("local-one"),
+            Ok(Consistency::LocalOne)
+        );
+        assert!(Consistency::parse_level("most").is_err());
+    }
+
+    #[test]
+    fn defaults_wait_for_a_local_quorum_and_outlast_the_servers_timeouts() {
+        let c = ScyllaConfig::new(vec!["127.0.0.1:9042".into()]);
+        assert_eq!(c.consistency, Consistency::LocalQuorum);
+        assert!(c.request_timeout >= Duration::from_secs(10));
+        assert!(c.max_in_flight > 0);
+    }
+
+    #[test]
+    fn no_nodes_is_a_clear_error() {
+        let c = ScyllaConfig::new(Vec::new());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let err = rt.map(|rt| rt.block_on(c.session()).err().map(|e| e.to_string()));
+        assert!(
+            matches!(&err, Ok(Some(m)) if m.contains("--scylla-nodes")),
+            "{err:?}"
+        );
+    }
+}

@@ -1,0 +1,879 @@
+//! Rows to CQL values and back, one impl per table, in the column order of
+//! `storage/schema/002_tables.cql`. CQL has no unsigned types: u64 fields
+//! travel as bigint holding the same 64 bits, u32 fields as bigint, u16 as
+//! int, u8 as smallint (see the schema's header).
+
+use scylla::value::{CqlValue, Row};
+
+use crate::buckets::{batch_seq_bucket, level_bucket};
+use crate::rows::*;
+use crate::store::StoreError;
+use crate::time;
+
+/// One CQL row's values, in column order; `None` is null.
+pub(crate) type Values = Vec<Option<CqlValue>>;
+
+/// A row type stored in one CQL table.
+pub(crate) trait CqlRow: Sized {
+    /// The table.
+    const TABLE: &'static str;
+    /// Its columns, in the order of [`CqlRow::values`] and
+    /// [`CqlRow::from_row`].
+    const COLUMNS: &'static [&'static str];
+    /// How many leading columns form the partition key: rows of one
+    /// partition may share an unlogged batch.
+    const PARTITION_COLUMNS: usize;
+    /// The row as CQL values (bucket columns computed).
+    fn values(&self) -> Values;
+    /// The row back from a `SELECT` of [`CqlRow::COLUMNS`].
+    fn from_row(row: Row) -> Result<Self, StoreError>;
+}
+
+fn big(v: i64) -> Option<CqlValue> {
+    Some(CqlValue::BigInt(v))
+}
+fn big_u(v: u64) -> Option<CqlValue> {
+    // Two's complement: the same 64 bits (the schema's convention).
+    Some(CqlValue::BigInt(v as i64))
+}
+fn int(v: impl Into<i32>) -> Option<CqlValue> {
+    Some(CqlValue::Int(v.into()))
+}
+fn small(v: impl Into<i16>) -> Option<CqlValue> {
+    Some(CqlValue::SmallInt(v.into()))
+}
+
+/// Reads a row's columns in order, checking each type.
+struct Cols {
+    table: &'static str,
+    cols: std::vec::IntoIter<Option<CqlValue>>,
+    at: usize,
+}
+
+impl Cols {
+    fn new(table: &'static str, row: Row, expected: usize) -> Result<Cols, StoreError> {
+        if row.columns.len() != expected {
+            return Err(corrupt(
+                table,
+                format!("{} columns, expected {expected}", row.columns.len()),
+            ));
+        }
+        Ok(Cols {
+            table,
+            cols: row.columns.into_iter(),
+            at: 0,
+        })
+    }
+
+    fn next(&mut self) -> Option<CqlValue> {
+        self.at += 1;
+        self.cols.next().flatten()
+    }
+
+    fn bad(&self, what: &str) -> StoreError {
+        corrupt(self.table, format!("column {} is not {what}", self.at))
+    }
+
+    fn opt_i64(&mut self) -> Result<Option<i64>, StoreError> {
+        match self.next() {
+            None => Ok(None),
+            Some(CqlValue::BigInt(v)) => Ok(Some(v)),
+            Some(_) => Err(self.bad("a bigint")),
+        }
+    }
+    fn i64(&mut self) -> Result<i64, StoreError> {
+        self.opt_i64()?.ok_or_else(|| self.bad("a bigint"))
+    }
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        Ok(self.i64()? as u64)
+    }
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        let v = self.i64()?;
+        u32::try_from(v).map_err(|_| self.bad("a u32"))
+    }
+    fn opt_i32(&mut self) -> Result<Option<i32>, StoreError> {
+        match self.next() {
+            None => Ok(None),
+            Some(CqlValue::Int(v)) => Ok(Some(v)),
+            Some(_) => Err(self.bad("an int")),
+        }
+    }
+    fn i32(&mut self) -> Result<i32, StoreError> {
+        self.opt_i32()?.ok_or_else(|| self.bad("an int"))
+    }
+    fn int_u32(&mut self) -> Result<u32, StoreError> {
+        let v = self.i32()?;
+        u32::try_from(v).map_err(|_| self.bad("a u32"))
+    }
+    fn int_u16(&mut self) -> Result<u16, StoreError> {
+        let v = self.i32()?;
+        u16::try_from(v).map_err(|_| self.bad("a u16"))
+    }
+    fn i16(&mut self) -> Result<i16, StoreError> {
+        match self.next() {
+            Some(CqlValue::SmallInt(v)) => Ok(v),
+            _ => Err(self.bad("a smallint")),
+        }
+    }
+    fn u8(&mut self) -> Result<u8, StoreError> {
+        let v = self.i16()?;
+        u8::try_from(v).map_err(|_| self.bad("a u8"))
+    }
+    fn bool(&mut self) -> Result<bool, StoreError> {
+        match self.next() {
+            Some(CqlValue::Boolean(v)) => Ok(v),
+            _ => Err(self.bad("a boolean")),
+        }
+    }
+    fn blob(&mut self) -> Result<Vec<u8>, StoreError> {
+        match self.next() {
+            Some(CqlValue::Blob(v)) => Ok(v),
+            None => Ok(Vec::new()),
+            _ => Err(self.bad("a blob")),
+        }
+    }
+    fn text(&mut self) -> Result<String, StoreError> {
+        match self.next() {
+            Some(CqlValue::Text(v) | CqlValue::Ascii(v)) => Ok(v),
+            None => Ok(String::new()),
+            _ => Err(self.bad("text")),
+        }
+    }
+    fn key(&mut self) -> Result<EventKey, StoreError> {
+        Ok(EventKey {
+            device: self.u64()?,
+            seq: self.u64()?,
+            idx: self.int_u32()?,
+        })
+    }
+    fn sale_kind(&mut self) -> Result<SaleKind, StoreError> {
+        match self.i16()? {
+            0 => Ok(SaleKind::Sale),
+            1 => Ok(SaleKind::Refund),
+            _ => Err(self.bad("a sale kind")),
+        }
+    }
+    fn reason(&mut self) -> Result<MovementReason, StoreError> {
+        use MovementReason::*;
+        Ok(match self.i16()? {
+            0 => Sale,
+            1 => Refund,
+            2 => Receipt,
+            3 => Shrink,
+            4 => TransferIn,
+            5 => TransferOut,
+            6 => CountCorrection,
+            _ => return Err(self.bad("a movement reason")),
+        })
+    }
+}
+
+fn corrupt(table: &'static str, reason: String) -> StoreError {
+    StoreError::Corrupt {
+        what: table,
+        reason,
+    }
+}
+
+fn key_values(k: &EventKey) -> [Option<CqlValue>; 3] {
+    [big_u(k.device), big_u(k.seq), int(k.idx as i32)]
+}
+
+impl CqlRow for SaleRow {
+    const TABLE: &'static str = "sales";
+    const COLUMNS: &'static [&'static str] = &[
+        "store",
+        "hour",
+        "ts_us",
+        "device",
+        "seq",
+        "idx",
+        "kind",
+        "terminal",
+        "operator",
+        "txn",
+        "currency",
+        "lines",
+        "items",
+        "gross",
+        "discount",
+        "tax",
+        "tendered",
+        "tip",
+        "tenders",
+        "tender_methods",
+        "customer",
+    ];
+    const PARTITION_COLUMNS: usize = 2;
+
+    fn values(&self) -> Values {
+        let mut v = vec![
+            big(self.store.into()),
+            big(time::hour(self.ts_us).into()),
+            big(self.ts_us),
+        ];
+        v.extend(key_values(&self.key));
+        v.extend([
+            small(self.kind as u8),
+            big(self.terminal.into()),
+            big(self.operator.into()),
+            Some(CqlValue::Blob(self.txn.to_vec())),
+            Some(CqlValue::Text(
+                String::from_utf8_lossy(&self.currency).into_owned(),
+            )),
+            int(self.lines),
+            big(self.items),
+            big(self.gross),
+            big(self.discount),
+            big(self.tax),
+            big(self.tendered),
+            big(self.tip),
+            small(self.tenders),
+            small(self.tender_methods),
+            self.customer.and_then(big_u),
+        ]);
+        v
+    }
+
+    fn from_row(row: Row) -> Result<Self, StoreError> {
+        let mut c = Cols::new(Self::TABLE, row, Self::COLUMNS.len())?;
+        let store = c.u32()?;
+        c.i64()?; // hour
+        let ts_us = c.i64()?;
+        let key = c.key()?;
+        let kind = c.sale_kind()?;
+        let terminal = c.u32()?;
+        let operator = c.u32()?;
+        let txn = c.blob()?.try_into().map_err(|_| c.bad("16 bytes"))?;
+        let currency = c
+            .text()?
+            .into_bytes()
+            .try_into()
+            .map_err(|_| c.bad("3 bytes"))?;
+        Ok(SaleRow {
+            store,
+            ts_us,
+            key,
+            kind,
+            terminal,
+            operator,
+            txn,
+            currency,
+            lines: c.int_u16()?,
+            items: c.i64()?,
+            gross: c.i64()?,
+            discount: c.i64()?,
+            tax: c.i64()?,
+            tendered: c.i64()?,
+            tip: c.i64()?,
+            tenders: c.u8()?,
+            tender_methods: c.u8()?,
+            customer: c.opt_i64()?.map(|v| v as u64),
+        })
+    }
+}
+
+impl CqlRow for SaleLineRow {
+    const TABLE: &'static str = "sale_lines";
+    const COLUMNS: &'static [&'static str] = &[
+        "store",
+        "sku",
+        "day",
+        "ts_us",
+        "device",
+        "seq",
+        "idx",
+        "line",
+        "kind",
+        "quantity",
+        "unit_price",
+        "discount",
+        "tax",
+        "amount",
+    ];
+    const PARTITION_COLUMNS: usize = 3;
+
+    fn values(&self) -> Values {
+        let mut v = vec![
+            big(self.store.into()),
+            big_u(self.sku),
+            big(time::day(self.ts_us).into()),
+            big(self.ts_us),
+        ];
+        v.extend(key_values(&self.key));
+        v.extend([
+            int(self.line),
+            small(self.kind as u8),
+            int(self.quantity),
+            big(self.unit_price),
+            big(self.discount),
+            big(self.tax),
+            big(self.amount),
+        ]);
+        v
+    }
+
+    fn from_row(row: Row) -> Result<Self, StoreError> {
+        let mut c = Cols::new(Self::TABLE, row, Self::COLUMNS.len())?;
+        let store = c.u32()?;
+        let sku = c.u64()?;
+        c.i64()?; // day
+        Ok(SaleLineRow {
+            store,
+            sku,
+            ts_us: c.i64()?,
+            key: c.key()?,
+            line: c.int_u16()?,
+            kind: c.sale_kind()?,
+            quantity: c.i32()?,
+            unit_price: c.i64()?,
+            discount: c.i64()?,
+            tax: c.i64()?,
+            amount: c.i64()?,
+        })
+    }
+}
+
+fn movement_tail(m: &StockMovementRow) -> [Option<CqlValue>; 5] {
+    [
+        small(m.reason as u8),
+        big(m.delta),
+        big(m.counted),
+        big(m.level_after),
+        Some(CqlValue::Boolean(m.applied)),
+    ]
+}
+
+impl CqlRow for StockMovementRow {
+    const TABLE: &'static str = "stock_movements";
+    const COLUMNS: &'static [&'static str] = &[
+        "store",
+        "sku",
+        "month",
+        "ts_us",
+        "device",
+        "seq",
+        "idx",
+        "line",
+        "reason",
+        "delta",
+        "counted",
+        "level_after",
+        "applied",
+    ];
+    const PARTITION_COLUMNS: usize = 3;
+
+    fn values(&self) -> Values {
+        let mut v = vec![
+            big(self.store.into()),
+            big_u(self.sku),
+            big(time::month(self.ts_us).into()),
+            big(self.ts_us),
+        ];
+        v.extend(key_values(&self.key));
+        v.push(int(self.line));
+        v.extend(movement_tail(self));
+        v
+    }
+
+    fn from_row(row: Row) -> Result<Self, StoreError> {
+        let mut c = Cols::new(Self::TABLE, row, Self::COLUMNS.len())?;
+        let store = c.u32()?;
+        let sku = c.u64()?;
+        c.i64()?; // month
+        Ok(StockMovementRow {
+            store,
+            sku,
+            ts_us: c.i64()?,
+            key: c.key()?,
+            line: c.int_u16()?,
+            reason: c.reason()?,
+            delta: c.i64()?,
+            counted: c.i64()?,
+            level_after: c.i64()?,
+            applied: c.bool()?,
+        })
+    }
+}
+
+/// The same movement in `store_movements`, keyed by (store, hour).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ByStoreHour(pub(crate) StockMovementRow);
+
+impl CqlRow for ByStoreHour {
+    const TABLE: &'static str = "store_movements";
+    const COLUMNS: &'static [&'static str] = &[
+        "store",
+        "hour",
+        "ts_us",
+        "sku",
+        "device",
+        "seq",
+        "idx",
+        "line",
+        "reason",
+        "delta",
+        "counted",
+        "level_after",
+        "applied",
+    ];
+    const PARTITION_COLUMNS: usize = 2;
+
+    fn values(&self) -> Values {
+        let m = &self.0;
+        let mut v = vec![
+            big(m.store.into()),
+            big(time::hour(m.ts_us).into()),
+            big(m.ts_us),
+            big_u(m.sku),
+        ];
+        v.extend(key_values(&m.key));
+        v.push(int(m.line));
+        v.extend(movement_tail(m));
+        v
+    }
+
+    fn from_row(row: Row) -> Result<Self, StoreError> {
+        let mut c = Cols::new(Self::TABLE, row, Self::COLUMNS.len())?;
+        let store = c.u32()?;
+        c.i64()?; // hour
+        let ts_us = c.i64()?;
+        Ok(ByStoreHour(StockMovementRow {
+            store,
+            ts_us,
+            sku: c.u64()?,
+            key: c.key()?,
+            line: c.int_u16()?,
+            reason: c.reason()?,
+            delta: c.i64()?,
+            counted: c.i64()?,
+            level_after: c.i64()?,
+            applied: c.bool()?,
+        }))
+    }
+}
+
+impl CqlRow for StockLevelRow {
+    const TABLE: &'static str = "stock_levels";
+    const COLUMNS: &'static [&'static str] = &[
+        "store",
+        "bucket",
+        "sku",
+        "level",
+        "count_ts_us",
+        "count_device",
+        "count_seq",
+        "count_idx",
+        "updated_ts_us",
+        "version",
+    ];
+    const PARTITION_COLUMNS: usize = 2;
+
+    fn values(&self) -> Values {
+        let k = self.count_key;
+        vec![
+            big(self.store.into()),
+            int(level_bucket(self.sku)),
+            big_u(self.sku),
+            big(self.level),
+            self.count_ts_us.and_then(big),
+            k.and_then(|k| big_u(k.device)),
+            k.and_then(|k| big_u(k.seq)),
+            k.and_then(|k| int(k.idx as i32)),
+            big(self.updated_ts_us),
+            big_u(self.version),
+        ]
+    }
+
+    fn from_row(row: Row) -> Result<Self, StoreError> {
+        let mut c = Cols::new(Self::TABLE, row, Self::COLUMNS.len())?;
+        let store = c.u32()?;
+        c.i32()?; // bucket
+        let sku = c.u64()?;
+        let level = c.i64()?;
+        let count_ts_us = c.opt_i64()?;
+        let (device, seq, idx) = (c.opt_i64()?, c.opt_i64()?, c.opt_i32()?);
+        let count_key = match (device, seq, idx) {
+            (Some(d), Some(s), Some(i)) => Some(EventKey {
+                device: d as u64,
+                seq: s as u64,
+                idx: u32::try_from(i).map_err(|_| c.bad("a u32"))?,
+            }),
+            _ => None,
+        };
+        Ok(StockLevelRow {
+            store,
+            sku,
+            level,
+            count_ts_us,
+            count_key,
+            updated_ts_us: c.i64()?,
+            version: c.u64()?,
+        })
+    }
+}
+
+impl CqlRow for TerminalRollupRow {
+    const TABLE: &'static str = "terminal_rollups";
+    const COLUMNS: &'static [&'static str] = &[
+        "store", "hour", "day", "terminal", "minute", "sales", "refunds", "gross", "tax",
+        "refunded",
+    ];
+    const PARTITION_COLUMNS: usize = 2;
+
+    fn values(&self) -> Values {
+        vec![
+            big(self.store.into()),
+            big(rollup_hour(self.day, self.minute)),
+            big(self.day.into()),
+            big(self.terminal.into()),
+            int(self.minute),
+            big(self.sales.into()),
+            big(self.refunds.into()),
+            big(self.gross),
+            big(self.tax),
+            big(self.refunded),
+        ]
+    }
+
+    fn from_row(row: Row) -> Result<Self, StoreError> {
+        let mut c = Cols::new(Self::TABLE, row, Self::COLUMNS.len())?;
+        let store = c.u32()?;
+        c.i64()?; // hour
+        Ok(TerminalRollupRow {
+            store,
+            day: c.u32()?,
+            terminal: c.u32()?,
+            minute: c.int_u16()?,
+            sales: c.u32()?,
+            refunds: c.u32()?,
+            gross: c.i64()?,
+            tax: c.i64()?,
+            refunded: c.i64()?,
+        })
+    }
+}
+
+/// The `hour` partition of a rollup minute: hours since the epoch.
+pub(crate) fn rollup_hour(day: u32, minute: u16) -> i64 {
+    i64::from(day) * 24 + i64::from(minute / 60)
+}
+
+impl CqlRow for DeviceHealthRow {
+    const TABLE: &'static str = "device_health";
+    const COLUMNS: &'static [&'static str] = &[
+        "device",
+        "day",
+        "ts_us",
+        "seq",
+        "idx",
+        "store",
+        "battery_pct",
+        "temperature_dc",
+        "uptime_s",
+        "queue_depth",
+        "rssi_dbm",
+    ];
+    const PARTITION_COLUMNS: usize = 2;
+
+    fn values(&self) -> Values {
+        vec![
+            big_u(self.key.device),
+            big(time::day(self.ts_us).into()),
+            big(self.ts_us),
+            big_u(self.key.seq),
+            int(self.key.idx as i32),
+            big(self.store.into()),
+            small(self.battery_pct),
+            small(self.temperature_dc),
+            big(self.uptime_s.into()),
+            big(self.queue_depth.into()),
+            small(self.rssi_dbm),
+        ]
+    }
+
+    fn from_row(row: Row) -> Result<Self, StoreError> {
+        let mut c = Cols::new(Self::TABLE, row, Self::COLUMNS.len())?;
+        let device = c.u64()?;
+        c.i64()?; // day
+        let ts_us = c.i64()?;
+        let key = EventKey {
+            device,
+            seq: c.u64()?,
+            idx: c.int_u32()?,
+        };
+        Ok(DeviceHealthRow {
+            ts_us,
+            key,
+            store: c.u32()?,
+            battery_pct: c.u8()?,
+            temperature_dc: c.i16()?,
+            uptime_s: c.u32()?,
+            queue_depth: c.u32()?,
+            rssi_dbm: c.i16()?,
+        })
+    }
+}
+
+impl CqlRow for WatermarkRow {
+    const TABLE: &'static str = "device_watermarks";
+    const COLUMNS: &'static [&'static str] = &["device", "seq", "updated_at_us"];
+    const PARTITION_COLUMNS: usize = 1;
+
+    fn values(&self) -> Values {
+        vec![big_u(self.device), big_u(self.seq), big(self.updated_at_us)]
+    }
+
+    fn from_row(row: Row) -> Result<Self, StoreError> {
+        let mut c = Cols::new(Self::TABLE, row, Self::COLUMNS.len())?;
+        Ok(WatermarkRow {
+            device: c.u64()?,
+            seq: c.u64()?,
+            updated_at_us: c.i64()?,
+        })
+    }
+}
+
+impl CqlRow for BatchRow {
+    const TABLE: &'static str = "device_batches";
+    const COLUMNS: &'static [&'static str] =
+        &["device", "seq_bucket", "seq", "events", "received_at_us"];
+    const PARTITION_COLUMNS: usize = 2;
+
+    fn values(&self) -> Values {
+        vec![
+            big_u(self.device),
+            big_u(batch_seq_bucket(self.seq)),
+            big_u(self.seq),
+            big(self.events.into()),
+            big(self.received_at_us),
+        ]
+    }
+
+    fn from_row(row: Row) -> Result<Self, StoreError> {
+        let mut c = Cols::new(Self::TABLE, row, Self::COLUMNS.len())?;
+        let device = c.u64()?;
+        c.i64()?; // seq_bucket
+        Ok(BatchRow {
+            device,
+            seq: c.u64()?,
+            events: c.u32()?,
+            received_at_us: c.i64()?,
+        })
+    }
+}
+
+impl CqlRow for RejectedEventRow {
+    const TABLE: &'static str = "rejected_events";
+    const COLUMNS: &'static [&'static str] = &[
+        "device", "day", "ts_us", "seq", "idx", "code", "reason", "event",
+    ];
+    const PARTITION_COLUMNS: usize = 2;
+
+    fn values(&self) -> Values {
+        vec![
+            big_u(self.key.device),
+            big(time::day(self.ts_us).into()),
+            big(self.ts_us),
+            big_u(self.key.seq),
+            int(self.key.idx as i32),
+            int(self.code),
+            Some(CqlValue::Text(self.reason.clone())),
+            Some(CqlValue::Blob(self.event.clone())),
+        ]
+    }
+
+    fn from_row(row: Row) -> Result<Self, StoreError> {
+        let mut c = Cols::new(Self::TABLE, row, Self::COLUMNS.len())?;
+        let device = c.u64()?;
+        c.i64()?; // day
+        let ts_us = c.i64()?;
+        let key = EventKey {
+            device,
+            seq: c.u64()?,
+            idx: c.int_u32()?,
+        };
+        Ok(RejectedEventRow {
+            ts_us,
+            key,
+            code: c.int_u16()?,
+            reason: c.text()?,
+            event: c.blob()?,
+        })
+    }
+}
+
+/// A dead letter and its place in the write that holds it: the `id`
+/// column is a CRC of the row plus that place, so two equal frames of one
+/// device in one µs stay two rows, and a retried write lands on the same.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Placed<'a>(pub(crate) &'a DeadLetterRow, pub(crate) u32);
+
+/// The `id` of a dead letter at `place` in its write.
+pub(crate) fn dead_letter_id(r: &DeadLetterRow, place: u32) -> i64 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&r.ts_us.to_le_bytes());
+    crc.update(r.peer.as_bytes());
+    crc.update(&r.code.to_le_bytes());
+    crc.update(r.reason.as_bytes());
+    crc.update(&r.raw);
+    (i64::from(crc.finalize()) << 32) | i64::from(place)
+}
+
+pub(crate) const DEAD_LETTER_COLUMNS: &[&str] = &[
+    "hour", "ts_us", "device", "id", "peer", "code", "reason", "raw",
+];
+
+impl Placed<'_> {
+    pub(crate) fn values(&self) -> Values {
+        let r = self.0;
+        vec![
+            big(time::hour(r.ts_us).into()),
+            big(r.ts_us),
+            // -1 before Hello (the schema's convention).
+            big(r.device.map_or(-1, |d| d as i64)),
+            big(dead_letter_id(r, self.1)),
+            Some(CqlValue::Text(r.peer.clone())),
+            int(r.code),
+            Some(CqlValue::Text(r.reason.clone())),
+            Some(CqlValue::Blob(r.raw.clone())),
+        ]
+    }
+}
+
+impl CqlRow for DeadLetterRow {
+    const TABLE: &'static str = "dead_letters";
+    const COLUMNS: &'static [&'static str] = DEAD_LETTER_COLUMNS;
+    const PARTITION_COLUMNS: usize = 1;
+
+    /// The row at place 0; writes use [`Placed`].
+    fn values(&self) -> Values {
+        Placed(self, 0).values()
+    }
+
+    fn from_row(row: Row) -> Result<Self, StoreError> {
+        let mut c = Cols::new(Self::TABLE, row, Self::COLUMNS.len())?;
+        c.i64()?; // hour
+        let ts_us = c.i64()?;
+        let device = c.i64()?;
+        c.i64()?; // id
+        Ok(DeadLetterRow {
+            ts_us,
+            device: (device != -1).then_some(device as u64),
+            peer: c.text()?,
+            code: c.int_u16()?,
+            reason: c.text()?,
+            raw: c.blob()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::sample;
+
+    fn dead_letter(device: Option<u64>) -> DeadLetterRow {
+        DeadLetterRow {
+            ts_us: 1_700_000_000_000_000,
+            device,
+            peer: "10.0.0.9:4433".into(),
+            code: 3,
+            reason: "bad crc".into(),
+            raw: vec![1, 2, 3],
+        }
+    }
+
+    fn round_trip<T: CqlRow + Clone + PartialEq + std::fmt::Debug>(rows: &[T]) {
+        assert!(!rows.is_empty(), "{}: no sample rows", T::TABLE);
+        for r in rows {
+            let values = r.values();
+            assert_eq!(values.len(), T::COLUMNS.len(), "{}", T::TABLE);
+            let back = T::from_row(Row { columns: values });
+            assert_eq!(back.ok().as_ref(), Some(r), "{}", T::TABLE);
+        }
+    }
+
+    #[test]
+    fn every_row_type_round_trips_through_cql_values() {
+        let s = sample();
+        round_trip(&s.sales);
+        round_trip(&s.sale_lines);
+        round_trip(&s.stock_movements);
+        round_trip(&s.stock_levels);
+        round_trip(&s.terminal_rollups);
+        round_trip(&s.device_health);
+        round_trip(&s.watermarks);
+        round_trip(&s.batches);
+        round_trip(&s.rejected);
+        round_trip(&[dead_letter(Some(7)), dead_letter(None)]);
+        let by_hour: Vec<ByStoreHour> =
+            s.stock_movements.iter().copied().map(ByStoreHour).collect();
+        round_trip(&by_hour);
+    }
+
+    #[test]
+    fn u64_values_keep_all_their_bits() {
+        let w = WatermarkRow {
+            device: u64::MAX,
+            seq: 1 << 63,
+            updated_at_us: -5,
+        };
+        assert_eq!(
+            WatermarkRow::from_row(Row {
+                columns: w.values()
+            })
+            .ok(),
+            Some(w)
+        );
+    }
+
+    #[test]
+    fn bucket_columns_are_computed_from_the_row() {
+        let s = sample();
+        let sale = s.sales[0];
+        assert_eq!(sale.values()[1], big(time::hour(sale.ts_us).into()));
+        let level = s.stock_levels[0];
+        assert_eq!(level.values()[1], int(level_bucket(level.sku)));
+        let r = TerminalRollupRow {
+            day: 20_000,
+            minute: 61,
+            ..s.terminal_rollups[0]
+        };
+        assert_eq!(r.values()[1], big(20_000 * 24 + 1));
+        let b = BatchRow {
+            seq: 70_000,
+            ..s.batches[0]
+        };
+        assert_eq!(b.values()[1], big(1));
+    }
+
+    #[test]
+    fn a_wrong_type_or_width_is_corrupt_not_a_panic() {
+        let mut values = WatermarkRow {
+            device: 1,
+            seq: 2,
+            updated_at_us: 3,
+        }
+        .values();
+        values[1] = Some(CqlValue::Text("x".into()));
+        assert!(WatermarkRow::from_row(Row { columns: values }).is_err());
+        let rollup = sample().terminal_rollups[0];
+        let mut values = rollup.values();
+        values[5] = big(-1); // sales is a u32
+        assert!(TerminalRollupRow::from_row(Row { columns: values }).is_err());
+        assert!(
+            SaleRow::from_row(Row {
+                columns: vec![big(1)]
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn equal_dead_letters_in_one_write_get_distinct_ids() {
+        let d = dead_letter(Some(3));
+        assert_ne!(dead_letter_id(&d, 0), dead_letter_id(&d, 1));
+        assert_eq!(dead_letter_id(&d, 3), dead_letter_id(&d.clone(), 3));
+    }
+}

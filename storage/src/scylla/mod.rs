@@ -1,0 +1,594 @@
+//! The ScyllaDB backend (feature `scylla`): the same [`Store`] and
+//! [`Query`](crate::Query) as the embedded store, on the `scylla` driver.
+//!
+//! **Sync over async.** The driver is async; the store traits are
+//! synchronous because the engine calls them from its journal thread, its
+//! materializer and `spawn_blocking`, never from an async worker. The store
+//! owns a small runtime of its own for the driver's connections: one call
+//! blocks its (blocking) caller once, and fans out into many concurrent
+//! requests on that runtime, at most `max_in_flight` at a time. No runtime
+//! thread is blocked per request.
+//!
+//! **Exactly once without transactions** (ARCHITECTURE.md, "ScyllaDB"):
+//! - the journal is a table: an ack waits until the batch's record is
+//!   written at the configured consistency, so a node's own disk holds
+//!   nothing correctness needs;
+//! - `materialize` writes every row under the key that identifies it
+//!   (event keys, bucket columns computed from the row), snapshot rows with
+//!   their version as the write timestamp (stock levels: `version`;
+//!   watermarks: `seq`; rollups: the LSN they were derived at), and the
+//!   checkpoint last, itself stamped with its LSN;
+//! - so a crash between rows and checkpoint leaves rows the replay writes
+//!   again to the same keys with the same values, and a stale write can
+//!   never overtake a newer one.
+
+mod config;
+mod mapping;
+mod query;
+mod statements;
+mod writes;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::TryStreamExt;
+use parking_lot::Mutex;
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::Row;
+
+pub use config::{ParseConsistency, ScyllaConfig, apply_schema};
+
+use crate::buckets::{LEVEL_BUCKETS, batch_seq_bucket, journal_segment};
+use crate::journal::split_records;
+use crate::rows::*;
+use crate::store::{CommitInfo, ReplayVisitor, Store, StoreError};
+use mapping::{ByStoreHour, CqlRow};
+use statements::Texts;
+use writes::{Prepared, Stamp};
+
+/// The ScyllaDB store. See the module documentation.
+pub struct ScyllaStore {
+    /// `None` only while dropping (the runtime is shut down in the
+    /// background, which is allowed from any context).
+    rt: Option<tokio::runtime::Runtime>,
+    session: Session,
+    st: Prepared,
+    cfg: ScyllaConfig,
+    journal_last: AtomicU64,
+    checkpoint: AtomicU64,
+    pruned_below: AtomicU64,
+    poisoned: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for ScyllaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScyllaStore")
+            .field("nodes", &self.cfg.nodes)
+            .field("keyspace", &self.cfg.keyspace)
+            .field("node_id", &self.cfg.node_id)
+            .field("checkpoint", &self.checkpoint.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ScyllaStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+pub(crate) fn backend_err<E>(op: &'static str) -> impl FnOnce(E) -> StoreError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |e| StoreError::Backend {
+        op,
+        source: Box::new(e),
+    }
+}
+
+impl ScyllaStore {
+    /// Connects, prepares every statement, and reads this node's
+    /// checkpoint and journal end: a fresh process (or a fresh machine)
+    /// with the same `node_id` resumes where the last one stopped.
+    pub fn connect(cfg: ScyllaConfig) -> Result<ScyllaStore, StoreError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("scylla-driver")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Open {
+                path: cfg.nodes.join(","),
+                reason: format!("starting the driver's runtime: {e}"),
+            })?;
+        let (session, st) = rt.block_on(async {
+            let session = cfg.session().await?;
+            let st = Prepared::new(&session, &Texts::new(&cfg.keyspace), &cfg.keyspace)
+                .await
+                .map_err(|e| StoreError::Open {
+                    path: cfg.nodes.join(","),
+                    reason: format!(
+                        "preparing statements on keyspace {:?} ({e}); has `tillstream schema apply` run?",
+                        cfg.keyspace
+                    ),
+                })?;
+            Ok::<_, StoreError>((session, st))
+        })?;
+        let store = ScyllaStore {
+            rt: Some(rt),
+            session,
+            st,
+            cfg,
+            journal_last: AtomicU64::new(0),
+            checkpoint: AtomicU64::new(0),
+            pruned_below: AtomicU64::new(0),
+            poisoned: Mutex::new(None),
+        };
+        store.block(store.recover())?;
+        Ok(store)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ScyllaConfig {
+        &self.cfg
+    }
+
+    /// Runs `f` on the driver's runtime and waits for it. Callers are
+    /// blocking threads (see the module documentation).
+    fn block<F: Future>(&self, f: F) -> F::Output {
+        match &self.rt {
+            Some(rt) => rt.block_on(f),
+            None => unreachable!("the runtime is taken only by drop"),
+        }
+    }
+
+    /// Reads the checkpoint, then the journal after it up to its first
+    /// gap, and deletes what lies past the gap: records of an append that
+    /// failed half-way were never acknowledged, and must not be replayed
+    /// under LSNs the next append will reuse.
+    async fn recover(&self) -> Result<(), StoreError> {
+        let (checkpoint, pruned) = self.read_checkpoint().await?;
+        self.checkpoint.store(checkpoint, Ordering::Release);
+        self.pruned_below.store(pruned, Ordering::Release);
+        let mut last = checkpoint;
+        self.each_record(checkpoint, |lsn, _| {
+            if lsn == last + 1 {
+                last = lsn;
+                Ok(true)
+            } else {
+                Ok(false)
+            }
+        })
+        .await?;
+        self.journal_last.store(last, Ordering::Release);
+        // Past the gap: the segment of the gap and any later ones that
+        // hold records.
+        let mut seg = journal_segment(last + 1);
+        loop {
+            let rows = self
+                .all_rows(
+                    &self.st.journal_read,
+                    (&self.cfg.node_id, seg as i64, last as i64),
+                )
+                .await?;
+            if rows.is_empty() {
+                break;
+            }
+            tracing::warn!(
+                segment = seg,
+                after = last,
+                "deleting unacknowledged journal records past a gap"
+            );
+            self.session
+                .execute_unpaged(
+                    &self.st.journal_delete_after,
+                    (&self.cfg.node_id, seg as i64, last as i64),
+                )
+                .await
+                .map_err(backend_err("deleting a torn journal tail"))?;
+            seg += 1;
+        }
+        Ok(())
+    }
+
+    async fn read_checkpoint(&self) -> Result<(u64, u64), StoreError> {
+        let rows = self
+            .all_rows(&self.st.checkpoint_read, (&self.cfg.node_id,))
+            .await?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok((0, 0));
+        };
+        let col = |i: usize| match row.columns.get(i) {
+            Some(Some(scylla::value::CqlValue::BigInt(v))) => *v as u64,
+            _ => 0,
+        };
+        Ok((col(0), col(1)))
+    }
+
+    /// Calls `f(lsn, record)` for the journal records after `after`, in LSN
+    /// order, segment by segment, until a segment has none or `f` says
+    /// stop.
+    async fn each_record(
+        &self,
+        after: u64,
+        mut f: impl FnMut(u64, &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut seg = journal_segment(after + 1);
+        loop {
+            let mut pager = self
+                .session
+                .execute_iter(
+                    self.st.journal_read.clone(),
+                    (&self.cfg.node_id, seg as i64, after as i64),
+                )
+                .await
+                .map_err(backend_err("reading the journal"))?
+                .rows_stream::<(i64, Vec<u8>)>()
+                .map_err(backend_err("reading the journal"))?;
+            let mut any = false;
+            while let Some((lsn, record)) = pager
+                .try_next()
+                .await
+                .map_err(backend_err("reading the journal"))?
+            {
+                any = true;
+                if !f(lsn as u64, &record)? {
+                    return Ok(());
+                }
+            }
+            if !any {
+                return Ok(());
+            }
+            seg += 1;
+        }
+    }
+
+    /// Every row of a (paged) read.
+    async fn all_rows(
+        &self,
+        st: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<Vec<Row>, StoreError> {
+        self.session
+            .execute_iter(st.clone(), values)
+            .await
+            .map_err(backend_err("reading"))?
+            .rows_stream::<Row>()
+            .map_err(backend_err("reading"))?
+            .try_collect()
+            .await
+            .map_err(backend_err("reading"))
+    }
+
+    /// Rows of a read, each mapped by `T`.
+    async fn read<T: CqlRow>(
+        &self,
+        st: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<Vec<T>, StoreError> {
+        self.all_rows(st, values)
+            .await?
+            .into_iter()
+            .map(T::from_row)
+            .collect()
+    }
+
+    fn poison(&self, e: StoreError) -> StoreError {
+        let mut p = self.poisoned.lock();
+        if p.is_none() {
+            *p = Some(e.to_string());
+        }
+        e
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        match &*self.poisoned.lock() {
+            Some(why) => Err(StoreError::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes `rows` (rows, then watermarks); rollups are stamped with
+    /// `lsn`.
+    fn write_rows(&self, rows: &RowSet, lsn: u64) -> Result<CommitInfo, StoreError> {
+        self.writable()?;
+        let (writes, marks) = self.st.row_writes(rows, Stamp { lsn });
+        let info = CommitInfo {
+            rows: rows.len(),
+            records: writes.len() + marks.len(),
+            bytes: 0,
+        };
+        let n = self.cfg.max_in_flight;
+        self.block(async {
+            self.st.run(&self.session, writes, n).await?;
+            self.st.run(&self.session, marks, n).await
+        })
+        .map_err(|e| self.poison(e))?;
+        Ok(info)
+    }
+
+    /// The driver's request counters, for `/metrics` beside the engine's.
+    pub fn driver_metrics(&self) -> Vec<(&'static str, f64)> {
+        let m = self.session.get_metrics();
+        let mut out = vec![
+            (
+                "tillstream_scylla_requests_total",
+                (m.get_requests_unpaged_num()
+                    + m.get_requests_manually_paged_num()
+                    + m.get_requests_automatically_paged_num()) as f64,
+            ),
+            (
+                "tillstream_scylla_errors_total",
+                (m.get_errors_unpaged_num()
+                    + m.get_errors_manually_paged_num()
+                    + m.get_errors_automatically_paged_num()) as f64,
+            ),
+            (
+                "tillstream_scylla_retries_total",
+                m.get_retries_num() as f64,
+            ),
+            (
+                "tillstream_scylla_request_timeouts_total",
+                m.get_request_timeouts() as f64,
+            ),
+            (
+                "tillstream_scylla_connections",
+                m.get_total_connections() as f64,
+            ),
+        ];
+        if let Ok(avg) = m.get_latency_avg_ms() {
+            out.push(("tillstream_scylla_latency_avg_milliseconds", avg as f64));
+        }
+        if let Ok(p99) = m.get_latency_percentile_ms(99.0) {
+            out.push(("tillstream_scylla_latency_p99_milliseconds", p99 as f64));
+        }
+        out
+    }
+}
+
+impl Store for ScyllaStore {
+    fn commit(&self, rows: &RowSet) -> Result<CommitInfo, StoreError> {
+        self.write_rows(rows, self.checkpoint.load(Ordering::Acquire))
+    }
+
+    fn journal_append(&self, records: &[u8], last_lsn: u64) -> Result<(), StoreError> {
+        self.writable()?;
+        let prev = self.journal_last.load(Ordering::Acquire);
+        let split =
+            split_records(records, prev, last_lsn).map_err(backend_err("journal append"))?;
+        let writes = self.st.journal_writes(&self.cfg.node_id, &split);
+        self.block(self.st.run(&self.session, writes, self.cfg.max_in_flight))
+            .map_err(|e| self.poison(e))?;
+        self.journal_last.store(last_lsn, Ordering::Release);
+        Ok(())
+    }
+
+    fn journal_last_lsn(&self) -> u64 {
+        self.journal_last.load(Ordering::Acquire)
+    }
+
+    fn journal_replay(&self, after: u64, f: &mut ReplayVisitor<'_>) -> Result<u64, StoreError> {
+        let last = self.journal_last.load(Ordering::Acquire);
+        let mut visited = 0;
+        let mut expect = after + 1;
+        self.block(self.each_record(after, |lsn, record| {
+            if lsn != expect || lsn > last {
+                return Ok(false);
+            }
+            f(lsn, record)?;
+            visited += 1;
+            expect += 1;
+            Ok(true)
+        }))?;
+        Ok(visited)
+    }
+
+    fn materialize(&self, rows: &RowSet, lsn: u64) -> Result<CommitInfo, StoreError> {
+        let info = self.write_rows(rows, lsn)?;
+        // The checkpoint last, once every row is acknowledged; stamped with
+        // its LSN, so a late retry of an older one cannot move it back.
+        let now_us = now_us();
+        self.block(self.session.execute_unpaged(
+            &self.st.checkpoint_write,
+            (&self.cfg.node_id, lsn as i64, now_us, lsn as i64),
+        ))
+        .map_err(backend_err("writing the checkpoint"))
+        .map_err(|e| self.poison(e))?;
+        self.checkpoint.fetch_max(lsn, Ordering::AcqRel);
+        Ok(info)
+    }
+
+    fn materialized_lsn(&self) -> Result<u64, StoreError> {
+        Ok(self.checkpoint.load(Ordering::Acquire))
+    }
+
+    /// Rows are durable once written (at the configured consistency); what
+    /// is left is dropping the journal segments the checkpoint covers.
+    fn sync_materialized(&self) -> Result<u64, StoreError> {
+        self.writable()?;
+        let checkpoint = self.checkpoint.load(Ordering::Acquire);
+        let below = journal_segment(checkpoint + 1);
+        let from = self.pruned_below.load(Ordering::Acquire);
+        if below > from {
+            let node = &self.cfg.node_id;
+            self.block(async {
+                futures_util::stream::iter(from..below)
+                    .map(|seg| {
+                        self.session
+                            .execute_unpaged(&self.st.journal_delete_segment, (node, seg as i64))
+                    })
+                    .buffer_unordered(self.cfg.max_in_flight.max(1))
+                    .try_for_each(|_| async { Ok(()) })
+                    .await
+                    .map_err(backend_err("dropping journal segments"))?;
+                self.session
+                    .execute_unpaged(
+                        &self.st.pruned_write,
+                        (checkpoint as i64, below as i64, node),
+                    )
+                    .await
+                    .map_err(backend_err("recording the pruned journal"))
+            })
+            .map_err(|e| self.poison(e))?;
+            self.pruned_below.store(below, Ordering::Release);
+        }
+        Ok(checkpoint)
+    }
+
+    fn watermark(&self, device: u64) -> Result<u64, StoreError> {
+        let rows = self.block(self.all_rows(&self.st.watermark_read, (device as i64,)))?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.columns.first())
+            .and_then(|c| match c {
+                Some(scylla::value::CqlValue::BigInt(v)) => Some(*v as u64),
+                _ => None,
+            })
+            .unwrap_or(0))
+    }
+
+    fn load_levels(&self, store: u32) -> Result<Vec<StockLevelRow>, StoreError> {
+        self.block(self.levels_of_store(store))
+    }
+
+    fn has_batch(&self, device: u64, seq: u64) -> Result<bool, StoreError> {
+        let rows = self.block(self.all_rows(
+            &self.st.batch_read,
+            (device as i64, batch_seq_bucket(seq) as i64, seq as i64),
+        ))?;
+        Ok(!rows.is_empty())
+    }
+
+    fn load_movements(
+        &self,
+        store: u32,
+        windows: &[(i64, i64)],
+    ) -> Result<Vec<StockMovementRow>, StoreError> {
+        let reads: Vec<(i64, i64, i64)> = windows
+            .iter()
+            .flat_map(|&(from, to)| {
+                let (first, last) = hours_of(from, to);
+                (first..=last).map(move |h| (h, from, to))
+            })
+            .collect();
+        let store = i64::from(store);
+        let parts: Vec<Vec<ByStoreHour>> = self.block(self.many(reads, |(h, from, to)| {
+            self.read::<ByStoreHour>(&self.st.store_movements_read, (store, h, from, to))
+        }))?;
+        Ok(parts.into_iter().flatten().map(|m| m.0).collect())
+    }
+
+    fn load_rollups(&self, store: u32, day: u32) -> Result<Vec<TerminalRollupRow>, StoreError> {
+        let store = i64::from(store);
+        let first = i64::from(day) * 24;
+        let parts = self.block(self.many(first..first + 24, |hour| {
+            self.read::<TerminalRollupRow>(&self.st.rollups_read, (store, hour))
+        }))?;
+        Ok(parts.into_iter().flatten().collect())
+    }
+
+    fn check_writable(&self) -> Result<(), StoreError> {
+        self.writable()
+    }
+
+    fn backend(&self) -> &'static str {
+        "scylla"
+    }
+
+    fn backend_metrics(&self) -> Vec<(&'static str, f64)> {
+        self.driver_metrics()
+    }
+}
+
+use futures_util::StreamExt;
+
+impl ScyllaStore {
+    /// Runs `read` for each of `keys`, at most `max_in_flight` at once,
+    /// and gives the results in the order of `keys`.
+    async fn many<K, T, Fut>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+        read: impl Fn(K) -> Fut,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        futures_util::stream::iter(keys)
+            .map(read)
+            .buffered(self.cfg.max_in_flight.max(1))
+            .try_collect()
+            .await
+    }
+
+    /// Every level of one store: its 256 bucket partitions.
+    async fn levels_of_store(&self, store: u32) -> Result<Vec<StockLevelRow>, StoreError> {
+        let store = i64::from(store);
+        let parts = self
+            .many(0..i32::from(LEVEL_BUCKETS), |bucket| {
+                self.read::<StockLevelRow>(&self.st.levels_read, (store, bucket))
+            })
+            .await?;
+        Ok(parts.into_iter().flatten().collect())
+    }
+}
+
+/// The first and last hour (since the epoch) of `[from_us, to_us)`.
+fn hours_of(from_us: i64, to_us: i64) -> (i64, i64) {
+    let hour = |t: i64| t.div_euclid(3_600_000_000);
+    (
+        hour(from_us),
+        hour(to_us.saturating_sub(1)).max(hour(from_us)),
+    )
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_reads_each_hour_it_touches_once() {
+        let h = 3_600_000_000;
+        assert_eq!(hours_of(0, h), (0, 0));
+        assert_eq!(hours_of(0, h + 1), (0, 1));
+        assert_eq!(hours_of(h - 1, h + 1), (0, 1));
+        assert_eq!(hours_of(5 * h, 5 * h), (5, 5));
+    }
+
+    /// The engine calls the store from `spawn_blocking` threads of its own
+    /// runtime: blocking on the driver's runtime there must work (and not
+    /// panic as "a runtime within a runtime").
+    #[test]
+    fn a_blocking_thread_of_another_runtime_can_wait_on_the_drivers() -> Result<(), String> {
+        let driver = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let engine = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let handle = driver.handle().clone();
+        let got = engine.block_on(async move {
+            tokio::task::spawn_blocking(move || {
+                handle.block_on(async {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    7
+                })
+            })
+            .await
+        });
+        driver.shutdown_background();
+        assert_eq!(got.ok(), Some(7));
+        Ok(())
+    }
+}
