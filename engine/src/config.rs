@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use tillstream_protocol::Limits;
 
+use tillstream_storage::scylla::ScyllaConfig;
+
 use crate::auth::AuthConfig;
 use crate::faults::Faults;
 
@@ -123,8 +125,26 @@ pub struct ServerConfig {
     /// on, tokens signed by `DATA_DIR/auth/signing.key` (made on first
     /// start), client certificates once `tillstream ca init` made a CA.
     pub auth: AuthConfig,
+    /// Where the journal and the tables live: the embedded store in the
+    /// data directory (default), or a ScyllaDB cluster.
+    pub store: StoreChoice,
     /// Faults to inject (tests and incident rehearsals); none by default.
     pub faults: Faults,
+}
+
+/// Where the journal and the tables live.
+#[derive(Debug, Clone, Default)]
+pub enum StoreChoice {
+    /// The embedded store in `DATA_DIR/store`: the journal in `wal/`, the
+    /// tables on fjall.
+    #[default]
+    Embedded,
+    /// A ScyllaDB cluster holds the journal, the checkpoint and the tables,
+    /// so a node keeps nothing local that its data needs: a replacement
+    /// started under the same node id resumes from the cluster. The data
+    /// directory keeps the TLS certificate, the signing key, the QUIC keys
+    /// and the audit log.
+    Scylla(ScyllaConfig),
 }
 
 impl ServerConfig {
@@ -158,6 +178,7 @@ impl ServerConfig {
             frame_deadline: Duration::from_secs(10),
             quic_window_bytes: 256 << 10,
             auth: AuthConfig::default(),
+            store: StoreChoice::default(),
             faults: Faults::default(),
         }
     }

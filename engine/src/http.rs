@@ -17,8 +17,7 @@ use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tillstream_storage::Query;
-use tillstream_storage::embedded::EmbeddedStore;
+use tillstream_storage::Backend;
 use tillstream_storage::verify::{ExpectedBatch, verify};
 use tokio::sync::watch;
 
@@ -30,7 +29,7 @@ use tillstream_auth::{Method, Role};
 #[derive(Debug, Clone)]
 pub(crate) struct HttpState {
     pub(crate) ctx: Arc<EngineCtx>,
-    pub(crate) store: Arc<EmbeddedStore>,
+    pub(crate) store: Arc<dyn Backend>,
     pub(crate) settings: ServerSettings,
 }
 
@@ -118,6 +117,7 @@ async fn metrics_text(State(s): AppState, ConnectInfo(peer): Peer, headers: Head
         return r;
     }
     metrics::ack_stall(s.ctx.sequencer.ack_stall());
+    metrics::backend(&s.store.backend_metrics());
     match metrics::handle() {
         Some(h) => h.render().into_response(),
         None => (

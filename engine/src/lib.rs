@@ -12,6 +12,7 @@
 mod accept;
 mod audit;
 mod auth;
+mod backend;
 mod clock;
 mod config;
 mod ctx;
@@ -33,7 +34,8 @@ mod wire;
 
 pub use audit::AuditTarget;
 pub use auth::{AuthConfig, CertAuth};
-pub use config::{ServerConfig, ServerSettings};
+pub use backend::open_backend;
+pub use config::{ServerConfig, ServerSettings, StoreChoice};
 pub use error::EngineError;
 pub use recovery::{Replayed, recover};
 pub use server::Server;

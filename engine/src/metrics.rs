@@ -193,3 +193,16 @@ pub(crate) fn audit_dropped(reason: &'static str) {
 pub(crate) fn frame_too_slow() {
     counter!("tillstream_frames_too_slow_total").increment(1);
 }
+
+/// The backend's own figures (the ScyllaDB driver's requests, errors,
+/// retries, latency), refreshed when `/metrics` is read: counters end in
+/// `_total`, the rest are gauges.
+pub(crate) fn backend(figures: &[(&'static str, f64)]) {
+    for &(name, value) in figures {
+        if name.ends_with("_total") {
+            counter!(name).absolute(value as u64);
+        } else {
+            gauge!(name).set(value);
+        }
+    }
+}

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use tillstream_engine_core::shard::ShardConfig;
 use tillstream_engine_core::validate::Rules;
-use tillstream_storage::Store;
-use tillstream_storage::embedded::EmbeddedStore;
+use tillstream_storage::{Backend, Store};
 use tokio::sync::watch;
 
 use crate::auth::{self, Auth};
@@ -30,7 +29,7 @@ pub struct Server {
     http_addr: Option<SocketAddr>,
     cert_path: PathBuf,
     signing_key: Option<PathBuf>,
-    store: Arc<EmbeddedStore>,
+    store: Arc<dyn Backend>,
     settings: ServerSettings,
     ctx: Arc<EngineCtx>,
     endpoint: quinn::Endpoint,
@@ -66,17 +65,16 @@ impl Server {
             cfg.idle_timeout,
         )?;
 
-        let dir = cfg.data_dir.join("store");
+        let (choice, dir) = (cfg.store.clone(), cfg.data_dir.clone());
         let fail_after = cfg.faults.fail_sync_after;
-        let embedded = Arc::new(
-            tokio::task::spawn_blocking(move || match fail_after {
-                Some(n) => EmbeddedStore::open_with_failing_sync(&dir, n),
-                None => EmbeddedStore::open(&dir),
-            })
-            .await
-            .map_err(|e| EngineError::Actor(e.to_string()))??,
-        );
-        let store: Arc<dyn Store> = cfg.faults.wrap(embedded.clone());
+        let backend = tokio::task::spawn_blocking(move || {
+            crate::backend::open_backend(&choice, &dir, fail_after)
+        })
+        .await
+        .map_err(|e| EngineError::Actor(e.to_string()))??;
+        // Queries read the backend itself; the write path may go through
+        // injected faults.
+        let store: Arc<dyn Store> = cfg.faults.wrap(backend.clone());
         let shard_count = cfg.shards.max(1);
         let rules = Rules {
             max_future_us: i64::try_from(cfg.max_clock_skew.as_secs())
@@ -226,7 +224,7 @@ impl Server {
                     addr,
                     http::HttpState {
                         ctx: ctx.clone(),
-                        store: embedded.clone(),
+                        store: backend.clone(),
                         settings: settings.clone(),
                     },
                     shutdown_rx,
@@ -244,7 +242,7 @@ impl Server {
             signing_key: auth
                 .enabled()
                 .then(|| cfg.data_dir.join(tillstream_auth::token::SIGNING_KEY)),
-            store: embedded,
+            store: backend,
             settings,
             ctx,
             endpoint,
@@ -295,7 +293,7 @@ impl Server {
     }
 
     /// The store, for in-process verification and queries.
-    pub fn store(&self) -> Arc<EmbeddedStore> {
+    pub fn store(&self) -> Arc<dyn Backend> {
         self.store.clone()
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tillstream_storage::embedded::EmbeddedStore;
+use tillstream_storage::Backend;
 use tillstream_storage::verify::{ExpectedBatch, verify};
 
 use crate::fleet::AckedRef;
@@ -24,7 +24,7 @@ pub fn manifest(acked: &[AckedRef]) -> Vec<ExpectedBatch> {
 
 /// Verifies the in-process server's store.
 pub async fn in_process(
-    store: Arc<EmbeddedStore>,
+    store: Arc<dyn Backend>,
     expected: Vec<ExpectedBatch>,
 ) -> anyhow::Result<serde_json::Value> {
     let report = tokio::task::spawn_blocking(move || verify(&*store, Some(&expected)))

@@ -19,7 +19,7 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// A backend under test: opens its store, and opens it again (a restart:
 /// everything not durable is gone, everything durable is back).
-pub(crate) trait Backend {
+pub(crate) trait Harness {
     /// The store.
     type S: Store + Query;
     /// Opens (or reopens) the store.
@@ -54,7 +54,7 @@ fn expected_counts(rows: &RowSet) -> BTreeMap<&'static str, usize> {
 
 /// Every row of every table comes back, also after a reopen, and the
 /// store verifies.
-pub(crate) fn rows_round_trip(b: &mut impl Backend) -> TestResult {
+pub(crate) fn rows_round_trip(b: &mut impl Harness) -> TestResult {
     let rows = sample();
     {
         let store = b.open()?;
@@ -72,7 +72,7 @@ pub(crate) fn rows_round_trip(b: &mut impl Backend) -> TestResult {
 /// The journal gives back, after a reopen, exactly the records the
 /// checkpoint does not cover, in LSN order and byte for byte.
 pub(crate) fn the_journal_replays_what_the_checkpoint_does_not_cover(
-    b: &mut impl Backend,
+    b: &mut impl Harness,
 ) -> TestResult {
     let payload = |lsn: u64| format!("record {lsn}").into_bytes();
     {
@@ -112,7 +112,7 @@ pub(crate) fn the_journal_replays_what_the_checkpoint_does_not_cover(
 /// together; a cluster backend writes rows under idempotent keys, so
 /// writing them twice is writing them once).
 pub(crate) fn a_crash_between_rows_and_checkpoint_loses_and_doubles_nothing(
-    b: &mut impl Backend,
+    b: &mut impl Harness,
 ) -> TestResult {
     let mut first = sample();
     // The second batch carries the watermarks: a crash between its rows
@@ -165,7 +165,7 @@ pub(crate) fn a_crash_between_rows_and_checkpoint_loses_and_doubles_nothing(
 
 /// Snapshot rows are upserts: a stock level keeps its highest version and
 /// a watermark its highest seq, whatever order the writes land in.
-pub(crate) fn snapshot_rows_keep_the_newest(b: &mut impl Backend) -> TestResult {
+pub(crate) fn snapshot_rows_keep_the_newest(b: &mut impl Harness) -> TestResult {
     let store = b.open()?;
     let level = |level: i64, version: u64| StockLevelRow {
         store: 9,
@@ -204,7 +204,7 @@ pub(crate) fn snapshot_rows_keep_the_newest(b: &mut impl Backend) -> TestResult 
 
 /// Every question of the query API reads the rows it should: a store's
 /// partitions, the time window's edges, the sums over all stores.
-pub(crate) fn queries_answer_from_the_rows(b: &mut impl Backend) -> TestResult {
+pub(crate) fn queries_answer_from_the_rows(b: &mut impl Harness) -> TestResult {
     use crate::query::{Bucket, SalesSeries, SkuTotals, TopBy, lowest_levels};
     let rows = sample();
     let store = b.open()?;
@@ -266,7 +266,7 @@ pub(crate) fn queries_answer_from_the_rows(b: &mut impl Backend) -> TestResult {
 /// The embedded store over a temporary directory.
 struct Embedded(tempfile::TempDir);
 
-impl Backend for Embedded {
+impl Harness for Embedded {
     type S = crate::embedded::EmbeddedStore;
     fn open(&mut self) -> Result<Self::S, StoreError> {
         crate::embedded::EmbeddedStore::open(self.0.path())
@@ -317,7 +317,7 @@ mod on_scylla {
 
     struct Scylla(ScyllaConfig);
 
-    impl Backend for Scylla {
+    impl Harness for Scylla {
         type S = ScyllaStore;
         fn open(&mut self) -> Result<ScyllaStore, StoreError> {
             ScyllaStore::connect(self.0.clone())

@@ -64,6 +64,13 @@ pub struct StoreSnapshot {
     pub recent_movements: Vec<StockMovementRow>,
 }
 
+/// A backend whole: what the engine writes through ([`Store`]) and what
+/// tools and the HTTP API read through ([`Query`](crate::Query)). The
+/// server holds one as `Arc<dyn Backend>`, whichever it is.
+pub trait Backend: Store + crate::Query {}
+
+impl<T: Store + crate::Query> Backend for T {}
+
 /// What [`Store::journal_replay`] calls for each record: `(lsn, payload)`.
 pub type ReplayVisitor<'a> = dyn FnMut(u64, &[u8]) -> Result<(), StoreError> + 'a;
 

@@ -14,7 +14,7 @@ use tillstream_engine::{AuthConfig, Server};
 use tillstream_engine_core::testkit::{count, line, sale};
 use tillstream_protocol::frame::{self, decode};
 use tillstream_protocol::*;
-use tillstream_storage::{Query, RowRef, Table};
+use tillstream_storage::{RowRef, Table};
 use tillstream_tests::raw::{RawSession, read_msg};
 use tillstream_tests::{Tokens, caught_up, endpoint_for, now_us, test_config};
 

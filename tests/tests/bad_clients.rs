@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tillstream_protocol::frame::{self, FrameHeader, decode};
 use tillstream_protocol::*;
-use tillstream_storage::{Query, RowRef, Table};
+use tillstream_storage::{RowRef, Table};
 use tillstream_tests::*;
 
 /// A raw session: the test writes frames by hand.

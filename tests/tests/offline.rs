@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use tillstream_storage::query::{Query, RowRef};
+use tillstream_storage::query::RowRef;
 use tillstream_storage::verify::verify;
 use tillstream_storage::{Store, Table};
 use tillstream_tests::fleet_util::*;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use serde_json::Value;
 use tillstream_storage::time::parse_ts;
-use tillstream_storage::{Query, RowRef, Table};
+use tillstream_storage::{RowRef, Table};
 
 use crate::output::RowWriter;
 
@@ -22,6 +22,8 @@ pub(crate) struct Args {
     /// Data directory of the server.
     #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    store: super::store_args::StoreArgs,
     /// The table.
     #[arg(long, value_enum)]
     table: TableArg,
@@ -174,7 +176,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             table.name()
         );
     }
-    let store = super::open_store(&args.data_dir)?;
+    let store = super::open_store(&args.data_dir, &args.store)?;
     let sink: Box<dyn Write> = match &args.out {
         Some(p) => {
             Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)

@@ -5,16 +5,24 @@ pub(crate) mod export;
 pub(crate) mod query;
 pub(crate) mod schema;
 pub(crate) mod serve;
+pub(crate) mod store_args;
 pub(crate) mod verify;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
+use store_args::{StoreArgs, StoreKind};
+use tillstream_storage::Backend;
 use tillstream_storage::embedded::EmbeddedStore;
 
-/// Opens the store of a data directory for reading. Fails with a hint when
-/// a server holds it.
-pub(crate) fn open_store(data_dir: &Path) -> anyhow::Result<EmbeddedStore> {
+/// Opens the store for reading: the embedded store of a data directory
+/// (with a hint when a server holds it), brought up to its journal; or a
+/// read-only connection to the cluster.
+pub(crate) fn open_store(data_dir: &Path, args: &StoreArgs) -> anyhow::Result<Arc<dyn Backend>> {
+    if args.kind() == StoreKind::Scylla {
+        return open_cluster(data_dir, args);
+    }
     let dir = data_dir.join("store");
     anyhow::ensure!(
         dir.exists(),
@@ -36,6 +44,23 @@ pub(crate) fn open_store(data_dir: &Path) -> anyhow::Result<EmbeddedStore> {
             records = replayed.records,
             events = replayed.events,
             "replayed the journal into the tables"
+        );
+    }
+    Ok(Arc::new(store))
+}
+
+/// A read-only connection to the cluster. It does not replay the journal:
+/// a live server may be writing it. What the journal holds past the
+/// checkpoint is said, since the tables do not hold it yet.
+fn open_cluster(data_dir: &Path, args: &StoreArgs) -> anyhow::Result<Arc<dyn Backend>> {
+    let choice = args.choice(true)?;
+    let store = tillstream_engine::open_backend(&choice, data_dir, None)
+        .context("connecting to ScyllaDB")?;
+    let (checkpoint, last) = (store.materialized_lsn()?, store.journal_last_lsn());
+    if last > checkpoint {
+        tracing::warn!(
+            records = last - checkpoint,
+            "the journal holds records the tables do not yet: a running server writes them within its flush interval, a stopped one when it starts"
         );
     }
     Ok(store)

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use tillstream_storage::time::parse_ts;
-use tillstream_storage::{Bucket, Query, TopBy};
+use tillstream_storage::{Bucket, TopBy};
 
 use crate::output::{Format, print_rows};
 
@@ -20,6 +20,8 @@ pub(crate) struct Args {
         global = true
     )]
     data_dir: PathBuf,
+    #[command(flatten)]
+    store: super::store_args::StoreArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
     format: Format,
@@ -116,7 +118,7 @@ enum ByArg {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let store = super::open_store(&args.data_dir)?;
+    let store = super::open_store(&args.data_dir, &args.store)?;
     let rows: Vec<serde_json::Value> = match args.what {
         What::Sales {
             store: s,

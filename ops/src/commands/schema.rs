@@ -3,8 +3,11 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::bail;
-use tillstream_storage::schema::FILES;
+use anyhow::{Context, bail};
+use tillstream_storage::schema::{DEFAULT_KEYSPACE, SchemaOptions, render};
+use tillstream_storage::scylla::apply_schema;
+
+use super::store_args::ScyllaArgs;
 
 /// The ScyllaDB schema (keyspace and every table), as CQL.
 #[derive(Debug, clap::Args)]
@@ -18,16 +21,48 @@ enum Command {
     /// Print the keyspace and tables as CQL, ready for `cqlsh -f -`.
     /// Every statement is `IF NOT EXISTS`: applying it twice is harmless.
     Print {
-        /// Replication of the keyspace, one `DC=FACTOR` per data centre
-        /// (`dc1=3` by default).
-        #[arg(
-            long,
-            value_name = "DC=FACTOR",
-            default_value = "dc1=3",
-            value_delimiter = ','
-        )]
-        replication: Vec<String>,
+        #[command(flatten)]
+        shape: Shape,
     },
+    /// Create the keyspace and every table on a cluster, then wait until
+    /// every node agrees on the schema. Idempotent (`IF NOT EXISTS`):
+    /// run it before the first `serve --store scylla`, and again after an
+    /// upgrade. It never alters or drops what exists.
+    Apply {
+        #[command(flatten)]
+        shape: Shape,
+        #[command(flatten)]
+        cluster: Box<ScyllaArgs>,
+    },
+}
+
+/// What differs between clusters.
+#[derive(Debug, clap::Args)]
+struct Shape {
+    /// Replication of the keyspace, one `DC=FACTOR` per data centre
+    /// (`dc1=3` by default; a single test node: `datacenter1=1`).
+    #[arg(
+        long,
+        value_name = "DC=FACTOR",
+        default_value = "dc1=3",
+        value_delimiter = ','
+    )]
+    replication: Vec<String>,
+    /// Days the time-series tables keep a row (their default TTL); 0
+    /// keeps rows for ever. Snapshot tables (levels, rollups, watermarks)
+    /// and the journal have none.
+    #[arg(long, default_value_t = 400)]
+    ttl_days: u32,
+}
+
+impl Shape {
+    fn options(&self, keyspace: &str) -> anyhow::Result<SchemaOptions> {
+        Ok(SchemaOptions {
+            keyspace: keyspace.to_string(),
+            replication: replication_map(&self.replication)?,
+            ttl_days: (self.ttl_days > 0).then_some(self.ttl_days),
+        })
+    }
 }
 
 /// `{'class': 'NetworkTopologyStrategy', 'dc1': 3, ...}` from `dc1=3`.
@@ -59,20 +94,27 @@ fn replication_map(pairs: &[String]) -> anyhow::Result<String> {
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
-        Command::Print { replication } => {
-            let map = replication_map(&replication)?;
+        Command::Print { shape } => {
+            let files = render(&shape.options(DEFAULT_KEYSPACE)?).map_err(anyhow::Error::msg)?;
             let mut out = std::io::stdout().lock();
-            let printed = FILES.iter().try_for_each(|f| {
-                let cql = f
-                    .cql
-                    .replace("{'class': 'NetworkTopologyStrategy', 'dc1': 3}", &map);
-                writeln!(out, "-- {}\n{cql}", f.name)
-            });
+            let printed = files
+                .iter()
+                .try_for_each(|(name, cql)| writeln!(out, "-- {name}\n{cql}"));
             match printed {
                 // A reader that stopped early (`| head`) is not an error.
                 Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
                 _ => {}
             }
+        }
+        Command::Apply { shape, cluster } => {
+            let cfg = cluster.config()?;
+            let opts = shape.options(&cfg.keyspace)?;
+            let n = apply_schema(&cfg, &opts)
+                .with_context(|| format!("applying the schema on {}", cfg.nodes.join(",")))?;
+            eprintln!(
+                "schema applied: keyspace {} ({} statements, replication {}), and every node agrees",
+                cfg.keyspace, n, opts.replication
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -93,7 +135,7 @@ mod tests {
         assert!(replication_map(&["e'u=3".into()]).is_err());
         // The default map is what the keyspace file holds, so it is replaced.
         assert!(
-            FILES[0]
+            tillstream_storage::schema::FILES[0]
                 .cql
                 .contains("{'class': 'NetworkTopologyStrategy', 'dc1': 3}")
         );

@@ -19,6 +19,8 @@ pub(crate) struct Args {
     /// Data directory: the embedded store (store/) and TLS files (tls/).
     #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    store: super::store_args::StoreArgs,
     /// Shard actors (default: the number of cores).
     #[arg(long, env = "TILLSTREAM_SHARDS")]
     shards: Option<u16>,
@@ -202,6 +204,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         usize::try_from(args.max_frame_buffers_mib << 20).unwrap_or(usize::MAX);
     cfg.frame_deadline = Duration::from_secs(args.frame_deadline_s);
     cfg.quic_window_bytes = args.quic_window_kib << 10;
+    cfg.store = args.store.choice(false)?;
     cfg.faults.commit_delay = args.inject_commit_delay_ms;
     if let Some((lo, hi)) = cfg.faults.commit_delay {
         tracing::warn!(?lo, ?hi, "fault injection: every store commit is delayed");

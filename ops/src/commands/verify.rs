@@ -17,6 +17,8 @@ pub(crate) struct Args {
     /// Data directory of the server.
     #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    store: super::store_args::StoreArgs,
     /// A JSON file with the batches a client had acknowledged
     /// (`[{"device":1,"seq":1,"events":128}, ...]`); each must be stored whole.
     #[arg(long)]
@@ -24,7 +26,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let store = super::open_store(&args.data_dir)?;
+    let store = super::open_store(&args.data_dir, &args.store)?;
     let expected: Option<Vec<ExpectedBatch>> = match &args.expected {
         Some(p) => {
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
@@ -35,7 +37,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let report = verify(&store, expected.as_deref()).context("verifying the store")?;
+    let report = verify(&*store, expected.as_deref()).context("verifying the store")?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(if report.ok {
         ExitCode::SUCCESS

@@ -42,6 +42,11 @@ pub struct ScyllaConfig {
     /// PEM file of the CA that signed the nodes' certificates; TLS is on
     /// when set.
     pub tls_ca: Option<PathBuf>,
+    /// A reader beside a live node (`tillstream verify`, `query`,
+    /// `export`): it writes nothing, and leaves the journal as it finds
+    /// it (a live node's appends land out of order for a moment, which a
+    /// writer at start would take for a torn tail).
+    pub read_only: bool,
 }
 
 impl ScyllaConfig {
@@ -57,6 +62,7 @@ impl ScyllaConfig {
             request_timeout: Duration::from_secs(12),
             credentials: None,
             tls_ca: None,
+            read_only: false,
         }
     }
 

@@ -38,6 +38,8 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::Row;
 
 pub use config::{ParseConsistency, ScyllaConfig, apply_schema};
+/// Consistency levels, as the driver names them.
+pub use scylla::statement::Consistency;
 
 use crate::buckets::{LEVEL_BUCKETS, batch_seq_bucket, journal_segment};
 use crate::journal::split_records;
@@ -164,6 +166,9 @@ impl ScyllaStore {
         })
         .await?;
         self.journal_last.store(last, Ordering::Release);
+        if self.cfg.read_only {
+            return Ok(());
+        }
         // Past the gap: the segment of the gap and any later ones that
         // hold records.
         let mut seg = journal_segment(last + 1);
@@ -285,6 +290,12 @@ impl ScyllaStore {
     }
 
     fn writable(&self) -> Result<(), StoreError> {
+        if self.cfg.read_only {
+            return Err(StoreError::Backend {
+                op: "writing",
+                source: "this connection is read-only (a tool beside a live node)".into(),
+            });
+        }
         match &*self.poisoned.lock() {
             Some(why) => Err(StoreError::Poisoned(why.clone())),
             None => Ok(()),
