@@ -60,6 +60,9 @@ pub struct ScyllaStore {
     journal_last: AtomicU64,
     checkpoint: AtomicU64,
     pruned_below: AtomicU64,
+    /// This start's number (ARCHITECTURE.md, "ScyllaDB"); set once by
+    /// `recover`.
+    generation: AtomicU64,
     poisoned: Mutex<Option<String>>,
 }
 
@@ -127,6 +130,7 @@ impl ScyllaStore {
             journal_last: AtomicU64::new(0),
             checkpoint: AtomicU64::new(0),
             pruned_below: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             poisoned: Mutex::new(None),
         };
         store.block(store.recover())?;
@@ -148,80 +152,63 @@ impl ScyllaStore {
     }
 
     /// Reads the checkpoint, then the journal after it up to its first
-    /// gap, and deletes what lies past the gap: records of an append that
-    /// failed half-way were never acknowledged, and must not be replayed
-    /// under LSNs the next append will reuse.
+    /// gap or its first record of an older generation than the one before
+    /// (what an append that failed half-way left: never acknowledged), and,
+    /// unless read-only, starts a new generation: this start's records
+    /// overwrite such leftovers under their LSNs.
     async fn recover(&self) -> Result<(), StoreError> {
-        let (checkpoint, pruned) = self.read_checkpoint().await?;
+        let (checkpoint, pruned, generation) = self.read_checkpoint().await?;
         self.checkpoint.store(checkpoint, Ordering::Release);
         self.pruned_below.store(pruned, Ordering::Release);
         let mut last = checkpoint;
         self.each_record(checkpoint, |lsn, _| {
-            if lsn == last + 1 {
-                last = lsn;
-                Ok(true)
-            } else {
-                Ok(false)
-            }
+            last = lsn;
+            Ok(true)
         })
         .await?;
         self.journal_last.store(last, Ordering::Release);
-        if self.cfg.read_only {
-            return Ok(());
-        }
-        // Past the gap: the segment of the gap and any later ones that
-        // hold records.
-        let mut seg = journal_segment(last + 1);
-        loop {
-            let rows = self
-                .all_rows(
-                    &self.st.journal_read,
-                    (&self.cfg.node_id, seg as i64, last as i64),
-                )
-                .await?;
-            if rows.is_empty() {
-                break;
-            }
-            tracing::warn!(
-                segment = seg,
-                after = last,
-                "deleting unacknowledged journal records past a gap"
-            );
+        let generation = if self.cfg.read_only {
+            generation
+        } else {
+            let next = generation + 1;
             self.session
                 .execute_unpaged(
-                    &self.st.journal_delete_after,
-                    (&self.cfg.node_id, seg as i64, last as i64),
+                    &self.st.generation_write,
+                    (next as i64, next as i64, &self.cfg.node_id),
                 )
                 .await
-                .map_err(backend_err("deleting a torn journal tail"))?;
-            seg += 1;
-        }
+                .map_err(backend_err("starting a journal generation"))?;
+            next
+        };
+        self.generation.store(generation, Ordering::Release);
         Ok(())
     }
 
-    async fn read_checkpoint(&self) -> Result<(u64, u64), StoreError> {
+    async fn read_checkpoint(&self) -> Result<(u64, u64, u64), StoreError> {
         let rows = self
             .all_rows(&self.st.checkpoint_read, (&self.cfg.node_id,))
             .await?;
         let Some(row) = rows.into_iter().next() else {
-            return Ok((0, 0));
+            return Ok((0, 0, 0));
         };
         let col = |i: usize| match row.columns.get(i) {
             Some(Some(scylla::value::CqlValue::BigInt(v))) => *v as u64,
             _ => 0,
         };
-        Ok((col(0), col(1)))
+        Ok((col(0), col(1), col(2)))
     }
 
     /// Calls `f(lsn, record)` for the journal records after `after`, in LSN
-    /// order, segment by segment, until a segment has none or `f` says
-    /// stop.
+    /// order, segment by segment, while they follow each other: each LSN
+    /// one above the last, each generation at least the last's. Stops
+    /// there, or where `f` says stop.
     async fn each_record(
         &self,
         after: u64,
         mut f: impl FnMut(u64, &[u8]) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        let mut seg = journal_segment(after + 1);
+        let (mut expect, mut generation) = (after + 1, 0u64);
+        let mut seg = journal_segment(expect);
         loop {
             let mut pager = self
                 .session
@@ -231,18 +218,23 @@ impl ScyllaStore {
                 )
                 .await
                 .map_err(backend_err("reading the journal"))?
-                .rows_stream::<(i64, Vec<u8>)>()
+                .rows_stream::<(i64, i64, Vec<u8>)>()
                 .map_err(backend_err("reading the journal"))?;
             let mut any = false;
-            while let Some((lsn, record)) = pager
+            while let Some((lsn, gen_of, record)) = pager
                 .try_next()
                 .await
                 .map_err(backend_err("reading the journal"))?
             {
-                any = true;
-                if !f(lsn as u64, &record)? {
+                let (lsn, gen_of) = (lsn as u64, gen_of as u64);
+                if !follows(lsn, gen_of, expect, generation) {
                     return Ok(());
                 }
+                any = true;
+                if !f(lsn, &record)? {
+                    return Ok(());
+                }
+                (expect, generation) = (lsn + 1, gen_of);
             }
             if !any {
                 return Ok(());
@@ -370,7 +362,10 @@ impl Store for ScyllaStore {
         let prev = self.journal_last.load(Ordering::Acquire);
         let split =
             split_records(records, prev, last_lsn).map_err(backend_err("journal append"))?;
-        let writes = self.st.journal_writes(&self.cfg.node_id, &split);
+        let generation = self.generation.load(Ordering::Acquire);
+        let writes = self
+            .st
+            .journal_writes(&self.cfg.node_id, generation, &split);
         self.block(self.st.run(&self.session, writes, self.cfg.max_in_flight))
             .map_err(|e| self.poison(e))?;
         self.journal_last.store(last_lsn, Ordering::Release);
@@ -384,14 +379,12 @@ impl Store for ScyllaStore {
     fn journal_replay(&self, after: u64, f: &mut ReplayVisitor<'_>) -> Result<u64, StoreError> {
         let last = self.journal_last.load(Ordering::Acquire);
         let mut visited = 0;
-        let mut expect = after + 1;
         self.block(self.each_record(after, |lsn, record| {
-            if lsn != expect || lsn > last {
+            if lsn > last {
                 return Ok(false);
             }
             f(lsn, record)?;
             visited += 1;
-            expect += 1;
             Ok(true)
         }))?;
         Ok(visited)
@@ -425,11 +418,16 @@ impl Store for ScyllaStore {
         let from = self.pruned_below.load(Ordering::Acquire);
         if below > from {
             let node = &self.cfg.node_id;
+            // Above every record's timestamp: the segments are below the
+            // checkpoint, never written again.
+            let stamp = writes::journal_timestamp(self.generation.load(Ordering::Acquire) + 1, 0);
             self.block(async {
                 futures_util::stream::iter(from..below)
                     .map(|seg| {
-                        self.session
-                            .execute_unpaged(&self.st.journal_delete_segment, (node, seg as i64))
+                        self.session.execute_unpaged(
+                            &self.st.journal_delete_segment,
+                            (stamp, node, seg as i64),
+                        )
                     })
                     .buffer_unordered(self.cfg.max_in_flight.max(1))
                     .try_for_each(|_| async { Ok(()) })
@@ -546,6 +544,12 @@ impl ScyllaStore {
     }
 }
 
+/// Whether record (`lsn`, `generation`) continues a journal expected at
+/// `expect`, whose last record was of generation `last_generation`.
+fn follows(lsn: u64, generation: u64, expect: u64, last_generation: u64) -> bool {
+    lsn == expect && generation >= last_generation
+}
+
 /// The first and last hour (since the epoch) of `[from_us, to_us)`.
 fn hours_of(from_us: i64, to_us: i64) -> (i64, i64) {
     let hour = |t: i64| t.div_euclid(3_600_000_000);
@@ -564,6 +568,17 @@ fn now_us() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replay_stops_at_a_gap_and_at_an_older_generations_leftover() {
+        assert!(follows(5, 1, 5, 1));
+        assert!(follows(5, 2, 5, 1), "a newer start continues the journal");
+        assert!(!follows(6, 2, 5, 1), "a gap");
+        assert!(
+            !follows(5, 1, 5, 2),
+            "an earlier start's unacknowledged record"
+        );
+    }
 
     #[test]
     fn a_window_reads_each_hour_it_touches_once() {

@@ -41,7 +41,7 @@ pub(crate) struct Texts {
     pub(crate) journal_insert: String,
     pub(crate) journal_read: String,
     pub(crate) journal_delete_segment: String,
-    pub(crate) journal_delete_after: String,
+    pub(crate) generation_write: String,
     pub(crate) checkpoint_read: String,
     pub(crate) checkpoint_write: String,
     pub(crate) pruned_write: String,
@@ -60,19 +60,19 @@ impl Texts {
         use crate::rows::*;
         Texts {
             journal_insert: format!(
-                "INSERT INTO {ks}.journal (node, segment, lsn, record) VALUES (?, ?, ?, ?)"
+                "INSERT INTO {ks}.journal (node, segment, lsn, generation, record) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"
             ),
             journal_read: format!(
-                "SELECT lsn, record FROM {ks}.journal WHERE node = ? AND segment = ? AND lsn > ?"
+                "SELECT lsn, generation, record FROM {ks}.journal WHERE node = ? AND segment = ? AND lsn > ?"
             ),
             journal_delete_segment: format!(
-                "DELETE FROM {ks}.journal WHERE node = ? AND segment = ?"
+                "DELETE FROM {ks}.journal USING TIMESTAMP ? WHERE node = ? AND segment = ?"
             ),
-            journal_delete_after: format!(
-                "DELETE FROM {ks}.journal WHERE node = ? AND segment = ? AND lsn > ?"
+            generation_write: format!(
+                "UPDATE {ks}.checkpoints USING TIMESTAMP ? SET generation = ? WHERE node = ?"
             ),
             checkpoint_read: format!(
-                "SELECT lsn, pruned_below FROM {ks}.checkpoints WHERE node = ?"
+                "SELECT lsn, pruned_below, generation FROM {ks}.checkpoints WHERE node = ?"
             ),
             checkpoint_write: format!(
                 "INSERT INTO {ks}.checkpoints (node, lsn, updated_at_us) VALUES (?, ?, ?) USING TIMESTAMP ?"
@@ -108,7 +108,7 @@ impl Texts {
             &self.journal_insert,
             &self.journal_read,
             &self.journal_delete_segment,
-            &self.journal_delete_after,
+            &self.generation_write,
             &self.checkpoint_read,
             &self.checkpoint_write,
             &self.pruned_write,

@@ -40,7 +40,7 @@ pub(crate) struct Prepared {
     pub(crate) journal_insert: PreparedStatement,
     pub(crate) journal_read: PreparedStatement,
     pub(crate) journal_delete_segment: PreparedStatement,
-    pub(crate) journal_delete_after: PreparedStatement,
+    pub(crate) generation_write: PreparedStatement,
     pub(crate) checkpoint_read: PreparedStatement,
     pub(crate) checkpoint_write: PreparedStatement,
     pub(crate) pruned_write: PreparedStatement,
@@ -107,7 +107,7 @@ impl Prepared {
             journal_insert: prep(session, &t.journal_insert).await?,
             journal_read: prep(session, &t.journal_read).await?,
             journal_delete_segment: prep(session, &t.journal_delete_segment).await?,
-            journal_delete_after: prep(session, &t.journal_delete_after).await?,
+            generation_write: prep(session, &t.generation_write).await?,
             checkpoint_read: prep(session, &t.checkpoint_read).await?,
             checkpoint_write: prep(session, &t.checkpoint_write).await?,
             pruned_write: prep(session, &t.pruned_write).await?,
@@ -251,10 +251,12 @@ impl Prepared {
         (out, marks)
     }
 
-    /// The writes of journal records (`(lsn, payload)`), one row each.
+    /// The writes of journal records (`(lsn, payload)`), one row each, in
+    /// this start's `generation`.
     pub(crate) fn journal_writes<'a>(
         &'a self,
         node: &str,
+        generation: u64,
         records: &[(u64, &[u8])],
     ) -> Vec<Write<'a>> {
         records
@@ -264,7 +266,9 @@ impl Prepared {
                     Some(CqlValue::Text(node.to_string())),
                     Some(CqlValue::BigInt(journal_segment(lsn) as i64)),
                     Some(CqlValue::BigInt(lsn as i64)),
+                    Some(CqlValue::BigInt(generation as i64)),
                     Some(CqlValue::Blob(payload.to_vec())),
+                    Some(CqlValue::BigInt(journal_timestamp(generation, lsn))),
                 ];
                 Write {
                     st: &self.journal_insert,
@@ -297,6 +301,17 @@ impl Prepared {
             .await
             .map_err(backend_err("writing rows"))
     }
+}
+
+/// The write timestamp of journal record `lsn` written in `generation`:
+/// ordered by generation first, so a later start's record of an LSN
+/// overwrites an earlier start's unacknowledged one whatever the clocks
+/// say, and below any wall-clock timestamp (about 2^50 µs today), so the
+/// deletion of a pruned segment covers every record in it.
+pub(crate) fn journal_timestamp(generation: u64, lsn: u64) -> i64 {
+    const LSN_BITS: u32 = 36;
+    let gen_part = generation.min((1 << (62 - LSN_BITS)) - 1) << LSN_BITS;
+    (gen_part | (lsn & ((1 << LSN_BITS) - 1))) as i64
 }
 
 /// One row write: its statement, its partition (a table tag and the
@@ -405,6 +420,19 @@ fn job_of(mut ws: Vec<Write<'_>>) -> Job<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_later_generation_overwrites_and_every_record_is_below_wall_clock() {
+        // Generation 2's LSN 5 wins over generation 1's LSN 5 and over
+        // generation 1's later LSNs.
+        assert!(journal_timestamp(2, 5) > journal_timestamp(1, 5));
+        assert!(journal_timestamp(2, 5) > journal_timestamp(1, 1 << 30));
+        assert!(journal_timestamp(1, 6) > journal_timestamp(1, 5));
+        // A pruning DELETE stamped with the wall clock (2026: ~1.8e15 µs)
+        // covers records of the first 20,000 starts.
+        assert!(journal_timestamp(20_000, 1 << 35) < 1_700_000_000_000_000);
+        assert!(journal_timestamp(u64::MAX, u64::MAX) > 0);
+    }
 
     #[test]
     fn writes_group_by_partition_and_split_at_the_limits() {
