@@ -263,3 +263,37 @@ fn verify_explains_a_missing_data_directory() -> anyhow::Result<()> {
     assert!(err.contains("no store at"), "{err}");
     Ok(())
 }
+
+/// With no cluster where `--scylla-nodes` points, `serve`, `verify` and
+/// `schema apply` fail at once with an error that names the address, and
+/// `serve` leaves no half-started server behind.
+#[test]
+fn an_unreachable_scylla_cluster_is_a_clear_error() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // A port nothing listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let nodes = format!("127.0.0.1:{port}");
+    let cluster = ["--store", "scylla", "--scylla-nodes", nodes.as_str()];
+    for cmd in [&["serve", "--http", "off"][..], &["verify"][..]] {
+        let args: Vec<&str> = cmd.iter().chain(&cluster).copied().collect();
+        let (code, _, err) = run(&args, dir.path())?;
+        assert_ne!(code, 0, "{cmd:?}");
+        assert!(
+            err.contains(&nodes) && err.contains("connecting"),
+            "{cmd:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{cmd:?}: {err}");
+    }
+    let out = Command::new(BIN)
+        .args(["schema", "apply", "--scylla-nodes", nodes.as_str()])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("applying the schema") && err.contains(&nodes),
+        "{err}"
+    );
+    Ok(())
+}
