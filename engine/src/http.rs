@@ -118,6 +118,10 @@ async fn metrics_text(State(s): AppState, ConnectInfo(peer): Peer, headers: Head
     }
     metrics::ack_stall(s.ctx.sequencer.ack_stall());
     metrics::backend(&s.store.backend_metrics());
+    metrics::refresh(
+        s.ctx.not_ready().is_none(),
+        s.store.check_writable().is_err(),
+    );
     match metrics::handle() {
         Some(h) => h.render().into_response(),
         None => (

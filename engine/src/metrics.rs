@@ -6,25 +6,267 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// The process-wide Prometheus recorder (installed once, shared by every
-/// server of the process).
+/// server of the process), with `# HELP` for every metric, latency
+/// buckets for the `_seconds` histograms only, and a thread that runs the
+/// exporter's upkeep every 5 s (histogram samples would otherwise pile up
+/// between scrapes).
 pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let buckets = [
+            let seconds = [
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5,
+                1.0, 2.5, 5.0, 10.0,
             ];
-            PrometheusBuilder::new()
-                .set_buckets(&buckets)
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
                 .ok()?
                 .install_recorder()
-                .ok()
+                .ok()?;
+            describe();
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                })
+                .ok()?;
+            Some(handle)
         })
         .as_ref()
+}
+
+/// The figures that are read rather than counted, refreshed on each
+/// scrape: the process (CPU, memory, files, threads), readiness and a
+/// poisoned store.
+pub(crate) fn refresh(ready: bool, store_poisoned: bool) {
+    static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+    PROCESS
+        .get_or_init(|| {
+            let c = metrics_process::Collector::default();
+            c.describe();
+            c
+        })
+        .collect();
+    gauge!("tillstream_ready").set(if ready { 1.0 } else { 0.0 });
+    gauge!("tillstream_store_poisoned").set(if store_poisoned { 1.0 } else { 0.0 });
+}
+
+/// Every metric this module records, with its `# HELP` text. A test
+/// checks that each name recorded below is here.
+const DESCRIPTIONS: &[(&str, &str)] = &[
+    (
+        "tillstream_build_info",
+        "Always 1; the version is in the label.",
+    ),
+    ("tillstream_ready", "1 when /readyz would answer 200."),
+    (
+        "tillstream_store_poisoned",
+        "1 once a write or sync of the store failed: no more acks until restart.",
+    ),
+    (
+        "tillstream_batches_received_total",
+        "Batches read from devices (valid frames).",
+    ),
+    (
+        "tillstream_events_received_total",
+        "Events in the batches received.",
+    ),
+    (
+        "tillstream_bytes_received_total",
+        "Payload bytes of the batches received.",
+    ),
+    (
+        "tillstream_batches_seq_conflict_total",
+        "Resent seqs whose batch differs from the one admitted under it (refused seq_conflict).",
+    ),
+    (
+        "tillstream_batches_over_device_limits_total",
+        "Batches refused whole for naming too many stores, terminals or SKUs for their device.",
+    ),
+    (
+        "tillstream_rate_limited_batches_total",
+        "Batches held back because their device was past its event rate.",
+    ),
+    (
+        "tillstream_batches_duplicate_total",
+        "Resent batches already durable: acknowledged again, not applied.",
+    ),
+    (
+        "tillstream_events_rejected_total",
+        "Events refused on semantic grounds (kept in rejected_events).",
+    ),
+    (
+        "tillstream_frames_refused_total",
+        "Frames refused (bad header, CRC, bytecheck, limits), by error code.",
+    ),
+    (
+        "tillstream_connections_refused_total",
+        "Connections refused before Hello, by reason.",
+    ),
+    (
+        "tillstream_connections_retried_total",
+        "Connections asked to prove their address first (QUIC Retry).",
+    ),
+    (
+        "tillstream_connection_queue_wait_seconds",
+        "Time new connections waited for a set-up slot.",
+    ),
+    (
+        "tillstream_ack_latency_seconds",
+        "From a batch's arrival to its acknowledgement (journal fsync and shard apply).",
+    ),
+    ("tillstream_batches_acked_total", "Batches acknowledged."),
+    (
+        "tillstream_flush_duration_seconds",
+        "Duration of one write of rows into the tables (off the ack path).",
+    ),
+    (
+        "tillstream_flushes_total",
+        "Writes of rows into the tables.",
+    ),
+    (
+        "tillstream_flush_rows_total",
+        "Rows written into the tables.",
+    ),
+    (
+        "tillstream_flush_bytes_total",
+        "Bytes written into the tables.",
+    ),
+    (
+        "tillstream_flush_failures_total",
+        "Failed writes into the tables (each poisons the store).",
+    ),
+    (
+        "tillstream_journal_append_duration_seconds",
+        "Duration of one journal group commit (write and fsync).",
+    ),
+    ("tillstream_journal_appends_total", "Journal group commits."),
+    (
+        "tillstream_journal_bytes_total",
+        "Bytes appended to the journal.",
+    ),
+    (
+        "tillstream_ack_write_timeouts_total",
+        "Sessions closed because their device did not read its acks in time.",
+    ),
+    ("tillstream_connections_active", "Connections open now."),
+    (
+        "tillstream_sessions_refused_total",
+        "Sessions refused at Hello, by error code.",
+    ),
+    (
+        "tillstream_shard_inflight_bytes",
+        "Batch payload bytes a shard holds until durable.",
+    ),
+    (
+        "tillstream_active_skus",
+        "SKU entities resident in a shard.",
+    ),
+    (
+        "tillstream_active_terminals",
+        "Terminal entities resident in a shard.",
+    ),
+    (
+        "tillstream_late_window_movements",
+        "Stock movements a shard keeps for late events.",
+    ),
+    (
+        "tillstream_passivated_stores_total",
+        "Stores (their SKUs) dropped from memory as idle.",
+    ),
+    (
+        "tillstream_passivated_skus_total",
+        "SKU entities dropped from memory as idle.",
+    ),
+    (
+        "tillstream_passivated_rollup_days_total",
+        "Terminal rollup days dropped from memory as idle.",
+    ),
+    (
+        "tillstream_passivated_devices_total",
+        "Device slots dropped from memory as idle.",
+    ),
+    (
+        "tillstream_ack_stall_seconds",
+        "How long no batch has been acknowledged although batches wait.",
+    ),
+    (
+        "tillstream_dead_letters_total",
+        "Frames kept as dead letters.",
+    ),
+    (
+        "tillstream_auth_enabled",
+        "1 when devices and API callers must authenticate.",
+    ),
+    (
+        "tillstream_auth_failures_total",
+        "Credentials refused, by surface (device or api).",
+    ),
+    (
+        "tillstream_auth_connections_closed_total",
+        "Live connections closed by a revocation or expiry.",
+    ),
+    (
+        "tillstream_authz_refused_events_total",
+        "Events refused because the credential does not allow them, by code.",
+    ),
+    (
+        "tillstream_audit_lines_dropped_total",
+        "Audit lines not written, by reason.",
+    ),
+    (
+        "tillstream_frames_too_slow_total",
+        "Connections closed because a frame did not arrive in time.",
+    ),
+    (
+        "tillstream_scylla_requests_total",
+        "ScyllaDB driver: requests sent.",
+    ),
+    (
+        "tillstream_scylla_errors_total",
+        "ScyllaDB driver: requests failed.",
+    ),
+    (
+        "tillstream_scylla_retries_total",
+        "ScyllaDB driver: retries (idempotent requests only).",
+    ),
+    (
+        "tillstream_scylla_request_timeouts_total",
+        "ScyllaDB driver: requests timed out.",
+    ),
+    (
+        "tillstream_scylla_connections",
+        "ScyllaDB driver: open connections.",
+    ),
+    (
+        "tillstream_scylla_latency_avg_milliseconds",
+        "ScyllaDB driver: mean request latency.",
+    ),
+    (
+        "tillstream_scylla_latency_p99_milliseconds",
+        "ScyllaDB driver: 99th percentile request latency.",
+    ),
+];
+
+/// Registers the `# HELP` lines and the build info.
+fn describe() {
+    for &(name, help) in DESCRIPTIONS {
+        if name.ends_with("_seconds") && !name.ends_with("stall_seconds") {
+            metrics::describe_histogram!(name, help);
+        } else if name.ends_with("_total") {
+            metrics::describe_counter!(name, help);
+        } else {
+            metrics::describe_gauge!(name, help);
+        }
+    }
+    gauge!("tillstream_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
 pub(crate) fn batch_received(events: usize, bytes: usize) {
@@ -82,7 +324,7 @@ pub(crate) fn acked(latency: Duration, batches: u64) {
 /// One materialization of rows into the tables (off the ack path).
 pub(crate) fn commit_done(elapsed: Duration, rows: usize, bytes: usize) {
     histogram!("tillstream_flush_duration_seconds").record(elapsed.as_secs_f64());
-    counter!("tillstream_flush_total").increment(1);
+    counter!("tillstream_flushes_total").increment(1);
     counter!("tillstream_flush_rows_total").increment(rows as u64);
     counter!("tillstream_flush_bytes_total").increment(bytes as u64);
 }
@@ -204,5 +446,34 @@ pub(crate) fn backend(figures: &[(&'static str, f64)]) {
         } else {
             gauge!(name).set(value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DESCRIPTIONS;
+
+    /// Every `"tillstream_..."` name this file records has a `# HELP`.
+    #[test]
+    fn every_metric_recorded_here_is_described() {
+        let source = include_str!("metrics.rs");
+        let body = &source[..source.find("#[cfg(test)]").unwrap_or(source.len())];
+        let table_end = body.find("fn describe()").unwrap_or(0);
+        let mut missing = Vec::new();
+        for (at, _) in body.match_indices("!(\"tillstream_") {
+            if at < table_end {
+                continue;
+            }
+            let name: String = body[at + 3..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !DESCRIPTIONS.iter().any(|(n, _)| *n == name) {
+                missing.push(name);
+            }
+        }
+        assert!(missing.is_empty(), "no description for {missing:?}");
+        let names: std::collections::HashSet<&str> = DESCRIPTIONS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names.len(), DESCRIPTIONS.len(), "a name is described twice");
     }
 }

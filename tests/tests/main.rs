@@ -10,6 +10,7 @@ mod hostile;
 mod hostile_fleet;
 mod ingest;
 mod layers;
+mod metrics_format;
 mod offline;
 mod overload;
 mod passivation;

@@ -59,7 +59,7 @@ async fn slow_storage_under_double_load_stays_bounded_and_loses_nothing() -> any
     let report = tillstream_loadgen::run::run(args).await?;
 
     let peak_mib = server.proc_status_kib("VmHWM").unwrap_or(u64::MAX) >> 10;
-    let flushes = server.metric("tillstream_flush_total")?;
+    let flushes = server.metric("tillstream_flushes_total")?;
     eprintln!(
         "overload: sustained {sustained:.0} events/s with 50-500 ms commits; offered \
          {offered}/s for {secs} s; achieved {:.0}/s, {} of {} events acked, errors {:?}, \
