@@ -12,7 +12,11 @@ mod output;
 /// movements, shelf counts, device health) over QUIC, acknowledged only once
 /// durable.
 #[derive(Debug, Parser)]
-#[command(name = "tillstream", version)]
+#[command(
+    name = "tillstream",
+    version,
+    after_help = "Exit codes: 0 done; 1 `verify` found a violated invariant; 2 an error (bad flags, an unreachable store, a failed write), with the reason on stderr."
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = logging::Format::Human, env = "TILLSTREAM_LOG_FORMAT")]
@@ -23,7 +27,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server: QUIC ingest, embedded store, HTTP metrics and health.
+    /// Run the server: QUIC ingest, the embedded store or ScyllaDB, HTTP metrics and health.
     Serve(Box<commands::serve::Args>),
     /// Check the store's integrity (exactly-once, stock levels, rollups);
     /// prints one JSON object and exits 0 only when everything holds.
@@ -31,7 +35,7 @@ enum Command {
     /// Read the tables: sales over time, top SKUs, stock history, low stock,
     /// device watermarks; as a table, CSV or JSON.
     Query(commands::query::Args),
-    /// The ScyllaDB schema: `schema print` (pipe it to `cqlsh`).
+    /// The ScyllaDB schema: `schema print` (for `cqlsh`), `schema apply` (on a cluster).
     Schema(commands::schema::Args),
     /// Write one table's rows as CSV or JSON lines, streamed.
     Export(commands::export::Args),
@@ -40,6 +44,10 @@ enum Command {
     /// Signed tokens for devices and the HTTP API: `token issue`, `token revoke`.
     Token(commands::credentials::TokenArgs),
 }
+
+/// Exit code of a command that failed (as clap's for bad flags): 1 is
+/// kept for `verify`'s "the store does not hold".
+const EXIT_ERROR: u8 = 2;
 
 /// Parses the process's arguments and runs the subcommand.
 pub fn main() -> std::process::ExitCode {
@@ -58,7 +66,7 @@ pub fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(EXIT_ERROR)
         }
     }
 }

@@ -214,7 +214,7 @@ fn serve_drain_verify_and_query_as_processes() -> anyhow::Result<()> {
         &["export", "--table", "stock_levels", "--from", &from],
         &data,
     )?;
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "an error, not a failed check");
     assert!(err.contains("no event time"), "{err}");
 
     let (code, out, err) = run(&["query", "--format", "json", "watermarks"], &data)?;
@@ -259,7 +259,7 @@ fn serve_drain_verify_and_query_as_processes() -> anyhow::Result<()> {
 fn verify_explains_a_missing_data_directory() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (code, _, err) = run(&["verify"], &dir.path().join("nowhere"))?;
-    assert_ne!(code, 0);
+    assert_eq!(code, 2, "an error, not a failed check");
     assert!(err.contains("no store at"), "{err}");
     Ok(())
 }
