@@ -80,11 +80,13 @@ pub fn format_ts(ts_us: i64) -> String {
     )
 }
 
-/// Parses `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM[:SS][Z]` or `YYYY-MM-DD HH:MM[:SS]`
-/// (UTC) into microseconds.
+/// Parses `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM[:SS[.frac]]` or the same with a
+/// space for `T` (UTC), or RFC 3339 with `Z` or an offset (`+01:00`), into
+/// microseconds. A date that does not exist (`2011-02-31`) is `None`, not
+/// rolled over into March.
 pub fn parse_ts(s: &str) -> Option<i64> {
-    let s = s.trim().trim_end_matches('Z');
-    let (date, time) = match s.split_once(['T', ' ']) {
+    let s = s.trim();
+    let (date, time) = match s.split_once(['T', 't', ' ']) {
         Some((d, t)) => (d, Some(t)),
         None => (s, None),
     };
@@ -95,18 +97,52 @@ pub fn parse_ts(s: &str) -> Option<i64> {
     if dp.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return None;
     }
-    let mut secs = days_from_civil(y, m, d) * 86_400;
+    let days = days_from_civil(y, m, d);
+    if civil_from_days(days) != (y, m, d) {
+        return None;
+    }
+    let mut us = days.checked_mul(86_400_000_000)?;
     if let Some(t) = time {
-        let mut tp = t.split(':');
+        // The offset: `Z`, or `+HH:MM` / `-HH:MM` after the time.
+        let (clock, offset_s) = if let Some(c) = t.strip_suffix(['Z', 'z']) {
+            (c, 0)
+        } else if let Some(at) = t.rfind(['+', '-']) {
+            let (c, off) = t.split_at(at);
+            let sign = if off.starts_with('-') { -1 } else { 1 };
+            let (oh, om) = off[1..].split_once(':')?;
+            let (oh, om): (i64, i64) = (oh.parse().ok()?, om.parse().ok()?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            (c, sign * (oh * 3600 + om * 60))
+        } else {
+            (t, 0)
+        };
+        let mut tp = clock.split(':');
         let h: i64 = tp.next()?.parse().ok()?;
         let mi: i64 = tp.next()?.parse().ok()?;
-        let se: i64 = tp.next().map_or(Some(0), |x| x.parse().ok())?;
-        if h > 23 || mi > 59 || se > 60 {
+        let (se, frac_us) = match tp.next() {
+            None => (0, 0),
+            Some(x) => {
+                let (whole, frac) = x.split_once('.').unwrap_or((x, ""));
+                let frac_us = if frac.is_empty() {
+                    0
+                } else {
+                    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+                        return None;
+                    }
+                    let digits: String = frac.chars().chain("000000".chars()).take(6).collect();
+                    digits.parse::<i64>().ok()?
+                };
+                (whole.parse::<i64>().ok()?, frac_us)
+            }
+        };
+        if tp.next().is_some() || h > 23 || mi > 59 || se > 60 {
             return None;
         }
-        secs += h * 3600 + mi * 60 + se;
+        us += ((h * 3600 + mi * 60 + se - offset_s) * 1_000_000) + frac_us;
     }
-    Some(secs * 1_000_000)
+    Some(us)
 }
 
 #[cfg(test)]
@@ -132,5 +168,23 @@ mod tests {
         }
         assert_eq!(parse_ts("nonsense"), None);
         assert_eq!(parse_ts("2011-13-01"), None);
+    }
+
+    #[test]
+    fn impossible_dates_are_refused_and_rfc3339_offsets_apply() {
+        assert_eq!(parse_ts("2011-02-31"), None);
+        assert_eq!(parse_ts("2011-02-29"), None);
+        assert!(parse_ts("2012-02-29").is_some());
+        let utc = parse_ts("2011-02-20T11:39:00Z");
+        assert!(utc.is_some());
+        assert_eq!(parse_ts("2011-02-20T12:39:00+01:00"), utc);
+        assert_eq!(parse_ts("2011-02-20T06:09:00-05:30"), utc);
+        assert_eq!(parse_ts("2011-02-20 11:39"), utc);
+        assert_eq!(
+            parse_ts("2011-02-20T11:39:00.25Z"),
+            utc.map(|t| t + 250_000)
+        );
+        assert_eq!(parse_ts("2011-02-20T11:39:00+25:00"), None);
+        assert_eq!(parse_ts("2011-02-20T11:39:00:00"), None);
     }
 }
