@@ -1,8 +1,9 @@
-//! The HTTP API: `/metrics` (Prometheus), `/healthz`, `/readyz`, and the
+//! The HTTP API: `/metrics` (Prometheus), `/healthz`, `/readyz`, the
 //! `/v1/*` endpoints that remote tools use (verify, settings, watermarks,
-//! revoke).
+//! revoke), and the query API `/api/v1/*` (`tillstream query
+//! --server-http`; described at `/api/v1/openapi.json`).
 //!
-//! Every endpoint but `/healthz` and `/readyz` (and `/metrics`, unless
+//! Every endpoint but `/healthz`, `/readyz`, the OpenAPI document (and `/metrics`, unless
 //! configured closed) needs a bearer token: role `analyst` reads (settings,
 //! watermarks, verify), role `admin` does everything (also revoke). With
 //! `--auth none` the API is open.
@@ -54,6 +55,8 @@ pub(crate) async fn serve(
         .route("/v1/watermarks", get(watermarks))
         .route("/v1/verify", post(verify_handler))
         .route("/v1/revoke", post(revoke_handler))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/{endpoint}", get(question))
         .with_state(Arc::new(state));
     let join = tokio::spawn(async move {
         let stop = async move {
@@ -143,6 +146,52 @@ async fn readyz(State(s): AppState) -> Response {
             format!("not ready: {why}\n"),
         )
             .into_response(),
+    }
+}
+
+/// `GET /api/v1/openapi.json`: the query API's description (open, like a
+/// health check: it holds no data).
+async fn openapi() -> Response {
+    Json(crate::questions::openapi()).into_response()
+}
+
+/// `GET /api/v1/<endpoint>?...`: what `tillstream query` answers, as the
+/// same JSON array (role analyst).
+async fn question(
+    State(s): AppState,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    axum::extract::Path(endpoint): axum::extract::Path<String>,
+    axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    use crate::questions::{Question, QuestionError};
+    if let Some(r) = refusal(&s, &headers, peer, Role::Analyst) {
+        return r;
+    }
+    let q = match Question::from_request(&endpoint, &params) {
+        Ok(q) => q,
+        Err(e) => {
+            let status = if crate::questions::ENDPOINTS
+                .iter()
+                .any(|e| e.name == endpoint)
+            {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::NOT_FOUND
+            };
+            return (status, Json(serde_json::json!({ "error": e.to_string() }))).into_response();
+        }
+    };
+    let store = s.store.clone();
+    match tokio::task::spawn_blocking(move || q.answer(store.as_ref())).await {
+        Ok(Ok(rows)) => Json(rows).into_response(),
+        Ok(Err(QuestionError::Bad(why))) => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": why })),
+        )
+            .into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
     }
 }
 

@@ -23,6 +23,7 @@ mod flusher;
 mod http;
 mod metrics;
 mod passivate;
+pub mod questions;
 mod recovery;
 mod sequencer;
 mod server;

@@ -4,12 +4,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use tillstream_storage::time::parse_ts;
+use tillstream_engine::questions::{self, Question, QuestionError};
 use tillstream_storage::{Bucket, TopBy};
 
 use crate::output::{Format, print_rows};
 
-/// Read the tables of a stopped server's data directory.
+/// Read the tables: of a stopped server's data directory, of a ScyllaDB
+/// cluster (`--store scylla`), or of a running server through its HTTP API
+/// (`--server-http`). The answers are the same JSON wherever they come
+/// from.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Data directory of the server.
@@ -22,6 +25,19 @@ pub(crate) struct Args {
     data_dir: PathBuf,
     #[command(flatten)]
     store: super::store_args::StoreArgs,
+    /// Ask a running server instead (`http://127.0.0.1:7401`): its query
+    /// API answers from its live tables.
+    #[arg(long, env = "TILLSTREAM_SERVER_HTTP", global = true)]
+    server_http: Option<String>,
+    /// Bearer token for --server-http, of role analyst or admin
+    /// (`tillstream token issue --role analyst`).
+    #[arg(
+        long,
+        env = "TILLSTREAM_API_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    api_token: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
     format: Format,
@@ -29,7 +45,7 @@ pub(crate) struct Args {
     what: What,
 }
 
-/// A time range; dates are UTC, `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM[:SS]`.
+/// A time range (UTC): `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM[:SS]` or RFC 3339.
 #[derive(Debug, clap::Args)]
 struct Range {
     /// Start (inclusive); default: the beginning of time.
@@ -40,17 +56,12 @@ struct Range {
     to: Option<String>,
 }
 
-impl Range {
-    fn bounds(&self) -> anyhow::Result<(i64, i64)> {
-        let parse = |s: &Option<String>, default: i64| -> anyhow::Result<i64> {
-            match s {
-                None => Ok(default),
-                Some(s) => parse_ts(s).with_context(|| {
-                    format!("{s:?} is not a date like 2011-02-20 or 2011-02-20T11:39")
-                }),
-            }
-        };
-        Ok((parse(&self.from, 0)?, parse(&self.to, i64::MAX)?))
+impl From<Range> for questions::Range {
+    fn from(r: Range) -> Self {
+        questions::Range {
+            from: r.from,
+            to: r.to,
+        }
     }
 }
 
@@ -117,51 +128,102 @@ enum ByArg {
     Revenue,
 }
 
+impl What {
+    fn question(self) -> Question {
+        match self {
+            What::Sales {
+                store,
+                range,
+                bucket,
+            } => Question::Sales {
+                store,
+                range: range.into(),
+                bucket: match bucket {
+                    BucketArg::Hour => Bucket::Hour,
+                    BucketArg::Day => Bucket::Day,
+                },
+            },
+            What::TopSkus {
+                store,
+                range,
+                by,
+                limit,
+            } => Question::TopSkus {
+                store,
+                range: range.into(),
+                by: match by {
+                    ByArg::Quantity => TopBy::Quantity,
+                    ByArg::Revenue => TopBy::Revenue,
+                },
+                limit,
+            },
+            What::StockHistory { store, sku, range } => Question::StockHistory {
+                store,
+                sku,
+                range: range.into(),
+            },
+            What::LowStock { store, below } => Question::LowStock { store, below },
+            What::Watermarks => Question::Watermarks,
+        }
+    }
+}
+
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let store = super::open_store(&args.data_dir, &args.store)?;
-    let rows: Vec<serde_json::Value> = match args.what {
-        What::Sales {
-            store: s,
-            range,
-            bucket,
-        } => {
-            let (from, to) = range.bounds()?;
-            let b = match bucket {
-                BucketArg::Hour => Bucket::Hour,
-                BucketArg::Day => Bucket::Day,
-            };
-            to_values(store.sales_by_time(s, from, to, b)?)?
+    let question = args.what.question();
+    let rows = match &args.server_http {
+        Some(base) => ask_server(base, args.api_token.as_deref(), &question)?,
+        None => {
+            let store = super::open_store(&args.data_dir, &args.store)?;
+            question.answer(store.as_ref()).map_err(|e| match e {
+                QuestionError::Bad(why) => anyhow::anyhow!(why),
+                QuestionError::Store(e) => anyhow::Error::new(e).context("reading the store"),
+            })?
         }
-        What::TopSkus {
-            store: s,
-            range,
-            by,
-            limit,
-        } => {
-            let (from, to) = range.bounds()?;
-            let by = match by {
-                ByArg::Quantity => TopBy::Quantity,
-                ByArg::Revenue => TopBy::Revenue,
-            };
-            to_values(store.top_skus(s, from, to, by, limit)?)?
-        }
-        What::StockHistory {
-            store: s,
-            sku,
-            range,
-        } => {
-            let (from, to) = range.bounds()?;
-            to_values(store.stock_history(s, sku, from, to)?)?
-        }
-        What::LowStock { store: s, below } => to_values(store.low_stock(s, below)?)?,
-        What::Watermarks => to_values(store.watermarks()?)?,
     };
     print_rows(&rows, args.format, &mut std::io::stdout().lock())?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn to_values<T: serde::Serialize>(rows: Vec<T>) -> anyhow::Result<Vec<serde_json::Value>> {
-    rows.into_iter()
-        .map(|r| serde_json::to_value(r).context("encoding a row"))
-        .collect()
+/// `GET <base>/api/v1/...` with the bearer token; the server's error text
+/// on a refusal.
+fn ask_server(
+    base: &str,
+    token: Option<&str>,
+    question: &Question,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let url = format!(
+        "{}{}",
+        base.trim_end_matches('/'),
+        question.path_and_query()
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(300)))
+        .build()
+        .into();
+    let mut req = agent.get(&url);
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {}", t.trim()));
+    }
+    let mut resp = req
+        .call()
+        .with_context(|| format!("asking {url} (is the server running with --http?)"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("reading the answer of {url}"))?;
+    match status {
+        200 => serde_json::from_str(&body).with_context(|| format!("the answer of {url}")),
+        401 | 403 => anyhow::bail!(
+            "{url} answered {status}: give a token of role analyst with --api-token (tillstream token issue --role analyst)"
+        ),
+        _ => {
+            let why = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(String::from))
+                .unwrap_or(body);
+            anyhow::bail!("{url} answered {status}: {why}")
+        }
+    }
 }
