@@ -43,6 +43,18 @@ pub const DEFAULT_KEYSPACE: &str = "tillstream";
 const FILE_REPLICATION: &str = "{'class': 'NetworkTopologyStrategy', 'dc1': 3}";
 const FILE_TTL: &str = "default_time_to_live = 34560000";
 
+const FILE_WINDOW: &str = "'compaction_window_size': 9";
+
+/// Most TWCS windows a table's TTL may span: ScyllaDB refuses more than
+/// 50 (`twcs_max_window_count`); a margin for the window being written.
+pub const MAX_TTL_WINDOWS: u32 = 45;
+
+/// The TWCS window (days) for a TTL: the TTL over at most
+/// [`MAX_TTL_WINDOWS`] windows, a day at least.
+pub fn window_days(ttl_days: Option<u32>) -> u32 {
+    ttl_days.map_or(1, |d| d.div_ceil(MAX_TTL_WINDOWS).max(1))
+}
+
 /// What differs between clusters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchemaOptions {
@@ -94,6 +106,10 @@ pub fn render(opts: &SchemaOptions) -> Result<Vec<(&'static str, String)>, Strin
                 .cql
                 .replace(FILE_REPLICATION, &opts.replication)
                 .replace(FILE_TTL, &ttl)
+                .replace(
+                    FILE_WINDOW,
+                    &format!("'compaction_window_size': {}", window_days(opts.ttl_days)),
+                )
                 .replace(
                     "KEYSPACE IF NOT EXISTS tillstream\n",
                     &format!("KEYSPACE IF NOT EXISTS {}\n", opts.keyspace),
@@ -166,20 +182,23 @@ mod tests {
                 ));
             }
         }
-        // The keyspace, the logical tables, and three of the backend's
+        // The keyspace, the logical tables, and five of the backend's
         // own: store_movements (the movements by store and hour, for
-        // activation), the journal and the checkpoints.
-        if stmts.len() != 4 + Table::ALL.len() {
+        // activation), the journal, the checkpoints and the two staging
+        // tables of snapshot rows.
+        if stmts.len() != 6 + Table::ALL.len() {
             return Err(format!(
                 "{} statements, expected {}",
                 stmts.len(),
-                4 + Table::ALL.len()
+                6 + Table::ALL.len()
             ));
         }
         for (table, key) in [
             ("store_movements", &["store", "hour"][..]),
             ("journal", &["node", "segment"][..]),
             ("checkpoints", &["node"][..]),
+            ("staged_levels", &["node", "lsn", "chunk"][..]),
+            ("staged_rollups", &["node", "lsn", "chunk"][..]),
         ] {
             let s = create_table(&stmts, table)?;
             if partition_key(s) != key {
@@ -245,6 +264,30 @@ mod tests {
             assert!(!s.contains("34560000"), "{s}");
         }
         assert!(stmts.iter().any(|s| s.contains("default_time_to_live = 0")));
+        // Every TWCS table's TTL spans at most 45 windows, whatever the TTL.
+        for ttl in [None, Some(1), Some(45), Some(46), Some(400), Some(3650)] {
+            let files = render(&SchemaOptions {
+                ttl_days: ttl,
+                ..SchemaOptions::default()
+            })?;
+            for s in files.iter().flat_map(|(_, c)| statements(c)) {
+                let Some((_, w)) = s.split_once("'compaction_window_size': ") else {
+                    continue;
+                };
+                let window: u32 = w
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or(format!("no window in {s}"))?;
+                assert!(window >= 1);
+                if let Some(days) = ttl {
+                    assert!(
+                        days.div_ceil(window) <= MAX_TTL_WINDOWS,
+                        "{days} days in {window}-day windows"
+                    );
+                }
+            }
+        }
         // The default options give the files back unchanged.
         let same = render(&SchemaOptions::default())?;
         assert!(same.iter().zip(FILES).all(|((_, c), f)| c == f.cql));

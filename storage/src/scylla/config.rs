@@ -7,7 +7,11 @@ use std::time::Duration;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{DbError, RequestAttemptError};
 use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::policies::retry::{
+    DefaultRetrySession, RequestInfo, RetryDecision, RetryPolicy, RetrySession,
+};
 use scylla::statement::Consistency;
 
 use crate::schema::{SchemaOptions, render, statements};
@@ -75,8 +79,7 @@ impl ScyllaConfig {
 
     /// One session for the whole process: the default token- and
     /// shard-aware policy (preferring `datacenter`), the consistency and
-    /// timeout above, the driver's default retry policy (it retries only
-    /// statements marked idempotent, and every statement here is).
+    /// timeout above, and [`IdempotentRetry`].
     pub(crate) async fn session(&self) -> Result<Session, StoreError> {
         if self.nodes.is_empty() {
             return Err(self.open_err("no ScyllaDB nodes given (--scylla-nodes)".into()));
@@ -91,6 +94,7 @@ impl ScyllaConfig {
             .consistency(self.consistency)
             .request_timeout(Some(self.request_timeout))
             .load_balancing_policy(policy.build())
+            .retry_policy(Arc::new(IdempotentRetry))
             .build();
         let mut builder = SessionBuilder::new()
             .known_nodes(&self.nodes)
@@ -131,6 +135,54 @@ impl ScyllaConfig {
     }
 }
 
+/// The driver's default retry policy, except that an idempotent write that
+/// timed out is retried (up to [`WRITE_TIMEOUT_RETRIES`] times on the same
+/// coordinator) rather than failed: the default retries a timed-out write
+/// only for batch-log writes, and one failed write poisons the store and
+/// stops acknowledgements until a restart. Every statement of this backend
+/// is idempotent; anything not marked so is never retried.
+#[derive(Debug)]
+pub(crate) struct IdempotentRetry;
+
+/// Retries of a timed-out idempotent write before it fails.
+pub(crate) const WRITE_TIMEOUT_RETRIES: u32 = 3;
+
+impl RetryPolicy for IdempotentRetry {
+    fn new_session(&self) -> Box<dyn RetrySession> {
+        Box::new(IdempotentRetrySession {
+            default: DefaultRetrySession::new(),
+            write_timeouts: 0,
+        })
+    }
+}
+
+struct IdempotentRetrySession {
+    default: DefaultRetrySession,
+    write_timeouts: u32,
+}
+
+impl RetrySession for IdempotentRetrySession {
+    fn decide_should_retry(&mut self, info: RequestInfo) -> RetryDecision {
+        let timed_out = matches!(
+            info.error,
+            RequestAttemptError::DbError(DbError::WriteTimeout { .. }, _)
+        );
+        if timed_out && info.is_idempotent && !info.consistency.is_serial() {
+            if self.write_timeouts < WRITE_TIMEOUT_RETRIES {
+                self.write_timeouts += 1;
+                return RetryDecision::RetrySameTarget(None);
+            }
+            return RetryDecision::DontRetry;
+        }
+        self.default.decide_should_retry(info)
+    }
+
+    fn reset(&mut self) {
+        self.default.reset();
+        self.write_timeouts = 0;
+    }
+}
+
 /// Consistency levels by their CQL names (`local_quorum`, `QUORUM`, ...).
 pub trait ParseConsistency: Sized {
     /// The level named `s`, case-insensitive.
@@ -155,6 +207,25 @@ impl ParseConsistency for Consistency {
             }
         })
     }
+}
+
+/// Drops `cfg.keyspace` and everything in it (the conformance suite's
+/// keyspaces).
+#[cfg(test)]
+pub(crate) fn drop_keyspace(cfg: &ScyllaConfig) -> Result<(), StoreError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| cfg.open_err(format!("starting the driver's runtime: {e}")))?;
+    rt.block_on(async {
+        let session = cfg.session().await?;
+        let stmt = format!("DROP KEYSPACE IF EXISTS {}", cfg.keyspace);
+        session
+            .query_unpaged(stmt.as_str(), ())
+            .await
+            .map_err(|e| cfg.open_err(format!("{stmt}: {e}")))?;
+        Ok(())
+    })
 }
 
 /// Creates the keyspace and every table (`IF NOT EXISTS`: running it again

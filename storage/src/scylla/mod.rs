@@ -22,8 +22,11 @@
 //!   again to the same keys with the same values, and a stale write can
 //!   never overtake a newer one.
 
+mod cols;
 mod config;
+mod journal;
 mod mapping;
+mod materialize;
 mod query;
 mod statements;
 mod writes;
@@ -31,23 +34,24 @@ mod writes;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::Row;
 
+#[cfg(test)]
+pub(crate) use config::drop_keyspace;
 pub use config::{ParseConsistency, ScyllaConfig, apply_schema};
 /// Consistency levels, as the driver names them.
 pub use scylla::statement::Consistency;
 
-use crate::buckets::{LEVEL_BUCKETS, batch_seq_bucket, journal_segment};
-use crate::journal::split_records;
+use crate::buckets::{LEVEL_BUCKETS, batch_seq_bucket};
 use crate::rows::*;
 use crate::store::{CommitInfo, ReplayVisitor, Store, StoreError};
 use mapping::{ByStoreHour, CqlRow};
 use statements::Texts;
-use writes::{Prepared, Stamp};
+use writes::Prepared;
 
 /// The ScyllaDB store. See the module documentation.
 pub struct ScyllaStore {
@@ -63,6 +67,9 @@ pub struct ScyllaStore {
     /// This start's number (ARCHITECTURE.md, "ScyllaDB"); set once by
     /// `recover`.
     generation: AtomicU64,
+    /// Materializations whose staged snapshot rows are in their tables
+    /// and can be dropped: (LSN, chunks).
+    staged: Mutex<Vec<(u64, usize)>>,
     poisoned: Mutex<Option<String>>,
 }
 
@@ -131,9 +138,10 @@ impl ScyllaStore {
             checkpoint: AtomicU64::new(0),
             pruned_below: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            staged: Mutex::new(Vec::new()),
             poisoned: Mutex::new(None),
         };
-        store.block(store.recover())?;
+        store.open_state()?;
         Ok(store)
     }
 
@@ -151,96 +159,34 @@ impl ScyllaStore {
         }
     }
 
-    /// Reads the checkpoint, then the journal after it up to its first
-    /// gap or its first record of an older generation than the one before
-    /// (what an append that failed half-way left: never acknowledged), and,
-    /// unless read-only, starts a new generation: this start's records
-    /// overwrite such leftovers under their LSNs.
-    async fn recover(&self) -> Result<(), StoreError> {
-        let (checkpoint, pruned, generation) = self.read_checkpoint().await?;
-        self.checkpoint.store(checkpoint, Ordering::Release);
-        self.pruned_below.store(pruned, Ordering::Release);
-        let mut last = checkpoint;
-        self.each_record(checkpoint, |lsn, _| {
-            last = lsn;
-            Ok(true)
-        })
-        .await?;
-        self.journal_last.store(last, Ordering::Release);
-        let generation = if self.cfg.read_only {
-            generation
-        } else {
-            let next = generation + 1;
-            self.session
-                .execute_unpaged(
-                    &self.st.generation_write,
-                    (next as i64, next as i64, &self.cfg.node_id),
-                )
-                .await
-                .map_err(backend_err("starting a journal generation"))?;
-            next
-        };
-        self.generation.store(generation, Ordering::Release);
-        Ok(())
+    /// Reads this node's checkpoint, finishes the snapshot rows of the
+    /// last one if a crash interrupted them, and finds the journal's end.
+    fn open_state(&self) -> Result<(), StoreError> {
+        let state = self.block(self.read_checkpoint())?;
+        self.checkpoint.store(state.lsn, Ordering::Release);
+        self.pruned_below
+            .store(state.pruned_below, Ordering::Release);
+        self.finish_snapshots(state.lsn, state.snapshots_at)?;
+        self.open_journal(state.lsn, state.generation)
     }
 
-    async fn read_checkpoint(&self) -> Result<(u64, u64, u64), StoreError> {
+    async fn read_checkpoint(&self) -> Result<CheckpointRow, StoreError> {
         let rows = self
             .all_rows(&self.st.checkpoint_read, (&self.cfg.node_id,))
             .await?;
         let Some(row) = rows.into_iter().next() else {
-            return Ok((0, 0, 0));
+            return Ok(CheckpointRow::default());
         };
         let col = |i: usize| match row.columns.get(i) {
             Some(Some(scylla::value::CqlValue::BigInt(v))) => *v as u64,
             _ => 0,
         };
-        Ok((col(0), col(1), col(2)))
-    }
-
-    /// Calls `f(lsn, record)` for the journal records after `after`, in LSN
-    /// order, segment by segment, while they follow each other: each LSN
-    /// one above the last, each generation at least the last's. Stops
-    /// there, or where `f` says stop.
-    async fn each_record(
-        &self,
-        after: u64,
-        mut f: impl FnMut(u64, &[u8]) -> Result<bool, StoreError>,
-    ) -> Result<(), StoreError> {
-        let (mut expect, mut generation) = (after + 1, 0u64);
-        let mut seg = journal_segment(expect);
-        loop {
-            let mut pager = self
-                .session
-                .execute_iter(
-                    self.st.journal_read.clone(),
-                    (&self.cfg.node_id, seg as i64, after as i64),
-                )
-                .await
-                .map_err(backend_err("reading the journal"))?
-                .rows_stream::<(i64, i64, Vec<u8>)>()
-                .map_err(backend_err("reading the journal"))?;
-            let mut any = false;
-            while let Some((lsn, gen_of, record)) = pager
-                .try_next()
-                .await
-                .map_err(backend_err("reading the journal"))?
-            {
-                let (lsn, gen_of) = (lsn as u64, gen_of as u64);
-                if !follows(lsn, gen_of, expect, generation) {
-                    return Ok(());
-                }
-                any = true;
-                if !f(lsn, &record)? {
-                    return Ok(());
-                }
-                (expect, generation) = (lsn + 1, gen_of);
-            }
-            if !any {
-                return Ok(());
-            }
-            seg += 1;
-        }
+        Ok(CheckpointRow {
+            lsn: col(0),
+            pruned_below: col(1),
+            generation: col(2),
+            snapshots_at: col(3),
+        })
     }
 
     /// Every row of a (paged) read.
@@ -294,25 +240,6 @@ impl ScyllaStore {
         }
     }
 
-    /// Writes `rows` (rows, then watermarks); rollups are stamped with
-    /// `lsn`.
-    fn write_rows(&self, rows: &RowSet, lsn: u64) -> Result<CommitInfo, StoreError> {
-        self.writable()?;
-        let (writes, marks) = self.st.row_writes(rows, Stamp { lsn });
-        let info = CommitInfo {
-            rows: rows.len(),
-            records: writes.len() + marks.len(),
-            bytes: 0,
-        };
-        let n = self.cfg.max_in_flight;
-        self.block(async {
-            self.st.run(&self.session, writes, n).await?;
-            self.st.run(&self.session, marks, n).await
-        })
-        .map_err(|e| self.poison(e))?;
-        Ok(info)
-    }
-
     /// The driver's request counters, for `/metrics` beside the engine's.
     pub fn driver_metrics(&self) -> Vec<(&'static str, f64)> {
         let m = self.session.get_metrics();
@@ -354,22 +281,11 @@ impl ScyllaStore {
 
 impl Store for ScyllaStore {
     fn commit(&self, rows: &RowSet) -> Result<CommitInfo, StoreError> {
-        self.write_rows(rows, self.checkpoint.load(Ordering::Acquire))
+        self.commit_rows(rows)
     }
 
     fn journal_append(&self, records: &[u8], last_lsn: u64) -> Result<(), StoreError> {
-        self.writable()?;
-        let prev = self.journal_last.load(Ordering::Acquire);
-        let split =
-            split_records(records, prev, last_lsn).map_err(backend_err("journal append"))?;
-        let generation = self.generation.load(Ordering::Acquire);
-        let writes = self
-            .st
-            .journal_writes(&self.cfg.node_id, generation, &split);
-        self.block(self.st.run(&self.session, writes, self.cfg.max_in_flight))
-            .map_err(|e| self.poison(e))?;
-        self.journal_last.store(last_lsn, Ordering::Release);
-        Ok(())
+        self.append_journal(records, last_lsn)
     }
 
     fn journal_last_lsn(&self) -> u64 {
@@ -379,30 +295,19 @@ impl Store for ScyllaStore {
     fn journal_replay(&self, after: u64, f: &mut ReplayVisitor<'_>) -> Result<u64, StoreError> {
         let last = self.journal_last.load(Ordering::Acquire);
         let mut visited = 0;
-        self.block(self.each_record(after, |lsn, record| {
+        self.walk_journal(after, |lsn, record| {
             if lsn > last {
                 return Ok(false);
             }
             f(lsn, record)?;
             visited += 1;
             Ok(true)
-        }))?;
+        })?;
         Ok(visited)
     }
 
     fn materialize(&self, rows: &RowSet, lsn: u64) -> Result<CommitInfo, StoreError> {
-        let info = self.write_rows(rows, lsn)?;
-        // The checkpoint last, once every row is acknowledged; stamped with
-        // its LSN, so a late retry of an older one cannot move it back.
-        let now_us = now_us();
-        self.block(self.session.execute_unpaged(
-            &self.st.checkpoint_write,
-            (&self.cfg.node_id, lsn as i64, now_us, lsn as i64),
-        ))
-        .map_err(backend_err("writing the checkpoint"))
-        .map_err(|e| self.poison(e))?;
-        self.checkpoint.fetch_max(lsn, Ordering::AcqRel);
-        Ok(info)
+        self.materialize_rows(rows, lsn)
     }
 
     fn materialized_lsn(&self) -> Result<u64, StoreError> {
@@ -410,40 +315,13 @@ impl Store for ScyllaStore {
     }
 
     /// Rows are durable once written (at the configured consistency); what
-    /// is left is dropping the journal segments the checkpoint covers.
+    /// is left is dropping what the checkpoint made useless: the journal
+    /// segments it covers and the staged copies of snapshot rows.
     fn sync_materialized(&self) -> Result<u64, StoreError> {
         self.writable()?;
         let checkpoint = self.checkpoint.load(Ordering::Acquire);
-        let below = journal_segment(checkpoint + 1);
-        let from = self.pruned_below.load(Ordering::Acquire);
-        if below > from {
-            let node = &self.cfg.node_id;
-            // Above every record's timestamp: the segments are below the
-            // checkpoint, never written again.
-            let stamp = writes::journal_timestamp(self.generation.load(Ordering::Acquire) + 1, 0);
-            self.block(async {
-                futures_util::stream::iter(from..below)
-                    .map(|seg| {
-                        self.session.execute_unpaged(
-                            &self.st.journal_delete_segment,
-                            (stamp, node, seg as i64),
-                        )
-                    })
-                    .buffer_unordered(self.cfg.max_in_flight.max(1))
-                    .try_for_each(|_| async { Ok(()) })
-                    .await
-                    .map_err(backend_err("dropping journal segments"))?;
-                self.session
-                    .execute_unpaged(
-                        &self.st.pruned_write,
-                        (checkpoint as i64, below as i64, node),
-                    )
-                    .await
-                    .map_err(backend_err("recording the pruned journal"))
-            })
-            .map_err(|e| self.poison(e))?;
-            self.pruned_below.store(below, Ordering::Release);
-        }
+        self.prune_journal(checkpoint);
+        self.drop_staged();
         Ok(checkpoint)
     }
 
@@ -478,7 +356,9 @@ impl Store for ScyllaStore {
     ) -> Result<Vec<StockMovementRow>, StoreError> {
         let reads: Vec<(i64, i64, i64)> = windows
             .iter()
-            .flat_map(|&(from, to)| {
+            .map(|&(from, to)| (from.max(0), to))
+            .filter(|&(from, to)| from < to)
+            .flat_map(|(from, to)| {
                 let (first, last) = hours_of(from, to);
                 (first..=last).map(move |h| (h, from, to))
             })
@@ -512,8 +392,6 @@ impl Store for ScyllaStore {
     }
 }
 
-use futures_util::StreamExt;
-
 impl ScyllaStore {
     /// Runs `read` for each of `keys`, at most `max_in_flight` at once,
     /// and gives the results in the order of `keys`.
@@ -544,12 +422,6 @@ impl ScyllaStore {
     }
 }
 
-/// Whether record (`lsn`, `generation`) continues a journal expected at
-/// `expect`, whose last record was of generation `last_generation`.
-fn follows(lsn: u64, generation: u64, expect: u64, last_generation: u64) -> bool {
-    lsn == expect && generation >= last_generation
-}
-
 /// The first and last hour (since the epoch) of `[from_us, to_us)`.
 fn hours_of(from_us: i64, to_us: i64) -> (i64, i64) {
     let hour = |t: i64| t.div_euclid(3_600_000_000);
@@ -557,6 +429,15 @@ fn hours_of(from_us: i64, to_us: i64) -> (i64, i64) {
         hour(from_us),
         hour(to_us.saturating_sub(1)).max(hour(from_us)),
     )
+}
+
+/// The row of `checkpoints` of this node.
+#[derive(Debug, Default, Clone, Copy)]
+struct CheckpointRow {
+    lsn: u64,
+    pruned_below: u64,
+    generation: u64,
+    snapshots_at: u64,
 }
 
 fn now_us() -> i64 {
@@ -568,17 +449,6 @@ fn now_us() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_replay_stops_at_a_gap_and_at_an_older_generations_leftover() {
-        assert!(follows(5, 1, 5, 1));
-        assert!(follows(5, 2, 5, 1), "a newer start continues the journal");
-        assert!(!follows(6, 2, 5, 1), "a gap");
-        assert!(
-            !follows(5, 1, 5, 2),
-            "an earlier start's unacknowledged record"
-        );
-    }
 
     #[test]
     fn a_window_reads_each_hour_it_touches_once() {

@@ -52,6 +52,21 @@ pub(crate) struct Texts {
     pub(crate) rollups_read: String,
     pub(crate) history_read: String,
     pub(crate) sales_read: String,
+    pub(crate) staged_levels_insert: String,
+    pub(crate) staged_rollups_insert: String,
+    pub(crate) staged_levels_read: String,
+    pub(crate) staged_rollups_read: String,
+    pub(crate) staged_levels_delete: String,
+    pub(crate) staged_rollups_delete: String,
+    pub(crate) snapshots_at_write: String,
+}
+
+/// The staging table of a snapshot table, and its columns: the
+/// materialization's (node, lsn, chunk), then the table's own.
+pub(crate) fn staged_columns<T: CqlRow>() -> Vec<&'static str> {
+    let mut cols = vec!["node", "lsn", "chunk"];
+    cols.extend(T::COLUMNS);
+    cols
 }
 
 impl Texts {
@@ -72,7 +87,7 @@ impl Texts {
                 "UPDATE {ks}.checkpoints USING TIMESTAMP ? SET generation = ? WHERE node = ?"
             ),
             checkpoint_read: format!(
-                "SELECT lsn, pruned_below, generation FROM {ks}.checkpoints WHERE node = ?"
+                "SELECT lsn, pruned_below, generation, snapshots_at FROM {ks}.checkpoints WHERE node = ?"
             ),
             checkpoint_write: format!(
                 "INSERT INTO {ks}.checkpoints (node, lsn, updated_at_us) VALUES (?, ?, ?) USING TIMESTAMP ?"
@@ -98,6 +113,35 @@ impl Texts {
                 ks,
                 "store = ? AND hour = ? AND ts_us >= ? AND ts_us < ?",
             ),
+            staged_levels_insert: insert_into(
+                ks,
+                "staged_levels",
+                &staged_columns::<StockLevelRow>(),
+                false,
+            ),
+            staged_rollups_insert: insert_into(
+                ks,
+                "staged_rollups",
+                &staged_columns::<TerminalRollupRow>(),
+                false,
+            ),
+            staged_levels_read: format!(
+                "SELECT {} FROM {ks}.staged_levels WHERE node = ? AND lsn = ? AND chunk = ?",
+                StockLevelRow::COLUMNS.join(", ")
+            ),
+            staged_rollups_read: format!(
+                "SELECT {} FROM {ks}.staged_rollups WHERE node = ? AND lsn = ? AND chunk = ?",
+                TerminalRollupRow::COLUMNS.join(", ")
+            ),
+            staged_levels_delete: format!(
+                "DELETE FROM {ks}.staged_levels WHERE node = ? AND lsn = ? AND chunk = ?"
+            ),
+            staged_rollups_delete: format!(
+                "DELETE FROM {ks}.staged_rollups WHERE node = ? AND lsn = ? AND chunk = ?"
+            ),
+            snapshots_at_write: format!(
+                "UPDATE {ks}.checkpoints USING TIMESTAMP ? SET snapshots_at = ? WHERE node = ?"
+            ),
         }
     }
 
@@ -119,6 +163,13 @@ impl Texts {
             &self.rollups_read,
             &self.history_read,
             &self.sales_read,
+            &self.staged_levels_insert,
+            &self.staged_rollups_insert,
+            &self.staged_levels_read,
+            &self.staged_rollups_read,
+            &self.staged_levels_delete,
+            &self.staged_rollups_delete,
+            &self.snapshots_at_write,
         ]
     }
 }
@@ -172,6 +223,24 @@ mod tests {
         same_columns::<RejectedEventRow>(&schema);
         let dead: Vec<&str> = schema["dead_letters"].iter().map(String::as_str).collect();
         assert_eq!(dead, DEAD_LETTER_COLUMNS);
+    }
+
+    /// The staging tables hold (node, lsn, chunk) and then exactly the
+    /// columns of the table they stage for.
+    #[test]
+    fn staging_tables_mirror_the_snapshot_tables() {
+        let schema = schema_columns();
+        let cols = |t: &str| -> Vec<&str> {
+            schema
+                .get(t)
+                .map(|c| c.iter().map(String::as_str).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(cols("staged_levels"), staged_columns::<StockLevelRow>());
+        assert_eq!(
+            cols("staged_rollups"),
+            staged_columns::<TerminalRollupRow>()
+        );
     }
 
     /// The partition key of each mapping is its leading columns, as the

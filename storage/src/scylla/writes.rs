@@ -10,7 +10,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::CqlValue;
+use scylla::value::{CqlValue, MaybeUnset};
 
 use super::backend_err;
 use super::mapping::{ByStoreHour, CqlRow, DEAD_LETTER_COLUMNS, Placed, Values};
@@ -26,13 +26,6 @@ const BATCH_ROWS: usize = 32;
 const BATCH_BYTES: usize = 96 << 10;
 /// Rows per page of a read.
 const PAGE_ROWS: i32 = 5_000;
-
-/// The write timestamp of derived rows: rollups hold the totals as of the
-/// LSN they were derived at, so a later LSN's totals win.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Stamp {
-    pub(crate) lsn: u64,
-}
 
 /// Every prepared statement of the backend.
 #[derive(Debug)]
@@ -62,6 +55,13 @@ pub(crate) struct Prepared {
     ins_batches: PreparedStatement,
     ins_rejected: PreparedStatement,
     ins_dead: PreparedStatement,
+    ins_staged_levels: PreparedStatement,
+    ins_staged_rollups: PreparedStatement,
+    pub(crate) staged_levels_read: PreparedStatement,
+    pub(crate) staged_rollups_read: PreparedStatement,
+    pub(crate) staged_levels_delete: PreparedStatement,
+    pub(crate) staged_rollups_delete: PreparedStatement,
+    pub(crate) snapshots_at_write: PreparedStatement,
     /// `SELECT cols FROM ks.T` per table, for scans.
     scans: Vec<(Table, PreparedStatement)>,
 }
@@ -133,6 +133,13 @@ impl Prepared {
                 &insert_into(ks, "dead_letters", DEAD_LETTER_COLUMNS, false),
             )
             .await?,
+            ins_staged_levels: prep(session, &t.staged_levels_insert).await?,
+            ins_staged_rollups: prep(session, &t.staged_rollups_insert).await?,
+            staged_levels_read: prep(session, &t.staged_levels_read).await?,
+            staged_rollups_read: prep(session, &t.staged_rollups_read).await?,
+            staged_levels_delete: prep(session, &t.staged_levels_delete).await?,
+            staged_rollups_delete: prep(session, &t.staged_rollups_delete).await?,
+            snapshots_at_write: prep(session, &t.snapshots_at_write).await?,
             scans,
         })
     }
@@ -145,31 +152,11 @@ impl Prepared {
         }
     }
 
-    /// The writes of every row of `rows`: first the rows, then the
-    /// watermarks, which are sent only once the rows are acknowledged (a
-    /// watermark in the tables never names rows they lack, even before a
-    /// replay).
-    pub(crate) fn row_writes<'a>(
-        &'a self,
-        rows: &RowSet,
-        stamp: Stamp,
-    ) -> (Vec<Write<'a>>, Vec<Write<'a>>) {
+    /// The writes of the event-keyed rows of `rows` (everything but the
+    /// snapshots and the watermarks): idempotent, the same keys and values
+    /// whenever the same journal records are materialized.
+    pub(crate) fn event_writes<'a>(&'a self, rows: &RowSet) -> Vec<Write<'a>> {
         let mut out = Vec::with_capacity(rows.len() + rows.stock_movements.len());
-        fn add<'a, T: CqlRow>(
-            out: &mut Vec<Write<'a>>,
-            st: &'a PreparedStatement,
-            table: u8,
-            rows: impl IntoIterator<Item = T>,
-            timestamp: impl Fn(&T) -> Option<i64>,
-        ) {
-            for r in rows {
-                let mut values = r.values();
-                if let Some(ts) = timestamp(&r) {
-                    values.push(Some(CqlValue::BigInt(ts)));
-                }
-                out.push(Write::new(st, table, T::PARTITION_COLUMNS, values));
-            }
-        }
         add(
             &mut out,
             &self.ins_sales,
@@ -184,35 +171,16 @@ impl Prepared {
             rows.sale_lines.iter().copied(),
             |_| None,
         );
-        add(
-            &mut out,
-            &self.ins_movements,
-            3,
-            rows.stock_movements.iter().copied(),
-            |_| None,
-        );
+        let movements = rows.stock_movements.iter().copied();
+        add(&mut out, &self.ins_movements, 3, movements.clone(), |_| {
+            None
+        });
         add(
             &mut out,
             &self.ins_store_movements,
             4,
-            rows.stock_movements.iter().copied().map(ByStoreHour),
+            movements.map(ByStoreHour),
             |_| None,
-        );
-        // The newest version of a SKU's level wins, whatever order
-        // writes land in.
-        add(
-            &mut out,
-            &self.ins_levels,
-            5,
-            rows.stock_levels.iter().copied(),
-            |r| Some(r.version as i64),
-        );
-        add(
-            &mut out,
-            &self.ins_rollups,
-            6,
-            rows.terminal_rollups.iter().copied(),
-            |_| Some(stamp.lsn as i64),
         );
         add(
             &mut out,
@@ -239,16 +207,71 @@ impl Prepared {
             let values = Placed(r, u32::try_from(place).unwrap_or(u32::MAX)).values();
             out.push(Write::new(&self.ins_dead, 11, 1, values));
         }
-        let mut marks = Vec::with_capacity(rows.watermarks.len());
-        // The highest seq wins.
+        out
+    }
+
+    /// The watermark writes; the highest seq wins.
+    pub(crate) fn mark_writes<'a>(&'a self, rows: &RowSet) -> Vec<Write<'a>> {
+        let mut out = Vec::with_capacity(rows.watermarks.len());
         add(
-            &mut marks,
+            &mut out,
             &self.ins_marks,
             8,
             rows.watermarks.iter().copied(),
-            |r| Some(r.seq as i64),
+            |r| Some(r.seq.min(i64::MAX as u64) as i64),
         );
-        (out, marks)
+        out
+    }
+
+    /// The snapshot rows into their tables: a SKU's level stamped with its
+    /// version (the newest wins whatever order writes land in), rollups
+    /// with the LSN they were derived at.
+    pub(crate) fn snapshot_writes<'a>(&'a self, snap: &Snapshots, lsn: u64) -> Vec<Write<'a>> {
+        let mut out = Vec::with_capacity(snap.levels.len() + snap.rollups.len());
+        add(
+            &mut out,
+            &self.ins_levels,
+            5,
+            snap.levels.iter().copied(),
+            |r| Some(r.version.min(i64::MAX as u64) as i64),
+        );
+        add(
+            &mut out,
+            &self.ins_rollups,
+            6,
+            snap.rollups.iter().copied(),
+            |_| Some(lsn as i64),
+        );
+        out
+    }
+
+    /// The snapshot rows of materialization `lsn` into the staging tables,
+    /// in chunks of [`STAGED_PER_CHUNK`] (ARCHITECTURE.md, "ScyllaDB").
+    pub(crate) fn staged_writes<'a>(
+        &'a self,
+        node: &str,
+        lsn: u64,
+        snap: &Snapshots,
+    ) -> Vec<Write<'a>> {
+        let mut out = Vec::with_capacity(snap.levels.len() + snap.rollups.len());
+        let prefix = |i: usize| {
+            vec![
+                Some(CqlValue::Text(node.to_string())),
+                Some(CqlValue::BigInt(lsn as i64)),
+                Some(CqlValue::Int(staged_chunk(i))),
+            ]
+        };
+        for (i, r) in snap.levels.iter().enumerate() {
+            let mut values = prefix(i);
+            values.extend(r.values());
+            out.push(Write::new(&self.ins_staged_levels, 12, 3, values));
+        }
+        for (i, r) in snap.rollups.iter().enumerate() {
+            let mut values = prefix(i);
+            values.extend(r.values());
+            out.push(Write::new(&self.ins_staged_rollups, 13, 3, values));
+        }
+        out
     }
 
     /// The writes of journal records (`(lsn, payload)`), one row each, in
@@ -274,7 +297,7 @@ impl Prepared {
                     st: &self.journal_insert,
                     key: (0, vec![journal_segment(lsn) as i64]),
                     bytes: payload.len() + 32,
-                    values,
+                    values: unset_nulls(values),
                 }
             })
             .collect()
@@ -303,6 +326,65 @@ impl Prepared {
     }
 }
 
+/// Appends the write of each of `rows` to `out`, with its write
+/// timestamp bound last when `timestamp` gives one.
+fn add<'a, T: CqlRow>(
+    out: &mut Vec<Write<'a>>,
+    st: &'a PreparedStatement,
+    table: u8,
+    rows: impl IntoIterator<Item = T>,
+    timestamp: impl Fn(&T) -> Option<i64>,
+) {
+    for r in rows {
+        let mut values = r.values();
+        if let Some(ts) = timestamp(&r) {
+            values.push(Some(CqlValue::BigInt(ts)));
+        }
+        out.push(Write::new(st, table, T::PARTITION_COLUMNS, values));
+    }
+}
+
+/// Snapshot rows staged per chunk: a partition of the staging tables.
+pub(crate) const STAGED_PER_CHUNK: usize = 1024;
+
+fn staged_chunk(i: usize) -> i32 {
+    i32::try_from(i / STAGED_PER_CHUNK).unwrap_or(i32::MAX)
+}
+
+/// The snapshot rows of one materialization, one per key: a SKU's
+/// highest version, a rollup minute's last value (a flush gathers the
+/// rows of many batches, and one key may come several times).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Snapshots {
+    pub(crate) levels: Vec<StockLevelRow>,
+    pub(crate) rollups: Vec<TerminalRollupRow>,
+}
+
+impl Snapshots {
+    pub(crate) fn newest_of(rows: &RowSet) -> Snapshots {
+        let mut levels: HashMap<(u32, u64), StockLevelRow> = HashMap::new();
+        for r in &rows.stock_levels {
+            let slot = levels.entry((r.store, r.sku)).or_insert(*r);
+            if r.version >= slot.version {
+                *slot = *r;
+            }
+        }
+        let mut rollups: HashMap<(u32, u32, u32, u16), TerminalRollupRow> = HashMap::new();
+        for r in &rows.terminal_rollups {
+            // Rows are in LSN order: the last is the newest.
+            rollups.insert((r.store, r.day, r.terminal, r.minute), *r);
+        }
+        Snapshots {
+            levels: levels.into_values().collect(),
+            rollups: rollups.into_values().collect(),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.levels.is_empty() && self.rollups.is_empty()
+    }
+}
+
 /// The write timestamp of journal record `lsn` written in `generation`:
 /// ordered by generation first, so a later start's record of an LSN
 /// overwrites an earlier start's unacknowledged one whatever the clocks
@@ -315,13 +397,22 @@ pub(crate) fn journal_timestamp(generation: u64, lsn: u64) -> i64 {
 }
 
 /// One row write: its statement, its partition (a table tag and the
-/// partition key's integers), its values.
+/// partition key's integers), its values. A null is bound as "unset", not
+/// as null: a null writes a tombstone, which TWCS tables carry for their
+/// whole life.
 #[derive(Debug)]
 pub(crate) struct Write<'a> {
     st: &'a PreparedStatement,
     key: (u8, Vec<i64>),
     bytes: usize,
-    values: Values,
+    values: Vec<MaybeUnset<CqlValue>>,
+}
+
+fn unset_nulls(values: Values) -> Vec<MaybeUnset<CqlValue>> {
+    values
+        .into_iter()
+        .map(|v| v.map_or(MaybeUnset::Unset, MaybeUnset::Set))
+        .collect()
 }
 
 impl<'a> Write<'a> {
@@ -346,15 +437,15 @@ impl<'a> Write<'a> {
             st,
             key: (table, key),
             bytes,
-            values,
+            values: unset_nulls(values),
         }
     }
 }
 
 /// A request to send.
 enum Job<'a> {
-    One(&'a PreparedStatement, Values),
-    Batch(Batch, Vec<Values>),
+    One(&'a PreparedStatement, Vec<MaybeUnset<CqlValue>>),
+    Batch(Batch, Vec<Vec<MaybeUnset<CqlValue>>>),
 }
 
 /// Groups writes by partition into requests.
@@ -420,6 +511,43 @@ fn job_of(mut ws: Vec<Write<'_>>) -> Job<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flush_stages_one_snapshot_row_per_key_the_newest() {
+        use crate::testutil::sample;
+        let s = sample();
+        let level = s.stock_levels[0];
+        let rollup = s.terminal_rollups[0];
+        let rows = RowSet {
+            stock_levels: vec![
+                StockLevelRow {
+                    version: 9,
+                    level: 90,
+                    ..level
+                },
+                StockLevelRow {
+                    version: 7,
+                    level: 70,
+                    ..level
+                },
+            ],
+            terminal_rollups: vec![
+                TerminalRollupRow { sales: 1, ..rollup },
+                TerminalRollupRow { sales: 2, ..rollup },
+            ],
+            ..RowSet::default()
+        };
+        let snap = Snapshots::newest_of(&rows);
+        assert_eq!(snap.levels.len(), 1);
+        assert_eq!((snap.levels[0].version, snap.levels[0].level), (9, 90));
+        assert_eq!(snap.rollups.len(), 1);
+        assert_eq!(
+            snap.rollups[0].sales, 2,
+            "the last of a flush is the newest"
+        );
+        assert_eq!(staged_chunk(STAGED_PER_CHUNK - 1), 0);
+        assert_eq!(staged_chunk(STAGED_PER_CHUNK), 1);
+    }
 
     #[test]
     fn a_later_generation_overwrites_and_every_record_is_below_wall_clock() {
