@@ -125,7 +125,9 @@ pub trait Query {
     /// Every device's durable watermark, by device.
     fn watermarks(&self) -> Result<Vec<WatermarkRow>, StoreError>;
 
-    /// Hands every row of `table` to `f`, in the table's key order.
+    /// Hands every row of `table` to `f`: in the table's key order on the
+    /// embedded store, in the cluster's token order on ScyllaDB (callers
+    /// must not depend on either).
     fn scan(&self, table: Table, f: &mut dyn FnMut(RowRef<'_>)) -> Result<(), StoreError>;
 
     /// [`Query::scan`] of each of `tables` in turn, all as of one moment:
