@@ -18,9 +18,15 @@ mod output;
     after_help = "Exit codes: 0 done; 1 `verify` found a violated invariant; 2 an error (bad flags, an unreachable store, a failed write), with the reason on stderr."
 )]
 struct Cli {
-    /// Log format on stderr.
+    /// Log format on stderr; with json, every line on stderr is JSON.
     #[arg(long, global = true, value_enum, default_value_t = logging::Format::Human, env = "TILLSTREAM_LOG_FORMAT")]
     log_format: logging::Format,
+    /// More log detail (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Warnings and errors only.
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,6 +49,24 @@ enum Command {
     Ca(commands::credentials::CaArgs),
     /// Signed tokens for devices and the HTTP API: `token issue`, `token revoke`.
     Token(commands::credentials::TokenArgs),
+    /// Print a shell completion script (`tillstream completions bash >
+    /// /etc/bash_completion.d/tillstream`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff; `tillstream man | man -l -`).
+    Man,
+}
+
+/// Writes `bytes` to stdout; a reader that stopped early (`| head`) is
+/// not an error.
+fn print_all(bytes: &[u8]) -> anyhow::Result<std::process::ExitCode> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(std::process::ExitCode::SUCCESS),
+    }
 }
 
 /// Exit code of a command that failed (as clap's for bad flags): 1 is
@@ -52,7 +76,12 @@ const EXIT_ERROR: u8 = 2;
 /// Parses the process's arguments and runs the subcommand.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    let verbosity = if cli.quiet {
+        -1
+    } else {
+        i8::try_from(cli.verbose).unwrap_or(i8::MAX)
+    };
+    logging::init(cli.log_format, verbosity);
     let result = match cli.command {
         Command::Serve(a) => commands::serve::run(*a),
         Command::Verify(a) => commands::verify::run(a),
@@ -61,11 +90,24 @@ pub fn main() -> std::process::ExitCode {
         Command::Schema(a) => commands::schema::run(a),
         Command::Ca(a) => commands::credentials::run_ca(a),
         Command::Token(a) => commands::credentials::run_token(a),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "tillstream", &mut script);
+            print_all(&script)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut page)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| print_all(&page))
+        }
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            logging::fail(format!("{e:#}"));
             std::process::ExitCode::from(EXIT_ERROR)
         }
     }

@@ -370,3 +370,31 @@ fn an_unreachable_scylla_cluster_is_a_clear_error() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Completions and the man page come from the same definition as --help;
+/// with `--log-format json` even the final error is a JSON line.
+#[test]
+fn completions_man_page_and_json_errors() -> anyhow::Result<()> {
+    let out = Command::new(BIN).args(["completions", "bash"]).output()?;
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("_tillstream()") && script.contains("--scylla-nodes"));
+    let out = Command::new(BIN).arg("man").output()?;
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(".TH tillstream"));
+
+    let dir = tempfile::tempdir()?;
+    let out = Command::new(BIN)
+        .args(["--log-format", "json", "verify", "--data-dir"])
+        .arg(dir.path().join("nowhere"))
+        .output()?;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for line in stderr.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| anyhow::anyhow!("not JSON: {line:?}: {e}"))?;
+        assert_eq!(v["level"], "ERROR", "{line}");
+    }
+    assert!(stderr.contains("no store at"), "{stderr}");
+    Ok(())
+}

@@ -216,13 +216,13 @@ pub(crate) fn run_ca(args: CaArgs) -> anyhow::Result<ExitCode> {
         CaCommand::Init { data_dir } => {
             DeviceCa::init(&data_dir)?;
             let (cert, key) = ca::paths(&data_dir);
-            eprintln!(
+            crate::logging::say(format!(
                 "device CA made: {} (key {}, keep it private)",
                 cert.display(),
                 key.display()
-            );
-            eprintln!(
-                "a server on this data directory accepts its certificates from its next start"
+            ));
+            crate::logging::say(
+                "a server on this data directory accepts its certificates from its next start",
             );
         }
         CaCommand::Issue {
@@ -239,7 +239,11 @@ pub(crate) fn run_ca(args: CaArgs) -> anyhow::Result<ExitCode> {
             let key = out.join(format!("device-{}.key", who.device));
             write(&cert, issued.cert_pem.as_bytes(), false)?;
             write(&key, issued.key_pem.as_bytes(), true)?;
-            eprintln!("certificate {} and key {}", cert.display(), key.display());
+            crate::logging::say(format!(
+                "certificate {} and key {}",
+                cert.display(),
+                key.display()
+            ));
             println!("{}", issued.claims.id);
         }
         CaCommand::Revoke {
@@ -280,11 +284,11 @@ pub(crate) fn run_token(args: TokenArgs) -> anyhow::Result<ExitCode> {
                 role,
                 ttl,
             })?;
-            eprintln!(
+            crate::logging::say(format!(
                 "token id {} (revoke with --id), valid {} s",
                 claims.id,
                 ttl.as_secs()
-            );
+            ));
             println!("{token}");
         }
         TokenCommand::Revoke {
@@ -323,12 +327,12 @@ fn load_key(data_dir: &Path, key: Option<&Path>) -> anyhow::Result<SigningKey> {
 
 fn report_revoked(data_dir: &Path, id: &str, kind: Method, reason: &str) -> anyhow::Result<()> {
     if revocation::revoke(data_dir, id, kind, reason)? {
-        eprintln!(
+        crate::logging::say(format!(
             "revoked {id}: a running server on {} closes its connections within its revocation poll (1 s by default)",
             data_dir.display()
-        );
+        ));
     } else {
-        eprintln!("{id} was already revoked");
+        crate::logging::say(format!("{id} was already revoked"));
     }
     Ok(())
 }

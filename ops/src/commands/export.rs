@@ -230,7 +230,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Err(e.context("writing the export"));
         }
     }
-    eprintln!("{rows} rows of {}", table.name());
+    crate::logging::say(format!("{rows} rows of {}", table.name()));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -111,10 +111,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             let opts = shape.options(&cfg.keyspace)?;
             let n = apply_schema(&cfg, &opts)
                 .with_context(|| format!("applying the schema on {}", cfg.nodes.join(",")))?;
-            eprintln!(
+            crate::logging::say(format!(
                 "schema applied: keyspace {} ({} statements, replication {}), and every node agrees",
                 cfg.keyspace, n, opts.replication
-            );
+            ));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -144,7 +144,7 @@ pub(crate) struct Args {
     quic_window_kib: u64,
     /// Testing only: make every store commit first sleep for a time drawn
     /// uniformly from MIN..MAX milliseconds (slow storage rehearsal).
-    #[arg(long, value_name = "MIN..MAX", value_parser = parse_ms_range)]
+    #[arg(long, value_name = "MIN..MAX", value_parser = parse_ms_range, hide = true)]
     inject_commit_delay_ms: Option<(Duration, Duration)>,
     #[command(flatten)]
     auth: super::credentials::AuthArgs,
@@ -217,27 +217,25 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let server = Server::start(cfg).await.context("starting the server")?;
-        eprintln!(
+        crate::logging::say(format!(
             "tillstream listening on {} (QUIC, ALPN tillstream/1); devices trust {}",
             server.quic_addr(),
             server.cert_path().display()
-        );
+        ));
         match server.settings().auth.as_str() {
-            "none" => eprintln!(
-                "AUTHENTICATION IS OFF (--auth none): any peer may write as any device for any store"
-            ),
-            modes => eprintln!(
+            "none" => crate::logging::say("AUTHENTICATION IS OFF (--auth none): any peer may write as any device for any store"),
+            modes => crate::logging::say(format!(
                 "devices authenticate by {modes} (`tillstream token issue --device ID --store ID --role terminal`; signing key {})",
                 server
                     .signing_key_path()
                     .map_or_else(String::new, |p| p.display().to_string())
-            ),
+            )),
         }
         if let Some(h) = server.http_addr() {
-            eprintln!("HTTP API on http://{h} (/metrics, /healthz, /readyz, /v1/verify)");
+            crate::logging::say(format!("HTTP API on http://{h} (/metrics, /healthz, /readyz, /v1/verify)"));
         }
         wait_for_signal().await;
-        eprintln!("draining...");
+        crate::logging::say("draining...");
         server.shutdown().await.context("shutting down")?;
         Ok(ExitCode::SUCCESS)
     })
