@@ -55,6 +55,7 @@ pub(crate) async fn serve(
         .route("/v1/watermarks", get(watermarks))
         .route("/v1/verify", post(verify_handler))
         .route("/v1/revoke", post(revoke_handler))
+        .route("/v1/backup", post(backup_handler))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/{endpoint}", get(question))
         .with_state(Arc::new(state));
@@ -146,6 +147,40 @@ async fn readyz(State(s): AppState) -> Response {
             format!("not ready: {why}\n"),
         )
             .into_response(),
+    }
+}
+
+/// Body of `POST /v1/backup`.
+#[derive(Debug, serde::Deserialize)]
+struct BackupRequest {
+    /// A new or empty directory on the server's machine.
+    dir: std::path::PathBuf,
+}
+
+/// `POST /v1/backup {"dir": ...}` (role admin): a consistent copy of the
+/// store while it serves (`tillstream backup --server-http`).
+async fn backup_handler(
+    State(s): AppState,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    Json(req): Json<BackupRequest>,
+) -> Response {
+    if let Some(r) = refusal(&s, &headers, peer, Role::Admin) {
+        return r;
+    }
+    let store = s.store.clone();
+    let dir = req.dir.clone();
+    match tokio::task::spawn_blocking(move || store.backup_to(&dir)).await {
+        Ok(Ok(info)) => {
+            tracing::info!(dir = %req.dir.display(), ?info, "backup written");
+            Json(info).into_response()
+        }
+        Ok(Err(e)) => (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+        Err(e) => internal(e),
     }
 }
 

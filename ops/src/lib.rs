@@ -4,6 +4,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod api;
 mod commands;
 mod logging;
 mod output;
@@ -49,6 +50,11 @@ enum Command {
     Ca(commands::credentials::CaArgs),
     /// Signed tokens for devices and the HTTP API: `token issue`, `token revoke`.
     Token(commands::credentials::TokenArgs),
+    /// A consistent copy of the store while the server runs (`--server-http`)
+    /// or of a stopped server's data directory.
+    Backup(commands::backup::BackupArgs),
+    /// Make a data directory's store from a backup, then verify it.
+    Restore(commands::backup::RestoreArgs),
     /// Print a shell completion script (`tillstream completions bash >
     /// /etc/bash_completion.d/tillstream`).
     Completions {
@@ -90,6 +96,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Schema(a) => commands::schema::run(a),
         Command::Ca(a) => commands::credentials::run_ca(a),
         Command::Token(a) => commands::credentials::run_token(a),
+        Command::Backup(a) => commands::backup::run_backup(a),
+        Command::Restore(a) => commands::backup::run_restore(a),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

@@ -71,6 +71,19 @@ pub trait Backend: Store + crate::Query {}
 
 impl<T: Store + crate::Query> Backend for T {}
 
+/// What a backup copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct BackupInfo {
+    /// The checkpoint of the copied tables.
+    pub checkpoint: u64,
+    /// Journal records after it, copied to be replayed at open.
+    pub journal_records: u64,
+    /// Keys copied over all keyspaces.
+    pub keys: u64,
+    /// Bytes of keys and values copied.
+    pub bytes: u64,
+}
+
 /// What [`Store::journal_replay`] calls for each record: `(lsn, payload)`.
 pub type ReplayVisitor<'a> = dyn FnMut(u64, &[u8]) -> Result<(), StoreError> + 'a;
 
@@ -160,5 +173,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// errors, retries and latency. None by default.
     fn backend_metrics(&self) -> Vec<(&'static str, f64)> {
         Vec::new()
+    }
+
+    /// Copies the store, consistent as of one moment, into `dest` (a new
+    /// or empty directory) while it keeps serving; the copy opens as a
+    /// store of the same backend. Backends that cannot say so (a cluster
+    /// has its own snapshots) refuse.
+    fn backup_to(&self, dest: &std::path::Path) -> Result<BackupInfo, StoreError> {
+        let _ = dest;
+        Err(StoreError::Backend {
+            op: "backup",
+            source: format!(
+                "the {} backend has no backup of its own: use the cluster's (nodetool snapshot)",
+                self.backend()
+            )
+            .into(),
+        })
     }
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: one binary, one module per area.
 
 mod auth;
+mod backup;
 mod bad_clients;
 mod bad_network;
 mod crash;

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub(crate) mod backup;
 pub(crate) mod credentials;
 pub(crate) mod export;
 pub(crate) mod query;
@@ -23,6 +24,12 @@ pub(crate) fn open_store(data_dir: &Path, args: &StoreArgs) -> anyhow::Result<Ar
     if args.kind() == StoreKind::Scylla {
         return open_cluster(data_dir, args);
     }
+    Ok(Arc::new(open_embedded(data_dir)?))
+}
+
+/// The embedded store of a stopped server's data directory, brought up to
+/// its journal.
+pub(crate) fn open_embedded(data_dir: &Path) -> anyhow::Result<EmbeddedStore> {
     let dir = data_dir.join("store");
     anyhow::ensure!(
         dir.exists(),
@@ -46,7 +53,7 @@ pub(crate) fn open_store(data_dir: &Path, args: &StoreArgs) -> anyhow::Result<Ar
             "replayed the journal into the tables"
         );
     }
-    Ok(Arc::new(store))
+    Ok(store)
 }
 
 /// A read-only connection to the cluster. It does not replay the journal:

@@ -184,8 +184,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `GET <base>/api/v1/...` with the bearer token; the server's error text
-/// on a refusal.
+/// `GET <base>/api/v1/...` with the bearer token.
 fn ask_server(
     base: &str,
     token: Option<&str>,
@@ -196,34 +195,6 @@ fn ask_server(
         base.trim_end_matches('/'),
         question.path_and_query()
     );
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(std::time::Duration::from_secs(300)))
-        .build()
-        .into();
-    let mut req = agent.get(&url);
-    if let Some(t) = token {
-        req = req.header("Authorization", &format!("Bearer {}", t.trim()));
-    }
-    let mut resp = req
-        .call()
-        .with_context(|| format!("asking {url} (is the server running with --http?)"))?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .body_mut()
-        .read_to_string()
-        .with_context(|| format!("reading the answer of {url}"))?;
-    match status {
-        200 => serde_json::from_str(&body).with_context(|| format!("the answer of {url}")),
-        401 | 403 => anyhow::bail!(
-            "{url} answered {status}: give a token of role analyst with --api-token (tillstream token issue --role analyst)"
-        ),
-        _ => {
-            let why = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(String::from))
-                .unwrap_or(body);
-            anyhow::bail!("{url} answered {status}: {why}")
-        }
-    }
+    let answer = crate::api::call(&url, token, None)?;
+    serde_json::from_value(answer).with_context(|| format!("the answer of {url} is not an array"))
 }

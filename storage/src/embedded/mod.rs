@@ -75,6 +75,7 @@
 //!   reach 64 Ki buckets (~80 MiB) or 1 Mi devices: a device naming random
 //!   stores and SKUs cannot grow them without bound.
 
+mod backup;
 mod blocks;
 mod commit;
 mod keys;
@@ -476,5 +477,9 @@ impl Store for EmbeddedStore {
 
     fn backend(&self) -> &'static str {
         "embedded"
+    }
+
+    fn backup_to(&self, dest: &Path) -> Result<BackupInfo, StoreError> {
+        EmbeddedStore::backup_to(self, dest)
     }
 }

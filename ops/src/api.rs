@@ -1,0 +1,56 @@
+//! Calls to a running server's HTTP API (`query --server-http`,
+//! `backup --server-http`), with the server's own error text on failure.
+
+use anyhow::Context;
+
+/// `GET` (no body) or `POST` (`body`) of `url` with an optional bearer
+/// token; the JSON answer of a 200, an error naming the status and the
+/// server's `error` text otherwise.
+pub(crate) fn call(
+    url: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(3_600)))
+        .build()
+        .into();
+    let auth = token.map(|t| format!("Bearer {}", t.trim()));
+    let sent = match body {
+        None => {
+            let mut req = agent.get(url);
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.call()
+        }
+        Some(b) => {
+            let mut req = agent.post(url);
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.send_json(b)
+        }
+    };
+    let mut resp =
+        sent.with_context(|| format!("calling {url} (is the server running with --http?)"))?;
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("reading the answer of {url}"))?;
+    match status {
+        200 => serde_json::from_str(&text).with_context(|| format!("the answer of {url}")),
+        401 | 403 => anyhow::bail!(
+            "{url} answered {status}: give a token of the right role with --api-token (tillstream token issue --role analyst|admin)"
+        ),
+        _ => {
+            let why = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(String::from))
+                .unwrap_or(text);
+            anyhow::bail!("{url} answered {status}: {why}")
+        }
+    }
+}

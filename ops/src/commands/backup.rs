@@ -1,0 +1,114 @@
+//! `tillstream backup` and `tillstream restore`: a consistent copy of the
+//! embedded store, taken while the server runs, and a data directory made
+//! from one.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tillstream_storage::Store;
+use tillstream_storage::embedded::EmbeddedStore;
+use tillstream_storage::verify::verify;
+
+/// Copy the store into DIR, consistent as of one moment: the tables and
+/// the journal records after their checkpoint. A running server writes
+/// the copy itself (`--server-http`, an admin token; DIR is then a path on
+/// its machine); a stopped one's data directory is copied directly.
+/// Prints what was copied as JSON.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BackupArgs {
+    /// Where to write the copy: a new or empty directory.
+    dir: PathBuf,
+    /// Data directory of a stopped server.
+    #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Ask a running server to write the copy (`http://127.0.0.1:7401`).
+    #[arg(long, env = "TILLSTREAM_SERVER_HTTP")]
+    server_http: Option<String>,
+    /// Bearer token of role admin for --server-http.
+    #[arg(long, env = "TILLSTREAM_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+}
+
+/// Make a data directory's store from a backup: copy it in, replay its
+/// journal into the tables, and verify the result. The data directory
+/// must hold no store yet. Prints the verify report as JSON; exits 1 if it
+/// does not hold.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RestoreArgs {
+    /// A directory `tillstream backup` wrote.
+    dir: PathBuf,
+    /// Data directory to restore into (its `store/` is created).
+    #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
+    data_dir: PathBuf,
+}
+
+pub(crate) fn run_backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
+    let info = match &args.server_http {
+        Some(base) => {
+            let url = format!("{}/v1/backup", base.trim_end_matches('/'));
+            let dir = std::path::absolute(&args.dir).unwrap_or(args.dir.clone());
+            crate::api::call(
+                &url,
+                args.api_token.as_deref(),
+                Some(&serde_json::json!({ "dir": dir })),
+            )?
+        }
+        None => {
+            let store = super::open_embedded(&args.data_dir)?;
+            let info = store
+                .backup_to(&args.dir)
+                .with_context(|| format!("backing up into {}", args.dir.display()))?;
+            serde_json::to_value(info)?
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&info)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn run_restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.dir.join("wal").is_dir(),
+        "{} is not a backup (no wal/ in it)",
+        args.dir.display()
+    );
+    let target = args.data_dir.join("store");
+    anyhow::ensure!(
+        !target.exists(),
+        "{} already exists: restore into a data directory without a store",
+        target.display()
+    );
+    copy_dir(&args.dir, &target)
+        .with_context(|| format!("copying {} into {}", args.dir.display(), target.display()))?;
+    let store = EmbeddedStore::open(&target)
+        .with_context(|| format!("opening the restored store {}", target.display()))?;
+    let replayed = tillstream_engine::recover(&store).context("replaying the backup's journal")?;
+    let report = verify(&store, None).context("verifying the restored store")?;
+    let out = serde_json::json!({
+        "store": target,
+        "checkpoint": store.materialized_lsn()?,
+        "replayed_records": replayed.records,
+        "verify": report,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Copies a directory tree (files and directories only).
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &dest)?;
+        } else {
+            std::fs::copy(entry.path(), &dest)?;
+        }
+    }
+    Ok(())
+}
