@@ -1,14 +1,21 @@
-//! The metrics-format test runs `promtool` (Debian package `prometheus`):
-//! compiled as ignored unless it is on PATH when this crate is built.
-//! `.ci/run` installs it first.
+//! Two tests need a program beside the server: the metrics-format test
+//! runs `promtool` (Debian package `prometheus`), the `top` test a real
+//! terminal (`tmux`). Each is compiled as ignored unless its program is on
+//! PATH when this crate is built; `.ci/run` installs both first.
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(has_promtool)");
+    println!("cargo::rustc-check-cfg=cfg(has_tmux)");
     println!("cargo::rerun-if-env-changed=PATH");
-    let found = std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join("promtool").is_file())
-    });
-    if found {
+    let on_path = |program: &str| {
+        std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
+        })
+    };
+    if on_path("promtool") {
         println!("cargo::rustc-cfg=has_promtool");
+    }
+    if on_path("tmux") {
+        println!("cargo::rustc-cfg=has_tmux");
     }
 }

@@ -55,6 +55,9 @@ enum Command {
     Backup(commands::backup::BackupArgs),
     /// Make a data directory's store from a backup, then verify it.
     Restore(commands::backup::RestoreArgs),
+    /// A live view of a running server: events/s, ack latency, journal,
+    /// flushes, connections, rejects and each shard's queue.
+    Top(commands::top::Args),
     /// Print a shell completion script (`tillstream completions bash >
     /// /etc/bash_completion.d/tillstream`).
     Completions {
@@ -97,6 +100,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Ca(a) => commands::credentials::run_ca(a),
         Command::Token(a) => commands::credentials::run_token(a),
         Command::Backup(a) => commands::backup::run_backup(a),
+        Command::Top(a) => commands::top::run(a),
         Command::Restore(a) => commands::backup::run_restore(a),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -19,3 +19,4 @@ mod power_loss;
 mod process;
 mod restart;
 mod storm;
+mod top;

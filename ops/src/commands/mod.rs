@@ -7,6 +7,7 @@ pub(crate) mod query;
 pub(crate) mod schema;
 pub(crate) mod serve;
 pub(crate) mod store_args;
+pub(crate) mod top;
 pub(crate) mod verify;
 
 use std::path::Path;
