@@ -2,10 +2,13 @@
 //! build the same program under another name (`tests/src/bin/`) and run it
 //! as a real process they kill and restart.
 
+use std::ffi::OsString;
+
 use clap::{Parser, Subcommand};
 
 mod api;
 mod commands;
+mod config_file;
 mod logging;
 mod output;
 
@@ -58,6 +61,9 @@ enum Command {
     /// A live view of a running server: events/s, ack latency, journal,
     /// flushes, connections, rejects and each shard's queue.
     Top(commands::top::Args),
+    /// Check a config file of `serve` (keys, values, files, free ports);
+    /// exits 78 naming the bad key.
+    CheckConfig(commands::config::CheckArgs),
     /// Print a shell completion script (`tillstream completions bash >
     /// /etc/bash_completion.d/tillstream`).
     Completions {
@@ -83,8 +89,54 @@ fn print_all(bytes: &[u8]) -> anyhow::Result<std::process::ExitCode> {
 const EXIT_ERROR: u8 = 2;
 
 /// Parses the process's arguments and runs the subcommand.
+/// The first subcommand name in `argv` (values of `--log-format` skipped).
+fn subcommand_of(argv: &[OsString]) -> Option<&str> {
+    let mut it = argv.iter().skip(1).filter_map(|a| a.to_str());
+    while let Some(a) = it.next() {
+        match a {
+            "--log-format" => {
+                it.next();
+            }
+            a if a.starts_with('-') => {}
+            a => return Some(a),
+        }
+    }
+    None
+}
+
 pub fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let user_argv: Vec<OsString> = std::env::args_os().collect();
+    let root = <Cli as clap::CommandFactory>::command()
+        .mut_subcommand("serve", |c| c.args_override_self(true));
+    // serve's config file: its settings become flags before the user's.
+    let mut from_file = std::collections::BTreeSet::new();
+    let mut argv = user_argv.clone();
+    if subcommand_of(&user_argv) == Some("serve")
+        && let Some(file) = config_file::config_flag(&user_argv)
+    {
+        match config_file::flags_from(&file, &commands::config::serve_command(&root)) {
+            Ok((flags, keys)) => {
+                from_file = keys;
+                argv = config_file::with_file_flags(argv, flags);
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return std::process::ExitCode::from(config_file::EXIT_CONFIG);
+            }
+        }
+    }
+    let matches = match root.clone().try_get_matches_from(&argv) {
+        Ok(m) => m,
+        Err(e) if !from_file.is_empty() && e.use_stderr() => {
+            eprintln!("error in the config file or flags: {}", e.render());
+            return std::process::ExitCode::from(config_file::EXIT_CONFIG);
+        }
+        Err(e) => e.exit(),
+    };
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let verbosity = if cli.quiet {
         -1
     } else {
@@ -92,7 +144,12 @@ pub fn main() -> std::process::ExitCode {
     };
     logging::init(cli.log_format, verbosity);
     let result = match cli.command {
+        Command::Serve(a) if a.print_config() => match matches.subcommand_matches("serve") {
+            Some(m) => commands::config::print(m, &root, &from_file, &user_argv),
+            None => Ok(std::process::ExitCode::SUCCESS),
+        },
         Command::Serve(a) => commands::serve::run(*a),
+        Command::CheckConfig(a) => commands::config::check(a, &root),
         Command::Verify(a) => commands::verify::run(a),
         Command::Query(a) => commands::query::run(a),
         Command::Export(a) => commands::export::run(a),

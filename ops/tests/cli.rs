@@ -398,3 +398,79 @@ fn completions_man_page_and_json_errors() -> anyhow::Result<()> {
     assert!(stderr.contains("no store at"), "{stderr}");
     Ok(())
 }
+
+/// The config file: a flag beats its variable, which beats the file, which
+/// beats the default; check-config names a bad key and exits 78, and
+/// refuses a port that is taken.
+#[test]
+fn a_config_file_sits_between_the_variables_and_the_defaults() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("tillstream.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nhttp = \"off\"\nmax-connections = 500\n\
+             max_clock_skew_s = 60\nidle-timeout-s = 45\nscylla-password = \"hunter2\"\n"
+        ),
+    )?;
+    let print = |extra: &[&str], env: Option<(&str, &str)>| -> anyhow::Result<String> {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"])
+            .arg(&file)
+            .args(extra)
+            .arg("--print-config");
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let shown = print(
+        &["--max-connections", "7"],
+        Some(("TILLSTREAM_IDLE_TIMEOUT_S", "99")),
+    )?;
+    for line in [
+        "max-connections = 7  # flag",
+        "idle-timeout-s = 99  # env",
+        "max-clock-skew-s = 60  # file",
+        "max-frame-buffers-mib = 256  # default",
+        "scylla-password = \"<redacted>\"  # file",
+    ] {
+        assert!(shown.lines().any(|l| l == line), "no {line:?} in\n{shown}");
+    }
+    assert!(!shown.contains("hunter2"));
+
+    let check = |path: &Path| -> anyhow::Result<(i32, String)> {
+        let out = Command::new(BIN).arg("check-config").arg(path).output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let (code, err) = check(&file)?;
+    assert_eq!(code, 0, "{err}");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "max-conections = 5\n")?;
+    let (code, err) = check(&bad)?;
+    assert_eq!(code, 78);
+    assert!(err.contains("unknown key `max-conections`"), "{err}");
+    std::fs::write(&bad, "quic-window-kib = 1\n")?;
+    let (code, err) = check(&bad)?;
+    assert_eq!(code, 78);
+    assert!(err.contains("quic-window-kib"), "{err}");
+    // A port in use is a config error too.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    std::fs::write(&bad, format!("http = \"{}\"\n", taken.local_addr()?))?;
+    let (code, err) = check(&bad)?;
+    assert_eq!(code, 78);
+    assert!(err.contains("`http`"), "{err}");
+    Ok(())
+}

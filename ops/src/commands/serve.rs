@@ -21,6 +21,15 @@ pub(crate) struct Args {
     data_dir: PathBuf,
     #[command(flatten)]
     store: super::store_args::StoreArgs,
+    /// A TOML file of these settings, keyed by flag name
+    /// (`max-connections = 20000`); a flag or its TILLSTREAM_* variable
+    /// overrides the file. `tillstream check-config FILE` checks one.
+    #[arg(long, env = "TILLSTREAM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the settings in force (and where each came from: flag, env,
+    /// file, default) as TOML, secrets redacted, and exit.
+    #[arg(long)]
+    print_config: bool,
     /// Shard actors (default: the number of cores).
     #[arg(long, env = "TILLSTREAM_SHARDS")]
     shards: Option<u16>,
@@ -164,6 +173,43 @@ fn parse_ms_range(s: &str) -> Result<(Duration, Duration), String> {
         return Err(format!("{s:?}: MIN is above MAX"));
     }
     Ok((lo, hi))
+}
+
+impl Args {
+    /// Whether to print the settings instead of serving.
+    pub(crate) fn print_config(&self) -> bool {
+        self.print_config
+    }
+
+    /// What `check-config` checks beyond parsing: the files named exist,
+    /// the ports are free. The error names the setting.
+    pub(crate) fn check_environment(&self) -> Result<(), String> {
+        for (key, file) in [("tls-cert", &self.tls_cert), ("tls-key", &self.tls_key)] {
+            if let Some(f) = file
+                && !f.is_file()
+            {
+                return Err(format!("`{key}`: no file {}", f.display()));
+            }
+        }
+        if let Err(e) = std::net::UdpSocket::bind(self.listen) {
+            return Err(format!("`listen` {}: {e}", self.listen));
+        }
+        match self.http.as_str() {
+            "off" | "none" | "" => {}
+            a => {
+                let addr: SocketAddr = a
+                    .parse()
+                    .map_err(|_| format!("`http` {a:?} is not an address like 127.0.0.1:7401"))?;
+                if let Err(e) = std::net::TcpListener::bind(addr) {
+                    return Err(format!("`http` {addr}: {e}"));
+                }
+            }
+        }
+        if let Err(e) = self.store.choice(false) {
+            return Err(format!("{e:#}"));
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
