@@ -20,5 +20,6 @@ pub mod generator;
 pub mod replay;
 pub mod report;
 pub mod run;
+pub mod sweep;
 pub mod verify;
 pub mod workload;

@@ -8,18 +8,11 @@
 //! figure of a point is the median of `--runs` runs (by events/s; its p50
 //! and p99 come from that same run).
 
-mod chart;
-
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use serde::Serialize;
-use tillstream_engine::{Server, ServerConfig};
-use tillstream_loadgen::cli::Args as LoadArgs;
-use tillstream_loadgen::fleet::{self, RunConfig};
+use tillstream_loadgen::sweep::{Curve, chart, measure_point};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -125,136 +118,33 @@ fn sweeps(events: u64) -> Vec<Sweep> {
     ]
 }
 
-/// One run's figures.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Sample {
-    events: u64,
-    pub(crate) events_per_s: f64,
-    pub(crate) p50_ms: f64,
-    pub(crate) p99_ms: f64,
-    resident_skus: u64,
-    rss_mib: f64,
-}
-
-/// One point of a curve: its x, the median run and every run's events/s.
-#[derive(Debug, Serialize)]
-pub(crate) struct Point {
-    pub(crate) x: f64,
-    pub(crate) median: Sample,
-    runs_events_per_s: Vec<f64>,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct Curve {
-    pub(crate) name: &'static str,
-    pub(crate) x_label: &'static str,
-    pub(crate) log_x: bool,
-    note: &'static str,
-    runs_per_point: usize,
-    pub(crate) points: Vec<Point>,
-}
-
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
-async fn run_once(loadgen_flags: &[String], shards: Option<u16>) -> anyhow::Result<Sample> {
-    let args = LoadArgs::try_parse_from(
-        std::iter::once("tillstream-loadgen".to_string()).chain(loadgen_flags.iter().cloned()),
-    )
-    .context("building the loadgen's arguments")?;
-    let (work, _) = tillstream_loadgen::run::prepare(&args).await?;
-    let total = work.events;
-    let dir = tempfile::tempdir().context("creating a temporary data directory")?;
-    let mut cfg = ServerConfig::new(dir.path());
-    cfg.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    if let Some(s) = shards {
-        cfg.shards = s;
-    }
-    let server = Server::start(cfg)
-        .await
-        .context("starting the in-process server")?;
-    let result = async {
-        let ca = std::fs::read(server.cert_path())?;
-        let rc = RunConfig::flat_out(
-            server.quic_addr(),
-            ca,
-            tillstream_loadgen::credentials::Credentials::of_server(&server)?,
-            args.max_inflight,
-            Duration::from_secs(600),
-        );
-        let out = fleet::run(work, &rc).await?;
-        if let Some(f) = out.failures.first() {
-            bail!("{f}");
-        }
-        if !out.complete(total) {
-            bail!("{} of {total} events acknowledged", out.events_acked);
-        }
-        let resident_skus = server
-            .shard_stats()
-            .await
-            .iter()
-            .map(|s| s.skus_active)
-            .sum();
-        let ms = |q: f64| out.latency_us.value_at_quantile(q) as f64 / 1000.0;
-        Ok(Sample {
-            events: out.events_acked,
-            events_per_s: out.events_acked as f64 / out.elapsed.as_secs_f64().max(1e-9),
-            p50_ms: ms(0.5),
-            p99_ms: ms(0.99),
-            resident_skus,
-            rss_mib: rss_mib(),
-        })
-    }
-    .await;
-    if let Err(e) = server.shutdown().await {
-        eprintln!("[curves] the in-process server did not shut down cleanly: {e}");
-    }
-    result
-}
-
 async fn measure(sweep: &Sweep, runs: usize) -> anyhow::Result<Curve> {
     let mut points = Vec::new();
     for (x, f, shards) in &sweep.points {
-        let mut samples = Vec::new();
-        for r in 0..runs {
-            eprintln!("[curves] {} = {x}: run {}/{runs}", sweep.name, r + 1);
-            samples.push(
-                run_once(f, *shards)
-                    .await
-                    .with_context(|| format!("{} = {x}", sweep.name))?,
-            );
-        }
-        let mut by_speed = samples.clone();
-        by_speed.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
-        let median = by_speed[by_speed.len() / 2].clone();
-        let x = if sweep.name == "skus" {
-            median.resident_skus as f64
-        } else {
-            *x
+        let configure = |cfg: &mut tillstream_engine::ServerConfig| {
+            if let Some(s) = shards {
+                cfg.shards = *s;
+            }
         };
+        let mut point = measure_point(*x, f, configure, runs, |r| {
+            eprintln!("[curves] {} = {x}: run {r}/{runs} done", sweep.name);
+        })
+        .await
+        .with_context(|| format!("{} = {x}", sweep.name))?;
+        if sweep.name == "skus" {
+            point.x = point.median.resident_skus as f64;
+        }
         eprintln!(
-            "[curves] {} = {x}: {:.0} events/s, p50 {:.1} ms, p99 {:.1} ms",
-            sweep.name, median.events_per_s, median.p50_ms, median.p99_ms
+            "[curves] {} = {}: {:.0} events/s, p50 {:.1} ms, p99 {:.1} ms",
+            sweep.name, point.x, point.median.events_per_s, point.median.p50_ms, point.median.p99_ms
         );
-        points.push(Point {
-            x,
-            median,
-            runs_events_per_s: samples.iter().map(|s| s.events_per_s).collect(),
-        });
+        points.push(point);
     }
     Ok(Curve {
-        name: sweep.name,
-        x_label: sweep.x_label,
+        name: sweep.name.into(),
+        x_label: sweep.x_label.into(),
         log_x: sweep.log_x,
-        note: sweep.note,
+        note: sweep.note.into(),
         runs_per_point: runs,
         points,
     })

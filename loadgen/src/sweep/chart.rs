@@ -8,12 +8,12 @@ use plotters::coord::Shift;
 use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 
-use crate::Curve;
+use super::Curve;
 
 const SIZE: (u32, u32) = (800, 720);
 
 /// Draws `curve` into `path`.
-pub(crate) fn draw(curve: &Curve, path: &Path) -> anyhow::Result<()> {
+pub fn draw(curve: &Curve, path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let (top, bottom) = root.split_vertically(SIZE.1 / 2);
@@ -108,7 +108,7 @@ where
 {
     chart
         .configure_mesh()
-        .x_desc(curve.x_label)
+        .x_desc(curve.x_label.as_str())
         .y_desc(y_label)
         .draw()
         .map_err(plot_err)?;
