@@ -61,6 +61,9 @@ enum Command {
     /// A live view of a running server: events/s, ack latency, journal,
     /// flushes, connections, rejects and each shard's queue.
     Top(commands::top::Args),
+    /// Measure shard counts and flush intervals on this machine (fresh
+    /// in-process servers, the loadgen flat out) and recommend a setting.
+    Tune(commands::tune::Args),
     /// Check a config file of `serve` (keys, values, files, free ports);
     /// exits 78 naming the bad key.
     CheckConfig(commands::config::CheckArgs),
@@ -137,7 +140,10 @@ pub fn main() -> std::process::ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    let verbosity = if cli.quiet {
+    // tune starts dozens of in-process servers: their session lines would
+    // bury its progress bar and table, so it logs warnings unless -v.
+    let tuning = matches!(cli.command, Command::Tune(_));
+    let verbosity = if cli.quiet || (tuning && cli.verbose == 0) {
         -1
     } else {
         i8::try_from(cli.verbose).unwrap_or(i8::MAX)
@@ -158,6 +164,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Token(a) => commands::credentials::run_token(a),
         Command::Backup(a) => commands::backup::run_backup(a),
         Command::Top(a) => commands::top::run(a),
+        Command::Tune(a) => commands::tune::run(a),
         Command::Restore(a) => commands::backup::run_restore(a),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -9,6 +9,7 @@ pub(crate) mod schema;
 pub(crate) mod serve;
 pub(crate) mod store_args;
 pub(crate) mod top;
+pub(crate) mod tune;
 pub(crate) mod verify;
 
 use std::path::Path;
