@@ -164,13 +164,14 @@ mod tests {
         let (_d, path) = file(
             "max_connections = 5\nscylla-nodes = [\"a:9042\", \"b:9042\"]\nmetrics-auth = true\n",
         )?;
-        let (flags, keys) = flags_from(&path, &command())?;
+        let (mut flags, keys) = flags_from(&path, &command())?;
+        flags.sort();
         assert_eq!(
             flags,
             [
                 "--max-connections=5",
-                "--scylla-nodes=a:9042,b:9042",
-                "--metrics-auth"
+                "--metrics-auth",
+                "--scylla-nodes=a:9042,b:9042"
             ]
             .map(OsString::from)
         );

@@ -136,7 +136,11 @@ async fn measure(sweep: &Sweep, runs: usize) -> anyhow::Result<Curve> {
         }
         eprintln!(
             "[curves] {} = {}: {:.0} events/s, p50 {:.1} ms, p99 {:.1} ms",
-            sweep.name, point.x, point.median.events_per_s, point.median.p50_ms, point.median.p99_ms
+            sweep.name,
+            point.x,
+            point.median.events_per_s,
+            point.median.p50_ms,
+            point.median.p99_ms
         );
         points.push(point);
     }

@@ -128,7 +128,6 @@ pub async fn run_once(
     result
 }
 
-
 /// `runs` runs of one setting; the median by events/s, and every run's.
 pub async fn measure_point(
     x: f64,
