@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 use tillstream_storage::time::parse_ts;
-use tillstream_storage::{Bucket, Query, StoreError, TopBy};
+use tillstream_storage::{Bucket, Query, StoreError, TopBy, analytics};
 
 /// One question of the query API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +53,38 @@ pub enum Question {
     },
     /// Every device's durable watermark.
     Watermarks,
+    /// Per-terminal totals and when each was last active.
+    Terminals {
+        /// Store id; all when `None`.
+        store: Option<u32>,
+        /// The time range.
+        range: Range,
+    },
+    /// Per-device health: latest report and extremes.
+    Health {
+        /// Store id; all when `None`.
+        store: Option<u32>,
+        /// The time range.
+        range: Range,
+    },
+    /// SKUs with stock and no sale in the last `days` days.
+    DeadStock {
+        /// Store id; all when `None`.
+        store: Option<u32>,
+        /// Days without a sale.
+        days: u32,
+    },
+    /// SKUs most often bought together, with support, confidence, lift.
+    BasketPairs {
+        /// Store id; all when `None`.
+        store: Option<u32>,
+        /// The time range.
+        range: Range,
+        /// Pairs.
+        limit: usize,
+        /// Least baskets a pair must be in.
+        min_baskets: u64,
+    },
 }
 
 /// A time range as typed: start inclusive, end exclusive, each optional.
@@ -208,6 +240,50 @@ pub const ENDPOINTS: &[Endpoint] = &[
         summary: "Every device's highest durable batch seq.",
         params: &[],
     },
+    Endpoint {
+        name: "terminals",
+        summary: "Per-terminal sales, refunds and money (minor units) from the rollups, and the last active minute.",
+        params: &[STORE, FROM, TO],
+    },
+    Endpoint {
+        name: "health",
+        summary: "Per-device health: reports, last seen, battery (last and lowest), hottest, weakest signal, deepest queue.",
+        params: &[STORE, FROM, TO],
+    },
+    Endpoint {
+        name: "dead-stock",
+        summary: "SKUs with stock and no sale in the last N days, most stock first.",
+        params: &[
+            STORE,
+            Param {
+                name: "days",
+                kind: "integer",
+                required: false,
+                help: "Days without a sale (default 30).",
+            },
+        ],
+    },
+    Endpoint {
+        name: "basket-pairs",
+        summary: "SKUs most often in one sale: baskets, support, confidence (of B given A) and lift.",
+        params: &[
+            STORE,
+            FROM,
+            TO,
+            Param {
+                name: "limit",
+                kind: "integer",
+                required: false,
+                help: "Pairs (default 20).",
+            },
+            Param {
+                name: "min_baskets",
+                kind: "integer",
+                required: false,
+                help: "Least baskets a pair must be in (default 2).",
+            },
+        ],
+    },
 ];
 
 fn bad(s: impl Into<String>) -> QuestionError {
@@ -223,6 +299,10 @@ impl Question {
             Question::StockHistory { .. } => "stock-history",
             Question::LowStock { .. } => "low-stock",
             Question::Watermarks => "watermarks",
+            Question::Terminals { .. } => "terminals",
+            Question::Health { .. } => "health",
+            Question::DeadStock { .. } => "dead-stock",
+            Question::BasketPairs { .. } => "basket-pairs",
         }
     }
 
@@ -268,6 +348,25 @@ impl Question {
                 out.push(("below", below.to_string()));
             }
             Question::Watermarks => {}
+            Question::Terminals { store, range: r } | Question::Health { store, range: r } => {
+                out.extend(store.map(|s| ("store", s.to_string())));
+                range(r, &mut out);
+            }
+            Question::DeadStock { store, days } => {
+                out.extend(store.map(|s| ("store", s.to_string())));
+                out.push(("days", days.to_string()));
+            }
+            Question::BasketPairs {
+                store,
+                range: r,
+                limit,
+                min_baskets,
+            } => {
+                out.extend(store.map(|s| ("store", s.to_string())));
+                range(r, &mut out);
+                out.push(("limit", limit.to_string()));
+                out.push(("min_baskets", min_baskets.to_string()));
+            }
         }
         out
     }
@@ -352,6 +451,24 @@ impl Question {
                 store: num(params, "store")?,
                 below: num(params, "below")?.unwrap_or(5),
             },
+            "terminals" => Question::Terminals {
+                store: num(params, "store")?,
+                range,
+            },
+            "health" => Question::Health {
+                store: num(params, "store")?,
+                range,
+            },
+            "dead-stock" => Question::DeadStock {
+                store: num(params, "store")?,
+                days: num(params, "days")?.unwrap_or(30),
+            },
+            "basket-pairs" => Question::BasketPairs {
+                store: num(params, "store")?,
+                range,
+                limit: num(params, "limit")?.unwrap_or(20),
+                min_baskets: num(params, "min_baskets")?.unwrap_or(2),
+            },
             _ => Question::Watermarks,
         })
     }
@@ -388,8 +505,45 @@ impl Question {
             }
             Question::LowStock { store, below } => values(q.low_stock(*store, *below)?),
             Question::Watermarks => values(q.watermarks()?),
+            Question::Terminals { store, range } => {
+                values(analytics::terminals(q, scope(*store, range)?)?)
+            }
+            Question::Health { store, range } => {
+                values(analytics::health(q, scope(*store, range)?)?)
+            }
+            Question::DeadStock { store, days } => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+                let scope = analytics::Scope {
+                    store: *store,
+                    from_us: now.saturating_sub(i64::from(*days) * 86_400_000_000),
+                    to_us: i64::MAX,
+                };
+                values(analytics::dead_stock(q, scope)?)
+            }
+            Question::BasketPairs {
+                store,
+                range,
+                limit,
+                min_baskets,
+            } => values(analytics::basket_pairs(
+                q,
+                scope(*store, range)?,
+                *limit,
+                *min_baskets,
+            )?),
         })
     }
+}
+
+fn scope(store: Option<u32>, range: &Range) -> Result<analytics::Scope, QuestionError> {
+    let (from_us, to_us) = range.bounds()?;
+    Ok(analytics::Scope {
+        store,
+        from_us,
+        to_us,
+    })
 }
 
 fn bucket_name(b: Bucket) -> &'static str {
@@ -501,6 +655,24 @@ mod tests {
                 below: -4,
             },
             Question::Watermarks,
+            Question::Terminals {
+                store: Some(4),
+                range: range.clone(),
+            },
+            Question::Health {
+                store: None,
+                range: Range::default(),
+            },
+            Question::DeadStock {
+                store: Some(1),
+                days: 14,
+            },
+            Question::BasketPairs {
+                store: None,
+                range,
+                limit: 5,
+                min_baskets: 3,
+            },
         ]
     }
 

@@ -184,6 +184,10 @@ fn serve_drain_verify_and_query_as_processes() -> anyhow::Result<()> {
         vec!["stock-history", "--store", &store, "--sku", &sku],
         vec!["low-stock", "--below", "1000000"],
         vec!["watermarks"],
+        vec!["terminals"],
+        vec!["health"],
+        vec!["basket-pairs", "--min-baskets", "1"],
+        vec!["dead-stock", "--days", "0"],
     ];
     let mut answers = Vec::new();
     for q in &questions {

@@ -18,6 +18,7 @@
 //! The CQL schema of the same tables lives in `schema/` beside this crate
 //! and is embedded in [`schema`].
 
+pub mod analytics;
 pub mod buckets;
 pub mod journal;
 pub mod query;

@@ -114,6 +114,48 @@ enum What {
     },
     /// Every device's highest durable batch seq.
     Watermarks,
+    /// Per-terminal sales, refunds and money from the rollups, and the last
+    /// minute each was active.
+    Terminals {
+        /// Store id; all stores when left out.
+        #[arg(long)]
+        store: Option<u32>,
+        #[command(flatten)]
+        range: Range,
+    },
+    /// Per-device health: reports, last seen, battery, temperature,
+    /// signal, queue depth.
+    Health {
+        /// Store id; all stores when left out.
+        #[arg(long)]
+        store: Option<u32>,
+        #[command(flatten)]
+        range: Range,
+    },
+    /// SKUs with stock and no sale in the last N days, most stock first.
+    DeadStock {
+        /// Store id; all stores when left out.
+        #[arg(long)]
+        store: Option<u32>,
+        /// Days without a sale.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
+    /// SKUs most often bought together (one sale is one basket, refunds
+    /// left out): baskets, support, confidence (of B given A) and lift.
+    BasketPairs {
+        /// Store id; all stores when left out.
+        #[arg(long)]
+        store: Option<u32>,
+        #[command(flatten)]
+        range: Range,
+        /// Pairs.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Least baskets a pair must be in.
+        #[arg(long, default_value_t = 2)]
+        min_baskets: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -164,6 +206,26 @@ impl What {
             },
             What::LowStock { store, below } => Question::LowStock { store, below },
             What::Watermarks => Question::Watermarks,
+            What::Terminals { store, range } => Question::Terminals {
+                store,
+                range: range.into(),
+            },
+            What::Health { store, range } => Question::Health {
+                store,
+                range: range.into(),
+            },
+            What::DeadStock { store, days } => Question::DeadStock { store, days },
+            What::BasketPairs {
+                store,
+                range,
+                limit,
+                min_baskets,
+            } => Question::BasketPairs {
+                store,
+                range: range.into(),
+                limit,
+                min_baskets,
+            },
         }
     }
 }
