@@ -185,3 +185,74 @@ async fn used_device_ids_fail_the_run_even_before_they_connect() -> anyhow::Resu
     server.shutdown().await?;
     Ok(())
 }
+
+/// The replayed sample, queried, gives the totals the CSV itself gives:
+/// computed here from the file with nothing of the replay's code but the
+/// rule that a StockCode names one product, and compared exactly (pence,
+/// units), for the net takings and the ten best-selling products.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replayed_sample_queries_to_the_csvs_own_totals() -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    use tillstream_storage::{Bucket, Query, TopBy};
+
+    let csv_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/online-retail-sample.csv");
+    // The file's own totals: net units per product, net pence overall.
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(b';')
+        .from_path(&csv_path)?;
+    let headers = reader.headers()?.clone();
+    let col = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| anyhow::anyhow!("no {name} column"))
+    };
+    let (stock, qty, price) = (col("StockCode")?, col("Quantity")?, col("UnitPrice")?);
+    let mut units: HashMap<String, i64> = HashMap::new();
+    let mut net_pence = 0i64;
+    for row in reader.records() {
+        let row = row?;
+        let q: i64 = row[qty].trim().parse()?;
+        // Pence from the decimal text: "2.1" is 210, "0.85" is 85.
+        let (pounds, frac) = row[price]
+            .trim()
+            .split_once('.')
+            .unwrap_or((row[price].trim(), ""));
+        let frac = format!("{frac:0<2}");
+        let p: i64 = pounds.parse::<i64>()? * 100 + frac[..2].parse::<i64>()?;
+        *units
+            .entry(row[stock].trim().to_ascii_uppercase())
+            .or_default() += q;
+        net_pence += q * p;
+    }
+    let mut best: Vec<i64> = units.values().copied().collect();
+    best.sort_unstable_by(|a, b| b.cmp(a));
+    best.truncate(10);
+
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().to_string_lossy().into_owned();
+    let path = csv_path.to_string_lossy().into_owned();
+    let r = run(args(&["--replay-csv", &path, "--data-dir", &data])?).await?;
+    assert!(r.ok, "{}", r.summary());
+    let info = r
+        .generator
+        .csv
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no csv info"))?;
+    assert!(
+        info.bad_rows.is_empty(),
+        "every sample row is valid, so the totals above are the replay's: {:?}",
+        info.bad_rows
+    );
+
+    let store = tillstream_storage::embedded::EmbeddedStore::open(&dir.path().join("store"))?;
+    tillstream_engine::recover(&store)?;
+    let buckets = store.sales_by_time(None, i64::MIN + 1, i64::MAX, Bucket::Day)?;
+    let net: i64 = buckets.iter().map(|b| b.net).sum();
+    assert_eq!(net, net_pence, "net takings in pence");
+    let top = store.top_skus(None, i64::MIN + 1, i64::MAX, TopBy::Quantity, 10)?;
+    let got: Vec<i64> = top.iter().map(|t| t.quantity).collect();
+    assert_eq!(got, best, "net units of the ten best-selling products");
+    Ok(())
+}

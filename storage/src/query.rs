@@ -16,7 +16,8 @@ pub enum Bucket {
     Day,
 }
 
-/// One bucket of a sales series.
+/// One bucket of a sales series. Money is in minor units (pence, cents),
+/// and its JSON names say so (`gross_minor`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 pub struct SalesBucket {
     /// Start of the bucket (UTC µs).
@@ -28,12 +29,16 @@ pub struct SalesBucket {
     /// Units sold.
     pub items: i64,
     /// Σ gross of sales.
+    #[serde(rename = "gross_minor")]
     pub gross: i64,
     /// Σ tax of sales.
+    #[serde(rename = "tax_minor")]
     pub tax: i64,
     /// Σ gross of refunds.
+    #[serde(rename = "refunded_minor")]
     pub refunded: i64,
     /// gross − refunded.
+    #[serde(rename = "net_minor")]
     pub net: i64,
 }
 
@@ -47,16 +52,21 @@ pub enum TopBy {
     Revenue,
 }
 
-/// One SKU's totals over a time range.
+/// One SKU's totals over a time range (money in minor units).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SkuTotal {
     /// Store (0 when summed over all stores).
     pub store: u32,
     /// Product.
     pub sku: u64,
-    /// Units sold net of refunds.
+    /// Units sold net of refunds: `quantity_sold - quantity_refunded`.
     pub quantity: i64,
+    /// Units on sale lines.
+    pub quantity_sold: i64,
+    /// Units on refund lines.
+    pub quantity_refunded: i64,
     /// Amount sold net of refunds.
+    #[serde(rename = "revenue_minor")]
     pub revenue: i64,
     /// Sale lines counted.
     pub lines: u64,
@@ -244,9 +254,15 @@ impl SkuTotals {
             store: s,
             sku: r.sku,
             quantity: 0,
+            quantity_sold: 0,
+            quantity_refunded: 0,
             revenue: 0,
             lines: 0,
         });
+        match r.kind {
+            SaleKind::Sale => t.quantity_sold += i64::from(r.quantity),
+            SaleKind::Refund => t.quantity_refunded += i64::from(r.quantity),
+        }
         t.quantity += sign * i64::from(r.quantity);
         t.revenue += sign * r.amount;
         t.lines += 1;
