@@ -178,7 +178,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
                 name: "bucket",
                 kind: "string",
                 required: false,
-                help: "hour or day (default day).",
+                help: "minute, hour or day (default day).",
             },
         ],
     },
@@ -429,7 +429,8 @@ impl Question {
                 bucket: match text("bucket").as_deref() {
                     None | Some("day") => Bucket::Day,
                     Some("hour") => Bucket::Hour,
-                    Some(b) => return Err(bad(format!("bucket={b:?}: hour or day"))),
+                    Some("minute") => Bucket::Minute,
+                    Some(b) => return Err(bad(format!("bucket={b:?}: minute, hour or day"))),
                 },
             },
             "top-skus" => Question::TopSkus {
@@ -548,6 +549,7 @@ fn scope(store: Option<u32>, range: &Range) -> Result<analytics::Scope, Question
 
 fn bucket_name(b: Bucket) -> &'static str {
     match b {
+        Bucket::Minute => "minute",
         Bucket::Hour => "hour",
         Bucket::Day => "day",
     }
@@ -728,7 +730,7 @@ mod tests {
         assert!(ask("nope", &[]).contains("no endpoint"));
         assert!(ask("sales", &[("stor", "1")]).contains("no parameter \"stor\""));
         assert!(ask("sales", &[("store", "x")]).contains("not a valid number"));
-        assert!(ask("sales", &[("bucket", "week")]).contains("hour or day"));
+        assert!(ask("sales", &[("bucket", "week")]).contains("minute, hour or day"));
         assert!(ask("stock-history", &[("store", "1")]).contains("needs sku="));
     }
 

@@ -44,19 +44,12 @@ pub(crate) fn print_rows(
     };
     match format {
         Format::Csv => {
-            writeln!(
-                out,
-                "{}",
-                columns
-                    .iter()
-                    .map(|c| csv_field(c))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )?;
+            let mut w = csv_writer(&mut *out);
+            w.write_record(&columns)?;
             for row in &flat {
-                let line: Vec<String> = columns.iter().map(|c| csv_field(&cell(row, c))).collect();
-                writeln!(out, "{}", line.join(","))?;
+                w.write_record(columns.iter().map(|c| cell(row, c)))?;
             }
+            w.flush()?;
         }
         Format::Table | Format::Json => {
             if flat.is_empty() {
@@ -142,57 +135,66 @@ fn scalar(v: &Value) -> String {
 
 /// Rows written one at a time, as they are read: CSV (the first row's
 /// columns make the header) or JSON lines.
-pub(crate) struct RowWriter<W: Write> {
-    out: W,
-    csv: bool,
-    columns: Option<Vec<String>>,
+pub(crate) enum RowWriter<W: Write> {
+    /// CSV; the header is written with the first row.
+    Csv {
+        out: Box<csv::Writer<W>>,
+        columns: Option<Vec<String>>,
+    },
+    /// One JSON object a line.
+    Json(W),
+}
+
+/// RFC 4180 with `\n` line ends, quoting only where needed.
+fn csv_writer<W: Write>(out: W) -> csv::Writer<W> {
+    csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(out)
 }
 
 impl<W: Write> RowWriter<W> {
     pub(crate) fn new(out: W, csv: bool) -> Self {
-        Self {
-            out,
-            csv,
-            columns: None,
+        if csv {
+            RowWriter::Csv {
+                out: Box::new(csv_writer(out)),
+                columns: None,
+            }
+        } else {
+            RowWriter::Json(out)
         }
     }
 
     pub(crate) fn write(&mut self, row: &Value) -> std::io::Result<()> {
-        if !self.csv {
-            serde_json::to_writer(&mut self.out, row)?;
-            return writeln!(self.out);
-        }
-        let flat = flatten(row);
-        let columns = match &self.columns {
-            Some(c) => c,
-            None => {
-                let names: Vec<String> = flat.iter().map(|(k, _)| k.clone()).collect();
-                let header: Vec<String> = names.iter().map(|c| csv_field(c)).collect();
-                writeln!(self.out, "{}", header.join(","))?;
-                self.columns.insert(names)
+        match self {
+            RowWriter::Json(out) => {
+                serde_json::to_writer(&mut *out, row)?;
+                writeln!(out)
             }
-        };
-        let line: Vec<String> = columns
-            .iter()
-            .map(|c| {
-                flat.iter()
-                    .find(|(k, _)| k == c)
-                    .map_or_else(String::new, |(_, v)| csv_field(v))
-            })
-            .collect();
-        writeln!(self.out, "{}", line.join(","))
+            RowWriter::Csv { out, columns } => {
+                let flat = flatten(row);
+                let columns = match columns {
+                    Some(c) => c,
+                    None => {
+                        let names: Vec<String> = flat.iter().map(|(k, _)| k.clone()).collect();
+                        out.write_record(&names)?;
+                        columns.insert(names)
+                    }
+                };
+                out.write_record(columns.iter().map(|c| {
+                    flat.iter()
+                        .find(|(k, _)| k == c)
+                        .map_or("", |(_, v)| v.as_str())
+                }))?;
+                Ok(())
+            }
+        }
     }
 
-    pub(crate) fn finish(mut self) -> std::io::Result<()> {
-        self.out.flush()
-    }
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
+    pub(crate) fn finish(self) -> std::io::Result<()> {
+        match self {
+            RowWriter::Json(mut out) => out.flush(),
+            RowWriter::Csv { mut out, .. } => out.flush(),
+        }
     }
 }
 

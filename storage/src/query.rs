@@ -10,6 +10,8 @@ use crate::store::StoreError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Bucket {
+    /// One row per minute.
+    Minute,
     /// One row per hour.
     Hour,
     /// One row per day.
@@ -185,6 +187,7 @@ impl SalesSeries {
             return;
         }
         let start_us = match self.bucket {
+            Bucket::Minute => r.ts_us - r.ts_us.rem_euclid(crate::time::MINUTE_US),
             Bucket::Hour => crate::time::hour_start_us(crate::time::hour(r.ts_us)),
             Bucket::Day => crate::time::day_start_us(crate::time::day(r.ts_us)),
         };
@@ -289,4 +292,36 @@ pub fn lowest_levels(levels: Vec<StockLevelRow>, below: i64) -> Vec<StockLevelRo
     let mut out: Vec<StockLevelRow> = levels.into_iter().filter(|r| r.level < below).collect();
     out.sort_by_key(|r| (r.level, r.store, r.sku));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::sample;
+    use crate::time::MINUTE_US;
+
+    /// Minute buckets start on the minute and together hold what one
+    /// day bucket holds.
+    #[test]
+    fn minute_buckets_split_what_the_day_holds() {
+        let rows = sample();
+        let series = |bucket| {
+            let mut s = SalesSeries::new(i64::MIN, i64::MAX, bucket);
+            rows.sales.iter().for_each(|r| s.add(r));
+            s.finish()
+        };
+        let minutes = series(Bucket::Minute);
+        assert!(minutes.len() > 1);
+        assert!(
+            minutes
+                .iter()
+                .all(|b| b.start_us.rem_euclid(MINUTE_US) == 0)
+        );
+        let sum = |bs: &[SalesBucket]| {
+            bs.iter()
+                .map(|b| (b.sales, b.refunds, b.net))
+                .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+        };
+        assert_eq!(sum(&minutes), sum(&series(Bucket::Day)));
+    }
 }

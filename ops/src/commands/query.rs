@@ -67,7 +67,7 @@ impl From<Range> for questions::Range {
 
 #[derive(Debug, clap::Subcommand)]
 enum What {
-    /// Sales and refunds bucketed by hour or day.
+    /// Sales and refunds bucketed by minute, hour or day.
     Sales {
         /// Store id; all stores when left out.
         #[arg(long)]
@@ -160,6 +160,7 @@ enum What {
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum BucketArg {
+    Minute,
     Hour,
     Day,
 }
@@ -181,6 +182,7 @@ impl What {
                 store,
                 range: range.into(),
                 bucket: match bucket {
+                    BucketArg::Minute => Bucket::Minute,
                     BucketArg::Hour => Bucket::Hour,
                     BucketArg::Day => Bucket::Day,
                 },
