@@ -61,6 +61,16 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     pub events: u64,
 
+    /// Send for this many seconds at --rate instead of a count of events
+    /// (the events are --rate × --duration).
+    #[arg(long, value_name = "SECS", requires = "rate")]
+    pub duration: Option<f64>,
+
+    /// Log format on stderr; with json every line is JSON, the periodic
+    /// stats lines included.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "TILLSTREAM_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
     /// Stores of the simulated chain.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub stores: u32,
@@ -148,6 +158,15 @@ pub struct Args {
     pub replay_csv: Option<PathBuf>,
 }
 
+/// Log format of the loadgen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines (coloured on a terminal).
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
 impl Args {
     /// Checks what clap cannot.
     pub fn check(&self) -> anyhow::Result<()> {
@@ -176,6 +195,17 @@ impl Args {
         Ok(())
     }
 
+    /// The events to send: --events, or --rate × --duration.
+    pub fn events_to_send(&self) -> anyhow::Result<u64> {
+        match self.duration {
+            None => Ok(self.events),
+            Some(d) if d > 0.0 && self.rate > 0.0 => Ok((d * self.rate).round().max(1.0) as u64),
+            Some(_) => {
+                anyhow::bail!("--duration needs a positive --rate and a positive number of seconds")
+            }
+        }
+    }
+
     /// Simulated µs between events.
     pub fn step_us(&self) -> i64 {
         self.sim_step_us.unwrap_or(if self.rate > 0.0 {
@@ -191,6 +221,21 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn a_duration_at_a_rate_is_a_count_of_events() -> anyhow::Result<()> {
+        let a = Args::try_parse_from(["x", "--rate", "2000", "--duration", "1.5"])?;
+        assert_eq!(a.events_to_send()?, 3_000);
+        assert!(
+            Args::try_parse_from(["x", "--duration", "3"]).is_err(),
+            "needs --rate"
+        );
+        let a = Args::try_parse_from(["x", "--rate", "10", "--duration=-1"])?;
+        assert!(a.events_to_send().is_err());
+        let a = Args::try_parse_from(["x", "--events", "7"])?;
+        assert_eq!(a.events_to_send()?, 7);
+        Ok(())
+    }
 
     #[test]
     fn cli_is_consistent() {

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
+use std::io::IsTerminal;
+
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tillstream_client::{
     ClientConfig, ClientError, ClientEvent, ClientStats, DeviceClient, client_endpoint,
@@ -120,6 +122,9 @@ impl RunOutcome {
     }
 }
 
+/// How often a stats line is logged where no progress bar shows.
+const STATS_EVERY: Duration = Duration::from_secs(5);
+
 fn progress(total: u64) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template(
@@ -204,8 +209,25 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
     let mut c = Collector::new()?;
     let deadline = tokio::time::Instant::from(start + cfg.give_up_after);
     let mut last_ack = start;
+    // Where no progress bar shows (logs, CI), a stats line every 5 s.
+    let stats_lines = !std::io::stderr().is_terminal();
+    let mut stats = tokio::time::interval(STATS_EVERY);
+    stats.tick().await;
+    let mut since = (Instant::now(), 0u64);
     while c.acked + c.refused < total {
         tokio::select! {
+            _ = stats.tick(), if stats_lines => {
+                let secs = since.0.elapsed().as_secs_f64().max(1e-9);
+                tracing::info!(
+                    acked = c.acked,
+                    total,
+                    events_per_s = ((c.acked - since.1) as f64 / secs).round(),
+                    p99_ms = c.latency.value_at_quantile(0.99) as f64 / 1000.0,
+                    refused = c.refused,
+                    "progress"
+                );
+                since = (Instant::now(), c.acked);
+            }
             ev = rx.recv() => match ev {
                 Some(ev) => {
                     let before = c.acked;

@@ -12,14 +12,17 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn init_logs() {
+fn init_logs(format: tillstream_loadgen::cli::LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("warn,tillstream_loadgen=info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        tillstream_loadgen::cli::LogFormat::Human => builder.init(),
+        tillstream_loadgen::cli::LogFormat::Json => builder.json().init(),
+    }
 }
 
 fn write_report(args: &Args, report: &Report) -> anyhow::Result<()> {
@@ -36,7 +39,7 @@ fn write_report(args: &Args, report: &Report) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logs();
+    init_logs(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -72,7 +72,7 @@ pub async fn prepare(args: &Args) -> anyhow::Result<(Workload, GeneratorInfo)> {
             terminals_per_store: a.terminals_per_store,
             sensors_per_store: a.sensors_per_store,
             skus: a.skus,
-            events: a.events,
+            events: a.events_to_send()?,
             seed: a.seed,
             start_us: now_us(),
             step_us: a.step_us(),
