@@ -180,4 +180,11 @@ impl<F: CommitFault> Store for FaultyStore<F> {
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }
+
+    fn put_catalog(
+        &self,
+        catalog: &tillstream_storage::catalog::Catalog,
+    ) -> Result<(), StoreError> {
+        self.inner.put_catalog(catalog)
+    }
 }

@@ -56,6 +56,7 @@ pub(crate) async fn serve(
         .route("/v1/verify", post(verify_handler))
         .route("/v1/revoke", post(revoke_handler))
         .route("/v1/backup", post(backup_handler))
+        .route("/v1/catalog", post(catalog_handler))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/{endpoint}", get(question))
         .with_state(Arc::new(state));
@@ -147,6 +148,28 @@ async fn readyz(State(s): AppState) -> Response {
             format!("not ready: {why}\n"),
         )
             .into_response(),
+    }
+}
+
+/// `POST /v1/catalog` (role admin): products and stores to add or
+/// replace (`tillstream catalog import --server-http`, the CSV replay).
+async fn catalog_handler(
+    State(s): AppState,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    Json(catalog): Json<tillstream_storage::catalog::Catalog>,
+) -> Response {
+    if let Some(r) = refusal(&s, &headers, peer, Role::Admin) {
+        return r;
+    }
+    let store = s.store.clone();
+    let counts = (catalog.products.len(), catalog.stores.len());
+    match tokio::task::spawn_blocking(move || store.put_catalog(&catalog)).await {
+        Ok(Ok(())) => {
+            Json(serde_json::json!({ "products": counts.0, "stores": counts.1 })).into_response()
+        }
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
     }
 }
 

@@ -477,6 +477,14 @@ impl Question {
     /// The answer: a JSON array of objects, the same wherever it is asked.
     /// Blocks on the store: call it from a blocking thread.
     pub fn answer(&self, q: &dyn Query) -> Result<Vec<Value>, QuestionError> {
+        let mut rows = self.answer_ids(q)?;
+        if !rows.is_empty() && !matches!(self, Question::Watermarks | Question::Health { .. }) {
+            tillstream_storage::catalog::name_rows(&q.catalog()?, &mut rows);
+        }
+        Ok(rows)
+    }
+
+    fn answer_ids(&self, q: &dyn Query) -> Result<Vec<Value>, QuestionError> {
         fn values<T: serde::Serialize>(rows: Vec<T>) -> Vec<Value> {
             rows.into_iter()
                 .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))

@@ -27,7 +27,7 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// The SKU of a StockCode (case-insensitive, trimmed).
 pub fn sku_of(stock_code: &str) -> u64 {
-    fnv1a(stock_code.trim().to_ascii_uppercase().as_bytes())
+    tillstream_storage::catalog::sku_of(stock_code)
 }
 
 /// A decimal price in pounds to pence, exactly (half up past two decimals).
@@ -104,6 +104,7 @@ struct Columns {
     price: usize,
     customer: usize,
     country: usize,
+    description: Option<usize>,
 }
 
 impl Columns {
@@ -122,6 +123,7 @@ impl Columns {
             price: col("UnitPrice")?,
             customer: col("CustomerID")?,
             country: col("Country")?,
+            description: headers.iter().position(|h| h.trim() == "Description"),
         })
     }
 
@@ -190,6 +192,7 @@ pub fn build(path: &Path, batch_size: u32, tills: u32) -> anyhow::Result<(Worklo
         ..CsvInfo::default()
     };
     let mut invoices: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+    let mut names: BTreeMap<u64, (String, String)> = BTreeMap::new();
     let mut record = csv::StringRecord::new();
     loop {
         let line = rd.position().line();
@@ -210,6 +213,13 @@ pub fn build(path: &Path, batch_size: u32, tills: u32) -> anyhow::Result<(Worklo
         match cols.parse(&record) {
             Ok(row) => {
                 info.used_rows += 1;
+                let text = |c: Option<usize>| c.and_then(|c| record.get(c)).unwrap_or("").trim();
+                names.entry(row.line.sku).or_insert_with(|| {
+                    (
+                        text(Some(cols.stock)).to_owned(),
+                        text(cols.description).to_owned(),
+                    )
+                });
                 invoices.entry(row.invoice.clone()).or_default().push(row);
             }
             Err(reason) => {
@@ -227,6 +237,25 @@ pub fn build(path: &Path, batch_size: u32, tills: u32) -> anyhow::Result<(Worklo
         countries.iter().zip(1u32..).map(|(c, s)| (*c, s)).collect();
     info.stores = store_of.len() as u64;
     info.invoices = invoices.len() as u64;
+    info.catalog = tillstream_storage::catalog::Catalog {
+        products: names
+            .into_iter()
+            .map(|(sku, (code, name))| tillstream_storage::catalog::Product {
+                sku,
+                code,
+                name,
+                category: String::new(),
+            })
+            .collect(),
+        stores: store_of
+            .iter()
+            .map(|(country, store)| tillstream_storage::catalog::StoreInfo {
+                store: *store,
+                name: (*country).to_owned(),
+                country: (*country).to_owned(),
+            })
+            .collect(),
+    };
 
     // Devices: `tills` per store; events in time order across the chain.
     let devices: Vec<(u64, u32, tillstream_auth::Role)> = (1..=store_of.len() as u32)

@@ -66,6 +66,11 @@ pub struct CsvInfo {
     pub invoices: u64,
     /// Countries (one store each).
     pub stores: u64,
+    /// Names of the replayed products (StockCode, Description) and stores
+    /// (countries), written to the server's catalogue after the run; not
+    /// in the report.
+    #[serde(skip)]
+    pub catalog: tillstream_storage::catalog::Catalog,
 }
 
 /// What was generated.

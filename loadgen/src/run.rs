@@ -269,6 +269,32 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     report.run_id = run_id;
     report.auth = auth_mode.to_string();
 
+    // A replay names its products and stores in the server's catalogue.
+    if let Some(catalog) = report
+        .generator
+        .csv
+        .as_ref()
+        .map(|c| &c.catalog)
+        .filter(|c| !c.is_empty())
+    {
+        let written = match &target {
+            Target::InProcess { server, .. } => {
+                let store = server.store();
+                let catalog = catalog.clone();
+                tokio::task::spawn_blocking(move || store.put_catalog(&catalog))
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| r.map_err(anyhow::Error::from))
+            }
+            Target::Remote { http, bearer } => {
+                verify::put_catalog(http, bearer.as_deref(), catalog).await
+            }
+        };
+        if let Err(e) = written {
+            tracing::warn!(error = %format!("{e:#}"), "the replay's catalogue was not written");
+        }
+    }
+
     let verified = if args.verify {
         let expected = verify::manifest(&out.acked);
         let got = match &target {

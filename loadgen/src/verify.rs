@@ -100,3 +100,24 @@ pub async fn remote_settings(http: &str, bearer: Option<&str>) -> serde_json::Va
         Err(_) => serde_json::Value::Null,
     }
 }
+
+/// Writes `catalog` to the remote server (`POST {http}/v1/catalog`, admin).
+pub async fn put_catalog(
+    http: &str,
+    bearer: Option<&str>,
+    catalog: &tillstream_storage::catalog::Catalog,
+) -> anyhow::Result<()> {
+    let url = format!("{}/v1/catalog", http.trim_end_matches('/'));
+    let auth = bearer.map(|t| format!("Bearer {t}"));
+    let body = serde_json::to_value(catalog).context("encoding the catalogue")?;
+    tokio::task::spawn_blocking(move || {
+        let mut req = agent(Duration::from_secs(60)).post(&url);
+        if let Some(a) = &auth {
+            req = req.header("Authorization", a);
+        }
+        req.send_json(body).with_context(|| format!("POST {url}"))?;
+        Ok(())
+    })
+    .await
+    .context("the catalogue task failed")?
+}

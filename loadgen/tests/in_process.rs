@@ -254,5 +254,33 @@ async fn the_replayed_sample_queries_to_the_csvs_own_totals() -> anyhow::Result<
     let top = store.top_skus(None, i64::MIN + 1, i64::MAX, TopBy::Quantity, 10)?;
     let got: Vec<i64> = top.iter().map(|t| t.quantity).collect();
     assert_eq!(got, best, "net units of the ten best-selling products");
+
+    // The replay named its products and stores: answers carry the
+    // StockCode and Description of the CSV beside the hashed SKU id.
+    let catalog = store.catalog()?;
+    assert_eq!(catalog.products.len(), units.len());
+    assert!(catalog.stores.iter().any(|s| s.name == "United Kingdom"));
+    let q = tillstream_engine::questions::Question::TopSkus {
+        store: None,
+        range: Default::default(),
+        by: TopBy::Quantity,
+        limit: 1,
+    };
+    let answer = q.answer(&store)?;
+    let code = answer[0]["sku_code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        units.get(&code).copied(),
+        best.first().copied(),
+        "{answer:?}"
+    );
+    assert!(
+        answer[0]["sku_name"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty()),
+        "{answer:?}"
+    );
     Ok(())
 }

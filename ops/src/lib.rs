@@ -58,6 +58,9 @@ enum Command {
     Backup(commands::backup::BackupArgs),
     /// Make a data directory's store from a backup, then verify it.
     Restore(commands::backup::RestoreArgs),
+    /// Names for SKUs and stores, shown beside their ids in query answers:
+    /// `catalog import FILE.csv`.
+    Catalog(commands::catalog::Args),
     /// A live view of a running server: events/s, ack latency, journal,
     /// flushes, connections, rejects and each shard's queue.
     Top(commands::top::Args),
@@ -164,6 +167,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Token(a) => commands::credentials::run_token(a),
         Command::Backup(a) => commands::backup::run_backup(a),
         Command::Top(a) => commands::top::run(a),
+        Command::Catalog(a) => commands::catalog::run(a),
         Command::Tune(a) => commands::tune::run(a),
         Command::Restore(a) => commands::backup::run_restore(a),
         Command::Completions { shell } => {

@@ -257,6 +257,40 @@ fn serve_drain_verify_and_query_as_processes() -> anyhow::Result<()> {
         assert_eq!(&out, live, "query {q:?}: offline and live differ");
     }
 
+    // A catalogue puts names beside the ids.
+    let products = dir.path().join("products.csv");
+    std::fs::write(
+        &products,
+        format!("code,name,category,sku\nTILL-{sku},Blue mug,kitchen,{sku}\n"),
+    )?;
+    let stores = dir.path().join("stores.csv");
+    std::fs::write(
+        &stores,
+        format!("store,name,country\n{store},Lyon Part-Dieu,FR\n"),
+    )?;
+    for file in [&products, &stores] {
+        let (code, _, err) = run(&["catalog", "import", &file.to_string_lossy()], &data)?;
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, err) = run(
+        &[
+            "query",
+            "--format",
+            "json",
+            "stock-history",
+            "--store",
+            &store,
+            "--sku",
+            &sku,
+        ],
+        &data,
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+    assert_eq!(rows[0]["sku_name"], "Blue mug", "{out}");
+    assert_eq!(rows[0]["sku_code"], format!("TILL-{sku}"));
+    assert_eq!(rows[0]["store_name"], "Lyon Part-Dieu");
+
     // Export: the same rows as CSV and as JSON lines, filtered by time.
     let (code, csv, err) = run(
         &["export", "--table", "sale_lines", "--format", "csv"],

@@ -20,6 +20,7 @@
 
 pub mod analytics;
 pub mod buckets;
+pub mod catalog;
 pub mod journal;
 pub mod query;
 pub mod rows;

@@ -137,6 +137,9 @@ pub trait Query {
     /// Every device's durable watermark, by device.
     fn watermarks(&self) -> Result<Vec<WatermarkRow>, StoreError>;
 
+    /// The product catalogue and store list (empty until one is imported).
+    fn catalog(&self) -> Result<crate::catalog::Catalog, StoreError>;
+
     /// Hands every row of `table` to `f`: in the table's key order on the
     /// embedded store, in the cluster's token order on ScyllaDB (callers
     /// must not depend on either).

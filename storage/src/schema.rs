@@ -182,15 +182,15 @@ mod tests {
                 ));
             }
         }
-        // The keyspace, the logical tables, and five of the backend's
+        // The keyspace, the logical tables, and seven of the backend's
         // own: store_movements (the movements by store and hour, for
-        // activation), the journal, the checkpoints and the two staging
-        // tables of snapshot rows.
-        if stmts.len() != 6 + Table::ALL.len() {
+        // activation), the journal, the checkpoints, the two staging
+        // tables of snapshot rows and the two of the catalogue.
+        if stmts.len() != 8 + Table::ALL.len() {
             return Err(format!(
                 "{} statements, expected {}",
                 stmts.len(),
-                6 + Table::ALL.len()
+                8 + Table::ALL.len()
             ));
         }
         for (table, key) in [
@@ -199,6 +199,8 @@ mod tests {
             ("checkpoints", &["node"][..]),
             ("staged_levels", &["node", "lsn", "chunk"][..]),
             ("staged_rollups", &["node", "lsn", "chunk"][..]),
+            ("catalog_products", &["bucket"][..]),
+            ("catalog_stores", &["store"][..]),
         ] {
             let s = create_table(&stmts, table)?;
             if partition_key(s) != key {

@@ -175,6 +175,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         Vec::new()
     }
 
+    /// Adds or replaces catalogue entries (products by SKU, stores by id),
+    /// durably.
+    fn put_catalog(&self, catalog: &crate::catalog::Catalog) -> Result<(), StoreError>;
+
     /// Copies the store, consistent as of one moment, into `dest` (a new
     /// or empty directory) while it keeps serving; the copy opens as a
     /// store of the same backend. Backends that cannot say so (a cluster

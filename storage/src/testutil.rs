@@ -362,6 +362,9 @@ impl Query for MemQuery {
     fn watermarks(&self) -> Result<Vec<WatermarkRow>, StoreError> {
         Ok(self.0.watermarks.clone())
     }
+    fn catalog(&self) -> Result<crate::catalog::Catalog, StoreError> {
+        Ok(crate::catalog::Catalog::default())
+    }
     fn scan(&self, table: Table, f: &mut dyn FnMut(RowRef<'_>)) -> Result<(), StoreError> {
         let r = &self.0;
         match table {

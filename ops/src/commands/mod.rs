@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub(crate) mod backup;
+pub(crate) mod catalog;
 pub(crate) mod config;
 pub(crate) mod credentials;
 pub(crate) mod export;

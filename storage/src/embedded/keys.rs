@@ -24,6 +24,19 @@ pub(crate) const LAST_COMMIT: &[u8] = b"last_commit";
 /// Key (in [`META`]) of the checkpoint: the journal LSN up to which every
 /// record's rows are in the tables.
 pub(crate) const CHECKPOINT: &[u8] = b"checkpoint";
+/// Keys (in [`META`]) of the catalogue: `catalog/p/` + SKU, `catalog/s/`
+/// + store, big-endian.
+pub(crate) const CATALOG_PRODUCTS: &[u8] = b"catalog/p/";
+pub(crate) const CATALOG_STORES: &[u8] = b"catalog/s/";
+
+pub(crate) fn catalog_product(sku: u64) -> Vec<u8> {
+    [CATALOG_PRODUCTS, &sku.to_be_bytes()].concat()
+}
+
+pub(crate) fn catalog_store(store: u32) -> Vec<u8> {
+    [CATALOG_STORES, &store.to_be_bytes()].concat()
+}
+
 /// Folder (in the data directory) of the write-ahead journal.
 pub(crate) const JOURNAL_DIR: &str = "wal";
 

@@ -482,4 +482,23 @@ impl Store for EmbeddedStore {
     fn backup_to(&self, dest: &Path) -> Result<BackupInfo, StoreError> {
         EmbeddedStore::backup_to(self, dest)
     }
+
+    fn put_catalog(&self, catalog: &crate::catalog::Catalog) -> Result<(), StoreError> {
+        self.check_writable()?;
+        let mut batch = self.db.batch();
+        for p in &catalog.products {
+            let value = crate::catalog::encode_fields(&[&p.code, &p.name, &p.category]);
+            batch.insert(&self.meta, keys::catalog_product(p.sku), value);
+        }
+        for s in &catalog.stores {
+            let value = crate::catalog::encode_fields(&[&s.name, &s.country]);
+            batch.insert(&self.meta, keys::catalog_store(s.store), value);
+        }
+        batch
+            .commit()
+            .map_err(|e| backend_err("writing the catalogue", e))?;
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| backend_err("syncing the catalogue", e))
+    }
 }

@@ -287,6 +287,51 @@ impl Query for EmbeddedStore {
         Ok(lowest_levels(self.levels_of(store)?, below))
     }
 
+    fn catalog(&self) -> Result<crate::catalog::Catalog, StoreError> {
+        use crate::catalog::{Catalog, Product, StoreInfo, decode_fields};
+        let corrupt = |what| StoreError::Corrupt {
+            what,
+            reason: "not a catalogue entry".into(),
+        };
+        let mut out = Catalog::default();
+        for guard in self.meta.prefix(keys::CATALOG_PRODUCTS) {
+            let (k, v) = guard
+                .into_inner()
+                .map_err(|e| backend_err("reading the catalogue", e))?;
+            let sku = k
+                .get(keys::CATALOG_PRODUCTS.len()..)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| corrupt("catalogue key"))?;
+            let mut f = decode_fields(&v, 3).ok_or_else(|| corrupt("catalogue product"))?;
+            let (category, name, code) = (f.remove(2), f.remove(1), f.remove(0));
+            out.products.push(Product {
+                sku,
+                code,
+                name,
+                category,
+            });
+        }
+        for guard in self.meta.prefix(keys::CATALOG_STORES) {
+            let (k, v) = guard
+                .into_inner()
+                .map_err(|e| backend_err("reading the catalogue", e))?;
+            let store = k
+                .get(keys::CATALOG_STORES.len()..)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| corrupt("catalogue key"))?;
+            let mut f = decode_fields(&v, 2).ok_or_else(|| corrupt("catalogue store"))?;
+            let (country, name) = (f.remove(1), f.remove(0));
+            out.stores.push(StoreInfo {
+                store,
+                name,
+                country,
+            });
+        }
+        Ok(out)
+    }
+
     fn watermarks(&self) -> Result<Vec<WatermarkRow>, StoreError> {
         Self::points(&self.marks, &[])
     }

@@ -390,6 +390,32 @@ impl Store for ScyllaStore {
     fn backend_metrics(&self) -> Vec<(&'static str, f64)> {
         self.driver_metrics()
     }
+
+    fn put_catalog(&self, catalog: &crate::catalog::Catalog) -> Result<(), StoreError> {
+        self.writable()?;
+        let n = self.cfg.max_in_flight.max(1);
+        self.block(async {
+            futures_util::stream::iter(catalog.products.iter())
+                .map(|p| {
+                    let bucket = i32::from(crate::buckets::level_bucket(p.sku));
+                    let values = (bucket, p.sku as i64, &p.code, &p.name, &p.category);
+                    self.session
+                        .execute_unpaged(&self.st.product_insert, values)
+                })
+                .buffer_unordered(n)
+                .try_for_each(|_| async { Ok(()) })
+                .await?;
+            futures_util::stream::iter(catalog.stores.iter())
+                .map(|s| {
+                    let values = (i64::from(s.store), &s.name, &s.country);
+                    self.session.execute_unpaged(&self.st.store_insert, values)
+                })
+                .buffer_unordered(n)
+                .try_for_each(|_| async { Ok(()) })
+                .await
+        })
+        .map_err(backend_err("writing the catalogue"))
+    }
 }
 
 impl ScyllaStore {

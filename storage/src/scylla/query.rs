@@ -147,6 +147,54 @@ impl Query for ScyllaStore {
         Ok(lowest_levels(levels, below))
     }
 
+    fn catalog(&self) -> Result<crate::catalog::Catalog, StoreError> {
+        use crate::catalog::{Catalog, Product, StoreInfo};
+        let buckets = 0..i32::from(crate::buckets::LEVEL_BUCKETS);
+        let products: Vec<Vec<(i64, String, String, String)>> =
+            self.block(self.many(buckets, |bucket| async move {
+                self.session
+                    .execute_iter(self.st.products_read.clone(), (bucket,))
+                    .await
+                    .map_err(backend_err("reading the catalogue"))?
+                    .rows_stream::<(i64, String, String, String)>()
+                    .map_err(backend_err("reading the catalogue"))?
+                    .try_collect()
+                    .await
+                    .map_err(backend_err("reading the catalogue"))
+            }))?;
+        let stores: Vec<(i64, String, String)> = self.block(async {
+            self.session
+                .execute_iter(self.st.stores_read.clone(), ())
+                .await
+                .map_err(backend_err("reading the catalogue"))?
+                .rows_stream::<(i64, String, String)>()
+                .map_err(backend_err("reading the catalogue"))?
+                .try_collect()
+                .await
+                .map_err(backend_err("reading the catalogue"))
+        })?;
+        Ok(Catalog {
+            products: products
+                .into_iter()
+                .flatten()
+                .map(|(sku, code, name, category)| Product {
+                    sku: sku as u64,
+                    code,
+                    name,
+                    category,
+                })
+                .collect(),
+            stores: stores
+                .into_iter()
+                .map(|(store, name, country)| StoreInfo {
+                    store: u32::try_from(store).unwrap_or(u32::MAX),
+                    name,
+                    country,
+                })
+                .collect(),
+        })
+    }
+
     fn watermarks(&self) -> Result<Vec<WatermarkRow>, StoreError> {
         let mut marks = self.block(self.scan_all::<WatermarkRow>(Table::DeviceWatermarks))?;
         marks.sort_unstable_by_key(|w| w.device);

@@ -59,6 +59,10 @@ pub(crate) struct Texts {
     pub(crate) staged_levels_delete: String,
     pub(crate) staged_rollups_delete: String,
     pub(crate) snapshots_at_write: String,
+    pub(crate) product_insert: String,
+    pub(crate) store_insert: String,
+    pub(crate) products_read: String,
+    pub(crate) stores_read: String,
 }
 
 /// The staging table of a snapshot table, and its columns: the
@@ -142,6 +146,16 @@ impl Texts {
             snapshots_at_write: format!(
                 "UPDATE {ks}.checkpoints USING TIMESTAMP ? SET snapshots_at = ? WHERE node = ?"
             ),
+            product_insert: format!(
+                "INSERT INTO {ks}.catalog_products (bucket, sku, code, name, category) VALUES (?, ?, ?, ?, ?)"
+            ),
+            store_insert: format!(
+                "INSERT INTO {ks}.catalog_stores (store, name, country) VALUES (?, ?, ?)"
+            ),
+            products_read: format!(
+                "SELECT sku, code, name, category FROM {ks}.catalog_products WHERE bucket = ?"
+            ),
+            stores_read: format!("SELECT store, name, country FROM {ks}.catalog_stores"),
         }
     }
 
@@ -170,6 +184,10 @@ impl Texts {
             &self.staged_levels_delete,
             &self.staged_rollups_delete,
             &self.snapshots_at_write,
+            &self.product_insert,
+            &self.store_insert,
+            &self.products_read,
+            &self.stores_read,
         ]
     }
 }

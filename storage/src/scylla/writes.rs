@@ -62,6 +62,10 @@ pub(crate) struct Prepared {
     pub(crate) staged_levels_delete: PreparedStatement,
     pub(crate) staged_rollups_delete: PreparedStatement,
     pub(crate) snapshots_at_write: PreparedStatement,
+    pub(crate) product_insert: PreparedStatement,
+    pub(crate) store_insert: PreparedStatement,
+    pub(crate) products_read: PreparedStatement,
+    pub(crate) stores_read: PreparedStatement,
     /// `SELECT cols FROM ks.T` per table, for scans.
     scans: Vec<(Table, PreparedStatement)>,
 }
@@ -140,6 +144,10 @@ impl Prepared {
             staged_levels_delete: prep(session, &t.staged_levels_delete).await?,
             staged_rollups_delete: prep(session, &t.staged_rollups_delete).await?,
             snapshots_at_write: prep(session, &t.snapshots_at_write).await?,
+            product_insert: prep(session, &t.product_insert).await?,
+            store_insert: prep(session, &t.store_insert).await?,
+            products_read: prep(session, &t.products_read).await?,
+            stores_read: prep(session, &t.stores_read).await?,
             scans,
         })
     }
