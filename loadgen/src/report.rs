@@ -151,6 +151,20 @@ pub struct Report {
 }
 
 /// Names of the codes in a by-code count.
+/// A count with thousands separators (`1,234,567`), for tables people read.
+pub fn thousands(x: f64) -> String {
+    let n = x.round().max(0.0) as u64;
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 pub fn by_code_name(counts: &BTreeMap<u16, u64>) -> BTreeMap<String, u64> {
     counts
         .iter()

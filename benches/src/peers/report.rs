@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use tillstream_loadgen::report::thousands;
 
 use crate::tally::Measured;
 
@@ -94,20 +95,6 @@ impl SystemEntry {
             error: Some(error),
         }
     }
-}
-
-/// `1234567.0` as `1,234,567`.
-fn thousands(x: f64) -> String {
-    let n = x.round().max(0.0) as u64;
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Text safe inside a markdown table cell.

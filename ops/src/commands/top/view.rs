@@ -102,16 +102,7 @@ pub(crate) fn frame(
 
 /// A count with thousands separators.
 fn count(v: f64) -> String {
-    let n = v.round().max(0.0) as u64;
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    tillstream_loadgen::report::thousands(v)
 }
 
 #[cfg(test)]
