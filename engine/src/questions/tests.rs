@@ -1,0 +1,127 @@
+//! Questions through URLs and back, bad requests, the OpenAPI document.
+
+use super::*;
+
+fn every_kind() -> Vec<Question> {
+    let range = Range {
+        from: Some("2026-11-21".into()),
+        to: Some("2026-11-22T10:00:00+01:00".into()),
+    };
+    vec![
+        Question::Sales {
+            store: Some(3),
+            range: range.clone(),
+            bucket: Bucket::Hour,
+        },
+        Question::TopSkus {
+            store: None,
+            range: range.clone(),
+            by: TopBy::Quantity,
+            limit: 7,
+        },
+        Question::StockHistory {
+            store: 1,
+            sku: u64::MAX,
+            range: Range::default(),
+        },
+        Question::LowStock {
+            store: Some(2),
+            below: -4,
+        },
+        Question::Watermarks,
+        Question::Terminals {
+            store: Some(4),
+            range: range.clone(),
+        },
+        Question::Health {
+            store: None,
+            range: Range::default(),
+        },
+        Question::DeadStock {
+            store: Some(1),
+            days: 14,
+        },
+        Question::BasketPairs {
+            store: None,
+            range,
+            limit: 5,
+            min_baskets: 3,
+        },
+    ]
+}
+
+/// What the CLI sends is what the server reads back: the question
+/// survives its trip through a URL.
+#[test]
+fn a_question_survives_its_trip_through_a_url() -> Result<(), String> {
+    for q in every_kind() {
+        let url = q.path_and_query();
+        let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+        let endpoint = path.trim_start_matches("/api/v1/");
+        let params: HashMap<String, String> = query
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), decode(v)))
+            .collect();
+        let back = Question::from_request(endpoint, &params).map_err(|e| e.to_string())?;
+        assert_eq!(back, q, "{url}");
+    }
+    Ok(())
+}
+
+fn decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() + 1 {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("00");
+            out.push(u8::from_str_radix(hex, 16).unwrap_or(0));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn bad_requests_say_what_is_wrong() {
+    let ask = |endpoint: &str, kv: &[(&str, &str)]| {
+        let params = kv
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Question::from_request(endpoint, &params)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(ask("nope", &[]).contains("no endpoint"));
+    assert!(ask("sales", &[("stor", "1")]).contains("no parameter \"stor\""));
+    assert!(ask("sales", &[("store", "x")]).contains("not a valid number"));
+    assert!(ask("sales", &[("bucket", "week")]).contains("minute, hour or day"));
+    assert!(ask("stock-history", &[("store", "1")]).contains("needs sku="));
+}
+
+#[test]
+fn the_openapi_document_lists_every_endpoint_and_parameter() {
+    let doc = openapi();
+    for q in every_kind() {
+        let path = format!("/api/v1/{}", q.endpoint());
+        let op = &doc["paths"][&path]["get"];
+        assert!(op.is_object(), "{path} is not in the document");
+        for (name, _) in q.params() {
+            let listed = op["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["name"] == name));
+            assert!(listed, "{path}: {name} is not documented");
+        }
+    }
+    assert_eq!(
+        doc["paths"].as_object().map(serde_json::Map::len),
+        Some(ENDPOINTS.len())
+    );
+}
