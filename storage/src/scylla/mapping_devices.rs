@@ -10,6 +10,31 @@ use crate::scylla::cols::Cols;
 use crate::store::StoreError;
 use crate::time;
 
+/// The leading columns both per-device event tables share (health and
+/// refused events): device, day, ts_us, seq, idx.
+fn event_head(key: &EventKey, ts_us: i64) -> Values {
+    vec![
+        big_u(key.device),
+        big(time::day(ts_us).into()),
+        big(ts_us),
+        big_u(key.seq),
+        int(key.idx as i32),
+    ]
+}
+
+/// Reads what [`event_head`] wrote: the event's time and key.
+fn read_event_head(c: &mut Cols) -> Result<(i64, EventKey), StoreError> {
+    let device = c.u64()?;
+    c.i64()?; // day
+    let ts_us = c.i64()?;
+    let key = EventKey {
+        device,
+        seq: c.u64()?,
+        idx: c.int_u32()?,
+    };
+    Ok((ts_us, key))
+}
+
 impl CqlRow for DeviceHealthRow {
     const TABLE: &'static str = "device_health";
     const COLUMNS: &'static [&'static str] = &[
@@ -28,31 +53,21 @@ impl CqlRow for DeviceHealthRow {
     const PARTITION_COLUMNS: usize = 2;
 
     fn values(&self) -> Values {
-        vec![
-            big_u(self.key.device),
-            big(time::day(self.ts_us).into()),
-            big(self.ts_us),
-            big_u(self.key.seq),
-            int(self.key.idx as i32),
+        let mut v = event_head(&self.key, self.ts_us);
+        v.extend([
             big(self.store.into()),
             small(self.battery_pct),
             small(self.temperature_dc),
             big(self.uptime_s.into()),
             big(self.queue_depth.into()),
             small(self.rssi_dbm),
-        ]
+        ]);
+        v
     }
 
     fn from_row(row: Row) -> Result<Self, StoreError> {
         let mut c = Cols::new(Self::TABLE, row, Self::COLUMNS.len())?;
-        let device = c.u64()?;
-        c.i64()?; // day
-        let ts_us = c.i64()?;
-        let key = EventKey {
-            device,
-            seq: c.u64()?,
-            idx: c.int_u32()?,
-        };
+        let (ts_us, key) = read_event_head(&mut c)?;
         Ok(DeviceHealthRow {
             ts_us,
             key,
@@ -122,28 +137,18 @@ impl CqlRow for RejectedEventRow {
     const PARTITION_COLUMNS: usize = 2;
 
     fn values(&self) -> Values {
-        vec![
-            big_u(self.key.device),
-            big(time::day(self.ts_us).into()),
-            big(self.ts_us),
-            big_u(self.key.seq),
-            int(self.key.idx as i32),
+        let mut v = event_head(&self.key, self.ts_us);
+        v.extend([
             int(self.code),
             Some(CqlValue::Text(self.reason.clone())),
             Some(CqlValue::Blob(self.event.clone())),
-        ]
+        ]);
+        v
     }
 
     fn from_row(row: Row) -> Result<Self, StoreError> {
         let mut c = Cols::new(Self::TABLE, row, Self::COLUMNS.len())?;
-        let device = c.u64()?;
-        c.i64()?; // day
-        let ts_us = c.i64()?;
-        let key = EventKey {
-            device,
-            seq: c.u64()?,
-            idx: c.int_u32()?,
-        };
+        let (ts_us, key) = read_event_head(&mut c)?;
         Ok(RejectedEventRow {
             ts_us,
             key,
