@@ -43,8 +43,6 @@ pub(crate) struct AdmissionLimits {
     pub(crate) max_handshakes: usize,
     /// Longest a connection waits for a slot before it is refused.
     pub(crate) max_wait: Duration,
-    /// Connections open at once (set up or serving); more are refused.
-    pub(crate) max_connections: usize,
 }
 
 /// Accepts connections until shutdown, then drains the sessions for up to
@@ -66,7 +64,7 @@ pub(crate) async fn accept_loop(
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if sessions.len() >= limits.max_connections {
+                if sessions.len() >= ctx.live.max_connections() {
                     m::connection_refused("too_many_connections");
                     ctx.auth.audit.log_unauthenticated(
                         Record::new("limit", "too many connections")

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::auth::Auth;
 use crate::devices::Devices;
 use crate::flusher::FlushSender;
+use crate::live_limits::LiveLimits;
 use crate::sequencer::Sequencer;
 use crate::shards::ShardHandle;
 use crate::wire::FrameBudget;
@@ -37,12 +38,9 @@ pub(crate) struct EngineCtx {
     /// How long a device has, once its handshake is done, to open its
     /// stream, and then to say Hello (see `ServerConfig::hello_timeout`).
     pub(crate) hello_timeout: Duration,
-    /// Distinct stores one device may send for.
-    pub(crate) max_stores_per_device: usize,
-    /// Distinct terminals one device may sell on.
-    pub(crate) max_terminals_per_device: usize,
-    /// Distinct (store, SKU) pairs one device may name.
-    pub(crate) max_skus_per_device: usize,
+    /// The connection cap and the per-device caps and rate, which SIGHUP
+    /// may change while the server runs.
+    pub(crate) live: LiveLimits,
     /// Acknowledgements stuck this long while batches wait make `/readyz`
     /// fail (see `ServerConfig::ack_stall_not_ready`).
     pub(crate) ack_stall_not_ready: Duration,

@@ -226,6 +226,14 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
         "Connections closed because a frame did not arrive in time.",
     ),
     (
+        "tillstream_config_reloads_total",
+        "SIGHUP reloads of the settings, by result (ok: the limits in force were replaced; error: the settings did not parse and nothing changed).",
+    ),
+    (
+        "tillstream_config_last_reload_successful",
+        "1 if the last SIGHUP reload (or none yet) put its settings in force, 0 if they did not parse.",
+    ),
+    (
         "tillstream_scylla_requests_total",
         "ScyllaDB driver: requests sent.",
     ),
@@ -255,6 +263,13 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// A SIGHUP reload of the settings, and whether it could be applied.
+pub(crate) fn config_reloaded(ok: bool) {
+    counter!("tillstream_config_reloads_total", "result" => if ok { "ok" } else { "error" })
+        .increment(1);
+    gauge!("tillstream_config_last_reload_successful").set(if ok { 1.0 } else { 0.0 });
+}
+
 /// Registers the `# HELP` lines and the build info.
 fn describe() {
     for &(name, help) in DESCRIPTIONS {
@@ -267,6 +282,7 @@ fn describe() {
         }
     }
     gauge!("tillstream_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    gauge!("tillstream_config_last_reload_successful").set(1.0);
 }
 
 pub(crate) fn batch_received(events: usize, bytes: usize) {

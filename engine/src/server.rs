@@ -16,6 +16,7 @@ use crate::auth::{self, Auth};
 use crate::ctx::EngineCtx;
 use crate::devices::Devices;
 use crate::flusher::{self, FlushSettings};
+use crate::live_limits::{LimitChange, LiveLimits, ReloadableLimits};
 use crate::recovery;
 use crate::sequencer::Sequencer;
 use crate::shards::{self, ShardHandle, ShardMsg};
@@ -128,14 +129,7 @@ impl Server {
         );
         let ctx = Arc::new(EngineCtx {
             store,
-            // A burst of a tenth of a second's events, and never less than
-            // one whole batch: a runaway device's backlog must not land on
-            // the shards all at once (4 batches of burst raised the honest
-            // devices' ack p99 sixfold in the hostile-fleet test).
-            devices: Devices::new(
-                cfg.max_events_per_s_per_device,
-                (cfg.max_events_per_s_per_device / 10).max(cfg.limits.max_events_per_batch),
-            ),
+            devices: Devices::new(cfg.limits.max_events_per_batch),
             shards,
             shard_count,
             sequencer: sequencer.clone(),
@@ -144,9 +138,7 @@ impl Server {
             rules,
             draining: AtomicBool::new(false),
             ack_stall_not_ready: cfg.ack_stall_not_ready,
-            max_stores_per_device: cfg.max_stores_per_device.max(1),
-            max_terminals_per_device: cfg.max_terminals_per_device.max(1),
-            max_skus_per_device: cfg.max_skus_per_device.max(1),
+            live: LiveLimits::new(ReloadableLimits::of(&cfg)),
             hello_timeout: cfg.hello_timeout,
             auth: auth.clone(),
             frame_budget: FrameBudget {
@@ -187,7 +179,6 @@ impl Server {
             accept::AdmissionLimits {
                 max_handshakes: cfg.max_handshakes,
                 max_wait: cfg.handshake_max_wait,
-                max_connections: cfg.max_connections.max(1),
             },
             cfg.drain_timeout,
         ));
@@ -306,6 +297,36 @@ impl Server {
     /// acknowledged so far; false if they did not catch up in time.
     pub async fn tables_caught_up(&self, limit: Duration) -> bool {
         self.ctx.tables_caught_up(limit).await
+    }
+
+    /// The limits in force (those a reload may change).
+    pub fn limits(&self) -> ReloadableLimits {
+        self.ctx.live.get()
+    }
+
+    /// Puts new limits in force without dropping a connection (the next
+    /// connection or batch meets them), and reads the revocation list now,
+    /// closing the connections of credentials revoked since the last look.
+    /// Returns the limits that changed. What SIGHUP does.
+    pub fn reload(&self, limits: ReloadableLimits) -> Result<Vec<LimitChange>, EngineError> {
+        let changed = self.ctx.live.set(limits);
+        crate::metrics::config_reloaded(true);
+        for c in &changed {
+            tracing::info!(
+                setting = c.setting,
+                old = c.old,
+                new = c.new,
+                "limit reloaded"
+            );
+        }
+        self.ctx.auth.sweep()?;
+        Ok(changed)
+    }
+
+    /// Counts a reload whose settings could not be read (the limits in
+    /// force stay): `tillstream_config_last_reload_successful` drops to 0.
+    pub fn reload_refused(&self) {
+        crate::metrics::config_reloaded(false);
     }
 
     /// Devices seen since start.

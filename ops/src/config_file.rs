@@ -106,9 +106,25 @@ pub(crate) fn config_flag(argv: &[OsString]) -> Option<PathBuf> {
     file
 }
 
+/// The user's `tillstream serve ...` line with its config file's settings
+/// (if it names one) placed as flags before the user's own, and the keys
+/// the file set. What `serve` starts with, and what SIGHUP reads again.
+pub(crate) fn serve_argv(
+    user_argv: &[OsString],
+    serve: &clap::Command,
+) -> Result<(Vec<OsString>, BTreeSet<String>), ConfigError> {
+    match config_flag(user_argv) {
+        Some(file) => {
+            let (flags, keys) = flags_from(&file, serve)?;
+            Ok((with_file_flags(user_argv.to_vec(), flags), keys))
+        }
+        None => Ok((user_argv.to_vec(), BTreeSet::new())),
+    }
+}
+
 /// `argv` (a `tillstream serve ...` line) with the file's flags placed
 /// right after `serve`, before the user's own.
-pub(crate) fn with_file_flags(argv: Vec<OsString>, flags: Vec<OsString>) -> Vec<OsString> {
+fn with_file_flags(argv: Vec<OsString>, flags: Vec<OsString>) -> Vec<OsString> {
     let Some(at) = argv.iter().position(|a| a == "serve") else {
         return argv;
     };

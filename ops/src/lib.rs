@@ -117,14 +117,9 @@ pub fn main() -> std::process::ExitCode {
     // serve's config file: its settings become flags before the user's.
     let mut from_file = std::collections::BTreeSet::new();
     let mut argv = user_argv.clone();
-    if subcommand_of(&user_argv) == Some("serve")
-        && let Some(file) = config_file::config_flag(&user_argv)
-    {
-        match config_file::flags_from(&file, &commands::config::serve_command(&root)) {
-            Ok((flags, keys)) => {
-                from_file = keys;
-                argv = config_file::with_file_flags(argv, flags);
-            }
+    if subcommand_of(&user_argv) == Some("serve") {
+        match config_file::serve_argv(&user_argv, &commands::config::serve_command(&root)) {
+            Ok((with_file, keys)) => (argv, from_file) = (with_file, keys),
             Err(e) => {
                 eprintln!("error: {e}");
                 return std::process::ExitCode::from(config_file::EXIT_CONFIG);
@@ -157,7 +152,15 @@ pub fn main() -> std::process::ExitCode {
             Some(m) => commands::config::print(m, &root, &from_file, &user_argv),
             None => Ok(std::process::ExitCode::SUCCESS),
         },
-        Command::Serve(a) => commands::serve::run(*a),
+        Command::Serve(a) => {
+            let started = matches
+                .subcommand_matches("serve")
+                .map(commands::serve::raw_values)
+                .unwrap_or_default();
+            commands::serve::run(*a, started, move || {
+                commands::serve::reread(&root, &user_argv)
+            })
+        }
         Command::CheckConfig(a) => commands::config::check(a, &root),
         Command::Verify(a) => commands::verify::run(a),
         Command::Query(a) => commands::query::run(a),

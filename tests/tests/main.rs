@@ -17,6 +17,7 @@ mod overload;
 mod passivation;
 mod power_loss;
 mod process;
+mod reload;
 mod restart;
 mod storm;
 mod top;

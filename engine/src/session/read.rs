@@ -102,11 +102,12 @@ pub(super) async fn read_batches(
 
         // Cheap checks first: a device that sprays store ids is refused
         // before anything of its batch is activated or applied.
+        let caps = ctx.live.get();
         if let Err(err) = slot.admit_keys(
             archived,
-            ctx.max_stores_per_device,
-            ctx.max_terminals_per_device,
-            ctx.max_skus_per_device,
+            caps.max_stores_per_device,
+            caps.max_terminals_per_device,
+            caps.max_skus_per_device,
         ) {
             m::too_many_keys(err.code());
             refusals
@@ -116,7 +117,11 @@ pub(super) async fn read_batches(
         }
         // A device past its event rate waits here, before admission:
         // QUIC flow control then slows it, and nothing it sent is lost.
-        if slot.pace(events).await {
+        if ctx
+            .devices
+            .pace(slot, events, caps.max_events_per_s_per_device)
+            .await
+        {
             m::rate_limited();
             // Once per session: a throttled device would otherwise write
             // a line per batch.

@@ -1,12 +1,15 @@
 //! `tillstream serve`.
 
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use tillstream_engine::{Server, ServerConfig};
+use clap::{ArgMatches, FromArgMatches};
+use tillstream_engine::{ReloadableLimits, Server, ServerConfig};
 
 /// Run the server. With no flags: QUIC on 127.0.0.1:7400, HTTP on
 /// 127.0.0.1:7401, the embedded store and a self-signed certificate in
@@ -24,6 +27,9 @@ pub(crate) struct Args {
     /// A TOML file of these settings, keyed by flag name
     /// (`max-connections = 20000`); a flag or its TILLSTREAM_* variable
     /// overrides the file. `tillstream check-config FILE` checks one.
+    /// SIGHUP re-reads it and applies the connection and per-device limits
+    /// (max-connections, max-*-per-device) without dropping connections;
+    /// other settings need a restart.
     #[arg(long, env = "TILLSTREAM_CONFIG")]
     config: Option<PathBuf>,
     /// Print the settings in force (and where each came from: flag, env,
@@ -212,7 +218,102 @@ impl Args {
     }
 }
 
-pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
+/// serve's settings as the command line, its variables and its config
+/// file give them, and each one's value as typed, by name.
+pub(crate) struct Settings {
+    args: Args,
+    raw: RawValues,
+}
+
+/// Each setting's value as typed (or defaulted), by its id.
+pub(crate) type RawValues = BTreeMap<String, Vec<OsString>>;
+
+/// What `matches` (serve's) holds, as typed, by setting.
+pub(crate) fn raw_values(matches: &ArgMatches) -> RawValues {
+    matches
+        .ids()
+        .filter_map(|id| {
+            let raw = matches.try_get_raw(id.as_str()).ok().flatten()?;
+            Some((id.to_string(), raw.map(OsStr::to_os_string).collect()))
+        })
+        .collect()
+}
+
+/// serve's settings read again from the same command line and variables
+/// and the config file as it is now: what SIGHUP does.
+pub(crate) fn reread(root: &clap::Command, user_argv: &[OsString]) -> anyhow::Result<Settings> {
+    let serve = super::config::serve_command(root);
+    let (argv, _) =
+        crate::config_file::serve_argv(user_argv, &serve).map_err(anyhow::Error::from)?;
+    let matches = root
+        .clone()
+        .try_get_matches_from(&argv)
+        .map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim()))?;
+    let serve = matches
+        .subcommand_matches("serve")
+        .context("no serve settings")?;
+    Ok(Settings {
+        args: Args::from_arg_matches(serve)?,
+        raw: raw_values(serve),
+    })
+}
+
+/// The settings SIGHUP puts in force; the others need a restart.
+const RELOADABLE: [&str; 5] = [
+    "max_connections",
+    "max_events_per_s_per_device",
+    "max_stores_per_device",
+    "max_terminals_per_device",
+    "max_skus_per_device",
+];
+
+/// Re-reads the settings and puts the reloadable ones in force; says
+/// which changed, and which changed but wait for a restart. A file that
+/// no longer parses changes nothing (the error is logged, the server
+/// keeps its limits).
+fn reload(server: &Server, started: &RawValues, reread: &dyn Fn() -> anyhow::Result<Settings>) {
+    let now = match reread().and_then(|s| Ok((server_config(s.args)?, s.raw))) {
+        Ok(n) => n,
+        Err(e) => {
+            server.reload_refused();
+            crate::logging::fail(format!(
+                "SIGHUP: the settings do not parse, nothing was reloaded: {e:#}"
+            ));
+            return;
+        }
+    };
+    let (cfg, raw) = now;
+    let pending: Vec<String> = raw
+        .keys()
+        .chain(started.keys())
+        .filter(|k| !RELOADABLE.contains(&k.as_str()) && raw.get(*k) != started.get(*k))
+        .map(|id| id.replace('_', "-"))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !pending.is_empty() {
+        tracing::warn!(
+            settings = pending.join(", "),
+            "SIGHUP: these changed but only take effect at a restart"
+        );
+    }
+    match server.reload(ReloadableLimits::of(&cfg)) {
+        Ok(changed) if changed.is_empty() => {
+            tracing::info!("SIGHUP: limits unchanged; revocation list read");
+        }
+        Ok(changed) => {
+            let what: Vec<String> = changed
+                .iter()
+                .map(|c| format!("{} {} -> {}", c.setting, c.old, c.new))
+                .collect();
+            crate::logging::say(format!("reloaded: {}", what.join(", ")));
+        }
+        Err(e) => tracing::error!(error = %e, "SIGHUP: reading the revocation list failed"),
+    }
+}
+
+/// The server's configuration from serve's settings.
+fn server_config(args: Args) -> anyhow::Result<ServerConfig> {
     let mut cfg = ServerConfig::new(&args.data_dir);
     cfg.listen = args.listen;
     if let Some(s) = args.shards {
@@ -252,6 +353,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     cfg.quic_window_bytes = args.quic_window_kib << 10;
     cfg.store = args.store.choice(false)?;
     cfg.faults.commit_delay = args.inject_commit_delay_ms;
+    Ok(cfg)
+}
+
+pub(crate) fn run(
+    args: Args,
+    started: RawValues,
+    reread: impl Fn() -> anyhow::Result<Settings>,
+) -> anyhow::Result<ExitCode> {
+    let cfg = server_config(args)?;
     if let Some((lo, hi)) = cfg.faults.commit_delay {
         tracing::warn!(?lo, ?hi, "fault injection: every store commit is delayed");
     }
@@ -262,6 +372,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
+        let mut signals = Signals::register();
         let server = Server::start(cfg).await.context("starting the server")?;
         crate::logging::say(format!(
             "tillstream listening on {} (QUIC, ALPN tillstream/1); devices trust {}",
@@ -280,32 +391,72 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         if let Some(h) = server.http_addr() {
             crate::logging::say(format!("HTTP API on http://{h} (/metrics, /healthz, /readyz, /v1/verify)"));
         }
-        wait_for_signal().await;
+        loop {
+            match signals.next().await {
+                Signal::Stop => break,
+                Signal::Reload => reload(&server, &started, &reread),
+            }
+        }
         crate::logging::say("draining...");
         server.shutdown().await.context("shutting down")?;
         Ok(ExitCode::SUCCESS)
     })
 }
 
-async fn wait_for_signal() {
+/// What a signal asks of the server.
+enum Signal {
+    /// SIGTERM or Ctrl-C: drain and exit.
+    Stop,
+    /// SIGHUP: re-read the limits and the revocation list.
+    Reload,
+}
+
+/// The signals `serve` answers, registered once, before the server
+/// starts: from then on SIGHUP no longer ends the process (its default).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                hup: signal(SignalKind::hangup()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// The next signal.
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = recv(&mut self.term) => Signal::Stop,
+                _ = tokio::signal::ctrl_c() => Signal::Stop,
+                () = recv(&mut self.hup) => Signal::Reload,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
+        }
     }
 }
 
