@@ -23,6 +23,8 @@ mod flusher;
 mod http;
 mod live_limits;
 mod metrics;
+/// The names of the metrics on `/metrics`.
+pub use metrics::exported_names as exported_metric_names;
 mod passivate;
 pub mod questions;
 mod recovery;
@@ -30,6 +32,7 @@ mod sequencer;
 mod server;
 mod session;
 mod shards;
+mod silence;
 mod tls;
 pub mod udp;
 mod wire;

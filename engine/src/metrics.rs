@@ -100,7 +100,7 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     (
         "tillstream_events_rejected_total",
-        "Events refused on semantic grounds (kept in rejected_events).",
+        "Events refused on semantic grounds, by reject code (kept in rejected_events).",
     ),
     (
         "tillstream_frames_refused_total",
@@ -186,7 +186,7 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
         "SKU entities dropped from memory as idle.",
     ),
     (
-        "tillstream_passivated_rollup_days_total",
+        "tillstream_passivated_day_rollups_total",
         "Terminal rollup days dropped from memory as idle.",
     ),
     (
@@ -226,6 +226,18 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
         "Connections closed because a frame did not arrive in time.",
     ),
     (
+        "tillstream_shard_inflight_limit_bytes",
+        "Batch payload a shard may hold until it is durable (--max-inflight-mib-per-shard); past it, devices wait.",
+    ),
+    (
+        "tillstream_devices_known",
+        "Devices in the store's watermarks table (every device that ever had a batch acknowledged), counted once a minute.",
+    ),
+    (
+        "tillstream_devices_silent",
+        "Known devices whose last acknowledged batch is older than `over` (5m, 1h, 1d, 7d), from the watermarks table, once a minute.",
+    ),
+    (
         "tillstream_config_reloads_total",
         "SIGHUP reloads of the settings, by result (ok: the limits in force were replaced; error: the settings did not parse and nothing changed).",
     ),
@@ -263,6 +275,15 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The devices known to the store, and how many are silent past each
+/// threshold (see `silence`).
+pub(crate) fn devices_silent(known: u64, silent: &[(&'static str, u64)]) {
+    gauge!("tillstream_devices_known").set(known as f64);
+    for &(over, n) in silent {
+        gauge!("tillstream_devices_silent", "over" => over).set(n as f64);
+    }
+}
+
 /// A SIGHUP reload of the settings, and whether it could be applied.
 pub(crate) fn config_reloaded(ok: bool) {
     counter!("tillstream_config_reloads_total", "result" => if ok { "ok" } else { "error" })
@@ -283,6 +304,77 @@ fn describe() {
     }
     gauge!("tillstream_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!("tillstream_config_last_reload_successful").set(1.0);
+    zero_series();
+}
+
+/// Counters whose labels are known in advance, exported at 0 from the
+/// start: a series that appears only at its first increment is invisible
+/// to `increase()` and `rate()` for that increment, so an alert on the
+/// first store failure would miss it, and dashboards would say "no data"
+/// where the answer is none.
+fn zero_series() {
+    use tillstream_protocol::{ErrorCode, RejectCode};
+    for &(name, _) in DESCRIPTIONS {
+        if name.ends_with("_total")
+            && !name.starts_with("tillstream_scylla_")
+            && !LABELLED.contains(&name)
+        {
+            counter!(name).increment(0);
+        }
+    }
+    for code in RejectCode::ALL {
+        counter!("tillstream_events_rejected_total", "code" => code.name()).increment(0);
+    }
+    for code in [RejectCode::NotPermitted, RejectCode::WrongStore] {
+        counter!("tillstream_authz_refused_events_total", "code" => code.name()).increment(0);
+    }
+    for code in ErrorCode::ALL {
+        counter!("tillstream_frames_refused_total", "code" => code.name()).increment(0);
+    }
+    for code in [
+        ErrorCode::TooManyStores,
+        ErrorCode::TooManyTerminals,
+        ErrorCode::TooManySkus,
+    ] {
+        counter!("tillstream_batches_over_device_limits_total", "code" => code.name()).increment(0);
+    }
+    for reason in [
+        "too_many_connections",
+        "queue_full",
+        "waited_too_long",
+        "handshake_timeout",
+    ] {
+        counter!("tillstream_connections_refused_total", "reason" => reason).increment(0);
+    }
+    for surface in ["device", "http"] {
+        counter!("tillstream_auth_failures_total", "surface" => surface).increment(0);
+    }
+    for result in ["ok", "error"] {
+        counter!("tillstream_config_reloads_total", "result" => result).increment(0);
+    }
+}
+
+/// Counters recorded only with labels (`zero_series` starts each known
+/// label at 0; an unlabelled series of these would be a second, empty one).
+const LABELLED: &[&str] = &[
+    "tillstream_events_rejected_total",
+    "tillstream_authz_refused_events_total",
+    "tillstream_frames_refused_total",
+    "tillstream_batches_over_device_limits_total",
+    "tillstream_connections_refused_total",
+    "tillstream_auth_failures_total",
+    "tillstream_auth_connections_closed_total",
+    "tillstream_sessions_refused_total",
+    "tillstream_audit_lines_dropped_total",
+    "tillstream_config_reloads_total",
+];
+
+/// The name of every metric the server may export (`# HELP` and all): the
+/// names dashboards and alert rules may refer to. Those of the ScyllaDB
+/// driver appear only with `--store scylla`; histograms and labelled
+/// counters appear once recorded.
+pub fn exported_names() -> impl Iterator<Item = &'static str> {
+    DESCRIPTIONS.iter().map(|&(name, _)| name)
 }
 
 pub(crate) fn batch_received(events: usize, bytes: usize) {
@@ -311,8 +403,10 @@ pub(crate) fn batch_duplicate() {
     counter!("tillstream_batches_duplicate_total").increment(1);
 }
 
-pub(crate) fn events_rejected(count: usize) {
-    counter!("tillstream_events_rejected_total").increment(count as u64);
+/// An event refused with reject code `code` (labelled with its name).
+pub(crate) fn event_rejected(code: u16) {
+    let reason = tillstream_protocol::RejectCode::from_u16(code).map_or("unknown", |c| c.name());
+    counter!("tillstream_events_rejected_total", "code" => reason).increment(1);
 }
 
 pub(crate) fn frame_refused(code: tillstream_protocol::ErrorCode) {
@@ -378,8 +472,13 @@ pub(crate) struct ShardGauges {
 }
 
 impl ShardGauges {
-    pub(crate) fn new(shard: u16) -> Self {
+    /// The gauges of shard `shard`, whose in-flight budget is
+    /// `inflight_limit` bytes (exported beside its use, so an alert can
+    /// divide one by the other).
+    pub(crate) fn new(shard: u16, inflight_limit: usize) -> Self {
         let s = shard.to_string();
+        gauge!("tillstream_shard_inflight_limit_bytes", "shard" => s.clone())
+            .set(inflight_limit as f64);
         Self {
             inflight: gauge!("tillstream_shard_inflight_bytes", "shard" => s.clone()),
             skus: gauge!("tillstream_active_skus", "shard" => s.clone()),
@@ -403,7 +502,7 @@ impl ShardGauges {
 pub(crate) fn passivated(gone: &tillstream_engine_core::shard::Passivated) {
     counter!("tillstream_passivated_stores_total").increment(gone.stores);
     counter!("tillstream_passivated_skus_total").increment(gone.skus);
-    counter!("tillstream_passivated_rollup_days_total").increment(gone.days);
+    counter!("tillstream_passivated_day_rollups_total").increment(gone.days);
 }
 
 /// Device slots dropped from memory as idle.

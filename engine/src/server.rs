@@ -203,6 +203,7 @@ impl Server {
             .to_string(),
         };
         tokio::spawn(auth::run_sweeper(auth.clone(), shutdown_rx.clone()));
+        tokio::spawn(crate::silence::run(backend.clone(), shutdown_rx.clone()));
         tokio::spawn(passivate::run(
             ctx.clone(),
             cfg.passivate_after,

@@ -100,7 +100,7 @@ impl Actor for ShardActor {
             budget_units,
         }: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let gauges = m::ShardGauges::new(core.config().id);
+        let gauges = m::ShardGauges::new(core.config().id, budget_units as usize * BUDGET_UNIT);
         Ok(ShardState {
             core,
             store,

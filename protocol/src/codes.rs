@@ -60,6 +60,33 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in wire order (for metric labels known in advance).
+    pub const ALL: [ErrorCode; 20] = {
+        use ErrorCode::*;
+        [
+            BadMagic,
+            UnsupportedVersion,
+            FrameTooLarge,
+            ChecksumMismatch,
+            InvalidPayload,
+            UnexpectedMessage,
+            BatchTooLarge,
+            NotAuthenticated,
+            StoreUnavailable,
+            Busy,
+            AuthFailed,
+            ProtocolViolation,
+            Draining,
+            Truncated,
+            TooManyErrors,
+            UnknownMessageType,
+            SeqConflict,
+            TooManyStores,
+            TooManyTerminals,
+            TooManySkus,
+        ]
+    };
+
     /// The numeric value on the wire.
     pub fn as_u16(self) -> u16 {
         self as u16
@@ -163,6 +190,24 @@ pub enum RejectCode {
 }
 
 impl RejectCode {
+    /// Every code, in wire order (for metric labels known in advance).
+    pub const ALL: [RejectCode; 11] = {
+        use RejectCode::*;
+        [
+            NonPositiveQuantity,
+            NoLines,
+            FutureTimestamp,
+            ImplausibleTimestamp,
+            NegativeAmount,
+            CountTooLate,
+            NegativeLevel,
+            ZeroDelta,
+            WrongStore,
+            TooManyLines,
+            NotPermitted,
+        ]
+    };
+
     /// The numeric value on the wire.
     pub fn as_u16(self) -> u16 {
         self as u16
@@ -212,23 +257,29 @@ mod tests {
 
     #[test]
     fn error_codes_round_trip() {
+        let mut decoded = Vec::new();
         for v in 0..200u16 {
             if let Some(c) = ErrorCode::from_u16(v) {
                 assert_eq!(c.as_u16(), v);
                 assert!(!c.name().is_empty());
+                decoded.push(c);
             }
         }
+        assert_eq!(decoded, ErrorCode::ALL, "ALL lists every code, in order");
         assert_eq!(ErrorCode::from_u16(9), Some(ErrorCode::StoreUnavailable));
         assert_eq!(ErrorCode::from_u16(0), None);
     }
 
     #[test]
     fn reject_codes_round_trip() {
+        let mut decoded = Vec::new();
         for v in 0..300u16 {
             if let Some(c) = RejectCode::from_u16(v) {
                 assert_eq!(c.as_u16(), v);
+                decoded.push(c);
             }
         }
+        assert_eq!(decoded, RejectCode::ALL, "ALL lists every code, in order");
         assert_eq!(RejectCode::from_u16(105), Some(RejectCode::CountTooLate));
     }
 }

@@ -82,7 +82,7 @@ async fn idle_entities_leave_memory_and_come_back_unchanged() -> anyhow::Result<
     }
     let passivated = wait_metrics(&server, Duration::from_secs(20), |s| {
         Ok(s.metric("tillstream_passivated_stores_total")? >= 2.0
-            && s.metric("tillstream_passivated_rollup_days_total")? >= 1.0
+            && s.metric("tillstream_passivated_day_rollups_total")? >= 1.0
             && s.metric("tillstream_passivated_devices_total")? >= 4.0
             && s.metric("tillstream_active_skus")? == 0.0)
     })?;
@@ -91,7 +91,7 @@ async fn idle_entities_leave_memory_and_come_back_unchanged() -> anyhow::Result<
         passivated,
         "nothing was passivated: stores {}, days {}, devices {}, skus {skus_gone}, active skus {}",
         server.metric("tillstream_passivated_stores_total")?,
-        server.metric("tillstream_passivated_rollup_days_total")?,
+        server.metric("tillstream_passivated_day_rollups_total")?,
         server.metric("tillstream_passivated_devices_total")?,
         server.metric("tillstream_active_skus")?,
     );

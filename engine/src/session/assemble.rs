@@ -82,7 +82,9 @@ fn rejected_of(seq: u64, rows: &RowSet) -> Vec<RejectedRef> {
     if rows.rejected.is_empty() {
         return Vec::new();
     }
-    m::events_rejected(rows.rejected.len());
+    for r in &rows.rejected {
+        m::event_rejected(r.code);
+    }
     let mut out: Vec<RejectedRef> = rows
         .rejected
         .iter()
