@@ -18,6 +18,11 @@ use crate::config_file::{self, EXIT_CONFIG, shown};
 pub(crate) struct CheckArgs {
     /// The file (default: $TILLSTREAM_CONFIG, else ./tillstream.toml).
     file: Option<PathBuf>,
+    /// Check the keys and values only, not that the files it names exist
+    /// or its ports are free: for a file that will run on another machine
+    /// (a Kubernetes ConfigMap checked in CI, say).
+    #[arg(long)]
+    no_environment: bool,
 }
 
 /// serve's definition, as the file's keys are checked against it.
@@ -28,6 +33,7 @@ pub(crate) fn serve_command(root: &clap::Command) -> clap::Command {
 }
 
 pub(crate) fn check(args: CheckArgs, root: &clap::Command) -> anyhow::Result<ExitCode> {
+    let no_environment = args.no_environment;
     let file = args
         .file
         .or_else(|| std::env::var_os(config_file::VAR).map(PathBuf::from))
@@ -50,7 +56,10 @@ pub(crate) fn check(args: CheckArgs, root: &clap::Command) -> anyhow::Result<Exi
         return bad("no serve settings".into());
     };
     let args = super::serve::Args::from_arg_matches(serve)?;
-    if let Err(why) = args.check_environment() {
+    if let Err(why) = args.check_values() {
+        return bad(why);
+    }
+    if !no_environment && let Err(why) = args.check_environment() {
         return bad(why);
     }
     crate::logging::say(format!(

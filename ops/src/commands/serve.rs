@@ -211,10 +211,16 @@ impl Args {
                 }
             }
         }
-        if let Err(e) = self.store.choice(false) {
-            return Err(format!("{e:#}"));
-        }
         Ok(())
+    }
+
+    /// What `check-config` checks of the values beyond their one-by-one
+    /// parsing: the store settings fit together.
+    pub(crate) fn check_values(&self) -> Result<(), String> {
+        self.store
+            .choice(false)
+            .map(drop)
+            .map_err(|e| format!("{e:#}"))
     }
 }
 
