@@ -1,11 +1,14 @@
-//! Two tests need a program beside the server: the metrics-format test
-//! runs `promtool` (Debian package `prometheus`), the `top` test a real
-//! terminal (`tmux`). Each is compiled as ignored unless its program is on
-//! PATH when this crate is built; `.ci/run` installs both first.
+//! Some tests need a program beside the server: the metrics-format and
+//! deploy tests run `promtool` (Debian package `prometheus`), the `top`
+//! test a real terminal (`tmux`), one deploy test `kubectl kustomize`
+//! (not in Debian's packages). Each is compiled as ignored unless its
+//! program is on PATH when this crate is built; `.ci/run` installs
+//! promtool and tmux first.
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(has_promtool)");
     println!("cargo::rustc-check-cfg=cfg(has_tmux)");
+    println!("cargo::rustc-check-cfg=cfg(has_kubectl)");
     println!("cargo::rerun-if-env-changed=PATH");
     let on_path = |program: &str| {
         std::env::var_os("PATH").is_some_and(|paths| {
@@ -17,5 +20,8 @@ fn main() {
     }
     if on_path("tmux") {
         println!("cargo::rustc-cfg=has_tmux");
+    }
+    if on_path("kubectl") {
+        println!("cargo::rustc-cfg=has_kubectl");
     }
 }

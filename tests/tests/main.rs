@@ -5,6 +5,7 @@ mod backup;
 mod bad_clients;
 mod bad_network;
 mod crash;
+mod deploy;
 mod durability;
 mod full_disk;
 mod hostile;

@@ -1,0 +1,530 @@
+//! What `deploy/` hands an operator, checked against the server it
+//! deploys: the Prometheus files pass promtool and their alerts fire when
+//! they should, the dashboard and the alerts name only metrics a real
+//! scrape holds, the Kubernetes manifests parse and their probes, ports
+//! and settings are the server's own, and the compose file parses and
+//! mounts files that exist. No container engine runs here: nothing is
+//! started from these files (deploy/README.md).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use yaml_rust2::{Yaml, YamlLoader};
+
+use crate::crash::loadgen_args;
+use crate::process::{SERVER_BIN, ServeOpts, ServerProcess};
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn yaml_docs(path: &Path) -> anyhow::Result<Vec<Yaml>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    YamlLoader::load_from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn str_of(y: &Yaml) -> Option<&str> {
+    y.as_str()
+}
+
+/// The metric names in a PromQL expression (`tillstream_*`, `process_*`).
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for prefix in ["tillstream_", "process_"] {
+        for (at, _) in expr.match_indices(prefix) {
+            let before = expr[..at].chars().last();
+            if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            let name: String = expr[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            out.insert(name);
+        }
+    }
+    out
+}
+
+/// Every `expr` of the dashboard's panels.
+fn dashboard_exprs() -> anyhow::Result<Vec<String>> {
+    let path = deploy_dir().join("grafana/dashboards/tillstream.json");
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let mut out = Vec::new();
+    let panels = dash["panels"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("no panels"))?;
+    for p in panels {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            if let Some(e) = t["expr"].as_str() {
+                out.push(e.to_owned());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every alert's `expr` in alerts.yml, by alert name.
+fn alert_exprs() -> anyhow::Result<Vec<(String, String)>> {
+    let docs = yaml_docs(&deploy_dir().join("prometheus/alerts.yml"))?;
+    let mut out = Vec::new();
+    for group in docs[0]["groups"].as_vec().into_iter().flatten() {
+        for rule in group["rules"].as_vec().into_iter().flatten() {
+            let name = str_of(&rule["alert"]).unwrap_or_default().to_owned();
+            let expr = str_of(&rule["expr"]).unwrap_or_default().to_owned();
+            out.push((name, expr));
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+#[cfg_attr(
+    not(has_promtool),
+    ignore = "needs promtool (Debian package prometheus) on PATH when built; .ci/run installs it"
+)]
+fn prometheus_files_pass_promtool_and_each_alert_fires_when_it_should() -> anyhow::Result<()> {
+    let dir = deploy_dir().join("prometheus");
+    for args in [
+        vec!["check", "config", "prometheus.yml"],
+        vec!["check", "rules", "alerts.yml"],
+        // Each alert fed the series that must raise it, and a healthy node.
+        vec!["test", "rules", "alerts_test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(&args)
+            .current_dir(&dir)
+            .output()?;
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The expected alerts cover every rule.
+    let tests = std::fs::read_to_string(dir.join("alerts_test.yml"))?;
+    for (alert, _) in alert_exprs()? {
+        if alert != "TillstreamConfigReloadFailed" {
+            assert!(
+                tests.contains(&alert),
+                "alerts_test.yml never tests {alert}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The dashboard and the alert rules refer only to metrics a running
+/// server exports: a scrape after a real stream. ScyllaDB's driver
+/// figures appear only with `--store scylla`, so those must be among the
+/// names the server describes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_and_alerts_name_only_metrics_a_real_scrape_holds() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let opts = ServeOpts::new(&dir.path().join("data"), &dir.path().join("serve.log"), 2)?;
+    let server = ServerProcess::start(&opts)?;
+    let args = loadgen_args(&opts, &dir.path().join("acked.json"), 2_000, 0, 3)?;
+    let report = tillstream_loadgen::run::run(args).await?;
+    anyhow::ensure!(report.ok, "{:?}", report.failures);
+    // The paths the Kubernetes probes ask answer 200 on a serving node.
+    for path in probe_paths()? {
+        assert_eq!(server.get(&path)?.0, 200, "{path}");
+    }
+    let (status, body) = server.get("/metrics")?;
+    anyhow::ensure!(status == 200, "/metrics answered {status}");
+    let scraped: BTreeSet<&str> = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let described: BTreeSet<&str> = tillstream_engine::exported_metric_names().collect();
+
+    let mut exprs = dashboard_exprs()?;
+    assert!(
+        exprs.len() >= 10,
+        "the dashboard has {} queries",
+        exprs.len()
+    );
+    exprs.extend(alert_exprs()?.into_iter().map(|(_, e)| e));
+    let mut unknown = BTreeSet::new();
+    for expr in &exprs {
+        for name in metric_names(expr) {
+            let ok = scraped.contains(name.as_str())
+                || (name.starts_with("tillstream_scylla_") && described.contains(name.as_str()));
+            if !ok {
+                unknown.insert(name);
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "named by the dashboard or alerts but not on /metrics: {unknown:?}"
+    );
+    // What the issue asks the dashboard to show is there.
+    let all = exprs.join("\n");
+    for needed in [
+        "tillstream_events_received_total",
+        "tillstream_ack_latency_seconds_bucket",
+        "tillstream_shard_inflight_bytes",
+        "tillstream_flush_duration_seconds_bucket",
+        "tillstream_events_rejected_total",
+        "tillstream_connections_active",
+        "tillstream_flush_failures_total",
+    ] {
+        assert!(all.contains(needed), "nothing shows {needed}");
+    }
+    Ok(())
+}
+
+/// The HTTP paths of the StatefulSet's probes.
+fn probe_paths() -> anyhow::Result<Vec<String>> {
+    let docs = yaml_docs(&deploy_dir().join("kubernetes/statefulset.yaml"))?;
+    let container = &docs[0]["spec"]["template"]["spec"]["containers"][0];
+    let paths: Vec<String> = ["startupProbe", "livenessProbe", "readinessProbe"]
+        .iter()
+        .filter_map(|p| str_of(&container[*p]["httpGet"]["path"]).map(str::to_owned))
+        .collect();
+    anyhow::ensure!(paths.len() == 3, "three probes, each an HTTP GET");
+    Ok(paths)
+}
+
+/// The `TILLSTREAM_*` variables a command reads, from its `--help`.
+fn env_vars_of(args: &[&str]) -> anyhow::Result<BTreeSet<String>> {
+    let out = Command::new(SERVER_BIN).args(args).arg("--help").output()?;
+    anyhow::ensure!(out.status.success(), "tillstream {args:?} --help failed");
+    let help = String::from_utf8_lossy(&out.stdout);
+    Ok(help
+        .match_indices("[env: ")
+        .map(|(at, _)| {
+            help[at + 6..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect()
+        })
+        .collect())
+}
+
+/// The Kubernetes base: every resource kustomization.yaml lists parses;
+/// probes ask the server's real paths on its HTTP port; the Services
+/// reach the container's ports with the right protocols; the grace period
+/// outlasts the drain; the ConfigMap's settings are real ones that
+/// `tillstream check-config` accepts, and every variable set is one the
+/// commands read.
+#[test]
+fn kubernetes_manifests_match_the_server_they_run() -> anyhow::Result<()> {
+    let k8s = deploy_dir().join("kubernetes");
+    let kustomization = &yaml_docs(&k8s.join("kustomization.yaml"))?[0];
+    let mut objects = Vec::new();
+    for res in kustomization["resources"].as_vec().into_iter().flatten() {
+        let file = str_of(res).ok_or_else(|| anyhow::anyhow!("a resource is not a file name"))?;
+        for doc in yaml_docs(&k8s.join(file))? {
+            anyhow::ensure!(
+                str_of(&doc["apiVersion"]).is_some() && str_of(&doc["kind"]).is_some(),
+                "{file}: a document without apiVersion or kind"
+            );
+            objects.push(doc);
+        }
+    }
+    let of_kind = |kind: &str| -> Vec<&Yaml> {
+        objects
+            .iter()
+            .filter(|o| str_of(&o["kind"]) == Some(kind))
+            .collect()
+    };
+    let settings: toml::Table = std::fs::read_to_string(k8s.join("tillstream.toml"))?.parse()?;
+    let port_of = |key: &str| -> anyhow::Result<i64> {
+        let addr = settings
+            .get(key)
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| anyhow::anyhow!("tillstream.toml has no {key}"))?;
+        Ok(addr.rsplit(':').next().unwrap_or_default().parse()?)
+    };
+    let (quic_port, http_port) = (port_of("listen")?, port_of("http")?);
+
+    let sets = of_kind("StatefulSet");
+    assert_eq!(sets.len(), 1, "one StatefulSet");
+    let pod = &sets[0]["spec"]["template"];
+    let labels = &pod["metadata"]["labels"];
+    let container = &pod["spec"]["containers"][0];
+    let named_port = |name: &str| -> Option<(i64, String)> {
+        container["ports"].as_vec()?.iter().find_map(|p| {
+            (str_of(&p["name"]) == Some(name)).then(|| {
+                (
+                    p["containerPort"].as_i64().unwrap_or(-1),
+                    str_of(&p["protocol"]).unwrap_or("TCP").to_owned(),
+                )
+            })
+        })
+    };
+    assert_eq!(named_port("quic"), Some((quic_port, "UDP".into())));
+    assert_eq!(named_port("http"), Some((http_port, "TCP".into())));
+    for (probe, path) in [
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(str_of(&get["path"]), Some(path), "{probe}");
+        let port = str_of(&get["port"]).and_then(named_port).map(|(p, _)| p);
+        assert_eq!(port, Some(http_port), "{probe} asks the HTTP port");
+    }
+    let drain = settings
+        .get("drain-timeout-s")
+        .and_then(|v| v.as_integer())
+        .unwrap_or(10);
+    let grace = pod["spec"]["terminationGracePeriodSeconds"]
+        .as_i64()
+        .unwrap_or(30);
+    assert!(
+        grace > drain + 5,
+        "grace {grace} s must outlast the drain ({drain} s)"
+    );
+    assert!(
+        container["resources"]["requests"]["memory"]
+            .as_str()
+            .is_some()
+            && container["resources"]["limits"]["memory"]
+                .as_str()
+                .is_some(),
+        "memory request and limit"
+    );
+    assert_eq!(
+        str_of(&pod["metadata"]["annotations"]["prometheus.io/port"]),
+        Some(http_port.to_string().as_str())
+    );
+
+    // Services select the pods and reach their ports by name.
+    let services = of_kind("Service");
+    let mut protocols = BTreeSet::new();
+    for svc in &services {
+        for (k, v) in svc["spec"]["selector"].as_hash().into_iter().flatten() {
+            assert_eq!(&labels[str_of(k).unwrap_or_default()], v, "selector {k:?}");
+        }
+        for p in svc["spec"]["ports"].as_vec().into_iter().flatten() {
+            let target = str_of(&p["targetPort"]).unwrap_or_default();
+            let (port, protocol) = named_port(target).ok_or_else(|| {
+                anyhow::anyhow!("a Service targets port {target:?}, not the pod's")
+            })?;
+            assert_eq!(str_of(&p["protocol"]), Some(protocol.as_str()));
+            assert_eq!(p["port"].as_i64(), Some(port));
+            protocols.insert(protocol);
+        }
+    }
+    assert_eq!(protocols, BTreeSet::from(["TCP".into(), "UDP".into()]));
+    for pdb in of_kind("PodDisruptionBudget") {
+        for (k, v) in pdb["spec"]["selector"]["matchLabels"]
+            .as_hash()
+            .into_iter()
+            .flatten()
+        {
+            assert_eq!(&labels[str_of(k).unwrap_or_default()], v);
+        }
+    }
+
+    // The container reads the ConfigMap's file where it is mounted.
+    let args: Vec<&str> = container["args"]
+        .as_vec()
+        .into_iter()
+        .flatten()
+        .filter_map(str_of)
+        .collect();
+    let config_path = args
+        .iter()
+        .skip_while(|a| **a != "--config")
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("serve gets no --config"))?;
+    let mount = container["volumeMounts"]
+        .as_vec()
+        .into_iter()
+        .flatten()
+        .find(|m| str_of(&m["name"]) == Some("config"))
+        .and_then(|m| str_of(&m["mountPath"]))
+        .ok_or_else(|| anyhow::anyhow!("no config mount"))?;
+    assert_eq!(*config_path, format!("{mount}/tillstream.toml"));
+
+    // Variables: those of tillstream-env and the pod's own are read by
+    // serve (and the schema job's by schema apply).
+    let mut env: Vec<(String, String)> = Vec::new();
+    for generator in kustomization["configMapGenerator"]
+        .as_vec()
+        .into_iter()
+        .flatten()
+    {
+        if str_of(&generator["name"]) == Some("tillstream-env") {
+            for lit in generator["literals"]
+                .as_vec()
+                .into_iter()
+                .flatten()
+                .filter_map(str_of)
+            {
+                let (k, v) = lit.split_once('=').unwrap_or((lit, ""));
+                env.push((k.to_owned(), v.to_owned()));
+            }
+        }
+    }
+    assert!(!env.is_empty(), "no tillstream-env literals");
+    let serve_vars = env_vars_of(&["serve"])?;
+    let schema_vars = env_vars_of(&["schema", "apply"])?;
+    for e in container["env"].as_vec().into_iter().flatten() {
+        let name = str_of(&e["name"]).unwrap_or_default();
+        assert!(serve_vars.contains(name), "serve reads no {name}");
+    }
+    for (name, _) in &env {
+        assert!(
+            serve_vars.contains(name) || name == "TILLSTREAM_LOG_FORMAT",
+            "serve reads no {name}"
+        );
+    }
+    let job = of_kind("Job");
+    assert_eq!(job.len(), 1, "one schema Job");
+    let job_args: Vec<&str> = job[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_vec()
+        .into_iter()
+        .flatten()
+        .filter_map(str_of)
+        .collect();
+    assert_eq!(job_args.get(..2), Some(&["schema", "apply"][..]));
+    assert!(schema_vars.contains("TILLSTREAM_SCYLLA_NODES"));
+
+    // check-config accepts the file with those variables set (the paths
+    // it names exist only in the pod: --no-environment).
+    let out = Command::new(SERVER_BIN)
+        .args(["check-config", "--no-environment"])
+        .arg(k8s.join("tillstream.toml"))
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("TILLSTREAM_SCYLLA_NODE_ID", "tillstream-0")
+        .output()?;
+    assert!(
+        out.status.success(),
+        "check-config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+#[cfg_attr(
+    not(has_kubectl),
+    ignore = "needs kubectl (for `kubectl kustomize`) on PATH when built"
+)]
+fn kustomize_renders_the_base_with_secrets_in_place() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let base = tmp.path().join("kubernetes");
+    std::fs::create_dir_all(base.join("secrets"))?;
+    for entry in std::fs::read_dir(deploy_dir().join("kubernetes"))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), base.join(entry.file_name()))?;
+        }
+    }
+    for f in ["tls.crt", "tls.key", "signing.key"] {
+        std::fs::write(base.join("secrets").join(f), "placeholder\n")?;
+    }
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&base)
+        .output()?;
+    let rendered = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kubectl kustomize: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = YamlLoader::load_from_str(&rendered)?;
+    let kinds: BTreeSet<&str> = docs.iter().filter_map(|d| str_of(&d["kind"])).collect();
+    for kind in [
+        "StatefulSet",
+        "Service",
+        "ConfigMap",
+        "Secret",
+        "Job",
+        "PodDisruptionBudget",
+    ] {
+        assert!(kinds.contains(kind), "no {kind} rendered");
+    }
+    // Every object lands in the namespace, and the pod refers to the
+    // generated (hashed) ConfigMap.
+    assert!(rendered.contains("name: tillstream-config-"), "{rendered}");
+    Ok(())
+}
+
+/// compose.yaml parses, has the services the README names, mounts files
+/// that exist, sets variables serve reads, and Prometheus scrapes the
+/// server where compose runs it.
+#[test]
+fn compose_file_parses_and_mounts_files_that_exist() -> anyhow::Result<()> {
+    let dir = deploy_dir();
+    let compose = &yaml_docs(&dir.join("compose.yaml"))?[0];
+    let services = compose["services"]
+        .as_hash()
+        .ok_or_else(|| anyhow::anyhow!("no services"))?;
+    let names: BTreeSet<&str> = services.keys().filter_map(str_of).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "scylla",
+            "schema",
+            "tillstream",
+            "prometheus",
+            "grafana",
+            "loadgen"
+        ])
+    );
+    for (name, svc) in services {
+        for v in svc["volumes"]
+            .as_vec()
+            .into_iter()
+            .flatten()
+            .filter_map(str_of)
+        {
+            if let Some(rel) = v.strip_prefix("./") {
+                let host = rel.split(':').next().unwrap_or_default();
+                assert!(dir.join(host).exists(), "{name:?} mounts missing {host}");
+            }
+        }
+    }
+    let loadgen = &compose["services"]["loadgen"];
+    assert_eq!(str_of(&loadgen["profiles"][0]), Some("bench"));
+    let serve_vars = env_vars_of(&["serve"])?;
+    for (k, _) in compose["services"]["tillstream"]["environment"]
+        .as_hash()
+        .into_iter()
+        .flatten()
+    {
+        let k = str_of(k).unwrap_or_default();
+        assert!(serve_vars.contains(k), "serve reads no {k}");
+    }
+    let prom = &yaml_docs(&dir.join("prometheus/prometheus.yml"))?[0];
+    let target = str_of(&prom["scrape_configs"][0]["static_configs"][0]["targets"][0]);
+    assert_eq!(target, Some("tillstream:7401"));
+    assert!(
+        compose["services"]["tillstream"]["ports"]
+            .as_vec()
+            .into_iter()
+            .flatten()
+            .filter_map(str_of)
+            .any(|p| p.ends_with(":7401/tcp")),
+        "compose publishes the HTTP port Prometheus scrapes"
+    );
+    // The Dockerfile builds with a toolchain the workspace accepts and
+    // checks health where the server answers.
+    let dockerfile = std::fs::read_to_string(dir.join("Dockerfile"))?;
+    assert!(dockerfile.contains("EXPOSE 7400/udp 7401/tcp"));
+    assert!(dockerfile.contains("http://127.0.0.1:7401/healthz"));
+    let cargo =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))?;
+    let msrv = cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .ok_or_else(|| anyhow::anyhow!("no rust-version"))?;
+    assert!(
+        dockerfile.contains(&format!("FROM rust:{msrv}")),
+        "the build image is not rust:{msrv}"
+    );
+    Ok(())
+}
