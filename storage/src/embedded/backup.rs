@@ -68,16 +68,29 @@ impl EmbeddedStore {
             // Opening makes the keyspaces with the options of a live
             // store; the copy then fills them.
             let copy = EmbeddedStore::open(dest)?;
+            // Blocks are copied whole into the copy's keyspace (a backup
+            // stands alone; the copy's own log starts empty).
+            copy_keyspace(
+                &snapshot,
+                &self.blocks,
+                &copy,
+                &copy.blocks,
+                &mut info,
+                &|v| self.block_bytes(v),
+            )?;
             for (from, to) in [
-                (&self.blocks, &copy.blocks),
                 (&self.levels, &copy.levels),
                 (&self.rollups, &copy.rollups),
                 (&self.marks, &copy.marks),
                 (&self.batches, &copy.batches),
                 (&self.meta, &copy.meta),
             ] {
-                copy_keyspace(&snapshot, from, &copy, to, &mut info)?;
+                copy_keyspace(&snapshot, from, &copy, to, &mut info, &|v| Ok(v.to_vec()))?;
             }
+            // Its blocks are inline: it has no log for an end to point into.
+            copy.meta
+                .remove(keys::BLOCKLOG_END)
+                .map_err(|e| backend_err("writing the backup", e))?;
             copy.db
                 .persist(PersistMode::SyncAll)
                 .map_err(|e| backend_err("syncing the backup", e))?;
@@ -92,12 +105,17 @@ impl EmbeddedStore {
     }
 }
 
+/// What a copy stores for a value it read (a block log pointer becomes
+/// the block).
+type ValueOf<'a> = dyn Fn(&[u8]) -> Result<Vec<u8>, StoreError> + 'a;
+
 fn copy_keyspace(
     snapshot: &fjall::Snapshot,
     from: &Keyspace,
     copy: &EmbeddedStore,
     to: &Keyspace,
     info: &mut BackupInfo,
+    value_of: &ValueOf<'_>,
 ) -> Result<(), StoreError> {
     let mut batch = copy.db.batch();
     let mut batch_bytes = 0;
@@ -105,6 +123,7 @@ fn copy_keyspace(
         let (key, value) = guard
             .into_inner()
             .map_err(|e| backend_err("reading for the backup", e))?;
+        let value = value_of(&value)?;
         batch_bytes += key.len() + value.len();
         info.keys += 1;
         info.bytes += (key.len() + value.len()) as u64;

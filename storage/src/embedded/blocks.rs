@@ -23,6 +23,7 @@ pub(crate) trait StoredRow:
         Archived: for<'a> CheckBytes<HighValidator<'a, RkyvError>>
                       + Deserialize<Self, HighDeserializer<RkyvError>>,
     > + for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, RkyvError>>
+    + for<'a, 'b> Serialize<HighSerializer<&'b mut AlignedVec, ArenaHandle<'a>, RkyvError>>
     + Sized
 {
     /// What the row is called in error messages.
@@ -107,6 +108,19 @@ pub(crate) fn encode_block<T: StoredRow>(rows: &Vec<T>) -> Result<AlignedVec, St
     // Sized up front: growing from empty copied each block several times.
     let size = rows.len() * size_of::<T::Archived>() + 64;
     rkyv::api::high::to_bytes_in::<_, RkyvError>(rows, AlignedVec::with_capacity(size))
+        .map_err(|e| encode_err("encoding a block", e))
+}
+
+/// Archives a block of rows at the end of `out` (the block log's staging
+/// buffer): `out`'s length must be 16-aligned, as it is where a frame's
+/// header ends.
+pub(crate) fn encode_block_into<T: StoredRow>(
+    rows: &Vec<T>,
+    out: &mut AlignedVec,
+) -> Result<(), StoreError> {
+    out.reserve(rows.len() * size_of::<T::Archived>() + 64);
+    rkyv::api::high::to_bytes_in::<_, RkyvError>(rows, out)
+        .map(drop)
         .map_err(|e| encode_err("encoding a block", e))
 }
 

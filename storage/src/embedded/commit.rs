@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use fjall::{Keyspace, OwnedWriteBatch, Slice};
 use rkyv::util::AlignedVec;
 
+use super::blocklog::{Ptr, encode_end};
 use super::blocks::{self, BlockRow};
 use super::{EmbeddedStore, backend_err, keys};
 use crate::rows::*;
@@ -17,6 +18,17 @@ struct Writer {
     batch: OwnedWriteBatch,
     info: CommitInfo,
     blocks: usize,
+}
+
+impl Writer {
+    /// A block staged in the block log: fjall gets its pointer.
+    fn put_logged(&mut self, ks: &Keyspace, key: &[u8], ptr: Ptr, block_len: usize) {
+        self.info.records += 1;
+        self.info.bytes += key.len() + block_len;
+        self.blocks += 1;
+        self.batch
+            .insert(ks, Slice::from(key), Slice::from(&ptr.encode()[..]));
+    }
 }
 
 impl Writer {
@@ -62,6 +74,8 @@ impl EmbeddedStore {
         );
         let _entered = span.enter();
 
+        // Frames a failed commit staged must not ride with this one.
+        self.block_log.discard_staged();
         let mut w = Writer {
             batch: self.db.batch(),
             info: CommitInfo {
@@ -81,6 +95,17 @@ impl EmbeddedStore {
         self.put_marks(&mut w, &rows.watermarks, &mut durable)?;
         self.put_rollups(&mut w, &rows.terminal_rollups)?;
         self.put_batches(&mut w, &rows.batches)?;
+        if w.blocks > 0 {
+            // The blocks are durable before any pointer to them is written
+            // (blocklog module docs).
+            match self.block_log.sync() {
+                Ok(end) => w.put(&self.meta, keys::BLOCKLOG_END, &encode_end(end)),
+                Err(e) => {
+                    self.poison(format!("writing the blocks of commit {id} failed: {e}"));
+                    return Err(self.poisoned_err());
+                }
+            }
+        }
         w.put(&self.meta, keys::LAST_COMMIT, &id.to_be_bytes());
         if let Some(lsn) = checkpoint {
             w.put(&self.meta, keys::CHECKPOINT, &lsn.to_be_bytes());
@@ -133,13 +158,15 @@ impl EmbeddedStore {
                 .collect()
         };
         for ((part, hour), block) in groups {
-            let value = blocks::encode_block(block.as_ref())?;
-            w.put(
+            let ptr = self
+                .block_log
+                .stage_with(|buf| blocks::encode_block_into(block.as_ref(), buf))?;
+            w.put_logged(
                 &self.blocks,
                 &keys::block_key(T::TABLE, part, hour, id),
-                &value,
+                ptr,
+                ptr.len as usize,
             );
-            w.blocks += 1;
         }
         Ok(())
     }

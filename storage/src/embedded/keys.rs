@@ -24,6 +24,10 @@ pub(crate) const LAST_COMMIT: &[u8] = b"last_commit";
 /// Key (in [`META`]) of the checkpoint: the journal LSN up to which every
 /// record's rows are in the tables.
 pub(crate) const CHECKPOINT: &[u8] = b"checkpoint";
+
+/// `meta` key: where the block log ended with the last commit
+/// (`blocklog::encode_end`).
+pub(crate) const BLOCKLOG_END: &[u8] = b"blocklog_end";
 /// Keys (in [`META`]) of the catalogue: `catalog/p/` + SKU, `catalog/s/`
 /// + store, big-endian.
 pub(crate) const CATALOG_PRODUCTS: &[u8] = b"catalog/p/";

@@ -7,12 +7,13 @@
 //!
 //! | keyspace | key | value |
 //! |---|---|---|
-//! | `blocks` | `table u8 \| part \| hour u32 \| commit u64` | rkyv `Vec<Row>`: all rows of that group one commit wrote |
+//! | `blocks` | `table u8 \| part \| hour u32 \| commit u64` | a 20-byte pointer into the block log (`blocks/`, [`blocklog`]) to the rkyv `Vec<Row>` of all rows of that group one commit wrote (or, in a backup or a store written before the log, that block inline) |
 //! | `stock_levels` | `store u32 \| bucket u16` | rkyv `Vec<StockLevelRow>` of the store's SKUs in that bucket (`keys::level_bucket`), sorted by SKU; per SKU the highest `version` wins |
 //! | `terminal_rollups` | `store u32 \| day u32 \| terminal u32 \| minute u16` | rkyv `TerminalRollupRow` (last write wins) |
 //! | `device_watermarks` | `device u64` | rkyv `WatermarkRow` (highest `seq` wins) |
 //! | `device_batches` | `device u64 \| seq u64` | rkyv `BatchRow` |
 //! | `meta` | `last_commit` | the id of the last commit, u64 BE |
+//! | `meta` | `blocklog_end` | where the block log ended with that commit (segment u32, offset u64, BE) |
 //!
 //! The `part` of a block key is the store (u32) for `sales`, `sale_lines`
 //! and `stock_movements`, the device (u64) for `device_health` and
@@ -53,6 +54,10 @@
 //!   the next commit. Commit ids are strictly increasing; the id of each
 //!   commit is written in the same atomic batch (`meta/last_commit`), and
 //!   [`EmbeddedStore::open`] resumes at that id + 1.
+//! - A commit first appends its raw-row blocks to the block log and
+//!   fdatasyncs it, then writes the pointers in its batch: fjall never
+//!   points at bytes a power cut can take, and at open the log is cut back
+//!   to the `blocklog_end` the tables recorded ([`blocklog`]).
 //! - A commit is one fjall `WriteBatch` (atomic across keyspaces); a
 //!   [`Store::commit`] fsyncs it before returning, a
 //!   [`Store::materialize`] does not (it carries the checkpoint LSN in the
@@ -76,6 +81,7 @@
 //!   stores and SKUs cannot grow them without bound.
 
 mod backup;
+mod blocklog;
 mod blocks;
 mod commit;
 mod keys;
@@ -160,6 +166,8 @@ impl SyncFault for FailAfter {
 pub struct EmbeddedStore {
     db: Database,
     blocks: Keyspace,
+    /// Where the `blocks` keyspace's pointers lead (`blocklog`).
+    block_log: blocklog::BlockLog,
     levels: Keyspace,
     rollups: Keyspace,
     marks: Keyspace,
@@ -245,9 +253,10 @@ impl EmbeddedStore {
         // CPU (profile of a 1M-event run) for data that is written once and
         // read rarely; the disk has bandwidth to spare, the CPU has not.
         let ks = |name: &str| {
-            // Blocks are large values written once: kept apart from the
-            // keys (blob files), compaction moves only the keys instead of
-            // rewriting every block at each level.
+            // The values are block log pointers (20 bytes, kept inline);
+            // blocks stored inline, by a store from before the log or a
+            // backup, are large and stay apart from the keys (blob files),
+            // so compaction moves only the keys.
             let opts = if name == keys::BLOCKS {
                 KeyspaceCreateOptions::default()
                     .max_memtable_size(32 << 20)
@@ -287,6 +296,12 @@ impl EmbeddedStore {
                 })?)
             }
         };
+        let block_log_end = meta
+            .get(keys::BLOCKLOG_END)
+            .map_err(|e| open_err(dir, e))?
+            .map(|v| blocklog::decode_end(&v))
+            .transpose()?;
+        let block_log = blocklog::BlockLog::open(&dir.join(blocklog::DIR), block_log_end)?;
         let wal = dir.join(keys::JOURNAL_DIR);
         let journal = match journal_fault {
             Some(f) => Journal::open_with_fault(&wal, JournalOptions::default(), f),
@@ -300,6 +315,7 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             db,
             blocks,
+            block_log,
             levels,
             rollups,
             marks,

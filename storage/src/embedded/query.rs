@@ -6,6 +6,7 @@ use std::ops::RangeBounds;
 use fjall::{Iter, Keyspace, Readable, Snapshot};
 use rkyv::util::AlignedVec;
 
+use super::blocklog::Ptr;
 use super::blocks::{self, BlockRow, StoredRow};
 use super::{EmbeddedStore, backend_err, keys};
 use crate::query::*;
@@ -87,7 +88,7 @@ impl EmbeddedStore {
             }
             None => rd.prefix(&self.blocks, keys::block_prefix(T::TABLE, None)),
         };
-        let mut buf = AlignedVec::new();
+        let (mut buf, mut logged) = (AlignedVec::new(), AlignedVec::new());
         for guard in iter {
             let (key, value) = guard
                 .into_inner_if(|k| {
@@ -103,9 +104,30 @@ impl EmbeddedStore {
                 }
                 continue;
             };
-            f(blocks::decode_block::<T>(&value, &mut buf)?);
+            let bytes: &[u8] = match Ptr::decode(&value) {
+                Some(ptr) => {
+                    self.block_log.read(ptr, &mut logged)?;
+                    &logged
+                }
+                None => &value,
+            };
+            f(blocks::decode_block::<T>(bytes, &mut buf)?);
         }
         Ok(())
+    }
+
+    /// A `blocks` value as the block it stands for: read from the block
+    /// log when it is a pointer, as it is otherwise (a store written before
+    /// the log, or a backup). For copies that must stand alone.
+    pub(super) fn block_bytes(&self, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        match Ptr::decode(value) {
+            Some(ptr) => {
+                let mut out = AlignedVec::new();
+                self.block_log.read(ptr, &mut out)?;
+                Ok(out.to_vec())
+            }
+            None => Ok(value.to_vec()),
+        }
     }
 
     /// Rows of `T`'s table stamped in `window`, of one partition or all.
