@@ -3,15 +3,17 @@
 //! Stored bytes are never trusted: a value that fails validation is
 //! [`StoreError::Corrupt`], never a panic.
 
-use std::collections::HashMap;
 use std::hash::Hash;
 
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor::Error as RkyvError;
+use rkyv::rancor::Fallible;
 use rkyv::ser::allocator::ArenaHandle;
+use rkyv::ser::{Allocator, Writer};
 use rkyv::util::AlignedVec;
-use rkyv::{Archive, Deserialize, Serialize};
+use rkyv::vec::{ArchivedVec, VecResolver};
+use rkyv::{Archive, Deserialize, Place, Serialize};
 
 use crate::rows::*;
 use crate::store::StoreError;
@@ -148,30 +150,68 @@ pub(crate) fn decode_block<T: StoredRow>(
     rkyv::from_bytes::<Vec<T>, RkyvError>(aligned(bytes, buf)).map_err(|e| corrupt(T::WHAT, e))
 }
 
-/// Groups `rows` into blocks by (partition, hour), each block in the
-/// order the rows came in. Blocks come out sorted by (partition, hour).
-pub(crate) fn group<T: BlockRow>(rows: &[T]) -> Vec<((u64, u32), Vec<T>)> {
-    let Some(first) = rows.first() else {
-        return Vec::new();
-    };
-    let first_key = (first.part(), time::hour(first.ts_us()));
-    // The common case of one flush: every row in one store and hour.
-    if rows
-        .iter()
-        .all(|r| (r.part(), time::hour(r.ts_us())) == first_key)
-    {
-        return vec![(first_key, rows.to_vec())];
-    }
-    let mut groups: HashMap<(u64, u32), Vec<T>> = HashMap::new();
-    for r in rows {
+/// Groups `rows` into blocks by (partition, hour): for each, the indices
+/// of its rows in the order they came in. Blocks come out sorted by
+/// (partition, hour). Indices rather than copies: a flush's raw rows are
+/// hundreds of MB a second at full load, and copying them into per-group
+/// vectors (grown row by row) was a pass over all of them.
+pub(crate) fn group<T: BlockRow>(rows: &[T]) -> Vec<((u64, u32), Vec<u32>)> {
+    let mut groups: super::FastMap<(u64, u32), Vec<u32>> = super::FastMap::default();
+    for (i, r) in rows.iter().enumerate() {
         groups
             .entry((r.part(), time::hour(r.ts_us())))
             .or_default()
-            .push(r.clone());
+            .push(u32::try_from(i).unwrap_or(u32::MAX));
     }
     let mut out: Vec<_> = groups.into_iter().collect();
     out.sort_unstable_by_key(|(k, _)| *k);
     out
+}
+
+/// The rows of `rows` at `idx`, archived exactly as a `Vec<T>` of them
+/// would be (so blocks decode the same), without gathering them first.
+pub(crate) struct Picked<'a, T> {
+    pub(crate) rows: &'a [T],
+    pub(crate) idx: &'a [u32],
+}
+
+impl<T: Archive> Archive for Picked<'_, T> {
+    type Archived = ArchivedVec<T::Archived>;
+    type Resolver = VecResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        ArchivedVec::resolve_from_len(self.idx.len(), resolver, out);
+    }
+}
+
+impl<T, S> Serialize<S> for Picked<'_, T>
+where
+    T: Serialize<S>,
+    S: Fallible + Allocator + Writer + ?Sized,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        // An index past the rows is a bug of `group`'s caller: it archives
+        // no row rather than panic.
+        let rows = self.idx.iter().filter_map(|&i| self.rows.get(i as usize));
+        let picked: Vec<&T> = rows.collect();
+        ArchivedVec::<T::Archived>::serialize_from_iter::<T, _, S>(
+            picked.iter().copied(),
+            serializer,
+        )
+    }
+}
+
+/// Archives the rows of `rows` at `idx` as one block at the end of `out`
+/// (see [`encode_block_into`]).
+pub(crate) fn encode_picked_into<T: StoredRow>(
+    rows: &[T],
+    idx: &[u32],
+    out: &mut AlignedVec,
+) -> Result<(), StoreError> {
+    out.reserve(idx.len() * size_of::<T::Archived>() + 64);
+    rkyv::api::high::to_bytes_in::<_, RkyvError>(&Picked { rows, idx }, out)
+        .map(drop)
+        .map_err(|e| encode_err("encoding a block", e))
 }
 
 /// Keeps, for every key, the one row `keep_new(old, new)` prefers; later
@@ -181,7 +221,8 @@ pub(crate) fn dedupe<T: Clone, K: Hash + Eq>(
     key: impl Fn(&T) -> K,
     keep_new: impl Fn(&T, &T) -> bool,
 ) -> Vec<T> {
-    let mut at: HashMap<K, usize> = HashMap::with_capacity(rows.len());
+    let mut at: super::FastMap<K, usize> =
+        super::FastMap::with_capacity_and_hasher(rows.len(), Default::default());
     let mut out: Vec<T> = Vec::with_capacity(rows.len());
     for r in rows {
         match at.get(&key(r)) {
@@ -244,10 +285,28 @@ mod tests {
         let h = time::HOUR_US;
         let rows = [health(2, 0), health(1, h), health(1, 1), health(1, h + 5)];
         let groups = group(&rows);
-        let keys: Vec<_> = groups.iter().map(|(k, v)| (*k, v.len())).collect();
-        assert_eq!(keys, vec![((1, 0), 1), ((1, 1), 2), ((2, 0), 1)]);
+        let keys: Vec<_> = groups.iter().map(|(k, v)| (*k, v.clone())).collect();
+        assert_eq!(
+            keys,
+            vec![((1, 0), vec![2]), ((1, 1), vec![1, 3]), ((2, 0), vec![0])]
+        );
         assert_eq!(group(&rows[..1]).len(), 1);
         assert!(group::<DeviceHealthRow>(&[]).is_empty());
+    }
+
+    #[test]
+    fn picked_rows_decode_as_the_block_of_those_rows() -> Result<(), StoreError> {
+        let h = time::HOUR_US;
+        let rows = vec![health(2, 0), health(1, h), health(1, 1), health(1, h + 5)];
+        let mut out = AlignedVec::new();
+        encode_picked_into(&rows, &[3, 1], &mut out)?;
+        let mut buf = AlignedVec::new();
+        let back = decode_block::<DeviceHealthRow>(&out, &mut buf)?;
+        assert_eq!(back, vec![rows[3], rows[1]]);
+        let mut whole = AlignedVec::new();
+        encode_block_into(&vec![rows[3], rows[1]], &mut whole)?;
+        assert_eq!(out.as_slice(), whole.as_slice(), "the same bytes as a Vec");
+        Ok(())
     }
 
     #[test]

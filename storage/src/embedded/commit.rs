@@ -1,9 +1,6 @@
 //! The write path: one `RowSet` becomes one atomic fjall batch, then one
 //! sync. See the module docs of `embedded` for the invariants.
 
-use std::borrow::Cow;
-use std::collections::HashSet;
-
 use fjall::{Keyspace, OwnedWriteBatch, Slice};
 use rkyv::util::AlignedVec;
 
@@ -38,9 +35,6 @@ impl Writer {
         self.batch.insert(ks, Slice::from(key), Slice::from(value));
     }
 }
-
-/// A block to write: its (partition, hour) and its rows.
-type Block<'a, T> = ((u64, u32), Cow<'a, Vec<T>>);
 
 /// Cache updates to apply once the commit is durable.
 #[derive(Default)]
@@ -148,25 +142,21 @@ impl EmbeddedStore {
         let single = rows
             .iter()
             .all(|r| (r.part(), crate::time::hour(r.ts_us())) == first_key);
-        // The common flush (one partition and hour) is encoded in place.
-        let groups: Vec<Block<'_, T>> = if single {
-            vec![(first_key, Cow::Borrowed(rows))]
-        } else {
-            blocks::group(rows)
-                .into_iter()
-                .map(|(k, v)| (k, Cow::Owned(v)))
-                .collect()
-        };
-        for ((part, hour), block) in groups {
+        // The common flush (one partition and hour) is encoded as it is.
+        if single {
             let ptr = self
                 .block_log
-                .stage_with(|buf| blocks::encode_block_into(block.as_ref(), buf))?;
-            w.put_logged(
-                &self.blocks,
-                &keys::block_key(T::TABLE, part, hour, id),
-                ptr,
-                ptr.len as usize,
-            );
+                .stage_with(|buf| blocks::encode_block_into(rows, buf))?;
+            let key = keys::block_key(T::TABLE, first_key.0, first_key.1, id);
+            w.put_logged(&self.blocks, &key, ptr, ptr.len as usize);
+            return Ok(());
+        }
+        for ((part, hour), idx) in blocks::group(rows) {
+            let ptr = self
+                .block_log
+                .stage_with(|buf| blocks::encode_picked_into(rows, &idx, buf))?;
+            let key = keys::block_key(T::TABLE, part, hour, id);
+            w.put_logged(&self.blocks, &key, ptr, ptr.len as usize);
         }
         Ok(())
     }
@@ -187,7 +177,7 @@ impl EmbeddedStore {
         }
         let mut cache = self.level_buckets.lock();
         bound_cache(&mut cache, MAX_CACHED_LEVEL_BUCKETS);
-        let mut touched: HashSet<(u32, u16)> = HashSet::new();
+        let mut touched: super::FastSet<(u32, u16)> = super::FastSet::default();
         let mut buf = AlignedVec::new();
         for r in rows {
             let at = (r.store, keys::level_bucket(r.sku));
@@ -325,10 +315,7 @@ const MAX_CACHED_MARKS: usize = 64;
 /// tables, and the next miss reads it back (under the commit lock, so it
 /// is what the tables hold). Crude next to an LRU, but bounded, and a
 /// working set under the limit never pays for it.
-fn bound_cache<K: Eq + std::hash::Hash, V>(
-    cache: &mut std::collections::HashMap<K, V>,
-    max: usize,
-) {
+fn bound_cache<K: Eq + std::hash::Hash, V>(cache: &mut super::FastMap<K, V>, max: usize) {
     if cache.len() >= max {
         cache.clear();
         cache.shrink_to(max / 4);

@@ -115,6 +115,13 @@ trait Durability: Send + Sync {
     fn sync(&self, db: &Database) -> Result<(), String>;
 }
 
+/// The store's maps, keyed by what devices name (stores, SKUs, devices):
+/// foldhash, seeded at random per map (a device cannot aim keys at one
+/// bucket), instead of SipHash, which was a visible share of a write.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// See [`FastMap`].
+pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 /// `fdatasync` of fjall's journal.
 struct Fsync;
 
@@ -177,9 +184,9 @@ pub struct EmbeddedStore {
     commit_lock: Mutex<u64>,
     /// The level buckets written or read so far, as the tables hold them
     /// (see `commit::put_levels`).
-    level_buckets: Mutex<HashMap<(u32, u16), Vec<StockLevelRow>>>,
+    level_buckets: Mutex<FastMap<(u32, u16), Vec<StockLevelRow>>>,
     /// Durable watermark of devices written or read so far.
-    mark_seqs: RwLock<HashMap<u64, u64>>,
+    mark_seqs: RwLock<FastMap<u64, u64>>,
     poisoned: AtomicBool,
     poison_reason: Mutex<Option<String>>,
     durability: Box<dyn Durability>,
@@ -322,8 +329,8 @@ impl EmbeddedStore {
             batches,
             meta,
             commit_lock: Mutex::new(last.saturating_add(1)),
-            level_buckets: Mutex::new(HashMap::new()),
-            mark_seqs: RwLock::new(HashMap::new()),
+            level_buckets: Mutex::new(FastMap::default()),
+            mark_seqs: RwLock::new(FastMap::default()),
             poisoned: AtomicBool::new(false),
             poison_reason: Mutex::new(None),
             durability,
