@@ -36,6 +36,18 @@ impl Writer {
     }
 }
 
+/// Commits with more rows than this log their blocks on a second thread
+/// (a thread costs tens of µs; a small commit is done sooner alone).
+const PARALLEL_ABOVE_ROWS: usize = 4_096;
+
+/// A commit's blocks in the log: each block key and pointer, and where the
+/// log ended once they were synced.
+#[derive(Default)]
+struct Logged {
+    blocks: Vec<(Vec<u8>, Ptr)>,
+    end: Option<super::blocklog::End>,
+}
+
 /// Cache updates to apply once the commit is durable.
 #[derive(Default)]
 struct Durable {
@@ -78,27 +90,39 @@ impl EmbeddedStore {
             },
             blocks: 0,
         };
-        self.put_blocks(&mut w, &rows.sales, id)?;
-        self.put_blocks(&mut w, &rows.sale_lines, id)?;
-        self.put_blocks(&mut w, &rows.stock_movements, id)?;
-        self.put_blocks(&mut w, &rows.device_health, id)?;
-        self.put_blocks(&mut w, &rows.rejected, id)?;
-        self.put_blocks(&mut w, &rows.dead_letters, id)?;
+        // The raw rows go to the block log on a second thread while this
+        // one builds the point keys and level buckets: the materializer is
+        // the engine's one serial step, and the two halves share nothing
+        // but the batch, which gets the pointers after the join.
         let mut durable = Durable::default();
-        self.put_levels(&mut w, &rows.stock_levels)?;
-        self.put_marks(&mut w, &rows.watermarks, &mut durable)?;
-        self.put_rollups(&mut w, &rows.terminal_rollups)?;
-        self.put_batches(&mut w, &rows.batches)?;
-        if w.blocks > 0 {
-            // The blocks are durable before any pointer to them is written
-            // (blocklog module docs).
-            match self.block_log.sync() {
-                Ok(end) => w.put(&self.meta, keys::BLOCKLOG_END, &encode_end(end)),
-                Err(e) => {
-                    self.poison(format!("writing the blocks of commit {id} failed: {e}"));
-                    return Err(self.poisoned_err());
-                }
+        let (logged, keyed) = if rows.len() > PARALLEL_ABOVE_ROWS {
+            std::thread::scope(|scope| {
+                let logging = scope.spawn(|| self.log_blocks(rows, id));
+                let keyed = self.put_keyed(&mut w, rows, &mut durable);
+                let logged = logging.join().unwrap_or_else(|_| {
+                    Err(StoreError::Backend {
+                        op: "logging blocks",
+                        source: "the block writer panicked".into(),
+                    })
+                });
+                (logged, keyed)
+            })
+        } else {
+            let logged = self.log_blocks(rows, id);
+            (logged, self.put_keyed(&mut w, rows, &mut durable))
+        };
+        let logged = match (logged, keyed) {
+            (Ok(l), Ok(())) => l,
+            (Err(e), _) | (_, Err(e)) => {
+                self.block_log.discard_staged();
+                return Err(e);
             }
+        };
+        for (key, ptr) in &logged.blocks {
+            w.put_logged(&self.blocks, key, *ptr, ptr.len as usize);
+        }
+        if let Some(end) = logged.end {
+            w.put(&self.meta, keys::BLOCKLOG_END, &encode_end(end));
         }
         w.put(&self.meta, keys::LAST_COMMIT, &id.to_be_bytes());
         if let Some(lsn) = checkpoint {
@@ -129,11 +153,44 @@ impl EmbeddedStore {
         Ok(info)
     }
 
-    fn put_blocks<T: BlockRow>(
+    /// Stages every raw-row block of `rows` in the block log, then writes
+    /// and syncs it: the blocks are durable before any pointer to them is
+    /// written (blocklog module docs).
+    fn log_blocks(&self, rows: &RowSet, id: u64) -> Result<Logged, StoreError> {
+        let mut out = Logged::default();
+        self.stage_blocks(&rows.sales, id, &mut out)?;
+        self.stage_blocks(&rows.sale_lines, id, &mut out)?;
+        self.stage_blocks(&rows.stock_movements, id, &mut out)?;
+        self.stage_blocks(&rows.device_health, id, &mut out)?;
+        self.stage_blocks(&rows.rejected, id, &mut out)?;
+        self.stage_blocks(&rows.dead_letters, id, &mut out)?;
+        if !out.blocks.is_empty() {
+            out.end = Some(self.block_log.sync().map_err(|e| {
+                self.poison(format!("writing the blocks of commit {id} failed: {e}"));
+                self.poisoned_err()
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// The point keys and level buckets of `rows`, into the batch.
+    fn put_keyed(
         &self,
         w: &mut Writer,
+        rows: &RowSet,
+        durable: &mut Durable,
+    ) -> Result<(), StoreError> {
+        self.put_levels(w, &rows.stock_levels)?;
+        self.put_marks(w, &rows.watermarks, durable)?;
+        self.put_rollups(w, &rows.terminal_rollups)?;
+        self.put_batches(w, &rows.batches)
+    }
+
+    fn stage_blocks<T: BlockRow>(
+        &self,
         rows: &Vec<T>,
         id: u64,
+        out: &mut Logged,
     ) -> Result<(), StoreError> {
         let Some(first) = rows.first() else {
             return Ok(());
@@ -148,15 +205,15 @@ impl EmbeddedStore {
                 .block_log
                 .stage_with(|buf| blocks::encode_block_into(rows, buf))?;
             let key = keys::block_key(T::TABLE, first_key.0, first_key.1, id);
-            w.put_logged(&self.blocks, &key, ptr, ptr.len as usize);
+            out.blocks.push((key, ptr));
             return Ok(());
         }
         for ((part, hour), idx) in blocks::group(rows) {
             let ptr = self
                 .block_log
                 .stage_with(|buf| blocks::encode_picked_into(rows, &idx, buf))?;
-            let key = keys::block_key(T::TABLE, part, hour, id);
-            w.put_logged(&self.blocks, &key, ptr, ptr.len as usize);
+            out.blocks
+                .push((keys::block_key(T::TABLE, part, hour, id), ptr));
         }
         Ok(())
     }
