@@ -129,6 +129,8 @@ struct Tail {
     /// Bytes written to the segment so far.
     len: u64,
     file: Arc<File>,
+    /// Bytes of the segment known durable.
+    synced: u64,
     /// Frames staged by the commit under way (written by `sync`); aligned,
     /// since blocks are encoded into it.
     staged: AlignedVec,
@@ -204,6 +206,7 @@ impl BlockLog {
             tail: Mutex::new(Tail {
                 id,
                 len,
+                synced: len,
                 file: Arc::new(file),
                 staged: AlignedVec::new(),
             }),
@@ -264,6 +267,7 @@ impl BlockLog {
             sync_dir(&self.dir)?;
             t.id = id;
             t.len = 0;
+            t.synced = 0;
             t.file = Arc::new(next);
             start = 0;
         }
@@ -298,15 +302,34 @@ impl BlockLog {
     }
 
     fn write_staged(t: &mut Tail) -> Result<(), StoreError> {
+        if t.staged.is_empty() && t.synced == t.len {
+            return Ok(());
+        }
+        Self::write_behind_locked(t)?;
+        t.file
+            .sync_data()
+            .map_err(io_err("syncing the block log"))?;
+        t.synced = t.len;
+        Ok(())
+    }
+
+    /// Writes the frames staged so far and starts their writeback without
+    /// waiting for it, so the disk works while the rest of the commit is
+    /// encoded; [`BlockLog::sync`] then waits only for what is left.
+    /// (Measured: the final fdatasync of a 20–55 MB commit took 25–75 ms,
+    /// all of it on the engine's one serial step.)
+    pub(crate) fn write_behind(&self) -> Result<(), StoreError> {
+        Self::write_behind_locked(&mut self.tail.lock())
+    }
+
+    fn write_behind_locked(t: &mut Tail) -> Result<(), StoreError> {
         if t.staged.is_empty() {
             return Ok(());
         }
         t.file
             .write_all_at(&t.staged, t.len)
             .map_err(io_err("writing the block log"))?;
-        t.file
-            .sync_data()
-            .map_err(io_err("syncing the block log"))?;
+        start_writeback(&t.file, t.len, t.staged.len());
         t.len += t.staged.len() as u64;
         t.staged.clear();
         Ok(())
@@ -356,6 +379,28 @@ impl BlockLog {
         self.readers.write().insert(segment, f.clone());
         Ok(f)
     }
+}
+
+/// Asks the kernel to start writing `len` bytes at `offset` back to disk,
+/// without waiting (Linux `sync_file_range`; elsewhere a no-op: the final
+/// fdatasync does it all). A failure here is harmless: the fdatasync that
+/// makes the bytes durable reports any error.
+fn start_writeback(file: &File, offset: u64, len: usize) {
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)] // one FFI call std does not wrap; see SAFETY
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: the descriptor is open for the call's duration (we hold
+        // the file), and sync_file_range reads no memory of ours.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
 }
 
 /// Makes a segment's creation or removal durable.

@@ -158,9 +158,13 @@ impl EmbeddedStore {
     /// written (blocklog module docs).
     fn log_blocks(&self, rows: &RowSet, id: u64) -> Result<Logged, StoreError> {
         let mut out = Logged::default();
+        // The big tables' frames go to the disk while the next is encoded.
         self.stage_blocks(&rows.sales, id, &mut out)?;
+        self.block_log.write_behind()?;
         self.stage_blocks(&rows.sale_lines, id, &mut out)?;
+        self.block_log.write_behind()?;
         self.stage_blocks(&rows.stock_movements, id, &mut out)?;
+        self.block_log.write_behind()?;
         self.stage_blocks(&rows.device_health, id, &mut out)?;
         self.stage_blocks(&rows.rejected, id, &mut out)?;
         self.stage_blocks(&rows.dead_letters, id, &mut out)?;
