@@ -97,14 +97,21 @@ impl EmbeddedStore {
         let mut durable = Durable::default();
         let (logged, keyed) = if rows.len() > PARALLEL_ABOVE_ROWS {
             std::thread::scope(|scope| {
-                let logging = scope.spawn(|| self.log_blocks(rows, id));
+                // A thread that cannot be had (resource limits) is no
+                // error: the blocks are then logged here, after the keys.
+                let logging = std::thread::Builder::new()
+                    .name("tillstream-blocks".into())
+                    .spawn_scoped(scope, || self.log_blocks(rows, id));
                 let keyed = self.put_keyed(&mut w, rows, &mut durable);
-                let logged = logging.join().unwrap_or_else(|_| {
-                    Err(StoreError::Backend {
-                        op: "logging blocks",
-                        source: "the block writer panicked".into(),
-                    })
-                });
+                let logged = match logging {
+                    Ok(handle) => handle.join().unwrap_or_else(|_| {
+                        Err(StoreError::Backend {
+                            op: "logging blocks",
+                            source: "the block writer panicked".into(),
+                        })
+                    }),
+                    Err(_) => self.log_blocks(rows, id),
+                };
                 (logged, keyed)
             })
         } else {

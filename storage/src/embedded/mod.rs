@@ -90,6 +90,8 @@ mod query;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_large;
+#[cfg(test)]
 mod tests_props;
 #[cfg(test)]
 mod tests_query;
