@@ -346,13 +346,17 @@ impl Devices {
 mod tests {
     use super::*;
 
+    fn store_in(dir: &std::path::Path) -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
+        Ok(Arc::new(tillstream_storage::embedded::EmbeddedStore::open(
+            &dir.join("store"),
+        )?))
+    }
+
     #[tokio::test]
     async fn a_batch_costs_at_least_its_minimum_against_the_rate()
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let store: Arc<dyn Store> = Arc::new(tillstream_storage::embedded::EmbeddedStore::open(
-            &dir.path().join("store"),
-        )?);
+        let store = store_in(dir.path())?;
         // Four minimum batches a second, and a burst of as many.
         let rate = MIN_BATCH_COST * 4;
         let devices = Devices::new(rate);
@@ -372,9 +376,7 @@ mod tests {
     async fn a_reloaded_rate_applies_to_a_device_already_known()
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let store: Arc<dyn Store> = Arc::new(tillstream_storage::embedded::EmbeddedStore::open(
-            &dir.path().join("store"),
-        )?);
+        let store = store_in(dir.path())?;
         let devices = Devices::new(MIN_BATCH_COST);
         let slot = devices.slot(1, &store).await?;
         // At one minimum batch a second, the second batch waits...
