@@ -1,7 +1,40 @@
 //! Calls to a running server's HTTP API (`query --server-http`,
 //! `backup --server-http`), with the server's own error text on failure.
 
+use std::path::PathBuf;
+
 use anyhow::Context;
+
+/// Where an admin command acts: a stopped server's data directory, or a
+/// running server through its HTTP API (`backup`, `catalog import`).
+#[derive(Debug, clap::Args)]
+pub(crate) struct AdminTarget {
+    /// Data directory of a stopped server.
+    #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
+    pub(crate) data_dir: PathBuf,
+    /// A running server's HTTP API instead (`http://127.0.0.1:7401`).
+    #[arg(long, env = "TILLSTREAM_SERVER_HTTP")]
+    pub(crate) server_http: Option<String>,
+    /// Bearer token of role admin for --server-http.
+    #[arg(long, env = "TILLSTREAM_API_TOKEN", hide_env_values = true)]
+    pub(crate) api_token: Option<String>,
+}
+
+impl AdminTarget {
+    /// POSTs `body` to `path` (`/v1/backup`) of the running server, if
+    /// one was named: its answer. `None`: act on the data directory.
+    pub(crate) fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<Option<serde_json::Value>> {
+        let Some(base) = &self.server_http else {
+            return Ok(None);
+        };
+        let url = format!("{}{path}", base.trim_end_matches('/'));
+        call(&url, self.api_token.as_deref(), Some(body)).map(Some)
+    }
+}
 
 /// `GET` (no body) or `POST` (`body`) of `url` with an optional bearer
 /// token; the JSON answer of a 200, an error naming the status and the

@@ -19,15 +19,9 @@ use tillstream_storage::verify::verify;
 pub(crate) struct BackupArgs {
     /// Where to write the copy: a new or empty directory.
     dir: PathBuf,
-    /// Data directory of a stopped server.
-    #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
-    data_dir: PathBuf,
-    /// Ask a running server to write the copy (`http://127.0.0.1:7401`).
-    #[arg(long, env = "TILLSTREAM_SERVER_HTTP")]
-    server_http: Option<String>,
-    /// Bearer token of role admin for --server-http.
-    #[arg(long, env = "TILLSTREAM_API_TOKEN", hide_env_values = true)]
-    api_token: Option<String>,
+    /// The stopped server to copy, or the running one that writes the copy.
+    #[command(flatten)]
+    target: crate::api::AdminTarget,
 }
 
 /// Make a data directory's store from a backup: copy it in, replay its
@@ -44,18 +38,15 @@ pub(crate) struct RestoreArgs {
 }
 
 pub(crate) fn run_backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
-    let info = match &args.server_http {
-        Some(base) => {
-            let url = format!("{}/v1/backup", base.trim_end_matches('/'));
-            let dir = std::path::absolute(&args.dir).unwrap_or(args.dir.clone());
-            crate::api::call(
-                &url,
-                args.api_token.as_deref(),
-                Some(&serde_json::json!({ "dir": dir })),
-            )?
-        }
+    // A running server writes the copy where this command names it.
+    let dir = std::path::absolute(&args.dir).unwrap_or(args.dir.clone());
+    let info = match args
+        .target
+        .post("/v1/backup", &serde_json::json!({ "dir": dir }))?
+    {
+        Some(answer) => answer,
         None => {
-            let store = super::open_embedded(&args.data_dir)?;
+            let store = super::open_embedded(&args.target.data_dir)?;
             let info = store
                 .backup_to(&args.dir)
                 .with_context(|| format!("backing up into {}", args.dir.display()))?;

@@ -25,15 +25,8 @@ enum Command {
     Import {
         /// The CSV file.
         file: PathBuf,
-        /// Data directory of a stopped server.
-        #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
-        data_dir: PathBuf,
-        /// A running server's HTTP API (`http://127.0.0.1:7401`).
-        #[arg(long, env = "TILLSTREAM_SERVER_HTTP")]
-        server_http: Option<String>,
-        /// Bearer token of role admin for --server-http.
-        #[arg(long, env = "TILLSTREAM_API_TOKEN", hide_env_values = true)]
-        api_token: Option<String>,
+        #[command(flatten)]
+        target: crate::api::AdminTarget,
     },
 }
 
@@ -91,25 +84,15 @@ pub(crate) fn read_csv(file: &std::path::Path) -> anyhow::Result<Catalog> {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let Command::Import {
-        file,
-        data_dir,
-        server_http,
-        api_token,
-    } = args.command;
+    let Command::Import { file, target } = args.command;
     let catalog = read_csv(&file)?;
-    match server_http {
-        Some(base) => {
-            let url = format!("{}/v1/catalog", base.trim_end_matches('/'));
-            crate::api::call(
-                &url,
-                api_token.as_deref(),
-                Some(&serde_json::to_value(&catalog)?),
-            )?;
-        }
-        None => super::open_embedded(&data_dir)?
+    if target
+        .post("/v1/catalog", &serde_json::to_value(&catalog)?)?
+        .is_none()
+    {
+        super::open_embedded(&target.data_dir)?
             .put_catalog(&catalog)
-            .context("writing the catalogue")?,
+            .context("writing the catalogue")?;
     }
     crate::logging::say(format!(
         "{} products and {} stores imported from {}",
