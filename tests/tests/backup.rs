@@ -48,12 +48,7 @@ async fn a_backup_taken_under_load_restores_and_verifies() -> anyhow::Result<()>
 
     // Restored into a fresh data directory, it verifies.
     let restored = dir.path().join("restored");
-    let out = Command::new(SERVER_BIN)
-        .arg("restore")
-        .arg(&backup)
-        .arg("--data-dir")
-        .arg(&restored)
-        .output()?;
+    let out = restore(&backup, &restored)?;
     let said: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| anyhow::anyhow!("restore: {e}: {}", String::from_utf8_lossy(&out.stderr)))?;
     assert!(out.status.success(), "{said}");
@@ -85,12 +80,7 @@ async fn a_backup_taken_under_load_restores_and_verifies() -> anyhow::Result<()>
     }
 
     // A second restore into the same directory is refused, not merged.
-    let out = Command::new(SERVER_BIN)
-        .arg("restore")
-        .arg(&backup)
-        .arg("--data-dir")
-        .arg(&restored)
-        .output()?;
+    let out = restore(&backup, &restored)?;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
     Ok(())
@@ -103,4 +93,17 @@ fn marks(json: &str) -> anyhow::Result<HashMap<u64, u64>> {
         .iter()
         .filter_map(|r| Some((r["device"].as_u64()?, r["seq"].as_u64()?)))
         .collect())
+}
+
+/// `tillstream restore BACKUP --data-dir INTO`, its output.
+fn restore(
+    backup: &std::path::Path,
+    into: &std::path::Path,
+) -> anyhow::Result<std::process::Output> {
+    Ok(Command::new(SERVER_BIN)
+        .arg("restore")
+        .arg(backup)
+        .arg("--data-dir")
+        .arg(into)
+        .output()?)
 }

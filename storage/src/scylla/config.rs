@@ -209,15 +209,24 @@ impl ParseConsistency for Consistency {
     }
 }
 
+/// Runs one piece of driver work (the schema, a drop) to completion on a
+/// runtime of its own: the tools that call it have none.
+fn run_once<T>(
+    cfg: &ScyllaConfig,
+    work: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| cfg.open_err(format!("starting the driver's runtime: {e}")))?
+        .block_on(work)
+}
+
 /// Drops `cfg.keyspace` and everything in it (the conformance suite's
 /// keyspaces).
 #[cfg(test)]
 pub(crate) fn drop_keyspace(cfg: &ScyllaConfig) -> Result<(), StoreError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| cfg.open_err(format!("starting the driver's runtime: {e}")))?;
-    rt.block_on(async {
+    run_once(cfg, async {
         let session = cfg.session().await?;
         let stmt = format!("DROP KEYSPACE IF EXISTS {}", cfg.keyspace);
         session
@@ -233,11 +242,7 @@ pub(crate) fn drop_keyspace(cfg: &ScyllaConfig) -> Result<(), StoreError> {
 /// Returns the statements run.
 pub fn apply_schema(cfg: &ScyllaConfig, opts: &SchemaOptions) -> Result<usize, StoreError> {
     let files = render(opts).map_err(|reason| cfg.open_err(reason))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| cfg.open_err(format!("starting the driver's runtime: {e}")))?;
-    rt.block_on(async {
+    run_once(cfg, async {
         let session = cfg.session().await?;
         let mut n = 0;
         for (name, cql) in &files {
