@@ -403,10 +403,23 @@ pub(crate) fn batch_duplicate() {
     counter!("tillstream_batches_duplicate_total").increment(1);
 }
 
-/// An event refused with reject code `code` (labelled with its name).
-pub(crate) fn event_rejected(code: u16) {
-    let reason = tillstream_protocol::RejectCode::from_u16(code).map_or("unknown", |c| c.name());
-    counter!("tillstream_events_rejected_total", "code" => reason).increment(1);
+/// The events of one batch refused, by reject code (labelled with its
+/// name): tallied first, so a batch of thousands of refusals costs one
+/// increment per code, not one per event.
+pub(crate) fn events_rejected(codes: impl Iterator<Item = u16>) {
+    use tillstream_protocol::RejectCode;
+    let mut tally = [0u64; RejectCode::ALL.len() + 1];
+    for code in codes {
+        let at = RejectCode::ALL
+            .iter()
+            .position(|c| c.as_u16() == code)
+            .unwrap_or(RejectCode::ALL.len());
+        tally[at] += 1;
+    }
+    for (at, &n) in tally.iter().enumerate().filter(|(_, n)| **n > 0) {
+        let reason = RejectCode::ALL.get(at).map_or("unknown", |c| c.name());
+        counter!("tillstream_events_rejected_total", "code" => reason).increment(n);
+    }
 }
 
 pub(crate) fn frame_refused(code: tillstream_protocol::ErrorCode) {
@@ -590,5 +603,41 @@ mod tests {
         assert!(missing.is_empty(), "no description for {missing:?}");
         let names: std::collections::HashSet<&str> = DESCRIPTIONS.iter().map(|(n, _)| *n).collect();
         assert_eq!(names.len(), DESCRIPTIONS.len(), "a name is described twice");
+    }
+
+    /// A batch's refusals land on their codes' series, each counted once
+    /// per event; a code the server does not know is `unknown`.
+    #[test]
+    fn rejected_events_are_counted_by_code() {
+        let Some(handle) = super::handle() else {
+            panic!("no recorder");
+        };
+        let value = |code: &str| -> f64 {
+            let line = format!("tillstream_events_rejected_total{{code=\"{code}\"}} ");
+            handle
+                .render()
+                .lines()
+                .find_map(|l| l.strip_prefix(&line).and_then(|v| v.trim().parse().ok()))
+                .unwrap_or(0.0)
+        };
+        let before = [
+            value("future_timestamp"),
+            value("zero_delta"),
+            value("unknown"),
+        ];
+        super::events_rejected([102, 107, 102, 999, 102].into_iter());
+        let after = [
+            value("future_timestamp"),
+            value("zero_delta"),
+            value("unknown"),
+        ];
+        assert_eq!(
+            [
+                after[0] - before[0],
+                after[1] - before[1],
+                after[2] - before[2]
+            ],
+            [3.0, 1.0, 1.0]
+        );
     }
 }

@@ -82,9 +82,7 @@ fn rejected_of(seq: u64, rows: &RowSet) -> Vec<RejectedRef> {
     if rows.rejected.is_empty() {
         return Vec::new();
     }
-    for r in &rows.rejected {
-        m::event_rejected(r.code);
-    }
+    m::events_rejected(rows.rejected.iter().map(|r| r.code));
     let mut out: Vec<RejectedRef> = rows
         .rejected
         .iter()
