@@ -11,7 +11,7 @@ use crate::rows::*;
 use crate::store::{CommitInfo, Store, StoreError};
 
 /// The batch being built and what it counts.
-struct Writer {
+pub(super) struct Writer {
     batch: OwnedWriteBatch,
     info: CommitInfo,
     blocks: usize,
@@ -29,10 +29,16 @@ impl Writer {
 }
 
 impl Writer {
-    fn put(&mut self, ks: &Keyspace, key: &[u8], value: &[u8]) {
+    pub(super) fn put(&mut self, ks: &Keyspace, key: &[u8], value: &[u8]) {
         self.info.records += 1;
         self.info.bytes += key.len() + value.len();
         self.batch.insert(ks, Slice::from(key), Slice::from(value));
+    }
+
+    pub(super) fn remove(&mut self, ks: &Keyspace, key: Slice) {
+        self.info.records += 1;
+        self.info.bytes += key.len();
+        self.batch.remove(ks, key);
     }
 }
 
@@ -52,6 +58,8 @@ struct Logged {
 #[derive(Default)]
 struct Durable {
     marks: Vec<(u64, u64)>,
+    /// Each store's level deltas after the commit (`levels`).
+    level_deltas: Vec<(u32, u32)>,
 }
 
 impl EmbeddedStore {
@@ -102,7 +110,7 @@ impl EmbeddedStore {
                 let logging = std::thread::Builder::new()
                     .name("tillstream-blocks".into())
                     .spawn_scoped(scope, || self.log_blocks(rows, id));
-                let keyed = self.put_keyed(&mut w, rows, &mut durable);
+                let keyed = self.put_keyed(&mut w, rows, id, &mut durable);
                 let logged = match logging {
                     Ok(handle) => handle.join().unwrap_or_else(|_| {
                         Err(StoreError::Backend {
@@ -116,7 +124,7 @@ impl EmbeddedStore {
             })
         } else {
             let logged = self.log_blocks(rows, id);
-            (logged, self.put_keyed(&mut w, rows, &mut durable))
+            (logged, self.put_keyed(&mut w, rows, id, &mut durable))
         };
         let logged = match (logged, keyed) {
             (Ok(l), Ok(())) => l,
@@ -152,6 +160,7 @@ impl EmbeddedStore {
             self.materialized
                 .store(lsn, std::sync::atomic::Ordering::Release);
         }
+        self.counted_level_deltas(durable.level_deltas);
         if !durable.marks.is_empty() {
             let mut marks = self.mark_seqs.write();
             bound_cache(&mut marks, MAX_CACHED_MARKS);
@@ -189,9 +198,10 @@ impl EmbeddedStore {
         &self,
         w: &mut Writer,
         rows: &RowSet,
+        id: u64,
         durable: &mut Durable,
     ) -> Result<(), StoreError> {
-        self.put_levels(w, &rows.stock_levels)?;
+        self.put_levels(w, &rows.stock_levels, id, &mut durable.level_deltas)?;
         self.put_marks(w, &rows.watermarks, durable)?;
         self.put_rollups(w, &rows.terminal_rollups)?;
         self.put_batches(w, &rows.batches)
@@ -225,66 +235,6 @@ impl EmbeddedStore {
                 .stage_with(|buf| blocks::encode_picked_into(rows, &idx, buf))?;
             out.blocks
                 .push((keys::block_key(T::TABLE, part, hour, id), ptr));
-        }
-        Ok(())
-    }
-
-    /// Stock levels: the highest `version` wins, never overwritten by an
-    /// older one, whatever order commits land in. Ties keep what is stored.
-    /// Levels live in blocks of one (store, bucket), sorted by SKU: each
-    /// write rewrites the buckets it touches from `level_buckets`, the
-    /// copy in memory of what the tables hold. One point key per SKU was
-    /// ~60% of a write's cost (store_commit bench, 4,096 sales: 14.6 ms
-    /// with them, 6.0 ms without). The trade: when most buckets change at
-    /// every write, each write rewrites most levels (50k SKUs: ~3 MB), so
-    /// at half load the ack p50 rose from ~4 to ~7 ms while the peak rose
-    /// ~8% (1M-event runs, 2 each).
-    fn put_levels(&self, w: &mut Writer, rows: &[StockLevelRow]) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut cache = self.level_buckets.lock();
-        bound_cache(&mut cache, MAX_CACHED_LEVEL_BUCKETS);
-        let mut touched: super::FastSet<(u32, u16)> = super::FastSet::default();
-        let mut buf = AlignedVec::new();
-        for r in rows {
-            let at = (r.store, keys::level_bucket(r.sku));
-            let bucket = match cache.entry(at) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                // A miss reads the disk; we hold the commit lock, so what
-                // we read is what the tables hold.
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    let stored = match self
-                        .levels
-                        .get(keys::level_bucket_key(at.0, at.1))
-                        .map_err(|e| backend_err("reading levels", e))?
-                    {
-                        Some(v) => blocks::decode_block::<StockLevelRow>(&v, &mut buf)?,
-                        None => Vec::new(),
-                    };
-                    e.insert(stored)
-                }
-            };
-            let changed = match bucket.binary_search_by_key(&r.sku, |l| l.sku) {
-                Ok(i) if bucket[i].version >= r.version => false,
-                Ok(i) => {
-                    bucket[i] = *r;
-                    true
-                }
-                Err(i) => {
-                    bucket.insert(i, *r);
-                    true
-                }
-            };
-            if changed {
-                touched.insert(at);
-            }
-        }
-        for at in touched {
-            if let Some(bucket) = cache.get(&at) {
-                let value = blocks::encode_block(bucket)?;
-                w.put(&self.levels, &keys::level_bucket_key(at.0, at.1), &value);
-            }
         }
         Ok(())
     }
@@ -366,13 +316,6 @@ impl EmbeddedStore {
     }
 }
 
-/// Level buckets kept in memory: about 20 levels of 64 bytes each, so
-/// 64 Ki buckets is ~80 MiB (1.3 M SKUs). Devices may name any store and
-/// SKU, so the caches must not grow with every value they send.
-#[cfg(not(test))]
-const MAX_CACHED_LEVEL_BUCKETS: usize = 1 << 16;
-#[cfg(test)]
-const MAX_CACHED_LEVEL_BUCKETS: usize = 64;
 /// Device watermarks kept in memory (16 bytes each).
 #[cfg(not(test))]
 const MAX_CACHED_MARKS: usize = 1 << 20;

@@ -116,6 +116,25 @@ pub(crate) fn level_bucket_key(store: u32, bucket: u16) -> [u8; 6] {
     key
 }
 
+/// `store u32 | FF FF | commit u64`: the levels of one store that one
+/// commit changed, sorted by SKU (see `commit::put_levels`). After every
+/// bucket key of the store, so a store's prefix holds both.
+pub(crate) fn level_delta_key(store: u32, commit: u64) -> [u8; LEVEL_DELTA_KEY_LEN] {
+    let mut key = [0; LEVEL_DELTA_KEY_LEN];
+    key[..4].copy_from_slice(&store.to_be_bytes());
+    key[4..6].copy_from_slice(&u16::MAX.to_be_bytes());
+    key[6..].copy_from_slice(&commit.to_be_bytes());
+    key
+}
+
+/// Length of a level delta key.
+pub(crate) const LEVEL_DELTA_KEY_LEN: usize = 14;
+
+/// `store u32 | FF FF`: the prefix of one store's level deltas.
+pub(crate) fn level_delta_prefix(store: u32) -> [u8; 6] {
+    level_bucket_key(store, u16::MAX)
+}
+
 /// Length of the keys of the first layout, one level per key
 /// (`store u32 | sku u64`); still read.
 pub(crate) const LEGACY_LEVEL_KEY_LEN: usize = 12;
@@ -179,6 +198,9 @@ mod tests {
     #[test]
     fn point_keys_sort_numerically() {
         assert!(level_bucket_key(1, LEVEL_BUCKETS - 1) < level_bucket_key(2, 0));
+        assert!(level_bucket_key(1, LEVEL_BUCKETS - 1)[..] < level_delta_key(1, 0)[..]);
+        assert!(level_delta_key(1, u64::MAX)[..] < level_bucket_key(2, 0)[..]);
+        assert!(level_delta_key(1, 9).starts_with(&level_delta_prefix(1)));
         assert!((0..10_000).all(|sku| level_bucket(sku) < LEVEL_BUCKETS));
         // Dense SKU numbers spread over every bucket.
         let used: std::collections::HashSet<u16> = (0..1_000).map(level_bucket).collect();

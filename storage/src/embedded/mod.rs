@@ -8,7 +8,8 @@
 //! | keyspace | key | value |
 //! |---|---|---|
 //! | `blocks` | `table u8 \| part \| hour u32 \| commit u64` | a 20-byte pointer into the block log (`blocks/`, [`blocklog`]) to the rkyv `Vec<Row>` of all rows of that group one commit wrote (or, in a backup or a store written before the log, that block inline) |
-//! | `stock_levels` | `store u32 \| bucket u16` | rkyv `Vec<StockLevelRow>` of the store's SKUs in that bucket (`keys::level_bucket`), sorted by SKU; per SKU the highest `version` wins |
+//! | `stock_levels` | `store u32 \| bucket u16` | rkyv `Vec<StockLevelRow>` of the store's SKUs in that bucket (`keys::level_bucket`), sorted by SKU |
+//! | `stock_levels` | `store u32 \| FF FF \| commit u64` | a delta: rkyv `Vec<StockLevelRow>` of the store's levels that commit changed, sorted by SKU; per SKU the highest `version` of all a store's values wins ([`levels`]) |
 //! | `terminal_rollups` | `store u32 \| day u32 \| terminal u32 \| minute u16` | rkyv `TerminalRollupRow` (last write wins) |
 //! | `device_watermarks` | `device u64` | rkyv `WatermarkRow` (highest `seq` wins) |
 //! | `device_batches` | `device u64 \| seq u64` | rkyv `BatchRow` |
@@ -70,21 +71,21 @@
 //!   sync made a checkpoint covering them durable. After a crash the tables
 //!   may be back at an older checkpoint; the engine replays the journal
 //!   from there.
-//! - The caches (`level_buckets`, `mark_seqs`) hold what the
+//! - The caches (`level_deltas`, `mark_seqs`) hold what the
 //!   tables hold (written or read under `commit_lock`), possibly not yet
 //!   synced: the journal holds those records durably, so
 //!   [`Store::watermark`] never reports a seq that a crash could lose.
 //!   Other reads see the data of a write as soon as its batch is written.
-//!   The caches hold one level row per SKU of the buckets written or read
-//!   (about 64 bytes) and one entry per device, and are emptied when they
-//!   reach 64 Ki buckets (~80 MiB) or 1 Mi devices: a device naming random
-//!   stores and SKUs cannot grow them without bound.
+//!   The caches hold a delta count per store and a seq per device, and are
+//!   emptied when they reach 64 Ki stores or 1 Mi devices: a device naming
+//!   random stores cannot grow them without bound.
 
 mod backup;
 mod blocklog;
 mod blocks;
 mod commit;
 mod keys;
+mod levels;
 mod query;
 
 #[cfg(test)]
@@ -121,8 +122,6 @@ trait Durability: Send + Sync {
 /// foldhash, seeded at random per map (a device cannot aim keys at one
 /// bucket), instead of SipHash, which was a visible share of a write.
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-/// See [`FastMap`].
-pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// `fdatasync` of fjall's journal.
 struct Fsync;
@@ -184,9 +183,9 @@ pub struct EmbeddedStore {
     meta: Keyspace,
     /// Serializes commits; the id of the next commit.
     commit_lock: Mutex<u64>,
-    /// The level buckets written or read so far, as the tables hold them
-    /// (see `commit::put_levels`).
-    level_buckets: Mutex<FastMap<(u32, u16), Vec<StockLevelRow>>>,
+    /// How many level deltas each store written or read so far holds
+    /// (see `levels`).
+    level_deltas: Mutex<FastMap<u32, u32>>,
     /// Durable watermark of devices written or read so far.
     mark_seqs: RwLock<FastMap<u64, u64>>,
     poisoned: AtomicBool,
@@ -331,7 +330,7 @@ impl EmbeddedStore {
             batches,
             meta,
             commit_lock: Mutex::new(last.saturating_add(1)),
-            level_buckets: Mutex::new(FastMap::default()),
+            level_deltas: Mutex::new(FastMap::default()),
             mark_seqs: RwLock::new(FastMap::default()),
             poisoned: AtomicBool::new(false),
             poison_reason: Mutex::new(None),

@@ -182,8 +182,8 @@ impl EmbeddedStore {
         Ok(out)
     }
 
-    /// Hands every level of one store, or of all, to `f`, bucket by bucket
-    /// (see `keys::level_bucket`); a key of the first layout holds one row.
+    /// Hands every current level of one store, or of all, to `f`, store
+    /// by store (see `levels`).
     fn each_level(
         &self,
         store: Option<u32>,
@@ -199,20 +199,8 @@ impl EmbeddedStore {
         f: &mut dyn FnMut(StockLevelRow),
     ) -> Result<(), StoreError> {
         let prefix = store.map(u32::to_be_bytes);
-        let mut buf = AlignedVec::new();
-        for guard in rd.prefix(&self.levels, prefix.as_ref().map_or(&[][..], |p| &p[..])) {
-            let (key, value) = guard
-                .into_inner()
-                .map_err(|e| backend_err("reading levels", e))?;
-            if key.len() == keys::LEGACY_LEVEL_KEY_LEN {
-                f(blocks::decode_one::<StockLevelRow>(&value, &mut buf)?);
-            } else {
-                blocks::decode_block::<StockLevelRow>(&value, &mut buf)?
-                    .into_iter()
-                    .for_each(&mut *f);
-            }
-        }
-        Ok(())
+        let prefix = prefix.as_ref().map_or(&[][..], |p| &p[..]);
+        super::levels::each_level(rd.prefix(&self.levels, prefix), f)
     }
 
     /// Rollups of one store and day, in (terminal, minute) order.

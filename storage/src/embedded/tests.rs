@@ -91,9 +91,9 @@ fn every_table_round_trips_through_a_reopen() -> TestResult {
     rows.dead_letters = vec![dead_letter(T0), dead_letter(T0 + 2 * time_hour())];
     let info = store.commit(&rows)?;
     assert_eq!(info.rows, rows.len());
-    // 13 blocks for 38 raw rows, 16 point keys, the commit id, the end
-    // of the block log.
-    assert_eq!(info.records, 31, "{info:?}");
+    // 13 blocks for 38 raw rows, 12 point keys, the store's level delta,
+    // the commit id, the end of the block log.
+    assert_eq!(info.records, 28, "{info:?}");
     let before = dump(&store)?;
     let expect = dump(&crate::testutil::MemQuery(rows.clone()))?;
     assert_eq!(before, expect);
@@ -549,8 +549,8 @@ fn verify_reports_values_near_the_ends_of_i64_without_panicking() -> TestResult 
 #[test]
 fn the_caches_stay_bounded_and_what_they_drop_is_read_back() -> TestResult {
     let (_dir, store) = open()?;
-    // Levels in 200 stores (200 buckets), version 2 each; the test build
-    // caps the bucket cache at 64.
+    // Levels in 200 stores, version 2 each; the test build keeps the
+    // delta counts of 4 stores and compacts a store at 3 deltas.
     let v2: Vec<StockLevelRow> = (1..=200).map(|s| level_of(s, 7, 20, 2)).collect();
     for chunk in v2.chunks(20) {
         store.commit(&RowSet {
@@ -558,20 +558,23 @@ fn the_caches_stay_bounded_and_what_they_drop_is_read_back() -> TestResult {
             ..RowSet::default()
         })?;
         assert!(
-            store.level_buckets.lock().len() <= 64 + 20,
-            "the cache grew past its bound"
+            store.level_deltas.lock().len() <= 4 + 20,
+            "the counts grew past their bound"
         );
     }
-    // Older versions arriving late lose, though their buckets were dropped
-    // from the cache: the stored block is read back first.
-    store.commit(&RowSet {
-        stock_levels: (1..=200).map(|s| level_of(s, 7, 99, 1)).collect(),
-        ..RowSet::default()
-    })?;
+    // Older versions arriving late lose, though their counts were
+    // dropped: the highest version wins whatever was compacted.
+    for _ in 0..5 {
+        store.commit(&RowSet {
+            stock_levels: (1..=200).map(|s| level_of(s, 7, 99, 1)).collect(),
+            ..RowSet::default()
+        })?;
+    }
     for s in 1..=200 {
         let levels = store.load_levels(s)?;
         assert_eq!(levels.len(), 1);
         assert_eq!((levels[0].level, levels[0].version), (20, 2), "store {s}");
+        assert!(store.level_delta_keys(s)? <= levels::MAX_LEVEL_DELTAS);
     }
     // Watermarks likewise: the highest seq stays, the cache stays small.
     for d in 1..=100u64 {
