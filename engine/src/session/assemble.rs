@@ -78,14 +78,13 @@ pub(super) async fn assemble(
 /// plan's refusals (bad fields, wrong store) and the shards' own (a count
 /// older than its SKU's late window), in event order. Every refused event
 /// is stored in `rejected_events`; this tells the device which.
-fn rejected_of(seq: u64, rows: &RowSet) -> Vec<RejectedRef> {
-    if rows.rejected.is_empty() {
+fn rejected_of(seq: u64, parts: &[RowSet]) -> Vec<RejectedRef> {
+    let rejected = || parts.iter().flat_map(|p| p.rejected.iter());
+    if rejected().next().is_none() {
         return Vec::new();
     }
-    m::events_rejected(rows.rejected.iter().map(|r| r.code));
-    let mut out: Vec<RejectedRef> = rows
-        .rejected
-        .iter()
+    m::events_rejected(rejected().map(|r| r.code));
+    let mut out: Vec<RejectedRef> = rejected()
         .map(|r| RejectedRef {
             seq,
             idx: r.key.idx,
@@ -103,19 +102,17 @@ async fn unit_of(
     header: BatchHeader,
     events: u32,
     parts: Vec<oneshot::Receiver<PartResult>>,
-) -> Result<RowSet, String> {
-    let mut rows = RowSet::default();
+) -> Result<Vec<RowSet>, String> {
+    let mut rows = Vec::with_capacity(parts.len() + 1);
     for part in parts {
-        let mut r = part
-            .await
-            .map_err(|_| "a shard dropped its reply".to_string())?
-            .map_err(|e| e.to_string())?;
-        if rows.is_empty() {
-            // The first part's rows are taken as they are, not copied.
-            std::mem::swap(&mut rows, &mut r);
-        }
-        rows.append(&mut r);
+        rows.push(
+            part.await
+                .map_err(|_| "a shard dropped its reply".to_string())?
+                .map_err(|e| e.to_string())?,
+        );
     }
-    push_ledger(&mut rows, header, events);
+    let mut ledger = RowSet::default();
+    push_ledger(&mut ledger, header, events);
+    rows.push(ledger);
     Ok(rows)
 }

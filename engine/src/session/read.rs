@@ -349,7 +349,7 @@ impl Refusals<'_> {
             .flush
             .send(CommitUnit {
                 lsn: None,
-                rows,
+                rows: vec![rows],
                 durable: None,
                 done: None,
                 budget: Vec::new(),
