@@ -236,18 +236,7 @@ impl EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn level(store: u32, sku: u64, level: i64, version: u64) -> StockLevelRow {
-        StockLevelRow {
-            store,
-            sku,
-            level,
-            count_ts_us: None,
-            count_key: None,
-            updated_ts_us: 0,
-            version,
-        }
-    }
+    use crate::embedded::tests::level_of as level;
 
     #[test]
     fn the_highest_version_wins_and_ties_keep_the_first() {

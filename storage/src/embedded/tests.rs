@@ -390,7 +390,7 @@ fn concurrent_commits_get_distinct_ids() -> TestResult {
     Ok(())
 }
 
-fn level_of(store: u32, sku: u64, level: i64, version: u64) -> StockLevelRow {
+pub(super) fn level_of(store: u32, sku: u64, level: i64, version: u64) -> StockLevelRow {
     StockLevelRow {
         store,
         sku,
