@@ -115,6 +115,16 @@ struct Gathered {
     since: Option<Instant>,
 }
 
+impl Gathered {
+    /// Moves a unit's row sets into the next write (their one copy).
+    fn gather(&mut self, parts: &mut [RowSet]) {
+        for part in parts {
+            self.rows.append(part);
+        }
+        self.since.get_or_insert_with(Instant::now);
+    }
+}
+
 /// A write's outcome, its rows (to reuse the buffers) and its checkpoint.
 type Materialized = (Result<(), StoreError>, RowSet, u64);
 
@@ -238,10 +248,7 @@ impl Flusher {
             None => {
                 // A dead letter: no LSN, no ack; it rides with the next write.
                 let mut unit = unit;
-                for part in &mut unit.rows {
-                    self.acc.rows.append(part);
-                }
-                self.acc.since.get_or_insert_with(Instant::now);
+                self.acc.gather(&mut unit.rows);
                 if let Some(done) = unit.done {
                     let _ = done.send(Ok(()));
                 }
@@ -265,12 +272,9 @@ impl Flusher {
             if let Some(done) = unit.done.take() {
                 let _ = done.send(Ok(()));
             }
-            for part in &mut unit.rows {
-                self.acc.rows.append(part);
-            }
+            self.acc.gather(&mut unit.rows);
             self.acc.budget.append(&mut unit.budget);
             self.acc.lsn = self.next_lsn;
-            self.acc.since.get_or_insert_with(Instant::now);
             self.next_lsn += 1;
         }
         if self.next_lsn > from {

@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | `blocks` | `table u8 \| part \| hour u32 \| commit u64` | a 20-byte pointer into the block log (`blocks/`, [`blocklog`]) to the rkyv `Vec<Row>` of all rows of that group one commit wrote (or, in a backup or a store written before the log, that block inline) |
 //! | `stock_levels` | `store u32 \| bucket u16` | rkyv `Vec<StockLevelRow>` of the store's SKUs in that bucket (`keys::level_bucket`), sorted by SKU |
-//! | `stock_levels` | `store u32 \| FF FF \| commit u64` | a delta: rkyv `Vec<StockLevelRow>` of the store's levels that commit changed, sorted by SKU; per SKU the highest `version` of all a store's values wins ([`levels`]) |
+//! | `stock_levels` | `store u32 \| FF FF \| commit u64` | a delta: rkyv `Vec<StockLevelRow>` of the store's levels that commit changed, sorted by SKU; per SKU the highest `version` of all a store's values wins (`levels`) |
 //! | `terminal_rollups` | `store u32 \| day u32 \| terminal u32 \| minute u16` | rkyv `TerminalRollupRow` (last write wins) |
 //! | `device_watermarks` | `device u64` | rkyv `WatermarkRow` (highest `seq` wins) |
 //! | `device_batches` | `device u64 \| seq u64` | rkyv `BatchRow` |
@@ -43,11 +43,10 @@
 //! of the commit), and a point key makes a rewritten ledger entry an
 //! idempotent upsert.
 //!
-//! Where the time of a commit goes (256 sales of 3 lines, same box):
-//! building and writing the 6 blocks of 1,792 raw rows ≈0.4–0.6 ms, the
-//! ~740 stock-level point keys ≈1.3–2 ms (≈0.25 µs to encode and ≈1.5 µs
-//! in fjall's batch per key), the fdatasync 0.15–0.3 ms when the disk is
-//! quiet. The level snapshot, not the raw rows, is the cost to cut next.
+//! Stock levels were first one point key per SKU (≈1.5 µs each in fjall's
+//! batch, most of a commit), then whole buckets rewritten when touched
+//! (cost grew with the SKUs a store holds); they are now per-commit
+//! deltas folded into the buckets every 24 commits (`levels`).
 //!
 //! # Invariants
 //!
