@@ -76,7 +76,7 @@ impl EmbeddedStore {
                 &copy,
                 &copy.blocks,
                 &mut info,
-                &|v| self.block_bytes(v),
+                &|k, v| self.block_bytes(k, v),
             )?;
             for (from, to) in [
                 (&self.levels, &copy.levels),
@@ -85,7 +85,14 @@ impl EmbeddedStore {
                 (&self.batches, &copy.batches),
                 (&self.meta, &copy.meta),
             ] {
-                copy_keyspace(&snapshot, from, &copy, to, &mut info, &|v| Ok(v.to_vec()))?;
+                copy_keyspace(
+                    &snapshot,
+                    from,
+                    &copy,
+                    to,
+                    &mut info,
+                    &|_, v| Ok(v.to_vec()),
+                )?;
             }
             // Its blocks are inline: it has no log for an end to point into.
             copy.meta
@@ -105,9 +112,9 @@ impl EmbeddedStore {
     }
 }
 
-/// What a copy stores for a value it read (a block log pointer becomes
-/// the block).
-type ValueOf<'a> = dyn Fn(&[u8]) -> Result<Vec<u8>, StoreError> + 'a;
+/// What a copy stores for a value it read under a key (a block log
+/// pointer becomes the block).
+type ValueOf<'a> = dyn Fn(&[u8], &[u8]) -> Result<Vec<u8>, StoreError> + 'a;
 
 fn copy_keyspace(
     snapshot: &fjall::Snapshot,
@@ -123,7 +130,7 @@ fn copy_keyspace(
         let (key, value) = guard
             .into_inner()
             .map_err(|e| backend_err("reading for the backup", e))?;
-        let value = value_of(&value)?;
+        let value = value_of(&key, &value)?;
         batch_bytes += key.len() + value.len();
         info.keys += 1;
         info.bytes += (key.len() + value.len()) as u64;

@@ -41,27 +41,43 @@ pub(crate) const DIR: &str = "blocks";
 const SEGMENT_BYTES: u64 = 1 << 30;
 
 /// Bytes before each block: its length and CRC-32, then padding so the
-/// block starts 16-aligned (rkyv's archives are encoded for that). Frames
-/// are padded to a multiple of it too.
+/// block starts 16-aligned (rkyv's archives, which older stores hold, are
+/// encoded for that). Frames are padded to a multiple of it too.
 const FRAME: usize = 16;
 
-/// What a pointer value starts with; an inline block (a store written
-/// before the block log, or a backup) never is 20 bytes with this prefix.
-const MAGIC: &[u8; 4] = b"TSB1";
+/// What a pointer value starts with, by the format of the block it points
+/// to; an inline block (a store written before the block log, or a
+/// backup) never is 20 bytes with either prefix.
+const MAGIC_RKYV: &[u8; 4] = b"TSB1";
+const MAGIC_PACKED: &[u8; 4] = b"TSB2";
 
-/// Where a block lies: its segment, the offset of its frame, its length.
+/// How a logged block is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BlockFormat {
+    /// An rkyv `Vec<Row>` (stores written before the packed format).
+    Rkyv,
+    /// The packed format (`packed`).
+    Packed,
+}
+
+/// Where a block lies: its segment, the offset of its frame, its length,
+/// and how it is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Ptr {
     pub(crate) segment: u32,
     pub(crate) offset: u64,
     pub(crate) len: u32,
+    pub(crate) format: BlockFormat,
 }
 
 impl Ptr {
     /// The 20-byte value fjall stores for the block.
     pub(crate) fn encode(&self) -> [u8; 20] {
         let mut v = [0u8; 20];
-        v[..4].copy_from_slice(MAGIC);
+        v[..4].copy_from_slice(match self.format {
+            BlockFormat::Rkyv => MAGIC_RKYV,
+            BlockFormat::Packed => MAGIC_PACKED,
+        });
         v[4..8].copy_from_slice(&self.segment.to_le_bytes());
         v[8..16].copy_from_slice(&self.offset.to_le_bytes());
         v[16..20].copy_from_slice(&self.len.to_le_bytes());
@@ -70,9 +86,14 @@ impl Ptr {
 
     /// The pointer in a stored value, or `None` for an inline block.
     pub(crate) fn decode(value: &[u8]) -> Option<Ptr> {
-        if value.len() != 20 || &value[..4] != MAGIC {
+        if value.len() != 20 {
             return None;
         }
+        let format = match &value[..4] {
+            m if m == MAGIC_RKYV => BlockFormat::Rkyv,
+            m if m == MAGIC_PACKED => BlockFormat::Packed,
+            _ => return None,
+        };
         let u32_at =
             |i: usize| u32::from_le_bytes([value[i], value[i + 1], value[i + 2], value[i + 3]]);
         let mut off = [0u8; 8];
@@ -81,6 +102,7 @@ impl Ptr {
             segment: u32_at(4),
             offset: u64::from_le_bytes(off),
             len: u32_at(16),
+            format,
         })
     }
 }
@@ -221,6 +243,7 @@ impl BlockLog {
     /// would pass its size.
     pub(crate) fn stage_with(
         &self,
+        format: BlockFormat,
         encode: impl FnOnce(&mut AlignedVec) -> Result<(), StoreError>,
     ) -> Result<Ptr, StoreError> {
         let mut t = self.tail.lock();
@@ -275,13 +298,14 @@ impl BlockLog {
             segment: t.id,
             offset: t.len + start as u64,
             len,
+            format,
         })
     }
 
     /// [`BlockLog::stage_with`] for bytes already encoded.
     #[cfg(test)]
     pub(crate) fn stage(&self, block: &[u8]) -> Result<Ptr, StoreError> {
-        self.stage_with(|buf| {
+        self.stage_with(BlockFormat::Packed, |buf| {
             buf.extend_from_slice(block);
             Ok(())
         })
@@ -432,6 +456,11 @@ mod tests {
         log.read(b, &mut out)?;
         assert_eq!(out.as_slice(), &[7u8; 1000][..]);
         assert_eq!(Ptr::decode(&b.encode()), Some(b));
+        let old = Ptr {
+            format: BlockFormat::Rkyv,
+            ..b
+        };
+        assert_eq!(Ptr::decode(&old.encode()), Some(old));
         assert_eq!(Ptr::decode(b"an inline block of 20"), None);
         assert_eq!(decode_end(&encode_end(end))?, end);
         Ok(())

@@ -1,5 +1,7 @@
 //! The value format: rkyv archives of one row (point keys) or of a
-//! `Vec<Row>` (blocks), validated with bytecheck before any field is read.
+//! `Vec<Row>` (level blocks, and raw-row blocks written inline or before
+//! the packed format of the block log, `packed`), validated with bytecheck
+//! before any field is read.
 //! Stored bytes are never trusted: a value that fails validation is
 //! [`StoreError::Corrupt`], never a panic.
 
@@ -8,12 +10,9 @@ use std::hash::Hash;
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor::Error as RkyvError;
-use rkyv::rancor::Fallible;
 use rkyv::ser::allocator::ArenaHandle;
-use rkyv::ser::{Allocator, Writer};
 use rkyv::util::AlignedVec;
-use rkyv::vec::{ArchivedVec, VecResolver};
-use rkyv::{Archive, Deserialize, Place, Serialize};
+use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::rows::*;
 use crate::store::StoreError;
@@ -25,7 +24,6 @@ pub(crate) trait StoredRow:
         Archived: for<'a> CheckBytes<HighValidator<'a, RkyvError>>
                       + Deserialize<Self, HighDeserializer<RkyvError>>,
     > + for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, RkyvError>>
-    + for<'a, 'b> Serialize<HighSerializer<&'b mut AlignedVec, ArenaHandle<'a>, RkyvError>>
     + Sized
 {
     /// What the row is called in error messages.
@@ -34,7 +32,7 @@ pub(crate) trait StoredRow:
 
 /// A row of a time-series table, stored in blocks grouped by
 /// (partition, hour).
-pub(crate) trait BlockRow: StoredRow + Clone {
+pub(crate) trait BlockRow: StoredRow + Clone + super::packed::Packed {
     /// Its table.
     const TABLE: Table;
     /// The block partition: store, device or 0 (see `keys::part_width`).
@@ -113,19 +111,6 @@ pub(crate) fn encode_block<T: StoredRow>(rows: &Vec<T>) -> Result<AlignedVec, St
         .map_err(|e| encode_err("encoding a block", e))
 }
 
-/// Archives a block of rows at the end of `out` (the block log's staging
-/// buffer): `out`'s length must be 16-aligned, as it is where a frame's
-/// header ends.
-pub(crate) fn encode_block_into<T: StoredRow>(
-    rows: &Vec<T>,
-    out: &mut AlignedVec,
-) -> Result<(), StoreError> {
-    out.reserve(rows.len() * size_of::<T::Archived>() + 64);
-    rkyv::api::high::to_bytes_in::<_, RkyvError>(rows, out)
-        .map(drop)
-        .map_err(|e| encode_err("encoding a block", e))
-}
-
 /// Copies `bytes` into the aligned scratch buffer `buf` (fjall's values have
 /// no alignment guarantee) and returns it.
 fn aligned<'b>(bytes: &[u8], buf: &'b mut AlignedVec) -> &'b AlignedVec {
@@ -166,52 +151,6 @@ pub(crate) fn group<T: BlockRow>(rows: &[T]) -> Vec<((u64, u32), Vec<u32>)> {
     let mut out: Vec<_> = groups.into_iter().collect();
     out.sort_unstable_by_key(|(k, _)| *k);
     out
-}
-
-/// The rows of `rows` at `idx`, archived exactly as a `Vec<T>` of them
-/// would be (so blocks decode the same), without gathering them first.
-pub(crate) struct Picked<'a, T> {
-    pub(crate) rows: &'a [T],
-    pub(crate) idx: &'a [u32],
-}
-
-impl<T: Archive> Archive for Picked<'_, T> {
-    type Archived = ArchivedVec<T::Archived>;
-    type Resolver = VecResolver;
-
-    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
-        ArchivedVec::resolve_from_len(self.idx.len(), resolver, out);
-    }
-}
-
-impl<T, S> Serialize<S> for Picked<'_, T>
-where
-    T: Serialize<S>,
-    S: Fallible + Allocator + Writer + ?Sized,
-{
-    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
-        // An index past the rows is a bug of `group`'s caller: it archives
-        // no row rather than panic.
-        let rows = self.idx.iter().filter_map(|&i| self.rows.get(i as usize));
-        let picked: Vec<&T> = rows.collect();
-        ArchivedVec::<T::Archived>::serialize_from_iter::<T, _, S>(
-            picked.iter().copied(),
-            serializer,
-        )
-    }
-}
-
-/// Archives the rows of `rows` at `idx` as one block at the end of `out`
-/// (see [`encode_block_into`]).
-pub(crate) fn encode_picked_into<T: StoredRow>(
-    rows: &[T],
-    idx: &[u32],
-    out: &mut AlignedVec,
-) -> Result<(), StoreError> {
-    out.reserve(idx.len() * size_of::<T::Archived>() + 64);
-    rkyv::api::high::to_bytes_in::<_, RkyvError>(&Picked { rows, idx }, out)
-        .map(drop)
-        .map_err(|e| encode_err("encoding a block", e))
 }
 
 /// Keeps, for every key, the one row `keep_new(old, new)` prefers; later
@@ -292,21 +231,6 @@ mod tests {
         );
         assert_eq!(group(&rows[..1]).len(), 1);
         assert!(group::<DeviceHealthRow>(&[]).is_empty());
-    }
-
-    #[test]
-    fn picked_rows_decode_as_the_block_of_those_rows() -> Result<(), StoreError> {
-        let h = time::HOUR_US;
-        let rows = vec![health(2, 0), health(1, h), health(1, 1), health(1, h + 5)];
-        let mut out = AlignedVec::new();
-        encode_picked_into(&rows, &[3, 1], &mut out)?;
-        let mut buf = AlignedVec::new();
-        let back = decode_block::<DeviceHealthRow>(&out, &mut buf)?;
-        assert_eq!(back, vec![rows[3], rows[1]]);
-        let mut whole = AlignedVec::new();
-        encode_block_into(&vec![rows[3], rows[1]], &mut whole)?;
-        assert_eq!(out.as_slice(), whole.as_slice(), "the same bytes as a Vec");
-        Ok(())
     }
 
     #[test]

@@ -4,9 +4,9 @@
 use fjall::{Keyspace, OwnedWriteBatch, Slice};
 use rkyv::util::AlignedVec;
 
-use super::blocklog::{Ptr, encode_end};
+use super::blocklog::{BlockFormat, Ptr, encode_end};
 use super::blocks::{self, BlockRow};
-use super::{EmbeddedStore, backend_err, keys};
+use super::{EmbeddedStore, backend_err, keys, packed};
 use crate::rows::*;
 use crate::store::{CommitInfo, Store, StoreError};
 
@@ -209,7 +209,7 @@ impl EmbeddedStore {
 
     fn stage_blocks<T: BlockRow>(
         &self,
-        rows: &Vec<T>,
+        rows: &[T],
         id: u64,
         out: &mut Logged,
     ) -> Result<(), StoreError> {
@@ -222,17 +222,19 @@ impl EmbeddedStore {
             .all(|r| (r.part(), crate::time::hour(r.ts_us())) == first_key);
         // The common flush (one partition and hour) is encoded as it is.
         if single {
-            let ptr = self
-                .block_log
-                .stage_with(|buf| blocks::encode_block_into(rows, buf))?;
+            let ptr = self.block_log.stage_with(BlockFormat::Packed, |buf| {
+                packed::encode_into(rows, None, buf);
+                Ok(())
+            })?;
             let key = keys::block_key(T::TABLE, first_key.0, first_key.1, id);
             out.blocks.push((key, ptr));
             return Ok(());
         }
         for ((part, hour), idx) in blocks::group(rows) {
-            let ptr = self
-                .block_log
-                .stage_with(|buf| blocks::encode_picked_into(rows, &idx, buf))?;
+            let ptr = self.block_log.stage_with(BlockFormat::Packed, |buf| {
+                packed::encode_into(rows, Some(&idx), buf);
+                Ok(())
+            })?;
             out.blocks
                 .push((keys::block_key(T::TABLE, part, hour, id), ptr));
         }

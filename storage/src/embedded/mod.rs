@@ -7,7 +7,7 @@
 //!
 //! | keyspace | key | value |
 //! |---|---|---|
-//! | `blocks` | `table u8 \| part \| hour u32 \| commit u64` | a 20-byte pointer into the block log (`blocks/`, [`blocklog`]) to the rkyv `Vec<Row>` of all rows of that group one commit wrote (or, in a backup or a store written before the log, that block inline) |
+//! | `blocks` | `table u8 \| part \| hour u32 \| commit u64` | a 20-byte pointer into the block log (`blocks/`, [`blocklog`]) to the block of all rows of that group one commit wrote, in the packed format (`packed`; an rkyv `Vec<Row>` in stores written before it, which the pointer's magic tells); or, in a backup or a store written before the log, that block inline as an rkyv `Vec<Row>` |
 //! | `stock_levels` | `store u32 \| bucket u16` | rkyv `Vec<StockLevelRow>` of the store's SKUs in that bucket (`keys::level_bucket`), sorted by SKU |
 //! | `stock_levels` | `store u32 \| FF FF \| commit u64` | a delta: rkyv `Vec<StockLevelRow>` of the store's levels that commit changed, sorted by SKU; per SKU the highest `version` of all a store's values wins (`levels`) |
 //! | `terminal_rollups` | `store u32 \| day u32 \| terminal u32 \| minute u16` | rkyv `TerminalRollupRow` (last write wins) |
@@ -85,6 +85,7 @@ mod blocks;
 mod commit;
 mod keys;
 mod levels;
+mod packed;
 mod query;
 
 #[cfg(test)]

@@ -6,9 +6,9 @@ use std::ops::RangeBounds;
 use fjall::{Iter, Keyspace, Readable, Snapshot};
 use rkyv::util::AlignedVec;
 
-use super::blocklog::Ptr;
+use super::blocklog::{BlockFormat, Ptr};
 use super::blocks::{self, BlockRow, StoredRow};
-use super::{EmbeddedStore, backend_err, keys};
+use super::{EmbeddedStore, backend_err, keys, packed};
 use crate::query::*;
 use crate::rows::*;
 use crate::store::StoreError;
@@ -104,29 +104,52 @@ impl EmbeddedStore {
                 }
                 continue;
             };
-            let bytes: &[u8] = match Ptr::decode(&value) {
+            let rows = match Ptr::decode(&value) {
                 Some(ptr) => {
                     self.block_log.read(ptr, &mut logged)?;
-                    &logged
+                    match ptr.format {
+                        BlockFormat::Packed => packed::decode::<T>(&logged)?,
+                        BlockFormat::Rkyv => blocks::decode_block::<T>(&logged, &mut buf)?,
+                    }
                 }
-                None => &value,
+                None => blocks::decode_block::<T>(&value, &mut buf)?,
             };
-            f(blocks::decode_block::<T>(bytes, &mut buf)?);
+            f(rows);
         }
         Ok(())
     }
 
-    /// A `blocks` value as the block it stands for: read from the block
-    /// log when it is a pointer, as it is otherwise (a store written before
-    /// the log, or a backup). For copies that must stand alone.
-    pub(super) fn block_bytes(&self, value: &[u8]) -> Result<Vec<u8>, StoreError> {
-        match Ptr::decode(value) {
-            Some(ptr) => {
-                let mut out = AlignedVec::new();
-                self.block_log.read(ptr, &mut out)?;
-                Ok(out.to_vec())
-            }
-            None => Ok(value.to_vec()),
+    /// A `blocks` value (under `key`) as the rkyv block it stands for:
+    /// read from the block log when it is a pointer (a packed block is
+    /// re-encoded), as it is otherwise (a store written before the log, or
+    /// a backup). For copies that must stand alone: an inline value is
+    /// always rkyv, so it needs no tag of its format.
+    pub(super) fn block_bytes(&self, key: &[u8], value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let Some(ptr) = Ptr::decode(value) else {
+            return Ok(value.to_vec());
+        };
+        let mut out = AlignedVec::new();
+        self.block_log.read(ptr, &mut out)?;
+        if ptr.format == BlockFormat::Rkyv {
+            return Ok(out.to_vec());
+        }
+        fn repack<T: BlockRow>(bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+            Ok(blocks::encode_block(&packed::decode::<T>(bytes)?)?.to_vec())
+        }
+        match key
+            .first()
+            .and_then(|&t| Table::ALL.into_iter().find(|x| *x as u8 == t))
+        {
+            Some(Table::Sales) => repack::<SaleRow>(&out),
+            Some(Table::SaleLines) => repack::<SaleLineRow>(&out),
+            Some(Table::StockMovements) => repack::<StockMovementRow>(&out),
+            Some(Table::DeviceHealth) => repack::<DeviceHealthRow>(&out),
+            Some(Table::RejectedEvents) => repack::<RejectedEventRow>(&out),
+            Some(Table::DeadLetters) => repack::<DeadLetterRow>(&out),
+            _ => Err(StoreError::Corrupt {
+                what: "blocks",
+                reason: format!("a block key of no block table ({} bytes)", key.len()),
+            }),
         }
     }
 

@@ -1,0 +1,568 @@
+//! The packed block format: how the block log stores raw rows, each field
+//! a varint of its change from the row before. About a quarter of the
+//! rows' rkyv size.
+//!
+//! Why: in rkyv a row keeps every field at full width and alignment, so
+//! the store, the event key's device and seq, and the high bytes of every
+//! time and amount were written again in every row: 577 bytes an event,
+//! where the device had sent 207. Copying those bytes into the page cache
+//! took 14% of the server's CPU at peak, and writing them back kept the
+//! disk busy under the journal's fsyncs, which acknowledgements wait for.
+//! Within a block (one partition and hour of one commit) consecutive rows
+//! mostly share their store, device and seq, and their times differ by
+//! little, so most fields take one byte here.
+//!
+//! # Bytes
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0..4 | magic `TSP1` |
+//! | 4 | the table (`Table as u8`) |
+//! | 5..8 | zero |
+//! | 8..12 | rows, u32 little-endian |
+//! | 12.. | the rows, one after the other, nothing after the last |
+//!
+//! A row is its fields in the order its [`Packed`] impl gives them. A
+//! number field is the LEB128 varint of the zigzag of (its value − the
+//! same field's value in the previous row), in wrapping u64 arithmetic;
+//! the first row's previous values are 0. Signed fields are taken as their
+//! sign-extended two's complement, narrow fields as their widened value, a
+//! bool as 0 or 1, an enum as its `repr(u8)` code, an `Option` as a flag
+//! field (0 or 1) then its value (0 if none). A bytes field (text is
+//! UTF-8) is a varint length then the bytes, not delta-coded; a fixed
+//! array is its bytes as they are.
+//!
+//! Decoding trusts nothing: a truncated row, an overlong varint, a value
+//! out of its field's range, an unknown enum code, bad UTF-8, a wrong
+//! magic or table, or bytes after the last row are
+//! [`StoreError::Corrupt`], never a panic.
+
+use rkyv::util::AlignedVec;
+
+use super::blocks::BlockRow;
+use crate::rows::*;
+use crate::store::StoreError;
+
+const MAGIC: &[u8; 4] = b"TSP1";
+const HEADER: usize = 12;
+/// Most number fields a row type has (a `SaleRow` has 20).
+const MAX_FIELDS: usize = 24;
+/// The row buffer: every varint of a row fits (10 bytes each at most),
+/// so it is copied into the output once a row, not once a field.
+const SCRATCH: usize = 512;
+
+/// A row type the block log can pack.
+pub(crate) trait Packed: Sized {
+    /// Writes the row's fields.
+    fn pack(&self, p: &mut Packer<'_>);
+    /// Reads a row's fields, in the order `pack` wrote them.
+    fn unpack(u: &mut Unpacker<'_>) -> Result<Self, &'static str>;
+}
+
+/// Writes rows at the end of a buffer (see the module docs).
+pub(crate) struct Packer<'a> {
+    out: &'a mut AlignedVec,
+    prev: [u64; MAX_FIELDS],
+    at: usize,
+    row: [u8; SCRATCH],
+    n: usize,
+}
+
+impl Packer<'_> {
+    /// Makes room for `bytes` more in the row buffer.
+    fn room(&mut self, bytes: usize) {
+        if self.n + bytes > SCRATCH {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        self.out.extend_from_slice(&self.row[..self.n]);
+        self.n = 0;
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        self.room(10);
+        // `room` left 10 bytes, so the writes stay in the buffer; `get_mut`
+        // keeps this free of a panic path all the same.
+        while v >= 0x80 {
+            if let Some(b) = self.row.get_mut(self.n) {
+                *b = (v as u8) | 0x80;
+            }
+            self.n += 1;
+            v >>= 7;
+        }
+        if let Some(b) = self.row.get_mut(self.n) {
+            *b = v as u8;
+        }
+        self.n += 1;
+    }
+
+    /// A number field.
+    pub(crate) fn num(&mut self, v: u64) {
+        let prev = self
+            .prev
+            .get_mut(self.at)
+            .map_or(0, |p| std::mem::replace(p, v));
+        self.at += 1;
+        let d = v.wrapping_sub(prev) as i64;
+        self.varint(((d << 1) ^ (d >> 63)) as u64);
+    }
+
+    /// A signed number field.
+    pub(crate) fn int(&mut self, v: i64) {
+        self.num(v as u64);
+    }
+
+    /// An optional number: a flag field, then the value field.
+    pub(crate) fn opt(&mut self, v: Option<u64>) {
+        self.num(u64::from(v.is_some()));
+        self.num(v.unwrap_or(0));
+    }
+
+    /// A bytes field.
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
+        self.varint(b.len() as u64);
+        self.bytes_raw(b);
+    }
+
+    /// A fixed array, as it is.
+    pub(crate) fn fixed<const N: usize>(&mut self, b: &[u8; N]) {
+        self.bytes_raw(b);
+    }
+
+    fn bytes_raw(&mut self, b: &[u8]) {
+        if b.len() > SCRATCH / 2 {
+            self.flush();
+            self.out.extend_from_slice(b);
+            return;
+        }
+        self.room(b.len());
+        if let Some(dst) = self.row.get_mut(self.n..self.n + b.len()) {
+            dst.copy_from_slice(b);
+        }
+        self.n += b.len();
+    }
+
+    fn end_row(&mut self) {
+        self.at = 0;
+    }
+}
+
+/// Reads rows written by a [`Packer`].
+pub(crate) struct Unpacker<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    prev: [u64; MAX_FIELDS],
+    at: usize,
+}
+
+impl<'a> Unpacker<'a> {
+    fn varint(&mut self) -> Result<u64, &'static str> {
+        let mut v = 0u64;
+        let mut shift = 0u32;
+        loop {
+            let b = *self.bytes.get(self.pos).ok_or("a row is cut short")?;
+            self.pos += 1;
+            if shift == 63 && b > 1 {
+                return Err("a varint overflows 64 bits");
+            }
+            v |= u64::from(b & 0x7F) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+            shift += 7;
+            if shift > 63 {
+                return Err("a varint overflows 64 bits");
+            }
+        }
+    }
+
+    /// A number field.
+    pub(crate) fn num(&mut self) -> Result<u64, &'static str> {
+        let z = self.varint()?;
+        let d = ((z >> 1) as i64) ^ -((z & 1) as i64);
+        let p = self
+            .prev
+            .get_mut(self.at)
+            .ok_or("a row has more fields than its type")?;
+        *p = p.wrapping_add(d as u64);
+        self.at += 1;
+        Ok(*p)
+    }
+
+    /// A signed number field.
+    pub(crate) fn int(&mut self) -> Result<i64, &'static str> {
+        self.num().map(|v| v as i64)
+    }
+
+    /// A number field that must fit `T`.
+    pub(crate) fn narrow<T: TryFrom<u64>>(&mut self) -> Result<T, &'static str> {
+        T::try_from(self.num()?).map_err(|_| "a field is out of its range")
+    }
+
+    /// A signed number field that must fit `T`.
+    pub(crate) fn narrow_int<T: TryFrom<i64>>(&mut self) -> Result<T, &'static str> {
+        T::try_from(self.int()?).map_err(|_| "a field is out of its range")
+    }
+
+    /// A bool field.
+    pub(crate) fn flag(&mut self) -> Result<bool, &'static str> {
+        match self.num()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err("a flag is neither 0 nor 1"),
+        }
+    }
+
+    /// An optional number.
+    pub(crate) fn opt(&mut self) -> Result<Option<u64>, &'static str> {
+        let some = self.flag()?;
+        let v = self.num()?;
+        Ok(some.then_some(v))
+    }
+
+    /// A bytes field.
+    pub(crate) fn bytes(&mut self) -> Result<&'a [u8], &'static str> {
+        let len = usize::try_from(self.varint()?).map_err(|_| "a length is too large")?;
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or("a bytes field runs past the block")?;
+        let b = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(b)
+    }
+
+    /// A text field.
+    pub(crate) fn text(&mut self) -> Result<String, &'static str> {
+        let b = self.bytes()?;
+        String::from_utf8(b.to_vec()).map_err(|_| "a text field is not UTF-8")
+    }
+
+    /// A fixed array.
+    pub(crate) fn fixed<const N: usize>(&mut self) -> Result<[u8; N], &'static str> {
+        let end = self
+            .pos
+            .checked_add(N)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or("a row is cut short")?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(&self.bytes[self.pos..end]);
+        self.pos = end;
+        Ok(out)
+    }
+}
+
+/// Packs `rows` (those at `idx`, if given, in that order) as one block at
+/// the end of `out`. An index past the rows is skipped, not a panic.
+pub(crate) fn encode_into<T: BlockRow>(rows: &[T], idx: Option<&[u32]>, out: &mut AlignedVec) {
+    let count = idx.map_or(rows.len(), <[u32]>::len);
+    out.reserve(HEADER + count * 24);
+    let header_at = out.len();
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[T::TABLE as u8, 0, 0, 0]);
+    out.extend_from_slice(&[0; 4]);
+    let mut p = Packer {
+        out: &mut *out,
+        prev: [0; MAX_FIELDS],
+        at: 0,
+        row: [0; SCRATCH],
+        n: 0,
+    };
+    let mut written: u32 = 0;
+    let mut one = |r: &T| {
+        r.pack(&mut p);
+        p.end_row();
+        written += 1;
+    };
+    match idx {
+        Some(idx) => idx
+            .iter()
+            .filter_map(|&i| rows.get(i as usize))
+            .for_each(&mut one),
+        None => rows.iter().for_each(&mut one),
+    }
+    p.flush();
+    out[header_at + 8..header_at + 12].copy_from_slice(&written.to_le_bytes());
+}
+
+/// The rows of a packed block of `T`'s table.
+pub(crate) fn decode<T: BlockRow>(bytes: &[u8]) -> Result<Vec<T>, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        what: T::WHAT,
+        reason,
+    };
+    let Some((head, body)) = bytes.split_first_chunk::<HEADER>() else {
+        return Err(corrupt(format!(
+            "a packed block of {} bytes has no header",
+            bytes.len()
+        )));
+    };
+    if &head[..4] != MAGIC || head[4] != T::TABLE as u8 || head[5..8] != [0, 0, 0] {
+        return Err(corrupt(
+            "a packed block's header is not one of this table".into(),
+        ));
+    }
+    let rows = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+    // Every row takes a byte at least: a count past that is corrupt, and
+    // is not allocated for.
+    if rows > body.len() {
+        return Err(corrupt(format!(
+            "a packed block claims {rows} rows in {} bytes",
+            body.len()
+        )));
+    }
+    let mut u = Unpacker {
+        bytes: body,
+        pos: 0,
+        prev: [0; MAX_FIELDS],
+        at: 0,
+    };
+    let mut out = Vec::with_capacity(rows);
+    for i in 0..rows {
+        u.at = 0;
+        let row = T::unpack(&mut u)
+            .map_err(|why| corrupt(format!("row {i} of a packed block: {why}")))?;
+        out.push(row);
+    }
+    if u.pos != body.len() {
+        return Err(corrupt(format!(
+            "{} bytes follow the last row of a packed block",
+            body.len() - u.pos
+        )));
+    }
+    Ok(out)
+}
+
+fn kind_code(k: SaleKind) -> u64 {
+    k as u64
+}
+
+fn kind_of(code: u64) -> Result<SaleKind, &'static str> {
+    match code {
+        0 => Ok(SaleKind::Sale),
+        1 => Ok(SaleKind::Refund),
+        _ => Err("an unknown sale kind"),
+    }
+}
+
+fn reason_of(code: u64) -> Result<MovementReason, &'static str> {
+    Ok(match code {
+        0 => MovementReason::Sale,
+        1 => MovementReason::Refund,
+        2 => MovementReason::Receipt,
+        3 => MovementReason::Shrink,
+        4 => MovementReason::TransferIn,
+        5 => MovementReason::TransferOut,
+        6 => MovementReason::CountCorrection,
+        _ => return Err("an unknown movement reason"),
+    })
+}
+
+fn pack_key(p: &mut Packer<'_>, k: &EventKey) {
+    p.num(k.device);
+    p.num(k.seq);
+    p.num(u64::from(k.idx));
+}
+
+fn unpack_key(u: &mut Unpacker<'_>) -> Result<EventKey, &'static str> {
+    Ok(EventKey {
+        device: u.num()?,
+        seq: u.num()?,
+        idx: u.narrow()?,
+    })
+}
+
+impl Packed for SaleRow {
+    fn pack(&self, p: &mut Packer<'_>) {
+        p.num(u64::from(self.store));
+        p.int(self.ts_us);
+        pack_key(p, &self.key);
+        p.num(kind_code(self.kind));
+        p.num(u64::from(self.terminal));
+        p.num(u64::from(self.operator));
+        p.fixed(&self.txn);
+        let [a, b, c] = self.currency;
+        p.num(u64::from(u32::from_le_bytes([a, b, c, 0])));
+        p.num(u64::from(self.lines));
+        p.int(self.items);
+        p.int(self.gross);
+        p.int(self.discount);
+        p.int(self.tax);
+        p.int(self.tendered);
+        p.int(self.tip);
+        p.num(u64::from(self.tenders));
+        p.num(u64::from(self.tender_methods));
+        p.opt(self.customer);
+    }
+
+    fn unpack(u: &mut Unpacker<'_>) -> Result<Self, &'static str> {
+        let store = u.narrow()?;
+        let ts_us = u.int()?;
+        let key = unpack_key(u)?;
+        let kind = kind_of(u.num()?)?;
+        let terminal = u.narrow()?;
+        let operator = u.narrow()?;
+        let txn = u.fixed()?;
+        let [a, b, c, zero] = u.narrow::<u32>()?.to_le_bytes();
+        if zero != 0 {
+            return Err("a currency is over 3 bytes");
+        }
+        Ok(SaleRow {
+            store,
+            ts_us,
+            key,
+            kind,
+            terminal,
+            operator,
+            txn,
+            currency: [a, b, c],
+            lines: u.narrow()?,
+            items: u.int()?,
+            gross: u.int()?,
+            discount: u.int()?,
+            tax: u.int()?,
+            tendered: u.int()?,
+            tip: u.int()?,
+            tenders: u.narrow()?,
+            tender_methods: u.narrow()?,
+            customer: u.opt()?,
+        })
+    }
+}
+
+impl Packed for SaleLineRow {
+    fn pack(&self, p: &mut Packer<'_>) {
+        p.num(u64::from(self.store));
+        p.int(self.ts_us);
+        pack_key(p, &self.key);
+        p.num(u64::from(self.line));
+        p.num(self.sku);
+        p.num(kind_code(self.kind));
+        p.int(i64::from(self.quantity));
+        p.int(self.unit_price);
+        p.int(self.discount);
+        p.int(self.tax);
+        p.int(self.amount);
+    }
+
+    fn unpack(u: &mut Unpacker<'_>) -> Result<Self, &'static str> {
+        Ok(SaleLineRow {
+            store: u.narrow()?,
+            ts_us: u.int()?,
+            key: unpack_key(u)?,
+            line: u.narrow()?,
+            sku: u.num()?,
+            kind: kind_of(u.num()?)?,
+            quantity: u.narrow_int()?,
+            unit_price: u.int()?,
+            discount: u.int()?,
+            tax: u.int()?,
+            amount: u.int()?,
+        })
+    }
+}
+
+impl Packed for StockMovementRow {
+    fn pack(&self, p: &mut Packer<'_>) {
+        p.num(u64::from(self.store));
+        p.int(self.ts_us);
+        pack_key(p, &self.key);
+        p.num(u64::from(self.line));
+        p.num(self.sku);
+        p.num(self.reason as u64);
+        p.int(self.delta);
+        p.int(self.counted);
+        p.int(self.level_after);
+        p.num(u64::from(self.applied));
+    }
+
+    fn unpack(u: &mut Unpacker<'_>) -> Result<Self, &'static str> {
+        Ok(StockMovementRow {
+            store: u.narrow()?,
+            ts_us: u.int()?,
+            key: unpack_key(u)?,
+            line: u.narrow()?,
+            sku: u.num()?,
+            reason: reason_of(u.num()?)?,
+            delta: u.int()?,
+            counted: u.int()?,
+            level_after: u.int()?,
+            applied: u.flag()?,
+        })
+    }
+}
+
+impl Packed for DeviceHealthRow {
+    fn pack(&self, p: &mut Packer<'_>) {
+        p.int(self.ts_us);
+        pack_key(p, &self.key);
+        p.num(u64::from(self.store));
+        p.num(u64::from(self.battery_pct));
+        p.int(i64::from(self.temperature_dc));
+        p.num(u64::from(self.uptime_s));
+        p.num(u64::from(self.queue_depth));
+        p.int(i64::from(self.rssi_dbm));
+    }
+
+    fn unpack(u: &mut Unpacker<'_>) -> Result<Self, &'static str> {
+        Ok(DeviceHealthRow {
+            ts_us: u.int()?,
+            key: unpack_key(u)?,
+            store: u.narrow()?,
+            battery_pct: u.narrow()?,
+            temperature_dc: u.narrow_int()?,
+            uptime_s: u.narrow()?,
+            queue_depth: u.narrow()?,
+            rssi_dbm: u.narrow_int()?,
+        })
+    }
+}
+
+impl Packed for RejectedEventRow {
+    fn pack(&self, p: &mut Packer<'_>) {
+        p.int(self.ts_us);
+        pack_key(p, &self.key);
+        p.num(u64::from(self.code));
+        p.bytes(self.reason.as_bytes());
+        p.bytes(&self.event);
+    }
+
+    fn unpack(u: &mut Unpacker<'_>) -> Result<Self, &'static str> {
+        Ok(RejectedEventRow {
+            ts_us: u.int()?,
+            key: unpack_key(u)?,
+            code: u.narrow()?,
+            reason: u.text()?,
+            event: u.bytes()?.to_vec(),
+        })
+    }
+}
+
+impl Packed for DeadLetterRow {
+    fn pack(&self, p: &mut Packer<'_>) {
+        p.int(self.ts_us);
+        p.opt(self.device);
+        p.bytes(self.peer.as_bytes());
+        p.num(u64::from(self.code));
+        p.bytes(self.reason.as_bytes());
+        p.bytes(&self.raw);
+    }
+
+    fn unpack(u: &mut Unpacker<'_>) -> Result<Self, &'static str> {
+        Ok(DeadLetterRow {
+            ts_us: u.int()?,
+            device: u.opt()?,
+            peer: u.text()?,
+            code: u.narrow()?,
+            reason: u.text()?,
+            raw: u.bytes()?.to_vec(),
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "tests_packed.rs"]
+mod tests;

@@ -1,0 +1,391 @@
+//! Tests of the packed block format: any rows read back as they were
+//! written, and bytes that are not a block are an error, never a panic.
+
+use proptest::prelude::*;
+use rkyv::util::AlignedVec;
+
+use super::{MAX_FIELDS, Packer, SCRATCH, decode, encode_into};
+use crate::rows::*;
+use crate::store::StoreError;
+
+fn packed<T: super::BlockRow>(rows: &[T]) -> AlignedVec {
+    let mut out = AlignedVec::new();
+    encode_into(rows, None, &mut out);
+    out
+}
+
+fn arb_key() -> impl Strategy<Value = EventKey> {
+    (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(device, seq, idx)| EventKey {
+        device,
+        seq,
+        idx,
+    })
+}
+
+fn arb_kind() -> impl Strategy<Value = SaleKind> {
+    prop_oneof![Just(SaleKind::Sale), Just(SaleKind::Refund)]
+}
+
+fn arb_sale() -> impl Strategy<Value = SaleRow> {
+    (
+        (any::<u32>(), any::<i64>(), arb_key(), arb_kind()),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            any::<[u8; 16]>(),
+            any::<[u8; 3]>(),
+        ),
+        (any::<u16>(), any::<[i64; 6]>(), any::<u8>(), any::<u8>()),
+        any::<Option<u64>>(),
+    )
+        .prop_map(
+            |(
+                (store, ts_us, key, kind),
+                (terminal, operator, txn, currency),
+                (lines, [items, gross, discount, tax, tendered, tip], tenders, tender_methods),
+                customer,
+            )| SaleRow {
+                store,
+                ts_us,
+                key,
+                kind,
+                terminal,
+                operator,
+                txn,
+                currency,
+                lines,
+                items,
+                gross,
+                discount,
+                tax,
+                tendered,
+                tip,
+                tenders,
+                tender_methods,
+                customer,
+            },
+        )
+}
+
+fn arb_line() -> impl Strategy<Value = SaleLineRow> {
+    (
+        (
+            any::<u32>(),
+            any::<u64>(),
+            any::<i64>(),
+            arb_key(),
+            any::<u16>(),
+        ),
+        (arb_kind(), any::<i32>(), any::<[i64; 4]>()),
+    )
+        .prop_map(
+            |(
+                (store, sku, ts_us, key, line),
+                (kind, quantity, [unit_price, discount, tax, amount]),
+            )| SaleLineRow {
+                store,
+                sku,
+                ts_us,
+                key,
+                line,
+                kind,
+                quantity,
+                unit_price,
+                discount,
+                tax,
+                amount,
+            },
+        )
+}
+
+fn arb_reason() -> impl Strategy<Value = MovementReason> {
+    (0u64..7).prop_map(|c| super::reason_of(c).unwrap_or(MovementReason::Sale))
+}
+
+fn arb_movement() -> impl Strategy<Value = StockMovementRow> {
+    (
+        (
+            any::<u32>(),
+            any::<u64>(),
+            any::<i64>(),
+            arb_key(),
+            any::<u16>(),
+        ),
+        (arb_reason(), any::<[i64; 3]>(), any::<bool>()),
+    )
+        .prop_map(
+            |((store, sku, ts_us, key, line), (reason, [delta, counted, level_after], applied))| {
+                StockMovementRow {
+                    store,
+                    sku,
+                    ts_us,
+                    key,
+                    line,
+                    reason,
+                    delta,
+                    counted,
+                    level_after,
+                    applied,
+                }
+            },
+        )
+}
+
+fn arb_health() -> impl Strategy<Value = DeviceHealthRow> {
+    (
+        (any::<i64>(), arb_key(), any::<u32>(), any::<u8>()),
+        (any::<i16>(), any::<u32>(), any::<u32>(), any::<i16>()),
+    )
+        .prop_map(
+            |(
+                (ts_us, key, store, battery_pct),
+                (temperature_dc, uptime_s, queue_depth, rssi_dbm),
+            )| {
+                DeviceHealthRow {
+                    ts_us,
+                    key,
+                    store,
+                    battery_pct,
+                    temperature_dc,
+                    uptime_s,
+                    queue_depth,
+                    rssi_dbm,
+                }
+            },
+        )
+}
+
+fn arb_rejected() -> impl Strategy<Value = RejectedEventRow> {
+    (
+        any::<i64>(),
+        arb_key(),
+        any::<u16>(),
+        ".{0,40}",
+        // Past half the row buffer too: long fields bypass it.
+        prop::collection::vec(any::<u8>(), 0..700),
+    )
+        .prop_map(|(ts_us, key, code, reason, event)| RejectedEventRow {
+            ts_us,
+            key,
+            code,
+            reason,
+            event,
+        })
+}
+
+fn arb_dead() -> impl Strategy<Value = DeadLetterRow> {
+    (
+        any::<i64>(),
+        any::<Option<u64>>(),
+        ".{0,20}",
+        any::<u16>(),
+        ".{0,300}",
+        prop::collection::vec(any::<u8>(), 0..1200),
+    )
+        .prop_map(|(ts_us, device, peer, code, reason, raw)| DeadLetterRow {
+            ts_us,
+            device,
+            peer,
+            code,
+            reason,
+            raw,
+        })
+}
+
+fn round_trips<T: super::BlockRow + PartialEq + std::fmt::Debug>(
+    rows: &[T],
+) -> Result<(), TestCaseError> {
+    let bytes = packed(rows);
+    let back = decode::<T>(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert_eq!(back.as_slice(), rows);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn every_table_round_trips(
+        sales in prop::collection::vec(arb_sale(), 0..40),
+        lines in prop::collection::vec(arb_line(), 0..40),
+        moves in prop::collection::vec(arb_movement(), 0..40),
+        health in prop::collection::vec(arb_health(), 0..20),
+        rejected in prop::collection::vec(arb_rejected(), 0..6),
+        dead in prop::collection::vec(arb_dead(), 0..6),
+    ) {
+        round_trips(&sales)?;
+        round_trips(&lines)?;
+        round_trips(&moves)?;
+        round_trips(&health)?;
+        round_trips(&rejected)?;
+        round_trips(&dead)?;
+    }
+
+    /// Whatever the bytes after a valid header, decoding returns rows or
+    /// an error; it never panics nor allocates what a count claims.
+    #[test]
+    fn garbage_is_an_error_not_a_panic(
+        body in prop::collection::vec(any::<u8>(), 0..300),
+        rows in any::<u32>(),
+    ) {
+        let mut bytes = b"TSP1".to_vec();
+        bytes.extend_from_slice(&[Table::SaleLines as u8, 0, 0, 0]);
+        bytes.extend_from_slice(&rows.to_le_bytes());
+        bytes.extend_from_slice(&body);
+        if let Ok(back) = decode::<SaleLineRow>(&bytes) {
+            prop_assert_eq!(back.len(), rows as usize);
+        }
+    }
+
+    /// Every byte of a real block flipped: an error or other rows, never a
+    /// panic.
+    #[test]
+    fn flipped_bytes_never_panic(moves in prop::collection::vec(arb_movement(), 1..8), at in any::<prop::sample::Index>(), bit in 0u8..8) {
+        let mut bytes = packed(&moves).to_vec();
+        let i = at.index(bytes.len());
+        bytes[i] ^= 1 << bit;
+        let _ = decode::<StockMovementRow>(&bytes);
+    }
+}
+
+fn lines(n: u32) -> Vec<SaleLineRow> {
+    (0..n)
+        .map(|i| SaleLineRow {
+            store: 7,
+            sku: 10_000 + u64::from(i * 7_919 % 5_000),
+            ts_us: 1_710_000_000_000_000 + i64::from(i / 3) * 1_000,
+            key: EventKey {
+                device: 0x7111,
+                seq: 40 + u64::from(i / 384),
+                idx: i / 3 % 128,
+            },
+            line: (i % 3) as u16,
+            kind: SaleKind::Sale,
+            quantity: 1 + (i % 3) as i32,
+            unit_price: 199 + i64::from(i % 7) * 100,
+            discount: 0,
+            tax: 20,
+            amount: 219,
+        })
+        .collect()
+}
+
+#[test]
+fn a_cut_block_is_corrupt_at_every_length() {
+    let bytes = packed(&lines(20));
+    for len in 0..bytes.len() {
+        let r = decode::<SaleLineRow>(&bytes[..len]);
+        assert!(
+            matches!(r, Err(StoreError::Corrupt { .. })),
+            "cut at {len}: {r:?}"
+        );
+    }
+    let mut longer = bytes.to_vec();
+    longer.push(0);
+    assert!(matches!(
+        decode::<SaleLineRow>(&longer),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn a_block_of_another_table_is_refused() {
+    let bytes = packed(&lines(3));
+    assert!(matches!(
+        decode::<StockMovementRow>(&bytes),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn picked_rows_pack_as_those_rows_and_skip_bad_indices() -> Result<(), StoreError> {
+    let rows = lines(10);
+    let mut out = AlignedVec::new();
+    encode_into(&rows, Some(&[7, 2, 99, 5]), &mut out);
+    assert_eq!(
+        decode::<SaleLineRow>(&out)?,
+        vec![rows[7], rows[2], rows[5]]
+    );
+    Ok(())
+}
+
+#[test]
+fn out_of_range_fields_are_corrupt() {
+    // One sale line whose quantity (the 9th field) says 2^41: no i32
+    // holds it.
+    let mut bytes = AlignedVec::new();
+    bytes.extend_from_slice(b"TSP1");
+    bytes.extend_from_slice(&[Table::SaleLines as u8, 0, 0, 0]);
+    bytes.extend_from_slice(&1u32.to_le_bytes());
+    let mut p = Packer {
+        out: &mut bytes,
+        prev: [0; MAX_FIELDS],
+        at: 0,
+        row: [0; SCRATCH],
+        n: 0,
+    };
+    for f in [7, 0, 1, 1, 0, 0, 5, 0] {
+        p.num(f);
+    }
+    p.int(1 << 41);
+    for _ in 0..4 {
+        p.num(0);
+    }
+    p.flush();
+    let r = decode::<SaleLineRow>(&bytes);
+    assert!(
+        matches!(&r, Err(StoreError::Corrupt { reason, .. }) if reason.contains("range")),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn a_realistic_block_packs_to_under_a_quarter_of_its_rkyv_size() -> Result<(), StoreError> {
+    // 384 lines of 128 three-line sales from one till, as the engine
+    // writes them: the point of the format.
+    let rows = lines(384);
+    let packed_len = packed(&rows).len();
+    let rkyv_len = super::super::blocks::encode_block(&rows)?.len();
+    assert!(
+        packed_len * 4 < rkyv_len,
+        "packed {packed_len} B vs rkyv {rkyv_len} B"
+    );
+    Ok(())
+}
+
+/// A store whose block log holds rkyv blocks (written before the packed
+/// format) reads them as before, beside packed ones.
+#[test]
+fn rkyv_blocks_of_an_older_log_still_read() -> Result<(), Box<dyn std::error::Error>> {
+    use super::super::blocklog::{BlockFormat, Ptr};
+    use super::super::tests::{dump, open};
+    use crate::store::Store;
+
+    let (_dir, store) = open()?;
+    store.commit(&crate::testutil::sample())?;
+    let before = dump(&store)?;
+    // Rewrite every block as the old format: rkyv, under a TSB1 pointer.
+    let mut rewritten = 0;
+    let values: Vec<_> = store
+        .blocks
+        .iter()
+        .map(|g| g.into_inner())
+        .collect::<Result<_, _>>()?;
+    for (key, value) in values {
+        let Some(ptr) = Ptr::decode(&value) else {
+            continue;
+        };
+        assert_eq!(ptr.format, BlockFormat::Packed, "new blocks are packed");
+        let rkyv = store.block_bytes(&key, &value)?;
+        let old = store.block_log.stage_with(BlockFormat::Rkyv, |buf| {
+            buf.extend_from_slice(&rkyv);
+            Ok(())
+        })?;
+        store.block_log.sync()?;
+        store.blocks.insert(key, old.encode())?;
+        rewritten += 1;
+    }
+    assert!(rewritten >= 3, "sales, lines and movements at least");
+    assert_eq!(dump(&store)?, before);
+    Ok(())
+}
