@@ -81,24 +81,35 @@ impl Packer<'_> {
         self.n = 0;
     }
 
+    #[inline]
     fn varint(&mut self, mut v: u64) {
-        self.room(10);
-        // `room` left 10 bytes, so the writes stay in the buffer; `get_mut`
-        // keeps this free of a panic path all the same.
-        while v >= 0x80 {
-            if let Some(b) = self.row.get_mut(self.n) {
-                *b = (v as u8) | 0x80;
-            }
-            self.n += 1;
+        if self.n > SCRATCH - 10 {
+            self.flush();
+        }
+        // Written straight into the row buffer, byte by byte: building it
+        // in a local array and copying that as words stalled on store
+        // forwarding (twice the time). The flush above leaves 10 bytes, so
+        // the chunk is always there; nine 7-bit groups carry 63 bits, the
+        // tenth byte the last.
+        let Some(dst) = self
+            .row
+            .get_mut(self.n..)
+            .and_then(|r| r.first_chunk_mut::<10>())
+        else {
+            return;
+        };
+        let mut len = 0;
+        while v >= 0x80 && len < 9 {
+            dst[len] = (v as u8) | 0x80;
             v >>= 7;
+            len += 1;
         }
-        if let Some(b) = self.row.get_mut(self.n) {
-            *b = v as u8;
-        }
-        self.n += 1;
+        dst[len] = v as u8;
+        self.n += len + 1;
     }
 
     /// A number field.
+    #[inline]
     pub(crate) fn num(&mut self, v: u64) {
         let prev = self
             .prev
@@ -110,6 +121,7 @@ impl Packer<'_> {
     }
 
     /// A signed number field.
+    #[inline]
     pub(crate) fn int(&mut self, v: i64) {
         self.num(v as u64);
     }
@@ -361,6 +373,7 @@ fn reason_of(code: u64) -> Result<MovementReason, &'static str> {
     })
 }
 
+#[inline]
 fn pack_key(p: &mut Packer<'_>, k: &EventKey) {
     p.num(k.device);
     p.num(k.seq);
