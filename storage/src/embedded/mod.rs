@@ -193,6 +193,9 @@ pub struct EmbeddedStore {
     durability: Box<dyn Durability>,
     /// The write-ahead journal of device frames (`wal/` in the data dir).
     journal: Mutex<Journal>,
+    /// Held while expired journal segments are deleted, outside `journal`
+    /// (see [`Journal::expire_through`]): deletions stay in order.
+    journal_expiry: Mutex<()>,
     /// The checkpoint: journal records up to it are in the tables.
     materialized: AtomicU64,
     /// The last checkpoint known durable (synced).
@@ -336,6 +339,7 @@ impl EmbeddedStore {
             poison_reason: Mutex::new(None),
             durability,
             journal: Mutex::new(journal),
+            journal_expiry: Mutex::new(()),
             materialized: AtomicU64::new(checkpoint),
             synced_checkpoint: AtomicU64::new(checkpoint),
             path: dir.to_path_buf(),
@@ -446,14 +450,21 @@ impl Store for EmbeddedStore {
             return Err(self.poisoned_err());
         }
         self.synced_checkpoint.store(checkpoint, Ordering::Release);
-        let dropped = self
+        let truncation_err = |e| StoreError::Backend {
+            op: "journal truncation",
+            source: Box::new(e),
+        };
+        // The files go outside the journal's lock: appends, which every
+        // acknowledgement waits for, go on meanwhile.
+        let _in_order = self.journal_expiry.lock();
+        let expired = self
             .journal
             .lock()
-            .truncate_through(checkpoint)
-            .map_err(|e| StoreError::Backend {
-                op: "journal truncation",
-                source: Box::new(e),
-            })?;
+            .expire_through(checkpoint)
+            .map_err(truncation_err)?;
+        let dropped = expired
+            .delete()
+            .map_err(|e| truncation_err(self.journal.lock().poison_with(e)))?;
         if dropped > 0 {
             tracing::debug!(checkpoint, segments = dropped, "journal truncated");
         }

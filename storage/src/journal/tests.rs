@@ -195,6 +195,40 @@ fn truncate_through_deletes_whole_old_segments_only() -> TestResult {
     Ok(())
 }
 
+/// Expired segments leave the journal at once and their files only when
+/// deleted; appends go on in between, and a crash in between reopens a
+/// contiguous journal that still holds them.
+#[test]
+fn expired_segments_are_deleted_apart_from_the_journal() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let mut j = Journal::open(tmp.path(), SMALL)?;
+    for _ in 0..8 {
+        append_n(&mut j, 3)?;
+    }
+    let files = segment_files(tmp.path())?.len();
+    let expired = j.expire_through(u64::MAX)?;
+    assert_eq!(expired.len(), files - 1, "all but the current one");
+    assert_eq!(segment_files(tmp.path())?.len(), files, "files stay");
+    // The journal goes on without them, and so does a reopen.
+    append_n(&mut j, 2)?;
+    let last = j.last_lsn();
+    let first_kept = read_all(&j, 0)?.first().map(|r| r.0).ok_or("empty")?;
+    assert!(first_kept > 1);
+    drop(j);
+    let j = Journal::open(tmp.path(), SMALL)?;
+    assert_records(&read_all(&j, 0)?, 1, last);
+    assert_eq!(expired.delete()?, files - 1);
+    drop(j);
+    let mut j = Journal::open(tmp.path(), SMALL)?;
+    assert_records(&read_all(&j, 0)?, first_kept, last);
+    append_n(&mut j, 1)?;
+    // Nothing is expired while a rebase is pending: the next append
+    // deletes every old segment itself.
+    j.set_base(j.last_lsn() + 10);
+    assert!(j.expire_through(u64::MAX)?.is_empty());
+    Ok(())
+}
+
 #[test]
 fn an_empty_last_segment_keeps_its_lsn() -> TestResult {
     let tmp = tempfile::tempdir()?;
