@@ -31,6 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 
 use crate::devices::DeviceSlot;
 use crate::metrics as m;
+use crate::rowpool::RowSetPool;
 use crate::sequencer::{AckProgress, JournalState, Sequencer};
 
 /// What a commit of a unit ended with.
@@ -70,6 +71,8 @@ pub(crate) struct FlushSettings {
     pub(crate) max_rows: usize,
     /// Sync the tables (and truncate the journal) at most this often.
     pub(crate) sync_every: Duration,
+    /// Units the sessions may queue for the flusher.
+    pub(crate) queue: usize,
 }
 
 /// Starts the flusher after `checkpoint` (the tables' LSN, which recovery
@@ -83,9 +86,9 @@ pub(crate) fn spawn(
     failed: watch::Receiver<bool>,
     materialized: watch::Sender<u64>,
     settings: FlushSettings,
-    queue: usize,
+    row_sets: Arc<RowSetPool>,
 ) -> (FlushSender, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(queue);
+    let (tx, rx) = mpsc::channel(settings.queue);
     let flusher = Flusher {
         store,
         settings,
@@ -100,6 +103,7 @@ pub(crate) fn spawn(
         ticks: 0,
         materialized,
         progress: sequencer.progress(),
+        row_sets,
     };
     let join = tokio::spawn(flusher.run(rx, sequencer.subscribe(), failed));
     (tx, join)
@@ -147,6 +151,8 @@ struct Flusher {
     materialized: watch::Sender<u64>,
     /// Where acknowledgements stand, for stall checks.
     progress: Arc<AckProgress>,
+    /// Where a unit's emptied row sets go back to, for the shards.
+    row_sets: Arc<RowSetPool>,
 }
 
 impl Flusher {
@@ -249,6 +255,7 @@ impl Flusher {
                 // A dead letter: no LSN, no ack; it rides with the next write.
                 let mut unit = unit;
                 self.acc.gather(&mut unit.rows);
+                self.recycle(&mut unit.rows);
                 if let Some(done) = unit.done {
                     let _ = done.send(Ok(()));
                 }
@@ -273,12 +280,21 @@ impl Flusher {
                 let _ = done.send(Ok(()));
             }
             self.acc.gather(&mut unit.rows);
+            self.recycle(&mut unit.rows);
             self.acc.budget.append(&mut unit.budget);
             self.acc.lsn = self.next_lsn;
             self.next_lsn += 1;
         }
         if self.next_lsn > from {
             self.progress.acked(self.next_lsn - 1);
+        }
+    }
+
+    /// Hands a gathered unit's row sets (empty, with their capacity) back
+    /// to the shards.
+    fn recycle(&self, parts: &mut Vec<RowSet>) {
+        for part in parts.drain(..) {
+            self.row_sets.give(part);
         }
     }
 

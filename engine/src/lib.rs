@@ -28,6 +28,7 @@ pub use metrics::exported_names as exported_metric_names;
 mod passivate;
 pub mod questions;
 mod recovery;
+mod rowpool;
 mod sequencer;
 mod server;
 mod session;

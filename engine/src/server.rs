@@ -18,10 +18,15 @@ use crate::devices::Devices;
 use crate::flusher::{self, FlushSettings};
 use crate::live_limits::{LimitChange, LiveLimits, ReloadableLimits};
 use crate::recovery;
+use crate::rowpool::RowSetPool;
 use crate::sequencer::Sequencer;
 use crate::shards::{self, ShardHandle, ShardMsg};
 use crate::wire::FrameBudget;
 use crate::{EngineError, ServerConfig, ServerSettings, accept, http, passivate, tls, udp};
+
+/// Row sets the pool keeps for the shards (`rowpool`): the parts of a few
+/// hundred batches between apply and gather, a few MiB at most.
+const ROW_SETS_KEPT: usize = 256;
 
 /// A running server.
 #[derive(Debug)]
@@ -100,11 +105,14 @@ impl Server {
         .await
         .map_err(|e| EngineError::Actor(e.to_string()))??;
         let materialized = watch::Sender::new(replayed.checkpoint);
+        // Enough for the parts in flight between the shards and the flusher.
+        let row_sets = Arc::new(RowSetPool::new(ROW_SETS_KEPT));
         let shards = shards::spawn_shards(
             cores,
             store.clone(),
             &materialized.subscribe(),
             cfg.max_inflight_bytes_per_shard,
+            &row_sets,
         )
         .await?;
         let (sequencer, journal_writer) = Sequencer::start(store.clone(), replayed.checkpoint)
@@ -124,8 +132,9 @@ impl Server {
                 interval: cfg.flush_interval,
                 max_rows: cfg.flush_max_rows,
                 sync_every: Duration::from_millis(500),
+                queue: 4096,
             },
-            4096,
+            row_sets,
         );
         let ctx = Arc::new(EngineCtx {
             store,

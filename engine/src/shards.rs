@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::clock::now_us;
 use crate::metrics as m;
+use crate::rowpool::RowSetPool;
 
 /// One batch's part for one shard.
 #[derive(Debug)]
@@ -80,6 +81,8 @@ struct ShardState {
     needs: Vec<Need>,
     budget: Arc<Semaphore>,
     budget_units: u32,
+    /// Where each part's row set comes from (the flusher hands them back).
+    rows: Arc<RowSetPool>,
     gauges: m::ShardGauges,
     gauges_at: std::time::Instant,
 }
@@ -98,6 +101,7 @@ impl Actor for ShardActor {
             materialized,
             budget,
             budget_units,
+            rows,
         }: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let gauges = m::ShardGauges::new(core.config().id, budget_units as usize * BUDGET_UNIT);
@@ -108,6 +112,7 @@ impl Actor for ShardActor {
             needs: Vec::new(),
             budget,
             budget_units,
+            rows,
             gauges,
             gauges_at: std::time::Instant::now(),
         })
@@ -166,6 +171,7 @@ struct ShardArgs {
     materialized: watch::Receiver<u64>,
     budget: Arc<Semaphore>,
     budget_units: u32,
+    rows: Arc<RowSetPool>,
 }
 
 async fn apply(state: &mut ShardState, work: &ApplyWork) -> PartResult {
@@ -175,7 +181,7 @@ async fn apply(state: &mut ShardState, work: &ApplyWork) -> PartResult {
     for i in 0..state.needs.len() {
         activate(state, state.needs[i]).await.map_err(Arc::new)?;
     }
-    let mut rows = RowSet::default();
+    let mut rows = state.rows.take();
     state.core.apply(
         work.lsn,
         work.device,
@@ -265,6 +271,7 @@ pub(crate) async fn spawn_shards(
     store: Arc<dyn Store>,
     materialized: &watch::Receiver<u64>,
     inflight_bytes: usize,
+    rows: &Arc<RowSetPool>,
 ) -> Result<Vec<ShardHandle>, crate::EngineError> {
     let units = u32::try_from(inflight_bytes.div_ceil(BUDGET_UNIT))
         .unwrap_or(u32::MAX)
@@ -279,6 +286,7 @@ pub(crate) async fn spawn_shards(
             materialized: materialized.clone(),
             budget: budget.clone(),
             budget_units: units,
+            rows: rows.clone(),
         };
         let (actor, _join) = Actor::spawn(None, ShardActor, args)
             .await
