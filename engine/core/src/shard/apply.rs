@@ -176,31 +176,17 @@ impl ShardCore {
         any
     }
 
-    /// The SKU's slot, created empty (and its store activated empty) if
-    /// it is new.
-    fn sku_mut(&mut self, store: u32, sku: u64) -> usize {
-        if let Some(&i) = self.sku_index.get(&(store, sku)) {
-            return i as usize;
-        }
-        if let std::collections::hash_map::Entry::Vacant(e) = self.stores.entry(store) {
-            e.insert(LastChange::LOADED);
-            self.stats.activations += 1;
-        }
-        let i = self.skus.len();
-        self.skus.push(SkuState::empty(store, sku));
-        self.sku_index
-            .insert((store, sku), u32::try_from(i).unwrap_or(u32::MAX));
-        i
-    }
-
-    fn mark_dirty(&mut self, i: usize) {
-        if let Some(s) = self.skus.get_mut(i) {
-            if s.dirty {
-                return;
+    /// The SKU's state, created empty (and its store activated empty) if
+    /// it is new. One probe of the map: the entity sits in its bucket.
+    fn sku_mut(&mut self, store: u32, sku: u64) -> &mut SkuState {
+        let (stores, activations) = (&mut self.stores, &mut self.stats.activations);
+        self.skus.entry((store, sku)).or_insert_with(|| {
+            if let std::collections::hash_map::Entry::Vacant(e) = stores.entry(store) {
+                e.insert(LastChange::LOADED);
+                *activations += 1;
             }
-            s.dirty = true;
-        }
-        self.dirty_skus.push(u32::try_from(i).unwrap_or(u32::MAX));
+            SkuState::empty()
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -215,13 +201,14 @@ impl ShardCore {
         delta: i64,
         out: &mut RowSet,
     ) {
-        let i = self.sku_mut(store, sku);
-        let Some(s) = self.skus.get_mut(i) else {
-            return;
-        };
-        let (applied, level_after) = s.movement(ts, delta, self.cfg.late_window_us);
+        let late_window = self.cfg.late_window_us;
+        let s = self.sku_mut(store, sku);
+        let (applied, level_after) = s.movement(ts, delta, late_window);
         if applied {
-            self.mark_dirty(i);
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty_skus.push((store, sku));
+            }
         } else {
             self.stats.stale_movements += 1;
         }
@@ -252,12 +239,15 @@ impl ShardCore {
             return false;
         }
         let ts = e.ts_us();
-        let i = self.sku_mut(store, sku);
-        let Some(s) = self.skus.get_mut(i) else {
-            return false;
-        };
-        let outcome = s.count(ts, key, counted, self.cfg.late_window_us);
+        let late_window = self.cfg.late_window_us;
+        let s = self.sku_mut(store, sku);
+        let outcome = s.count(ts, key, counted, late_window);
         let level_after = s.level;
+        let newly_dirty = matches!(outcome, CountOutcome::Applied { .. }) && !s.dirty;
+        if newly_dirty {
+            s.dirty = true;
+            self.dirty_skus.push((store, sku));
+        }
         let (delta, applied) = match outcome {
             CountOutcome::TooLate => {
                 self.stats.late_counts += 1;
@@ -268,10 +258,7 @@ impl ShardCore {
                 self.stats.stale_counts += 1;
                 (0, false)
             }
-            CountOutcome::Applied { delta } => {
-                self.mark_dirty(i);
-                (delta, true)
-            }
+            CountOutcome::Applied { delta } => (delta, true),
         };
         out.stock_movements.push(StockMovementRow {
             store,
@@ -311,13 +298,13 @@ impl ShardCore {
     fn flush_dirty(&mut self, change: LastChange, out: &mut RowSet) {
         // A part's SKUs are mostly of one store: look it up once per run.
         let mut last_store = None;
-        for &i in &self.dirty_skus {
-            if let Some(s) = self.skus.get_mut(i as usize) {
+        for &(store, sku) in &self.dirty_skus {
+            if let Some(s) = self.skus.get_mut(&(store, sku)) {
                 s.dirty = false;
-                out.stock_levels.push(s.row());
-                if last_store != Some(s.store) {
-                    last_store = Some(s.store);
-                    self.stores.insert(s.store, change);
+                out.stock_levels.push(s.row(store, sku));
+                if last_store != Some(store) {
+                    last_store = Some(store);
+                    self.stores.insert(store, change);
                 }
             }
         }

@@ -197,9 +197,10 @@ pub struct Passivated {
 pub struct ShardCore {
     cfg: ShardConfig,
     stores: HashMap<u32, LastChange, Keyed>,
-    skus: Vec<SkuState>,
-    sku_index: HashMap<(u32, u64), u32, Keyed>,
-    dirty_skus: Vec<u32>,
+    /// The SKUs of the active stores, keyed by (store, SKU).
+    skus: HashMap<(u32, u64), SkuState, Keyed>,
+    /// SKUs changed by the current `apply` call, in first-change order.
+    dirty_skus: Vec<(u32, u64)>,
     days: HashMap<(u32, u32), LastChange, Keyed>,
     rollups: HashMap<RollupKey, RollupSlot, Keyed>,
     dirty_rollups: Vec<RollupKey>,
@@ -213,8 +214,7 @@ impl ShardCore {
         Self {
             cfg,
             stores: HashMap::default(),
-            skus: Vec::new(),
-            sku_index: HashMap::default(),
+            skus: HashMap::default(),
             dirty_skus: Vec::new(),
             days: HashMap::default(),
             rollups: HashMap::default(),
@@ -311,20 +311,16 @@ impl ShardCore {
             if row.store != store || !self.owns(row.store, row.sku) {
                 continue;
             }
-            if self.sku_index.contains_key(&(row.store, row.sku)) {
-                continue;
-            }
-            let idx = u32::try_from(self.skus.len()).unwrap_or(u32::MAX);
-            self.skus.push(SkuState::from_row(row));
-            self.sku_index.insert((row.store, row.sku), idx);
+            self.skus
+                .entry((row.store, row.sku))
+                .or_insert_with(|| SkuState::from_row(row));
         }
         let lw = self.cfg.late_window_us;
         for m in &snapshot.recent_movements {
             if m.reason == MovementReason::CountCorrection || !m.applied || m.store != store {
                 continue;
             }
-            let slot = self.sku_index.get(&(m.store, m.sku)).copied();
-            if let Some(s) = slot.and_then(|i| self.skus.get_mut(i as usize)) {
+            if let Some(s) = self.skus.get_mut(&(m.store, m.sku)) {
                 s.load_movement(m.ts_us, m.delta, lw);
             }
         }
@@ -363,16 +359,11 @@ impl ShardCore {
         if out.stores > 0 {
             let stores = &self.stores;
             let before = self.skus.len();
-            self.skus.retain(|s| stores.contains_key(&s.store));
+            self.skus
+                .retain(|&(store, _), _| stores.contains_key(&store));
             out.skus = (before - self.skus.len()) as u64;
-            // Slots moved: the index is rebuilt (this runs per sweep, not
-            // per batch, and only when a store left).
-            self.sku_index.clear();
-            self.sku_index.shrink_to(self.skus.len());
-            for (i, s) in self.skus.iter().enumerate() {
-                self.sku_index
-                    .insert((s.store, s.sku), u32::try_from(i).unwrap_or(u32::MAX));
-            }
+            // Hand memory back after a large store left (this runs per
+            // sweep, not per batch), leaving room to grow again.
             self.skus.shrink_to(self.skus.len() * 2);
         }
         let before = self.days.len();
@@ -395,7 +386,7 @@ impl ShardCore {
     pub fn stats(&self) -> ShardStats {
         let mut s = self.stats;
         s.skus_active = self.skus.len() as u64;
-        s.window_movements = self.skus.iter().map(|k| k.window_len() as u64).sum();
+        s.window_movements = self.skus.values().map(|k| k.window_len() as u64).sum();
         s.terminals_active = self.terminals.len() as u64;
         s.stores_active = self.stores.len() as u64;
         s.rollup_days_active = self.days.len() as u64;
@@ -406,8 +397,7 @@ impl ShardCore {
     /// The current level row of a SKU, if this shard holds it (for tests
     /// and `tillstream top`).
     pub fn level(&self, store: u32, sku: u64) -> Option<StockLevelRow> {
-        let i = *self.sku_index.get(&(store, sku))?;
-        self.skus.get(i as usize).map(SkuState::row)
+        self.skus.get(&(store, sku)).map(|s| s.row(store, sku))
     }
 }
 
