@@ -216,6 +216,12 @@ impl SkuState {
             self.window.drain(..head);
             self.head = 0;
         }
+        if self.window.capacity() == 0 {
+            // Most SKUs of a chain move a few times within their late
+            // window: one slot (32 bytes with the header), not thin-vec's
+            // first four (80), then doubling.
+            self.window.reserve_exact(1);
+        }
         if self.window.last().is_none_or(|(t, _)| *t <= ts) {
             self.window.push((ts, delta));
         } else {
