@@ -210,7 +210,7 @@ fn store_commit(c: &mut Criterion) {
                 || fleet.tick(sales),
                 |rows| {
                     lsn += 1;
-                    match store.materialize(&rows, lsn) {
+                    match store.materialize(std::slice::from_ref(&rows), lsn) {
                         Ok(info) => black_box(info),
                         Err(e) => panic!("materialize failed: {e}"),
                     }

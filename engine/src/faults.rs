@@ -134,9 +134,9 @@ impl<F: CommitFault> Store for FaultyStore<F> {
         self.inner.journal_replay(after, f)
     }
 
-    fn materialize(&self, rows: &RowSet, lsn: u64) -> Result<CommitInfo, StoreError> {
+    fn materialize(&self, parts: &[RowSet], lsn: u64) -> Result<CommitInfo, StoreError> {
         self.fault.check_writable()?;
-        self.inner.materialize(rows, lsn)
+        self.inner.materialize(parts, lsn)
     }
 
     fn materialized_lsn(&self) -> Result<u64, StoreError> {

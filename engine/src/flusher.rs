@@ -95,7 +95,7 @@ pub(crate) fn spawn(
         next_lsn: checkpoint + 1,
         waiting: BTreeMap::new(),
         acc: Gathered::default(),
-        spare: RowSet::default(),
+        spare: Vec::new(),
         in_flight: None,
         in_flight_budget: Vec::new(),
         last_sync: Instant::now(),
@@ -112,25 +112,21 @@ pub(crate) fn spawn(
 /// Rows acknowledged and not yet materialized, with the budget they hold.
 #[derive(Debug, Default)]
 struct Gathered {
-    rows: RowSet,
+    /// The units' row sets, in LSN order, as the shards filled them: the
+    /// store reads them in place (copying them into one set was the
+    /// server's biggest memmove).
+    parts: Vec<RowSet>,
+    /// Rows in `parts`.
+    rows: usize,
     budget: Vec<OwnedSemaphorePermit>,
     /// LSN of the last unit gathered (0: none since the last write).
     lsn: u64,
     since: Option<Instant>,
 }
 
-impl Gathered {
-    /// Moves a unit's row sets into the next write (their one copy).
-    fn gather(&mut self, parts: &mut [RowSet]) {
-        for part in parts {
-            self.rows.append(part);
-        }
-        self.since.get_or_insert_with(Instant::now);
-    }
-}
-
-/// A write's outcome, its rows (to reuse the buffers) and its checkpoint.
-type Materialized = (Result<(), StoreError>, RowSet, u64);
+/// A write's outcome, its row sets (to hand back to the shards) and its
+/// checkpoint.
+type Materialized = (Result<(), StoreError>, Vec<RowSet>, u64);
 
 struct Flusher {
     store: Arc<dyn Store>,
@@ -140,7 +136,8 @@ struct Flusher {
     /// Units that arrived ahead of `next_lsn`, or before the journal holds them.
     waiting: BTreeMap<u64, CommitUnit>,
     acc: Gathered,
-    spare: RowSet,
+    /// The parts vector of the last write, emptied, for the next one.
+    spare: Vec<RowSet>,
     in_flight: Option<tokio::task::JoinHandle<Materialized>>,
     /// The budget of the rows being materialized.
     in_flight_budget: Vec<OwnedSemaphorePermit>,
@@ -168,7 +165,7 @@ impl Flusher {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if !open && self.waiting.is_empty() && self.in_flight.is_none() {
-                if self.acc.lsn == 0 && self.acc.rows.is_empty() {
+                if self.acc.lsn == 0 && self.acc.rows == 0 {
                     break;
                 }
                 if self.error.is_some() {
@@ -219,7 +216,7 @@ impl Flusher {
                 },
             }
             self.release(durable);
-            if self.acc.rows.len() >= self.settings.max_rows {
+            if self.acc.rows >= self.settings.max_rows {
                 self.start_materialize();
             }
         }
@@ -254,8 +251,7 @@ impl Flusher {
             None => {
                 // A dead letter: no LSN, no ack; it rides with the next write.
                 let mut unit = unit;
-                self.acc.gather(&mut unit.rows);
-                self.recycle(&mut unit.rows);
+                self.gather(&mut unit.rows);
                 if let Some(done) = unit.done {
                     let _ = done.send(Ok(()));
                 }
@@ -279,8 +275,7 @@ impl Flusher {
             if let Some(done) = unit.done.take() {
                 let _ = done.send(Ok(()));
             }
-            self.acc.gather(&mut unit.rows);
-            self.recycle(&mut unit.rows);
+            self.gather(&mut unit.rows);
             self.acc.budget.append(&mut unit.budget);
             self.acc.lsn = self.next_lsn;
             self.next_lsn += 1;
@@ -290,12 +285,18 @@ impl Flusher {
         }
     }
 
-    /// Hands a gathered unit's row sets (empty, with their capacity) back
-    /// to the shards.
-    fn recycle(&self, parts: &mut Vec<RowSet>) {
+    /// Moves a unit's row sets into the next write; empty ones go
+    /// straight back to the shards.
+    fn gather(&mut self, parts: &mut Vec<RowSet>) {
         for part in parts.drain(..) {
-            self.row_sets.give(part);
+            if part.is_empty() {
+                self.row_sets.give(part);
+            } else {
+                self.acc.rows += part.len();
+                self.acc.parts.push(part);
+            }
         }
+        self.acc.since.get_or_insert_with(Instant::now);
     }
 
     /// Starts writing what gathered, unless a write is under way.
@@ -303,11 +304,12 @@ impl Flusher {
         if self.in_flight.is_some() || self.error.is_some() {
             return;
         }
-        if self.acc.lsn == 0 && self.acc.rows.is_empty() {
+        if self.acc.lsn == 0 && self.acc.rows == 0 {
             return;
         }
         self.ticks += 1;
-        let rows = std::mem::replace(&mut self.acc.rows, std::mem::take(&mut self.spare));
+        let parts = std::mem::replace(&mut self.acc.parts, std::mem::take(&mut self.spare));
+        let rows = std::mem::take(&mut self.acc.rows);
         let budget = std::mem::take(&mut self.acc.budget);
         // Dead letters alone carry no LSN: the checkpoint stays where it is.
         let lsn = self.next_lsn - 1;
@@ -318,11 +320,17 @@ impl Flusher {
             self.last_sync = Instant::now();
         }
         let store = self.store.clone();
-        let span = tracing::debug_span!("materialize", tick = self.ticks, rows = rows.len(), lsn);
+        let span = tracing::debug_span!(
+            "materialize",
+            tick = self.ticks,
+            rows,
+            parts = parts.len(),
+            lsn
+        );
         let task = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             let started = Instant::now();
-            let r = store.materialize(&rows, lsn).and_then(|info| {
+            let r = store.materialize(&parts, lsn).and_then(|info| {
                 m::commit_done(started.elapsed(), info.rows, info.bytes);
                 if sync {
                     store.sync_materialized().map(|_| ())
@@ -330,7 +338,7 @@ impl Flusher {
                     Ok(())
                 }
             });
-            (r, rows, lsn)
+            (r, parts, lsn)
         });
         self.in_flight = Some(task);
         self.in_flight_budget = budget;
@@ -341,14 +349,17 @@ impl Flusher {
         self.in_flight = None;
         self.in_flight_budget.clear();
         match done {
-            Ok((Ok(()), mut rows, lsn)) => {
+            Ok((Ok(()), mut parts, lsn)) => {
                 self.materialized.send_if_modified(|m| {
                     let newer = lsn > *m;
                     *m = (*m).max(lsn);
                     newer
                 });
-                rows.clear();
-                self.spare = rows;
+                // The sets go back to the shards, empty with their capacity.
+                for part in parts.drain(..) {
+                    self.row_sets.give(part);
+                }
+                self.spare = parts;
                 // Self-clocking under load: what gathered during this write
                 // is written next, at once. Waiting for the timer instead
                 // left the shards' budgets held (and readers stopped) for up

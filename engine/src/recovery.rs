@@ -133,14 +133,14 @@ pub(crate) fn replay(
         done.events += archived.events.len() as u64;
         last = lsn;
         if rows.len() >= REPLAY_CHUNK_ROWS {
-            store.materialize(&rows, lsn)?;
+            store.materialize(std::slice::from_ref(&rows), lsn)?;
             rows.clear();
         }
         Ok(())
     };
     store.journal_replay(from, &mut visit)?;
     if last > from {
-        store.materialize(&rows, last)?;
+        store.materialize(std::slice::from_ref(&rows), last)?;
         done.checkpoint = store.sync_materialized()?;
         tracing::info!(
             records = done.records,

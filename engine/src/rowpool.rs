@@ -1,16 +1,17 @@
-//! Row sets handed back by the flusher once their rows are gathered, for
-//! the shard actors to fill again.
+//! Row sets handed back by the flusher once their rows are in the tables,
+//! for the shard actors to fill again.
 //!
 //! Why: each batch part's rows went into a fresh `RowSet` whose vectors
 //! grew by doubling, each step a new allocation, a copy of the rows so
 //! far and fresh pages to fault in (about 3% of the server's CPU in
-//! memmove, malloc and page faults at peak). Gathering moves a part's rows
-//! out and leaves its vectors empty with their capacity; reused, a part
-//! fills vectors already the size such parts take.
+//! memmove, malloc and page faults at peak). The store reads a part's rows
+//! in place, and the part comes back here emptied, with its capacity;
+//! reused, a part fills vectors already the size such parts take.
 //!
 //! Bounded: at most `max` sets wait here, and a set that grew past
 //! [`MAX_SET_BYTES`] (a huge batch, a part full of rejected events) is
-//! dropped rather than kept, so the pool holds a few MiB at most.
+//! dropped rather than kept. A part of 128 events is some 40 KiB, so a
+//! full pool of 1,024 is about 40 MiB, the rows of two flushes at peak.
 
 use parking_lot::Mutex;
 use tillstream_storage::RowSet;

@@ -24,9 +24,10 @@ use crate::shards::{self, ShardHandle, ShardMsg};
 use crate::wire::FrameBudget;
 use crate::{EngineError, ServerConfig, ServerSettings, accept, http, passivate, tls, udp};
 
-/// Row sets the pool keeps for the shards (`rowpool`): the parts of a few
-/// hundred batches between apply and gather, a few MiB at most.
-const ROW_SETS_KEPT: usize = 256;
+/// Row sets the pool keeps for the shards (`rowpool`): the parts in flight
+/// between apply and the end of their materialization, two flushes' worth
+/// at peak (a 50 ms flush at 400 k events/s is ~160 batches, ~320 parts).
+const ROW_SETS_KEPT: usize = 1024;
 
 /// A running server.
 #[derive(Debug)]

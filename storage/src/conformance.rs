@@ -69,6 +69,59 @@ pub(crate) fn rows_round_trip(b: &mut impl Harness) -> TestResult {
     Ok(())
 }
 
+/// Every row of every table, as `scan` hands them out, sorted.
+fn contents(q: &dyn Query) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    for t in Table::ALL {
+        q.scan(t, &mut |r| out.push(format!("{r:?}")))?;
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A materialization takes a commit's rows as several sets (the engine's
+/// batch parts, not copied into one): what it stores is what their
+/// concatenation stores, row for row, whichever set holds a table's rows
+/// and with empty sets among them.
+pub(crate) fn parts_store_what_their_concatenation_stores(b: &mut impl Harness) -> TestResult {
+    let whole = sample();
+    let mut first = whole.clone();
+    let mut last = RowSet::default();
+    macro_rules! split {
+        ($($t:ident),*) => {$(
+            let at = first.$t.len() / 2;
+            last.$t = first.$t.split_off(at);
+        )*};
+    }
+    split!(
+        sales,
+        sale_lines,
+        stock_movements,
+        stock_levels,
+        terminal_rollups
+    );
+    split!(device_health, watermarks, batches, rejected, dead_letters);
+    let middle = RowSet {
+        stock_levels: std::mem::take(&mut last.stock_levels),
+        ..RowSet::default()
+    };
+    let parts = [RowSet::default(), first, middle, RowSet::default(), last];
+    assert_eq!(rows_in(&parts), whole.len());
+    {
+        let store = b.open()?;
+        let info = store.materialize(&parts, 1)?;
+        assert_eq!(info.rows, whole.len());
+        store.sync_materialized()?;
+    }
+    let store = b.open()?;
+    assert_eq!(store.materialized_lsn()?, 1);
+    let expected = contents(&crate::testutil::MemQuery(whole))?;
+    assert_eq!(contents(&store)?, expected);
+    let report = verify(&store, None)?;
+    assert!(report.ok && report.duplicates == 0, "{report:?}");
+    Ok(())
+}
+
 /// The journal gives back, after a reopen, exactly the records the
 /// checkpoint does not cover, in LSN order and byte for byte.
 pub(crate) fn the_journal_replays_what_the_checkpoint_does_not_cover(
@@ -86,7 +139,7 @@ pub(crate) fn the_journal_replays_what_the_checkpoint_does_not_cover(
         store.journal_append(&buf, 5)?;
         assert_eq!(store.journal_last_lsn(), 5);
         // Records 1..=3 are materialized (with a sample of rows).
-        store.materialize(&sample(), 3)?;
+        store.materialize(std::slice::from_ref(&sample()), 3)?;
         assert_eq!(store.materialized_lsn()?, 3);
         assert_eq!(store.sync_materialized()?, 3);
     }
@@ -141,10 +194,10 @@ pub(crate) fn a_crash_between_rows_and_checkpoint_loses_and_doubles_nothing(
         encode_record(1, &[b"first"], &mut buf);
         encode_record(2, &[b"second"], &mut buf);
         store.journal_append(&buf, 2)?;
-        store.materialize(&first, 1)?;
+        store.materialize(std::slice::from_ref(&first), 1)?;
         store.sync_materialized()?;
         // The crash: the second batch's rows written, never synced.
-        store.materialize(&second, 2)?;
+        store.materialize(std::slice::from_ref(&second), 2)?;
     }
     let store = b.open()?;
     let checkpoint = store.materialized_lsn()?;
@@ -158,7 +211,7 @@ pub(crate) fn a_crash_between_rows_and_checkpoint_loses_and_doubles_nothing(
         Ok(())
     })?;
     for (lsn, rows) in &again {
-        store.materialize(rows, *lsn)?;
+        store.materialize(std::slice::from_ref(rows), *lsn)?;
     }
     store.sync_materialized()?;
     assert_eq!(counts(&store)?, expected_counts(&sample()));
@@ -287,6 +340,11 @@ fn embedded_rows_round_trip() -> TestResult {
 }
 
 #[test]
+fn embedded_parts_store_what_their_concatenation_stores() -> TestResult {
+    parts_store_what_their_concatenation_stores(&mut embedded()?)
+}
+
+#[test]
 fn embedded_journal_replays_what_the_checkpoint_does_not_cover() -> TestResult {
     the_journal_replays_what_the_checkpoint_does_not_cover(&mut embedded()?)
 }
@@ -372,6 +430,15 @@ mod on_scylla {
         not(scylla_cluster),
         ignore = "needs a ScyllaDB cluster: build with TILLSTREAM_SCYLLA_NODES set"
     )]
+    fn scylla_parts_store_what_their_concatenation_stores() -> TestResult {
+        parts_store_what_their_concatenation_stores(&mut scylla()?)
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(scylla_cluster),
+        ignore = "needs a ScyllaDB cluster: build with TILLSTREAM_SCYLLA_NODES set"
+    )]
     fn scylla_journal_replays_what_the_checkpoint_does_not_cover() -> TestResult {
         the_journal_replays_what_the_checkpoint_does_not_cover(&mut scylla()?)
     }
@@ -427,7 +494,7 @@ mod on_scylla {
         };
         {
             let store = b.open()?;
-            store.materialize(&at(1, 1), 1)?;
+            store.materialize(std::slice::from_ref(&at(1, 1)), 1)?;
             store.materialize_then_crash(&at(2, 5), 2)?;
             // Before the next start the tables still hold checkpoint 1's.
             let levels = store.load_levels(level.store)?;

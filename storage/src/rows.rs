@@ -11,6 +11,8 @@
 //! bytes (rejected_events, dead_letters): the hot path allocates per batch,
 //! never per event.
 
+use std::borrow::Cow;
+
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// The identity of an event: device, batch seq, index in the batch.
@@ -375,7 +377,8 @@ impl Table {
 }
 
 /// Everything one commit writes: rows of every table. The engine fills one
-/// per device batch, the flusher appends them into one per tick.
+/// per batch part; a materialization takes a tick's parts as they are, in
+/// order (`Store::materialize`), without copying them into one.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct RowSet {
     /// `sales`
@@ -448,4 +451,41 @@ impl RowSet {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The rows of `parts` as one set: the part itself if there is one,
+    /// else a copy of them all, in order (for writers that walk one set).
+    pub fn gathered(parts: &[RowSet]) -> Cow<'_, RowSet> {
+        match parts {
+            [one] => Cow::Borrowed(one),
+            _ => {
+                let mut all = RowSet::default();
+                for part in parts {
+                    all.append(&mut part.clone());
+                }
+                Cow::Owned(all)
+            }
+        }
+    }
+}
+
+/// One table's rows of `parts`, in order: borrowed if one part holds them
+/// all, else copied together (for the small tables, whose writers dedupe
+/// or sort over all of a commit's rows).
+pub fn concat<T: Clone>(parts: &[RowSet], table: impl Fn(&RowSet) -> &Vec<T>) -> Cow<'_, [T]> {
+    let mut holding = parts.iter().filter(|p| !table(p).is_empty());
+    match (holding.next(), holding.next()) {
+        (None, _) => Cow::Borrowed(&[]),
+        (Some(one), None) => Cow::Borrowed(table(one).as_slice()),
+        _ => Cow::Owned(
+            parts
+                .iter()
+                .flat_map(|p| table(p).iter().cloned())
+                .collect(),
+        ),
+    }
+}
+
+/// Rows over all tables of all `parts`.
+pub fn rows_in(parts: &[RowSet]) -> usize {
+    parts.iter().map(RowSet::len).sum()
 }

@@ -122,12 +122,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// LSN order; returns how many it visited.
     fn journal_replay(&self, after: u64, f: &mut ReplayVisitor<'_>) -> Result<u64, StoreError>;
 
-    /// Writes `rows`, the rows of every journal record after the current
-    /// checkpoint up to `lsn`, atomically with the new checkpoint `lsn`.
-    /// Visible at once; durable after [`Store::sync_materialized`] (a crash
-    /// before that rolls the tables back to an earlier checkpoint, whose
-    /// later records the journal still holds).
-    fn materialize(&self, rows: &RowSet, lsn: u64) -> Result<CommitInfo, StoreError>;
+    /// Writes `parts`, the rows of every journal record after the current
+    /// checkpoint up to `lsn` (in LSN order: the parts are one commit's
+    /// rows as if concatenated, handed over without being copied into
+    /// one), atomically with the new checkpoint `lsn`. Visible at once;
+    /// durable after [`Store::sync_materialized`] (a crash before that
+    /// rolls the tables back to an earlier checkpoint, whose later records
+    /// the journal still holds).
+    fn materialize(&self, parts: &[RowSet], lsn: u64) -> Result<CommitInfo, StoreError>;
 
     /// The checkpoint: every journal record up to it is in the tables.
     fn materialized_lsn(&self) -> Result<u64, StoreError>;

@@ -178,7 +178,7 @@ mod tests {
             encode_record(lsn, &[format!("record {lsn}").as_bytes()], &mut buf);
         }
         store.journal_append(&buf, 4)?;
-        store.materialize(&sample(), 2)?;
+        store.materialize(std::slice::from_ref(&sample()), 2)?;
         store.sync_materialized()?;
 
         let dest = dir.path().join("backup");

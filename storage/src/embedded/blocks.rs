@@ -135,18 +135,20 @@ pub(crate) fn decode_block<T: StoredRow>(
     rkyv::from_bytes::<Vec<T>, RkyvError>(aligned(bytes, buf)).map_err(|e| corrupt(T::WHAT, e))
 }
 
-/// Groups `rows` into blocks by (partition, hour): for each, the indices
-/// of its rows in the order they came in. Blocks come out sorted by
-/// (partition, hour). Indices rather than copies: a flush's raw rows are
-/// hundreds of MB a second at full load, and copying them into per-group
-/// vectors (grown row by row) was a pass over all of them.
-pub(crate) fn group<T: BlockRow>(rows: &[T]) -> Vec<((u64, u32), Vec<u32>)> {
-    let mut groups: super::FastMap<(u64, u32), Vec<u32>> = super::FastMap::default();
-    for (i, r) in rows.iter().enumerate() {
+/// Groups `rows` into blocks by (partition, hour): for each, its rows in
+/// the order they came in. Blocks come out sorted by (partition, hour).
+/// References rather than copies: a flush's raw rows are hundreds of MB a
+/// second at full load, and copying them into per-group vectors (grown
+/// row by row) was a pass over all of them.
+pub(crate) fn group<'a, T: BlockRow + 'a>(
+    rows: impl Iterator<Item = &'a T>,
+) -> Vec<((u64, u32), Vec<&'a T>)> {
+    let mut groups: super::FastMap<(u64, u32), Vec<&'a T>> = super::FastMap::default();
+    for r in rows {
         groups
             .entry((r.part(), time::hour(r.ts_us())))
             .or_default()
-            .push(u32::try_from(i).unwrap_or(u32::MAX));
+            .push(r);
     }
     let mut out: Vec<_> = groups.into_iter().collect();
     out.sort_unstable_by_key(|(k, _)| *k);
@@ -223,14 +225,18 @@ mod tests {
     fn grouping_by_partition_and_hour() {
         let h = time::HOUR_US;
         let rows = [health(2, 0), health(1, h), health(1, 1), health(1, h + 5)];
-        let groups = group(&rows);
-        let keys: Vec<_> = groups.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let groups = group(rows.iter());
+        let r = &rows;
         assert_eq!(
-            keys,
-            vec![((1, 0), vec![2]), ((1, 1), vec![1, 3]), ((2, 0), vec![0])]
+            groups,
+            vec![
+                ((1, 0), vec![&r[2]]),
+                ((1, 1), vec![&r[1], &r[3]]),
+                ((2, 0), vec![&r[0]])
+            ]
         );
-        assert_eq!(group(&rows[..1]).len(), 1);
-        assert!(group::<DeviceHealthRow>(&[]).is_empty());
+        assert_eq!(group(rows[..1].iter()).len(), 1);
+        assert!(group::<DeviceHealthRow>([].iter()).is_empty());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The write path: one `RowSet` becomes one atomic fjall batch, then one
-//! sync. See the module docs of `embedded` for the invariants.
+//! The write path: one commit's row sets (a tick's batch parts, in order,
+//! never copied into one) become one atomic fjall batch, then one sync.
+//! See the module docs of `embedded` for the invariants.
 
 use fjall::{Keyspace, OwnedWriteBatch, Slice};
 use rkyv::util::AlignedVec;
@@ -70,22 +71,18 @@ impl EmbeddedStore {
     /// journal already holds what it acknowledged).
     pub(super) fn commit_rows(
         &self,
-        rows: &RowSet,
+        parts: &[RowSet],
         checkpoint: Option<u64>,
         sync: bool,
     ) -> Result<CommitInfo, StoreError> {
         let mut next_id = self.commit_lock.lock();
         self.check_writable()?;
-        if rows.is_empty() && checkpoint.is_none() {
+        let rows = rows_in(parts);
+        if rows == 0 && checkpoint.is_none() {
             return Ok(CommitInfo::default());
         }
         let id = *next_id;
-        let span = tracing::debug_span!(
-            "commit",
-            id,
-            rows = rows.len(),
-            blocks = tracing::field::Empty
-        );
+        let span = tracing::debug_span!("commit", id, rows, blocks = tracing::field::Empty);
         let _entered = span.enter();
 
         // Frames a failed commit staged must not ride with this one.
@@ -93,7 +90,7 @@ impl EmbeddedStore {
         let mut w = Writer {
             batch: self.db.batch(),
             info: CommitInfo {
-                rows: rows.len(),
+                rows,
                 ..CommitInfo::default()
             },
             blocks: 0,
@@ -103,14 +100,14 @@ impl EmbeddedStore {
         // the engine's one serial step, and the two halves share nothing
         // but the batch, which gets the pointers after the join.
         let mut durable = Durable::default();
-        let (logged, keyed) = if rows.len() > PARALLEL_ABOVE_ROWS {
+        let (logged, keyed) = if rows > PARALLEL_ABOVE_ROWS {
             std::thread::scope(|scope| {
                 // A thread that cannot be had (resource limits) is no
                 // error: the blocks are then logged here, after the keys.
                 let logging = std::thread::Builder::new()
                     .name("tillstream-blocks".into())
-                    .spawn_scoped(scope, || self.log_blocks(rows, id));
-                let keyed = self.put_keyed(&mut w, rows, id, &mut durable);
+                    .spawn_scoped(scope, || self.log_blocks(parts, id));
+                let keyed = self.put_keyed(&mut w, parts, id, &mut durable);
                 let logged = match logging {
                     Ok(handle) => handle.join().unwrap_or_else(|_| {
                         Err(StoreError::Backend {
@@ -118,13 +115,13 @@ impl EmbeddedStore {
                             source: "the block writer panicked".into(),
                         })
                     }),
-                    Err(_) => self.log_blocks(rows, id),
+                    Err(_) => self.log_blocks(parts, id),
                 };
                 (logged, keyed)
             })
         } else {
-            let logged = self.log_blocks(rows, id);
-            (logged, self.put_keyed(&mut w, rows, id, &mut durable))
+            let logged = self.log_blocks(parts, id);
+            (logged, self.put_keyed(&mut w, parts, id, &mut durable))
         };
         let logged = match (logged, keyed) {
             (Ok(l), Ok(())) => l,
@@ -169,21 +166,21 @@ impl EmbeddedStore {
         Ok(info)
     }
 
-    /// Stages every raw-row block of `rows` in the block log, then writes
+    /// Stages every raw-row block of `parts` in the block log, then writes
     /// and syncs it: the blocks are durable before any pointer to them is
     /// written (blocklog module docs).
-    fn log_blocks(&self, rows: &RowSet, id: u64) -> Result<Logged, StoreError> {
+    fn log_blocks(&self, parts: &[RowSet], id: u64) -> Result<Logged, StoreError> {
         let mut out = Logged::default();
         // The big tables' frames go to the disk while the next is encoded.
-        self.stage_blocks(&rows.sales, id, &mut out)?;
+        self.stage_blocks(parts, |p| &p.sales, id, &mut out)?;
         self.block_log.write_behind()?;
-        self.stage_blocks(&rows.sale_lines, id, &mut out)?;
+        self.stage_blocks(parts, |p| &p.sale_lines, id, &mut out)?;
         self.block_log.write_behind()?;
-        self.stage_blocks(&rows.stock_movements, id, &mut out)?;
+        self.stage_blocks(parts, |p| &p.stock_movements, id, &mut out)?;
         self.block_log.write_behind()?;
-        self.stage_blocks(&rows.device_health, id, &mut out)?;
-        self.stage_blocks(&rows.rejected, id, &mut out)?;
-        self.stage_blocks(&rows.dead_letters, id, &mut out)?;
+        self.stage_blocks(parts, |p| &p.device_health, id, &mut out)?;
+        self.stage_blocks(parts, |p| &p.rejected, id, &mut out)?;
+        self.stage_blocks(parts, |p| &p.dead_letters, id, &mut out)?;
         if !out.blocks.is_empty() {
             out.end = Some(self.block_log.sync().map_err(|e| {
                 self.poison(format!("writing the blocks of commit {id} failed: {e}"));
@@ -193,46 +190,47 @@ impl EmbeddedStore {
         Ok(out)
     }
 
-    /// The point keys and level buckets of `rows`, into the batch.
+    /// The point keys and level buckets of `parts`, into the batch.
     fn put_keyed(
         &self,
         w: &mut Writer,
-        rows: &RowSet,
+        parts: &[RowSet],
         id: u64,
         durable: &mut Durable,
     ) -> Result<(), StoreError> {
-        self.put_levels(w, &rows.stock_levels, id, &mut durable.level_deltas)?;
-        self.put_marks(w, &rows.watermarks, durable)?;
-        self.put_rollups(w, &rows.terminal_rollups)?;
-        self.put_batches(w, &rows.batches)
+        self.put_levels(w, parts, id, &mut durable.level_deltas)?;
+        self.put_marks(w, &concat(parts, |p| &p.watermarks), durable)?;
+        self.put_rollups(w, &concat(parts, |p| &p.terminal_rollups))?;
+        self.put_batches(w, &concat(parts, |p| &p.batches))
     }
 
+    /// Stages the blocks of one table's rows of `parts`, read in place.
     fn stage_blocks<T: BlockRow>(
         &self,
-        rows: &[T],
+        parts: &[RowSet],
+        table: impl Fn(&RowSet) -> &Vec<T>,
         id: u64,
         out: &mut Logged,
     ) -> Result<(), StoreError> {
-        let Some(first) = rows.first() else {
+        let rows = || parts.iter().flat_map(|p| table(p).iter());
+        let Some(first) = rows().next() else {
             return Ok(());
         };
         let first_key = (first.part(), crate::time::hour(first.ts_us()));
-        let single = rows
-            .iter()
-            .all(|r| (r.part(), crate::time::hour(r.ts_us())) == first_key);
+        let single = rows().all(|r| (r.part(), crate::time::hour(r.ts_us())) == first_key);
         // The common flush (one partition and hour) is encoded as it is.
         if single {
             let ptr = self.block_log.stage_with(BlockFormat::Packed, |buf| {
-                packed::encode_into(rows, None, buf);
+                packed::encode_rows(rows(), buf);
                 Ok(())
             })?;
             let key = keys::block_key(T::TABLE, first_key.0, first_key.1, id);
             out.blocks.push((key, ptr));
             return Ok(());
         }
-        for ((part, hour), idx) in blocks::group(rows) {
+        for ((part, hour), group) in blocks::group(rows()) {
             let ptr = self.block_log.stage_with(BlockFormat::Packed, |buf| {
-                packed::encode_into(rows, Some(&idx), buf);
+                packed::encode_rows(group.iter().copied(), buf);
                 Ok(())
             })?;
             out.blocks

@@ -24,7 +24,7 @@ use rkyv::util::AlignedVec;
 
 use super::commit::Writer;
 use super::{EmbeddedStore, backend_err, blocks, keys};
-use crate::rows::StockLevelRow;
+use crate::rows::{RowSet, StockLevelRow};
 use crate::store::StoreError;
 
 /// Deltas a store keeps before a commit compacts them.
@@ -143,14 +143,17 @@ impl EmbeddedStore {
     pub(super) fn put_levels(
         &self,
         w: &mut Writer,
-        rows: &[StockLevelRow],
+        parts: &[RowSet],
         id: u64,
         counts: &mut Vec<(u32, u32)>,
     ) -> Result<(), StoreError> {
-        if rows.is_empty() {
+        let mut newest: Vec<StockLevelRow> = parts
+            .iter()
+            .flat_map(|p| p.stock_levels.iter().copied())
+            .collect();
+        if newest.is_empty() {
             return Ok(());
         }
-        let mut newest = rows.to_vec();
         newest_levels(&mut newest);
         for run in newest.chunk_by(|a, b| a.store == b.store) {
             let store = run[0].store;

@@ -397,7 +397,7 @@ impl Store for EmbeddedStore {
         // Any failed commit poisons the store, not only a failed write or
         // sync: the engine stops acknowledging on the first failure, and
         // /readyz and Hello must say so too.
-        self.commit_rows(rows, None, true)
+        self.commit_rows(std::slice::from_ref(rows), None, true)
             .inspect_err(|e| self.poison_on(e))
     }
 
@@ -429,8 +429,8 @@ impl Store for EmbeddedStore {
         })
     }
 
-    fn materialize(&self, rows: &RowSet, lsn: u64) -> Result<CommitInfo, StoreError> {
-        self.commit_rows(rows, Some(lsn), false)
+    fn materialize(&self, parts: &[RowSet], lsn: u64) -> Result<CommitInfo, StoreError> {
+        self.commit_rows(parts, Some(lsn), false)
             .inspect_err(|e| self.poison_on(e))
     }
 

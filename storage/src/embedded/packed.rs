@@ -267,11 +267,13 @@ impl<'a> Unpacker<'a> {
     }
 }
 
-/// Packs `rows` (those at `idx`, if given, in that order) as one block at
-/// the end of `out`. An index past the rows is skipped, not a panic.
-pub(crate) fn encode_into<T: BlockRow>(rows: &[T], idx: Option<&[u32]>, out: &mut AlignedVec) {
-    let count = idx.map_or(rows.len(), <[u32]>::len);
-    out.reserve(HEADER + count * 24);
+/// Packs `rows`, in order, as one block at the end of `out`. An iterator,
+/// so that a commit's rows are packed where its parts hold them.
+pub(crate) fn encode_rows<'a, T: BlockRow + 'a>(
+    rows: impl Iterator<Item = &'a T>,
+    out: &mut AlignedVec,
+) {
+    out.reserve(HEADER + rows.size_hint().0 * 24);
     let header_at = out.len();
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[T::TABLE as u8, 0, 0, 0]);
@@ -284,17 +286,10 @@ pub(crate) fn encode_into<T: BlockRow>(rows: &[T], idx: Option<&[u32]>, out: &mu
         n: 0,
     };
     let mut written: u32 = 0;
-    let mut one = |r: &T| {
+    for r in rows {
         r.pack(&mut p);
         p.end_row();
         written += 1;
-    };
-    match idx {
-        Some(idx) => idx
-            .iter()
-            .filter_map(|&i| rows.get(i as usize))
-            .for_each(&mut one),
-        None => rows.iter().for_each(&mut one),
     }
     p.flush();
     out[header_at + 8..header_at + 12].copy_from_slice(&written.to_le_bytes());

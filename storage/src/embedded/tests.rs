@@ -423,12 +423,12 @@ fn levels_in_buckets_keep_the_newest_version_across_writes_and_reopens() -> Test
                 .collect(),
             ..RowSet::default()
         };
-        store.materialize(&newer, 1)?;
+        store.materialize(std::slice::from_ref(&newer), 1)?;
         let older = RowSet {
             stock_levels: vec![level_of(1, 0, 99, 1)],
             ..RowSet::default()
         };
-        store.materialize(&older, 2)?;
+        store.materialize(std::slice::from_ref(&older), 2)?;
         store.sync_materialized()?;
     }
     // Reopened: the bucket cache is cold, the disk must say the same.

@@ -306,8 +306,10 @@ impl Store for ScyllaStore {
         Ok(visited)
     }
 
-    fn materialize(&self, rows: &RowSet, lsn: u64) -> Result<CommitInfo, StoreError> {
-        self.materialize_rows(rows, lsn)
+    fn materialize(&self, parts: &[RowSet], lsn: u64) -> Result<CommitInfo, StoreError> {
+        // The cluster's writes are statements per row: one copy of the
+        // rows into one set is nothing beside them.
+        self.materialize_rows(&RowSet::gathered(parts), lsn)
     }
 
     fn materialized_lsn(&self) -> Result<u64, StoreError> {
