@@ -137,8 +137,10 @@ impl ShardCore {
         if !slot.dirty {
             slot.dirty = true;
             self.dirty_rollups.push(rk);
+            // Once per minute and part is enough: the slot was dirty for
+            // this terminal's earlier sales of the part.
+            self.terminals.insert((v.store, v.terminal));
         }
-        self.terminals.insert((v.store, v.terminal));
         out.sales.push(row);
         true
     }

@@ -239,6 +239,53 @@ fn needs_then_activation() -> R {
 }
 
 #[test]
+fn needs_names_each_missing_store_and_day_once_whatever_the_order() -> R {
+    // `needs` skips the store and day it last found active: runs of one
+    // store, switches between an active and a missing one, and a day
+    // boundary must still name exactly what is missing.
+    let mut c = core(0, 1);
+    let (today, yesterday) = (NOW, NOW - 24 * HOUR_US);
+    c.activate_store(1, StoreSnapshot::default());
+    c.activate_rollup_day(1, day(today), Vec::new());
+    let b = testkit::batch(
+        1,
+        vec![
+            sale(today, 1, 4, vec![line(5, 1, 100)]),
+            sale(today, 1, 4, vec![line(6, 1, 100)]),
+            sale(today, 2, 4, vec![line(5, 1, 100)]),
+            sale(today, 1, 4, vec![line(7, 1, 100)]),
+            sale(yesterday, 1, 4, vec![line(5, 1, 100)]),
+            movement(today, 1, 5, 3),
+            movement(today, 3, 5, 3),
+            sale(today, 2, 4, vec![line(8, 1, 100)]),
+            count(today, 3, 6, 3),
+            count(today, 1, 6, 3),
+            sale(yesterday, 1, 4, vec![line(5, 1, 100)]),
+        ],
+    )?;
+    let mut plan = BatchPlan::new(1);
+    plan_batch(b.get(), 1, &Rules::default(), NOW, &mut plan);
+    let mut needs = Vec::new();
+    c.needs(b.get(), &plan.parts[0], &mut needs);
+    needs.sort_by_key(|n| format!("{n:?}"));
+    let mut want = vec![
+        Need::RollupDay {
+            store: 2,
+            day: day(today),
+        },
+        Need::RollupDay {
+            store: 1,
+            day: day(yesterday),
+        },
+        Need::Store(2),
+        Need::Store(3),
+    ];
+    want.sort_by_key(|n| format!("{n:?}"));
+    assert_eq!(needs, want);
+    Ok(())
+}
+
+#[test]
 fn late_counts_are_rejected_by_the_sku_shard() -> R {
     let mut cores: Vec<ShardCore> = (0..3).map(|i| core(i, 3)).collect();
     let b = testkit::batch(1, vec![movement(NOW, 1, 5, 3)])?;
