@@ -145,7 +145,8 @@ pub struct ShardStats {
     pub activations: u64,
     /// SKUs in memory.
     pub skus_active: u64,
-    /// Movements held in late windows.
+    /// Movements held in late windows (an entry below its SKU's floor
+    /// stays until its room is needed).
     pub window_movements: u64,
     /// Terminals that sold on this shard since it started.
     pub terminals_active: u64,
@@ -404,7 +405,7 @@ impl ShardCore {
     pub fn stats(&self) -> ShardStats {
         let mut s = self.stats;
         s.skus_active = self.skus.len() as u64;
-        s.window_movements = self.skus.values().map(|k| k.window_len() as u64).sum();
+        s.window_movements = self.skus.values().map(|k| k.held_len() as u64).sum();
         s.terminals_active = self.terminals.len() as u64;
         s.stores_active = self.stores.len() as u64;
         s.rollup_days_active = self.days.len() as u64;

@@ -8,16 +8,19 @@
 //! Invariants of [`SkuState`]:
 //! - `level` equals the sum of the `delta`s of every applied row
 //!   (a count's delta is the change it made), and `version` their number;
-//! - `window` holds, sorted by time, the applied movements stamped after
-//!   the current count and no earlier than the SKU's floor: exactly the
-//!   ones a count that can still be ordered needs to recompute the level.
-//!   The floor is `updated_ts - late_window`, raised for a hot SKU whose
-//!   window would pass [`MAX_WINDOW`] movements (memory stays bounded; its
-//!   late window is just shorter). A count older than the floor is refused;
-//! - `updated_ts` is the newest event time seen (movement or count), and
-//!   never goes back.
+//! - the window's held entries, sorted by time, include every applied
+//!   movement stamped after the current count and no earlier than the
+//!   SKU's floor: exactly the ones a count that can still be ordered needs
+//!   to recompute the level. The floor is `updated_ts - late_window`,
+//!   raised for a hot SKU whose window would pass [`MAX_WINDOW`] movements
+//!   (memory stays bounded; its late window is just shorter). A count
+//!   older than the floor is refused. Entries that fell below the floor
+//!   may still be held until the window needs their room: the floor only
+//!   rises, a count is never older than it, and a count sums only the
+//!   movements after itself, so they never count;
+//! - every held entry is stamped at or before `updated_ts`, the newest
+//!   event time seen (movement or count), which never goes back.
 
-use thin_vec::ThinVec;
 use tillstream_storage::{EventKey, StockLevelRow};
 
 /// Most movements one SKU keeps for late counts, 16 bytes each: 16 KiB
@@ -25,11 +28,17 @@ use tillstream_storage::{EventKey, StockLevelRow};
 /// window; its late window is that much shorter.
 pub(super) const MAX_WINDOW: usize = 1024;
 
-/// Dropped window entries (below `head`) stay in the vector until it is
-/// full and a quarter of it is dropped, and are then moved out at once:
-/// each drop is amortised O(1), the vector never outgrows 4/3 of the
-/// window's peak, and the entity has no ring buffer's extra words.
+/// Dropped window entries (below `head`) stay in the slots until they
+/// are full and a quarter of them is dropped, and are then moved out at
+/// once: each drop is amortised O(1), the slots never outgrow 4/3 of the
+/// window's peak (rounded up to a power of two), and the entity has no
+/// ring buffer's extra words.
 const COMPACT_SHARE: usize = 4;
+
+/// The most slots a window has: the next power of two above 4/3 of
+/// [`MAX_WINDOW`], so `head` and `len` fit in 16 bits.
+const MAX_SLOTS: usize = 2 * MAX_WINDOW;
+const _: () = assert!(MAX_SLOTS <= u16::MAX as usize);
 
 /// What a shelf count did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,31 +54,66 @@ pub(super) enum CountOutcome {
     },
 }
 
+/// Where an entry stamped `ts` goes in `held` (sorted by time): after
+/// every entry stamped at or before it. A fleet's movements of one SKU
+/// come a little out of order (tills' batches interleave), so it is
+/// nearly always among the last few: those are read first, from the
+/// window's newest line, where a binary search's probes had been as many
+/// cache misses, one after another.
+fn insert_point(held: &[(i64, i64)], ts: i64) -> usize {
+    /// Entries read from the end before the rest is searched by halves.
+    const NEAR_END: usize = 8;
+    let (far, near) = held.split_at(held.len().saturating_sub(NEAR_END));
+    match near.iter().rposition(|(t, _)| *t <= ts) {
+        Some(i) => far.len() + i + 1,
+        None => far.partition_point(|(t, _)| *t <= ts),
+    }
+}
+
+/// What few SKUs need, behind a pointer: the current count's event key,
+/// and the cut of a hot SKU's window.
+#[derive(Debug, Clone)]
+struct Rare {
+    /// Meaningful when the entity's `counted` is set.
+    count_key: EventKey,
+    /// The time of the newest movement dropped to keep the window under
+    /// [`MAX_WINDOW`]: counts before it can no longer be ordered.
+    /// Meaningful when the entity's `cut` is set.
+    cut_ts: i64,
+}
+
 /// One SKU's state (module docs), the value of the shard's map keyed by
 /// (store, SKU).
 ///
 /// Laid out for the shard's hot path: each movement of a random SKU costs
 /// a cache miss or two, so the entity is 64 bytes and sits in the map's
 /// bucket beside its key (80 bytes with it: one probe, where an index
-/// probe and then a 120-byte slot cost two misses). What only counts need
-/// lives behind pointers: the count's event key is boxed, and the
-/// window's length sits in its own allocation.
+/// probe and then a 120-byte slot cost two misses). What only counts and
+/// hot SKUs need lives behind a pointer, and the window's length and
+/// start live here, not in its allocation: a movement in time order
+/// writes its entry without reading the window first, so its line is a
+/// store the CPU does not wait for, where reading the length, the newest
+/// and the oldest entry had been two or three misses in a row (the
+/// shard's biggest cost at the loadgen's 50 k SKUs).
 #[derive(Debug, Clone)]
 pub(super) struct SkuState {
     pub(super) level: i64,
     pub(super) version: u64,
     pub(super) updated_ts: i64,
-    /// The time of the current count (meaningful when `count_key` is set).
+    /// The time of the current count (meaningful when `counted`).
     count_ts: i64,
-    /// The event key of the current count; `None`: never counted.
-    count_key: Option<Box<EventKey>>,
-    /// The time of the newest movement dropped to keep the window under
-    /// [`MAX_WINDOW`]: counts before it can no longer be ordered.
-    cut_ts: i64,
-    /// (ts, delta) of applied movements after the count, in the window,
-    /// sorted by time, from index `head` on (those before are dropped).
-    window: ThinVec<(i64, i64)>,
-    head: u32,
+    /// Set once the SKU is counted or its window cut.
+    rare: Option<Box<Rare>>,
+    /// The window: `slots[head..len]` hold (ts, delta) of applied
+    /// movements, sorted by time (module docs); the slice's length is
+    /// the capacity.
+    slots: Box<[(i64, i64)]>,
+    head: u16,
+    len: u16,
+    /// Whether the SKU has a count (its key is in `rare`).
+    counted: bool,
+    /// Whether the window was cut (the time is in `rare`).
+    cut: bool,
     /// Changed in the current `apply` call (its level row is queued);
     /// set and cleared by the shard, not here.
     pub(super) dirty: bool,
@@ -83,10 +127,12 @@ impl SkuState {
             version: 0,
             updated_ts: i64::MIN,
             count_ts: i64::MIN,
-            count_key: None,
-            cut_ts: i64::MIN,
-            window: ThinVec::new(),
+            rare: None,
+            slots: Box::new([]),
             head: 0,
+            len: 0,
+            counted: false,
+            cut: false,
             dirty: false,
         }
     }
@@ -94,15 +140,16 @@ impl SkuState {
     /// A SKU as its stored level row describes it (window still empty:
     /// feed it with [`SkuState::load_movement`]).
     pub(super) fn from_row(row: &StockLevelRow) -> Self {
-        let count = row.count_ts_us.zip(row.count_key);
-        Self {
+        let mut s = Self {
             level: row.level,
             version: row.version,
             updated_ts: row.updated_ts_us,
-            count_ts: count.map_or(i64::MIN, |c| c.0),
-            count_key: count.map(|c| Box::new(c.1)),
             ..Self::empty()
+        };
+        if let Some((ts, key)) = row.count_ts_us.zip(row.count_key) {
+            s.set_count(ts, key);
         }
+        s
     }
 
     /// The level row of the current state of SKU `sku` of `store`.
@@ -121,22 +168,79 @@ impl SkuState {
 
     /// The current count's time and event key.
     fn current_count(&self) -> Option<(i64, EventKey)> {
-        self.count_key.as_deref().map(|k| (self.count_ts, *k))
+        match &self.rare {
+            Some(r) if self.counted => Some((self.count_ts, r.count_key)),
+            _ => None,
+        }
     }
 
-    /// The movements in the window, oldest first.
-    fn live(&self) -> &[(i64, i64)] {
-        self.window.get(self.head as usize..).unwrap_or_default()
+    fn set_count(&mut self, ts: i64, key: EventKey) {
+        self.count_ts = ts;
+        self.counted = true;
+        match &mut self.rare {
+            Some(r) => r.count_key = key,
+            None => {
+                self.rare = Some(Box::new(Rare {
+                    count_key: key,
+                    cut_ts: i64::MIN,
+                }));
+            }
+        }
     }
 
-    /// Movements in the window (for stats and tests).
-    pub(super) fn window_len(&self) -> usize {
-        self.live().len()
+    fn cut_ts(&self) -> i64 {
+        match &self.rare {
+            Some(r) if self.cut => r.cut_ts,
+            _ => i64::MIN,
+        }
+    }
+
+    fn set_cut(&mut self, ts: i64) {
+        let cut_ts = self.cut_ts().max(ts);
+        self.cut = true;
+        match &mut self.rare {
+            Some(r) => r.cut_ts = cut_ts,
+            None => {
+                self.rare = Some(Box::new(Rare {
+                    count_key: EventKey {
+                        device: 0,
+                        seq: 0,
+                        idx: 0,
+                    },
+                    cut_ts,
+                }));
+            }
+        }
+    }
+
+    /// The window's held entries, oldest first (some may be below the
+    /// floor: module docs).
+    fn held(&self) -> &[(i64, i64)] {
+        self.slots
+            .get(usize::from(self.head)..usize::from(self.len))
+            .unwrap_or_default()
+    }
+
+    /// Movements in the window at or above the floor.
+    #[cfg(test)]
+    pub(super) fn window_len(&self, late_window: i64) -> usize {
+        let floor = self.floor(late_window);
+        self.held().iter().filter(|(t, _)| *t >= floor).count()
+    }
+
+    /// Entries the window holds (for stats; reads nothing but the entity).
+    pub(super) fn held_len(&self) -> usize {
+        usize::from(self.len - self.head)
     }
 
     /// The oldest time a count may have and still be ordered.
     fn floor(&self, late_window: i64) -> i64 {
-        self.updated_ts.saturating_sub(late_window).max(self.cut_ts)
+        let floor = self.updated_ts.saturating_sub(late_window);
+        if self.cut {
+            floor.max(self.cut_ts())
+        } else {
+            floor
+        }
     }
 
     /// Adds a stored, applied movement to the window on activation, if the
@@ -145,9 +249,11 @@ impl SkuState {
     /// holding the newest `MAX_WINDOW` whatever the order (sorting a
     /// store's whole late window first cost 40% of a restart).
     pub(super) fn load_movement(&mut self, ts: i64, delta: i64, late_window: i64) {
-        let after_count = self.count_key.is_none() || ts > self.count_ts;
-        if after_count && ts >= self.floor(late_window) {
-            self.insert(ts, delta);
+        let after_count = !self.counted || ts > self.count_ts;
+        let floor = self.floor(late_window);
+        if after_count && ts >= floor {
+            let newest = self.held().last().map_or(i64::MIN, |e| e.0);
+            self.insert(ts, delta, floor, ts >= newest);
         }
     }
 
@@ -155,17 +261,19 @@ impl SkuState {
     /// applied (false: stamped at or before the latest count, which saw
     /// it) and the level after it.
     pub(super) fn movement(&mut self, ts: i64, delta: i64, late_window: i64) -> (bool, i64) {
-        if self.count_key.is_some() && ts <= self.count_ts {
+        if self.counted && ts <= self.count_ts {
             return (false, self.level);
         }
+        // Every held entry is stamped at or before the newest time seen,
+        // so one at or after it goes last, without reading the window.
+        let newest = self.updated_ts <= ts;
         self.level = self.level.saturating_add(delta);
         self.version += 1;
         self.updated_ts = self.updated_ts.max(ts);
         let floor = self.floor(late_window);
         if ts >= floor {
-            self.insert(ts, delta);
+            self.insert(ts, delta, floor, newest);
         }
-        self.drop_front_while(|t| t < floor);
         (true, self.level)
     }
 
@@ -184,18 +292,15 @@ impl SkuState {
         if self.current_count().is_some_and(|c| (ts, key) <= c) {
             return CountOutcome::Stale;
         }
+        // Held entries below the floor are older than `ts`: not summed.
         let after: i64 = self
-            .live()
+            .held()
             .iter()
             .filter(|(t, _)| *t > ts)
             .fold(0i64, |acc, (_, d)| acc.saturating_add(*d));
         let before = self.level;
         self.level = counted.saturating_add(after);
-        self.count_ts = ts;
-        match &mut self.count_key {
-            Some(k) => **k = key,
-            None => self.count_key = Some(Box::new(key)),
-        }
+        self.set_count(ts, key);
         self.version += 1;
         self.updated_ts = self.updated_ts.max(ts);
         // Movements at or before the count are behind it for good.
@@ -207,53 +312,83 @@ impl SkuState {
         }
     }
 
-    fn insert(&mut self, ts: i64, delta: i64) {
-        let head = self.head as usize;
-        if head > 0
-            && self.window.len() == self.window.capacity()
-            && head * COMPACT_SHARE >= self.window.len()
-        {
-            self.window.drain(..head);
-            self.head = 0;
+    /// Puts (ts, delta) in the window, at its end if `last` (the caller
+    /// knows no held entry is newer), else in time order; `floor` is the
+    /// current floor, for the entries that may go when room is needed.
+    fn insert(&mut self, ts: i64, delta: i64, floor: i64, last: bool) {
+        if usize::from(self.len) == self.slots.len() {
+            self.make_room(floor);
         }
-        if self.window.capacity() == 0 {
-            // Most SKUs of a chain move a few times within their late
-            // window: one slot (32 bytes with the header), not thin-vec's
-            // first four (80), then doubling.
-            self.window.reserve_exact(1);
-        }
-        if self.window.last().is_none_or(|(t, _)| *t <= ts) {
-            self.window.push((ts, delta));
+        let len = usize::from(self.len);
+        if last {
+            if let Some(slot) = self.slots.get_mut(len) {
+                *slot = (ts, delta);
+                self.len += 1;
+            }
         } else {
-            let at = self.live().partition_point(|(t, _)| *t <= ts);
-            self.window.insert(self.head as usize + at, (ts, delta));
+            let at = usize::from(self.head) + insert_point(self.held(), ts);
+            if let Some(tail) = self.slots.get_mut(at..=len) {
+                tail.rotate_right(1);
+                tail[0] = (ts, delta);
+                self.len += 1;
+            }
         }
-        if self.window_len() > MAX_WINDOW {
-            // A count at or after the dropped movement's time does not
-            // need it (it sums movements strictly after the count).
-            if let Some(&(t, _)) = self.live().first() {
-                self.cut_ts = self.cut_ts.max(t);
+        if self.held_len() > MAX_WINDOW {
+            // Entries below the floor go first; if the window is still
+            // past its bound, its oldest is cut. A count at or after the
+            // cut movement's time does not need it (it sums movements
+            // strictly after the count).
+            self.drop_front_while(|t| t < floor);
+            if self.held_len() > MAX_WINDOW
+                && let Some(&(t, _)) = self.held().first()
+            {
+                self.set_cut(t);
                 self.head += 1;
-                self.clear_if_dropped();
             }
         }
     }
 
-    /// Drops the window's oldest movements while `old` holds for their time.
-    fn drop_front_while(&mut self, old: impl Fn(i64) -> bool) {
-        let n = self.live().iter().take_while(|(t, _)| old(*t)).count();
-        if n > 0 {
-            self.head += u32::try_from(n).unwrap_or(u32::MAX);
-            self.clear_if_dropped();
+    /// Called with every slot taken: drops the entries below the floor,
+    /// then moves the held ones to the front if a quarter of the slots is
+    /// free, or into twice the slots.
+    fn make_room(&mut self, floor: i64) {
+        self.drop_front_while(|t| t < floor);
+        let (head, len) = (usize::from(self.head), usize::from(self.len));
+        let held = len - head;
+        if head > 0 && head * COMPACT_SHARE >= len {
+            self.slots.copy_within(head..len, 0);
+        } else {
+            // Most SKUs of a chain move a few times within their late
+            // window: one slot first, then doubling.
+            let slots = (self.slots.len() * 2).clamp(1, MAX_SLOTS);
+            let mut grown = vec![(0i64, 0i64); slots].into_boxed_slice();
+            grown[..held].copy_from_slice(self.held());
+            self.slots = grown;
+        }
+        self.head = 0;
+        self.len = u16::try_from(held).unwrap_or(u16::MAX);
+        if usize::from(self.len) == self.slots.len()
+            && let Some(&(t, _)) = self.held().first()
+        {
+            // Unreachable while MAX_SLOTS exceeds MAX_WINDOW, which
+            // `insert` keeps the window within: cut the oldest anyway,
+            // so there is always a free slot.
+            self.set_cut(t);
+            self.slots.copy_within(1.., 0);
+            self.len -= 1;
         }
     }
 
-    /// An emptied window is cleared, keeping its allocation for the next
-    /// movement.
-    fn clear_if_dropped(&mut self) {
-        if self.head as usize >= self.window.len() {
-            self.window.clear();
-            self.head = 0;
+    /// Drops the window's oldest entries while `old` holds for their time.
+    fn drop_front_while(&mut self, old: impl Fn(i64) -> bool) {
+        let n = self.held().iter().take_while(|(t, _)| old(*t)).count();
+        if n > 0 {
+            self.head += u16::try_from(n).unwrap_or(u16::MAX);
+            if self.head >= self.len {
+                // Emptied: the slots stay for the next movement.
+                self.head = 0;
+                self.len = 0;
+            }
         }
     }
 }
@@ -261,6 +396,7 @@ impl SkuState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const LW: i64 = 1_000;
 
@@ -296,9 +432,9 @@ mod tests {
         for &t in &ts {
             b.load_movement(t, t % 3, 10_000);
         }
-        assert_eq!(a.window_len(), MAX_WINDOW);
-        assert_eq!(a.live(), b.live());
-        assert_eq!(a.cut_ts, b.cut_ts);
+        assert_eq!(a.window_len(10_000), MAX_WINDOW);
+        assert_eq!(a.held(), b.held());
+        assert_eq!(a.cut_ts(), b.cut_ts());
     }
     #[test]
     fn movements_without_a_count_sum_up() {
@@ -309,7 +445,7 @@ mod tests {
             (true, 3),
             "late but no count: applies"
         );
-        assert_eq!((s.version, s.updated_ts, s.window_len()), (2, 100, 2));
+        assert_eq!((s.version, s.updated_ts, s.window_len(LW)), (2, 100, 2));
     }
 
     #[test]
@@ -324,7 +460,11 @@ mod tests {
             CountOutcome::Applied { delta: 35 }
         );
         assert_eq!(s.level, 47);
-        assert_eq!(s.window_len(), 1, "movements before the count are dropped");
+        assert_eq!(
+            s.window_len(LW),
+            1,
+            "movements before the count are dropped"
+        );
         // A movement stamped at or before the count arrives late.
         assert_eq!(s.movement(200, -3, LW), (false, 47));
         assert_eq!(s.movement(150, -3, LW), (false, 47));
@@ -345,7 +485,7 @@ mod tests {
             s.count(400, key(4), 10, LW),
             CountOutcome::Applied { delta: -7 }
         );
-        assert_eq!((s.level, s.window_len(), s.version), (10, 0, 5));
+        assert_eq!((s.level, s.window_len(LW), s.version), (10, 0, 5));
     }
 
     #[test]
@@ -372,9 +512,9 @@ mod tests {
             s.movement(t * 400, 1, LW);
         }
         // Newest 3600: the window keeps ts >= 2600.
-        assert_eq!(s.window_len(), 3);
+        assert_eq!(s.window_len(LW), 3);
         s.movement(3000, 1, LW);
-        assert_eq!(s.window_len(), 4, "out-of-order insert stays sorted");
+        assert_eq!(s.window_len(LW), 4, "out-of-order insert stays sorted");
         assert_eq!(
             s.count(2700, key(1), 0, LW),
             CountOutcome::Applied { delta: -7 }
@@ -389,7 +529,7 @@ mod tests {
         for t in 0..n {
             s.movement(t, 1, i64::MAX / 4);
         }
-        assert_eq!(s.window_len(), MAX_WINDOW);
+        assert_eq!(s.window_len(i64::MAX / 4), MAX_WINDOW);
         assert_eq!(s.count(8, key(1), 0, i64::MAX / 4), CountOutcome::TooLate);
         // At the cut: every movement after it is still there.
         assert_eq!(
@@ -414,19 +554,24 @@ mod tests {
         let mut s = SkuState::empty();
         for t in 0..100_000i64 {
             s.movement(t * 100, 1, LW);
-            assert_eq!(s.window_len(), (t as usize + 1).min(11));
-            assert!(s.window.capacity() <= 16, "{}", s.window.capacity());
+            assert_eq!(s.window_len(LW), (t as usize + 1).min(11));
+            assert!(s.slots.len() <= 16, "{}", s.slots.len());
         }
         assert_eq!(s.level, 100_000);
         // A count at the window's oldest time sees the 10 movements after it.
-        let oldest = s.live()[0].0;
+        let floor = s.floor(LW);
+        let oldest = s
+            .held()
+            .iter()
+            .find(|(t, _)| *t >= floor)
+            .map_or(0, |e| e.0);
         assert_eq!(
             s.count(oldest, key(1), 0, LW),
             CountOutcome::Applied {
                 delta: 10 - 100_000
             }
         );
-        assert_eq!((s.level, s.window_len()), (10, 10));
+        assert_eq!((s.level, s.window_len(LW)), (10, 10));
     }
 
     #[test]
@@ -441,5 +586,145 @@ mod tests {
         assert_eq!(t.row(3, 4), r);
         assert_eq!(t.count(15, key(2), 8, LW), s.count(15, key(2), 8, LW));
         assert_eq!(t.row(3, 4), s.row(3, 4));
+    }
+
+    /// The stock rule as the entity had it before its window kept its
+    /// length inline and dropped lazily: a plain sorted vector, pruned
+    /// to the floor after every movement. The entity must agree with it
+    /// on every outcome, row and floor, and on the movements at or above
+    /// the floor.
+    #[derive(Debug, Default)]
+    struct Model {
+        level: i64,
+        version: u64,
+        updated_ts: i64,
+        count: Option<(i64, EventKey)>,
+        cut_ts: i64,
+        window: Vec<(i64, i64)>,
+    }
+
+    impl Model {
+        fn new() -> Self {
+            Self {
+                updated_ts: i64::MIN,
+                cut_ts: i64::MIN,
+                ..Self::default()
+            }
+        }
+
+        fn floor(&self, lw: i64) -> i64 {
+            self.updated_ts.saturating_sub(lw).max(self.cut_ts)
+        }
+
+        fn movement(&mut self, ts: i64, delta: i64, lw: i64) -> (bool, i64) {
+            if self.count.is_some_and(|c| ts <= c.0) {
+                return (false, self.level);
+            }
+            self.level = self.level.saturating_add(delta);
+            self.version += 1;
+            self.updated_ts = self.updated_ts.max(ts);
+            let floor = self.floor(lw);
+            if ts >= floor {
+                let at = self.window.partition_point(|(t, _)| *t <= ts);
+                self.window.insert(at, (ts, delta));
+                if self.window.len() > MAX_WINDOW {
+                    self.cut_ts = self.cut_ts.max(self.window.remove(0).0);
+                }
+            }
+            self.window.retain(|(t, _)| *t >= floor);
+            (true, self.level)
+        }
+
+        fn count(&mut self, ts: i64, key: EventKey, counted: i64, lw: i64) -> CountOutcome {
+            if self.updated_ts != i64::MIN && ts < self.floor(lw) {
+                return CountOutcome::TooLate;
+            }
+            if self.count.is_some_and(|c| (ts, key) <= c) {
+                return CountOutcome::Stale;
+            }
+            let after: i64 = self
+                .window
+                .iter()
+                .filter(|(t, _)| *t > ts)
+                .fold(0i64, |acc, (_, d)| acc.saturating_add(*d));
+            let before = self.level;
+            self.level = counted.saturating_add(after);
+            self.count = Some((ts, key));
+            self.version += 1;
+            self.updated_ts = self.updated_ts.max(ts);
+            let floor = self.floor(lw);
+            self.window.retain(|(t, _)| *t > ts && *t >= floor);
+            CountOutcome::Applied {
+                delta: self.level.saturating_sub(before),
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Movement(i64, i64),
+        Count(i64, i64),
+    }
+
+    /// `n` ops at most, one count per `per_count` movements.
+    fn ops(n: usize, spread: i64, per_count: u32) -> impl Strategy<Value = Vec<Op>> {
+        let op = prop_oneof![
+            per_count => (0..spread, -5i64..6).prop_map(|(t, d)| Op::Movement(t, d)),
+            1 => (0..spread, 0i64..50).prop_map(|(t, c)| Op::Count(t, c)),
+        ];
+        proptest::collection::vec(op, 0..n)
+    }
+
+    fn check_against_model(ops: &[Op], lw: i64, drift: i64) {
+        let (mut s, mut m) = (SkuState::empty(), Model::new());
+        for (i, op) in ops.iter().enumerate() {
+            // Time drifts forward with jitter, as a fleet's clocks do.
+            let base = i as i64 * drift;
+            match *op {
+                Op::Movement(t, d) => {
+                    assert_eq!(s.movement(base + t, d, lw), m.movement(base + t, d, lw));
+                }
+                Op::Count(t, c) => {
+                    let k = key(i as u32);
+                    assert_eq!(s.count(base + t, k, c, lw), m.count(base + t, k, c, lw));
+                }
+            }
+            assert_eq!(s.row(1, 2).count_ts_us, m.count.map(|c| c.0), "op {i}");
+            assert_eq!(
+                (s.level, s.version, s.updated_ts),
+                (m.level, m.version, m.updated_ts)
+            );
+            assert_eq!(s.floor(lw), m.floor(lw), "op {i}");
+            let floor = s.floor(lw);
+            let live: Vec<_> = s
+                .held()
+                .iter()
+                .copied()
+                .filter(|(t, _)| *t >= floor)
+                .collect();
+            assert_eq!(live, m.window, "op {i}");
+            assert!(s.held_len() <= MAX_WINDOW);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn the_entity_follows_the_stock_rule_of_a_plain_window(
+            ops in ops(400, 1_000, 6),
+            lw in prop_oneof![Just(50i64), Just(400), Just(1_000_000)],
+            drift in 0i64..20,
+        ) {
+            check_against_model(&ops, lw, drift);
+        }
+
+        #[test]
+        fn a_hot_entity_cuts_its_window_as_the_plain_one_does(
+            ops in ops(2_500, 40, 400),
+            drift in 1i64..3,
+        ) {
+            check_against_model(&ops, i64::MAX / 4, drift);
+        }
     }
 }
