@@ -10,7 +10,8 @@
 //!
 //! Bounded: at most `max` sets wait here, and a set that grew past
 //! [`MAX_SET_BYTES`] (a huge batch, a part full of rejected events) is
-//! dropped rather than kept. A part of 128 events is some 40 KiB, so a
+//! dropped rather than kept; so is one too small to be worth a place
+//! ([`MIN_SET_BYTES`]: the ledger's few rows of a batch). A part of 128 events is some 40 KiB, so a
 //! full pool of 1,024 is about 40 MiB, the rows of two flushes at peak.
 
 use parking_lot::Mutex;
@@ -18,6 +19,12 @@ use tillstream_storage::RowSet;
 
 /// A set whose fixed-size vectors hold more than this is not kept.
 pub(crate) const MAX_SET_BYTES: usize = 256 << 10;
+
+/// Nor is one whose vectors hold less: the assembler's sets of a batch's
+/// ledger rows, a part of a few health pings. A shard handed one grows
+/// its vectors from nothing again, and the ledger's sets, a third of
+/// those handed back, took places in the pool that sets with room need.
+pub(crate) const MIN_SET_BYTES: usize = 4 << 10;
 
 /// Empty row sets with capacity, shared by the shards and the flusher.
 #[derive(Debug)]
@@ -43,7 +50,7 @@ impl RowSetPool {
     /// Hands back a set whose rows are no longer needed; it is emptied,
     /// and kept if there is room and it is not too big.
     pub(crate) fn give(&self, mut set: RowSet) {
-        if capacity_bytes(&set) > MAX_SET_BYTES {
+        if !(MIN_SET_BYTES..=MAX_SET_BYTES).contains(&capacity_bytes(&set)) {
             return;
         }
         set.clear();
@@ -110,12 +117,29 @@ mod tests {
     fn the_pool_is_bounded_in_sets_and_bytes() {
         let pool = RowSetPool::new(2);
         for _ in 0..5 {
-            pool.give(with_lines(10));
+            pool.give(with_lines(100));
         }
         assert_eq!(pool.len(), 2);
         let big = MAX_SET_BYTES / size_of::<SaleLineRow>() + 1;
         let pool = RowSetPool::new(2);
         pool.give(with_lines(big));
         assert_eq!(pool.len(), 0, "a set past the byte bound is dropped");
+    }
+
+    #[test]
+    fn a_set_with_no_room_for_a_part_is_not_kept() {
+        let pool = RowSetPool::new(2);
+        // What the assembler hands back: a batch's ledger rows.
+        let mut ledger = RowSet::default();
+        ledger.watermarks.push(tillstream_storage::WatermarkRow {
+            device: 1,
+            seq: 2,
+            updated_at_us: 3,
+        });
+        pool.give(ledger);
+        pool.give(with_lines(MIN_SET_BYTES / size_of::<SaleLineRow>() - 1));
+        assert_eq!(pool.len(), 0);
+        pool.give(with_lines(MIN_SET_BYTES / size_of::<SaleLineRow>() + 1));
+        assert_eq!(pool.len(), 1);
     }
 }
