@@ -174,18 +174,25 @@ impl SkuState {
         }
     }
 
+    /// What few SKUs need, allocated on first use; each field means
+    /// something only once its flag (`counted`, `cut`) is set.
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(|| {
+            Box::new(Rare {
+                count_key: EventKey {
+                    device: 0,
+                    seq: 0,
+                    idx: 0,
+                },
+                cut_ts: i64::MIN,
+            })
+        })
+    }
+
     fn set_count(&mut self, ts: i64, key: EventKey) {
         self.count_ts = ts;
         self.counted = true;
-        match &mut self.rare {
-            Some(r) => r.count_key = key,
-            None => {
-                self.rare = Some(Box::new(Rare {
-                    count_key: key,
-                    cut_ts: i64::MIN,
-                }));
-            }
-        }
+        self.rare_mut().count_key = key;
     }
 
     fn cut_ts(&self) -> i64 {
@@ -198,19 +205,7 @@ impl SkuState {
     fn set_cut(&mut self, ts: i64) {
         let cut_ts = self.cut_ts().max(ts);
         self.cut = true;
-        match &mut self.rare {
-            Some(r) => r.cut_ts = cut_ts,
-            None => {
-                self.rare = Some(Box::new(Rare {
-                    count_key: EventKey {
-                        device: 0,
-                        seq: 0,
-                        idx: 0,
-                    },
-                    cut_ts,
-                }));
-            }
-        }
+        self.rare_mut().cut_ts = cut_ts;
     }
 
     /// The window's held entries, oldest first (some may be below the
@@ -252,8 +247,8 @@ impl SkuState {
         let after_count = !self.counted || ts > self.count_ts;
         let floor = self.floor(late_window);
         if after_count && ts >= floor {
-            let newest = self.held().last().map_or(i64::MIN, |e| e.0);
-            self.insert(ts, delta, floor, ts >= newest);
+            // `insert_point` looks at the newest entries first.
+            self.insert(ts, delta, floor, false);
         }
     }
 
@@ -394,337 +389,4 @@ impl SkuState {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    const LW: i64 = 1_000;
-
-    fn key(idx: u32) -> EventKey {
-        EventKey {
-            device: 1,
-            seq: 1,
-            idx,
-        }
-    }
-
-    #[test]
-    fn activation_does_not_depend_on_the_order_of_stored_movements() {
-        let row = StockLevelRow {
-            store: 1,
-            sku: 2,
-            level: 10,
-            count_ts_us: None,
-            count_key: None,
-            updated_ts_us: 1_000_000,
-            version: 3,
-        };
-        // More than a full window, in a scrambled order with equal times.
-        let ts: Vec<i64> = (0..3 * MAX_WINDOW as i64)
-            .map(|i| 1_000_000 - (i * 7_919) % 5_000)
-            .collect();
-        let mut sorted = ts.clone();
-        sorted.sort_unstable();
-        let (mut a, mut b) = (SkuState::from_row(&row), SkuState::from_row(&row));
-        for &t in &sorted {
-            a.load_movement(t, t % 3, 10_000);
-        }
-        for &t in &ts {
-            b.load_movement(t, t % 3, 10_000);
-        }
-        assert_eq!(a.window_len(10_000), MAX_WINDOW);
-        assert_eq!(a.held(), b.held());
-        assert_eq!(a.cut_ts(), b.cut_ts());
-    }
-    #[test]
-    fn movements_without_a_count_sum_up() {
-        let mut s = SkuState::empty();
-        assert_eq!(s.movement(100, 5, LW), (true, 5));
-        assert_eq!(
-            s.movement(50, -2, LW),
-            (true, 3),
-            "late but no count: applies"
-        );
-        assert_eq!((s.version, s.updated_ts, s.window_len(LW)), (2, 100, 2));
-    }
-
-    #[test]
-    fn a_count_sets_the_level_and_sees_what_came_before() {
-        let mut s = SkuState::empty();
-        s.movement(100, 5, LW);
-        s.movement(300, 7, LW);
-        // Counted at 200: the movement at 100 is in the count, the one at
-        // 300 applies on top.
-        assert_eq!(
-            s.count(200, key(1), 40, LW),
-            CountOutcome::Applied { delta: 35 }
-        );
-        assert_eq!(s.level, 47);
-        assert_eq!(
-            s.window_len(LW),
-            1,
-            "movements before the count are dropped"
-        );
-        // A movement stamped at or before the count arrives late.
-        assert_eq!(s.movement(200, -3, LW), (false, 47));
-        assert_eq!(s.movement(150, -3, LW), (false, 47));
-        assert_eq!(s.version, 3);
-        // An older count changes nothing; a newer one recomputes.
-        assert_eq!(s.count(190, key(2), 1, LW), CountOutcome::Stale);
-        assert_eq!(
-            s.count(200, key(0), 1, LW),
-            CountOutcome::Stale,
-            "ties break on the key"
-        );
-        assert_eq!(
-            s.count(200, key(3), 10, LW),
-            CountOutcome::Applied { delta: -30 }
-        );
-        assert_eq!(s.level, 17);
-        assert_eq!(
-            s.count(400, key(4), 10, LW),
-            CountOutcome::Applied { delta: -7 }
-        );
-        assert_eq!((s.level, s.window_len(LW), s.version), (10, 0, 5));
-    }
-
-    #[test]
-    fn counts_older_than_the_window_are_refused() {
-        let mut s = SkuState::empty();
-        assert_eq!(
-            s.count(5_000, key(1), 3, LW),
-            CountOutcome::Applied { delta: 3 }
-        );
-        s.movement(10_000, 1, LW);
-        assert_eq!(s.count(8_999, key(2), 3, LW), CountOutcome::TooLate);
-        // Counted 3 at 9000, plus the movement at 10000 on top.
-        assert_eq!(
-            s.count(9_000, key(2), 3, LW),
-            CountOutcome::Applied { delta: 0 }
-        );
-        assert_eq!(s.level, 4);
-    }
-
-    #[test]
-    fn the_window_is_pruned_as_time_advances() {
-        let mut s = SkuState::empty();
-        for t in 0..10 {
-            s.movement(t * 400, 1, LW);
-        }
-        // Newest 3600: the window keeps ts >= 2600.
-        assert_eq!(s.window_len(LW), 3);
-        s.movement(3000, 1, LW);
-        assert_eq!(s.window_len(LW), 4, "out-of-order insert stays sorted");
-        assert_eq!(
-            s.count(2700, key(1), 0, LW),
-            CountOutcome::Applied { delta: -7 }
-        );
-        assert_eq!(s.level, 4);
-    }
-
-    #[test]
-    fn a_hot_sku_keeps_a_bounded_window() {
-        let mut s = SkuState::empty();
-        let n = MAX_WINDOW as i64 + 10;
-        for t in 0..n {
-            s.movement(t, 1, i64::MAX / 4);
-        }
-        assert_eq!(s.window_len(i64::MAX / 4), MAX_WINDOW);
-        assert_eq!(s.count(8, key(1), 0, i64::MAX / 4), CountOutcome::TooLate);
-        // At the cut: every movement after it is still there.
-        assert_eq!(
-            s.count(9, key(1), 0, i64::MAX / 4),
-            CountOutcome::Applied { delta: -10 }
-        );
-        assert_eq!(s.level, n - 10);
-    }
-
-    #[test]
-    fn the_entity_is_one_cache_line() {
-        // The shard's hot path is a cache miss per entity touched: a
-        // field added here is paid on every movement.
-        assert_eq!(size_of::<SkuState>(), 64);
-    }
-
-    #[test]
-    fn a_long_lived_window_drops_without_growing() {
-        // Time advances by 100 per movement and the window spans 1000: it
-        // keeps the newest 11 while the vector's dropped head is moved
-        // out now and then, so the vector stays within 4/3 of that.
-        let mut s = SkuState::empty();
-        for t in 0..100_000i64 {
-            s.movement(t * 100, 1, LW);
-            assert_eq!(s.window_len(LW), (t as usize + 1).min(11));
-            assert!(s.slots.len() <= 16, "{}", s.slots.len());
-        }
-        assert_eq!(s.level, 100_000);
-        // A count at the window's oldest time sees the 10 movements after it.
-        let floor = s.floor(LW);
-        let oldest = s
-            .held()
-            .iter()
-            .find(|(t, _)| *t >= floor)
-            .map_or(0, |e| e.0);
-        assert_eq!(
-            s.count(oldest, key(1), 0, LW),
-            CountOutcome::Applied {
-                delta: 10 - 100_000
-            }
-        );
-        assert_eq!((s.level, s.window_len(LW)), (10, 10));
-    }
-
-    #[test]
-    fn a_row_round_trips() {
-        let mut s = SkuState::empty();
-        s.count(10, key(1), 8, LW);
-        s.movement(20, -1, LW);
-        let r = s.row(3, 4);
-        let mut t = SkuState::from_row(&r);
-        t.load_movement(5, 100, LW); // before the count: ignored
-        t.load_movement(20, -1, LW);
-        assert_eq!(t.row(3, 4), r);
-        assert_eq!(t.count(15, key(2), 8, LW), s.count(15, key(2), 8, LW));
-        assert_eq!(t.row(3, 4), s.row(3, 4));
-    }
-
-    /// The stock rule as the entity had it before its window kept its
-    /// length inline and dropped lazily: a plain sorted vector, pruned
-    /// to the floor after every movement. The entity must agree with it
-    /// on every outcome, row and floor, and on the movements at or above
-    /// the floor.
-    #[derive(Debug, Default)]
-    struct Model {
-        level: i64,
-        version: u64,
-        updated_ts: i64,
-        count: Option<(i64, EventKey)>,
-        cut_ts: i64,
-        window: Vec<(i64, i64)>,
-    }
-
-    impl Model {
-        fn new() -> Self {
-            Self {
-                updated_ts: i64::MIN,
-                cut_ts: i64::MIN,
-                ..Self::default()
-            }
-        }
-
-        fn floor(&self, lw: i64) -> i64 {
-            self.updated_ts.saturating_sub(lw).max(self.cut_ts)
-        }
-
-        fn movement(&mut self, ts: i64, delta: i64, lw: i64) -> (bool, i64) {
-            if self.count.is_some_and(|c| ts <= c.0) {
-                return (false, self.level);
-            }
-            self.level = self.level.saturating_add(delta);
-            self.version += 1;
-            self.updated_ts = self.updated_ts.max(ts);
-            let floor = self.floor(lw);
-            if ts >= floor {
-                let at = self.window.partition_point(|(t, _)| *t <= ts);
-                self.window.insert(at, (ts, delta));
-                if self.window.len() > MAX_WINDOW {
-                    self.cut_ts = self.cut_ts.max(self.window.remove(0).0);
-                }
-            }
-            self.window.retain(|(t, _)| *t >= floor);
-            (true, self.level)
-        }
-
-        fn count(&mut self, ts: i64, key: EventKey, counted: i64, lw: i64) -> CountOutcome {
-            if self.updated_ts != i64::MIN && ts < self.floor(lw) {
-                return CountOutcome::TooLate;
-            }
-            if self.count.is_some_and(|c| (ts, key) <= c) {
-                return CountOutcome::Stale;
-            }
-            let after: i64 = self
-                .window
-                .iter()
-                .filter(|(t, _)| *t > ts)
-                .fold(0i64, |acc, (_, d)| acc.saturating_add(*d));
-            let before = self.level;
-            self.level = counted.saturating_add(after);
-            self.count = Some((ts, key));
-            self.version += 1;
-            self.updated_ts = self.updated_ts.max(ts);
-            let floor = self.floor(lw);
-            self.window.retain(|(t, _)| *t > ts && *t >= floor);
-            CountOutcome::Applied {
-                delta: self.level.saturating_sub(before),
-            }
-        }
-    }
-
-    #[derive(Debug, Clone)]
-    enum Op {
-        Movement(i64, i64),
-        Count(i64, i64),
-    }
-
-    /// `n` ops at most, one count per `per_count` movements.
-    fn ops(n: usize, spread: i64, per_count: u32) -> impl Strategy<Value = Vec<Op>> {
-        let op = prop_oneof![
-            per_count => (0..spread, -5i64..6).prop_map(|(t, d)| Op::Movement(t, d)),
-            1 => (0..spread, 0i64..50).prop_map(|(t, c)| Op::Count(t, c)),
-        ];
-        proptest::collection::vec(op, 0..n)
-    }
-
-    fn check_against_model(ops: &[Op], lw: i64, drift: i64) {
-        let (mut s, mut m) = (SkuState::empty(), Model::new());
-        for (i, op) in ops.iter().enumerate() {
-            // Time drifts forward with jitter, as a fleet's clocks do.
-            let base = i as i64 * drift;
-            match *op {
-                Op::Movement(t, d) => {
-                    assert_eq!(s.movement(base + t, d, lw), m.movement(base + t, d, lw));
-                }
-                Op::Count(t, c) => {
-                    let k = key(i as u32);
-                    assert_eq!(s.count(base + t, k, c, lw), m.count(base + t, k, c, lw));
-                }
-            }
-            assert_eq!(s.row(1, 2).count_ts_us, m.count.map(|c| c.0), "op {i}");
-            assert_eq!(
-                (s.level, s.version, s.updated_ts),
-                (m.level, m.version, m.updated_ts)
-            );
-            assert_eq!(s.floor(lw), m.floor(lw), "op {i}");
-            let floor = s.floor(lw);
-            let live: Vec<_> = s
-                .held()
-                .iter()
-                .copied()
-                .filter(|(t, _)| *t >= floor)
-                .collect();
-            assert_eq!(live, m.window, "op {i}");
-            assert!(s.held_len() <= MAX_WINDOW);
-        }
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
-
-        #[test]
-        fn the_entity_follows_the_stock_rule_of_a_plain_window(
-            ops in ops(400, 1_000, 6),
-            lw in prop_oneof![Just(50i64), Just(400), Just(1_000_000)],
-            drift in 0i64..20,
-        ) {
-            check_against_model(&ops, lw, drift);
-        }
-
-        #[test]
-        fn a_hot_entity_cuts_its_window_as_the_plain_one_does(
-            ops in ops(2_500, 40, 400),
-            drift in 1i64..3,
-        ) {
-            check_against_model(&ops, i64::MAX / 4, drift);
-        }
-    }
-}
+mod tests;
