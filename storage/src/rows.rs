@@ -457,13 +457,19 @@ impl RowSet {
     pub fn gathered(parts: &[RowSet]) -> Cow<'_, RowSet> {
         match parts {
             [one] => Cow::Borrowed(one),
-            _ => {
-                let mut all = RowSet::default();
-                for part in parts {
-                    all.append(&mut part.clone());
-                }
-                Cow::Owned(all)
-            }
+            // One copy of each table (cloning each part to append it was two).
+            _ => Cow::Owned(RowSet {
+                sales: concat(parts, |p| &p.sales).into_owned(),
+                sale_lines: concat(parts, |p| &p.sale_lines).into_owned(),
+                stock_movements: concat(parts, |p| &p.stock_movements).into_owned(),
+                stock_levels: concat(parts, |p| &p.stock_levels).into_owned(),
+                terminal_rollups: concat(parts, |p| &p.terminal_rollups).into_owned(),
+                device_health: concat(parts, |p| &p.device_health).into_owned(),
+                watermarks: concat(parts, |p| &p.watermarks).into_owned(),
+                batches: concat(parts, |p| &p.batches).into_owned(),
+                rejected: concat(parts, |p| &p.rejected).into_owned(),
+                dead_letters: concat(parts, |p| &p.dead_letters).into_owned(),
+            }),
         }
     }
 }
@@ -488,4 +494,31 @@ pub fn concat<T: Clone>(parts: &[RowSet], table: impl Fn(&RowSet) -> &Vec<T>) ->
 /// Rows over all tables of all `parts`.
 pub fn rows_in(parts: &[RowSet]) -> usize {
     parts.iter().map(RowSet::len).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(device: u64, seq: u64) -> WatermarkRow {
+        WatermarkRow {
+            device,
+            seq,
+            updated_at_us: 0,
+        }
+    }
+
+    #[test]
+    fn parts_gather_into_their_concatenation() {
+        let mut a = RowSet::default();
+        a.watermarks.push(mark(1, 1));
+        let mut b = RowSet::default();
+        b.watermarks.extend([mark(2, 1), mark(1, 2)]);
+        let parts = [a.clone(), RowSet::default(), b.clone()];
+        let mut want = a.clone();
+        want.append(&mut b.clone());
+        assert_eq!(*RowSet::gathered(&parts), want);
+        assert!(matches!(RowSet::gathered(&parts[..1]), Cow::Borrowed(_)));
+        assert_eq!(*RowSet::gathered(&[]), RowSet::default());
+    }
 }
