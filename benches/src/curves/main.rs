@@ -46,9 +46,15 @@ struct Sweep {
     points: Vec<(f64, Vec<String>, Option<u16>)>,
 }
 
+/// Batches each device keeps in flight in every curve: the charts were
+/// measured with 4, the loadgen's default before it became 1, so that a
+/// few devices still saturate the server in the connections curve.
+const CURVE_WINDOW: &str = "4";
+
 fn flags(pairs: &[(&str, String)]) -> Vec<String> {
     pairs
         .iter()
+        .chain(&[("max-inflight", CURVE_WINDOW.to_string())])
         .flat_map(|(k, v)| [format!("--{k}"), v.clone()])
         .collect()
 }
@@ -177,4 +183,27 @@ fn main() -> anyhow::Result<()> {
         println!("{} and {}", json.display(), svg.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_point_keeps_the_window_the_charts_were_measured_with() {
+        // The loadgen's default window is 1; the connections curve's few
+        // devices would not saturate the server with it.
+        for sweep in sweeps(1_000) {
+            for (x, flags, _) in &sweep.points {
+                let at = flags.iter().position(|f| f == "--max-inflight");
+                let window = at.and_then(|i| flags.get(i + 1));
+                assert_eq!(
+                    window.map(String::as_str),
+                    Some(CURVE_WINDOW),
+                    "{} at {x}: {flags:?}",
+                    sweep.name
+                );
+            }
+        }
+    }
 }
