@@ -53,10 +53,8 @@ pub(super) fn newest_levels(rows: &mut Vec<StockLevelRow>) {
         .collect();
     order.sort_unstable();
     order.dedup_by_key(|k| (k.0, k.1));
-    let newest: Vec<StockLevelRow> = order
-        .iter()
-        .filter_map(|k| rows.get(k.3 as usize).copied())
-        .collect();
+    let mut newest = Vec::with_capacity(order.len());
+    newest.extend(order.iter().filter_map(|k| rows.get(k.3 as usize).copied()));
     *rows = newest;
 }
 
@@ -147,10 +145,7 @@ impl EmbeddedStore {
         id: u64,
         counts: &mut Vec<(u32, u32)>,
     ) -> Result<(), StoreError> {
-        let mut newest: Vec<StockLevelRow> = parts
-            .iter()
-            .flat_map(|p| p.stock_levels.iter().copied())
-            .collect();
+        let mut newest = crate::rows::concat(parts, |p| &p.stock_levels).into_owned();
         if newest.is_empty() {
             return Ok(());
         }
