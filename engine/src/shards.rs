@@ -209,11 +209,11 @@ pub(crate) enum Loaded {
 }
 
 impl Loaded {
-    /// Hands what was read to the core.
-    pub(crate) fn install(self, core: &mut ShardCore) {
+    /// Hands what was read to the core, which keeps its own part of it.
+    pub(crate) fn install(&self, core: &mut ShardCore) {
         match self {
-            Loaded::Store(id, snapshot) => core.activate_store(id, snapshot),
-            Loaded::RollupDay(id, day, rows) => core.activate_rollup_day(id, day, rows),
+            Loaded::Store(id, snapshot) => core.activate_store(*id, snapshot),
+            Loaded::RollupDay(id, day, rows) => core.activate_rollup_day(*id, *day, rows),
         }
     }
 }

@@ -68,10 +68,10 @@ fuzz_target!(|data: &[u8]| {
                 match *need {
                     Need::Store(store) => {
                         let _ = core.movement_windows(&[]);
-                        core.activate_store(store, StoreSnapshot::default());
+                        core.activate_store(store, &StoreSnapshot::default());
                     }
                     Need::RollupDay { store, day } => {
-                        core.activate_rollup_day(store, day, Vec::new());
+                        core.activate_rollup_day(store, day, &[]);
                     }
                 }
             }

@@ -320,7 +320,7 @@ impl ShardCore {
     /// Loads the SKUs of `store` that live on this shard from `snapshot`
     /// (levels, and the movements in [`ShardCore::movement_windows`], in
     /// time order). A store already active is left as it is.
-    pub fn activate_store(&mut self, store: u32, snapshot: StoreSnapshot) {
+    pub fn activate_store(&mut self, store: u32, snapshot: &StoreSnapshot) {
         if self.stores.contains_key(&store) {
             return;
         }
@@ -349,13 +349,13 @@ impl ShardCore {
     /// this shard; only a terminal's own shard ever updates its rows, so
     /// the others' rows are not kept. A day already active is left as it
     /// is.
-    pub fn activate_rollup_day(&mut self, store: u32, day: u32, rollups: Vec<TerminalRollupRow>) {
+    pub fn activate_rollup_day(&mut self, store: u32, day: u32, rollups: &[TerminalRollupRow]) {
         if self.days.contains_key(&(store, day)) {
             return;
         }
         self.days.insert((store, day), LastChange::LOADED);
         self.stats.activations += 1;
-        for row in rollups {
+        for &row in rollups {
             if row.store == store && row.day == day && self.owns_terminal(store, row.terminal) {
                 let key = (row.store, row.day, row.terminal, row.minute);
                 self.rollups.insert(key, RollupSlot { row, dirty: false });

@@ -197,12 +197,12 @@ fn needs_then_activation() -> R {
     };
     c.activate_store(
         2,
-        StoreSnapshot {
+        &StoreSnapshot {
             levels,
             recent_movements: vec![moved],
         },
     );
-    c.activate_store(1, StoreSnapshot::default());
+    c.activate_store(1, &StoreSnapshot::default());
     let old = TerminalRollupRow {
         store: 1,
         day,
@@ -212,7 +212,7 @@ fn needs_then_activation() -> R {
         gross: 1000,
         ..Default::default()
     };
-    c.activate_rollup_day(1, day, vec![old]);
+    c.activate_rollup_day(1, day, &[old]);
     needs.clear();
     c.needs(b.get(), &plan.parts[0], &mut needs);
     assert!(needs.is_empty());
@@ -245,8 +245,8 @@ fn needs_names_each_missing_store_and_day_once_whatever_the_order() -> R {
     // boundary must still name exactly what is missing.
     let mut c = core(0, 1);
     let (today, yesterday) = (NOW, NOW - 24 * HOUR_US);
-    c.activate_store(1, StoreSnapshot::default());
-    c.activate_rollup_day(1, day(today), Vec::new());
+    c.activate_store(1, &StoreSnapshot::default());
+    c.activate_rollup_day(1, day(today), &[]);
     let b = testkit::batch(
         1,
         vec![
@@ -491,14 +491,15 @@ fn passivated_state_comes_back_the_same_from_its_rows() -> R {
                         .collect();
                     cycled.activate_store(
                         st,
-                        StoreSnapshot {
+                        &StoreSnapshot {
                             levels: lv,
                             recent_movements,
                         },
                     );
                 }
                 Need::RollupDay { store, day } => {
-                    cycled.activate_rollup_day(store, day, rollups.values().copied().collect());
+                    let rows: Vec<_> = rollups.values().copied().collect();
+                    cycled.activate_rollup_day(store, day, &rows);
                 }
             }
         }

@@ -157,14 +157,14 @@ fn activate(core: &mut ShardCore, need: Need, model: &ModelStore) {
             let recent_movements = model.load_movements(id, &windows);
             core.activate_store(
                 id,
-                StoreSnapshot {
+                &StoreSnapshot {
                     levels,
                     recent_movements,
                 },
             );
         }
         Need::RollupDay { store, day } => {
-            core.activate_rollup_day(store, day, model.load_rollups(store, day));
+            core.activate_rollup_day(store, day, &model.load_rollups(store, day));
         }
     }
 }
