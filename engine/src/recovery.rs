@@ -160,31 +160,37 @@ fn load_all(
     cfg: &ShardConfig,
     needs: &[Need],
 ) -> Result<Vec<shards::Loaded>, StoreError> {
+    let read = |chunk: &[Need]| -> Result<Vec<shards::Loaded>, StoreError> {
+        chunk.iter().map(|&n| shards::load(store, cfg, n)).collect()
+    };
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .min(needs.len());
     if threads <= 1 {
-        return needs.iter().map(|&n| shards::load(store, cfg, n)).collect();
+        return read(needs);
     }
     let per_thread = needs.len().div_ceil(threads);
     std::thread::scope(|scope| {
+        // A thread that cannot be had (resource limits) is no error: its
+        // share is then read here.
         let reading: Vec<_> = needs
             .chunks(per_thread)
             .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|&n| shards::load(store, cfg, n))
-                        .collect::<Result<Vec<_>, _>>()
-                })
+                std::thread::Builder::new()
+                    .name("tillstream-activate".into())
+                    .spawn_scoped(scope, move || read(chunk))
+                    .map_err(|_| chunk)
             })
             .collect();
         let mut all = Vec::with_capacity(needs.len());
-        for handle in reading {
-            let part = handle.join().map_err(|_| StoreError::Backend {
-                op: "activation read",
-                source: "a reading thread panicked".into(),
-            })?;
+        for reader in reading {
+            let part = match reader {
+                Ok(handle) => handle.join().map_err(|_| StoreError::Backend {
+                    op: "activation read",
+                    source: "a reading thread panicked".into(),
+                })?,
+                Err(chunk) => read(chunk),
+            };
             all.extend(part?);
         }
         Ok(all)
