@@ -10,8 +10,11 @@
 //!
 //! The writer thread takes whatever is pending, appends it with one write
 //! and one `fdatasync` ([`Store::journal_append`]) and publishes the new
-//! durable LSN; while it syncs, the next group gathers. Group commit is
-//! that and nothing more: no timer, so a lone batch waits one fsync.
+//! durable LSN; while it syncs, the next group gathers. While the journal
+//! is busy (the last group held several batches), a group also waits up
+//! to [`GROUP_WAIT`] for more, or until it holds [`GROUP_BYTES`]: an
+//! fdatasync costs about as much CPU for 4 KiB as for 1 MiB. A lone
+//! device's batch still waits one fsync and no more.
 //!
 //! Invariants:
 //! - LSNs are dense: every LSN handed out is in the journal's pending
@@ -134,6 +137,21 @@ impl BatchHeader {
     }
 }
 
+/// A group of at least this many bytes is written at once.
+const GROUP_BYTES: usize = 1 << 20;
+
+/// How long a group may wait for more records while the journal is busy.
+/// An fdatasync costs ~100 us of CPU on this kind of machine (a VM: each
+/// I/O submission exits to the host) whatever it writes: the engine was
+/// spending 0.32 us of every event's CPU in the journal thread, 1,800
+/// appends per million events. Waiting 1 ms made that 800 appends and
+/// 0.22 us (3 interleaved runs), the ack a fraction of a millisecond later.
+const GROUP_WAIT: Duration = Duration::from_millis(1);
+
+/// Records the last group must have held for the next one to wait: a lone
+/// device's batch (groups of one) is written at once, as before.
+const BUSY_GROUP_RECORDS: u64 = 2;
+
 /// Where the journal stands, as the writer publishes it.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct JournalState {
@@ -147,6 +165,8 @@ pub(crate) struct JournalState {
 struct Pending {
     next_lsn: u64,
     buf: Vec<u8>,
+    /// When the oldest record in `buf` was added (None when it is empty).
+    since: Option<Instant>,
     /// LSN of the last record in `buf` (0 when empty).
     last: u64,
     closed: bool,
@@ -208,6 +228,8 @@ pub(crate) struct Sequencer {
     progress: Arc<AckProgress>,
     wake: Condvar,
     state: watch::Sender<JournalState>,
+    /// [`GROUP_WAIT`], or another in tests.
+    group_wait: Duration,
 }
 
 impl Sequencer {
@@ -216,12 +238,22 @@ impl Sequencer {
         store: Arc<dyn Store>,
         last_lsn: u64,
     ) -> Result<(Arc<Sequencer>, JoinHandle<()>), std::io::Error> {
+        Self::start_with_group_wait(store, last_lsn, GROUP_WAIT)
+    }
+
+    fn start_with_group_wait(
+        store: Arc<dyn Store>,
+        last_lsn: u64,
+        group_wait: Duration,
+    ) -> Result<(Arc<Sequencer>, JoinHandle<()>), std::io::Error> {
         let seq = Arc::new(Sequencer {
+            group_wait,
             sequenced: AtomicU64::new(last_lsn),
             progress: Arc::new(AckProgress::new(last_lsn)),
             pending: Mutex::new(Pending {
                 next_lsn: last_lsn + 1,
                 buf: Vec::with_capacity(1 << 20),
+                since: None,
                 last: 0,
                 closed: false,
                 failed: false,
@@ -259,11 +291,19 @@ impl Sequencer {
             self.progress.touch();
         }
         if !p.failed {
+            let was_empty = p.buf.is_empty();
             encode_record(lsn, &[&header.encode(), frame], &mut p.buf);
             p.last = lsn;
+            if was_empty {
+                p.since = Some(Instant::now());
+            }
+            // The writer waits for the first record of a group, then for
+            // the group to fill or to grow old (GROUP_*): wake it for those.
+            if was_empty || p.buf.len() >= GROUP_BYTES {
+                drop(p);
+                self.wake.notify_one();
+            }
         }
-        drop(p);
-        self.wake.notify_one();
         Ok(lsn)
     }
 
@@ -295,6 +335,8 @@ impl Sequencer {
 
     fn write_loop(&self, store: &dyn Store) {
         let mut spare: Vec<u8> = Vec::with_capacity(1 << 20);
+        // Records of the group written last, and its last LSN.
+        let (mut group_records, mut written) = (0u64, self.state.borrow().durable);
         loop {
             let last = {
                 let mut p = self.pending.lock();
@@ -304,6 +346,17 @@ impl Sequencer {
                 if p.buf.is_empty() {
                     return;
                 }
+                // Group commit: while the journal is busy, a small group
+                // waits a little for more (GROUP_WAIT).
+                if let Some(since) = p.since.filter(|_| group_records >= BUSY_GROUP_RECORDS) {
+                    let due = since + self.group_wait;
+                    while p.buf.len() < GROUP_BYTES && !p.closed {
+                        if self.wake.wait_until(&mut p, due).timed_out() {
+                            break;
+                        }
+                    }
+                }
+                p.since = None;
                 std::mem::swap(&mut p.buf, &mut spare);
                 std::mem::take(&mut p.last)
             };
@@ -313,6 +366,8 @@ impl Sequencer {
             spare.clear();
             match result {
                 Ok(()) => {
+                    group_records = last.saturating_sub(written);
+                    written = last;
                     self.state.send_modify(|s| s.durable = last);
                 }
                 Err(e) => {
@@ -332,6 +387,83 @@ impl Sequencer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::faults::{CommitFault, FaultyStore};
+    use tillstream_storage::embedded::EmbeddedStore;
+
+    /// Records the last LSN of every append, and holds the first one
+    /// until it is let go.
+    #[derive(Debug, Default)]
+    struct Groups {
+        lasts: Mutex<Vec<u64>>,
+        held: Mutex<bool>,
+        let_go: Condvar,
+    }
+
+    impl CommitFault for Arc<Groups> {
+        fn journal_append(
+            &self,
+            inner: &Arc<dyn Store>,
+            records: &[u8],
+            last_lsn: u64,
+        ) -> Result<(), StoreError> {
+            self.lasts.lock().push(last_lsn);
+            let mut held = self.held.lock();
+            while *held {
+                self.let_go.wait(&mut held);
+            }
+            drop(held);
+            inner.journal_append(records, last_lsn)
+        }
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn a_busy_journal_gathers_a_group_and_a_lone_batch_is_written_at_once()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let inner: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("store"))?);
+        let groups = Arc::new(Groups::default());
+        *groups.held.lock() = true;
+        let store = Arc::new(FaultyStore::new(inner, groups.clone()));
+        // A wait far longer than the test: only a full group or close ends it.
+        let (seq, writer) = Sequencer::start_with_group_wait(store, 0, Duration::from_secs(600))?;
+        let header = |seq: u64| BatchHeader {
+            device: 1,
+            seq,
+            now_us: 0,
+            max_future_s: 300,
+            scope: Scope::default(),
+        };
+        let submit = |n: u64| seq.submit(header(n), b"frame", |_| Ok::<(), ()>(()));
+        let lasts = || groups.lasts.lock().clone();
+        // A lone batch on an idle journal does not wait.
+        assert_eq!(submit(1), Ok(1));
+        wait_for("the first append", || lasts() == [1]);
+        // Two more gather behind it while it syncs, and go at once after.
+        assert_eq!((submit(2), submit(3)), (Ok(2), Ok(3)));
+        *groups.held.lock() = false;
+        groups.let_go.notify_all();
+        let state = seq.subscribe();
+        wait_for("LSN 3 durable", || state.borrow().durable == 3);
+        assert_eq!(lasts(), [1, 3]);
+        // The journal is busy now (a group of two): the next group waits.
+        assert_eq!((submit(4), submit(5)), (Ok(4), Ok(5)));
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(lasts(), [1, 3], "a group waits while the journal is busy");
+        // Closing writes what waits, as one group.
+        seq.close();
+        writer.join().map_err(|_| "the writer panicked")?;
+        assert_eq!(lasts(), [1, 3, 5]);
+        assert_eq!(state.borrow().durable, 5);
+        Ok(())
+    }
 
     #[test]
     fn a_stall_is_counted_only_while_batches_wait() {
