@@ -202,7 +202,7 @@ async fn activate(state: &mut ShardState, need: Need) -> Result<(), StoreError> 
 }
 
 /// What activation read from the store for one [`Need`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum Loaded {
     Store(u32, StoreSnapshot),
     RollupDay(u32, u32, Vec<TerminalRollupRow>),
