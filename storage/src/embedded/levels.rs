@@ -17,8 +17,16 @@
 //! the engine fell from ~220 k to ~130 k events/s. A delta costs what
 //! changed. When a store holds [`MAX_LEVEL_DELTAS`] of them, the next
 //! commit folds them and its own rows into the bucket blocks instead
-//! (compaction, in the same atomic batch), so a read merges at most that
-//! many and the rewrite is paid once every that many commits.
+//! (compaction, in the same atomic batch), so a read merges few deltas
+//! and the rewrite is paid once every that many commits.
+//!
+//! One store compacts per commit: the one with the most deltas, and
+//! beside it only a store at [`HARD_MAX_LEVEL_DELTAS`]. A fleet touches
+//! every store in every commit, so their counts rose in step and every
+//! 25th commit had compacted all of them at once: at 700 k SKUs over 10
+//! stores, that commit decoded and re-encoded every level, 90 MB of the
+//! server's 440 MB heap peak (heaptrack). Held back a commit or more,
+//! the stores fall out of step and stay so.
 
 use rkyv::util::AlignedVec;
 
@@ -32,6 +40,10 @@ use crate::store::StoreError;
 pub(super) const MAX_LEVEL_DELTAS: u32 = 24;
 #[cfg(test)]
 pub(super) const MAX_LEVEL_DELTAS: u32 = 3;
+
+/// Deltas at which a store compacts even in a commit that compacts
+/// another: what a read may have to merge, at most.
+pub(super) const HARD_MAX_LEVEL_DELTAS: u32 = 2 * MAX_LEVEL_DELTAS;
 
 /// Stores whose delta count is kept in memory; past it the counts are
 /// dropped and read again (a prefix scan of keys) on the next touch.
@@ -100,6 +112,17 @@ fn store_of(key: &[u8]) -> Result<u32, StoreError> {
         })
 }
 
+/// Of a commit's stores, given their delta counts in order, the one that
+/// compacts: the first with the most deltas, if that is at least
+/// [`MAX_LEVEL_DELTAS`] (module docs).
+fn compaction_pick(deltas: impl Iterator<Item = u32>) -> Option<usize> {
+    deltas
+        .enumerate()
+        .filter(|&(_, n)| n >= MAX_LEVEL_DELTAS)
+        .min_by_key(|&(i, n)| (std::cmp::Reverse(n), i))
+        .map(|(i, _)| i)
+}
+
 /// Reads the levels stored under `prefix` (all stores, or one) and hands
 /// each current level to `f`, one store at a time: the store's values
 /// are gathered and, when it has deltas or first-layout keys, merged.
@@ -135,9 +158,10 @@ pub(super) fn each_level(
 
 impl EmbeddedStore {
     /// Stock levels: one delta block per store this commit changed, or,
-    /// for a store at [`MAX_LEVEL_DELTAS`], its levels compacted into its
-    /// bucket blocks (module docs). `counts` gets each store's new delta
-    /// count, to keep once the commit is written.
+    /// for one store at [`MAX_LEVEL_DELTAS`] (and any at
+    /// [`HARD_MAX_LEVEL_DELTAS`]), its levels compacted into its bucket
+    /// blocks (module docs). `counts` gets each store's new delta count,
+    /// to keep once the commit is written.
     pub(super) fn put_levels(
         &self,
         w: &mut Writer,
@@ -150,6 +174,7 @@ impl EmbeddedStore {
             return Ok(());
         }
         newest_levels(&mut newest);
+        let mut runs = Vec::new();
         for run in newest.chunk_by(|a, b| a.store == b.store) {
             let store = run[0].store;
             let known = self.level_deltas.lock().get(&store).copied();
@@ -157,13 +182,18 @@ impl EmbeddedStore {
                 Some(n) => n,
                 None => self.count_level_deltas(store)?,
             };
-            if deltas < MAX_LEVEL_DELTAS {
+            runs.push((run, deltas));
+        }
+        let first = compaction_pick(runs.iter().map(|&(_, deltas)| deltas));
+        for (i, (run, deltas)) in runs.into_iter().enumerate() {
+            let store = run[0].store;
+            if Some(i) == first || deltas >= HARD_MAX_LEVEL_DELTAS {
+                self.compact_levels(w, store, run)?;
+                counts.push((store, 0));
+            } else {
                 let value = blocks::encode_block(&run.to_vec())?;
                 w.put(&self.levels, &keys::level_delta_key(store, id), &value);
                 counts.push((store, deltas + 1));
-            } else {
-                self.compact_levels(w, store, run)?;
-                counts.push((store, 0));
             }
         }
         Ok(())
@@ -243,6 +273,58 @@ impl EmbeddedStore {
 mod tests {
     use super::*;
     use crate::embedded::tests::level_of as level;
+    use crate::store::Store;
+
+    #[test]
+    fn one_store_compacts_per_commit_unless_one_is_at_the_hard_bound() {
+        let m = MAX_LEVEL_DELTAS;
+        assert_eq!(compaction_pick([0, m - 1, 1].into_iter()), None);
+        assert_eq!(compaction_pick([m, m + 1, m + 1, 2].into_iter()), Some(1));
+        assert_eq!(compaction_pick([m, 0].into_iter()), Some(0));
+    }
+
+    #[test]
+    fn stores_that_reach_the_bound_together_compact_in_turn() -> crate::embedded::tests::TestResult
+    {
+        let (_dir, store) = crate::embedded::tests::open()?;
+        // Four stores touched by every commit: their counts rise in step.
+        let stores = 1..=4u32;
+        let mut version = 0;
+        let mut compacted_per_commit = Vec::new();
+        for _ in 0..6 * MAX_LEVEL_DELTAS {
+            version += 1;
+            let rows = stores
+                .clone()
+                .map(|s| level(s, 7, version as i64, version))
+                .collect();
+            let before: Vec<u32> = stores
+                .clone()
+                .map(|s| store.level_delta_keys(s))
+                .collect::<Result<_, _>>()?;
+            store.commit(&RowSet {
+                stock_levels: rows,
+                ..RowSet::default()
+            })?;
+            let mut compacted = 0;
+            for (s, was) in stores.clone().zip(before) {
+                let now = store.level_delta_keys(s)?;
+                assert!(now <= HARD_MAX_LEVEL_DELTAS, "store {s}: {now} deltas");
+                compacted += usize::from(now < was);
+                let levels = store.load_levels(s)?;
+                assert_eq!((levels.len(), levels[0].version), (1, version), "store {s}");
+            }
+            compacted_per_commit.push(compacted);
+        }
+        assert!(
+            compacted_per_commit.iter().all(|&n| n <= 1),
+            "{compacted_per_commit:?}"
+        );
+        assert!(
+            compacted_per_commit.iter().sum::<usize>() >= 4,
+            "every store compacted"
+        );
+        Ok(())
+    }
 
     #[test]
     fn the_highest_version_wins_and_ties_keep_the_first() {

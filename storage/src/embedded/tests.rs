@@ -574,7 +574,7 @@ fn the_caches_stay_bounded_and_what_they_drop_is_read_back() -> TestResult {
         let levels = store.load_levels(s)?;
         assert_eq!(levels.len(), 1);
         assert_eq!((levels[0].level, levels[0].version), (20, 2), "store {s}");
-        assert!(store.level_delta_keys(s)? <= levels::MAX_LEVEL_DELTAS);
+        assert!(store.level_delta_keys(s)? <= levels::HARD_MAX_LEVEL_DELTAS);
     }
     // Watermarks likewise: the highest seq stays, the cache stays small.
     for d in 1..=100u64 {

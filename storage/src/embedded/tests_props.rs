@@ -124,7 +124,7 @@ proptest! {
         let want: Vec<_> = want.into_iter().collect();
         prop_assert_eq!(&read(&store)?, &want);
         for s in 1..4 {
-            prop_assert!(store.level_delta_keys(s).map_err(|e| fail(&e))? <= levels::MAX_LEVEL_DELTAS);
+            prop_assert!(store.level_delta_keys(s).map_err(|e| fail(&e))? <= levels::HARD_MAX_LEVEL_DELTAS);
         }
         drop(store);
         let store = EmbeddedStore::open(dir.path()).map_err(|e| fail(&e))?;
