@@ -24,8 +24,8 @@
 //! beside it only a store at [`HARD_MAX_LEVEL_DELTAS`]. A fleet touches
 //! every store in every commit, so their counts rose in step and every
 //! 25th commit had compacted all of them at once: at 700 k SKUs over 10
-//! stores, that commit decoded and re-encoded every level, 90 MB of the
-//! server's 440 MB heap peak (heaptrack). Held back a commit or more,
+//! stores, that commit decoded and re-encoded every level, some 80 MB of
+//! the server's 440 MB heap peak (heaptrack). Held back a commit or more,
 //! the stores fall out of step and stay so.
 
 use rkyv::util::AlignedVec;
@@ -182,11 +182,10 @@ impl EmbeddedStore {
                 Some(n) => n,
                 None => self.count_level_deltas(store)?,
             };
-            runs.push((run, deltas));
+            runs.push((store, run, deltas));
         }
-        let first = compaction_pick(runs.iter().map(|&(_, deltas)| deltas));
-        for (i, (run, deltas)) in runs.into_iter().enumerate() {
-            let store = run[0].store;
+        let first = compaction_pick(runs.iter().map(|&(_, _, deltas)| deltas));
+        for (i, (store, run, deltas)) in runs.into_iter().enumerate() {
             if Some(i) == first || deltas >= HARD_MAX_LEVEL_DELTAS {
                 self.compact_levels(w, store, run)?;
                 counts.push((store, 0));
