@@ -29,7 +29,7 @@ fn workload() -> Workload {
         start_us: 1_767_225_600_000_000, // 2026-01-01
         step_us: 20,
     };
-    match tillstream_loadgen::workload::build(&spec, 128) {
+    match tillstream_loadgen::workload::build(&spec, 128, None) {
         Ok(w) => w,
         Err(e) => panic!("workload: {e}"),
     }

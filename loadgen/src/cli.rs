@@ -92,6 +92,13 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub batch_size: u32,
 
+    /// With --rate, a device also sends its batch once its first event
+    /// has waited this long, as a till's flush timer does, so a large
+    /// fleet at a low rate sends small batches steadily instead of all
+    /// its full ones at once. Milliseconds; 0 waits for --batch-size.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub batch_max_wait_ms: u64,
+
     /// Target events per second over the whole fleet; 0 sends as fast as
     /// the server acknowledges.
     #[arg(long, value_name = "EVENTS_PER_S", default_value_t = 0.0)]
@@ -196,6 +203,16 @@ impl Args {
             anyhow::bail!("--sim-step-us cannot be negative");
         }
         Ok(())
+    }
+
+    /// The longest a batch stays open, in events of the whole run (the
+    /// run's clock at --rate); none flat out or with a wait of 0.
+    pub fn batch_max_wait_events(&self) -> Option<u64> {
+        (self.rate > 0.0 && self.batch_max_wait_ms > 0).then(|| {
+            (self.rate * self.batch_max_wait_ms as f64 / 1000.0)
+                .round()
+                .max(1.0) as u64
+        })
     }
 
     /// The events to send: --events, or --rate × --duration.

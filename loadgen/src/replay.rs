@@ -176,8 +176,14 @@ impl Columns {
 }
 
 /// Reads `path` and prepares one sale or refund per invoice, cut into
-/// batches of `batch_size` per till, `tills` tills per country.
-pub fn build(path: &Path, batch_size: u32, tills: u32) -> anyhow::Result<(Workload, CsvInfo)> {
+/// batches of `batch_size` per till (or fewer, once `max_wait` events of
+/// the replay went by since their first), `tills` tills per country.
+pub fn build(
+    path: &Path,
+    batch_size: u32,
+    max_wait: Option<u64>,
+    tills: u32,
+) -> anyhow::Result<(Workload, CsvInfo)> {
     if tills == 0 || tills > crate::generator::MAX_DEVICES_PER_STORE {
         bail!("--terminals-per-store must be between 1 and 65536 for a replay");
     }
@@ -274,7 +280,7 @@ pub fn build(path: &Path, batch_size: u32, tills: u32) -> anyhow::Result<(Worklo
         })
         .collect();
     events.sort_by_key(|(ts, d, _)| (*ts, *d));
-    let mut batcher = Batcher::new(devices, batch_size);
+    let mut batcher = Batcher::new(devices, batch_size).max_wait(max_wait);
     for (_, d, ev) in events {
         batcher.push(d, ev)?;
     }

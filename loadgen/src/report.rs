@@ -88,6 +88,10 @@ pub struct GeneratorInfo {
     pub skus: u32,
     /// Events per batch.
     pub batch_size: u32,
+    /// How long a batch waits for its events at --rate (none: flat out,
+    /// or only its size closes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_max_wait_ms: Option<u64>,
     /// Target events per second (0: flat out).
     pub rate: f64,
     /// Simulated µs between events.
@@ -366,6 +370,7 @@ mod tests {
             sensors_per_store: 0,
             skus: 1,
             batch_size: 10,
+            batch_max_wait_ms: None,
             rate: 0.0,
             step_us: 1,
             csv: None,

@@ -53,12 +53,18 @@ pub async fn prepare(args: &Args) -> anyhow::Result<(Workload, GeneratorInfo)> {
             sensors_per_store: a.sensors_per_store,
             skus: a.skus,
             batch_size: a.batch_size,
+            batch_max_wait_ms: a.batch_max_wait_events().map(|_| a.batch_max_wait_ms),
             rate: a.rate,
             step_us: a.step_us(),
             csv: None,
         };
         if let Some(path) = &a.replay_csv {
-            let (work, csv) = replay::build(path, a.batch_size, a.terminals_per_store)?;
+            let (work, csv) = replay::build(
+                path,
+                a.batch_size,
+                a.batch_max_wait_events(),
+                a.terminals_per_store,
+            )?;
             info.mode = "csv";
             info.stores = u32::try_from(csv.stores).unwrap_or(u32::MAX);
             info.sensors_per_store = 0;
@@ -77,7 +83,10 @@ pub async fn prepare(args: &Args) -> anyhow::Result<(Workload, GeneratorInfo)> {
             start_us: now_us(),
             step_us: a.step_us(),
         };
-        Ok((workload::build(&spec, a.batch_size)?, info))
+        Ok((
+            workload::build(&spec, a.batch_size, a.batch_max_wait_events())?,
+            info,
+        ))
     })
     .await
     .context("the generator task failed")??;

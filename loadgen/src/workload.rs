@@ -52,12 +52,35 @@ pub struct Workload {
 }
 
 /// Cuts each device's events into batches of `size` and encodes them.
+///
+/// With a maximum wait, a batch also closes once that many events of the
+/// whole run have gone by since its first event, as a till's flush timer
+/// would: at a target rate the wait is a time. Without it, a device's
+/// batch waits for its `size`-th event, which in a fleet of 10,000
+/// devices is a million events later: every device's first batch came
+/// due at the same moment, and its last at the end of the run.
 #[derive(Debug)]
 pub struct Batcher {
     size: usize,
-    open: Vec<Vec<Event>>,
+    max_wait: Option<u64>,
+    open: Vec<OpenBatch>,
     work: Workload,
     seen: u64,
+}
+
+/// A device's batch being filled.
+#[derive(Debug, Clone, Default)]
+struct OpenBatch {
+    events: Vec<Event>,
+    /// Position in the run (1-based) of its first event.
+    opened_at: u64,
+}
+
+impl OpenBatch {
+    /// When it is due if it is closed by its timer, not by its size.
+    fn timer_due(&self, max_wait: Option<u64>) -> Option<u64> {
+        max_wait.map(|w| self.opened_at.saturating_add(w))
+    }
 }
 
 impl Batcher {
@@ -74,13 +97,22 @@ impl Batcher {
             .collect();
         Self {
             size: size.max(1) as usize,
-            open: vec![Vec::new(); plans.len()],
+            max_wait: None,
+            open: vec![OpenBatch::default(); plans.len()],
             work: Workload {
                 devices: plans,
                 ..Workload::default()
             },
             seen: 0,
         }
+    }
+
+    /// Closes a batch once `events` more events of the run have gone by
+    /// since its first (none: only its size closes it).
+    #[must_use]
+    pub fn max_wait(mut self, events: Option<u64>) -> Self {
+        self.max_wait = events.map(|e| e.max(1));
+        self
     }
 
     /// Adds the next event of the run, from device index `d`.
@@ -90,10 +122,22 @@ impl Batcher {
             .open
             .get_mut(d)
             .with_context(|| format!("no device with index {d}"))?;
-        open.push(ev);
-        if open.len() >= self.size {
-            let events = std::mem::take(open);
-            self.close(d, events)?;
+        // Its timer fired before this event came: the batch went then.
+        if let Some(due) = open.timer_due(self.max_wait)
+            && !open.events.is_empty()
+            && self.seen > due
+        {
+            let events = std::mem::take(&mut open.events);
+            self.close(d, events, due)?;
+        }
+        let open = &mut self.open[d];
+        if open.events.is_empty() {
+            open.opened_at = self.seen;
+        }
+        open.events.push(ev);
+        if open.events.len() >= self.size {
+            let events = std::mem::take(&mut open.events);
+            self.close(d, events, self.seen)?;
         }
         Ok(())
     }
@@ -101,17 +145,21 @@ impl Batcher {
     /// Closes the open batches and returns the workload.
     pub fn finish(mut self) -> anyhow::Result<Workload> {
         for d in 0..self.open.len() {
-            let events = std::mem::take(&mut self.open[d]);
+            let open = &mut self.open[d];
+            let due = open
+                .timer_due(self.max_wait)
+                .map_or(self.seen, |t| t.min(self.seen));
+            let events = std::mem::take(&mut open.events);
             if !events.is_empty() {
-                self.close(d, events)?;
+                self.close(d, events, due)?;
             }
         }
         Ok(self.work)
     }
 
-    /// Encodes `events` as the device's next batch; one too large for a
-    /// frame is split in two, recursively.
-    fn close(&mut self, d: usize, mut events: Vec<Event>) -> anyhow::Result<()> {
+    /// Encodes `events` as the device's next batch, due at event `due` of
+    /// the run; one too large for a frame is split in two, recursively.
+    fn close(&mut self, d: usize, mut events: Vec<Event>, due: u64) -> anyhow::Result<()> {
         let plan = &mut self.work.devices[d];
         let seq = plan.batches.len() as u64 + 1;
         let batch = Batch {
@@ -125,7 +173,7 @@ impl Batcher {
                 self.work.batches += 1;
                 self.work.bytes += p.len() as u64;
                 plan.batches.push(ScheduledBatch {
-                    due_event: self.seen,
+                    due_event: due,
                     batch: p,
                 });
                 Ok(())
@@ -136,16 +184,18 @@ impl Batcher {
             }) if batch.events.len() > 1 => {
                 events = batch.events;
                 let tail = events.split_off(events.len() / 2);
-                self.close(d, events)?;
-                self.close(d, tail)
+                self.close(d, events, due)?;
+                self.close(d, tail, due)
             }
             Err(e) => Err(e).with_context(|| format!("encoding batch {seq} of device index {d}")),
         }
     }
 }
 
-/// Generates the fleet's events and prepares every batch.
-pub fn build(spec: &FleetSpec, batch_size: u32) -> anyhow::Result<Workload> {
+/// Generates the fleet's events and prepares every batch: batches of
+/// `batch_size`, or fewer once `max_wait` events of the run went by since
+/// their first ([`Batcher::max_wait`]).
+pub fn build(spec: &FleetSpec, batch_size: u32, max_wait: Option<u64>) -> anyhow::Result<Workload> {
     let generator = Generator::new(spec.clone())?;
     let mut batcher = Batcher::new(
         generator.devices().iter().map(|d| {
@@ -156,7 +206,8 @@ pub fn build(spec: &FleetSpec, batch_size: u32) -> anyhow::Result<Workload> {
             (d.device, d.store, role)
         }),
         batch_size,
-    );
+    )
+    .max_wait(max_wait);
     for (d, ev) in generator {
         batcher.push(d, ev)?;
     }

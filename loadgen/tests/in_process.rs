@@ -167,10 +167,10 @@ async fn used_device_ids_fail_the_run_even_before_they_connect() -> anyhow::Resu
         // Sends start before any Welcome: the check must not depend on it.
         connect_wait: Duration::ZERO,
     };
-    let first = fleet::run(workload::build(&spec, 20)?, &cfg).await?;
+    let first = fleet::run(workload::build(&spec, 20, None)?, &cfg).await?;
     assert!(first.failures.is_empty(), "{:?}", first.failures);
     assert_eq!(first.events_acked, 400);
-    let second = fleet::run(workload::build(&spec, 20)?, &cfg).await?;
+    let second = fleet::run(workload::build(&spec, 20, None)?, &cfg).await?;
     assert_eq!(
         second.events_acked, 0,
         "batches the server already had are not acknowledged: {:?}",

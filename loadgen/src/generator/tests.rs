@@ -4,7 +4,9 @@ use tillstream_protocol::frame::{FrameHeader, HEADER_LEN, aligned};
 use tillstream_protocol::{Event, MsgType, ValidatedBatch};
 
 use super::*;
-use crate::workload::build;
+use tillstream_auth::Role;
+
+use crate::workload::{Workload, build};
 
 const START: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
 
@@ -24,7 +26,7 @@ fn spec(seed: u64, events: u64) -> FleetSpec {
 #[test]
 fn same_seed_same_bytes_other_seed_other_bytes() -> anyhow::Result<()> {
     let frames = |seed| -> anyhow::Result<Vec<Vec<u8>>> {
-        let w = build(&spec(seed, 5_000), 64)?;
+        let w = build(&spec(seed, 5_000), 64, None)?;
         Ok(w.devices
             .iter()
             .flat_map(|d| d.batches.iter().map(|b| b.batch.frame.to_vec()))
@@ -39,7 +41,7 @@ fn same_seed_same_bytes_other_seed_other_bytes() -> anyhow::Result<()> {
 #[test]
 fn every_batch_is_a_valid_frame_with_contiguous_seqs() -> anyhow::Result<()> {
     let s = spec(7, 20_000);
-    let w = build(&s, 100)?;
+    let w = build(&s, 100, None)?;
     assert_eq!(w.events, s.events);
     let mut events = 0u64;
     let mut last_due = 0;
@@ -252,7 +254,7 @@ fn a_batch_too_large_for_a_frame_is_split() -> anyhow::Result<()> {
     s.stores = 1;
     s.terminals_per_store = 1;
     s.sensors_per_store = 0;
-    let w = build(&s, 12_000)?;
+    let w = build(&s, 12_000, None)?;
     let d = &w.devices[0];
     assert!(
         d.batches.len() > 1,
@@ -263,5 +265,69 @@ fn a_batch_too_large_for_a_frame_is_split() -> anyhow::Result<()> {
         assert_eq!(b.batch.seq, i as u64 + 1);
         assert!(b.batch.len() <= HEADER_LEN + (1 << 20));
     }
+    Ok(())
+}
+
+/// A large fleet at a low rate: each device holds a few events when its
+/// timer fires. Without the timer every device's first batch came due once
+/// the fleet had made `batch size` events per device, all at once.
+#[test]
+fn a_batch_closes_when_its_first_event_has_waited_long_enough() -> anyhow::Result<()> {
+    let (size, wait) = (50_usize, 400_u64);
+    let s = spec(5, 30_000);
+    let generator = Generator::new(s.clone())?;
+    let ids = generator
+        .devices()
+        .iter()
+        .map(|d| (d.device, d.store, Role::Terminal));
+    let mut batcher = crate::workload::Batcher::new(ids, size as u32).max_wait(Some(wait));
+    // Where (1-based, in the whole run) each device's events came.
+    let mut at: Vec<Vec<u64>> = vec![Vec::new(); generator.devices().len()];
+    for (i, (d, ev)) in generator.enumerate() {
+        at[d].push(i as u64 + 1);
+        batcher.push(d, ev)?;
+    }
+    let w = batcher.finish()?;
+    assert_eq!(w.events, s.events);
+    let (mut by_timer, mut by_size) = (0, 0);
+    for (d, plan) in w.devices.iter().enumerate() {
+        let mut next = 0;
+        for b in &plan.batches {
+            let n = b.batch.events as usize;
+            let (first, last) = (at[d][next], at[d][next + n - 1]);
+            next += n;
+            // Not before its last event was made, never past its timer.
+            assert!(b.due_event >= last && b.due_event <= first + wait);
+            if n == size {
+                by_size += 1;
+            } else if next < at[d].len() {
+                // Closed by its timer: due when it fired, and the device's
+                // next event came after that.
+                assert_eq!(b.due_event, first + wait);
+                assert!(at[d][next] > b.due_event);
+                by_timer += 1;
+            }
+        }
+        assert_eq!(next, at[d].len(), "every event of device {d} sent once");
+        assert!(
+            plan.batches
+                .windows(2)
+                .all(|p| p[0].due_event < p[1].due_event)
+        );
+    }
+    assert!(
+        by_timer > 0 && by_size > 0,
+        "{by_timer} by timer, {by_size} by size"
+    );
+    // Without a wait, the same fleet's first batches come due far later.
+    let by_size_only = build(&s, size as u32, None)?;
+    let first_due = |w: &Workload| {
+        w.devices
+            .iter()
+            .filter_map(|d| d.batches.first())
+            .map(|b| b.due_event)
+            .max()
+    };
+    assert!(first_due(&by_size_only) > first_due(&w));
     Ok(())
 }

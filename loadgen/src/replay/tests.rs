@@ -60,7 +60,7 @@ X.1;X;InvoiceNo;StockCode;Description;Quantity;InvoiceDate;UnitPrice;CustomerID;
 fn replays_a_small_export_and_counts_bad_rows() -> anyhow::Result<()> {
     let mut f = tempfile::NamedTempFile::new()?;
     f.write_all(SAMPLE.as_bytes())?;
-    let (work, info) = build(f.path(), 10, 2)?;
+    let (work, info) = build(f.path(), 10, None, 2)?;
     assert_eq!(info.rows, 8);
     assert_eq!(info.used_rows, 4);
     assert_eq!(
@@ -105,7 +105,7 @@ fn replays_a_small_export_and_counts_bad_rows() -> anyhow::Result<()> {
 fn the_shipped_sample_replays() -> anyhow::Result<()> {
     // The copy shipped with the tests (tests/data/README.md): always here.
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/online-retail-sample.csv");
-    let (work, info) = build(&path, 128, 2)?;
+    let (work, info) = build(&path, 128, None, 2)?;
     assert_eq!(info.rows, 5_000);
     assert_eq!(
         info.used_rows + info.bad_rows.values().sum::<u64>(),
