@@ -2,7 +2,8 @@
 //! rollup days unchanged for `after`, and the device slots of devices gone
 //! for as long, as long as their rows are in the tables (see `shards` and
 //! `devices`). They come back from the store when a batch needs them, so
-//! memory follows what devices use, not what they ever used.
+//! memory follows what devices use, not what they ever used. The row
+//! sets that waited in the pool since the last sweep go too (`rowpool`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use tokio::sync::watch;
 use crate::clock::now_us;
 use crate::ctx::EngineCtx;
 use crate::metrics as m;
+use crate::rowpool::RowSetPool;
 use crate::shards::ShardMsg;
 
 /// How often a sweep runs for a given idle time: often enough that nothing
@@ -26,6 +28,7 @@ pub(crate) async fn run(
     ctx: Arc<EngineCtx>,
     after: Duration,
     materialized: watch::Receiver<u64>,
+    row_sets: Arc<RowSetPool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(sweep_every(after));
@@ -52,6 +55,10 @@ pub(crate) async fn run(
                 tracing::debug!(devices = gone, "passivated idle device slots");
                 m::passivated_devices(gone);
             }
+        }
+        let sets = row_sets.trim();
+        if sets > 0 {
+            tracing::debug!(sets, "dropped row sets unused since the last sweep");
         }
     }
 }

@@ -13,6 +13,12 @@
 //! dropped rather than kept; so is one too small to be worth a place
 //! ([`MIN_SET_BYTES`]: the ledger's few rows of a batch). A part of 128 events is some 40 KiB, so a
 //! full pool of 1,024 is about 40 MiB, the rows of two flushes at peak.
+//!
+//! And it shrinks: [`RowSetPool::trim`], called by each passivation
+//! sweep, drops the sets no one needed since the sweep before (the fewest
+//! that waited here at any moment since then). Under load that is the
+//! surplus over what the shards use; once devices stop, the whole pool,
+//! which heaptrack found holding 74 MB of a 337 MB heap after a run.
 
 use parking_lot::Mutex;
 use tillstream_storage::RowSet;
@@ -29,22 +35,50 @@ pub(crate) const MIN_SET_BYTES: usize = 4 << 10;
 /// Empty row sets with capacity, shared by the shards and the flusher.
 #[derive(Debug)]
 pub(crate) struct RowSetPool {
-    free: Mutex<Vec<RowSet>>,
+    free: Mutex<Free>,
     max: usize,
+}
+
+#[derive(Debug)]
+struct Free {
+    sets: Vec<RowSet>,
+    /// The fewest sets that waited here since the last trim: that many
+    /// were not needed all that time.
+    low: usize,
 }
 
 impl RowSetPool {
     /// A pool keeping at most `max` sets.
     pub(crate) fn new(max: usize) -> Self {
         Self {
-            free: Mutex::new(Vec::with_capacity(max)),
+            free: Mutex::new(Free {
+                sets: Vec::with_capacity(max),
+                low: 0,
+            }),
             max,
         }
     }
 
     /// An empty set: one handed back, or a new one.
     pub(crate) fn take(&self) -> RowSet {
-        self.free.lock().pop().unwrap_or_default()
+        let mut free = self.free.lock();
+        let set = free.sets.pop();
+        free.low = free.low.min(free.sets.len());
+        set.unwrap_or_default()
+    }
+
+    /// Drops the sets that went unused since the last trim; returns how
+    /// many. Freed here, on the caller's thread, not under a shard's feet.
+    pub(crate) fn trim(&self) -> usize {
+        let unused = {
+            let mut free = self.free.lock();
+            let n = free.low.min(free.sets.len());
+            let keep = free.sets.len() - n;
+            let unused = free.sets.split_off(keep);
+            free.low = free.sets.len();
+            unused
+        };
+        unused.len()
     }
 
     /// Hands back a set whose rows are no longer needed; it is emptied,
@@ -55,15 +89,15 @@ impl RowSetPool {
         }
         set.clear();
         let mut free = self.free.lock();
-        if free.len() < self.max {
-            free.push(set);
+        if free.sets.len() < self.max {
+            free.sets.push(set);
         }
     }
 
     /// Sets waiting (for tests).
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.free.lock().len()
+        self.free.lock().sets.len()
     }
 }
 
@@ -124,6 +158,31 @@ mod tests {
         let pool = RowSetPool::new(2);
         pool.give(with_lines(big));
         assert_eq!(pool.len(), 0, "a set past the byte bound is dropped");
+    }
+
+    #[test]
+    fn a_trim_drops_what_went_unused_since_the_last_one() {
+        let pool = RowSetPool::new(16);
+        for _ in 0..10 {
+            pool.give(with_lines(100));
+        }
+        // The first trim has nothing to go by: since the pool was made,
+        // it has held no set at some moment.
+        assert_eq!(pool.trim(), 0);
+        assert_eq!(pool.len(), 10);
+        // Load that needs four sets at most: six were idle all along.
+        for _ in 0..3 {
+            let held: Vec<_> = (0..4).map(|_| pool.take()).collect();
+            for set in held {
+                pool.give(set);
+            }
+        }
+        assert_eq!(pool.trim(), 6);
+        assert_eq!(pool.len(), 4);
+        // No load at all: the rest goes at the next trim.
+        assert_eq!(pool.trim(), 4);
+        assert_eq!(pool.len(), 0);
+        assert_eq!(pool.trim(), 0);
     }
 
     #[test]

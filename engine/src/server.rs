@@ -135,7 +135,7 @@ impl Server {
                 sync_every: Duration::from_millis(500),
                 queue: 4096,
             },
-            row_sets,
+            row_sets.clone(),
         );
         let ctx = Arc::new(EngineCtx {
             store,
@@ -218,6 +218,7 @@ impl Server {
             ctx.clone(),
             cfg.passivate_after,
             materialized.subscribe(),
+            row_sets,
             shutdown_rx.clone(),
         ));
         let (http_addr, http) = match cfg.http {
