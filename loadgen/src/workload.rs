@@ -58,7 +58,10 @@ pub struct Workload {
 /// would: at a target rate the wait is a time. Without it, a device's
 /// batch waits for its `size`-th event, which in a fleet of 10,000
 /// devices is a million events later: every device's first batch came
-/// due at the same moment, and its last at the end of the run.
+/// due at the same moment, and its last at the end of the run. A device's
+/// first batch waits a share of the wait of its own, so the fleet's
+/// timers do not all fire in the same instant every period, as tills
+/// switched on at different times would not.
 #[derive(Debug)]
 pub struct Batcher {
     size: usize,
@@ -74,13 +77,22 @@ struct OpenBatch {
     events: Vec<Event>,
     /// Position in the run (1-based) of its first event.
     opened_at: u64,
+    /// How long its timer waits, in events of the run (none: no timer).
+    wait: Option<u64>,
 }
 
 impl OpenBatch {
     /// When it is due if it is closed by its timer, not by its size.
-    fn timer_due(&self, max_wait: Option<u64>) -> Option<u64> {
-        max_wait.map(|w| self.opened_at.saturating_add(w))
+    fn timer_due(&self) -> Option<u64> {
+        self.wait.map(|w| self.opened_at.saturating_add(w))
     }
+}
+
+/// The wait of device index `d`'s first batch: between 1 and `wait`,
+/// spread over the devices by a multiplicative hash of the index.
+fn first_wait(d: usize, wait: u64) -> u64 {
+    let spread = (d as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16;
+    1 + spread % wait
 }
 
 impl Batcher {
@@ -123,16 +135,21 @@ impl Batcher {
             .get_mut(d)
             .with_context(|| format!("no device with index {d}"))?;
         // Its timer fired before this event came: the batch went then.
-        if let Some(due) = open.timer_due(self.max_wait)
+        if let Some(due) = open.timer_due()
             && !open.events.is_empty()
             && self.seen > due
         {
             let events = std::mem::take(&mut open.events);
             self.close(d, events, due)?;
         }
+        let first = self.work.devices[d].batches.is_empty();
         let open = &mut self.open[d];
         if open.events.is_empty() {
             open.opened_at = self.seen;
+            open.wait = match self.max_wait {
+                Some(w) if first => Some(first_wait(d, w)),
+                w => w,
+            };
         }
         open.events.push(ev);
         if open.events.len() >= self.size {
@@ -146,9 +163,7 @@ impl Batcher {
     pub fn finish(mut self) -> anyhow::Result<Workload> {
         for d in 0..self.open.len() {
             let open = &mut self.open[d];
-            let due = open
-                .timer_due(self.max_wait)
-                .map_or(self.seen, |t| t.min(self.seen));
+            let due = open.timer_due().map_or(self.seen, |t| t.min(self.seen));
             let events = std::mem::take(&mut open.events);
             if !events.is_empty() {
                 self.close(d, events, due)?;
