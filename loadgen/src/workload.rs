@@ -142,12 +142,11 @@ impl Batcher {
             let events = std::mem::take(&mut open.events);
             self.close(d, events, due)?;
         }
-        let first = self.work.devices[d].batches.is_empty();
         let open = &mut self.open[d];
         if open.events.is_empty() {
             open.opened_at = self.seen;
             open.wait = match self.max_wait {
-                Some(w) if first => Some(first_wait(d, w)),
+                Some(w) if self.work.devices[d].batches.is_empty() => Some(first_wait(d, w)),
                 w => w,
             };
         }
