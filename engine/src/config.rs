@@ -130,6 +130,13 @@ pub struct ServerConfig {
     pub store: StoreChoice,
     /// Faults to inject (tests and incident rehearsals); none by default.
     pub faults: Faults,
+    /// Asks the process's allocator to hand the pages freed so far back
+    /// to the OS; run after each passivation sweep. The binary that picks
+    /// the allocator sets it (`tillstream serve`: mimalloc's `mi_collect`).
+    /// Without it an idle server's RSS stays where its busiest moment left
+    /// it: mimalloc returns freed pages on later allocator calls, and an
+    /// idle server makes none. None by default.
+    pub release_memory: Option<fn()>,
 }
 
 /// Where the journal and the tables live.
@@ -180,6 +187,7 @@ impl ServerConfig {
             auth: AuthConfig::default(),
             store: StoreChoice::default(),
             faults: Faults::default(),
+            release_memory: None,
         }
     }
 }

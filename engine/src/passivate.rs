@@ -3,7 +3,10 @@
 //! for as long, as long as their rows are in the tables (see `shards` and
 //! `devices`). They come back from the store when a batch needs them, so
 //! memory follows what devices use, not what they ever used. The row
-//! sets that waited in the pool since the last sweep go too (`rowpool`).
+//! sets that waited in the pool since the last sweep go too (`rowpool`),
+//! and then the allocator is asked to return what was freed to the OS
+//! (`ServerConfig::release_memory`). The shards passivate after the sweep
+//! has sent them its message, so what they free goes back at the next one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +32,7 @@ pub(crate) async fn run(
     after: Duration,
     materialized: watch::Receiver<u64>,
     row_sets: Arc<RowSetPool>,
+    release_memory: Option<fn()>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(sweep_every(after));
@@ -59,6 +63,11 @@ pub(crate) async fn run(
         let sets = row_sets.trim();
         if sets > 0 {
             tracing::debug!(sets, "dropped row sets unused since the last sweep");
+        }
+        if let Some(release) = release_memory {
+            let started = Instant::now();
+            release();
+            m::allocator_collection(started.elapsed());
         }
     }
 }

@@ -219,6 +219,7 @@ impl Server {
             cfg.passivate_after,
             materialized.subscribe(),
             row_sets,
+            cfg.release_memory,
             shutdown_rx.clone(),
         ));
         let (http_addr, http) = match cfg.http {

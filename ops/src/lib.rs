@@ -110,7 +110,20 @@ fn subcommand_of(argv: &[OsString]) -> Option<&str> {
     None
 }
 
-pub fn main() -> std::process::ExitCode {
+/// Asks mimalloc to hand the pages freed so far back to the OS: the
+/// `release_memory` of binaries whose global allocator is mimalloc.
+#[allow(unsafe_code)] // the one foreign call of the workspace, below
+pub fn mimalloc_release_memory() {
+    // SAFETY: mi_collect only walks mimalloc's own bookkeeping; it may be
+    // called from any thread at any time (it collects that thread's pages
+    // and every arena).
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
+/// The `tillstream` program. `release_memory` hands the global
+/// allocator's freed pages back to the OS (after each passivation sweep of
+/// `serve`); the binary passes it because the binary picks the allocator.
+pub fn main(release_memory: Option<fn()>) -> std::process::ExitCode {
     let user_argv: Vec<OsString> = std::env::args_os().collect();
     let root = <Cli as clap::CommandFactory>::command()
         .mut_subcommand("serve", |c| c.args_override_self(true));
@@ -157,9 +170,12 @@ pub fn main() -> std::process::ExitCode {
                 .subcommand_matches("serve")
                 .map(commands::serve::raw_values)
                 .unwrap_or_default();
-            commands::serve::run(*a, started, move || {
-                commands::serve::reread(&root, &user_argv)
-            })
+            commands::serve::run(
+                *a,
+                started,
+                move || commands::serve::reread(&root, &user_argv),
+                release_memory,
+            )
         }
         Command::CheckConfig(a) => commands::config::check(a, &root),
         Command::Verify(a) => commands::verify::run(a),

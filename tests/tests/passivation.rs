@@ -1,5 +1,6 @@
 //! Passivation in a real server process: stores, rollup days and device
-//! slots that sat idle leave memory once their rows are in the tables, and
+//! slots that sat idle leave memory once their rows are in the tables, the
+//! allocator is asked to hand what they held back to the OS, and they
 //! come back from the store unchanged when their devices send again.
 
 use std::time::{Duration, Instant};
@@ -84,16 +85,19 @@ async fn idle_entities_leave_memory_and_come_back_unchanged() -> anyhow::Result<
         Ok(s.metric("tillstream_passivated_stores_total")? >= 2.0
             && s.metric("tillstream_passivated_day_rollups_total")? >= 1.0
             && s.metric("tillstream_passivated_devices_total")? >= 4.0
-            && s.metric("tillstream_active_skus")? == 0.0)
+            && s.metric("tillstream_active_skus")? == 0.0
+            && s.metric("tillstream_allocator_collections_total")? >= 1.0)
     })?;
     let skus_gone = server.metric("tillstream_passivated_skus_total")?;
     assert!(
         passivated,
-        "nothing was passivated: stores {}, days {}, devices {}, skus {skus_gone}, active skus {}",
+        "nothing was passivated, or the allocator never asked to return it: stores {}, days {}, \
+         devices {}, skus {skus_gone}, active skus {}, allocator collections {}",
         server.metric("tillstream_passivated_stores_total")?,
         server.metric("tillstream_passivated_day_rollups_total")?,
         server.metric("tillstream_passivated_devices_total")?,
         server.metric("tillstream_active_skus")?,
+        server.metric("tillstream_allocator_collections_total")?,
     );
     assert!(skus_gone >= 20.0, "{skus_gone} SKUs passivated");
 

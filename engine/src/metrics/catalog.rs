@@ -137,6 +137,14 @@ pub(super) const DESCRIPTIONS: &[(&str, &str)] = &[
         "Device slots dropped from memory as idle.",
     ),
     (
+        "tillstream_allocator_collections_total",
+        "Times the allocator was asked to return freed pages to the OS (after passivation sweeps).",
+    ),
+    (
+        "tillstream_allocator_collection_seconds",
+        "How long asking the allocator to return freed pages to the OS took.",
+    ),
+    (
         "tillstream_ack_stall_seconds",
         "How long no batch has been acknowledged although batches wait.",
     ),

@@ -309,6 +309,13 @@ pub(crate) fn passivated_devices(n: usize) {
     counter!("tillstream_passivated_devices_total").increment(n as u64);
 }
 
+/// The allocator was asked to return freed pages to the OS, taking
+/// `took` (it walks the calling thread's pages and every arena).
+pub(crate) fn allocator_collection(took: Duration) {
+    counter!("tillstream_allocator_collections_total").increment(1);
+    histogram!("tillstream_allocator_collection_seconds").record(took.as_secs_f64());
+}
+
 /// How long no batch has been acknowledged although batches wait (0 when
 /// none waits): the age of a stall, refreshed on every scrape.
 pub(crate) fn ack_stall(stalled: Duration) {

@@ -366,8 +366,10 @@ pub(crate) fn run(
     args: Args,
     started: RawValues,
     reread: impl Fn() -> anyhow::Result<Settings>,
+    release_memory: Option<fn()>,
 ) -> anyhow::Result<ExitCode> {
-    let cfg = server_config(args)?;
+    let mut cfg = server_config(args)?;
+    cfg.release_memory = release_memory;
     if let Some((lo, hi)) = cfg.faults.commit_delay {
         tracing::warn!(?lo, ?hi, "fault injection: every store commit is delayed");
     }
