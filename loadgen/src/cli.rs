@@ -128,7 +128,7 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub max_inflight: usize,
 
-    /// Shard actors of the in-process server [default: number of cores].
+    /// Shard actors of the in-process server [default: half the cores, at least one].
     #[arg(long, value_name = "N", conflicts_with = "server")]
     pub shards: Option<u16>,
 

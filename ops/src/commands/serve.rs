@@ -13,7 +13,7 @@ use tillstream_engine::{ReloadableLimits, Server, ServerConfig};
 
 /// Run the server. With no flags: QUIC on 127.0.0.1:7400, HTTP on
 /// 127.0.0.1:7401, the embedded store and a self-signed certificate in
-/// ./data, one shard per core.
+/// ./data, one shard per two cores.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// UDP address for QUIC (use 0.0.0.0:7400 to accept devices from the network).
@@ -36,7 +36,8 @@ pub(crate) struct Args {
     /// file, default) as TOML, secrets redacted, and exit.
     #[arg(long)]
     print_config: bool,
-    /// Shard actors (default: the number of cores).
+    /// Shard actors (default: half the cores, at least one: the QUIC
+    /// connections, the journal and the table writes need the others).
     #[arg(long, env = "TILLSTREAM_SHARDS")]
     shards: Option<u16>,
     /// TCP address of the HTTP API (/metrics, /healthz, /readyz, /v1/*); "off" to disable.
