@@ -156,7 +156,7 @@ pub enum StoreChoice {
 }
 
 /// Shard actors for `cores` cores: half of them, at least one. A shard's
-/// apply is about a third of the server's CPU per event; the QUIC
+/// apply is about a fifth of the server's CPU per event (perf); the QUIC
 /// connections, the session stages, the journal and the table writes need
 /// the rest, and a shard actor per core left them none. On 2 cores, one
 /// shard beat two in every workload measured (README, "Tune the shard

@@ -130,6 +130,15 @@ mod tests {
         set
     }
 
+    /// A pool of at most `max` sets that was given `sets` sets.
+    fn given(max: usize, sets: usize) -> RowSetPool {
+        let pool = RowSetPool::new(max);
+        for _ in 0..sets {
+            pool.give(with_lines(100));
+        }
+        pool
+    }
+
     #[test]
     fn a_set_comes_back_empty_with_its_capacity() {
         let pool = RowSetPool::new(2);
@@ -149,10 +158,7 @@ mod tests {
 
     #[test]
     fn the_pool_is_bounded_in_sets_and_bytes() {
-        let pool = RowSetPool::new(2);
-        for _ in 0..5 {
-            pool.give(with_lines(100));
-        }
+        let pool = given(2, 5);
         assert_eq!(pool.len(), 2);
         let big = MAX_SET_BYTES / size_of::<SaleLineRow>() + 1;
         let pool = RowSetPool::new(2);
@@ -162,10 +168,7 @@ mod tests {
 
     #[test]
     fn a_trim_drops_what_went_unused_since_the_last_one() {
-        let pool = RowSetPool::new(16);
-        for _ in 0..10 {
-            pool.give(with_lines(100));
-        }
+        let pool = given(16, 10);
         // The first trim has nothing to go by: since the pool was made,
         // it has held no set at some moment.
         assert_eq!(pool.trim(), 0);
