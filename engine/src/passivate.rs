@@ -1,5 +1,6 @@
 //! The passivation sweep: every so often, each shard drops the stores and
-//! rollup days unchanged for `after`, and the device slots of devices gone
+//! rollup days unchanged for `after`, the rollup minutes unchanged for a
+//! sweep from the days that stay, and the device slots of devices gone
 //! for as long, as long as their rows are in the tables (see `shards` and
 //! `devices`). They come back from the store when a batch needs them, so
 //! memory follows what devices use, not what they ever used. The row
@@ -26,6 +27,15 @@ pub(crate) fn sweep_every(after: Duration) -> Duration {
     (after / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
+/// How long a rollup minute of a day still in use stays in memory after
+/// its last sale: one sweep. Tills sell in time order, so a minute that
+/// went a sweep without a sale is nearly always done with, and a till
+/// that sells all day then holds its last minute or two, not the day; a
+/// late sale for one brings the day back (`ShardCore::evict_idle_minutes`).
+pub(crate) fn minute_idle(after: Duration) -> Duration {
+    sweep_every(after).min(after)
+}
+
 /// Runs sweeps until shutdown.
 pub(crate) async fn run(
     ctx: Arc<EngineCtx>,
@@ -43,13 +53,16 @@ pub(crate) async fn run(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let idle_before_us =
-            now_us().saturating_sub(i64::try_from(after.as_micros()).unwrap_or(i64::MAX));
+        let now = now_us();
+        let ago =
+            |d: Duration| now.saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        let (idle_before_us, minutes_idle_before_us) = (ago(after), ago(minute_idle(after)));
         for shard in &ctx.shards {
             // A stopped shard fails the engine elsewhere; nothing to do here.
-            let _ = shard
-                .actor
-                .send_message(ShardMsg::Passivate { idle_before_us });
+            let _ = shard.actor.send_message(ShardMsg::Passivate {
+                idle_before_us,
+                minutes_idle_before_us,
+            });
         }
         if let Some(since_before) = Instant::now().checked_sub(after) {
             let gone = ctx
@@ -86,6 +99,21 @@ mod tests {
         assert_eq!(
             sweep_every(Duration::from_secs(3600)),
             Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn a_rollup_minute_stays_a_sweep_and_never_longer_than_its_day() {
+        // The default: days after 15 min, minutes after a minute.
+        let after = Duration::from_secs(15 * 60);
+        assert_eq!(minute_idle(after), Duration::from_secs(60));
+        assert_eq!(minute_idle(after), sweep_every(after));
+        assert_eq!(minute_idle(Duration::from_secs(8)), Duration::from_secs(2));
+        // Shorter than a second: the sweep runs each second, the minutes
+        // go as early as their day would.
+        assert_eq!(
+            minute_idle(Duration::from_millis(300)),
+            Duration::from_millis(300)
         );
     }
 }

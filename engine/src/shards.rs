@@ -44,9 +44,13 @@ pub(crate) type PartResult = Result<RowSet, Arc<StoreError>>;
 pub(crate) enum ShardMsg {
     /// Apply a batch part.
     Apply(ApplyWork),
-    /// Drop the stores and rollup days unchanged since this time (µs)
-    /// whose rows are all in the tables.
-    Passivate { idle_before_us: i64 },
+    /// Drop the stores and rollup days unchanged since `idle_before_us`,
+    /// and the rollup minutes unchanged since `minutes_idle_before_us`
+    /// (µs), whose rows are all in the tables.
+    Passivate {
+        idle_before_us: i64,
+        minutes_idle_before_us: i64,
+    },
     /// Report the core's counters and gauges.
     Stats(oneshot::Sender<ShardStats>),
 }
@@ -145,9 +149,15 @@ impl Actor for ShardActor {
             ShardMsg::Stats(reply) => {
                 let _ = reply.send(state.core.stats());
             }
-            ShardMsg::Passivate { idle_before_us } => {
+            ShardMsg::Passivate {
+                idle_before_us,
+                minutes_idle_before_us,
+            } => {
                 let materialized = *state.materialized.borrow();
-                let gone = state.core.passivate_idle(idle_before_us, materialized);
+                let mut gone = state.core.passivate_idle(idle_before_us, materialized);
+                gone.rollup_minutes += state
+                    .core
+                    .evict_idle_minutes(minutes_idle_before_us, materialized);
                 if gone != Default::default() {
                     tracing::debug!(
                         shard = state.core.config().id,

@@ -52,16 +52,68 @@ fn wait_metrics(
     Ok(false)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_entities_leave_memory_and_come_back_unchanged() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut opts = ServeOpts::new(&dir.path().join("data"), &dir.path().join("serve.log"), 2)?;
-    opts.extra = ["--passivate-after-s", "1", "--flush-interval-ms", "5"]
-        .map(String::from)
-        .to_vec();
+/// A server process that passivates after `after_s` seconds and flushes
+/// every 5 ms, and what a test needs to stream to it.
+struct Passivating {
+    server: ServerProcess,
+    opts: ServeOpts,
+    tokens: Tokens,
+    endpoint: quinn::Endpoint,
+}
+
+async fn start(dir: &std::path::Path, shards: u16, after_s: u64) -> anyhow::Result<Passivating> {
+    let mut opts = ServeOpts::new(&dir.join("data"), &dir.join("serve.log"), shards)?;
+    opts.extra = vec![
+        "--passivate-after-s".into(),
+        after_s.to_string(),
+        "--flush-interval-ms".into(),
+        "5".into(),
+    ];
     let server = ServerProcess::start(&opts)?;
     let tokens = Tokens::of_data_dir(&opts.data_dir).await?;
     let endpoint = client_endpoint(&std::fs::read(opts.cert_path())?, opts.quic)?;
+    Ok(Passivating {
+        server,
+        opts,
+        tokens,
+        endpoint,
+    })
+}
+
+impl Passivating {
+    /// Sends batches `from..=to` of `script` as one session and waits for
+    /// their acks.
+    async fn stream(&self, script: &DeviceScript, from: u64, to: u64) -> anyhow::Result<()> {
+        stream_range(
+            &self.endpoint,
+            self.opts.quic,
+            &self.tokens,
+            script,
+            from,
+            to,
+        )
+        .await
+    }
+}
+
+/// Stops the server and checks its tables against what `scripts` sent:
+/// every event once, and each rollup the sum of its sales.
+fn stop_and_verify(p: Passivating, scripts: &[DeviceScript]) -> anyhow::Result<()> {
+    let (status, _) = p.server.terminate(Duration::from_secs(30))?;
+    assert!(status.success(), "serve exited with {status}");
+    let store = open_recovered(&p.opts.data_dir)?;
+    let report = verify(&store, Some(&manifest(scripts)))?;
+    assert!(report.ok, "verify failed: {report:?}");
+    assert_eq!((report.missing, report.duplicates), (0, 0));
+    assert_eq!(report.rollup_mismatches, 0);
+    assert_eq!(report.events, total_events(scripts));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_entities_leave_memory_and_come_back_unchanged() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let p = start(dir.path(), 2, 1).await?;
     let t0 = now_us() - 3_600_000_000;
     // Two tills and two shelf sensors over two stores: sales, refunds,
     // counts and movements on the same 20 SKUs.
@@ -79,42 +131,60 @@ async fn idle_entities_leave_memory_and_come_back_unchanged() -> anyhow::Result<
         .collect();
 
     for s in &scripts {
-        stream_range(&endpoint, opts.quic, &tokens, s, 1, 20).await?;
+        p.stream(s, 1, 20).await?;
     }
-    let passivated = wait_metrics(&server, Duration::from_secs(20), |s| {
+    let passivated = wait_metrics(&p.server, Duration::from_secs(20), |s| {
         Ok(s.metric("tillstream_passivated_stores_total")? >= 2.0
             && s.metric("tillstream_passivated_day_rollups_total")? >= 1.0
             && s.metric("tillstream_passivated_devices_total")? >= 4.0
             && s.metric("tillstream_active_skus")? == 0.0
             && s.metric("tillstream_allocator_collections_total")? >= 1.0)
     })?;
-    let skus_gone = server.metric("tillstream_passivated_skus_total")?;
+    let skus_gone = p.server.metric("tillstream_passivated_skus_total")?;
     assert!(
         passivated,
         "nothing was passivated, or the allocator never asked to return it: stores {}, days {}, \
          devices {}, skus {skus_gone}, active skus {}, allocator collections {}",
-        server.metric("tillstream_passivated_stores_total")?,
-        server.metric("tillstream_passivated_day_rollups_total")?,
-        server.metric("tillstream_passivated_devices_total")?,
-        server.metric("tillstream_active_skus")?,
-        server.metric("tillstream_allocator_collections_total")?,
+        p.server.metric("tillstream_passivated_stores_total")?,
+        p.server.metric("tillstream_passivated_day_rollups_total")?,
+        p.server.metric("tillstream_passivated_devices_total")?,
+        p.server.metric("tillstream_active_skus")?,
+        p.server.metric("tillstream_allocator_collections_total")?,
     );
     assert!(skus_gone >= 20.0, "{skus_gone} SKUs passivated");
 
     // The devices come back: watermarks, levels, late windows and rollups
     // are read from the store, and the second half lands on top of them.
     for s in &scripts {
-        stream_range(&endpoint, opts.quic, &tokens, s, 21, 40).await?;
+        p.stream(s, 21, 40).await?;
     }
+    stop_and_verify(p, &scripts)
+}
 
-    let data = opts.data_dir.clone();
-    let (status, _) = server.terminate(Duration::from_secs(30))?;
-    assert!(status.success(), "serve exited with {status}");
-    let store = open_recovered(&data)?;
-    let report = verify(&store, Some(&manifest(&scripts)))?;
-    assert!(report.ok, "verify failed: {report:?}");
-    assert_eq!(report.missing, 0);
-    assert_eq!(report.duplicates, 0);
-    assert_eq!(report.events, total_events(&scripts));
-    Ok(())
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_day_in_use_drops_its_idle_minutes_and_a_late_sale_adds_to_them() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Sweeps every 2 s: a minute goes after 2 s idle, its day after 8 s.
+    let p = start(dir.path(), 1, 8).await?;
+    // At the start of a minute: the till's 40 batches span 41 s of event
+    // time, so both halves sell in the same minute.
+    let minute = 60_000_000;
+    let t0 = (now_us() - 3_600_000_000) / minute * minute;
+    let till = script(401, 1, true, 40, 20, t0);
+
+    p.stream(&till, 1, 20).await?;
+    let evicted = wait_metrics(&p.server, Duration::from_secs(7), |s| {
+        Ok(
+            s.metric("tillstream_passivated_rollup_minutes_total")? >= 1.0
+                && s.metric("tillstream_active_rollup_minutes")? == 0.0,
+        )
+    })?;
+    let days = p.server.metric("tillstream_passivated_day_rollups_total")?;
+    assert!(evicted, "no rollup minute left memory");
+    assert_eq!(days, 0.0, "the day left too: the minute path was not taken");
+
+    // The second half sells in the minute that left: it must add to the
+    // stored rollup, not start it again from zero.
+    p.stream(&till, 21, 40).await?;
+    stop_and_verify(p, &[till])
 }

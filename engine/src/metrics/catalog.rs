@@ -117,6 +117,10 @@ pub(super) const DESCRIPTIONS: &[(&str, &str)] = &[
         "Terminal entities resident in a shard.",
     ),
     (
+        "tillstream_active_rollup_minutes",
+        "Terminal rollup minutes resident in a shard (150 to 200 bytes each).",
+    ),
+    (
         "tillstream_late_window_movements",
         "Stock movements a shard keeps for late events.",
     ),
@@ -131,6 +135,10 @@ pub(super) const DESCRIPTIONS: &[(&str, &str)] = &[
     (
         "tillstream_passivated_day_rollups_total",
         "Terminal rollup days dropped from memory as idle.",
+    ),
+    (
+        "tillstream_passivated_rollup_minutes_total",
+        "Terminal rollup minutes dropped from memory as idle (with their day, or alone from a day still in use).",
     ),
     (
         "tillstream_passivated_devices_total",

@@ -267,6 +267,7 @@ pub(crate) struct ShardGauges {
     inflight: metrics::Gauge,
     skus: metrics::Gauge,
     terminals: metrics::Gauge,
+    rollup_minutes: metrics::Gauge,
     window: metrics::Gauge,
 }
 
@@ -282,6 +283,7 @@ impl ShardGauges {
             inflight: gauge!("tillstream_shard_inflight_bytes", "shard" => s.clone()),
             skus: gauge!("tillstream_active_skus", "shard" => s.clone()),
             terminals: gauge!("tillstream_active_terminals", "shard" => s.clone()),
+            rollup_minutes: gauge!("tillstream_active_rollup_minutes", "shard" => s.clone()),
             window: gauge!("tillstream_late_window_movements", "shard" => s),
         }
     }
@@ -293,6 +295,7 @@ impl ShardGauges {
     pub(crate) fn entities(&self, stats: &tillstream_engine_core::shard::ShardStats) {
         self.skus.set(stats.skus_active as f64);
         self.terminals.set(stats.terminals_active as f64);
+        self.rollup_minutes.set(stats.rollup_minutes as f64);
         self.window.set(stats.window_movements as f64);
     }
 }
@@ -302,6 +305,7 @@ pub(crate) fn passivated(gone: &tillstream_engine_core::shard::Passivated) {
     counter!("tillstream_passivated_stores_total").increment(gone.stores);
     counter!("tillstream_passivated_skus_total").increment(gone.skus);
     counter!("tillstream_passivated_day_rollups_total").increment(gone.days);
+    counter!("tillstream_passivated_rollup_minutes_total").increment(gone.rollup_minutes);
 }
 
 /// Device slots dropped from memory as idle.

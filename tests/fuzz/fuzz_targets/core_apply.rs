@@ -88,6 +88,7 @@ fuzz_target!(|data: &[u8]| {
     }
     for core in &mut cores {
         let _ = core.stats();
+        let _ = core.evict_idle_minutes(i64::MAX, u64::MAX);
         let _ = core.passivate_idle(i64::MAX, u64::MAX);
         let _ = core.stats();
     }

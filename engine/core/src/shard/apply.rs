@@ -16,7 +16,7 @@ use tillstream_storage::{
 };
 
 use super::sku::{CountOutcome, SkuState};
-use super::terminal::{RollupSlot, SaleView, rollup_key};
+use super::terminal::{RollupDay, RollupSlot, SaleView, rollup_key};
 use super::{LastChange, ShardCore, view};
 use crate::route::{Role, WorkItem};
 
@@ -129,7 +129,7 @@ impl ShardCore {
         let slot = self.rollups.entry(rk).or_insert_with(|| {
             days.entry((rk.0, rk.1)).or_insert_with(|| {
                 *activations += 1;
-                LastChange::LOADED
+                RollupDay::LOADED
             });
             RollupSlot::new(rk)
         });
@@ -315,10 +315,14 @@ impl ShardCore {
         for k in &self.dirty_rollups {
             if let Some(slot) = self.rollups.get_mut(k) {
                 slot.dirty = false;
+                slot.changed = change;
                 out.terminal_rollups.push(slot.row);
                 if last_day != Some((k.0, k.1)) {
                     last_day = Some((k.0, k.1));
-                    self.days.insert((k.0, k.1), change);
+                    self.days
+                        .entry((k.0, k.1))
+                        .or_insert(RollupDay::LOADED)
+                        .last = change;
                 }
             }
         }

@@ -11,7 +11,9 @@
 //!    [`ShardCore::activate_rollup_day`];
 //! 3. [`ShardCore::apply`] with the part's LSN, which appends rows;
 //! 4. now and then, [`ShardCore::passivate_idle`] with the LSN the tables
-//!    hold, which drops the stores and rollup days idle since a time.
+//!    hold, which drops the stores and rollup days idle since a time, and
+//!    [`ShardCore::evict_idle_minutes`], which drops the rollup minutes
+//!    idle since a (shorter) time from the days that stay.
 //!
 //! Invariants:
 //! - a SKU lives on `shard_of_sku(store, sku, shards)` and only there; a
@@ -23,7 +25,9 @@
 //!   is not loaded again;
 //! - a store or rollup day is only passivated once every row that changed
 //!   it is in the tables (its last LSN is at most the tables' LSN), so
-//!   loading it again gives the state it had;
+//!   loading it again gives the state it had; the same holds for a rollup
+//!   minute evicted from a day that stays, and its day records that it
+//!   left, so a sale in it needs the day loaded again first;
 //! - each `apply` call emits, per SKU it changed, one `StockLevelRow` with
 //!   its final state (versions strictly increase), and per rollup minute it
 //!   changed, one `TerminalRollupRow`;
@@ -44,7 +48,7 @@ use crate::route::{Role, WorkItem, shard_of_sku, shard_of_terminal};
 use crate::validate::Rules;
 use hash::Keyed;
 use sku::SkuState;
-use terminal::{RollupKey, RollupSlot, SaleView};
+use terminal::{RollupDay, RollupKey, RollupSlot, SaleView, rollup_key};
 
 /// The settings of one shard.
 #[derive(Debug, Clone)]
@@ -202,7 +206,7 @@ pub struct ShardCore {
     skus: HashMap<(u32, u64), SkuState, Keyed>,
     /// SKUs changed by the current `apply` call, in first-change order.
     dirty_skus: Vec<(u32, u64)>,
-    days: HashMap<(u32, u32), LastChange, Keyed>,
+    days: HashMap<(u32, u32), RollupDay, Keyed>,
     rollups: HashMap<RollupKey, RollupSlot, Keyed>,
     dirty_rollups: Vec<RollupKey>,
     terminals: HashSet<(u32, u32), Keyed>,
@@ -271,9 +275,19 @@ impl ShardCore {
                     if let Some(v) = view(e) {
                         let key = (v.store, day(v.ts));
                         if day_active != Some(key) {
-                            if self.days.contains_key(&key) {
-                                day_active = Some(key);
-                            } else {
+                            let needed = match self.days.get(&key) {
+                                None => true,
+                                Some(d) if d.evicted.is_none() => {
+                                    day_active = Some(key);
+                                    false
+                                }
+                                // Its minute may have left memory.
+                                Some(d) => {
+                                    let rk = rollup_key(&v);
+                                    d.evicted(rk.3) && !self.rollups.contains_key(&rk)
+                                }
+                            };
+                            if needed {
                                 add(Need::RollupDay {
                                     store: key.0,
                                     day: key.1,
@@ -348,17 +362,27 @@ impl ShardCore {
     /// Loads the rollups of `store`'s `day` for the terminals that live on
     /// this shard; only a terminal's own shard ever updates its rows, so
     /// the others' rows are not kept. A day already active is left as it
-    /// is.
+    /// is, except that the minutes evicted from it come back: every row
+    /// of the day in the tables is then either in memory, and newer, or
+    /// one of them.
     pub fn activate_rollup_day(&mut self, store: u32, day: u32, rollups: &[TerminalRollupRow]) {
-        if self.days.contains_key(&(store, day)) {
-            return;
+        match self.days.get_mut(&(store, day)) {
+            None => {
+                self.days.insert((store, day), RollupDay::LOADED);
+            }
+            Some(d) => {
+                if d.evicted.take().is_none() {
+                    return;
+                }
+            }
         }
-        self.days.insert((store, day), LastChange::LOADED);
         self.stats.activations += 1;
         for &row in rollups {
             if row.store == store && row.day == day && self.owns_terminal(store, row.terminal) {
                 let key = (row.store, row.day, row.terminal, row.minute);
-                self.rollups.insert(key, RollupSlot { row, dirty: false });
+                self.rollups
+                    .entry(key)
+                    .or_insert_with(|| RollupSlot::loaded(row));
             }
         }
     }
@@ -387,7 +411,7 @@ impl ShardCore {
         }
         let before = self.days.len();
         self.days
-            .retain(|_, last| !last.idle(idle_before_us, materialized_lsn));
+            .retain(|_, d| !d.last.idle(idle_before_us, materialized_lsn));
         out.days = (before - self.days.len()) as u64;
         if out.days > 0 {
             let days = &self.days;
@@ -398,6 +422,27 @@ impl ShardCore {
             self.terminals.retain(|(store, _)| live.contains(store));
         }
         out
+    }
+
+    /// Drops the rollup minutes that last changed before `idle_before_us`
+    /// and whose rows are in the tables, from the days that stay active,
+    /// and records on each day which minutes left (module docs of
+    /// `terminal`). Returns how many left.
+    pub fn evict_idle_minutes(&mut self, idle_before_us: i64, materialized_lsn: u64) -> u64 {
+        let before = self.rollups.len();
+        let days = &mut self.days;
+        self.rollups.retain(|&(store, day, _, minute), slot| {
+            let idle = slot.changed.idle(idle_before_us, materialized_lsn);
+            if idle && let Some(d) = days.get_mut(&(store, day)) {
+                d.evicted.get_or_insert_default().insert(minute);
+            }
+            !idle
+        });
+        let gone = before - self.rollups.len();
+        if gone > 0 {
+            self.rollups.shrink_to(self.rollups.len() * 2);
+        }
+        gone as u64
     }
 
     /// The shard's counters and gauges (walks the SKUs for the window
@@ -431,3 +476,5 @@ fn view(e: &ArchivedEvent) -> Option<SaleView<'_>> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_minutes;

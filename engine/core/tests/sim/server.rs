@@ -130,6 +130,7 @@ pub(crate) struct ServerStats {
     pub(crate) stale_movements: u64,
     pub(crate) passivated_stores: u64,
     pub(crate) passivated_days: u64,
+    pub(crate) evicted_minutes: u64,
 }
 
 fn cores(shards: u16) -> Vec<ShardCore> {
@@ -381,12 +382,16 @@ impl Server {
         self.stats.materializations += 1;
     }
 
-    /// Passivates what changed before `idle_before_us` and is in the tables.
+    /// Passivates what changed before `idle_before_us` and is in the tables,
+    /// and evicts such rollup minutes from the days that stay.
     pub(crate) fn passivate(&mut self, idle_before_us: i64, model: &ModelStore) {
         for core in &mut self.cores {
             let p = core.passivate_idle(idle_before_us, model.checkpoint);
             self.stats.passivated_stores += p.stores;
             self.stats.passivated_days += p.days;
+            // As the engine's sweep does, with the same horizon here: the
+            // sim's clock jumps minutes, so both kinds of idle come up.
+            self.stats.evicted_minutes += core.evict_idle_minutes(idle_before_us, model.checkpoint);
         }
     }
 
