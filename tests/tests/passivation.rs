@@ -164,8 +164,9 @@ async fn idle_entities_leave_memory_and_come_back_unchanged() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_day_in_use_drops_its_idle_minutes_and_a_late_sale_adds_to_them() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    // Sweeps every 2 s: a minute goes after 2 s idle, its day after 8 s.
-    let p = start(dir.path(), 1, 8).await?;
+    // Sweeps every 5 s: a minute goes after 5 s idle, its day after 20 s,
+    // which leaves a slow machine 10 s or more between the two.
+    let p = start(dir.path(), 1, 20).await?;
     // At the start of a minute: the till's 40 batches span 41 s of event
     // time, so both halves sell in the same minute.
     let minute = 60_000_000;
@@ -173,7 +174,7 @@ async fn a_day_in_use_drops_its_idle_minutes_and_a_late_sale_adds_to_them() -> a
     let till = script(401, 1, true, 40, 20, t0);
 
     p.stream(&till, 1, 20).await?;
-    let evicted = wait_metrics(&p.server, Duration::from_secs(7), |s| {
+    let evicted = wait_metrics(&p.server, Duration::from_secs(15), |s| {
         Ok(
             s.metric("tillstream_passivated_rollup_minutes_total")? >= 1.0
                 && s.metric("tillstream_active_rollup_minutes")? == 0.0,
@@ -186,5 +187,7 @@ async fn a_day_in_use_drops_its_idle_minutes_and_a_late_sale_adds_to_them() -> a
     // The second half sells in the minute that left: it must add to the
     // stored rollup, not start it again from zero.
     p.stream(&till, 21, 40).await?;
+    let days = p.server.metric("tillstream_passivated_day_rollups_total")?;
+    assert_eq!(days, 0.0, "the day left before the second half came");
     stop_and_verify(p, &[till])
 }

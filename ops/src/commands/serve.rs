@@ -77,8 +77,8 @@ pub(crate) struct Args {
     /// Seconds a store's SKUs, a rollup day or a device may sit unchanged
     /// before they leave memory (once their rows are in the tables); they
     /// are read back from the store when a batch needs them. A terminal's
-    /// rollup minutes go sooner, after a quarter of this (at most 60 s),
-    /// from a day still in use. Lower it to
+    /// rollup minutes go sooner, from a day still in use: after one sweep
+    /// interval, a quarter of this (at least 1 s, at most 60 s). Lower it to
     /// bound memory with many stores; raise it if /metrics shows
     /// tillstream_passivated_skus_total climbing under steady load.
     #[arg(long, default_value_t = 900, env = "TILLSTREAM_PASSIVATE_AFTER_S",

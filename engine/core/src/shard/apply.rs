@@ -129,7 +129,7 @@ impl ShardCore {
         let slot = self.rollups.entry(rk).or_insert_with(|| {
             days.entry((rk.0, rk.1)).or_insert_with(|| {
                 *activations += 1;
-                RollupDay::LOADED
+                RollupDay::loaded()
             });
             RollupSlot::new(rk)
         });
@@ -321,7 +321,7 @@ impl ShardCore {
                     last_day = Some((k.0, k.1));
                     self.days
                         .entry((k.0, k.1))
-                        .or_insert(RollupDay::LOADED)
+                        .or_insert_with(RollupDay::loaded)
                         .last = change;
                 }
             }

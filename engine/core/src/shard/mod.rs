@@ -21,8 +21,9 @@
 //!   device reports it. `apply` ignores work that is not this
 //!   shard's (counted as `misrouted`), so the plan and the cores must use
 //!   the same shard count;
-//! - activation never overwrites live state: a store or day already active
-//!   is not loaded again;
+//! - activation never overwrites live state: a store already active is not
+//!   loaded again, nor a day, except to bring back the minutes that left
+//!   it, which fills only the slots not in memory;
 //! - a store or rollup day is only passivated once every row that changed
 //!   it is in the tables (its last LSN is at most the tables' LSN), so
 //!   loading it again gives the state it had; the same holds for a rollup
@@ -145,7 +146,8 @@ pub struct ShardStats {
     pub stale_movements: u64,
     /// Items ignored: not this shard's, or not matching their event.
     pub misrouted: u64,
-    /// Stores and rollup days loaded (or started empty).
+    /// Stores and rollup days loaded (or started empty), and days loaded
+    /// again for minutes that had left.
     pub activations: u64,
     /// SKUs in memory.
     pub skus_active: u64,
@@ -164,8 +166,8 @@ pub struct ShardStats {
     pub last_apply_us: i64,
 }
 
-/// When an active store or rollup day last changed: the `now_us` and the
-/// LSN of the last `apply` that changed it.
+/// When an active store, rollup day or rollup minute last changed: the
+/// `now_us` and the LSN of the last `apply` that changed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct LastChange {
     at_us: i64,
@@ -193,7 +195,8 @@ pub struct Passivated {
     pub skus: u64,
     /// Rollup days that left memory.
     pub days: u64,
-    /// Rollup minutes that left memory.
+    /// Rollup minutes that left memory (with their day; the engine adds
+    /// those [`ShardCore::evict_idle_minutes`] dropped alone).
     pub rollup_minutes: u64,
 }
 
@@ -244,7 +247,8 @@ impl ShardCore {
 
     /// What must be activated before `apply` can run these items: stores
     /// whose SKUs this shard has not loaded, and (store, day) of rollups not
-    /// loaded. Appends to `out` what it does not hold yet.
+    /// loaded or with a sale in a minute whose slot left memory. Appends to
+    /// `out` what it does not hold yet.
     pub fn needs(&self, batch: &ArchivedBatch, items: &[WorkItem], out: &mut Vec<Need>) {
         let mut add = |n: Need| {
             if !out.contains(&n) {
@@ -256,7 +260,8 @@ impl ShardCore {
         // and hashed every line for its shard: 2.4% of the server's CPU
         // in a profile at peak.
         let mut store_active = None;
-        let mut day_active = None;
+        // The day of the last sale, if active: most parts are one till's.
+        let mut day_active: Option<((u32, u32), &RollupDay)> = None;
         let mut store_needed = |store: u32| {
             store_active != Some(store) && {
                 let needed = !self.stores.contains_key(&store);
@@ -274,25 +279,26 @@ impl ShardCore {
                 (Role::Terminal, _) => {
                     if let Some(v) = view(e) {
                         let key = (v.store, day(v.ts));
-                        if day_active != Some(key) {
-                            let needed = match self.days.get(&key) {
-                                None => true,
-                                Some(d) if d.evicted.is_none() => {
-                                    day_active = Some(key);
-                                    false
-                                }
-                                // Its minute may have left memory.
-                                Some(d) => {
+                        let active = match day_active {
+                            Some((k, d)) if k == key => Some(d),
+                            _ => self.days.get(&key),
+                        };
+                        let needed = match active {
+                            None => true,
+                            Some(d) => {
+                                day_active = Some((key, d));
+                                // Its minute's slot may have left memory.
+                                !d.evicted.is_empty() && {
                                     let rk = rollup_key(&v);
-                                    d.evicted(rk.3) && !self.rollups.contains_key(&rk)
+                                    d.left(rk.2, rk.3) && !self.rollups.contains_key(&rk)
                                 }
-                            };
-                            if needed {
-                                add(Need::RollupDay {
-                                    store: key.0,
-                                    day: key.1,
-                                });
                             }
+                        };
+                        if needed {
+                            add(Need::RollupDay {
+                                store: key.0,
+                                day: key.1,
+                            });
                         }
                     }
                 }
@@ -362,19 +368,16 @@ impl ShardCore {
     /// Loads the rollups of `store`'s `day` for the terminals that live on
     /// this shard; only a terminal's own shard ever updates its rows, so
     /// the others' rows are not kept. A day already active is left as it
-    /// is, except that the minutes evicted from it come back: every row
-    /// of the day in the tables is then either in memory, and newer, or
-    /// one of them.
+    /// is, except that the minutes that left it come back: a slot still in
+    /// memory is kept (it is as new as the tables' row or newer), and any
+    /// other row of the day in the tables is one that left.
     pub fn activate_rollup_day(&mut self, store: u32, day: u32, rollups: &[TerminalRollupRow]) {
         match self.days.get_mut(&(store, day)) {
             None => {
-                self.days.insert((store, day), RollupDay::LOADED);
+                self.days.insert((store, day), RollupDay::loaded());
             }
-            Some(d) => {
-                if d.evicted.take().is_none() {
-                    return;
-                }
-            }
+            Some(d) if d.evicted.is_empty() => return,
+            Some(d) => d.evicted = HashMap::default(),
         }
         self.stats.activations += 1;
         for &row in rollups {
@@ -431,13 +434,21 @@ impl ShardCore {
     pub fn evict_idle_minutes(&mut self, idle_before_us: i64, materialized_lsn: u64) -> u64 {
         let before = self.rollups.len();
         let days = &mut self.days;
-        self.rollups.retain(|&(store, day, _, minute), slot| {
-            let idle = slot.changed.idle(idle_before_us, materialized_lsn);
-            if idle && let Some(d) = days.get_mut(&(store, day)) {
-                d.evicted.get_or_insert_default().insert(minute);
-            }
-            !idle
-        });
+        self.rollups
+            .retain(|&(store, day, terminal, minute), slot| {
+                // A slot leaves only if its day records that it left: else a
+                // sale in it would start it again from zero.
+                if !slot.changed.idle(idle_before_us, materialized_lsn) {
+                    return true;
+                }
+                match days.get_mut(&(store, day)) {
+                    Some(d) => {
+                        d.record_left(terminal, minute);
+                        false
+                    }
+                    None => true,
+                }
+            });
         let gone = before - self.rollups.len();
         if gone > 0 {
             self.rollups.shrink_to(self.rollups.len() * 2);

@@ -13,15 +13,19 @@
 //! (`ShardCore::evict_idle_minutes`), while the day stays active: a till
 //! that sells all day holds its last minute or two, not the whole day
 //! (at ~150 bytes a minute, 10,000 tills would hold 2 GB by closing time).
-//! The day remembers which minutes left ([`RollupDay::evicted`]); a sale
-//! in one of them needs the day loaded again, which brings back just the
-//! minutes not in memory, so no minute is ever started again from zero.
+//! The day remembers, per terminal, which minutes left
+//! ([`RollupDay::evicted`], as a range that may hold more); a sale in one
+//! of them needs the day loaded again, which brings back just the minutes not in memory and never
+//! overwrites one that is, so no minute is ever started again from zero.
 
 use tillstream_protocol::{ArchivedRefund, ArchivedSale, ArchivedSaleLine, ArchivedTender};
 use tillstream_storage::time::{day, minute_of_day};
 use tillstream_storage::{EventKey, SaleKind, SaleRow, TerminalRollupRow};
 
+use std::collections::HashMap;
+
 use super::LastChange;
+use super::hash::Keyed;
 
 /// The fields sales and refunds share, read in place.
 #[derive(Debug, Clone, Copy)]
@@ -162,24 +166,20 @@ impl RollupSlot {
     }
 }
 
-/// Words of a [`MinuteSet`]: one bit per minute of a day.
-const MINUTE_WORDS: usize = (24 * 60usize).div_ceil(64);
+/// The minutes of one day whose slots left memory, as the range from the
+/// first to the last: a superset, so a sale in a minute inside it that
+/// never had a slot loads the day for nothing, which only a late sale can
+/// cause (a till's minutes leave in the order it sold in them). Four
+/// bytes, where a bitmap of the day's minutes is 180.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct MinutesLeft {
+    first: u16,
+    last: u16,
+}
 
-/// A set of minutes of one day (`minute_of_day`), 184 bytes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(super) struct MinuteSet([u64; MINUTE_WORDS]);
-
-impl MinuteSet {
-    pub(super) fn insert(&mut self, minute: u16) {
-        if let Some(w) = self.0.get_mut(usize::from(minute / 64)) {
-            *w |= 1 << (minute % 64);
-        }
-    }
-
-    pub(super) fn contains(&self, minute: u16) -> bool {
-        self.0
-            .get(usize::from(minute / 64))
-            .is_some_and(|w| w & (1 << (minute % 64)) != 0)
+impl MinutesLeft {
+    fn contains(self, minute: u16) -> bool {
+        (self.first..=self.last).contains(&minute)
     }
 }
 
@@ -188,21 +188,42 @@ impl MinuteSet {
 pub(super) struct RollupDay {
     /// When any of its minutes last changed.
     pub(super) last: LastChange,
-    /// The minutes a slot of which left memory while the day stayed
-    /// active; none until one does, and none again once the day is loaded
-    /// again.
-    pub(super) evicted: Option<Box<MinuteSet>>,
+    /// Per terminal, the minutes whose slot left memory while the day
+    /// stayed active: empty (no allocation) until one does, and again
+    /// once the day is loaded again. Per terminal, not per day, so a till
+    /// selling for the first time in a minute another till's slot left
+    /// does not load the day.
+    pub(super) evicted: HashMap<u32, MinutesLeft, Keyed>,
 }
 
 impl RollupDay {
     /// Loaded from the tables (or started empty) and not changed since.
-    pub(super) const LOADED: RollupDay = RollupDay {
-        last: LastChange::LOADED,
-        evicted: None,
-    };
+    pub(super) fn loaded() -> Self {
+        Self {
+            last: LastChange::LOADED,
+            evicted: HashMap::default(),
+        }
+    }
 
-    /// Whether a slot of `minute` may be in the tables but not in memory.
-    pub(super) fn evicted(&self, minute: u16) -> bool {
-        self.evicted.as_ref().is_some_and(|m| m.contains(minute))
+    /// Whether the slot of `terminal`'s `minute` left memory (so may be in
+    /// the tables but not in memory).
+    pub(super) fn left(&self, terminal: u32, minute: u16) -> bool {
+        self.evicted
+            .get(&terminal)
+            .is_some_and(|m| m.contains(minute))
+    }
+
+    /// Records that the slot of `terminal`'s `minute` leaves memory.
+    pub(super) fn record_left(&mut self, terminal: u32, minute: u16) {
+        self.evicted
+            .entry(terminal)
+            .and_modify(|m| {
+                m.first = m.first.min(minute);
+                m.last = m.last.max(minute);
+            })
+            .or_insert(MinutesLeft {
+                first: minute,
+                last: minute,
+            });
     }
 }

@@ -68,11 +68,20 @@ fn a_late_sale_in_an_evicted_minute_adds_to_its_stored_row() -> R {
     let s = c.stats();
     assert_eq!((s.rollup_minutes, s.rollup_days_active), (0, 1));
 
-    // A sale in a minute nobody sold in needs nothing loaded.
-    let fresh = testkit::batch(3, vec![sale(NOW - MINUTE_US, 1, 4, vec![line(7, 1, 50)])])?;
-    assert_eq!(needs(&c, &fresh), vec![]);
-    // One in an evicted minute needs its day again ...
-    let late = testkit::batch(4, vec![sale(early + 1, 1, 4, vec![line(7, 2, 100)])])?;
+    // A sale in a minute after those that left needs nothing loaded, nor
+    // one of another till in a minute whose slot left for till 4 only.
+    let other = testkit::batch(3, vec![sale(early + 2, 1, 5, vec![line(7, 1, 10)])])?;
+    assert_eq!(needs(&c, &other), vec![]);
+    let fresh = |seq| testkit::batch(seq, vec![sale(NOW + MINUTE_US, 1, 4, vec![line(7, 1, 50)])]);
+    assert_eq!(needs(&c, &fresh(4)?), vec![]);
+    // Applied on the day its minutes left, it must not make the day
+    // forget them. Its first sale reaches the tables, the second not yet.
+    let out = load_and_apply(&mut c, &tables, 12, &fresh(4)?);
+    materialize(&mut tables, &out);
+    load_and_apply(&mut c, &tables, 13, &fresh(5)?);
+
+    // A sale in an evicted minute needs its day again ...
+    let late = testkit::batch(6, vec![sale(early + 1, 1, 4, vec![line(7, 2, 100)])])?;
     assert_eq!(
         needs(&c, &late),
         vec![Need::RollupDay {
@@ -81,14 +90,17 @@ fn a_late_sale_in_an_evicted_minute_adds_to_its_stored_row() -> R {
         }]
     );
     // ... and adds to what the tables hold, not to zero.
-    let out = load_and_apply(&mut c, &tables, 12, &late);
+    let out = load_and_apply(&mut c, &tables, 14, &late);
     assert_eq!(out.terminal_rollups.len(), 1);
     let r = out.terminal_rollups[0];
     assert_eq!((r.minute, r.sales, r.gross), (minute_of_day(early), 2, 300));
-    // The reload brought back the other evicted minute too, and a later
+    // The reload brought back the other minute that left, and a later
     // sale there needs nothing.
-    assert_eq!(c.stats().rollup_minutes, 2);
+    assert_eq!(c.stats().rollup_minutes, 3);
     assert_eq!(needs(&c, &next), vec![]);
+    // It kept the slot in memory, newer than the tables' row of it.
+    let out = load_and_apply(&mut c, &tables, 15, &fresh(7)?);
+    assert_eq!(out.terminal_rollups[0].sales, 3);
     Ok(())
 }
 
