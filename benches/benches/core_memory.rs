@@ -21,7 +21,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use tillstream_engine_core::route::{BatchPlan, plan_batch};
-use tillstream_engine_core::shard::{ShardConfig, ShardCore};
+use tillstream_engine_core::shard::{IdleBefore, ShardConfig, ShardCore};
 use tillstream_engine_core::testkit;
 use tillstream_engine_core::validate::Rules;
 use tillstream_protocol::Event;
@@ -135,7 +135,11 @@ fn terminal_day(hours: u64) -> (ShardCore, isize) {
             core.apply(seq, DEVICE, b.get(), items, now, &mut out);
         }
         drop(out);
-        core.evict_idle_minutes(now - 60_000_000, seq - 1);
+        let idle = IdleBefore {
+            entities_us: i64::MIN,
+            minutes_us: now - 60_000_000,
+        };
+        core.passivate_idle(idle, seq - 1);
     }
     drop(plan);
     (core, LIVE.load(Ordering::Relaxed) - before)

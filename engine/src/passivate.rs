@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tillstream_engine_core::shard::IdleBefore;
 use tokio::sync::watch;
 
 use crate::clock::now_us;
@@ -31,7 +32,7 @@ pub(crate) fn sweep_every(after: Duration) -> Duration {
 /// its last sale: one sweep. Tills sell in time order, so a minute that
 /// went a sweep without a sale is nearly always done with, and a till
 /// that sells all day then holds its last minute or two, not the day; a
-/// late sale for one brings the day back (`ShardCore::evict_idle_minutes`).
+/// late sale for one brings the day back (`ShardCore::passivate_idle`).
 pub(crate) fn minute_idle(after: Duration) -> Duration {
     sweep_every(after).min(after)
 }
@@ -56,13 +57,13 @@ pub(crate) async fn run(
         let now = now_us();
         let ago =
             |d: Duration| now.saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-        let (idle_before_us, minutes_idle_before_us) = (ago(after), ago(minute_idle(after)));
+        let idle = IdleBefore {
+            entities_us: ago(after),
+            minutes_us: ago(minute_idle(after)),
+        };
         for shard in &ctx.shards {
             // A stopped shard fails the engine elsewhere; nothing to do here.
-            let _ = shard.actor.send_message(ShardMsg::Passivate {
-                idle_before_us,
-                minutes_idle_before_us,
-            });
+            let _ = shard.actor.send_message(ShardMsg::Passivate(idle));
         }
         if let Some(since_before) = Instant::now().checked_sub(after) {
             let gone = ctx

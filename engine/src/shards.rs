@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tillstream_engine_core::route::WorkItem;
-use tillstream_engine_core::shard::{Need, ShardConfig, ShardCore, ShardStats};
+use tillstream_engine_core::shard::{IdleBefore, Need, ShardConfig, ShardCore, ShardStats};
 use tillstream_protocol::ValidatedBatch;
 use tillstream_storage::{RowSet, Store, StoreError, StoreSnapshot, TerminalRollupRow};
 use tokio::sync::{Semaphore, oneshot, watch};
@@ -44,13 +44,9 @@ pub(crate) type PartResult = Result<RowSet, Arc<StoreError>>;
 pub(crate) enum ShardMsg {
     /// Apply a batch part.
     Apply(ApplyWork),
-    /// Drop the stores and rollup days unchanged since `idle_before_us`,
-    /// and the rollup minutes unchanged since `minutes_idle_before_us`
-    /// (µs), whose rows are all in the tables.
-    Passivate {
-        idle_before_us: i64,
-        minutes_idle_before_us: i64,
-    },
+    /// Drop what is idle since these times and whose rows are all in the
+    /// tables (`ShardCore::passivate_idle`).
+    Passivate(IdleBefore),
     /// Report the core's counters and gauges.
     Stats(oneshot::Sender<ShardStats>),
 }
@@ -149,15 +145,9 @@ impl Actor for ShardActor {
             ShardMsg::Stats(reply) => {
                 let _ = reply.send(state.core.stats());
             }
-            ShardMsg::Passivate {
-                idle_before_us,
-                minutes_idle_before_us,
-            } => {
+            ShardMsg::Passivate(idle) => {
                 let materialized = *state.materialized.borrow();
-                let mut gone = state.core.passivate_idle(idle_before_us, materialized);
-                gone.rollup_minutes += state
-                    .core
-                    .evict_idle_minutes(minutes_idle_before_us, materialized);
+                let gone = state.core.passivate_idle(idle, materialized);
                 if gone != Default::default() {
                     tracing::debug!(
                         shard = state.core.config().id,

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 
 use libfuzzer_sys::fuzz_target;
 use tillstream_engine_core::route::{BatchPlan, plan_batch};
-use tillstream_engine_core::shard::{Need, ShardConfig, ShardCore};
+use tillstream_engine_core::shard::{IdleBefore, Need, ShardConfig, ShardCore};
 use tillstream_engine_core::validate::{Rules, check_event};
 use tillstream_protocol::ValidatedBatch;
 use tillstream_protocol::frame::aligned;
@@ -88,8 +88,7 @@ fuzz_target!(|data: &[u8]| {
     }
     for core in &mut cores {
         let _ = core.stats();
-        let _ = core.evict_idle_minutes(i64::MAX, u64::MAX);
-        let _ = core.passivate_idle(i64::MAX, u64::MAX);
+        let _ = core.passivate_idle(IdleBefore::all(i64::MAX), u64::MAX);
         let _ = core.stats();
     }
 });

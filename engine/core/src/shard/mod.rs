@@ -12,8 +12,8 @@
 //! 3. [`ShardCore::apply`] with the part's LSN, which appends rows;
 //! 4. now and then, [`ShardCore::passivate_idle`] with the LSN the tables
 //!    hold, which drops the stores and rollup days idle since a time, and
-//!    [`ShardCore::evict_idle_minutes`], which drops the rollup minutes
-//!    idle since a (shorter) time from the days that stay.
+//!    the rollup minutes idle since a (shorter) time from the days that
+//!    stay.
 //!
 //! Invariants:
 //! - a SKU lives on `shard_of_sku(store, sku, shards)` and only there; a
@@ -186,6 +186,26 @@ impl LastChange {
     }
 }
 
+/// What a passivation sweep drops: what last changed before these times
+/// (µs, on the clock of `apply`'s `now_us`) and is in the tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdleBefore {
+    /// Stores (their SKUs) and rollup days.
+    pub entities_us: i64,
+    /// Rollup minutes of the days that stay (module docs of `terminal`).
+    pub minutes_us: i64,
+}
+
+impl IdleBefore {
+    /// The same time for both.
+    pub fn all(before_us: i64) -> Self {
+        Self {
+            entities_us: before_us,
+            minutes_us: before_us,
+        }
+    }
+}
+
 /// What [`ShardCore::passivate_idle`] dropped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Passivated {
@@ -195,8 +215,7 @@ pub struct Passivated {
     pub skus: u64,
     /// Rollup days that left memory.
     pub days: u64,
-    /// Rollup minutes that left memory (with their day; the engine adds
-    /// those [`ShardCore::evict_idle_minutes`] dropped alone).
+    /// Rollup minutes that left memory, with their day or alone.
     pub rollup_minutes: u64,
 }
 
@@ -391,16 +410,18 @@ impl ShardCore {
     }
 
     /// Passivation: drops the stores (their SKUs) and rollup days that
-    /// last changed before `idle_before_us` and whose rows are all in the
-    /// tables (their last LSN is at most `materialized_lsn`). They are
-    /// loaded again from the store when a batch needs them; one whose rows
-    /// are still on their way stays, whatever its age, since loading it
-    /// again now would turn its state back.
-    pub fn passivate_idle(&mut self, idle_before_us: i64, materialized_lsn: u64) -> Passivated {
+    /// last changed before `idle.entities_us`, and from the days that stay
+    /// the rollup minutes that last changed before `idle.minutes_us`, all
+    /// only if their rows are in the tables (their last LSN is at most
+    /// `materialized_lsn`). They are loaded again from the store when a
+    /// batch needs them; one whose rows are still on their way stays,
+    /// whatever its age, since loading it again now would turn its state
+    /// back.
+    pub fn passivate_idle(&mut self, idle: IdleBefore, materialized_lsn: u64) -> Passivated {
         let mut out = Passivated::default();
         let before = self.stores.len();
         self.stores
-            .retain(|_, last| !last.idle(idle_before_us, materialized_lsn));
+            .retain(|_, last| !last.idle(idle.entities_us, materialized_lsn));
         out.stores = (before - self.stores.len()) as u64;
         if out.stores > 0 {
             let stores = &self.stores;
@@ -414,46 +435,33 @@ impl ShardCore {
         }
         let before = self.days.len();
         self.days
-            .retain(|_, d| !d.last.idle(idle_before_us, materialized_lsn));
+            .retain(|_, d| !d.last.idle(idle.entities_us, materialized_lsn));
         out.days = (before - self.days.len()) as u64;
         if out.days > 0 {
-            let days = &self.days;
-            let before = self.rollups.len();
-            self.rollups.retain(|k, _| days.contains_key(&(k.0, k.1)));
-            out.rollup_minutes = (before - self.rollups.len()) as u64;
-            let live: HashSet<u32, Keyed> = days.keys().map(|&(store, _)| store).collect();
+            let live: HashSet<u32, Keyed> = self.days.keys().map(|&(store, _)| store).collect();
             self.terminals.retain(|(store, _)| live.contains(store));
         }
-        out
-    }
-
-    /// Drops the rollup minutes that last changed before `idle_before_us`
-    /// and whose rows are in the tables, from the days that stay active,
-    /// and records on each day which minutes left (module docs of
-    /// `terminal`). Returns how many left.
-    pub fn evict_idle_minutes(&mut self, idle_before_us: i64, materialized_lsn: u64) -> u64 {
         let before = self.rollups.len();
         let days = &mut self.days;
         self.rollups
-            .retain(|&(store, day, terminal, minute), slot| {
-                // A slot leaves only if its day records that it left: else a
-                // sale in it would start it again from zero.
-                if !slot.changed.idle(idle_before_us, materialized_lsn) {
-                    return true;
-                }
-                match days.get_mut(&(store, day)) {
+            .retain(
+                |&(store, day, terminal, minute), slot| match days.get_mut(&(store, day)) {
+                    // Its day left: the day is loaded again whole when needed.
+                    None => false,
+                    Some(_) if !slot.changed.idle(idle.minutes_us, materialized_lsn) => true,
+                    // It leaves with its day recording that it left: else a
+                    // sale in it would start it again from zero.
                     Some(d) => {
                         d.record_left(terminal, minute);
                         false
                     }
-                    None => true,
-                }
-            });
-        let gone = before - self.rollups.len();
-        if gone > 0 {
+                },
+            );
+        out.rollup_minutes = (before - self.rollups.len()) as u64;
+        if out.rollup_minutes > 0 {
             self.rollups.shrink_to(self.rollups.len() * 2);
         }
-        gone as u64
+        out
     }
 
     /// The shard's counters and gauges (walks the SKUs for the window

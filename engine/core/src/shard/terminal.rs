@@ -10,13 +10,14 @@
 //! key that this shard emitted, plus what it was loaded with.
 //!
 //! A day's minutes leave memory one by one once idle and in the tables
-//! (`ShardCore::evict_idle_minutes`), while the day stays active: a till
-//! that sells all day holds its last minute or two, not the whole day
-//! (at ~150 bytes a minute, 10,000 tills would hold 2 GB by closing time).
-//! The day remembers, per terminal, which minutes left
-//! ([`RollupDay::evicted`], as a range that may hold more); a sale in one
-//! of them needs the day loaded again, which brings back just the minutes not in memory and never
-//! overwrites one that is, so no minute is ever started again from zero.
+//! (`ShardCore::passivate_idle`), while the day stays active: a till that
+//! sells all day holds its last minute or two, not the whole day (at ~150
+//! bytes a minute, 10,000 tills would hold 2 GB by closing time). The day
+//! remembers, per terminal, which minutes left ([`RollupDay::evicted`], as
+//! a range that may hold more); a sale in one of them needs the day
+//! loaded again, which brings back just the minutes not in memory and
+//! never overwrites one that is, so no minute is ever started again from
+//! zero.
 
 use tillstream_protocol::{ArchivedRefund, ArchivedSale, ArchivedSaleLine, ArchivedTender};
 use tillstream_storage::time::{day, minute_of_day};

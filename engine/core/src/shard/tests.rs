@@ -404,10 +404,10 @@ fn idle_stores_and_days_leave_memory_once_their_rows_are_in_the_tables() -> R {
     );
 
     // Idle for long enough, but its rows (LSN 10) are not in the tables.
-    let none = c.passivate_idle(NOW + 1, 9);
+    let none = c.passivate_idle(IdleBefore::all(NOW + 1), 9);
     assert_eq!(none, Passivated::default());
     // In the tables: store 1 and its day leave; store 2 changed since.
-    let gone = c.passivate_idle(NOW + 1, 10);
+    let gone = c.passivate_idle(IdleBefore::all(NOW + 1), 10);
     assert_eq!(
         gone,
         Passivated {
@@ -515,7 +515,7 @@ fn passivated_state_comes_back_the_same_from_its_rows() -> R {
         for r in &got.terminal_rollups {
             rollups.insert((r.store, r.day, r.terminal, r.minute), *r);
         }
-        let p = cycled.passivate_idle(NOW + 1, lsn);
+        let p = cycled.passivate_idle(IdleBefore::all(NOW + 1), lsn);
         assert!(p.stores > 0, "batch {lsn}: {p:?}");
     }
     Ok(())

@@ -1,5 +1,5 @@
 //! Rollup minutes that leave memory while their day stays in use
-//! (`ShardCore::evict_idle_minutes`).
+//! (`ShardCore::passivate_idle`).
 
 use super::*;
 use crate::route::{BatchPlan, plan_batch};
@@ -42,6 +42,18 @@ fn load_and_apply(c: &mut ShardCore, tables: &Tables, lsn: u64, b: &ValidatedBat
     out
 }
 
+/// A sweep that drops only rollup minutes (no store or day is old
+/// enough); returns how many went.
+fn evict(c: &mut ShardCore, minutes_before_us: i64, materialized_lsn: u64) -> u64 {
+    let idle = IdleBefore {
+        entities_us: i64::MIN,
+        minutes_us: minutes_before_us,
+    };
+    let gone = c.passivate_idle(idle, materialized_lsn);
+    assert_eq!((gone.stores, gone.days), (0, 0));
+    gone.rollup_minutes
+}
+
 fn materialize(tables: &mut Tables, out: &RowSet) {
     for r in &out.terminal_rollups {
         tables.insert((r.store, r.day, r.terminal, r.minute), *r);
@@ -62,9 +74,9 @@ fn a_late_sale_in_an_evicted_minute_adds_to_its_stored_row() -> R {
     assert_eq!(c.stats().rollup_minutes, 2);
 
     // Idle, but the tables do not hold its row yet: it stays.
-    assert_eq!(c.evict_idle_minutes(NOW + 1, 9), 0);
+    assert_eq!(evict(&mut c, NOW + 1, 9), 0);
     // Both minutes are in the tables and idle: both go, the day stays.
-    assert_eq!(c.evict_idle_minutes(NOW + 1, 11), 2);
+    assert_eq!(evict(&mut c, NOW + 1, 11), 2);
     let s = c.stats();
     assert_eq!((s.rollup_minutes, s.rollup_days_active), (0, 1));
 
@@ -135,7 +147,7 @@ fn evicting_minutes_after_every_batch_emits_the_rows_of_keeping_them() -> R {
         let got = load_and_apply(&mut evicting, &tables, lsn, &b);
         assert_eq!(got.terminal_rollups, want.terminal_rollups, "batch {lsn}");
         materialize(&mut tables, &got);
-        evicted += evicting.evict_idle_minutes(NOW + 1, lsn);
+        evicted += evict(&mut evicting, NOW + 1, lsn);
         assert_eq!(evicting.stats().rollup_minutes, 0, "batch {lsn}");
     }
     assert!(evicted >= 6, "{evicted}");

@@ -20,7 +20,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use tillstream_engine_core::ledger::{Admission, DeviceLedger};
 use tillstream_engine_core::route::{BatchPlan, WorkItem, plan_batch};
-use tillstream_engine_core::shard::{Need, ShardConfig, ShardCore};
+use tillstream_engine_core::shard::{IdleBefore, Need, ShardConfig, ShardCore};
 use tillstream_engine_core::validate::Rules;
 use tillstream_protocol::ValidatedBatch;
 use tillstream_storage::{BatchRow, RowSet, StoreSnapshot, WatermarkRow};
@@ -130,7 +130,7 @@ pub(crate) struct ServerStats {
     pub(crate) stale_movements: u64,
     pub(crate) passivated_stores: u64,
     pub(crate) passivated_days: u64,
-    pub(crate) evicted_minutes: u64,
+    pub(crate) passivated_minutes: u64,
 }
 
 fn cores(shards: u16) -> Vec<ShardCore> {
@@ -386,12 +386,12 @@ impl Server {
     /// and evicts such rollup minutes from the days that stay.
     pub(crate) fn passivate(&mut self, idle_before_us: i64, model: &ModelStore) {
         for core in &mut self.cores {
-            let p = core.passivate_idle(idle_before_us, model.checkpoint);
+            // As the engine's sweep does, with one horizon here: the
+            // sim's clock jumps minutes, so both kinds of idle come up.
+            let p = core.passivate_idle(IdleBefore::all(idle_before_us), model.checkpoint);
             self.stats.passivated_stores += p.stores;
             self.stats.passivated_days += p.days;
-            // As the engine's sweep does, with the same horizon here: the
-            // sim's clock jumps minutes, so both kinds of idle come up.
-            self.stats.evicted_minutes += core.evict_idle_minutes(idle_before_us, model.checkpoint);
+            self.stats.passivated_minutes += p.rollup_minutes;
         }
     }
 
