@@ -176,8 +176,8 @@ async fn a_day_in_use_drops_its_idle_minutes_and_a_late_sale_adds_to_them() -> a
     p.stream(&till, 1, 20).await?;
     let evicted = wait_metrics(&p.server, Duration::from_secs(15), |s| {
         Ok(
-            s.metric("tillstream_passivated_rollup_minutes_total")? >= 1.0
-                && s.metric("tillstream_active_rollup_minutes")? == 0.0,
+            s.metric("tillstream_passivated_rollup_minute_slots_total")? >= 1.0
+                && s.metric("tillstream_active_rollup_minute_slots")? == 0.0,
         )
     })?;
     let days = p.server.metric("tillstream_passivated_day_rollups_total")?;

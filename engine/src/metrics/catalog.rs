@@ -117,7 +117,7 @@ pub(super) const DESCRIPTIONS: &[(&str, &str)] = &[
         "Terminal entities resident in a shard.",
     ),
     (
-        "tillstream_active_rollup_minutes",
+        "tillstream_active_rollup_minute_slots",
         "Terminal rollup minutes resident in a shard (150 to 200 bytes each).",
     ),
     (
@@ -137,7 +137,7 @@ pub(super) const DESCRIPTIONS: &[(&str, &str)] = &[
         "Terminal rollup days dropped from memory as idle.",
     ),
     (
-        "tillstream_passivated_rollup_minutes_total",
+        "tillstream_passivated_rollup_minute_slots_total",
         "Terminal rollup minutes dropped from memory as idle (with their day, or alone from a day still in use).",
     ),
     (

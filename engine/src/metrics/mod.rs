@@ -283,7 +283,7 @@ impl ShardGauges {
             inflight: gauge!("tillstream_shard_inflight_bytes", "shard" => s.clone()),
             skus: gauge!("tillstream_active_skus", "shard" => s.clone()),
             terminals: gauge!("tillstream_active_terminals", "shard" => s.clone()),
-            rollup_minutes: gauge!("tillstream_active_rollup_minutes", "shard" => s.clone()),
+            rollup_minutes: gauge!("tillstream_active_rollup_minute_slots", "shard" => s.clone()),
             window: gauge!("tillstream_late_window_movements", "shard" => s),
         }
     }
@@ -305,7 +305,7 @@ pub(crate) fn passivated(gone: &tillstream_engine_core::shard::Passivated) {
     counter!("tillstream_passivated_stores_total").increment(gone.stores);
     counter!("tillstream_passivated_skus_total").increment(gone.skus);
     counter!("tillstream_passivated_day_rollups_total").increment(gone.days);
-    counter!("tillstream_passivated_rollup_minutes_total").increment(gone.rollup_minutes);
+    counter!("tillstream_passivated_rollup_minute_slots_total").increment(gone.rollup_minutes);
 }
 
 /// Device slots dropped from memory as idle.
