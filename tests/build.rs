@@ -10,6 +10,14 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(has_tmux)");
     println!("cargo::rustc-check-cfg=cfg(has_kubectl)");
     println!("cargo::rerun-if-env-changed=PATH");
+    // Installing a program changes its directory's mtime: without these,
+    // a crate built before `apt-get install prometheus` keeps its tests
+    // compiled as ignored until something else rebuilds it.
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths).filter(|d| d.is_dir()) {
+            println!("cargo::rerun-if-changed={}", dir.display());
+        }
+    }
     let on_path = |program: &str| {
         std::env::var_os("PATH").is_some_and(|paths| {
             std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
