@@ -225,11 +225,11 @@ pub(super) const DESCRIPTIONS: &[(&str, &str)] = &[
         "ScyllaDB driver: open connections.",
     ),
     (
-        "tillstream_scylla_latency_avg_milliseconds",
+        "tillstream_scylla_latency_avg_seconds",
         "ScyllaDB driver: mean request latency.",
     ),
     (
-        "tillstream_scylla_latency_p99_milliseconds",
+        "tillstream_scylla_latency_p99_seconds",
         "ScyllaDB driver: 99th percentile request latency.",
     ),
 ];

@@ -80,7 +80,11 @@ pub(crate) fn config_reloaded(ok: bool) {
 /// Registers the `# HELP` lines and the build info.
 fn describe() {
     for &(name, help) in DESCRIPTIONS {
-        if name.ends_with("_seconds") && !name.ends_with("stall_seconds") {
+        // The ScyllaDB driver's latencies and the stall are gauges.
+        if name.ends_with("_seconds")
+            && !name.ends_with("stall_seconds")
+            && !name.starts_with("tillstream_scylla_")
+        {
             metrics::describe_histogram!(name, help);
         } else if name.ends_with("_total") {
             metrics::describe_counter!(name, help);

@@ -270,10 +270,10 @@ impl ScyllaStore {
             ),
         ];
         if let Ok(avg) = m.get_latency_avg_ms() {
-            out.push(("tillstream_scylla_latency_avg_milliseconds", avg as f64));
+            out.push(("tillstream_scylla_latency_avg_seconds", avg as f64 / 1000.0));
         }
         if let Ok(p99) = m.get_latency_percentile_ms(99.0) {
-            out.push(("tillstream_scylla_latency_p99_milliseconds", p99 as f64));
+            out.push(("tillstream_scylla_latency_p99_seconds", p99 as f64 / 1000.0));
         }
         out
     }
