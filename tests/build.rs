@@ -10,26 +10,26 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(has_tmux)");
     println!("cargo::rustc-check-cfg=cfg(has_kubectl)");
     println!("cargo::rerun-if-env-changed=PATH");
+    let dirs: Vec<_> = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .filter(|d| d.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
     // Installing a program changes its directory's mtime: without these,
     // a crate built before `apt-get install prometheus` keeps its tests
     // compiled as ignored until something else rebuilds it.
-    if let Some(paths) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&paths).filter(|d| d.is_dir()) {
-            println!("cargo::rerun-if-changed={}", dir.display());
+    for dir in &dirs {
+        println!("cargo::rerun-if-changed={}", dir.display());
+    }
+    for (program, cfg) in [
+        ("promtool", "has_promtool"),
+        ("tmux", "has_tmux"),
+        ("kubectl", "has_kubectl"),
+    ] {
+        if dirs.iter().any(|dir| dir.join(program).is_file()) {
+            println!("cargo::rustc-cfg={cfg}");
         }
-    }
-    let on_path = |program: &str| {
-        std::env::var_os("PATH").is_some_and(|paths| {
-            std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
-        })
-    };
-    if on_path("promtool") {
-        println!("cargo::rustc-cfg=has_promtool");
-    }
-    if on_path("tmux") {
-        println!("cargo::rustc-cfg=has_tmux");
-    }
-    if on_path("kubectl") {
-        println!("cargo::rustc-cfg=has_kubectl");
     }
 }

@@ -79,18 +79,11 @@ pub(crate) fn config_reloaded(ok: bool) {
 
 /// Registers the `# HELP` lines and the build info.
 fn describe() {
+    // The Prometheus exporter keeps one `# HELP` per name whatever kind it
+    // is described as; the `# TYPE` line comes from how the metric is
+    // recorded. So one call fits counters, gauges and histograms alike.
     for &(name, help) in DESCRIPTIONS {
-        // The ScyllaDB driver's latencies and the stall are gauges.
-        if name.ends_with("_seconds")
-            && !name.ends_with("stall_seconds")
-            && !name.starts_with("tillstream_scylla_")
-        {
-            metrics::describe_histogram!(name, help);
-        } else if name.ends_with("_total") {
-            metrics::describe_counter!(name, help);
-        } else {
-            metrics::describe_gauge!(name, help);
-        }
+        metrics::describe_gauge!(name, help);
     }
     gauge!("tillstream_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!("tillstream_config_last_reload_successful").set(1.0);
