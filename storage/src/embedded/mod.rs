@@ -463,7 +463,7 @@ impl Store for EmbeddedStore {
             .expire_through(checkpoint)
             .map_err(truncation_err)?;
         let dropped = expired
-            .delete()
+            .retire()
             .map_err(|e| truncation_err(self.journal.lock().poison_with(e)))?;
         if dropped > 0 {
             tracing::debug!(checkpoint, segments = dropped, "journal truncated");

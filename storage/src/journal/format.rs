@@ -144,6 +144,26 @@ fn each_record<'a>(
         .ok_or_else(|| JournalError::InvalidAppend("the LSN space is exhausted".into()))
 }
 
+/// Copies `group` (whole records, as [`check_group`] passed them) to `out`
+/// with every stored CRC XORed with `salt`. A reused segment file is
+/// salted anew (see `reuse_spare`): its old records, and any record-like
+/// bytes inside their payloads, then fail the CRC under the new salt, so
+/// the reader stops at the true end of what was written to it.
+pub(super) fn salt_crcs(group: &[u8], salt: u32, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(group);
+    let mut at = 0;
+    while let Some(head) = out
+        .get(at..at + RECORD_HEADER)
+        .and_then(|h| <&[u8; RECORD_HEADER]>::try_from(h).ok())
+    {
+        let h = Header::parse(head);
+        let salted = (h.crc ^ salt).to_le_bytes();
+        out[at + 4..at + 8].copy_from_slice(&salted);
+        at += RECORD_HEADER + h.len as usize;
+    }
+}
+
 /// What the reader found next.
 #[derive(Debug)]
 pub(super) enum Step {
@@ -170,13 +190,21 @@ pub(super) struct SegmentReader<'a> {
     end: u64,
     /// The LSN the next record must carry.
     next_lsn: u64,
+    /// XORed into every stored CRC of the segment (see [`salt_crcs`]).
+    salt: u32,
     payload: Vec<u8>,
 }
 
 impl<'a> SegmentReader<'a> {
-    /// Opens `path`, whose first record must carry `first`; reads up to
-    /// `end` bytes, or the whole file if `end` is None.
-    pub(super) fn open(path: &'a Path, first: u64, end: Option<u64>) -> Result<Self, JournalError> {
+    /// Opens `path`, whose first record must carry `first` and whose CRCs
+    /// are salted with `salt`; reads up to `end` bytes, or the whole file
+    /// if `end` is None.
+    pub(super) fn open(
+        path: &'a Path,
+        first: u64,
+        salt: u32,
+        end: Option<u64>,
+    ) -> Result<Self, JournalError> {
         let file = File::open(path).map_err(io_err("open segment", path))?;
         let end = match end {
             Some(end) => end,
@@ -188,6 +216,7 @@ impl<'a> SegmentReader<'a> {
             offset: 0,
             end,
             next_lsn: first,
+            salt,
             payload: Vec::new(),
         })
     }
@@ -239,7 +268,7 @@ impl<'a> SegmentReader<'a> {
         self.reader
             .read_exact(&mut self.payload)
             .map_err(io_err("read segment", self.path))?;
-        if crc_of(h.lsn, &self.payload) != h.crc {
+        if crc_of(h.lsn, &self.payload) ^ self.salt != h.crc {
             return Ok(Step::Bad(format!("a CRC mismatch in record {}", h.lsn)));
         }
         Ok(self.advance(h.lsn, len, Step::Record(h.lsn)))

@@ -12,13 +12,30 @@
 //! | bytes | field | meaning |
 //! |---|---|---|
 //! | 0..4 | `len u32` | payload bytes, 1 to [`MAX_RECORD_PAYLOAD`] (64 MiB); anything else is invalid |
-//! | 4..8 | `crc u32` | CRC-32 (crc32fast) of the 8 LSN bytes, then the payload |
+//! | 4..8 | `crc u32` | CRC-32 (crc32fast) of the 8 LSN bytes, then the payload, XORed with the segment's salt |
 //! | 8..16 | `lsn u64` | the record's LSN |
 //! | 16..16+len | payload | the caller's bytes |
 //!
 //! A segment is named after the first LSN it holds, zero-padded to 20
-//! digits, with the extension `.wal` (`00000000000000000001.wal`). Other
-//! files in the directory are ignored.
+//! digits, with the extension `.wal` (`00000000000000000001.wal`): a new
+//! file, whose salt is 0. A reused file carries its salt, 8 hex digits,
+//! in its name (`00000000000000000001-9f3a01c2.wal`). Files named
+//! `<segment name>.spare` are spares; other files in the directory are
+//! ignored.
+//!
+//! # Spares
+//!
+//! Expired segments ([`Journal::expire_through`], [`Expired::retire`])
+//! are renamed to spares, up to [`JournalOptions::spare_segments`], and
+//! deleted past that. A new segment takes a spare if there is one and
+//! writes over it: its blocks are allocated and written already, so an
+//! append's `fdatasync` changes no file system metadata and does not wait
+//! for a commit of ext4's journal, which also carries the tables' new
+//! blocks (at 300 k events/s the append p50 went from 0.5 to 0.25 ms, and
+//! p999 from 25 to 10 ms). A spare is renamed under a new random salt,
+//! never its old one, so what it held (old records, and record-like bytes
+//! inside their payloads, which devices chose) fails the CRC and reads as
+//! the end of the segment; the salt is not visible outside the server.
 //!
 //! # Invariants
 //!
@@ -30,21 +47,24 @@
 //!   `write_all` and `sync_data` of its segment, and, for the first record
 //!   of a segment, after the fsync of the directory that made the new file
 //!   durable. One append is one write and one sync.
-//! - Only the last segment can end in a torn or invalid record: a segment
-//!   stops growing only when an append to the next one starts, which
-//!   happens only after every earlier append succeeded. So
-//!   [`Journal::open`] cuts the last segment at its first invalid record
-//!   (a power cut mid-append; nothing acknowledged follows it), and fails
-//!   with [`JournalError::Corrupt`] on an invalid record anywhere else,
-//!   rather than skip acknowledged data.
+//! - Only the last segment can end in a torn record: a segment stops
+//!   growing only when an append to the next one starts, which happens
+//!   only after every earlier append succeeded. So [`Journal::open`] cuts
+//!   the last segment at its first invalid record (a power cut mid-append;
+//!   nothing acknowledged follows it). An earlier segment may go on past
+//!   its valid records (a reused file's old bytes) only if the next
+//!   segment starts right after them; any other invalid record fails open
+//!   with [`JournalError::Corrupt`], rather than skip acknowledged data.
 //! - The cut is made durable (truncate, then fsync) before any append, and
 //!   redoing it is a no-op, so an interrupted open is simply opened again.
 //! - Any I/O error in an append or a truncation poisons the journal: every
 //!   later append fails with [`JournalError::Poisoned`]. A failed fsync is
 //!   never retried, as the kernel may have dropped the dirty pages it
 //!   reported on; the process restarts and recovers from what is on disk.
-//! - Segments are deleted oldest first, with a directory fsync after each,
-//!   so a crash mid-deletion leaves a contiguous run of segments.
+//! - Segments are retired (deleted or renamed to spares) oldest first,
+//!   with a directory fsync after each, so a crash mid-way leaves a
+//!   contiguous run of segments. A spare becomes a segment by a rename
+//!   made durable before the first append to it.
 //!
 //! One caveat of cutting at the first invalid record: a bit flipped on the
 //! disk in an acknowledged record of the last segment also reads as a torn
@@ -58,16 +78,20 @@ mod segments;
 mod tests;
 #[cfg(test)]
 mod tests_crash;
+#[cfg(test)]
+mod tests_spares;
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 pub use format::{MAX_RECORD_PAYLOAD, RECORD_HEADER, encode_record, split_records};
-use format::{SegmentReader, Step, check_group};
-use segments::{create_segment, ensure_dir, recover, sync_dir};
+use format::{SegmentReader, Step, check_group, salt_crcs};
+use segments::{create_segment, ensure_dir, recover, reuse_spare, spare_name, sync_dir};
 
 /// Errors of the journal.
 #[derive(Debug, thiserror::Error)]
@@ -132,12 +156,16 @@ pub struct JournalOptions {
     /// An append starts a new segment once the current one holds at least
     /// this many bytes (so a segment exceeds it by at most one group).
     pub segment_bytes: u64,
+    /// How many expired segment files are kept, renamed, to be written
+    /// over as later segments instead of deleted and created anew.
+    pub spare_segments: usize,
 }
 
 impl Default for JournalOptions {
     fn default() -> Self {
         JournalOptions {
             segment_bytes: 64 << 20,
+            spare_segments: 2,
         }
     }
 }
@@ -198,10 +226,50 @@ struct Segment {
     first: u64,
     /// LSN of its last valid record; `first - 1` while empty.
     last: u64,
-    /// Bytes of valid records: the file's size, but for a torn tail of
-    /// a failed append.
+    /// Bytes of valid records: where the next append writes. The file
+    /// may be longer: a torn tail of a failed append, or, in a reused
+    /// file, what it held before.
     bytes: u64,
+    /// XORed into the CRC of each record: 0 in a new file, random in a
+    /// reused one (its name carries it).
+    salt: u32,
     path: PathBuf,
+}
+
+impl Segment {
+    fn empty(first: u64, salt: u32, path: PathBuf) -> Segment {
+        Segment {
+            first,
+            last: first.saturating_sub(1),
+            bytes: 0,
+            salt,
+            path,
+        }
+    }
+}
+
+/// An expired segment file kept for reuse: `<segment name>.spare`.
+#[derive(Debug)]
+struct Spare {
+    path: PathBuf,
+    /// The salt it was last written with.
+    salt: u32,
+}
+
+/// The spare files, shared by the journal (which takes them) and
+/// [`Expired`] (which adds them), at most `cap`.
+#[derive(Debug)]
+struct SparePool {
+    cap: usize,
+    files: Mutex<Vec<Spare>>,
+}
+
+impl SparePool {
+    fn files(&self) -> std::sync::MutexGuard<'_, Vec<Spare>> {
+        // The list is valid whatever a panicking holder left: every push
+        // and pop is whole.
+        self.files.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The segment appends go to, with its open file.
@@ -224,10 +292,20 @@ struct Segments {
     rebase: bool,
 }
 
+/// The journal's state besides its segments that appends need.
+#[derive(Debug)]
+struct Writer {
+    spares: Arc<SparePool>,
+    /// A group with its CRCs salted, for a reused segment; kept between
+    /// appends.
+    salted: Vec<u8>,
+}
+
 /// The write-ahead journal. See the module documentation.
 #[derive(Debug)]
 pub struct Journal {
     segs: Segments,
+    writer: Writer,
     opts: JournalOptions,
     fault: Box<dyn SyncFault>,
     last_lsn: u64,
@@ -249,10 +327,22 @@ impl Journal {
         fault: Box<dyn SyncFault>,
     ) -> Result<Journal, JournalError> {
         ensure_dir(dir)?;
-        let (segs, cut_at_open) = recover(dir)?;
+        let (segs, cut_at_open, mut spares) = recover(dir)?;
+        // Spares past the cap (a smaller cap than the last run's) go.
+        for spare in spares.drain(spares.len().min(opts.spare_segments)..) {
+            delete_segment(dir, &spare.path)?;
+        }
         let last_lsn = segs.current.as_ref().map_or(0, |a| a.seg.last);
+        let writer = Writer {
+            spares: Arc::new(SparePool {
+                cap: opts.spare_segments,
+                files: Mutex::new(spares),
+            }),
+            salted: Vec::new(),
+        };
         Ok(Journal {
             segs,
+            writer,
             opts,
             fault,
             last_lsn,
@@ -300,10 +390,13 @@ impl Journal {
             return Ok(());
         }
         let first = check_group(encoded, self.last_lsn, last)?;
+        let writer = &mut self.writer;
         let written = self
             .segs
-            .active_for(first, self.opts.segment_bytes)
-            .and_then(|active| write_durably(active, &*self.fault, encoded, last));
+            .active_for(first, self.opts.segment_bytes, &writer.spares)
+            .and_then(|active| {
+                write_durably(active, &*self.fault, encoded, last, &mut writer.salted)
+            });
         match written {
             Ok(()) => {
                 self.last_lsn = last;
@@ -324,7 +417,7 @@ impl Journal {
     ) -> Result<u64, ReplayError<E>> {
         let mut visited = 0;
         for seg in self.segs.iter().filter(|s| s.last > after) {
-            let mut reader = SegmentReader::open(&seg.path, seg.first, Some(seg.bytes))?;
+            let mut reader = SegmentReader::open(&seg.path, seg.first, seg.salt, Some(seg.bytes))?;
             loop {
                 match reader.step(after)? {
                     Step::Record(lsn) => {
@@ -357,12 +450,12 @@ impl Journal {
     /// holding the journal while the files go.)
     pub fn truncate_through(&mut self, lsn: u64) -> Result<usize, JournalError> {
         let expired = self.expire_through(lsn)?;
-        expired.delete().map_err(|e| self.poison(e))
+        expired.retire().map_err(|e| self.poison(e))
     }
 
     /// Takes every segment whose records all have an LSN at most `lsn`
     /// (never the current one) off the journal, and returns them for
-    /// [`Expired::delete`], which needs no access to the journal: appends
+    /// [`Expired::retire`], which needs no access to the journal: appends
     /// need not wait while the file system frees them (unlinking a 64 MiB
     /// segment took 60–70 ms on ext4 with `discard`, and every
     /// acknowledgement waited behind it). Until they are deleted, a crash
@@ -378,6 +471,7 @@ impl Journal {
         let mut expired = Expired {
             dir: self.segs.dir.clone(),
             paths: Vec::new(),
+            spares: Arc::clone(&self.writer.spares),
         };
         if self.segs.rebase {
             return Ok(expired);
@@ -393,7 +487,7 @@ impl Journal {
     }
 
     /// Poisons the journal after a failure of its files outside it (an
-    /// [`Expired::delete`]): every later append fails.
+    /// [`Expired::retire`]): every later append fails.
     pub fn poison_with(&mut self, e: JournalError) -> JournalError {
         self.poison(e)
     }
@@ -401,6 +495,11 @@ impl Journal {
     /// Bytes of valid records in all segment files (for metrics).
     pub fn disk_bytes(&self) -> u64 {
         self.segs.iter().map(|s| s.bytes).sum()
+    }
+
+    /// How many spare files wait to be reused as segments.
+    pub fn spare_files(&self) -> usize {
+        self.writer.spares.files().len()
     }
 
     /// Whether an earlier error poisoned the journal.
@@ -435,10 +534,16 @@ impl Segments {
     }
 
     /// The segment a group starting at `first` goes to: the current one,
-    /// or a new one if there is none, a rebase is pending, or the current
-    /// one is full. A full segment is never empty: an empty one already
-    /// carries the name `first` (its last LSN came from its name).
-    fn active_for(&mut self, first: u64, segment_bytes: u64) -> Result<&mut Active, JournalError> {
+    /// or a new one (a spare reused, else a new file) if there is none, a
+    /// rebase is pending, or the current one is full. A full segment is
+    /// never empty: an empty one already carries the name `first` (its
+    /// last LSN came from its name).
+    fn active_for(
+        &mut self,
+        first: u64,
+        segment_bytes: u64,
+        spares: &SparePool,
+    ) -> Result<&mut Active, JournalError> {
         if self.rebase {
             if let Some(old) = self.current.take() {
                 self.closed.push_back(old.seg);
@@ -450,7 +555,12 @@ impl Segments {
         match self.current.take() {
             Some(active) if !full(&active) => Ok(self.current.insert(active)),
             old => {
-                let new = match create_segment(&self.dir, first) {
+                let spare = spares.files().pop();
+                let made = match &spare {
+                    Some(spare) => reuse_spare(&self.dir, spare, first),
+                    None => create_segment(&self.dir, first),
+                };
+                let new = match made {
                     Ok(new) => new,
                     Err(e) => {
                         self.current = old;
@@ -491,12 +601,13 @@ fn delete_segment(dir: &Path, path: &Path) -> Result<(), JournalError> {
 }
 
 /// Segments taken off a journal by [`Journal::expire_through`], whose
-/// files are still to be deleted.
+/// files are still to be retired.
 #[derive(Debug)]
-#[must_use = "expired segments stay on disk until deleted"]
+#[must_use = "expired segments stay on disk until retired"]
 pub struct Expired {
     dir: PathBuf,
     paths: Vec<PathBuf>,
+    spares: Arc<SparePool>,
 }
 
 impl Expired {
@@ -510,27 +621,56 @@ impl Expired {
         self.paths.is_empty()
     }
 
-    /// Deletes the files, oldest first, syncing the directory after each,
-    /// so that what survives a crash is a contiguous run. Returns how many.
-    pub fn delete(self) -> Result<usize, JournalError> {
+    /// Takes the files out of the journal, oldest first, syncing the
+    /// directory after each, so that what survives a crash is a
+    /// contiguous run: each is renamed to a spare while the journal has
+    /// fewer than [`JournalOptions::spare_segments`], deleted otherwise.
+    /// Returns how many.
+    pub fn retire(self) -> Result<usize, JournalError> {
         for path in &self.paths {
-            delete_segment(&self.dir, path)?;
+            let salt = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(segments::parse_segment_name)
+                .map_or(0, |(_, salt)| salt);
+            let keep = self.spares.files().len() < self.spares.cap;
+            if keep {
+                let spare = spare_name(path);
+                match fs::rename(path, &spare) {
+                    Ok(()) => {}
+                    // Already gone (deleted before a failed directory sync).
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err("retire segment", path)(e)),
+                }
+                sync_dir(&self.dir)?;
+                self.spares.files().push(Spare { path: spare, salt });
+            } else {
+                delete_segment(&self.dir, path)?;
+            }
         }
         Ok(self.paths.len())
     }
 }
 
-/// Writes a group at the end of the active segment and syncs it.
+/// Writes a group after the valid records of the active segment (over
+/// whatever a reused file held there) and syncs it.
 fn write_durably(
     active: &mut Active,
     fault: &dyn SyncFault,
     encoded: &[u8],
     last: u64,
+    salted: &mut Vec<u8>,
 ) -> Result<(), JournalError> {
     let path = &active.seg.path;
+    let bytes = if active.seg.salt == 0 {
+        encoded
+    } else {
+        salt_crcs(encoded, active.seg.salt, salted);
+        salted.as_slice()
+    };
     active
         .file
-        .write_all(encoded)
+        .write_all_at(bytes, active.seg.bytes)
         .map_err(io_err("write segment", path))?;
     fault.before_sync().map_err(io_err("sync segment", path))?;
     active

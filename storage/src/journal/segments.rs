@@ -8,53 +8,110 @@ use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use super::format::{SegmentReader, Step};
-use super::{Active, JournalError, Segment, Segments, io_err};
+use super::{Active, JournalError, Segment, Segments, Spare, io_err};
 
-pub(super) fn segment_name(first: u64) -> String {
-    format!("{first:020}.wal")
+/// The name of a segment whose first record is `first`: `<first>.wal`
+/// for a new file (salt 0), `<first>-<salt>.wal` for a reused one.
+pub(super) fn segment_name(first: u64, salt: u32) -> String {
+    if salt == 0 {
+        format!("{first:020}.wal")
+    } else {
+        format!("{first:020}-{salt:08x}.wal")
+    }
 }
 
-/// The first LSN of a segment file name, or None if it is not one.
-pub(super) fn parse_segment_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(".wal")?;
+/// The first LSN and the salt of a segment file name, or None if it is
+/// not one.
+pub(super) fn parse_segment_name(name: &str) -> Option<(u64, u32)> {
+    let stem = name.strip_suffix(".wal")?;
+    let (digits, salt) = match stem.split_once('-') {
+        None => (stem, 0),
+        Some((digits, hex)) => {
+            if hex.len() != 8 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            let salt = u32::from_str_radix(hex, 16).ok().filter(|&s| s != 0)?;
+            (digits, salt)
+        }
+    };
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    Some((digits.parse().ok()?, salt))
 }
 
-/// The segments in `dir`, by first LSN.
-pub(super) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
+/// What a retired segment is renamed to: its name and `.spare`. Not a
+/// segment name, so open never reads it as one.
+pub(super) fn spare_name(segment: &Path) -> PathBuf {
+    let mut name = segment.as_os_str().to_owned();
+    name.push(SPARE_SUFFIX);
+    PathBuf::from(name)
+}
+
+const SPARE_SUFFIX: &str = ".spare";
+
+/// The segments in `dir` by first LSN, and its spare files.
+pub(super) fn list_segments(dir: &Path) -> Result<(Vec<Listed>, Vec<Spare>), JournalError> {
     let mut found = Vec::new();
+    let mut spares = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err("list journal directory", dir))? {
         let entry = entry.map_err(io_err("list journal directory", dir))?;
-        if let Some(first) = entry.file_name().to_str().and_then(parse_segment_name) {
-            found.push((first, entry.path()));
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some((first, salt)) = parse_segment_name(name) {
+            found.push(Listed {
+                first,
+                salt,
+                path: entry.path(),
+            });
+        } else if let Some((_, salt)) = name.strip_suffix(SPARE_SUFFIX).and_then(parse_segment_name)
+        {
+            spares.push(Spare {
+                path: entry.path(),
+                salt,
+            });
         }
     }
-    found.sort_unstable_by_key(|(first, _)| *first);
-    Ok(found)
+    found.sort_unstable_by_key(|l| l.first);
+    Ok((found, spares))
+}
+
+/// A segment file found by [`list_segments`].
+#[derive(Debug)]
+pub(super) struct Listed {
+    pub(super) first: u64,
+    pub(super) salt: u32,
+    pub(super) path: PathBuf,
 }
 
 /// Scans every segment of `dir`, oldest first, and opens the last one
 /// for appending, cut at the end of its valid records. Returns the
-/// segments and the bytes cut.
-pub(super) fn recover(dir: &Path) -> Result<(Segments, u64), JournalError> {
+/// segments, the bytes cut, and the spare files (see [`Journal`]).
+///
+/// A segment before the last may go on past its valid records only when
+/// the next segment starts right after them: that tail is what a reused
+/// file held before (salted differently, so it can never read as valid).
+/// Anywhere else an invalid record is where acknowledged data must be, and
+/// open fails.
+///
+/// [`Journal`]: super::Journal
+pub(super) fn recover(dir: &Path) -> Result<(Segments, u64, Vec<Spare>), JournalError> {
     let mut closed = VecDeque::new();
     // The newest segment scanned so far: the last one, unless another
     // follows.
     let mut newest: Option<Scan> = None;
-    for (first, path) in list_segments(dir)? {
+    let (listed, spares) = list_segments(dir)?;
+    for Listed { first, salt, path } in listed {
         if let Some(prev) = newest.take() {
-            if let Some(reason) = prev.bad {
-                let (path, offset) = (prev.seg.path, prev.seg.bytes);
-                return Err(JournalError::Corrupt {
-                    path,
-                    offset,
-                    reason,
-                });
-            }
             if Some(first) != prev.seg.last.checked_add(1) {
+                if let Some(reason) = prev.bad {
+                    let (path, offset) = (prev.seg.path, prev.seg.bytes);
+                    return Err(JournalError::Corrupt {
+                        path,
+                        offset,
+                        reason,
+                    });
+                }
                 let reason = format!(
                     "the segment starts at LSN {first}, the previous one ends at {}",
                     prev.seg.last
@@ -75,7 +132,7 @@ pub(super) fn recover(dir: &Path) -> Result<(Segments, u64), JournalError> {
                 reason,
             });
         }
-        newest = Some(scan_segment(path, first)?);
+        newest = Some(scan_segment(path, first, salt)?);
     }
     let (current, cut) = match newest {
         Some(last) => {
@@ -92,7 +149,7 @@ pub(super) fn recover(dir: &Path) -> Result<(Segments, u64), JournalError> {
         current,
         rebase: false,
     };
-    Ok((segs, cut))
+    Ok((segs, cut, spares))
 }
 
 /// What [`scan_segment`] found.
@@ -106,8 +163,8 @@ pub(super) struct Scan {
 }
 
 /// Reads a whole segment, checking every record.
-pub(super) fn scan_segment(path: PathBuf, first: u64) -> Result<Scan, JournalError> {
-    let mut reader = SegmentReader::open(&path, first, None)?;
+pub(super) fn scan_segment(path: PathBuf, first: u64, salt: u32) -> Result<Scan, JournalError> {
+    let mut reader = SegmentReader::open(&path, first, salt, None)?;
     let mut last = first.saturating_sub(1);
     let bad = loop {
         match reader.step(0)? {
@@ -122,19 +179,20 @@ pub(super) fn scan_segment(path: PathBuf, first: u64) -> Result<Scan, JournalErr
         first,
         last,
         bytes,
+        salt,
         path,
     };
     Ok(Scan { seg, file_len, bad })
 }
 
-/// Opens the last segment for appending, first cutting it at the end of
+/// Opens the last segment for writing, first cutting it at the end of
 /// its valid records if `cut`. Syncs it either way: what open found (maybe
 /// only in the page cache, after a crash of the process) becomes durable
 /// before anything is appended after it.
 pub(super) fn open_current(seg: Segment, cut: bool) -> Result<Active, JournalError> {
     let path = &seg.path;
     let file = OpenOptions::new()
-        .append(true)
+        .write(true)
         .open(path)
         .map_err(io_err("open segment", path))?;
     if cut {
@@ -147,22 +205,65 @@ pub(super) fn open_current(seg: Segment, cut: bool) -> Result<Active, JournalErr
 
 /// Creates the segment whose first record is `first`, durably.
 pub(super) fn create_segment(dir: &Path, first: u64) -> Result<Active, JournalError> {
-    let path = dir.join(segment_name(first));
+    let path = dir.join(segment_name(first, 0));
     // create_new: an existing file of that name would be a segment open
     // did not account for.
     let file = OpenOptions::new()
-        .append(true)
+        .write(true)
         .create_new(true)
         .open(&path)
         .map_err(io_err("create segment", &path))?;
     sync_dir(dir)?;
-    let seg = Segment {
-        first,
-        last: first.saturating_sub(1),
-        bytes: 0,
-        path,
-    };
-    Ok(Active { seg, file })
+    Ok(Active {
+        seg: Segment::empty(first, 0, path),
+        file,
+    })
+}
+
+/// Makes a spare file the segment whose first record is `first`, durably:
+/// renamed under a new salt, so that nothing it held reads as a record of
+/// its new name. Its blocks are already allocated and written, so the
+/// appends that overwrite them change no file system metadata, and their
+/// `fdatasync` need not wait for a commit of the file system's journal
+/// (see the module docs of the journal).
+pub(super) fn reuse_spare(dir: &Path, spare: &Spare, first: u64) -> Result<Active, JournalError> {
+    let salt = new_salt(spare.salt);
+    let path = dir.join(segment_name(first, salt));
+    if path.exists() {
+        let reason = "a segment of that name already exists".to_string();
+        return Err(JournalError::Corrupt {
+            path,
+            offset: 0,
+            reason,
+        });
+    }
+    fs::rename(&spare.path, &path).map_err(io_err("reuse spare segment", &spare.path))?;
+    sync_dir(dir)?;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(io_err("open segment", &path))?;
+    Ok(Active {
+        seg: Segment::empty(first, salt, path),
+        file,
+    })
+}
+
+/// A random salt, never 0 (the salt of new files) nor `old`.
+fn new_salt(old: u32) -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut counter = 0u64;
+    loop {
+        // std's RandomState is seeded from the OS; the salt must not be
+        // guessable by whoever chose the payload bytes a spare still holds.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(counter);
+        let salt = h.finish() as u32;
+        if salt != 0 && salt != old {
+            return salt;
+        }
+        counter += 1;
+    }
 }
 
 /// Creates `dir` if needed; a new directory is made durable in its parent.
