@@ -73,6 +73,7 @@
 //! wrong.
 
 mod format;
+mod retire;
 mod segments;
 #[cfg(test)]
 mod tests;
@@ -82,16 +83,18 @@ mod tests_crash;
 mod tests_spares;
 
 use std::collections::VecDeque;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 pub use format::{MAX_RECORD_PAYLOAD, RECORD_HEADER, encode_record, split_records};
 use format::{SegmentReader, Step, check_group, salt_crcs};
-use segments::{create_segment, ensure_dir, recover, reuse_spare, spare_name, sync_dir};
+pub use retire::Expired;
+use retire::{Spare, SparePool, delete_segment};
+use segments::{create_segment, ensure_dir, recover, reuse_spare};
 
 /// Errors of the journal.
 #[derive(Debug, thiserror::Error)]
@@ -245,30 +248,6 @@ impl Segment {
             salt,
             path,
         }
-    }
-}
-
-/// An expired segment file kept for reuse: `<segment name>.spare`.
-#[derive(Debug)]
-struct Spare {
-    path: PathBuf,
-    /// The salt it was last written with.
-    salt: u32,
-}
-
-/// The spare files, shared by the journal (which takes them) and
-/// [`Expired`] (which adds them), at most `cap`.
-#[derive(Debug)]
-struct SparePool {
-    cap: usize,
-    files: Mutex<Vec<Spare>>,
-}
-
-impl SparePool {
-    fn files(&self) -> std::sync::MutexGuard<'_, Vec<Spare>> {
-        // The list is valid whatever a panicking holder left: every push
-        // and pop is whole.
-        self.files.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -586,69 +565,6 @@ impl Segments {
             self.closed.pop_front();
         }
         Ok(())
-    }
-}
-
-/// Deletes one segment file and syncs its directory.
-fn delete_segment(dir: &Path, path: &Path) -> Result<(), JournalError> {
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        // Already gone (deleted before a failed directory sync).
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("delete segment", path)(e)),
-    }
-    sync_dir(dir)
-}
-
-/// Segments taken off a journal by [`Journal::expire_through`], whose
-/// files are still to be retired.
-#[derive(Debug)]
-#[must_use = "expired segments stay on disk until retired"]
-pub struct Expired {
-    dir: PathBuf,
-    paths: Vec<PathBuf>,
-    spares: Arc<SparePool>,
-}
-
-impl Expired {
-    /// How many segments.
-    pub fn len(&self) -> usize {
-        self.paths.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.paths.is_empty()
-    }
-
-    /// Takes the files out of the journal, oldest first, syncing the
-    /// directory after each, so that what survives a crash is a
-    /// contiguous run: each is renamed to a spare while the journal has
-    /// fewer than [`JournalOptions::spare_segments`], deleted otherwise.
-    /// Returns how many.
-    pub fn retire(self) -> Result<usize, JournalError> {
-        for path in &self.paths {
-            let salt = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(segments::parse_segment_name)
-                .map_or(0, |(_, salt)| salt);
-            let keep = self.spares.files().len() < self.spares.cap;
-            if keep {
-                let spare = spare_name(path);
-                match fs::rename(path, &spare) {
-                    Ok(()) => {}
-                    // Already gone (deleted before a failed directory sync).
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(io_err("retire segment", path)(e)),
-                }
-                sync_dir(&self.dir)?;
-                self.spares.files().push(Spare { path: spare, salt });
-            } else {
-                delete_segment(&self.dir, path)?;
-            }
-        }
-        Ok(self.paths.len())
     }
 }
 
