@@ -487,7 +487,8 @@ impl Journal {
     }
 
     /// Bytes [`open`](Journal::open) cut off the end of the last segment
-    /// (a torn or invalid tail); 0 if it was clean. For the caller to log.
+    /// (a torn or invalid tail, or, in a reused file, the rest of what it
+    /// held before); 0 if there was none.
     pub fn cut_at_open(&self) -> u64 {
         self.cut_at_open
     }
@@ -534,10 +535,16 @@ impl Segments {
         match self.current.take() {
             Some(active) if !full(&active) => Ok(self.current.insert(active)),
             old => {
-                let spare = spares.files().pop();
-                let made = match &spare {
-                    Some(spare) => reuse_spare(&self.dir, spare, first),
-                    None => create_segment(&self.dir, first),
+                // A spare that cannot be renamed (deleted by hand, say)
+                // is dropped and a new file made: nothing changed on disk.
+                let reused = match spares.files().pop() {
+                    Some(spare) => reuse_spare(&self.dir, &spare, first),
+                    None => Ok(None),
+                };
+                let made = match reused {
+                    Ok(Some(active)) => Ok(active),
+                    Ok(None) => create_segment(&self.dir, first),
+                    Err(e) => Err(e),
                 };
                 let new = match made {
                     Ok(new) => new,

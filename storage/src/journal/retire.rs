@@ -78,7 +78,9 @@ impl Expired {
                 .and_then(|n| n.to_str())
                 .and_then(parse_segment_name)
                 .map_or(0, |(_, salt)| salt);
-            let keep = self.spares.files().len() < self.spares.cap;
+            // A spare of that name already (LSNs used twice after a
+            // rebase): rename would replace it under the pool's feet.
+            let keep = self.spares.files().len() < self.spares.cap && !spare_name(path).exists();
             if keep {
                 let spare = spare_name(path);
                 match fs::rename(path, &spare) {

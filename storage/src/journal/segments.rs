@@ -103,7 +103,10 @@ pub(super) fn recover(dir: &Path) -> Result<(Segments, u64, Vec<Spare>), Journal
     let (listed, spares) = list_segments(dir)?;
     for Listed { first, salt, path } in listed {
         if let Some(prev) = newest.take() {
-            if Some(first) != prev.seg.last.checked_add(1) {
+            // Only a reused file (salted) can hold bytes past its records.
+            let stale_tail_ok = prev.seg.salt != 0;
+            if Some(first) != prev.seg.last.checked_add(1) || (!stale_tail_ok && prev.bad.is_some())
+            {
                 if let Some(reason) = prev.bad {
                     let (path, offset) = (prev.seg.path, prev.seg.bytes);
                     return Err(JournalError::Corrupt {
@@ -226,27 +229,29 @@ pub(super) fn create_segment(dir: &Path, first: u64) -> Result<Active, JournalEr
 /// appends that overwrite them change no file system metadata, and their
 /// `fdatasync` need not wait for a commit of the file system's journal
 /// (see the module docs of the journal).
-pub(super) fn reuse_spare(dir: &Path, spare: &Spare, first: u64) -> Result<Active, JournalError> {
+///
+/// Ok(None) if the spare could not be renamed (it is gone, or the name is
+/// taken): nothing changed, and the caller makes a new file instead.
+pub(super) fn reuse_spare(
+    dir: &Path,
+    spare: &Spare,
+    first: u64,
+) -> Result<Option<Active>, JournalError> {
     let salt = new_salt(spare.salt);
     let path = dir.join(segment_name(first, salt));
-    if path.exists() {
-        let reason = "a segment of that name already exists".to_string();
-        return Err(JournalError::Corrupt {
-            path,
-            offset: 0,
-            reason,
-        });
+    // rename replaces a file of the new name: never do that to a segment.
+    if path.exists() || fs::rename(&spare.path, &path).is_err() {
+        return Ok(None);
     }
-    fs::rename(&spare.path, &path).map_err(io_err("reuse spare segment", &spare.path))?;
     sync_dir(dir)?;
     let file = OpenOptions::new()
         .write(true)
         .open(&path)
         .map_err(io_err("open segment", &path))?;
-    Ok(Active {
+    Ok(Some(Active {
         seg: Segment::empty(first, salt, path),
         file,
-    })
+    }))
 }
 
 /// A random salt, never 0 (the salt of new files) nor `old`.

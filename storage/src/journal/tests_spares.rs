@@ -196,35 +196,99 @@ fn a_record_left_in_a_reused_file_is_not_read_as_the_next_one() -> TestResult {
     Ok(())
 }
 
+/// The record just before a closed reused segment's stale tail is where
+/// the tolerance for that tail must stop: a flip in it is corruption, not
+/// the end of the segment.
 #[test]
 fn a_bit_flip_in_a_closed_reused_segment_is_corrupt() -> TestResult {
     let tmp = tempfile::tempdir()?;
-    let mut j = churned(tmp.path(), 3)?;
-    for _ in 0..4 {
+    let mut j = churned(tmp.path(), 2)?;
+    // A closed reused segment whose file goes on past its records.
+    let mut found = None;
+    for _ in 0..200 {
+        found = j.segs.closed.iter().find_map(|seg| {
+            let len = fs::metadata(&seg.path).ok()?.len();
+            (seg.salt != 0 && len > seg.bytes).then(|| (seg.path.clone(), seg.bytes))
+        });
+        if found.is_some() {
+            break;
+        }
+        let n = 1 + j.last_lsn() % 4;
+        append_n(&mut j, n)?;
+        if j.segs.closed.len() > 3 {
+            j.truncate_through(j.last_lsn())?;
+        }
+    }
+    let (closed, valid) = found.ok_or("no closed reused segment with a stale tail")?;
+    drop(j);
+    let good = fs::read(&closed)?;
+    let mut last_start = 0;
+    let mut at = 0;
+    while at < valid as usize {
+        last_start = at;
+        at += RECORD_HEADER + u32::from_le_bytes(good[at..at + 4].try_into()?) as usize;
+    }
+    assert_eq!(at, valid as usize);
+    // The first record's LSN, the last record's LSN and its last byte.
+    for flip in [8, last_start + 8, at - 1] {
+        let mut bad = good.clone();
+        bad[flip] ^= 0x04;
+        fs::write(&closed, &bad)?;
+        let opened = Journal::open(tmp.path(), REUSE);
+        assert!(
+            matches!(&opened, Err(JournalError::Corrupt { path, .. }) if *path == closed),
+            "flip at {flip}: {opened:?}"
+        );
+        fs::write(&closed, &good)?;
+    }
+    assert!(Journal::open(tmp.path(), REUSE).is_ok());
+    Ok(())
+}
+
+/// Only a reused file may hold bytes past its records: garbage after the
+/// end of a closed new file is still corruption.
+#[test]
+fn garbage_after_a_closed_new_file_is_corrupt() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let mut j = Journal::open(tmp.path(), REUSE)?;
+    for _ in 0..6 {
         append_n(&mut j, 3)?;
     }
     drop(j);
-    let files = segment_files(tmp.path())?;
-    let closed = files[..files.len() - 1]
-        .iter()
-        .find(|p| name_of(p).is_ok_and(|(_, salt)| salt != 0))
-        .ok_or("no closed reused segment")?;
-    let good = fs::read(closed)?;
-    // The last byte of its first record's payload, and its last record's
-    // header: both are acknowledged data.
-    let first_len = RECORD_HEADER + u32::from_le_bytes(good[..4].try_into()?) as usize;
-    for at in [first_len - 1, first_len + 8] {
-        let mut bad = good.clone();
-        bad[at] ^= 0x04;
-        fs::write(closed, &bad)?;
-        let opened = Journal::open(tmp.path(), REUSE);
-        assert!(
-            matches!(&opened, Err(JournalError::Corrupt { path, .. }) if path == closed),
-            "flip at {at}: {opened:?}"
-        );
-        fs::write(closed, &good)?;
+    let first = segment_files(tmp.path())?[0].clone();
+    assert_eq!(name_of(&first)?.1, 0);
+    let mut bytes = fs::read(&first)?;
+    bytes.extend_from_slice(&group(1, 1));
+    fs::write(&first, &bytes)?;
+    let opened = Journal::open(tmp.path(), REUSE);
+    assert!(
+        matches!(&opened, Err(JournalError::Corrupt { path, .. }) if *path == first),
+        "{opened:?}"
+    );
+    Ok(())
+}
+
+/// A spare deleted by hand: the next segment is a new file, and the
+/// journal goes on.
+#[test]
+fn a_missing_spare_falls_back_to_a_new_file() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let mut j = Journal::open(tmp.path(), REUSE)?;
+    for _ in 0..8 {
+        append_n(&mut j, 3)?;
     }
-    assert!(Journal::open(tmp.path(), REUSE).is_ok());
+    j.truncate_through(j.last_lsn())?;
+    assert_eq!(j.spare_files(), 2);
+    for spare in spare_files(tmp.path())? {
+        fs::remove_file(spare)?;
+    }
+    for _ in 0..8 {
+        append_n(&mut j, 3)?;
+    }
+    assert!(!j.is_poisoned());
+    let last = j.last_lsn();
+    drop(j);
+    assert_eq!(Journal::open(tmp.path(), REUSE)?.last_lsn(), last);
     Ok(())
 }
 
@@ -252,6 +316,7 @@ fn power_cut_in_a_reused_segment(rounds: usize, groups: &[u64], keep: u64) -> Te
     let start = j.segs.current.as_ref().map_or(0, |a| a.seg.bytes) as usize;
     append_n(&mut j, groups[groups.len() - 1])?;
     let written = j.last_lsn();
+    let written_end = j.segs.current.as_ref().map_or(0, |a| a.seg.bytes) as usize;
     drop(j);
 
     // The file the last append went to: the same segment, or a new one
@@ -268,7 +333,8 @@ fn power_cut_in_a_reused_segment(rounds: usize, groups: &[u64], keep: u64) -> Te
         (0, gone.map_or(&[][..], |(_, bytes)| bytes))
     };
     let mut now = fs::read(&target)?;
-    let new_len = now.len().saturating_sub(start);
+    // Bytes the last append wrote there; what lies past them is old.
+    let new_len = written_end.saturating_sub(start);
     let kept = (keep % (new_len as u64 + 1)) as usize;
     for (i, byte) in now.iter_mut().enumerate().skip(start + kept) {
         *byte = old.get(i).copied().unwrap_or(0);
