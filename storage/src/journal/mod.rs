@@ -72,6 +72,7 @@
 //! apart would need a second copy; the CRC only tells that the record is
 //! wrong.
 
+mod fault;
 mod format;
 mod retire;
 mod segments;
@@ -87,9 +88,9 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use fault::{FailSyncAfter, RealSync, SyncFault};
 pub use format::{MAX_RECORD_PAYLOAD, RECORD_HEADER, encode_record, split_records};
 use format::{SegmentReader, Step, check_group, salt_crcs};
 pub use retire::Expired;
@@ -169,55 +170,6 @@ impl Default for JournalOptions {
         JournalOptions {
             segment_bytes: 64 << 20,
             spare_segments: 2,
-        }
-    }
-}
-
-/// A hook around the journal's data syncs, for fault tests. The journal
-/// calls [`before_sync`](SyncFault::before_sync) after writing a group and
-/// before its `sync_data`; an Err fails (and poisons) that append as a
-/// failed fsync would. Only the data syncs of appends go through the hook,
-/// not the directory syncs nor those of open.
-pub trait SyncFault: Send + Sync + std::fmt::Debug {
-    /// Called before each data sync of an append.
-    fn before_sync(&self) -> io::Result<()>;
-}
-
-/// The real sync: never fails on its own.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RealSync;
-
-impl SyncFault for RealSync {
-    fn before_sync(&self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Lets `n` syncs through, then fails every later one.
-#[derive(Debug)]
-pub struct FailSyncAfter {
-    allowed: u64,
-    done: AtomicU64,
-}
-
-impl FailSyncAfter {
-    /// `n` real syncs, then every sync fails.
-    pub fn new(n: u64) -> Self {
-        FailSyncAfter {
-            allowed: n,
-            done: AtomicU64::new(0),
-        }
-    }
-}
-
-impl SyncFault for FailSyncAfter {
-    fn before_sync(&self) -> io::Result<()> {
-        if self.done.fetch_add(1, Ordering::Relaxed) < self.allowed {
-            Ok(())
-        } else {
-            Err(io::Error::other(
-                "injected fdatasync failure (FailSyncAfter)",
-            ))
         }
     }
 }
