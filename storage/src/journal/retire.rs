@@ -73,16 +73,15 @@ impl Expired {
     /// Returns how many.
     pub fn retire(self) -> Result<usize, JournalError> {
         for path in &self.paths {
-            let salt = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(parse_segment_name)
-                .map_or(0, |(_, salt)| salt);
+            let spare = spare_name(path);
             // A spare of that name already (LSNs used twice after a
             // rebase): rename would replace it under the pool's feet.
-            let keep = self.spares.files().len() < self.spares.cap && !spare_name(path).exists();
-            if keep {
-                let spare = spare_name(path);
+            if self.spares.files().len() < self.spares.cap && !spare.exists() {
+                let salt = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(parse_segment_name)
+                    .map_or(0, |(_, salt)| salt);
                 match fs::rename(path, &spare) {
                     Ok(()) => {}
                     // Already gone (deleted before a failed directory sync).

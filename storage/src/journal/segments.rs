@@ -103,10 +103,10 @@ pub(super) fn recover(dir: &Path) -> Result<(Segments, u64, Vec<Spare>), Journal
     let (listed, spares) = list_segments(dir)?;
     for Listed { first, salt, path } in listed {
         if let Some(prev) = newest.take() {
+            let follows = Some(first) == prev.seg.last.checked_add(1);
             // Only a reused file (salted) can hold bytes past its records.
-            let stale_tail_ok = prev.seg.salt != 0;
-            if Some(first) != prev.seg.last.checked_add(1) || (!stale_tail_ok && prev.bad.is_some())
-            {
+            let tail_ok = prev.bad.is_none() || prev.seg.salt != 0;
+            if !(follows && tail_ok) {
                 if let Some(reason) = prev.bad {
                     let (path, offset) = (prev.seg.path, prev.seg.bytes);
                     return Err(JournalError::Corrupt {
@@ -256,18 +256,15 @@ pub(super) fn reuse_spare(
 
 /// A random salt, never 0 (the salt of new files) nor `old`.
 fn new_salt(old: u32) -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut counter = 0u64;
+    use std::hash::BuildHasher;
     loop {
-        // std's RandomState is seeded from the OS; the salt must not be
-        // guessable by whoever chose the payload bytes a spare still holds.
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(counter);
-        let salt = h.finish() as u32;
+        // std's RandomState is seeded from the OS (and each new one
+        // differs): the salt must not be guessable by whoever chose the
+        // payload bytes a spare still holds.
+        let salt = std::collections::hash_map::RandomState::new().hash_one(old) as u32;
         if salt != 0 && salt != old {
             return salt;
         }
-        counter += 1;
     }
 }
 

@@ -40,12 +40,24 @@ fn name_of(path: &Path) -> Result<(u64, u32), Box<dyn std::error::Error>> {
 fn churned(dir: &Path, rounds: usize) -> Result<Journal, JournalError> {
     let mut j = Journal::open(dir, REUSE)?;
     for _ in 0..rounds {
-        for _ in 0..8 {
-            append_n(&mut j, 3)?;
-        }
+        append_groups(&mut j, 8)?;
         j.truncate_through(j.last_lsn())?;
     }
     Ok(j)
+}
+
+/// A journal in `dir` with spares on, after `groups` groups of 3 records.
+fn filled(dir: &Path, groups: usize) -> Result<Journal, JournalError> {
+    let mut j = Journal::open(dir, REUSE)?;
+    append_groups(&mut j, groups)?;
+    Ok(j)
+}
+
+fn append_groups(j: &mut Journal, groups: usize) -> Result<(), JournalError> {
+    for _ in 0..groups {
+        append_n(j, 3)?;
+    }
+    Ok(())
 }
 
 /// Appends and retires until the segment being written is a reused file.
@@ -63,10 +75,7 @@ fn until_current_is_reused(j: &mut Journal) -> Result<(), JournalError> {
 #[test]
 fn expired_segments_are_kept_as_spares_and_written_over() -> TestResult {
     let tmp = tempfile::tempdir()?;
-    let mut j = Journal::open(tmp.path(), REUSE)?;
-    for _ in 0..8 {
-        append_n(&mut j, 3)?;
-    }
+    let mut j = filled(tmp.path(), 8)?;
     let before = segment_files(tmp.path())?.len();
     assert!(before >= 4, "{before} segments");
     let retired = j.truncate_through(j.last_lsn())?;
@@ -77,9 +86,7 @@ fn expired_segments_are_kept_as_spares_and_written_over() -> TestResult {
 
     // The next two segments are the spares, renamed under a salt.
     let first_new = j.last_lsn() + 1;
-    for _ in 0..8 {
-        append_n(&mut j, 3)?;
-    }
+    append_groups(&mut j, 8)?;
     assert_eq!(j.spare_files(), 0);
     assert!(spare_files(tmp.path())?.is_empty());
     let salted: Vec<PathBuf> = segment_files(tmp.path())?
@@ -106,10 +113,7 @@ fn expired_segments_are_kept_as_spares_and_written_over() -> TestResult {
 #[test]
 fn spares_survive_a_restart_up_to_the_cap() -> TestResult {
     let tmp = tempfile::tempdir()?;
-    let mut j = Journal::open(tmp.path(), REUSE)?;
-    for _ in 0..8 {
-        append_n(&mut j, 3)?;
-    }
+    let mut j = filled(tmp.path(), 8)?;
     j.truncate_through(j.last_lsn())?;
     let last = j.last_lsn();
     drop(j);
@@ -128,9 +132,7 @@ fn spares_survive_a_restart_up_to_the_cap() -> TestResult {
         1,
         "the extra one is deleted"
     );
-    for _ in 0..4 {
-        append_n(&mut j, 3)?;
-    }
+    append_groups(&mut j, 4)?;
     assert_eq!(j.spare_files(), 0);
     assert_eq!(j.last_lsn(), last + 12);
     Ok(())
@@ -250,10 +252,7 @@ fn a_bit_flip_in_a_closed_reused_segment_is_corrupt() -> TestResult {
 #[test]
 fn garbage_after_a_closed_new_file_is_corrupt() -> TestResult {
     let tmp = tempfile::tempdir()?;
-    let mut j = Journal::open(tmp.path(), REUSE)?;
-    for _ in 0..6 {
-        append_n(&mut j, 3)?;
-    }
+    let j = filled(tmp.path(), 6)?;
     drop(j);
     let first = segment_files(tmp.path())?[0].clone();
     assert_eq!(name_of(&first)?.1, 0);
@@ -273,18 +272,13 @@ fn garbage_after_a_closed_new_file_is_corrupt() -> TestResult {
 #[test]
 fn a_missing_spare_falls_back_to_a_new_file() -> TestResult {
     let tmp = tempfile::tempdir()?;
-    let mut j = Journal::open(tmp.path(), REUSE)?;
-    for _ in 0..8 {
-        append_n(&mut j, 3)?;
-    }
+    let mut j = filled(tmp.path(), 8)?;
     j.truncate_through(j.last_lsn())?;
     assert_eq!(j.spare_files(), 2);
     for spare in spare_files(tmp.path())? {
         fs::remove_file(spare)?;
     }
-    for _ in 0..8 {
-        append_n(&mut j, 3)?;
-    }
+    append_groups(&mut j, 8)?;
     assert!(!j.is_poisoned());
     let last = j.last_lsn();
     drop(j);
