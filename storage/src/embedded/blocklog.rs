@@ -236,23 +236,15 @@ impl BlockLog {
         })
     }
 
-    /// Stages a block for the commit under way, encoded by `encode` right
-    /// into the staging buffer (no copy of its bytes), and returns where it
-    /// will lie once [`BlockLog::sync`] wrote it. Rolls to a new segment
-    /// (the frames staged before it written first) when the current one
-    /// would pass its size.
-    pub(crate) fn stage_with(
-        &self,
-        format: BlockFormat,
-        encode: impl FnOnce(&mut AlignedVec) -> Result<(), StoreError>,
-    ) -> Result<Ptr, StoreError> {
+    /// Stages a block of `format` for the commit under way and returns
+    /// where it will lie once [`BlockLog::sync`] wrote it. Rolls to a new
+    /// segment (the frames staged before it written first) when the
+    /// current one would pass its size.
+    pub(crate) fn stage_as(&self, format: BlockFormat, block: &[u8]) -> Result<Ptr, StoreError> {
         let mut t = self.tail.lock();
         let mut start = t.staged.len();
         t.staged.extend_from_slice(&[0u8; FRAME]);
-        if let Err(e) = encode(&mut t.staged) {
-            t.staged.resize(start, 0);
-            return Err(e);
-        }
+        t.staged.extend_from_slice(block);
         let end = t.staged.len();
         let Ok(len) = u32::try_from(end - start - FRAME) else {
             t.staged.resize(start, 0);
@@ -302,13 +294,9 @@ impl BlockLog {
         })
     }
 
-    /// [`BlockLog::stage_with`] for bytes already encoded.
-    #[cfg(test)]
+    /// [`BlockLog::stage_as`] a packed block.
     pub(crate) fn stage(&self, block: &[u8]) -> Result<Ptr, StoreError> {
-        self.stage_with(BlockFormat::Packed, |buf| {
-            buf.extend_from_slice(block);
-            Ok(())
-        })
+        self.stage_as(BlockFormat::Packed, block)
     }
 
     /// Writes the staged frames to the current segment and syncs it (the

@@ -14,9 +14,9 @@ use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
+use super::packed::Packer;
 use crate::rows::*;
 use crate::store::StoreError;
-use crate::time;
 
 /// A row type the embedded store can archive and validate.
 pub(crate) trait StoredRow:
@@ -135,24 +135,88 @@ pub(crate) fn decode_block<T: StoredRow>(
     rkyv::from_bytes::<Vec<T>, RkyvError>(aligned(bytes, buf)).map_err(|e| corrupt(T::WHAT, e))
 }
 
-/// Groups `rows` into blocks by (partition, hour): for each, its rows in
-/// the order they came in. Blocks come out sorted by (partition, hour).
-/// References rather than copies: a flush's raw rows are hundreds of MB a
-/// second at full load, and copying them into per-group vectors (grown
-/// row by row) was a pass over all of them.
-pub(crate) fn group<'a, T: BlockRow + 'a>(
-    rows: impl Iterator<Item = &'a T>,
-) -> Vec<((u64, u32), Vec<&'a T>)> {
-    let mut groups: super::FastMap<(u64, u32), Vec<&'a T>> = super::FastMap::default();
-    for r in rows {
-        groups
-            .entry((r.part(), time::hour(r.ts_us())))
-            .or_default()
-            .push(r);
+/// Blocks are cut by (partition, hour): see `BlockRow`.
+type BlockKey = (u64, u32);
+
+/// Packers kept for the next commit: more blocks than this in one table of
+/// a commit (thousands of devices' health rows) get new packers, dropped
+/// after it.
+const KEPT_PACKERS: usize = 1024;
+
+/// Packs one table's rows of a commit into one block per (partition,
+/// hour), in a single pass over the rows.
+///
+/// Why one pass: a commit's rows are tens of MB that the shards wrote a
+/// flush interval ago, out of cache. Grouping them first and packing each
+/// group after read every row twice from memory, and the first read (for
+/// its partition and time alone) was most of the block writer's time
+/// outside packing. Rows of one batch share their partition and mostly
+/// their hour, so a row is nearly always packed by the same packer as
+/// the row before, found without a lookup.
+///
+/// The packers and their buffers are kept from commit to commit: fresh
+/// ones each commit had been page faults on every commit.
+#[derive(Default)]
+pub(crate) struct BlockSet {
+    packers: Vec<(BlockKey, Packer)>,
+    used: usize,
+    index: super::FastMap<BlockKey, usize>,
+}
+
+impl BlockSet {
+    /// Packs `rows`, in order, into blocks by (partition, hour); the
+    /// blocks of an earlier call are forgotten.
+    pub(crate) fn pack<'a, T: BlockRow + 'a>(&mut self, rows: impl Iterator<Item = &'a T>) {
+        self.used = 0;
+        self.index.clear();
+        let mut last: Option<(BlockKey, usize)> = None;
+        for r in rows {
+            let key = (r.part(), crate::time::hour(r.ts_us()));
+            let at = match last {
+                Some((k, at)) if k == key => at,
+                _ => self.packer_for::<T>(key),
+            };
+            last = Some((key, at));
+            if let Some((_, p)) = self.packers.get_mut(at) {
+                p.push(r);
+            }
+        }
+        self.packers[..self.used].sort_unstable_by_key(|(k, _)| *k);
     }
-    let mut out: Vec<_> = groups.into_iter().collect();
-    out.sort_unstable_by_key(|(k, _)| *k);
-    out
+
+    /// The index of the packer of block `key`, started if new.
+    fn packer_for<T: BlockRow>(&mut self, key: BlockKey) -> usize {
+        if let Some(&at) = self.index.get(&key) {
+            return at;
+        }
+        let at = self.used;
+        match self.packers.get_mut(at) {
+            Some((k, p)) => {
+                *k = key;
+                p.restart(T::TABLE);
+            }
+            None => self
+                .packers
+                .push((key, Packer::new(T::TABLE, AlignedVec::new()))),
+        }
+        self.used += 1;
+        self.index.insert(key, at);
+        at
+    }
+
+    /// The blocks of the last [`BlockSet::pack`], sorted by key: each
+    /// (partition, hour) and the block's bytes.
+    pub(crate) fn blocks(&mut self) -> impl Iterator<Item = (BlockKey, &[u8])> {
+        self.packers[..self.used]
+            .iter_mut()
+            .map(|(k, p)| (*k, p.finish().as_slice()))
+    }
+
+    /// Drops what the next commit is unlikely to need.
+    pub(crate) fn trim(&mut self) {
+        self.packers.truncate(KEPT_PACKERS);
+        self.used = self.used.min(KEPT_PACKERS);
+    }
 }
 
 /// Keeps, for every key, the one row `keep_new(old, new)` prefers; later
@@ -219,24 +283,6 @@ mod tests {
         let err = decode_one::<DeadLetterRow>(&[0xFF; 64], &mut buf);
         assert!(matches!(err, Err(StoreError::Corrupt { .. })));
         Ok(())
-    }
-
-    #[test]
-    fn grouping_by_partition_and_hour() {
-        let h = time::HOUR_US;
-        let rows = [health(2, 0), health(1, h), health(1, 1), health(1, h + 5)];
-        let groups = group(rows.iter());
-        let r = &rows;
-        assert_eq!(
-            groups,
-            vec![
-                ((1, 0), vec![&r[2]]),
-                ((1, 1), vec![&r[1], &r[3]]),
-                ((2, 0), vec![&r[0]])
-            ]
-        );
-        assert_eq!(group(rows[..1].iter()).len(), 1);
-        assert!(group::<DeviceHealthRow>([].iter()).is_empty());
     }
 
     #[test]

@@ -5,9 +5,9 @@
 use fjall::{Keyspace, OwnedWriteBatch, Slice};
 use rkyv::util::AlignedVec;
 
-use super::blocklog::{BlockFormat, Ptr, encode_end};
+use super::blocklog::{Ptr, encode_end};
 use super::blocks::{self, BlockRow};
-use super::{EmbeddedStore, backend_err, keys, packed};
+use super::{EmbeddedStore, backend_err, keys};
 use crate::rows::*;
 use crate::store::{CommitInfo, Store, StoreError};
 
@@ -204,7 +204,8 @@ impl EmbeddedStore {
         self.put_batches(w, &concat(parts, |p| &p.batches))
     }
 
-    /// Stages the blocks of one table's rows of `parts`, read in place.
+    /// Stages the blocks of one table's rows of `parts`, read in place,
+    /// one block per (partition, hour).
     fn stage_blocks<T: BlockRow>(
         &self,
         parts: &[RowSet],
@@ -212,30 +213,14 @@ impl EmbeddedStore {
         id: u64,
         out: &mut Logged,
     ) -> Result<(), StoreError> {
-        let rows = || parts.iter().flat_map(|p| table(p).iter());
-        let Some(first) = rows().next() else {
-            return Ok(());
-        };
-        let first_key = (first.part(), crate::time::hour(first.ts_us()));
-        let single = rows().all(|r| (r.part(), crate::time::hour(r.ts_us())) == first_key);
-        // The common flush (one partition and hour) is encoded as it is.
-        if single {
-            let ptr = self.block_log.stage_with(BlockFormat::Packed, |buf| {
-                packed::encode_rows(rows(), buf);
-                Ok(())
-            })?;
-            let key = keys::block_key(T::TABLE, first_key.0, first_key.1, id);
-            out.blocks.push((key, ptr));
-            return Ok(());
-        }
-        for ((part, hour), group) in blocks::group(rows()) {
-            let ptr = self.block_log.stage_with(BlockFormat::Packed, |buf| {
-                packed::encode_rows(group.iter().copied(), buf);
-                Ok(())
-            })?;
+        let mut set = self.packers.lock();
+        set.pack(parts.iter().flat_map(|p| table(p).iter()));
+        for ((part, hour), bytes) in set.blocks() {
+            let ptr = self.block_log.stage(bytes)?;
             out.blocks
                 .push((keys::block_key(T::TABLE, part, hour, id), ptr));
         }
+        set.trim();
         Ok(())
     }
 

@@ -176,6 +176,9 @@ pub struct EmbeddedStore {
     blocks: Keyspace,
     /// Where the `blocks` keyspace's pointers lead (`blocklog`).
     block_log: blocklog::BlockLog,
+    /// Packs the raw rows into blocks; kept for the next commit (taken
+    /// under `commit_lock`).
+    packers: Mutex<blocks::BlockSet>,
     levels: Keyspace,
     rollups: Keyspace,
     marks: Keyspace,
@@ -327,6 +330,7 @@ impl EmbeddedStore {
             db,
             blocks,
             block_log,
+            packers: Mutex::default(),
             levels,
             rollups,
             marks,

@@ -54,21 +54,64 @@ const SCRATCH: usize = 512;
 /// A row type the block log can pack.
 pub(crate) trait Packed: Sized {
     /// Writes the row's fields.
-    fn pack(&self, p: &mut Packer<'_>);
+    fn pack(&self, p: &mut Packer);
     /// Reads a row's fields, in the order `pack` wrote them.
     fn unpack(u: &mut Unpacker<'_>) -> Result<Self, &'static str>;
 }
 
-/// Writes rows at the end of a buffer (see the module docs).
-pub(crate) struct Packer<'a> {
-    out: &'a mut AlignedVec,
+/// Packs rows into one block of one table (see the module docs), in a
+/// buffer it owns so that a `blocks::BlockSet` can keep one per block and reuse
+/// them from commit to commit.
+pub(crate) struct Packer {
+    out: AlignedVec,
     prev: [u64; MAX_FIELDS],
     at: usize,
     row: [u8; SCRATCH],
     n: usize,
+    rows: u32,
 }
 
-impl Packer<'_> {
+impl Packer {
+    /// An empty block of `table` in `out`, which is cleared.
+    pub(crate) fn new(table: Table, out: AlignedVec) -> Self {
+        let mut p = Packer {
+            out,
+            prev: [0; MAX_FIELDS],
+            at: 0,
+            row: [0; SCRATCH],
+            n: 0,
+            rows: 0,
+        };
+        p.restart(table);
+        p
+    }
+
+    /// Starts a new block of `table`, keeping the buffer's capacity.
+    pub(crate) fn restart(&mut self, table: Table) {
+        self.out.clear();
+        self.out.extend_from_slice(MAGIC);
+        self.out.extend_from_slice(&[table as u8, 0, 0, 0]);
+        self.out.extend_from_slice(&[0; 4]);
+        self.prev = [0; MAX_FIELDS];
+        self.at = 0;
+        self.n = 0;
+        self.rows = 0;
+    }
+
+    /// Appends one row.
+    #[inline]
+    pub(crate) fn push<T: Packed>(&mut self, row: &T) {
+        row.pack(self);
+        self.end_row();
+    }
+
+    /// The block's bytes, header and every row pushed so far.
+    pub(crate) fn finish(&mut self) -> &AlignedVec {
+        self.flush();
+        self.out[8..HEADER].copy_from_slice(&self.rows.to_le_bytes());
+        &self.out
+    }
+
     /// Makes room for `bytes` more in the row buffer.
     fn room(&mut self, bytes: usize) {
         if self.n + bytes > SCRATCH {
@@ -158,6 +201,7 @@ impl Packer<'_> {
 
     fn end_row(&mut self) {
         self.at = 0;
+        self.rows += 1;
     }
 }
 
@@ -267,32 +311,15 @@ impl<'a> Unpacker<'a> {
     }
 }
 
-/// Packs `rows`, in order, as one block at the end of `out`. An iterator,
-/// so that a commit's rows are packed where its parts hold them.
-pub(crate) fn encode_rows<'a, T: BlockRow + 'a>(
-    rows: impl Iterator<Item = &'a T>,
-    out: &mut AlignedVec,
-) {
-    out.reserve(HEADER + rows.size_hint().0 * 24);
-    let header_at = out.len();
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&[T::TABLE as u8, 0, 0, 0]);
-    out.extend_from_slice(&[0; 4]);
-    let mut p = Packer {
-        out: &mut *out,
-        prev: [0; MAX_FIELDS],
-        at: 0,
-        row: [0; SCRATCH],
-        n: 0,
-    };
-    let mut written: u32 = 0;
+/// Packs `rows`, in order, as one block.
+#[cfg(test)]
+pub(crate) fn encode_rows<'a, T: BlockRow + 'a>(rows: impl Iterator<Item = &'a T>) -> AlignedVec {
+    let mut p = Packer::new(T::TABLE, AlignedVec::new());
     for r in rows {
-        r.pack(&mut p);
-        p.end_row();
-        written += 1;
+        p.push(r);
     }
-    p.flush();
-    out[header_at + 8..header_at + 12].copy_from_slice(&written.to_le_bytes());
+    p.finish();
+    p.out
 }
 
 /// The rows of a packed block of `T`'s table.
@@ -369,7 +396,7 @@ fn reason_of(code: u64) -> Result<MovementReason, &'static str> {
 }
 
 #[inline]
-fn pack_key(p: &mut Packer<'_>, k: &EventKey) {
+fn pack_key(p: &mut Packer, k: &EventKey) {
     p.num(k.device);
     p.num(k.seq);
     p.num(u64::from(k.idx));
@@ -384,7 +411,7 @@ fn unpack_key(u: &mut Unpacker<'_>) -> Result<EventKey, &'static str> {
 }
 
 impl Packed for SaleRow {
-    fn pack(&self, p: &mut Packer<'_>) {
+    fn pack(&self, p: &mut Packer) {
         p.num(u64::from(self.store));
         p.int(self.ts_us);
         pack_key(p, &self.key);
@@ -442,7 +469,7 @@ impl Packed for SaleRow {
 }
 
 impl Packed for SaleLineRow {
-    fn pack(&self, p: &mut Packer<'_>) {
+    fn pack(&self, p: &mut Packer) {
         p.num(u64::from(self.store));
         p.int(self.ts_us);
         pack_key(p, &self.key);
@@ -474,7 +501,7 @@ impl Packed for SaleLineRow {
 }
 
 impl Packed for StockMovementRow {
-    fn pack(&self, p: &mut Packer<'_>) {
+    fn pack(&self, p: &mut Packer) {
         p.num(u64::from(self.store));
         p.int(self.ts_us);
         pack_key(p, &self.key);
@@ -504,7 +531,7 @@ impl Packed for StockMovementRow {
 }
 
 impl Packed for DeviceHealthRow {
-    fn pack(&self, p: &mut Packer<'_>) {
+    fn pack(&self, p: &mut Packer) {
         p.int(self.ts_us);
         pack_key(p, &self.key);
         p.num(u64::from(self.store));
@@ -530,7 +557,7 @@ impl Packed for DeviceHealthRow {
 }
 
 impl Packed for RejectedEventRow {
-    fn pack(&self, p: &mut Packer<'_>) {
+    fn pack(&self, p: &mut Packer) {
         p.int(self.ts_us);
         pack_key(p, &self.key);
         p.num(u64::from(self.code));
@@ -550,7 +577,7 @@ impl Packed for RejectedEventRow {
 }
 
 impl Packed for DeadLetterRow {
-    fn pack(&self, p: &mut Packer<'_>) {
+    fn pack(&self, p: &mut Packer) {
         p.int(self.ts_us);
         p.opt(self.device);
         p.bytes(self.peer.as_bytes());

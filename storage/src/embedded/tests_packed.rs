@@ -4,14 +4,13 @@
 use proptest::prelude::*;
 use rkyv::util::AlignedVec;
 
-use super::{MAX_FIELDS, Packer, SCRATCH, decode, encode_rows};
+use super::{Packer, decode, encode_rows};
+use crate::embedded::blocks::BlockSet;
 use crate::rows::*;
 use crate::store::StoreError;
 
 fn packed<T: super::BlockRow>(rows: &[T]) -> AlignedVec {
-    let mut out = AlignedVec::new();
-    encode_rows(rows.iter(), &mut out);
-    out
+    encode_rows(rows.iter())
 }
 
 fn arb_key() -> impl Strategy<Value = EventKey> {
@@ -301,8 +300,7 @@ fn a_block_of_another_table_is_refused() {
 fn rows_of_several_parts_pack_as_one_block_in_order() -> Result<(), StoreError> {
     let rows = lines(10);
     let (a, b) = rows.split_at(4);
-    let mut out = AlignedVec::new();
-    encode_rows(a.iter().chain(b.iter().rev()), &mut out);
+    let out = encode_rows(a.iter().chain(b.iter().rev()));
     let mut want = a.to_vec();
     want.extend(b.iter().rev().copied());
     assert_eq!(decode::<SaleLineRow>(&out)?, want);
@@ -313,17 +311,7 @@ fn rows_of_several_parts_pack_as_one_block_in_order() -> Result<(), StoreError> 
 fn out_of_range_fields_are_corrupt() {
     // One sale line whose quantity (the 9th field) says 2^41: no i32
     // holds it.
-    let mut bytes = AlignedVec::new();
-    bytes.extend_from_slice(b"TSP1");
-    bytes.extend_from_slice(&[Table::SaleLines as u8, 0, 0, 0]);
-    bytes.extend_from_slice(&1u32.to_le_bytes());
-    let mut p = Packer {
-        out: &mut bytes,
-        prev: [0; MAX_FIELDS],
-        at: 0,
-        row: [0; SCRATCH],
-        n: 0,
-    };
+    let mut p = Packer::new(Table::SaleLines, AlignedVec::new());
     for f in [7, 0, 1, 1, 0, 0, 5, 0] {
         p.num(f);
     }
@@ -331,8 +319,8 @@ fn out_of_range_fields_are_corrupt() {
     for _ in 0..4 {
         p.num(0);
     }
-    p.flush();
-    let r = decode::<SaleLineRow>(&bytes);
+    p.end_row();
+    let r = decode::<SaleLineRow>(p.finish());
     assert!(
         matches!(&r, Err(StoreError::Corrupt { reason, .. }) if reason.contains("range")),
         "{r:?}"
@@ -377,15 +365,98 @@ fn rkyv_blocks_of_an_older_log_still_read() -> Result<(), Box<dyn std::error::Er
         };
         assert_eq!(ptr.format, BlockFormat::Packed, "new blocks are packed");
         let rkyv = store.block_bytes(&key, &value)?;
-        let old = store.block_log.stage_with(BlockFormat::Rkyv, |buf| {
-            buf.extend_from_slice(&rkyv);
-            Ok(())
-        })?;
+        let old = store.block_log.stage_as(BlockFormat::Rkyv, &rkyv)?;
         store.block_log.sync()?;
         store.blocks.insert(key, old.encode())?;
         rewritten += 1;
     }
     assert!(rewritten >= 3, "sales, lines and movements at least");
     assert_eq!(dump(&store)?, before);
+    Ok(())
+}
+
+/// Blocks by (partition, hour), each with its rows.
+type Blocks<T> = Vec<((u64, u32), Vec<T>)>;
+
+/// What `BlockSet::pack` must produce: the rows of each (partition, hour),
+/// in the order they came, blocks sorted by key.
+fn grouped<T: super::BlockRow + Clone>(rows: &[T]) -> Blocks<T> {
+    let mut groups = std::collections::BTreeMap::<_, Vec<T>>::new();
+    for r in rows {
+        groups
+            .entry((r.part(), crate::time::hour(r.ts_us())))
+            .or_default()
+            .push(r.clone());
+    }
+    groups.into_iter().collect()
+}
+
+fn unpacked<T: super::BlockRow>(set: &mut BlockSet) -> Result<Blocks<T>, StoreError> {
+    set.blocks()
+        .map(|(key, bytes)| Ok((key, decode::<T>(bytes)?)))
+        .collect()
+}
+
+/// Movements over few stores and hours, so that blocks get many rows.
+fn arb_clustered_movements() -> impl Strategy<Value = Vec<StockMovementRow>> {
+    prop::collection::vec((arb_movement(), 0u32..4, 0i64..3, 0i64..1000), 0..60).prop_map(|v| {
+        v.into_iter()
+            .map(|(mut m, store, hour, us)| {
+                m.store = store;
+                m.ts_us = hour * crate::time::HOUR_US + us;
+                m
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    /// One `BlockSet` packing commit after commit, of one table and then
+    /// another, gives every commit exactly the blocks a fresh grouping
+    /// would: nothing of an earlier commit leaks into a later one.
+    #[test]
+    fn a_reused_block_set_packs_each_commit_by_partition_and_hour(
+        commits in prop::collection::vec((arb_clustered_movements(), prop::collection::vec(arb_health(), 0..20)), 1..6)
+    ) {
+        let mut set = BlockSet::default();
+        for (moves, health) in &commits {
+            set.pack(moves.iter());
+            prop_assert_eq!(unpacked::<StockMovementRow>(&mut set)?, grouped(moves));
+            set.trim();
+            set.pack(health.iter());
+            prop_assert_eq!(unpacked::<DeviceHealthRow>(&mut set)?, grouped(health));
+            set.trim();
+        }
+    }
+}
+
+#[test]
+fn packers_past_the_kept_number_are_dropped_and_the_next_commit_still_packs()
+-> Result<(), StoreError> {
+    let mut set = BlockSet::default();
+    let many: Vec<DeviceHealthRow> = (0..1500u64)
+        .map(|device| DeviceHealthRow {
+            ts_us: 5,
+            key: EventKey {
+                device,
+                seq: 1,
+                idx: 0,
+            },
+            store: 1,
+            battery_pct: 50,
+            temperature_dc: 200,
+            uptime_s: 9,
+            queue_depth: 0,
+            rssi_dbm: -60,
+        })
+        .collect();
+    set.pack(many.iter());
+    assert_eq!(unpacked::<DeviceHealthRow>(&mut set)?.len(), 1500);
+    set.trim();
+    let few = &many[1490..];
+    set.pack(few.iter().rev());
+    let want: Vec<_> = grouped(&few.iter().rev().copied().collect::<Vec<_>>());
+    assert_eq!(unpacked::<DeviceHealthRow>(&mut set)?, want);
+    assert_eq!(want.len(), 10);
     Ok(())
 }
