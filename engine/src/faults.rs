@@ -10,8 +10,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tillstream_storage::rows::{RowSet, StockLevelRow, StockMovementRow, TerminalRollupRow};
-use tillstream_storage::{CommitInfo, ReplayVisitor, Store, StoreError};
+use tillstream_storage::rows::{RowSet, StockLevelRow, TerminalRollupRow};
+use tillstream_storage::{CommitInfo, ReplayVisitor, Store, StoreError, WindowMovement};
 
 /// A function from the store to a store wrapping it.
 pub type WrapStore = dyn Fn(Arc<dyn Store>) -> Arc<dyn Store> + Send + Sync;
@@ -164,7 +164,7 @@ impl<F: CommitFault> Store for FaultyStore<F> {
         &self,
         store: u32,
         windows: &[(i64, i64)],
-    ) -> Result<Vec<StockMovementRow>, StoreError> {
+    ) -> Result<Vec<WindowMovement>, StoreError> {
         self.inner.load_movements(store, windows)
     }
 

@@ -59,9 +59,36 @@ pub struct CommitInfo {
 pub struct StoreSnapshot {
     /// Current level of every SKU of the store.
     pub levels: Vec<StockLevelRow>,
-    /// The store's stock movements stamped at or after the `since` time
-    /// asked for, in no particular order.
-    pub recent_movements: Vec<StockMovementRow>,
+    /// The store's movements in the windows asked for that a late window
+    /// keeps, in no particular order.
+    pub recent_movements: Vec<WindowMovement>,
+}
+
+/// A stock movement as a SKU's late window keeps it: what activation reads
+/// back of a `stock_movements` row, a third of its size. After a busy hour
+/// a store's late window is millions of movements, and copying them whole
+/// was a good part of a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WindowMovement {
+    /// Product.
+    pub sku: u64,
+    /// Event time (UTC µs).
+    pub ts_us: i64,
+    /// Change in units.
+    pub delta: i64,
+}
+
+impl WindowMovement {
+    /// What a late window keeps of `row`: nothing of a movement a count
+    /// saw first (not applied) or of a count's own correction row, whose
+    /// change the count's level already holds.
+    pub fn of(row: &StockMovementRow) -> Option<Self> {
+        (row.applied && row.reason != crate::MovementReason::CountCorrection).then_some(Self {
+            sku: row.sku,
+            ts_us: row.ts_us,
+            delta: row.delta,
+        })
+    }
 }
 
 /// A backend whole: what the engine writes through ([`Store`]) and what
@@ -151,15 +178,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn has_batch(&self, device: u64, seq: u64) -> Result<bool, StoreError>;
 
     /// Stock movements of `store` stamped in any of `windows` (each
-    /// `[from_us, to_us)`, sorted and disjoint), in no particular order
-    /// (activation, step two: the SKUs' late windows). Reading windows
-    /// rather than everything since the oldest keeps one SKU with an
-    /// ancient event from loading the store's whole history.
+    /// `[from_us, to_us)`, sorted and disjoint) that a late window keeps
+    /// ([`WindowMovement::of`]), in no particular order (activation, step
+    /// two: the SKUs' late windows). Reading windows rather than everything
+    /// since the oldest keeps one SKU with an ancient event from loading
+    /// the store's whole history.
     fn load_movements(
         &self,
         store: u32,
         windows: &[(i64, i64)],
-    ) -> Result<Vec<StockMovementRow>, StoreError>;
+    ) -> Result<Vec<WindowMovement>, StoreError>;
 
     /// Terminal rollups of one store and day (activation of a terminal day).
     fn load_rollups(&self, store: u32, day: u32) -> Result<Vec<TerminalRollupRow>, StoreError>;

@@ -493,7 +493,7 @@ impl Store for EmbeddedStore {
         &self,
         store: u32,
         windows: &[(i64, i64)],
-    ) -> Result<Vec<StockMovementRow>, StoreError> {
+    ) -> Result<Vec<WindowMovement>, StoreError> {
         self.movements_in(store, windows)
     }
 

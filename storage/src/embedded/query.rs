@@ -11,7 +11,7 @@ use super::blocks::{self, BlockRow, StoredRow};
 use super::{EmbeddedStore, backend_err, keys, packed};
 use crate::query::*;
 use crate::rows::*;
-use crate::store::StoreError;
+use crate::store::{StoreError, WindowMovement};
 use crate::time;
 
 /// Rows of a [from, to) time range: the hours to read and the exact filter.
@@ -153,19 +153,6 @@ impl EmbeddedStore {
         }
     }
 
-    /// Rows of `T`'s table stamped in `window`, of one partition or all.
-    fn rows_in<T: BlockRow>(
-        &self,
-        part: Option<u64>,
-        window: Window,
-    ) -> Result<Vec<T>, StoreError> {
-        let mut out = Vec::new();
-        self.each_block::<T>(part, window, &mut |rows| {
-            out.extend(rows.into_iter().filter(|r| window.contains(r.ts_us())));
-        })?;
-        Ok(out)
-    }
-
     /// Hands every point value of `ks` under `prefix` to `f`, decoded.
     fn each_point<T: StoredRow>(
         ks: &Keyspace,
@@ -242,14 +229,22 @@ impl EmbeddedStore {
         &self,
         store: u32,
         windows: &[(i64, i64)],
-    ) -> Result<Vec<StockMovementRow>, StoreError> {
+    ) -> Result<Vec<WindowMovement>, StoreError> {
+        // Straight into one vector, and only what a late window keeps of
+        // each row: a store's late window can be millions of rows (every
+        // movement of the last hour), and collecting each window's whole
+        // rows first and then appending them copied them all twice more.
         let mut out = Vec::new();
         for &(from_us, to_us) in windows {
             if from_us < to_us {
-                out.extend(self.rows_in::<StockMovementRow>(
-                    Some(u64::from(store)),
-                    Window { from_us, to_us },
-                )?);
+                let window = Window { from_us, to_us };
+                self.each_block::<StockMovementRow>(Some(u64::from(store)), window, &mut |rows| {
+                    out.extend(
+                        rows.iter()
+                            .filter(|r| window.contains(r.ts_us))
+                            .filter_map(WindowMovement::of),
+                    )
+                })?;
             }
         }
         Ok(out)

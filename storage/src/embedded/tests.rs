@@ -245,10 +245,11 @@ fn rollups_and_batches_are_upserts() -> TestResult {
 }
 
 #[test]
-fn load_movements_returns_the_late_window() -> TestResult {
+fn load_movements_returns_what_the_late_window_keeps() -> TestResult {
     let (_dir, store) = open()?;
     let mut rows = sample();
     rows.stock_movements.reverse();
+    let every = rows.stock_movements.clone();
     // Two commits, so blocks of one hour come from two commit ids.
     let late = RowSet {
         stock_movements: rows.stock_movements.split_off(4),
@@ -256,33 +257,47 @@ fn load_movements_returns_the_late_window() -> TestResult {
     };
     store.commit(&rows)?;
     store.commit(&late)?;
-    let got = store.load_movements(1, &[(T0 + 3 * crate::time::MINUTE_US, i64::MAX)])?;
-    let mut keys: Vec<_> = got.iter().map(|m| (m.ts_us, m.key, m.line)).collect();
-    keys.sort_unstable();
-    let keys: Vec<_> = keys.into_iter().map(|(_, k, l)| (k, l)).collect();
-    assert_eq!(
-        keys,
-        vec![(key(2, 1, 0), 0), (key(2, 1, 1), 0), (key(1, 2, 0), 0)]
-    );
-    let all = store.load_movements(1, &[(0, i64::MAX)])?;
-    assert_eq!(all.len(), 8);
+    // What the window keeps of the rows of `id` in `windows`, sorted.
+    let want = |id: u32, windows: &[(i64, i64)]| {
+        let mut kept: Vec<WindowMovement> = every
+            .iter()
+            .filter(|m| m.store == id && windows.iter().any(|w| (w.0..w.1).contains(&m.ts_us)))
+            .filter_map(WindowMovement::of)
+            .collect();
+        kept.sort_unstable();
+        kept
+    };
+    let got = |id: u32, windows: &[(i64, i64)]| -> Result<Vec<WindowMovement>, StoreError> {
+        let mut got = store.load_movements(id, windows)?;
+        got.sort_unstable();
+        Ok(got)
+    };
+    let after_3m = [(T0 + 3 * crate::time::MINUTE_US, i64::MAX)];
+    assert_eq!(got(1, &after_3m)?, want(1, &after_3m));
+    // The receipt at 3 min and the sale an hour later: the count's own
+    // correction row at 4 min is not kept, nor are rows before 3 min.
+    assert_eq!(got(1, &after_3m)?.len(), 2);
+    let all = [(0, i64::MAX)];
+    assert_eq!(got(1, &all)?, want(1, &all));
     assert!(
-        store
-            .load_movements(1, &[(T0 + 2 * crate::time::HOUR_US, i64::MAX)])?
-            .is_empty()
+        every
+            .iter()
+            .any(|m| m.store == 1 && WindowMovement::of(m).is_none()),
+        "the sample has a row the window does not keep"
     );
-    assert_eq!(store.load_movements(2, &[(0, i64::MAX)])?.len(), 3);
+    assert!(got(1, &[(T0 + 2 * crate::time::HOUR_US, i64::MAX)])?.is_empty());
+    assert_eq!(got(2, &all)?, want(2, &all));
+    assert!(!want(2, &all).is_empty());
     // Two windows read what each holds, and nothing between them.
-    let ts: Vec<i64> = all.iter().map(|m| m.ts_us).collect();
+    let ts: Vec<i64> = got(1, &all)?.iter().map(|m| m.ts_us).collect();
     let (lo, hi) = (
         ts.iter().min().copied().unwrap_or(0),
         ts.iter().max().copied().unwrap_or(0),
     );
-    let two = store.load_movements(1, &[(lo, lo + 1), (hi, hi + 1)])?;
-    assert!(
-        !two.is_empty() && two.iter().all(|m| m.ts_us == lo || m.ts_us == hi),
-        "{two:?}"
-    );
+    let two = [(lo, lo + 1), (hi, hi + 1)];
+    assert!(lo < hi);
+    assert_eq!(got(1, &two)?, want(1, &two));
+    assert!(got(1, &two)?.iter().all(|m| m.ts_us == lo || m.ts_us == hi));
     Ok(())
 }
 

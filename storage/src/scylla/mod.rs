@@ -48,7 +48,7 @@ pub use scylla::statement::Consistency;
 
 use crate::buckets::{LEVEL_BUCKETS, batch_seq_bucket};
 use crate::rows::*;
-use crate::store::{CommitInfo, ReplayVisitor, Store, StoreError};
+use crate::store::{CommitInfo, ReplayVisitor, Store, StoreError, WindowMovement};
 use mapping::{ByStoreHour, CqlRow};
 use statements::Texts;
 use writes::Prepared;
@@ -355,7 +355,7 @@ impl Store for ScyllaStore {
         &self,
         store: u32,
         windows: &[(i64, i64)],
-    ) -> Result<Vec<StockMovementRow>, StoreError> {
+    ) -> Result<Vec<WindowMovement>, StoreError> {
         let reads: Vec<(i64, i64, i64)> = windows
             .iter()
             .map(|&(from, to)| (from.max(0), to))
@@ -369,7 +369,11 @@ impl Store for ScyllaStore {
         let parts: Vec<Vec<ByStoreHour>> = self.block(self.many(reads, |(h, from, to)| {
             self.read::<ByStoreHour>(&self.st.store_movements_read, (store, h, from, to))
         }))?;
-        Ok(parts.into_iter().flatten().map(|m| m.0).collect())
+        Ok(parts
+            .into_iter()
+            .flatten()
+            .filter_map(|m| WindowMovement::of(&m.0))
+            .collect())
     }
 
     fn load_rollups(&self, store: u32, day: u32) -> Result<Vec<TerminalRollupRow>, StoreError> {

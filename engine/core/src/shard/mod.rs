@@ -43,7 +43,7 @@ use std::collections::{HashMap, HashSet};
 
 use tillstream_protocol::{ArchivedBatch, ArchivedEvent};
 use tillstream_storage::time::{HOUR_US, day};
-use tillstream_storage::{MovementReason, StockLevelRow, StoreSnapshot, TerminalRollupRow};
+use tillstream_storage::{StockLevelRow, StoreSnapshot, TerminalRollupRow};
 
 use crate::route::{Role, WorkItem, shard_of_sku, shard_of_terminal};
 use crate::validate::Rules;
@@ -375,10 +375,7 @@ impl ShardCore {
         }
         let lw = self.cfg.late_window_us;
         for m in &snapshot.recent_movements {
-            if m.reason == MovementReason::CountCorrection || !m.applied || m.store != store {
-                continue;
-            }
-            if let Some(s) = self.skus.get_mut(&(m.store, m.sku)) {
+            if let Some(s) = self.skus.get_mut(&(store, m.sku)) {
                 s.load_movement(m.ts_us, m.delta, lw);
             }
         }

@@ -6,7 +6,7 @@ use tillstream_protocol::RejectCode;
 use tillstream_protocol::ValidatedBatch;
 use tillstream_protocol::frame::FrameError;
 use tillstream_storage::time::{MINUTE_US, minute_of_day};
-use tillstream_storage::{EventKey, RowSet, StockMovementRow};
+use tillstream_storage::{EventKey, RowSet, StockMovementRow, WindowMovement};
 
 type R = Result<(), Box<dyn std::error::Error>>;
 
@@ -179,21 +179,10 @@ fn needs_then_activation() -> R {
     assert_eq!(both.len(), 2, "{both:?}");
     let covered: i64 = both.iter().map(|w| w.1 - w.0).sum();
     assert!(covered <= 6 * HOUR_US, "{both:?}");
-    let moved = StockMovementRow {
-        store: 2,
+    let moved = WindowMovement {
         sku: 5,
         ts_us: NOW - 10 * MINUTE_US,
-        key: EventKey {
-            device: 8,
-            seq: 2,
-            idx: 0,
-        },
-        line: 0,
-        reason: MovementReason::Receipt,
         delta: 10,
-        counted: 0,
-        level_after: 40,
-        applied: true,
     };
     c.activate_store(
         2,
@@ -487,7 +476,7 @@ fn passivated_state_comes_back_the_same_from_its_rows() -> R {
                     let recent_movements = moves
                         .iter()
                         .filter(|m| windows.iter().any(|w| (w.0..w.1).contains(&m.ts_us)))
-                        .copied()
+                        .filter_map(WindowMovement::of)
                         .collect();
                     cycled.activate_store(
                         st,

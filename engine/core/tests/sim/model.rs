@@ -22,7 +22,7 @@ use tillstream_protocol::{Batch, Event, RejectCode};
 use tillstream_storage::time::{day, minute_of_day};
 use tillstream_storage::{
     EventKey, MovementReason, RowSet, SaleKind, SaleRow, StockLevelRow, StockMovementRow,
-    TerminalRollupRow,
+    TerminalRollupRow, WindowMovement,
 };
 
 /// What each batch sent was meant to be, by (device, seq).
@@ -86,12 +86,9 @@ impl ModelStore {
             .collect()
     }
 
-    /// Movements of `store` stamped in one of `windows`, in (ts, key, line) order.
-    pub(crate) fn load_movements(
-        &self,
-        store: u32,
-        windows: &[(i64, i64)],
-    ) -> Vec<StockMovementRow> {
+    /// Movements of `store` stamped in one of `windows` that a late window
+    /// keeps, in (ts, key, line) order.
+    pub(crate) fn load_movements(&self, store: u32, windows: &[(i64, i64)]) -> Vec<WindowMovement> {
         let mut out: Vec<StockMovementRow> = self
             .movements_by_store
             .get(&store)
@@ -103,7 +100,7 @@ impl ModelStore {
             })
             .unwrap_or_default();
         out.sort_by_key(|m| (m.ts_us, m.key, m.line));
-        out
+        out.iter().filter_map(WindowMovement::of).collect()
     }
 
     pub(crate) fn load_rollups(&self, store: u32, day: u32) -> Vec<TerminalRollupRow> {
