@@ -311,17 +311,6 @@ impl<'a> Unpacker<'a> {
     }
 }
 
-/// Packs `rows`, in order, as one block.
-#[cfg(test)]
-pub(crate) fn encode_rows<'a, T: BlockRow + 'a>(rows: impl Iterator<Item = &'a T>) -> AlignedVec {
-    let mut p = Packer::new(T::TABLE, AlignedVec::new());
-    for r in rows {
-        p.push(r);
-    }
-    p.finish();
-    p.out
-}
-
 /// The rows of a packed block of `T`'s table.
 pub(crate) fn decode<T: BlockRow>(bytes: &[u8]) -> Result<Vec<T>, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {

@@ -4,10 +4,20 @@
 use proptest::prelude::*;
 use rkyv::util::AlignedVec;
 
-use super::{Packer, decode, encode_rows};
+use super::{Packer, decode};
 use crate::embedded::blocks::BlockSet;
 use crate::rows::*;
 use crate::store::StoreError;
+
+/// Packs `rows`, in order, as one block.
+fn encode_rows<'a, T: super::BlockRow + 'a>(rows: impl Iterator<Item = &'a T>) -> AlignedVec {
+    let mut p = Packer::new(T::TABLE, AlignedVec::new());
+    for r in rows {
+        p.push(r);
+    }
+    p.finish();
+    p.out
+}
 
 fn packed<T: super::BlockRow>(rows: &[T]) -> AlignedVec {
     encode_rows(rows.iter())
