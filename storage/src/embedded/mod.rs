@@ -96,6 +96,8 @@ mod tests_large;
 mod tests_props;
 #[cfg(test)]
 mod tests_query;
+#[cfg(test)]
+mod tests_stock;
 
 use std::collections::HashMap;
 use std::fmt;
