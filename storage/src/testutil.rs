@@ -27,6 +27,20 @@ pub(crate) fn key(device: u64, seq: u64, idx: u32) -> EventKey {
     EventKey { device, seq, idx }
 }
 
+/// A device's health ping of event `k` in `store`, at `ts_us`.
+pub(crate) fn health_row(k: EventKey, store: u32, ts_us: i64) -> DeviceHealthRow {
+    DeviceHealthRow {
+        ts_us,
+        key: k,
+        store,
+        battery_pct: 80,
+        temperature_dc: 215,
+        uptime_s: 3600,
+        queue_depth: 0,
+        rssi_dbm: -70,
+    }
+}
+
 impl Gen {
     fn apply(&mut self, m: &mut StockMovementRow) {
         let l = self
@@ -195,16 +209,7 @@ impl Gen {
 
     /// A health ping.
     pub(crate) fn health(&mut self, k: EventKey, store: u32, ts_us: i64) {
-        self.rows.device_health.push(DeviceHealthRow {
-            ts_us,
-            key: k,
-            store,
-            battery_pct: 80,
-            temperature_dc: 215,
-            uptime_s: 3600,
-            queue_depth: 0,
-            rssi_dbm: -70,
-        });
+        self.rows.device_health.push(health_row(k, store, ts_us));
     }
 
     /// A refused event.

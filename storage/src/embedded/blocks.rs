@@ -248,27 +248,14 @@ pub(crate) fn dedupe<T: Clone, K: Hash + Eq>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn health(device: u64, ts_us: i64) -> DeviceHealthRow {
-        DeviceHealthRow {
-            ts_us,
-            key: EventKey {
-                device,
-                seq: 1,
-                idx: 0,
-            },
-            store: 1,
-            battery_pct: 50,
-            temperature_dc: 200,
-            uptime_s: 1,
-            queue_depth: 0,
-            rssi_dbm: -60,
-        }
-    }
+    use crate::testutil::{health_row, key};
 
     #[test]
     fn blocks_round_trip_and_reject_garbage() -> Result<(), StoreError> {
-        let rows = vec![health(1, 5), health(1, 6)];
+        let rows = vec![
+            health_row(key(1, 1, 0), 1, 5),
+            health_row(key(1, 1, 1), 1, 6),
+        ];
         let bytes = encode_block(&rows)?;
         let mut buf = AlignedVec::new();
         // Misaligned input is copied, not rejected.

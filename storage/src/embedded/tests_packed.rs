@@ -8,6 +8,7 @@ use super::{Packer, decode};
 use crate::embedded::blocks::BlockSet;
 use crate::rows::*;
 use crate::store::StoreError;
+use crate::testutil::{health_row, key};
 
 /// Packs `rows`, in order, as one block.
 fn encode_rows<'a, T: super::BlockRow + 'a>(rows: impl Iterator<Item = &'a T>) -> AlignedVec {
@@ -445,20 +446,7 @@ fn packers_past_the_kept_number_are_dropped_and_the_next_commit_still_packs()
 -> Result<(), StoreError> {
     let mut set = BlockSet::default();
     let many: Vec<DeviceHealthRow> = (0..1500u64)
-        .map(|device| DeviceHealthRow {
-            ts_us: 5,
-            key: EventKey {
-                device,
-                seq: 1,
-                idx: 0,
-            },
-            store: 1,
-            battery_pct: 50,
-            temperature_dc: 200,
-            uptime_s: 9,
-            queue_depth: 0,
-            rssi_dbm: -60,
-        })
+        .map(|device| health_row(key(device, 1, 0), 1, 5))
         .collect();
     set.pack(many.iter());
     assert_eq!(unpacked::<DeviceHealthRow>(&mut set)?.len(), 1500);
