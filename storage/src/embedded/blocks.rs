@@ -195,9 +195,7 @@ impl BlockSet {
                 *k = key;
                 p.restart(T::TABLE);
             }
-            None => self
-                .packers
-                .push((key, Packer::new(T::TABLE, AlignedVec::new()))),
+            None => self.packers.push((key, Packer::new(T::TABLE))),
         }
         self.used += 1;
         self.index.insert(key, at);

@@ -60,8 +60,8 @@ pub(crate) trait Packed: Sized {
 }
 
 /// Packs rows into one block of one table (see the module docs), in a
-/// buffer it owns so that a `blocks::BlockSet` can keep one per block and reuse
-/// them from commit to commit.
+/// buffer it owns, so that a `blocks::BlockSet` can keep one per block
+/// and reuse them from commit to commit.
 pub(crate) struct Packer {
     out: AlignedVec,
     prev: [u64; MAX_FIELDS],
@@ -72,10 +72,10 @@ pub(crate) struct Packer {
 }
 
 impl Packer {
-    /// An empty block of `table` in `out`, which is cleared.
-    pub(crate) fn new(table: Table, out: AlignedVec) -> Self {
+    /// An empty block of `table`.
+    pub(crate) fn new(table: Table) -> Self {
         let mut p = Packer {
-            out,
+            out: AlignedVec::new(),
             prev: [0; MAX_FIELDS],
             at: 0,
             row: [0; SCRATCH],

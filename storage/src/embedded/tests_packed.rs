@@ -12,7 +12,7 @@ use crate::testutil::{health_row, key};
 
 /// Packs `rows`, in order, as one block.
 fn encode_rows<'a, T: super::BlockRow + 'a>(rows: impl Iterator<Item = &'a T>) -> AlignedVec {
-    let mut p = Packer::new(T::TABLE, AlignedVec::new());
+    let mut p = Packer::new(T::TABLE);
     for r in rows {
         p.push(r);
     }
@@ -322,7 +322,7 @@ fn rows_of_several_parts_pack_as_one_block_in_order() -> Result<(), StoreError> 
 fn out_of_range_fields_are_corrupt() {
     // One sale line whose quantity (the 9th field) says 2^41: no i32
     // holds it.
-    let mut p = Packer::new(Table::SaleLines, AlignedVec::new());
+    let mut p = Packer::new(Table::SaleLines);
     for f in [7, 0, 1, 1, 0, 0, 5, 0] {
         p.num(f);
     }
