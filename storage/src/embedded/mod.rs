@@ -16,6 +16,10 @@
 //! | `meta` | `last_commit` | the id of the last commit, u64 BE |
 //! | `meta` | `blocklog_end` | where the block log ended with that commit (segment u32, offset u64, BE) |
 //!
+//! Beside fjall's files: `blocks/` (the block log), `wal/` (the journal)
+//! and `FORMAT`, the directory's format version, checked before anything
+//! else is opened ([`data_format`]).
+//!
 //! The `part` of a block key is the store (u32) for `sales`, `sale_lines`
 //! and `stock_movements`, the device (u64) for `device_health` and
 //! `rejected_events`, and absent for `dead_letters`; `hour` is
@@ -83,6 +87,7 @@ mod backup;
 mod blocklog;
 mod blocks;
 mod commit;
+mod data_format;
 mod keys;
 mod levels;
 mod packed;
@@ -112,6 +117,8 @@ use parking_lot::{Mutex, RwLock};
 use crate::journal::{Journal, JournalOptions, ReplayError, SyncFault};
 use crate::rows::*;
 use crate::store::*;
+
+pub use data_format::DATA_FORMAT;
 
 /// The durability step of a commit, behind a trait so fault tests can make
 /// it fail.
@@ -254,6 +261,11 @@ impl EmbeddedStore {
         journal_fault: Option<Box<dyn SyncFault>>,
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| open_err(dir, e))?;
+        // Before anything opens (and recovers) what is in the directory.
+        let found = data_format::claim(dir)?;
+        if found.is_some_and(|n| n < DATA_FORMAT) {
+            tracing::info!(from = found, to = DATA_FORMAT, dir = %dir.display(), "data format upgraded");
+        }
         let db = Database::builder(dir)
             .manual_journal_persist(true)
             // Values are rkyv rows that lz4 squeezed for 8% of the server's
