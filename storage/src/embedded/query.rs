@@ -62,13 +62,17 @@ impl Reader<'_> {
 }
 
 impl EmbeddedStore {
-    /// Hands every block of `T`'s table (of partition `part`, or of all)
-    /// whose hour meets `window` to `f`, in key order.
+    /// Hands every row of the blocks of `T`'s table (of partition `part`,
+    /// or of all) whose hour meets `window` to `f`, block by block in key
+    /// order: rows of an hour that meets the window, not only rows inside
+    /// it. Rows are decoded into `f`, never gathered (a store's late
+    /// window is millions of them), so on an error `f` may have had the
+    /// rows before it.
     fn each_block<T: BlockRow>(
         &self,
         part: Option<u64>,
         window: Window,
-        f: &mut dyn FnMut(Vec<T>),
+        f: &mut impl FnMut(T),
     ) -> Result<(), StoreError> {
         self.each_block_in(&Reader::Live, part, window, f)
     }
@@ -78,7 +82,7 @@ impl EmbeddedStore {
         rd: &Reader<'_>,
         part: Option<u64>,
         window: Window,
-        f: &mut dyn FnMut(Vec<T>),
+        f: &mut impl FnMut(T),
     ) -> Result<(), StoreError> {
         let (from_h, to_h) = window.hours();
         let iter: Iter = match part {
@@ -104,17 +108,22 @@ impl EmbeddedStore {
                 }
                 continue;
             };
-            let rows = match Ptr::decode(&value) {
+            match Ptr::decode(&value) {
                 Some(ptr) => {
                     self.block_log.read(ptr, &mut logged)?;
                     match ptr.format {
-                        BlockFormat::Packed => packed::decode::<T>(&logged)?,
-                        BlockFormat::Rkyv => blocks::decode_block::<T>(&logged, &mut buf)?,
+                        BlockFormat::Packed => packed::decode_each::<T>(&logged, &mut *f)?,
+                        BlockFormat::Rkyv => {
+                            blocks::decode_block::<T>(&logged, &mut buf)?
+                                .into_iter()
+                                .for_each(&mut *f);
+                        }
                     }
                 }
-                None => blocks::decode_block::<T>(&value, &mut buf)?,
-            };
-            f(rows);
+                None => blocks::decode_block::<T>(&value, &mut buf)?
+                    .into_iter()
+                    .for_each(&mut *f),
+            }
         }
         Ok(())
     }
@@ -238,13 +247,15 @@ impl EmbeddedStore {
         for &(from_us, to_us) in windows {
             if from_us < to_us {
                 let window = Window { from_us, to_us };
-                self.each_block::<StockMovementRow>(Some(u64::from(store)), window, &mut |rows| {
-                    out.extend(
-                        rows.iter()
-                            .filter(|r| window.contains(r.ts_us))
-                            .filter_map(WindowMovement::of),
-                    )
-                })?;
+                self.each_block(
+                    Some(u64::from(store)),
+                    window,
+                    &mut |r: StockMovementRow| {
+                        if window.contains(r.ts_us) {
+                            out.extend(WindowMovement::of(&r));
+                        }
+                    },
+                )?;
             }
         }
         Ok(out)
@@ -264,8 +275,8 @@ impl Query for EmbeddedStore {
         }
         let mut series = SalesSeries::new(from_us, to_us, bucket);
         let window = Window { from_us, to_us };
-        self.each_block::<SaleRow>(store.map(u64::from), window, &mut |rows| {
-            rows.iter().for_each(|r| series.add(r));
+        self.each_block(store.map(u64::from), window, &mut |r: SaleRow| {
+            series.add(&r);
         })?;
         Ok(series.finish())
     }
@@ -283,8 +294,8 @@ impl Query for EmbeddedStore {
         }
         let window = Window { from_us, to_us };
         let mut totals = SkuTotals::new(from_us, to_us, store.is_some());
-        self.each_block::<SaleLineRow>(store.map(u64::from), window, &mut |rows| {
-            rows.iter().for_each(|r| totals.add(r));
+        self.each_block(store.map(u64::from), window, &mut |r: SaleLineRow| {
+            totals.add(&r);
         })?;
         Ok(totals.finish(by, limit))
     }
@@ -301,12 +312,15 @@ impl Query for EmbeddedStore {
         }
         let window = Window { from_us, to_us };
         let mut out = Vec::new();
-        self.each_block::<StockMovementRow>(Some(u64::from(store)), window, &mut |rows| {
-            out.extend(
-                rows.into_iter()
-                    .filter(|r| r.sku == sku && window.contains(r.ts_us)),
-            );
-        })?;
+        self.each_block(
+            Some(u64::from(store)),
+            window,
+            &mut |r: StockMovementRow| {
+                if r.sku == sku && window.contains(r.ts_us) {
+                    out.push(r);
+                }
+            },
+        )?;
         out.sort_unstable_by_key(|r| (r.ts_us, r.key, r.line));
         Ok(out)
     }
@@ -392,29 +406,27 @@ impl EmbeddedStore {
     ) -> Result<(), StoreError> {
         let all = Window::ALL;
         match table {
-            Table::Sales => self.each_block_in::<SaleRow>(rd, None, all, &mut |rows| {
-                rows.iter().for_each(|r| f(RowRef::Sale(r)));
-            }),
-            Table::SaleLines => self.each_block_in::<SaleLineRow>(rd, None, all, &mut |rows| {
-                rows.iter().for_each(|r| f(RowRef::SaleLine(r)));
-            }),
+            Table::Sales => {
+                self.each_block_in(rd, None, all, &mut |r: SaleRow| f(RowRef::Sale(&r)))
+            }
+            Table::SaleLines => {
+                self.each_block_in(rd, None, all, &mut |r: SaleLineRow| f(RowRef::SaleLine(&r)))
+            }
             Table::StockMovements => {
-                self.each_block_in::<StockMovementRow>(rd, None, all, &mut |rows| {
-                    rows.iter().for_each(|r| f(RowRef::Movement(r)));
+                self.each_block_in(rd, None, all, &mut |r: StockMovementRow| {
+                    f(RowRef::Movement(&r))
                 })
             }
-            Table::DeviceHealth => {
-                self.each_block_in::<DeviceHealthRow>(rd, None, all, &mut |rows| {
-                    rows.iter().for_each(|r| f(RowRef::Health(r)));
-                })
-            }
+            Table::DeviceHealth => self.each_block_in(rd, None, all, &mut |r: DeviceHealthRow| {
+                f(RowRef::Health(&r))
+            }),
             Table::RejectedEvents => {
-                self.each_block_in::<RejectedEventRow>(rd, None, all, &mut |rows| {
-                    rows.iter().for_each(|r| f(RowRef::Rejected(r)));
+                self.each_block_in(rd, None, all, &mut |r: RejectedEventRow| {
+                    f(RowRef::Rejected(&r))
                 })
             }
-            Table::DeadLetters => self.each_block_in::<DeadLetterRow>(rd, None, all, &mut |rows| {
-                rows.iter().for_each(|r| f(RowRef::DeadLetter(r)));
+            Table::DeadLetters => self.each_block_in(rd, None, all, &mut |r: DeadLetterRow| {
+                f(RowRef::DeadLetter(&r))
             }),
             Table::StockLevels => self.each_level_in(rd, None, &mut |r| f(RowRef::Level(&r))),
             Table::TerminalRollups => {

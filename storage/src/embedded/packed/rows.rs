@@ -1,0 +1,235 @@
+//! Each table's row in the packed format: the order of its fields, which
+//! is the format (see `packed`), and the codes of its enums.
+
+use super::{Packed, Packer, Unpacker};
+use crate::rows::*;
+
+fn kind_code(k: SaleKind) -> u64 {
+    k as u64
+}
+
+fn kind_of(code: u64) -> Result<SaleKind, &'static str> {
+    match code {
+        0 => Ok(SaleKind::Sale),
+        1 => Ok(SaleKind::Refund),
+        _ => Err("an unknown sale kind"),
+    }
+}
+
+#[inline]
+pub(crate) fn reason_of(code: u64) -> Result<MovementReason, &'static str> {
+    Ok(match code {
+        0 => MovementReason::Sale,
+        1 => MovementReason::Refund,
+        2 => MovementReason::Receipt,
+        3 => MovementReason::Shrink,
+        4 => MovementReason::TransferIn,
+        5 => MovementReason::TransferOut,
+        6 => MovementReason::CountCorrection,
+        _ => return Err("an unknown movement reason"),
+    })
+}
+
+#[inline]
+fn pack_key(p: &mut Packer, k: &EventKey) {
+    p.num(k.device);
+    p.num(k.seq);
+    p.num(u64::from(k.idx));
+}
+
+#[inline(always)]
+fn unpack_key(u: &mut Unpacker<'_>) -> Result<EventKey, &'static str> {
+    Ok(EventKey {
+        device: u.num()?,
+        seq: u.num()?,
+        idx: u.narrow()?,
+    })
+}
+
+impl Packed for SaleRow {
+    fn pack(&self, p: &mut Packer) {
+        p.num(u64::from(self.store));
+        p.int(self.ts_us);
+        pack_key(p, &self.key);
+        p.num(kind_code(self.kind));
+        p.num(u64::from(self.terminal));
+        p.num(u64::from(self.operator));
+        p.fixed(&self.txn);
+        let [a, b, c] = self.currency;
+        p.num(u64::from(u32::from_le_bytes([a, b, c, 0])));
+        p.num(u64::from(self.lines));
+        p.int(self.items);
+        p.int(self.gross);
+        p.int(self.discount);
+        p.int(self.tax);
+        p.int(self.tendered);
+        p.int(self.tip);
+        p.num(u64::from(self.tenders));
+        p.num(u64::from(self.tender_methods));
+        p.opt(self.customer);
+    }
+
+    fn unpack(u: &mut Unpacker<'_>) -> Result<Self, &'static str> {
+        let store = u.narrow()?;
+        let ts_us = u.int()?;
+        let key = unpack_key(u)?;
+        let kind = kind_of(u.num()?)?;
+        let terminal = u.narrow()?;
+        let operator = u.narrow()?;
+        let txn = u.fixed()?;
+        let [a, b, c, zero] = u.narrow::<u32>()?.to_le_bytes();
+        if zero != 0 {
+            return Err("a currency is over 3 bytes");
+        }
+        Ok(SaleRow {
+            store,
+            ts_us,
+            key,
+            kind,
+            terminal,
+            operator,
+            txn,
+            currency: [a, b, c],
+            lines: u.narrow()?,
+            items: u.int()?,
+            gross: u.int()?,
+            discount: u.int()?,
+            tax: u.int()?,
+            tendered: u.int()?,
+            tip: u.int()?,
+            tenders: u.narrow()?,
+            tender_methods: u.narrow()?,
+            customer: u.opt()?,
+        })
+    }
+}
+
+impl Packed for SaleLineRow {
+    fn pack(&self, p: &mut Packer) {
+        p.num(u64::from(self.store));
+        p.int(self.ts_us);
+        pack_key(p, &self.key);
+        p.num(u64::from(self.line));
+        p.num(self.sku);
+        p.num(kind_code(self.kind));
+        p.int(i64::from(self.quantity));
+        p.int(self.unit_price);
+        p.int(self.discount);
+        p.int(self.tax);
+        p.int(self.amount);
+    }
+
+    fn unpack(u: &mut Unpacker<'_>) -> Result<Self, &'static str> {
+        Ok(SaleLineRow {
+            store: u.narrow()?,
+            ts_us: u.int()?,
+            key: unpack_key(u)?,
+            line: u.narrow()?,
+            sku: u.num()?,
+            kind: kind_of(u.num()?)?,
+            quantity: u.narrow_int()?,
+            unit_price: u.int()?,
+            discount: u.int()?,
+            tax: u.int()?,
+            amount: u.int()?,
+        })
+    }
+}
+
+impl Packed for StockMovementRow {
+    fn pack(&self, p: &mut Packer) {
+        p.num(u64::from(self.store));
+        p.int(self.ts_us);
+        pack_key(p, &self.key);
+        p.num(u64::from(self.line));
+        p.num(self.sku);
+        p.num(self.reason as u64);
+        p.int(self.delta);
+        p.int(self.counted);
+        p.int(self.level_after);
+        p.num(u64::from(self.applied));
+    }
+
+    fn unpack(u: &mut Unpacker<'_>) -> Result<Self, &'static str> {
+        Ok(StockMovementRow {
+            store: u.narrow()?,
+            ts_us: u.int()?,
+            key: unpack_key(u)?,
+            line: u.narrow()?,
+            sku: u.num()?,
+            reason: reason_of(u.num()?)?,
+            delta: u.int()?,
+            counted: u.int()?,
+            level_after: u.int()?,
+            applied: u.flag()?,
+        })
+    }
+}
+
+impl Packed for DeviceHealthRow {
+    fn pack(&self, p: &mut Packer) {
+        p.int(self.ts_us);
+        pack_key(p, &self.key);
+        p.num(u64::from(self.store));
+        p.num(u64::from(self.battery_pct));
+        p.int(i64::from(self.temperature_dc));
+        p.num(u64::from(self.uptime_s));
+        p.num(u64::from(self.queue_depth));
+        p.int(i64::from(self.rssi_dbm));
+    }
+
+    fn unpack(u: &mut Unpacker<'_>) -> Result<Self, &'static str> {
+        Ok(DeviceHealthRow {
+            ts_us: u.int()?,
+            key: unpack_key(u)?,
+            store: u.narrow()?,
+            battery_pct: u.narrow()?,
+            temperature_dc: u.narrow_int()?,
+            uptime_s: u.narrow()?,
+            queue_depth: u.narrow()?,
+            rssi_dbm: u.narrow_int()?,
+        })
+    }
+}
+
+impl Packed for RejectedEventRow {
+    fn pack(&self, p: &mut Packer) {
+        p.int(self.ts_us);
+        pack_key(p, &self.key);
+        p.num(u64::from(self.code));
+        p.bytes(self.reason.as_bytes());
+        p.bytes(&self.event);
+    }
+
+    fn unpack(u: &mut Unpacker<'_>) -> Result<Self, &'static str> {
+        Ok(RejectedEventRow {
+            ts_us: u.int()?,
+            key: unpack_key(u)?,
+            code: u.narrow()?,
+            reason: u.text()?,
+            event: u.bytes()?.to_vec(),
+        })
+    }
+}
+
+impl Packed for DeadLetterRow {
+    fn pack(&self, p: &mut Packer) {
+        p.int(self.ts_us);
+        p.opt(self.device);
+        p.bytes(self.peer.as_bytes());
+        p.num(u64::from(self.code));
+        p.bytes(self.reason.as_bytes());
+        p.bytes(&self.raw);
+    }
+
+    fn unpack(u: &mut Unpacker<'_>) -> Result<Self, &'static str> {
+        Ok(DeadLetterRow {
+            ts_us: u.int()?,
+            device: u.opt()?,
+            peer: u.text()?,
+            code: u.narrow()?,
+            reason: u.text()?,
+            raw: u.bytes()?.to_vec(),
+        })
+    }
+}
