@@ -123,6 +123,10 @@ async fn metrics_text(State(s): AppState, ConnectInfo(peer): Peer, headers: Head
     }
     metrics::ack_stall(s.ctx.sequencer.ack_stall());
     metrics::backend(&s.store.backend_metrics());
+    if let Ok(in_tables) = s.store.materialized_lsn() {
+        let durable = s.ctx.sequencer.subscribe().borrow().durable;
+        metrics::journal_unmaterialized(durable.saturating_sub(in_tables));
+    }
     metrics::refresh(
         s.ctx.not_ready().is_none(),
         s.store.check_writable().is_err(),

@@ -100,11 +100,13 @@ impl Server {
         // any device is served: watermarks and activations then read
         // everything that was ever acknowledged.
         let replay_store = store.clone();
+        let replay_started = std::time::Instant::now();
         let (replayed, cores) = tokio::task::spawn_blocking(move || {
             recovery::replay(&*replay_store, shard_count, rules, cfg_of)
         })
         .await
         .map_err(|e| EngineError::Actor(e.to_string()))??;
+        crate::metrics::recovered(replayed.records, replay_started.elapsed());
         let materialized = watch::Sender::new(replayed.checkpoint);
         // Enough for the parts in flight between the shards and the flusher.
         let row_sets = Arc::new(RowSetPool::new(ROW_SETS_KEPT));

@@ -96,6 +96,18 @@ pub(super) const DESCRIPTIONS: &[(&str, &str)] = &[
         "Bytes appended to the journal.",
     ),
     (
+        "tillstream_journal_unmaterialized_records",
+        "Journal records acknowledged but not yet in the tables: what a restart now would replay.",
+    ),
+    (
+        "tillstream_recovery_replayed_records",
+        "Journal records the last start applied again before serving.",
+    ),
+    (
+        "tillstream_recovery_duration_seconds",
+        "How long the last start's replay of the journal took (most of a restart).",
+    ),
+    (
         "tillstream_ack_write_timeouts_total",
         "Sessions closed because their device did not read its acks in time.",
     ),

@@ -236,6 +236,19 @@ pub(crate) fn commit_done(elapsed: Duration, rows: usize, bytes: usize) {
 }
 
 /// One group commit of the journal: the write and fsync an ack waits for.
+/// What the replay at start did: how many journal records it applied
+/// again, and how long it took (most of a restart).
+pub(crate) fn recovered(records: u64, elapsed: Duration) {
+    gauge!("tillstream_recovery_replayed_records").set(records as f64);
+    gauge!("tillstream_recovery_duration_seconds").set(elapsed.as_secs_f64());
+}
+
+/// Journal records durable (acknowledged) but not yet in the tables: what
+/// a restart now would replay.
+pub(crate) fn journal_unmaterialized(records: u64) {
+    gauge!("tillstream_journal_unmaterialized_records").set(records as f64);
+}
+
 pub(crate) fn journal_append(elapsed: Duration, bytes: usize) {
     histogram!("tillstream_journal_append_duration_seconds").record(elapsed.as_secs_f64());
     counter!("tillstream_journal_appends_total").increment(1);
