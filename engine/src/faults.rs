@@ -52,8 +52,9 @@ impl Faults {
     }
 }
 
-/// A fault on the durable path (the journal append an ack waits for);
-/// [`FaultyStore`] delegates everything else to the store it wraps.
+/// A fault on the durable path (the journal append an ack waits for), or
+/// on an activation's read; [`FaultyStore`] delegates everything else to
+/// the store it wraps.
 pub trait CommitFault: Send + Sync + std::fmt::Debug + 'static {
     /// Appends `records` to the journal of `inner`, or not, the faulty way.
     fn journal_append(
@@ -66,6 +67,13 @@ pub trait CommitFault: Send + Sync + std::fmt::Debug + 'static {
     /// Refuses writes when the fault says so (before asking `inner`):
     /// commits and materializations too, not only journal appends.
     fn check_writable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Fails the read of `store`'s levels (an activation) when the fault
+    /// says so, as an unreadable table would.
+    fn load_levels(&self, store: u32) -> Result<(), StoreError> {
+        let _ = store;
         Ok(())
     }
 }
@@ -153,6 +161,7 @@ impl<F: CommitFault> Store for FaultyStore<F> {
     }
 
     fn load_levels(&self, store: u32) -> Result<Vec<StockLevelRow>, StoreError> {
+        self.fault.load_levels(store)?;
         self.inner.load_levels(store)
     }
 

@@ -403,6 +403,56 @@ mod tests {
         Ok(())
     }
 
+    /// Fails the activation read of one store.
+    #[derive(Debug)]
+    struct Unreadable(u32);
+
+    impl crate::faults::CommitFault for Unreadable {
+        fn journal_append(
+            &self,
+            inner: &std::sync::Arc<dyn Store>,
+            records: &[u8],
+            last_lsn: u64,
+        ) -> Result<(), StoreError> {
+            inner.journal_append(records, last_lsn)
+        }
+
+        fn load_levels(&self, store: u32) -> Result<(), StoreError> {
+            if store == self.0 {
+                return Err(StoreError::Backend {
+                    op: "reading levels",
+                    source: format!("store {store} is unreadable").into(),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_read_is_the_error_and_nothing_waits_for_ever() -> Result<(), StoreError> {
+        let dir = tempdir()?;
+        let inner: std::sync::Arc<dyn Store> = std::sync::Arc::new(store_in(&dir)?);
+        inner.materialize(&[rows(1..=7, 1_800_000_000_000_000)], 1)?;
+        let store = crate::faults::FaultyStore::new(inner, Unreadable(4));
+        let needs: Vec<Need> = (1..=7).map(Need::Store).collect();
+        let mut installed = Vec::new();
+        let err = load_each(&store, &ShardConfig::default(), &needs, &mut |i, _| {
+            installed.push(i)
+        })
+        .err()
+        .ok_or("an unreadable store was read")
+        .map_err(|e| StoreError::Backend {
+            op: "test",
+            source: e.into(),
+        })?;
+        assert!(err.to_string().contains("store 4 is unreadable"), "{err}");
+        assert!(
+            !installed.contains(&3),
+            "the failed need was installed: {installed:?}"
+        );
+        Ok(())
+    }
+
     #[test]
     fn replay_reads_what_the_journal_needs_first_and_applies_on_what_it_read()
     -> Result<(), Box<dyn std::error::Error>> {
