@@ -92,8 +92,8 @@ fn sweeps(events: u64) -> Vec<Sweep> {
             name: "skus",
             x_label: "resident SKUs (store, product) after the run",
             log_x: true,
-            note: "10 stores, catalogue of 100 to 100,000 products; x is what the shards held",
-            points: [100u32, 1_000, 10_000, 100_000]
+            note: "10 stores, catalogue of 100 to 300,000 products; x is what the shards held",
+            points: [100u32, 1_000, 10_000, 100_000, 300_000]
                 .into_iter()
                 .map(|skus| {
                     let n = events.max(u64::from(skus) * 20);
