@@ -83,12 +83,12 @@ pub(crate) fn replay(
         ..cfg_of(0)
     };
     // Everything the records will need is read first, on every core, and
-    // installed as it arrives. Read when the first record that needs it
-    // came, one store at a time (a record is one device's batch, mostly
-    // of one store), the reads had no other read beside them to share the
-    // cores with: 1.5 s of a 2.2 s restart on one core, the other idle.
-    // Reading earlier changes nothing: what a store or day holds in the
-    // tables changes only through an apply, which comes after its read.
+    // installed as it arrives. Reading each store when the first record
+    // that needs it came read them one at a time (a record is one
+    // device's batch, mostly of one store), on one core while the other
+    // idled: 1.5 s of a 2.2 s restart. Reading earlier changes nothing:
+    // what a store or day holds in the tables changes only through an
+    // apply, which comes after its read.
     let ahead = needs_of_journal(store, from, rules, &cores, &mut plan)?;
     load_each(store, &whole, &ahead, &mut |_, loaded| {
         cores.iter_mut().for_each(|core| loaded.install(core));
