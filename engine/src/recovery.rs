@@ -101,16 +101,8 @@ pub(crate) fn replay(
     };
     let mut last = from;
     let mut visit = |lsn: u64, payload: &[u8]| -> Result<(), StoreError> {
-        let (h, batch) = decode_record(lsn, payload)?;
+        let (h, batch) = plan_record(lsn, payload, rules, &mut plan)?;
         let archived = batch.get();
-        plan_batch_scoped(
-            archived,
-            h.device,
-            &h.scope,
-            &h.rules(rules),
-            h.now_us,
-            &mut plan,
-        );
         for (shard, items) in plan.touched() {
             // Everything was read ahead; this is for what a core no longer
             // holds by the time a record needs it (none, as cores passivate
@@ -153,9 +145,15 @@ pub(crate) fn replay(
     Ok((done, cores))
 }
 
-/// A journal record's header and its frame, validated again: a journal is
-/// a file like any other.
-fn decode_record(lsn: u64, payload: &[u8]) -> Result<(BatchHeader, ValidatedBatch), StoreError> {
+/// A journal record's header and its frame, validated again (a journal is
+/// a file like any other), with the frame planned into `plan` as the live
+/// path planned it: both passes of replay start from this.
+fn plan_record(
+    lsn: u64,
+    payload: &[u8],
+    rules: Rules,
+    plan: &mut BatchPlan,
+) -> Result<(BatchHeader, ValidatedBatch), StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         what: "journal record",
         reason: format!("lsn {lsn}: {reason}"),
@@ -166,6 +164,14 @@ fn decode_record(lsn: u64, payload: &[u8]) -> Result<(BatchHeader, ValidatedBatc
     frame.extend_from_slice(bytes);
     let batch = ValidatedBatch::try_new(frame, u32::MAX)
         .map_err(|(e, _)| corrupt(format!("the frame does not validate: {e}")))?;
+    plan_batch_scoped(
+        batch.get(),
+        h.device,
+        &h.scope,
+        &h.rules(rules),
+        h.now_us,
+        plan,
+    );
     Ok((h, batch))
 }
 
@@ -181,16 +187,8 @@ fn needs_of_journal(
 ) -> Result<Vec<Need>, StoreError> {
     let (mut all, mut seen, mut one) = (Vec::new(), HashSet::new(), Vec::new());
     store.journal_replay(from, &mut |lsn, payload| {
-        let (h, batch) = decode_record(lsn, payload)?;
+        let (_, batch) = plan_record(lsn, payload, rules, plan)?;
         let archived = batch.get();
-        plan_batch_scoped(
-            archived,
-            h.device,
-            &h.scope,
-            &h.rules(rules),
-            h.now_us,
-            plan,
-        );
         for (shard, items) in plan.touched() {
             one.clear();
             cores[usize::from(shard)].needs(archived, items, &mut one);
