@@ -100,8 +100,8 @@ pub struct ServerConfig {
     /// held every slot for 20 s). Default 2 s.
     pub hello_timeout: Duration,
     /// A connection silent this long (no packet, not even a keep-alive) is
-    /// closed. Devices keep alive every 5 s, so the default 30 s only ends
-    /// connections whose device is gone.
+    /// closed. tillstream-client sends a keep-alive after 2 s of silence,
+    /// so the default 30 s only ends connections whose device is gone.
     pub idle_timeout: Duration,
     /// Bytes of frame payload all connections together may hold while
     /// their frames arrive (a frame being read is not yet any shard's

@@ -19,7 +19,13 @@ pub struct EndpointOptions {
     /// value applies.
     pub idle_timeout: Duration,
     /// Keep-alive interval: keeps a quiet but healthy connection from
-    /// timing out. Should be well below `idle_timeout`.
+    /// timing out. Should be at most half of `idle_timeout`, so that a
+    /// lost PING is sent again in time. A PING goes out only after this
+    /// long without a packet from the server, and each costs the server
+    /// a packet in and an ACK out: with a 1 s interval, 10,000 devices
+    /// that batch every 1–1.2 s sent 4.7 datagrams a batch where 3 carry
+    /// it (batch, ack, ACK), and the server spent about a sixth more CPU
+    /// a batch.
     pub keep_alive: Duration,
     /// UDP receive and send buffer sizes asked for (the kernel may grant
     /// less): with the default ~208 KiB, batched runs dropped packets.
@@ -30,11 +36,11 @@ pub struct EndpointOptions {
 }
 
 impl Default for EndpointOptions {
-    /// 5 s idle timeout, a keep-alive every second, 8 MiB buffers.
+    /// 5 s idle timeout, a keep-alive after 2 s of silence, 8 MiB buffers.
     fn default() -> Self {
         Self {
             idle_timeout: Duration::from_secs(5),
-            keep_alive: Duration::from_secs(1),
+            keep_alive: Duration::from_secs(2),
             socket_buffer_bytes: 8 << 20,
             stream_receive_window: None,
         }

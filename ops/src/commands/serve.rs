@@ -135,7 +135,8 @@ pub(crate) struct Args {
           value_parser = clap::value_parser!(u64).range(100..=60_000))]
     hello_timeout_ms: u64,
     /// Seconds a connection may stay silent (no packet, not even a
-    /// keep-alive; devices send one every 5 s) before it is closed.
+    /// keep-alive; tillstream-client sends one after 2 s of silence)
+    /// before it is closed.
     #[arg(long, default_value_t = 30, env = "TILLSTREAM_IDLE_TIMEOUT_S",
           value_parser = clap::value_parser!(u64).range(1..=3_600))]
     idle_timeout_s: u64,
