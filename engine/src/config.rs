@@ -100,8 +100,9 @@ pub struct ServerConfig {
     /// held every slot for 20 s). Default 2 s.
     pub hello_timeout: Duration,
     /// A connection silent this long (no packet, not even a keep-alive) is
-    /// closed. tillstream-client sends a keep-alive after 2 s of silence,
-    /// so the default 30 s only ends connections whose device is gone.
+    /// closed. The server sends a keep-alive at half of it (at most every
+    /// 5 s) and tillstream-client after 2 s of silence, so it only ends
+    /// connections whose device is gone.
     pub idle_timeout: Duration,
     /// Bytes of frame payload all connections together may hold while
     /// their frames arrive (a frame being read is not yet any shard's

@@ -177,7 +177,11 @@ pub(crate) fn quic_server_config(
             quinn::IdleTimeout::try_from(idle_timeout)
                 .map_err(|e| EngineError::Tls(e.to_string()))?,
         ))
-        .keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+        // The server pings too, so that a short --idle-timeout-s does
+        // not close quiet devices whose own keep-alive is longer.
+        .keep_alive_interval(Some(
+            std::time::Duration::from_secs(5).min(idle_timeout / 2),
+        ));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }

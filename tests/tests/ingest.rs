@@ -306,3 +306,61 @@ async fn acks_name_every_refused_event_in_event_order() -> anyhow::Result<()> {
     server.shutdown().await?;
     Ok(())
 }
+
+/// A quiet device stays connected under a server idle timeout shorter
+/// than its own keep-alive (2 s): the server sends keep-alives too, at
+/// half its idle timeout. With the server's fixed 5 s, a till silent for
+/// longer than `--idle-timeout-s` lost its connection and reconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_device_outlives_a_short_server_idle_timeout() -> anyhow::Result<()> {
+    quiet_device_keeps_its_connection(Duration::from_secs(1), None).await
+}
+
+/// The same with the short idle timeout on the device's side: the
+/// client lowers its keep-alive to half of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_device_outlives_its_own_short_idle_timeout() -> anyhow::Result<()> {
+    quiet_device_keeps_its_connection(Duration::from_secs(30), Some(Duration::from_secs(1))).await
+}
+
+/// A device sends a batch, stays silent for 3 s, sends another, and must
+/// not have reconnected in between.
+async fn quiet_device_keeps_its_connection(
+    server_idle: Duration,
+    device_idle: Option<Duration>,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = test_config(dir.path(), 1);
+    cfg.flush_interval = Duration::from_millis(1);
+    cfg.idle_timeout = server_idle;
+    let server = tillstream_engine::Server::start(cfg).await?;
+    let tokens = Tokens::of(&server)?;
+    let mut options = tillstream_client::EndpointOptions::default();
+    if let Some(idle) = device_idle {
+        options.idle_timeout = idle;
+    }
+    let ca = std::fs::read(server.cert_path())?;
+    let endpoint = tillstream_client::client_endpoint_with(&ca, server.quic_addr(), &options)?;
+    let s = script(42, 1, true, 2, 5, now_us());
+    let dev = device(&endpoint, server.quic_addr(), s.device, tokens.script(&s)?);
+    let mut batches = prepare(&s)?.into_iter();
+    let (first, second) = batches
+        .next()
+        .zip(batches.next())
+        .ok_or_else(|| anyhow::anyhow!("the script has fewer than two batches"))?;
+    dev.send(first).await?;
+    dev.wait_acked(1, WAIT).await?;
+    // Three times the shorter idle timeout, with nothing to send.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    dev.send(second).await?;
+    dev.wait_acked(2, WAIT).await?;
+    assert_eq!(
+        dev.stats().reconnects,
+        0,
+        "the quiet connection was closed: {:?}",
+        dev.stats()
+    );
+    dev.close().await;
+    server.shutdown().await?;
+    Ok(())
+}

@@ -135,8 +135,9 @@ pub(crate) struct Args {
           value_parser = clap::value_parser!(u64).range(100..=60_000))]
     hello_timeout_ms: u64,
     /// Seconds a connection may stay silent (no packet, not even a
-    /// keep-alive; tillstream-client sends one after 2 s of silence)
-    /// before it is closed.
+    /// keep-alive) before it is closed. The server sends a keep-alive at
+    /// half of this (at most every 5 s) and tillstream-client after 2 s of
+    /// silence, so only connections whose device is gone reach it.
     #[arg(long, default_value_t = 30, env = "TILLSTREAM_IDLE_TIMEOUT_S",
           value_parser = clap::value_parser!(u64).range(1..=3_600))]
     idle_timeout_s: u64,
