@@ -179,11 +179,27 @@ pub(crate) fn quic_server_config(
         ))
         // The server pings too, so that a short --idle-timeout-s does
         // not close quiet devices whose own keep-alive is longer.
-        .keep_alive_interval(Some(
-            std::time::Duration::from_secs(5).min(idle_timeout / 2),
-        ));
+        .keep_alive_interval(Some(keep_alive_within(
+            std::time::Duration::from_secs(5),
+            idle_timeout,
+        )));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
+}
+
+/// `interval`, or half of `idle_timeout` if that is shorter, so that a
+/// lost PING is sent again before the connection idles out. A zero idle
+/// timeout is none (QUIC's convention), and leaves `interval` as it is: a
+/// zero interval would ping without pause.
+pub(crate) fn keep_alive_within(
+    interval: std::time::Duration,
+    idle_timeout: std::time::Duration,
+) -> std::time::Duration {
+    if idle_timeout.is_zero() {
+        interval
+    } else {
+        interval.min(idle_timeout / 2)
+    }
 }
 
 /// Client certificates are checked against the device CA (chain, validity,
@@ -283,5 +299,17 @@ mod tests {
             .map_err(|e| EngineError::Tls(e.to_string()))?;
         assert!(endpoint_config(dir.path()).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn the_keep_alive_fits_twice_in_the_idle_timeout_and_none_leaves_it() {
+        let s = std::time::Duration::from_secs;
+        assert_eq!(keep_alive_within(s(5), s(30)), s(5));
+        assert_eq!(
+            keep_alive_within(s(5), s(1)),
+            std::time::Duration::from_millis(500)
+        );
+        // No idle timeout: a zero interval would ping without pause.
+        assert_eq!(keep_alive_within(s(5), std::time::Duration::ZERO), s(5));
     }
 }
