@@ -43,10 +43,6 @@ impl Writer {
     }
 }
 
-/// Commits with more rows than this log their blocks on a second thread
-/// (a thread costs tens of µs; a small commit is done sooner alone).
-const PARALLEL_ABOVE_ROWS: usize = 4_096;
-
 /// A commit's blocks in the log: each block key and pointer, and where the
 /// log ended once they were synced.
 #[derive(Default)]
@@ -95,37 +91,20 @@ impl EmbeddedStore {
             },
             blocks: 0,
         };
-        // The raw rows go to the block log on a second thread while this
-        // one builds the point keys and level buckets: the materializer is
-        // the engine's one serial step, and the two halves share nothing
-        // but the batch, which gets the pointers after the join.
+        // The raw rows go to the block log, then the point keys and level
+        // buckets are built, on this one thread. Logging on a second
+        // thread spawned per write (as the materializer once did) gained
+        // nothing once the ack stopped waiting for this step, and each
+        // short-lived thread left its allocator pages behind when it
+        // exited: peak RSS at 1 M resident SKUs ran 15-20% higher.
         let mut durable = Durable::default();
-        let (logged, keyed) = if rows > PARALLEL_ABOVE_ROWS {
-            std::thread::scope(|scope| {
-                // A thread that cannot be had (resource limits) is no
-                // error: the blocks are then logged here, after the keys.
-                let logging = std::thread::Builder::new()
-                    .name("tillstream-blocks".into())
-                    .spawn_scoped(scope, || self.log_blocks(parts, id));
-                let keyed = self.put_keyed(&mut w, parts, id, &mut durable);
-                let logged = match logging {
-                    Ok(handle) => handle.join().unwrap_or_else(|_| {
-                        Err(StoreError::Backend {
-                            op: "logging blocks",
-                            source: "the block writer panicked".into(),
-                        })
-                    }),
-                    Err(_) => self.log_blocks(parts, id),
-                };
-                (logged, keyed)
-            })
-        } else {
-            let logged = self.log_blocks(parts, id);
-            (logged, self.put_keyed(&mut w, parts, id, &mut durable))
-        };
-        let logged = match (logged, keyed) {
-            (Ok(l), Ok(())) => l,
-            (Err(e), _) | (_, Err(e)) => {
+        let written = self.log_blocks(parts, id).and_then(|logged| {
+            self.put_keyed(&mut w, parts, id, &mut durable)
+                .map(|()| logged)
+        });
+        let logged = match written {
+            Ok(logged) => logged,
+            Err(e) => {
                 self.block_log.discard_staged();
                 return Err(e);
             }

@@ -1,15 +1,14 @@
-//! The embedded store's write path under a large commit: its blocks are
-//! logged on a second thread while the point keys are built.
+//! The embedded store's write path under a large commit: thousands of
+//! rows across stores and hours, packed into many blocks.
 
 use super::tests::{TestResult, dump, open};
 use super::*;
 use crate::testutil::sample;
 
-/// A commit large enough to log its blocks on a second thread (over
-/// 4,096 rows, across stores and hours) reads back the same, before and
-/// after a reopen.
+/// A commit of over 4,096 rows, across stores and hours, reads back the
+/// same, before and after a reopen.
 #[test]
-fn a_large_commit_logged_on_two_threads_round_trips() -> TestResult {
+fn a_large_commit_round_trips() -> TestResult {
     let (dir, store) = open()?;
     let base = sample();
     let mut rows = base.clone();
