@@ -16,6 +16,7 @@ use tillstream_storage::{
 };
 
 use super::sku::{CountOutcome, SkuState};
+use super::stores::StoreSkus;
 use super::terminal::{RollupDay, RollupSlot, SaleView, rollup_key};
 use super::{LastChange, ShardCore, view};
 use crate::route::{Role, WorkItem};
@@ -179,16 +180,15 @@ impl ShardCore {
     }
 
     /// The SKU's state, created empty (and its store activated empty) if
-    /// it is new. One probe of the map: the entity sits in its bucket.
+    /// it is new. The store is nearly always the last one asked for
+    /// (`ActiveStores`); in its map, the entity sits in its bucket: one
+    /// probe.
     fn sku_mut(&mut self, store: u32, sku: u64) -> &mut SkuState {
-        let (stores, activations) = (&mut self.stores, &mut self.stats.activations);
-        self.skus.entry((store, sku)).or_insert_with(|| {
-            if let std::collections::hash_map::Entry::Vacant(e) = stores.entry(store) {
-                e.insert(LastChange::LOADED);
-                *activations += 1;
-            }
-            SkuState::empty()
-        })
+        let (active, new) = self.stores.get_or_load(store);
+        if new {
+            self.stats.activations += 1;
+        }
+        active.skus.entry(sku).or_insert_with(SkuState::empty)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -299,15 +299,20 @@ impl ShardCore {
     /// and records the change on their stores and days.
     fn flush_dirty(&mut self, change: LastChange, out: &mut RowSet) {
         // A part's SKUs are mostly of one store: look it up once per run.
-        let mut last_store = None;
+        let mut active: Option<(u32, &mut StoreSkus)> = None;
         for &(store, sku) in &self.dirty_skus {
-            if let Some(s) = self.skus.get_mut(&(store, sku)) {
+            if active.as_ref().is_none_or(|(at, _)| *at != store) {
+                active = self.stores.get_mut(store).map(|a| {
+                    a.last = change;
+                    (store, a)
+                });
+            }
+            let Some((_, a)) = active.as_mut() else {
+                continue;
+            };
+            if let Some(s) = a.skus.get_mut(&sku) {
                 s.dirty = false;
                 out.stock_levels.push(s.row(store, sku));
-                if last_store != Some(store) {
-                    last_store = Some(store);
-                    self.stores.insert(store, change);
-                }
             }
         }
         self.dirty_skus.clear();

@@ -37,6 +37,7 @@
 mod apply;
 pub(crate) mod hash;
 mod sku;
+mod stores;
 mod terminal;
 
 use std::collections::{HashMap, HashSet};
@@ -49,6 +50,7 @@ use crate::route::{Role, WorkItem, shard_of_sku, shard_of_terminal};
 use crate::validate::Rules;
 use hash::Keyed;
 use sku::SkuState;
+use stores::{ActiveStores, StoreSkus};
 use terminal::{RollupDay, RollupKey, RollupSlot, SaleView, rollup_key};
 
 /// The settings of one shard.
@@ -223,9 +225,8 @@ pub struct Passivated {
 #[derive(Debug)]
 pub struct ShardCore {
     cfg: ShardConfig,
-    stores: HashMap<u32, LastChange, Keyed>,
-    /// The SKUs of the active stores, keyed by (store, SKU).
-    skus: HashMap<(u32, u64), SkuState, Keyed>,
+    /// The active stores and their SKUs.
+    stores: ActiveStores,
     /// SKUs changed by the current `apply` call, in first-change order.
     dirty_skus: Vec<(u32, u64)>,
     days: HashMap<(u32, u32), RollupDay, Keyed>,
@@ -240,8 +241,7 @@ impl ShardCore {
     pub fn new(cfg: ShardConfig) -> Self {
         Self {
             cfg,
-            stores: HashMap::default(),
-            skus: HashMap::default(),
+            stores: ActiveStores::default(),
             dirty_skus: Vec::new(),
             days: HashMap::default(),
             rollups: HashMap::default(),
@@ -283,7 +283,7 @@ impl ShardCore {
         let mut day_active: Option<((u32, u32), &RollupDay)> = None;
         let mut store_needed = |store: u32| {
             store_active != Some(store) && {
-                let needed = !self.stores.contains_key(&store);
+                let needed = !self.stores.contains(store);
                 if !needed {
                     store_active = Some(store);
                 }
@@ -360,25 +360,27 @@ impl ShardCore {
     /// (levels, and the movements in [`ShardCore::movement_windows`], in
     /// time order). A store already active is left as it is.
     pub fn activate_store(&mut self, store: u32, snapshot: &StoreSnapshot) {
-        if self.stores.contains_key(&store) {
+        if self.stores.contains(store) {
             return;
         }
-        self.stores.insert(store, LastChange::LOADED);
-        self.stats.activations += 1;
+        let mut active = StoreSkus::loaded();
         for row in &snapshot.levels {
             if row.store != store || !self.owns(row.store, row.sku) {
                 continue;
             }
-            self.skus
-                .entry((row.store, row.sku))
+            active
+                .skus
+                .entry(row.sku)
                 .or_insert_with(|| SkuState::from_row(row));
         }
         let lw = self.cfg.late_window_us;
         for m in &snapshot.recent_movements {
-            if let Some(s) = self.skus.get_mut(&(store, m.sku)) {
+            if let Some(s) = active.skus.get_mut(&m.sku) {
                 s.load_movement(m.ts_us, m.delta, lw);
             }
         }
+        self.stores.insert(store, active);
+        self.stats.activations += 1;
     }
 
     /// Loads the rollups of `store`'s `day` for the terminals that live on
@@ -416,20 +418,14 @@ impl ShardCore {
     /// back.
     pub fn passivate_idle(&mut self, idle: IdleBefore, materialized_lsn: u64) -> Passivated {
         let mut out = Passivated::default();
-        let before = self.stores.len();
-        self.stores
-            .retain(|_, last| !last.idle(idle.entities_us, materialized_lsn));
-        out.stores = (before - self.stores.len()) as u64;
-        if out.stores > 0 {
-            let stores = &self.stores;
-            let before = self.skus.len();
-            self.skus
-                .retain(|&(store, _), _| stores.contains_key(&store));
-            out.skus = (before - self.skus.len()) as u64;
-            // Hand memory back after a large store left (this runs per
-            // sweep, not per batch), leaving room to grow again.
-            self.skus.shrink_to(self.skus.len() * 2);
-        }
+        self.stores.retain(|active| {
+            let stays = !active.last.idle(idle.entities_us, materialized_lsn);
+            if !stays {
+                out.stores += 1;
+                out.skus += active.skus.len() as u64;
+            }
+            stays
+        });
         let before = self.days.len();
         self.days
             .retain(|_, d| !d.last.idle(idle.entities_us, materialized_lsn));
@@ -465,8 +461,9 @@ impl ShardCore {
     /// gauge: call it per metrics tick, not per batch).
     pub fn stats(&self) -> ShardStats {
         let mut s = self.stats;
-        s.skus_active = self.skus.len() as u64;
-        s.window_movements = self.skus.values().map(|k| k.held_len() as u64).sum();
+        let skus = || self.stores.values().flat_map(|a| a.skus.values());
+        s.skus_active = self.stores.values().map(|a| a.skus.len() as u64).sum();
+        s.window_movements = skus().map(|k| k.held_len() as u64).sum();
         s.terminals_active = self.terminals.len() as u64;
         s.stores_active = self.stores.len() as u64;
         s.rollup_days_active = self.days.len() as u64;
@@ -477,7 +474,10 @@ impl ShardCore {
     /// The current level row of a SKU, if this shard holds it (for tests
     /// and `tillstream top`).
     pub fn level(&self, store: u32, sku: u64) -> Option<StockLevelRow> {
-        self.skus.get(&(store, sku)).map(|s| s.row(store, sku))
+        self.stores
+            .get(store)
+            .and_then(|a| a.skus.get(&sku))
+            .map(|s| s.row(store, sku))
     }
 }
 
