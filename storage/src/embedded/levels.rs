@@ -112,6 +112,17 @@ fn store_of(key: &[u8]) -> Result<u32, StoreError> {
         })
 }
 
+/// The bucket a bucket block's key names (`store | bucket`).
+fn bucket_of(key: &[u8]) -> Result<u16, StoreError> {
+    key.get(4..6)
+        .and_then(|b| b.try_into().ok())
+        .map(u16::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt {
+            what: "stock_levels key",
+            reason: format!("{} bytes, not a bucket key", key.len()),
+        })
+}
+
 /// Of a commit's stores, given their delta counts in order, the one that
 /// compacts: the first with the most deltas, if that is at least
 /// [`MAX_LEVEL_DELTAS`] (module docs).
@@ -225,6 +236,14 @@ impl EmbeddedStore {
 
     /// Folds `store`'s deltas, and `run` (this commit's newest levels of
     /// it), into its bucket blocks; removes the deltas.
+    ///
+    /// One bucket at a time: what changed (the deltas and `run`) is
+    /// decoded first, then the bucket blocks are read in key order, and
+    /// each one that changed is merged and written. Decoding the whole
+    /// store at once had held every level of it twice over (100 k rows a
+    /// store at 1 M SKUs over 10 stores, 50 MB of the server's heap peak),
+    /// and a bucket nothing changed is now left as it is. First-layout
+    /// keys are left too: reads merge them with the buckets by version.
     fn compact_levels(
         &self,
         w: &mut Writer,
@@ -233,27 +252,66 @@ impl EmbeddedStore {
     ) -> Result<(), StoreError> {
         let span = tracing::debug_span!("compact_levels", store, rows = tracing::field::Empty);
         let _entered = span.enter();
-        let mut all = Vec::new();
-        let mut deltas = Vec::new();
         let mut buf = AlignedVec::new();
-        for guard in self.levels.prefix(store.to_be_bytes()) {
+        let mut changed = Vec::new();
+        let mut deltas = Vec::new();
+        for guard in self.levels.prefix(keys::level_delta_prefix(store)) {
             let (key, value) = guard
                 .into_inner()
-                .map_err(|e| backend_err("reading levels", e))?;
-            decode_into(&key, &value, &mut buf, &mut all)?;
-            if matches!(kind_of(&key), LevelValue::Delta) {
-                deltas.push(key);
-            }
+                .map_err(|e| backend_err("reading level deltas", e))?;
+            decode_into(&key, &value, &mut buf, &mut changed)?;
+            deltas.push(key);
         }
-        // Stored rows first: of equal versions, what is stored stays.
-        all.extend_from_slice(run);
-        newest_levels(&mut all);
-        span.record("rows", all.len());
-        all.sort_by_key(|r| (keys::level_bucket(r.sku), r.sku));
-        for bucket in all.chunk_by(|a, b| keys::level_bucket(a.sku) == keys::level_bucket(b.sku)) {
-            let value = blocks::encode_block(&bucket.to_vec())?;
-            let key = keys::level_bucket_key(store, keys::level_bucket(bucket[0].sku));
-            w.put(&self.levels, &key, &value);
+        changed.extend_from_slice(run);
+        newest_levels(&mut changed);
+        span.record("rows", changed.len());
+        changed.sort_unstable_by_key(|r| (keys::level_bucket(r.sku), r.sku));
+
+        let buckets = keys::level_bucket_key(store, 0)..keys::level_delta_prefix(store);
+        let mut stored = self
+            .levels
+            .range(buckets)
+            .filter_map(|guard| match guard.into_inner() {
+                Err(e) => Some(Err(backend_err("reading levels", e))),
+                Ok((key, value)) => match kind_of(&key) {
+                    LevelValue::Bucket => Some(bucket_of(&key).map(|b| (b, value))),
+                    LevelValue::Legacy | LevelValue::Delta => None,
+                },
+            });
+        let mut next_stored = stored.next().transpose()?;
+        let mut changed = changed.as_slice();
+        let mut rows = Vec::new();
+        while let Some(bucket) = match (&next_stored, changed.first()) {
+            (None, None) => None,
+            (Some((b, _)), None) => Some(*b),
+            (None, Some(r)) => Some(keys::level_bucket(r.sku)),
+            (Some((b, _)), Some(r)) => Some((*b).min(keys::level_bucket(r.sku))),
+        } {
+            let split = changed.partition_point(|r| keys::level_bucket(r.sku) == bucket);
+            let (here, rest) = changed.split_at(split);
+            changed = rest;
+            let value = match next_stored.take() {
+                Some((b, value)) if b == bucket => {
+                    next_stored = stored.next().transpose()?;
+                    Some(value)
+                }
+                other => {
+                    next_stored = other;
+                    None
+                }
+            };
+            if here.is_empty() {
+                continue;
+            }
+            // Stored rows first: of equal versions, what is stored stays.
+            rows.clear();
+            if let Some(value) = value {
+                rows.extend(blocks::decode_block::<StockLevelRow>(&value, &mut buf)?);
+            }
+            rows.extend_from_slice(here);
+            newest_levels(&mut rows);
+            let value = blocks::encode_block(&rows)?;
+            w.put(&self.levels, &keys::level_bucket_key(store, bucket), &value);
         }
         for key in deltas {
             w.remove(&self.levels, key);

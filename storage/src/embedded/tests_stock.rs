@@ -161,5 +161,22 @@ fn levels_of_the_first_layout_are_still_read() -> TestResult {
     let got = store.load_levels(1)?;
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].sku, got[0].level), (42, 5));
+    // Compactions leave the first-layout key where it is; the level of
+    // the highest version still wins, whichever layout holds it.
+    let sku_42 = |store: &EmbeddedStore| -> Result<i64, StoreError> {
+        let got = store.load_levels(1)?;
+        Ok(got
+            .iter()
+            .find(|l| l.sku == 42)
+            .map_or(i64::MIN, |l| l.level))
+    };
+    for (version, want) in [(2, 5), (4, -4)] {
+        for n in 0..=levels::MAX_LEVEL_DELTAS {
+            let other = level(7, i64::from(n), u64::from(n) + version * 10);
+            store.commit(&levels(vec![level(42, -(version as i64), version), other]))?;
+        }
+        assert_eq!(store.level_delta_keys(1)?, 0, "store 1 compacted");
+        assert_eq!(sku_42(&store)?, want, "version {version} against 3");
+    }
     Ok(())
 }
