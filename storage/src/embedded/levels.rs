@@ -281,27 +281,25 @@ impl EmbeddedStore {
         let mut next_stored = stored.next().transpose()?;
         let mut changed = changed.as_slice();
         let mut rows = Vec::new();
-        while let Some(bucket) = match (&next_stored, changed.first()) {
-            (None, None) => None,
-            (Some((b, _)), None) => Some(*b),
-            (None, Some(r)) => Some(keys::level_bucket(r.sku)),
-            (Some((b, _)), Some(r)) => Some((*b).min(keys::level_bucket(r.sku))),
-        } {
+        // Buckets in order, each with a changed SKU; the stored blocks of
+        // the others are passed over, and those after the last change are
+        // not read at all.
+        while let Some(first) = changed.first() {
+            let bucket = keys::level_bucket(first.sku);
             let split = changed.partition_point(|r| keys::level_bucket(r.sku) == bucket);
             let (here, rest) = changed.split_at(split);
             changed = rest;
-            let value = match next_stored.take() {
-                Some((b, value)) if b == bucket => {
-                    next_stored = stored.next().transpose()?;
-                    Some(value)
+            let mut value = None;
+            while let Some((b, v)) = next_stored.take() {
+                if b > bucket {
+                    next_stored = Some((b, v));
+                    break;
                 }
-                other => {
-                    next_stored = other;
-                    None
+                next_stored = stored.next().transpose()?;
+                if b == bucket {
+                    value = Some(v);
+                    break;
                 }
-            };
-            if here.is_empty() {
-                continue;
             }
             // Stored rows first: of equal versions, what is stored stays.
             rows.clear();
