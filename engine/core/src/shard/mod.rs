@@ -461,9 +461,14 @@ impl ShardCore {
     /// gauge: call it per metrics tick, not per batch).
     pub fn stats(&self) -> ShardStats {
         let mut s = self.stats;
-        let skus = || self.stores.values().flat_map(|a| a.skus.values());
-        s.skus_active = self.stores.values().map(|a| a.skus.len() as u64).sum();
-        s.window_movements = skus().map(|k| k.held_len() as u64).sum();
+        for active in self.stores.values() {
+            s.skus_active += active.skus.len() as u64;
+            s.window_movements += active
+                .skus
+                .values()
+                .map(|k| k.held_len() as u64)
+                .sum::<u64>();
+        }
         s.terminals_active = self.terminals.len() as u64;
         s.stores_active = self.stores.len() as u64;
         s.rollup_days_active = self.days.len() as u64;
