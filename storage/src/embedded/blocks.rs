@@ -210,10 +210,41 @@ impl BlockSet {
             .map(|(k, p)| (*k, p.finish().as_slice()))
     }
 
-    /// Drops what the next commit is unlikely to need.
+    /// Forgets the blocks of the last [`BlockSet::pack`] and drops what
+    /// the next commit is unlikely to need: packers past
+    /// [`KEPT_PACKERS`], and buffer room far past what each packer packed
+    /// this time (`Packer::release_spare`; a packer this commit did not
+    /// use packed nothing).
     pub(crate) fn trim(&mut self) {
         self.packers.truncate(KEPT_PACKERS);
-        self.used = self.used.min(KEPT_PACKERS);
+        for (at, (_, p)) in self.packers.iter_mut().enumerate() {
+            let used = if at < self.used { p.packed_bytes() } else { 0 };
+            p.release_spare(used);
+        }
+        self.used = 0;
+    }
+
+    /// Bytes the packers' buffers hold room for.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.packers.iter().map(|(_, p)| p.capacity()).sum()
+    }
+}
+
+/// One [`BlockSet`] per table. Each set's buffers are then sized to its
+/// own table's blocks: packers shared by every table kept room for the
+/// biggest table's blocks, and `BlockSet::trim` would have let go of it
+/// after each commit's smallest table only to grow it again the next.
+#[derive(Default)]
+pub(crate) struct TableBlockSets {
+    sets: [BlockSet; Table::ALL.len()],
+}
+
+impl TableBlockSets {
+    /// The packers of `table`'s blocks.
+    pub(crate) fn of(&mut self, table: Table) -> &mut BlockSet {
+        let at = Table::ALL.iter().position(|t| *t == table).unwrap_or(0);
+        &mut self.sets[at]
     }
 }
 

@@ -192,7 +192,8 @@ impl EmbeddedStore {
         id: u64,
         out: &mut Logged,
     ) -> Result<(), StoreError> {
-        let mut set = self.packers.lock();
+        let mut sets = self.packers.lock();
+        let set = sets.of(T::TABLE);
         set.pack(parts.iter().flat_map(|p| table(p).iter()));
         for ((part, hour), bytes) in set.blocks() {
             let ptr = self.block_log.stage(bytes)?;

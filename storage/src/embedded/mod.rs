@@ -185,9 +185,9 @@ pub struct EmbeddedStore {
     blocks: Keyspace,
     /// Where the `blocks` keyspace's pointers lead (`blocklog`).
     block_log: blocklog::BlockLog,
-    /// Packs the raw rows into blocks; kept for the next commit (taken
-    /// under `commit_lock`).
-    packers: Mutex<blocks::BlockSet>,
+    /// Packs the raw rows into blocks, a set of packers per table; kept
+    /// for the next commit (taken under `commit_lock`).
+    packers: Mutex<blocks::TableBlockSets>,
     levels: Keyspace,
     rollups: Keyspace,
     marks: Keyspace,

@@ -55,6 +55,14 @@ const MAX_FIELDS: usize = 24;
 /// so it is copied into the output once a row, not once a field.
 const SCRATCH: usize = 512;
 
+/// A packer's buffer keeps up to this many times the bytes it packed last
+/// (plus [`KEPT_ROOM`]): between that and half of it, block sizes come
+/// and go without a reallocation.
+const SPARE_SHARE: usize = 4;
+
+/// Room every buffer may keep, whatever it packed last.
+const KEPT_ROOM: usize = 64 * 1024;
+
 /// A row type the block log can pack.
 pub(crate) trait Packed: Sized {
     /// Writes the row's fields.
@@ -73,6 +81,7 @@ pub(crate) struct Packer {
     row: [u8; SCRATCH],
     n: usize,
     rows: u32,
+    table: Table,
 }
 
 impl Packer {
@@ -85,6 +94,7 @@ impl Packer {
             row: [0; SCRATCH],
             n: 0,
             rows: 0,
+            table,
         };
         p.restart(table);
         p
@@ -100,6 +110,7 @@ impl Packer {
         self.at = 0;
         self.n = 0;
         self.rows = 0;
+        self.table = table;
     }
 
     /// Appends one row.
@@ -114,6 +125,28 @@ impl Packer {
         self.flush();
         self.out[8..HEADER].copy_from_slice(&self.rows.to_le_bytes());
         &self.out
+    }
+
+    /// Bytes of the block so far (its header included).
+    pub(crate) fn packed_bytes(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Bytes the buffer holds room for.
+    pub(crate) fn capacity(&self) -> usize {
+        self.out.capacity()
+    }
+
+    /// Lets go of buffer room far past `used` bytes (what this packer
+    /// packed in the last commit): a buffer keeps the capacity of the
+    /// biggest block it ever held, and a commit after a backlog left
+    /// tens of MB of them idle (`BlockSet::trim`). What it held is
+    /// dropped: the packer is left as an empty block of its table.
+    pub(crate) fn release_spare(&mut self, used: usize) {
+        if self.capacity() > SPARE_SHARE * used + KEPT_ROOM {
+            self.out = AlignedVec::with_capacity((2 * used).max(HEADER));
+            self.restart(self.table);
+        }
     }
 
     /// Makes room for `bytes` more in the row buffer.

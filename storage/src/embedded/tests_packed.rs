@@ -458,3 +458,40 @@ fn packers_past_the_kept_number_are_dropped_and_the_next_commit_still_packs()
     assert_eq!(want.len(), 10);
     Ok(())
 }
+
+#[test]
+fn a_commit_after_a_big_one_leaves_no_big_buffers_behind() -> Result<(), StoreError> {
+    let mut set = BlockSet::default();
+    let rows_of = |devices: u64, per_device: u64| -> Vec<DeviceHealthRow> {
+        (0..devices)
+            .flat_map(|device| {
+                (0..per_device).map(move |seq| health_row(key(device, seq, 0), 1, 5))
+            })
+            .collect()
+    };
+    let big = rows_of(2, 50_000);
+    set.pack(big.iter());
+    assert_eq!(unpacked::<DeviceHealthRow>(&mut set)?, grouped(&big));
+    set.trim();
+    let after_big = set.capacity();
+    assert!(
+        after_big > 512 * 1024,
+        "the big commit took {after_big} bytes"
+    );
+
+    let small = rows_of(3, 10);
+    set.pack(small.iter());
+    assert_eq!(unpacked::<DeviceHealthRow>(&mut set)?, grouped(&small));
+    set.trim();
+    // Three packers, each keeping at most 64 KiB past four times its block.
+    let after_small = set.capacity();
+    assert!(
+        after_small <= 3 * 80 * 1024,
+        "{after_small} bytes kept after a small commit (after the big one: {after_big})"
+    );
+
+    // Released buffers grow again, and pack as before.
+    set.pack(big.iter());
+    assert_eq!(unpacked::<DeviceHealthRow>(&mut set)?, grouped(&big));
+    Ok(())
+}
