@@ -55,10 +55,18 @@ const MAX_FIELDS: usize = 24;
 /// so it is copied into the output once a row, not once a field.
 const SCRATCH: usize = 512;
 
-/// A packer's buffer keeps up to this many times the bytes it packed last
+/// A packer's buffer keeps up to this many times its recent peak block
 /// (plus [`KEPT_ROOM`]): between that and half of it, block sizes come
 /// and go without a reallocation.
 const SPARE_SHARE: usize = 4;
+
+/// The recent peak falls by 1/`PEAK_DECAY` a commit when blocks are
+/// smaller: a buffer lets go of a backlog's room about ten commits (half
+/// a second at the default interval) after it, not at the first small
+/// commit. Commits under load alternate big and small (what gathered
+/// during the last write is written next), and letting go at once made
+/// the next big one grow the buffer again, page by page.
+const PEAK_DECAY: usize = 8;
 
 /// Room every buffer may keep, whatever it packed last.
 const KEPT_ROOM: usize = 64 * 1024;
@@ -82,6 +90,8 @@ pub(crate) struct Packer {
     n: usize,
     rows: u32,
     table: Table,
+    /// The biggest block of recent commits, decaying (`release_spare`).
+    recent_peak: usize,
 }
 
 impl Packer {
@@ -95,6 +105,7 @@ impl Packer {
             n: 0,
             rows: 0,
             table,
+            recent_peak: 0,
         };
         p.restart(table);
         p
@@ -137,14 +148,16 @@ impl Packer {
         self.out.capacity()
     }
 
-    /// Lets go of buffer room far past `used` bytes (what this packer
-    /// packed in the last commit): a buffer keeps the capacity of the
-    /// biggest block it ever held, and a commit after a backlog left
-    /// tens of MB of them idle (`BlockSet::trim`). What it held is
-    /// dropped: the packer is left as an empty block of its table.
+    /// Records `used`, the bytes this packer packed in the last commit,
+    /// and lets go of buffer room far past its recent peak: a buffer kept
+    /// the capacity of the biggest block it ever held, and after a
+    /// backlog's big commit tens of MB sat idle (`BlockSet::trim`). What
+    /// it held is dropped: the packer is left as an empty block of its
+    /// table.
     pub(crate) fn release_spare(&mut self, used: usize) {
-        if self.capacity() > SPARE_SHARE * used + KEPT_ROOM {
-            self.out = AlignedVec::with_capacity((2 * used).max(HEADER));
+        self.recent_peak = used.max(self.recent_peak - self.recent_peak / PEAK_DECAY);
+        if self.capacity() > SPARE_SHARE * self.recent_peak + KEPT_ROOM {
+            self.out = AlignedVec::with_capacity((2 * self.recent_peak).max(HEADER));
             self.restart(self.table);
         }
     }

@@ -460,7 +460,7 @@ fn packers_past_the_kept_number_are_dropped_and_the_next_commit_still_packs()
 }
 
 #[test]
-fn a_commit_after_a_big_one_leaves_no_big_buffers_behind() -> Result<(), StoreError> {
+fn small_commits_after_a_big_one_leave_no_big_buffers_behind() -> Result<(), StoreError> {
     let mut set = BlockSet::default();
     let rows_of = |devices: u64, per_device: u64| -> Vec<DeviceHealthRow> {
         (0..devices)
@@ -479,15 +479,28 @@ fn a_commit_after_a_big_one_leaves_no_big_buffers_behind() -> Result<(), StoreEr
         "the big commit took {after_big} bytes"
     );
 
+    // One small commit between big ones keeps the room: under load,
+    // commits alternate big and small.
     let small = rows_of(3, 10);
     set.pack(small.iter());
     assert_eq!(unpacked::<DeviceHealthRow>(&mut set)?, grouped(&small));
     set.trim();
+    assert!(
+        set.capacity() >= after_big,
+        "one small commit let go of the room"
+    );
+
+    // Small commit after small commit, the room goes.
+    for _ in 0..40 {
+        set.pack(small.iter());
+        assert_eq!(unpacked::<DeviceHealthRow>(&mut set)?, grouped(&small));
+        set.trim();
+    }
     // Three packers, each keeping at most 64 KiB past four times its block.
     let after_small = set.capacity();
     assert!(
         after_small <= 3 * 80 * 1024,
-        "{after_small} bytes kept after a small commit (after the big one: {after_big})"
+        "{after_small} bytes kept after small commits (after the big one: {after_big})"
     );
 
     // Released buffers grow again, and pack as before.
