@@ -23,7 +23,7 @@
 
 use tillstream_storage::{EventKey, StockLevelRow};
 
-/// Most movements one SKU keeps for late counts, 16 bytes each: 16 KiB
+/// Most movements one SKU keeps for late counts, 12 bytes each: 12 KiB
 /// for a SKU that moves more than about once every 3.5 s of its late
 /// window; its late window is that much shorter.
 pub(super) const MAX_WINDOW: usize = 1024;
@@ -54,19 +54,51 @@ pub(super) enum CountOutcome {
     },
 }
 
+/// One movement a window keeps: its time and its delta, in 12 bytes
+/// where a pair of `i64` took 16 (the window is most of a SKU's memory
+/// once it moves a few times an hour). Deltas come from a sale line's
+/// quantity or a stock movement, both `i32` on the wire
+/// (ARCHITECTURE.md, "Stock converges"); a stored row's delta past that
+/// range, which no device can send, is held at the bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, packed(4))]
+pub(super) struct Entry {
+    ts: i64,
+    delta: i32,
+}
+
+const _: () = assert!(size_of::<Entry>() == 12);
+
+impl Entry {
+    const EMPTY: Entry = Entry { ts: 0, delta: 0 };
+
+    fn new(ts: i64, delta: i64) -> Self {
+        let delta = i32::try_from(delta).unwrap_or(if delta < 0 { i32::MIN } else { i32::MAX });
+        Entry { ts, delta }
+    }
+
+    pub(super) fn ts(self) -> i64 {
+        self.ts
+    }
+
+    pub(super) fn delta(self) -> i64 {
+        i64::from(self.delta)
+    }
+}
+
 /// Where an entry stamped `ts` goes in `held` (sorted by time): after
 /// every entry stamped at or before it. A fleet's movements of one SKU
 /// come a little out of order (tills' batches interleave), so it is
 /// nearly always among the last few: those are read first, from the
 /// window's newest line, where a binary search's probes had been as many
 /// cache misses, one after another.
-fn insert_point(held: &[(i64, i64)], ts: i64) -> usize {
+fn insert_point(held: &[Entry], ts: i64) -> usize {
     /// Entries read from the end before the rest is searched by halves.
     const NEAR_END: usize = 8;
     let (far, near) = held.split_at(held.len().saturating_sub(NEAR_END));
-    match near.iter().rposition(|(t, _)| *t <= ts) {
+    match near.iter().rposition(|e| e.ts() <= ts) {
         Some(i) => far.len() + i + 1,
-        None => far.partition_point(|(t, _)| *t <= ts),
+        None => far.partition_point(|e| e.ts() <= ts),
     }
 }
 
@@ -104,10 +136,9 @@ pub(super) struct SkuState {
     count_ts: i64,
     /// Set once the SKU is counted or its window cut.
     rare: Option<Box<Rare>>,
-    /// The window: `slots[head..len]` hold (ts, delta) of applied
-    /// movements, sorted by time (module docs); the slice's length is
-    /// the capacity.
-    slots: Box<[(i64, i64)]>,
+    /// The window: `slots[head..len]` hold the applied movements,
+    /// sorted by time (module docs); the slice's length is the capacity.
+    slots: Box<[Entry]>,
     head: u16,
     len: u16,
     /// Whether the SKU has a count (its key is in `rare`).
@@ -210,7 +241,7 @@ impl SkuState {
 
     /// The window's held entries, oldest first (some may be below the
     /// floor: module docs).
-    fn held(&self) -> &[(i64, i64)] {
+    fn held(&self) -> &[Entry] {
         self.slots
             .get(usize::from(self.head)..usize::from(self.len))
             .unwrap_or_default()
@@ -220,7 +251,7 @@ impl SkuState {
     #[cfg(test)]
     pub(super) fn window_len(&self, late_window: i64) -> usize {
         let floor = self.floor(late_window);
-        self.held().iter().filter(|(t, _)| *t >= floor).count()
+        self.held().iter().filter(|e| e.ts() >= floor).count()
     }
 
     /// Entries the window holds (for stats; reads nothing but the entity).
@@ -291,8 +322,8 @@ impl SkuState {
         let after: i64 = self
             .held()
             .iter()
-            .filter(|(t, _)| *t > ts)
-            .fold(0i64, |acc, (_, d)| acc.saturating_add(*d));
+            .filter(|e| e.ts() > ts)
+            .fold(0i64, |acc, e| acc.saturating_add(e.delta()));
         let before = self.level;
         self.level = counted.saturating_add(after);
         self.set_count(ts, key);
@@ -307,7 +338,7 @@ impl SkuState {
         }
     }
 
-    /// Puts (ts, delta) in the window, at its end if `last` (the caller
+    /// Puts a movement in the window, at its end if `last` (the caller
     /// knows no held entry is newer), else in time order; `floor` is the
     /// current floor, for the entries that may go when room is needed.
     fn insert(&mut self, ts: i64, delta: i64, floor: i64, last: bool) {
@@ -317,14 +348,14 @@ impl SkuState {
         let len = usize::from(self.len);
         if last {
             if let Some(slot) = self.slots.get_mut(len) {
-                *slot = (ts, delta);
+                *slot = Entry::new(ts, delta);
                 self.len += 1;
             }
         } else {
             let at = usize::from(self.head) + insert_point(self.held(), ts);
             if let Some(tail) = self.slots.get_mut(at..=len) {
                 tail.rotate_right(1);
-                tail[0] = (ts, delta);
+                tail[0] = Entry::new(ts, delta);
                 self.len += 1;
             }
         }
@@ -335,7 +366,7 @@ impl SkuState {
             // strictly after the count).
             self.drop_front_while(|t| t < floor);
             if self.held_len() > MAX_WINDOW
-                && let Some(&(t, _)) = self.held().first()
+                && let Some(t) = self.held().first().map(|e| e.ts())
             {
                 self.set_cut(t);
                 self.head += 1;
@@ -356,14 +387,14 @@ impl SkuState {
             // Most SKUs of a chain move a few times within their late
             // window: one slot first, then doubling.
             let slots = (self.slots.len() * 2).clamp(1, MAX_SLOTS);
-            let mut grown = vec![(0i64, 0i64); slots].into_boxed_slice();
+            let mut grown = vec![Entry::EMPTY; slots].into_boxed_slice();
             grown[..held].copy_from_slice(self.held());
             self.slots = grown;
         }
         self.head = 0;
         self.len = u16::try_from(held).unwrap_or(u16::MAX);
         if usize::from(self.len) == self.slots.len()
-            && let Some(&(t, _)) = self.held().first()
+            && let Some(t) = self.held().first().map(|e| e.ts())
         {
             // Unreachable while MAX_SLOTS exceeds MAX_WINDOW, which
             // `insert` keeps the window within: cut the oldest anyway,
@@ -376,7 +407,7 @@ impl SkuState {
 
     /// Drops the window's oldest entries while `old` holds for their time.
     fn drop_front_while(&mut self, old: impl Fn(i64) -> bool) {
-        let n = self.held().iter().take_while(|(t, _)| old(*t)).count();
+        let n = self.held().iter().take_while(|e| old(e.ts())).count();
         if n > 0 {
             self.head += u16::try_from(n).unwrap_or(u16::MAX);
             if self.head >= self.len {

@@ -166,8 +166,8 @@ fn a_long_lived_window_drops_without_growing() {
     let oldest = s
         .held()
         .iter()
-        .find(|(t, _)| *t >= floor)
-        .map_or(0, |e| e.0);
+        .find(|e| e.ts() >= floor)
+        .map_or(0, |e| e.ts());
     assert_eq!(
         s.count(oldest, key(1), 0, LW),
         CountOutcome::Applied {
@@ -302,8 +302,8 @@ fn check_against_model(ops: &[Op], lw: i64, drift: i64) {
         let live: Vec<_> = s
             .held()
             .iter()
-            .copied()
-            .filter(|(t, _)| *t >= floor)
+            .filter(|e| e.ts() >= floor)
+            .map(|e| (e.ts(), e.delta()))
             .collect();
         assert_eq!(live, m.window, "op {i}");
         assert!(s.held_len() <= MAX_WINDOW);
@@ -329,4 +329,14 @@ proptest! {
     ) {
         check_against_model(&ops, i64::MAX / 4, drift);
     }
+}
+
+#[test]
+fn a_window_entry_keeps_wire_deltas_and_holds_others_at_the_bound() {
+    for d in [i64::from(i32::MIN), -1, 1, i64::from(i32::MAX)] {
+        assert_eq!(Entry::new(7, d).delta(), d);
+    }
+    assert_eq!(Entry::new(7, i64::MAX).delta(), i64::from(i32::MAX));
+    assert_eq!(Entry::new(7, i64::MIN).delta(), i64::from(i32::MIN));
+    assert_eq!(Entry::new(7, 3).ts(), 7);
 }
