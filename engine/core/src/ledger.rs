@@ -198,20 +198,22 @@ impl DistinctKeys {
 /// random SKUs must be stopped past a limit, as one spraying stores is.
 /// Keyed hashing: the device chooses the keys.
 ///
-/// A pair is kept as its keyed 64-bit digest, not as itself: 8 bytes
+/// A pair is kept as 32 bits of its keyed digest, not as itself: 4 bytes
 /// instead of 16 in a set that holds every SKU a till ever sold (100 tills
-/// naming ~40 k SKUs each are ~4 M entries). Two pairs of one
-/// device share a digest with odds of about n²/2⁶⁵ (10⁻⁹ at the 200 k
-/// default limit), and the seed is unknown outside the process, so a
-/// device cannot aim for one; a collision would let one pair more pass.
+/// naming ~50 k SKUs each are ~5 M entries: 41 MB of the heap at 1 M
+/// resident SKUs with 64-bit digests, about half that now). Among n
+/// pairs of one device, about n²/2³³ share a digest with another (5 at
+/// the 200 k default limit); each lets one pair more pass, so the limit
+/// is a few pairs generous, never stricter. The seed is unknown outside
+/// the process, so a device cannot aim for a collision.
 ///
 /// Invariant: it never holds more than its limit; [`DistinctSkus::admit`]
 /// adds a batch's pairs all or none.
 #[derive(Debug, Clone, Default)]
 pub struct DistinctSkus {
-    seen: HashSet<u64, Keyed>,
+    seen: HashSet<u32, Keyed>,
     digest: Keyed,
-    fresh: Vec<u64>,
+    fresh: Vec<u32>,
 }
 
 impl DistinctSkus {
@@ -230,7 +232,8 @@ impl DistinctSkus {
     pub fn admit(&mut self, keys: impl IntoIterator<Item = (u32, u64)>, limit: usize) -> bool {
         self.fresh.clear();
         for k in keys {
-            let d = self.digest.hash_one(k);
+            // The low half: the digest's bits are equally mixed.
+            let d = self.digest.hash_one(k) as u32;
             if self.seen.insert(d) {
                 self.fresh.push(d);
                 if self.seen.len() > limit {
