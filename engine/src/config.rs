@@ -123,6 +123,12 @@ pub struct ServerConfig {
     /// larger than the window pass; what it bounds is a stalled reader's
     /// backlog, times every connection. Default 256 KiB.
     pub quic_window_bytes: u64,
+    /// The largest UDP payload the server accepts (QUIC's
+    /// `max_udp_payload_size`, which bounds what devices send) and the
+    /// bound of its own path MTU discovery. Default
+    /// [`DEFAULT_MAX_UDP_PAYLOAD`](tillstream_protocol::DEFAULT_MAX_UDP_PAYLOAD),
+    /// 8952; 1472 holds every packet to a 1500-byte Ethernet frame.
+    pub quic_max_udp_payload: u16,
     /// Device and API authentication, revocation, the audit log. Default:
     /// on, tokens signed by `DATA_DIR/auth/signing.key` (made on first
     /// start), client certificates once `tillstream ca init` made a CA.
@@ -196,6 +202,7 @@ impl ServerConfig {
             max_frame_buffer_bytes: 256 << 20,
             frame_deadline: Duration::from_secs(10),
             quic_window_bytes: 256 << 10,
+            quic_max_udp_payload: tillstream_protocol::DEFAULT_MAX_UDP_PAYLOAD,
             auth: AuthConfig::default(),
             store: StoreChoice::default(),
             faults: Faults::default(),
@@ -231,6 +238,10 @@ pub struct ServerSettings {
     /// `+`, or `none` (authentication off).
     #[serde(default)]
     pub auth: String,
+    /// Largest UDP payload devices may send, bytes (0 from a server that
+    /// predates the setting: 1472 then).
+    #[serde(default)]
+    pub quic_max_udp_payload: u16,
 }
 
 #[cfg(test)]

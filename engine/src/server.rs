@@ -70,6 +70,7 @@ impl Server {
             auth.client_ca(),
             cfg.quic_window_bytes,
             cfg.idle_timeout,
+            cfg.quic_max_udp_payload,
         )?;
 
         let (choice, dir) = (cfg.store.clone(), cfg.data_dir.clone());
@@ -170,7 +171,7 @@ impl Server {
             source,
         })?;
         let endpoint = quinn::Endpoint::new(
-            tls::endpoint_config(&cfg.data_dir)?,
+            tls::endpoint_config(&cfg.data_dir, cfg.quic_max_udp_payload)?,
             Some(quic_cfg),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -205,6 +206,7 @@ impl Server {
             max_inflight_batches: cfg.limits.max_inflight_batches,
             passivate_after_s: cfg.passivate_after.as_secs(),
             max_clock_skew_s: cfg.max_clock_skew.as_secs(),
+            quic_max_udp_payload: cfg.quic_max_udp_payload,
             auth: match (auth.enabled(), cfg.auth.tokens, auth.client_ca().is_some()) {
                 (false, _, _) => "none",
                 (true, true, true) => "token+certificate",

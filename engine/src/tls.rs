@@ -127,6 +127,7 @@ pub(crate) fn quic_server_config(
     client_ca: Option<&[u8]>,
     window: u64,
     idle_timeout: std::time::Duration,
+    max_udp_payload: u16,
 ) -> Result<quinn::ServerConfig, EngineError> {
     let mut provider = rustls::crypto::ring::default_provider();
     // AES-128-GCM with SHA-256 first: the handshake's key schedule and
@@ -183,6 +184,9 @@ pub(crate) fn quic_server_config(
             std::time::Duration::from_secs(5),
             idle_timeout,
         )));
+    // The server's own packets (acks, Welcome) are small; probing as far
+    // as the devices may keeps the two directions alike.
+    transport.mtu_discovery_config(Some(mtu_discovery(max_udp_payload)));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
@@ -233,7 +237,10 @@ const RESET_KEY: &str = "quic/stateless-reset.key";
 /// reset the device can authenticate: the device reconnects at once
 /// instead of waiting out its idle timeout. quinn's defaults draw both keys
 /// afresh per process, which makes every such packet silently dropped.
-pub(crate) fn endpoint_config(data_dir: &Path) -> Result<quinn::EndpointConfig, EngineError> {
+pub(crate) fn endpoint_config(
+    data_dir: &Path,
+    max_udp_payload: u16,
+) -> Result<quinn::EndpointConfig, EngineError> {
     let secret = endpoint_secret(data_dir)?;
     let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret[..32]);
     let mut cid_key = [0u8; 8];
@@ -249,7 +256,23 @@ pub(crate) fn endpoint_config(data_dir: &Path) -> Result<quinn::EndpointConfig, 
     // caused it (no amplification), and packets with forged ids are
     // already dropped by the keyed id check.
     cfg.min_reset_interval(std::time::Duration::ZERO);
+    // What devices may send: quinn's 1472 held every packet to a 1500-byte
+    // frame even where the path carries more (ServerConfig::quic_max_udp_payload).
+    cfg.max_udp_payload_size(max_udp_payload).map_err(|e| {
+        EngineError::Tls(format!(
+            "QUIC max UDP payload {max_udp_payload}: {e} (allowed: 1200 to 65527)"
+        ))
+    })?;
     Ok(cfg)
+}
+
+/// Path MTU discovery up to `max_udp_payload` (quinn stops at 1452 by
+/// default). It probes from 1200 up and keeps what is acknowledged, so a
+/// bound above what the path carries costs a few lost probes, never data.
+pub(crate) fn mtu_discovery(max_udp_payload: u16) -> quinn::MtuDiscoveryConfig {
+    let mut mtud = quinn::MtuDiscoveryConfig::default();
+    mtud.upper_bound(max_udp_payload);
+    mtud
 }
 
 /// 64 random bytes kept in the data directory, made on first start.
@@ -294,10 +317,14 @@ mod tests {
         let first = endpoint_secret(dir.path())?;
         assert_eq!(first, endpoint_secret(dir.path())?);
         assert_ne!(first, endpoint_secret(tmp()?.path())?);
-        endpoint_config(dir.path())?;
+        endpoint_config(dir.path(), 1472)?;
+        assert!(
+            endpoint_config(dir.path(), 1000).is_err(),
+            "below QUIC's 1200 bytes"
+        );
         std::fs::write(dir.path().join(RESET_KEY), b"short")
             .map_err(|e| EngineError::Tls(e.to_string()))?;
-        assert!(endpoint_config(dir.path()).is_err());
+        assert!(endpoint_config(dir.path(), 1472).is_err());
         Ok(())
     }
 

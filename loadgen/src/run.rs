@@ -198,6 +198,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             if let Some(ms) = args.flush_interval_ms {
                 cfg.flush_interval = Duration::from_millis(ms);
             }
+            if let Some(bytes) = args.quic_max_udp_payload {
+                cfg.quic_max_udp_payload = bytes;
+            }
             let device_ca = match args.auth {
                 AuthMode::None => {
                     cfg.auth = AuthConfig::none();

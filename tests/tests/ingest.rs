@@ -364,3 +364,45 @@ async fn quiet_device_keeps_its_connection(
     server.shutdown().await?;
     Ok(())
 }
+
+/// The client's sending path MTU once discovery has had `settle` to run
+/// on a connection to a server that accepts `server_max` bytes a packet.
+async fn path_mtu_after(server_max: u16, settle: Duration) -> anyhow::Result<u16> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = test_config(dir.path(), 1);
+    cfg.quic_max_udp_payload = server_max;
+    let server = tillstream_engine::Server::start(cfg).await?;
+    let ca = std::fs::read(server.cert_path())?;
+    let endpoint = tillstream_client::client_endpoint(&ca, server.quic_addr())?;
+    let conn = endpoint.connect(server.quic_addr(), "localhost")?.await?;
+    let deadline = tokio::time::Instant::now() + settle;
+    // Discovery probes up from 1200 one round trip at a time: on loopback
+    // it is done in milliseconds. Stop early once it went past what a
+    // 1500-byte frame carries.
+    while conn.stats().path.current_mtu <= 1472 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mtu = conn.stats().path.current_mtu;
+    conn.close(0u32.into(), b"done");
+    server.shutdown().await?;
+    Ok(mtu)
+}
+
+/// Where the path carries them (here, loopback), packets grow past the
+/// 1452 bytes quinn stops at by default, and a server's own limit holds
+/// them to a 1500-byte Ethernet frame when it asks for that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_grow_to_what_the_path_and_the_server_allow() -> anyhow::Result<()> {
+    let default = tillstream_protocol::DEFAULT_MAX_UDP_PAYLOAD;
+    let grown = path_mtu_after(default, Duration::from_secs(5)).await?;
+    assert!(
+        grown > 1472 && grown <= default,
+        "the path MTU stayed at {grown} on loopback"
+    );
+    let held = path_mtu_after(1472, Duration::from_millis(500)).await?;
+    assert!(
+        held <= 1472,
+        "the server allows 1472 bytes, the device sent {held}"
+    );
+    Ok(())
+}

@@ -6,7 +6,7 @@ use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use socket2::{Domain, Protocol, Socket, Type};
-use tillstream_protocol::ALPN;
+use tillstream_protocol::{ALPN, DEFAULT_MAX_UDP_PAYLOAD};
 
 use crate::ClientError;
 
@@ -33,16 +33,25 @@ pub struct EndpointOptions {
     /// The stream receive window advertised to the server, if not quinn's
     /// default. Tests use a tiny one to play a device that reads nothing.
     pub stream_receive_window: Option<u32>,
+    /// The largest UDP payload this endpoint sends (the bound of its path
+    /// MTU discovery) and accepts. The server's own limit caps what a
+    /// device sends. Default
+    /// [`DEFAULT_MAX_UDP_PAYLOAD`](tillstream_protocol::DEFAULT_MAX_UDP_PAYLOAD)
+    /// (8952): discovery keeps what the path carries, about 1452 on a
+    /// 1500-byte Ethernet path.
+    pub max_udp_payload: u16,
 }
 
 impl Default for EndpointOptions {
-    /// 5 s idle timeout, a keep-alive after 2 s of silence, 8 MiB buffers.
+    /// 5 s idle timeout, a keep-alive after 2 s of silence, 8 MiB buffers,
+    /// UDP payloads up to 8952 bytes where the path carries them.
     fn default() -> Self {
         Self {
             idle_timeout: Duration::from_secs(5),
             keep_alive: Duration::from_secs(2),
             socket_buffer_bytes: 8 << 20,
             stream_receive_window: None,
+            max_udp_payload: DEFAULT_MAX_UDP_PAYLOAD,
         }
     }
 }
@@ -69,9 +78,17 @@ pub fn client_endpoint_with(
     let client = quic_client_config(ca_pem, opts, None)?;
     let socket = bind(server, opts.socket_buffer_bytes).map_err(ClientError::Socket)?;
     let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(opts.max_udp_payload)
+        .map_err(|e| {
+            ClientError::Tls(format!(
+                "QUIC max UDP payload {}: {e} (allowed: 1200 to 65527)",
+                opts.max_udp_payload
+            ))
+        })?;
     let mut endpoint =
-        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-            .map_err(ClientError::Socket)?;
+        quinn::Endpoint::new(config, None, socket, runtime).map_err(ClientError::Socket)?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
@@ -165,6 +182,11 @@ fn quic_client_config(
     let mut ack_frequency = quinn::AckFrequencyConfig::default();
     ack_frequency.ack_eliciting_threshold(ACK_PACKET_THRESHOLD.into());
     transport.ack_frequency_config(Some(ack_frequency));
+    // Batches are tens of KiB: where the path carries larger packets,
+    // fewer of them cost less on both sides (DEFAULT_MAX_UDP_PAYLOAD).
+    let mut mtu_discovery = quinn::MtuDiscoveryConfig::default();
+    mtu_discovery.upper_bound(opts.max_udp_payload);
+    transport.mtu_discovery_config(Some(mtu_discovery));
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(Arc::new(transport));
     Ok(client)

@@ -162,6 +162,16 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 256, env = "TILLSTREAM_QUIC_WINDOW_KIB",
           value_parser = clap::value_parser!(u64).range(16..=65_536))]
     quic_window_kib: u64,
+    /// Largest UDP payload, in bytes, that devices may send and that the
+    /// server's QUIC path MTU discovery tries. Discovery keeps what the
+    /// path carries (about 1452 on a 1500-byte Ethernet path), so a
+    /// larger bound only pays where jumbo frames (or loopback) carry it:
+    /// fewer, larger packets cost less CPU on both ends. 1472 holds every
+    /// packet to a 1500-byte frame.
+    #[arg(long, default_value_t = tillstream_protocol::DEFAULT_MAX_UDP_PAYLOAD,
+          env = "TILLSTREAM_QUIC_MAX_UDP_PAYLOAD",
+          value_parser = clap::value_parser!(u16).range(1200..=65_527))]
+    quic_max_udp_payload: u16,
     /// Testing only: make every store commit first sleep for a time drawn
     /// uniformly from MIN..MAX milliseconds (slow storage rehearsal).
     #[arg(long, value_name = "MIN..MAX", value_parser = parse_ms_range, hide = true)]
@@ -362,6 +372,7 @@ fn server_config(args: Args) -> anyhow::Result<ServerConfig> {
         usize::try_from(args.max_frame_buffers_mib << 20).unwrap_or(usize::MAX);
     cfg.frame_deadline = Duration::from_secs(args.frame_deadline_s);
     cfg.quic_window_bytes = args.quic_window_kib << 10;
+    cfg.quic_max_udp_payload = args.quic_max_udp_payload;
     cfg.store = args.store.choice(false)?;
     cfg.faults.commit_delay = args.inject_commit_delay_ms;
     Ok(cfg)
