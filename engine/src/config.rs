@@ -124,8 +124,8 @@ pub struct ServerConfig {
     /// backlog, times every connection. Default 256 KiB.
     pub quic_window_bytes: u64,
     /// The largest UDP payload the server accepts (QUIC's
-    /// `max_udp_payload_size`, which bounds what devices send) and the
-    /// bound of its own path MTU discovery. Default
+    /// `max_udp_payload_size`, which bounds the devices' path MTU
+    /// discovery and so what they send). Default
     /// [`DEFAULT_MAX_UDP_PAYLOAD`](tillstream_protocol::DEFAULT_MAX_UDP_PAYLOAD),
     /// 8952; 1472 holds every packet to a 1500-byte Ethernet frame.
     pub quic_max_udp_payload: u16,

@@ -70,7 +70,6 @@ impl Server {
             auth.client_ca(),
             cfg.quic_window_bytes,
             cfg.idle_timeout,
-            cfg.quic_max_udp_payload,
         )?;
 
         let (choice, dir) = (cfg.store.clone(), cfg.data_dir.clone());

@@ -30,7 +30,7 @@ pub use message::*;
 /// ALPN protocol id negotiated by QUIC.
 pub const ALPN: &[u8] = b"tillstream/1";
 /// The largest UDP payload a server and a device accept, and the bound of
-/// each one's QUIC path MTU discovery, unless configured otherwise: a
+/// a device's QUIC path MTU discovery, unless configured otherwise: a
 /// 9000-byte jumbo frame less the IPv6 and UDP headers (8952, as quinn's
 /// own 1452 is a 1500-byte Ethernet frame less them). Discovery probes up
 /// from 1200 and keeps what the path carries, so a 1500-byte path still

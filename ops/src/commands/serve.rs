@@ -162,9 +162,8 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 256, env = "TILLSTREAM_QUIC_WINDOW_KIB",
           value_parser = clap::value_parser!(u64).range(16..=65_536))]
     quic_window_kib: u64,
-    /// Largest UDP payload, in bytes, that devices may send and that the
-    /// server's QUIC path MTU discovery tries. Discovery keeps what the
-    /// path carries (about 1452 on a 1500-byte Ethernet path), so a
+    /// Largest UDP payload, in bytes, that devices may send: their QUIC
+    /// path MTU discovery tries up to it and keeps what the path carries (about 1452 on a 1500-byte Ethernet path), so a
     /// larger bound only pays where jumbo frames (or loopback) carry it:
     /// fewer, larger packets cost less CPU on both ends. 1472 holds every
     /// packet to a 1500-byte frame.
