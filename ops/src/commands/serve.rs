@@ -163,10 +163,11 @@ pub(crate) struct Args {
           value_parser = clap::value_parser!(u64).range(16..=65_536))]
     quic_window_kib: u64,
     /// Largest UDP payload, in bytes, that devices may send: their QUIC
-    /// path MTU discovery tries up to it and keeps what the path carries (about 1452 on a 1500-byte Ethernet path), so a
-    /// larger bound only pays where jumbo frames (or loopback) carry it:
-    /// fewer, larger packets cost less CPU on both ends. 1472 holds every
-    /// packet to a 1500-byte frame.
+    /// path MTU discovery tries up to it and keeps what the path carries
+    /// (about 1452 on a 1500-byte Ethernet path), so a larger bound only
+    /// pays where jumbo frames (or loopback) carry it: fewer, larger
+    /// packets cost less CPU on both ends. 1472 holds every packet to a
+    /// 1500-byte frame.
     #[arg(long, default_value_t = tillstream_protocol::DEFAULT_MAX_UDP_PAYLOAD,
           env = "TILLSTREAM_QUIC_MAX_UDP_PAYLOAD",
           value_parser = clap::value_parser!(u16).range(1200..=65_527))]
