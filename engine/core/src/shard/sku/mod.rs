@@ -8,37 +8,43 @@
 //! Invariants of [`SkuState`]:
 //! - `level` equals the sum of the `delta`s of every applied row
 //!   (a count's delta is the change it made), and `version` their number;
-//! - the window's held entries, sorted by time, include every applied
-//!   movement stamped after the current count and no earlier than the
-//!   SKU's floor: exactly the ones a count that can still be ordered needs
-//!   to recompute the level. The floor is `updated_ts - late_window`,
-//!   raised for a hot SKU whose window would pass [`MAX_WINDOW`] movements
-//!   (memory stays bounded; its late window is just shorter). A count
-//!   older than the floor is refused. Entries that fell below the floor
-//!   may still be held until the window needs their room: the floor only
-//!   rises, a count is never older than it, and a count sums only the
-//!   movements after itself, so they never count;
+//! - the window's held entries, in the order they came (not sorted: a
+//!   movement is appended without reading the window), include every
+//!   applied movement stamped after the current count and no earlier
+//!   than the SKU's floor: exactly the ones a count that can still be
+//!   ordered needs to recompute the level. The floor is
+//!   `updated_ts - late_window`, raised for a hot SKU whose window would
+//!   pass [`MAX_SLOTS`] movements to the newest it dropped (memory stays
+//!   bounded; its late window is just shorter, but always holds at least
+//!   its newest [`MAX_WINDOW`]). A count older than the floor is refused.
+//!   Entries that fell below the floor may still be held until the
+//!   window needs their room: the floor only rises, a count is never
+//!   older than it, and a count sums only the movements after itself, so
+//!   they never count;
 //! - every held entry is stamped at or before `updated_ts`, the newest
 //!   event time seen (movement or count), which never goes back.
 
 use tillstream_storage::{EventKey, StockLevelRow};
 
-/// Most movements one SKU keeps for late counts, 12 bytes each: 12 KiB
-/// for a SKU that moves more than about once every 3.5 s of its late
-/// window; its late window is that much shorter.
+/// Fewest movements a hot SKU keeps for late counts once its window was
+/// cut: a window that fills [`MAX_SLOTS`] slots with movements still
+/// above its floor drops all but its newest `MAX_WINDOW` at once, so a
+/// SKU that moves more than about once every 3.5 s of its late window
+/// has a shorter one.
 pub(super) const MAX_WINDOW: usize = 1024;
 
-/// Dropped window entries (below `head`) stay in the slots until they
-/// are full and a quarter of them is dropped, and are then moved out at
-/// once: each drop is amortised O(1), the slots never outgrow 4/3 of the
-/// window's peak (rounded up to a power of two), and the entity has no
-/// ring buffer's extra words.
-const COMPACT_SHARE: usize = 4;
-
-/// The most slots a window has: the next power of two above 4/3 of
-/// [`MAX_WINDOW`], so `head` and `len` fit in 16 bits.
+/// The most slots (12 bytes each, 24 KiB) a window has, so `len` fits
+/// in 16 bits. A full window first drops what is below its floor, keeps
+/// its slots if that freed a quarter of them, else doubles them up to
+/// this bound: each entry is read once per fill, amortised O(1) a
+/// movement.
 const MAX_SLOTS: usize = 2 * MAX_WINDOW;
 const _: () = assert!(MAX_SLOTS <= u16::MAX as usize);
+
+/// A full window whose drop freed fewer than `1 / FREED_SHARE` of its
+/// slots grows instead: each fill then makes room for at least that
+/// share of new movements before the window is read again.
+const FREED_SHARE: usize = 4;
 
 /// What a shelf count did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,30 +92,14 @@ impl Entry {
     }
 }
 
-/// Where an entry stamped `ts` goes in `held` (sorted by time): after
-/// every entry stamped at or before it. A fleet's movements of one SKU
-/// come a little out of order (tills' batches interleave), so it is
-/// nearly always among the last few: those are read first, from the
-/// window's newest line, where a binary search's probes had been as many
-/// cache misses, one after another.
-fn insert_point(held: &[Entry], ts: i64) -> usize {
-    /// Entries read from the end before the rest is searched by halves.
-    const NEAR_END: usize = 8;
-    let (far, near) = held.split_at(held.len().saturating_sub(NEAR_END));
-    match near.iter().rposition(|e| e.ts() <= ts) {
-        Some(i) => far.len() + i + 1,
-        None => far.partition_point(|e| e.ts() <= ts),
-    }
-}
-
 /// What few SKUs need, behind a pointer: the current count's event key,
 /// and the cut of a hot SKU's window.
 #[derive(Debug, Clone)]
 struct Rare {
     /// Meaningful when the entity's `counted` is set.
     count_key: EventKey,
-    /// The time of the newest movement dropped to keep the window under
-    /// [`MAX_WINDOW`]: counts before it can no longer be ordered.
+    /// The time of the newest movement dropped to keep the window within
+    /// [`MAX_SLOTS`]: counts before it can no longer be ordered.
     /// Meaningful when the entity's `cut` is set.
     cut_ts: i64,
 }
@@ -121,12 +111,14 @@ struct Rare {
 /// a cache miss or two, so the entity is 64 bytes and sits in the map's
 /// bucket beside its key (80 bytes with it: one probe, where an index
 /// probe and then a 120-byte slot cost two misses). What only counts and
-/// hot SKUs need lives behind a pointer, and the window's length and
-/// start live here, not in its allocation: a movement in time order
-/// writes its entry without reading the window first, so its line is a
-/// store the CPU does not wait for, where reading the length, the newest
-/// and the oldest entry had been two or three misses in a row (the
-/// shard's biggest cost at the loadgen's 50 k SKUs).
+/// hot SKUs need lives behind a pointer, and the window's length lives
+/// here, not in its allocation. A movement is appended to the window
+/// without reading it, in or out of time order, so its line is a store
+/// the CPU does not wait for. Reading the length and the newest entries
+/// had been two or three misses in a row, and a window kept sorted read
+/// and shifted its tail for every movement that came out of order, as
+/// most do when tills' batches interleave: 20% of the server's CPU on a
+/// fleet of tills.
 #[derive(Debug, Clone)]
 pub(super) struct SkuState {
     pub(super) level: i64,
@@ -136,10 +128,9 @@ pub(super) struct SkuState {
     count_ts: i64,
     /// Set once the SKU is counted or its window cut.
     rare: Option<Box<Rare>>,
-    /// The window: `slots[head..len]` hold the applied movements,
-    /// sorted by time (module docs); the slice's length is the capacity.
+    /// The window: `slots[..len]` hold the applied movements in the
+    /// order they came (module docs); the slice's length is the capacity.
     slots: Box<[Entry]>,
-    head: u16,
     len: u16,
     /// Whether the SKU has a count (its key is in `rare`).
     counted: bool,
@@ -160,7 +151,6 @@ impl SkuState {
             count_ts: i64::MIN,
             rare: None,
             slots: Box::new([]),
-            head: 0,
             len: 0,
             counted: false,
             cut: false,
@@ -239,12 +229,10 @@ impl SkuState {
         self.rare_mut().cut_ts = cut_ts;
     }
 
-    /// The window's held entries, oldest first (some may be below the
-    /// floor: module docs).
+    /// The window's held entries, in the order they came (some may be
+    /// below the floor: module docs).
     fn held(&self) -> &[Entry] {
-        self.slots
-            .get(usize::from(self.head)..usize::from(self.len))
-            .unwrap_or_default()
+        self.slots.get(..usize::from(self.len)).unwrap_or_default()
     }
 
     /// Movements in the window at or above the floor.
@@ -256,7 +244,7 @@ impl SkuState {
 
     /// Entries the window holds (for stats; reads nothing but the entity).
     pub(super) fn held_len(&self) -> usize {
-        usize::from(self.len - self.head)
+        usize::from(self.len)
     }
 
     /// The oldest time a count may have and still be ordered.
@@ -270,16 +258,16 @@ impl SkuState {
     }
 
     /// Adds a stored, applied movement to the window on activation, if the
-    /// rule still needs it. Rows may come in any order: the window keeps
-    /// itself sorted and, once full, drops its oldest, so it ends up
-    /// holding the newest `MAX_WINDOW` whatever the order (sorting a
-    /// store's whole late window first cost 40% of a restart).
+    /// rule still needs it. Rows may come in any order: the window takes
+    /// them as they come and, once full, drops its oldest, so it ends up
+    /// holding at least the newest `MAX_WINDOW` whatever the order
+    /// (sorting a store's whole late window first cost 40% of a
+    /// restart).
     pub(super) fn load_movement(&mut self, ts: i64, delta: i64, late_window: i64) {
         let after_count = !self.counted || ts > self.count_ts;
         let floor = self.floor(late_window);
         if after_count && ts >= floor {
-            // `insert_point` looks at the newest entries first.
-            self.insert(ts, delta, floor, false);
+            self.insert(ts, delta, floor);
         }
     }
 
@@ -290,15 +278,12 @@ impl SkuState {
         if self.counted && ts <= self.count_ts {
             return (false, self.level);
         }
-        // Every held entry is stamped at or before the newest time seen,
-        // so one at or after it goes last, without reading the window.
-        let newest = self.updated_ts <= ts;
         self.level = self.level.saturating_add(delta);
         self.version += 1;
         self.updated_ts = self.updated_ts.max(ts);
         let floor = self.floor(late_window);
         if ts >= floor {
-            self.insert(ts, delta, floor, newest);
+            self.insert(ts, delta, floor);
         }
         (true, self.level)
     }
@@ -330,92 +315,73 @@ impl SkuState {
         self.version += 1;
         self.updated_ts = self.updated_ts.max(ts);
         // Movements at or before the count are behind it for good.
-        self.drop_front_while(|t| t <= ts);
         let floor = self.floor(late_window);
-        self.drop_front_while(|t| t < floor);
+        self.keep_only(|t| t > ts && t >= floor);
         CountOutcome::Applied {
             delta: self.level.saturating_sub(before),
         }
     }
 
-    /// Puts a movement in the window, at its end if `last` (the caller
-    /// knows no held entry is newer), else in time order; `floor` is the
-    /// current floor, for the entries that may go when room is needed.
-    fn insert(&mut self, ts: i64, delta: i64, floor: i64, last: bool) {
+    /// Appends a movement to the window; `floor` is the current floor,
+    /// for the entries that may go when room is needed.
+    fn insert(&mut self, ts: i64, delta: i64, floor: i64) {
         if usize::from(self.len) == self.slots.len() {
             self.make_room(floor);
         }
-        let len = usize::from(self.len);
-        if last {
-            if let Some(slot) = self.slots.get_mut(len) {
-                *slot = Entry::new(ts, delta);
-                self.len += 1;
-            }
-        } else {
-            let at = usize::from(self.head) + insert_point(self.held(), ts);
-            if let Some(tail) = self.slots.get_mut(at..=len) {
-                tail.rotate_right(1);
-                tail[0] = Entry::new(ts, delta);
-                self.len += 1;
-            }
-        }
-        if self.held_len() > MAX_WINDOW {
-            // Entries below the floor go first; if the window is still
-            // past its bound, its oldest is cut. A count at or after the
-            // cut movement's time does not need it (it sums movements
-            // strictly after the count).
-            self.drop_front_while(|t| t < floor);
-            if self.held_len() > MAX_WINDOW
-                && let Some(t) = self.held().first().map(|e| e.ts())
-            {
-                self.set_cut(t);
-                self.head += 1;
-            }
+        if let Some(slot) = self.slots.get_mut(usize::from(self.len)) {
+            *slot = Entry::new(ts, delta);
+            self.len += 1;
         }
     }
 
     /// Called with every slot taken: drops the entries below the floor,
-    /// then moves the held ones to the front if a quarter of the slots is
-    /// free, or into twice the slots.
+    /// and then, if that freed less than a quarter of the slots, doubles
+    /// them; a window already at [`MAX_SLOTS`] keeps its newest
+    /// [`MAX_WINDOW`] and is cut at the newest it dropped (a count at or
+    /// after that time sums only movements after it, all still held).
     fn make_room(&mut self, floor: i64) {
-        self.drop_front_while(|t| t < floor);
-        let (head, len) = (usize::from(self.head), usize::from(self.len));
-        let held = len - head;
-        if head > 0 && head * COMPACT_SHARE >= len {
-            self.slots.copy_within(head..len, 0);
-        } else {
+        self.keep_only(|t| t >= floor);
+        let held = usize::from(self.len);
+        let freed = self.slots.len() - held;
+        if freed > 0 && freed * FREED_SHARE >= self.slots.len() {
+            return;
+        }
+        if self.slots.len() < MAX_SLOTS {
             // Most SKUs of a chain move a few times within their late
             // window: one slot first, then doubling.
             let slots = (self.slots.len() * 2).clamp(1, MAX_SLOTS);
             let mut grown = vec![Entry::EMPTY; slots].into_boxed_slice();
             grown[..held].copy_from_slice(self.held());
             self.slots = grown;
+            return;
         }
-        self.head = 0;
-        self.len = u16::try_from(held).unwrap_or(u16::MAX);
-        if usize::from(self.len) == self.slots.len()
-            && let Some(t) = self.held().first().map(|e| e.ts())
-        {
-            // Unreachable while MAX_SLOTS exceeds MAX_WINDOW, which
-            // `insert` keeps the window within: cut the oldest anyway,
-            // so there is always a free slot.
+        // Oldest first up to the cut, newest `MAX_WINDOW` after it: one
+        // selection, O(n), every `MAX_SLOTS - MAX_WINDOW` movements.
+        let dropped = held.saturating_sub(MAX_WINDOW);
+        if dropped == 0 {
+            return;
+        }
+        let window = &mut self.slots[..held];
+        window.select_nth_unstable_by_key(dropped - 1, |e| e.ts());
+        let cut = window[..dropped].iter().map(|e| e.ts()).max();
+        window.copy_within(dropped.., 0);
+        self.len = u16::try_from(held - dropped).unwrap_or(u16::MAX);
+        if let Some(t) = cut {
             self.set_cut(t);
-            self.slots.copy_within(1.., 0);
-            self.len -= 1;
         }
     }
 
-    /// Drops the window's oldest entries while `old` holds for their time.
-    fn drop_front_while(&mut self, old: impl Fn(i64) -> bool) {
-        let n = self.held().iter().take_while(|e| old(e.ts())).count();
-        if n > 0 {
-            self.head += u16::try_from(n).unwrap_or(u16::MAX);
-            if self.head >= self.len {
-                // Emptied: the slots stay for the next movement.
-                self.head = 0;
-                self.len = 0;
+    /// Keeps the window's entries whose time `keep` holds, in their order.
+    fn keep_only(&mut self, keep: impl Fn(i64) -> bool) {
+        let mut kept = 0;
+        for i in 0..usize::from(self.len) {
+            let e = self.slots[i];
+            if keep(e.ts()) {
+                self.slots[kept] = e;
+                kept += 1;
             }
         }
+        self.len = u16::try_from(kept).unwrap_or(u16::MAX);
     }
 }
 

@@ -11,8 +11,21 @@ fn key(idx: u32) -> EventKey {
     }
 }
 
+/// The window's entries at or above the floor, oldest first.
+fn live(s: &SkuState, lw: i64) -> Vec<(i64, i64)> {
+    let floor = s.floor(lw);
+    let mut live: Vec<_> = s
+        .held()
+        .iter()
+        .filter(|e| e.ts() >= floor)
+        .map(|e| (e.ts(), e.delta()))
+        .collect();
+    live.sort_unstable();
+    live
+}
+
 #[test]
-fn activation_does_not_depend_on_the_order_of_stored_movements() {
+fn activation_in_any_order_keeps_every_movement_after_its_cut() {
     let row = StockLevelRow {
         store: 1,
         sku: 2,
@@ -22,6 +35,7 @@ fn activation_does_not_depend_on_the_order_of_stored_movements() {
         updated_ts_us: 1_000_000,
         version: 3,
     };
+    const LW: i64 = 10_000;
     // More than a full window, in a scrambled order with equal times.
     let ts: Vec<i64> = (0..3 * MAX_WINDOW as i64)
         .map(|i| 1_000_000 - (i * 7_919) % 5_000)
@@ -30,15 +44,33 @@ fn activation_does_not_depend_on_the_order_of_stored_movements() {
     sorted.sort_unstable();
     let (mut a, mut b) = (SkuState::from_row(&row), SkuState::from_row(&row));
     for &t in &sorted {
-        a.load_movement(t, t % 3, 10_000);
+        a.load_movement(t, t % 3, LW);
     }
     for &t in &ts {
-        b.load_movement(t, t % 3, 10_000);
+        b.load_movement(t, t % 3, LW);
     }
-    assert_eq!(a.window_len(10_000), MAX_WINDOW);
-    assert_eq!(a.held(), b.held());
-    assert_eq!(a.cut_ts(), b.cut_ts());
+    for s in [&a, &b] {
+        // The window was cut (3 windows do not fit), it holds every
+        // movement after its cut, and never fewer than the newest
+        // MAX_WINDOW.
+        assert!(s.cut);
+        let cut = s.cut_ts();
+        let after: Vec<_> = sorted
+            .iter()
+            .filter(|&&t| t > cut)
+            .map(|&t| (t, t % 3))
+            .collect();
+        let held: Vec<_> = live(s, LW).into_iter().filter(|&(t, _)| t > cut).collect();
+        assert_eq!(held, after);
+        assert!(live(s, LW).len() >= MAX_WINDOW);
+        assert!(s.held_len() <= MAX_SLOTS);
+    }
+    // A count both can order gives both the same level.
+    let t = a.cut_ts().max(b.cut_ts());
+    assert_eq!(a.count(t, key(1), 5, LW), b.count(t, key(1), 5, LW));
+    assert_eq!(a.row(1, 2), b.row(1, 2));
 }
+
 #[test]
 fn movements_without_a_count_sum_up() {
     let mut s = SkuState::empty();
@@ -117,7 +149,7 @@ fn the_window_is_pruned_as_time_advances() {
     // Newest 3600: the window keeps ts >= 2600.
     assert_eq!(s.window_len(LW), 3);
     s.movement(3000, 1, LW);
-    assert_eq!(s.window_len(LW), 4, "out-of-order insert stays sorted");
+    assert_eq!(s.window_len(LW), 4, "an out-of-order movement is held");
     assert_eq!(
         s.count(2700, key(1), 0, LW),
         CountOutcome::Applied { delta: -7 }
@@ -127,19 +159,23 @@ fn the_window_is_pruned_as_time_advances() {
 
 #[test]
 fn a_hot_sku_keeps_a_bounded_window() {
+    const LW: i64 = i64::MAX / 4;
     let mut s = SkuState::empty();
-    let n = MAX_WINDOW as i64 + 10;
+    let n = MAX_SLOTS as i64 + 10;
     for t in 0..n {
-        s.movement(t, 1, i64::MAX / 4);
+        s.movement(t, 1, LW);
     }
-    assert_eq!(s.window_len(i64::MAX / 4), MAX_WINDOW);
-    assert_eq!(s.count(8, key(1), 0, i64::MAX / 4), CountOutcome::TooLate);
+    // The window filled its slots, kept its newest MAX_WINDOW, and took
+    // the last 10 after them.
+    assert_eq!(s.window_len(LW), MAX_WINDOW + 10);
+    let cut = n - 10 - MAX_WINDOW as i64 - 1;
+    assert_eq!(s.count(cut - 1, key(1), 0, LW), CountOutcome::TooLate);
     // At the cut: every movement after it is still there.
     assert_eq!(
-        s.count(9, key(1), 0, i64::MAX / 4),
-        CountOutcome::Applied { delta: -10 }
+        s.count(cut, key(1), 0, LW),
+        CountOutcome::Applied { delta: -(cut + 1) }
     );
-    assert_eq!(s.level, n - 10);
+    assert_eq!(s.level, n - cut - 1);
 }
 
 #[test]
@@ -166,8 +202,10 @@ fn a_long_lived_window_drops_without_growing() {
     let oldest = s
         .held()
         .iter()
-        .find(|e| e.ts() >= floor)
-        .map_or(0, |e| e.ts());
+        .map(|e| e.ts())
+        .filter(|&t| t >= floor)
+        .min()
+        .unwrap_or(0);
     assert_eq!(
         s.count(oldest, key(1), 0, LW),
         CountOutcome::Applied {
@@ -191,11 +229,13 @@ fn a_row_round_trips() {
     assert_eq!(t.row(3, 4), s.row(3, 4));
 }
 
-/// The stock rule as the entity had it before its window kept its
-/// length inline and dropped lazily: a plain sorted vector, pruned
-/// to the floor after every movement. The entity must agree with it
-/// on every outcome, row and floor, and on the movements at or above
-/// the floor.
+/// The stock rule as a plain sorted vector of every movement at or above
+/// the floor, pruned after every operation. The entity must agree with it
+/// on every outcome, row and floor, and on the movements at or above the
+/// floor. The one thing the model does not decide is when a hot window is
+/// cut: it takes the entity's cut, after checking that the entity held
+/// more than 3/4 of [`MAX_SLOTS`] movements then and kept at least its
+/// newest [`MAX_WINDOW`].
 #[derive(Debug, Default)]
 struct Model {
     level: i64,
@@ -219,6 +259,14 @@ impl Model {
         self.updated_ts.saturating_sub(lw).max(self.cut_ts)
     }
 
+    fn prune(&mut self, keep_after: i64, lw: i64) {
+        let floor = self.floor(lw);
+        let below = self
+            .window
+            .partition_point(|(t, _)| *t < floor || *t <= keep_after);
+        self.window.drain(..below);
+    }
+
     fn movement(&mut self, ts: i64, delta: i64, lw: i64) -> (bool, i64) {
         if self.count.is_some_and(|c| ts <= c.0) {
             return (false, self.level);
@@ -226,15 +274,11 @@ impl Model {
         self.level = self.level.saturating_add(delta);
         self.version += 1;
         self.updated_ts = self.updated_ts.max(ts);
-        let floor = self.floor(lw);
-        if ts >= floor {
+        if ts >= self.floor(lw) {
             let at = self.window.partition_point(|(t, _)| *t <= ts);
             self.window.insert(at, (ts, delta));
-            if self.window.len() > MAX_WINDOW {
-                self.cut_ts = self.cut_ts.max(self.window.remove(0).0);
-            }
         }
-        self.window.retain(|(t, _)| *t >= floor);
+        self.prune(i64::MIN, lw);
         (true, self.level)
     }
 
@@ -255,11 +299,25 @@ impl Model {
         self.count = Some((ts, key));
         self.version += 1;
         self.updated_ts = self.updated_ts.max(ts);
-        let floor = self.floor(lw);
-        self.window.retain(|(t, _)| *t > ts && *t >= floor);
+        self.prune(ts, lw);
         CountOutcome::Applied {
             delta: self.level.saturating_sub(before),
         }
+    }
+
+    /// Takes the entity's cut at `cut_ts`, checking it was due.
+    fn follow_cut(&mut self, cut_ts: i64, lw: i64) {
+        if cut_ts <= self.cut_ts {
+            return;
+        }
+        assert!(
+            self.window.len() > 3 * MAX_SLOTS / 4,
+            "cut with only {} movements held",
+            self.window.len()
+        );
+        self.cut_ts = cut_ts;
+        self.prune(i64::MIN, lw);
+        assert!(self.window.len() >= MAX_WINDOW, "{}", self.window.len());
     }
 }
 
@@ -278,7 +336,9 @@ fn ops(n: usize, spread: i64, per_count: u32) -> impl Strategy<Value = Vec<Op>> 
     proptest::collection::vec(op, 0..n)
 }
 
-fn check_against_model(ops: &[Op], lw: i64, drift: i64) {
+/// Runs `ops` on the entity and the model, checking after each; returns
+/// the entity.
+fn check_against_model(ops: &[Op], lw: i64, drift: i64) -> SkuState {
     let (mut s, mut m) = (SkuState::empty(), Model::new());
     for (i, op) in ops.iter().enumerate() {
         // Time drifts forward with jitter, as a fleet's clocks do.
@@ -292,22 +352,32 @@ fn check_against_model(ops: &[Op], lw: i64, drift: i64) {
                 assert_eq!(s.count(base + t, k, c, lw), m.count(base + t, k, c, lw));
             }
         }
+        m.follow_cut(s.cut_ts(), lw);
         assert_eq!(s.row(1, 2).count_ts_us, m.count.map(|c| c.0), "op {i}");
         assert_eq!(
             (s.level, s.version, s.updated_ts),
             (m.level, m.version, m.updated_ts)
         );
         assert_eq!(s.floor(lw), m.floor(lw), "op {i}");
-        let floor = s.floor(lw);
-        let live: Vec<_> = s
-            .held()
-            .iter()
-            .filter(|e| e.ts() >= floor)
-            .map(|e| (e.ts(), e.delta()))
-            .collect();
-        assert_eq!(live, m.window, "op {i}");
-        assert!(s.held_len() <= MAX_WINDOW);
+        assert!(s.held_len() <= MAX_SLOTS);
+        if i % 16 == 0 || i + 1 == ops.len() {
+            // Entries at the cut's very time are not compared: a count
+            // at or after it sums none of them, and the cut may have
+            // dropped some of several with that time.
+            let cut = s.cut_ts();
+            let after_cut = |w: Vec<(i64, i64)>| -> Vec<(i64, i64)> {
+                let mut w: Vec<_> = w.into_iter().filter(|&(t, _)| t > cut).collect();
+                w.sort_unstable();
+                w
+            };
+            assert_eq!(
+                after_cut(live(&s, lw)),
+                after_cut(m.window.clone()),
+                "op {i}"
+            );
+        }
     }
+    s
 }
 
 proptest! {
@@ -322,13 +392,32 @@ proptest! {
         check_against_model(&ops, lw, drift);
     }
 
+}
+
+proptest! {
+    // Each case is thousands of movements, enough to fill and cut a window.
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
     #[test]
     fn a_hot_entity_cuts_its_window_as_the_plain_one_does(
-        ops in ops(2_500, 40, 400),
+        ops in ops(5_000, 40, 2_000),
         drift in 1i64..3,
     ) {
         check_against_model(&ops, i64::MAX / 4, drift);
     }
+}
+
+#[test]
+fn a_hot_entity_cuts_its_window_out_of_order_as_the_plain_one_does() {
+    // Movements up to 40 µs out of order, a count now and then: the
+    // window fills MAX_SLOTS between counts and is cut more than once.
+    let ops: Vec<Op> = (0..3 * MAX_SLOTS as i64)
+        .map(|i| match i % 2_500 {
+            2_499 => Op::Count((i * 7_919) % 40, 3),
+            _ => Op::Movement((i * 7_919) % 40, 1 - (i % 3)),
+        })
+        .collect();
+    assert!(check_against_model(&ops, LW * LW, 1).cut);
 }
 
 #[test]
