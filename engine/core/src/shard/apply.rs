@@ -38,6 +38,7 @@ impl ShardCore {
     ) {
         let rows_before = out.len();
         let seq = batch.seq.to_native();
+        self.warm_skus(batch, items);
         for item in items {
             let Some(e) = batch.events.get(item.idx as usize) else {
                 self.stats.misrouted += 1;
@@ -93,6 +94,53 @@ impl ShardCore {
         self.stats.rows_emitted += out.len().saturating_sub(rows_before) as u64;
         self.stats.parts_applied += 1;
         self.stats.last_apply_us = now_us;
+    }
+
+    /// Reads, for every SKU the part's lines and stock movements move,
+    /// its entity and the slot its window writes next, before any is
+    /// applied. Each is a cache miss or two at a chain's catalogue size;
+    /// here nothing waits on them, so the CPU has many in flight at once,
+    /// where the apply below, with a row's work between one SKU and the
+    /// next, met them one at a time. New SKUs and stores not active are
+    /// left to the apply.
+    fn warm_skus(&self, batch: &ArchivedBatch, items: &[WorkItem]) {
+        let mut skus: Option<(u32, &StoreSkus)> = None;
+        let mut touch = |store: u32, sku: u64| {
+            if !self.owns(store, sku) {
+                return;
+            }
+            let map = match skus {
+                Some((s, map)) if s == store => map,
+                _ => match self.stores.get(store) {
+                    Some(map) => {
+                        skus = Some((store, map));
+                        map
+                    }
+                    None => return,
+                },
+            };
+            if let Some(s) = map.skus.get(&sku) {
+                std::hint::black_box(s.next_slot_ts());
+            }
+        };
+        for item in items {
+            let Some(e) = batch.events.get(item.idx as usize) else {
+                continue;
+            };
+            match (item.role, e) {
+                (Role::Lines, ArchivedEvent::Sale(_) | ArchivedEvent::Refund(_)) => {
+                    if let Some(v) = view(e) {
+                        for l in v.lines {
+                            touch(v.store, l.sku.to_native());
+                        }
+                    }
+                }
+                (Role::Stock, ArchivedEvent::Movement(m)) => {
+                    touch(m.store.to_native(), m.sku.to_native());
+                }
+                _ => {}
+            }
+        }
     }
 
     /// A receipt, shrink or transfer. False if the SKU is not this shard's.

@@ -242,6 +242,13 @@ impl SkuState {
         self.held().iter().filter(|e| e.ts() >= floor).count()
     }
 
+    /// The time in the slot the window's next movement goes to (0 if the
+    /// window must make room first): read ahead of an apply so that slot
+    /// is in the cache when it is written.
+    pub(super) fn next_slot_ts(&self) -> i64 {
+        self.slots.get(usize::from(self.len)).map_or(0, |e| e.ts())
+    }
+
     /// Entries the window holds (for stats; reads nothing but the entity).
     pub(super) fn held_len(&self) -> usize {
         usize::from(self.len)
