@@ -13,10 +13,14 @@
 //!   applied movement stamped after the current count and no earlier
 //!   than the SKU's floor: exactly the ones a count that can still be
 //!   ordered needs to recompute the level. The floor is
-//!   `updated_ts - late_window`, raised for a hot SKU whose window would
-//!   pass [`MAX_SLOTS`] movements to the newest it dropped (memory stays
-//!   bounded; its late window is just shorter, but always holds at least
-//!   its newest [`MAX_WINDOW`]). A count older than the floor is refused.
+//!   `updated_ts - late_window`, raised for a hot SKU to the newest
+//!   movement past its newest [`MAX_WINDOW`] (memory stays bounded; its
+//!   late window is just shorter). A count older than the floor is
+//!   refused. That raise is a function of the movements alone, not of
+//!   the order they came in, so a SKU activated again from its stored
+//!   movements refuses the same counts: the window applies it when a
+//!   count asks (`settle`) or when it runs out of slots, and until then
+//!   may hold movements below it, as below the floor.
 //!   Entries that fell below the floor may still be held until the
 //!   window needs their room: the floor only rises, a count is never
 //!   older than it, and a count sums only the movements after itself, so
@@ -26,11 +30,9 @@
 
 use tillstream_storage::{EventKey, StockLevelRow};
 
-/// Fewest movements a hot SKU keeps for late counts once its window was
-/// cut: a window that fills [`MAX_SLOTS`] slots with movements still
-/// above its floor drops all but its newest `MAX_WINDOW` at once, so a
-/// SKU that moves more than about once every 3.5 s of its late window
-/// has a shorter one.
+/// Most movements one SKU keeps for late counts (module docs): a SKU
+/// that moves more than about once every 3.5 s of its late window has a
+/// shorter one.
 pub(super) const MAX_WINDOW: usize = 1024;
 
 /// The most slots (12 bytes each, 24 KiB) a window has, so `len` fits
@@ -235,11 +237,20 @@ impl SkuState {
         self.slots.get(..usize::from(self.len)).unwrap_or_default()
     }
 
-    /// Movements in the window at or above the floor.
+    /// Movements in the window at or above the floor, once settled.
     #[cfg(test)]
     pub(super) fn window_len(&self, late_window: i64) -> usize {
-        let floor = self.floor(late_window);
-        self.held().iter().filter(|e| e.ts() >= floor).count()
+        let s = self.settled(late_window);
+        let floor = s.floor(late_window);
+        s.held().iter().filter(|e| e.ts() >= floor).count()
+    }
+
+    /// A copy with the hot-window rule applied: what a count would see.
+    #[cfg(test)]
+    pub(super) fn settled(&self, late_window: i64) -> Self {
+        let mut s = self.clone();
+        s.settle(late_window);
+        s
     }
 
     /// The time in the slot the window's next movement goes to (0 if the
@@ -254,7 +265,8 @@ impl SkuState {
         usize::from(self.len)
     }
 
-    /// The oldest time a count may have and still be ordered.
+    /// The oldest time a count may have and still be ordered, once the
+    /// window is settled (module docs); before, possibly lower.
     fn floor(&self, late_window: i64) -> i64 {
         let floor = self.updated_ts.saturating_sub(late_window);
         if self.cut {
@@ -266,10 +278,9 @@ impl SkuState {
 
     /// Adds a stored, applied movement to the window on activation, if the
     /// rule still needs it. Rows may come in any order: the window takes
-    /// them as they come and, once full, drops its oldest, so it ends up
-    /// holding at least the newest `MAX_WINDOW` whatever the order
-    /// (sorting a store's whole late window first cost 40% of a
-    /// restart).
+    /// them as they come, and settled it holds the newest `MAX_WINDOW`
+    /// whatever the order (sorting a store's whole late window first cost
+    /// 40% of a restart).
     pub(super) fn load_movement(&mut self, ts: i64, delta: i64, late_window: i64) {
         let after_count = !self.counted || ts > self.count_ts;
         let floor = self.floor(late_window);
@@ -303,6 +314,7 @@ impl SkuState {
         counted: i64,
         late_window: i64,
     ) -> CountOutcome {
+        self.settle(late_window);
         if self.updated_ts != i64::MIN && ts < self.floor(late_window) {
             // Movements after it may be gone from the window.
             return CountOutcome::TooLate;
@@ -343,9 +355,7 @@ impl SkuState {
 
     /// Called with every slot taken: drops the entries below the floor,
     /// and then, if that freed less than a quarter of the slots, doubles
-    /// them; a window already at [`MAX_SLOTS`] keeps its newest
-    /// [`MAX_WINDOW`] and is cut at the newest it dropped (a count at or
-    /// after that time sums only movements after it, all still held).
+    /// them; a window already at [`MAX_SLOTS`] is cut (`cut_to_newest`).
     fn make_room(&mut self, floor: i64) {
         self.keep_only(|t| t >= floor);
         let held = usize::from(self.len);
@@ -362,8 +372,26 @@ impl SkuState {
             self.slots = grown;
             return;
         }
-        // Oldest first up to the cut, newest `MAX_WINDOW` after it: one
-        // selection, O(n), every `MAX_SLOTS - MAX_WINDOW` movements.
+        self.cut_to_newest();
+    }
+
+    /// Applies the hot-window rule (module docs) before a count is
+    /// checked: a window of at most [`MAX_WINDOW`] entries needs nothing.
+    fn settle(&mut self, late_window: i64) {
+        if usize::from(self.len) <= MAX_WINDOW {
+            return;
+        }
+        let floor = self.floor(late_window);
+        self.keep_only(|t| t >= floor);
+        self.cut_to_newest();
+    }
+
+    /// Keeps the newest [`MAX_WINDOW`] entries and raises the floor to
+    /// the newest it dropped: a count at or after that time sums only
+    /// movements after it, all still held. One selection, O(n), once per
+    /// count or per `MAX_SLOTS - MAX_WINDOW` movements.
+    fn cut_to_newest(&mut self) {
+        let held = usize::from(self.len);
         let dropped = held.saturating_sub(MAX_WINDOW);
         if dropped == 0 {
             return;

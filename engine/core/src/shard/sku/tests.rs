@@ -11,8 +11,9 @@ fn key(idx: u32) -> EventKey {
     }
 }
 
-/// The window's entries at or above the floor, oldest first.
+/// The window's entries at or above the floor once settled, oldest first.
 fn live(s: &SkuState, lw: i64) -> Vec<(i64, i64)> {
+    let s = s.settled(lw);
     let floor = s.floor(lw);
     let mut live: Vec<_> = s
         .held()
@@ -25,7 +26,7 @@ fn live(s: &SkuState, lw: i64) -> Vec<(i64, i64)> {
 }
 
 #[test]
-fn activation_in_any_order_keeps_every_movement_after_its_cut() {
+fn activation_does_not_depend_on_the_order_of_stored_movements() {
     let row = StockLevelRow {
         store: 1,
         sku: 2,
@@ -49,26 +50,51 @@ fn activation_in_any_order_keeps_every_movement_after_its_cut() {
     for &t in &ts {
         b.load_movement(t, t % 3, LW);
     }
+    let (a, b) = (a.settled(LW), b.settled(LW));
+    // Cut at the newest movement past the newest MAX_WINDOW, whatever the
+    // order, with every movement after the cut held.
+    let cut = sorted[sorted.len() - MAX_WINDOW - 1];
+    assert_eq!((a.cut_ts(), b.cut_ts()), (cut, cut));
+    let after: Vec<_> = sorted
+        .iter()
+        .filter(|&&t| t > cut)
+        .map(|&t| (t, t % 3))
+        .collect();
     for s in [&a, &b] {
-        // The window was cut (3 windows do not fit), it holds every
-        // movement after its cut, and never fewer than the newest
-        // MAX_WINDOW.
-        assert!(s.cut);
-        let cut = s.cut_ts();
-        let after: Vec<_> = sorted
-            .iter()
-            .filter(|&&t| t > cut)
-            .map(|&t| (t, t % 3))
-            .collect();
         let held: Vec<_> = live(s, LW).into_iter().filter(|&(t, _)| t > cut).collect();
         assert_eq!(held, after);
-        assert!(live(s, LW).len() >= MAX_WINDOW);
-        assert!(s.held_len() <= MAX_SLOTS);
     }
-    // A count both can order gives both the same level.
-    let t = a.cut_ts().max(b.cut_ts());
-    assert_eq!(a.count(t, key(1), 5, LW), b.count(t, key(1), 5, LW));
-    assert_eq!(a.row(1, 2), b.row(1, 2));
+}
+
+#[test]
+fn a_hot_sku_refuses_the_same_counts_live_and_activated_again() {
+    // One movement a microsecond for 20,000 µs, a late window of 1,800:
+    // the window holds more than MAX_WINDOW above its floor, so the
+    // newest MAX_WINDOW decide the floor, and the SKU activated again
+    // from its stored movements (in any order) must agree.
+    const LW: i64 = 1_800;
+    let mut live = SkuState::empty();
+    for t in 0..20_000 {
+        live.movement(t, 1, LW);
+    }
+    let row = live.row(1, 2);
+    let mut again = SkuState::from_row(&row);
+    for i in 0..20_000i64 {
+        let t = (i * 7_919) % 20_000;
+        again.load_movement(t, 1, LW);
+    }
+    let expected_floor = 20_000 - MAX_WINDOW as i64 - 1;
+    assert_eq!(live.settled(LW).floor(LW), expected_floor);
+    assert_eq!(again.settled(LW).floor(LW), expected_floor);
+    for t in [expected_floor - 1, expected_floor, 19_990] {
+        let (mut a, mut b) = (live.clone(), again.clone());
+        assert_eq!(
+            a.count(t, key(1), 5, LW),
+            b.count(t, key(1), 5, LW),
+            "count at {t}"
+        );
+        assert_eq!(a.row(1, 2), b.row(1, 2));
+    }
 }
 
 #[test]
@@ -159,23 +185,37 @@ fn the_window_is_pruned_as_time_advances() {
 
 #[test]
 fn a_hot_sku_keeps_a_bounded_window() {
-    const LW: i64 = i64::MAX / 4;
     let mut s = SkuState::empty();
-    let n = MAX_SLOTS as i64 + 10;
+    let n = MAX_WINDOW as i64 + 10;
     for t in 0..n {
-        s.movement(t, 1, LW);
+        s.movement(t, 1, i64::MAX / 4);
     }
-    // The window filled its slots, kept its newest MAX_WINDOW, and took
-    // the last 10 after them.
-    assert_eq!(s.window_len(LW), MAX_WINDOW + 10);
-    let cut = n - 10 - MAX_WINDOW as i64 - 1;
-    assert_eq!(s.count(cut - 1, key(1), 0, LW), CountOutcome::TooLate);
+    assert_eq!(s.window_len(i64::MAX / 4), MAX_WINDOW);
+    assert_eq!(s.count(8, key(1), 0, i64::MAX / 4), CountOutcome::TooLate);
     // At the cut: every movement after it is still there.
     assert_eq!(
-        s.count(cut, key(1), 0, LW),
-        CountOutcome::Applied { delta: -(cut + 1) }
+        s.count(9, key(1), 0, i64::MAX / 4),
+        CountOutcome::Applied { delta: -10 }
     );
-    assert_eq!(s.level, n - cut - 1);
+    assert_eq!(s.level, n - 10);
+    // Past MAX_SLOTS the window cuts itself, with the same result.
+    let mut s = SkuState::empty();
+    let n = 3 * MAX_SLOTS as i64;
+    for t in 0..n {
+        s.movement(t, 1, i64::MAX / 4);
+    }
+    assert!(s.held_len() <= MAX_SLOTS);
+    let cut = n - MAX_WINDOW as i64 - 1;
+    assert_eq!(
+        s.count(cut - 1, key(1), 0, i64::MAX / 4),
+        CountOutcome::TooLate
+    );
+    assert_eq!(
+        s.count(cut, key(1), 0, i64::MAX / 4),
+        CountOutcome::Applied {
+            delta: MAX_WINDOW as i64 - n
+        }
+    );
 }
 
 #[test]
@@ -188,8 +228,8 @@ fn the_entity_is_one_cache_line() {
 #[test]
 fn a_long_lived_window_drops_without_growing() {
     // Time advances by 100 per movement and the window spans 1000: it
-    // keeps the newest 11 while the vector's dropped head is moved
-    // out now and then, so the vector stays within 4/3 of that.
+    // keeps the newest 11, and what fell below the floor is dropped when
+    // the slots are full, so they stay within twice that.
     let mut s = SkuState::empty();
     for t in 0..100_000i64 {
         s.movement(t * 100, 1, LW);
@@ -229,13 +269,10 @@ fn a_row_round_trips() {
     assert_eq!(t.row(3, 4), s.row(3, 4));
 }
 
-/// The stock rule as a plain sorted vector of every movement at or above
-/// the floor, pruned after every operation. The entity must agree with it
-/// on every outcome, row and floor, and on the movements at or above the
-/// floor. The one thing the model does not decide is when a hot window is
-/// cut: it takes the entity's cut, after checking that the entity held
-/// more than 3/4 of [`MAX_SLOTS`] movements then and kept at least its
-/// newest [`MAX_WINDOW`].
+/// The stock rule as a plain sorted vector, pruned to the floor and cut
+/// to [`MAX_WINDOW`] after every movement. The entity, settled, must
+/// agree with it on every outcome, row and floor, and on the movements
+/// after the floor.
 #[derive(Debug, Default)]
 struct Model {
     level: i64,
@@ -277,6 +314,9 @@ impl Model {
         if ts >= self.floor(lw) {
             let at = self.window.partition_point(|(t, _)| *t <= ts);
             self.window.insert(at, (ts, delta));
+            if self.window.len() > MAX_WINDOW {
+                self.cut_ts = self.cut_ts.max(self.window.remove(0).0);
+            }
         }
         self.prune(i64::MIN, lw);
         (true, self.level)
@@ -303,21 +343,6 @@ impl Model {
         CountOutcome::Applied {
             delta: self.level.saturating_sub(before),
         }
-    }
-
-    /// Takes the entity's cut at `cut_ts`, checking it was due.
-    fn follow_cut(&mut self, cut_ts: i64, lw: i64) {
-        if cut_ts <= self.cut_ts {
-            return;
-        }
-        assert!(
-            self.window.len() > 3 * MAX_SLOTS / 4,
-            "cut with only {} movements held",
-            self.window.len()
-        );
-        self.cut_ts = cut_ts;
-        self.prune(i64::MIN, lw);
-        assert!(self.window.len() >= MAX_WINDOW, "{}", self.window.len());
     }
 }
 
@@ -352,19 +377,18 @@ fn check_against_model(ops: &[Op], lw: i64, drift: i64) -> SkuState {
                 assert_eq!(s.count(base + t, k, c, lw), m.count(base + t, k, c, lw));
             }
         }
-        m.follow_cut(s.cut_ts(), lw);
         assert_eq!(s.row(1, 2).count_ts_us, m.count.map(|c| c.0), "op {i}");
         assert_eq!(
             (s.level, s.version, s.updated_ts),
             (m.level, m.version, m.updated_ts)
         );
-        assert_eq!(s.floor(lw), m.floor(lw), "op {i}");
         assert!(s.held_len() <= MAX_SLOTS);
         if i % 16 == 0 || i + 1 == ops.len() {
+            assert_eq!(s.settled(lw).floor(lw), m.floor(lw), "op {i}");
             // Entries at the cut's very time are not compared: a count
-            // at or after it sums none of them, and the cut may have
-            // dropped some of several with that time.
-            let cut = s.cut_ts();
+            // at or after it sums none of them, and the model and the
+            // entity may drop different ones of several with that time.
+            let cut = s.settled(lw).cut_ts();
             let after_cut = |w: Vec<(i64, i64)>| -> Vec<(i64, i64)> {
                 let mut w: Vec<_> = w.into_iter().filter(|&(t, _)| t > cut).collect();
                 w.sort_unstable();
