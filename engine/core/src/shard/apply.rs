@@ -104,22 +104,10 @@ impl ShardCore {
     /// next, met them one at a time. New SKUs and stores not active are
     /// left to the apply.
     fn warm_skus(&self, batch: &ArchivedBatch, items: &[WorkItem]) {
-        let mut skus: Option<(u32, &StoreSkus)> = None;
-        let mut touch = |store: u32, sku: u64| {
-            if !self.owns(store, sku) {
-                return;
-            }
-            let map = match skus {
-                Some((s, map)) if s == store => map,
-                _ => match self.stores.get(store) {
-                    Some(map) => {
-                        skus = Some((store, map));
-                        map
-                    }
-                    None => return,
-                },
-            };
-            if let Some(s) = map.skus.get(&sku) {
+        let touch = |store: u32, sku: u64| {
+            if self.owns(store, sku)
+                && let Some(s) = self.stores.get(store).and_then(|m| m.skus.get(&sku))
+            {
                 std::hint::black_box(s.next_slot_ts());
             }
         };

@@ -52,23 +52,29 @@ impl ActiveStores {
         self.slots.len()
     }
 
+    /// The store's place in `slots`: the last one found, without hashing,
+    /// or the index's.
+    fn place(&self, store: u32) -> Option<usize> {
+        match self.last {
+            Some((s, at)) if s == store => Some(at),
+            _ => self.index.get(&store).copied(),
+        }
+    }
+
     pub(super) fn get(&self, store: u32) -> Option<&StoreSkus> {
-        let &at = self.index.get(&store)?;
+        let at = self.place(store)?;
         self.slots.get(at).map(|(_, s)| s)
     }
 
     pub(super) fn get_mut(&mut self, store: u32) -> Option<&mut StoreSkus> {
-        let &at = self.index.get(&store)?;
+        let at = self.place(store)?;
         self.slots.get_mut(at).map(|(_, s)| s)
     }
 
     /// The store's entry; a store not active is activated empty, and the
     /// `bool` says so.
     pub(super) fn get_or_load(&mut self, store: u32) -> (&mut StoreSkus, bool) {
-        let at = match self.last {
-            Some((s, at)) if s == store => Some(at),
-            _ => self.index.get(&store).copied(),
-        };
+        let at = self.place(store);
         let (at, new) = match at {
             Some(at) if at < self.slots.len() => (at, false),
             _ => {

@@ -100,8 +100,8 @@ impl Entry {
 struct Rare {
     /// Meaningful when the entity's `counted` is set.
     count_key: EventKey,
-    /// The time of the newest movement dropped to keep the window within
-    /// [`MAX_SLOTS`]: counts before it can no longer be ordered.
+    /// The time of the newest movement dropped past the window's newest
+    /// [`MAX_WINDOW`]: counts before it can no longer be ordered.
     /// Meaningful when the entity's `cut` is set.
     cut_ts: i64,
 }
