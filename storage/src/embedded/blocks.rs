@@ -30,11 +30,9 @@ pub(crate) trait StoredRow:
     const WHAT: &'static str;
 }
 
-/// A row of a time-series table, stored in blocks grouped by
-/// (partition, hour).
+/// A row of a time-series table (`Packed::TABLE`), stored in blocks
+/// grouped by (partition, hour).
 pub(crate) trait BlockRow: StoredRow + Clone + super::packed::Packed {
-    /// Its table.
-    const TABLE: Table;
     /// The block partition: store, device or 0 (see `keys::part_width`).
     fn part(&self) -> u64;
     /// Event (or receipt) time, UTC µs.
@@ -61,9 +59,8 @@ stored! {
 }
 
 macro_rules! block_row {
-    ($ty:ty, $table:expr, |$r:ident| $part:expr) => {
+    ($ty:ty, |$r:ident| $part:expr) => {
         impl BlockRow for $ty {
-            const TABLE: Table = $table;
             fn part(&self) -> u64 {
                 let $r = self;
                 $part
@@ -75,14 +72,12 @@ macro_rules! block_row {
     };
 }
 
-block_row!(SaleRow, Table::Sales, |r| u64::from(r.store));
-block_row!(SaleLineRow, Table::SaleLines, |r| u64::from(r.store));
-block_row!(StockMovementRow, Table::StockMovements, |r| u64::from(
-    r.store
-));
-block_row!(DeviceHealthRow, Table::DeviceHealth, |r| r.key.device);
-block_row!(RejectedEventRow, Table::RejectedEvents, |r| r.key.device);
-block_row!(DeadLetterRow, Table::DeadLetters, |_r| 0);
+block_row!(SaleRow, |r| u64::from(r.store));
+block_row!(SaleLineRow, |r| u64::from(r.store));
+block_row!(StockMovementRow, |r| u64::from(r.store));
+block_row!(DeviceHealthRow, |r| r.key.device);
+block_row!(RejectedEventRow, |r| r.key.device);
+block_row!(DeadLetterRow, |_r| 0);
 
 fn encode_err(what: &'static str, e: RkyvError) -> StoreError {
     StoreError::Backend {

@@ -23,7 +23,12 @@ use std::path::Path;
 use crate::store::StoreError;
 
 /// The newest format this build reads, and the one it writes.
-pub const DATA_FORMAT: u32 = 1;
+///
+/// - 1: every directory before format 2 (and before this file).
+/// - 2: `stock_levels` blocks are written in the packed format, under
+///   keys one byte longer (`keys::level_bucket_key`); format 1's rkyv
+///   blocks are still read, and rewritten when their bucket changes.
+pub const DATA_FORMAT: u32 = 2;
 
 /// The file's name in the data directory.
 pub(crate) const FILE: &str = "FORMAT";

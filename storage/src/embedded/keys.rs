@@ -108,31 +108,66 @@ pub(crate) fn block_hour(table: Table, key: &[u8]) -> Option<u32> {
 
 pub(crate) use crate::buckets::level_bucket;
 
-/// `store u32 | bucket u16`: one block of levels, sorted by SKU.
-pub(crate) fn level_bucket_key(store: u32, bucket: u16) -> [u8; 6] {
-    let mut key = [0; 6];
+/// The last byte of the keys of level blocks in the packed format
+/// (data format 2): `levels` tells a value's encoding by its key's length.
+const PACKED_LEVELS: u8 = 1;
+
+/// `store u32 | bucket u16`: where a store's bucket keys start; also the
+/// whole key of a bucket block in rkyv, as data format 1 wrote them (still
+/// read, rewritten packed when the bucket next changes).
+pub(crate) fn level_bucket_prefix(store: u32, bucket: u16) -> [u8; RKYV_LEVEL_BUCKET_KEY_LEN] {
+    let mut key = [0; RKYV_LEVEL_BUCKET_KEY_LEN];
     key[..4].copy_from_slice(&store.to_be_bytes());
     key[4..].copy_from_slice(&bucket.to_be_bytes());
     key
 }
 
-/// `store u32 | FF FF | commit u64`: the levels of one store that one
-/// commit changed, sorted by SKU (see `commit::put_levels`). After every
+/// `store u32 | bucket u16 | 01`: one block of levels in the packed
+/// format, sorted by SKU. Right after the bucket's rkyv key, if any.
+pub(crate) fn level_bucket_key(store: u32, bucket: u16) -> [u8; LEVEL_BUCKET_KEY_LEN] {
+    let mut key = [PACKED_LEVELS; LEVEL_BUCKET_KEY_LEN];
+    key[..6].copy_from_slice(&level_bucket_prefix(store, bucket));
+    key
+}
+
+/// Length of a bucket key in rkyv (data format 1).
+pub(crate) const RKYV_LEVEL_BUCKET_KEY_LEN: usize = 6;
+/// Length of a bucket key in the packed format.
+pub(crate) const LEVEL_BUCKET_KEY_LEN: usize = 7;
+
+/// `store u32 | FF FF | commit u64 | 01`: the levels of one store that one
+/// commit changed, packed and sorted by SKU (see `levels`). After every
 /// bucket key of the store, so a store's prefix holds both.
 pub(crate) fn level_delta_key(store: u32, commit: u64) -> [u8; LEVEL_DELTA_KEY_LEN] {
-    let mut key = [0; LEVEL_DELTA_KEY_LEN];
+    let mut key = [PACKED_LEVELS; LEVEL_DELTA_KEY_LEN];
+    key[..RKYV_LEVEL_DELTA_KEY_LEN].copy_from_slice(&rkyv_level_delta_key(store, commit));
+    key
+}
+
+/// `store u32 | FF FF | commit u64`: a delta in rkyv, as data format 1
+/// wrote them; still read.
+pub(crate) fn rkyv_level_delta_key(store: u32, commit: u64) -> [u8; RKYV_LEVEL_DELTA_KEY_LEN] {
+    let mut key = [0; RKYV_LEVEL_DELTA_KEY_LEN];
     key[..4].copy_from_slice(&store.to_be_bytes());
     key[4..6].copy_from_slice(&u16::MAX.to_be_bytes());
     key[6..].copy_from_slice(&commit.to_be_bytes());
     key
 }
 
-/// Length of a level delta key.
-pub(crate) const LEVEL_DELTA_KEY_LEN: usize = 14;
+/// Length of a level delta key in rkyv (data format 1).
+pub(crate) const RKYV_LEVEL_DELTA_KEY_LEN: usize = 14;
+/// Length of a level delta key in the packed format.
+pub(crate) const LEVEL_DELTA_KEY_LEN: usize = 15;
+
+/// Whether a key of the length of a packed level key (7 or 15 bytes)
+/// ends as one does; a key of another length says nothing by its end.
+pub(crate) fn is_packed_level_key(key: &[u8]) -> bool {
+    key.last() == Some(&PACKED_LEVELS)
+}
 
 /// `store u32 | FF FF`: the prefix of one store's level deltas.
 pub(crate) fn level_delta_prefix(store: u32) -> [u8; 6] {
-    level_bucket_key(store, u16::MAX)
+    level_bucket_prefix(store, u16::MAX)
 }
 
 /// Length of the keys of the first layout, one level per key
@@ -201,6 +236,15 @@ mod tests {
         assert!(level_bucket_key(1, LEVEL_BUCKETS - 1)[..] < level_delta_key(1, 0)[..]);
         assert!(level_delta_key(1, u64::MAX)[..] < level_bucket_key(2, 0)[..]);
         assert!(level_delta_key(1, 9).starts_with(&level_delta_prefix(1)));
+        // A bucket's packed key sorts right after its rkyv key, before the
+        // next bucket's, and both layouts of a delta are under the prefix.
+        assert!(level_bucket_prefix(1, 3)[..] < level_bucket_key(1, 3)[..]);
+        assert!(level_bucket_key(1, 3)[..] < level_bucket_prefix(1, 4)[..]);
+        assert!(level_bucket_key(1, 3).starts_with(&level_bucket_prefix(1, 3)));
+        assert!(rkyv_level_delta_key(1, 9).starts_with(&level_delta_prefix(1)));
+        assert!(level_bucket_key(1, LEVEL_BUCKETS - 1)[..] < rkyv_level_delta_key(1, 0)[..]);
+        assert!(is_packed_level_key(&level_delta_key(1, 9)));
+        assert!(!is_packed_level_key(&rkyv_level_delta_key(1, 9)));
         assert!((0..10_000).all(|sku| level_bucket(sku) < LEVEL_BUCKETS));
         // Dense SKU numbers spread over every bucket.
         let used: std::collections::HashSet<u16> = (0..1_000).map(level_bucket).collect();

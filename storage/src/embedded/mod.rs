@@ -8,8 +8,8 @@
 //! | keyspace | key | value |
 //! |---|---|---|
 //! | `blocks` | `table u8 \| part \| hour u32 \| commit u64` | a 20-byte pointer into the block log (`blocks/`, [`blocklog`]) to the block of all rows of that group one commit wrote, in the packed format (`packed`; an rkyv `Vec<Row>` in stores written before it, which the pointer's magic tells); or, in a backup or a store written before the log, that block inline as an rkyv `Vec<Row>` |
-//! | `stock_levels` | `store u32 \| bucket u16` | rkyv `Vec<StockLevelRow>` of the store's SKUs in that bucket (`keys::level_bucket`), sorted by SKU |
-//! | `stock_levels` | `store u32 \| FF FF \| commit u64` | a delta: rkyv `Vec<StockLevelRow>` of the store's levels that commit changed, sorted by SKU; per SKU the highest `version` of all a store's values wins (`levels`) |
+//! | `stock_levels` | `store u32 \| bucket u16 \| 01` | a packed block (`packed`) of the store's SKUs in that bucket (`keys::level_bucket`), sorted by SKU; without the `01`, the same block in rkyv, as data format 1 wrote it |
+//! | `stock_levels` | `store u32 \| FF FF \| commit u64 \| 01` | a delta: a packed block of the store's levels that commit changed, sorted by SKU (without the `01`: rkyv, format 1); per SKU the highest `version` of all a store's values wins (`levels`) |
 //! | `terminal_rollups` | `store u32 \| day u32 \| terminal u32 \| minute u16` | rkyv `TerminalRollupRow` (last write wins) |
 //! | `device_watermarks` | `device u64` | rkyv `WatermarkRow` (highest `seq` wins) |
 //! | `device_batches` | `device u64 \| seq u64` | rkyv `BatchRow` |

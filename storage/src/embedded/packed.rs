@@ -39,7 +39,7 @@
 
 use rkyv::util::AlignedVec;
 
-use super::blocks::BlockRow;
+use super::blocks::StoredRow;
 use crate::rows::*;
 use crate::store::StoreError;
 
@@ -71,8 +71,11 @@ const PEAK_DECAY: usize = 8;
 /// Room every buffer may keep, whatever it packed last.
 const KEPT_ROOM: usize = 64 * 1024;
 
-/// A row type the block log can pack.
+/// A row type the packed format can hold: the block log's raw rows, and
+/// the level blocks of `stock_levels` (`levels`).
 pub(crate) trait Packed: Sized {
+    /// Its table, in the block's header.
+    const TABLE: Table;
     /// Writes the row's fields.
     fn pack(&self, p: &mut Packer);
     /// Reads a row's fields, in the order `pack` wrote them.
@@ -382,7 +385,7 @@ impl<'a> Unpacker<'a> {
 }
 
 /// The rows of a packed block of `T`'s table.
-pub(crate) fn decode<T: BlockRow>(bytes: &[u8]) -> Result<Vec<T>, StoreError> {
+pub(crate) fn decode<T: Packed + StoredRow>(bytes: &[u8]) -> Result<Vec<T>, StoreError> {
     let mut out = Vec::new();
     decode_each(bytes, |row| out.push(row))?;
     Ok(out)
@@ -390,7 +393,7 @@ pub(crate) fn decode<T: BlockRow>(bytes: &[u8]) -> Result<Vec<T>, StoreError> {
 
 /// Hands each row of a packed block of `T`'s table to `row`, in order;
 /// none is kept. On an error, the rows before it were handed over.
-pub(crate) fn decode_each<T: BlockRow>(
+pub(crate) fn decode_each<T: Packed + StoredRow>(
     bytes: &[u8],
     mut row: impl FnMut(T),
 ) -> Result<(), StoreError> {

@@ -5,13 +5,13 @@ use proptest::prelude::*;
 use rkyv::util::AlignedVec;
 
 use super::{Packer, decode};
-use crate::embedded::blocks::BlockSet;
+use crate::embedded::blocks::{BlockRow, BlockSet, StoredRow};
 use crate::rows::*;
 use crate::store::StoreError;
 use crate::testutil::{health_row, key};
 
 /// Packs `rows`, in order, as one block.
-fn encode_rows<'a, T: super::BlockRow + 'a>(rows: impl Iterator<Item = &'a T>) -> AlignedVec {
+fn encode_rows<'a, T: super::Packed + 'a>(rows: impl Iterator<Item = &'a T>) -> AlignedVec {
     let mut p = Packer::new(T::TABLE);
     for r in rows {
         p.push(r);
@@ -20,7 +20,7 @@ fn encode_rows<'a, T: super::BlockRow + 'a>(rows: impl Iterator<Item = &'a T>) -
     p.out
 }
 
-fn packed<T: super::BlockRow>(rows: &[T]) -> AlignedVec {
+fn packed<T: super::Packed>(rows: &[T]) -> AlignedVec {
     encode_rows(rows.iter())
 }
 
@@ -202,7 +202,28 @@ fn arb_dead() -> impl Strategy<Value = DeadLetterRow> {
         })
 }
 
-fn round_trips<T: super::BlockRow + PartialEq + std::fmt::Debug>(
+fn arb_level() -> impl Strategy<Value = StockLevelRow> {
+    (
+        (any::<u32>(), any::<u64>(), any::<i64>()),
+        (any::<Option<i64>>(), prop::option::of(arb_key())),
+        (any::<i64>(), any::<u64>()),
+    )
+        .prop_map(
+            |((store, sku, level), (count_ts_us, count_key), (updated_ts_us, version))| {
+                StockLevelRow {
+                    store,
+                    sku,
+                    level,
+                    count_ts_us,
+                    count_key,
+                    updated_ts_us,
+                    version,
+                }
+            },
+        )
+}
+
+fn round_trips<T: super::Packed + StoredRow + PartialEq + std::fmt::Debug>(
     rows: &[T],
 ) -> Result<(), TestCaseError> {
     let bytes = packed(rows);
@@ -222,6 +243,7 @@ proptest! {
         health in prop::collection::vec(arb_health(), 0..20),
         rejected in prop::collection::vec(arb_rejected(), 0..6),
         dead in prop::collection::vec(arb_dead(), 0..6),
+        levels in prop::collection::vec(arb_level(), 0..40),
     ) {
         round_trips(&sales)?;
         round_trips(&lines)?;
@@ -229,6 +251,7 @@ proptest! {
         round_trips(&health)?;
         round_trips(&rejected)?;
         round_trips(&dead)?;
+        round_trips(&levels)?;
     }
 
     /// Whatever the bytes after a valid header, decoding returns rows or
@@ -391,7 +414,7 @@ type Blocks<T> = Vec<((u64, u32), Vec<T>)>;
 
 /// What `BlockSet::pack` must produce: the rows of each (partition, hour),
 /// in the order they came, blocks sorted by key.
-fn grouped<T: super::BlockRow + Clone>(rows: &[T]) -> Blocks<T> {
+fn grouped<T: BlockRow + Clone>(rows: &[T]) -> Blocks<T> {
     let mut groups = std::collections::BTreeMap::<_, Vec<T>>::new();
     for r in rows {
         groups
@@ -402,7 +425,7 @@ fn grouped<T: super::BlockRow + Clone>(rows: &[T]) -> Blocks<T> {
     groups.into_iter().collect()
 }
 
-fn unpacked<T: super::BlockRow>(set: &mut BlockSet) -> Result<Blocks<T>, StoreError> {
+fn unpacked<T: BlockRow>(set: &mut BlockSet) -> Result<Blocks<T>, StoreError> {
     set.blocks()
         .map(|(key, bytes)| Ok((key, decode::<T>(bytes)?)))
         .collect()

@@ -47,6 +47,8 @@ fn unpack_key(u: &mut Unpacker<'_>) -> Result<EventKey, &'static str> {
 }
 
 impl Packed for SaleRow {
+    const TABLE: Table = Table::Sales;
+
     fn pack(&self, p: &mut Packer) {
         p.num(u64::from(self.store));
         p.int(self.ts_us);
@@ -105,6 +107,8 @@ impl Packed for SaleRow {
 }
 
 impl Packed for SaleLineRow {
+    const TABLE: Table = Table::SaleLines;
+
     fn pack(&self, p: &mut Packer) {
         p.num(u64::from(self.store));
         p.int(self.ts_us);
@@ -137,6 +141,8 @@ impl Packed for SaleLineRow {
 }
 
 impl Packed for StockMovementRow {
+    const TABLE: Table = Table::StockMovements;
+
     fn pack(&self, p: &mut Packer) {
         p.num(u64::from(self.store));
         p.int(self.ts_us);
@@ -167,6 +173,8 @@ impl Packed for StockMovementRow {
 }
 
 impl Packed for DeviceHealthRow {
+    const TABLE: Table = Table::DeviceHealth;
+
     fn pack(&self, p: &mut Packer) {
         p.int(self.ts_us);
         pack_key(p, &self.key);
@@ -193,6 +201,8 @@ impl Packed for DeviceHealthRow {
 }
 
 impl Packed for RejectedEventRow {
+    const TABLE: Table = Table::RejectedEvents;
+
     fn pack(&self, p: &mut Packer) {
         p.int(self.ts_us);
         pack_key(p, &self.key);
@@ -213,6 +223,8 @@ impl Packed for RejectedEventRow {
 }
 
 impl Packed for DeadLetterRow {
+    const TABLE: Table = Table::DeadLetters;
+
     fn pack(&self, p: &mut Packer) {
         p.int(self.ts_us);
         p.opt(self.device);
@@ -230,6 +242,45 @@ impl Packed for DeadLetterRow {
             code: u.narrow()?,
             reason: u.text()?,
             raw: u.bytes()?.to_vec(),
+        })
+    }
+}
+
+/// A level: its store and SKU change little from row to row in a block
+/// sorted by SKU, and most SKUs were never counted, so a level takes
+/// about 10 bytes where its rkyv archive took 88.
+impl Packed for StockLevelRow {
+    const TABLE: Table = Table::StockLevels;
+
+    fn pack(&self, p: &mut Packer) {
+        p.num(u64::from(self.store));
+        p.num(self.sku);
+        p.int(self.level);
+        p.opt(self.count_ts_us.map(|ts| ts as u64));
+        let key = self.count_key.unwrap_or(EventKey {
+            device: 0,
+            seq: 0,
+            idx: 0,
+        });
+        p.num(u64::from(self.count_key.is_some()));
+        pack_key(p, &key);
+        p.int(self.updated_ts_us);
+        p.num(self.version);
+    }
+
+    fn unpack(u: &mut Unpacker<'_>) -> Result<Self, &'static str> {
+        Ok(StockLevelRow {
+            store: u.narrow()?,
+            sku: u.num()?,
+            level: u.int()?,
+            count_ts_us: u.opt()?.map(|ts| ts as i64),
+            count_key: {
+                let some = u.flag()?;
+                let key = unpack_key(u)?;
+                some.then_some(key)
+            },
+            updated_ts_us: u.int()?,
+            version: u.num()?,
         })
     }
 }
