@@ -97,8 +97,8 @@ impl ShardCore {
     }
 
     /// Reads, for every SKU the part's lines and stock movements move,
-    /// its entity and the slot its window writes next, before any is
-    /// applied. Each is a cache miss or two at a chain's catalogue size;
+    /// its entity, and prefetches the slot its window writes next, before
+    /// any is applied. Each is a cache miss or two at a chain's catalogue size;
     /// here nothing waits on them, so the CPU has many in flight at once,
     /// where the apply below, with a row's work between one SKU and the
     /// next, met them one at a time. New SKUs and stores not active are
@@ -108,7 +108,7 @@ impl ShardCore {
             if self.owns(store, sku)
                 && let Some(s) = self.stores.get(store).and_then(|m| m.skus.get(&sku))
             {
-                std::hint::black_box(s.next_slot_ts());
+                s.prefetch_next_slot();
             }
         };
         for item in items {
