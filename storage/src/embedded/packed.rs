@@ -77,7 +77,7 @@ pub(crate) trait Packed: Sized {
     /// Its table, in the block's header.
     const TABLE: Table;
     /// Writes the row's fields.
-    fn pack(&self, p: &mut Packer);
+    fn pack(&self, p: &mut RowWriter<'_>);
     /// Reads a row's fields, in the order `pack` wrote them.
     fn unpack(u: &mut Unpacker<'_>) -> Result<Self, &'static str>;
 }
@@ -88,7 +88,6 @@ pub(crate) trait Packed: Sized {
 pub(crate) struct Packer {
     out: AlignedVec,
     prev: [u64; MAX_FIELDS],
-    at: usize,
     row: [u8; SCRATCH],
     n: usize,
     rows: u32,
@@ -103,7 +102,6 @@ impl Packer {
         let mut p = Packer {
             out: AlignedVec::new(),
             prev: [0; MAX_FIELDS],
-            at: 0,
             row: [0; SCRATCH],
             n: 0,
             rows: 0,
@@ -121,22 +119,42 @@ impl Packer {
         self.out.extend_from_slice(&[table as u8, 0, 0, 0]);
         self.out.extend_from_slice(&[0; 4]);
         self.prev = [0; MAX_FIELDS];
-        self.at = 0;
         self.n = 0;
         self.rows = 0;
         self.table = table;
     }
 
     /// Appends one row.
+    ///
+    /// Its fields are written through a [`RowWriter`] that holds the
+    /// write position and the field index in locals: kept in the packer,
+    /// they were loaded and stored again around every byte written to the
+    /// row buffer (the compiler cannot tell that those bytes do not
+    /// overlap them), and that was most of packing's time.
     #[inline]
     pub(crate) fn push<T: Packed>(&mut self, row: &T) {
-        row.pack(self);
-        self.end_row();
+        self.push_fields(|w| row.pack(w));
+    }
+
+    /// Appends one row whose fields `fields` writes.
+    #[inline]
+    pub(crate) fn push_fields(&mut self, fields: impl FnOnce(&mut RowWriter<'_>)) {
+        let mut w = RowWriter {
+            out: &mut self.out,
+            row: &mut self.row,
+            prev: &mut self.prev,
+            n: self.n,
+            at: 0,
+        };
+        fields(&mut w);
+        self.n = w.n;
+        self.rows += 1;
     }
 
     /// The block's bytes, header and every row pushed so far.
     pub(crate) fn finish(&mut self) -> &AlignedVec {
-        self.flush();
+        self.out.extend_from_slice(&self.row[..self.n]);
+        self.n = 0;
         self.out[8..HEADER].copy_from_slice(&self.rows.to_le_bytes());
         &self.out
     }
@@ -164,7 +182,20 @@ impl Packer {
             self.restart(self.table);
         }
     }
+}
 
+/// Writes one row's fields into a [`Packer`] (see [`Packer::push`]).
+pub(crate) struct RowWriter<'p> {
+    out: &'p mut AlignedVec,
+    row: &'p mut [u8; SCRATCH],
+    prev: &'p mut [u64; MAX_FIELDS],
+    /// Bytes of `row` in use.
+    n: usize,
+    /// The next field's index.
+    at: usize,
+}
+
+impl RowWriter<'_> {
     /// Makes room for `bytes` more in the row buffer.
     fn room(&mut self, bytes: usize) {
         if self.n + bytes > SCRATCH {
@@ -223,6 +254,7 @@ impl Packer {
     }
 
     /// An optional number: a flag field, then the value field.
+    #[inline]
     pub(crate) fn opt(&mut self, v: Option<u64>) {
         self.num(u64::from(v.is_some()));
         self.num(v.unwrap_or(0));
@@ -235,10 +267,12 @@ impl Packer {
     }
 
     /// A fixed array, as it is.
+    #[inline]
     pub(crate) fn fixed<const N: usize>(&mut self, b: &[u8; N]) {
         self.bytes_raw(b);
     }
 
+    #[inline]
     fn bytes_raw(&mut self, b: &[u8]) {
         if b.len() > SCRATCH / 2 {
             self.flush();
@@ -250,11 +284,6 @@ impl Packer {
             dst.copy_from_slice(b);
         }
         self.n += b.len();
-    }
-
-    fn end_row(&mut self) {
-        self.at = 0;
-        self.rows += 1;
     }
 }
 

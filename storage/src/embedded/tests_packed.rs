@@ -346,14 +346,15 @@ fn out_of_range_fields_are_corrupt() {
     // One sale line whose quantity (the 9th field) says 2^41: no i32
     // holds it.
     let mut p = Packer::new(Table::SaleLines);
-    for f in [7, 0, 1, 1, 0, 0, 5, 0] {
-        p.num(f);
-    }
-    p.int(1 << 41);
-    for _ in 0..4 {
-        p.num(0);
-    }
-    p.end_row();
+    p.push_fields(|w| {
+        for f in [7, 0, 1, 1, 0, 0, 5, 0] {
+            w.num(f);
+        }
+        w.int(1 << 41);
+        for _ in 0..4 {
+            w.num(0);
+        }
+    });
     let r = decode::<SaleLineRow>(p.finish());
     assert!(
         matches!(&r, Err(StoreError::Corrupt { reason, .. }) if reason.contains("range")),

@@ -1,7 +1,7 @@
 //! Each table's row in the packed format: the order of its fields, which
 //! is the format (see `packed`), and the codes of its enums.
 
-use super::{Packed, Packer, Unpacker};
+use super::{Packed, RowWriter, Unpacker};
 use crate::rows::*;
 
 fn kind_code(k: SaleKind) -> u64 {
@@ -31,7 +31,7 @@ pub(crate) fn reason_of(code: u64) -> Result<MovementReason, &'static str> {
 }
 
 #[inline]
-fn pack_key(p: &mut Packer, k: &EventKey) {
+fn pack_key(p: &mut RowWriter<'_>, k: &EventKey) {
     p.num(k.device);
     p.num(k.seq);
     p.num(u64::from(k.idx));
@@ -49,7 +49,7 @@ fn unpack_key(u: &mut Unpacker<'_>) -> Result<EventKey, &'static str> {
 impl Packed for SaleRow {
     const TABLE: Table = Table::Sales;
 
-    fn pack(&self, p: &mut Packer) {
+    fn pack(&self, p: &mut RowWriter<'_>) {
         p.num(u64::from(self.store));
         p.int(self.ts_us);
         pack_key(p, &self.key);
@@ -109,7 +109,7 @@ impl Packed for SaleRow {
 impl Packed for SaleLineRow {
     const TABLE: Table = Table::SaleLines;
 
-    fn pack(&self, p: &mut Packer) {
+    fn pack(&self, p: &mut RowWriter<'_>) {
         p.num(u64::from(self.store));
         p.int(self.ts_us);
         pack_key(p, &self.key);
@@ -143,7 +143,7 @@ impl Packed for SaleLineRow {
 impl Packed for StockMovementRow {
     const TABLE: Table = Table::StockMovements;
 
-    fn pack(&self, p: &mut Packer) {
+    fn pack(&self, p: &mut RowWriter<'_>) {
         p.num(u64::from(self.store));
         p.int(self.ts_us);
         pack_key(p, &self.key);
@@ -175,7 +175,7 @@ impl Packed for StockMovementRow {
 impl Packed for DeviceHealthRow {
     const TABLE: Table = Table::DeviceHealth;
 
-    fn pack(&self, p: &mut Packer) {
+    fn pack(&self, p: &mut RowWriter<'_>) {
         p.int(self.ts_us);
         pack_key(p, &self.key);
         p.num(u64::from(self.store));
@@ -203,7 +203,7 @@ impl Packed for DeviceHealthRow {
 impl Packed for RejectedEventRow {
     const TABLE: Table = Table::RejectedEvents;
 
-    fn pack(&self, p: &mut Packer) {
+    fn pack(&self, p: &mut RowWriter<'_>) {
         p.int(self.ts_us);
         pack_key(p, &self.key);
         p.num(u64::from(self.code));
@@ -225,7 +225,7 @@ impl Packed for RejectedEventRow {
 impl Packed for DeadLetterRow {
     const TABLE: Table = Table::DeadLetters;
 
-    fn pack(&self, p: &mut Packer) {
+    fn pack(&self, p: &mut RowWriter<'_>) {
         p.int(self.ts_us);
         p.opt(self.device);
         p.bytes(self.peer.as_bytes());
@@ -252,7 +252,7 @@ impl Packed for DeadLetterRow {
 impl Packed for StockLevelRow {
     const TABLE: Table = Table::StockLevels;
 
-    fn pack(&self, p: &mut Packer) {
+    fn pack(&self, p: &mut RowWriter<'_>) {
         p.num(u64::from(self.store));
         p.num(self.sku);
         p.int(self.level);
