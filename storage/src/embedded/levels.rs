@@ -554,6 +554,31 @@ mod tests {
         Ok(())
     }
 
+    proptest::proptest! {
+        /// Against a model: per (store, SKU) the first row of the highest
+        /// version, in (store, SKU) order, with SKUs far apart too (the
+        /// radix sort's high key bytes).
+        #[test]
+        fn newest_levels_keeps_the_first_of_the_highest_version(
+            picks in proptest::collection::vec((0u32..3, 0usize..6, 0u64..4, -9i64..9), 0..200),
+        ) {
+            const SKUS: [u64; 6] = [0, 1, 255, 256, 1 << 40, u64::MAX];
+            let mut rows: Vec<StockLevelRow> = picks
+                .iter()
+                .map(|&(store, sku, version, l)| level(store, SKUS[sku], l, version))
+                .collect();
+            let mut model = std::collections::BTreeMap::new();
+            for r in &rows {
+                let best = model.entry((r.store, r.sku)).or_insert(*r);
+                if r.version > best.version {
+                    *best = *r;
+                }
+            }
+            newest_levels(&mut rows);
+            proptest::prop_assert_eq!(rows, model.into_values().collect::<Vec<_>>());
+        }
+    }
+
     #[test]
     fn the_highest_version_wins_and_ties_keep_the_first() {
         let mut rows = vec![
