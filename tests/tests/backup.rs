@@ -18,12 +18,25 @@ async fn a_backup_taken_under_load_restores_and_verifies() -> anyhow::Result<()>
     let load = tokio::spawn(tillstream_loadgen::run::run(args));
 
     // Mid-stream: what the tables hold now is the floor of the backup.
+    // An ack waits for the journal, not the tables, which the flusher
+    // writes a flush interval or more later (longer on a loaded CI box):
+    // the floor is taken once they hold a watermark.
     let acked = tokio::task::block_in_place(|| server.wait_acked(100, Duration::from_secs(60)));
     anyhow::ensure!(acked.is_some(), "no batch acknowledged within 60 s");
-    let (status, body) = server.get("/v1/watermarks")?;
-    anyhow::ensure!(status == 200, "/v1/watermarks answered {status}: {body}");
-    let floor = marks(&body)?;
-    anyhow::ensure!(!floor.is_empty(), "the tables hold no watermark yet");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let floor = loop {
+        let (status, body) = server.get("/v1/watermarks")?;
+        anyhow::ensure!(status == 200, "/v1/watermarks answered {status}: {body}");
+        let floor = marks(&body)?;
+        if !floor.is_empty() {
+            break floor;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the tables held no watermark 30 s after 100 acknowledged batches"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
 
     let key = opts.data_dir.join(tillstream_auth::token::SIGNING_KEY);
     let admin = tillstream_tests::Tokens::from_key(&key)?.api(tillstream_auth::Role::Admin)?;
