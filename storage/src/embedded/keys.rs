@@ -159,10 +159,12 @@ pub(crate) const RKYV_LEVEL_DELTA_KEY_LEN: usize = 14;
 /// Length of a level delta key in the packed format.
 pub(crate) const LEVEL_DELTA_KEY_LEN: usize = 15;
 
-/// Whether a key of the length of a packed level key (7 or 15 bytes)
-/// ends as one does; a key of another length says nothing by its end.
+/// Whether `key` is a level key of the packed format: of a packed key's
+/// length (7 or 15 bytes) and ending as one does. The length matters: an
+/// rkyv bucket key's last byte is its bucket's, which may be `01` too.
 pub(crate) fn is_packed_level_key(key: &[u8]) -> bool {
-    key.last() == Some(&PACKED_LEVELS)
+    matches!(key.len(), LEVEL_BUCKET_KEY_LEN | LEVEL_DELTA_KEY_LEN)
+        && key.last() == Some(&PACKED_LEVELS)
 }
 
 /// `store u32 | FF FF`: the prefix of one store's level deltas.
@@ -245,6 +247,8 @@ mod tests {
         assert!(level_bucket_key(1, LEVEL_BUCKETS - 1)[..] < rkyv_level_delta_key(1, 0)[..]);
         assert!(is_packed_level_key(&level_delta_key(1, 9)));
         assert!(!is_packed_level_key(&rkyv_level_delta_key(1, 9)));
+        assert!(is_packed_level_key(&level_bucket_key(1, 1)));
+        assert!(!is_packed_level_key(&level_bucket_prefix(1, 1)));
         assert!((0..10_000).all(|sku| level_bucket(sku) < LEVEL_BUCKETS));
         // Dense SKU numbers spread over every bucket.
         let used: std::collections::HashSet<u16> = (0..1_000).map(level_bucket).collect();

@@ -58,10 +58,12 @@ pub(super) const MAX_COUNTED_STORES: usize = 4;
 pub(super) fn newest_levels(rows: &mut Vec<StockLevelRow>) {
     // Sorting one u128 a row, (store, SKU, index), not the rows: moving
     // the rows themselves in a stable sort was 2.6% of the server's CPU,
-    // and (store, SKU, !version, index) tuples, compared field by field,
-    // still 3-4% on a fleet of tills. Within a run of one SKU the indexes
-    // are in order, so the first of the highest version is the first
-    // found.
+    // and a u128 compares as two words where a (store, SKU, !version,
+    // index) tuple took four comparisons. Within a run of one SKU the
+    // indexes are in order, so the first of the highest version is the
+    // first found. What this function still costs (4-5% on a fleet of
+    // tills) is mostly reading the commit's rows: a radix sort in place
+    // of this one saved a tenth of it.
     let mut order: Vec<u128> = rows
         .iter()
         .zip(0u32..)
