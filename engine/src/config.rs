@@ -145,6 +145,16 @@ pub struct ServerConfig {
     /// it: mimalloc returns freed pages on later allocator calls, and an
     /// idle server makes none. None by default.
     pub release_memory: Option<fn()>,
+    /// RSS past which the allocator returns freed pages to the OS at once
+    /// instead of after its delay (`memory_limit`); 0 turns it off.
+    /// Default 400 MiB: below it the server runs at full speed, past it
+    /// it spends some CPU to stay near its live heap.
+    pub memory_soft_limit_bytes: u64,
+    /// Switches the process's allocator between returning freed pages at
+    /// once (`true`) and after its own delay; set by the binary that picks
+    /// the allocator (`tillstream serve`: mimalloc's purge delay). Without
+    /// it the soft limit does nothing. None by default.
+    pub purge_at_once: Option<fn(bool)>,
 }
 
 /// Where the journal and the tables live.
@@ -184,7 +194,7 @@ impl ServerConfig {
             flush_interval: Duration::from_millis(50),
             flush_max_rows: 1 << 20,
             limits: Limits::default(),
-            max_inflight_bytes_per_shard: 32 << 20,
+            max_inflight_bytes_per_shard: 16 << 20,
             tls: None,
             drain_timeout: Duration::from_secs(10),
             max_handshakes: 16 * cores,
@@ -207,6 +217,8 @@ impl ServerConfig {
             store: StoreChoice::default(),
             faults: Faults::default(),
             release_memory: None,
+            memory_soft_limit_bytes: 400 << 20,
+            purge_at_once: None,
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod faults;
 mod flusher;
 mod http;
 mod live_limits;
+mod memory_limit;
 mod metrics;
 /// The names of the metrics on `/metrics`.
 pub use metrics::exported_names as exported_metric_names;

@@ -225,6 +225,9 @@ impl Server {
             cfg.release_memory,
             shutdown_rx.clone(),
         ));
+        if let (Some(set), limit @ 1..) = (cfg.purge_at_once, cfg.memory_soft_limit_bytes) {
+            tokio::spawn(crate::memory_limit::run(limit, set, shutdown_rx.clone()));
+        }
         let (http_addr, http) = match cfg.http {
             Some(addr) => {
                 let (bound, join) = http::serve(

@@ -110,20 +110,65 @@ fn subcommand_of(argv: &[OsString]) -> Option<&str> {
     None
 }
 
-/// Asks mimalloc to hand the pages freed so far back to the OS: the
-/// `release_memory` of binaries whose global allocator is mimalloc.
-#[allow(unsafe_code)] // the one foreign call of the workspace, below
-pub fn mimalloc_release_memory() {
+/// What `serve` may ask of the process's global allocator, which the
+/// binary picks and the engine does not know.
+#[derive(Debug, Clone, Copy)]
+pub struct AllocatorHooks {
+    /// Hands the pages freed so far back to the OS (after each
+    /// passivation sweep).
+    pub release_memory: fn(),
+    /// Returns freed pages at once (`true`) or after the allocator's own
+    /// delay (past and back under the memory soft limit).
+    pub purge_at_once: fn(bool),
+}
+
+/// The hooks of binaries whose global allocator is mimalloc.
+pub const MIMALLOC: AllocatorHooks = AllocatorHooks {
+    release_memory: mimalloc_release_memory,
+    purge_at_once: mimalloc_purge_at_once,
+};
+
+/// Asks mimalloc to hand the pages freed so far back to the OS.
+#[allow(unsafe_code)] // foreign calls std does not wrap; see SAFETY
+fn mimalloc_release_memory() {
     // SAFETY: mi_collect only walks mimalloc's own bookkeeping; it may be
     // called from any thread at any time (it collects that thread's pages
     // and every arena).
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
-/// The `tillstream` program. `release_memory` hands the global
-/// allocator's freed pages back to the OS (after each passivation sweep of
-/// `serve`); the binary passes it because the binary picks the allocator.
-pub fn main(release_memory: Option<fn()>) -> std::process::ExitCode {
+/// mimalloc 3's `mi_option_purge_delay` (its place in `mi_option_e`;
+/// libmimalloc-sys names no constant for it). A test checks that the
+/// option read under this number is the purge delay's default.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// mimalloc's purge delay as the process started (its default, 1 s in
+/// mimalloc 3, or what `MIMALLOC_PURGE_DELAY` set), restored when purging
+/// at once ends.
+static STARTING_PURGE_DELAY: std::sync::OnceLock<std::ffi::c_long> = std::sync::OnceLock::new();
+
+#[allow(unsafe_code)] // foreign calls std does not wrap; see SAFETY
+fn mimalloc_purge_delay() -> std::ffi::c_long {
+    // SAFETY: reads one of mimalloc's option values; any thread, any time.
+    unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }
+}
+
+/// Sets mimalloc's purge delay to 0 (`true`: freed pages go back to the
+/// OS at once) or back to what it was at the start.
+#[allow(unsafe_code)] // foreign calls std does not wrap; see SAFETY
+fn mimalloc_purge_at_once(on: bool) {
+    let starting = *STARTING_PURGE_DELAY.get_or_init(mimalloc_purge_delay);
+    let delay = if on { 0 } else { starting };
+    // SAFETY: mimalloc's options are plain integers it reads on each
+    // purge decision; setting one from any thread at any time is allowed.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, delay) }
+}
+
+/// The `tillstream` program. `allocator` lets `serve` ask the global
+/// allocator to return memory (after each passivation sweep, and past
+/// the memory soft limit); the binary passes it because the binary picks
+/// the allocator.
+pub fn main(allocator: Option<AllocatorHooks>) -> std::process::ExitCode {
     let user_argv: Vec<OsString> = std::env::args_os().collect();
     let root = <Cli as clap::CommandFactory>::command()
         .mut_subcommand("serve", |c| c.args_override_self(true));
@@ -174,7 +219,7 @@ pub fn main(release_memory: Option<fn()>) -> std::process::ExitCode {
                 *a,
                 started,
                 move || commands::serve::reread(&root, &user_argv),
-                release_memory,
+                allocator,
             )
         }
         Command::CheckConfig(a) => commands::config::check(a, &root),
@@ -209,5 +254,27 @@ pub fn main(release_memory: Option<fn()>) -> std::process::ExitCode {
             logging::fail(format!("{e:#}"));
             std::process::ExitCode::from(EXIT_ERROR)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The option number names the purge delay: mimalloc 3's default for
+    /// it is 1,000 ms, and no other option of its enum has that default.
+    /// (A test binary's allocator is the system's, but mimalloc's options
+    /// are there to read and set all the same.)
+    #[test]
+    fn the_purge_delay_option_is_the_one_set() {
+        let starting = std::env::var("MIMALLOC_PURGE_DELAY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        assert_eq!(mimalloc_purge_delay(), starting);
+        mimalloc_purge_at_once(true);
+        assert_eq!(mimalloc_purge_delay(), 0);
+        mimalloc_purge_at_once(false);
+        assert_eq!(mimalloc_purge_delay(), starting);
     }
 }

@@ -191,3 +191,39 @@ async fn a_day_in_use_drops_its_idle_minutes_and_a_late_sale_adds_to_them() -> a
     assert_eq!(days, 0.0, "the day left before the second half came");
     stop_and_verify(p, &[till])
 }
+
+/// Past `--memory-soft-limit-mib` the server has its allocator return
+/// freed pages at once (the gauge says so), and ingest carries on; under
+/// a limit it never reaches, it leaves the allocator alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_memory_soft_limit_freed_pages_go_back_at_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut opts = ServeOpts::new(&dir.path().join("data"), &dir.path().join("serve.log"), 1)?;
+    // Any server is past 1 MiB of RSS.
+    opts.extra = vec!["--memory-soft-limit-mib".into(), "1".into()];
+    let server = ServerProcess::start(&opts)?;
+    let on = wait_metrics(&server, Duration::from_secs(20), |s| {
+        Ok(s.metric("tillstream_allocator_purge_at_once")? == 1.0)
+    })?;
+    assert!(on, "the allocator was not switched to purging at once");
+    let p = Passivating {
+        tokens: Tokens::of_data_dir(&opts.data_dir).await?,
+        endpoint: client_endpoint(&std::fs::read(opts.cert_path())?, opts.quic)?,
+        server,
+        opts,
+    };
+    let scripts = vec![script(500, 1, true, 40, 20, now_us() - 3_600_000_000)];
+    p.stream(&scripts[0], 1, 40).await?;
+    stop_and_verify(p, &scripts)?;
+
+    // A limit far above the server's RSS: the gauge stays 0.
+    let dir = tempfile::tempdir()?;
+    let mut opts = ServeOpts::new(&dir.path().join("data"), &dir.path().join("serve.log"), 1)?;
+    opts.extra = vec!["--memory-soft-limit-mib".into(), "1000000".into()];
+    let server = ServerProcess::start(&opts)?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(server.metric("tillstream_allocator_purge_at_once")?, 0.0);
+    let (status, _) = server.terminate(Duration::from_secs(30))?;
+    assert!(status.success(), "serve exited with {status}");
+    Ok(())
+}

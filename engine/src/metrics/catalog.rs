@@ -161,6 +161,10 @@ pub(super) const DESCRIPTIONS: &[(&str, &str)] = &[
         "Times the allocator was asked to return freed pages to the OS (after passivation sweeps).",
     ),
     (
+        "tillstream_allocator_purge_at_once",
+        "1 while RSS is past --memory-soft-limit-mib and the allocator returns freed pages at once.",
+    ),
+    (
         "tillstream_allocator_collection_seconds",
         "How long asking the allocator to return freed pages to the OS took.",
     ),

@@ -6,5 +6,5 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    tillstream_ops::main(Some(tillstream_ops::mimalloc_release_memory))
+    tillstream_ops::main(Some(tillstream_ops::MIMALLOC))
 }
