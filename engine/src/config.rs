@@ -145,15 +145,16 @@ pub struct ServerConfig {
     /// it: mimalloc returns freed pages on later allocator calls, and an
     /// idle server makes none. None by default.
     pub release_memory: Option<fn()>,
-    /// RSS past which the allocator returns freed pages to the OS at once
-    /// instead of after its delay (`memory_limit`); 0 turns it off.
-    /// Default 400 MiB: below it the server runs at full speed, past it
-    /// it spends some CPU to stay near its live heap.
+    /// RSS past which the server is under memory pressure
+    /// (`memory_limit`): freed pages go back to the OS at once instead of
+    /// after the allocator's delay, and each shard holds half its
+    /// in-flight budget. 0 (the default here; `tillstream serve` sets 256
+    /// MiB) turns it off.
     pub memory_soft_limit_bytes: u64,
     /// Switches the process's allocator between returning freed pages at
     /// once (`true`) and after its own delay; set by the binary that picks
     /// the allocator (`tillstream serve`: mimalloc's purge delay). Without
-    /// it the soft limit does nothing. None by default.
+    /// it the soft limit only holds back budget. None by default.
     pub purge_at_once: Option<fn(bool)>,
 }
 
@@ -194,7 +195,7 @@ impl ServerConfig {
             flush_interval: Duration::from_millis(50),
             flush_max_rows: 1 << 20,
             limits: Limits::default(),
-            max_inflight_bytes_per_shard: 16 << 20,
+            max_inflight_bytes_per_shard: 32 << 20,
             tls: None,
             drain_timeout: Duration::from_secs(10),
             max_handshakes: 16 * cores,
@@ -217,7 +218,7 @@ impl ServerConfig {
             store: StoreChoice::default(),
             faults: Faults::default(),
             release_memory: None,
-            memory_soft_limit_bytes: 400 << 20,
+            memory_soft_limit_bytes: 0,
             purge_at_once: None,
         }
     }

@@ -1,38 +1,58 @@
-//! The memory soft limit: past it, the allocator returns freed pages to
-//! the OS at once instead of after its delay.
+//! The memory soft limit: past it, the server is under memory pressure.
+//! The allocator then returns freed pages to the OS at once instead of
+//! after its delay, and each shard holds half its in-flight budget.
 //!
 //! Why: the live heap of a server with 1 M resident SKUs peaked near
-//! 370 MB (heaptrack), but its RSS near 700-800 MB. The rest were pages
-//! the allocator had freed and kept for a second before returning them
-//! (mimalloc 3's purge delay), while the write path freed and allocated
-//! tens of MB a flush. Returning them at once (purge delay 0) brought
-//! the peak to about 500 MB, for some 8% more CPU an event (madvise calls
-//! and the faults that follow), a price worth paying only when memory is
-//! short. So the server pays it past a limit, as a garbage-collected
-//! runtime collects harder near its memory limit: below the limit the
-//! allocator keeps its own delay, past it purges at once, and it goes
-//! back once RSS falls an eighth below. The decision is a plain function
-//! ([`purge_at_once`]); the task samples RSS every 100 ms.
+//! 370 MB (heaptrack), but its RSS near 700-800 MB. Most of the rest were
+//! pages the allocator had freed and kept for a second before returning
+//! them (mimalloc 3's purge delay), while the write path freed and
+//! allocated tens of MB a flush; and 70-100 MB of the live heap were row
+//! sets on their way to the tables, which the in-flight budget bounds.
+//! Returning pages at once costs some 8% more CPU an event (madvise calls
+//! and the faults that follow), and half the budget (with the row pool
+//! trimmed every second to what that half uses) leaves less slack for a
+//! slow flush: prices worth paying only when memory is short. So
+//! the server pays them past a limit, as a garbage-collected runtime
+//! collects harder near its memory limit, and stops once RSS falls an
+//! eighth below it. The decisions are plain functions ([`pressure`],
+//! [`squeeze_units`]); the task samples RSS every 100 ms.
 
 use std::time::Duration;
 
-use tokio::sync::watch;
+use std::sync::Arc;
 
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::ctx::EngineCtx;
 use crate::metrics as m;
+use crate::rowpool::RowSetPool;
+use crate::shards::BUDGET_UNIT;
 
 /// How often RSS is read: a flush interval or two, so a peak is caught
 /// while it builds, for a read of one small procfs file.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
-/// Whether freed pages should go back to the OS at once, given whether
-/// they do now: from `limit` on, and until RSS is an eighth below it (so
-/// a server near the limit does not switch at every sample).
-pub(crate) fn purge_at_once(now: bool, rss: u64, limit: u64) -> bool {
+/// Under pressure, the row pool drops the sets unused since the last
+/// trim once every this many samples (a second).
+const TRIM_EVERY_SAMPLES: u32 = 10;
+
+/// Whether the server is under memory pressure, given whether it is
+/// now: from `limit` on, and until RSS is an eighth below it (so a server
+/// near the limit does not switch at every sample).
+pub(crate) fn pressure(now: bool, rss: u64, limit: u64) -> bool {
     if now {
         rss >= limit - limit / 8
     } else {
         rss >= limit
     }
+}
+
+/// The units of a shard's budget held back under pressure: half, but never
+/// so many that a batch of the largest frame could no longer pass (which
+/// would stall its device until the pressure ends).
+pub(crate) fn squeeze_units(budget_units: u32, max_frame_units: u32) -> u32 {
+    (budget_units / 2).min(budget_units.saturating_sub(max_frame_units))
 }
 
 /// The process's resident set, in bytes (Linux: `VmRSS` of
@@ -45,41 +65,102 @@ pub(crate) fn resident_bytes() -> Option<u64> {
     Some(kib << 10)
 }
 
-/// Samples RSS until shutdown and tells the allocator, through `set`,
-/// when to purge at once. Nothing happens where RSS cannot be read.
-pub(crate) async fn run(limit_bytes: u64, set: fn(bool), mut shutdown: watch::Receiver<bool>) {
+/// Samples RSS until shutdown; past `limit_bytes`, holds back half of each
+/// shard's budget and tells the allocator, through `purge_at_once` if the
+/// binary gave one, to return freed pages at once. Nothing happens where
+/// RSS cannot be read.
+pub(crate) async fn run(
+    ctx: Arc<EngineCtx>,
+    row_sets: Arc<RowSetPool>,
+    limit_bytes: u64,
+    purge_at_once: Option<fn(bool)>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     if resident_bytes().is_none() {
         tracing::info!("RSS cannot be read here: the memory soft limit is off");
         return;
     }
+    let max_frame_units = (ctx.limits.max_frame_bytes as usize).div_ceil(BUDGET_UNIT);
+    let max_frame_units = u32::try_from(max_frame_units).unwrap_or(u32::MAX);
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut at_once = false;
+    let mut held: Option<Vec<JoinHandle<()>>> = None;
+    let mut trim_every = TRIM_EVERY_SAMPLES;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         }
         let Some(rss) = resident_bytes() else {
             continue;
         };
-        let next = purge_at_once(at_once, rss, limit_bytes);
-        if next != at_once {
-            at_once = next;
-            set(at_once);
-            tracing::info!(
-                rss_mib = rss >> 20,
-                limit_mib = limit_bytes >> 20,
-                purge_at_once = at_once,
-                "memory soft limit: the allocator now returns freed pages {}",
-                if at_once {
-                    "at once"
-                } else {
-                    "after its delay"
-                }
-            );
-            m::allocator_purge_at_once(at_once);
+        let on = pressure(held.is_some(), rss, limit_bytes);
+        if on {
+            // The pool's sets were sized for the whole budget, and the
+            // passivation sweep trims it once a minute at most: under
+            // pressure, what went unused for a second goes.
+            trim_every = trim_every.saturating_sub(1);
+            if trim_every == 0 || held.is_none() {
+                row_sets.trim();
+                trim_every = TRIM_EVERY_SAMPLES;
+            }
         }
+        if on == held.is_some() {
+            continue;
+        }
+        held = if on {
+            Some(
+                ctx.shards
+                    .iter()
+                    .map(|h| {
+                        hold(
+                            h.budget.clone(),
+                            squeeze_units(h.budget_units, max_frame_units),
+                        )
+                    })
+                    .collect(),
+            )
+        } else {
+            release(held.take());
+            None
+        };
+        if let Some(set) = purge_at_once {
+            set(on);
+        }
+        tracing::info!(
+            rss_mib = rss >> 20,
+            limit_mib = limit_bytes >> 20,
+            pressure = on,
+            "memory soft limit: {}",
+            if on {
+                "freed pages go back at once, shards hold half their in-flight budget"
+            } else {
+                "back under; the allocator's delay and the whole budget again"
+            }
+        );
+        m::memory_pressure(on);
+    }
+    release(held);
+}
+
+/// Takes `units` of a shard's `budget` as soon as they are free (after
+/// what is in flight now) and holds them until aborted.
+fn hold(budget: Arc<tokio::sync::Semaphore>, units: u32) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if units == 0 {
+            return;
+        }
+        // Closed only at shutdown.
+        if let Ok(_permits) = budget.acquire_many_owned(units).await {
+            std::future::pending::<()>().await;
+        }
+    })
+}
+
+/// Gives back what [`hold`] took, or stops its wait.
+fn release(held: Option<Vec<JoinHandle<()>>>) {
+    for task in held.into_iter().flatten() {
+        task.abort();
     }
 }
 
@@ -88,16 +169,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn purging_starts_at_the_limit_and_stops_an_eighth_below() {
+    fn pressure_starts_at_the_limit_and_ends_an_eighth_below() {
         let limit = 800;
-        assert!(!purge_at_once(false, 799, limit));
-        assert!(purge_at_once(false, 800, limit));
+        assert!(!pressure(false, 799, limit));
+        assert!(pressure(false, 800, limit));
         // Once on, it stays on down to 700 (an eighth below 800)...
-        assert!(purge_at_once(true, 750, limit));
-        assert!(purge_at_once(true, 700, limit));
+        assert!(pressure(true, 750, limit));
+        assert!(pressure(true, 700, limit));
         // ...and goes off under it.
-        assert!(!purge_at_once(true, 699, limit));
-        assert!(!purge_at_once(false, 750, limit));
+        assert!(!pressure(true, 699, limit));
+        assert!(!pressure(false, 750, limit));
+    }
+
+    #[test]
+    fn a_squeeze_leaves_room_for_the_largest_frame() {
+        // 32 MiB budget, 1 MiB frames: half is held.
+        assert_eq!(squeeze_units(32 * 1024, 1024), 16 * 1024);
+        // A budget under two frames: only what a frame does not need.
+        assert_eq!(squeeze_units(1536, 1024), 512);
+        // A budget of one frame or less: nothing.
+        assert_eq!(squeeze_units(1024, 1024), 0);
+        assert_eq!(squeeze_units(512, 1024), 0);
+    }
+
+    #[tokio::test]
+    async fn a_squeeze_holds_half_the_budget_until_released() {
+        let budget = Arc::new(tokio::sync::Semaphore::new(1000));
+        let task = hold(budget.clone(), squeeze_units(1000, 100));
+        for _ in 0..100 {
+            if budget.available_permits() == 500 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(budget.available_permits(), 500);
+        release(Some(vec![task]));
+        for _ in 0..100 {
+            if budget.available_permits() == 1000 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(budget.available_permits(), 1000);
     }
 
     #[cfg(target_os = "linux")]

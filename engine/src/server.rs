@@ -221,12 +221,18 @@ impl Server {
             ctx.clone(),
             cfg.passivate_after,
             materialized.subscribe(),
-            row_sets,
+            row_sets.clone(),
             cfg.release_memory,
             shutdown_rx.clone(),
         ));
-        if let (Some(set), limit @ 1..) = (cfg.purge_at_once, cfg.memory_soft_limit_bytes) {
-            tokio::spawn(crate::memory_limit::run(limit, set, shutdown_rx.clone()));
+        if cfg.memory_soft_limit_bytes > 0 {
+            tokio::spawn(crate::memory_limit::run(
+                ctx.clone(),
+                row_sets,
+                cfg.memory_soft_limit_bytes,
+                cfg.purge_at_once,
+                shutdown_rx.clone(),
+            ));
         }
         let (http_addr, http) = match cfg.http {
             Some(addr) => {

@@ -161,8 +161,8 @@ pub(super) const DESCRIPTIONS: &[(&str, &str)] = &[
         "Times the allocator was asked to return freed pages to the OS (after passivation sweeps).",
     ),
     (
-        "tillstream_allocator_purge_at_once",
-        "1 while RSS is past --memory-soft-limit-mib and the allocator returns freed pages at once.",
+        "tillstream_memory_pressure",
+        "1 while RSS is past --memory-soft-limit-mib: freed pages go back to the OS at once, shards hold half their in-flight budget.",
     ),
     (
         "tillstream_allocator_collection_seconds",

@@ -105,7 +105,7 @@ fn zero_series() {
             counter!(name).increment(0);
         }
     }
-    allocator_purge_at_once(false);
+    memory_pressure(false);
     for code in RejectCode::ALL {
         counter!("tillstream_events_rejected_total", "code" => code.name()).increment(0);
     }
@@ -331,10 +331,9 @@ pub(crate) fn allocator_collection(took: Duration) {
     histogram!("tillstream_allocator_collection_seconds").record(took.as_secs_f64());
 }
 
-/// Whether the allocator returns freed pages at once (past the memory
-/// soft limit) or after its delay.
-pub(crate) fn allocator_purge_at_once(on: bool) {
-    gauge!("tillstream_allocator_purge_at_once").set(if on { 1.0 } else { 0.0 });
+/// Whether RSS is past the memory soft limit (see `memory_limit`).
+pub(crate) fn memory_pressure(on: bool) {
+    gauge!("tillstream_memory_pressure").set(if on { 1.0 } else { 0.0 });
 }
 
 /// How long no batch has been acknowledged although batches wait (0 when

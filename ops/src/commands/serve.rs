@@ -60,15 +60,16 @@ pub(crate) struct Args {
     /// Batch payload a shard may hold until it is durable, in MiB: what
     /// bounds the server's memory under overload or slow storage (devices
     /// are then slowed by QUIC flow control).
-    #[arg(long, default_value_t = 16, env = "TILLSTREAM_MAX_INFLIGHT_MIB_PER_SHARD",
+    #[arg(long, default_value_t = 32, env = "TILLSTREAM_MAX_INFLIGHT_MIB_PER_SHARD",
           value_parser = clap::value_parser!(u64).range(1..=65_536))]
     max_inflight_mib_per_shard: u64,
-    /// Resident memory, in MiB, past which the allocator returns freed
-    /// pages to the OS at once instead of after a delay: RSS then stays
-    /// near the live heap, for some CPU (about 8% more an event when
+    /// Resident memory, in MiB, past which the server is under memory
+    /// pressure: freed pages go back to the OS at once instead of after a
+    /// delay, and each shard holds half its in-flight budget, so RSS stays
+    /// near the live heap for some CPU (about 8% more an event while
     /// past it). Set it under the memory you give the server, above what
     /// it needs at rest; 0 turns it off.
-    #[arg(long, default_value_t = 400, env = "TILLSTREAM_MEMORY_SOFT_LIMIT_MIB")]
+    #[arg(long, default_value_t = 256, env = "TILLSTREAM_MEMORY_SOFT_LIMIT_MIB")]
     memory_soft_limit_mib: u64,
     /// Connections set up at once (handshake, Hello, Welcome); default 16
     /// per core. In a reconnect storm the rest wait their turn, so each
