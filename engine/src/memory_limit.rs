@@ -17,9 +17,8 @@
 //! eighth below it. The decisions are plain functions ([`pressure`],
 //! [`squeeze_units`]); the task samples RSS every 100 ms.
 
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
