@@ -84,7 +84,8 @@ pub(crate) async fn run(
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut held: Option<Vec<JoinHandle<()>>> = None;
-    let mut trim_every = TRIM_EVERY_SAMPLES;
+    // Samples since pressure began.
+    let mut under_pressure: u32 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -98,11 +99,12 @@ pub(crate) async fn run(
             // The pool's sets were sized for the whole budget, and the
             // passivation sweep trims it once a minute at most: under
             // pressure, what went unused for a second goes.
-            trim_every = trim_every.saturating_sub(1);
-            if trim_every == 0 || held.is_none() {
+            if under_pressure.is_multiple_of(TRIM_EVERY_SAMPLES) {
                 row_sets.trim();
-                trim_every = TRIM_EVERY_SAMPLES;
             }
+            under_pressure = under_pressure.wrapping_add(1);
+        } else {
+            under_pressure = 0;
         }
         if on == held.is_some() {
             continue;
