@@ -120,6 +120,21 @@ type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 /// Ack-eliciting packets the server may receive before it must ACK.
 const ACK_PACKET_THRESHOLD: u32 = 10;
 
+/// How long the server may hold an ACK back while fewer packets than
+/// [`ACK_PACKET_THRESHOLD`] came in. quinn would ask for 25 ms, its
+/// floor for the request. A batch is a few packets, and a new
+/// connection's congestion window (14,720 bytes) is smaller than a
+/// 128-event batch (~26 KiB): the device sends part of it, then waits for
+/// an ACK the server may delay by the whole 25 ms, since it got fewer than
+/// 10 packets and cannot acknowledge the batch before it has all of it. A
+/// device that sends little stays at that window, so the stall came back
+/// on later batches too: it was the loadgen's ack p99 at 100 k events/s
+/// (26 ms where the server's own ack latency stayed under 10 ms). 2 ms is
+/// about when the server's Ack message, which carries the ACK, leaves
+/// (its median ack latency is 1 to 2 ms), so it seldom adds a packet; it
+/// also shortens the probe timeout after a lost tail packet by 23 ms.
+const MAX_ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
+
 fn quic_client_config(
     ca_pem: &[u8],
     opts: &EndpointOptions,
@@ -180,7 +195,9 @@ fn quic_client_config(
     // sides) cuts that work at no cost to loss recovery, which still
     // acts on the reordering threshold and the ack delay.
     let mut ack_frequency = quinn::AckFrequencyConfig::default();
-    ack_frequency.ack_eliciting_threshold(ACK_PACKET_THRESHOLD.into());
+    ack_frequency
+        .ack_eliciting_threshold(ACK_PACKET_THRESHOLD.into())
+        .max_ack_delay(Some(MAX_ACK_DELAY));
     transport.ack_frequency_config(Some(ack_frequency));
     // Batches are tens of KiB: where the path carries larger packets,
     // fewer of them cost less on both sides (DEFAULT_MAX_UDP_PAYLOAD).
