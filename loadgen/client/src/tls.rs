@@ -133,7 +133,7 @@ const ACK_PACKET_THRESHOLD: u32 = 10;
 /// about when the server's Ack message, which carries the ACK, leaves
 /// (its median ack latency is 1 to 2 ms), so it seldom adds a packet; it
 /// also shortens the probe timeout after a lost tail packet by 23 ms.
-const MAX_ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
+const MAX_ACK_DELAY: Duration = Duration::from_millis(2);
 
 fn quic_client_config(
     ca_pem: &[u8],
