@@ -45,5 +45,6 @@ pub use backend::open_backend;
 pub use config::{ServerConfig, ServerSettings, StoreChoice};
 pub use error::EngineError;
 pub use live_limits::{LimitChange, ReloadableLimits};
+pub use memory_limit::resident_bytes;
 pub use recovery::{Replayed, recover};
 pub use server::Server;

@@ -57,7 +57,7 @@ pub(crate) fn squeeze_units(budget_units: u32, max_frame_units: u32) -> u32 {
 /// The process's resident set, in bytes (Linux: `VmRSS` of
 /// `/proc/self/status`, a counter the kernel keeps, so reading it walks no
 /// page tables; `None` elsewhere or if it cannot be read).
-pub(crate) fn resident_bytes() -> Option<u64> {
+pub fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -60,14 +60,7 @@ pub struct Curve {
 }
 
 fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
+    tillstream_engine::resident_bytes().map_or(0.0, |b| b as f64 / f64::from(1u32 << 20))
 }
 
 /// One flat-out run of the loadgen (its flags) against a fresh
