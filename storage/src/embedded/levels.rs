@@ -56,7 +56,15 @@ pub(super) const MAX_COUNTED_STORES: usize = 4;
 /// Keeps, per (store, SKU), the row with the highest version; of equal
 /// versions, the first in `rows`. Leaves `rows` sorted by (store, SKU).
 pub(super) fn newest_levels(rows: &mut Vec<StockLevelRow>) {
-    // Sorting one u128 a row, (store, SKU, index), not the rows: moving
+    newest_levels_by(rows, |r| r.store);
+}
+
+/// [`newest_levels`], the rows left sorted by (`group`, SKU). `group` must
+/// be the same for every row of one (store, SKU), and (`group`, SKU)
+/// name one (store, SKU): the store itself, or, for rows of one store,
+/// the SKU's bucket.
+fn newest_levels_by(rows: &mut Vec<StockLevelRow>, group: impl Fn(&StockLevelRow) -> u32) {
+    // Sorting one u128 a row, (group, SKU, index), not the rows: moving
     // the rows themselves in a stable sort was 2.6% of the server's CPU,
     // and a u128 compares as two words where a (store, SKU, !version,
     // index) tuple took four comparisons. Within a run of one SKU the
@@ -67,11 +75,16 @@ pub(super) fn newest_levels(rows: &mut Vec<StockLevelRow>) {
     let mut order: Vec<u128> = rows
         .iter()
         .zip(0u32..)
-        .map(|(r, i)| sort_key(r.store, r.sku, i))
+        .map(|(r, i)| sort_key(group(r), r.sku, i))
         .collect();
     order.sort_unstable();
-    let mut newest = Vec::with_capacity(order.len());
-    for run in order.chunk_by(|a, b| a >> 32 == b >> 32) {
+    let same_level = |a: &u128, b: &u128| a >> 32 == b >> 32;
+    // Sized to the levels, not the rows: a compaction's rows are 24
+    // commits of one store, each level in several of them, and this
+    // vector lives beside them (the server's heap peak at 1 M SKUs, in
+    // heaptrack, was a compaction here).
+    let mut newest = Vec::with_capacity(order.chunk_by(same_level).count());
+    for run in order.chunk_by(same_level) {
         let mut best: Option<&StockLevelRow> = None;
         for &k in run {
             let row = rows.get(k as u32 as usize);
@@ -317,30 +330,28 @@ impl EmbeddedStore {
         let span = tracing::debug_span!("compact_levels", store, rows = tracing::field::Empty);
         let _entered = span.enter();
         let mut buf = AlignedVec::new();
-        let mut changed = Vec::new();
+        // The deltas' values first, for their row counts: `changed` is
+        // allocated once, at its size, where growing it by doubling had
+        // held twice the rows at the heap's peak.
         let mut deltas = Vec::new();
+        let mut rows_in_deltas = 0;
         for guard in self.levels.prefix(keys::level_delta_prefix(store)) {
             let (key, value) = guard
                 .into_inner()
                 .map_err(|e| backend_err("reading level deltas", e))?;
-            decode_into(&key, &value, &mut buf, &mut changed)?;
-            deltas.push(key);
+            rows_in_deltas += packed::row_count(&value).unwrap_or(0);
+            deltas.push((key, value));
         }
+        let mut changed = Vec::with_capacity(rows_in_deltas + run.len());
+        for (key, value) in &deltas {
+            decode_into(key, value, &mut buf, &mut changed)?;
+        }
+        let deltas: Vec<_> = deltas.into_iter().map(|(key, _)| key).collect();
         changed.extend_from_slice(run);
-        newest_levels(&mut changed);
+        // In bucket order, by (bucket, SKU): all of one store, so that
+        // names the level.
+        newest_levels_by(&mut changed, |r| u32::from(keys::level_bucket(r.sku)));
         span.record("rows", changed.len());
-        // In bucket order, by (bucket, SKU): one SKU a row now, so the
-        // index only finds the row again.
-        let mut order: Vec<u128> = changed
-            .iter()
-            .zip(0u32..)
-            .map(|(r, i)| sort_key(u32::from(keys::level_bucket(r.sku)), r.sku, i))
-            .collect();
-        order.sort_unstable();
-        let changed: Vec<StockLevelRow> = order
-            .iter()
-            .filter_map(|&k| changed.get(k as u32 as usize).copied())
-            .collect();
 
         let buckets = keys::level_bucket_prefix(store, 0)..keys::level_delta_prefix(store);
         let mut stored = self

@@ -413,9 +413,21 @@ impl<'a> Unpacker<'a> {
     }
 }
 
+/// The rows a packed block's header claims, at most one a byte of its
+/// body (what [`decode_each`] accepts); `None` if `bytes` is not a packed
+/// block. For sizing a vector before decoding into it.
+pub(crate) fn row_count(bytes: &[u8]) -> Option<usize> {
+    let (head, body) = bytes.split_first_chunk::<HEADER>()?;
+    if &head[..4] != MAGIC {
+        return None;
+    }
+    let rows = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+    Some(rows.min(body.len()))
+}
+
 /// The rows of a packed block of `T`'s table.
 pub(crate) fn decode<T: Packed + StoredRow>(bytes: &[u8]) -> Result<Vec<T>, StoreError> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(row_count(bytes).unwrap_or(0));
     decode_each(bytes, |row| out.push(row))?;
     Ok(out)
 }

@@ -322,6 +322,22 @@ fn a_cut_block_is_corrupt_at_every_length() {
 }
 
 #[test]
+fn a_blocks_row_count_is_read_from_its_header_and_never_past_its_body() {
+    let bytes = packed(&lines(20));
+    assert_eq!(super::row_count(&bytes), Some(20));
+    assert_eq!(super::row_count(&packed::<SaleLineRow>(&[])), Some(0));
+    // Not a packed block: no count, so nothing is allocated for it.
+    assert_eq!(super::row_count(b"not a packed block at all"), None);
+    assert_eq!(super::row_count(&bytes[..4]), None);
+    // A header claiming more rows than its body has bytes: capped at a
+    // row a byte, what decoding would accept.
+    let mut lying = bytes.to_vec();
+    lying[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+    let body = lying.len() - super::HEADER;
+    assert_eq!(super::row_count(&lying), Some(body));
+}
+
+#[test]
 fn a_block_of_another_table_is_refused() {
     let bytes = packed(&lines(3));
     assert!(matches!(
