@@ -94,11 +94,13 @@ impl Entry {
     }
 }
 
-/// What few SKUs need, behind a pointer: the current count's event key,
-/// and the cut of a hot SKU's window.
+/// What few SKUs need, behind a pointer: the current count's time and
+/// event key, and the cut of a hot SKU's window.
 #[derive(Debug, Clone)]
 struct Rare {
-    /// Meaningful when the entity's `counted` is set.
+    /// The time of the current count. Meaningful, as `count_key`, when the
+    /// entity's `counted` is set.
+    count_ts: i64,
     count_key: EventKey,
     /// The time of the newest movement dropped past the window's newest
     /// [`MAX_WINDOW`]: counts before it can no longer be ordered.
@@ -110,11 +112,13 @@ struct Rare {
 /// (store, SKU).
 ///
 /// Laid out for the shard's hot path: each movement of a random SKU costs
-/// a cache miss or two, so the entity is 64 bytes and sits in the map's
-/// bucket beside its key (80 bytes with it: one probe, where an index
+/// a cache miss or two, so the entity is 56 bytes and sits in the map's
+/// bucket beside its SKU (64 bytes with it: one probe, where an index
 /// probe and then a 120-byte slot cost two misses). What only counts and
 /// hot SKUs need lives behind a pointer, and the window's length lives
-/// here, not in its allocation. A movement is appended to the window
+/// here, not in its allocation. The count's time went there too: the
+/// buckets were most of the server's heap at 1 M SKUs (heaptrack), and a
+/// counted SKU is a popular one, whose `Rare` the cache keeps. A movement is appended to the window
 /// without reading it, in or out of time order, so its line is a store
 /// the CPU does not wait for. Reading the length and the newest entries
 /// had been two or three misses in a row, and a window kept sorted read
@@ -126,8 +130,6 @@ pub(super) struct SkuState {
     pub(super) level: i64,
     pub(super) version: u64,
     pub(super) updated_ts: i64,
-    /// The time of the current count (meaningful when `counted`).
-    count_ts: i64,
     /// Set once the SKU is counted or its window cut.
     rare: Option<Box<Rare>>,
     /// The window: `slots[..len]` hold the applied movements in the
@@ -150,7 +152,6 @@ impl SkuState {
             level: 0,
             version: 0,
             updated_ts: i64::MIN,
-            count_ts: i64::MIN,
             rare: None,
             slots: Box::new([]),
             len: 0,
@@ -192,9 +193,14 @@ impl SkuState {
     /// The current count's time and event key.
     fn current_count(&self) -> Option<(i64, EventKey)> {
         match &self.rare {
-            Some(r) if self.counted => Some((self.count_ts, r.count_key)),
+            Some(r) if self.counted => Some((r.count_ts, r.count_key)),
             _ => None,
         }
+    }
+
+    /// The current count's time.
+    fn count_ts(&self) -> Option<i64> {
+        self.current_count().map(|(ts, _)| ts)
     }
 
     /// What few SKUs need, allocated on first use; each field means
@@ -202,6 +208,7 @@ impl SkuState {
     fn rare_mut(&mut self) -> &mut Rare {
         self.rare.get_or_insert_with(|| {
             Box::new(Rare {
+                count_ts: i64::MIN,
                 count_key: EventKey {
                     device: 0,
                     seq: 0,
@@ -213,9 +220,10 @@ impl SkuState {
     }
 
     fn set_count(&mut self, ts: i64, key: EventKey) {
-        self.count_ts = ts;
         self.counted = true;
-        self.rare_mut().count_key = key;
+        let rare = self.rare_mut();
+        rare.count_ts = ts;
+        rare.count_key = key;
     }
 
     fn cut_ts(&self) -> i64 {
@@ -296,7 +304,7 @@ impl SkuState {
     /// whatever the order (sorting a store's whole late window first cost
     /// 40% of a restart).
     pub(super) fn load_movement(&mut self, ts: i64, delta: i64, late_window: i64) {
-        let after_count = !self.counted || ts > self.count_ts;
+        let after_count = self.count_ts().is_none_or(|c| ts > c);
         let floor = self.floor(late_window);
         if after_count && ts >= floor {
             self.insert(ts, delta, floor);
@@ -307,7 +315,7 @@ impl SkuState {
     /// applied (false: stamped at or before the latest count, which saw
     /// it) and the level after it.
     pub(super) fn movement(&mut self, ts: i64, delta: i64, late_window: i64) -> (bool, i64) {
-        if self.counted && ts <= self.count_ts {
+        if self.count_ts().is_some_and(|c| ts <= c) {
             return (false, self.level);
         }
         self.level = self.level.saturating_add(delta);

@@ -219,10 +219,11 @@ fn a_hot_sku_keeps_a_bounded_window() {
 }
 
 #[test]
-fn the_entity_is_one_cache_line() {
+fn the_entity_and_its_sku_are_one_cache_line() {
     // The shard's hot path is a cache miss per entity touched: a
-    // field added here is paid on every movement.
-    assert_eq!(size_of::<SkuState>(), 64);
+    // field added here is paid on every movement, and at 1 M SKUs the
+    // map's buckets are most of the heap.
+    assert_eq!(size_of::<SkuState>() + size_of::<u64>(), 64);
 }
 
 #[test]
