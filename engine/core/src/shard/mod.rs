@@ -61,7 +61,8 @@ pub struct ShardConfig {
     /// The number of shards (the same the plans route with).
     pub shards: u16,
     /// How late a shelf count may be, relative to its SKU's newest event,
-    /// and still be ordered (µs).
+    /// and still be ordered (µs); at most about 71.6 minutes (`u32::MAX`
+    /// µs, what a window's entry holds), a longer one acting as that.
     pub late_window_us: i64,
     /// The validation rules.
     pub rules: Rules,

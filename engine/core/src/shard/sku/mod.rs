@@ -35,13 +35,19 @@ use tillstream_storage::{EventKey, StockLevelRow};
 /// shorter one.
 pub(super) const MAX_WINDOW: usize = 1024;
 
-/// The most slots (12 bytes each, 24 KiB) a window has, so `len` fits
-/// in 16 bits. A full window first drops what is below its floor, keeps
-/// its slots if that freed a quarter of them, else doubles them up to
-/// this bound: each entry is read once per fill, amortised O(1) a
-/// movement.
-const MAX_SLOTS: usize = 2 * MAX_WINDOW;
+/// The most movements a window has slots for, so `len` fits in 16 bits.
+/// A full window first drops what is below its floor, keeps its slots if
+/// that freed a quarter of them, else doubles them up to this bound: each
+/// entry is read once per fill, amortised O(1) a movement. Slots come
+/// 2^k - 1 at a time: with the slot of the base, a window takes 16 bytes
+/// to 16 KiB, each a size the allocator has a class for, without slack.
+const MAX_SLOTS: usize = 2 * MAX_WINDOW - 1;
 const _: () = assert!(MAX_SLOTS <= u16::MAX as usize);
+
+/// The longest late window the windows keep (µs, about 71.6 minutes): an
+/// entry's time is 32 bits after its window's base. A longer late window
+/// acts as this one (`SkuState::floor`).
+pub(crate) const MAX_LATE_WINDOW_US: i64 = u32::MAX as i64;
 
 /// A full window whose drop freed fewer than `1 / FREED_SHARE` of its
 /// slots grows instead: each fill then makes room for at least that
@@ -62,31 +68,47 @@ pub(super) enum CountOutcome {
     },
 }
 
-/// One movement a window keeps: its time and its delta, in 12 bytes
-/// where a pair of `i64` took 16 (the window is most of a SKU's memory
-/// once it moves a few times an hour). Deltas come from a sale line's
-/// quantity or a stock movement, both `i32` on the wire
-/// (ARCHITECTURE.md, "Stock converges"); a stored row's delta past that
-/// range, which no device can send, is held at the bound.
+/// One movement a window keeps, in 8 bytes: its time, as µs after the
+/// window's base (the first slot of the window holds the base), and its
+/// delta. The windows were the second part of the heap at 1 M SKUs
+/// (heaptrack: 66 MB for 4.2 M movements in 12-byte entries, a whole
+/// `i64` time each). Every held time is within the late window of the
+/// SKU's newest, so 32 bits hold it once the base follows the floor
+/// (`SkuState::rebase`). Deltas come from a sale line's quantity or a
+/// stock movement, both `i32` on the wire (ARCHITECTURE.md, "Stock
+/// converges"); a stored row's delta past that range, which no device
+/// can send, is held at the bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(C, packed(4))]
 pub(super) struct Entry {
-    ts: i64,
+    after_base: u32,
     delta: i32,
 }
 
-const _: () = assert!(size_of::<Entry>() == 12);
+const _: () = assert!(size_of::<Entry>() == 8);
 
 impl Entry {
-    const EMPTY: Entry = Entry { ts: 0, delta: 0 };
+    const EMPTY: Entry = Entry {
+        after_base: 0,
+        delta: 0,
+    };
 
-    fn new(ts: i64, delta: i64) -> Self {
+    fn new(after_base: u32, delta: i64) -> Self {
         let delta = i32::try_from(delta).unwrap_or(if delta < 0 { i32::MIN } else { i32::MAX });
-        Entry { ts, delta }
+        Entry { after_base, delta }
     }
 
-    pub(super) fn ts(self) -> i64 {
-        self.ts
+    /// The slot before a window's movements: its base, a time, split in
+    /// two halves.
+    fn base_slot(base: i64) -> Self {
+        Entry {
+            after_base: base as u32,
+            delta: (base >> 32) as i32,
+        }
+    }
+
+    /// The time a base slot holds.
+    fn as_base(self) -> i64 {
+        (i64::from(self.delta) << 32) | i64::from(self.after_base)
     }
 
     pub(super) fn delta(self) -> i64 {
@@ -132,8 +154,9 @@ pub(super) struct SkuState {
     pub(super) updated_ts: i64,
     /// Set once the SKU is counted or its window cut.
     rare: Option<Box<Rare>>,
-    /// The window: `slots[..len]` hold the applied movements in the
-    /// order they came (module docs); the slice's length is the capacity.
+    /// The window: `slots[0]` holds its base, `slots[1..=len]` the
+    /// applied movements in the order they came (module docs); empty,
+    /// or 2^k slots.
     slots: Box<[Entry]>,
     len: u16,
     /// Whether the SKU has a count (its key is in `rare`).
@@ -239,10 +262,35 @@ impl SkuState {
         self.rare_mut().cut_ts = cut_ts;
     }
 
-    /// The window's held entries, in the order they came (some may be
-    /// below the floor: module docs).
-    fn held(&self) -> &[Entry] {
-        self.slots.get(..usize::from(self.len)).unwrap_or_default()
+    /// The window's base: its entries' times are offsets from it.
+    fn base(&self) -> i64 {
+        self.slots.first().map_or(0, |s| s.as_base())
+    }
+
+    /// Movements the window has slots for.
+    fn capacity(&self) -> usize {
+        self.slots.len().saturating_sub(1)
+    }
+
+    /// The slots of the held entries.
+    fn held_slots(&self) -> &[Entry] {
+        self.slots
+            .get(1..=usize::from(self.len))
+            .unwrap_or_default()
+    }
+
+    /// The window's held movements, (time, delta), in the order they came
+    /// (some may be below the floor: module docs).
+    fn held(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        let base = self.base();
+        self.held_slots()
+            .iter()
+            .map(move |e| (base.saturating_add(i64::from(e.after_base)), e.delta()))
+    }
+
+    /// `ts` as an offset from the window's base, if 32 bits hold it.
+    fn offset(&self, ts: i64) -> Option<u32> {
+        u32::try_from(ts.checked_sub(self.base())?).ok()
     }
 
     /// Movements in the window at or above the floor, once settled.
@@ -250,7 +298,7 @@ impl SkuState {
     pub(super) fn window_len(&self, late_window: i64) -> usize {
         let s = self.settled(late_window);
         let floor = s.floor(late_window);
-        s.held().iter().filter(|e| e.ts() >= floor).count()
+        s.held().filter(|&(t, _)| t >= floor).count()
     }
 
     /// A copy with the hot-window rule applied: what a count would see.
@@ -263,23 +311,19 @@ impl SkuState {
 
     /// Asks the CPU to bring the slot the window's next movement goes to
     /// into the cache, ahead of an apply, so that the store finds it
-    /// there. A prefetch, not a load: the read-ahead does not wait for the
-    /// line, so the loads of the next SKUs' entities overlap with it (a
-    /// load here had been half of the read-ahead's time).
+    /// there, and the base, which the apply reads to place its time. A
+    /// prefetch, not a load: the read-ahead does not wait for the line,
+    /// so the loads of the next SKUs' entities overlap with it (a load
+    /// here had been half of the read-ahead's time).
     pub(super) fn prefetch_next_slot(&self) {
-        let Some(slot) = self.slots.get(usize::from(self.len)) else {
-            return;
-        };
-        #[cfg(target_arch = "x86_64")]
-        #[allow(unsafe_code)] // one hint std has no safe wrapper for; see SAFETY
-        // SAFETY: a prefetch only hints the cache: it reads nothing the
-        // program sees and does not fault, and the address is a live slot.
-        unsafe {
-            use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(slot).cast());
+        // Often one line (a window of 7 takes 64 bytes); a second
+        // prefetch of it costs next to nothing.
+        if let Some(base) = self.slots.first() {
+            prefetch(base);
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        std::hint::black_box(slot.ts());
+        if let Some(next) = self.slots.get(usize::from(self.len) + 1) {
+            prefetch(next);
+        }
     }
 
     /// Entries the window holds (for stats; reads nothing but the entity).
@@ -288,9 +332,12 @@ impl SkuState {
     }
 
     /// The oldest time a count may have and still be ordered, once the
-    /// window is settled (module docs); before, possibly lower.
+    /// window is settled (module docs); before, possibly lower. A late
+    /// window past [`MAX_LATE_WINDOW_US`] acts as that one.
     fn floor(&self, late_window: i64) -> i64 {
-        let floor = self.updated_ts.saturating_sub(late_window);
+        let floor = self
+            .updated_ts
+            .saturating_sub(late_window.min(MAX_LATE_WINDOW_US));
         if self.cut {
             floor.max(self.cut_ts())
         } else {
@@ -347,9 +394,8 @@ impl SkuState {
         // Held entries below the floor are older than `ts`: not summed.
         let after: i64 = self
             .held()
-            .iter()
-            .filter(|e| e.ts() > ts)
-            .fold(0i64, |acc, e| acc.saturating_add(e.delta()));
+            .filter(|&(t, _)| t > ts)
+            .fold(0i64, |acc, (_, delta)| acc.saturating_add(delta));
         let before = self.level;
         self.level = counted.saturating_add(after);
         self.set_count(ts, key);
@@ -364,14 +410,65 @@ impl SkuState {
     }
 
     /// Appends a movement to the window; `floor` is the current floor,
-    /// for the entries that may go when room is needed.
+    /// for the entries that may go when room is needed. `ts` is at or
+    /// above the floor and at or below `updated_ts`.
     fn insert(&mut self, ts: i64, delta: i64, floor: i64) {
-        if usize::from(self.len) == self.slots.len() {
+        if usize::from(self.len) == self.capacity() {
             self.make_room(floor);
         }
-        if let Some(slot) = self.slots.get_mut(usize::from(self.len)) {
-            *slot = Entry::new(ts, delta);
+        let offset = match self.offset(ts) {
+            Some(offset) => offset,
+            None => {
+                self.rebase(floor);
+                match self.offset(ts) {
+                    Some(offset) => offset,
+                    None => {
+                        // Not reached: `ts` and the floor are within the
+                        // late window, which 32 bits hold. Were it, the
+                        // movement could not be kept, and counts before
+                        // it are refused instead of summed without it.
+                        self.set_cut(ts);
+                        return;
+                    }
+                }
+            }
+        };
+        if let Some(slot) = self.slots.get_mut(usize::from(self.len) + 1) {
+            *slot = Entry::new(offset, delta);
             self.len += 1;
+        }
+    }
+
+    /// Moves the base up to `floor` (a movement came past 32 bits of it):
+    /// drops the entries below the floor and keeps the others' times.
+    /// Every held time is then between the floor and `updated_ts`, one
+    /// late window at most, so each fits; one that did not would be
+    /// dropped and cut, as a hot window's oldest are. Once in some 11
+    /// minutes of a SKU's event time, with the default hour.
+    fn rebase(&mut self, floor: i64) {
+        let old_base = self.base();
+        let mut kept = 0;
+        let mut unkept = None;
+        for i in 1..=usize::from(self.len) {
+            let e = self.slots[i];
+            let t = old_base.saturating_add(i64::from(e.after_base));
+            if t < floor {
+                continue;
+            }
+            match t.checked_sub(floor).and_then(|o| u32::try_from(o).ok()) {
+                Some(offset) => {
+                    kept += 1;
+                    self.slots[kept] = Entry::new(offset, e.delta());
+                }
+                None => unkept = unkept.max(Some(t)),
+            }
+        }
+        self.len = u16::try_from(kept).unwrap_or(u16::MAX);
+        if let Some(first) = self.slots.first_mut() {
+            *first = Entry::base_slot(floor);
+        }
+        if let Some(t) = unkept {
+            self.set_cut(t);
         }
     }
 
@@ -381,16 +478,25 @@ impl SkuState {
     fn make_room(&mut self, floor: i64) {
         self.keep_only(|t| t >= floor);
         let held = usize::from(self.len);
-        let freed = self.slots.len() - held;
-        if freed > 0 && freed * FREED_SHARE >= self.slots.len() {
+        let capacity = self.capacity();
+        let freed = capacity - held;
+        if freed > 0 && freed * FREED_SHARE >= capacity {
             return;
         }
-        if self.slots.len() < MAX_SLOTS {
+        if capacity < MAX_SLOTS {
             // Most SKUs of a chain move a few times within their late
-            // window: one slot first, then doubling.
-            let slots = (self.slots.len() * 2).clamp(1, MAX_SLOTS);
+            // window: one slot first (and the base's), then doubling. A
+            // new window's base is the floor, which movements never go
+            // below: it moves only once one comes past 32 bits of it.
+            let slots = ((capacity + 1) * 2).clamp(2, MAX_SLOTS + 1);
+            let base = if self.slots.is_empty() {
+                floor
+            } else {
+                self.base()
+            };
             let mut grown = vec![Entry::EMPTY; slots].into_boxed_slice();
-            grown[..held].copy_from_slice(self.held());
+            grown[0] = Entry::base_slot(base);
+            grown[1..=held].copy_from_slice(self.held_slots());
             self.slots = grown;
             return;
         }
@@ -418,28 +524,45 @@ impl SkuState {
         if dropped == 0 {
             return;
         }
-        let window = &mut self.slots[..held];
-        window.select_nth_unstable_by_key(dropped - 1, |e| e.ts());
-        let cut = window[..dropped].iter().map(|e| e.ts()).max();
+        let base = self.base();
+        // One base for all: offsets order as the times do.
+        let window = &mut self.slots[1..=held];
+        window.select_nth_unstable_by_key(dropped - 1, |e| e.after_base);
+        let cut = window[..dropped].iter().map(|e| e.after_base).max();
         window.copy_within(dropped.., 0);
         self.len = u16::try_from(held - dropped).unwrap_or(u16::MAX);
-        if let Some(t) = cut {
-            self.set_cut(t);
+        if let Some(offset) = cut {
+            self.set_cut(base.saturating_add(i64::from(offset)));
         }
     }
 
     /// Keeps the window's entries whose time `keep` holds, in their order.
     fn keep_only(&mut self, keep: impl Fn(i64) -> bool) {
+        let base = self.base();
         let mut kept = 0;
-        for i in 0..usize::from(self.len) {
+        for i in 1..=usize::from(self.len) {
             let e = self.slots[i];
-            if keep(e.ts()) {
-                self.slots[kept] = e;
+            if keep(base.saturating_add(i64::from(e.after_base))) {
                 kept += 1;
+                self.slots[kept] = e;
             }
         }
         self.len = u16::try_from(kept).unwrap_or(u16::MAX);
     }
+}
+
+/// Hints the CPU to bring `slot`'s line into the cache.
+fn prefetch(slot: &Entry) {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)] // one hint std has no safe wrapper for; see SAFETY
+    // SAFETY: a prefetch only hints the cache: it reads nothing the
+    // program sees and does not fault, and the address is a live slot.
+    unsafe {
+        use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(slot).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    std::hint::black_box(slot.delta());
 }
 
 #[cfg(test)]

@@ -15,12 +15,7 @@ fn key(idx: u32) -> EventKey {
 fn live(s: &SkuState, lw: i64) -> Vec<(i64, i64)> {
     let s = s.settled(lw);
     let floor = s.floor(lw);
-    let mut live: Vec<_> = s
-        .held()
-        .iter()
-        .filter(|e| e.ts() >= floor)
-        .map(|e| (e.ts(), e.delta()))
-        .collect();
+    let mut live: Vec<_> = s.held().filter(|&(t, _)| t >= floor).collect();
     live.sort_unstable();
     live
 }
@@ -242,8 +237,7 @@ fn a_long_lived_window_drops_without_growing() {
     let floor = s.floor(LW);
     let oldest = s
         .held()
-        .iter()
-        .map(|e| e.ts())
+        .map(|(t, _)| t)
         .filter(|&t| t >= floor)
         .min()
         .unwrap_or(0);
@@ -293,8 +287,11 @@ impl Model {
         }
     }
 
+    /// A late window past [`MAX_LATE_WINDOW_US`] acts as that one.
     fn floor(&self, lw: i64) -> i64 {
-        self.updated_ts.saturating_sub(lw).max(self.cut_ts)
+        self.updated_ts
+            .saturating_sub(lw.min(MAX_LATE_WINDOW_US))
+            .max(self.cut_ts)
     }
 
     fn prune(&mut self, keep_after: i64, lw: i64) {
@@ -417,6 +414,15 @@ proptest! {
         check_against_model(&ops, lw, drift);
     }
 
+    #[test]
+    fn the_entity_follows_the_plain_window_over_hours_of_event_time(
+        ops in ops(400, 2 * HOUR, 6),
+        lw in prop_oneof![Just(HOUR), Just(MAX_LATE_WINDOW_US)],
+        drift in 0i64..(20 * 60_000_000),
+    ) {
+        check_against_model(&ops, lw, drift);
+    }
+
 }
 
 proptest! {
@@ -452,5 +458,86 @@ fn a_window_entry_keeps_wire_deltas_and_holds_others_at_the_bound() {
     }
     assert_eq!(Entry::new(7, i64::MAX).delta(), i64::from(i32::MAX));
     assert_eq!(Entry::new(7, i64::MIN).delta(), i64::from(i32::MIN));
-    assert_eq!(Entry::new(7, 3).ts(), 7);
+    for base in [i64::MIN, -1, 0, 1, 1_710_000_000_000_000, i64::MAX] {
+        assert_eq!(Entry::base_slot(base).as_base(), base);
+    }
+}
+
+#[test]
+fn a_window_takes_a_power_of_two_bytes_and_eight_a_movement() {
+    let mut s = SkuState::empty();
+    let mut sizes = Vec::new();
+    for t in 0..100 {
+        s.movement(t, 1, HOUR);
+        if sizes.last() != Some(&size_of_val(&*s.slots)) {
+            sizes.push(size_of_val(&*s.slots));
+        }
+    }
+    assert_eq!(sizes, [16, 32, 64, 128, 256, 512, 1024]);
+    assert_eq!(s.held_len(), 100);
+}
+
+const HOUR: i64 = 3_600_000_000;
+
+#[test]
+fn a_window_follows_its_floor_across_days_of_event_time() {
+    // Movements every 7 minutes for a week, a count now and then, with
+    // the default hour: the window's base moves up many times, and the
+    // times it holds are exact.
+    let mut ops = Vec::new();
+    let step = 7 * 60_000_000;
+    for i in 0..1_440i64 {
+        ops.push(if i % 50 == 49 {
+            Op::Count(-HOUR / 2 + i * 977 % HOUR, 40)
+        } else {
+            Op::Movement(-(i * 7_919 % (2 * step)), 1 - i % 3)
+        });
+    }
+    let s = check_against_model(&ops, HOUR, step);
+    assert!(s.held_len() > 0);
+    assert!(s.base() > 6 * 24 * HOUR, "the base followed the floor");
+}
+
+#[test]
+fn times_at_the_ends_of_the_range_neither_panic_nor_lose_a_movement() {
+    let mut s = SkuState::empty();
+    let mut m = Model::new();
+    for ts in [
+        i64::MIN,
+        i64::MIN + 1,
+        -1,
+        0,
+        HOUR,
+        i64::MAX - HOUR,
+        i64::MAX,
+    ] {
+        assert_eq!(s.movement(ts, 2, HOUR), m.movement(ts, 2, HOUR));
+    }
+    let k = key(1);
+    assert_eq!(
+        s.count(i64::MAX - 1, k, 5, HOUR),
+        m.count(i64::MAX - 1, k, 5, HOUR)
+    );
+    assert_eq!(s.level, 7);
+    assert_eq!(live(&s, HOUR), m.window);
+}
+
+#[test]
+fn a_late_window_past_71_minutes_acts_as_71_minutes() {
+    let mut s = SkuState::empty();
+    let day = 24 * HOUR;
+    s.movement(day, 1, i64::MAX);
+    s.movement(day - MAX_LATE_WINDOW_US, 1, i64::MAX);
+    assert_eq!(
+        live(&s, i64::MAX),
+        [(day - MAX_LATE_WINDOW_US, 1), (day, 1)]
+    );
+    assert_eq!(
+        s.count(day - MAX_LATE_WINDOW_US - 1, key(1), 0, i64::MAX),
+        CountOutcome::TooLate
+    );
+    assert_eq!(
+        s.count(day - MAX_LATE_WINDOW_US, key(2), 10, i64::MAX),
+        CountOutcome::Applied { delta: 9 }
+    );
 }
