@@ -473,8 +473,9 @@ impl SkuState {
     }
 
     /// Called with every slot taken: drops the entries below the floor,
-    /// and then, if that freed less than a quarter of the slots, doubles
-    /// them; a window already at [`MAX_SLOTS`] is cut (`cut_to_newest`).
+    /// and then, if that freed less than a quarter of the slots, grows
+    /// them (`grown_slots`); a window already at [`MAX_SLOTS`] is cut
+    /// (`cut_to_newest`).
     fn make_room(&mut self, floor: i64) {
         self.keep_only(|t| t >= floor);
         let held = usize::from(self.len);
