@@ -421,8 +421,12 @@ pub(crate) fn row_count(bytes: &[u8]) -> Option<usize> {
     if &head[..4] != MAGIC {
         return None;
     }
-    let rows = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
-    Some(rows.min(body.len()))
+    Some(claimed_rows(head).min(body.len()))
+}
+
+/// The row count a block's header claims.
+fn claimed_rows(head: &[u8; HEADER]) -> usize {
+    u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize
 }
 
 /// The rows of a packed block of `T`'s table.
@@ -453,7 +457,7 @@ pub(crate) fn decode_each<T: Packed + StoredRow>(
             "a packed block's header is not one of this table".into(),
         ));
     }
-    let rows = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+    let rows = claimed_rows(head);
     // Every row takes a byte at least: a count past that is corrupt, and
     // is not allocated for.
     if rows > body.len() {

@@ -416,22 +416,17 @@ impl SkuState {
         if usize::from(self.len) == self.capacity() {
             self.make_room(floor);
         }
-        let offset = match self.offset(ts) {
-            Some(offset) => offset,
-            None => {
-                self.rebase(floor);
-                match self.offset(ts) {
-                    Some(offset) => offset,
-                    None => {
-                        // Not reached: `ts` and the floor are within the
-                        // late window, which 32 bits hold. Were it, the
-                        // movement could not be kept, and counts before
-                        // it are refused instead of summed without it.
-                        self.set_cut(ts);
-                        return;
-                    }
-                }
-            }
+        let offset = self.offset(ts).or_else(|| {
+            self.rebase(floor);
+            self.offset(ts)
+        });
+        let Some(offset) = offset else {
+            // Not reached: `ts` and the floor are within the late window,
+            // which 32 bits hold. Were it, the movement could not be
+            // kept, and counts before it are refused instead of summed
+            // without it.
+            self.set_cut(ts);
+            return;
         };
         if let Some(slot) = self.slots.get_mut(usize::from(self.len) + 1) {
             *slot = Entry::new(offset, delta);
