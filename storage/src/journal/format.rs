@@ -152,14 +152,20 @@ fn each_record<'a>(
 pub(super) fn salt_crcs(group: &[u8], salt: u32, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(group);
+    salt_crcs_in_place(out, salt);
+}
+
+/// [`salt_crcs`] over a group already where it is written (a direct
+/// append's buffer).
+pub(super) fn salt_crcs_in_place(group: &mut [u8], salt: u32) {
     let mut at = 0;
-    while let Some(head) = out
+    while let Some(head) = group
         .get(at..at + RECORD_HEADER)
         .and_then(|h| <&[u8; RECORD_HEADER]>::try_from(h).ok())
     {
         let h = Header::parse(head);
         let salted = (h.crc ^ salt).to_le_bytes();
-        out[at + 4..at + 8].copy_from_slice(&salted);
+        group[at + 4..at + 8].copy_from_slice(&salted);
         at += RECORD_HEADER + h.len as usize;
     }
 }

@@ -7,7 +7,10 @@
 //! # Record format
 //!
 //! Every integer is little-endian. A segment file is a sequence of
-//! records, with no file header and no padding:
+//! records, with no file header. A direct append (`O_DIRECT`, see
+//! `direct`) leaves fewer than 4096 zero bytes after the last record, up to
+//! the end of the file; they read as the end of the segment, and the next
+//! append writes over them:
 //!
 //! | bytes | field | meaning |
 //! |---|---|---|
@@ -44,7 +47,8 @@
 //!   and each segment starts right after the previous one ends. LSN 0 is
 //!   never a record: an empty journal has `last_lsn` 0 (or its base).
 //! - A record is acknowledged (its append returned Ok) only after
-//!   `write_all` and `sync_data` of its segment, and, for the first record
+//!   `write_all` and `sync_data` of its segment (direct or not: the sync
+//!   also flushes the device's cache), and, for the first record
 //!   of a segment, after the fsync of the directory that made the new file
 //!   durable. One append is one write and one sync.
 //! - Only the last segment can end in a torn record: a segment stops
@@ -72,6 +76,7 @@
 //! apart would need a second copy; the CRC only tells that the record is
 //! wrong.
 
+mod direct;
 mod fault;
 mod format;
 mod retire;
@@ -81,21 +86,23 @@ mod tests;
 #[cfg(test)]
 mod tests_crash;
 #[cfg(test)]
+mod tests_direct;
+#[cfg(test)]
 mod tests_spares;
+mod write;
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub use fault::{FailSyncAfter, RealSync, SyncFault};
 pub use format::{MAX_RECORD_PAYLOAD, RECORD_HEADER, encode_record, split_records};
-use format::{SegmentReader, Step, check_group, salt_crcs};
+use format::{SegmentReader, Step, check_group};
 pub use retire::Expired;
 use retire::{Spare, SparePool, delete_segment};
 use segments::{create_segment, ensure_dir, recover, reuse_spare};
+use write::{Active, write_durably};
 
 /// Errors of the journal.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +170,9 @@ pub struct JournalOptions {
     /// How many expired segment files are kept, renamed, to be written
     /// over as later segments instead of deleted and created anew.
     pub spare_segments: usize,
+    /// Appends bypass the page cache (`O_DIRECT`) where the file system
+    /// allows it, and go through it where it does not (see `direct`).
+    pub direct_io: bool,
 }
 
 impl Default for JournalOptions {
@@ -170,6 +180,7 @@ impl Default for JournalOptions {
         JournalOptions {
             segment_bytes: 64 << 20,
             spare_segments: 2,
+            direct_io: true,
         }
     }
 }
@@ -203,13 +214,6 @@ impl Segment {
     }
 }
 
-/// The segment appends go to, with its open file.
-#[derive(Debug)]
-struct Active {
-    seg: Segment,
-    file: File,
-}
-
 /// The segment files of the directory, oldest first.
 #[derive(Debug)]
 struct Segments {
@@ -227,9 +231,12 @@ struct Segments {
 #[derive(Debug)]
 struct Writer {
     spares: Arc<SparePool>,
-    /// A group with its CRCs salted, for a reused segment; kept between
-    /// appends.
+    /// A group with its CRCs salted, for a reused segment written through
+    /// the page cache; kept between appends.
     salted: Vec<u8>,
+    /// Whether appends try `O_DIRECT`: the option, until the file system
+    /// refuses it once.
+    direct_io: bool,
 }
 
 /// The write-ahead journal. See the module documentation.
@@ -270,6 +277,7 @@ impl Journal {
                 files: Mutex::new(spares),
             }),
             salted: Vec::new(),
+            direct_io: opts.direct_io,
         };
         Ok(Journal {
             segs,
@@ -325,9 +333,7 @@ impl Journal {
         let written = self
             .segs
             .active_for(first, self.opts.segment_bytes, &writer.spares)
-            .and_then(|active| {
-                write_durably(active, &*self.fault, encoded, last, &mut writer.salted)
-            });
+            .and_then(|active| write_durably(active, &*self.fault, encoded, last, writer));
         match written {
             Ok(()) => {
                 self.last_lsn = last;
@@ -525,34 +531,4 @@ impl Segments {
         }
         Ok(())
     }
-}
-
-/// Writes a group after the valid records of the active segment (over
-/// whatever a reused file held there) and syncs it.
-fn write_durably(
-    active: &mut Active,
-    fault: &dyn SyncFault,
-    encoded: &[u8],
-    last: u64,
-    salted: &mut Vec<u8>,
-) -> Result<(), JournalError> {
-    let path = &active.seg.path;
-    let bytes = if active.seg.salt == 0 {
-        encoded
-    } else {
-        salt_crcs(encoded, active.seg.salt, salted);
-        salted.as_slice()
-    };
-    active
-        .file
-        .write_all_at(bytes, active.seg.bytes)
-        .map_err(io_err("write segment", path))?;
-    fault.before_sync().map_err(io_err("sync segment", path))?;
-    active
-        .file
-        .sync_data()
-        .map_err(io_err("sync segment", path))?;
-    active.seg.bytes += encoded.len() as u64;
-    active.seg.last = last;
-    Ok(())
 }

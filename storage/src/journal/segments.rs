@@ -4,11 +4,11 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::format::{SegmentReader, Step};
-use super::{Active, JournalError, Segment, Segments, Spare, io_err};
+use super::{Active, JournalError, Segment, Segments, Spare, direct, io_err};
 
 /// The name of a segment whose first record is `first`: `<first>.wal`
 /// for a new file (salt 0), `<first>-<salt>.wal` for a reused one.
@@ -139,7 +139,7 @@ pub(super) fn recover(dir: &Path) -> Result<(Segments, u64, Vec<Spare>), Journal
     }
     let (current, cut) = match newest {
         Some(last) => {
-            let cut = last.file_len - last.seg.bytes;
+            let cut = last.file_len - last.seg.bytes - last.padding;
             let current = open_current(last.seg, cut > 0)?;
             sync_dir(dir)?;
             (Some(current), cut)
@@ -163,6 +163,9 @@ pub(super) struct Scan {
     file_len: u64,
     /// Why the record at `seg.bytes` is invalid, if the file goes on.
     bad: Option<String>,
+    /// Bytes of a direct append's zero padding after the valid records,
+    /// up to the end of the file: not a torn tail (see `direct`).
+    padding: u64,
 }
 
 /// Reads a whole segment, checking every record.
@@ -178,6 +181,17 @@ pub(super) fn scan_segment(path: PathBuf, first: u64, salt: u32) -> Result<Scan,
     };
     let (bytes, file_len) = (reader.offset(), reader.end());
     drop(reader);
+    let mut padding = 0;
+    if bad.is_some() && file_len - bytes < direct::BLOCK as u64 {
+        let mut tail = vec![0; (file_len - bytes) as usize];
+        File::open(&path)
+            .and_then(|f| f.read_exact_at(&mut tail, bytes))
+            .map_err(io_err("read segment", &path))?;
+        if direct::is_padding(&tail) {
+            padding = file_len - bytes;
+        }
+    }
+    let bad = if padding > 0 { None } else { bad };
     let seg = Segment {
         first,
         last,
@@ -185,7 +199,12 @@ pub(super) fn scan_segment(path: PathBuf, first: u64, salt: u32) -> Result<Scan,
         salt,
         path,
     };
-    Ok(Scan { seg, file_len, bad })
+    Ok(Scan {
+        seg,
+        file_len,
+        bad,
+        padding,
+    })
 }
 
 /// Opens the last segment for writing, first cutting it at the end of
@@ -203,7 +222,7 @@ pub(super) fn open_current(seg: Segment, cut: bool) -> Result<Active, JournalErr
             .map_err(io_err("truncate segment", path))?;
     }
     file.sync_data().map_err(io_err("sync segment", path))?;
-    Ok(Active { seg, file })
+    Ok(Active::new(seg, file))
 }
 
 /// Creates the segment whose first record is `first`, durably.
@@ -217,10 +236,7 @@ pub(super) fn create_segment(dir: &Path, first: u64) -> Result<Active, JournalEr
         .open(&path)
         .map_err(io_err("create segment", &path))?;
     sync_dir(dir)?;
-    Ok(Active {
-        seg: Segment::empty(first, 0, path),
-        file,
-    })
+    Ok(Active::new(Segment::empty(first, 0, path), file))
 }
 
 /// Makes a spare file the segment whose first record is `first`, durably:
@@ -248,10 +264,7 @@ pub(super) fn reuse_spare(
         .write(true)
         .open(&path)
         .map_err(io_err("open segment", &path))?;
-    Ok(Some(Active {
-        seg: Segment::empty(first, salt, path),
-        file,
-    }))
+    Ok(Some(Active::new(Segment::empty(first, salt, path), file)))
 }
 
 /// A random salt, never 0 (the salt of new files) nor `old`.

@@ -206,6 +206,8 @@ proptest! {
         keep in any::<u64>(),
         garbage in prop::collection::vec(any::<u8>(), 0..40),
     ) {
-        power_cut(&groups, segment_bytes, keep, &garbage).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let tmp = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
+        power_cut(&tmp, &groups, segment_bytes, keep, &garbage, false)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
     }
 }

@@ -17,6 +17,9 @@ use super::*;
 const REUSE: JournalOptions = JournalOptions {
     segment_bytes: 300,
     spare_segments: 2,
+    // Through the page cache, as `tests::SMALL` (`tests_direct` reuses
+    // spares with direct appends).
+    direct_io: false,
 };
 
 fn spare_files(dir: &Path) -> Result<Vec<PathBuf>, io::Error> {
