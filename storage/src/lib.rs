@@ -21,6 +21,7 @@
 pub mod analytics;
 pub mod buckets;
 pub mod catalog;
+mod direct_io;
 pub mod journal;
 pub mod query;
 pub mod rows;

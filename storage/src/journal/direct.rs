@@ -1,4 +1,5 @@
-//! Appends that bypass the page cache (`O_DIRECT`).
+//! The journal's appends that bypass the page cache (`O_DIRECT`, see
+//! `crate::direct_io`).
 //!
 //! Why: a buffered append copies its group into the page cache, and its
 //! `fdatasync` then finds and writes back those dirty pages. Written
@@ -17,42 +18,25 @@
 //! up to the end of the file, reads as the segment's end (see
 //! `segments::scan_segment`), in the last segment and before it.
 //!
-//! A file system without `O_DIRECT` (tmpfs, some FUSE ones) refuses it,
-//! at open or at the first write, with `EINVAL`; the journal then writes
-//! through the page cache as before, for the rest of its life.
+//! A file system without `O_DIRECT` (some FUSE ones, tmpfs before Linux
+//! 6.6) refuses it, at open or at the first write, with `EINVAL`; the
+//! journal then writes through the page cache as before, for the rest of
+//! its life.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use rkyv::util::AlignedVec;
 
+pub(super) use crate::direct_io::{BLOCK, refused};
+
 use super::format::salt_crcs_in_place;
-
-/// The unit of a direct write: its offset, length and buffer address are
-/// multiples of it. 4 KiB covers devices of 512-byte and 4 KiB logical
-/// blocks; one that needs more refuses the write, and the journal falls
-/// back to the page cache.
-pub(super) const BLOCK: usize = 4096;
-
-/// Whether `e` is a file system's refusal of `O_DIRECT` (rather than a
-/// failure of the disk, which poisons the journal).
-pub(super) fn refused(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::EINVAL)
-}
 
 /// Opens `path` for direct writes; None if its file system refuses them.
 pub(super) fn open(path: &Path) -> io::Result<Option<File>> {
-    match OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-    {
-        Ok(file) => Ok(Some(file)),
-        Err(e) if refused(&e) => Ok(None),
-        Err(e) => Err(e),
-    }
+    crate::direct_io::open(OpenOptions::new().write(true), path)
 }
 
 /// The aligned buffer of a segment's direct appends, holding the bytes of

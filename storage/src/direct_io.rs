@@ -1,0 +1,38 @@
+//! Writes that bypass the page cache (`O_DIRECT`), shared by the journal
+//! and the embedded store's block log: both append bytes that are read
+//! back rarely (at open, by a backup, by a query of old hours), so the
+//! page cache had nothing to give them, and filling it cost a copy and,
+//! on a guest whose freed pages go back to its host, a fault per new page.
+//!
+//! A direct write starts and ends on a block boundary, from an aligned
+//! buffer; each writer keeps its file's last partial block in memory and
+//! writes it again with what follows. A file system without `O_DIRECT`
+//! refuses it with `EINVAL`, at open or at the first write, and the
+//! writer falls back to the page cache.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// The unit of a direct write: its offset, length and buffer address are
+/// multiples of it. 4 KiB covers devices of 512-byte and 4 KiB logical
+/// blocks; one that needs more refuses the write, and the writer falls
+/// back to the page cache.
+pub(crate) const BLOCK: usize = 4096;
+
+/// Whether `e` is a file system's refusal of `O_DIRECT` (rather than a
+/// failure of the disk, which the writer reports).
+pub(crate) fn refused(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EINVAL)
+}
+
+/// Opens `path` as `options` say, plus `O_DIRECT`; None if its file
+/// system refuses it.
+pub(crate) fn open(options: &OpenOptions, path: &Path) -> io::Result<Option<File>> {
+    match options.clone().custom_flags(libc::O_DIRECT).open(path) {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if refused(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
