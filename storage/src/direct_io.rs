@@ -12,6 +12,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// The unit of a direct write: its offset, length and buffer address are
@@ -30,6 +31,10 @@ pub(crate) fn refused(e: &io::Error) -> bool {
 /// system refuses it, or on a system without the flag (macOS has none:
 /// the writers use the page cache there).
 pub(crate) fn open(options: &OpenOptions, path: &Path) -> io::Result<Option<File>> {
+    #[cfg(test)]
+    if refuse::take_open() {
+        return Ok(None);
+    }
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -43,5 +48,55 @@ pub(crate) fn open(options: &OpenOptions, path: &Path) -> io::Result<Option<File
     {
         let _ = (options, path);
         Ok(None)
+    }
+}
+
+/// Writes `buf` at `offset` of a file opened by [`open`]: all of it, or
+/// an error.
+pub(crate) fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    #[cfg(test)]
+    if refuse::take() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    file.write_all_at(buf, offset)
+}
+
+/// Fault injection for tests: no file system on these machines refuses
+/// `O_DIRECT` (ext4 and bindfs take it, and tmpfs since Linux 6.6), so
+/// tests make the next opens or writes of their own thread refuse it, as
+/// such a file system would (`EINVAL`).
+#[cfg(test)]
+pub(crate) mod refuse {
+    use std::cell::Cell;
+
+    thread_local! {
+        static WRITES: Cell<u32> = const { Cell::new(0) };
+        static OPENS: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// The next `n` direct writes of this thread are refused.
+    pub(crate) fn next_writes(n: u32) {
+        WRITES.with(|c| c.set(n));
+    }
+
+    /// The next `n` opens with `O_DIRECT` of this thread are refused.
+    pub(crate) fn next_opens(n: u32) {
+        OPENS.with(|c| c.set(n));
+    }
+
+    fn take_one(c: &Cell<u32>) -> bool {
+        let n = c.get();
+        c.set(n.saturating_sub(1));
+        n > 0
+    }
+
+    /// Whether this write is refused (and one fewer is to be).
+    pub(super) fn take() -> bool {
+        WRITES.with(take_one)
+    }
+
+    /// Whether this open is refused (and one fewer is to be).
+    pub(super) fn take_open() -> bool {
+        OPENS.with(take_one)
     }
 }

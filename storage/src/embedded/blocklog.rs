@@ -191,7 +191,7 @@ impl Tail {
         }
         if self.direct {
             self.staged.resize(end.next_multiple_of(BLOCK), 0);
-            match self.file.write_all_at(&self.staged, self.base()) {
+            match direct_io::write_at(&self.file, &self.staged, self.base()) {
                 Ok(()) => {}
                 Err(e) if direct_io::refused(&e) => {
                     self.staged.resize(end, 0);

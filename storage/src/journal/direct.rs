@@ -78,7 +78,7 @@ impl DirectTail {
         }
         let end = self.buf.len();
         self.buf.resize(end.next_multiple_of(BLOCK), 0);
-        let written = file.write_all_at(self.buf.as_slice(), start);
+        let written = crate::direct_io::write_at(file, self.buf.as_slice(), start);
         // Kept for the next append whatever happened: a failed write
         // poisons the journal (or, refused, drops this tail), so the
         // bytes only matter once this one succeeded.
