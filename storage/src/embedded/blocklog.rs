@@ -219,9 +219,8 @@ impl Tail {
     /// the segment is opened again for the page cache, and so is every
     /// later one.
     fn fall_back_and_write_out(&mut self) -> Result<(), StoreError> {
-        let path = self.path.clone();
         let file = write_options(false)
-            .open(&path)
+            .open(&self.path)
             .map_err(io_err("opening the block log"))?;
         self.file = Arc::new(file);
         self.direct = false;
