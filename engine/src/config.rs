@@ -65,6 +65,10 @@ pub struct ServerConfig {
     /// ack (hundreds of ms at full load), short enough for a load balancer
     /// to stop sending before devices time out.
     pub ack_stall_not_ready: Duration,
+    /// Longest one ack may wait to be written (the device's stream window
+    /// full: it does not read) before the connection is closed, so that a
+    /// device that stopped reading holds nothing for ever. Default 5 s.
+    pub ack_write_deadline: Duration,
     /// Connections open at once, in handshake or serving; more are
     /// refused (CONNECTION_REFUSED, counted as `too_many_connections`).
     /// Each one costs a session's tasks and buffers; a device holds one
@@ -203,6 +207,7 @@ impl ServerConfig {
             passivate_after: Duration::from_secs(15 * 60),
             max_clock_skew: Duration::from_secs(5 * 60),
             ack_stall_not_ready: Duration::from_secs(10),
+            ack_write_deadline: Duration::from_secs(5),
             max_connections: 20_000,
             max_events_per_s_per_device: 50_000,
             max_stores_per_device: 16,

@@ -44,6 +44,8 @@ pub(crate) struct EngineCtx {
     /// Acknowledgements stuck this long while batches wait make `/readyz`
     /// fail (see `ServerConfig::ack_stall_not_ready`).
     pub(crate) ack_stall_not_ready: Duration,
+    /// See `ServerConfig::ack_write_deadline`.
+    pub(crate) ack_write_deadline: Duration,
     /// What the frames being read may hold, across connections, and how
     /// long one may take (see `ServerConfig::max_frame_buffer_bytes`).
     pub(crate) frame_budget: FrameBudget,

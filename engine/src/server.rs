@@ -150,6 +150,7 @@ impl Server {
             rules,
             draining: AtomicBool::new(false),
             ack_stall_not_ready: cfg.ack_stall_not_ready,
+            ack_write_deadline: cfg.ack_write_deadline,
             live: LiveLimits::new(ReloadableLimits::of(&cfg)),
             hello_timeout: cfg.hello_timeout,
             auth: auth.clone(),

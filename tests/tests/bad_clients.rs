@@ -384,7 +384,15 @@ async fn acks_naming_many_refused_events_stay_within_the_frame_limit() -> anyhow
     const BATCHES: u64 = 24;
     const EVENTS: u32 = 4096;
     let dir = tempfile::tempdir()?;
-    let server = start_server(dir.path(), 2).await?;
+    let mut cfg = test_config(dir.path(), 2);
+    cfg.flush_interval = Duration::from_millis(1);
+    // The device reads no ack until it has written every batch, so its
+    // acker waits on the stream window for as long as the writes take:
+    // past the 5 s default on a loaded machine, which closed the
+    // connection (one CI run in five). Waiting is what this test needs,
+    // to make the acks coalesce.
+    cfg.ack_write_deadline = Duration::from_secs(120);
+    let server = tillstream_engine::Server::start(cfg).await?;
     let mut raw = Raw::open(&server, 71).await?;
     let ts = now_us();
     let refused: Vec<Event> = (0..EVENTS)

@@ -13,9 +13,6 @@ use crate::wire::write_msg;
 
 /// How long a closing session waits for its last frames to be delivered.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
-/// How long one ack may take to write before the device counts as not
-/// reading.
-const ACK_WRITE_DEADLINE: Duration = Duration::from_secs(5);
 /// Most refused-event references one Ack carries: 16 bytes each archived,
 /// so an Ack stays near 512 KiB, well inside the 1 MiB frame limit a
 /// device reads with. More refs go in the next Ack (same or higher
@@ -30,6 +27,9 @@ struct Outbox {
     conn: quinn::Connection,
     slot: Arc<DeviceSlot>,
     writable: bool,
+    /// How long one ack may take to write before the device counts as
+    /// not reading (`ServerConfig::ack_write_deadline`).
+    deadline: Duration,
     owed_batches: u32,
     owed_rejected: Vec<RejectedRef>,
     oldest: Option<Instant>,
@@ -78,7 +78,7 @@ impl Outbox {
         // (and the budget its batches hold) for ever: past the deadline the
         // connection is closed; what it sent is still committed, and it
         // learns its watermark from the next Welcome.
-        match tokio::time::timeout(ACK_WRITE_DEADLINE, write_msg(&mut self.send, msg)).await {
+        match tokio::time::timeout(self.deadline, write_msg(&mut self.send, msg)).await {
             Ok(r) => self.writable = r.is_ok(),
             Err(_) => {
                 tracing::info!("the device did not read its acks in time; closing");
@@ -152,12 +152,14 @@ pub(super) async fn ack(
     conn: quinn::Connection,
     mut failed: tokio::sync::watch::Receiver<bool>,
     welcomed: u64,
+    deadline: Duration,
 ) {
     let mut out = Outbox {
         send,
         conn,
         slot,
         writable: true,
+        deadline,
         owed_batches: 0,
         owed_rejected: Vec::new(),
         oldest: None,

@@ -252,6 +252,7 @@ async fn session(
             conn.clone(),
             ctx.failed.subscribe(),
             welcome.durable_seq,
+            ctx.ack_write_deadline,
         )
         .in_current_span(),
     );
