@@ -6,7 +6,7 @@
 //!
 //! A direct write starts and ends on a block boundary, from an aligned
 //! buffer; each writer keeps its file's last partial block in memory and
-//! writes it again with what follows. A file system without `O_DIRECT`
+//! writes it again with what follows ([`BlockTail`]). A file system without `O_DIRECT`
 //! refuses it with `EINVAL`, at open or at the first write, and the
 //! writer falls back to the page cache.
 
@@ -14,6 +14,8 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+use rkyv::util::AlignedVec;
 
 /// The unit of a direct write: its offset, length and buffer address are
 /// multiples of it. 4 KiB covers devices of 512-byte and 4 KiB logical
@@ -59,6 +61,77 @@ pub(crate) fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     file.write_all_at(buf, offset)
+}
+
+/// A direct writer's buffer: the file's last partial block (already on
+/// disk), then the bytes appended since. [`BlockTail::write_out`] writes
+/// both from the start of that block, zero-padded to the next, and keeps
+/// the new last partial block. The rewritten prefix is the bytes the disk
+/// holds, so a torn write cannot damage what was written before: whatever
+/// mix of old and new sectors lands, the prefix reads the same.
+#[derive(Debug, Default)]
+pub(crate) struct BlockTail {
+    buf: AlignedVec<BLOCK>,
+    /// Bytes of the last partial block at the start of `buf`.
+    kept: usize,
+}
+
+impl BlockTail {
+    /// The tail of a file whose data ends at `end`: its last partial
+    /// block, read back from `path`.
+    pub(crate) fn read(path: &Path, end: u64) -> io::Result<BlockTail> {
+        let kept = (end % BLOCK as u64) as usize;
+        let mut buf = AlignedVec::<BLOCK>::with_capacity(BLOCK);
+        buf.resize(kept, 0);
+        if kept > 0 {
+            File::open(path)?.read_exact_at(buf.as_mut_slice(), end - kept as u64)?;
+        }
+        Ok(BlockTail { buf, kept })
+    }
+
+    /// Bytes of the last partial block held: the file's data end modulo
+    /// [`BLOCK`].
+    pub(crate) fn kept(&self) -> usize {
+        self.kept
+    }
+
+    /// The kept block, then what was appended: append here (block-aligned,
+    /// so bytes may be encoded in place).
+    pub(crate) fn buf(&mut self) -> &mut AlignedVec<BLOCK> {
+        &mut self.buf
+    }
+
+    /// Drops what was appended since the last write.
+    pub(crate) fn discard(&mut self) {
+        self.buf.resize(self.kept, 0);
+    }
+
+    /// Forgets the kept block, leaving what was appended: for a writer
+    /// that falls back to the page cache and writes at the data end.
+    pub(crate) fn forget_kept(&mut self) {
+        self.buf.as_mut_slice().copy_within(self.kept.., 0);
+        let appended = self.buf.len() - self.kept;
+        self.buf.resize(appended, 0);
+        self.kept = 0;
+    }
+
+    /// Writes the kept block and what was appended to `file` (opened by
+    /// [`open`]), whose data ends at `end`; returns the new end. On an
+    /// error nothing is kept of this write: the buffer is as it was.
+    pub(crate) fn write_out(&mut self, file: &File, end: u64) -> io::Result<u64> {
+        let len = self.buf.len();
+        let start = end - self.kept as u64;
+        self.buf.resize(len.next_multiple_of(BLOCK), 0);
+        if let Err(e) = write_at(file, &self.buf, start) {
+            self.buf.resize(len, 0);
+            return Err(e);
+        }
+        let last_block = len - len % BLOCK;
+        self.buf.as_mut_slice().copy_within(last_block..len, 0);
+        self.kept = len - last_block;
+        self.buf.resize(self.kept, 0);
+        Ok(start + len as u64)
+    }
 }
 
 /// Fault injection for tests: no file system on these machines refuses

@@ -40,7 +40,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use rkyv::util::AlignedVec;
 
-use crate::direct_io::{self, BLOCK};
+use crate::direct_io::{self, BlockTail};
 use crate::store::StoreError;
 
 /// The directory of the segments, under the store's.
@@ -165,52 +165,39 @@ struct Tail {
     synced: u64,
     /// Whether `file` was opened with `O_DIRECT`.
     direct: bool,
-    /// Direct writes only: the segment's last partial block, written
-    /// already and kept as the first `kept` bytes of `staged`, to be
-    /// written again in front of the next frames. Always `len % BLOCK`
-    /// when direct, 0 otherwise.
-    kept: usize,
-    /// The kept bytes, then the frames staged by the commit under way
-    /// (written by `sync`); block-aligned for direct writes.
-    staged: AlignedVec<BLOCK>,
+    /// The segment's last partial block when direct (written already, to
+    /// be written again in front of the next frames; none otherwise), then
+    /// the frames staged by the commit under way (written by `sync`).
+    staged: BlockTail,
 }
 
 impl Tail {
-    /// The segment offset of `staged[0]`.
+    /// The segment offset of the staged buffer's first byte.
     fn base(&self) -> u64 {
-        self.len - self.kept as u64
+        self.len - self.staged.kept() as u64
     }
 
-    /// Writes everything staged after the kept bytes to the segment (a
-    /// direct write from the start of the kept block, padded) and keeps
-    /// the new last partial block. Does not sync.
+    /// Writes everything staged to the segment (direct: from the start of
+    /// the kept block, padded, keeping the new last partial block). Does
+    /// not sync.
     fn write_out(&mut self) -> Result<(), StoreError> {
-        let end = self.staged.len();
-        if end == self.kept {
+        let staged = self.staged.buf().len();
+        if staged == self.staged.kept() {
             return Ok(());
         }
         if self.direct {
-            self.staged.resize(end.next_multiple_of(BLOCK), 0);
-            match direct_io::write_at(&self.file, &self.staged, self.base()) {
-                Ok(()) => {}
-                Err(e) if direct_io::refused(&e) => {
-                    self.staged.resize(end, 0);
-                    return self.fall_back_and_write_out();
-                }
+            match self.staged.write_out(&self.file, self.len) {
+                Ok(end) => self.len = end,
+                Err(e) if direct_io::refused(&e) => return self.fall_back_and_write_out(),
                 Err(e) => return Err(io_err("writing the block log")(e)),
             }
-            self.len = self.base() + end as u64;
-            let last_block = end - end % BLOCK;
-            self.staged.as_mut_slice().copy_within(last_block..end, 0);
-            self.staged.resize(end - last_block, 0);
-            self.kept = end - last_block;
         } else {
             self.file
-                .write_all_at(&self.staged, self.len)
+                .write_all_at(self.staged.buf(), self.len)
                 .map_err(io_err("writing the block log"))?;
-            start_writeback(&self.file, self.len, end);
-            self.len += end as u64;
-            self.staged.clear();
+            start_writeback(&self.file, self.len, staged);
+            self.len += staged as u64;
+            self.staged.discard();
         }
         Ok(())
     }
@@ -224,10 +211,7 @@ impl Tail {
             .map_err(io_err("opening the block log"))?;
         self.file = Arc::new(file);
         self.direct = false;
-        self.staged.as_mut_slice().copy_within(self.kept.., 0);
-        let end = self.staged.len() - self.kept;
-        self.staged.resize(end, 0);
-        self.kept = 0;
+        self.staged.forget_kept();
         self.write_out()
     }
 }
@@ -321,18 +305,11 @@ impl BlockLog {
         }
         sync_dir(dir)?;
         // A direct write starts at the last partial block: read it back.
-        let kept = if direct {
-            (len % BLOCK as u64) as usize
+        let staged = if direct {
+            BlockTail::read(&path, len).map_err(io_err("opening the block log"))?
         } else {
-            0
+            BlockTail::default()
         };
-        let mut staged = AlignedVec::<BLOCK>::new();
-        staged.resize(kept, 0);
-        if kept > 0 {
-            File::open(&path)
-                .and_then(|f| f.read_exact_at(staged.as_mut_slice(), len - kept as u64))
-                .map_err(io_err("opening the block log"))?;
-        }
         Ok(Self {
             dir: dir.to_path_buf(),
             segment_bytes,
@@ -343,7 +320,6 @@ impl BlockLog {
                 synced: len,
                 file: Arc::new(file),
                 direct,
-                kept,
                 staged,
             }),
             readers: RwLock::new(HashMap::new()),
@@ -356,27 +332,29 @@ impl BlockLog {
     /// current one would pass its size.
     pub(crate) fn stage_as(&self, format: BlockFormat, block: &[u8]) -> Result<Ptr, StoreError> {
         let mut t = self.tail.lock();
-        let mut start = t.staged.len();
-        t.staged.extend_from_slice(&[0u8; FRAME]);
-        t.staged.extend_from_slice(block);
-        let end = t.staged.len();
+        let staged = t.staged.buf();
+        let mut start = staged.len();
+        staged.extend_from_slice(&[0u8; FRAME]);
+        staged.extend_from_slice(block);
+        let end = staged.len();
         let Ok(len) = u32::try_from(end - start - FRAME) else {
-            t.staged.resize(start, 0);
+            staged.resize(start, 0);
             return Err(StoreError::Backend {
                 op: "logging a block",
                 source: format!("a block of {} bytes is over 4 GiB", end - start).into(),
             });
         };
-        let crc = crc32fast::hash(&t.staged[start + FRAME..end]);
-        t.staged[start..start + 4].copy_from_slice(&len.to_le_bytes());
-        t.staged[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        let crc = crc32fast::hash(&staged[start + FRAME..end]);
+        staged[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        staged[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
         // Every frame starts 16-aligned, as the block inside was encoded.
-        t.staged.resize(end.next_multiple_of(FRAME), 0);
-        if t.base() + t.staged.len() as u64 > self.segment_bytes && t.base() + start as u64 > 0 {
+        staged.resize(end.next_multiple_of(FRAME), 0);
+        let staged_end = staged.len() as u64;
+        if t.base() + staged_end > self.segment_bytes && t.base() + start as u64 > 0 {
             // This frame opens the next segment; what came before it
             // closes this one.
-            let frame = t.staged[start..].to_vec();
-            t.staged.resize(start, 0);
+            let frame = t.staged.buf()[start..].to_vec();
+            t.staged.buf().resize(start, 0);
             t.write_out()?;
             t.file
                 .sync_data()
@@ -391,9 +369,8 @@ impl BlockLog {
             t.path = path;
             t.file = Arc::new(next);
             t.direct = direct;
-            t.kept = 0;
-            t.staged.clear();
-            t.staged.extend_from_slice(&frame);
+            t.staged = BlockTail::default();
+            t.staged.buf().extend_from_slice(&frame);
             start = 0;
         }
         Ok(Ptr {
@@ -420,13 +397,11 @@ impl BlockLog {
 
     /// Drops frames staged by a commit that failed before `sync`.
     pub(crate) fn discard_staged(&self) {
-        let mut t = self.tail.lock();
-        let kept = t.kept;
-        t.staged.resize(kept, 0);
+        self.tail.lock().staged.discard();
     }
 
     fn write_staged(t: &mut Tail) -> Result<(), StoreError> {
-        if t.staged.len() == t.kept && t.synced == t.len {
+        if t.staged.buf().len() == t.staged.kept() && t.synced == t.len {
             return Ok(());
         }
         t.write_out()?;

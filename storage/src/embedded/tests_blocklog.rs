@@ -1,6 +1,7 @@
 //! Tests of `blocklog`: framing, the cut at open, rolls, and corruption.
 
 use super::*;
+use crate::direct_io::BLOCK;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 

@@ -27,7 +27,7 @@ pub(super) enum Writes {
     Buffered,
     /// Direct, from the buffer that holds the last partial block; `file`
     /// was opened with `O_DIRECT`.
-    Direct(direct::DirectTail),
+    Direct(direct::BlockTail),
 }
 
 impl Active {
@@ -56,7 +56,7 @@ pub(super) fn write_durably(
     let path = &active.seg.path;
     let (bytes, salt) = (active.seg.bytes, active.seg.salt);
     let mut written = match &mut active.writes {
-        Writes::Direct(tail) => tail.write(&active.file, bytes, encoded, salt),
+        Writes::Direct(tail) => direct::write_group(tail, &active.file, bytes, encoded, salt),
         _ => write_buffered(&active.file, bytes, encoded, salt, &mut writer.salted),
     };
     if let Err(e) = &written
@@ -95,7 +95,7 @@ fn decide_writes(active: &mut Active, direct_io: bool) -> io::Result<Writes> {
     let Some(file) = direct::open(&active.seg.path)? else {
         return Ok(Writes::Buffered);
     };
-    let tail = direct::DirectTail::read(&active.seg.path, active.seg.bytes)?;
+    let tail = direct::BlockTail::read(&active.seg.path, active.seg.bytes)?;
     active.file = file;
     Ok(Writes::Direct(tail))
 }
