@@ -6,10 +6,11 @@
 //! flusher takes units in LSN order; once the journal is durable up to a
 //! unit's LSN, the unit is acknowledged (its device's watermark rises, its
 //! acker writes the `Ack`) and its rows join the next materialization.
-//! Every `interval` (or `max_rows` rows) one blocking task writes what
-//! gathered with [`Store::materialize`], atomically with the LSN of its
-//! last unit, and now and then [`Store::sync_materialized`] makes that
-//! durable and lets the journal drop what the tables hold.
+//! One `interval` after the first rows gathered (or at `max_rows` rows,
+//! or at once after a busy write) one blocking task writes what gathered
+//! with [`Store::materialize`], atomically with the LSN of its last unit,
+//! and now and then [`Store::sync_materialized`] makes that durable and
+//! lets the journal drop what the tables hold.
 //!
 //! Invariants:
 //! - a unit's `done` resolves Ok only once the journal is durable past its
@@ -121,7 +122,9 @@ struct Gathered {
     budget: Vec<OwnedSemaphorePermit>,
     /// LSN of the last unit gathered (0: none since the last write).
     lsn: u64,
-    since: Option<Instant>,
+    /// When the first of them came (the runtime's clock: the write is
+    /// timed on it).
+    since: Option<tokio::time::Instant>,
 }
 
 /// A write's outcome, its row sets (to hand back to the shards) and its
@@ -161,8 +164,13 @@ impl Flusher {
     ) {
         let mut open = true;
         let mut durable = journal.borrow().durable;
-        let mut tick = tokio::time::interval(self.settings.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // What gathered is written `interval` after its first rows came.
+        // A periodic tick that checked their age let them wait up to two
+        // intervals, and the shards' budgets with them: under load the
+        // next write then met a full budget and stopped every reader.
+        let due = tokio::time::sleep(self.settings.interval);
+        tokio::pin!(due);
+        let mut armed: Option<tokio::time::Instant> = None;
         loop {
             if !open && self.waiting.is_empty() && self.in_flight.is_none() {
                 if self.acc.lsn == 0 && self.acc.rows == 0 {
@@ -175,6 +183,14 @@ impl Flusher {
                 self.start_materialize();
                 continue;
             }
+            let want = self.acc.since.map(|t| t + self.settings.interval);
+            if want != armed {
+                if let Some(at) = want {
+                    due.as_mut().reset(at);
+                }
+                armed = want;
+            }
+            let may_write = armed.is_some() && self.in_flight.is_none() && self.error.is_none();
             tokio::select! {
                 unit = rx.recv(), if open => match unit {
                     Some(u) => self.take(u),
@@ -209,11 +225,7 @@ impl Flusher {
                 done = wait_for(&mut self.in_flight), if self.in_flight.is_some() => {
                     self.materialized(done);
                 },
-                _ = tick.tick() => {
-                    if self.acc.since.is_some_and(|t| t.elapsed() >= self.settings.interval) {
-                        self.start_materialize();
-                    }
-                },
+                () = &mut due, if may_write => self.start_materialize(),
             }
             self.release(durable);
             if self.acc.rows >= self.settings.max_rows {
@@ -296,7 +308,7 @@ impl Flusher {
                 self.acc.parts.push(part);
             }
         }
-        self.acc.since.get_or_insert_with(Instant::now);
+        self.acc.since.get_or_insert_with(tokio::time::Instant::now);
     }
 
     /// Starts writing what gathered, unless a write is under way.
@@ -305,6 +317,8 @@ impl Flusher {
             return;
         }
         if self.acc.lsn == 0 && self.acc.rows == 0 {
+            // Only empty dead letters gathered: nothing to write.
+            self.acc.since = None;
             return;
         }
         self.ticks += 1;
@@ -412,5 +426,85 @@ async fn wait_for(
     match task {
         Some(t) => t.await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sequencer::BatchHeader;
+    use tillstream_engine_core::route::Scope;
+    use tillstream_storage::embedded::EmbeddedStore;
+
+    /// On the runtime's paused clock: a write waits one interval after its
+    /// first rows, not until the next tick after that (up to two).
+    #[tokio::test(start_paused = true)]
+    async fn rows_are_written_one_interval_after_they_came()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("store"))?);
+        let (sequencer, writer) = Sequencer::start(store.clone(), 0)?;
+        let header = BatchHeader {
+            device: 1,
+            seq: 1,
+            now_us: 0,
+            max_future_s: 300,
+            scope: Scope::default(),
+        };
+        assert_eq!(
+            sequencer.submit(header, b"frame", |_| Ok::<(), ()>(())),
+            Ok(1)
+        );
+        // The journal thread runs on real time: wait for it before the
+        // flusher starts, so the unit is durable when it comes.
+        let journal = sequencer.subscribe();
+        while journal.borrow().durable < 1 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let interval = Duration::from_secs(1);
+        let settings = FlushSettings {
+            interval,
+            max_rows: usize::MAX,
+            sync_every: Duration::from_secs(3600),
+            queue: 16,
+        };
+        let (checkpoint, mut written) = watch::channel(0u64);
+        let (_failed_tx, failed) = watch::channel(false);
+        let pool = Arc::new(RowSetPool::new(4));
+        let started = tokio::time::Instant::now();
+        let (tx, flusher) = spawn(store, 0, &sequencer, failed, checkpoint, settings, pool);
+        // The rows come between two of a periodic tick's checks.
+        tokio::time::advance(interval * 6 / 10).await;
+        let (done_tx, done) = oneshot::channel();
+        tx.send(CommitUnit {
+            lsn: Some(1),
+            rows: Vec::new(),
+            durable: None,
+            done: Some(done_tx),
+            budget: Vec::new(),
+        })
+        .await?;
+        assert!(
+            done.await?.is_ok(),
+            "a durable unit is acknowledged at once"
+        );
+        let came = tokio::time::Instant::now();
+        tokio::time::advance(interval * 9 / 10).await;
+        assert_eq!(*written.borrow(), 0, "written before its interval");
+        // The clock runs on only for timers while the write's blocking
+        // task is idle: with no write due, the timeout ends this.
+        tokio::time::timeout(interval * 10, written.changed()).await??;
+        assert_eq!(*written.borrow(), 1);
+        let waited = tokio::time::Instant::now() - came;
+        assert!(
+            waited < interval * 11 / 10,
+            "rows waited {waited:?} for an interval of {interval:?} (since start {:?})",
+            started.elapsed()
+        );
+        drop(tx);
+        flusher.await?;
+        sequencer.close();
+        writer.join().map_err(|_| "the journal writer panicked")?;
+        Ok(())
     }
 }

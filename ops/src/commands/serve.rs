@@ -43,8 +43,9 @@ pub(crate) struct Args {
     /// TCP address of the HTTP API (/metrics, /healthz, /readyz, /v1/*); "off" to disable.
     #[arg(long, default_value = "127.0.0.1:7401", env = "TILLSTREAM_HTTP")]
     http: String,
-    /// How often acknowledged rows are written to the tables, in
-    /// milliseconds. Acks do not wait for it (they wait for the journal's
+    /// How long acknowledged rows wait before they are written to the
+    /// tables, in milliseconds (under load a write follows the one before
+    /// at once). Acks do not wait for it (they wait for the journal's
     /// fsync); longer intervals write each busy SKU's level less often.
     #[arg(long, default_value_t = 50, env = "TILLSTREAM_FLUSH_INTERVAL_MS")]
     flush_interval_ms: u64,
