@@ -102,12 +102,14 @@ impl BlockTail {
     }
 
     /// Drops what was appended since the last write.
+    #[cfg(feature = "embedded")]
     pub(crate) fn discard(&mut self) {
         self.buf.resize(self.kept, 0);
     }
 
     /// Forgets the kept block, leaving what was appended: for a writer
     /// that falls back to the page cache and writes at the data end.
+    #[cfg(feature = "embedded")]
     pub(crate) fn forget_kept(&mut self) {
         self.buf.as_mut_slice().copy_within(self.kept.., 0);
         let appended = self.buf.len() - self.kept;
