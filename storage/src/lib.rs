@@ -22,6 +22,7 @@ pub mod analytics;
 pub mod buckets;
 pub mod catalog;
 mod direct_io;
+pub mod hint;
 pub mod journal;
 pub mod query;
 pub mod rows;

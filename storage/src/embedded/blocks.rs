@@ -269,20 +269,6 @@ pub(crate) fn dedupe<T: Clone, K: Hash + Eq>(
     out
 }
 
-/// Asks the CPU to bring `row` into the cache without waiting for it.
-pub(crate) fn prefetch<T>(row: &T) {
-    #[cfg(target_arch = "x86_64")]
-    #[allow(unsafe_code)] // one hint std has no safe wrapper for; see SAFETY
-    // SAFETY: a prefetch only hints the cache: it reads nothing the
-    // program sees and does not fault, and the address is a live row.
-    unsafe {
-        use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(row).cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = row;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -206,7 +206,7 @@ impl EmbeddedStore {
             // is packed, so the loads overlap.
             rows.iter().enumerate().map(move |(i, r)| {
                 if let Some(ahead) = rows.get(i + ROWS_AHEAD) {
-                    blocks::prefetch(ahead);
+                    crate::hint::prefetch(ahead);
                 }
                 r
             })

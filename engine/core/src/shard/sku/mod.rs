@@ -28,6 +28,7 @@
 //! - every held entry is stamped at or before `updated_ts`, the newest
 //!   event time seen (movement or count), which never goes back.
 
+use tillstream_storage::hint::prefetch;
 use tillstream_storage::{EventKey, StockLevelRow};
 
 /// Most movements one SKU keeps for late counts (module docs): a SKU
@@ -562,20 +563,6 @@ fn grown_slots(slots: usize) -> usize {
         s => s / 3 * 4,
     };
     grown.min(MAX_SLOTS + 1)
-}
-
-/// Hints the CPU to bring `slot`'s line into the cache.
-fn prefetch(slot: &Entry) {
-    #[cfg(target_arch = "x86_64")]
-    #[allow(unsafe_code)] // one hint std has no safe wrapper for; see SAFETY
-    // SAFETY: a prefetch only hints the cache: it reads nothing the
-    // program sees and does not fault, and the address is a live slot.
-    unsafe {
-        use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(slot).cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    std::hint::black_box(slot.delta());
 }
 
 #[cfg(test)]
