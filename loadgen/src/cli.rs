@@ -95,7 +95,9 @@ pub struct Args {
     /// With --rate, a device also sends its batch once its first event
     /// has waited this long, as a till's flush timer does, so a large
     /// fleet at a low rate sends small batches steadily instead of all
-    /// its full ones at once. Milliseconds; 0 waits for --batch-size.
+    /// its full ones at once. A device's last batch too, which may be
+    /// after the run's last event: the report counts its events but
+    /// does not time that wait. Milliseconds; 0 waits for --batch-size.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub batch_max_wait_ms: u64,
 
