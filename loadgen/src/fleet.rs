@@ -16,7 +16,7 @@
 //! queued), and the run fails on the first one, whatever the timing of the
 //! connections.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -153,13 +153,14 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
         .into_iter()
         .filter(|p| !p.batches.is_empty())
         .collect();
-    // Each device's last batch, where its timer fired after the run's
-    // last event (only at --rate): acknowledged and counted, not timed.
-    let untimed: HashMap<u64, u64> = plans
+    // The batches due after the run's last event (only at --rate: a
+    // device's last one, on its timer, or both halves of it if it was
+    // split): acknowledged and counted, not timed.
+    let untimed: HashSet<(u64, u64)> = plans
         .iter()
-        .filter_map(|p| {
-            let last = p.batches.last()?;
-            (last.due_event > total).then_some((p.device, last.batch.seq))
+        .flat_map(|p| {
+            let late = p.batches.iter().rev().take_while(|b| b.due_event > total);
+            late.map(|b| (p.device, b.batch.seq))
         })
         .collect();
     let clients: Vec<Arc<DeviceClient>> = plans
@@ -361,7 +362,7 @@ struct Collector {
     /// Events of the timed batches (`RunOutcome::events_timed`).
     timed: u64,
     /// The untimed batches: device, seq.
-    untimed: HashMap<u64, u64>,
+    untimed: HashSet<(u64, u64)>,
     refused: u64,
     rejected: u64,
     latency: Histogram<u64>,
@@ -370,7 +371,7 @@ struct Collector {
 }
 
 impl Collector {
-    fn new(untimed: HashMap<u64, u64>) -> anyhow::Result<Self> {
+    fn new(untimed: HashSet<(u64, u64)>) -> anyhow::Result<Self> {
         Ok(Self {
             acked: 0,
             timed: 0,
@@ -392,7 +393,7 @@ impl Collector {
                 let mut timed = false;
                 for b in &a.batches {
                     self.acked += u64::from(b.events);
-                    if self.untimed.get(&a.device) != Some(&b.seq) {
+                    if !self.untimed.contains(&(a.device, b.seq)) {
                         self.timed += u64::from(b.events);
                         timed = true;
                     }
@@ -466,7 +467,7 @@ mod tests {
 
     #[test]
     fn a_last_batch_on_its_timer_is_counted_but_not_timed() -> anyhow::Result<()> {
-        let mut c = Collector::new(HashMap::from([(7, 3)]))?;
+        let mut c = Collector::new(HashSet::from([(7, 3)]))?;
         let at = Instant::now();
         assert_eq!(c.record(ack(7, &[1, 2], at)), Some((at, true)));
         // Device 7's seq 3 waited for its timer after the run's events.
