@@ -64,37 +64,125 @@ pub(super) fn newest_levels(rows: &mut Vec<StockLevelRow>) {
 /// name one (store, SKU): the store itself, or, for rows of one store,
 /// the SKU's bucket.
 fn newest_levels_by(rows: &mut Vec<StockLevelRow>, group: impl Fn(&StockLevelRow) -> u32) {
-    // Sorting one u128 a row, (group, SKU, index), not the rows: moving
-    // the rows themselves in a stable sort was 2.6% of the server's CPU,
-    // and a u128 compares as two words where a (store, SKU, !version,
-    // index) tuple took four comparisons. Within a run of one SKU the
-    // indexes are in order, so the first of the highest version is the
-    // first found. What this function still costs (4-5% on a fleet of
-    // tills) is mostly reading the commit's rows: a radix sort in place
-    // of this one saved a tenth of it.
     let mut order: Vec<u128> = rows
         .iter()
         .zip(0u32..)
         .map(|(r, i)| sort_key(group(r), r.sku, i))
         .collect();
     order.sort_unstable();
-    let same_level = |a: &u128, b: &u128| a >> 32 == b >> 32;
     // Sized to the levels, not the rows: a compaction's rows are 24
     // commits of one store, each level in several of them, and this
     // vector lives beside them (the server's heap peak at 1 M SKUs, in
     // heaptrack, was a compaction here).
     let mut newest = Vec::with_capacity(order.chunk_by(same_level).count());
+    pick_newest(&order, |i| rows.get(i as usize), &mut newest);
+    *rows = newest;
+}
+
+/// Of sort keys `(group, SKU, index)` in order, appends to `out` the row
+/// each run of one (group, SKU) prefers: the first of its highest
+/// version. `row` finds the row an index names.
+///
+/// Why keys and not the rows: moving the rows themselves in a stable sort
+/// was 2.6% of the server's CPU, and a u128 compares as two words where a
+/// (store, SKU, !version, index) tuple took four comparisons. Within a run
+/// the indexes are in order, so the first of the highest version is the
+/// first found.
+fn pick_newest<'r>(
+    order: &[u128],
+    row: impl Fn(u32) -> Option<&'r StockLevelRow>,
+    out: &mut Vec<StockLevelRow>,
+) {
     for run in order.chunk_by(same_level) {
         let mut best: Option<&StockLevelRow> = None;
         for &k in run {
-            let row = rows.get(k as u32 as usize);
-            if let Some(r) = row.filter(|r| best.is_none_or(|b| r.version > b.version)) {
+            if let Some(r) = row(k as u32).filter(|r| best.is_none_or(|b| r.version > b.version)) {
                 best = Some(r);
             }
         }
-        newest.extend(best.copied());
+        out.extend(best.copied());
     }
-    *rows = newest;
+}
+
+/// Whether two sort keys name the same (group, SKU).
+fn same_level(a: &u128, b: &u128) -> bool {
+    a >> 32 == b >> 32
+}
+
+/// What [`EmbeddedStore::put_levels`] works in, kept from commit to commit
+/// (taken under `commit_lock`).
+///
+/// Why kept: a commit's level rows were first copied into one vector, then
+/// sorted into a second, and packed by a new packer, each fresh from the
+/// allocator; at the peak rate their page faults and the copy were about
+/// 4% of the server's CPU. Now the rows are read in place in the parts,
+/// and these buffers keep their room, within a few times what recent
+/// commits used (as `Packer::release_spare` does for the blocks).
+pub(super) struct LevelScratch {
+    /// Where each of the commit's level rows is: (part, row).
+    at: Vec<(u32, u32)>,
+    /// Sort keys (store, SKU, index into `at`).
+    order: Vec<u128>,
+    /// The newest level of each (store, SKU) the commit changed, sorted.
+    newest: Vec<StockLevelRow>,
+    packer: Packer,
+    /// Level rows of recent commits, at most (falls by 1/8 a commit).
+    recent_peak: usize,
+}
+
+impl Default for LevelScratch {
+    fn default() -> Self {
+        Self {
+            at: Vec::new(),
+            order: Vec::new(),
+            newest: Vec::new(),
+            packer: Packer::new(Table::StockLevels),
+            recent_peak: 0,
+        }
+    }
+}
+
+impl LevelScratch {
+    /// Fills `newest` with the newest level of each (store, SKU) of
+    /// `parts` (of equal versions, the first in the parts' order), sorted
+    /// by (store, SKU), reading the rows where they are.
+    fn gather_newest(&mut self, parts: &[RowSet]) -> Result<(), StoreError> {
+        self.at.clear();
+        self.order.clear();
+        self.newest.clear();
+        for (p, part) in (0u32..).zip(parts) {
+            for (r, row) in (0u32..).zip(&part.stock_levels) {
+                let i = u32::try_from(self.at.len()).map_err(|_| StoreError::Backend {
+                    op: "sorting a commit's stock levels",
+                    source: "over 2^32 level rows in one commit".into(),
+                })?;
+                self.at.push((p, r));
+                self.order.push(sort_key(row.store, row.sku, i));
+            }
+        }
+        self.order.sort_unstable();
+        let at = &self.at;
+        let row = |i: u32| {
+            let &(p, r) = at.get(i as usize)?;
+            parts.get(p as usize)?.stock_levels.get(r as usize)
+        };
+        pick_newest(&self.order, row, &mut self.newest);
+        Ok(())
+    }
+
+    /// Lets go of room far past what recent commits used; `biggest_block`:
+    /// the most the packer held this commit.
+    fn trim(&mut self, biggest_block: usize) {
+        let used = self.at.len();
+        self.recent_peak = used.max(self.recent_peak - self.recent_peak / 8);
+        let keep = 2 * self.recent_peak;
+        if self.at.capacity() > 4 * self.recent_peak + 4096 {
+            self.at = Vec::with_capacity(keep);
+            self.order = Vec::with_capacity(keep);
+            self.newest = Vec::with_capacity(keep);
+        }
+        self.packer.release_spare(biggest_block);
+    }
 }
 
 /// `hi` (32 bits), `mid` (64) and `lo` (32), in that order of weight: a
@@ -253,11 +341,9 @@ impl EmbeddedStore {
         id: u64,
         counts: &mut Vec<(u32, u32)>,
     ) -> Result<(), StoreError> {
-        let mut newest = crate::rows::concat(parts, |p| &p.stock_levels).into_owned();
-        if newest.is_empty() {
-            return Ok(());
-        }
-        newest_levels(&mut newest);
+        let mut scratch = self.level_scratch.lock();
+        scratch.gather_newest(parts)?;
+        let LevelScratch { newest, packer, .. } = &mut *scratch;
         let mut runs = Vec::new();
         for run in newest.chunk_by(|a, b| a.store == b.store) {
             let store = run[0].store;
@@ -269,17 +355,19 @@ impl EmbeddedStore {
             runs.push((store, run, deltas));
         }
         let first = compaction_pick(runs.iter().map(|&(_, _, deltas)| deltas));
-        let mut packer = Packer::new(Table::StockLevels);
+        let mut biggest_block = 0;
         for (i, (store, run, deltas)) in runs.into_iter().enumerate() {
             if Some(i) == first || deltas >= HARD_MAX_LEVEL_DELTAS {
-                self.compact_levels(w, store, run, &mut packer)?;
+                self.compact_levels(w, store, run, packer)?;
                 counts.push((store, 0));
             } else {
-                let value = encode_levels(&mut packer, run);
+                let value = encode_levels(packer, run);
                 w.put(&self.levels, &keys::level_delta_key(store, id), value);
                 counts.push((store, deltas + 1));
             }
+            biggest_block = biggest_block.max(packer.packed_bytes());
         }
+        scratch.trim(biggest_block);
         Ok(())
     }
 

@@ -203,6 +203,9 @@ pub struct EmbeddedStore {
     /// How many level deltas each store written or read so far holds
     /// (see `levels`).
     level_deltas: Mutex<FastMap<u32, u32>>,
+    /// The buffers a commit's stock levels are sorted and packed in, kept
+    /// for the next commit (taken under `commit_lock`).
+    level_scratch: Mutex<levels::LevelScratch>,
     /// Durable watermark of devices written or read so far.
     mark_seqs: RwLock<FastMap<u64, u64>>,
     poisoned: AtomicBool,
@@ -373,6 +376,7 @@ impl EmbeddedStore {
             meta,
             commit_lock: Mutex::new(last.saturating_add(1)),
             level_deltas: Mutex::new(FastMap::default()),
+            level_scratch: Mutex::default(),
             mark_seqs: RwLock::new(FastMap::default()),
             poisoned: AtomicBool::new(false),
             poison_reason: Mutex::new(None),

@@ -175,6 +175,40 @@ proptest::proptest! {
         newest_levels(&mut rows);
         proptest::prop_assert_eq!(rows, model.into_values().collect::<Vec<_>>());
     }
+
+    /// A commit's levels, read in place across its parts with buffers
+    /// kept from an earlier commit, are what the merge of all its rows
+    /// in one vector gives.
+    #[test]
+    fn a_commits_newest_levels_are_read_across_its_parts(
+        picks in proptest::collection::vec((0u32..3, 0u64..6, 0u64..4, -9i64..9), 0..200),
+        cuts in proptest::collection::vec(0usize..200, 0..8),
+        earlier in proptest::collection::vec((0u32..3, 0u64..6, 0u64..4, -9i64..9), 0..50),
+    ) {
+        let rows_of = |picks: &[(u32, u64, u64, i64)]| -> Vec<StockLevelRow> {
+            picks.iter().map(|&(store, sku, version, l)| level(store, sku, l, version)).collect()
+        };
+        let rows = rows_of(&picks);
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(rows.len())).collect();
+        cuts.sort_unstable();
+        let mut parts = Vec::new();
+        let mut from = 0;
+        for to in cuts.into_iter().chain([rows.len()]) {
+            parts.push(RowSet {
+                stock_levels: rows[from..to].to_vec(),
+                ..RowSet::default()
+            });
+            from = to;
+        }
+        let mut scratch = LevelScratch::default();
+        let earlier = [RowSet { stock_levels: rows_of(&earlier), ..RowSet::default() }];
+        scratch.gather_newest(&earlier).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+        scratch.trim(0);
+        scratch.gather_newest(&parts).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+        let mut want = rows;
+        newest_levels(&mut want);
+        proptest::prop_assert_eq!(&scratch.newest, &want);
+    }
 }
 
 #[test]
