@@ -15,8 +15,9 @@
 //!   (`DeviceLedger::new(durable)`): anything above it was not durable and
 //!   is applied again, anything at or below it is acked again.
 
-use std::collections::HashSet;
 use std::hash::BuildHasher;
+
+use crate::digest_set::DigestSet;
 
 use crate::shard::hash::Keyed;
 
@@ -207,13 +208,17 @@ impl DistinctKeys {
 /// is a few pairs generous, never stricter. The seed is unknown outside
 /// the process, so a device cannot aim for a collision.
 ///
+/// Kept in a [`DigestSet`], whose slots for a whole batch are asked of the
+/// cache before the first is read (module docs of `digest_set`).
+///
 /// Invariant: it never holds more than its limit; [`DistinctSkus::admit`]
 /// adds a batch's pairs all or none.
 #[derive(Debug, Clone, Default)]
 pub struct DistinctSkus {
-    seen: HashSet<u32, Keyed>,
+    seen: DigestSet,
     digest: Keyed,
-    fresh: Vec<u32>,
+    /// The batch's digests (the first pass), then those it added.
+    batch: Vec<u32>,
 }
 
 impl DistinctSkus {
@@ -224,21 +229,30 @@ impl DistinctSkus {
 
     /// Whether none is recorded.
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.seen.len() == 0
     }
 
     /// Whether a batch naming `keys` may pass with at most `limit`
     /// distinct pairs per device; if so, records them.
     pub fn admit(&mut self, keys: impl IntoIterator<Item = (u32, u64)>, limit: usize) -> bool {
-        self.fresh.clear();
+        // First every digest, each slot asked for; then the probes.
+        self.batch.clear();
         for k in keys {
             // The low half: the digest's bits are equally mixed.
             let d = self.digest.hash_one(k) as u32;
+            self.seen.prefetch(d);
+            self.batch.push(d);
+        }
+        let mut added = 0;
+        for i in 0..self.batch.len() {
+            let d = self.batch[i];
             if self.seen.insert(d) {
-                self.fresh.push(d);
+                // Those added move to the front: the rest were read.
+                self.batch[added] = d;
+                added += 1;
                 if self.seen.len() > limit {
-                    for f in self.fresh.drain(..) {
-                        self.seen.remove(&f);
+                    for &f in &self.batch[..added] {
+                        self.seen.remove(f);
                     }
                     return false;
                 }
@@ -252,6 +266,7 @@ impl DistinctSkus {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashSet;
 
     #[test]
     fn a_device_naming_too_many_skus_is_refused_all_or_none() {
