@@ -70,6 +70,11 @@ pub(crate) struct FlushSettings {
     pub(crate) interval: Duration,
     /// Materialize once this many rows wait.
     pub(crate) max_rows: usize,
+    /// Materialize once the rows waiting hold this many permits of the
+    /// shards' in-flight budgets (`ShardHandle::budget`), all shards
+    /// together: the interval may then be long without readers stopping
+    /// on a full budget under load.
+    pub(crate) max_permits: usize,
     /// Sync the tables (and truncate the journal) at most this often.
     pub(crate) sync_every: Duration,
     /// Units the sessions may queue for the flusher.
@@ -120,6 +125,8 @@ struct Gathered {
     /// Rows in `parts`.
     rows: usize,
     budget: Vec<OwnedSemaphorePermit>,
+    /// Permits `budget` holds.
+    permits: usize,
     /// LSN of the last unit gathered (0: none since the last write).
     lsn: u64,
     /// When the first of them came (the runtime's clock: the write is
@@ -163,6 +170,11 @@ impl Flusher {
         mut failed: watch::Receiver<bool>,
     ) {
         let mut open = true;
+        // Whether the journal's and the engine's watch channels are still
+        // open: a closed one's `changed()` is ready at once, for ever, so
+        // its branch is turned off (the engine's sender goes when the
+        // server drains, before this loop ends).
+        let (mut journal_open, mut failed_open) = (true, true);
         let mut durable = journal.borrow().durable;
         // What gathered is written `interval` after its first rows came.
         // A periodic tick that checked their age let them wait up to two
@@ -196,15 +208,13 @@ impl Flusher {
                     Some(u) => self.take(u),
                     None => open = false,
                 },
-                r = journal.changed() => {
+                r = journal.changed(), if journal_open => {
                     if r.is_err() {
                         // The writer is gone: nothing more becomes durable.
                         if self.error.is_none() && !self.waiting.is_empty() {
                             self.fail(Arc::new(StoreError::Poisoned("the journal writer stopped".into())));
                         }
-                        // Stop watching: a closed channel would wake us for ever.
-                        journal = watch::Sender::new(JournalState::default()).subscribe();
-                        journal.mark_unchanged();
+                        journal_open = false;
                         continue;
                     }
                     let s = journal.borrow_and_update().clone();
@@ -213,13 +223,13 @@ impl Flusher {
                         self.fail(e);
                     }
                 },
-                r = failed.changed() => {
+                r = failed.changed(), if failed_open => {
                     if r.is_ok() && *failed.borrow() {
                         self.fail(Arc::new(StoreError::Poisoned(
                             "a batch could not be applied on all its shards; restart the server".into(),
                         )));
                     } else if r.is_err() {
-                        failed = watch::Sender::new(false).subscribe();
+                        failed_open = false;
                     }
                 },
                 done = wait_for(&mut self.in_flight), if self.in_flight.is_some() => {
@@ -228,7 +238,9 @@ impl Flusher {
                 () = &mut due, if may_write => self.start_materialize(),
             }
             self.release(durable);
-            if self.acc.rows >= self.settings.max_rows {
+            if self.acc.rows >= self.settings.max_rows
+                || self.acc.permits >= self.settings.max_permits
+            {
                 self.start_materialize();
             }
         }
@@ -288,6 +300,7 @@ impl Flusher {
                 let _ = done.send(Ok(()));
             }
             self.gather(&mut unit.rows);
+            self.acc.permits += unit.budget.iter().map(|p| p.num_permits()).sum::<usize>();
             self.acc.budget.append(&mut unit.budget);
             self.acc.lsn = self.next_lsn;
             self.next_lsn += 1;
@@ -325,6 +338,7 @@ impl Flusher {
         let parts = std::mem::replace(&mut self.acc.parts, std::mem::take(&mut self.spare));
         let rows = std::mem::take(&mut self.acc.rows);
         let budget = std::mem::take(&mut self.acc.budget);
+        self.acc.permits = 0;
         // Dead letters alone carry no LSN: the checkpoint stays where it is.
         let lsn = self.next_lsn - 1;
         self.acc.lsn = 0;
@@ -436,11 +450,21 @@ mod tests {
     use tillstream_engine_core::route::Scope;
     use tillstream_storage::embedded::EmbeddedStore;
 
-    /// On the runtime's paused clock: a write waits one interval after its
-    /// first rows, not until the next tick after that (up to two).
-    #[tokio::test(start_paused = true)]
-    async fn rows_are_written_one_interval_after_they_came()
-    -> Result<(), Box<dyn std::error::Error>> {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// A store and a sequencer whose journal holds LSN 1 (waited for: the
+    /// journal thread runs on real time, so the unit is durable when it
+    /// comes), and a flusher with `settings` after checkpoint 0.
+    struct Rig {
+        _dir: tempfile::TempDir,
+        sequencer: Arc<Sequencer>,
+        writer: std::thread::JoinHandle<()>,
+        tx: FlushSender,
+        flusher: tokio::task::JoinHandle<()>,
+        written: watch::Receiver<u64>,
+    }
+
+    fn rig(settings: FlushSettings) -> Result<Rig, Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("store"))?);
         let (sequencer, writer) = Sequencer::start(store.clone(), 0)?;
@@ -455,56 +479,105 @@ mod tests {
             sequencer.submit(header, b"frame", |_| Ok::<(), ()>(())),
             Ok(1)
         );
-        // The journal thread runs on real time: wait for it before the
-        // flusher starts, so the unit is durable when it comes.
         let journal = sequencer.subscribe();
         while journal.borrow().durable < 1 {
             std::thread::sleep(Duration::from_millis(1));
         }
-        let interval = Duration::from_secs(1);
-        let settings = FlushSettings {
-            interval,
-            max_rows: usize::MAX,
-            sync_every: Duration::from_secs(3600),
-            queue: 16,
-        };
-        let (checkpoint, mut written) = watch::channel(0u64);
+        let (checkpoint, written) = watch::channel(0u64);
         let (_failed_tx, failed) = watch::channel(false);
         let pool = Arc::new(RowSetPool::new(4));
-        let started = tokio::time::Instant::now();
         let (tx, flusher) = spawn(store, 0, &sequencer, failed, checkpoint, settings, pool);
+        Ok(Rig {
+            _dir: dir,
+            sequencer,
+            writer,
+            tx,
+            flusher,
+            written,
+        })
+    }
+
+    impl Rig {
+        /// Sends the unit of LSN 1, holding `budget`; waits for its ack.
+        async fn send(&self, budget: Vec<OwnedSemaphorePermit>) -> TestResult {
+            let (done_tx, done) = oneshot::channel();
+            self.tx
+                .send(CommitUnit {
+                    lsn: Some(1),
+                    rows: Vec::new(),
+                    durable: None,
+                    done: Some(done_tx),
+                    budget,
+                })
+                .await?;
+            assert!(
+                done.await?.is_ok(),
+                "a durable unit is acknowledged at once"
+            );
+            Ok(())
+        }
+
+        async fn stop(self) -> TestResult {
+            drop(self.tx);
+            self.flusher.await?;
+            self.sequencer.close();
+            self.writer
+                .join()
+                .map_err(|_| "the journal writer panicked")?;
+            Ok(())
+        }
+    }
+
+    fn settings(interval: Duration, max_permits: usize) -> FlushSettings {
+        FlushSettings {
+            interval,
+            max_rows: usize::MAX,
+            max_permits,
+            sync_every: Duration::from_secs(3600),
+            queue: 16,
+        }
+    }
+
+    /// On the runtime's paused clock: a write waits one interval after its
+    /// first rows, not until the next tick after that (up to two).
+    #[tokio::test(start_paused = true)]
+    async fn rows_are_written_one_interval_after_they_came() -> TestResult {
+        let interval = Duration::from_secs(1);
+        let mut rig = rig(settings(interval, usize::MAX))?;
+        let started = tokio::time::Instant::now();
         // The rows come between two of a periodic tick's checks.
         tokio::time::advance(interval * 6 / 10).await;
-        let (done_tx, done) = oneshot::channel();
-        tx.send(CommitUnit {
-            lsn: Some(1),
-            rows: Vec::new(),
-            durable: None,
-            done: Some(done_tx),
-            budget: Vec::new(),
-        })
-        .await?;
-        assert!(
-            done.await?.is_ok(),
-            "a durable unit is acknowledged at once"
-        );
+        rig.send(Vec::new()).await?;
         let came = tokio::time::Instant::now();
         tokio::time::advance(interval * 9 / 10).await;
-        assert_eq!(*written.borrow(), 0, "written before its interval");
+        assert_eq!(*rig.written.borrow(), 0, "written before its interval");
         // The clock runs on only for timers while the write's blocking
         // task is idle: with no write due, the timeout ends this.
-        tokio::time::timeout(interval * 10, written.changed()).await??;
-        assert_eq!(*written.borrow(), 1);
+        tokio::time::timeout(interval * 10, rig.written.changed()).await??;
+        assert_eq!(*rig.written.borrow(), 1);
         let waited = tokio::time::Instant::now() - came;
         assert!(
             waited < interval * 11 / 10,
             "rows waited {waited:?} for an interval of {interval:?} (since start {:?})",
             started.elapsed()
         );
-        drop(tx);
-        flusher.await?;
-        sequencer.close();
-        writer.join().map_err(|_| "the journal writer panicked")?;
-        Ok(())
+        rig.stop().await
+    }
+
+    /// Rows that hold a share of the shards' budgets are written at once,
+    /// long before the interval: readers must not stop on a full budget.
+    #[tokio::test(start_paused = true)]
+    async fn rows_holding_enough_budget_are_written_before_the_interval() -> TestResult {
+        let interval = Duration::from_secs(3600);
+        let mut rig = rig(settings(interval, 8))?;
+        let budget = Arc::new(tokio::sync::Semaphore::new(16));
+        rig.send(vec![budget.clone().acquire_many_owned(8).await?])
+            .await?;
+        tokio::time::timeout(Duration::from_secs(5), rig.written.changed()).await??;
+        assert_eq!(*rig.written.borrow(), 1);
+        // Written: the budget is free again.
+        let all = tokio::time::timeout(Duration::from_secs(5), budget.acquire_many(16)).await??;
+        drop(all);
+        rig.stop().await
     }
 }

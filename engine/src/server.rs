@@ -134,6 +134,11 @@ impl Server {
             FlushSettings {
                 interval: cfg.flush_interval,
                 max_rows: cfg.flush_max_rows,
+                // A quarter of one shard's budget: a write starts well
+                // before any reader waits for permits.
+                max_permits: shards
+                    .first()
+                    .map_or(usize::MAX, |s| s.budget_units as usize / 4),
                 sync_every: Duration::from_millis(500),
                 queue: 4096,
             },
