@@ -23,9 +23,11 @@ pub struct ServerConfig {
     pub shards: u16,
     /// HTTP address for /metrics, /healthz, /readyz and /v1/*; None for none.
     pub http: Option<SocketAddr>,
-    /// How often acknowledged rows are written to the tables (the journal
-    /// already holds them): longer gathers more per write, so each hot
-    /// SKU's level is written once per interval, not once per batch.
+    /// How long acknowledged rows wait before they are written to the
+    /// tables (the journal already holds them), unless they hold a quarter
+    /// of a shard's in-flight budget first: longer gathers more per write,
+    /// so each store's blocks and level delta are written once per
+    /// interval, not once per few batches.
     pub flush_interval: Duration,
     /// Write to the tables early once this many rows wait.
     pub flush_max_rows: usize,
@@ -196,7 +198,7 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             shards: default_shards(cores),
             http: None,
-            flush_interval: Duration::from_millis(50),
+            flush_interval: Duration::from_millis(250),
             flush_max_rows: 1 << 20,
             limits: Limits::default(),
             max_inflight_bytes_per_shard: 32 << 20,

@@ -45,9 +45,11 @@ pub(crate) struct Args {
     http: String,
     /// How long acknowledged rows wait before they are written to the
     /// tables, in milliseconds (under load a write follows the one before
-    /// at once). Acks do not wait for it (they wait for the journal's
-    /// fsync); longer intervals write each busy SKU's level less often.
-    #[arg(long, default_value_t = 50, env = "TILLSTREAM_FLUSH_INTERVAL_MS")]
+    /// at once, and rows that hold a quarter of a shard's in-flight budget
+    /// are written at once). Acks do not wait for it (they wait for the
+    /// journal's fsync); longer intervals write each store's blocks and
+    /// levels less often, and make rows reach `query` later.
+    #[arg(long, default_value_t = 250, env = "TILLSTREAM_FLUSH_INTERVAL_MS")]
     flush_interval_ms: u64,
     /// PEM certificate chain (with --tls-key); default: a self-signed one in the data directory.
     #[arg(long, requires = "tls_key", env = "TILLSTREAM_TLS_CERT")]
