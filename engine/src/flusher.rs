@@ -484,7 +484,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         let (checkpoint, written) = watch::channel(0u64);
-        let (_failed_tx, failed) = watch::channel(false);
+        // The engine's flag is dropped at once: the flusher must go on
+        // without it (a closed watch channel once spun its loop).
+        let (_, failed) = watch::channel(false);
         let pool = Arc::new(RowSetPool::new(4));
         let (tx, flusher) = spawn(store, 0, &sequencer, failed, checkpoint, settings, pool);
         Ok(Rig {
