@@ -134,8 +134,11 @@ impl Server {
             FlushSettings {
                 interval: cfg.flush_interval,
                 max_rows: cfg.flush_max_rows,
-                // A quarter of one shard's budget: a write starts well
-                // before any reader waits for permits.
+                // A quarter of one shard's budget (every shard's is the
+                // same), against the permits of all shards together: no
+                // shard then holds more than a quarter of its own, so a
+                // write starts well before any reader waits for permits,
+                // however the load falls across the shards.
                 max_permits: shards
                     .first()
                     .map_or(usize::MAX, |s| s.budget_units as usize / 4),
