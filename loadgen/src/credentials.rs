@@ -10,7 +10,7 @@ use anyhow::Context;
 use tillstream_auth::Role;
 use tillstream_auth::ca::DeviceCa;
 use tillstream_auth::token::{SigningKey, TokenRequest};
-use tillstream_client::{EndpointOptions, client_tls_with_identity};
+use tillstream_client::{DeviceTls, EndpointOptions, client_tls_with_identity};
 
 /// What the fleet authenticates with.
 #[derive(Clone, Default)]
@@ -40,7 +40,7 @@ pub struct DeviceCredential {
     /// For `Hello` (empty: none).
     pub token: Vec<u8>,
     /// Its own TLS settings with a client certificate.
-    pub tls: Option<quinn::ClientConfig>,
+    pub tls: Option<DeviceTls>,
 }
 
 /// How long minted credentials live: longer than any run.

@@ -13,7 +13,9 @@ use anyhow::Context;
 use tillstream_auth::Role;
 use tillstream_auth::token::{SigningKey, TokenRequest};
 
-use tillstream_client::{ClientConfig, DeviceClient, PreparedBatch, client_endpoint};
+use tillstream_client::{
+    ClientConfig, ClientEndpoint, DeviceClient, PreparedBatch, client_endpoint,
+};
 use tillstream_engine::{Server, ServerConfig};
 use tillstream_protocol::*;
 
@@ -133,14 +135,14 @@ impl Tokens {
     }
 }
 
-pub fn endpoint_for(server: &Server) -> anyhow::Result<quinn::Endpoint> {
+pub fn endpoint_for(server: &Server) -> anyhow::Result<ClientEndpoint> {
     let ca = std::fs::read(server.cert_path())?;
     Ok(client_endpoint(&ca, server.quic_addr())?)
 }
 
 /// Starts a device client against `server`.
 pub fn device(
-    endpoint: &quinn::Endpoint,
+    endpoint: &ClientEndpoint,
     server: std::net::SocketAddr,
     id: u64,
     token: Vec<u8>,
@@ -151,7 +153,7 @@ pub fn device(
 /// A device client that may be handed batches the server already holds
 /// (`replay`): a device resending its own queue after a reboot.
 pub fn device_with(
-    endpoint: &quinn::Endpoint,
+    endpoint: &ClientEndpoint,
     server: std::net::SocketAddr,
     id: u64,
     token: Vec<u8>,

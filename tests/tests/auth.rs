@@ -34,7 +34,7 @@ async fn server(dir: &Path) -> anyhow::Result<Server> {
 /// Says Hello with `token` on a fresh connection; returns the answer's
 /// type and, for a Reject, its code and reason.
 async fn hello_answer(
-    endpoint: &quinn::Endpoint,
+    endpoint: &tillstream_client::ClientEndpoint,
     addr: SocketAddr,
     device: u64,
     token: &[u8],
@@ -248,7 +248,8 @@ async fn device_ca_certificates_are_accepted_and_another_cas_are_not() -> anyhow
         ours.cert_pem.as_bytes(),
         ours.key_pem.as_bytes(),
         &opts,
-    )?;
+    )?
+    .quinn_config();
     let (t, conn, ..) = hello(connect(tls.clone()).await?, 21).await?;
     assert_eq!(t, MsgType::Welcome, "a certificate of the device CA");
     // The certificate names device 21: it cannot say Hello as another.
@@ -263,7 +264,8 @@ async fn device_ca_certificates_are_accepted_and_another_cas_are_not() -> anyhow
         theirs.cert_pem.as_bytes(),
         theirs.key_pem.as_bytes(),
         &opts,
-    )?;
+    )?
+    .quinn_config();
     let refused = match connect(tls).await {
         Err(e) => e.to_string(),
         Ok(conn) => match hello(conn, 21).await {
@@ -550,7 +552,8 @@ async fn an_expired_certificate_is_refused_even_when_the_session_resumes() -> an
         short.cert_pem.as_bytes(),
         short.key_pem.as_bytes(),
         &EndpointOptions::default(),
-    )?;
+    )?
+    .quinn_config();
     let answer = |tls: quinn::ClientConfig| {
         let endpoint = endpoint.clone();
         let addr = server.quic_addr();

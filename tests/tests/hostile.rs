@@ -12,7 +12,7 @@ use crate::process::{ServeOpts, ServerProcess};
 /// Opens a connection and says Hello as `device`; returns it with its
 /// stream once welcomed.
 async fn hello(
-    endpoint: &quinn::Endpoint,
+    endpoint: &tillstream_client::ClientEndpoint,
     addr: std::net::SocketAddr,
     device: u64,
     tokens: &tillstream_tests::Tokens,
@@ -26,7 +26,7 @@ async fn hello(
 /// a baseline that includes what every connection costs anyway.
 async fn warm_rss(
     server: &ServerProcess,
-    endpoint: &quinn::Endpoint,
+    endpoint: &tillstream_client::ClientEndpoint,
     opts: &ServeOpts,
     tokens: &tillstream_tests::Tokens,
     n: u64,

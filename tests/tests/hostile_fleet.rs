@@ -32,7 +32,7 @@ const HONEST_RATE: u64 = 10_000;
 const HONEST_SECS: u64 = 8;
 
 async fn connect(
-    endpoint: &quinn::Endpoint,
+    endpoint: &tillstream_client::ClientEndpoint,
     opts: &ServeOpts,
 ) -> anyhow::Result<quinn::Connection> {
     Ok(endpoint.connect(opts.quic, "localhost")?.await?)
@@ -43,7 +43,7 @@ async fn connect(
 /// name (a till of store 1 for the terminal sprayer), so what it is
 /// refused for is what it does, not who it is.
 async fn hello(
-    endpoint: &quinn::Endpoint,
+    endpoint: &tillstream_client::ClientEndpoint,
     opts: &ServeOpts,
     device: u64,
     kind: usize,

@@ -30,7 +30,7 @@ fn events(scripts: &[DeviceScript]) -> u64 {
 
 /// Sends every batch of `script` and waits until the last one is durable.
 async fn stream_all(
-    endpoint: quinn::Endpoint,
+    endpoint: tillstream_client::ClientEndpoint,
     server: std::net::SocketAddr,
     tokens: Tokens,
     script: DeviceScript,
@@ -48,7 +48,7 @@ async fn stream_all(
 
 /// A device that lost its ack state resends everything it holds.
 async fn replay_all(
-    endpoint: quinn::Endpoint,
+    endpoint: tillstream_client::ClientEndpoint,
     server: std::net::SocketAddr,
     tokens: Tokens,
     script: DeviceScript,

@@ -16,6 +16,7 @@ mod metrics_format;
 mod offline;
 mod overload;
 mod passivation;
+mod path_mtu;
 mod power_loss;
 mod process;
 mod reload;

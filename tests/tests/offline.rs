@@ -34,7 +34,7 @@ const WAIT: Duration = Duration::from_secs(300);
 /// acknowledged, a few more on the wire when it goes dark. Returns the
 /// durable seq it had seen and the events it was told were rejected.
 async fn first_life(
-    endpoint: &quinn::Endpoint,
+    endpoint: &tillstream_client::ClientEndpoint,
     server: std::net::SocketAddr,
     tokens: &Tokens,
     s: &DeviceScript,
@@ -68,7 +68,7 @@ struct Replay {
 
 /// The rebooted device: a new client that replays every batch from seq 1.
 async fn replay(
-    endpoint: quinn::Endpoint,
+    endpoint: tillstream_client::ClientEndpoint,
     server: std::net::SocketAddr,
     tokens: Tokens,
     s: DeviceScript,

@@ -17,7 +17,7 @@ const WAIT: Duration = Duration::from_secs(60);
 /// Sends batches `from..=to` of `script` as one session and waits for
 /// their acks.
 async fn stream_range(
-    endpoint: &quinn::Endpoint,
+    endpoint: &tillstream_client::ClientEndpoint,
     addr: std::net::SocketAddr,
     tokens: &Tokens,
     script: &DeviceScript,
@@ -58,7 +58,7 @@ struct Passivating {
     server: ServerProcess,
     opts: ServeOpts,
     tokens: Tokens,
-    endpoint: quinn::Endpoint,
+    endpoint: tillstream_client::ClientEndpoint,
 }
 
 async fn start(dir: &std::path::Path, shards: u16, after_s: u64) -> anyhow::Result<Passivating> {

@@ -15,7 +15,9 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::session::Session;
-use crate::{ClientConfig, ClientError, ClientEvent, ClientStats, PreparedBatch, Window};
+use crate::{
+    ClientConfig, ClientEndpoint, ClientError, ClientEvent, ClientStats, PreparedBatch, Window,
+};
 
 /// How long [`DeviceClient::close`] waits for the task to close its
 /// connection before aborting it.
@@ -112,7 +114,7 @@ pub struct DeviceClient {
 impl DeviceClient {
     /// Starts the device's task on the current tokio runtime. It connects
     /// through `endpoint` (see [`client_endpoint`](crate::client_endpoint)).
-    pub fn start(endpoint: quinn::Endpoint, cfg: ClientConfig) -> Self {
+    pub fn start(endpoint: ClientEndpoint, cfg: ClientConfig) -> Self {
         Self::spawn(endpoint, cfg, None)
     }
 
@@ -121,7 +123,7 @@ impl DeviceClient {
     /// full channel slows the device's reading of acks; a closed one is
     /// ignored.
     pub fn start_with_events(
-        endpoint: quinn::Endpoint,
+        endpoint: ClientEndpoint,
         cfg: ClientConfig,
         events: mpsc::Sender<ClientEvent>,
     ) -> Self {
@@ -129,7 +131,7 @@ impl DeviceClient {
     }
 
     fn spawn(
-        endpoint: quinn::Endpoint,
+        endpoint: ClientEndpoint,
         cfg: ClientConfig,
         events: Option<mpsc::Sender<ClientEvent>>,
     ) -> Self {

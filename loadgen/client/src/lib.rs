@@ -3,7 +3,8 @@
 //!
 //! It is:
 //! - [`client_endpoint`]: one QUIC endpoint (one UDP socket) that trusts the
-//!   server's certificate, shared by any number of devices;
+//!   server's certificate, shared by any number of devices, whose
+//!   connections start at the path MTU an earlier one found ([`ClientEndpoint`]);
 //! - [`DeviceClient`]: one device's session, driven by a background tokio
 //!   task that connects, reconnects with exponential backoff and jitter,
 //!   resends what the server has not made durable, and reports acks;
@@ -47,6 +48,7 @@ mod backoff;
 mod device;
 mod error;
 mod events;
+mod path;
 mod prepared;
 mod session;
 mod stats;
@@ -58,9 +60,12 @@ pub use backoff::Backoff;
 pub use device::DeviceClient;
 pub use error::ClientError;
 pub use events::{AckEvent, AckedBatch, ClientEvent, RefusedBatch, StaleBatch};
+pub use path::ClientEndpoint;
 pub use prepared::PreparedBatch;
 pub use stats::ClientStats;
-pub use tls::{EndpointOptions, client_endpoint, client_endpoint_with, client_tls_with_identity};
+pub use tls::{
+    DeviceTls, EndpointOptions, client_endpoint, client_endpoint_with, client_tls_with_identity,
+};
 pub use window::{Settled, Window};
 
 use std::net::SocketAddr;
@@ -90,7 +95,7 @@ pub struct ClientConfig {
     /// The device's own TLS settings, to present a client certificate
     /// (mutual TLS; see [`client_tls_with_identity`]); `None`: the
     /// endpoint's, with no certificate.
-    pub tls: Option<quinn::ClientConfig>,
+    pub tls: Option<DeviceTls>,
     /// Whether the batches handed to this client may include some that an
     /// earlier life of the device already sent (a device that rebooted and
     /// resends what it kept on disk): then a batch at or below the server's

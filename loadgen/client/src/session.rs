@@ -2,7 +2,7 @@
 //! reconnect with backoff.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tillstream_protocol::{Ack, Error as ErrorMsg, ErrorCode, Welcome};
 use tokio::sync::{mpsc, watch};
@@ -11,7 +11,8 @@ use crate::device::{Refusal, Shared, State};
 use crate::error::code_name;
 use crate::wire::{Incoming, hello_frame, read_frame};
 use crate::{
-    AckEvent, Backoff, ClientConfig, ClientEvent, PreparedBatch, RefusedBatch, StaleBatch,
+    AckEvent, Backoff, ClientConfig, ClientEndpoint, ClientEvent, PreparedBatch, RefusedBatch,
+    StaleBatch,
 };
 
 /// Application close code of a device that is going away normally.
@@ -39,6 +40,11 @@ impl End {
     }
 }
 
+/// When a session records its path MTU, in ms after the one before. The
+/// first comes early: a fleet's devices connect at once, and until one of
+/// them records what it found, every new connection searches again.
+const PATH_SAMPLES_MS: [u64; 6] = [20, 80, 300, 1_200, 4_800, 19_200];
+
 /// What lives across the sessions of one device.
 #[derive(Debug)]
 struct Life {
@@ -52,7 +58,7 @@ struct Life {
 #[derive(Debug)]
 pub(crate) struct Session {
     shared: Arc<Shared>,
-    endpoint: quinn::Endpoint,
+    endpoint: ClientEndpoint,
     cfg: ClientConfig,
     events: Option<mpsc::Sender<ClientEvent>>,
 }
@@ -65,7 +71,7 @@ async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
 impl Session {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        endpoint: quinn::Endpoint,
+        endpoint: ClientEndpoint,
         cfg: ClientConfig,
         events: Option<mpsc::Sender<ClientEvent>>,
     ) -> Self {
@@ -136,12 +142,15 @@ impl Session {
         for ev in self.on_welcome(welcome, life) {
             self.send_event(ev).await;
         }
+        let probes_before = self.shared.lock().stats.mtu_probes;
         let end = tokio::select! {
             biased;
             () = wait_shutdown(shutdown) => End::Shutdown,
             end = self.reader(&mut recv, life) => end,
             end = self.writer(&mut send) => end,
+            () = self.watch_path(&conn, probes_before) => End::Shutdown,
         };
+        self.learn_path(&conn, probes_before);
         let (code, why): (u32, &[u8]) = match &end {
             End::Lost { reason, .. } if reason.starts_with("protocol") => {
                 (CLOSE_PROTOCOL, b"protocol violation")
@@ -165,18 +174,15 @@ impl Session {
         End,
     > {
         let cfg = &self.cfg;
-        let connecting = match &cfg.tls {
-            Some(tls) => self
-                .endpoint
-                .connect_with(tls.clone(), cfg.server, &cfg.server_name),
-            None => self.endpoint.connect(cfg.server, &cfg.server_name),
-        }
-        .map_err(|e| match e {
-            quinn::ConnectError::InvalidServerName(_) => {
-                self.fatal(0, format!("invalid server name {:?}", cfg.server_name))
-            }
-            e => End::lost(format!("cannot connect: {e}"), false),
-        })?;
+        let connecting = self
+            .endpoint
+            .dial(cfg.tls.as_ref(), cfg.server, &cfg.server_name)
+            .map_err(|e| match e {
+                quinn::ConnectError::InvalidServerName(_) => {
+                    self.fatal(0, format!("invalid server name {:?}", cfg.server_name))
+                }
+                e => End::lost(format!("cannot connect: {e}"), false),
+            })?;
         let conn = match tokio::time::timeout(cfg.connect_timeout, connecting).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(End::lost(format!("handshake failed: {e}"), false)),
@@ -225,6 +231,26 @@ impl Session {
                 false,
             )),
         }
+    }
+
+    /// Records, a while after the handshake and then less and less often,
+    /// the path MTU the connection reached (`path`): discovery takes a few
+    /// round trips where the path carries every probe, and a few seconds
+    /// where probes are lost and wait for their timeouts. Never returns.
+    async fn watch_path(&self, conn: &quinn::Connection, probes_before: u64) {
+        for wait_ms in PATH_SAMPLES_MS {
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            self.learn_path(conn, probes_before);
+        }
+        std::future::pending::<()>().await;
+    }
+
+    fn learn_path(&self, conn: &quinn::Connection, probes_before: u64) {
+        let path = conn.stats().path;
+        self.endpoint.learn(self.cfg.server, path.current_mtu);
+        let mut st = self.shared.lock();
+        st.stats.path_mtu = path.current_mtu;
+        st.stats.mtu_probes = probes_before + path.sent_plpmtud_probes;
     }
 
     /// Marks the device as rejected for good and tells the listener.

@@ -42,6 +42,13 @@ pub struct ClientStats {
     pub recovery_total: Duration,
     /// Longest recovery time.
     pub recovery_max: Duration,
+    /// The largest UDP payload the current or last connection's path
+    /// carries, as QUIC's path MTU discovery found it (1200 before it
+    /// did; over a fleet, the largest).
+    pub path_mtu: u16,
+    /// Path MTU probes sent, over every connection. A connection that
+    /// starts at the path MTU an earlier one found sends none.
+    pub mtu_probes: u64,
     /// The last reason a session ended or failed, for logs.
     pub last_error: Option<String>,
 }
@@ -58,6 +65,8 @@ impl ClientStats {
         self.acked_batches += o.acked_batches;
         self.acked_events += o.acked_events;
         self.refused_batches += o.refused_batches;
+        self.path_mtu = self.path_mtu.max(o.path_mtu);
+        self.mtu_probes += o.mtu_probes;
         self.stale_batches += o.stale_batches;
         self.rejected_events += o.rejected_events;
         for (k, v) in &o.errors_by_code {

@@ -9,6 +9,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tillstream_protocol::{ALPN, DEFAULT_MAX_UDP_PAYLOAD};
 
 use crate::ClientError;
+use crate::path::ClientEndpoint;
 
 /// Transport settings of a client endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +66,7 @@ impl Default for EndpointOptions {
 ///
 /// Must be called inside a tokio runtime (the endpoint's driver is spawned
 /// on it).
-pub fn client_endpoint(ca_pem: &[u8], server: SocketAddr) -> Result<quinn::Endpoint, ClientError> {
+pub fn client_endpoint(ca_pem: &[u8], server: SocketAddr) -> Result<ClientEndpoint, ClientError> {
     client_endpoint_with(ca_pem, server, &EndpointOptions::default())
 }
 
@@ -74,8 +75,8 @@ pub fn client_endpoint_with(
     ca_pem: &[u8],
     server: SocketAddr,
     opts: &EndpointOptions,
-) -> Result<quinn::Endpoint, ClientError> {
-    let client = quic_client_config(ca_pem, opts, None)?;
+) -> Result<ClientEndpoint, ClientError> {
+    let tls = device_tls(ca_pem, opts, None)?;
     let socket = bind(server, opts.socket_buffer_bytes).map_err(ClientError::Socket)?;
     let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
     let mut config = quinn::EndpointConfig::default();
@@ -89,8 +90,8 @@ pub fn client_endpoint_with(
         })?;
     let mut endpoint =
         quinn::Endpoint::new(config, None, socket, runtime).map_err(ClientError::Socket)?;
-    endpoint.set_default_client_config(client);
-    Ok(endpoint)
+    endpoint.set_default_client_config(tls.quinn_config());
+    Ok(ClientEndpoint::new(endpoint, tls))
 }
 
 /// The TLS settings of one device that proves who it is with a client
@@ -101,7 +102,7 @@ pub fn client_tls_with_identity(
     cert_pem: &[u8],
     key_pem: &[u8],
     opts: &EndpointOptions,
-) -> Result<quinn::ClientConfig, ClientError> {
+) -> Result<DeviceTls, ClientError> {
     let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ClientError::Tls(format!("cannot read the device certificate: {e}")))?;
@@ -112,7 +113,7 @@ pub fn client_tls_with_identity(
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| ClientError::Tls(format!("cannot read the device key: {e}")))?;
-    quic_client_config(ca_pem, opts, Some((chain, key)))
+    device_tls(ca_pem, opts, Some((chain, key)))
 }
 
 type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
@@ -135,11 +136,31 @@ const ACK_PACKET_THRESHOLD: u32 = 10;
 /// also shortens the probe timeout after a lost tail packet by 23 ms.
 const MAX_ACK_DELAY: Duration = Duration::from_millis(2);
 
-fn quic_client_config(
+/// A device's QUIC client settings: its TLS (which certificates it
+/// trusts, and its own if it has one) and transport options. Each
+/// connection gets a transport of its own from them
+/// ([`DeviceTls::quinn_config`]), so that it can start at the path MTU
+/// an earlier connection found (`path`).
+#[derive(Clone)]
+pub struct DeviceTls {
+    crypto: Arc<QuicClientConfig>,
+    opts: EndpointOptions,
+    idle: quinn::IdleTimeout,
+}
+
+impl std::fmt::Debug for DeviceTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceTls")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+fn device_tls(
     ca_pem: &[u8],
     opts: &EndpointOptions,
     identity: Option<Identity>,
-) -> Result<quinn::ClientConfig, ClientError> {
+) -> Result<DeviceTls, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     // PEM through rustls-pki-types: rustls-pemfile is unmaintained.
     for cert in CertificateDer::pem_slice_iter(ca_pem) {
@@ -173,41 +194,71 @@ fn quic_client_config(
     // 0-RTT data can be replayed by an attacker: never send it.
     tls.enable_early_data = false;
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| ClientError::Tls(e.to_string()))?;
-    let mut transport = quinn::TransportConfig::default();
-    // A zero idle timeout is none, and a zero keep-alive would ping
-    // without pause: then the interval stays as it is.
-    let keep_alive = if opts.idle_timeout.is_zero() {
-        opts.keep_alive
-    } else {
-        opts.keep_alive.min(opts.idle_timeout / 2)
-    };
-    transport.keep_alive_interval(Some(keep_alive));
-    if let Some(window) = opts.stream_receive_window {
-        transport.stream_receive_window(window.into());
-    }
     let idle = quinn::IdleTimeout::try_from(opts.idle_timeout)
         .map_err(|e| ClientError::Tls(format!("idle timeout: {e}")))?;
-    transport.max_idle_timeout(Some(idle));
-    // A device mostly sends. By default the server acknowledges every
-    // second packet, and each ACK is a packet both sides build, encrypt,
-    // send and process; asking for one ACK per ACK_PACKET_THRESHOLD
-    // packets (QUIC ACK frequency extension, which quinn speaks on both
-    // sides) cuts that work at no cost to loss recovery, which still
-    // acts on the reordering threshold and the ack delay.
-    let mut ack_frequency = quinn::AckFrequencyConfig::default();
-    ack_frequency
-        .ack_eliciting_threshold(ACK_PACKET_THRESHOLD.into())
-        .max_ack_delay(Some(MAX_ACK_DELAY));
-    transport.ack_frequency_config(Some(ack_frequency));
-    // Batches are tens of KiB: where the path carries larger packets,
-    // fewer of them cost less on both sides (DEFAULT_MAX_UDP_PAYLOAD).
-    let mut mtu_discovery = quinn::MtuDiscoveryConfig::default();
-    mtu_discovery.upper_bound(opts.max_udp_payload);
-    transport.mtu_discovery_config(Some(mtu_discovery));
-    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(Arc::new(transport));
-    Ok(client)
+    Ok(DeviceTls {
+        crypto: Arc::new(crypto),
+        opts: *opts,
+        idle,
+    })
 }
+
+impl DeviceTls {
+    /// The quinn settings of a connection that starts at QUIC's smallest
+    /// UDP payload (for connecting without a [`DeviceClient`](crate::DeviceClient)).
+    pub fn quinn_config(&self) -> quinn::ClientConfig {
+        self.quinn_config_at(None)
+    }
+
+    /// The quinn settings of one connection; `initial_mtu`: the UDP
+    /// payload size it starts at, if an earlier connection over the same
+    /// path found it (at least 1200, as quinn requires).
+    pub(crate) fn quinn_config_at(&self, initial_mtu: Option<u16>) -> quinn::ClientConfig {
+        let opts = &self.opts;
+        let mut transport = quinn::TransportConfig::default();
+        // A zero idle timeout is none, and a zero keep-alive would ping
+        // without pause: then the interval stays as it is.
+        let keep_alive = if opts.idle_timeout.is_zero() {
+            opts.keep_alive
+        } else {
+            opts.keep_alive.min(opts.idle_timeout / 2)
+        };
+        transport.keep_alive_interval(Some(keep_alive));
+        if let Some(window) = opts.stream_receive_window {
+            transport.stream_receive_window(window.into());
+        }
+        transport.max_idle_timeout(Some(self.idle));
+        // A device mostly sends. By default the server acknowledges every
+        // second packet, and each ACK is a packet both sides build, encrypt,
+        // send and process; asking for one ACK per ACK_PACKET_THRESHOLD
+        // packets (QUIC ACK frequency extension, which quinn speaks on both
+        // sides) cuts that work at no cost to loss recovery, which still
+        // acts on the reordering threshold and the ack delay.
+        let mut ack_frequency = quinn::AckFrequencyConfig::default();
+        ack_frequency
+            .ack_eliciting_threshold(ACK_PACKET_THRESHOLD.into())
+            .max_ack_delay(Some(MAX_ACK_DELAY));
+        transport.ack_frequency_config(Some(ack_frequency));
+        // Batches are tens of KiB: where the path carries larger packets,
+        // fewer of them cost less on both sides (DEFAULT_MAX_UDP_PAYLOAD).
+        let mut mtu_discovery = quinn::MtuDiscoveryConfig::default();
+        mtu_discovery.upper_bound(opts.max_udp_payload);
+        transport.mtu_discovery_config(Some(mtu_discovery));
+        // Starting where the last connection ended, discovery has nothing
+        // left to probe (`path`); a path that carries less now loses the
+        // big packets, and quinn's black hole detection falls back to
+        // 1200 and searches again.
+        if let Some(mtu) = initial_mtu.filter(|&m| m > MIN_MTU) {
+            transport.initial_mtu(mtu.min(opts.max_udp_payload).max(MIN_MTU));
+        }
+        let mut client = quinn::ClientConfig::new(self.crypto.clone());
+        client.transport_config(Arc::new(transport));
+        client
+    }
+}
+
+/// QUIC's smallest UDP payload, quinn's default initial MTU.
+const MIN_MTU: u16 = 1200;
 
 /// Binds a UDP socket of `server`'s family on an ephemeral port, with
 /// large buffers where the kernel allows (a smaller one only costs speed).
