@@ -51,6 +51,15 @@ async fn a_small_fleet_is_acknowledged_and_verified() -> anyhow::Result<()> {
     assert_eq!(v["missing"], 0);
     assert_eq!(v["duplicates"], 0);
     assert_eq!(r.server["shards"], 2);
+    // Loopback carries the server's largest UDP payload, which a
+    // connection finds by probing up from QUIC's 1,200 bytes.
+    assert_eq!(
+        r.path_mtu,
+        tillstream_protocol::DEFAULT_MAX_UDP_PAYLOAD,
+        "{}",
+        r.summary()
+    );
+    assert!(r.mtu_probes > 0, "{}", r.summary());
     Ok(())
 }
 
