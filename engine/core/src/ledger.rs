@@ -18,7 +18,6 @@
 use std::hash::BuildHasher;
 
 use crate::digest_set::DigestSet;
-
 use crate::shard::hash::Keyed;
 
 /// The watermarks of one device.

@@ -1,6 +1,7 @@
 //! The device's background task: connect, `Hello`, resend, read acks,
 //! reconnect with backoff.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -148,7 +149,7 @@ impl Session {
             () = wait_shutdown(shutdown) => End::Shutdown,
             end = self.reader(&mut recv, life) => end,
             end = self.writer(&mut send) => end,
-            () = self.watch_path(&conn, probes_before) => End::Shutdown,
+            never = self.watch_path(&conn, probes_before) => match never {},
         };
         self.learn_path(&conn, probes_before);
         let (code, why): (u32, &[u8]) = match &end {
@@ -237,12 +238,12 @@ impl Session {
     /// the path MTU the connection reached (`path`): discovery takes a few
     /// round trips where the path carries every probe, and a few seconds
     /// where probes are lost and wait for their timeouts. Never returns.
-    async fn watch_path(&self, conn: &quinn::Connection, probes_before: u64) {
+    async fn watch_path(&self, conn: &quinn::Connection, probes_before: u64) -> Infallible {
         for wait_ms in PATH_SAMPLES_MS {
             tokio::time::sleep(Duration::from_millis(wait_ms)).await;
             self.learn_path(conn, probes_before);
         }
-        std::future::pending::<()>().await;
+        std::future::pending().await
     }
 
     fn learn_path(&self, conn: &quinn::Connection, probes_before: u64) {

@@ -31,7 +31,7 @@
 use rkyv::util::AlignedVec;
 
 use super::commit::Writer;
-use super::packed::{self, Packer};
+use super::packed::{self, Packer, RecentPeak};
 use super::{EmbeddedStore, backend_err, blocks, keys};
 use crate::rows::{RowSet, StockLevelRow, Table};
 use crate::store::StoreError;
@@ -109,6 +109,9 @@ fn same_level(a: &u128, b: &u128) -> bool {
     a >> 32 == b >> 32
 }
 
+/// Rows of room the level scratch may keep, whatever the last commit used.
+const SCRATCH_KEPT_ROWS: usize = 4096;
+
 /// What [`EmbeddedStore::put_levels`] works in, kept from commit to commit
 /// (taken under `commit_lock`).
 ///
@@ -126,8 +129,8 @@ pub(super) struct LevelScratch {
     /// The newest level of each (store, SKU) the commit changed, sorted.
     newest: Vec<StockLevelRow>,
     packer: Packer,
-    /// Level rows of recent commits, at most (falls by 1/8 a commit).
-    recent_peak: usize,
+    /// Level rows of recent commits, at most.
+    recent_peak: RecentPeak,
 }
 
 impl Default for LevelScratch {
@@ -137,7 +140,7 @@ impl Default for LevelScratch {
             order: Vec::new(),
             newest: Vec::new(),
             packer: Packer::new(Table::StockLevels),
-            recent_peak: 0,
+            recent_peak: RecentPeak::default(),
         }
     }
 }
@@ -173,10 +176,10 @@ impl LevelScratch {
     /// Lets go of room far past what recent commits used; `biggest_block`:
     /// the most the packer held this commit.
     fn trim(&mut self, biggest_block: usize) {
-        let used = self.at.len();
-        self.recent_peak = used.max(self.recent_peak - self.recent_peak / 8);
-        let keep = 2 * self.recent_peak;
-        if self.at.capacity() > 4 * self.recent_peak + 4096 {
+        if let Some(keep) =
+            self.recent_peak
+                .note(self.at.len(), self.at.capacity(), SCRATCH_KEPT_ROWS)
+        {
             self.at = Vec::with_capacity(keep);
             self.order = Vec::with_capacity(keep);
             self.newest = Vec::with_capacity(keep);

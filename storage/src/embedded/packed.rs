@@ -55,12 +55,12 @@ const MAX_FIELDS: usize = 24;
 /// so it is copied into the output once a row, not once a field.
 const SCRATCH: usize = 512;
 
-/// A packer's buffer keeps up to this many times its recent peak block
-/// (plus [`KEPT_ROOM`]): between that and half of it, block sizes come
-/// and go without a reallocation.
+/// A kept buffer may hold up to this many times its recent peak use
+/// (plus a floor of room): between that and half of it, commits' sizes
+/// come and go without a reallocation.
 const SPARE_SHARE: usize = 4;
 
-/// The recent peak falls by 1/`PEAK_DECAY` a commit when blocks are
+/// The recent peak falls by 1/`PEAK_DECAY` a commit when uses are
 /// smaller: a buffer lets go of a backlog's room about ten commits (half
 /// a second at the default interval) after it, not at the first small
 /// commit. Commits under load alternate big and small (what gathered
@@ -68,8 +68,25 @@ const SPARE_SHARE: usize = 4;
 /// the next big one grow the buffer again, page by page.
 const PEAK_DECAY: usize = 8;
 
-/// Room every buffer may keep, whatever it packed last.
+/// Room every packer's buffer may keep, whatever it packed last.
 const KEPT_ROOM: usize = 64 * 1024;
+
+/// The biggest use of a buffer kept from commit to commit, over recent
+/// commits (decaying, see [`PEAK_DECAY`]): how much room it may keep. The
+/// packers' buffers and the levels' scratch (`levels::LevelScratch`)
+/// follow it.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RecentPeak(usize);
+
+impl RecentPeak {
+    /// Records this commit's `used`; if `capacity` is far past the recent
+    /// peak (over [`SPARE_SHARE`] times it, plus `floor`), the room to
+    /// keep instead: twice the peak.
+    pub(crate) fn note(&mut self, used: usize, capacity: usize, floor: usize) -> Option<usize> {
+        self.0 = used.max(self.0 - self.0 / PEAK_DECAY);
+        (capacity > SPARE_SHARE * self.0 + floor).then_some(2 * self.0)
+    }
+}
 
 /// A row type the packed format can hold: the block log's raw rows, and
 /// the level blocks of `stock_levels` (`levels`).
@@ -92,8 +109,8 @@ pub(crate) struct Packer {
     n: usize,
     rows: u32,
     table: Table,
-    /// The biggest block of recent commits, decaying (`release_spare`).
-    recent_peak: usize,
+    /// The biggest block of recent commits (`release_spare`).
+    recent_peak: RecentPeak,
 }
 
 impl Packer {
@@ -106,7 +123,7 @@ impl Packer {
             n: 0,
             rows: 0,
             table,
-            recent_peak: 0,
+            recent_peak: RecentPeak::default(),
         };
         p.restart(table);
         p
@@ -176,9 +193,8 @@ impl Packer {
     /// it held is dropped: the packer is left as an empty block of its
     /// table.
     pub(crate) fn release_spare(&mut self, used: usize) {
-        self.recent_peak = used.max(self.recent_peak - self.recent_peak / PEAK_DECAY);
-        if self.capacity() > SPARE_SHARE * self.recent_peak + KEPT_ROOM {
-            self.out = AlignedVec::with_capacity((2 * self.recent_peak).max(HEADER));
+        if let Some(keep) = self.recent_peak.note(used, self.capacity(), KEPT_ROOM) {
+            self.out = AlignedVec::with_capacity(keep.max(HEADER));
             self.restart(self.table);
         }
     }
