@@ -1,6 +1,7 @@
 //! The devices of one client endpoint share what QUIC's path MTU
 //! discovery found: a later connection starts at the first one's path
-//! MTU and sends no probes (see `tillstream_client::ClientEndpoint`).
+//! MTU and sends no probes, and connections dialled together wait for the
+//! first one's discovery (see `tillstream_client::ClientEndpoint`).
 
 use std::time::{Duration, Instant};
 
@@ -94,5 +95,55 @@ async fn a_later_connection_starts_at_the_path_mtu_the_first_one_found() -> anyh
         "the second connection started at {learned} bytes and sent no probe"
     );
     second.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_connecting_at_once_wait_for_one_to_find_the_path_mtu() -> anyhow::Result<()> {
+    const DEVICES: u64 = 6;
+    let dir = tempfile::tempdir()?;
+    let server = start_server(dir.path(), 1).await?;
+    let tokens = Tokens::of(&server)?;
+    let endpoint = endpoint_for(&server)?;
+    let t0 = now_us() - 3_600_000_000;
+
+    // A fleet's first start: every device dials a server this endpoint
+    // has found nothing of yet, at the same moment.
+    let scripts: Vec<DeviceScript> = (0..DEVICES)
+        .map(|i| script(400 + i, 1, true, 3, 20, t0))
+        .collect();
+    let mut fleet = Vec::new();
+    for s in &scripts {
+        let token = tokens.script(s)?;
+        fleet.push(device(&endpoint, server.quic_addr(), s.device, token));
+    }
+    for (dev, s) in fleet.iter().zip(&scripts) {
+        let prepared = prepare(s)?;
+        let last = prepared.last().map_or(0, |b| b.seq);
+        for b in prepared {
+            dev.send(b).await?;
+        }
+        dev.wait_acked(last, WAIT).await?;
+    }
+    wait_for("every connection's path MTU", || {
+        fleet.iter().all(|d| d.stats().path_mtu > QUIC_MIN_MTU)
+    })
+    .await?;
+    // Past the samples at 20 and 100 ms after each Welcome.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let learned = endpoint.path_mtu(server.quic_addr()).unwrap_or(0);
+    let stats: Vec<_> = fleet.iter().map(|d| d.stats()).collect();
+    let searched = stats.iter().filter(|s| s.mtu_probes > 0).count();
+    // One scouts; the others waited for it (up to 250 ms, time enough
+    // on loopback even on a loaded machine) and started at what it found.
+    // Each device searching for itself is `DEVICES` here.
+    assert_eq!(searched, 1, "one device searched the path: {stats:?}");
+    assert!(
+        stats.iter().all(|s| s.path_mtu == learned),
+        "every device reached {learned} bytes: {stats:?}"
+    );
+    for d in fleet {
+        d.close().await;
+    }
     Ok(())
 }

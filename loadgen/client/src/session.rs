@@ -42,8 +42,8 @@ impl End {
 }
 
 /// When a session records its path MTU, in ms after the one before. The
-/// first comes early: a fleet's devices connect at once, and until one of
-/// them records what it found, every new connection searches again.
+/// first comes early: a fleet's devices connect at once, and the others
+/// wait for the first one's (`path::SCOUT_WAIT`).
 const PATH_SAMPLES_MS: [u64; 6] = [20, 80, 300, 1_200, 4_800, 19_200];
 
 /// What lives across the sessions of one device.
@@ -178,6 +178,7 @@ impl Session {
         let connecting = self
             .endpoint
             .dial(cfg.tls.as_ref(), cfg.server, &cfg.server_name)
+            .await
             .map_err(|e| match e {
                 quinn::ConnectError::InvalidServerName(_) => {
                     self.fatal(0, format!("invalid server name {:?}", cfg.server_name))
