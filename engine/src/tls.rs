@@ -183,11 +183,15 @@ pub(crate) fn quic_server_config(
             std::time::Duration::from_secs(5),
             idle_timeout,
         )));
-    // The server's own discovery stays at quinn's 1452: what it sends is
-    // acks and small frames, and with it probing up to the devices' bound
-    // a revoked device saw a stateless reset instead of the server's
-    // close code (the auth test failed 4 runs in 6). What devices send is
-    // bounded by `max_udp_payload` in `endpoint_config`.
+    // The server sends acks and small frames, which QUIC's minimum of
+    // 1,200 bytes carries: its own path MTU discovery found nothing it
+    // used, and cost every connection's device three or four probes of
+    // up to 1,452 bytes to read (a byte at a time, as PADDING frames) and
+    // acknowledge. (Probing up to the devices' bound had also made a
+    // revoked device see a stateless reset instead of the server's close
+    // code.) What devices send is bounded by `max_udp_payload` in
+    // `endpoint_config` and found by their own discovery.
+    transport.mtu_discovery_config(None);
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
@@ -300,6 +304,8 @@ fn endpoint_secret(data_dir: &Path) -> Result<Vec<u8>, EngineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use anyhow::Context;
+    use std::time::Duration;
 
     #[test]
     fn the_endpoint_secret_survives_a_restart_and_a_bad_one_is_refused() -> Result<(), EngineError>
@@ -322,13 +328,59 @@ mod tests {
 
     #[test]
     fn the_keep_alive_fits_twice_in_the_idle_timeout_and_none_leaves_it() {
-        let s = std::time::Duration::from_secs;
+        let s = Duration::from_secs;
         assert_eq!(keep_alive_within(s(5), s(30)), s(5));
-        assert_eq!(
-            keep_alive_within(s(5), s(1)),
-            std::time::Duration::from_millis(500)
-        );
+        assert_eq!(keep_alive_within(s(5), s(1)), Duration::from_millis(500));
         // No idle timeout: a zero interval would ping without pause.
-        assert_eq!(keep_alive_within(s(5), std::time::Duration::ZERO), s(5));
+        assert_eq!(keep_alive_within(s(5), Duration::ZERO), s(5));
+    }
+
+    /// The server sends acks and small frames: it probes nothing, and its
+    /// packets stay at QUIC's minimum while the device's grow.
+    #[tokio::test]
+    async fn the_server_leaves_path_mtu_discovery_to_its_devices() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let material = load_or_create(None, dir.path())?;
+        let config = quic_server_config(&material, None, 1 << 20, Duration::from_secs(30))?;
+        let server = quinn::Endpoint::new(
+            endpoint_config(dir.path(), 8952)?,
+            Some(config),
+            std::net::UdpSocket::bind("127.0.0.1:0")?,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        let addr = server.local_addr()?;
+        let ca = std::fs::read(&material.trust_path)?;
+        let device = tillstream_client::client_endpoint(&ca, addr)?;
+        let (dialled, accepted) = tokio::join!(
+            async {
+                device
+                    .connect(addr, "localhost")?
+                    .await
+                    .map_err(anyhow::Error::from)
+            },
+            async {
+                let incoming = server.accept().await.context("no connection")?;
+                incoming.await.map_err(anyhow::Error::from)
+            },
+        );
+        let (device_conn, server_conn) = (dialled?, accepted?);
+        // The device's discovery climbs to 8952 bytes in a few round trips
+        // over loopback; the server's would have probed in the same time.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while device_conn.stats().path.current_mtu < 8952 {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the device found no path MTU"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let path = server_conn.stats().path;
+        assert_eq!(
+            (path.sent_plpmtud_probes, path.current_mtu),
+            (0, 1200),
+            "the server probed its path"
+        );
+        Ok(())
     }
 }
