@@ -131,6 +131,18 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub max_inflight: usize,
 
+    /// Threads that run the devices, on a runtime of their own [default:
+    /// the loadgen's runtime, a thread per core, shared with the
+    /// in-process server if there is one]. Against a server on the same
+    /// cores, fewer leave it more: on 2 cores with `--server` on loopback,
+    /// `--device-threads 1` gave 5 to 10% more events/s at the peak and
+    /// cost the server 2 to 5% less CPU an event, as the two processes'
+    /// threads took turns on the cores less often; but 10,000 devices'
+    /// timers and acks then queue behind one thread, and their ack p99 was
+    /// worse.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub device_threads: Option<u16>,
+
     /// Shard actors of the in-process server [default: half the cores, at least one].
     #[arg(long, value_name = "N", conflicts_with = "server")]
     pub shards: Option<u16>,

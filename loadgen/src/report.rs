@@ -159,6 +159,8 @@ pub struct Report {
     pub run_id: u32,
     /// How the devices authenticated: `token`, `certificate` or `none`.
     pub auth: String,
+    /// `--device-threads` (null: the devices shared the loadgen's runtime).
+    pub device_threads: Option<u16>,
     /// What was generated.
     pub generator: GeneratorInfo,
     /// Why the run is not ok.
@@ -232,6 +234,7 @@ impl Report {
             seed,
             run_id: 0,
             auth: String::new(),
+            device_threads: None,
             generator,
             failures: out.failures.clone(),
         }

@@ -270,7 +270,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         max_inflight: args.max_inflight,
         connect_wait: Duration::from_secs(10),
     };
-    let out = fleet::run(work, &cfg).await?;
+    let out = match args.device_threads {
+        Some(threads) => {
+            on_device_runtime(threads.into(), async move { fleet::run(work, &cfg).await }).await?
+        }
+        None => fleet::run(work, &cfg).await?,
+    };
     if let Some(path) = &args.manifest {
         let json =
             serde_json::to_vec(&verify::manifest(&out.acked)).context("encoding the manifest")?;
@@ -280,6 +285,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let mut report = Report::new(&out, totals, devices, args.seed, info, settings);
     report.run_id = run_id;
     report.auth = auth_mode.to_string();
+    report.device_threads = args.device_threads;
 
     // A replay names its products and stores in the server's catalogue.
     if let Some(catalog) = report
@@ -334,4 +340,22 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         tracing::warn!(error = %e, "the in-process server did not shut down cleanly");
     }
     Ok(report)
+}
+
+/// Runs `fleet` on a runtime of its own with `threads` workers (apart
+/// from the in-process server's, if there is one).
+async fn on_device_runtime<T: Send + 'static>(
+    threads: usize,
+    fleet: impl Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("tillstream-devices")
+        .enable_all()
+        .build()
+        .context("starting the devices' runtime")?;
+    let outcome = runtime.spawn(fleet).await;
+    // Dropping a runtime blocks, which an async context may not do.
+    runtime.shutdown_background();
+    outcome.context("the devices' runtime failed")?
 }

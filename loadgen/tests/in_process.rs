@@ -51,6 +51,7 @@ async fn a_small_fleet_is_acknowledged_and_verified() -> anyhow::Result<()> {
     assert_eq!(v["missing"], 0);
     assert_eq!(v["duplicates"], 0);
     assert_eq!(r.server["shards"], 2);
+    assert_eq!(r.device_threads, None, "the devices shared the runtime");
     // Loopback carries the server's largest UDP payload, which a
     // connection finds by probing up from QUIC's 1,200 bytes.
     assert_eq!(
@@ -74,9 +75,13 @@ async fn a_paced_run_keeps_to_its_rate() -> anyhow::Result<()> {
         "4000",
         "--batch-size",
         "20",
+        // The devices on a runtime of their own, beside the server's.
+        "--device-threads",
+        "1",
     ])?;
     let r = run(a).await?;
     assert!(r.ok, "{}", r.summary());
+    assert_eq!(r.device_threads, Some(1));
     // 2,000 events at 4,000/s take about half a second, not much less.
     assert!(r.seconds >= 0.45, "{}", r.summary());
     assert!(r.events_per_s <= 4_400.0, "{}", r.summary());
