@@ -477,7 +477,11 @@ impl Session {
             };
             match next {
                 Some(n) => {
-                    if let Err(e) = send.write_all(&n.frame).await {
+                    // As a chunk, quinn keeps the frame itself until it is
+                    // acknowledged: `write_all` copied every frame into a
+                    // fresh buffer, then into the packets.
+                    let frame = bytes::Bytes::from_owner(n.frame);
+                    if let Err(e) = send.write_chunk(frame).await {
                         return End::lost(format!("write of batch {} failed: {e}", n.seq), true);
                     }
                 }
