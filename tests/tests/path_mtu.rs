@@ -25,13 +25,22 @@ async fn stream(
         script.device,
         tokens.script(script)?,
     );
+    send_all(&dev, script).await?;
+    Ok(dev)
+}
+
+/// Sends every batch of `script` through `dev` and waits for the last ack.
+async fn send_all(
+    dev: &tillstream_client::DeviceClient,
+    script: &DeviceScript,
+) -> anyhow::Result<()> {
     let prepared = prepare(script)?;
     let last = prepared.last().map_or(0, |b| b.seq);
     for b in prepared {
         dev.send(b).await?;
     }
     dev.wait_acked(last, WAIT).await?;
-    Ok(dev)
+    Ok(())
 }
 
 /// Waits until `what` holds, polling.
@@ -118,12 +127,7 @@ async fn devices_connecting_at_once_wait_for_one_to_find_the_path_mtu() -> anyho
         fleet.push(device(&endpoint, server.quic_addr(), s.device, token));
     }
     for (dev, s) in fleet.iter().zip(&scripts) {
-        let prepared = prepare(s)?;
-        let last = prepared.last().map_or(0, |b| b.seq);
-        for b in prepared {
-            dev.send(b).await?;
-        }
-        dev.wait_acked(last, WAIT).await?;
+        send_all(dev, s).await?;
     }
     wait_for("every connection's path MTU", || {
         fleet.iter().all(|d| d.stats().path_mtu > QUIC_MIN_MTU)
