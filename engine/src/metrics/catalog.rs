@@ -161,6 +161,10 @@ pub(super) const DESCRIPTIONS: &[(&str, &str)] = &[
         "Times the allocator was asked to return freed pages to the OS (after passivation sweeps).",
     ),
     (
+        "tillstream_process_cpu_seconds",
+        "User and system CPU time of the server process, to the 10 ms tick (process_cpu_seconds_total counts whole seconds).",
+    ),
+    (
         "tillstream_memory_pressure",
         "1 while RSS is past --memory-soft-limit-mib: freed pages go back to the OS at once, shards hold half their in-flight budget.",
     ),

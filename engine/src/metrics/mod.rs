@@ -54,12 +54,17 @@ pub(crate) fn refresh(ready: bool, store_poisoned: bool) {
             c
         })
         .collect();
+    if let Some(cpu) = process_cpu_seconds() {
+        gauge!("tillstream_process_cpu_seconds").set(cpu);
+    }
     gauge!("tillstream_ready").set(if ready { 1.0 } else { 0.0 });
     gauge!("tillstream_store_poisoned").set(if store_poisoned { 1.0 } else { 0.0 });
 }
 
 mod catalog;
+mod process;
 use catalog::DESCRIPTIONS;
+pub use process::process_cpu_seconds;
 
 /// The devices known to the store, and how many are silent past each
 /// threshold (see `silence`).
