@@ -7,6 +7,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tillstream_protocol::ErrorCode;
 
+use crate::cpu::{CpuScope, CpuUse};
 use crate::fleet::RunOutcome;
 
 /// Latency percentiles in milliseconds.
@@ -161,6 +162,11 @@ pub struct Report {
     pub auth: String,
     /// `--device-threads` (null: the devices shared the loadgen's runtime).
     pub device_threads: Option<u16>,
+    /// CPU time from before the first device dialled to the last
+    /// acknowledgement: `scope` `server` (its process, with `--server`)
+    /// or `server_and_devices` (this process, without); null where it
+    /// could not be read.
+    pub cpu: Option<CpuUse>,
     /// What was generated.
     pub generator: GeneratorInfo,
     /// Why the run is not ok.
@@ -235,6 +241,7 @@ impl Report {
             run_id: 0,
             auth: String::new(),
             device_threads: None,
+            cpu: None,
             generator,
             failures: out.failures.clone(),
         }
@@ -298,6 +305,17 @@ impl Report {
             "path MTU {} bytes ({} discovery probes)",
             self.path_mtu, self.mtu_probes
         );
+        if let Some(c) = &self.cpu {
+            let whose = match c.scope {
+                CpuScope::Server => "server",
+                CpuScope::ServerAndDevices => "server and devices",
+            };
+            let _ = writeln!(
+                s,
+                "CPU ({whose}): {:.2} s, {:.3} us an event",
+                c.seconds, c.us_per_event
+            );
+        }
         if let Some(v) = &self.verify {
             let get = |k: &str| v.get(k).map_or_else(|| "?".to_owned(), ToString::to_string);
             let _ = writeln!(

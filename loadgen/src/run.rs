@@ -11,6 +11,7 @@ use tillstream_auth::token::SigningKey;
 use tillstream_engine::{AuthConfig, CertAuth, Server, ServerConfig};
 
 use crate::cli::{Args, AuthMode};
+use crate::cpu::CpuMeter;
 use crate::credentials::Credentials;
 use crate::fleet::{self, RunConfig};
 use crate::generator::{FleetSpec, with_run_id};
@@ -270,12 +271,22 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         max_inflight: args.max_inflight,
         connect_wait: Duration::from_secs(10),
     };
+    // The CPU the run costs: the server's, or this whole process's.
+    let meter = match &target {
+        Target::Remote { http, bearer } => CpuMeter::Remote {
+            http: http.clone(),
+            bearer: bearer.clone(),
+        },
+        Target::InProcess { .. } => CpuMeter::Own,
+    };
+    let cpu_before = meter.read().await;
     let out = match args.device_threads {
         Some(threads) => {
             on_device_runtime(threads.into(), async move { fleet::run(work, &cfg).await }).await?
         }
         None => fleet::run(work, &cfg).await?,
     };
+    let cpu_after = meter.read().await;
     if let Some(path) = &args.manifest {
         let json =
             serde_json::to_vec(&verify::manifest(&out.acked)).context("encoding the manifest")?;
@@ -286,6 +297,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     report.run_id = run_id;
     report.auth = auth_mode.to_string();
     report.device_threads = args.device_threads;
+    report.cpu = meter.between(cpu_before, cpu_after, out.events_acked);
 
     // A replay names its products and stores in the server's catalogue.
     if let Some(catalog) = report

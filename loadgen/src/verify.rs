@@ -40,7 +40,7 @@ struct VerifyRequest<'a> {
     expected: &'a [ExpectedBatch],
 }
 
-fn agent(timeout: Duration) -> ureq::Agent {
+pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .build()

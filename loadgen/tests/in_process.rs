@@ -52,6 +52,20 @@ async fn a_small_fleet_is_acknowledged_and_verified() -> anyhow::Result<()> {
     assert_eq!(v["duplicates"], 0);
     assert_eq!(r.server["shards"], 2);
     assert_eq!(r.device_threads, None, "the devices shared the runtime");
+    // In process, the CPU time is this process's: server and devices.
+    let cpu = r
+        .cpu
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no CPU time"))?;
+    assert_eq!(
+        cpu.scope,
+        tillstream_loadgen::cpu::CpuScope::ServerAndDevices
+    );
+    assert!(cpu.seconds >= 0.0, "{cpu:?}");
+    assert!(
+        (cpu.us_per_event - cpu.seconds * 1e6 / 5000.0).abs() <= 0.0005,
+        "{cpu:?}"
+    );
     // Loopback carries the server's largest UDP payload, which a
     // connection finds by probing up from QUIC's 1,200 bytes.
     assert_eq!(

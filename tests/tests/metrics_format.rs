@@ -26,6 +26,25 @@ async fn a_real_scrape_passes_promtool_and_describes_every_metric() -> anyhow::R
 
     promtool_lints_clean(&body)?;
 
+    // The report's CPU time is the server process's, read from this
+    // endpoint over the run: at most what it has used by now.
+    let cpu = report
+        .cpu
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no CPU time in the report"))?;
+    assert_eq!(cpu.scope, tillstream_loadgen::cpu::CpuScope::Server);
+    let total: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("tillstream_process_cpu_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no tillstream_process_cpu_seconds"))?;
+    assert!(
+        (0.0..=total).contains(&cpu.seconds),
+        "{cpu:?}, server total {total}"
+    );
+    let per_event = cpu.seconds * 1e6 / report.events_acked as f64;
+    assert!((cpu.us_per_event - per_event).abs() <= 0.0005, "{cpu:?}");
+
     for line in body.lines().filter(|l| l.starts_with("# TYPE ")) {
         let name = line.split_whitespace().nth(2).unwrap_or_default();
         assert!(
@@ -39,6 +58,7 @@ async fn a_real_scrape_passes_promtool_and_describes_every_metric() -> anyhow::R
         "tillstream_store_poisoned 0",
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
+        "tillstream_process_cpu_seconds",
         "tillstream_flushes_total",
         // A latency histogram with sub-millisecond buckets.
         "tillstream_ack_latency_seconds_bucket{le=\"0.0005\"}",

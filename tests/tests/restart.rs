@@ -60,6 +60,11 @@ async fn sigterm_drains_acknowledges_what_it_flushed_and_devices_resend_the_rest
         "the drain overran its limit: {took:?}"
     );
     assert!(report.reconnects >= 100, "every device came back");
+    assert!(
+        report.cpu.is_none(),
+        "the CPU time of two server processes is not one run's: {:?}",
+        report.cpu
+    );
     assert_eq!(
         resent_duplicates, 0.0,
         "a batch flushed during the drain was not acknowledged before the close"
