@@ -165,7 +165,11 @@ pub struct Args {
     #[arg(long, value_name = "DIR", conflicts_with = "server")]
     pub data_dir: Option<PathBuf>,
 
-    /// Write the JSON report to FILE (otherwise it goes to stdout).
+    /// Write the JSON report to FILE (otherwise it goes to stdout): events
+    /// per second, ack latency percentiles, the verify result, and `cpu`,
+    /// the CPU time the run cost: the server's own with --server (read
+    /// from its /metrics at the start and the end), else this process's,
+    /// server and devices together.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
 
