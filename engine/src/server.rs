@@ -178,16 +178,24 @@ impl Server {
             addr: cfg.listen,
             source,
         })?;
-        let endpoint = quinn::Endpoint::new(
+        let bind_err = |source| EngineError::Bind {
+            addr: cfg.listen,
+            source,
+        };
+        // GSO batches under 64 KiB: `tillstream_client::gso`.
+        let socket = tillstream_client::gso::quic_socket(
+            socket,
+            cfg.quic_max_udp_payload,
+            &quinn::TokioRuntime,
+        )
+        .map_err(bind_err)?;
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
             tls::endpoint_config(&cfg.data_dir, cfg.quic_max_udp_payload)?,
             Some(quic_cfg),
             socket,
             Arc::new(quinn::TokioRuntime),
         )
-        .map_err(|source| EngineError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
+        .map_err(bind_err)?;
         let quic_addr = endpoint.local_addr().map_err(|source| EngineError::Bind {
             addr: cfg.listen,
             source,

@@ -48,6 +48,7 @@ mod backoff;
 mod device;
 mod error;
 mod events;
+pub mod gso;
 mod path;
 mod prepared;
 mod session;

@@ -88,8 +88,10 @@ pub fn client_endpoint_with(
                 opts.max_udp_payload
             ))
         })?;
-    let mut endpoint =
-        quinn::Endpoint::new(config, None, socket, runtime).map_err(ClientError::Socket)?;
+    let socket = crate::gso::quic_socket(socket, opts.max_udp_payload, &*runtime)
+        .map_err(ClientError::Socket)?;
+    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(config, None, socket, runtime)
+        .map_err(ClientError::Socket)?;
     endpoint.set_default_client_config(tls.quinn_config());
     Ok(ClientEndpoint::new(endpoint, tls))
 }
