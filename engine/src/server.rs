@@ -174,14 +174,12 @@ impl Server {
             failed,
         });
 
-        let socket = udp::bind(cfg.listen).map_err(|source| EngineError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
+        let listen = cfg.listen;
         let bind_err = |source| EngineError::Bind {
-            addr: cfg.listen,
+            addr: listen,
             source,
         };
+        let socket = udp::bind(cfg.listen).map_err(bind_err)?;
         // GSO batches under 64 KiB: `tillstream_client::gso`.
         let socket = tillstream_client::gso::quic_socket(
             socket,
@@ -196,10 +194,7 @@ impl Server {
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(bind_err)?;
-        let quic_addr = endpoint.local_addr().map_err(|source| EngineError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
+        let quic_addr = endpoint.local_addr().map_err(bind_err)?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let accept = tokio::spawn(accept::accept_loop(
             endpoint.clone(),
