@@ -26,7 +26,7 @@ mod memory_limit;
 mod metrics;
 /// The names of the metrics on `/metrics`.
 pub use metrics::exported_names as exported_metric_names;
-pub use metrics::process_cpu_seconds;
+pub use metrics::{cpu_seconds_of, process_cpu_seconds};
 mod passivate;
 pub mod questions;
 mod recovery;

@@ -9,8 +9,6 @@
 //! to the last acknowledgement, it counts what a fleet costs the server:
 //! connection set-up, every batch, and the writes in the background.
 
-use std::time::Duration;
-
 use serde::Serialize;
 
 /// Whose CPU time a [`CpuUse`] counts.
@@ -69,33 +67,18 @@ impl CpuMeter {
                 got
             }
             CpuMeter::Remote { http, bearer } => {
-                let url = format!("{}/metrics", http.trim_end_matches('/'));
-                let auth = bearer.as_ref().map(|t| format!("Bearer {t}"));
-                let got = tokio::task::spawn_blocking(move || {
-                    let mut req = crate::verify::agent(Duration::from_secs(5)).get(&url);
-                    if let Some(a) = &auth {
-                        req = req.header("Authorization", a);
-                    }
-                    let text = req
-                        .call()
-                        .and_then(|mut r| r.body_mut().read_to_string())
-                        .map_err(|e| format!("GET {url}: {e}"))?;
-                    let seconds = metric_value(&text, "tillstream_process_cpu_seconds")
-                        .ok_or_else(|| format!("GET {url}: no tillstream_process_cpu_seconds"))?;
-                    Ok::<_, String>(CpuReading {
-                        seconds,
+                let text =
+                    crate::verify::get(http, "/metrics", bearer.as_deref(), |b| b.read_to_string())
+                        .await;
+                let got = text.and_then(|text| {
+                    Ok(CpuReading {
+                        seconds: metric_value(&text, "tillstream_process_cpu_seconds")
+                            .ok_or("no tillstream_process_cpu_seconds in /metrics")?,
                         started: metric_value(&text, "process_start_time_seconds"),
                     })
-                })
-                .await;
-                match got {
-                    Ok(Ok(r)) => Some(r),
-                    Ok(Err(why)) => {
-                        tracing::warn!(%why, "cannot read the server's CPU time");
-                        None
-                    }
-                    Err(_) => None,
-                }
+                });
+                got.inspect_err(|why| tracing::warn!(%why, "cannot read the server's CPU time"))
+                    .ok()
             }
         }
     }

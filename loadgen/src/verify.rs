@@ -40,7 +40,7 @@ struct VerifyRequest<'a> {
     expected: &'a [ExpectedBatch],
 }
 
-pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
+fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .build()
@@ -77,27 +77,38 @@ pub async fn remote(
     .context("the verification task failed")?
 }
 
-/// The remote server's settings (`GET {http}/v1/settings`), or null.
-pub async fn remote_settings(http: &str, bearer: Option<&str>) -> serde_json::Value {
-    let url = format!("{}/v1/settings", http.trim_end_matches('/'));
+/// `GET {http}{path}` on the server's API with the token, if any, its
+/// body read by `read`, off the runtime (5 s at most); the error says
+/// which URL failed and why.
+pub(crate) async fn get<T: Send + 'static>(
+    http: &str,
+    path: &str,
+    bearer: Option<&str>,
+    read: impl FnOnce(&mut ureq::Body) -> Result<T, ureq::Error> + Send + 'static,
+) -> Result<T, String> {
+    let url = format!("{}{path}", http.trim_end_matches('/'));
     let auth = bearer.map(|t| format!("Bearer {t}"));
-    let got = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let mut req = agent(Duration::from_secs(5)).get(&url);
         if let Some(a) = &auth {
             req = req.header("Authorization", a);
         }
         req.call()
-            .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>())
-            .map_err(|e| (url, e))
+            .and_then(|mut r| read(r.body_mut()))
+            .map_err(|e| format!("GET {url}: {e}"))
     })
-    .await;
-    match got {
-        Ok(Ok(v)) => v,
-        Ok(Err((url, e))) => {
-            tracing::warn!(%url, error = %e, "cannot read the server's settings");
+    .await
+    .unwrap_or_else(|e| Err(format!("GET {path}: the task failed: {e}")))
+}
+
+/// The remote server's settings (`GET {http}/v1/settings`), or null.
+pub async fn remote_settings(http: &str, bearer: Option<&str>) -> serde_json::Value {
+    match get(http, "/v1/settings", bearer, |b| b.read_json()).await {
+        Ok(v) => v,
+        Err(why) => {
+            tracing::warn!(%why, "cannot read the server's settings");
             serde_json::Value::Null
         }
-        Err(_) => serde_json::Value::Null,
     }
 }
 

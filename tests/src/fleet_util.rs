@@ -40,19 +40,8 @@ impl Mem {
 
 /// CPU time (user + system) a process used so far, in seconds, from
 /// `/proc/PID/stat` (`pid` "self" for this process); 0 where unreadable.
-/// Assumes the kernel's USER_HZ of 100, as on every Linux build that
-/// matters here.
 pub fn cpu_seconds(pid: &str) -> f64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The command name (field 2) may hold spaces; fields after its `)`
-    // start with the state (field 3), so utime and stime (14, 15) are the
-    // 12th and 13th of those.
-    let Some((_, rest)) = text.rsplit_once(')') else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (ticks(11) + ticks(12)) as f64 / 100.0
+    tillstream_engine::cpu_seconds_of(pid).unwrap_or(0.0)
 }
 
 /// A short label of an error message (its text up to the second `:`, or

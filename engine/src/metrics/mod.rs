@@ -64,7 +64,7 @@ pub(crate) fn refresh(ready: bool, store_poisoned: bool) {
 mod catalog;
 mod process;
 use catalog::DESCRIPTIONS;
-pub use process::process_cpu_seconds;
+pub use process::{cpu_seconds_of, process_cpu_seconds};
 
 /// The devices known to the store, and how many are silent past each
 /// threshold (see `silence`).

@@ -13,7 +13,12 @@ const TICKS_PER_S: f64 = 100.0;
 /// User plus system CPU seconds this process has used (Linux:
 /// `/proc/self/stat`; `None` elsewhere or if it cannot be read).
 pub fn process_cpu_seconds() -> Option<f64> {
-    cpu_seconds_of_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)
+    cpu_seconds_of("self")
+}
+
+/// The same for process `pid` (or `"self"`), from `/proc/PID/stat`.
+pub fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    cpu_seconds_of_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// Fields 14 and 15 (utime, stime) of a `/proc/PID/stat` line, counted
