@@ -108,7 +108,7 @@ impl ShardCore {
             if self.owns(store, sku)
                 && let Some(s) = self.stores.get(store).and_then(|m| m.skus.get(&sku))
             {
-                s.prefetch_next_slot();
+                s.prefetch_for_movement();
             }
         };
         for item in items {
