@@ -37,6 +37,7 @@
 mod apply;
 pub(crate) mod hash;
 mod sku;
+mod sku_map;
 mod stores;
 mod terminal;
 
@@ -371,12 +372,11 @@ impl ShardCore {
             }
             active
                 .skus
-                .entry(row.sku)
-                .or_insert_with(|| SkuState::from_row(row));
+                .get_or_insert_with(row.sku, || SkuState::from_row(row));
         }
         let lw = self.cfg.late_window_us;
         for m in &snapshot.recent_movements {
-            if let Some(s) = active.skus.get_mut(&m.sku) {
+            if let Some(s) = active.skus.get_mut(m.sku) {
                 s.load_movement(m.ts_us, m.delta, lw);
             }
         }
@@ -482,7 +482,7 @@ impl ShardCore {
     pub fn level(&self, store: u32, sku: u64) -> Option<StockLevelRow> {
         self.stores
             .get(store)
-            .and_then(|a| a.skus.get(&sku))
+            .and_then(|a| a.skus.get(sku))
             .map(|s| s.row(store, sku))
     }
 }

@@ -1,11 +1,12 @@
 //! The active stores of a shard, each with its own map of SKUs.
 //!
-//! One map per store, not one keyed by (store, SKU): hashbrown grows a map
-//! by doubling it, so one map of 1 M SKUs held 2 M buckets (the entity and
-//! its key, 80 bytes each: 168 MB), and while it grew the old table and
-//! the new one were both held. Maps per store grow one at a time, are each
-//! as full as their own size allows, and key on the SKU alone (72 bytes a
-//! bucket); a passivated store's map is dropped whole.
+//! One map per store, not one keyed by (store, SKU): a map grows by
+//! doubling, so one (hashbrown) map of 1 M SKUs held 2 M buckets (the
+//! entity and its key, 80 bytes each: 168 MB), and while it grew the old
+//! table and the new one were both held. Maps per store (`sku_map.rs`)
+//! grow one at a time, are each as full as their own size allows, and key
+//! on the SKU alone (64 bytes a bucket); a passivated store's map is
+//! dropped whole.
 //!
 //! The stores sit in a vector behind an index map, and the last one asked
 //! for is remembered: a part's lines are nearly all of one store, so a
@@ -15,20 +16,20 @@ use std::collections::HashMap;
 
 use super::LastChange;
 use super::hash::Keyed;
-use super::sku::SkuState;
+use super::sku_map::SkuMap;
 
 /// An active store's SKUs on this shard, and when they last changed.
 #[derive(Debug)]
 pub(super) struct StoreSkus {
     pub(super) last: LastChange,
-    pub(super) skus: HashMap<u64, SkuState, Keyed>,
+    pub(super) skus: SkuMap,
 }
 
 impl StoreSkus {
     pub(super) fn loaded() -> Self {
         Self {
             last: LastChange::LOADED,
-            skus: HashMap::default(),
+            skus: SkuMap::default(),
         }
     }
 }
@@ -120,6 +121,7 @@ impl ActiveStores {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::sku::SkuState;
 
     fn with_sku(stores: &mut ActiveStores, store: u32, sku: u64) {
         let (s, _) = stores.get_or_load(store);
@@ -134,18 +136,18 @@ mod tests {
         }
         // Store 3 leaves: 9 moves to its place in the vector, and the
         // remembered last store (9) must not point at the old place.
-        stores.retain(|s| !s.skus.contains_key(&300));
+        stores.retain(|s| !s.skus.contains_key(300));
         assert_eq!(stores.len(), 2);
         assert!(!stores.contains(3));
         let (nine, new) = stores.get_or_load(9);
         assert!(!new);
-        assert!(nine.skus.contains_key(&900));
-        assert!(stores.get(7).is_some_and(|s| s.skus.contains_key(&700)));
+        assert!(nine.skus.contains_key(900));
+        assert!(stores.get(7).is_some_and(|s| s.skus.contains_key(700)));
         let (three, new) = stores.get_or_load(3);
         assert!(new);
         assert!(three.skus.is_empty());
         // Insert leaves an active store as it is.
         stores.insert(7, StoreSkus::loaded());
-        assert!(stores.get(7).is_some_and(|s| s.skus.contains_key(&700)));
+        assert!(stores.get(7).is_some_and(|s| s.skus.contains_key(700)));
     }
 }
