@@ -548,3 +548,39 @@ fn small_commits_after_a_big_one_leave_no_big_buffers_behind() -> Result<(), Sto
     assert_eq!(unpacked::<DeviceHealthRow>(&mut set)?, grouped(&big));
     Ok(())
 }
+
+/// LEB128, a byte a turn: what the packer must write for a field, byte
+/// for byte, whichever way it computes it (older builds read these).
+fn leb128(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+    out
+}
+
+#[test]
+fn varints_are_minimal_leb128_at_every_length() {
+    let mut values = vec![0, 1, 0x7f, u64::MAX];
+    for bit in 0..64 {
+        let p = 1u64 << bit;
+        values.extend([p - 1, p, p + 1, p | (p >> 1)]);
+    }
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..2_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        values.push(x >> (x % 64));
+    }
+    let mut p = Packer::new(Table::StockMovements);
+    let mut want = Vec::new();
+    for &v in &values {
+        p.push_fields(|w| w.varint(v));
+        want.extend(leb128(v));
+    }
+    p.finish();
+    assert_eq!(&p.out[super::HEADER..], &want[..]);
+}
