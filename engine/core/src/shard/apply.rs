@@ -22,8 +22,10 @@ use super::{LastChange, ShardCore, view};
 use crate::route::{Role, WorkItem};
 
 /// How many SKUs ahead of its lookup the read-ahead asks for a SKU's
-/// bucket: about as many misses as a core keeps in flight (Zen 4 and
-/// recent Xeons track 16 to 24 lines from L1 and more from L2).
+/// bucket: about as many misses as a core keeps in flight from L1 (a few
+/// dozen lines on current x86 cores, and each SKU asks for two to four:
+/// its bucket, then its count and window). Further ahead, prefetches wait
+/// for a free miss buffer anyway.
 const WARM_AHEAD: usize = 16;
 
 impl ShardCore {

@@ -4,7 +4,7 @@
 //! A movement of a random SKU costs a cache miss on its bucket. With
 //! hashbrown's map the read-ahead could only look SKUs up one after the
 //! other, and each lookup waited for its bucket: 13% of the server's CPU
-//! sat on that one load (a Zen 4 host, the main fleet's 50 k SKUs). Here a
+//! sat on that one load (an AMD EPYC host, the main fleet's 50 k SKUs). Here a
 //! SKU's first bucket follows from its hash alone, so the read-ahead asks
 //! for the buckets of many SKUs first and looks them up after, while
 //! their lines arrive together.

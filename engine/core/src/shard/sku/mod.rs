@@ -320,7 +320,7 @@ impl SkuState {
     pub(super) fn prefetch_for_movement(&self) {
         // A movement compares its time with the count's, which lives
         // behind `rare`: a load there had been 90% of `movement`'s time
-        // (7% of the server's CPU on a Zen 4 host) when only the window
+        // (7% of the server's CPU on an AMD EPYC host) when only the window
         // was prefetched.
         if let Some(rare) = self.rare.as_deref()
             && self.counted
