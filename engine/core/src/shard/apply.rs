@@ -16,6 +16,7 @@ use tillstream_storage::{
 };
 
 use super::sku::{CountOutcome, SkuState};
+use super::sku_map::SkuMap;
 use super::stores::StoreSkus;
 use super::terminal::{RollupDay, RollupSlot, SaleView, rollup_key};
 use super::{LastChange, ShardCore, view};
@@ -27,6 +28,14 @@ use crate::route::{Role, WorkItem};
 /// its bucket, then its count and window). Further ahead, prefetches wait
 /// for a free miss buffer anyway.
 const WARM_AHEAD: usize = 16;
+
+/// Looks up a SKU whose bucket [`ShardCore::warm_skus`] asked for, and
+/// prefetches what its movement needs.
+fn warm_sku(skus: &SkuMap, sku: u64) {
+    if let Some(s) = skus.get(sku) {
+        s.prefetch_for_movement();
+    }
+}
 
 impl ShardCore {
     /// Applies the items of one batch part of `device`, whose batch has
@@ -115,7 +124,9 @@ impl ShardCore {
     /// bucket in turn: 13% of the server's CPU). New SKUs and stores not
     /// active are left to the apply.
     fn warm_skus(&self, batch: &ArchivedBatch, items: &[WorkItem]) {
-        let mut ring = [(0u32, 0u64); WARM_AHEAD];
+        // Each SKU with its store's map, found once: the lookup 16 SKUs
+        // later goes straight to the map.
+        let mut ring: [Option<(&SkuMap, u64)>; WARM_AHEAD] = [None; WARM_AHEAD];
         let mut asked = 0usize;
         let mut ask = |store: u32, sku: u64| {
             if !self.owns(store, sku) {
@@ -125,11 +136,9 @@ impl ShardCore {
                 return;
             };
             active.skus.prefetch(sku);
-            let slot = &mut ring[asked % WARM_AHEAD];
-            if asked >= WARM_AHEAD {
-                self.warm_sku(slot.0, slot.1);
+            if let Some((skus, sku)) = ring[asked % WARM_AHEAD].replace((&active.skus, sku)) {
+                warm_sku(skus, sku);
             }
-            *slot = (store, sku);
             asked += 1;
         };
         for item in items {
@@ -151,18 +160,10 @@ impl ShardCore {
             }
         }
         // The last ones asked for, oldest first.
-        let waiting = asked.min(WARM_AHEAD);
-        for n in asked - waiting..asked {
-            let (store, sku) = ring[n % WARM_AHEAD];
-            self.warm_sku(store, sku);
-        }
-    }
-
-    /// Looks up a SKU whose bucket [`ShardCore::warm_skus`] asked for, and
-    /// prefetches what its movement needs.
-    fn warm_sku(&self, store: u32, sku: u64) {
-        if let Some(s) = self.stores.get(store).and_then(|m| m.skus.get(sku)) {
-            s.prefetch_for_movement();
+        for n in asked..asked + WARM_AHEAD {
+            if let Some((skus, sku)) = ring[n % WARM_AHEAD] {
+                warm_sku(skus, sku);
+            }
         }
     }
 
