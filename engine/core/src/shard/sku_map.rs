@@ -107,18 +107,14 @@ impl SkuMap {
         if (self.len + 1) * 8 > self.buckets.len() * 7 {
             self.grow();
         }
-        let at = match self.find(sku) {
-            Ok(at) => at,
-            Err(at) => {
-                self.buckets[at].0 = Some((sku, new()));
-                self.len += 1;
-                at
-            }
-        };
-        match &mut self.buckets[at].0 {
-            Some((_, s)) => s,
-            None => unreachable!("bucket {at} was just found or filled"),
-        }
+        // Its bucket, or the empty one where it goes.
+        let (Ok(at) | Err(at)) = self.find(sku);
+        let len = &mut self.len;
+        let (_, state) = self.buckets[at].0.get_or_insert_with(|| {
+            *len += 1;
+            (sku, new())
+        });
+        state
     }
 
     /// Puts `state` as `sku`'s entity, in place of any it had.
