@@ -32,6 +32,8 @@ pub(crate) struct HttpState {
     pub(crate) ctx: Arc<EngineCtx>,
     pub(crate) store: Arc<dyn Backend>,
     pub(crate) settings: ServerSettings,
+    /// The QUIC socket, for its buffer and drop figures.
+    pub(crate) udp: crate::udp::ServerSocket,
 }
 
 /// Binds and serves until `shutdown` turns true.
@@ -127,6 +129,7 @@ async fn metrics_text(State(s): AppState, ConnectInfo(peer): Peer, headers: Head
         let durable = s.ctx.sequencer.subscribe().borrow().durable;
         metrics::journal_unmaterialized(durable.saturating_sub(in_tables));
     }
+    s.udp.refresh_metrics();
     metrics::refresh(
         s.ctx.not_ready().is_none(),
         s.store.check_writable().is_err(),

@@ -37,7 +37,7 @@ mod session;
 mod shards;
 mod silence;
 mod tls;
-pub mod udp;
+mod udp;
 mod wire;
 
 pub use audit::AuditTarget;

@@ -179,7 +179,7 @@ impl Server {
             addr: listen,
             source,
         };
-        let socket = udp::bind(cfg.listen).map_err(bind_err)?;
+        let (socket, udp_socket) = udp::bind(cfg.listen).map_err(bind_err)?;
         // GSO batches under 64 KiB: `tillstream_client::gso`.
         let socket = tillstream_client::gso::quic_socket(
             socket,
@@ -254,6 +254,7 @@ impl Server {
                         ctx: ctx.clone(),
                         store: backend.clone(),
                         settings: settings.clone(),
+                        udp: udp_socket,
                     },
                     shutdown_rx,
                 )

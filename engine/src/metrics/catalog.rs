@@ -165,6 +165,18 @@ pub(super) const DESCRIPTIONS: &[(&str, &str)] = &[
         "User and system CPU time of the server process, to the 10 ms tick (process_cpu_seconds_total counts whole seconds).",
     ),
     (
+        "tillstream_udp_receive_drops_total",
+        "Datagrams the kernel dropped at the QUIC socket for a full receive buffer (QUIC resends them after a timeout: seconds of latency). Raise net.core.rmem_max if it grows.",
+    ),
+    (
+        "tillstream_udp_receive_buffer_bytes",
+        "The QUIC socket's receive buffer as the kernel granted it (asked: 16 MiB).",
+    ),
+    (
+        "tillstream_udp_send_buffer_bytes",
+        "The QUIC socket's send buffer as the kernel granted it.",
+    ),
+    (
         "tillstream_memory_pressure",
         "1 while RSS is past --memory-soft-limit-mib: freed pages go back to the OS at once, shards hold half their in-flight budget.",
     ),

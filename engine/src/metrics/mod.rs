@@ -382,6 +382,17 @@ pub(crate) fn frame_too_slow() {
     counter!("tillstream_frames_too_slow_total").increment(1);
 }
 
+/// The listening UDP socket's buffers as granted, and the datagrams the
+/// kernel dropped there for a full receive buffer (None where it does not
+/// say; the counter then stays where it was).
+pub(crate) fn udp_socket(recv_bytes: usize, send_bytes: usize, drops: Option<u64>) {
+    gauge!("tillstream_udp_receive_buffer_bytes").set(recv_bytes as f64);
+    gauge!("tillstream_udp_send_buffer_bytes").set(send_bytes as f64);
+    if let Some(drops) = drops {
+        counter!("tillstream_udp_receive_drops_total").absolute(drops);
+    }
+}
+
 /// The backend's own figures (the ScyllaDB driver's requests, errors,
 /// retries, latency), refreshed when `/metrics` is read: counters end in
 /// `_total`, the rest are gauges.

@@ -54,6 +54,7 @@ mod prepared;
 mod session;
 mod stats;
 mod tls;
+pub mod udp;
 mod window;
 mod wire;
 

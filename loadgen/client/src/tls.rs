@@ -5,7 +5,6 @@ use std::time::Duration;
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use socket2::{Domain, Protocol, Socket, Type};
 use tillstream_protocol::{ALPN, DEFAULT_MAX_UDP_PAYLOAD};
 
 use crate::ClientError;
@@ -29,7 +28,8 @@ pub struct EndpointOptions {
     /// server spent about a fifth more CPU a batch (one noisy A/B).
     pub keep_alive: Duration,
     /// UDP receive and send buffer sizes asked for (the kernel may grant
-    /// less): with the default ~208 KiB, batched runs dropped packets.
+    /// less; see [`crate::udp`]): with the default ~208 KiB, batched runs
+    /// dropped packets.
     pub socket_buffer_bytes: usize,
     /// The stream receive window advertised to the server, if not quinn's
     /// default. Tests use a tiny one to play a device that reads nothing.
@@ -44,13 +44,13 @@ pub struct EndpointOptions {
 }
 
 impl Default for EndpointOptions {
-    /// 5 s idle timeout, a keep-alive after 2 s of silence, 8 MiB buffers,
+    /// 5 s idle timeout, a keep-alive after 2 s of silence, 16 MiB buffers,
     /// UDP payloads up to 8952 bytes where the path carries them.
     fn default() -> Self {
         Self {
             idle_timeout: Duration::from_secs(5),
             keep_alive: Duration::from_secs(2),
-            socket_buffer_bytes: 8 << 20,
+            socket_buffer_bytes: crate::udp::BUFFER_BYTES,
             stream_receive_window: None,
             max_udp_payload: DEFAULT_MAX_UDP_PAYLOAD,
         }
@@ -263,22 +263,19 @@ impl DeviceTls {
 const MIN_MTU: u16 = 1200;
 
 /// Binds a UDP socket of `server`'s family on an ephemeral port, with
-/// large buffers where the kernel allows (a smaller one only costs speed).
+/// large buffers where the kernel allows (`crate::udp`; a smaller one only
+/// costs speed, so it is logged, not refused).
 fn bind(server: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
     let addr: SocketAddr = if server.is_ipv6() {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     };
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if let Err(e) = socket.set_recv_buffer_size(buffer) {
-        tracing::debug!(error = %e, "cannot grow the UDP receive buffer");
+    let (socket, buffers) = crate::udp::bind(addr, buffer)?;
+    if buffers.recv_short() {
+        tracing::debug!(?buffers, "the UDP receive buffer is smaller than asked for");
     }
-    if let Err(e) = socket.set_send_buffer_size(buffer) {
-        tracing::debug!(error = %e, "cannot grow the UDP send buffer");
-    }
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
 #[cfg(test)]
