@@ -144,6 +144,14 @@ pub struct Report {
     /// Path MTU probes the devices sent. A connection that starts at the
     /// MTU an earlier one over the same socket found sends none.
     pub mtu_probes: u64,
+    /// QUIC packets the devices sent, and how many of them QUIC declared
+    /// lost and sent again. On loopback a loss is a datagram the kernel
+    /// dropped at a full socket buffer (the server's or the loadgen's
+    /// own), and each costs its batch a resend timeout: a run with many
+    /// has an ack p99 that says more about the sockets than the server.
+    pub quic_sent_packets: u64,
+    /// See [`Report::quic_sent_packets`].
+    pub quic_lost_packets: u64,
     /// Error frames by code name.
     pub errors_by_code: BTreeMap<String, u64>,
     /// Times the server announced a durable seq below one it had announced
@@ -233,6 +241,8 @@ impl Report {
             resent_batches: out.stats.resent_batches,
             path_mtu: out.stats.path_mtu,
             mtu_probes: out.stats.mtu_probes,
+            quic_sent_packets: out.stats.quic_sent_packets,
+            quic_lost_packets: out.stats.quic_lost_packets,
             errors_by_code: by_code_name(&out.stats.errors_by_code),
             watermark_regressions: out.stats.watermark_regressions,
             verify: None,
@@ -302,8 +312,8 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "path MTU {} bytes ({} discovery probes)",
-            self.path_mtu, self.mtu_probes
+            "path MTU {} bytes ({} discovery probes); QUIC packets sent {}, lost {}",
+            self.path_mtu, self.mtu_probes, self.quic_sent_packets, self.quic_lost_packets
         );
         if let Some(c) = &self.cpu {
             let whose = match c.scope {

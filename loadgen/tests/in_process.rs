@@ -75,6 +75,14 @@ async fn a_small_fleet_is_acknowledged_and_verified() -> anyhow::Result<()> {
         r.summary()
     );
     assert!(r.mtu_probes > 0, "{}", r.summary());
+    // Each batch took a packet or more, and a run on loopback at this
+    // pace loses next to none of them.
+    assert!(r.quic_sent_packets >= r.batches, "{}", r.summary());
+    assert!(
+        r.quic_lost_packets * 10 < r.quic_sent_packets,
+        "{}",
+        r.summary()
+    );
     Ok(())
 }
 

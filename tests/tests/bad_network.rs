@@ -459,7 +459,7 @@ async fn every_event_is_acked_exactly_once_through_loss_delay_and_partition() ->
     eprintln!("relay: {relay_stats:?}");
     eprintln!(
         "clients: connects {} reconnects {} disconnects {} connect failures {} \
-         resent {} recoveries {} (max {:?}) errors {:?} rejects {:?}",
+         resent {} recoveries {} (max {:?}) errors {:?} rejects {:?}; QUIC packets sent {} lost {}",
         stats.connects,
         stats.reconnects,
         stats.disconnects,
@@ -469,6 +469,8 @@ async fn every_event_is_acked_exactly_once_through_loss_delay_and_partition() ->
         stats.recovery_max,
         stats.errors_by_code,
         stats.rejects_by_code,
+        stats.quic_sent_packets,
+        stats.quic_lost_packets,
     );
     report_latency(&plan, origin, &acks);
     for (device, why) in behind.iter().take(10) {
@@ -493,6 +495,13 @@ async fn every_event_is_acked_exactly_once_through_loss_delay_and_partition() ->
     assert_eq!(relay_stats.flows, plan.endpoints);
     if plan.loss > 0.0 {
         assert!(relay_stats.to_server.lost > 0 && relay_stats.to_client.lost > 0);
+        // And the devices' QUIC counted what the relay dropped on their way.
+        assert!(
+            stats.quic_lost_packets > 0 && stats.quic_lost_packets < stats.quic_sent_packets,
+            "QUIC packets sent {}, lost {}",
+            stats.quic_sent_packets,
+            stats.quic_lost_packets
+        );
         let reordered = relay_stats.to_server.reordered + relay_stats.to_client.reordered;
         assert!(reordered > 0, "100 ± 50 ms over a busy link reorders");
     }

@@ -61,6 +61,9 @@ pub(crate) struct State {
     /// Set when the server rejected the device for good.
     pub(crate) fatal: Option<(u16, String)>,
     pub(crate) closed: bool,
+    /// The connection of the session under way, whose QUIC counters
+    /// [`DeviceClient::stats`] adds to those of the sessions before it.
+    pub(crate) live: Option<quinn::Connection>,
 }
 
 impl State {
@@ -143,6 +146,7 @@ impl DeviceClient {
                 refused: BTreeMap::new(),
                 fatal: None,
                 closed: false,
+                live: None,
             }),
             space: Notify::new(),
             work: Notify::new(),
@@ -239,7 +243,12 @@ impl DeviceClient {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> ClientStats {
-        self.shared.lock().stats.clone()
+        let st = self.shared.lock();
+        let mut stats = st.stats.clone();
+        if let Some(conn) = &st.live {
+            stats.add_quic(&conn.stats().path);
+        }
+        stats
     }
 
     /// The device id.
@@ -301,6 +310,7 @@ mod tests {
             refused: BTreeMap::new(),
             fatal: None,
             closed: false,
+            live: None,
         };
         for seq in 1..=10_000 {
             st.remember_refusal(

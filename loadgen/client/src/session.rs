@@ -143,7 +143,11 @@ impl Session {
         for ev in self.on_welcome(welcome, life) {
             self.send_event(ev).await;
         }
-        let probes_before = self.shared.lock().stats.mtu_probes;
+        let probes_before = {
+            let mut st = self.shared.lock();
+            st.live = Some(conn.clone());
+            st.stats.mtu_probes
+        };
         let end = tokio::select! {
             biased;
             () = wait_shutdown(shutdown) => End::Shutdown,
@@ -152,6 +156,11 @@ impl Session {
             never = self.watch_path(&conn, probes_before) => match never {},
         };
         self.learn_path(&conn, probes_before);
+        {
+            let mut st = self.shared.lock();
+            st.live = None;
+            st.stats.add_quic(&conn.stats().path);
+        }
         let (code, why): (u32, &[u8]) = match &end {
             End::Lost { reason, .. } if reason.starts_with("protocol") => {
                 (CLOSE_PROTOCOL, b"protocol violation")

@@ -49,6 +49,14 @@ pub struct ClientStats {
     /// Path MTU probes sent, over every connection. A connection that
     /// starts at the path MTU an earlier one found sends none.
     pub mtu_probes: u64,
+    /// QUIC packets sent, over every connection.
+    pub quic_sent_packets: u64,
+    /// QUIC packets declared lost (and their data sent again), over every
+    /// connection: on loopback, datagrams the kernel dropped at a full
+    /// receive buffer, or late enough to be taken for lost.
+    pub quic_lost_packets: u64,
+    /// Times a loss made QUIC's congestion controller shrink its window.
+    pub quic_congestion_events: u64,
     /// The last reason a session ended or failed, for logs.
     pub last_error: Option<String>,
 }
@@ -68,6 +76,9 @@ impl ClientStats {
         self.path_mtu = self.path_mtu.max(o.path_mtu);
         self.mtu_probes += o.mtu_probes;
         self.stale_batches += o.stale_batches;
+        self.quic_sent_packets += o.quic_sent_packets;
+        self.quic_lost_packets += o.quic_lost_packets;
+        self.quic_congestion_events += o.quic_congestion_events;
         self.rejected_events += o.rejected_events;
         for (k, v) in &o.errors_by_code {
             *self.errors_by_code.entry(*k).or_default() += v;
@@ -82,6 +93,13 @@ impl ClientStats {
         if o.last_error.is_some() {
             self.last_error.clone_from(&o.last_error);
         }
+    }
+
+    /// Adds one connection's QUIC counters.
+    pub(crate) fn add_quic(&mut self, path: &quinn::PathStats) {
+        self.quic_sent_packets += path.sent_packets;
+        self.quic_lost_packets += path.lost_packets;
+        self.quic_congestion_events += path.congestion_events;
     }
 
     /// Records one recovery time.
