@@ -154,8 +154,9 @@ pub struct ServerConfig {
     /// RSS past which the server is under memory pressure
     /// (`memory_limit`): freed pages go back to the OS at once instead of
     /// after the allocator's delay, and each shard holds half its
-    /// in-flight budget. 0 (the default here; `tillstream serve` sets 256
-    /// MiB) turns it off.
+    /// in-flight budget; each connection served raises it by
+    /// `memory_limit::CONNECTION_BYTES`. 0 (the default here; `tillstream
+    /// serve` sets 320 MiB) turns it off.
     pub memory_soft_limit_bytes: u64,
     /// Switches the process's allocator between returning freed pages at
     /// once (`true`) and after its own delay; set by the binary that picks

@@ -5,7 +5,7 @@
 //! each other.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tillstream_engine_core::validate::Rules;
@@ -54,6 +54,9 @@ pub(crate) struct EngineCtx {
     /// Set when a batch could not be applied on all its shards: nothing
     /// more can be committed consistently, the engine needs a restart.
     pub(crate) failed: watch::Sender<bool>,
+    /// Connections being served: the memory soft limit grows with them
+    /// (`memory_limit::limit_with`).
+    pub(crate) connections: AtomicUsize,
 }
 
 impl EngineCtx {

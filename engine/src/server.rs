@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tillstream_engine_core::shard::ShardConfig;
@@ -172,6 +172,7 @@ impl Server {
                 deadline: cfg.frame_deadline.max(Duration::from_millis(100)),
             },
             failed,
+            connections: AtomicUsize::new(0),
         });
 
         let listen = cfg.listen;

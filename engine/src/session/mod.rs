@@ -18,7 +18,7 @@
 //!   for a replayed batch, once the device's durable seq covers it).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tillstream_protocol::frame::decode;
@@ -141,7 +141,9 @@ pub(crate) async fn serve(
     let span = tracing::info_span!("session", %peer, device = tracing::field::Empty);
     async move {
         m::connections(1.0);
+        let counted = Counted::new(&ctx.connections);
         let result = session(&conn, &ctx, stop, admitted).await;
+        drop(counted);
         m::connections(-1.0);
         match result {
             Ok(()) => tracing::debug!("session ended"),
@@ -150,6 +152,23 @@ pub(crate) async fn serve(
     }
     .instrument(span)
     .await;
+}
+
+/// One connection in `EngineCtx::connections` while it lives, however
+/// its session ends (an aborted task included).
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Counted(n)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn session(

@@ -74,7 +74,10 @@ pub(crate) struct Args {
     /// it needs at rest; 0 turns it off. The default is about the peak of
     /// a server at full speed with 50 k resident SKUs (the loadgen's
     /// fleet), which 256 MiB held under pressure at 13% less throughput;
-    /// 1 M resident SKUs still stay under 512 MiB with it.
+    /// 1 M resident SKUs still stay under 512 MiB with it. Each
+    /// connection being served adds 48 KiB to it (its QUIC, TLS and
+    /// session state, which --max-connections bounds): 10,000 idle
+    /// devices take some 440 MiB.
     #[arg(long, default_value_t = 320, env = "TILLSTREAM_MEMORY_SOFT_LIMIT_MIB")]
     memory_soft_limit_mib: u64,
     /// Connections set up at once (handshake, Hello, Welcome); default 16
