@@ -75,13 +75,11 @@ fn parse_socket_link(link: &str) -> Option<u64> {
 /// table: the 10th field is the inode, the 13th (the last) the drops.
 fn drops_of(table: &str, inode: u64) -> Option<u64> {
     table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (Some(ino), Some(drops)) = (fields.get(9), fields.get(12)) else {
+        let mut fields = line.split_whitespace();
+        if fields.nth(9)?.parse::<u64>().ok()? != inode {
             return None;
-        };
-        (ino.parse::<u64>().ok()? == inode)
-            .then(|| drops.parse().ok())
-            .flatten()
+        }
+        fields.nth(2)?.parse().ok()
     })
 }
 
