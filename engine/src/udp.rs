@@ -20,6 +20,8 @@ pub(crate) struct ServerSocket {
     /// The socket's inode, which names it in `/proc/net/udp` (None where
     /// there is no such file).
     inode: Option<u64>,
+    /// The table that lists it: `udp6` for an IPv6 socket, dual-stack too.
+    table: &'static str,
 }
 
 /// Binds the listening socket with large buffers; dual-stack when binding
@@ -40,18 +42,27 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<(std::net::UdpSocket, Se
         );
     }
     let inode = socket_inode(&socket);
-    Ok((socket, ServerSocket { buffers, inode }))
+    let table = if addr.is_ipv6() {
+        "/proc/net/udp6"
+    } else {
+        "/proc/net/udp"
+    };
+    Ok((
+        socket,
+        ServerSocket {
+            buffers,
+            inode,
+            table,
+        },
+    ))
 }
 
 impl ServerSocket {
     /// Sets the socket's gauges and its drop counter (on each scrape).
     pub(crate) fn refresh_metrics(&self) {
-        let drops = self.inode.and_then(|inode| {
-            ["/proc/net/udp", "/proc/net/udp6"]
-                .iter()
-                .filter_map(|table| std::fs::read_to_string(table).ok())
-                .find_map(|text| drops_of(&text, inode))
-        });
+        let drops = self
+            .inode
+            .and_then(|inode| drops_of(&std::fs::read_to_string(self.table).ok()?, inode));
         crate::metrics::udp_socket(self.buffers.recv, self.buffers.send, drops);
     }
 }

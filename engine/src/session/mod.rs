@@ -140,11 +140,9 @@ pub(crate) async fn serve(
     let peer = conn.remote_address();
     let span = tracing::info_span!("session", %peer, device = tracing::field::Empty);
     async move {
-        m::connections(1.0);
         let counted = Counted::new(&ctx.connections);
         let result = session(&conn, &ctx, stop, admitted).await;
         drop(counted);
-        m::connections(-1.0);
         match result {
             Ok(()) => tracing::debug!("session ended"),
             Err(reason) => tracing::info!(%reason, "session ended"),
@@ -154,13 +152,15 @@ pub(crate) async fn serve(
     .await;
 }
 
-/// One connection in `EngineCtx::connections` while it lives, however
-/// its session ends (an aborted task included).
+/// One connection in `EngineCtx::connections` and in
+/// `tillstream_connections_active` while it lives, however its session
+/// ends (an aborted task included).
 struct Counted<'a>(&'a AtomicUsize);
 
 impl<'a> Counted<'a> {
     fn new(n: &'a AtomicUsize) -> Self {
         n.fetch_add(1, Ordering::Relaxed);
+        m::connections(1.0);
         Counted(n)
     }
 }
@@ -168,6 +168,7 @@ impl<'a> Counted<'a> {
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        m::connections(-1.0);
     }
 }
 

@@ -155,12 +155,7 @@ impl Session {
             end = self.writer(&mut send) => end,
             never = self.watch_path(&conn, probes_before) => match never {},
         };
-        self.learn_path(&conn, probes_before);
-        {
-            let mut st = self.shared.lock();
-            st.live = None;
-            st.stats.add_quic(&conn.stats().path);
-        }
+        self.learn_path(&conn, probes_before, true);
         let (code, why): (u32, &[u8]) = match &end {
             End::Lost { reason, .. } if reason.starts_with("protocol") => {
                 (CLOSE_PROTOCOL, b"protocol violation")
@@ -251,17 +246,24 @@ impl Session {
     async fn watch_path(&self, conn: &quinn::Connection, probes_before: u64) -> Infallible {
         for wait_ms in PATH_SAMPLES_MS {
             tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-            self.learn_path(conn, probes_before);
+            self.learn_path(conn, probes_before, false);
         }
         std::future::pending().await
     }
 
-    fn learn_path(&self, conn: &quinn::Connection, probes_before: u64) {
+    /// Records what `conn`'s path came to; once the session `ended`, its
+    /// QUIC counters also join those of the sessions before it (until
+    /// then [`crate::DeviceClient::stats`] reads them off the live one).
+    fn learn_path(&self, conn: &quinn::Connection, probes_before: u64, ended: bool) {
         let path = conn.stats().path;
         self.endpoint.learn(self.cfg.server, path.current_mtu);
         let mut st = self.shared.lock();
         st.stats.path_mtu = path.current_mtu;
         st.stats.mtu_probes = probes_before + path.sent_plpmtud_probes;
+        if ended {
+            st.live = None;
+            st.stats.add_quic(&path);
+        }
     }
 
     /// Marks the device as rejected for good and tells the listener.

@@ -55,8 +55,6 @@ pub struct ClientStats {
     /// connection: on loopback, datagrams the kernel dropped at a full
     /// receive buffer, or late enough to be taken for lost.
     pub quic_lost_packets: u64,
-    /// Times a loss made QUIC's congestion controller shrink its window.
-    pub quic_congestion_events: u64,
     /// The last reason a session ended or failed, for logs.
     pub last_error: Option<String>,
 }
@@ -78,7 +76,6 @@ impl ClientStats {
         self.stale_batches += o.stale_batches;
         self.quic_sent_packets += o.quic_sent_packets;
         self.quic_lost_packets += o.quic_lost_packets;
-        self.quic_congestion_events += o.quic_congestion_events;
         self.rejected_events += o.rejected_events;
         for (k, v) in &o.errors_by_code {
             *self.errors_by_code.entry(*k).or_default() += v;
@@ -99,7 +96,6 @@ impl ClientStats {
     pub(crate) fn add_quic(&mut self, path: &quinn::PathStats) {
         self.quic_sent_packets += path.sent_packets;
         self.quic_lost_packets += path.lost_packets;
-        self.quic_congestion_events += path.congestion_events;
     }
 
     /// Records one recovery time.
