@@ -26,11 +26,12 @@ mod memory_limit;
 mod metrics;
 /// The names of the metrics on `/metrics`.
 pub use metrics::exported_names as exported_metric_names;
-pub use metrics::{cpu_seconds_of, process_cpu_seconds};
+pub use metrics::{cpu_seconds_of, metrics_text, process_cpu_seconds, scrape};
 mod passivate;
 pub mod questions;
 mod recovery;
 mod rowpool;
+pub mod runtime_lag;
 mod sequencer;
 mod server;
 mod session;

@@ -228,6 +228,7 @@ impl Server {
             }
             .to_string(),
         };
+        tokio::spawn(crate::runtime_lag::run(shutdown_rx.clone()));
         tokio::spawn(auth::run_sweeper(auth.clone(), shutdown_rx.clone()));
         tokio::spawn(crate::silence::run(backend.clone(), shutdown_rx.clone()));
         tokio::spawn(passivate::run(

@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::credentials::Credentials;
+use crate::lag::LagProbe;
 use crate::workload::{DevicePlan, Workload};
 
 /// How to run.
@@ -114,6 +115,9 @@ pub struct RunOutcome {
     pub events_timed: u64,
     /// Ack latency per batch, µs.
     pub latency_us: Histogram<u64>,
+    /// How late the devices' runtime ran its timers over the run, µs
+    /// ([`crate::lag`]); `None` if the probe did not finish.
+    pub runtime_lag_us: Option<Histogram<u64>>,
     /// The devices' counters, summed.
     pub stats: ClientStats,
     /// Every acknowledged batch.
@@ -194,6 +198,7 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
     wait_connected(&clients, limit).await;
 
     let start = Instant::now();
+    let lag_probe = LagProbe::start().context("starting the runtime lag probe")?;
     let sent = Arc::new(AtomicU64::new(0));
     let (fail_tx, mut fail_rx) = mpsc::unbounded_channel::<String>();
     let mut tasks = JoinSet::new();
@@ -286,6 +291,7 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
     } else {
         (last_ack.saturating_duration_since(start), c.acked)
     };
+    let runtime_lag_us = lag_probe.finish().await;
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
 
@@ -324,6 +330,7 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
         elapsed,
         events_timed,
         latency_us: c.latency,
+        runtime_lag_us,
         stats,
         acked: c.manifest,
         failures: c.failures,

@@ -8,17 +8,20 @@
 //! - a fleet runner ([`fleet`]): one device client per device over one
 //!   shared QUIC endpoint, paced to a target rate, with per-batch ack
 //!   latencies in an HdrHistogram;
-//! - the report ([`report`]), with the CPU time the run cost ([`cpu`]),
-//!   and the end-to-end check ([`verify`]).
+//! - the report ([`report`]), with what the run cost the server and how
+//!   long it took to acknowledge, by its own measure ([`meter`]), how late
+//!   the loadgen's own runtime ran ([`lag`]), and the end-to-end check
+//!   ([`verify`]).
 //!
 //! It is not a test of correctness under faults (that is `tests/`), nor a
 //! micro-benchmark (that is `benches/`).
 
 pub mod cli;
-pub mod cpu;
 pub mod credentials;
 pub mod fleet;
 pub mod generator;
+pub mod lag;
+pub mod meter;
 pub mod replay;
 pub mod report;
 pub mod run;

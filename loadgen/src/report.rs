@@ -7,8 +7,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tillstream_protocol::ErrorCode;
 
-use crate::cpu::{CpuScope, CpuUse};
 use crate::fleet::RunOutcome;
+use crate::meter::{CpuScope, CpuUse, ServerAckLatency};
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
@@ -132,6 +132,18 @@ pub struct Report {
     pub events_per_s: f64,
     /// Per-batch latency from first write to acknowledgement.
     pub ack_latency_ms: Percentiles,
+    /// The server's own measure of it, from its histogram: per `Ack`,
+    /// from the arrival of the oldest batch it covers to its write (null
+    /// where the server's metrics could not be read). Well under
+    /// `ack_latency_ms`, the difference is in the network stack or the
+    /// loadgen; see `device_runtime_lag_ms`.
+    pub server_ack_latency_ms: Option<ServerAckLatency>,
+    /// How late the devices' runtime ran a timer due every 10 ms
+    /// (`lag` module). An ack read late by the loadgen counts that lag
+    /// into its latency, so a lag p99 near the ack p99 means the loadgen,
+    /// not the server, set that p99: give the loadgen more cores, or
+    /// fewer devices per process.
+    pub device_runtime_lag_ms: Option<Percentiles>,
     /// Sessions re-established after a loss.
     pub reconnects: u64,
     /// Batch frames written again after reconnects.
@@ -237,6 +249,8 @@ impl Report {
                 0.0
             },
             ack_latency_ms: Percentiles::from_us(&out.latency_us),
+            server_ack_latency_ms: None,
+            device_runtime_lag_ms: out.runtime_lag_us.as_ref().map(Percentiles::from_us),
             reconnects: out.stats.reconnects,
             resent_batches: out.stats.resent_batches,
             path_mtu: out.stats.path_mtu,
@@ -285,6 +299,21 @@ impl Report {
         self.ok = self.failures.is_empty();
     }
 
+    /// Why the ack p99 is more the loadgen's than the server's, if it
+    /// is: its runtime lagged by half that p99 or more.
+    pub fn loadgen_bound(&self) -> Option<String> {
+        let lag = self.device_runtime_lag_ms.as_ref()?;
+        let p99 = self.ack_latency_ms.p99;
+        (p99 > 0.0 && lag.p99 * 2.0 >= p99).then(|| {
+            format!(
+                "the devices' runtime ran {:.1} ms late at p99, against an ack p99 of {:.1} ms: \
+                 the loadgen, not the server, set much of that p99 (give it more cores, or \
+                 fewer devices per process)",
+                lag.p99, p99
+            )
+        })
+    }
+
     /// A few lines for a person.
     pub fn summary(&self) -> String {
         let l = &self.ack_latency_ms;
@@ -305,6 +334,23 @@ impl Report {
             "ack latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
             l.p50, l.p90, l.p99, l.p999, l.max
         );
+        if let Some(server) = &self.server_ack_latency_ms {
+            let _ = writeln!(
+                s,
+                "the server's own ack latency ms (arrival to Ack, from its histogram): p50 {:.3}  p99 {:.3}",
+                server.p50, server.p99
+            );
+        }
+        if let Some(lag) = &self.device_runtime_lag_ms {
+            let _ = writeln!(
+                s,
+                "devices' runtime lag ms: p50 {:.3}  p99 {:.3}  max {:.3}",
+                lag.p50, lag.p99, lag.max
+            );
+            if let Some(why) = self.loadgen_bound() {
+                let _ = writeln!(s, "note: {why}");
+            }
+        }
         let _ = writeln!(
             s,
             "reconnects {}, resent batches {}, refused events {}, rejected events {}",
@@ -388,6 +434,41 @@ mod tests {
     }
 
     #[test]
+    fn a_lagging_loadgen_is_named_as_the_source_of_the_p99()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let mut r = Report::new(
+            &outcome(100)?,
+            (100, 10, 1000),
+            1,
+            1,
+            info(),
+            serde_json::Value::Null,
+        );
+        r.ack_latency_ms.p99 = 60.0;
+        assert!(r.loadgen_bound().is_none(), "no lag measured");
+        let lag = |p99| Percentiles {
+            count: 100,
+            p50: 1.0,
+            p99,
+            max: p99,
+            ..Percentiles::default()
+        };
+        r.device_runtime_lag_ms = Some(lag(5.0));
+        assert!(
+            r.loadgen_bound().is_none(),
+            "a lag of 5 ms does not make 60"
+        );
+        r.device_runtime_lag_ms = Some(lag(40.0));
+        let why = r.loadgen_bound().ok_or("a 40 ms lag is most of 60 ms")?;
+        assert!(why.contains("40.0 ms late"), "{why}");
+        assert!(
+            r.summary()
+                .contains("note: the devices' runtime ran 40.0 ms late")
+        );
+        Ok(())
+    }
+
+    #[test]
     fn code_names() {
         let mut m = BTreeMap::new();
         m.insert(10u16, 3u64);
@@ -406,6 +487,7 @@ mod tests {
             elapsed: std::time::Duration::from_secs(1),
             events_timed: acked,
             latency_us: Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?,
+            runtime_lag_us: None,
             stats: tillstream_client::ClientStats::default(),
             acked: Vec::new(),
             failures: Vec::new(),

@@ -11,10 +11,10 @@ use tillstream_auth::token::SigningKey;
 use tillstream_engine::{AuthConfig, CertAuth, Server, ServerConfig};
 
 use crate::cli::{Args, AuthMode};
-use crate::cpu::CpuMeter;
 use crate::credentials::Credentials;
 use crate::fleet::{self, RunConfig};
 use crate::generator::{FleetSpec, with_run_id};
+use crate::meter::ServerMeter;
 use crate::report::{GeneratorInfo, Report};
 use crate::workload::{self, Workload};
 use crate::{replay, verify};
@@ -271,22 +271,23 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         max_inflight: args.max_inflight,
         connect_wait: Duration::from_secs(10),
     };
-    // The CPU the run costs: the server's, or this whole process's.
+    // The CPU the run costs (the server's, or this whole process's) and
+    // the server's own ack latency.
     let meter = match &target {
-        Target::Remote { http, bearer } => CpuMeter::Remote {
+        Target::Remote { http, bearer } => ServerMeter::Remote {
             http: http.clone(),
             bearer: bearer.clone(),
         },
-        Target::InProcess { .. } => CpuMeter::Own,
+        Target::InProcess { .. } => ServerMeter::Own,
     };
-    let cpu_before = meter.read().await;
+    let before = meter.read().await;
     let out = match args.device_threads {
         Some(threads) => {
             on_device_runtime(threads.into(), async move { fleet::run(work, &cfg).await }).await?
         }
         None => fleet::run(work, &cfg).await?,
     };
-    let cpu_after = meter.read().await;
+    let after = meter.read().await;
     if let Some(path) = &args.manifest {
         let json =
             serde_json::to_vec(&verify::manifest(&out.acked)).context("encoding the manifest")?;
@@ -297,7 +298,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     report.run_id = run_id;
     report.auth = auth_mode.to_string();
     report.device_threads = args.device_threads;
-    report.cpu = meter.between(cpu_before, cpu_after, out.events_acked);
+    report.cpu = meter.between(before.as_ref(), after.as_ref(), out.events_acked);
+    report.server_ack_latency_ms =
+        ServerMeter::ack_latency_between(before.as_ref(), after.as_ref());
 
     // A replay names its products and stores in the server's catalogue.
     if let Some(catalog) = report

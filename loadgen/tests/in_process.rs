@@ -59,13 +59,24 @@ async fn a_small_fleet_is_acknowledged_and_verified() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no CPU time"))?;
     assert_eq!(
         cpu.scope,
-        tillstream_loadgen::cpu::CpuScope::ServerAndDevices
+        tillstream_loadgen::meter::CpuScope::ServerAndDevices
     );
     assert!(cpu.seconds >= 0.0, "{cpu:?}");
     assert!(
         (cpu.us_per_event - cpu.seconds * 1e6 / 5000.0).abs() <= 0.0005,
         "{cpu:?}"
     );
+    // The server's own ack latency, from its histogram (this process's,
+    // which other tests of this binary share: some acks, not a count),
+    // and how late the devices' runtime ran.
+    let server = r
+        .server_ack_latency_ms
+        .ok_or_else(|| anyhow::anyhow!("no server ack latency: {}", r.summary()))?;
+    assert!(server.count > 0 && server.p50 <= server.p99, "{server:?}");
+    let lag = r
+        .device_runtime_lag_ms
+        .ok_or_else(|| anyhow::anyhow!("no runtime lag"))?;
+    assert!(lag.count > 0 && lag.p50 <= lag.max, "{lag:?}");
     // Loopback carries the server's largest UDP payload, which a
     // connection finds by probing up from QUIC's 1,200 bytes.
     assert_eq!(

@@ -32,7 +32,7 @@ async fn a_real_scrape_passes_promtool_and_describes_every_metric() -> anyhow::R
         .cpu
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("no CPU time in the report"))?;
-    assert_eq!(cpu.scope, tillstream_loadgen::cpu::CpuScope::Server);
+    assert_eq!(cpu.scope, tillstream_loadgen::meter::CpuScope::Server);
     let total: f64 = body
         .lines()
         .find_map(|l| l.strip_prefix("tillstream_process_cpu_seconds "))
@@ -44,6 +44,19 @@ async fn a_real_scrape_passes_promtool_and_describes_every_metric() -> anyhow::R
     );
     let per_event = cpu.seconds * 1e6 / report.events_acked as f64;
     assert!((cpu.us_per_event - per_event).abs() <= 0.0005, "{cpu:?}");
+
+    // The report's server ack latency is the histogram's, read over the
+    // run: a fresh server wrote every one of its Acks in it.
+    let acks = report
+        .server_ack_latency_ms
+        .ok_or_else(|| anyhow::anyhow!("no server ack latency in the report"))?;
+    let written: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("tillstream_ack_latency_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no tillstream_ack_latency_seconds_count"))?;
+    assert_eq!(acks.count as f64, written, "{acks:?}");
+    assert!(acks.p50 > 0.0 && acks.p50 <= acks.p99, "{acks:?}");
 
     for line in body.lines().filter(|l| l.starts_with("# TYPE ")) {
         let name = line.split_whitespace().nth(2).unwrap_or_default();

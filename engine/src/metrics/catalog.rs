@@ -67,6 +67,10 @@ pub(super) const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     ("tillstream_batches_acked_total", "Batches acknowledged."),
     (
+        "tillstream_runtime_lag_seconds",
+        "How late the runtime ran a timer due every 10 ms: what every session's tasks waited for a worker.",
+    ),
+    (
         "tillstream_flush_duration_seconds",
         "Duration of one write of rows into the tables (off the ack path).",
     ),

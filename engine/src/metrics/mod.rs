@@ -42,6 +42,13 @@ pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// This process's metrics in Prometheus text, as `/metrics` has them
+/// (less what a scrape refreshes); `None` where no recorder could be
+/// installed. For a loadgen that runs its server in process.
+pub fn metrics_text() -> Option<String> {
+    handle().map(PrometheusHandle::render)
+}
+
 /// The figures that are read rather than counted, refreshed on each
 /// scrape: the process (CPU, memory, files, threads), readiness and a
 /// poisoned store.
@@ -63,6 +70,7 @@ pub(crate) fn refresh(ready: bool, store_poisoned: bool) {
 
 mod catalog;
 mod process;
+pub mod scrape;
 use catalog::DESCRIPTIONS;
 pub use process::{cpu_seconds_of, process_cpu_seconds};
 
@@ -226,6 +234,11 @@ pub(crate) fn connection_retried() {
 
 pub(crate) fn connection_waited(waited: Duration) {
     histogram!("tillstream_connection_queue_wait_seconds").record(waited.as_secs_f64());
+}
+
+/// One sample of the runtime lag probe (`runtime_lag`).
+pub(crate) fn runtime_lag(late: Duration) {
+    histogram!("tillstream_runtime_lag_seconds").record(late.as_secs_f64());
 }
 
 pub(crate) fn acked(latency: Duration, batches: u64) {

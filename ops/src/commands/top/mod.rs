@@ -1,7 +1,6 @@
 //! `tillstream top`: a live view of a running server, from its
 //! `/metrics`, refreshed every second.
 
-mod scrape;
 mod view;
 
 use std::io::{IsTerminal, Write};
@@ -12,7 +11,7 @@ use anyhow::Context;
 use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use crossterm::{cursor, execute, terminal};
 
-use scrape::Scrape;
+use tillstream_engine::scrape::Scrape;
 
 /// Watch a running server: events/s, ack latency percentiles, journal and
 /// flush latency, connections, rejects, and each shard's queue. q, Esc or

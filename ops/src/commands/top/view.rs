@@ -1,7 +1,7 @@
 //! What `tillstream top` shows, as lines of text: a pure function of two
 //! scrapes, so it is tested without a terminal.
 
-use super::scrape::{Scrape, quantile, rate};
+use tillstream_engine::scrape::{Scrape, quantile, rate};
 
 /// The lines of one frame. `budget` is a shard's in-flight byte budget
 /// (from `/v1/settings`), when known.

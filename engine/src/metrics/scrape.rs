@@ -1,18 +1,19 @@
 //! A `/metrics` scrape as numbers, and what two scrapes say: rates over
 //! the interval and latency quantiles of the histogram samples that
-//! arrived in it.
+//! arrived in it. Read by `tillstream top` and by the loadgen's report,
+//! so both compute a quantile as PromQL does.
 
 use std::collections::HashMap;
 
 /// One scrape: `name{labels}` → value, as the exposition format writes it.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub(crate) struct Scrape {
+pub struct Scrape {
     samples: HashMap<String, f64>,
 }
 
 impl Scrape {
     /// Parses Prometheus text; comments and malformed lines are skipped.
-    pub(crate) fn parse(text: &str) -> Scrape {
+    pub fn parse(text: &str) -> Scrape {
         let samples = text
             .lines()
             .filter(|l| !l.starts_with('#'))
@@ -25,7 +26,7 @@ impl Scrape {
     }
 
     /// The sum of every series of `name` (all label sets).
-    pub(crate) fn sum(&self, name: &str) -> f64 {
+    pub fn sum(&self, name: &str) -> f64 {
         self.samples
             .iter()
             .filter(|(k, _)| series_name(k) == name)
@@ -34,7 +35,7 @@ impl Scrape {
     }
 
     /// The series of `name` by the value of `label`, sorted by it.
-    pub(crate) fn by_label(&self, name: &str, label: &str) -> Vec<(String, f64)> {
+    pub fn by_label(&self, name: &str, label: &str) -> Vec<(String, f64)> {
         let mut out: Vec<(String, f64)> = self
             .samples
             .iter()
@@ -84,7 +85,7 @@ fn natural(s: &str) -> u64 {
 
 /// Per-second rate of counter `name` between two scrapes `secs` apart (0
 /// when it went back: a restarted server).
-pub(crate) fn rate(before: &Scrape, now: &Scrape, name: &str, secs: f64) -> f64 {
+pub fn rate(before: &Scrape, now: &Scrape, name: &str, secs: f64) -> f64 {
     let d = now.sum(name) - before.sum(name);
     if d < 0.0 || secs <= 0.0 {
         0.0
@@ -96,7 +97,7 @@ pub(crate) fn rate(before: &Scrape, now: &Scrape, name: &str, secs: f64) -> f64 
 /// The `q` quantile (0..1) of histogram `name` over the samples that
 /// arrived between the scrapes, by linear interpolation within a bucket
 /// (as PromQL's `histogram_quantile`). `None` when none arrived.
-pub(crate) fn quantile(before: &Scrape, now: &Scrape, name: &str, q: f64) -> Option<f64> {
+pub fn quantile(before: &Scrape, now: &Scrape, name: &str, q: f64) -> Option<f64> {
     let old: HashMap<u64, f64> = before
         .buckets(name)
         .into_iter()

@@ -1,0 +1,299 @@
+//! What a run cost the server, read from the server itself: its CPU
+//! time (`tillstream_process_cpu_seconds`) and its own ack latency
+//! (`tillstream_ack_latency_seconds`), from `GET {http}/metrics` with
+//! `--server`, from this process without (the in-process server; the CPU
+//! time then counts the devices too).
+//!
+//! Why in the report: the server's CPU an event is one of the engine's
+//! targets (1 µs at the peak), and measuring it had taken a script around
+//! two processes. Read over the run, from before the first device dials
+//! to the last acknowledgement, it counts what a fleet costs the server:
+//! connection set-up, every batch, and the writes in the background. The
+//! server's latency beside the devices' tells a slow server from a slow
+//! loadgen: with 10,000 devices on two cores, the devices measured a p99
+//! of 24-225 ms where the server's own stayed under 10 ms.
+
+use serde::Serialize;
+use tillstream_engine::scrape::{Scrape, quantile};
+
+/// Whose CPU time a [`CpuUse`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CpuScope {
+    /// The server's process alone (`--server`).
+    Server,
+    /// The loadgen's process: its in-process server and its devices.
+    ServerAndDevices,
+}
+
+/// CPU time over the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuUse {
+    pub scope: CpuScope,
+    /// User and system CPU seconds.
+    pub seconds: f64,
+    /// `seconds` per acknowledged event, in µs.
+    pub us_per_event: f64,
+}
+
+/// Where the figures are read.
+#[derive(Debug, Clone)]
+pub enum ServerMeter {
+    /// A server's `/metrics`, with an API token if it needs one.
+    Remote {
+        http: String,
+        bearer: Option<String>,
+    },
+    /// This process.
+    Own,
+}
+
+impl ServerMeter {
+    fn scope(&self) -> CpuScope {
+        match self {
+            ServerMeter::Remote { .. } => CpuScope::Server,
+            ServerMeter::Own => CpuScope::ServerAndDevices,
+        }
+    }
+
+    /// The figures so far, or `None` (with a warning) where the CPU time
+    /// cannot be read: a server whose `/metrics` refuses or does not
+    /// answer, a system without `/proc`.
+    pub async fn read(&self) -> Option<Reading> {
+        match self {
+            ServerMeter::Own => {
+                let got = tillstream_engine::process_cpu_seconds().map(|seconds| Reading {
+                    seconds,
+                    started: None,
+                    metrics: tillstream_engine::metrics_text()
+                        .map(|text| Scrape::parse(&text))
+                        .unwrap_or_default(),
+                });
+                if got.is_none() {
+                    tracing::warn!("cannot read this process's CPU time from /proc/self/stat");
+                }
+                got
+            }
+            ServerMeter::Remote { http, bearer } => {
+                let text =
+                    crate::verify::get(http, "/metrics", bearer.as_deref(), |b| b.read_to_string())
+                        .await;
+                let got = text.and_then(|text| {
+                    Ok(Reading {
+                        seconds: metric_value(&text, "tillstream_process_cpu_seconds")
+                            .ok_or("no tillstream_process_cpu_seconds in /metrics")?,
+                        started: metric_value(&text, "process_start_time_seconds"),
+                        metrics: Scrape::parse(&text),
+                    })
+                });
+                got.inspect_err(|why| tracing::warn!(%why, "cannot read the server's metrics"))
+                    .ok()
+            }
+        }
+    }
+
+    /// The server's ack latency between two readings of one process,
+    /// interpolated within its histogram's buckets as PromQL's
+    /// `histogram_quantile` does (so only as fine as they are: 0.1, 0.25,
+    /// 0.5, 1, 2.5, 5, 10, 25, 50 ms and up); `None` if either reading is
+    /// missing, the server restarted, or it acknowledged nothing between.
+    pub fn ack_latency_between(
+        before: Option<&Reading>,
+        after: Option<&Reading>,
+    ) -> Option<ServerAckLatency> {
+        let (before, after) = (before?, after?);
+        if before.started != after.started {
+            return None;
+        }
+        let (before, after) = (&before.metrics, &after.metrics);
+        let count = after.sum(&format!("{ACK_LATENCY}_count"))
+            - before.sum(&format!("{ACK_LATENCY}_count"));
+        let at = |q| quantile(before, after, ACK_LATENCY, q).map(ms);
+        Some(ServerAckLatency {
+            count: count.max(0.0).round() as u64,
+            p50: at(0.50)?,
+            p99: at(0.99)?,
+        })
+    }
+
+    /// The use between two readings, over `events` acknowledged events;
+    /// `None` if either is missing, or the server restarted between them
+    /// (its CPU time started again from zero).
+    pub fn between(
+        &self,
+        before: Option<&Reading>,
+        after: Option<&Reading>,
+        events: u64,
+    ) -> Option<CpuUse> {
+        let (before, after) = (before?, after?);
+        if before.started != after.started {
+            tracing::warn!("the server restarted during the run: its CPU time is not reported");
+            return None;
+        }
+        // To the tick (10 ms) and the ns an event: past that is float noise.
+        let seconds = ((after.seconds - before.seconds) * 100.0).round() / 100.0;
+        (seconds >= 0.0 && events > 0).then(|| CpuUse {
+            scope: self.scope(),
+            seconds,
+            us_per_event: (seconds * 1e9 / events as f64).round() / 1e3,
+        })
+    }
+}
+
+/// One reading of a server's figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// User and system CPU seconds since the process started.
+    pub seconds: f64,
+    /// When the process started (Unix seconds), where it says: two
+    /// readings of one process have the same.
+    pub started: Option<f64>,
+    /// Its metrics, for the ack latency histogram (empty where there are
+    /// none).
+    pub metrics: Scrape,
+}
+
+/// The server's own ack latency over a run: per `Ack` it wrote, from the
+/// arrival of the oldest batch that `Ack` covers to its write, in ms.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ServerAckLatency {
+    /// `Ack`s written.
+    pub count: u64,
+    /// Median, interpolated within its histogram bucket.
+    pub p50: f64,
+    /// 99th percentile, interpolated within its histogram bucket.
+    pub p99: f64,
+}
+
+/// The name of the server's ack latency histogram.
+const ACK_LATENCY: &str = "tillstream_ack_latency_seconds";
+
+/// Seconds to ms, to the µs.
+fn ms(seconds: f64) -> f64 {
+    (seconds * 1e6).round() / 1e3
+}
+
+/// The value of an unlabelled sample `name` in Prometheus text.
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_servers_cpu_seconds_are_found_among_its_metrics() {
+        let text = "# HELP tillstream_process_cpu_seconds CPU time\n\
+                    # TYPE tillstream_process_cpu_seconds gauge\n\
+                    process_cpu_seconds_total 12\n\
+                    tillstream_process_cpu_seconds_extra 9\n\
+                    tillstream_process_cpu_seconds 12.47\n\
+                    tillstream_events_received_total{shard=\"0\"} 7\n";
+        assert_eq!(
+            metric_value(text, "tillstream_process_cpu_seconds"),
+            Some(12.47)
+        );
+        assert_eq!(metric_value(text, "process_open_fds"), None);
+    }
+
+    fn reading(seconds: f64, started: Option<f64>) -> Reading {
+        Reading {
+            seconds,
+            started,
+            metrics: Scrape::default(),
+        }
+    }
+
+    #[test]
+    fn this_processs_cpu_time_reads_and_a_use_is_per_event() {
+        let own = ServerMeter::Own;
+        let now = read_now(&own);
+        assert!(now.as_ref().is_some_and(|r| r.seconds >= 0.0), "{now:?}");
+        let between = |a: f64, b: f64, events| {
+            own.between(Some(&reading(a, None)), Some(&reading(b, None)), events)
+        };
+        let used = between(1.0, 3.5, 2_000_000).map(|u| (u.scope, u.seconds, u.us_per_event));
+        assert_eq!(used, Some((CpuScope::ServerAndDevices, 2.5, 1.25)));
+        let odd = between(0.1, 0.4000000001, 3);
+        assert_eq!(
+            odd.map(|u| (u.seconds, u.us_per_event)),
+            Some((0.3, 100_000.0))
+        );
+        assert!(between(2.0, 1.0, 10).is_none(), "went back");
+        assert!(own.between(None, Some(&reading(1.0, None)), 10).is_none());
+        assert!(between(1.0, 2.0, 0).is_none());
+    }
+
+    #[test]
+    fn a_server_that_restarted_during_the_run_has_no_cpu_figure() {
+        let server = ServerMeter::Remote {
+            http: "http://127.0.0.1:7401".into(),
+            bearer: None,
+        };
+        let (before, after) = (reading(10.0, Some(100.0)), reading(12.0, Some(100.0)));
+        let used = server.between(Some(&before), Some(&after), 1_000_000);
+        assert_eq!(
+            used.map(|u| (u.scope, u.seconds)),
+            Some((CpuScope::Server, 2.0))
+        );
+        // Started again: 12 s of the new process are not 2 s of the run.
+        let restarted = reading(12.0, Some(160.0));
+        assert!(
+            server
+                .between(Some(&before), Some(&restarted), 1_000_000)
+                .is_none()
+        );
+    }
+
+    /// A histogram as the server exports it, with `counts` cumulative.
+    fn exported(counts: [u64; 5]) -> String {
+        let les = ["0.001", "0.0025", "0.005", "0.01", "+Inf"];
+        let mut text = format!("# TYPE {ACK_LATENCY} histogram\n");
+        for (le, n) in les.iter().zip(counts) {
+            text.push_str(&format!("{ACK_LATENCY}_bucket{{le=\"{le}\"}} {n}\n"));
+        }
+        text.push_str(&format!("{ACK_LATENCY}_count {}\n", counts[4]));
+        text
+    }
+
+    #[test]
+    fn the_servers_ack_latency_is_that_of_the_run_alone() {
+        let at = |counts, started| Reading {
+            seconds: 1.0,
+            started,
+            metrics: Scrape::parse(&exported(counts)),
+        };
+        // Before the run: 1,000 fast acks. During it: 100 more, of which
+        // 50 took 1-2.5 ms, 49 took 2.5-5 ms and one took over 10 ms.
+        let before = at([1_000, 1_000, 1_000, 1_000, 1_000], Some(5.0));
+        let after = at([1_000, 1_050, 1_099, 1_099, 1_100], Some(5.0));
+        let got = ServerMeter::ack_latency_between(Some(&before), Some(&after));
+        let got = got.expect("acks during the run");
+        assert_eq!(got.count, 100);
+        // The 50th of 100 is the last of the 1-2.5 ms bucket.
+        assert!((got.p50 - 2.5).abs() < 1e-9, "{got:?}");
+        // The 99th is the last of the 2.5-5 ms bucket.
+        assert!((got.p99 - 5.0).abs() < 1e-9, "{got:?}");
+        // A tail past the last finite bound reads as that bound.
+        let tail = at([1_000, 1_000, 1_000, 1_000, 1_100], Some(5.0));
+        let got = ServerMeter::ack_latency_between(Some(&before), Some(&tail));
+        assert_eq!(got.map(|l| l.p99), Some(10.0));
+        // Nothing acknowledged, or another process: no figure.
+        assert!(ServerMeter::ack_latency_between(Some(&before), Some(&before)).is_none());
+        let other = at([0, 50, 99, 99, 100], Some(9.0));
+        assert!(ServerMeter::ack_latency_between(Some(&before), Some(&other)).is_none());
+        // A server without the histogram has none either.
+        let bare = reading(2.0, Some(5.0));
+        assert!(ServerMeter::ack_latency_between(Some(&bare), Some(&bare)).is_none());
+    }
+
+    fn read_now(m: &ServerMeter) -> Option<Reading> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .ok()?
+            .block_on(m.read())
+    }
+}
