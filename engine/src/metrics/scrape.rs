@@ -25,6 +25,12 @@ impl Scrape {
         Scrape { samples }
     }
 
+    /// The value of one series, written as the text writes it (a name,
+    /// with its labels if it has any), if the scrape holds it.
+    pub fn get(&self, series: &str) -> Option<f64> {
+        self.samples.get(series).copied()
+    }
+
     /// The sum of every series of `name` (all label sets).
     pub fn sum(&self, name: &str) -> f64 {
         self.samples
@@ -177,6 +183,13 @@ g{shard=\"0\"} 8
             .collect();
         assert_eq!(shards, ["0", "1", "10"]);
         assert_eq!(b.sum("g"), 15.0);
+        assert_eq!(b.get("x_total"), Some(300.0));
+        assert_eq!(b.get("g{shard=\"10\"}"), Some(1.0));
+        assert_eq!(
+            b.get("x_seconds"),
+            None,
+            "a histogram's name alone is no series"
+        );
     }
 
     /// Only the samples of the interval count: the 10 fast ones before
