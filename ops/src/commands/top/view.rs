@@ -33,6 +33,13 @@ pub(crate) fn frame(
             ms("tillstream_ack_latency_seconds", 0.9),
             ms("tillstream_ack_latency_seconds", 0.99),
         ),
+        // Tasks waiting for a CPU delay batches before they count as
+        // arrived: the line above cannot show it, this one does.
+        format!(
+            "runtime lag  p99 {:>9}   p99.9 {:>9}",
+            ms("tillstream_runtime_lag_seconds", 0.99),
+            ms("tillstream_runtime_lag_seconds", 0.999),
+        ),
         format!(
             "journal      {:>8} appends/s {:>9} MiB/s   p99 {:>9}",
             count(r("tillstream_journal_appends_total")),
@@ -120,6 +127,8 @@ mod tests {
             "tillstream_events_received_total 251000\n\
              tillstream_ack_latency_seconds_bucket{le=\"0.005\"} 100\n\
              tillstream_ack_latency_seconds_bucket{le=\"+Inf\"} 100\n\
+             tillstream_runtime_lag_seconds_bucket{le=\"0.01\"} 100\n\
+             tillstream_runtime_lag_seconds_bucket{le=\"+Inf\"} 100\n\
              tillstream_ready 1\n\
              tillstream_shard_inflight_bytes{shard=\"0\"} 8388608\n\
              tillstream_shard_inflight_bytes{shard=\"1\"} 0\n\
@@ -130,6 +139,7 @@ mod tests {
         assert!(text.contains("250,000 events/s"), "{text}");
         assert!(text.contains("p50    2.5 ms"), "{text}");
         assert!(text.contains("ready yes"), "{text}");
+        assert!(text.contains("runtime lag  p99    9.9 ms"), "{text}");
         let shard0 = lines
             .iter()
             .find(|l| l.starts_with("0 "))
