@@ -31,13 +31,14 @@ impl Scrape {
         self.samples.get(series).copied()
     }
 
-    /// The sum of every series of `name` (all label sets).
+    /// The sum of every series of `name` (all label sets); 0 if none.
     pub fn sum(&self, name: &str) -> f64 {
+        // From +0.0: `Iterator::sum` of no floats is -0.0, which `top`
+        // printed as an ack stall of "-0.0 s" before the gauge existed.
         self.samples
             .iter()
             .filter(|(k, _)| series_name(k) == name)
-            .map(|(_, v)| v)
-            .sum()
+            .fold(0.0, |total, (_, v)| total + v)
     }
 
     /// The series of `name` by the value of `label`, sorted by it.
@@ -184,6 +185,8 @@ g{shard=\"0\"} 8
         assert_eq!(shards, ["0", "1", "10"]);
         assert_eq!(b.sum("g"), 15.0);
         assert_eq!(b.get("x_total"), Some(300.0));
+        let none = b.sum("absent");
+        assert!(none == 0.0 && none.is_sign_positive(), "{none}");
         assert_eq!(b.get("g{shard=\"10\"}"), Some(1.0));
         assert_eq!(
             b.get("x_seconds"),

@@ -139,6 +139,7 @@ mod tests {
         assert!(text.contains("250,000 events/s"), "{text}");
         assert!(text.contains("p50    2.5 ms"), "{text}");
         assert!(text.contains("ready yes"), "{text}");
+        assert!(text.contains("ack stall 0.0 s"), "{text}");
         assert!(text.contains("runtime lag  p99    9.9 ms"), "{text}");
         let shard0 = lines
             .iter()
