@@ -108,8 +108,8 @@ impl ServerMeter {
             return None;
         }
         let (before, after) = (&before.metrics, &after.metrics);
-        let count = after.sum(&format!("{ACK_LATENCY}_count"))
-            - before.sum(&format!("{ACK_LATENCY}_count"));
+        let acks = format!("{ACK_LATENCY}_count");
+        let count = after.sum(&acks) - before.sum(&acks);
         let at = |q| quantile(before, after, ACK_LATENCY, q).map(ms);
         Some(ServerAckLatency {
             count: count.max(0.0).round() as u64,

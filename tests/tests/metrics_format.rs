@@ -25,6 +25,7 @@ async fn a_real_scrape_passes_promtool_and_describes_every_metric() -> anyhow::R
     anyhow::ensure!(status == 200, "/metrics answered {status}");
 
     promtool_lints_clean(&body)?;
+    let scrape = tillstream_engine::scrape::Scrape::parse(&body);
 
     // The report's CPU time is the server process's, read from this
     // endpoint over the run: at most what it has used by now.
@@ -33,10 +34,8 @@ async fn a_real_scrape_passes_promtool_and_describes_every_metric() -> anyhow::R
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("no CPU time in the report"))?;
     assert_eq!(cpu.scope, tillstream_loadgen::meter::CpuScope::Server);
-    let total: f64 = body
-        .lines()
-        .find_map(|l| l.strip_prefix("tillstream_process_cpu_seconds "))
-        .and_then(|v| v.trim().parse().ok())
+    let total = scrape
+        .get("tillstream_process_cpu_seconds")
         .ok_or_else(|| anyhow::anyhow!("no tillstream_process_cpu_seconds"))?;
     assert!(
         (0.0..=total).contains(&cpu.seconds),
@@ -50,10 +49,8 @@ async fn a_real_scrape_passes_promtool_and_describes_every_metric() -> anyhow::R
     let acks = report
         .server_ack_latency_ms
         .ok_or_else(|| anyhow::anyhow!("no server ack latency in the report"))?;
-    let written: f64 = body
-        .lines()
-        .find_map(|l| l.strip_prefix("tillstream_ack_latency_seconds_count "))
-        .and_then(|v| v.trim().parse().ok())
+    let written = scrape
+        .get("tillstream_ack_latency_seconds_count")
         .ok_or_else(|| anyhow::anyhow!("no tillstream_ack_latency_seconds_count"))?;
     assert_eq!(acks.count as f64, written, "{acks:?}");
     assert!(acks.p50 > 0.0 && acks.p50 <= acks.p99, "{acks:?}");

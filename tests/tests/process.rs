@@ -252,18 +252,7 @@ impl Drop for ServerProcess {
 
 /// Sums the samples of `name` (any labels) in Prometheus text.
 pub(crate) fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let rest = match rest.as_bytes().first() {
-                Some(b'{') => &rest[rest.find('}')? + 1..],
-                Some(b' ') => rest,
-                _ => return None,
-            };
-            rest.split_whitespace().next()?.parse::<f64>().ok()
-        })
-        .fold(0.0, |a, b| a + b)
+    tillstream_engine::scrape::Scrape::parse(text).sum(name)
 }
 
 /// The last lines of a log, for failure messages.
