@@ -67,6 +67,17 @@ enum Command {
     /// Measure shard counts and flush intervals on this machine (fresh
     /// in-process servers, the loadgen flat out) and recommend a setting.
     Tune(commands::tune::Args),
+    /// How long the journal's appends (a write and an fdatasync) take on
+    /// the data directory's disk, and whether it stalls: what no ack
+    /// latency on that disk can be under.
+    ///
+    /// Appends records to a scratch journal in the data directory (removed
+    /// after), as the server's journal thread does: one write (`O_DIRECT`
+    /// where the file system allows) and one `fdatasync` each. Every batch
+    /// that arrives during a slow append waits for it, so a disk that
+    /// stalls sets the ack p99 of a lightly loaded server. Run it with the
+    /// server stopped, or beside it to see what its appends meet.
+    CheckDisk(commands::check_disk::Args),
     /// Check a config file of `serve` (keys, values, files, free ports);
     /// exits 78 naming the bad key.
     CheckConfig(commands::config::CheckArgs),
@@ -233,6 +244,7 @@ pub fn main(allocator: Option<AllocatorHooks>) -> std::process::ExitCode {
         Command::Top(a) => commands::top::run(a),
         Command::Catalog(a) => commands::catalog::run(a),
         Command::Tune(a) => commands::tune::run(a),
+        Command::CheckDisk(a) => commands::check_disk::run(a),
         Command::Restore(a) => commands::backup::run_restore(a),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
