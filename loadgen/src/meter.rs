@@ -1,6 +1,7 @@
 //! What a run cost the server, read from the server itself: its CPU
-//! time (`tillstream_process_cpu_seconds`) and its own ack latency
-//! (`tillstream_ack_latency_seconds`), from `GET {http}/metrics` with
+//! time (`tillstream_process_cpu_seconds`), its own ack latency
+//! (`tillstream_ack_latency_seconds`) and its journal appends
+//! (`tillstream_journal_append_duration_seconds`), from `GET {http}/metrics` with
 //! `--server`, from this process without (the in-process server; the CPU
 //! time then counts the devices too).
 //!
@@ -118,6 +119,36 @@ impl ServerMeter {
         })
     }
 
+    /// The server's journal appends between two readings of one process
+    /// (each a write and an `fdatasync`, the step an ack waits for on
+    /// the disk); `None` as for [`ServerMeter::ack_latency_between`].
+    pub fn journal_appends_between(
+        before: Option<&Reading>,
+        after: Option<&Reading>,
+    ) -> Option<ServerJournalAppends> {
+        let (before, after) = (before?, after?);
+        if before.started != after.started {
+            return None;
+        }
+        let (before, after) = (&before.metrics, &after.metrics);
+        // A histogram is exported from its first sample on: missing before
+        // the run, the server had not appended yet.
+        let between = |series: &str| Some(after.get(series)? - before.get(series).unwrap_or(0.0));
+        let count = between(&format!("{JOURNAL_APPEND}_count"))?;
+        let over = |le: &str| {
+            let within = between(&format!("{JOURNAL_APPEND}_bucket{{le=\"{le}\"}}"))?;
+            Some((count - within).max(0.0).round() as u64)
+        };
+        let at = |q| quantile(before, after, JOURNAL_APPEND, q).map(ms);
+        Some(ServerJournalAppends {
+            count: count.max(0.0).round() as u64,
+            p50: at(0.50)?,
+            p99: at(0.99)?,
+            over_50ms: over("0.05")?,
+            over_100ms: over("0.1")?,
+        })
+    }
+
     /// The use between two readings, over `events` acknowledged events;
     /// `None` if either is missing, or the server restarted between them
     /// (its CPU time started again from zero).
@@ -169,6 +200,26 @@ pub struct ServerAckLatency {
 
 /// The name of the server's ack latency histogram.
 const ACK_LATENCY: &str = "tillstream_ack_latency_seconds";
+
+/// The server's journal appends over a run, in ms. One slow append holds
+/// back every batch that arrives while it lasts, so a few appends over
+/// 50 ms, too few to move their own p99, can be a run's ack p99.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ServerJournalAppends {
+    /// Appends (group commits).
+    pub count: u64,
+    /// Median, interpolated within its histogram bucket.
+    pub p50: f64,
+    /// 99th percentile, interpolated within its histogram bucket.
+    pub p99: f64,
+    /// Appends that took over 50 ms.
+    pub over_50ms: u64,
+    /// Appends that took over 100 ms.
+    pub over_100ms: u64,
+}
+
+/// The name of the server's journal append histogram.
+const JOURNAL_APPEND: &str = "tillstream_journal_append_duration_seconds";
 
 /// Seconds to ms, to the µs.
 fn ms(seconds: f64) -> f64 {
@@ -281,6 +332,51 @@ mod tests {
         // A server without the histogram has none either.
         let bare = reading(2.0, Some(5.0));
         assert!(ServerMeter::ack_latency_between(Some(&bare), Some(&bare)).is_none());
+    }
+
+    #[test]
+    fn the_servers_slow_journal_appends_are_counted_over_the_run() {
+        let text = |counts: [u64; 5]| {
+            let les = ["0.005", "0.05", "0.1", "0.25", "+Inf"];
+            let mut text = format!("# TYPE {JOURNAL_APPEND} histogram\n");
+            for (le, n) in les.iter().zip(counts) {
+                text.push_str(&format!("{JOURNAL_APPEND}_bucket{{le=\"{le}\"}} {n}\n"));
+            }
+            text + &format!("{JOURNAL_APPEND}_count {}\n", counts[4])
+        };
+        let at = |counts| Reading {
+            seconds: 1.0,
+            started: Some(5.0),
+            metrics: Scrape::parse(&text(counts)),
+        };
+        // 2,000 appends in the run: 1,990 under 5 ms, 6 of 5-50 ms, 3 of
+        // 100-250 ms and one past 250 ms; before it, one slow append.
+        let before = at([100, 100, 100, 100, 101]);
+        let after = at([2_090, 2_096, 2_096, 2_099, 2_101]);
+        let got = ServerMeter::journal_appends_between(Some(&before), Some(&after));
+        let got = got.expect("appends during the run");
+        assert_eq!((got.count, got.over_50ms, got.over_100ms), (2_000, 4, 4));
+        assert!(got.p50 < 5.0 && got.p99 <= 50.0, "{got:?}");
+        // A server whose histogram lacks the 50 ms bound has no figure.
+        let coarse = Reading {
+            seconds: 1.0,
+            started: Some(5.0),
+            metrics: Scrape::parse(&exported([1, 2, 3, 4, 5])),
+        };
+        assert!(ServerMeter::journal_appends_between(Some(&coarse), Some(&coarse)).is_none());
+        let restarted = Reading {
+            started: Some(6.0),
+            ..after.clone()
+        };
+        assert!(ServerMeter::journal_appends_between(Some(&before), Some(&restarted)).is_none());
+        // A fresh server exports the histogram from its first append on.
+        let fresh = Reading {
+            seconds: 1.0,
+            started: Some(5.0),
+            metrics: Scrape::default(),
+        };
+        let got = ServerMeter::journal_appends_between(Some(&fresh), Some(&after));
+        assert_eq!(got.map(|j| (j.count, j.over_50ms)), Some((2_101, 5)));
     }
 
     fn read_now(m: &ServerMeter) -> Option<Reading> {

@@ -301,6 +301,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     report.cpu = meter.between(before.as_ref(), after.as_ref(), out.events_acked);
     report.server_ack_latency_ms =
         ServerMeter::ack_latency_between(before.as_ref(), after.as_ref());
+    report.server_journal_appends_ms =
+        ServerMeter::journal_appends_between(before.as_ref(), after.as_ref());
 
     // A replay names its products and stores in the server's catalogue.
     if let Some(catalog) = report

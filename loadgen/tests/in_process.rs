@@ -73,6 +73,13 @@ async fn a_small_fleet_is_acknowledged_and_verified() -> anyhow::Result<()> {
         .server_ack_latency_ms
         .ok_or_else(|| anyhow::anyhow!("no server ack latency: {}", r.summary()))?;
     assert!(server.count > 0 && server.p50 <= server.p99, "{server:?}");
+    let journal = r
+        .server_journal_appends_ms
+        .ok_or_else(|| anyhow::anyhow!("no journal appends: {}", r.summary()))?;
+    assert!(
+        journal.count > 0 && journal.p50 <= journal.p99,
+        "{journal:?}"
+    );
     let lag = r
         .device_runtime_lag_ms
         .ok_or_else(|| anyhow::anyhow!("no runtime lag"))?;

@@ -54,6 +54,19 @@ async fn a_real_scrape_passes_promtool_and_describes_every_metric() -> anyhow::R
         .ok_or_else(|| anyhow::anyhow!("no tillstream_ack_latency_seconds_count"))?;
     assert_eq!(acks.count as f64, written, "{acks:?}");
     assert!(acks.p50 > 0.0 && acks.p50 <= acks.p99, "{acks:?}");
+    // So are its journal appends: every group commit of this server.
+    let appends = report
+        .server_journal_appends_ms
+        .ok_or_else(|| anyhow::anyhow!("no journal appends in the report"))?;
+    let groups = scrape
+        .get("tillstream_journal_append_duration_seconds_count")
+        .ok_or_else(|| anyhow::anyhow!("no tillstream_journal_append_duration_seconds_count"))?;
+    assert_eq!(appends.count as f64, groups, "{appends:?}");
+    assert!(
+        appends.count > 0 && appends.p50 <= appends.p99,
+        "{appends:?}"
+    );
+    assert!(appends.over_100ms <= appends.over_50ms, "{appends:?}");
 
     for line in body.lines().filter(|l| l.starts_with("# TYPE ")) {
         let name = line.split_whitespace().nth(2).unwrap_or_default();

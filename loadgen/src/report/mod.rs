@@ -8,7 +8,7 @@ use serde::Serialize;
 use tillstream_protocol::ErrorCode;
 
 use crate::fleet::RunOutcome;
-use crate::meter::{CpuScope, CpuUse, ServerAckLatency};
+use crate::meter::{CpuScope, CpuUse, ServerAckLatency, ServerJournalAppends};
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
@@ -138,6 +138,12 @@ pub struct Report {
     /// `ack_latency_ms`, the difference is in the network stack or the
     /// loadgen; see `device_runtime_lag_ms`.
     pub server_ack_latency_ms: Option<ServerAckLatency>,
+    /// The server's journal appends over the run (each a write and an
+    /// `fdatasync`; null where its metrics could not be read). A batch
+    /// that arrives during a slow append waits for it, so appends over
+    /// 50 ms can set an ack p99 while their own p99 stays low;
+    /// `tillstream check-disk` measures the disk alone.
+    pub server_journal_appends_ms: Option<ServerJournalAppends>,
     /// How late the devices' runtime ran a timer due every 10 ms
     /// (`lag` module). An ack read late by the loadgen counts that lag
     /// into its latency, so a lag p99 near the ack p99 means the loadgen,
@@ -250,6 +256,7 @@ impl Report {
             },
             ack_latency_ms: Percentiles::from_us(&out.latency_us),
             server_ack_latency_ms: None,
+            server_journal_appends_ms: None,
             device_runtime_lag_ms: out.runtime_lag_us.as_ref().map(Percentiles::from_us),
             reconnects: out.stats.reconnects,
             resent_batches: out.stats.resent_batches,
@@ -314,6 +321,22 @@ impl Report {
         })
     }
 
+    /// Why the ack p99 may be more the disk's than the server's: it is
+    /// 50 ms or more, and the server's journal had appends that slow.
+    pub fn disk_bound(&self) -> Option<String> {
+        let journal = self.server_journal_appends_ms.as_ref()?;
+        let p99 = self.ack_latency_ms.p99;
+        (p99 >= 50.0 && journal.over_50ms > 0).then(|| {
+            format!(
+                "{} of the server's journal appends took over 50 ms ({} over 100 ms), against \
+                 an ack p99 of {:.1} ms: every batch that arrives during such an append waits \
+                 for it, so the disk may have set this p99 (`tillstream check-disk` measures \
+                 the disk alone)",
+                journal.over_50ms, journal.over_100ms, p99
+            )
+        })
+    }
+
     /// A few lines for a person.
     pub fn summary(&self) -> String {
         let l = &self.ack_latency_ms;
@@ -340,6 +363,16 @@ impl Report {
                 "the server's own ack latency ms (arrival to Ack, from its histogram): p50 {:.3}  p99 {:.3}",
                 server.p50, server.p99
             );
+        }
+        if let Some(j) = &self.server_journal_appends_ms {
+            let _ = writeln!(
+                s,
+                "the server's journal appends ms: p50 {:.3}  p99 {:.3}; over 50 ms: {}, over 100 ms: {} (of {})",
+                j.p50, j.p99, j.over_50ms, j.over_100ms, j.count
+            );
+            if let Some(why) = self.disk_bound() {
+                let _ = writeln!(s, "note: {why}");
+            }
         }
         if let Some(lag) = &self.device_runtime_lag_ms {
             let _ = writeln!(
@@ -394,155 +427,4 @@ impl Report {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_of_a_uniform_spread() -> Result<(), Box<dyn std::error::Error>> {
-        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
-        for ms in 1..=1000u64 {
-            h.record(ms * 1000)?;
-        }
-        let p = Percentiles::from_us(&h);
-        assert_eq!(p.count, 1000);
-        let near = |got: f64, want: f64| (got - want).abs() <= want * 0.002 + 0.001;
-        assert!(near(p.p50, 500.0), "{p:?}");
-        assert!(near(p.p90, 900.0), "{p:?}");
-        assert!(near(p.p99, 990.0), "{p:?}");
-        assert!(near(p.p999, 999.0), "{p:?}");
-        assert!(near(p.max, 1000.0), "{p:?}");
-        assert!(near(p.mean, 500.5), "{p:?}");
-        Ok(())
-    }
-
-    #[test]
-    fn empty_histogram_is_all_zero() -> Result<(), Box<dyn std::error::Error>> {
-        let h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
-        assert_eq!(Percentiles::from_us(&h), Percentiles::default());
-        Ok(())
-    }
-
-    #[test]
-    fn a_single_tail_sample_shows_in_max_not_p99() -> Result<(), Box<dyn std::error::Error>> {
-        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
-        h.record_n(2_000, 999)?;
-        h.record(5_000_000)?;
-        let p = Percentiles::from_us(&h);
-        assert!((p.p99 - 2.0).abs() < 0.01, "{p:?}");
-        assert!((p.max - 5000.0).abs() < 5.0, "{p:?}");
-        Ok(())
-    }
-
-    #[test]
-    fn a_lagging_loadgen_is_named_as_the_source_of_the_p99()
-    -> Result<(), Box<dyn std::error::Error>> {
-        let mut r = Report::new(
-            &outcome(100)?,
-            (100, 10, 1000),
-            1,
-            1,
-            info(),
-            serde_json::Value::Null,
-        );
-        r.ack_latency_ms.p99 = 60.0;
-        assert!(r.loadgen_bound().is_none(), "no lag measured");
-        let lag = |p99| Percentiles {
-            count: 100,
-            p50: 1.0,
-            p99,
-            max: p99,
-            ..Percentiles::default()
-        };
-        r.device_runtime_lag_ms = Some(lag(5.0));
-        assert!(
-            r.loadgen_bound().is_none(),
-            "a lag of 5 ms does not make 60"
-        );
-        r.device_runtime_lag_ms = Some(lag(40.0));
-        let why = r.loadgen_bound().ok_or("a 40 ms lag is most of 60 ms")?;
-        assert!(why.contains("40.0 ms late"), "{why}");
-        assert!(
-            r.summary()
-                .contains("note: the devices' runtime ran 40.0 ms late")
-        );
-        Ok(())
-    }
-
-    #[test]
-    fn code_names() {
-        let mut m = BTreeMap::new();
-        m.insert(10u16, 3u64);
-        m.insert(999u16, 1u64);
-        let named = by_code_name(&m);
-        assert_eq!(named.get("busy"), Some(&3));
-        assert_eq!(named.get("code_999"), Some(&1));
-    }
-
-    fn outcome(acked: u64) -> Result<RunOutcome, Box<dyn std::error::Error>> {
-        Ok(RunOutcome {
-            events_sent: acked,
-            events_acked: acked,
-            events_refused: 0,
-            events_rejected: 0,
-            elapsed: std::time::Duration::from_secs(1),
-            events_timed: acked,
-            latency_us: Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?,
-            runtime_lag_us: None,
-            stats: tillstream_client::ClientStats::default(),
-            acked: Vec::new(),
-            failures: Vec::new(),
-        })
-    }
-
-    fn info() -> GeneratorInfo {
-        GeneratorInfo {
-            mode: "fleet",
-            stores: 1,
-            terminals_per_store: 1,
-            sensors_per_store: 0,
-            skus: 1,
-            batch_size: 10,
-            batch_max_wait_ms: None,
-            rate: 0.0,
-            step_us: 1,
-            csv: None,
-        }
-    }
-
-    #[test]
-    fn a_complete_run_is_ok() -> Result<(), Box<dyn std::error::Error>> {
-        let mut r = Report::new(
-            &outcome(100)?,
-            (100, 10, 1000),
-            1,
-            1,
-            info(),
-            serde_json::Value::Null,
-        );
-        r.finish(None);
-        assert!(r.ok, "{}", r.summary());
-        Ok(())
-    }
-
-    #[test]
-    fn a_watermark_regression_fails_the_run_without_verify()
-    -> Result<(), Box<dyn std::error::Error>> {
-        let mut out = outcome(100)?;
-        out.stats.watermark_regressions = 1;
-        let mut r = Report::new(&out, (100, 10, 1000), 1, 1, info(), serde_json::Value::Null);
-        r.finish(None);
-        assert!(!r.ok, "{}", r.summary());
-        assert_eq!(r.watermark_regressions, 1);
-        assert!(
-            r.failures
-                .iter()
-                .any(|f| f.contains("lost acknowledged batches")),
-            "{:?}",
-            r.failures
-        );
-        let json = serde_json::to_value(&r)?;
-        assert_eq!(json["ok"], false);
-        assert_eq!(json["watermark_regressions"], 1);
-        Ok(())
-    }
-}
+mod tests;
