@@ -28,6 +28,11 @@ impl Drop for Serve {
 }
 
 fn serve(data: &Path) -> anyhow::Result<Serve> {
+    serve_with(data, &[])
+}
+
+/// `serve`, with settings given as their `TILLSTREAM_*` variables.
+fn serve_with(data: &Path, envs: &[(&str, &std::ffi::OsStr)]) -> anyhow::Result<Serve> {
     let mut child = Command::new(BIN)
         .args([
             "serve",
@@ -41,6 +46,7 @@ fn serve(data: &Path) -> anyhow::Result<Serve> {
         .arg("--data-dir")
         .arg(data)
         .env("RUST_LOG", "warn")
+        .envs(envs.iter().copied())
         .stderr(Stdio::piped())
         .spawn()?;
     let stderr = child
@@ -375,45 +381,68 @@ fn verify_explains_a_missing_data_directory() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `check-disk` appends to a real scratch journal on the test's disk,
-/// reports what it measured, and leaves the data directory as it found
-/// it: removed again where it made it, without its scratch journal where
-/// it existed. A data directory that is a file is a clear error.
+/// `serve --journal-dir` keeps the journal in another directory, and
+/// what is acknowledged survives a SIGKILL there: with rows held back
+/// from the tables (a long flush interval), the acknowledged batches are
+/// in that journal alone, and `verify`, not told where it is, finds them
+/// through `store/wal`'s link. A start that names another directory is
+/// refused and says where the journal is.
 #[test]
-fn check_disk_measures_appends_and_leaves_nothing_behind() -> anyhow::Result<()> {
+fn the_journal_lives_where_it_is_told_and_survives_a_kill_there() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let fresh = dir.path().join("fresh");
-    let json = dir.path().join("disk.json");
-    let args = ["check-disk", "--seconds", "1", "--interval-ms", "0"];
-    let report = json.to_str().ok_or_else(|| anyhow::anyhow!("path"))?;
-    let (code, out, err) = run(&[&args[..], &["--report", report]].concat(), &fresh)?;
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("append latency ms: p50"), "{out}");
-    assert!(!fresh.exists(), "the data directory it made is removed");
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
-    let num = |k: &str| {
-        r[k].as_f64()
-            .ok_or_else(|| anyhow::anyhow!("no {k} in {r}"))
-    };
-    assert!(num("appends")? >= 1.0, "{r}");
-    assert!(num("p50_ms")? > 0.0, "an fdatasync takes time: {r}");
+    let (data, journal) = (dir.path().join("data"), dir.path().join("fast/wal"));
+    let envs = [
+        ("TILLSTREAM_JOURNAL_DIR", journal.as_os_str()),
+        (
+            "TILLSTREAM_FLUSH_INTERVAL_MS",
+            std::ffi::OsStr::new("600000"),
+        ),
+    ];
+    let mut server = serve_with(&data, &envs)?;
+    let t0 = now_us() - 7_200_000_000;
+    let scripts: Vec<DeviceScript> = (0..2u64)
+        .map(|i| script(700 + i, 5, true, 6, 10, t0))
+        .collect();
+    stream(&data, server.quic, &scripts)?;
+    server.child.kill()?;
+    server.child.wait()?;
+    let segments = std::fs::read_dir(&journal)?.count();
     assert!(
-        num("p50_ms")? <= num("p99_ms")? && num("p99_ms")? <= num("max_ms")?,
-        "{r}"
+        segments >= 1,
+        "the journal's segments are in {}",
+        journal.display()
     );
-    assert!(num("stalls")? <= num("over_50ms")? && num("over_50ms")? <= num("over_10ms")?);
+    let link = std::fs::read_link(data.join("store/wal"))?;
+    assert_eq!(link, std::fs::canonicalize(&journal)?);
 
-    let kept = dir.path().join("kept");
-    std::fs::create_dir(&kept)?;
-    std::fs::write(kept.join("mine"), b"x")?;
-    let (code, out, err) = run(&args, &kept)?;
+    let acked: Vec<serde_json::Value> = scripts
+        .iter()
+        .flat_map(|s| {
+            (1..=s.batches.len() as u64)
+                .map(move |seq| serde_json::json!({"device": s.device, "seq": seq, "events": 10}))
+        })
+        .collect();
+    let expected = dir.path().join("acked.json");
+    std::fs::write(&expected, serde_json::to_vec(&acked)?)?;
+    let path = expected.to_str().ok_or_else(|| anyhow::anyhow!("path"))?;
+    let (code, out, err) = run(&["verify", "--expected", path], &data)?;
     assert_eq!(code, 0, "{out}{err}");
-    let left: Vec<_> = std::fs::read_dir(&kept)?.collect::<Result<_, _>>()?;
-    assert_eq!(left.len(), 1, "only the file that was there: {left:?}");
+    let report: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(report["ok"], true, "{report}");
 
-    let (code, _, err) = run(&args, &kept.join("mine"))?;
+    let elsewhere = dir.path().join("other");
+    let other = [("TILLSTREAM_JOURNAL_DIR", elsewhere.as_os_str())];
+    let refused = serve_with(&data, &other);
+    let Err(e) = refused else {
+        anyhow::bail!("a second journal directory was accepted");
+    };
+    assert!(e.to_string().contains("exited early"), "{e}");
+    let (code, _, err) = run(
+        &["serve", "--journal-dir", elsewhere.to_str().unwrap_or("")],
+        &data,
+    )?;
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("scratch directory in"), "{err}");
+    assert!(err.contains("links there"), "{err}");
     Ok(())
 }
 

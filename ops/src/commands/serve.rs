@@ -22,6 +22,15 @@ pub(crate) struct Args {
     /// Data directory: the embedded store (store/) and TLS files (tls/).
     #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
     data_dir: PathBuf,
+    /// Keep the embedded store's journal in this directory, on another
+    /// disk than the tables: an ack waits for the journal's append and
+    /// nothing else, so a disk with low, steady write latency here sets
+    /// the ack latency (`tillstream check-disk` measures one). DATA_DIR/
+    /// store/wal becomes a link to it, which every tool follows. Created
+    /// if missing and empty the first time; a store whose journal is
+    /// already elsewhere is refused (move it with the server stopped).
+    #[arg(long, env = "TILLSTREAM_JOURNAL_DIR")]
+    journal_dir: Option<PathBuf>,
     #[command(flatten)]
     store: super::store_args::StoreArgs,
     /// A TOML file of these settings, keyed by flag name
@@ -402,7 +411,17 @@ pub(crate) fn run(
     reread: impl Fn() -> anyhow::Result<Settings>,
     allocator: Option<crate::AllocatorHooks>,
 ) -> anyhow::Result<ExitCode> {
+    let journal_dir = args.journal_dir.clone();
     let mut cfg = server_config(args)?;
+    if let Some(dir) = journal_dir {
+        anyhow::ensure!(
+            matches!(cfg.store, tillstream_engine::StoreChoice::Embedded),
+            "--journal-dir is for the embedded store: with --store scylla the journal is in the cluster"
+        );
+        let placed = tillstream_storage::embedded::place_journal(&cfg.data_dir.join("store"), &dir)
+            .context("placing the journal")?;
+        crate::logging::say(format!("the journal is in {}", placed.display()));
+    }
     cfg.release_memory = allocator.map(|a| a.release_memory);
     cfg.purge_at_once = allocator.map(|a| a.purge_at_once);
     if let Some((lo, hi)) = cfg.faults.commit_delay {

@@ -88,6 +88,7 @@ mod blocklog;
 mod blocks;
 mod commit;
 mod data_format;
+mod journal_place;
 mod keys;
 mod levels;
 mod packed;
@@ -119,6 +120,7 @@ use crate::rows::*;
 use crate::store::*;
 
 pub use data_format::DATA_FORMAT;
+pub use journal_place::{journal_dir, place_journal};
 
 /// fjall's block cache, shared by the keyspaces: their index and filter
 /// blocks and the point tables' hot data (why not fjall's 32 MiB: at the
