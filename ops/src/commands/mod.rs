@@ -43,7 +43,7 @@ pub(crate) fn open_embedded(data_dir: &Path) -> anyhow::Result<EmbeddedStore> {
     );
     let store = EmbeddedStore::open(&dir).with_context(|| {
         format!(
-            "opening the store at {} (a running server holds it: stop it, or ask it over HTTP)",
+            "opening the store at {} (if a running server holds it: stop it, or ask it over HTTP)",
             dir.display()
         )
     })?;

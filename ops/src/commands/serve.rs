@@ -258,12 +258,17 @@ impl Args {
     /// What `check-config` checks of the values beyond their one-by-one
     /// parsing: the store settings fit together.
     pub(crate) fn check_values(&self) -> Result<(), String> {
-        self.store
-            .choice(false)
-            .map(drop)
-            .map_err(|e| format!("{e:#}"))
+        let store = self.store.choice(false).map_err(|e| format!("{e:#}"))?;
+        match (&self.journal_dir, store) {
+            (Some(_), tillstream_engine::StoreChoice::Scylla(_)) => Err(JOURNAL_DIR_SCYLLA.into()),
+            _ => Ok(()),
+        }
     }
 }
+
+/// Why `--journal-dir` and `--store scylla` do not go together.
+const JOURNAL_DIR_SCYLLA: &str =
+    "--journal-dir is for the embedded store: with --store scylla the journal is in the cluster";
 
 /// serve's settings as the command line, its variables and its config
 /// file give them, and each one's value as typed, by name.
@@ -416,7 +421,7 @@ pub(crate) fn run(
     if let Some(dir) = journal_dir {
         anyhow::ensure!(
             matches!(cfg.store, tillstream_engine::StoreChoice::Embedded),
-            "--journal-dir is for the embedded store: with --store scylla the journal is in the cluster"
+            JOURNAL_DIR_SCYLLA
         );
         let placed = tillstream_storage::embedded::place_journal(&cfg.data_dir.join("store"), &dir)
             .context("placing the journal")?;

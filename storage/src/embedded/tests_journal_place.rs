@@ -1,0 +1,158 @@
+use super::*;
+use crate::embedded::EmbeddedStore;
+use crate::store::Store;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn record(lsn: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    crate::journal::encode_record(lsn, &[b"a batch"], &mut out);
+    out
+}
+
+fn refused(r: Result<impl std::fmt::Debug, StoreError>, says: &str) -> TestResult {
+    match r {
+        Ok(v) => Err(format!("accepted ({v:?}) where it should say {says:?}").into()),
+        Err(e) if e.to_string().contains(says) => Ok(()),
+        Err(e) => Err(format!("refused, but with {e}, not {says:?}").into()),
+    }
+}
+
+#[test]
+fn a_new_store_journals_where_it_is_told_and_keeps_it_there() -> TestResult {
+    let (tmp, elsewhere) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let store_dir = tmp.path().join("store");
+    let journal = elsewhere.path().join("disk/wal");
+    let placed = place_journal(&store_dir, &journal)?;
+    assert_eq!(placed, fs::canonicalize(&journal)?);
+    assert!(
+        fs::symlink_metadata(store_dir.join("wal"))?
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        fs::read(journal.join(MARK))?,
+        fs::read(store_dir.join(MARK))?
+    );
+    // The store opened as every tool opens it writes its journal there.
+    EmbeddedStore::open(&store_dir)?.journal_append(&record(1), 1)?;
+    let segments = fs::read_dir(&journal)?.count();
+    assert_eq!(
+        segments, 2,
+        "the mark and the segment are in the journal directory"
+    );
+    assert_eq!(journal_dir(&store_dir), placed);
+    // Again with the same directory: nothing to do.
+    assert_eq!(place_journal(&store_dir, &journal)?, placed);
+    let store = EmbeddedStore::open(&store_dir)?;
+    assert_eq!(store.journal_last_lsn(), 1, "read back through the link");
+    Ok(())
+}
+
+/// An unmounted disk leaves an empty mount point, or no directory at all.
+/// Either would read as a journal with nothing to replay: every batch
+/// acknowledged since the checkpoint would be gone. Both are refused,
+/// and nothing is created where the journal was.
+#[test]
+fn a_journal_whose_disk_is_gone_is_refused_not_replayed_empty() -> TestResult {
+    let (tmp, elsewhere) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let store_dir = tmp.path().join("store");
+    let journal = elsewhere.path().join("mnt/wal");
+    place_journal(&store_dir, &journal)?;
+    EmbeddedStore::open(&store_dir)?.journal_append(&record(1), 1)?;
+
+    let unmounted = elsewhere.path().join("unmounted");
+    fs::rename(elsewhere.path().join("mnt"), &unmounted)?;
+    fs::create_dir_all(&journal)?;
+    refused(
+        place_journal(&store_dir, &journal),
+        "has no JOURNAL_OF file",
+    )?;
+    refused(EmbeddedStore::open(&store_dir), "is its disk mounted")?;
+
+    fs::remove_dir_all(elsewhere.path().join("mnt"))?;
+    refused(place_journal(&store_dir, &journal), "cannot be reached")?;
+    assert!(
+        !journal.exists(),
+        "a journal directory is never created again"
+    );
+    refused(EmbeddedStore::open(&store_dir), "cannot be reached")?;
+
+    // Mounted again: the record is there.
+    fs::rename(&unmounted, elsewhere.path().join("mnt"))?;
+    place_journal(&store_dir, &journal)?;
+    assert_eq!(EmbeddedStore::open(&store_dir)?.journal_last_lsn(), 1);
+    Ok(())
+}
+
+#[test]
+fn a_journal_is_not_moved_or_shared_by_a_flag() -> TestResult {
+    let (tmp, elsewhere) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let store_dir = tmp.path().join("store");
+    EmbeddedStore::open(&store_dir)?.journal_append(&record(1), 1)?;
+    let other = elsewhere.path().join("wal");
+    refused(place_journal(&store_dir, &other), "itself; to move it")?;
+    assert!(
+        fs::symlink_metadata(store_dir.join("wal"))?.is_dir(),
+        "left as it was"
+    );
+    // Naming the store's own journal directory changes nothing.
+    place_journal(&store_dir, &store_dir.join("wal"))?;
+    assert!(fs::symlink_metadata(store_dir.join("wal"))?.is_dir());
+
+    // A second store may not take a directory that holds a journal.
+    let second = tmp.path().join("second");
+    place_journal(&second, &other)?;
+    EmbeddedStore::open(&second)?.journal_append(&record(1), 1)?;
+    let third = tmp.path().join("third");
+    refused(place_journal(&third, &other), "another store's journal")?;
+    assert!(!third.join("wal").exists());
+    // Nor may the second store's journal be pointed somewhere else.
+    let new = elsewhere.path().join("new");
+    fs::create_dir(&new)?;
+    refused(place_journal(&second, &new), "links there")?;
+    // Nor may a new store take a directory of files that are not its own.
+    let fourth = tmp.path().join("fourth");
+    fs::write(new.join("notes.txt"), b"x")?;
+    refused(place_journal(&fourth, &new), "holds files already")?;
+    Ok(())
+}
+
+/// What the refusal tells an operator to do, done step by step, moves
+/// the journal: the store then reads its records from the new place.
+#[test]
+fn a_journal_moved_as_the_refusal_says_is_adopted() -> TestResult {
+    let (tmp, elsewhere) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let store_dir = tmp.path().join("store");
+    {
+        let store = EmbeddedStore::open(&store_dir)?;
+        for lsn in 1..=3 {
+            store.journal_append(&record(lsn), lsn)?;
+        }
+    }
+    let target = elsewhere.path().join("wal");
+    refused(place_journal(&store_dir, &target), "move the files")?;
+    fs::create_dir(&target)?;
+    for entry in fs::read_dir(store_dir.join("wal"))? {
+        let entry = entry?;
+        fs::rename(entry.path(), target.join(entry.file_name()))?;
+    }
+    fs::remove_dir(store_dir.join("wal"))?;
+    place_journal(&store_dir, &target)?;
+    assert_eq!(EmbeddedStore::open(&store_dir)?.journal_last_lsn(), 3);
+    Ok(())
+}
+
+#[test]
+fn an_empty_journal_directory_of_the_store_gives_way_to_the_link() -> TestResult {
+    let (tmp, elsewhere) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let store_dir = tmp.path().join("store");
+    fs::create_dir_all(store_dir.join("wal"))?;
+    place_journal(&store_dir, elsewhere.path())?;
+    assert!(
+        fs::symlink_metadata(store_dir.join("wal"))?
+            .file_type()
+            .is_symlink()
+    );
+    Ok(())
+}
