@@ -139,7 +139,8 @@ pub struct Report {
     /// loadgen; see `device_runtime_lag_ms`.
     pub server_ack_latency_ms: Option<ServerAckLatency>,
     /// The server's journal appends over the run (each a write and an
-    /// `fdatasync`; null where its metrics could not be read). A batch
+    /// `fdatasync`; null where its metrics could not be read, it
+    /// restarted during the run, or it appended nothing). A batch
     /// that arrives during a slow append waits for it, so appends over
     /// 50 ms can set an ack p99 while their own p99 stays low;
     /// `tillstream check-disk` measures the disk alone.

@@ -9,6 +9,12 @@
 //! milliseconds, a lightly loaded server's p99 is those stalls, whatever
 //! the server does. This command says so before a deployment, as
 //! PostgreSQL's `pg_test_fsync` does for its log.
+//!
+//! The scratch journal is the storage crate's `Journal`: appends extend a
+//! new 64 MiB segment, as a fresh server's do, and full segments are
+//! retired as the server retires them once its tables hold them, so later
+//! segments write over spares, as a long-running server's do, and the
+//! scratch journal stays within a few segments.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -81,18 +87,35 @@ pub(crate) struct SlowAppend {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let created = !args.data_dir.exists();
-    if created {
-        std::fs::create_dir_all(&args.data_dir)
-            .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    }
+    // The directories this command makes, outermost last, to remove after.
+    let mut created: Vec<&Path> = args
+        .data_dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
+    anyhow::ensure!(
+        !args.data_dir.exists() || args.data_dir.is_dir(),
+        "{} is not a directory",
+        args.data_dir.display()
+    );
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let measured = measure(&args);
-    if created {
+    for dir in created.drain(..) {
         // Only what this command made: the scratch journal is gone by now.
-        let _ = std::fs::remove_dir(&args.data_dir);
+        let _ = std::fs::remove_dir(dir);
     }
     let report = measured?;
     print!("{}", summary(&report));
+    let store = args.data_dir.join("store");
+    let journal = tillstream_storage::embedded::journal_dir(&store);
+    if store.join("wal").is_symlink() {
+        println!(
+            "note: this data directory's journal is in {} (serve --journal-dir): its acks wait \
+             on that disk, so measure it with --data-dir on it",
+            journal.display()
+        );
+    }
     if let Some(path) = &args.report {
         let json = serde_json::to_vec_pretty(&report)?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
@@ -122,6 +145,15 @@ fn measure(args: &Args) -> anyhow::Result<DiskReport> {
     let mut took: Vec<(Duration, Duration)> = Vec::new();
     let mut lsn = 0u64;
     while started.elapsed() < run_for {
+        if lsn.is_multiple_of(RETIRE_EVERY) {
+            // As the server does once its tables hold them: full segments
+            // become spares that later ones write over, and the scratch
+            // journal stays within a few segments however long it runs.
+            journal
+                .expire_through(lsn)
+                .and_then(|expired| expired.retire())
+                .with_context(|| format!("retiring segments in {}", scratch.path().display()))?;
+        }
         lsn += 1;
         record.clear();
         encode_record(lsn, &[&payload], &mut record);
@@ -148,8 +180,11 @@ fn measure(args: &Args) -> anyhow::Result<DiskReport> {
             args.data_dir.display()
         )
     })?;
-    Ok(report(args, &args.data_dir, seconds, &took))
+    Ok(report(args, seconds, &took))
 }
+
+/// Appends between two retirements of full segments.
+const RETIRE_EVERY: u64 = 64;
 
 /// A bar of the seconds measured, on a terminal (indicatif draws nothing
 /// otherwise).
@@ -165,7 +200,7 @@ fn progress_bar(seconds: u64) -> indicatif::ProgressBar {
 
 /// The report of appends that took `took` (when each ended, from the
 /// start; how long it took).
-fn report(args: &Args, dir: &Path, seconds: f64, took: &[(Duration, Duration)]) -> DiskReport {
+fn report(args: &Args, seconds: f64, took: &[(Duration, Duration)]) -> DiskReport {
     let mut sorted: Vec<Duration> = took.iter().map(|&(_, d)| d).collect();
     sorted.sort_unstable();
     let at = |q: f64| -> f64 {
@@ -177,14 +212,15 @@ fn report(args: &Args, dir: &Path, seconds: f64, took: &[(Duration, Duration)]) 
         let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
         ms(sorted[rank.min(last)])
     };
-    let over = |limit: Duration| took.iter().filter(|&&(_, d)| d >= limit).count() as u64;
+    let over = |limit: Duration| took.iter().filter(|&&(_, d)| d > limit).count() as u64;
+    let stalls = took.iter().filter(|&&(_, d)| d >= STALL).count() as u64;
     let mut slowest: Vec<(Duration, Duration)> = took.to_vec();
     slowest.sort_unstable_by_key(|&(_, took)| std::cmp::Reverse(took));
     slowest.truncate(10);
     let appends = took.len() as u64;
     let per_s = |n: f64| if seconds > 0.0 { n / seconds } else { 0.0 };
     DiskReport {
-        data_dir: dir.to_path_buf(),
+        data_dir: args.data_dir.clone(),
         seconds: round3(seconds),
         append_bytes: args.append_bytes,
         interval_ms: args.interval_ms,
@@ -200,7 +236,7 @@ fn report(args: &Args, dir: &Path, seconds: f64, took: &[(Duration, Duration)]) 
         max_ms: sorted.last().copied().map_or(0.0, ms),
         over_10ms: over(Duration::from_millis(10)),
         over_50ms: over(Duration::from_millis(50)),
-        stalls: over(STALL),
+        stalls,
         slowest: slowest
             .iter()
             .filter(|&&(_, d)| d >= Duration::from_millis(10))
@@ -299,7 +335,7 @@ mod tests {
         let mut took: Vec<(Duration, Duration)> = (0..998).map(|i| (ms_(i), ms_(1))).collect();
         took.push((ms_(2000), ms_(300)));
         took.push((ms_(2500), ms_(60)));
-        let r = report(&args(), Path::new("d"), 4.0, &took);
+        let r = report(&args(), 4.0, &took);
         assert_eq!(r.appends, 1000);
         assert_eq!((r.p50_ms, r.p99_ms), (1.0, 1.0));
         // The 999th of 1,000 is the 60 ms one, the 1,000th the stall.
@@ -316,7 +352,7 @@ mod tests {
     #[test]
     fn a_disk_without_stalls_is_told_what_it_adds() {
         let took: Vec<(Duration, Duration)> = (0..100).map(|i| (ms_(i), ms_(2))).collect();
-        let r = report(&args(), Path::new("d"), 1.0, &took);
+        let r = report(&args(), 1.0, &took);
         assert_eq!(r.stalls, 0);
         assert!(r.slowest.is_empty(), "nothing reached 10 ms");
         assert!(summary(&r).contains("no stalls"), "{}", summary(&r));
@@ -324,7 +360,7 @@ mod tests {
 
     #[test]
     fn no_appends_is_zeros_not_a_panic() {
-        let r = report(&args(), Path::new("d"), 0.0, &[]);
+        let r = report(&args(), 0.0, &[]);
         assert_eq!(
             (r.appends, r.p99_ms, r.max_ms, r.appends_per_s),
             (0, 0.0, 0.0, 0.0)
