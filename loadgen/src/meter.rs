@@ -104,11 +104,7 @@ impl ServerMeter {
         before: Option<&Reading>,
         after: Option<&Reading>,
     ) -> Option<ServerAckLatency> {
-        let (before, after) = (before?, after?);
-        if before.started != after.started {
-            return None;
-        }
-        let (before, after) = (&before.metrics, &after.metrics);
+        let (before, after) = same_process(before, after)?;
         let acks = format!("{ACK_LATENCY}_count");
         let count = after.sum(&acks) - before.sum(&acks);
         let at = |q| quantile(before, after, ACK_LATENCY, q).map(ms);
@@ -126,11 +122,7 @@ impl ServerMeter {
         before: Option<&Reading>,
         after: Option<&Reading>,
     ) -> Option<ServerJournalAppends> {
-        let (before, after) = (before?, after?);
-        if before.started != after.started {
-            return None;
-        }
-        let (before, after) = (&before.metrics, &after.metrics);
+        let (before, after) = same_process(before, after)?;
         // A histogram is exported from its first sample on: missing before
         // the run, the server had not appended yet.
         let between = |series: &str| Some(after.get(series)? - before.get(series).unwrap_or(0.0));
@@ -171,6 +163,16 @@ impl ServerMeter {
             us_per_event: (seconds * 1e9 / events as f64).round() / 1e3,
         })
     }
+}
+
+/// The metrics of two readings, if both are there and of one process
+/// (a server that restarted between them counts from zero again).
+fn same_process<'a>(
+    before: Option<&'a Reading>,
+    after: Option<&'a Reading>,
+) -> Option<(&'a Scrape, &'a Scrape)> {
+    let (before, after) = (before?, after?);
+    (before.started == after.started).then_some((&before.metrics, &after.metrics))
 }
 
 /// One reading of a server's figures.

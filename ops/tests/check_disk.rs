@@ -1,22 +1,8 @@
 //! `tillstream check-disk` as an operator runs it, on the test's disk.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tillstream");
-
-fn run(args: &[&str], data: &Path) -> anyhow::Result<(i32, String, String)> {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
+use common::run;
 
 /// `check-disk` appends to a real scratch journal on the test's disk,
 /// reports what it measured, and leaves the data directory as it found

@@ -11,7 +11,9 @@ use std::time::Duration;
 use tillstream_client::client_endpoint;
 use tillstream_tests::{DeviceScript, device, now_us, prepare, script};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tillstream");
+mod common;
+
+use common::{BIN, run};
 
 /// A `tillstream serve` child, killed if the test fails half-way.
 struct Serve {
@@ -104,19 +106,6 @@ fn stream(data: &Path, quic: SocketAddr, scripts: &[DeviceScript]) -> anyhow::Re
         }
         anyhow::Ok(())
     })
-}
-
-fn run(args: &[&str], data: &Path) -> anyhow::Result<(i32, String, String)> {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
 }
 
 #[test]
