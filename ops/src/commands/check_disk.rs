@@ -107,9 +107,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let report = measured?;
     print!("{}", summary(&report));
-    let store = args.data_dir.join("store");
-    let journal = tillstream_storage::embedded::journal_dir(&store);
-    if store.join("wal").is_symlink() {
+    let wal = args.data_dir.join("store/wal");
+    if let Ok(journal) = std::fs::read_link(&wal) {
         println!(
             "note: this data directory's journal is in {} (serve --journal-dir): its acks wait \
              on that disk, so measure it with --data-dir on it",
@@ -145,15 +144,14 @@ fn measure(args: &Args) -> anyhow::Result<DiskReport> {
     let mut took: Vec<(Duration, Duration)> = Vec::new();
     let mut lsn = 0u64;
     while started.elapsed() < run_for {
-        if lsn.is_multiple_of(RETIRE_EVERY) {
-            // As the server does once its tables hold them: full segments
-            // become spares that later ones write over, and the scratch
-            // journal stays within a few segments however long it runs.
-            journal
-                .expire_through(lsn)
-                .and_then(|expired| expired.retire())
-                .with_context(|| format!("retiring segments in {}", scratch.path().display()))?;
-        }
+        // As the server does once its tables hold them: full segments
+        // become spares that later ones write over, and the scratch journal
+        // stays within a few segments however long it runs and however
+        // large its appends (nothing to do, and no I/O, until one fills).
+        journal
+            .expire_through(lsn)
+            .and_then(|expired| expired.retire())
+            .with_context(|| format!("retiring segments in {}", scratch.path().display()))?;
         lsn += 1;
         record.clear();
         encode_record(lsn, &[&payload], &mut record);
@@ -182,9 +180,6 @@ fn measure(args: &Args) -> anyhow::Result<DiskReport> {
     })?;
     Ok(report(args, seconds, &took))
 }
-
-/// Appends between two retirements of full segments.
-const RETIRE_EVERY: u64 = 64;
 
 /// A bar of the seconds measured, on a terminal (indicatif draws nothing
 /// otherwise).

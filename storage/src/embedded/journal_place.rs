@@ -23,7 +23,6 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::data_format;
 use super::keys::JOURNAL_DIR;
 use crate::store::StoreError;
 
@@ -35,13 +34,14 @@ pub(crate) const MARK: &str = "JOURNAL_OF";
 /// (module docs) on both sides. Returns the directory, made absolute.
 /// - Nothing changes if it already is the journal directory; its mark is
 ///   checked.
-/// - The first time, `journal` is created if missing. It must be empty,
-///   or hold a journal its operator moved there from this store: journal
-///   files and no mark of another store, for a store that exists.
+/// - The first time, `journal` is created if missing and must be empty
+///   (but for a file system's `lost+found`), or hold this store's own
+///   journal, moved there with its mark as the refusal below says.
 /// - Refused, with what to do: a link to another directory, or one that
-///   is missing (never created again: an unmounted disk); a journal in
-///   `store_dir/wal` itself (moving one is its operator's, with the server
-///   stopped: move the files, remove `store_dir/wal`, start again).
+///   is missing (a placed store's directory is never created again: an
+///   unmounted disk); a journal in `store_dir/wal` itself, which is then
+///   marked for its move (moving one is its operator's, with the server
+///   stopped: move its files, remove `store_dir/wal`, start again).
 pub fn place_journal(store_dir: &Path, journal: &Path) -> Result<PathBuf, StoreError> {
     let refuse = |reason: String| refuse_with(store_dir, reason);
     let io = |what: String| move |e: io::Error| refuse_with(store_dir, format!("{what}: {e}"));
@@ -74,9 +74,14 @@ pub fn place_journal(store_dir: &Path, journal: &Path) -> Result<PathBuf, StoreE
                 return fs::canonicalize(&wal).map_err(io(format!("resolving {}", wal.display())));
             }
             if !is_empty(&wal).map_err(io(format!("reading {}", wal.display())))? {
+                // Marked now, on both sides, so that the files moved carry
+                // the mark, and a store whose journal is half moved (gone
+                // from here, not yet linked) refuses to open.
+                mark_in_place(store_dir, &wal).map_err(io(format!("marking {}", wal.display())))?;
                 return Err(refuse(format!(
-                    "its journal is in {} itself; to move it to {}: stop the server, move the \
-                     files of {} there, remove {}, and start again with the same --journal-dir",
+                    "its journal is in {} itself; to move it to {}: stop the server, move all \
+                     the files of {} there (its {MARK} too), remove {}, and start again with \
+                     the same --journal-dir",
                     wal.display(),
                     journal.display(),
                     wal.display(),
@@ -96,53 +101,61 @@ pub fn place_journal(store_dir: &Path, journal: &Path) -> Result<PathBuf, StoreE
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(refuse(format!("reading {}: {e}", wal.display()))),
     }
-    create_durably(journal).map_err(io(format!(
-        "creating the journal directory {}",
-        journal.display()
-    )))?;
+    let ours = fs::read(store_dir.join(MARK)).ok();
+    if ours.is_none() {
+        create_durably(journal).map_err(io(format!(
+            "creating the journal directory {}",
+            journal.display()
+        )))?;
+    }
+    // A store that was placed before never creates its directory again:
+    // one missing is a disk not mounted (module docs).
     let target = fs::canonicalize(journal).map_err(io(format!(
-        "resolving the journal directory {}",
+        "its journal was placed in another directory ({MARK} here says so), and {} cannot be \
+         reached: is its disk mounted?",
         journal.display()
     )))?;
     let listed: Vec<String> = fs::read_dir(&target)
         .and_then(|d| {
             d.map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+                .filter(|n: &io::Result<String>| n.as_ref().map_or(true, |n| n != "lost+found"))
                 .collect()
         })
         .map_err(io(format!("reading {}", target.display())))?;
     let theirs = fs::read(target.join(MARK)).ok();
-    let ours = fs::read(store_dir.join(MARK)).ok();
+    let only_mark = listed.iter().all(|n| n == MARK);
     let mark = match (theirs, ours) {
+        // This store's journal: placed before, or moved here as told.
         (Some(theirs), Some(ours)) if theirs == ours => theirs,
+        // Placed once, cut off before the store's copy was written:
+        // nothing was appended yet.
+        (Some(theirs), None) if only_mark && names(&theirs, store_dir) => theirs,
         (Some(_), _) => {
             return Err(refuse(format!(
-                "{} holds another store's journal ({} there names it): give this store a \
+                "{} holds another store's journal ({MARK} there names it): give this store a \
                  directory of its own",
-                target.display(),
-                MARK
+                target.display()
             )));
         }
-        (None, _) if !listed.is_empty() => {
-            let journal_files = listed
-                .iter()
-                .all(|n| n.ends_with(".wal") || n.ends_with(".spare"));
-            let store_exists = store_dir.join(data_format::FILE).exists();
-            if !(journal_files && store_exists) {
-                return Err(refuse(format!(
-                    "{} holds files already, and a journal directory belongs to one store: \
-                     give this store an empty one (or, for this store's own journal moved \
-                     there, only its .wal and .spare files)",
-                    target.display()
-                )));
-            }
-            new_mark(store_dir, &target)
+        (None, Some(_)) => {
+            return Err(refuse(format!(
+                "its journal was placed in another directory ({MARK} here says so), and {} \
+                 has no {MARK}: is its disk mounted, or was the journal placed elsewhere?",
+                target.display()
+            )));
         }
-        (None, _) => new_mark(store_dir, &target),
+        (None, None) if !listed.is_empty() => {
+            return Err(refuse(format!(
+                "{} holds files already, and a journal directory belongs to one store: give \
+                 this store an empty one (a subdirectory of a mount point, say)",
+                target.display()
+            )));
+        }
+        (None, None) => new_mark(store_dir, &target),
     };
-    fs::create_dir_all(store_dir).map_err(io(format!("creating {}", store_dir.display())))?;
-    write_durably(&target.join(MARK), &mark)
-        .map_err(io(format!("marking {}", target.display())))?;
-    write_durably(&store_dir.join(MARK), &mark)
+    create_durably(store_dir).map_err(io(format!("creating {}", store_dir.display())))?;
+    write_mark(&target.join(MARK), &mark).map_err(io(format!("marking {}", target.display())))?;
+    write_mark(&store_dir.join(MARK), &mark)
         .map_err(io(format!("marking {}", store_dir.display())))?;
     std::os::unix::fs::symlink(&target, &wal).map_err(io(format!(
         "linking {} to {}",
@@ -159,20 +172,23 @@ pub fn place_journal(store_dir: &Path, journal: &Path) -> Result<PathBuf, StoreE
 /// it is read or written.
 pub(crate) fn check_placed(store_dir: &Path) -> Result<(), StoreError> {
     let wal = store_dir.join(JOURNAL_DIR);
+    let placed = store_dir.join(MARK).exists();
     match fs::symlink_metadata(&wal) {
         Ok(meta) if meta.file_type().is_symlink() => {
             let target = linked_dir(store_dir, &wal)?;
             check_mark(store_dir, &target)
         }
+        Ok(_) if placed => check_mark(store_dir, &wal),
+        Err(e) if placed && e.kind() == io::ErrorKind::NotFound => Err(refuse_with(
+            store_dir,
+            format!(
+                "its journal was placed in another directory ({MARK} here says so), and {} \
+                 is missing: start with --journal-dir naming that directory",
+                wal.display()
+            ),
+        )),
         _ => Ok(()),
     }
-}
-
-/// Where the journal of the store at `store_dir` is: the directory
-/// `store_dir/wal` links to, or `store_dir/wal` itself.
-pub fn journal_dir(store_dir: &Path) -> PathBuf {
-    let wal = store_dir.join(JOURNAL_DIR);
-    fs::canonicalize(&wal).unwrap_or(wal)
 }
 
 /// The directory `wal` links to; refused where it cannot be reached.
@@ -196,6 +212,14 @@ fn check_mark(store_dir: &Path, target: &Path) -> Result<(), StoreError> {
     let ours = fs::read(store_dir.join(MARK)).ok();
     match (theirs, ours) {
         (Some(theirs), Some(ours)) if theirs == ours => Ok(()),
+        (Some(_), None) => Err(refuse_with(
+            store_dir,
+            format!(
+                "its journal directory {} is marked, but this store's copy of the mark \
+                 ({MARK}) is missing: start with --journal-dir naming it",
+                target.display()
+            ),
+        )),
         (None, _) => Err(refuse_with(
             store_dir,
             format!(
@@ -231,6 +255,46 @@ fn new_mark(store_dir: &Path, target: &Path) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Whether `mark` is one [`new_mark`] made for the store at `store_dir`.
+fn names(mark: &[u8], store_dir: &Path) -> bool {
+    mark.starts_with(
+        format!(
+            "tillstream journal of the store at {}, ",
+            store_dir.display()
+        )
+        .as_bytes(),
+    )
+}
+
+/// Marks a journal that is in `store_dir/wal` itself, on both sides, if
+/// it is not marked yet: the files its operator moves then carry it.
+fn mark_in_place(store_dir: &Path, wal: &Path) -> io::Result<()> {
+    let mark = match fs::read(store_dir.join(MARK)) {
+        Ok(mark) => mark,
+        Err(_) => new_mark(store_dir, wal),
+    };
+    write_mark(&wal.join(MARK), &mark)?;
+    write_mark(&store_dir.join(MARK), &mark)
+}
+
+/// Writes a mark durably: to a new file renamed over the old, so a crash
+/// leaves the old mark or the new, never a torn one; nothing if the file
+/// holds it already.
+fn write_mark(path: &Path, mark: &[u8]) -> io::Result<()> {
+    if fs::read(path).is_ok_and(|m| m == mark) {
+        return Ok(());
+    }
+    let tmp = path.with_extension("new");
+    let mut f = File::create(&tmp)?;
+    f.write_all(mark)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => sync_dir(p),
+        _ => Ok(()),
+    }
+}
+
 /// Creates `dir` and its missing parents, each durably (the parent of
 /// each created directory synced), as the journal creates its own.
 fn create_durably(dir: &Path) -> io::Result<()> {
@@ -254,16 +318,6 @@ fn create_durably(dir: &Path) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => sync_dir(p),
-        _ => Ok(()),
-    }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -120,7 +120,7 @@ use crate::rows::*;
 use crate::store::*;
 
 pub use data_format::DATA_FORMAT;
-pub use journal_place::{journal_dir, place_journal};
+pub use journal_place::place_journal;
 
 /// fjall's block cache, shared by the keyspaces: their index and filter
 /// blocks and the point tables' hot data (why not fjall's 32 MiB: at the

@@ -41,7 +41,6 @@ fn a_new_store_journals_where_it_is_told_and_keeps_it_there() -> TestResult {
         segments, 2,
         "the mark and the segment are in the journal directory"
     );
-    assert_eq!(journal_dir(&store_dir), placed);
     // Again with the same directory: nothing to do.
     assert_eq!(place_journal(&store_dir, &journal)?, placed);
     let store = EmbeddedStore::open(&store_dir)?;
@@ -131,7 +130,7 @@ fn a_journal_moved_as_the_refusal_says_is_adopted() -> TestResult {
         }
     }
     let target = elsewhere.path().join("wal");
-    refused(place_journal(&store_dir, &target), "move the files")?;
+    refused(place_journal(&store_dir, &target), "move all the files")?;
     fs::create_dir(&target)?;
     for entry in fs::read_dir(store_dir.join("wal"))? {
         let entry = entry?;
@@ -154,5 +153,86 @@ fn an_empty_journal_directory_of_the_store_gives_way_to_the_link() -> TestResult
             .file_type()
             .is_symlink()
     );
+    Ok(())
+}
+
+/// A placed store whose link is gone (removed, or not copied) must not
+/// open a new, empty journal in its place; given its directory again, it
+/// links it and reads its records; a directory that is gone as well is
+/// not created again.
+#[test]
+fn a_placed_store_without_its_link_does_not_open_empty() -> TestResult {
+    let (tmp, elsewhere) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let store_dir = tmp.path().join("store");
+    let journal = elsewhere.path().join("mnt/wal");
+    place_journal(&store_dir, &journal)?;
+    EmbeddedStore::open(&store_dir)?.journal_append(&record(1), 1)?;
+    fs::remove_file(store_dir.join("wal"))?;
+    refused(EmbeddedStore::open(&store_dir), "start with --journal-dir")?;
+    assert!(!store_dir.join("wal").exists(), "no empty journal was made");
+    place_journal(&store_dir, &journal)?;
+    assert_eq!(EmbeddedStore::open(&store_dir)?.journal_last_lsn(), 1);
+
+    fs::remove_file(store_dir.join("wal"))?;
+    fs::rename(elsewhere.path().join("mnt"), elsewhere.path().join("away"))?;
+    refused(place_journal(&store_dir, &journal), "is its disk mounted")?;
+    assert!(!journal.exists(), "not created again");
+    fs::create_dir_all(&journal)?;
+    refused(place_journal(&store_dir, &journal), "has no JOURNAL_OF")?;
+    Ok(())
+}
+
+/// Half moved (the files gone from `store/wal`, the link not made yet),
+/// a store refuses to open rather than start a new journal.
+#[test]
+fn a_half_moved_journal_is_refused() -> TestResult {
+    let (tmp, elsewhere) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let store_dir = tmp.path().join("store");
+    EmbeddedStore::open(&store_dir)?.journal_append(&record(1), 1)?;
+    let target = elsewhere.path().join("wal");
+    refused(place_journal(&store_dir, &target), "move all the files")?;
+    fs::create_dir(&target)?;
+    for entry in fs::read_dir(store_dir.join("wal"))? {
+        let entry = entry?;
+        fs::rename(entry.path(), target.join(entry.file_name()))?;
+    }
+    fs::remove_dir(store_dir.join("wal"))?;
+    refused(EmbeddedStore::open(&store_dir), "start with --journal-dir")?;
+    // And another store may not adopt the moved journal.
+    let other = tmp.path().join("other");
+    EmbeddedStore::open(&other)?;
+    fs::remove_dir(other.join("wal"))?;
+    refused(place_journal(&other, &target), "another store's journal")?;
+    place_journal(&store_dir, &target)?;
+    assert_eq!(EmbeddedStore::open(&store_dir)?.journal_last_lsn(), 1);
+    Ok(())
+}
+
+#[test]
+fn a_link_pointed_at_another_stores_journal_is_refused() -> TestResult {
+    let (tmp, elsewhere) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    place_journal(&a, &elsewhere.path().join("a"))?;
+    let b_journal = place_journal(&b, &elsewhere.path().join("b"))?;
+    fs::remove_file(a.join("wal"))?;
+    std::os::unix::fs::symlink(&b_journal, a.join("wal"))?;
+    refused(EmbeddedStore::open(&a), "is another store's")?;
+    Ok(())
+}
+
+/// Cut off between the two marks (the journal directory's written, the
+/// store's not), a placement is done again; a mount point's `lost+found`
+/// does not count as files.
+#[test]
+fn a_placement_cut_off_between_its_marks_completes() -> TestResult {
+    let (tmp, elsewhere) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let store_dir = tmp.path().join("store");
+    let journal = elsewhere.path().join("wal");
+    fs::create_dir_all(journal.join("lost+found"))?;
+    let placed = place_journal(&store_dir, &journal)?;
+    fs::remove_file(store_dir.join("wal"))?;
+    fs::remove_file(store_dir.join(MARK))?;
+    assert_eq!(place_journal(&store_dir, &journal)?, placed);
+    EmbeddedStore::open(&store_dir)?.journal_append(&record(1), 1)?;
     Ok(())
 }
