@@ -168,7 +168,11 @@ mod tests {
         // What a newer build may have left that this one would misread:
         // a torn-looking tail that this build's journal open would cut.
         let wal = dir.path().join("wal");
-        let segment = fs::read_dir(&wal)?.next().ok_or("no segment")??.path();
+        let segment = fs::read_dir(&wal)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "wal"))
+            .ok_or("no segment")?;
         let mut bytes = fs::read(&segment)?;
         bytes.extend_from_slice(b"\x07\0\0\0a record of a newer format");
         fs::write(&segment, &bytes)?;

@@ -64,6 +64,16 @@ pub fn place_journal(store_dir: &Path, journal: &Path) -> Result<PathBuf, StoreE
                     asked.display()
                 )));
             }
+            let theirs = fs::read(now.join(MARK)).ok();
+            if !store_dir.join(MARK).exists()
+                && theirs.as_deref().is_some_and(|m| names(m, store_dir))
+            {
+                // The store's copy of its own mark lost: written again.
+                if let Some(mark) = theirs {
+                    write_mark(&store_dir.join(MARK), &mark)
+                        .map_err(io(format!("marking {}", store_dir.display())))?;
+                }
+            }
             check_mark(store_dir, &now)?;
             return Ok(now);
         }
@@ -118,7 +128,11 @@ pub fn place_journal(store_dir: &Path, journal: &Path) -> Result<PathBuf, StoreE
     let listed: Vec<String> = fs::read_dir(&target)
         .and_then(|d| {
             d.map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
-                .filter(|n: &io::Result<String>| n.as_ref().map_or(true, |n| n != "lost+found"))
+                .filter(|n: &io::Result<String>| {
+                    n.as_ref().map_or(true, |n| {
+                        !matches!(n.as_str(), "lost+found" | "JOURNAL_OF.new")
+                    })
+                })
                 .collect()
         })
         .map_err(io(format!("reading {}", target.display())))?;
@@ -166,29 +180,85 @@ pub fn place_journal(store_dir: &Path, journal: &Path) -> Result<PathBuf, StoreE
     Ok(target)
 }
 
-/// Checks, when the store's journal is placed elsewhere, that it is there
-/// and is this store's (module docs); a journal in `store_dir/wal` itself
-/// needs nothing. Called by every open of the store, before anything in
-/// it is read or written.
-pub(crate) fn check_placed(store_dir: &Path) -> Result<(), StoreError> {
+/// Checks that the store's journal is where its mark says and is this
+/// store's (module docs), and marks a journal that is not marked yet, so
+/// that from then on a journal gone from its place is refused, not
+/// started anew. Called by every open of the store, before anything in
+/// it is read or written; `existing`: the store was there before (its
+/// format file was).
+pub(crate) fn check_placed(store_dir: &Path, existing: bool) -> Result<(), StoreError> {
     let wal = store_dir.join(JOURNAL_DIR);
-    let placed = store_dir.join(MARK).exists();
+    let io = |what: String| move |e: io::Error| refuse_with(store_dir, format!("{what}: {e}"));
+    let marked = match fs::symlink_metadata(store_dir.join(MARK)) {
+        Ok(_) => true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(refuse_with(store_dir, format!("reading its {MARK}: {e}"))),
+    };
     match fs::symlink_metadata(&wal) {
         Ok(meta) if meta.file_type().is_symlink() => {
             let target = linked_dir(store_dir, &wal)?;
-            check_mark(store_dir, &target)
+            check_mark(store_dir, &target)?;
+            not_a_copy(store_dir, &target)
         }
-        Ok(_) if placed => check_mark(store_dir, &wal),
-        Err(e) if placed && e.kind() == io::ErrorKind::NotFound => Err(refuse_with(
+        Ok(_) if marked => check_mark(store_dir, &wal),
+        // A journal from before marks: marked now.
+        Ok(_) => mark_in_place(store_dir, &wal).map_err(io(format!("marking {}", wal.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if marked || existing {
+                let was = fs::read(store_dir.join(MARK)).map_or_else(
+                    |_| String::new(),
+                    |m| format!(" ({MARK} here: {})", String::from_utf8_lossy(&m).trim()),
+                );
+                return Err(refuse_with(
+                    store_dir,
+                    format!(
+                        "{} is missing, and a store's journal holds what it acknowledged: \
+                         start with --journal-dir naming the directory it was placed or moved \
+                         to{was}; only to give up what it held, create an empty {}",
+                        wal.display(),
+                        wal.display()
+                    ),
+                ));
+            }
+            // A new store: its journal directory, marked from the start.
+            create_durably(&wal).map_err(io(format!("creating {}", wal.display())))?;
+            mark_in_place(store_dir, &wal).map_err(io(format!("marking {}", wal.display())))
+        }
+        Err(e) => Err(refuse_with(
+            store_dir,
+            format!("reading {}: {e}", wal.display()),
+        )),
+    }
+}
+
+/// Refuses a copy of a placed store whose link still reaches the
+/// original's journal: its mark names another store directory, which is
+/// still there and links to the same journal. (A store moved whole, its
+/// old directory gone, opens; two open at once are refused by the
+/// journal's lock.)
+fn not_a_copy(store_dir: &Path, target: &Path) -> Result<(), StoreError> {
+    let Ok(mark) = fs::read(target.join(MARK)) else {
+        return Ok(());
+    };
+    let Some(named) = named_store(&mark) else {
+        return Ok(());
+    };
+    let here = fs::canonicalize(store_dir).unwrap_or_else(|_| store_dir.to_path_buf());
+    let shares = fs::canonicalize(named.join(JOURNAL_DIR)).is_ok_and(|t| t == target);
+    if named != here && shares {
+        return Err(refuse_with(
             store_dir,
             format!(
-                "its journal was placed in another directory ({MARK} here says so), and {} \
-                 is missing: start with --journal-dir naming that directory",
-                wal.display()
+                "it is a copy of the store at {}, and its {} still links to that store's \
+                 journal {}: give the copy a journal of its own (remove the link, then start \
+                 it with another --journal-dir)",
+                named.display(),
+                JOURNAL_DIR,
+                target.display()
             ),
-        )),
-        _ => Ok(()),
+        ));
     }
+    Ok(())
 }
 
 /// The directory `wal` links to; refused where it cannot be reached.
@@ -247,23 +317,28 @@ fn new_mark(store_dir: &Path, target: &Path) -> Vec<u8> {
     let at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
+    let store = fs::canonicalize(store_dir).unwrap_or_else(|_| store_dir.to_path_buf());
     format!(
-        "tillstream journal of the store at {}, placed in {} at {at} ns\n",
-        store_dir.display(),
+        "{MARK_PREFIX}{}{MARK_STORE_END}{} at {at} ns\n",
+        store.display(),
         target.display()
     )
     .into_bytes()
 }
 
-/// Whether `mark` is one [`new_mark`] made for the store at `store_dir`.
+const MARK_PREFIX: &str = "tillstream journal of the store at ";
+const MARK_STORE_END: &str = ", placed in ";
+
+/// The store directory a mark names, if it is one [`new_mark`] made.
+fn named_store(mark: &[u8]) -> Option<PathBuf> {
+    let text = std::str::from_utf8(mark).ok()?.strip_prefix(MARK_PREFIX)?;
+    Some(PathBuf::from(text.split_once(MARK_STORE_END)?.0))
+}
+
+/// Whether `mark` names the store at `store_dir`.
 fn names(mark: &[u8], store_dir: &Path) -> bool {
-    mark.starts_with(
-        format!(
-            "tillstream journal of the store at {}, ",
-            store_dir.display()
-        )
-        .as_bytes(),
-    )
+    let here = fs::canonicalize(store_dir).unwrap_or_else(|_| store_dir.to_path_buf());
+    named_store(mark).is_some_and(|named| named == here)
 }
 
 /// Marks a journal that is in `store_dir/wal` itself, on both sides, if

@@ -271,11 +271,11 @@ impl EmbeddedStore {
         journal_fault: Option<Box<dyn SyncFault>>,
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| open_err(dir, e))?;
-        // A journal on another disk must be there, and this store's,
-        // before anything is written or replayed (`journal_place`).
-        journal_place::check_placed(dir)?;
         // Before anything opens (and recovers) what is in the directory.
         let found = data_format::claim(dir)?;
+        // The journal must be where its mark says, and this store's,
+        // before anything is written or replayed (`journal_place`).
+        journal_place::check_placed(dir, found.is_some())?;
         if found.is_some_and(|n| n < DATA_FORMAT) {
             tracing::info!(from = found, to = DATA_FORMAT, dir = %dir.display(), "data format upgraded");
         }

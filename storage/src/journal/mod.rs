@@ -92,6 +92,7 @@ mod tests_spares;
 mod write;
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -139,6 +140,13 @@ pub enum JournalError {
     /// the next LSNs; nothing was written and the journal is unchanged.
     #[error("journal: invalid append: {0}")]
     InvalidAppend(String),
+    /// Another open journal holds the directory: two stores (a copy that
+    /// kept its link to another's journal) or two processes.
+    #[error(
+        "journal: {0} is open in another process, or by another store (a copy of a store \
+         whose store/wal still links to the original's journal?)"
+    )]
+    InUse(PathBuf),
 }
 
 /// Wraps an OS error with what was being done and where.
@@ -249,7 +257,12 @@ pub struct Journal {
     last_lsn: u64,
     poisoned: Option<String>,
     cut_at_open: u64,
+    /// The directory's lock, held until the journal is dropped.
+    _lock: File,
 }
+
+/// The lock file in a journal's directory (a name segments never have).
+const LOCK_FILE: &str = "LOCK";
 
 impl Journal {
     /// Opens (creating if needed) the journal in `dir`, cutting a torn
@@ -265,6 +278,25 @@ impl Journal {
         fault: Box<dyn SyncFault>,
     ) -> Result<Journal, JournalError> {
         ensure_dir(dir)?;
+        // Held while the journal is open. The store's directory has a lock
+        // of its own (fjall's), but a journal placed on another disk can
+        // be reached from two stores: a copy keeps the link.
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("open the journal's lock file", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(JournalError::InUse(dir.to_path_buf()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(io_err("lock the journal", &lock_path)(e));
+            }
+        }
         let (segs, cut_at_open, mut spares) = recover(dir)?;
         // Spares past the cap (a smaller cap than the last run's) go.
         for spare in spares.drain(spares.len().min(opts.spare_segments)..) {
@@ -287,6 +319,7 @@ impl Journal {
             last_lsn,
             poisoned: None,
             cut_at_open,
+            _lock: lock,
         })
     }
 

@@ -497,3 +497,19 @@ fn a_group_splits_into_its_records_or_not_at_all() {
     assert!(split_records(&buf, 6, 9).is_err());
     assert!(split_records(&buf[..buf.len() - 1], 7, 9).is_err());
 }
+
+/// One open journal a directory: a second open (another store whose
+/// link reaches it, or another process) is refused until the first is
+/// dropped.
+#[test]
+fn a_journal_directory_is_open_once_at_a_time() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let first = Journal::open(dir.path(), JournalOptions::default())?;
+    match Journal::open(dir.path(), JournalOptions::default()) {
+        Err(JournalError::InUse(path)) => assert_eq!(path, dir.path()),
+        other => return Err(format!("a second open: {other:?}").into()),
+    }
+    drop(first);
+    Journal::open(dir.path(), JournalOptions::default())?;
+    Ok(())
+}
