@@ -18,6 +18,28 @@ fn refused(r: Result<impl std::fmt::Debug, StoreError>, says: &str) -> TestResul
     }
 }
 
+/// Places the journal of the store at `store_dir` in `journal` and
+/// appends one record through the store.
+fn placed_with_a_record(
+    store_dir: &Path,
+    journal: &Path,
+) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let placed = place_journal(store_dir, journal)?;
+    EmbeddedStore::open(store_dir)?.journal_append(&record(1), 1)?;
+    Ok(placed)
+}
+
+/// What the refusal to move a journal says to do: every file of
+/// `store_dir/wal` into `target`, then `store_dir/wal` removed.
+fn move_journal_files(store_dir: &Path, target: &Path) -> io::Result<()> {
+    fs::create_dir(target)?;
+    for entry in fs::read_dir(store_dir.join("wal"))? {
+        let entry = entry?;
+        fs::rename(entry.path(), target.join(entry.file_name()))?;
+    }
+    fs::remove_dir(store_dir.join("wal"))
+}
+
 #[test]
 fn a_new_store_journals_where_it_is_told_and_keeps_it_there() -> TestResult {
     let (tmp, elsewhere) = (tempfile::tempdir()?, tempfile::tempdir()?);
@@ -59,8 +81,7 @@ fn a_journal_whose_disk_is_gone_is_refused_not_replayed_empty() -> TestResult {
     let (tmp, elsewhere) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let store_dir = tmp.path().join("store");
     let journal = elsewhere.path().join("mnt/wal");
-    place_journal(&store_dir, &journal)?;
-    EmbeddedStore::open(&store_dir)?.journal_append(&record(1), 1)?;
+    placed_with_a_record(&store_dir, &journal)?;
 
     let unmounted = elsewhere.path().join("unmounted");
     fs::rename(elsewhere.path().join("mnt"), &unmounted)?;
@@ -133,12 +154,7 @@ fn a_journal_moved_as_the_refusal_says_is_adopted() -> TestResult {
     }
     let target = elsewhere.path().join("wal");
     refused(place_journal(&store_dir, &target), "move all the files")?;
-    fs::create_dir(&target)?;
-    for entry in fs::read_dir(store_dir.join("wal"))? {
-        let entry = entry?;
-        fs::rename(entry.path(), target.join(entry.file_name()))?;
-    }
-    fs::remove_dir(store_dir.join("wal"))?;
+    move_journal_files(&store_dir, &target)?;
     place_journal(&store_dir, &target)?;
     assert_eq!(EmbeddedStore::open(&store_dir)?.journal_last_lsn(), 3);
     Ok(())
@@ -167,8 +183,7 @@ fn a_placed_store_without_its_link_does_not_open_empty() -> TestResult {
     let (tmp, elsewhere) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let store_dir = tmp.path().join("store");
     let journal = elsewhere.path().join("mnt/wal");
-    place_journal(&store_dir, &journal)?;
-    EmbeddedStore::open(&store_dir)?.journal_append(&record(1), 1)?;
+    placed_with_a_record(&store_dir, &journal)?;
     fs::remove_file(store_dir.join("wal"))?;
     refused(EmbeddedStore::open(&store_dir), "start with --journal-dir")?;
     assert!(!store_dir.join("wal").exists(), "no empty journal was made");
@@ -193,12 +208,7 @@ fn a_half_moved_journal_is_refused() -> TestResult {
     EmbeddedStore::open(&store_dir)?.journal_append(&record(1), 1)?;
     let target = elsewhere.path().join("wal");
     refused(place_journal(&store_dir, &target), "move all the files")?;
-    fs::create_dir(&target)?;
-    for entry in fs::read_dir(store_dir.join("wal"))? {
-        let entry = entry?;
-        fs::rename(entry.path(), target.join(entry.file_name()))?;
-    }
-    fs::remove_dir(store_dir.join("wal"))?;
+    move_journal_files(&store_dir, &target)?;
     refused(EmbeddedStore::open(&store_dir), "start with --journal-dir")?;
     // And another store may not adopt the moved journal.
     let other = tmp.path().join("other");
