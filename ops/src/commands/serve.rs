@@ -260,15 +260,14 @@ impl Args {
     pub(crate) fn check_values(&self) -> Result<(), String> {
         let store = self.store.choice(false).map_err(|e| format!("{e:#}"))?;
         match (&self.journal_dir, store) {
-            (Some(_), tillstream_engine::StoreChoice::Scylla(_)) => Err(JOURNAL_DIR_SCYLLA.into()),
+            (Some(_), tillstream_engine::StoreChoice::Scylla(_)) => Err(
+                "--journal-dir is for the embedded store: with --store scylla the journal is in the cluster"
+                    .into(),
+            ),
             _ => Ok(()),
         }
     }
 }
-
-/// Why `--journal-dir` and `--store scylla` do not go together.
-const JOURNAL_DIR_SCYLLA: &str =
-    "--journal-dir is for the embedded store: with --store scylla the journal is in the cluster";
 
 /// serve's settings as the command line, its variables and its config
 /// file give them, and each one's value as typed, by name.
@@ -416,13 +415,12 @@ pub(crate) fn run(
     reread: impl Fn() -> anyhow::Result<Settings>,
     allocator: Option<crate::AllocatorHooks>,
 ) -> anyhow::Result<ExitCode> {
+    // The checks `check-config` runs, so a bad combination is refused
+    // before anything is placed.
+    args.check_values().map_err(anyhow::Error::msg)?;
     let journal_dir = args.journal_dir.clone();
     let mut cfg = server_config(args)?;
     if let Some(dir) = journal_dir {
-        anyhow::ensure!(
-            matches!(cfg.store, tillstream_engine::StoreChoice::Embedded),
-            JOURNAL_DIR_SCYLLA
-        );
         let placed = tillstream_storage::embedded::place_journal(&cfg.data_dir.join("store"), &dir)
             .context("placing the journal")?;
         crate::logging::say(format!("the journal is in {}", placed.display()));

@@ -29,6 +29,9 @@ use crate::store::StoreError;
 /// The mark's file name, in the journal directory and in the store.
 pub(crate) const MARK: &str = "JOURNAL_OF";
 
+/// A mark being written, renamed to [`MARK`] once durable.
+const MARK_BEING_WRITTEN: &str = "JOURNAL_OF.new";
+
 /// Makes `journal` the journal directory of the store at `store_dir`:
 /// `store_dir/wal` becomes a symbolic link to it, durably, with the mark
 /// (module docs) on both sides. Returns the directory, made absolute.
@@ -64,15 +67,14 @@ pub fn place_journal(store_dir: &Path, journal: &Path) -> Result<PathBuf, StoreE
                     asked.display()
                 )));
             }
-            let theirs = fs::read(now.join(MARK)).ok();
-            if !store_dir.join(MARK).exists()
-                && theirs.as_deref().is_some_and(|m| names(m, store_dir))
+            // The store's copy of its own mark lost: written again.
+            let lost = !store_dir.join(MARK).exists();
+            if let Some(mark) = fs::read(now.join(MARK))
+                .ok()
+                .filter(|m| lost && names(m, store_dir))
             {
-                // The store's copy of its own mark lost: written again.
-                if let Some(mark) = theirs {
-                    write_mark(&store_dir.join(MARK), &mark)
-                        .map_err(io(format!("marking {}", store_dir.display())))?;
-                }
+                write_mark(&store_dir.join(MARK), &mark)
+                    .map_err(io(format!("marking {}", store_dir.display())))?;
             }
             check_mark(store_dir, &now)?;
             return Ok(now);
@@ -129,9 +131,8 @@ pub fn place_journal(store_dir: &Path, journal: &Path) -> Result<PathBuf, StoreE
         .and_then(|d| {
             d.map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
                 .filter(|n: &io::Result<String>| {
-                    n.as_ref().map_or(true, |n| {
-                        !matches!(n.as_str(), "lost+found" | "JOURNAL_OF.new")
-                    })
+                    n.as_ref()
+                        .map_or(true, |n| n != "lost+found" && n != MARK_BEING_WRITTEN)
                 })
                 .collect()
         })
@@ -359,7 +360,7 @@ fn write_mark(path: &Path, mark: &[u8]) -> io::Result<()> {
     if fs::read(path).is_ok_and(|m| m == mark) {
         return Ok(());
     }
-    let tmp = path.with_extension("new");
+    let tmp = path.with_file_name(MARK_BEING_WRITTEN);
     let mut f = File::create(&tmp)?;
     f.write_all(mark)?;
     f.sync_all()?;
