@@ -2,14 +2,15 @@
 //! and materialized, and the journal writer that makes them durable.
 //!
 //! Under one short lock, [`Sequencer::submit`] gives a fresh batch the
-//! next LSN, puts its parts in the shards' mailboxes and copies its frame
-//! into the journal's pending buffer. So the LSN order is, at once, every
+//! next LSN, puts its parts in the shards' mailboxes and adds its frame
+//! (shared, not copied) to the journal's pending records. So the LSN order is, at once, every
 //! shard's apply order and the journal's order: replaying the journal in
 //! order after a crash gives every entity its events in the order it first
 //! saw them, and rebuilds the same rows (ARCHITECTURE.md, "write path").
 //!
 //! The writer thread takes whatever is pending, appends it with one write
-//! and one `fdatasync` ([`Store::journal_append`]) and publishes the new
+//! and one `fdatasync` ([`Store::journal_append_records`]: the frames are
+//! encoded once, where the write goes out from) and publishes the new
 //! durable LSN; while it syncs, the next group gathers. While the journal
 //! is busy (the last group held several batches), a group also waits up
 //! to [`GROUP_WAIT`] for more, or until it holds [`GROUP_BYTES`]: an
@@ -18,7 +19,7 @@
 //!
 //! Invariants:
 //! - LSNs are dense: every LSN handed out is in the journal's pending
-//!   buffer before the lock is released, and reaches the committer as one
+//!   records before the lock is released, and reaches the committer as one
 //!   commit unit (or the engine fails);
 //! - the durable LSN only rises, and only after `journal_append` returned
 //!   Ok for every record up to it;
@@ -33,7 +34,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use tillstream_engine_core::route::{Kinds, Scope};
 use tillstream_engine_core::validate::{LEGACY_MAX_FUTURE_US, Rules};
-use tillstream_storage::journal::encode_record;
+use tillstream_protocol::ValidatedBatch;
+use tillstream_storage::journal::{JournalRecords, RECORD_HEADER};
 use tillstream_storage::{Store, StoreError};
 use tokio::sync::watch;
 
@@ -161,13 +163,74 @@ pub(crate) struct JournalState {
     pub(crate) error: Option<Arc<StoreError>>,
 }
 
+/// A frame the journal keeps until its record is written: the batch's own
+/// buffer, shared with the shards that apply it.
+pub(crate) trait JournaledFrame: Send + Sync {
+    fn frame(&self) -> &[u8];
+}
+
+impl JournaledFrame for ValidatedBatch {
+    fn frame(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+#[cfg(test)]
+impl JournaledFrame for Vec<u8> {
+    fn frame(&self) -> &[u8] {
+        self
+    }
+}
+
+/// One batch's journal record, not yet encoded.
+struct PendingRecord {
+    lsn: u64,
+    header: [u8; BATCH_HEADER_SCOPED],
+    frame: Arc<dyn JournaledFrame>,
+}
+
+/// A group of records for one append.
+#[derive(Default)]
+struct Group {
+    records: Vec<PendingRecord>,
+    /// Their encoded size.
+    bytes: usize,
+}
+
+impl Group {
+    fn clear(&mut self) {
+        self.records.clear();
+        self.bytes = 0;
+    }
+}
+
+impl JournalRecords for Group {
+    fn count(&self) -> usize {
+        self.records.len()
+    }
+
+    fn record(&self, i: usize) -> (u64, [&[u8]; 2]) {
+        let r = &self.records[i];
+        (r.lsn, [&r.header, r.frame.frame()])
+    }
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group")
+            .field("records", &self.records.len())
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
 #[derive(Debug)]
 struct Pending {
     next_lsn: u64,
-    buf: Vec<u8>,
-    /// When the oldest record in `buf` was added (None when it is empty).
+    group: Group,
+    /// When the oldest record in `group` was added (None when it is empty).
     since: Option<Instant>,
-    /// LSN of the last record in `buf` (0 when empty).
+    /// LSN of the last record in `group` (0 when empty).
     last: u64,
     closed: bool,
     /// An append failed: nothing will be written again, so frames are no
@@ -252,7 +315,7 @@ impl Sequencer {
             progress: Arc::new(AckProgress::new(last_lsn)),
             pending: Mutex::new(Pending {
                 next_lsn: last_lsn + 1,
-                buf: Vec::with_capacity(1 << 20),
+                group: Group::default(),
                 since: None,
                 last: 0,
                 closed: false,
@@ -278,7 +341,7 @@ impl Sequencer {
     pub(crate) fn submit<E>(
         &self,
         header: BatchHeader,
-        frame: &[u8],
+        frame: Arc<dyn JournaledFrame>,
         dispatch: impl FnOnce(u64) -> Result<(), E>,
     ) -> Result<u64, E> {
         let mut p = self.pending.lock();
@@ -291,15 +354,20 @@ impl Sequencer {
             self.progress.touch();
         }
         if !p.failed {
-            let was_empty = p.buf.is_empty();
-            encode_record(lsn, &[&header.encode(), frame], &mut p.buf);
+            let was_empty = p.group.records.is_empty();
+            p.group.bytes += RECORD_HEADER + BATCH_HEADER_SCOPED + frame.frame().len();
+            p.group.records.push(PendingRecord {
+                lsn,
+                header: header.encode(),
+                frame,
+            });
             p.last = lsn;
             if was_empty {
                 p.since = Some(Instant::now());
             }
             // The writer waits for the first record of a group, then for
             // the group to fill or to grow old (GROUP_*): wake it for those.
-            if was_empty || p.buf.len() >= GROUP_BYTES {
+            if was_empty || p.group.bytes >= GROUP_BYTES {
                 drop(p);
                 self.wake.notify_one();
             }
@@ -334,35 +402,36 @@ impl Sequencer {
     }
 
     fn write_loop(&self, store: &dyn Store) {
-        let mut spare: Vec<u8> = Vec::with_capacity(1 << 20);
+        let mut spare = Group::default();
         // Records of the group written last, and its last LSN.
         let (mut group_records, mut written) = (0u64, self.state.borrow().durable);
         loop {
             let last = {
                 let mut p = self.pending.lock();
-                while p.buf.is_empty() && !p.closed {
+                while p.group.records.is_empty() && !p.closed {
                     self.wake.wait(&mut p);
                 }
-                if p.buf.is_empty() {
+                if p.group.records.is_empty() {
                     return;
                 }
                 // Group commit: while the journal is busy, a small group
                 // waits a little for more (GROUP_WAIT).
                 if let Some(since) = p.since.filter(|_| group_records >= BUSY_GROUP_RECORDS) {
                     let due = since + self.group_wait;
-                    while p.buf.len() < GROUP_BYTES && !p.closed {
+                    while p.group.bytes < GROUP_BYTES && !p.closed {
                         if self.wake.wait_until(&mut p, due).timed_out() {
                             break;
                         }
                     }
                 }
                 p.since = None;
-                std::mem::swap(&mut p.buf, &mut spare);
+                std::mem::swap(&mut p.group, &mut spare);
                 std::mem::take(&mut p.last)
             };
             let started = Instant::now();
-            let result = store.journal_append(&spare, last);
-            m::journal_append(started.elapsed(), spare.len());
+            let result = store.journal_append_records(&spare, last);
+            m::journal_append(started.elapsed(), spare.bytes);
+            // The frames are let go here: the shards hold their own.
             spare.clear();
             match result {
                 Ok(()) => {
@@ -374,7 +443,7 @@ impl Sequencer {
                     tracing::error!(error = %e, "journal append failed: no more acknowledgements until restart");
                     let mut p = self.pending.lock();
                     p.failed = true;
-                    p.buf = Vec::new();
+                    p.group = Group::default();
                     drop(p);
                     self.state.send_modify(|s| s.error = Some(Arc::new(e)));
                     return;
@@ -441,7 +510,10 @@ mod tests {
             max_future_s: 300,
             scope: Scope::default(),
         };
-        let submit = |n: u64| seq.submit(header(n), b"frame", |_| Ok::<(), ()>(()));
+        let submit = |n: u64| {
+            let frame: Arc<dyn JournaledFrame> = Arc::new(b"frame".to_vec());
+            seq.submit(header(n), frame, |_| Ok::<(), ()>(()))
+        };
         let lasts = || groups.lasts.lock().clone();
         // A lone batch on an idle journal does not wait.
         assert_eq!(submit(1), Ok(1));

@@ -1,5 +1,6 @@
 //! The `Store` trait: what the engine needs from a backend.
 
+use crate::journal::{JournalRecords, encode_record};
 use crate::rows::{RowSet, StockLevelRow, StockMovementRow, TerminalRollupRow};
 
 /// Errors of a store. A store that failed to make data durable is
@@ -140,6 +141,23 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// up to `last_lsn`, encoded by `journal::encode_record`) and returns
     /// once they are durable. A failure poisons the store.
     fn journal_append(&self, records: &[u8], last_lsn: u64) -> Result<(), StoreError>;
+
+    /// [`journal_append`](Store::journal_append) of records not yet
+    /// encoded. A backend that writes the encoded bytes somewhere (the
+    /// embedded store's segment files) encodes them once, where they are
+    /// written; this default encodes them into a buffer first.
+    fn journal_append_records(
+        &self,
+        records: &dyn JournalRecords,
+        last_lsn: u64,
+    ) -> Result<(), StoreError> {
+        let mut encoded = Vec::new();
+        for i in 0..records.count() {
+            let (lsn, parts) = records.record(i);
+            encode_record(lsn, &parts, &mut encoded);
+        }
+        self.journal_append(&encoded, last_lsn)
+    }
 
     /// The LSN of the last durable journal record (or of the checkpoint,
     /// when the journal holds nothing after it).

@@ -32,7 +32,7 @@ fn rig(settings: FlushSettings) -> Result<Rig, Box<dyn std::error::Error>> {
         scope: Scope::default(),
     };
     assert_eq!(
-        sequencer.submit(header, b"frame", |_| Ok::<(), ()>(())),
+        sequencer.submit(header, Arc::new(b"frame".to_vec()), |_| Ok::<(), ()>(())),
         Ok(1)
     );
     let journal = sequencer.subscribe();

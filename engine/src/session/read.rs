@@ -194,7 +194,7 @@ pub(super) async fn read_batches(
                     scope,
                 };
                 let mut parts = Vec::with_capacity(2);
-                let sequenced = ctx.sequencer.submit(header, batch.bytes(), |lsn| {
+                let sequenced = ctx.sequencer.submit(header, batch.clone(), |lsn| {
                     for (shard, items) in plan.touched() {
                         let (tx, rx) = oneshot::channel();
                         let work = ApplyWork {

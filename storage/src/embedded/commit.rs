@@ -8,6 +8,7 @@ use rkyv::util::AlignedVec;
 use super::blocklog::{Ptr, encode_end};
 use super::blocks::{self, BlockRow};
 use super::{EmbeddedStore, backend_err, keys};
+use crate::journal::{Journal, JournalError};
 use crate::rows::*;
 use crate::store::{CommitInfo, Store, StoreError};
 
@@ -294,6 +295,25 @@ impl EmbeddedStore {
         bound_cache(&mut marks, MAX_CACHED_MARKS);
         marks.insert(device, seq);
         Ok(seq)
+    }
+}
+
+impl EmbeddedStore {
+    /// One journal append, under the journal's lock; a failure poisons
+    /// the store.
+    pub(super) fn append_to_journal(
+        &self,
+        append: impl FnOnce(&mut Journal) -> Result<(), JournalError>,
+    ) -> Result<(), StoreError> {
+        self.check_writable()?;
+        append(&mut self.journal.lock()).map_err(|e| {
+            let e = StoreError::Backend {
+                op: "journal append",
+                source: Box::new(e),
+            };
+            self.poison_on(&e);
+            e
+        })
     }
 }
 

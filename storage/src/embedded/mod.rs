@@ -115,7 +115,7 @@ use fjall::config::CompressionPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
 use parking_lot::{Mutex, RwLock};
 
-use crate::journal::{Journal, JournalOptions, ReplayError, SyncFault};
+use crate::journal::{Journal, JournalOptions, JournalRecords, ReplayError, SyncFault};
 use crate::rows::*;
 use crate::store::*;
 
@@ -450,16 +450,15 @@ impl Store for EmbeddedStore {
     }
 
     fn journal_append(&self, records: &[u8], last_lsn: u64) -> Result<(), StoreError> {
-        self.check_writable()?;
-        let mut journal = self.journal.lock();
-        journal.append(records, last_lsn).map_err(|e| {
-            let e = StoreError::Backend {
-                op: "journal append",
-                source: Box::new(e),
-            };
-            self.poison_on(&e);
-            e
-        })
+        self.append_to_journal(|j| j.append(records, last_lsn))
+    }
+
+    fn journal_append_records(
+        &self,
+        records: &dyn JournalRecords,
+        last_lsn: u64,
+    ) -> Result<(), StoreError> {
+        self.append_to_journal(|j| j.append_records(records, last_lsn))
     }
 
     fn journal_last_lsn(&self) -> u64 {

@@ -25,29 +25,27 @@ use std::path::Path;
 
 pub(super) use crate::direct_io::{BLOCK, BlockTail, refused};
 
-use super::format::salt_crcs_in_place;
+use super::group::Group;
 
 /// Opens `path` for direct writes; None if its file system refuses them.
 pub(super) fn open(path: &Path) -> io::Result<Option<File>> {
     crate::direct_io::open(OpenOptions::new().write(true), path)
 }
 
-/// Writes `group` at byte `bytes` of `file` (opened by [`open`]), its
-/// CRCs salted with `salt` if that is not 0, from the start of the block
-/// that holds `bytes`. Nothing is synced.
+/// Writes `group` (`group_bytes` encoded) at byte `bytes` of `file`
+/// (opened by [`open`]), its CRCs salted with `salt` if that is not 0,
+/// from the start of the block that holds `bytes`: encoded straight into
+/// the tail's buffer. Nothing is synced.
 pub(super) fn write_group(
     tail: &mut BlockTail,
     file: &File,
     bytes: u64,
-    group: &[u8],
+    group: Group<'_>,
+    group_bytes: usize,
     salt: u32,
 ) -> io::Result<()> {
     debug_assert_eq!(tail.kept() as u64, bytes % BLOCK as u64);
-    let kept = tail.kept();
-    tail.buf().extend_from_slice(group);
-    if salt != 0 {
-        salt_crcs_in_place(&mut tail.buf().as_mut_slice()[kept..], salt);
-    }
+    group.encode_into(tail.buf(), salt, group_bytes);
     tail.write_out(file, bytes).map(drop)
 }
 

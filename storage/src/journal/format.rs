@@ -149,6 +149,7 @@ fn each_record<'a>(
 /// salted anew (see `reuse_spare`): its old records, and any record-like
 /// bytes inside their payloads, then fail the CRC under the new salt, so
 /// the reader stops at the true end of what was written to it.
+#[cfg(test)]
 pub(super) fn salt_crcs(group: &[u8], salt: u32, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(group);
@@ -196,7 +197,7 @@ pub(super) struct SegmentReader<'a> {
     end: u64,
     /// The LSN the next record must carry.
     next_lsn: u64,
-    /// XORed into every stored CRC of the segment (see [`salt_crcs`]).
+    /// XORed into every stored CRC of the segment (see [`salt_crcs_in_place`]).
     salt: u32,
     payload: Vec<u8>,
 }

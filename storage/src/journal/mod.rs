@@ -79,6 +79,7 @@
 mod direct;
 mod fault;
 mod format;
+mod group;
 mod retire;
 mod segments;
 #[cfg(test)]
@@ -87,6 +88,8 @@ mod tests;
 mod tests_crash;
 #[cfg(test)]
 mod tests_direct;
+#[cfg(test)]
+mod tests_records;
 #[cfg(test)]
 mod tests_spares;
 mod write;
@@ -99,7 +102,9 @@ use std::sync::{Arc, Mutex};
 
 pub use fault::{FailSyncAfter, RealSync, SyncFault};
 pub use format::{MAX_RECORD_PAYLOAD, RECORD_HEADER, encode_record, split_records};
-use format::{SegmentReader, Step, check_group};
+use format::{SegmentReader, Step};
+use group::Group;
+pub use group::JournalRecords;
 pub use retire::Expired;
 use retire::{Spare, SparePool, delete_segment};
 use segments::{create_segment, ensure_dir, recover, reuse_spare};
@@ -357,16 +362,30 @@ impl Journal {
     /// and changes nothing; any other error poisons the journal, and every
     /// later append fails with [`JournalError::Poisoned`].
     pub fn append(&mut self, encoded: &[u8], last: u64) -> Result<(), JournalError> {
+        self.append_group(Group::Encoded(encoded), last)
+    }
+
+    /// [`append`](Journal::append) of records not yet encoded: each is
+    /// encoded once, into the buffer the write goes out from (`group`
+    /// module docs). The same checks, errors and durability.
+    pub fn append_records(
+        &mut self,
+        records: &dyn JournalRecords,
+        last: u64,
+    ) -> Result<(), JournalError> {
+        self.append_group(Group::Records(records), last)
+    }
+
+    fn append_group(&mut self, group: Group<'_>, last: u64) -> Result<(), JournalError> {
         self.check_poisoned()?;
-        if encoded.is_empty() {
+        let Some((first, bytes)) = group.check(self.last_lsn, last)? else {
             return Ok(());
-        }
-        let first = check_group(encoded, self.last_lsn, last)?;
+        };
         let writer = &mut self.writer;
         let written = self
             .segs
             .active_for(first, self.opts.segment_bytes, &writer.spares)
-            .and_then(|active| write_durably(active, &*self.fault, encoded, last, writer));
+            .and_then(|active| write_durably(active, &*self.fault, group, bytes, last, writer));
         match written {
             Ok(()) => {
                 self.last_lsn = last;

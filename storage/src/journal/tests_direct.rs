@@ -23,7 +23,7 @@ const DIRECT: JournalOptions = JournalOptions {
 
 /// A directory on the file system of the checkout, which takes
 /// `O_DIRECT`; `/tmp` may be tmpfs, which does not.
-fn disk_dir() -> Result<tempfile::TempDir, Box<dyn std::error::Error>> {
+pub(super) fn disk_dir() -> Result<tempfile::TempDir, Box<dyn std::error::Error>> {
     let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp");
     fs::create_dir_all(&base)?;
     let dir = tempfile::tempdir_in(&base)?;

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use super::format::salt_crcs;
+use super::group::Group;
 use super::{JournalError, Segment, SyncFault, Writer, direct, io_err};
 
 /// The segment appends go to, with its open file.
@@ -45,7 +45,8 @@ impl Active {
 pub(super) fn write_durably(
     active: &mut Active,
     fault: &dyn SyncFault,
-    encoded: &[u8],
+    group: Group<'_>,
+    group_bytes: usize,
     last: u64,
     writer: &mut Writer,
 ) -> Result<(), JournalError> {
@@ -56,8 +57,17 @@ pub(super) fn write_durably(
     let path = &active.seg.path;
     let (bytes, salt) = (active.seg.bytes, active.seg.salt);
     let mut written = match &mut active.writes {
-        Writes::Direct(tail) => direct::write_group(tail, &active.file, bytes, encoded, salt),
-        _ => write_buffered(&active.file, bytes, encoded, salt, &mut writer.salted),
+        Writes::Direct(tail) => {
+            direct::write_group(tail, &active.file, bytes, group, group_bytes, salt)
+        }
+        _ => write_buffered(
+            &active.file,
+            bytes,
+            group,
+            group_bytes,
+            salt,
+            &mut writer.salted,
+        ),
     };
     if let Err(e) = &written
         && matches!(active.writes, Writes::Direct(_))
@@ -72,7 +82,14 @@ pub(super) fn write_durably(
             .open(path)
             .map_err(io_err("open segment", path))?;
         active.writes = Writes::Buffered;
-        written = write_buffered(&active.file, bytes, encoded, salt, &mut writer.salted);
+        written = write_buffered(
+            &active.file,
+            bytes,
+            group,
+            group_bytes,
+            salt,
+            &mut writer.salted,
+        );
     }
     written.map_err(io_err("write segment", path))?;
     fault.before_sync().map_err(io_err("sync segment", path))?;
@@ -80,7 +97,7 @@ pub(super) fn write_durably(
         .file
         .sync_data()
         .map_err(io_err("sync segment", path))?;
-    active.seg.bytes += encoded.len() as u64;
+    active.seg.bytes += group_bytes as u64;
     active.seg.last = last;
     Ok(())
 }
@@ -100,20 +117,20 @@ fn decide_writes(active: &mut Active, direct_io: bool) -> io::Result<Writes> {
     Ok(Writes::Direct(tail))
 }
 
-/// A buffered write of a group at byte `at`, its CRCs salted first in a
-/// copy if `salt` is not 0.
+/// A buffered write of a group at byte `at`: an encoded group as it is
+/// if `salt` is 0, else encoded (its CRCs salted) into `buf` first.
 fn write_buffered(
     file: &File,
     at: u64,
-    encoded: &[u8],
+    group: Group<'_>,
+    group_bytes: usize,
     salt: u32,
-    salted: &mut Vec<u8>,
+    buf: &mut Vec<u8>,
 ) -> io::Result<()> {
-    let bytes = if salt == 0 {
-        encoded
-    } else {
-        salt_crcs(encoded, salt, salted);
-        salted.as_slice()
-    };
-    file.write_all_at(bytes, at)
+    if let (Group::Encoded(encoded), 0) = (group, salt) {
+        return file.write_all_at(encoded, at);
+    }
+    buf.clear();
+    group.encode_into(buf, salt, group_bytes);
+    file.write_all_at(buf, at)
 }

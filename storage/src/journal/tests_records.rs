@@ -1,0 +1,162 @@
+//! Appends of records not yet encoded ([`Journal::append_records`]): they
+//! write what an encoded append of the same records writes, through the
+//! page cache or direct, in new segments and in reused (salted) ones, and
+//! a bad group is refused without changing anything.
+
+use std::fs;
+
+use super::tests::{TestResult, append_n, assert_records, body, head, read_all, segment_files};
+use super::tests_direct::disk_dir;
+use super::*;
+
+/// Records `first .. first + n` as the sequencer hands them over: the
+/// caller's header and the body apart, not encoded.
+struct Unencoded(Vec<(u64, [u8; 2], Vec<u8>)>);
+
+impl Unencoded {
+    fn new(first: u64, n: u64) -> Unencoded {
+        Unencoded(
+            (first..first + n)
+                .map(|lsn| (lsn, head(lsn), body(lsn)))
+                .collect(),
+        )
+    }
+}
+
+impl JournalRecords for Unencoded {
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+
+    fn record(&self, i: usize) -> (u64, [&[u8]; 2]) {
+        let (lsn, head, body) = &self.0[i];
+        (*lsn, [head, body])
+    }
+}
+
+/// Appends `n` unencoded records after the last one.
+fn append_unencoded(j: &mut Journal, n: u64) -> Result<u64, JournalError> {
+    let first = j.last_lsn() + 1;
+    let last = first + n - 1;
+    j.append_records(&Unencoded::new(first, n), last)?;
+    Ok(last)
+}
+
+const GROUPS: [u64; 7] = [1, 4, 2, 7, 3, 1, 5];
+
+fn options(direct_io: bool, spare_segments: usize) -> JournalOptions {
+    JournalOptions {
+        segment_bytes: 300,
+        spare_segments,
+        direct_io,
+    }
+}
+
+#[test]
+fn unencoded_records_write_the_bytes_an_encoded_append_writes() -> TestResult {
+    for direct_io in [false, true] {
+        let (encoded, unencoded) = (disk_dir()?, disk_dir()?);
+        let opts = options(direct_io, 0);
+        let mut a = Journal::open(encoded.path(), opts)?;
+        let mut b = Journal::open(unencoded.path(), opts)?;
+        for n in GROUPS {
+            append_n(&mut a, n)?;
+            append_unencoded(&mut b, n)?;
+        }
+        let (files_a, files_b) = (
+            segment_files(encoded.path())?,
+            segment_files(unencoded.path())?,
+        );
+        assert!(files_a.len() >= 3, "small segments rotate: {files_a:?}");
+        assert_eq!(files_a.len(), files_b.len(), "direct: {direct_io}");
+        for (fa, fb) in files_a.iter().zip(&files_b) {
+            assert_eq!(fa.file_name(), fb.file_name());
+            assert_eq!(
+                fs::read(fa)?,
+                fs::read(fb)?,
+                "{} (direct: {direct_io})",
+                fb.display()
+            );
+        }
+        drop(b);
+        assert_records(
+            &read_all(&Journal::open(unencoded.path(), opts)?, 0)?,
+            1,
+            23,
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn unencoded_records_are_salted_in_reused_segments() -> TestResult {
+    for direct_io in [false, true] {
+        let tmp = disk_dir()?;
+        let opts = options(direct_io, 2);
+        let mut j = Journal::open(tmp.path(), opts)?;
+        let mut retired = 0;
+        // Until the segment being written is a reused file, under a salt.
+        for _ in 0..50 {
+            if j.segs.current.as_ref().is_some_and(|a| a.seg.salt != 0) {
+                break;
+            }
+            append_unencoded(&mut j, 3)?;
+            retired = j.last_lsn();
+            j.truncate_through(retired)?;
+        }
+        assert!(
+            j.segs.current.as_ref().is_some_and(|a| a.seg.salt != 0),
+            "no spare was reused (direct: {direct_io})"
+        );
+        for n in GROUPS {
+            append_unencoded(&mut j, n)?;
+        }
+        let last = j.last_lsn();
+        drop(j);
+        let j = Journal::open(tmp.path(), opts)?;
+        assert_eq!((j.last_lsn(), j.cut_at_open()), (last, 0));
+        assert_records(&read_all(&j, retired)?, retired + 1, last);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_bad_unencoded_group_is_refused_and_changes_nothing() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let mut j = Journal::open(tmp.path(), options(false, 0))?;
+    append_unencoded(&mut j, 2)?;
+    let refused = |r: Result<(), JournalError>| matches!(r, Err(JournalError::InvalidAppend(_)));
+    // A gap before the first record, and within the group.
+    assert!(refused(j.append_records(&Unencoded::new(4, 2), 5)));
+    let mut gap = Unencoded::new(3, 3);
+    gap.0.remove(1);
+    assert!(refused(j.append_records(&gap, 5)));
+    // An empty payload, and a group that does not end at `last`.
+    assert!(refused(j.append_records(&EmptyPayload(3), 3)));
+    assert!(refused(j.append_records(&Unencoded::new(3, 2), 5)));
+    // No records: nothing to do.
+    j.append_records(&Unencoded(Vec::new()), 2)?;
+    assert_eq!(j.last_lsn(), 2);
+    // Not poisoned: the next good group goes on after the last record.
+    append_unencoded(&mut j, 3)?;
+    drop(j);
+    assert_records(
+        &read_all(&Journal::open(tmp.path(), options(false, 0))?, 0)?,
+        1,
+        5,
+    );
+    Ok(())
+}
+
+/// One record whose payload is empty.
+struct EmptyPayload(u64);
+
+impl JournalRecords for EmptyPayload {
+    fn count(&self) -> usize {
+        1
+    }
+
+    fn record(&self, _: usize) -> (u64, [&[u8]; 2]) {
+        (self.0, [&[], &[]])
+    }
+}
