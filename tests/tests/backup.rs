@@ -96,6 +96,30 @@ async fn a_backup_taken_under_load_restores_and_verifies() -> anyhow::Result<()>
     let out = restore(&backup, &restored)?;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+
+    // With its journal on another disk, as `serve --journal-dir` puts it:
+    // the same events, and the journal where it was told.
+    let journal = dir.path().join("journal-disk/wal");
+    let out = Command::new(SERVER_BIN)
+        .arg("restore")
+        .arg(&backup)
+        .arg("--data-dir")
+        .arg(dir.path().join("restored-placed"))
+        .arg("--journal-dir")
+        .arg(&journal)
+        .output()?;
+    let placed: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| anyhow::anyhow!("restore: {e}: {}", String::from_utf8_lossy(&out.stderr)))?;
+    assert!(out.status.success(), "{placed}");
+    assert_eq!(
+        placed["verify"]["events"], said["verify"]["events"],
+        "{placed}"
+    );
+    assert_eq!(placed["verify"]["ok"], true, "{placed}");
+    assert_eq!(
+        placed["journal"].as_str().map(std::path::PathBuf::from),
+        Some(std::fs::canonicalize(&journal)?)
+    );
     Ok(())
 }
 

@@ -2,12 +2,12 @@
 //! embedded store, taken while the server runs, and a data directory made
 //! from one.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use tillstream_storage::Store;
-use tillstream_storage::embedded::EmbeddedStore;
+use tillstream_storage::embedded::{EmbeddedStore, restore_files};
 use tillstream_storage::verify::verify;
 
 /// Copy the store into DIR, consistent as of one moment: the tables and
@@ -35,6 +35,12 @@ pub(crate) struct RestoreArgs {
     /// Data directory to restore into (its `store/` is created).
     #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
     data_dir: PathBuf,
+    /// Put the restored store's journal in DIR (new or empty), on the
+    /// journal's own disk, as `serve --journal-dir DIR` does: start the
+    /// server with the same flag. Without it the journal is in
+    /// `store/wal`, and moving it later means stopping the server
+    #[arg(long, value_name = "DIR")]
+    journal_dir: Option<PathBuf>,
 }
 
 pub(crate) fn run_backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
@@ -58,25 +64,16 @@ pub(crate) fn run_backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) fn run_restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        args.dir.join("wal").is_dir(),
-        "{} is not a backup (no wal/ in it)",
-        args.dir.display()
-    );
     let target = args.data_dir.join("store");
-    anyhow::ensure!(
-        !target.exists(),
-        "{} already exists: restore into a data directory without a store",
-        target.display()
-    );
-    copy_dir(&args.dir, &target)
-        .with_context(|| format!("copying {} into {}", args.dir.display(), target.display()))?;
+    let placed = restore_files(&args.dir, &target, args.journal_dir.as_deref())
+        .with_context(|| format!("restoring {} into {}", args.dir.display(), target.display()))?;
     let store = EmbeddedStore::open(&target)
         .with_context(|| format!("opening the restored store {}", target.display()))?;
     let replayed = tillstream_engine::recover(&store).context("replaying the backup's journal")?;
     let report = verify(&store, None).context("verifying the restored store")?;
     let out = serde_json::json!({
         "store": target,
+        "journal": placed.unwrap_or_else(|| target.join("wal")),
         "checkpoint": store.materialized_lsn()?,
         "replayed_records": replayed.records,
         "verify": report,
@@ -87,19 +84,4 @@ pub(crate) fn run_restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-/// Copies a directory tree (files and directories only).
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let dest = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &dest)?;
-        } else {
-            std::fs::copy(entry.path(), &dest)?;
-        }
-    }
-    Ok(())
 }

@@ -30,7 +30,7 @@ use crate::store::StoreError;
 pub(crate) const MARK: &str = "JOURNAL_OF";
 
 /// A mark being written, renamed to [`MARK`] once durable.
-const MARK_BEING_WRITTEN: &str = "JOURNAL_OF.new";
+pub(crate) const MARK_BEING_WRITTEN: &str = "JOURNAL_OF.new";
 
 /// Makes `journal` the journal directory of the store at `store_dir`:
 /// `store_dir/wal` becomes a symbolic link to it, durably, with the mark
@@ -337,7 +337,7 @@ fn named_store(mark: &[u8]) -> Option<PathBuf> {
 }
 
 /// Whether `mark` names the store at `store_dir`.
-fn names(mark: &[u8], store_dir: &Path) -> bool {
+pub(crate) fn names(mark: &[u8], store_dir: &Path) -> bool {
     let here = fs::canonicalize(store_dir).unwrap_or_else(|_| store_dir.to_path_buf());
     named_store(mark).is_some_and(|named| named == here)
 }

@@ -119,6 +119,7 @@ use crate::journal::{Journal, JournalOptions, JournalRecords, ReplayError, SyncF
 use crate::rows::*;
 use crate::store::*;
 
+pub use backup::restore_files;
 pub use data_format::DATA_FORMAT;
 pub use journal_place::place_journal;
 

@@ -267,7 +267,7 @@ pub struct Journal {
 }
 
 /// The lock file in a journal's directory (a name segments never have).
-const LOCK_FILE: &str = "LOCK";
+pub(crate) const JOURNAL_LOCK: &str = "LOCK";
 
 impl Journal {
     /// Opens (creating if needed) the journal in `dir`, cutting a torn
@@ -286,7 +286,7 @@ impl Journal {
         // Held while the journal is open. The store's directory has a lock
         // of its own (fjall's), but a journal placed on another disk can
         // be reached from two stores: a copy keeps the link.
-        let lock_path = dir.join(LOCK_FILE);
+        let lock_path = dir.join(JOURNAL_LOCK);
         let lock = File::options()
             .create(true)
             .truncate(false)
