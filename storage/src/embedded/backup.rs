@@ -257,17 +257,7 @@ mod tests {
     fn a_backup_holds_the_tables_and_the_journal_after_their_checkpoint()
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let store = EmbeddedStore::open(&dir.path().join("live"))?;
-        let mut buf = Vec::new();
-        for lsn in 1..=4 {
-            encode_record(lsn, &[format!("record {lsn}").as_bytes()], &mut buf);
-        }
-        store.journal_append(&buf, 4)?;
-        store.materialize(std::slice::from_ref(&sample()), 2)?;
-        store.sync_materialized()?;
-
-        let dest = dir.path().join("backup");
-        let info = store.backup_to(&dest)?;
+        let (store, dest, info) = backed_up(dir.path())?;
         assert_eq!((info.checkpoint, info.journal_records), (2, 2));
         assert!(info.keys > 0);
         // The live store goes on; the copy does not see what follows.
@@ -311,8 +301,9 @@ mod tests {
     }
 
     /// A live store with records 1..=4 journaled, 1..=2 in the tables, and
-    /// a backup of it; returns the live store (kept open) and the backup.
-    fn backed_up(dir: &Path) -> Result<(EmbeddedStore, PathBuf), StoreError> {
+    /// a backup of it; returns the live store (kept open), the backup and
+    /// what the backup said.
+    fn backed_up(dir: &Path) -> Result<(EmbeddedStore, PathBuf, BackupInfo), StoreError> {
         let store = EmbeddedStore::open(&dir.join("live"))?;
         let mut buf = Vec::new();
         for lsn in 1..=4 {
@@ -322,8 +313,8 @@ mod tests {
         store.materialize(std::slice::from_ref(&sample()), 2)?;
         store.sync_materialized()?;
         let backup = dir.join("backup");
-        store.backup_to(&backup)?;
-        Ok((store, backup))
+        let info = store.backup_to(&backup)?;
+        Ok((store, backup, info))
     }
 
     /// Every file under `dir` and its bytes.
@@ -358,7 +349,7 @@ mod tests {
     fn a_restore_puts_the_journal_where_it_is_told_and_marks_it_its_own()
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let (_live, backup) = backed_up(dir.path())?;
+        let (_live, backup, _) = backed_up(dir.path())?;
         let before = files(&backup)?;
 
         let store_dir = dir.path().join("restored/store");
@@ -396,7 +387,7 @@ mod tests {
     #[test]
     fn a_refused_restore_leaves_no_store_behind() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let (_live, backup) = backed_up(dir.path())?;
+        let (_live, backup, _) = backed_up(dir.path())?;
         // A journal directory that holds something else.
         let busy = dir.path().join("busy");
         fs::create_dir_all(&busy)?;

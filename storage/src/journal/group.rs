@@ -10,7 +10,10 @@
 //! the frames are copied once, by the journal's writer thread, outside
 //! the sequencer's lock.
 
+use rkyv::util::AlignedVec;
+
 use super::JournalError;
+use super::direct::BLOCK;
 use super::format::{MAX_RECORD_PAYLOAD, RECORD_HEADER, check_group, salt_crcs_in_place};
 
 /// Records to append, not yet encoded: each is its LSN and its payload in
@@ -48,16 +51,17 @@ impl Group<'_> {
         }
     }
 
-    /// Appends the group's records to `out` as they are stored: each CRC
-    /// XORed with `salt`.
-    pub(super) fn encode_into(&self, out: &mut impl GroupBuf, salt: u32, bytes: usize) {
-        out.reserve_more(bytes);
+    /// Appends the group's records to `out` (the direct writer's
+    /// block-aligned buffer, or the writer's own for a write through the
+    /// page cache) as they are stored: each CRC XORed with `salt`.
+    pub(super) fn encode_into(&self, out: &mut AlignedVec<BLOCK>, salt: u32, bytes: usize) {
+        out.reserve(bytes);
         match *self {
             Group::Encoded(encoded) => {
-                let start = out.filled();
-                out.put(encoded);
+                let start = out.len();
+                out.extend_from_slice(encoded);
                 if salt != 0 {
-                    salt_crcs_in_place(out.after(start), salt);
+                    salt_crcs_in_place(&mut out.as_mut_slice()[start..], salt);
                 }
             }
             Group::Records(records) => {
@@ -65,60 +69,21 @@ impl Group<'_> {
                     let (lsn, [head, body]) = records.record(i);
                     // Checked: `check` bounded every payload.
                     let len = u32::try_from(head.len() + body.len()).unwrap_or(u32::MAX);
-                    let start = out.filled();
-                    out.put(&len.to_le_bytes());
-                    out.put(&[0; 4]);
-                    out.put(&lsn.to_le_bytes());
-                    out.put(head);
-                    out.put(body);
+                    let start = out.len();
+                    out.extend_from_slice(&len.to_le_bytes());
+                    out.extend_from_slice(&[0; 4]);
+                    out.extend_from_slice(&lsn.to_le_bytes());
+                    out.extend_from_slice(head);
+                    out.extend_from_slice(body);
                     // The CRC covers the LSN and the payload, which sit
                     // together after it: computed over the copy, in cache
                     // now, where the caller's frame may have left it.
-                    let record = out.after(start);
+                    let record = &mut out.as_mut_slice()[start..];
                     let crc = crc32fast::hash(&record[8..]) ^ salt;
                     record[4..8].copy_from_slice(&crc.to_le_bytes());
                 }
             }
         }
-    }
-}
-
-/// A buffer a group is encoded into: the direct writer's block-aligned
-/// one, or a plain vector for a write through the page cache.
-pub(super) trait GroupBuf {
-    fn reserve_more(&mut self, bytes: usize);
-    fn put(&mut self, bytes: &[u8]);
-    fn filled(&self) -> usize;
-    fn after(&mut self, start: usize) -> &mut [u8];
-}
-
-impl GroupBuf for Vec<u8> {
-    fn reserve_more(&mut self, bytes: usize) {
-        self.reserve(bytes);
-    }
-    fn put(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
-    }
-    fn filled(&self) -> usize {
-        self.len()
-    }
-    fn after(&mut self, start: usize) -> &mut [u8] {
-        &mut self[start..]
-    }
-}
-
-impl<const ALIGN: usize> GroupBuf for rkyv::util::AlignedVec<ALIGN> {
-    fn reserve_more(&mut self, bytes: usize) {
-        self.reserve(bytes);
-    }
-    fn put(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
-    }
-    fn filled(&self) -> usize {
-        self.len()
-    }
-    fn after(&mut self, start: usize) -> &mut [u8] {
-        &mut self.as_mut_slice()[start..]
     }
 }
 

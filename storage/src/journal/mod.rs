@@ -244,9 +244,9 @@ struct Segments {
 #[derive(Debug)]
 struct Writer {
     spares: Arc<SparePool>,
-    /// A group with its CRCs salted, for a reused segment written through
-    /// the page cache; kept between appends.
-    salted: Vec<u8>,
+    /// A group encoded for a write through the page cache (a group of
+    /// records not encoded yet, or one whose CRCs a reused segment salts).
+    buffered: rkyv::util::AlignedVec<{ direct::BLOCK }>,
     /// Whether appends try `O_DIRECT`: the option, until the file system
     /// refuses it once.
     direct_io: bool,
@@ -313,7 +313,7 @@ impl Journal {
                 cap: opts.spare_segments,
                 files: Mutex::new(spares),
             }),
-            salted: Vec::new(),
+            buffered: rkyv::util::AlignedVec::new(),
             direct_io: opts.direct_io,
         };
         Ok(Journal {

@@ -60,14 +60,7 @@ pub(super) fn write_durably(
         Writes::Direct(tail) => {
             direct::write_group(tail, &active.file, bytes, group, group_bytes, salt)
         }
-        _ => write_buffered(
-            &active.file,
-            bytes,
-            group,
-            group_bytes,
-            salt,
-            &mut writer.salted,
-        ),
+        _ => write_buffered(&active.file, bytes, group, group_bytes, salt, writer),
     };
     if let Err(e) = &written
         && matches!(active.writes, Writes::Direct(_))
@@ -82,14 +75,7 @@ pub(super) fn write_durably(
             .open(path)
             .map_err(io_err("open segment", path))?;
         active.writes = Writes::Buffered;
-        written = write_buffered(
-            &active.file,
-            bytes,
-            group,
-            group_bytes,
-            salt,
-            &mut writer.salted,
-        );
+        written = write_buffered(&active.file, bytes, group, group_bytes, salt, writer);
     }
     written.map_err(io_err("write segment", path))?;
     fault.before_sync().map_err(io_err("sync segment", path))?;
@@ -118,18 +104,20 @@ fn decide_writes(active: &mut Active, direct_io: bool) -> io::Result<Writes> {
 }
 
 /// A buffered write of a group at byte `at`: an encoded group as it is
-/// if `salt` is 0, else encoded (its CRCs salted) into `buf` first.
+/// if `salt` is 0, else encoded (its CRCs salted) into the writer's
+/// buffer first.
 fn write_buffered(
     file: &File,
     at: u64,
     group: Group<'_>,
     group_bytes: usize,
     salt: u32,
-    buf: &mut Vec<u8>,
+    writer: &mut Writer,
 ) -> io::Result<()> {
     if let (Group::Encoded(encoded), 0) = (group, salt) {
         return file.write_all_at(encoded, at);
     }
+    let buf = &mut writer.buffered;
     buf.clear();
     group.encode_into(buf, salt, group_bytes);
     file.write_all_at(buf, at)
