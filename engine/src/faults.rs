@@ -10,6 +10,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use tillstream_storage::journal::{JournalRecords, encode_records};
 use tillstream_storage::rows::{RowSet, StockLevelRow, TerminalRollupRow};
 use tillstream_storage::{CommitInfo, ReplayVisitor, Store, StoreError, WindowMovement};
 
@@ -63,6 +64,18 @@ pub trait CommitFault: Send + Sync + std::fmt::Debug + 'static {
         records: &[u8],
         last_lsn: u64,
     ) -> Result<(), StoreError>;
+
+    /// [`journal_append`](CommitFault::journal_append) of records not yet
+    /// encoded (what the engine's sequencer appends): by default encoded
+    /// here and handed to it, so a fault sees every append.
+    fn journal_append_records(
+        &self,
+        inner: &Arc<dyn Store>,
+        records: &dyn JournalRecords,
+        last_lsn: u64,
+    ) -> Result<(), StoreError> {
+        self.journal_append(inner, &encode_records(records), last_lsn)
+    }
 
     /// Refuses writes when the fault says so (before asking `inner`):
     /// commits and materializations too, not only journal appends.
@@ -118,9 +131,27 @@ impl CommitFault for CommitDelay {
         records: &[u8],
         last_lsn: u64,
     ) -> Result<(), StoreError> {
+        self.sleep();
+        inner.journal_append(records, last_lsn)
+    }
+
+    fn journal_append_records(
+        &self,
+        inner: &Arc<dyn Store>,
+        records: &dyn JournalRecords,
+        last_lsn: u64,
+    ) -> Result<(), StoreError> {
+        // The store's own path, its one copy of each frame: a rehearsal of
+        // slow storage costs what the server does.
+        self.sleep();
+        inner.journal_append_records(records, last_lsn)
+    }
+}
+
+impl CommitDelay {
+    fn sleep(&self) {
         let delay = self.rng.lock().random_range(self.min..=self.max);
         std::thread::sleep(delay);
-        inner.journal_append(records, last_lsn)
     }
 }
 
@@ -132,6 +163,15 @@ impl<F: CommitFault> Store for FaultyStore<F> {
 
     fn journal_append(&self, records: &[u8], last_lsn: u64) -> Result<(), StoreError> {
         self.fault.journal_append(&self.inner, records, last_lsn)
+    }
+
+    fn journal_append_records(
+        &self,
+        records: &dyn JournalRecords,
+        last_lsn: u64,
+    ) -> Result<(), StoreError> {
+        self.fault
+            .journal_append_records(&self.inner, records, last_lsn)
     }
 
     fn journal_last_lsn(&self) -> u64 {

@@ -9,8 +9,10 @@
 //! saw them, and rebuilds the same rows (ARCHITECTURE.md, "write path").
 //!
 //! The writer thread takes whatever is pending, appends it with one write
-//! and one `fdatasync` ([`Store::journal_append_records`]: the frames are
-//! encoded once, where the write goes out from) and publishes the new
+//! and one `fdatasync` ([`Store::journal_append_records`]: the embedded
+//! store encodes each frame once, straight into the buffer its write goes
+//! out from; a store without such a buffer, ScyllaDB's, encodes them into
+//! one first) and publishes the new
 //! durable LSN; while it syncs, the next group gathers. While the journal
 //! is busy (the last group held several batches), a group also waits up
 //! to [`GROUP_WAIT`] for more, or until it holds [`GROUP_BYTES`]: an
@@ -21,10 +23,10 @@
 //! - LSNs are dense: every LSN handed out is in the journal's pending
 //!   records before the lock is released, and reaches the committer as one
 //!   commit unit (or the engine fails);
-//! - the durable LSN only rises, and only after `journal_append` returned
-//!   Ok for every record up to it;
+//! - the durable LSN only rises, and only after `journal_append_records`
+//!   returned Ok for every record up to it;
 //! - after a failed append nothing more becomes durable: the error is
-//!   published, the writer stops, and frames are no longer buffered.
+//!   published, the writer stops, and frames are no longer kept.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

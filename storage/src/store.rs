@@ -1,6 +1,6 @@
 //! The `Store` trait: what the engine needs from a backend.
 
-use crate::journal::{JournalRecords, encode_record};
+use crate::journal::{JournalRecords, encode_records};
 use crate::rows::{RowSet, StockLevelRow, StockMovementRow, TerminalRollupRow};
 
 /// Errors of a store. A store that failed to make data durable is
@@ -151,12 +151,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         records: &dyn JournalRecords,
         last_lsn: u64,
     ) -> Result<(), StoreError> {
-        let mut encoded = Vec::new();
-        for i in 0..records.count() {
-            let (lsn, parts) = records.record(i);
-            encode_record(lsn, &parts, &mut encoded);
-        }
-        self.journal_append(&encoded, last_lsn)
+        self.journal_append(&encode_records(records), last_lsn)
     }
 
     /// The LSN of the last durable journal record (or of the checkpoint,

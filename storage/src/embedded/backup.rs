@@ -8,15 +8,12 @@
 //! segment they live in can be dropped meanwhile; acknowledgements wait
 //! that long (the records of one flush interval, a few MiB).
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use fjall::{Keyspace, PersistMode, Readable};
 
-use super::journal_place::{self, MARK, place_journal};
-use super::keys::JOURNAL_DIR;
 use super::{EmbeddedStore, backend_err, keys, open_err};
-use crate::journal::{JOURNAL_LOCK, ReplayError, encode_record};
+use crate::journal::{ReplayError, encode_record};
 use crate::store::{BackupInfo, Store, StoreError};
 
 /// Bytes of one write batch of the copy.
@@ -26,7 +23,7 @@ impl EmbeddedStore {
     /// Copies the store into `dest`, a directory that does not exist or is
     /// empty, while the store keeps serving. See the module documentation.
     pub fn backup_to(&self, dest: &Path) -> Result<BackupInfo, StoreError> {
-        if fs::read_dir(dest).is_ok_and(|mut d| d.next().is_some()) {
+        if std::fs::read_dir(dest).is_ok_and(|mut d| d.next().is_some()) {
             return Err(open_err(dest, "the backup directory is not empty"));
         }
         let (snapshot, checkpoint, records, last) = {
@@ -115,88 +112,6 @@ impl EmbeddedStore {
     }
 }
 
-/// Copies a backup (a directory [`EmbeddedStore::backup_to`] wrote) into
-/// `store_dir`, which must not exist yet: `tillstream restore` opens it
-/// after, which replays the backup's journal. With `journal`, the journal
-/// is placed there first, as `serve --journal-dir` places it
-/// (`journal_place`), and the backup's records are copied into it, so the
-/// restored store journals on that disk from its first open; returns that
-/// directory. The backup's marks and journal lock stay behind: they are
-/// the backup's, and the restored store is marked as its own (by the
-/// placement, or at its first open).
-pub fn restore_files(
-    backup: &Path,
-    store_dir: &Path,
-    journal: Option<&Path>,
-) -> Result<Option<PathBuf>, StoreError> {
-    if !backup.join(JOURNAL_DIR).is_dir() {
-        return Err(open_err(backup, "not a backup (no wal/ in it)"));
-    }
-    if fs::symlink_metadata(store_dir).is_ok() {
-        return Err(open_err(
-            store_dir,
-            "it already exists: restore into a data directory without a store",
-        ));
-    }
-    fs::create_dir_all(store_dir).map_err(|e| open_err(store_dir, e))?;
-    let copied = copy_backup(backup, store_dir, journal);
-    if copied.is_err() {
-        // Nothing else has it: a second try starts where this one did.
-        let _ = fs::remove_dir_all(store_dir);
-    }
-    copied
-}
-
-/// [`restore_files`] once `store_dir` exists.
-fn copy_backup(
-    backup: &Path,
-    store_dir: &Path,
-    journal: Option<&Path>,
-) -> Result<Option<PathBuf>, StoreError> {
-    let copying =
-        |e: std::io::Error| open_err(store_dir, format!("copying {}: {e}", backup.display()));
-    let placed = journal.map(|j| place_journal(store_dir, j)).transpose()?;
-    let to_wal = store_dir.join(JOURNAL_DIR);
-    let theirs = |name: &std::ffi::OsStr| {
-        name == MARK || name == journal_place::MARK_BEING_WRITTEN || name == JOURNAL_LOCK
-    };
-    copy_tree(&backup.join(JOURNAL_DIR), &to_wal, &theirs).map_err(copying)?;
-    for entry in fs::read_dir(backup).map_err(copying)? {
-        let entry = entry.map_err(copying)?;
-        let name = entry.file_name();
-        if name == JOURNAL_DIR || name == MARK {
-            continue;
-        }
-        let dest = store_dir.join(&name);
-        if entry.file_type().map_err(copying)?.is_dir() {
-            copy_tree(&entry.path(), &dest, &|_| false).map_err(copying)?;
-        } else {
-            fs::copy(entry.path(), &dest).map_err(copying)?;
-        }
-    }
-    Ok(placed)
-}
-
-/// Copies the files and directories of `from` into `to` (created if
-/// missing), but for the files `skip` names.
-fn copy_tree(
-    from: &Path,
-    to: &Path,
-    skip: &dyn Fn(&std::ffi::OsStr) -> bool,
-) -> std::io::Result<()> {
-    fs::create_dir_all(to)?;
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let dest = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &dest, skip)?;
-        } else if !skip(&entry.file_name()) {
-            fs::copy(entry.path(), &dest)?;
-        }
-    }
-    Ok(())
-}
-
 /// What a copy stores for a value it read under a key (a block log
 /// pointer becomes the block).
 type ValueOf<'a> = dyn Fn(&[u8], &[u8]) -> Result<Vec<u8>, StoreError> + 'a;
@@ -234,7 +149,7 @@ fn copy_keyspace(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::Query;
     use crate::rows::Table;
@@ -289,21 +204,23 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let store = EmbeddedStore::open(&dir.path().join("live"))?;
         let dest = dir.path().join("backup");
-        fs::create_dir_all(&dest)?;
-        fs::write(dest.join("keep.txt"), b"mine")?;
+        std::fs::create_dir_all(&dest)?;
+        std::fs::write(dest.join("keep.txt"), b"mine")?;
         let err = store.backup_to(&dest).err().map(|e| e.to_string());
         assert!(
             err.as_deref().is_some_and(|e| e.contains("not empty")),
             "{err:?}"
         );
-        assert_eq!(fs::read(dest.join("keep.txt"))?, b"mine");
+        assert_eq!(std::fs::read(dest.join("keep.txt"))?, b"mine");
         Ok(())
     }
 
     /// A live store with records 1..=4 journaled, 1..=2 in the tables, and
     /// a backup of it; returns the live store (kept open), the backup and
     /// what the backup said.
-    fn backed_up(dir: &Path) -> Result<(EmbeddedStore, PathBuf, BackupInfo), StoreError> {
+    pub(in crate::embedded) fn backed_up(
+        dir: &Path,
+    ) -> Result<(EmbeddedStore, std::path::PathBuf, BackupInfo), StoreError> {
         let store = EmbeddedStore::open(&dir.join("live"))?;
         let mut buf = Vec::new();
         for lsn in 1..=4 {
@@ -315,108 +232,5 @@ mod tests {
         let backup = dir.join("backup");
         let info = store.backup_to(&backup)?;
         Ok((store, backup, info))
-    }
-
-    /// Every file under `dir` and its bytes.
-    fn files(dir: &Path) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
-        let mut out = Vec::new();
-        for entry in fs::read_dir(dir)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                out.extend(files(&path)?);
-            } else {
-                out.push((path.clone(), fs::read(&path)?));
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
-
-    /// The journal records after 2 of the restored store at `store_dir`.
-    fn restored_records(store_dir: &Path) -> Result<Vec<u64>, StoreError> {
-        let copy = EmbeddedStore::open(store_dir)?;
-        assert_eq!(copy.materialized_lsn()?, 2);
-        let mut lsns = Vec::new();
-        copy.journal_replay(2, &mut |lsn, payload| {
-            assert_eq!(payload, format!("record {lsn}").as_bytes());
-            lsns.push(lsn);
-            Ok(())
-        })?;
-        Ok(lsns)
-    }
-
-    #[test]
-    fn a_restore_puts_the_journal_where_it_is_told_and_marks_it_its_own()
-    -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let (_live, backup, _) = backed_up(dir.path())?;
-        let before = files(&backup)?;
-
-        let store_dir = dir.path().join("restored/store");
-        let journal = dir.path().join("fast/wal");
-        let placed = restore_files(&backup, &store_dir, Some(&journal))?;
-        assert_eq!(placed, Some(fs::canonicalize(&journal)?));
-        assert!(fs::symlink_metadata(store_dir.join(JOURNAL_DIR))?.is_symlink());
-        assert_eq!(restored_records(&store_dir)?, [3, 4]);
-        assert!(
-            fs::read_dir(&journal)?
-                .any(|e| e.is_ok_and(|e| e.path().extension() == Some("wal".as_ref()))),
-            "the segments are in the placed directory"
-        );
-        // Marked as the restored store's, on both sides, not the backup's.
-        for mark in [journal.join(MARK), store_dir.join(MARK)] {
-            assert!(
-                journal_place::names(&fs::read(&mark)?, &store_dir),
-                "{}",
-                mark.display()
-            );
-        }
-        assert_eq!(files(&backup)?, before, "the backup is left as it was");
-
-        // Without a journal directory, in store/wal, marked its own too.
-        let plain = dir.path().join("plain/store");
-        assert_eq!(restore_files(&backup, &plain, None)?, None);
-        assert_eq!(restored_records(&plain)?, [3, 4]);
-        assert!(journal_place::names(
-            &fs::read(plain.join(JOURNAL_DIR).join(MARK))?,
-            &plain
-        ));
-        Ok(())
-    }
-
-    #[test]
-    fn a_refused_restore_leaves_no_store_behind() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let (_live, backup, _) = backed_up(dir.path())?;
-        // A journal directory that holds something else.
-        let busy = dir.path().join("busy");
-        fs::create_dir_all(&busy)?;
-        fs::write(busy.join("keep.txt"), b"mine")?;
-        let store_dir = dir.path().join("restored/store");
-        let err = restore_files(&backup, &store_dir, Some(&busy)).err();
-        assert!(err.is_some());
-        assert!(!store_dir.exists(), "{err:?}");
-        assert_eq!(fs::read(busy.join("keep.txt"))?, b"mine");
-        // Then into an empty one; a second restore into it is refused.
-        restore_files(&backup, &store_dir, Some(&dir.path().join("empty")))?;
-        let again = restore_files(&backup, &store_dir, None)
-            .err()
-            .map(|e| e.to_string());
-        assert!(
-            again
-                .as_deref()
-                .is_some_and(|e| e.contains("already exists")),
-            "{again:?}"
-        );
-        assert_eq!(restored_records(&store_dir)?, [3, 4]);
-        // Not a backup at all.
-        let err = restore_files(&busy, &dir.path().join("x/store"), None)
-            .err()
-            .map(|e| e.to_string());
-        assert!(
-            err.as_deref().is_some_and(|e| e.contains("not a backup")),
-            "{err:?}"
-        );
-        Ok(())
     }
 }

@@ -93,6 +93,7 @@ mod keys;
 mod levels;
 mod packed;
 mod query;
+mod restore;
 
 #[cfg(test)]
 mod tests;
@@ -119,9 +120,9 @@ use crate::journal::{Journal, JournalOptions, JournalRecords, ReplayError, SyncF
 use crate::rows::*;
 use crate::store::*;
 
-pub use backup::restore_files;
 pub use data_format::DATA_FORMAT;
 pub use journal_place::place_journal;
+pub use restore::restore_files;
 
 /// fjall's block cache, shared by the keyspaces: their index and filter
 /// blocks and the point tables' hot data (why not fjall's 32 MiB: at the

@@ -45,7 +45,7 @@ pub(super) fn write_group(
     salt: u32,
 ) -> io::Result<()> {
     debug_assert_eq!(tail.kept() as u64, bytes % BLOCK as u64);
-    group.encode_into(tail.buf(), salt, group_bytes);
+    group.encode_into(tail.buf(), salt, group_bytes)?;
     tail.write_out(file, bytes).map(drop)
 }
 

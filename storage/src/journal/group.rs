@@ -27,6 +27,17 @@ pub trait JournalRecords {
     fn record(&self, i: usize) -> (u64, [&[u8]; 2]);
 }
 
+/// `records` encoded by [`encode_record`](super::encode_record), one after
+/// the other: for a backend that stores encoded groups as they are.
+pub fn encode_records(records: &dyn JournalRecords) -> Vec<u8> {
+    let mut encoded = Vec::new();
+    for i in 0..records.count() {
+        let (lsn, parts) = records.record(i);
+        super::encode_record(lsn, &parts, &mut encoded);
+    }
+    encoded
+}
+
 /// The records of one append.
 #[derive(Clone, Copy)]
 pub(super) enum Group<'a> {
@@ -54,8 +65,18 @@ impl Group<'_> {
     /// Appends the group's records to `out` (the direct writer's
     /// block-aligned buffer, or the writer's own for a write through the
     /// page cache) as they are stored: each CRC XORed with `salt`.
-    pub(super) fn encode_into(&self, out: &mut AlignedVec<BLOCK>, salt: u32, bytes: usize) {
+    /// Fails, with nothing to write, if the records encode to other than
+    /// the `bytes` [`Group::check`] counted: a [`JournalRecords`] that
+    /// answered differently the second time would otherwise put the
+    /// segment's length out of step with its bytes.
+    pub(super) fn encode_into(
+        &self,
+        out: &mut AlignedVec<BLOCK>,
+        salt: u32,
+        bytes: usize,
+    ) -> std::io::Result<()> {
         out.reserve(bytes);
+        let before = out.len();
         match *self {
             Group::Encoded(encoded) => {
                 let start = out.len();
@@ -84,6 +105,15 @@ impl Group<'_> {
                 }
             }
         }
+        let encoded = out.len() - before;
+        if encoded != bytes {
+            out.resize(before, 0);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a group checked as {bytes} bytes encoded to {encoded}"),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -104,7 +104,7 @@ pub use fault::{FailSyncAfter, RealSync, SyncFault};
 pub use format::{MAX_RECORD_PAYLOAD, RECORD_HEADER, encode_record, split_records};
 use format::{SegmentReader, Step};
 use group::Group;
-pub use group::JournalRecords;
+pub use group::{JournalRecords, encode_records};
 pub use retire::Expired;
 use retire::{Spare, SparePool, delete_segment};
 use segments::{create_segment, ensure_dir, recover, reuse_spare};

@@ -38,7 +38,7 @@ pub(super) fn disk_dir() -> Result<tempfile::TempDir, Box<dyn std::error::Error>
     Ok(dir)
 }
 
-fn writes_direct(j: &Journal) -> bool {
+pub(super) fn writes_direct(j: &Journal) -> bool {
     j.segs
         .current
         .as_ref()

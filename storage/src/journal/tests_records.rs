@@ -6,7 +6,7 @@
 use std::fs;
 
 use super::tests::{TestResult, append_n, assert_records, body, head, read_all, segment_files};
-use super::tests_direct::disk_dir;
+use super::tests_direct::{disk_dir, writes_direct};
 use super::*;
 
 /// Records `first .. first + n` as the sequencer hands them over: the
@@ -62,6 +62,7 @@ fn unencoded_records_write_the_bytes_an_encoded_append_writes() -> TestResult {
         for n in GROUPS {
             append_n(&mut a, n)?;
             append_unencoded(&mut b, n)?;
+            assert_eq!(writes_direct(&b), direct_io, "as asked");
         }
         let (files_a, files_b) = (
             segment_files(encoded.path())?,
@@ -110,6 +111,7 @@ fn unencoded_records_are_salted_in_reused_segments() -> TestResult {
         );
         for n in GROUPS {
             append_unencoded(&mut j, n)?;
+            assert_eq!(writes_direct(&j), direct_io, "as asked");
         }
         let last = j.last_lsn();
         drop(j);
@@ -146,6 +148,76 @@ fn a_bad_unencoded_group_is_refused_and_changes_nothing() -> TestResult {
         5,
     );
     Ok(())
+}
+
+/// A file system that refuses a direct write at the first append of
+/// unencoded records (injected): that group goes through the page cache,
+/// encoded again from the records, and reads back.
+#[test]
+fn unencoded_records_fall_back_to_the_page_cache_when_a_direct_write_is_refused() -> TestResult {
+    let tmp = disk_dir()?;
+    let opts = options(true, 0);
+    let mut j = Journal::open(tmp.path(), opts)?;
+    append_unencoded(&mut j, 2)?;
+    assert!(writes_direct(&j));
+    crate::direct_io::refuse::next_writes(1);
+    append_unencoded(&mut j, 3)?;
+    assert!(!writes_direct(&j), "through the page cache after a refusal");
+    for n in [2, 5, 1] {
+        append_unencoded(&mut j, n)?;
+    }
+    drop(j);
+    let j = Journal::open(tmp.path(), opts)?;
+    assert_eq!((j.last_lsn(), j.cut_at_open()), (13, 0));
+    assert_records(&read_all(&j, 0)?, 1, 13);
+    Ok(())
+}
+
+/// Records that answer differently when they are written than when they
+/// were checked: the append fails and writes nothing, and the journal
+/// takes nothing more until it is opened again.
+#[test]
+fn records_that_change_after_their_check_are_not_written() -> TestResult {
+    for direct_io in [false, true] {
+        let tmp = disk_dir()?;
+        let opts = options(direct_io, 0);
+        let mut j = Journal::open(tmp.path(), opts)?;
+        append_unencoded(&mut j, 2)?;
+        let fickle = Fickle {
+            asked: std::cell::Cell::new(0),
+        };
+        assert!(j.append_records(&fickle, 3).is_err());
+        assert!(matches!(
+            j.append_records(&Unencoded::new(3, 1), 3),
+            Err(JournalError::Poisoned(_))
+        ));
+        drop(j);
+        let j = Journal::open(tmp.path(), opts)?;
+        assert_eq!(
+            (j.last_lsn(), j.cut_at_open()),
+            (2, 0),
+            "direct: {direct_io}"
+        );
+        assert_records(&read_all(&j, 0)?, 1, 2);
+    }
+    Ok(())
+}
+
+/// Record 3, whose body grows each time it is asked for.
+struct Fickle {
+    asked: std::cell::Cell<usize>,
+}
+
+impl JournalRecords for Fickle {
+    fn count(&self) -> usize {
+        1
+    }
+
+    fn record(&self, _: usize) -> (u64, [&[u8]; 2]) {
+        self.asked.set(self.asked.get() + 1);
+        const BODY: [u8; 8] = [9; 8];
+        (3, [&[1], &BODY[..self.asked.get().min(BODY.len())]])
+    }
 }
 
 /// One record whose payload is empty.

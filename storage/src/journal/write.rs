@@ -119,6 +119,6 @@ fn write_buffered(
     }
     let buf = &mut writer.buffered;
     buf.clear();
-    group.encode_into(buf, salt, group_bytes);
+    group.encode_into(buf, salt, group_bytes)?;
     file.write_all_at(buf, at)
 }
