@@ -3,27 +3,36 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use tillstream_storage::embedded::EmbeddedStore;
+use tillstream_storage::embedded::{EmbeddedStore, place_journal};
 use tillstream_storage::scylla::ScyllaStore;
 use tillstream_storage::{Backend, StoreError};
 
 use crate::config::StoreChoice;
 
-/// Opens `choice`: the embedded store under `data_dir/store`, or a
+/// Opens `choice`: the embedded store under `data_dir/store`, its journal
+/// placed in `journal_dir` if given (`serve --journal-dir`), or a
 /// connection to the cluster. Blocks (call it from a blocking thread).
 /// `fail_sync_after` is the embedded store's fault injection (the
 /// full-disk and fsync-failure tests).
 pub fn open_backend(
     choice: &StoreChoice,
     data_dir: &Path,
+    journal_dir: Option<&Path>,
     fail_sync_after: Option<u64>,
 ) -> Result<Arc<dyn Backend>, StoreError> {
     Ok(match choice {
         StoreChoice::Embedded => {
             let dir = data_dir.join("store");
-            Arc::new(match fail_sync_after {
-                Some(n) => EmbeddedStore::open_with_failing_sync(&dir, n)?,
-                None => EmbeddedStore::open(&dir)?,
+            Arc::new(match (fail_sync_after, journal_dir) {
+                (Some(n), journal) => {
+                    // Tests only: placed before the open, not under its lock.
+                    if let Some(journal) = journal {
+                        place_journal(&dir, journal)?;
+                    }
+                    EmbeddedStore::open_with_failing_sync(&dir, n)?
+                }
+                (None, Some(journal)) => EmbeddedStore::open_placed(&dir, journal)?,
+                (None, None) => EmbeddedStore::open(&dir)?,
             })
         }
         StoreChoice::Scylla(cfg) => Arc::new(ScyllaStore::connect(cfg.clone())?),

@@ -18,6 +18,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Where the embedded store and the TLS files live.
     pub data_dir: PathBuf,
+    /// Where the embedded store's journal lives, if not in `store/wal`
+    /// (`serve --journal-dir`): placed there at open, under the store's
+    /// lock (storage `EmbeddedStore::open_placed`).
+    pub journal_dir: Option<PathBuf>,
     /// Shard actors (default: half the cores, at least one: the QUIC
     /// connections, the journal and the table writes need the others).
     pub shards: u16,
@@ -197,6 +201,7 @@ impl ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             data_dir: data_dir.into(),
+            journal_dir: None,
             shards: default_shards(cores),
             http: None,
             flush_interval: Duration::from_millis(250),

@@ -73,9 +73,9 @@ impl Server {
         )?;
 
         let (choice, dir) = (cfg.store.clone(), cfg.data_dir.clone());
-        let fail_after = cfg.faults.fail_sync_after;
+        let (journal_dir, fail_after) = (cfg.journal_dir.clone(), cfg.faults.fail_sync_after);
         let backend = tokio::task::spawn_blocking(move || {
-            crate::backend::open_backend(&choice, &dir, fail_after)
+            crate::backend::open_backend(&choice, &dir, journal_dir.as_deref(), fail_after)
         })
         .await
         .map_err(|e| EngineError::Actor(e.to_string()))??;

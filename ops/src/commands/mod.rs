@@ -66,7 +66,7 @@ pub(crate) fn open_embedded(data_dir: &Path) -> anyhow::Result<EmbeddedStore> {
 /// checkpoint is said, since the tables do not hold it yet.
 fn open_cluster(data_dir: &Path, args: &StoreArgs) -> anyhow::Result<Arc<dyn Backend>> {
     let choice = args.choice(true)?;
-    let store = tillstream_engine::open_backend(&choice, data_dir, None)
+    let store = tillstream_engine::open_backend(&choice, data_dir, None, None)
         .context("connecting to ScyllaDB")?;
     let (checkpoint, last) = (store.materialized_lsn()?, store.journal_last_lsn());
     if last > checkpoint {

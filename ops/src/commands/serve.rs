@@ -420,11 +420,7 @@ pub(crate) fn run(
     args.check_values().map_err(anyhow::Error::msg)?;
     let journal_dir = args.journal_dir.clone();
     let mut cfg = server_config(args)?;
-    if let Some(dir) = journal_dir {
-        let placed = tillstream_storage::embedded::place_journal(&cfg.data_dir.join("store"), &dir)
-            .context("placing the journal")?;
-        crate::logging::say(format!("the journal is in {}", placed.display()));
-    }
+    cfg.journal_dir = journal_dir;
     cfg.release_memory = allocator.map(|a| a.release_memory);
     cfg.purge_at_once = allocator.map(|a| a.purge_at_once);
     if let Some((lo, hi)) = cfg.faults.commit_delay {
@@ -438,7 +434,12 @@ pub(crate) fn run(
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let mut signals = Signals::register();
+        let journal_dir = cfg.journal_dir.clone();
         let server = Server::start(cfg).await.context("starting the server")?;
+        if let Some(dir) = journal_dir {
+            let placed = std::fs::canonicalize(&dir).unwrap_or(dir);
+            crate::logging::say(format!("the journal is in {}", placed.display()));
+        }
         crate::logging::say(format!(
             "tillstream listening on {} (QUIC, ALPN tillstream/1); devices trust {}",
             server.quic_addr(),

@@ -254,7 +254,13 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`, recovering what the journal
     /// holds, and resumes commit ids after the last durable commit.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with(dir, Box::new(Fsync), None)
+        Self::open_with(dir, Box::new(Fsync), None, None)
+    }
+
+    /// [`open`](Self::open), the journal placed in `journal` first
+    /// ([`place_journal`], `serve --journal-dir`) under the store's lock.
+    pub fn open_placed(dir: &Path, journal: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, Box::new(Fsync), None, Some(journal))
     }
 
     /// Opens the store like [`open`](Self::open), for fault tests: the
@@ -264,20 +270,17 @@ impl EmbeddedStore {
         let fault = FailAfter {
             ok_left: Arc::new(AtomicU64::new(good_syncs)),
         };
-        Self::open_with(dir, Box::new(fault.clone()), Some(Box::new(fault)))
+        Self::open_with(dir, Box::new(fault.clone()), Some(Box::new(fault)), None)
     }
 
     fn open_with(
         dir: &Path,
         durability: Box<dyn Durability>,
         journal_fault: Option<Box<dyn SyncFault>>,
+        journal_at: Option<&Path>,
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| open_err(dir, e))?;
-        // Before anything opens (and recovers) what is in the directory.
-        let found = data_format::claim(dir)?;
-        // The journal must be where its mark says, and this store's,
-        // before anything is written or replayed (`journal_place`).
-        journal_place::check_placed(dir, found.is_some())?;
+        let found = data_format::claim(dir)?; // before anything reads the directory
         if found.is_some_and(|n| n < DATA_FORMAT) {
             tracing::info!(from = found, to = DATA_FORMAT, dir = %dir.display(), "data format upgraded");
         }
@@ -303,14 +306,23 @@ impl EmbeddedStore {
             // read from the block log, not through it.
             .cache_size(BLOCK_CACHE_BYTES)
             .open()
-            .map_err(|e| open_err(dir, e))?;
-        // fjall's default of 64 MiB per memtable, times six keyspaces and
-        // their sealed memtables waiting for flush, was most of the
-        // server's resident memory. Raw-row blocks get 32 MiB; the point
-        // tables are small and get 8 MiB.
-        // Blocks are not compressed: lz4 over them cost 8% of the server's
-        // CPU (profile of a 1M-event run) for data that is written once and
-        // read rarely; the disk has bandwidth to spare, the CPU has not.
+            .map_err(|e| match e {
+                fjall::Error::Locked => open_err(dir, "another process has it open"),
+                e => open_err(dir, e),
+            })?;
+        // Under fjall's lock, so no server is in the middle of it: the
+        // journal placed, then checked to be where its mark says, and this
+        // store's, before it is written or replayed.
+        if let Some(journal) = journal_at {
+            place_journal(dir, journal)?;
+        }
+        journal_place::check_placed(dir, found.is_some())?;
+        // fjall's 64 MiB per memtable, times six keyspaces and their sealed
+        // memtables, was most of the server's resident memory: raw-row
+        // blocks get 32 MiB, the small point tables 8. Blocks are not
+        // compressed: lz4 cost 8% of the server's CPU (a 1M-event run) for
+        // data written once and read rarely; the disk has bandwidth to
+        // spare, the CPU has not.
         let ks = |name: &str| {
             // The values are block log pointers (20 bytes, kept inline);
             // blocks stored inline, by a store from before the log or a

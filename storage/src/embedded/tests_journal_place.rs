@@ -312,3 +312,38 @@ fn a_copy_that_kept_the_link_is_refused() -> TestResult {
     assert_eq!(EmbeddedStore::open(&copy)?.journal_last_lsn(), 1);
     Ok(())
 }
+
+/// The placement happens under the store's lock: asked for while the store
+/// is open (a server running on it), the open is refused before anything
+/// is placed or marked; once it is closed, the same open places it.
+#[test]
+fn a_store_open_elsewhere_is_not_placed_under_it() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (store_dir, journal) = (tmp.path().join("store"), tmp.path().join("fast/wal"));
+    let running = EmbeddedStore::open(&store_dir)?;
+    running.journal_append(&record(1), 1)?;
+    let marks = fs::read(store_dir.join(MARK))?;
+    refused(
+        EmbeddedStore::open_placed(&store_dir, &journal),
+        "another process has it open",
+    )?;
+    assert!(!journal.exists(), "nothing placed");
+    assert!(fs::symlink_metadata(store_dir.join("wal"))?.is_dir());
+    assert_eq!(fs::read(store_dir.join(MARK))?, marks, "its mark untouched");
+    running.journal_append(&record(2), 2)?;
+    drop(running);
+    // Stopped, its journal is in store/wal: the refusal says how to move it.
+    refused(
+        EmbeddedStore::open_placed(&store_dir, &journal),
+        "wal itself; to move it",
+    )?;
+    // A new store is placed by the open itself.
+    let fresh = tmp.path().join("fresh");
+    let store = EmbeddedStore::open_placed(&fresh, &journal)?;
+    store.journal_append(&record(1), 1)?;
+    assert_eq!(
+        fs::read_link(fresh.join("wal"))?,
+        fs::canonicalize(&journal)?
+    );
+    Ok(())
+}
