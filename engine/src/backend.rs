@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use tillstream_storage::embedded::{EmbeddedStore, place_journal};
+use tillstream_storage::embedded::EmbeddedStore;
 use tillstream_storage::scylla::ScyllaStore;
 use tillstream_storage::{Backend, StoreError};
 
@@ -23,16 +23,9 @@ pub fn open_backend(
     Ok(match choice {
         StoreChoice::Embedded => {
             let dir = data_dir.join("store");
-            Arc::new(match (fail_sync_after, journal_dir) {
-                (Some(n), journal) => {
-                    // Tests only: placed before the open, not under its lock.
-                    if let Some(journal) = journal {
-                        place_journal(&dir, journal)?;
-                    }
-                    EmbeddedStore::open_with_failing_sync(&dir, n)?
-                }
-                (None, Some(journal)) => EmbeddedStore::open_placed(&dir, journal)?,
-                (None, None) => EmbeddedStore::open(&dir)?,
+            Arc::new(match fail_sync_after {
+                Some(n) => EmbeddedStore::open_with_failing_sync(&dir, n, journal_dir)?,
+                None => EmbeddedStore::open_placed(&dir, journal_dir)?,
             })
         }
         StoreChoice::Scylla(cfg) => Arc::new(ScyllaStore::connect(cfg.clone())?),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tillstream_storage::journal::{JournalRecords, encode_records};
+use tillstream_storage::journal::JournalRecords;
 use tillstream_storage::rows::{RowSet, StockLevelRow, TerminalRollupRow};
 use tillstream_storage::{CommitInfo, ReplayVisitor, Store, StoreError, WindowMovement};
 
@@ -57,24 +57,16 @@ impl Faults {
 /// on an activation's read; [`FaultyStore`] delegates everything else to
 /// the store it wraps.
 pub trait CommitFault: Send + Sync + std::fmt::Debug + 'static {
-    /// Appends `records` to the journal of `inner`, or not, the faulty way.
+    /// Appends `records` (the engine's journal records, not yet encoded)
+    /// to the journal of `inner`, or not, the faulty way. By default as
+    /// they are: a fault of the reads alone.
     fn journal_append(
-        &self,
-        inner: &Arc<dyn Store>,
-        records: &[u8],
-        last_lsn: u64,
-    ) -> Result<(), StoreError>;
-
-    /// [`journal_append`](CommitFault::journal_append) of records not yet
-    /// encoded (what the engine's sequencer appends): by default encoded
-    /// here and handed to it, so a fault sees every append.
-    fn journal_append_records(
         &self,
         inner: &Arc<dyn Store>,
         records: &dyn JournalRecords,
         last_lsn: u64,
     ) -> Result<(), StoreError> {
-        self.journal_append(inner, &encode_records(records), last_lsn)
+        inner.journal_append_records(records, last_lsn)
     }
 
     /// Refuses writes when the fault says so (before asking `inner`):
@@ -128,30 +120,12 @@ impl CommitFault for CommitDelay {
     fn journal_append(
         &self,
         inner: &Arc<dyn Store>,
-        records: &[u8],
-        last_lsn: u64,
-    ) -> Result<(), StoreError> {
-        self.sleep();
-        inner.journal_append(records, last_lsn)
-    }
-
-    fn journal_append_records(
-        &self,
-        inner: &Arc<dyn Store>,
         records: &dyn JournalRecords,
         last_lsn: u64,
     ) -> Result<(), StoreError> {
-        // The store's own path, its one copy of each frame: a rehearsal of
-        // slow storage costs what the server does.
-        self.sleep();
-        inner.journal_append_records(records, last_lsn)
-    }
-}
-
-impl CommitDelay {
-    fn sleep(&self) {
         let delay = self.rng.lock().random_range(self.min..=self.max);
         std::thread::sleep(delay);
+        inner.journal_append_records(records, last_lsn)
     }
 }
 
@@ -161,8 +135,11 @@ impl<F: CommitFault> Store for FaultyStore<F> {
         self.inner.commit(rows)
     }
 
+    /// An append of encoded records is not the engine's (the sequencer
+    /// appends them unencoded): the fault only says whether to write.
     fn journal_append(&self, records: &[u8], last_lsn: u64) -> Result<(), StoreError> {
-        self.fault.journal_append(&self.inner, records, last_lsn)
+        self.fault.check_writable()?;
+        self.inner.journal_append(records, last_lsn)
     }
 
     fn journal_append_records(
@@ -170,8 +147,7 @@ impl<F: CommitFault> Store for FaultyStore<F> {
         records: &dyn JournalRecords,
         last_lsn: u64,
     ) -> Result<(), StoreError> {
-        self.fault
-            .journal_append_records(&self.inner, records, last_lsn)
+        self.fault.journal_append(&self.inner, records, last_lsn)
     }
 
     fn journal_last_lsn(&self) -> u64 {

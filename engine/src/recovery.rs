@@ -406,15 +406,6 @@ mod tests {
     struct Unreadable(u32);
 
     impl crate::faults::CommitFault for Unreadable {
-        fn journal_append(
-            &self,
-            inner: &std::sync::Arc<dyn Store>,
-            records: &[u8],
-            last_lsn: u64,
-        ) -> Result<(), StoreError> {
-            inner.journal_append(records, last_lsn)
-        }
-
         fn load_levels(&self, store: u32) -> Result<(), StoreError> {
             if store == self.0 {
                 return Err(StoreError::Backend {

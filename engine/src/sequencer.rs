@@ -232,8 +232,6 @@ struct Pending {
     group: Group,
     /// When the oldest record in `group` was added (None when it is empty).
     since: Option<Instant>,
-    /// LSN of the last record in `group` (0 when empty).
-    last: u64,
     closed: bool,
     /// An append failed: nothing will be written again, so frames are no
     /// longer kept (the flusher fails their batches).
@@ -319,7 +317,6 @@ impl Sequencer {
                 next_lsn: last_lsn + 1,
                 group: Group::default(),
                 since: None,
-                last: 0,
                 closed: false,
                 failed: false,
             }),
@@ -363,7 +360,6 @@ impl Sequencer {
                 header: header.encode(),
                 frame,
             });
-            p.last = lsn;
             if was_empty {
                 p.since = Some(Instant::now());
             }
@@ -408,7 +404,7 @@ impl Sequencer {
         // Records of the group written last, and its last LSN.
         let (mut group_records, mut written) = (0u64, self.state.borrow().durable);
         loop {
-            let last = {
+            {
                 let mut p = self.pending.lock();
                 while p.group.records.is_empty() && !p.closed {
                     self.wake.wait(&mut p);
@@ -428,8 +424,8 @@ impl Sequencer {
                 }
                 p.since = None;
                 std::mem::swap(&mut p.group, &mut spare);
-                std::mem::take(&mut p.last)
-            };
+            }
+            let last = spare.records.last().map_or(0, |r| r.lsn);
             let started = Instant::now();
             let result = store.journal_append_records(&spare, last);
             m::journal_append(started.elapsed(), spare.bytes);
@@ -474,7 +470,7 @@ mod tests {
         fn journal_append(
             &self,
             inner: &Arc<dyn Store>,
-            records: &[u8],
+            records: &dyn JournalRecords,
             last_lsn: u64,
         ) -> Result<(), StoreError> {
             self.lasts.lock().push(last_lsn);
@@ -483,7 +479,7 @@ mod tests {
                 self.let_go.wait(&mut held);
             }
             drop(held);
-            inner.journal_append(records, last_lsn)
+            inner.journal_append_records(records, last_lsn)
         }
     }
 

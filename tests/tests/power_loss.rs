@@ -66,19 +66,6 @@ fn late_fsyncs(inner: Arc<dyn Store>, power: Arc<Power>, fsync: Duration) -> Lat
     tx
 }
 
-impl PowerCut {
-    /// The write is in the page cache; the fsync takes a while, and the
-    /// power may go meanwhile, and the page cache with it.
-    fn fsync(&self) -> Result<(), StoreError> {
-        let fsync = Duration::from_micros(self.rng.lock().random_range(500..4_000));
-        std::thread::sleep(fsync);
-        if self.power.off.load(Ordering::SeqCst) {
-            return Err(power_off());
-        }
-        Ok(())
-    }
-}
-
 fn power_off() -> StoreError {
     StoreError::Poisoned("the power is off".into())
 }
@@ -87,35 +74,25 @@ impl CommitFault for PowerCut {
     fn journal_append(
         &self,
         inner: &Arc<dyn Store>,
-        records: &[u8],
+        records: &dyn JournalRecords,
         last_lsn: u64,
     ) -> Result<(), StoreError> {
         if self.power.off.load(Ordering::SeqCst) {
             return Err(power_off());
         }
         if let Some(late) = &self.ack_before_fsync {
-            let _ = late.lock().send((records.to_vec(), last_lsn));
+            let _ = late.lock().send((encode_records(records), last_lsn));
             return Ok(());
         }
-        self.fsync()?;
-        inner.journal_append(records, last_lsn)
-    }
-
-    /// The server's own append (each frame encoded once, into the
-    /// journal's buffer), behind the same switch.
-    fn journal_append_records(
-        &self,
-        inner: &Arc<dyn Store>,
-        records: &dyn JournalRecords,
-        last_lsn: u64,
-    ) -> Result<(), StoreError> {
-        if self.ack_before_fsync.is_some() {
-            return self.journal_append(inner, &encode_records(records), last_lsn);
-        }
+        // The write is in the page cache now; the fsync takes a while.
+        let fsync = Duration::from_micros(self.rng.lock().random_range(500..4_000));
+        std::thread::sleep(fsync);
         if self.power.off.load(Ordering::SeqCst) {
+            // The power went during the fsync: the page cache is gone.
             return Err(power_off());
         }
-        self.fsync()?;
+        // The server's own append: each frame encoded once, into the
+        // journal's buffer.
         inner.journal_append_records(records, last_lsn)
     }
 

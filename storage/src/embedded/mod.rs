@@ -88,6 +88,7 @@ mod blocklog;
 mod blocks;
 mod commit;
 mod data_format;
+mod durability;
 mod journal_place;
 mod keys;
 mod levels;
@@ -119,6 +120,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::journal::{Journal, JournalOptions, JournalRecords, ReplayError, SyncFault};
 use crate::rows::*;
 use crate::store::*;
+use durability::{Durability, FailAfter, Fsync};
 
 pub use data_format::DATA_FORMAT;
 pub use journal_place::place_journal;
@@ -129,63 +131,10 @@ pub use restore::restore_files;
 /// builder in `open_with`).
 const BLOCK_CACHE_BYTES: u64 = 8 << 20;
 
-/// The durability step of a commit, behind a trait so fault tests can make
-/// it fail.
-trait Durability: Send + Sync {
-    /// Makes every written batch durable.
-    fn sync(&self, db: &Database) -> Result<(), String>;
-}
-
 /// The store's maps, keyed by what devices name (stores, SKUs, devices):
 /// foldhash, seeded at random per map (a device cannot aim keys at one
 /// bucket), instead of SipHash, which was a visible share of a write.
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-/// `fdatasync` of fjall's journal.
-struct Fsync;
-
-impl Durability for Fsync {
-    fn sync(&self, db: &Database) -> Result<(), String> {
-        db.persist(PersistMode::SyncData)
-            .map_err(|e| e.to_string())?;
-        // fjall poisons itself when one of its background journal syncs
-        // fails, but only after releasing the journal lock; a sync of ours
-        // in between can succeed on a file whose earlier writeback failed.
-        // Asking again (a no-op flush that first checks the poison flag)
-        // narrows that window; closing it needs a fix in fjall.
-        db.persist(PersistMode::Buffer).map_err(|e| e.to_string())
-    }
-}
-
-/// Fault injection: the next `ok_left` syncs are real, every later one
-/// fails without syncing. Shared by the tables and the journal: a sync of
-/// either spends one.
-#[derive(Debug, Clone)]
-struct FailAfter {
-    ok_left: Arc<AtomicU64>,
-}
-
-impl FailAfter {
-    fn take(&self) -> Result<(), String> {
-        self.ok_left
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .map(|_| ())
-            .map_err(|_| "injected sync failure".to_owned())
-    }
-}
-
-impl Durability for FailAfter {
-    fn sync(&self, db: &Database) -> Result<(), String> {
-        self.take()?;
-        Fsync.sync(db)
-    }
-}
-
-impl SyncFault for FailAfter {
-    fn before_sync(&self) -> std::io::Result<()> {
-        self.take().map_err(std::io::Error::other)
-    }
-}
 
 /// The embedded store on fjall. `Send + Sync`; share it through an `Arc`.
 /// See the [module docs](self) for the layout and the invariants.
@@ -254,23 +203,26 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`, recovering what the journal
     /// holds, and resumes commit ids after the last durable commit.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with(dir, Box::new(Fsync), None, None)
+        Self::open_placed(dir, None)
     }
 
-    /// [`open`](Self::open), the journal placed in `journal` first
-    /// ([`place_journal`], `serve --journal-dir`) under the store's lock.
-    pub fn open_placed(dir: &Path, journal: &Path) -> Result<Self, StoreError> {
-        Self::open_with(dir, Box::new(Fsync), None, Some(journal))
+    /// [`open`](Self::open), its journal placed in `journal` if given
+    /// ([`place_journal`], `serve --journal-dir`), under the store's lock.
+    pub fn open_placed(dir: &Path, journal: Option<&Path>) -> Result<Self, StoreError> {
+        Self::open_with(dir, Box::new(Fsync), None, journal)
     }
 
-    /// Opens the store like [`open`](Self::open), for fault tests: the
-    /// first `good_syncs` commits sync for real, the next one fails its
-    /// sync (as a full or failing disk would) and poisons the store.
-    pub fn open_with_failing_sync(dir: &Path, good_syncs: u64) -> Result<Self, StoreError> {
+    /// [`open_placed`](Self::open_placed) for fault tests: after
+    /// `good_syncs` commits, a sync fails (a full disk) and poisons it.
+    pub fn open_with_failing_sync(
+        dir: &Path,
+        good_syncs: u64,
+        journal: Option<&Path>,
+    ) -> Result<Self, StoreError> {
         let fault = FailAfter {
             ok_left: Arc::new(AtomicU64::new(good_syncs)),
         };
-        Self::open_with(dir, Box::new(fault.clone()), Some(Box::new(fault)), None)
+        Self::open_with(dir, Box::new(fault.clone()), Some(Box::new(fault)), journal)
     }
 
     fn open_with(

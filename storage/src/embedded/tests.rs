@@ -221,7 +221,7 @@ fn rollups_and_batches_are_upserts() -> TestResult {
 #[test]
 fn a_failed_sync_poisons_for_good() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let store = EmbeddedStore::open_with_failing_sync(dir.path(), 1)?;
+    let store = EmbeddedStore::open_with_failing_sync(dir.path(), 1, None)?;
     store.commit(&mark(1, 1))?;
     store.check_writable()?;
     let err = store.commit(&mark(1, 2));

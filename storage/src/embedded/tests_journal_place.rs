@@ -324,7 +324,7 @@ fn a_store_open_elsewhere_is_not_placed_under_it() -> TestResult {
     running.journal_append(&record(1), 1)?;
     let marks = fs::read(store_dir.join(MARK))?;
     refused(
-        EmbeddedStore::open_placed(&store_dir, &journal),
+        EmbeddedStore::open_placed(&store_dir, Some(&journal)),
         "another process has it open",
     )?;
     assert!(!journal.exists(), "nothing placed");
@@ -334,12 +334,12 @@ fn a_store_open_elsewhere_is_not_placed_under_it() -> TestResult {
     drop(running);
     // Stopped, its journal is in store/wal: the refusal says how to move it.
     refused(
-        EmbeddedStore::open_placed(&store_dir, &journal),
+        EmbeddedStore::open_placed(&store_dir, Some(&journal)),
         "wal itself; to move it",
     )?;
     // A new store is placed by the open itself.
     let fresh = tmp.path().join("fresh");
-    let store = EmbeddedStore::open_placed(&fresh, &journal)?;
+    let store = EmbeddedStore::open_placed(&fresh, Some(&journal))?;
     store.journal_append(&record(1), 1)?;
     assert_eq!(
         fs::read_link(fresh.join("wal"))?,
