@@ -16,7 +16,7 @@ use tillstream_storage::{
 };
 
 use super::sku::{CountOutcome, SkuState};
-use super::sku_map::SkuMap;
+use super::sku_map::{SkuMap, Slot};
 use super::stores::StoreSkus;
 use super::terminal::{RollupDay, RollupSlot, SaleView, rollup_key};
 use super::{LastChange, ShardCore, view};
@@ -30,11 +30,12 @@ use crate::route::{Role, WorkItem};
 const WARM_AHEAD: usize = 16;
 
 /// Looks up a SKU whose bucket [`ShardCore::warm_skus`] asked for, and
-/// prefetches what its movement needs.
-fn warm_sku(skus: &SkuMap, sku: u64) {
-    if let Some(s) = skus.get(sku) {
-        s.prefetch_for_movement();
-    }
+/// prefetches what its movement needs. Its slot, if it has an entity,
+/// saves the apply a second probe.
+fn warm_sku(skus: &SkuMap, sku: u64) -> Option<Slot> {
+    let (slot, s) = skus.get_slotted(sku)?;
+    s.prefetch_for_movement();
+    Some(slot)
 }
 
 impl ShardCore {
@@ -54,7 +55,11 @@ impl ShardCore {
     ) {
         let rows_before = out.len();
         let seq = batch.seq.to_native();
-        self.warm_skus(batch, items);
+        let mut slots = std::mem::take(&mut self.warm_slots);
+        slots.clear();
+        self.warm_skus(batch, items, &mut slots);
+        self.warm_slots = slots;
+        self.warm_next = 0;
         for item in items {
             let Some(e) = batch.events.get(item.idx as usize) else {
                 self.stats.misrouted += 1;
@@ -123,21 +128,30 @@ impl ShardCore {
     /// arrived or is on its way (looking each up at once waited for each
     /// bucket in turn: 13% of the server's CPU). New SKUs and stores not
     /// active are left to the apply.
-    fn warm_skus(&self, batch: &ArchivedBatch, items: &[WorkItem]) {
+    ///
+    /// `slots` gets, for every SKU this shard owns, in the order the apply
+    /// moves them ([`ShardCore::next_warm_slot`]), where its entity was
+    /// found (none for a SKU or store not active yet).
+    fn warm_skus(&self, batch: &ArchivedBatch, items: &[WorkItem], slots: &mut Vec<Option<Slot>>) {
         // Each SKU with its store's map, found once: the lookup 16 SKUs
-        // later goes straight to the map.
-        let mut ring: [Option<(&SkuMap, u64)>; WARM_AHEAD] = [None; WARM_AHEAD];
+        // later goes straight to the map, and its answer to its place in
+        // `slots`.
+        let mut ring: [Option<(&SkuMap, u64, usize)>; WARM_AHEAD] = [None; WARM_AHEAD];
         let mut asked = 0usize;
         let mut ask = |store: u32, sku: u64| {
             if !self.owns(store, sku) {
                 return;
             }
+            let at = slots.len();
+            slots.push(None);
             let Some(active) = self.stores.get(store) else {
                 return;
             };
             active.skus.prefetch(sku);
-            if let Some((skus, sku)) = ring[asked % WARM_AHEAD].replace((&active.skus, sku)) {
-                warm_sku(skus, sku);
+            if let Some((skus, sku, at)) = ring[asked % WARM_AHEAD].replace((&active.skus, sku, at))
+                && let Some(slot) = slots.get_mut(at)
+            {
+                *slot = warm_sku(skus, sku);
             }
             asked += 1;
         };
@@ -161,10 +175,23 @@ impl ShardCore {
         }
         // The last ones asked for, oldest first.
         for n in asked..asked + WARM_AHEAD {
-            if let Some((skus, sku)) = ring[n % WARM_AHEAD] {
-                warm_sku(skus, sku);
+            if let Some((skus, sku, at)) = ring[n % WARM_AHEAD]
+                && let Some(slot) = slots.get_mut(at)
+            {
+                *slot = warm_sku(skus, sku);
             }
         }
+    }
+
+    /// The slot [`ShardCore::warm_skus`] found for the next SKU the apply
+    /// moves. Called once for each SKU it asked for, in the same order:
+    /// after the same ownership check, for lines and stock movements only.
+    /// Were the two ever out of step, a slot would point at another SKU's
+    /// bucket, which `SkuMap` checks, and the apply would probe as before.
+    fn next_warm_slot(&mut self) -> Option<Slot> {
+        let slot = self.warm_slots.get(self.warm_next).copied().flatten();
+        self.warm_next += 1;
+        slot
     }
 
     /// A receipt, shrink or transfer. False if the SKU is not this shard's.
@@ -185,7 +212,9 @@ impl ShardCore {
             ArchivedMovementKind::TransferOut => MovementReason::TransferOut,
         };
         let delta = i64::from(m.delta.to_native());
-        self.movement(store, sku, m.ts_us.to_native(), key, 0, reason, delta, out);
+        let slot = self.next_warm_slot();
+        let ts = m.ts_us.to_native();
+        self.movement(store, sku, slot, ts, key, 0, reason, delta, out);
         true
     }
 
@@ -246,7 +275,8 @@ impl ShardCore {
                 SaleKind::Sale => (MovementReason::Sale, -i64::from(quantity)),
                 SaleKind::Refund => (MovementReason::Refund, i64::from(quantity)),
             };
-            self.movement(v.store, sku, v.ts, key, line, reason, delta, out);
+            let slot = self.next_warm_slot();
+            self.movement(v.store, sku, slot, v.ts, key, line, reason, delta, out);
         }
         any
     }
@@ -255,12 +285,17 @@ impl ShardCore {
     /// it is new. The store is nearly always the last one asked for
     /// (`ActiveStores`); in its map, the entity sits in its bucket: one
     /// probe.
-    fn sku_mut(&mut self, store: u32, sku: u64) -> &mut SkuState {
+    /// `slot`: where the read-ahead found it, if it did.
+    fn sku_mut(&mut self, store: u32, sku: u64, slot: Option<Slot>) -> (Slot, &mut SkuState) {
         let (active, new) = self.stores.get_or_load(store);
         if new {
             self.stats.activations += 1;
         }
-        active.skus.get_or_insert_with(sku, SkuState::empty)
+        #[cfg(test)]
+        if slot.is_some_and(|s| active.skus.holds(s, sku)) {
+            self.warm_slot_hits += 1;
+        }
+        active.skus.get_or_insert_at(slot, sku, SkuState::empty)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -268,6 +303,7 @@ impl ShardCore {
         &mut self,
         store: u32,
         sku: u64,
+        slot: Option<Slot>,
         ts: i64,
         key: EventKey,
         line: u16,
@@ -276,12 +312,12 @@ impl ShardCore {
         out: &mut RowSet,
     ) {
         let late_window = self.cfg.late_window_us;
-        let s = self.sku_mut(store, sku);
+        let (slot, s) = self.sku_mut(store, sku, slot);
         let (applied, level_after) = s.movement(ts, delta, late_window);
         if applied {
             if !s.dirty {
                 s.dirty = true;
-                self.dirty_skus.push((store, sku));
+                self.dirty_skus.push((store, sku, slot));
             }
         } else {
             self.stats.stale_movements += 1;
@@ -314,13 +350,13 @@ impl ShardCore {
         }
         let ts = e.ts_us();
         let late_window = self.cfg.late_window_us;
-        let s = self.sku_mut(store, sku);
+        let (slot, s) = self.sku_mut(store, sku, None);
         let outcome = s.count(ts, key, counted, late_window);
         let level_after = s.level;
         let newly_dirty = matches!(outcome, CountOutcome::Applied { .. }) && !s.dirty;
         if newly_dirty {
             s.dirty = true;
-            self.dirty_skus.push((store, sku));
+            self.dirty_skus.push((store, sku, slot));
         }
         let (delta, applied) = match outcome {
             CountOutcome::TooLate => {
@@ -372,7 +408,7 @@ impl ShardCore {
     fn flush_dirty(&mut self, change: LastChange, out: &mut RowSet) {
         // A part's SKUs are mostly of one store: look it up once per run.
         let mut active: Option<(u32, &mut StoreSkus)> = None;
-        for &(store, sku) in &self.dirty_skus {
+        for &(store, sku, slot) in &self.dirty_skus {
             if active.as_ref().is_none_or(|(at, _)| *at != store) {
                 active = self.stores.get_mut(store).map(|a| {
                     a.last = change;
@@ -382,7 +418,7 @@ impl ShardCore {
             let Some((_, a)) = active.as_mut() else {
                 continue;
             };
-            if let Some(s) = a.skus.get_mut(sku) {
+            if let Some(s) = a.skus.get_mut_at(Some(slot), sku) {
                 s.dirty = false;
                 out.stock_levels.push(s.row(store, sku));
             }

@@ -51,6 +51,7 @@ use crate::route::{Role, WorkItem, shard_of_sku, shard_of_terminal};
 use crate::validate::Rules;
 use hash::Keyed;
 use sku::SkuState;
+use sku_map::Slot;
 use stores::{ActiveStores, StoreSkus};
 use terminal::{RollupDay, RollupKey, RollupSlot, SaleView, rollup_key};
 
@@ -229,8 +230,17 @@ pub struct ShardCore {
     cfg: ShardConfig,
     /// The active stores and their SKUs.
     stores: ActiveStores,
-    /// SKUs changed by the current `apply` call, in first-change order.
-    dirty_skus: Vec<(u32, u64)>,
+    /// SKUs changed by the current `apply` call, in first-change order,
+    /// with where each was.
+    dirty_skus: Vec<(u32, u64, Slot)>,
+    /// Where the read-ahead found the SKUs the current `apply` call moves,
+    /// in the order it moves them (`apply::next_warm_slot`).
+    warm_slots: Vec<Option<Slot>>,
+    /// The next of `warm_slots` to take.
+    warm_next: usize,
+    /// Movements whose SKU was where the read-ahead's slot said.
+    #[cfg(test)]
+    warm_slot_hits: usize,
     days: HashMap<(u32, u32), RollupDay, Keyed>,
     rollups: HashMap<RollupKey, RollupSlot, Keyed>,
     dirty_rollups: Vec<RollupKey>,
@@ -245,6 +255,10 @@ impl ShardCore {
             cfg,
             stores: ActiveStores::default(),
             dirty_skus: Vec::new(),
+            warm_slots: Vec::new(),
+            warm_next: 0,
+            #[cfg(test)]
+            warm_slot_hits: 0,
             days: HashMap::default(),
             rollups: HashMap::default(),
             dirty_rollups: Vec::new(),

@@ -32,6 +32,12 @@ struct Bucket(Option<(u64, SkuState)>);
 
 const _: () = assert!(size_of::<Bucket>() == 64);
 
+/// Where a SKU's entity was found: its bucket. Valid until the table
+/// grows; every use checks the bucket's SKU, so a stale one only costs the
+/// probe it was meant to save.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Slot(u32);
+
 /// One store's SKUs (module docs).
 #[derive(Debug, Default)]
 pub(super) struct SkuMap {
@@ -78,18 +84,50 @@ impl SkuMap {
     }
 
     pub(super) fn get(&self, sku: u64) -> Option<&SkuState> {
+        self.get_slotted(sku).map(|(_, s)| s)
+    }
+
+    /// `sku`'s entity and its [`Slot`], which a later lookup of the same
+    /// SKU may give to skip the hash and the probe.
+    pub(super) fn get_slotted(&self, sku: u64) -> Option<(Slot, &SkuState)> {
         if self.len == 0 {
             return None;
         }
         let at = self.find(sku).ok()?;
-        self.buckets[at].0.as_ref().map(|(_, s)| s)
+        let state = self.buckets[at].0.as_ref().map(|(_, s)| s)?;
+        Some((Slot(u32::try_from(at).ok()?), state))
+    }
+
+    /// Where `slot` says `sku` is, if it is still there: the table may
+    /// have grown since (every SKU placed again), so the bucket's SKU is
+    /// checked, and a slot that is no longer `sku`'s is no answer.
+    fn at_slot(&self, slot: Option<Slot>, sku: u64) -> Option<usize> {
+        let at = slot?.0 as usize;
+        match self.buckets.get(at) {
+            Some(Bucket(Some((k, _)))) if *k == sku => Some(at),
+            _ => None,
+        }
+    }
+
+    /// Whether `slot` is where `sku` is now.
+    #[cfg(test)]
+    pub(super) fn holds(&self, slot: Slot, sku: u64) -> bool {
+        self.at_slot(Some(slot), sku).is_some()
     }
 
     pub(super) fn get_mut(&mut self, sku: u64) -> Option<&mut SkuState> {
+        self.get_mut_at(None, sku)
+    }
+
+    /// [`SkuMap::get_mut`], straight to `slot` if `sku` is still there.
+    pub(super) fn get_mut_at(&mut self, slot: Option<Slot>, sku: u64) -> Option<&mut SkuState> {
         if self.len == 0 {
             return None;
         }
-        let at = self.find(sku).ok()?;
+        let at = match self.at_slot(slot, sku) {
+            Some(at) => at,
+            None => self.find(sku).ok()?,
+        };
         self.buckets[at].0.as_mut().map(|(_, s)| s)
     }
 
@@ -103,24 +141,42 @@ impl SkuMap {
         &mut self,
         sku: u64,
         new: impl FnOnce() -> SkuState,
-    ) -> &mut SkuState {
-        if (self.len + 1) * 8 > self.buckets.len() * 7 {
-            self.grow();
-        }
-        // Its bucket, or the empty one where it goes.
-        let (Ok(at) | Err(at)) = self.find(sku);
+    ) -> (Slot, &mut SkuState) {
+        self.get_or_insert_at(None, sku, new)
+    }
+
+    /// [`SkuMap::get_or_insert_with`], straight to `slot` if `sku` is
+    /// still there. Also gives the slot where the entity is now.
+    pub(super) fn get_or_insert_at(
+        &mut self,
+        slot: Option<Slot>,
+        sku: u64,
+        new: impl FnOnce() -> SkuState,
+    ) -> (Slot, &mut SkuState) {
+        let at = match self.at_slot(slot, sku) {
+            Some(at) => at,
+            None => {
+                if (self.len + 1) * 8 > self.buckets.len() * 7 {
+                    self.grow();
+                }
+                // Its bucket, or the empty one where it goes.
+                let (Ok(at) | Err(at)) = self.find(sku);
+                at
+            }
+        };
         let len = &mut self.len;
         let (_, state) = self.buckets[at].0.get_or_insert_with(|| {
             *len += 1;
             (sku, new())
         });
-        state
+        // Tables are far below 2^32 buckets (a bucket is 64 bytes).
+        (Slot(at as u32), state)
     }
 
     /// Puts `state` as `sku`'s entity, in place of any it had.
     #[cfg(test)]
     pub(super) fn insert(&mut self, sku: u64, state: SkuState) {
-        *self.get_or_insert_with(sku, SkuState::empty) = state;
+        *self.get_or_insert_with(sku, SkuState::empty).1 = state;
     }
 
     pub(super) fn values(&self) -> impl Iterator<Item = &SkuState> {
@@ -202,14 +258,48 @@ mod tests {
     #[test]
     fn an_existing_sku_is_not_made_again() {
         let mut map = SkuMap::default();
-        map.get_or_insert_with(u64::MAX, || with_level(5)).level += 1;
-        let s = map.get_or_insert_with(u64::MAX, || with_level(100));
+        map.get_or_insert_with(u64::MAX, || with_level(5)).1.level += 1;
+        let (_, s) = map.get_or_insert_with(u64::MAX, || with_level(100));
         assert_eq!(s.level, 6);
         map.get_mut(u64::MAX).expect("held").level = 9;
         assert_eq!(map.get(u64::MAX).map(|s| s.level), Some(9));
         assert_eq!(map.len(), 1);
         map.insert(0, with_level(1));
         assert!(map.contains_key(0) && !map.is_empty());
+    }
+
+    #[test]
+    fn a_slot_from_before_the_table_grew_finds_the_same_entity() {
+        let mut map = SkuMap::default();
+        let (first, _) = map.get_or_insert_with(42, || with_level(42));
+        let slots: Vec<(u64, Slot)> = (0..1_000u64)
+            .map(|sku| {
+                (
+                    sku,
+                    map.get_or_insert_with(sku, || with_level(sku as i64)).0,
+                )
+            })
+            .collect();
+        // 42 was placed again at every doubling: its first slot is stale,
+        // and now most likely another SKU's bucket or an empty one.
+        for (sku, slot) in slots.iter().copied().chain([(42, first)]) {
+            let (now, s) = map.get_or_insert_at(Some(slot), sku, || with_level(-1));
+            assert_eq!(s.level, sku as i64, "SKU {sku}");
+            assert_eq!(map.get_slotted(sku).map(|(at, _)| at), Some(now));
+            assert_eq!(
+                map.get_mut_at(Some(slot), sku).map(|s| s.level),
+                Some(sku as i64)
+            );
+        }
+        assert_eq!(map.len(), 1_000, "no SKU made twice");
+        // A slot of one SKU given for another finds the other.
+        let (slot_of_7, _) = map.get_or_insert_with(7, SkuState::empty);
+        assert_eq!(map.get_mut_at(Some(slot_of_7), 8).map(|s| s.level), Some(8));
+        assert!(map.get_mut_at(Some(slot_of_7), 5_000).is_none());
+        let (_, made) = map.get_or_insert_at(Some(slot_of_7), 5_000, || with_level(5));
+        assert_eq!(made.level, 5);
+        assert_eq!(map.get(7).map(|s| s.level), Some(7), "7 left as it was");
+        assert_eq!(map.len(), 1_001);
     }
 
     #[test]

@@ -538,3 +538,64 @@ fn a_fast_till_cannot_make_honest_counts_too_late() -> R {
     assert_eq!(cores[0].level(1, 9).map(|l| l.level), Some(29));
     Ok(())
 }
+
+#[test]
+fn the_read_ahead_finds_each_active_sku_for_the_apply() -> R {
+    let mut cores = [core(0, 1)];
+    let first = testkit::batch(
+        1,
+        vec![
+            sale(
+                NOW,
+                1,
+                4,
+                vec![line(10, 1, 100), line(11, 1, 100), line(12, 1, 100)],
+            ),
+            movement(NOW, 1, 13, 5),
+        ],
+    )?;
+    run(&mut cores, 9, &first);
+    assert_eq!(cores[0].warm_slot_hits, 0, "no SKU was active yet");
+    // SKUs of a store not active yet (2) and new SKUs (99) come between
+    // the active ones: the slots must stay in step with the apply past
+    // them, and a count (which the read-ahead does not ask for) too.
+    let second = testkit::batch(
+        2,
+        vec![
+            sale(NOW + 1, 2, 5, vec![line(10, 1, 100), line(50, 1, 100)]),
+            sale(
+                NOW + 2,
+                1,
+                4,
+                vec![line(10, 2, 100), line(99, 1, 100), line(11, 1, 100)],
+            ),
+            count(NOW + 3, 1, 12, 40),
+            movement(NOW + 4, 1, 13, -1),
+            refund(NOW + 5, 1, 4, vec![line(12, 1, 100)]),
+        ],
+    )?;
+    let out = run(&mut cores, 9, &second);
+    assert_eq!(
+        cores[0].warm_slot_hits, 4,
+        "10, 11, 13 and 12 of store 1 were found where the read-ahead said"
+    );
+    let mut levels: Vec<(u32, u64, i64)> = out
+        .stock_levels
+        .iter()
+        .map(|l| (l.store, l.sku, l.level))
+        .collect();
+    levels.sort_unstable();
+    assert_eq!(
+        levels,
+        [
+            (1, 10, -3),
+            (1, 11, -2),
+            (1, 12, 41),
+            (1, 13, 4),
+            (1, 99, -1),
+            (2, 10, -1),
+            (2, 50, -1)
+        ]
+    );
+    Ok(())
+}
