@@ -28,9 +28,9 @@ use crate::route::{Role, WorkItem};
 /// the number looks generous; but the work between two asks is short, and
 /// at 16 the lookups still waited on their buckets (the read-ahead was
 /// 8 to 9% of the server's CPU, most of it on that one load). At 32 the
-/// shard's apply took 17.1% of the server's CPU against 18.3% (medians of
-/// 4 profiles each at 8 M events, interleaved), and the server 1.39
-/// against 1.65 µs an event in that noisy hour.
+/// shard's apply took 17.1 and 17.9% of the server's CPU (medians of two
+/// sets of 4 profiles at 8 M events) against 18.3% at 16; 64 gained
+/// nothing more (17.7%).
 const WARM_AHEAD: usize = 32;
 
 /// Looks up a SKU whose bucket [`ShardCore::warm_skus`] asked for, and
@@ -137,9 +137,9 @@ impl ShardCore {
     /// moves them ([`ShardCore::next_warm_slot`]), where its entity was
     /// found (none for a SKU or store not active yet).
     fn warm_skus(&self, batch: &ArchivedBatch, items: &[WorkItem], slots: &mut Vec<Option<Slot>>) {
-        // Each SKU with its store's map, found once: the lookup WARM_AHEAD SKUs
-        // later goes straight to the map, and its answer to its place in
-        // `slots`.
+        // Each SKU with its store's map, found once: the lookup
+        // WARM_AHEAD SKUs later goes straight to the map, and its answer
+        // to its place in `slots`.
         let mut ring: [Option<(&SkuMap, u64, usize)>; WARM_AHEAD] = [None; WARM_AHEAD];
         let mut asked = 0usize;
         let mut ask = |store: u32, sku: u64| {
