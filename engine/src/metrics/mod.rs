@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// The process-wide Prometheus recorder (installed once, shared by every
@@ -175,9 +175,39 @@ pub fn exported_names() -> impl Iterator<Item = &'static str> {
 }
 
 pub(crate) fn batch_received(events: usize, bytes: usize) {
-    counter!("tillstream_batches_received_total").increment(1);
-    counter!("tillstream_events_received_total").increment(events as u64);
-    counter!("tillstream_bytes_received_total").increment(bytes as u64);
+    let m = per_batch();
+    m.batches_received.increment(1);
+    m.events_received.increment(events as u64);
+    m.bytes_received.increment(bytes as u64);
+}
+
+/// The metrics every batch counts, registered once. `counter!` and
+/// `histogram!` look their metric up in the recorder's registry (the
+/// name hashed, a map probed) at every call; for the five a batch counts,
+/// on its way in and when it is acknowledged, that was about 1% of the
+/// server's CPU at the peak.
+struct PerBatch {
+    batches_received: Counter,
+    events_received: Counter,
+    bytes_received: Counter,
+    ack_latency: Histogram,
+    batches_acked: Counter,
+}
+
+fn per_batch() -> &'static PerBatch {
+    static HANDLES: OnceLock<PerBatch> = OnceLock::new();
+    HANDLES.get_or_init(|| {
+        // The recorder first: a handle taken before it is installed would
+        // count nowhere, for good.
+        let _ = handle();
+        PerBatch {
+            batches_received: counter!("tillstream_batches_received_total"),
+            events_received: counter!("tillstream_events_received_total"),
+            bytes_received: counter!("tillstream_bytes_received_total"),
+            ack_latency: histogram!("tillstream_ack_latency_seconds"),
+            batches_acked: counter!("tillstream_batches_acked_total"),
+        }
+    })
 }
 
 /// A resent seq whose batch is not the one admitted under it.
@@ -242,8 +272,9 @@ pub(crate) fn runtime_lag(late: Duration) {
 }
 
 pub(crate) fn acked(latency: Duration, batches: u64) {
-    histogram!("tillstream_ack_latency_seconds").record(latency.as_secs_f64());
-    counter!("tillstream_batches_acked_total").increment(batches);
+    let m = per_batch();
+    m.ack_latency.record(latency.as_secs_f64());
+    m.batches_acked.increment(batches);
 }
 
 /// One materialization of rows into the tables (off the ack path).
