@@ -79,6 +79,21 @@ pub(super) fn assert_records(got: &[(u64, Vec<u8>)], from: u64, to: u64) {
     }
 }
 
+/// Opens the journal in `dir` again and asserts that it ends at `last`
+/// with nothing cut, and that it replays exactly the records after
+/// `after` up to `last`.
+pub(super) fn assert_reopens_whole(
+    dir: &Path,
+    opts: JournalOptions,
+    after: u64,
+    last: u64,
+) -> TestResult {
+    let j = Journal::open(dir, opts)?;
+    assert_eq!((j.last_lsn(), j.cut_at_open()), (last, 0));
+    assert_records(&read_all(&j, after)?, after + 1, last);
+    Ok(())
+}
+
 /// The segment files of `dir`, oldest first.
 pub(super) fn segment_files(dir: &Path) -> Result<Vec<PathBuf>, io::Error> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)?

@@ -9,7 +9,8 @@ use proptest::prelude::*;
 
 use super::direct::BLOCK;
 use super::tests::{
-    TestResult, append_n, assert_records, copy_dir, power_cut, read_all, segment_files,
+    TestResult, append_n, assert_records, assert_reopens_whole, copy_dir, power_cut, read_all,
+    segment_files,
 };
 use super::write::Writes;
 use super::*;
@@ -233,10 +234,7 @@ fn a_refused_direct_write_falls_back_to_the_page_cache() -> TestResult {
     );
     assert_records(&read_all(&j, 0)?, 1, 17);
     drop(j);
-    let j = Journal::open(tmp.path(), DIRECT)?;
-    assert_eq!((j.last_lsn(), j.cut_at_open()), (17, 0));
-    assert_records(&read_all(&j, 0)?, 1, 17);
-    Ok(())
+    assert_reopens_whole(tmp.path(), DIRECT, 0, 17)
 }
 
 /// Where the file system refuses `O_DIRECT` at open (injected: none here

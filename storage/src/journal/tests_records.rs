@@ -5,7 +5,9 @@
 
 use std::fs;
 
-use super::tests::{TestResult, append_n, assert_records, body, head, read_all, segment_files};
+use super::tests::{
+    TestResult, append_n, assert_records, assert_reopens_whole, body, head, read_all, segment_files,
+};
 use super::tests_direct::{disk_dir, writes_direct};
 use super::*;
 
@@ -115,9 +117,7 @@ fn unencoded_records_are_salted_in_reused_segments() -> TestResult {
         }
         let last = j.last_lsn();
         drop(j);
-        let j = Journal::open(tmp.path(), opts)?;
-        assert_eq!((j.last_lsn(), j.cut_at_open()), (last, 0));
-        assert_records(&read_all(&j, retired)?, retired + 1, last);
+        assert_reopens_whole(tmp.path(), opts, retired, last)?;
     }
     Ok(())
 }
@@ -167,10 +167,7 @@ fn unencoded_records_fall_back_to_the_page_cache_when_a_direct_write_is_refused(
         append_unencoded(&mut j, n)?;
     }
     drop(j);
-    let j = Journal::open(tmp.path(), opts)?;
-    assert_eq!((j.last_lsn(), j.cut_at_open()), (13, 0));
-    assert_records(&read_all(&j, 0)?, 1, 13);
-    Ok(())
+    assert_reopens_whole(tmp.path(), opts, 0, 13)
 }
 
 /// Records that answer differently when they are written than when they
