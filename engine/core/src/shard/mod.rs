@@ -514,3 +514,5 @@ fn view(e: &ArchivedEvent) -> Option<SaleView<'_>> {
 mod tests;
 #[cfg(test)]
 mod tests_minutes;
+#[cfg(test)]
+mod tests_passivate;
