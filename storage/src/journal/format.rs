@@ -27,22 +27,61 @@ const READ_BUFFER: usize = 256 << 10;
 /// outside that range is still encoded (this function cannot fail), with a
 /// length that [`Journal::append`](super::Journal::append) rejects.
 pub fn encode_record(lsn: u64, payload: &[&[u8]], out: &mut Vec<u8>) {
+    out.reserve(RECORD_HEADER + payload.iter().map(|p| p.len()).sum::<usize>());
+    push_record(out, lsn, payload, 0);
+}
+
+/// A buffer records are encoded into: a `Vec`, or the direct writer's
+/// block-aligned buffer (`group`).
+pub(super) trait RecordBuf {
+    fn len(&self) -> usize;
+    fn extend_from_slice(&mut self, bytes: &[u8]);
+    fn bytes_mut(&mut self) -> &mut [u8];
+}
+
+impl RecordBuf for Vec<u8> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        Vec::extend_from_slice(self, bytes);
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
+impl<const A: usize> RecordBuf for rkyv::util::AlignedVec<A> {
+    fn len(&self) -> usize {
+        rkyv::util::AlignedVec::len(self)
+    }
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        rkyv::util::AlignedVec::extend_from_slice(self, bytes);
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
+    }
+}
+
+/// The one place a record's bytes are laid out: length, CRC (XORed with
+/// `salt`, 0 for none), LSN, then the payload's parts. The CRC covers the
+/// LSN and the payload, and is computed over the copy just written, while
+/// it is in cache (the caller's payload may not be).
+pub(super) fn push_record(out: &mut impl RecordBuf, lsn: u64, payload: &[&[u8]], salt: u32) {
     let len: usize = payload.iter().map(|p| p.len()).sum();
     // Saturating: a length over u32::MAX is also over the maximum, so
     // append rejects the record instead of reading a wrapped length.
     let len_field = u32::try_from(len).unwrap_or(u32::MAX);
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&lsn.to_le_bytes());
-    for part in payload {
-        crc.update(part);
-    }
-    out.reserve(RECORD_HEADER + len);
+    let start = out.len();
     out.extend_from_slice(&len_field.to_le_bytes());
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&lsn.to_le_bytes());
     for part in payload {
         out.extend_from_slice(part);
     }
+    let record = &mut out.bytes_mut()[start..];
+    let crc = crc32fast::hash(&record[8..]) ^ salt;
+    record[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// A decoded record header.

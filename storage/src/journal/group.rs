@@ -14,7 +14,9 @@ use rkyv::util::AlignedVec;
 
 use super::JournalError;
 use super::direct::BLOCK;
-use super::format::{MAX_RECORD_PAYLOAD, RECORD_HEADER, check_group, salt_crcs_in_place};
+use super::format::{
+    MAX_RECORD_PAYLOAD, RECORD_HEADER, check_group, push_record, salt_crcs_in_place,
+};
 
 /// Records to append, not yet encoded: each is its LSN and its payload in
 /// two parts (a header of the caller's, then the body), written one after
@@ -87,21 +89,8 @@ impl Group<'_> {
             }
             Group::Records(records) => {
                 for i in 0..records.count() {
-                    let (lsn, [head, body]) = records.record(i);
-                    // Checked: `check` bounded every payload.
-                    let len = u32::try_from(head.len() + body.len()).unwrap_or(u32::MAX);
-                    let start = out.len();
-                    out.extend_from_slice(&len.to_le_bytes());
-                    out.extend_from_slice(&[0; 4]);
-                    out.extend_from_slice(&lsn.to_le_bytes());
-                    out.extend_from_slice(head);
-                    out.extend_from_slice(body);
-                    // The CRC covers the LSN and the payload, which sit
-                    // together after it: computed over the copy, in cache
-                    // now, where the caller's frame may have left it.
-                    let record = &mut out.as_mut_slice()[start..];
-                    let crc = crc32fast::hash(&record[8..]) ^ salt;
-                    record[4..8].copy_from_slice(&crc.to_le_bytes());
+                    let (lsn, parts) = records.record(i);
+                    push_record(out, lsn, &parts, salt);
                 }
             }
         }
