@@ -29,6 +29,10 @@ use crate::{EngineError, ServerConfig, ServerSettings, accept, http, passivate, 
 /// at peak (a 50 ms flush at 400 k events/s is ~160 batches, ~320 parts).
 const ROW_SETS_KEPT: usize = 1024;
 
+/// How long shutdown waits for each of its last steps: shard actors to
+/// stop, connections to close, sessions to let go of the context.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
 /// A running server.
 #[derive(Debug)]
 pub struct Server {
@@ -389,17 +393,34 @@ impl Server {
             let _ = h.await;
         }
         let shards: Vec<ShardHandle> = self.ctx.shards.clone();
+        let ctx_held = Arc::downgrade(&self.ctx);
         // The flusher ends once every sender (the context's included) is gone.
         drop(self.ctx);
         let _ = tokio::time::timeout(self.drain_timeout, self.flusher).await;
         self.sequencer.close();
         let writer = self.journal_writer;
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        // Stopped and waited for: each actor holds the store, and a store
+        // still open when this returns is still locked, so reopening it
+        // at once (a restart in the same process) failed now and then
+        // with "another process has it open".
         for s in shards {
-            s.actor.stop(None);
+            let _ = s.actor.stop_and_wait(None, Some(STOP_WAIT)).await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.endpoint.wait_idle()).await;
-        tracing::info!("tillstream stopped");
+        let _ = tokio::time::timeout(STOP_WAIT, self.endpoint.wait_idle()).await;
+        // Sessions ending hold the context, and with it the store, a
+        // little longer than their connections.
+        let since = tokio::time::Instant::now();
+        while ctx_held.strong_count() > 0 && since.elapsed() < STOP_WAIT {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if ctx_held.strong_count() > 0 {
+            tracing::warn!("tasks still hold the server's context after shutdown");
+        }
+        tracing::info!(
+            waited_ms = since.elapsed().as_millis() as u64,
+            "tillstream stopped"
+        );
         Ok(())
     }
 }
