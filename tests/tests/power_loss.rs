@@ -36,6 +36,31 @@ use crate::process::free_ports;
 #[derive(Debug, Default)]
 struct Power {
     off: AtomicBool,
+    /// The buggy disk's acknowledged appends whose late fsync has not yet
+    /// decided, under this lock, whether the power is still on.
+    late_pending: Mutex<u64>,
+    acks_before_fsync: bool,
+}
+
+impl Power {
+    /// Cuts the power. Behind the buggy disk, at a moment when an
+    /// acknowledged append still waits for its fsync (for up to 30 s): a
+    /// cut that fell in a pause of the stream, with every late fsync
+    /// done, found nothing to lose, and on a loaded machine the check
+    /// then missed the bug.
+    async fn cut(&self) {
+        for _ in 0..3_000 {
+            {
+                let pending = self.late_pending.lock();
+                if !self.acks_before_fsync || *pending > 0 {
+                    self.off.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.off.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Appends waiting for the buggy disk's late fsync: (records, last LSN).
@@ -58,7 +83,14 @@ fn late_fsyncs(inner: Arc<dyn Store>, power: Arc<Power>, fsync: Duration) -> Lat
     std::thread::spawn(move || {
         for (records, last) in rx {
             std::thread::sleep(fsync);
-            if power.off.load(Ordering::SeqCst) || inner.journal_append(&records, last).is_err() {
+            {
+                let mut pending = power.late_pending.lock();
+                if power.off.load(Ordering::SeqCst) {
+                    return;
+                }
+                *pending -= 1;
+            }
+            if inner.journal_append(&records, last).is_err() {
                 return;
             }
         }
@@ -81,6 +113,7 @@ impl CommitFault for PowerCut {
             return Err(power_off());
         }
         if let Some(late) = &self.ack_before_fsync {
+            *self.power.late_pending.lock() += 1;
             let _ = late.lock().send((encode_records(records), last_lsn));
             return Ok(());
         }
@@ -111,7 +144,10 @@ async fn start(
     ack_before_fsync: bool,
     seed: u64,
 ) -> anyhow::Result<(Server, Arc<Power>)> {
-    let power = Arc::new(Power::default());
+    let power = Arc::new(Power {
+        acks_before_fsync: ack_before_fsync,
+        ..Power::default()
+    });
     let p = power.clone();
     let mut cfg = ServerConfig::new(dir);
     cfg.listen = listen;
@@ -216,16 +252,20 @@ async fn cut_and_check(
     dir: &std::path::Path,
     rng: &mut SmallRng,
 ) -> anyhow::Result<tillstream_storage::verify::VerifyReport> {
-    // Mid-stream: once this life has acknowledged something.
+    // Mid-stream: once this life has acknowledged something, or once the
+    // devices have sent everything (a fleet that finished before the last
+    // cut had each later cut wait its full 30 s for acks that never came).
     let before = fleet.acked().len();
+    let total: usize = fleet.scripts.iter().map(|s| s.batches.len()).sum();
     for _ in 0..3_000 {
-        if fleet.acked().len() > before + 24 {
+        let acked = fleet.acked().len();
+        if acked > before + 24 || acked >= total {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
-    power.off.store(true, Ordering::SeqCst);
+    power.cut().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let store = server.store();
     let _ = server.shutdown().await;
