@@ -115,6 +115,7 @@ impl ShardCore {
                 self.stats.misrouted += 1;
             }
         }
+        self.end_rollup_run();
         self.flush_dirty(LastChange { at_us: now_us, lsn }, out);
         self.stats.rows_emitted += out.len().saturating_sub(rows_before) as u64;
         self.stats.parts_applied += 1;
@@ -230,15 +231,23 @@ impl ShardCore {
         }
         let row = v.row(key);
         let rk = rollup_key(v);
-        let days = &mut self.days;
-        let activations = &mut self.stats.activations;
-        let slot = self.rollups.entry(rk).or_insert_with(|| {
-            days.entry((rk.0, rk.1)).or_insert_with(|| {
-                *activations += 1;
-                RollupDay::loaded()
+        if self.rollup_run.as_ref().is_none_or(|(k, _)| *k != rk) {
+            self.end_rollup_run();
+            let days = &mut self.days;
+            let activations = &mut self.stats.activations;
+            let slot = self.rollups.entry(rk).or_insert_with(|| {
+                days.entry((rk.0, rk.1)).or_insert_with(|| {
+                    *activations += 1;
+                    RollupDay::loaded()
+                });
+                RollupSlot::new(rk)
             });
-            RollupSlot::new(rk)
-        });
+            self.rollup_run = Some((rk, *slot));
+        }
+        // Always there: it was started above if it was not this minute's.
+        let Some((_, slot)) = self.rollup_run.as_mut() else {
+            return false;
+        };
         slot.add(&row);
         if !slot.dirty {
             slot.dirty = true;
@@ -249,6 +258,16 @@ impl ShardCore {
         }
         out.sales.push(row);
         true
+    }
+
+    /// Puts the rollup minute of the last run of sales back in `rollups`
+    /// (see `ShardCore::rollup_run`).
+    fn end_rollup_run(&mut self) {
+        if let Some((rk, run)) = self.rollup_run.take()
+            && let Some(slot) = self.rollups.get_mut(&rk)
+        {
+            *slot = run;
+        }
     }
 
     /// The lines of a sale or refund whose SKU lives here. False if none.

@@ -243,6 +243,13 @@ pub struct ShardCore {
     warm_slot_hits: usize,
     days: HashMap<(u32, u32), RollupDay, Keyed>,
     rollups: HashMap<RollupKey, RollupSlot, Keyed>,
+    /// The rollup minute the sales just applied went to, held here while
+    /// the next sales keep its key, and put back in `rollups` when one
+    /// does not or the `apply` call ends (so `None` outside `apply`). A
+    /// part of a till's batch is its sales of a minute or two, and a
+    /// probe of `rollups` per sale (hashing four fields, then the bucket)
+    /// was 1.3% of the server's CPU.
+    rollup_run: Option<(RollupKey, RollupSlot)>,
     dirty_rollups: Vec<RollupKey>,
     terminals: HashSet<(u32, u32), Keyed>,
     stats: ShardStats,
@@ -261,6 +268,7 @@ impl ShardCore {
             warm_slot_hits: 0,
             days: HashMap::default(),
             rollups: HashMap::default(),
+            rollup_run: None,
             dirty_rollups: Vec::new(),
             terminals: HashSet::default(),
             stats: ShardStats::default(),

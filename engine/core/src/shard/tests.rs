@@ -120,6 +120,45 @@ fn rollups_are_absolute_and_emitted_once_per_minute() -> R {
     Ok(())
 }
 
+/// A part's sales that leave a minute and come back to it, or alternate
+/// between two tills, each count in their own minute once: the run of
+/// sales held out of the rollup map (`ShardCore::rollup_run`) goes back
+/// to it whenever the key changes.
+#[test]
+fn sales_back_and_forth_between_minutes_and_tills_count_once_each() -> R {
+    let mut c = core(0, 1);
+    let next = NOW + MINUTE_US;
+    let b = testkit::batch(
+        1,
+        vec![
+            sale(NOW, 1, 4, vec![line(1, 1, 1)]),
+            sale(next, 1, 4, vec![line(1, 1, 10)]),
+            sale(NOW + 1, 1, 4, vec![line(1, 1, 100)]),
+            sale(NOW + 2, 1, 5, vec![line(1, 1, 1_000)]),
+            refund(NOW + 3, 1, 4, vec![line(1, 1, 1)]),
+            sale(NOW + 4, 1, 5, vec![line(1, 1, 10_000)]),
+        ],
+    )?;
+    let out = run(std::slice::from_mut(&mut c), 1, &b);
+    let mut rows: Vec<(u32, u16, u32, u32, i64)> = out
+        .terminal_rollups
+        .iter()
+        .map(|r| (r.terminal, r.minute, r.sales, r.refunds, r.gross))
+        .collect();
+    rows.sort_unstable();
+    let (m, m1) = (minute_of_day(NOW), minute_of_day(next));
+    assert_eq!(
+        rows,
+        [(4, m, 2, 1, 101), (4, m1, 1, 0, 10), (5, m, 2, 0, 11_000)]
+    );
+    // What the next part adds to is what this one left in the map.
+    let b = testkit::batch(2, vec![sale(NOW + 5, 1, 4, vec![line(1, 1, 2)])])?;
+    let out = run(std::slice::from_mut(&mut c), 1, &b);
+    let r = &out.terminal_rollups[0];
+    assert_eq!((r.terminal, r.sales, r.refunds, r.gross), (4, 3, 1, 103));
+    Ok(())
+}
+
 #[test]
 fn needs_then_activation() -> R {
     let mut c = core(0, 1);
