@@ -1,6 +1,8 @@
 //! Reading and writing frames on a QUIC stream.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -49,6 +51,13 @@ pub(crate) struct FramePermit {
 /// What a payload buffer starts with: the buffer grows as bytes arrive,
 /// so a header declaring 1 MiB and a stall costs this, not 1 MiB.
 const FIRST_PAYLOAD_CAPACITY: usize = 64 * 1024;
+
+/// Polls `f` once, with a waker that does nothing: whether it is ready
+/// now. (A function of its own, so that the context it polls with, which
+/// is not `Send`, is not held across the caller's next await.)
+fn poll_now<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+    f.poll(&mut Context::from_waker(Waker::noop()))
+}
 
 /// Reads one frame: `Ok(None)` when the peer finished the stream cleanly
 /// between frames. The header is checked before the payload is read, so a
@@ -116,16 +125,24 @@ pub(crate) async fn read_frame(
         tokio::time::Instant::now() + b.deadline + at_floor
     });
     while payload.len() < len {
-        let chunk = recv.read_chunk(len - payload.len(), true);
+        let mut chunk = std::pin::pin!(recv.read_chunk(len - payload.len(), true));
         let read = match deadline {
-            Some(at) => match tokio::time::timeout_at(at, chunk).await {
-                Ok(r) => r,
-                Err(_) => {
-                    return Err(ReadError::TooSlow {
-                        got: payload.len(),
-                        of: len,
-                    });
-                }
+            // A chunk already received is taken without a timer: most
+            // are (a batch's packets arrive before its reader runs), and
+            // a timer per chunk looked up the runtime's handle each time.
+            // A chunk not there yet is waited for under the deadline, the
+            // same future polled again, now with this task's waker.
+            Some(at) => match poll_now(chunk.as_mut()) {
+                Poll::Ready(r) => r,
+                Poll::Pending => match tokio::time::timeout_at(at, chunk).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(ReadError::TooSlow {
+                            got: payload.len(),
+                            of: len,
+                        });
+                    }
+                },
             },
             None => chunk.await,
         };
