@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -133,6 +134,16 @@ async fn dashboard_and_alerts_name_only_metrics_a_real_scrape_holds() -> anyhow:
     // The paths the Kubernetes probes ask answer 200 on a serving node.
     for path in probe_paths()? {
         assert_eq!(server.get(&path)?.0, 200, "{path}");
+    }
+    // The rows reach the tables within a flush interval of their acks,
+    // and the write histograms hold samples only once a write has run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.metric("tillstream_flushes_total")? < 1.0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no write of the tables 30 s after the stream"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
     let (status, body) = server.get("/metrics")?;
     anyhow::ensure!(status == 200, "/metrics answered {status}");
