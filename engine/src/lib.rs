@@ -44,7 +44,7 @@ mod wire;
 pub use audit::AuditTarget;
 pub use auth::{AuthConfig, CertAuth};
 pub use backend::open_backend;
-pub use config::{ServerConfig, ServerSettings, StoreChoice};
+pub use config::{DEFAULT_FLUSH_INTERVAL_MS, ServerConfig, ServerSettings, StoreChoice};
 pub use error::EngineError;
 pub use live_limits::{LimitChange, ReloadableLimits};
 pub use memory_limit::resident_bytes;

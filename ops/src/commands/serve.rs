@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{ArgMatches, FromArgMatches};
-use tillstream_engine::{ReloadableLimits, Server, ServerConfig};
+use tillstream_engine::{DEFAULT_FLUSH_INTERVAL_MS, ReloadableLimits, Server, ServerConfig};
 
 /// Run the server. With no flags: QUIC on 127.0.0.1:7400, HTTP on
 /// 127.0.0.1:7401, the embedded store and a self-signed certificate in
@@ -58,7 +58,7 @@ pub(crate) struct Args {
     /// are written at once). Acks do not wait for it (they wait for the
     /// journal's fsync); longer intervals write each store's blocks and
     /// levels less often, and make rows reach `query` later.
-    #[arg(long, default_value_t = 250, env = "TILLSTREAM_FLUSH_INTERVAL_MS")]
+    #[arg(long, default_value_t = DEFAULT_FLUSH_INTERVAL_MS, env = "TILLSTREAM_FLUSH_INTERVAL_MS")]
     flush_interval_ms: u64,
     /// PEM certificate chain (with --tls-key); default: a self-signed one in the data directory.
     #[arg(long, requires = "tls_key", env = "TILLSTREAM_TLS_CERT")]
