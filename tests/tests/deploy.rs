@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -137,14 +137,12 @@ async fn dashboard_and_alerts_name_only_metrics_a_real_scrape_holds() -> anyhow:
     }
     // The rows reach the tables within a flush interval of their acks,
     // and the write histograms hold samples only once a write has run.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while server.metric("tillstream_flushes_total")? < 1.0 {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "no write of the tables 30 s after the stream"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    anyhow::ensure!(
+        server
+            .wait_metric("tillstream_flushes_total", 1.0, Duration::from_secs(30))
+            .is_some(),
+        "no write of the tables 30 s after the stream"
+    );
     let (status, body) = server.get("/metrics")?;
     anyhow::ensure!(status == 200, "/metrics answered {status}");
     let scraped: BTreeSet<&str> = body

@@ -229,12 +229,21 @@ impl ServerProcess {
     /// batches (mid-stream, whatever the speed of the build); how long
     /// since it was spawned, or None if `limit` passes.
     pub(crate) fn wait_acked(&self, batches: u64, limit: Duration) -> Option<Duration> {
+        self.wait_metric("tillstream_batches_acked_total", batches as f64, limit)
+    }
+
+    /// Waits until the metric `name` (summed over its labels) reaches
+    /// `at_least`; how long since the process was spawned, or None if
+    /// `limit` passes.
+    pub(crate) fn wait_metric(
+        &self,
+        name: &str,
+        at_least: f64,
+        limit: Duration,
+    ) -> Option<Duration> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if self
-                .metric("tillstream_batches_acked_total")
-                .is_ok_and(|n| n >= batches as f64)
-            {
+            if self.metric(name).is_ok_and(|n| n >= at_least) {
                 return Some(self.started.elapsed());
             }
             std::thread::sleep(Duration::from_millis(2));
