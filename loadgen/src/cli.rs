@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::sched::DeviceSched;
+
 /// Drive a tillstream server with a simulated fleet of tills and shelf
 /// sensors (or a replayed CSV export), then report throughput, ack latency
 /// percentiles and, with --verify, whether every acknowledged event was
@@ -143,6 +145,17 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub device_threads: Option<u16>,
 
+    /// Scheduling policy of the threads that run the devices: `batch`
+    /// (Linux `SCHED_BATCH`: the same share of the CPU, but a device
+    /// woken by an ack or a timer waits for the server to yield instead
+    /// of preempting it) or `normal`. [default: `batch` where the devices
+    /// have threads of their own (`--server`, or `--device-threads`),
+    /// `normal` where they share the in-process server's]. With a server
+    /// on the same cores, `normal` measures the loadgen's scheduling as
+    /// part of the server's CPU. The report says which ran.
+    #[arg(long, value_name = "POLICY", value_enum)]
+    pub device_sched: Option<DeviceSched>,
+
     /// Shard actors of the in-process server [default: half the cores, at least one].
     #[arg(long, value_name = "N", conflicts_with = "server")]
     pub shards: Option<u16>,
@@ -229,7 +242,29 @@ impl Args {
         if self.sim_step_us.is_some_and(|s| s < 0) {
             anyhow::bail!("--sim-step-us cannot be negative");
         }
+        if self.device_sched == Some(DeviceSched::Batch) && !self.devices_have_own_threads() {
+            anyhow::bail!(
+                "--device-sched batch needs the devices on threads of their own (--server or --device-threads): the in-process server shares them"
+            );
+        }
         Ok(())
+    }
+
+    /// Whether no server task runs on the device threads: against
+    /// --server, or on a runtime of their own.
+    fn devices_have_own_threads(&self) -> bool {
+        self.server.is_some() || self.device_threads.is_some()
+    }
+
+    /// The policy the device threads run under: --device-sched, else
+    /// `batch` where they are the devices' alone (`sched` module docs).
+    pub fn device_sched(&self) -> DeviceSched {
+        self.device_sched
+            .unwrap_or(if self.devices_have_own_threads() {
+                DeviceSched::Batch
+            } else {
+                DeviceSched::Normal
+            })
     }
 
     /// The longest a batch stays open, in events of the whole run (the
@@ -306,6 +341,28 @@ mod tests {
         assert!(Args::try_parse_from(["x", "--server", "h:1", "--shards", "2"]).is_err());
         let a = Args::try_parse_from(["x", "--rate=-1"])?;
         assert!(a.check().is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn device_threads_are_batch_only_where_no_server_shares_them() -> anyhow::Result<()> {
+        let remote = ["x", "--server", "h:1", "--ca", "c.pem"];
+        let a = Args::try_parse_from(remote)?;
+        assert_eq!(a.device_sched(), DeviceSched::Batch);
+        let a = Args::try_parse_from(["x", "--device-threads", "1"])?;
+        assert_eq!(a.device_sched(), DeviceSched::Batch);
+        let a = Args::try_parse_from(["x"])?;
+        assert_eq!(a.device_sched(), DeviceSched::Normal);
+        let a = Args::try_parse_from(["x", "--device-sched", "batch"])?;
+        assert!(
+            a.check().is_err(),
+            "batch would put the in-process server's threads under it too"
+        );
+        let mut args = remote.to_vec();
+        args.extend(["--device-sched", "normal"]);
+        let a = Args::try_parse_from(args)?;
+        a.check()?;
+        assert_eq!(a.device_sched(), DeviceSched::Normal);
         Ok(())
     }
 }

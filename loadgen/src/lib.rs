@@ -25,6 +25,7 @@ pub mod meter;
 pub mod replay;
 pub mod report;
 pub mod run;
+pub mod sched;
 pub mod sweep;
 pub mod verify;
 pub mod workload;

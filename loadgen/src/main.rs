@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use tillstream_loadgen::cli::Args;
 use tillstream_loadgen::report::Report;
+use tillstream_loadgen::sched::DeviceSched;
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -38,12 +39,25 @@ fn write_report(args: &Args, report: &Report) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
     init_logs(args.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // Against --server this runtime runs the devices and nothing of a
+    // server's (without --device-threads): its threads, and this one,
+    // which polls the run, take the devices' policy (`sched` module).
+    if args.server.is_some() && args.device_threads.is_none() {
+        let sched = args.device_sched();
+        if sched.apply_to_current_thread() {
+            builder.on_thread_start(move || {
+                sched.apply_to_current_thread();
+            });
+        } else {
+            tracing::warn!(policy = ?sched, "the kernel refused the device threads' policy; they run as normal");
+            args.device_sched = Some(DeviceSched::Normal);
+        }
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

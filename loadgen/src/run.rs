@@ -16,6 +16,7 @@ use crate::fleet::{self, RunConfig};
 use crate::generator::{FleetSpec, with_run_id};
 use crate::meter::ServerMeter;
 use crate::report::{GeneratorInfo, Report};
+use crate::sched::DeviceSched;
 use crate::workload::{self, Workload};
 use crate::{replay, verify};
 
@@ -283,7 +284,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let before = meter.read().await;
     let out = match args.device_threads {
         Some(threads) => {
-            on_device_runtime(threads.into(), async move { fleet::run(work, &cfg).await }).await?
+            let sched = args.device_sched();
+            on_device_runtime(threads.into(), sched, async move {
+                fleet::run(work, &cfg).await
+            })
+            .await?
         }
         None => fleet::run(work, &cfg).await?,
     };
@@ -298,6 +303,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     report.run_id = run_id;
     report.auth = auth_mode.to_string();
     report.device_threads = args.device_threads;
+    report.device_sched = args.device_sched();
     report.cpu = meter.between(before.as_ref(), after.as_ref(), out.events_acked);
     report.server_ack_latency_ms =
         ServerMeter::ack_latency_between(before.as_ref(), after.as_ref());
@@ -360,14 +366,20 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 }
 
 /// Runs `fleet` on a runtime of its own with `threads` workers (apart
-/// from the in-process server's, if there is one).
+/// from the in-process server's, if there is one), under `sched`.
 async fn on_device_runtime<T: Send + 'static>(
     threads: usize,
+    sched: DeviceSched,
     fleet: impl Future<Output = anyhow::Result<T>> + Send + 'static,
 ) -> anyhow::Result<T> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name("tillstream-devices")
+        .on_thread_start(move || {
+            if !sched.apply_to_current_thread() {
+                tracing::warn!(policy = ?sched, "the kernel refused a device thread's policy");
+            }
+        })
         .enable_all()
         .build()
         .context("starting the devices' runtime")?;

@@ -189,6 +189,9 @@ pub struct Report {
     pub auth: String,
     /// `--device-threads` (null: the devices shared the loadgen's runtime).
     pub device_threads: Option<u16>,
+    /// The scheduling policy the device threads ran under
+    /// (`--device-sched`): `batch` or `normal`.
+    pub device_sched: crate::sched::DeviceSched,
     /// CPU time from before the first device dialled to the last
     /// acknowledgement: `scope` `server` (its process, with `--server`)
     /// or `server_and_devices` (this process, without); null where it
@@ -273,6 +276,7 @@ impl Report {
             run_id: 0,
             auth: String::new(),
             device_threads: None,
+            device_sched: crate::sched::DeviceSched::Normal,
             cpu: None,
             generator,
             failures: out.failures.clone(),
