@@ -8,10 +8,12 @@
 //! Linux's `SCHED_BATCH` keeps a thread's fair share of the CPU but takes
 //! away its wakeup preemption, so the device threads run when the server
 //! yields or its slice ends. On 2 cores with `--server` on loopback
-//! (README, "Benchmarks"): 10,000 devices at 5 events/s cost the server
-//! 14.3 and 14.8 µs an event against 15.6 and 15.6; 100 devices flat out
-//! reached 984 k events/s against 931 k (medians of 10 pairs, higher in
-//! 8), the server's CPU an event about the same (1.39 against 1.41 µs).
+//! (README, "Load generator"): over 4 M events from 100 devices flat out
+//! the server's threads were preempted 5,668 times instead of 20,353;
+//! those runs reached 984 k events/s against 931 k (medians of 10 pairs,
+//! higher in 8), the server's CPU an event little changed (1.39 against
+//! 1.41 µs); 10,000 devices at 5 events/s cost the server 14.3 and 14.8
+//! µs an event against 15.6 and 15.6.
 
 /// The policy the device threads run under, as the report names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
