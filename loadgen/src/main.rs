@@ -7,7 +7,6 @@ use anyhow::Context;
 use clap::Parser;
 use tillstream_loadgen::cli::Args;
 use tillstream_loadgen::report::Report;
-use tillstream_loadgen::sched::DeviceSched;
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -39,7 +38,7 @@ fn write_report(args: &Args, report: &Report) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let mut args = Args::parse();
+    let args = Args::parse();
     init_logs(args.log_format);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
@@ -54,7 +53,6 @@ fn main() -> ExitCode {
             });
         } else {
             tracing::warn!(policy = ?sched, "the kernel refused the device threads' policy; they run as normal");
-            args.device_sched = Some(DeviceSched::Normal);
         }
     }
     let runtime = match builder.build() {

@@ -8,12 +8,18 @@
 //! Linux's `SCHED_BATCH` keeps a thread's fair share of the CPU but takes
 //! away its wakeup preemption, so the device threads run when the server
 //! yields or its slice ends. On 2 cores with `--server` on loopback
-//! (README, "Load generator"): over 4 M events from 100 devices flat out
-//! the server's threads were preempted 5,668 times instead of 20,353;
-//! those runs reached 984 k events/s against 931 k (medians of 10 pairs,
-//! higher in 8), the server's CPU an event little changed (1.39 against
-//! 1.41 µs); 10,000 devices at 5 events/s cost the server 14.3 and 14.8
-//! µs an event against 15.6 and 15.6.
+//! (README, "Load generator"): in a pair of runs of 4 M events from 100
+//! devices flat out, the server's threads were preempted 5,668 times
+//! instead of 20,353; 10 pairs of such runs reached 984 k events/s
+//! against 931 k (medians, higher in 8), the server's CPU an event little
+//! changed (1.39 against 1.41 µs); 10,000 devices at 5 events/s cost the
+//! server 14.3 and 14.8 µs an event against 15.6 and 15.6.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set once the kernel refused the policy for some thread, so the report
+/// does not claim a policy that did not take.
+static REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// The policy the device threads run under, as the report names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -30,9 +36,23 @@ impl DeviceSched {
     /// a platform without `SCHED_BATCH`, or a kernel that refuses it,
     /// leaves the thread as it was.
     pub fn apply_to_current_thread(self) -> bool {
-        match self {
+        let took = match self {
             DeviceSched::Normal => true,
             DeviceSched::Batch => set_batch(),
+        };
+        if !took {
+            REFUSED.store(true, Ordering::Relaxed);
+        }
+        took
+    }
+
+    /// What the device threads ran under: this policy, or `Normal` if the
+    /// kernel refused it for any thread of this process.
+    pub fn as_run(self) -> DeviceSched {
+        if REFUSED.load(Ordering::Relaxed) {
+            DeviceSched::Normal
+        } else {
+            self
         }
     }
 }
