@@ -256,6 +256,13 @@ impl Args {
         self.server.is_some() || self.device_threads.is_some()
     }
 
+    /// The policy of the binary's own runtime, where that runtime runs the
+    /// devices and nothing of a server's (--server without
+    /// --device-threads); `None` where it runs a server or no devices.
+    pub fn main_runtime_sched(&self) -> Option<DeviceSched> {
+        (self.server.is_some() && self.device_threads.is_none()).then(|| self.device_sched())
+    }
+
     /// The policy the device threads run under: --device-sched, else
     /// `batch` where they are the devices' alone (`sched` module docs).
     pub fn device_sched(&self) -> DeviceSched {
@@ -349,10 +356,27 @@ mod tests {
         let remote = ["x", "--server", "h:1", "--ca", "c.pem"];
         let a = Args::try_parse_from(remote)?;
         assert_eq!(a.device_sched(), DeviceSched::Batch);
+        assert_eq!(a.main_runtime_sched(), Some(DeviceSched::Batch));
         let a = Args::try_parse_from(["x", "--device-threads", "1"])?;
         assert_eq!(a.device_sched(), DeviceSched::Batch);
+        assert_eq!(
+            a.main_runtime_sched(),
+            None,
+            "the main runtime runs the server"
+        );
+        let a = Args::try_parse_from(["x", "--device-threads", "1", "--device-sched", "batch"])?;
+        a.check()?;
+        let mut args = remote.to_vec();
+        args.extend(["--device-threads", "2"]);
+        let a = Args::try_parse_from(args)?;
+        assert_eq!(
+            a.main_runtime_sched(),
+            None,
+            "the devices have a runtime of their own"
+        );
         let a = Args::try_parse_from(["x"])?;
         assert_eq!(a.device_sched(), DeviceSched::Normal);
+        assert_eq!(a.main_runtime_sched(), None);
         let a = Args::try_parse_from(["x", "--device-sched", "batch"])?;
         assert!(
             a.check().is_err(),

@@ -42,18 +42,15 @@ fn main() -> ExitCode {
     init_logs(args.log_format);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    // Against --server this runtime runs the devices and nothing of a
-    // server's (without --device-threads): its threads, and this one,
-    // which polls the run, take the devices' policy (`sched` module).
-    if args.server.is_some() && args.device_threads.is_none() {
-        let sched = args.device_sched();
-        if sched.apply_to_current_thread() {
-            builder.on_thread_start(move || {
-                sched.apply_to_current_thread();
-            });
-        } else {
-            tracing::warn!(policy = ?sched, "the kernel refused the device threads' policy; they run as normal");
-        }
+    // Where this runtime runs the devices and nothing of a server's, its
+    // threads, and this one, which polls the run, take the devices'
+    // policy (`sched` module; a refusal is logged there).
+    if let Some(sched) = args.main_runtime_sched()
+        && sched.apply_to_current_thread()
+    {
+        builder.on_thread_start(move || {
+            sched.apply_to_current_thread();
+        });
     }
     let runtime = match builder.build() {
         Ok(rt) => rt,

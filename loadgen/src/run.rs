@@ -303,7 +303,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     report.run_id = run_id;
     report.auth = auth_mode.to_string();
     report.device_threads = args.device_threads;
-    report.device_sched = args.device_sched().as_run();
+    report.device_sched = args.device_sched().effective();
     report.cpu = meter.between(before.as_ref(), after.as_ref(), out.events_acked);
     report.server_ack_latency_ms =
         ServerMeter::ack_latency_between(before.as_ref(), after.as_ref());
@@ -376,9 +376,7 @@ async fn on_device_runtime<T: Send + 'static>(
         .worker_threads(threads)
         .thread_name("tillstream-devices")
         .on_thread_start(move || {
-            if !sched.apply_to_current_thread() {
-                tracing::warn!(policy = ?sched, "the kernel refused a device thread's policy; it runs as normal");
-            }
+            sched.apply_to_current_thread();
         })
         .enable_all()
         .build()

@@ -17,39 +17,41 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Set once the kernel refused the policy for some thread, so the report
-/// does not claim a policy that did not take.
-static REFUSED: AtomicBool = AtomicBool::new(false);
+/// Set once the kernel refused `SCHED_BATCH` for some thread, so the
+/// report does not claim a policy that did not take, and the warning is
+/// logged once, not once a thread.
+static BATCH_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// The policy the device threads run under, as the report names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceSched {
-    /// The default policy: a woken device thread may preempt the server.
+    /// The kernel's default (`SCHED_OTHER`): a woken device thread may
+    /// preempt the server.
     Normal,
     /// `SCHED_BATCH`: the same share of the CPU, no wakeup preemption.
     Batch,
 }
 
 impl DeviceSched {
-    /// Puts the calling thread under this policy. Returns whether it took:
-    /// a platform without `SCHED_BATCH`, or a kernel that refuses it,
-    /// leaves the thread as it was.
+    /// Puts the calling thread under this policy. Returns whether it took;
+    /// where it did not (a platform without `SCHED_BATCH`, a kernel or
+    /// sandbox that refuses the call), the thread keeps the policy it had,
+    /// and the first refusal of `batch` is logged.
     pub fn apply_to_current_thread(self) -> bool {
-        let took = match self {
-            DeviceSched::Normal => true,
-            DeviceSched::Batch => set_batch(),
-        };
-        if !took {
-            REFUSED.store(true, Ordering::Relaxed);
+        let took = set_policy(self);
+        if !took && self == DeviceSched::Batch && !BATCH_REFUSED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "the kernel refused SCHED_BATCH for the device threads; they run as normal"
+            );
         }
         took
     }
 
-    /// What the device threads ran under: this policy, or `Normal` if the
-    /// kernel refused it for any thread of this process.
-    pub fn as_run(self) -> DeviceSched {
-        if REFUSED.load(Ordering::Relaxed) {
+    /// What the device threads ran under: this policy, or `Normal` where
+    /// it was `Batch` and the kernel refused it for any thread.
+    pub fn effective(self) -> DeviceSched {
+        if self == DeviceSched::Batch && BATCH_REFUSED.load(Ordering::Relaxed) {
             DeviceSched::Normal
         } else {
             self
@@ -59,17 +61,21 @@ impl DeviceSched {
 
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)] // one FFI call std does not wrap; see SAFETY
-fn set_batch() -> bool {
+fn set_policy(policy: DeviceSched) -> bool {
+    let policy = match policy {
+        DeviceSched::Normal => libc::SCHED_OTHER,
+        DeviceSched::Batch => libc::SCHED_BATCH,
+    };
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 names the calling thread; `param` is a valid
-    // sched_param that lives across the call, which only reads it.
-    // Moving from SCHED_OTHER to SCHED_BATCH needs no privilege.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) == 0 }
+    // sched_param (priority 0, as both policies require) that lives
+    // across the call, which only reads it.
+    unsafe { libc::sched_setscheduler(0, policy, &param) == 0 }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn set_batch() -> bool {
-    false
+fn set_policy(policy: DeviceSched) -> bool {
+    policy == DeviceSched::Normal
 }
 
 #[cfg(all(test, target_os = "linux"))]
@@ -97,14 +103,18 @@ mod tests {
     }
 
     #[test]
-    fn normal_leaves_the_thread_as_it_was() {
-        let before = policy_of_current_thread();
-        let policy = std::thread::spawn(|| {
+    fn normal_puts_a_batch_thread_back() {
+        let (batch, normal) = std::thread::spawn(|| {
+            assert!(DeviceSched::Batch.apply_to_current_thread());
+            let batch = policy_of_current_thread();
             assert!(DeviceSched::Normal.apply_to_current_thread());
-            policy_of_current_thread()
+            (batch, policy_of_current_thread())
         })
         .join()
         .expect("the thread ran");
-        assert_eq!(policy, before, "a new thread inherits its parent's policy");
+        assert_eq!(batch, libc::SCHED_BATCH);
+        assert_eq!(normal, libc::SCHED_OTHER);
+        assert_eq!(DeviceSched::Batch.effective(), DeviceSched::Batch);
+        assert_eq!(DeviceSched::Normal.effective(), DeviceSched::Normal);
     }
 }
