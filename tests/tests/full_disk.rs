@@ -104,8 +104,8 @@ struct Seen {
 
 /// Needs root (it mounts a tmpfs), so it is ignored by default: the test
 /// summary counts it as such wherever it cannot run. `.ci/run` runs it
-/// (`--ignored`) as root; by hand: `cargo test -p tillstream-tests --test
-/// e2e -- --ignored full_disk`.
+/// (`--ignored`) as root; by hand: `cargo test --workspace --test e2e --
+/// --ignored full_disk` (`--workspace` reuses the suite's build).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root to mount a tmpfs; .ci/run runs it as root"]
 async fn a_full_disk_stops_acks_refuses_batches_and_a_restart_recovers() -> anyhow::Result<()> {
