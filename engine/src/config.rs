@@ -13,12 +13,12 @@ use crate::faults::Faults;
 /// by default ([`ServerConfig::flush_interval`]).
 ///
 /// Why 500 ms: where no other rule starts a write (rows that hold a
-/// quarter of a shard's budget, or gathered during a slow write), each
+/// quarter of a shard's budget), each
 /// write costs about the same for every store it touches, whatever its
 /// rows. 10,000 devices over 1,000 stores at 5 events/s took 12.5 and
 /// 12.8 µs of server CPU an event at 500 ms against 13.9–14.8 at 250 (4
 /// runs); 1,000 devices at 100/s, 2.67 against 2.83 and 3.05. Under load
-/// a write follows the one before at once, so the peak does not see it
+/// the quarter budget starts each write, so the peak does not see it
 /// (the main command, 3 pairs: 1,088 k events/s against 1,078 k). The cost:
 /// rows reach `query` up to half a second later (the tables are synced
 /// every 500 ms anyway), and a crash at a low rate leaves up to that much

@@ -53,9 +53,9 @@ pub(crate) struct Args {
     #[arg(long, default_value = "127.0.0.1:7401", env = "TILLSTREAM_HTTP")]
     http: String,
     /// How long acknowledged rows wait before they are written to the
-    /// tables, in milliseconds (under load a write follows the one before
-    /// at once, and rows that hold a quarter of a shard's in-flight budget
-    /// are written at once). Acks do not wait for it (they wait for the
+    /// tables, in milliseconds (rows that hold a quarter of a shard's
+    /// in-flight budget are written at once, so under load the budget
+    /// decides, not this). Acks do not wait for it (they wait for the
     /// journal's fsync); longer intervals write each store's blocks and
     /// levels less often, and make rows reach `query` later.
     #[arg(long, default_value_t = DEFAULT_FLUSH_INTERVAL_MS, env = "TILLSTREAM_FLUSH_INTERVAL_MS")]
