@@ -386,19 +386,12 @@ impl Flusher {
                     self.row_sets.give(part);
                 }
                 self.spare = parts;
-                // Under load the next write starts once `max_permits`
-                // gathered (the run loop checks after this), not as soon
-                // as this one ended. Writing at once whatever gathered
-                // meanwhile (after 64 units holding a sixteenth of it)
-                // wrote the default fleet's rows in writes two thirds
-                // that size, and every write costs per store and SKU it
-                // touches, whatever its rows: a stock level changed by
-                // both of two writes is written twice. Flat out, the
-                // writes went from 40 to 25 a second, and their time
-                // from 5.9 to 4.7 s for 8 M events (ARCHITECTURE.md, the
-                // flusher). Readers are not stopped by the wait: a write
-                // still starts as soon as a quarter of one shard's budget
-                // waits.
+                // The next write is not started here: under load it
+                // starts once `max_permits` gathered (the run loop checks
+                // after this). Every write costs per store and SKU it
+                // touches, so writing at once what gathered meanwhile
+                // made smaller writes, more of them (ARCHITECTURE.md, the
+                // flusher).
             }
             Ok((Err(e), _, _)) => {
                 tracing::error!(error = %e, "writing the tables failed: no more acknowledgements until restart");

@@ -188,6 +188,15 @@ impl Drop for LetAllThrough {
     }
 }
 
+/// Waits (on real time, up to 10 s) until `held` has seen `writes` start.
+async fn writes_started(held: &HeldWrites, writes: usize, what: &str) {
+    let since = Instant::now();
+    while held.started() < writes {
+        assert!(since.elapsed() < Duration::from_secs(10), "{what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 impl crate::faults::CommitFault for Arc<HeldWrites> {
     /// A materialization (the only write here: the journal's appends go
     /// their own way) waits at its start for a write to be let through.
@@ -224,14 +233,7 @@ async fn rows_that_gathered_during_a_write_wait_for_their_budget_share() -> Test
     let budget = Arc::new(tokio::sync::Semaphore::new(4 * max_permits));
     let permits = |n: u32| budget.clone().try_acquire_many_owned(n);
     rig.send_lsn(1, vec![permits(1000)?]).await?;
-    let first_write = Instant::now();
-    while held.started() == 0 {
-        assert!(
-            first_write.elapsed() < Duration::from_secs(10),
-            "a unit holding max_permits is written at once"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    writes_started(&held, 1, "a unit holding max_permits is written at once").await;
     for lsn in 2..=101 {
         rig.send_lsn(lsn, vec![permits(5)?]).await?;
     }
@@ -246,14 +248,7 @@ async fn rows_that_gathered_during_a_write_wait_for_their_budget_share() -> Test
     );
     // With the rest of max_permits, they are, at once.
     rig.send_lsn(102, vec![permits(500)?]).await?;
-    let topped_up = Instant::now();
-    while held.started() < 2 {
-        assert!(
-            topped_up.elapsed() < Duration::from_secs(10),
-            "rows holding max_permits waited for the interval"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    writes_started(&held, 2, "rows holding max_permits waited for the interval").await;
     held.let_through(usize::MAX);
     tokio::time::timeout(Duration::from_secs(10), written.wait_for(|&lsn| lsn == 102)).await??;
     rig.stop().await
