@@ -123,20 +123,22 @@ type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 /// Ack-eliciting packets the server may receive before it must ACK.
 const ACK_PACKET_THRESHOLD: u32 = 10;
 
-/// How long the server may hold an ACK back while fewer packets than
-/// [`ACK_PACKET_THRESHOLD`] came in. quinn would ask for 25 ms, its
-/// floor for the request. A batch is a few packets, and a new
-/// connection's congestion window (14,720 bytes) is smaller than a
-/// 128-event batch (~26 KiB): the device sends part of it, then waits for
-/// an ACK the server may delay by the whole 25 ms, since it got fewer than
-/// 10 packets and cannot acknowledge the batch before it has all of it. A
-/// device that sends little stays at that window, so the stall came back
-/// on later batches too: it was the loadgen's ack p99 at 100 k events/s
-/// (26 ms where the server's own ack latency stayed under 10 ms). 2 ms is
-/// about when the server's Ack message, which carries the ACK, leaves
-/// (its median ack latency is 1 to 2 ms), so it seldom adds a packet; it
-/// also shortens the probe timeout after a lost tail packet by 23 ms.
-const MAX_ACK_DELAY: Duration = Duration::from_millis(2);
+/// The congestion window a connection starts with: one packet more than
+/// [`ACK_PACKET_THRESHOLD`], of the size the connection starts at, or
+/// quinn's (RFC 9002's ten packets of 1,200 bytes) if that is larger.
+///
+/// The server holds an ACK back while fewer packets than the threshold
+/// came in, for up to its max_ack_delay (quinn's 25 ms). A device that
+/// filled its window with fewer packets than that would wait that long
+/// before it could send the rest of its batch; a window of more packets
+/// gets its ACK at once. Where an earlier connection found jumbo packets
+/// (8,952 bytes on loopback), quinn's 12,000-byte window is a packet and
+/// a third, less than half a 128-event batch (~26 KiB). A connection that
+/// starts at 1,200 bytes gets 11 of them, 13,200 bytes.
+fn initial_window(start_mtu: u16) -> u64 {
+    let quinn_default = 10 * u64::from(MIN_MTU);
+    quinn_default.max(u64::from(ACK_PACKET_THRESHOLD + 1) * u64::from(start_mtu))
+}
 
 /// A device's QUIC client settings: its TLS (which certificates it
 /// trusts, and its own if it has one) and transport options. Each
@@ -235,11 +237,15 @@ impl DeviceTls {
         // send and process; asking for one ACK per ACK_PACKET_THRESHOLD
         // packets (QUIC ACK frequency extension, which quinn speaks on both
         // sides) cuts that work at no cost to loss recovery, which still
-        // acts on the reordering threshold and the ack delay.
+        // acts on the reordering threshold and the ack delay. The delay is
+        // the server's own (25 ms): under load its Ack message leaves
+        // within it and carries the ACK, one packet a batch where the 2 ms
+        // once asked for here sent a bare ACK first (ARCHITECTURE.md, "One
+        // event, device to disk"). The price is a probe timeout 23 ms
+        // longer after a lost tail packet. `initial_window` keeps a device
+        // from waiting on a held-back ACK.
         let mut ack_frequency = quinn::AckFrequencyConfig::default();
-        ack_frequency
-            .ack_eliciting_threshold(ACK_PACKET_THRESHOLD.into())
-            .max_ack_delay(Some(MAX_ACK_DELAY));
+        ack_frequency.ack_eliciting_threshold(ACK_PACKET_THRESHOLD.into());
         transport.ack_frequency_config(Some(ack_frequency));
         // Batches are tens of KiB: where the path carries larger packets,
         // fewer of them cost less on both sides (DEFAULT_MAX_UDP_PAYLOAD).
@@ -250,9 +256,13 @@ impl DeviceTls {
         // left to probe (`path`); a path that carries less now loses the
         // big packets, and quinn's black hole detection falls back to
         // 1200 and searches again.
-        if let Some(mtu) = initial_mtu.filter(|&m| m > MIN_MTU) {
-            transport.initial_mtu(mtu.min(opts.max_udp_payload).max(MIN_MTU));
-        }
+        let start_mtu = initial_mtu
+            .filter(|&m| m > MIN_MTU)
+            .map_or(MIN_MTU, |mtu| mtu.min(opts.max_udp_payload).max(MIN_MTU));
+        transport.initial_mtu(start_mtu);
+        let mut congestion = quinn::congestion::CubicConfig::default();
+        congestion.initial_window(initial_window(start_mtu));
+        transport.congestion_controller_factory(Arc::new(congestion));
         let mut client = quinn::ClientConfig::new(self.crypto.clone());
         client.transport_config(Arc::new(transport));
         client
@@ -289,5 +299,20 @@ mod tests {
             client_endpoint(b"not a pem", addr),
             Err(ClientError::Tls(_))
         ));
+    }
+
+    #[test]
+    fn a_first_window_holds_more_packets_than_the_server_waits_for() {
+        // Nothing known of the path: near RFC 9002's ten packets.
+        assert_eq!(initial_window(MIN_MTU), 13_200);
+        for mtu in [MIN_MTU, 1452, 4096, DEFAULT_MAX_UDP_PAYLOAD] {
+            assert!(
+                initial_window(mtu) > u64::from(ACK_PACKET_THRESHOLD) * u64::from(mtu),
+                "a connection that starts at {mtu}-byte packets could fill its window \
+                 with fewer packets than the server waits for before it ACKs"
+            );
+        }
+        // A 128-event batch (~26 KiB) leaves whole on jumbo packets.
+        assert!(initial_window(DEFAULT_MAX_UDP_PAYLOAD) > 26 << 10);
     }
 }
