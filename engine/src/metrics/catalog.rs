@@ -182,7 +182,7 @@ pub(super) const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     (
         "tillstream_memory_pressure",
-        "1 while RSS is past --memory-soft-limit-mib (plus 48 KiB per connection served): freed pages go back to the OS at once, shards hold half their in-flight budget.",
+        "1 while RSS is past --memory-soft-limit-mib (plus 48 KiB per connection served in the last minute): freed pages go back to the OS at once, shards hold half their in-flight budget.",
     ),
     (
         "tillstream_allocator_collection_seconds",
