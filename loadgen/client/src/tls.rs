@@ -124,8 +124,9 @@ type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 const ACK_PACKET_THRESHOLD: u32 = 10;
 
 /// The congestion window a connection starts with: one packet more than
-/// [`ACK_PACKET_THRESHOLD`], of the size the connection starts at, or
-/// quinn's (RFC 9002's ten packets of 1,200 bytes) if that is larger.
+/// [`ACK_PACKET_THRESHOLD`], of the size the connection starts at (never
+/// under quinn's, RFC 9002's ten packets of 1,200 bytes, since a
+/// connection starts at 1,200 bytes or more).
 ///
 /// The server holds an ACK back while fewer packets than the threshold
 /// came in, for up to its max_ack_delay (quinn's 25 ms). A device that
@@ -136,8 +137,7 @@ const ACK_PACKET_THRESHOLD: u32 = 10;
 /// a third, less than half a 128-event batch (~26 KiB). A connection that
 /// starts at 1,200 bytes gets 11 of them, 13,200 bytes.
 fn initial_window(start_mtu: u16) -> u64 {
-    let quinn_default = 10 * u64::from(MIN_MTU);
-    quinn_default.max(u64::from(ACK_PACKET_THRESHOLD + 1) * u64::from(start_mtu))
+    u64::from(ACK_PACKET_THRESHOLD + 1) * u64::from(start_mtu.max(MIN_MTU))
 }
 
 /// A device's QUIC client settings: its TLS (which certificates it
@@ -256,9 +256,8 @@ impl DeviceTls {
         // left to probe (`path`); a path that carries less now loses the
         // big packets, and quinn's black hole detection falls back to
         // 1200 and searches again.
-        let start_mtu = initial_mtu
-            .filter(|&m| m > MIN_MTU)
-            .map_or(MIN_MTU, |mtu| mtu.min(opts.max_udp_payload).max(MIN_MTU));
+        let start_mtu =
+            initial_mtu.map_or(MIN_MTU, |mtu| mtu.min(opts.max_udp_payload).max(MIN_MTU));
         transport.initial_mtu(start_mtu);
         let mut congestion = quinn::congestion::CubicConfig::default();
         congestion.initial_window(initial_window(start_mtu));
