@@ -31,6 +31,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::gso::GsoCapped;
 use crate::tls::DeviceTls;
 
 /// How long a connection to a server no connection has found the path
@@ -70,14 +71,22 @@ pub struct ClientEndpoint {
     endpoint: quinn::Endpoint,
     default_tls: DeviceTls,
     book: Arc<PathBook>,
+    /// The endpoint's socket, whose GSO batches follow the path MTU
+    /// learned (`crate::gso`).
+    socket: Arc<GsoCapped>,
 }
 
 impl ClientEndpoint {
-    pub(crate) fn new(endpoint: quinn::Endpoint, default_tls: DeviceTls) -> Self {
+    pub(crate) fn new(
+        endpoint: quinn::Endpoint,
+        default_tls: DeviceTls,
+        socket: Arc<GsoCapped>,
+    ) -> Self {
         Self {
             endpoint,
             default_tls,
             book: Arc::default(),
+            socket,
         }
     }
 
@@ -138,11 +147,16 @@ impl ClientEndpoint {
     /// Records the UDP payload size `conn` (to `server`) reaches now. The
     /// latest wins, not the largest: after quinn lowered it (a black hole)
     /// the next connection should not start above the path again.
+    /// The socket's GSO batches are sized for the largest path MTU now
+    /// known of any server, so that no batch of any connection passes one
+    /// datagram.
     pub(crate) fn learn(&self, server: SocketAddr, mtu: u16) {
         {
             let mut paths = self.book.lock();
             paths.mtus.insert(server, mtu);
             paths.scouts.remove(&server);
+            let largest = paths.mtus.values().copied().max().unwrap_or(mtu);
+            self.socket.fit_packets_of(largest);
         }
         self.book.learned.notify_waiters();
     }
@@ -153,5 +167,33 @@ impl Deref for ClientEndpoint {
 
     fn deref(&self) -> &quinn::Endpoint {
         &self.endpoint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quinn::AsyncUdpSocket;
+
+    use super::*;
+
+    /// What a connection learns of its path sizes the endpoint's GSO
+    /// batches: the largest path MTU known of any server, and only until
+    /// a smaller one is learned for that same server.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_learned_path_mtu_sizes_the_sockets_batches() -> anyhow::Result<()> {
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
+        let a: SocketAddr = ([127, 0, 0, 1], 7400).into();
+        let b: SocketAddr = ([127, 0, 0, 1], 7500).into();
+        let endpoint = crate::client_endpoint(ca.cert.pem().as_bytes(), a)?;
+        let segments = || endpoint.socket.max_transmit_segments();
+        assert_eq!(segments(), 1, "a packet of up to 65,507 bytes a send");
+        endpoint.learn(a, 1472);
+        assert_eq!(segments(), 44, "no UDP segmentation offload here?");
+        endpoint.learn(b, 8952);
+        assert_eq!(segments(), 7, "sized for the larger of the two paths");
+        endpoint.learn(b, 1452);
+        assert_eq!(segments(), 44, "the latest MTU of a server counts");
+        Ok(())
     }
 }

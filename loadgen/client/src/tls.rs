@@ -8,6 +8,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tillstream_protocol::{ALPN, DEFAULT_MAX_UDP_PAYLOAD};
 
 use crate::ClientError;
+use crate::gso::MIN_MTU;
 use crate::path::ClientEndpoint;
 
 /// Transport settings of a client endpoint.
@@ -88,12 +89,15 @@ pub fn client_endpoint_with(
                 opts.max_udp_payload
             ))
         })?;
+    // Until a connection has found the path MTU, batches are sized for
+    // the largest packet there may be (`ClientEndpoint::learn` resizes them).
     let socket = crate::gso::quic_socket(socket, opts.max_udp_payload, &*runtime)
         .map_err(ClientError::Socket)?;
-    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(config, None, socket, runtime)
-        .map_err(ClientError::Socket)?;
+    let mut endpoint =
+        quinn::Endpoint::new_with_abstract_socket(config, None, socket.clone(), runtime)
+            .map_err(ClientError::Socket)?;
     endpoint.set_default_client_config(tls.quinn_config());
-    Ok(ClientEndpoint::new(endpoint, tls))
+    Ok(ClientEndpoint::new(endpoint, tls, socket))
 }
 
 /// The TLS settings of one device that proves who it is with a client
@@ -267,9 +271,6 @@ impl DeviceTls {
         client
     }
 }
-
-/// QUIC's smallest UDP payload, quinn's default initial MTU.
-const MIN_MTU: u16 = 1200;
 
 /// Binds a UDP socket of `server`'s family on an ephemeral port, with
 /// large buffers where the kernel allows (`crate::udp`; a smaller one only
