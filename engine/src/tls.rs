@@ -192,15 +192,6 @@ pub(crate) fn quic_server_config(
     // code.) What devices send is bounded by `max_udp_payload` in
     // `endpoint_config` and found by their own discovery.
     transport.mtu_discovery_config(None);
-    // Ask each device, as it asks the server (ACK frequency extension),
-    // for one ACK per 10 packets within its 25 ms, not one per 2: under
-    // load its ACK of an Ack then rides on its next batch. On loopback,
-    // the main fleet's devices sent 1.03 packets a batch instead of 1.5
-    // (4 M events, 3 pairs); the server's CPU an event was the same within
-    // the host's noise (1.255 µs against 1.27, medians of 6 pairs).
-    let mut ack_frequency = quinn::AckFrequencyConfig::default();
-    ack_frequency.ack_eliciting_threshold(10u32.into());
-    transport.ack_frequency_config(Some(ack_frequency));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
