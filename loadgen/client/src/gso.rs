@@ -3,9 +3,9 @@
 //!
 //! Why: Linux refuses a GSO send whose UDP payload passes 65,507 bytes
 //! (EMSGSIZE), and quinn-udp drops that error without a word, since MTU
-//! probes cause it too. quinn fills a batch with up to the socket's 64
-//! segments, so 8 or more packets of 8,952 bytes (a jumbo or loopback
-//! path), or 55 or more of 1,200, were lost whole, and lost again when
+//! probes cause it too. quinn fills a batch with up to 10 segments (its
+//! own bound, lower if the socket says so), so 8 or more packets of
+//! 8,952 bytes (a jumbo or loopback path) were lost whole, and lost again when
 //! retransmitted in batches as large: the sender's probe timeout backed
 //! off for seconds. A device writing 5 MB at once stalled past the
 //! server's 10 s frame deadline and was disconnected (one run in forty of
@@ -19,7 +19,7 @@
 //! Sizing the batches from the largest packet the endpoint may ever send
 //! instead (65,507 bytes since devices' packets grow to what the path
 //! carries) would send every packet on its own on a 1500-byte path: a
-//! 128-event batch in 18 system calls, not 1.
+//! 128-event batch in 18 system calls, not 2.
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
@@ -203,7 +203,9 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn batches_past_one_datagram_arrive_whole() -> anyhow::Result<()> {
-        let receiver = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        // Room for the 20 segments sent at once below: the default buffer
+        // holds about 21.
+        let (receiver, _) = crate::udp::bind(([127, 0, 0, 1], 0).into(), 4 << 20)?;
         let to = receiver.local_addr()?;
         let capped = quic_socket(
             std::net::UdpSocket::bind("127.0.0.1:0")?,
