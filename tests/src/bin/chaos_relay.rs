@@ -168,8 +168,12 @@ async fn run(args: Args) -> Result<(), String> {
     let tick = (args.stats_every_s > 0.0)
         .then(|| secs("stats-every-s", args.stats_every_s))
         .transpose()?;
-    let socket = tokio::net::UdpSocket::bind(args.listen)
-        .await
+    // Buffers as large as the devices' and the server's (`open_flow`).
+    let socket = tillstream_client::udp::bind(args.listen, tillstream_client::udp::BUFFER_BYTES)
+        .and_then(|(socket, _)| {
+            socket.set_nonblocking(true)?;
+            tokio::net::UdpSocket::from_std(socket)
+        })
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let relay = Relay::new(
         socket,
