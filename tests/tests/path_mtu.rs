@@ -10,7 +10,7 @@ use tillstream_tests::*;
 const WAIT: Duration = Duration::from_secs(30);
 
 /// QUIC's smallest UDP payload, where every connection's discovery starts.
-const QUIC_MIN_MTU: u16 = 1200;
+const QUIC_MIN_MTU: u16 = tillstream_client::gso::MIN_MTU;
 
 /// Streams `script` through a new device and waits for its last ack.
 async fn stream(

@@ -147,9 +147,8 @@ impl ClientEndpoint {
     /// Records the UDP payload size `conn` (to `server`) reaches now. The
     /// latest wins, not the largest: after quinn lowered it (a black hole)
     /// the next connection should not start above the path again.
-    /// The socket's GSO batches are sized for the largest path MTU now
-    /// known of any server, so that no batch of any connection passes one
-    /// datagram.
+    /// The socket's GSO batches are sized for the largest of the servers'
+    /// latest path MTUs, so that no connection's batch passes one datagram.
     pub(crate) fn learn(&self, server: SocketAddr, mtu: u16) {
         {
             let mut paths = self.book.lock();
