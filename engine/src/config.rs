@@ -153,7 +153,8 @@ pub struct ServerConfig {
     /// `max_udp_payload_size`, which bounds the devices' path MTU
     /// discovery and so what they send). Default
     /// [`DEFAULT_MAX_UDP_PAYLOAD`](tillstream_protocol::DEFAULT_MAX_UDP_PAYLOAD),
-    /// 8952; 1472 holds every packet to a 1500-byte Ethernet frame.
+    /// 65,507, so that only the path bounds a packet; 1472 holds every
+    /// packet to a 1500-byte Ethernet frame.
     pub quic_max_udp_payload: u16,
     /// Device and API authentication, revocation, the audit log. Default:
     /// on, tokens signed by `DATA_DIR/auth/signing.key` (made on first

@@ -17,8 +17,8 @@
 //! batch larger than that, which a connection whose packets grew before
 //! the endpoint heard of it can still build, goes out in several sends.
 //! Sizing the batches from the largest packet the endpoint may ever send
-//! instead (8,952 bytes by default) holds a 1500-byte path to 7 packets
-//! a send where quinn's 10 fit, and a bound of 65,507 bytes to 1: a
+//! instead (65,507 bytes since devices' packets grow to what the path
+//! carries) would send every packet on its own on a 1500-byte path: a
 //! 128-event batch in 18 system calls, not 2.
 
 use std::fmt;

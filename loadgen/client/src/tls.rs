@@ -39,14 +39,15 @@ pub struct EndpointOptions {
     /// MTU discovery) and accepts. The server's own limit caps what a
     /// device sends. Default
     /// [`DEFAULT_MAX_UDP_PAYLOAD`](tillstream_protocol::DEFAULT_MAX_UDP_PAYLOAD)
-    /// (8952): discovery keeps what the path carries, about 1452 on a
-    /// 1500-byte Ethernet path.
+    /// (65,507): discovery keeps what the path carries, 1472 on a
+    /// 1500-byte Ethernet path, 8952 with jumbo frames, and probes no
+    /// higher than the device's route to the server carries.
     pub max_udp_payload: u16,
 }
 
 impl Default for EndpointOptions {
     /// 5 s idle timeout, a keep-alive after 2 s of silence, 16 MiB buffers,
-    /// UDP payloads up to 8952 bytes where the path carries them.
+    /// UDP payloads as large as the path carries.
     fn default() -> Self {
         Self {
             idle_timeout: Duration::from_secs(5),
@@ -130,7 +131,9 @@ const ACK_PACKET_THRESHOLD: u32 = 10;
 /// The congestion window a connection starts with: one packet more than
 /// [`ACK_PACKET_THRESHOLD`], of the size the connection starts at (never
 /// under quinn's, RFC 9002's ten packets of 1,200 bytes, since a
-/// connection starts at 1,200 bytes or more).
+/// connection starts at 1,200 bytes or more), and room for path MTU
+/// discovery's probes where it will probe (`start_mtu` under
+/// `probe_bound`).
 ///
 /// The server holds an ACK back while fewer packets than the threshold
 /// came in, for up to its max_ack_delay (quinn's 25 ms). A device that
@@ -140,8 +143,28 @@ const ACK_PACKET_THRESHOLD: u32 = 10;
 /// (8,952 bytes on loopback), quinn's 12,000-byte window is a packet and
 /// a third, less than half a 128-event batch (~26 KiB). A connection that
 /// starts at 1,200 bytes gets 11 of them, 13,200 bytes.
-fn initial_window(start_mtu: u16) -> u64 {
-    u64::from(ACK_PACKET_THRESHOLD + 1) * u64::from(start_mtu.max(MIN_MTU))
+///
+/// The probes' room: quinn counts a probe in flight like data, sends the
+/// next packet only if a whole one of the size found so far fits beside
+/// what is in flight, and sends probes without asking the window. A
+/// probe (up to `probe_bound`) with a packet of the size found so far
+/// (under it) takes up to twice the bound; without that room, a probe
+/// larger than what the window has free held back every batch until it
+/// was acknowledged, or declared lost a probe timeout later. On a fresh
+/// loopback connection the first probe is 33,353 bytes against 13,200:
+/// through a relay with 5% loss and 100 ms of delay, devices' Hellos
+/// missed the server's 2 s deadline and one device did not get through in
+/// 10 s. The room is the bound's, which the route keeps to what can leave
+/// the device (`crate::udp::route_payload`): 2,944 bytes more on a
+/// 1500-byte path.
+fn initial_window(start_mtu: u16, probe_bound: u16) -> u64 {
+    let packets = u64::from(ACK_PACKET_THRESHOLD + 1) * u64::from(start_mtu.max(MIN_MTU));
+    let probes = if start_mtu < probe_bound {
+        2 * u64::from(probe_bound)
+    } else {
+        0
+    };
+    packets + probes
 }
 
 /// A device's QUIC client settings: its TLS (which certificates it
@@ -215,13 +238,20 @@ impl DeviceTls {
     /// The quinn settings of a connection that starts at QUIC's smallest
     /// UDP payload (for connecting without a [`DeviceClient`](crate::DeviceClient)).
     pub fn quinn_config(&self) -> quinn::ClientConfig {
-        self.quinn_config_at(None)
+        self.quinn_config_at(None, None)
     }
 
     /// The quinn settings of one connection; `initial_mtu`: the UDP
     /// payload size it starts at, if an earlier connection over the same
-    /// path found it (at least 1200, as quinn requires).
-    pub(crate) fn quinn_config_at(&self, initial_mtu: Option<u16>) -> quinn::ClientConfig {
+    /// path found it (at least 1200, as quinn requires); `route_payload`:
+    /// the largest the device's route to the server carries, if known
+    /// ([`crate::udp::route_payload`]), which bounds discovery below the
+    /// endpoint's own `max_udp_payload`.
+    pub(crate) fn quinn_config_at(
+        &self,
+        initial_mtu: Option<u16>,
+        route_payload: Option<u16>,
+    ) -> quinn::ClientConfig {
         let opts = &self.opts;
         let mut transport = quinn::TransportConfig::default();
         // A zero idle timeout is none, and a zero keep-alive would ping
@@ -253,18 +283,20 @@ impl DeviceTls {
         transport.ack_frequency_config(Some(ack_frequency));
         // Batches are tens of KiB: where the path carries larger packets,
         // fewer of them cost less on both sides (DEFAULT_MAX_UDP_PAYLOAD).
+        let probe_bound = route_payload
+            .map_or(opts.max_udp_payload, |r| r.min(opts.max_udp_payload))
+            .max(MIN_MTU);
         let mut mtu_discovery = quinn::MtuDiscoveryConfig::default();
-        mtu_discovery.upper_bound(opts.max_udp_payload);
+        mtu_discovery.upper_bound(probe_bound);
         transport.mtu_discovery_config(Some(mtu_discovery));
         // Starting where the last connection ended, discovery has nothing
         // left to probe (`path`); a path that carries less now loses the
         // big packets, and quinn's black hole detection falls back to
         // 1200 and searches again.
-        let start_mtu =
-            initial_mtu.map_or(MIN_MTU, |mtu| mtu.min(opts.max_udp_payload).max(MIN_MTU));
+        let start_mtu = initial_mtu.map_or(MIN_MTU, |mtu| mtu.min(probe_bound).max(MIN_MTU));
         transport.initial_mtu(start_mtu);
         let mut congestion = quinn::congestion::CubicConfig::default();
-        congestion.initial_window(initial_window(start_mtu));
+        congestion.initial_window(initial_window(start_mtu, probe_bound));
         transport.congestion_controller_factory(Arc::new(congestion));
         let mut client = quinn::ClientConfig::new(self.crypto.clone());
         client.transport_config(Arc::new(transport));
@@ -303,16 +335,60 @@ mod tests {
 
     #[test]
     fn a_first_window_holds_more_packets_than_the_server_waits_for() {
-        // Nothing known of the path: near RFC 9002's ten packets.
-        assert_eq!(initial_window(MIN_MTU), 13_200);
+        // Nothing known of the path, and nothing to probe: near RFC 9002's
+        // ten packets.
+        assert_eq!(initial_window(MIN_MTU, MIN_MTU), 13_200);
         for mtu in [MIN_MTU, 1452, 4096, DEFAULT_MAX_UDP_PAYLOAD] {
             assert!(
-                initial_window(mtu) > u64::from(ACK_PACKET_THRESHOLD) * u64::from(mtu),
+                initial_window(mtu, mtu) > u64::from(ACK_PACKET_THRESHOLD) * u64::from(mtu),
                 "a connection that starts at {mtu}-byte packets could fill its window \
                  with fewer packets than the server waits for before it ACKs"
             );
         }
-        // A 128-event batch (~26 KiB) leaves whole on jumbo packets.
-        assert!(initial_window(DEFAULT_MAX_UDP_PAYLOAD) > 26 << 10);
+        // A 128-event batch (~26 KiB) leaves whole on jumbo packets, and
+        // on the largest the server accepts by default.
+        assert!(initial_window(8952, 8952) > 26 << 10);
+        assert!(initial_window(DEFAULT_MAX_UDP_PAYLOAD, DEFAULT_MAX_UDP_PAYLOAD) > 26 << 10);
+    }
+
+    /// Walks quinn's binary search (`MtuDiscoveryConfig`'s defaults: a
+    /// probe halfway between what passed and what failed, until they are
+    /// 20 bytes apart), each probe passing or failing, and checks quinn's
+    /// rule at every probe: beside the probe in flight, the window must
+    /// take a packet of the size found so far and ten more of the first
+    /// size, or the probe holds back the device's batches.
+    #[test]
+    fn a_probe_in_flight_leaves_a_batch_its_window() {
+        for (start, bound) in [
+            (MIN_MTU, DEFAULT_MAX_UDP_PAYLOAD),
+            (MIN_MTU, 1472),
+            (MIN_MTU, 8952),
+            (1472, 8952),
+        ] {
+            let window = initial_window(start, bound);
+            for passes in [true, false] {
+                let (mut found, mut failed) = (start, bound);
+                while failed - found >= 20 {
+                    let probe = found + (failed - found) / 2;
+                    let room = window - u64::from(probe);
+                    let beside = u64::from(found) + 10 * u64::from(start);
+                    assert!(
+                        room >= beside,
+                        "start {start}, bound {bound}: a {probe}-byte probe leaves {room} \
+                         bytes, not the {beside} of a packet of {found} and ten of {start}"
+                    );
+                    if passes {
+                        found = probe;
+                    } else {
+                        failed = probe - 1;
+                    }
+                }
+                // Where the search stops short of the bound, quinn probes
+                // the bound itself last.
+                assert!(window - u64::from(bound) >= u64::from(found) + 10 * u64::from(start));
+            }
+        }
+        // The room is the probes' bound's: on a 1500-byte route, 2,944 bytes.
+        assert_eq!(initial_window(MIN_MTU, 1472), 13_200 + 2_944);
     }
 }
