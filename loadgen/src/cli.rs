@@ -166,10 +166,10 @@ pub struct Args {
     pub flush_interval_ms: Option<u64>,
 
     /// Largest UDP payload the in-process server lets devices send, bytes
-    /// [default: the server's, 65507]. On loopback, QUIC's path MTU
-    /// discovery reaches it; 8952 plays a jumbo-frame network, 1472 a
-    /// 1500-byte Ethernet path, where a batch takes 3 and 18 packets
-    /// instead of 1.
+    /// [default: the server's, 65507]; the devices' own bound too. On
+    /// loopback, QUIC's path MTU discovery reaches it; 8952 plays a
+    /// jumbo-frame network, 1472 a 1500-byte Ethernet path, where a batch
+    /// takes 3 and 18 packets instead of 1.
     #[arg(long, value_name = "BYTES", conflicts_with = "server",
           value_parser = clap::value_parser!(u16).range(1200..=65_527))]
     pub quic_max_udp_payload: Option<u16>,

@@ -56,12 +56,14 @@ impl Credentials {
         }
     }
 
-    /// The credential of `device` of `store` with `role`.
+    /// The credential of `device` of `store` with `role`; a certificate's
+    /// TLS settings carry the transport options `opts`.
     pub fn for_device(
         &self,
         device: u64,
         store: u32,
         role: Role,
+        opts: &EndpointOptions,
     ) -> anyhow::Result<DeviceCredential> {
         Ok(match self {
             Credentials::None => DeviceCredential::default(),
@@ -87,7 +89,7 @@ impl Credentials {
                     trust_pem,
                     issued.cert_pem.as_bytes(),
                     issued.key_pem.as_bytes(),
-                    &EndpointOptions::default(),
+                    opts,
                 )?;
                 DeviceCredential {
                     token: Vec::new(),

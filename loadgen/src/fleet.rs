@@ -28,7 +28,8 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tillstream_client::{
-    ClientConfig, ClientError, ClientEvent, ClientStats, DeviceClient, client_endpoint,
+    ClientConfig, ClientError, ClientEvent, ClientStats, DeviceClient, EndpointOptions,
+    client_endpoint_with,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -57,6 +58,12 @@ pub struct RunConfig {
     /// How long to wait for every device's first session before the clock
     /// starts anyway.
     pub connect_wait: Duration,
+    /// The devices' transport settings. Where the loadgen starts the
+    /// server itself with a smaller UDP payload limit, the devices get it
+    /// too: a device's first congestion window has room for the probes
+    /// up to its own bound (`tillstream_client` `initial_window`), and
+    /// quinn probes no higher than the server's.
+    pub endpoint: EndpointOptions,
 }
 
 impl RunConfig {
@@ -79,6 +86,7 @@ impl RunConfig {
             give_up_after,
             max_inflight,
             connect_wait: Duration::from_secs(10),
+            endpoint: EndpointOptions::default(),
         }
     }
 }
@@ -148,8 +156,8 @@ fn progress(total: u64) -> ProgressBar {
 
 /// Sends `work` and collects the acknowledgements.
 pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> {
-    let endpoint =
-        client_endpoint(&cfg.ca_pem, cfg.server).context("creating the QUIC endpoint")?;
+    let endpoint = client_endpoint_with(&cfg.ca_pem, cfg.server, &cfg.endpoint)
+        .context("creating the QUIC endpoint")?;
     let (tx, mut rx) = mpsc::channel::<ClientEvent>(8192);
     let total = work.events;
     let plans: Vec<DevicePlan> = work
@@ -172,7 +180,9 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
         .map(|p| {
             let mut c = ClientConfig::new(cfg.server, p.device);
             c.server_name.clone_from(&cfg.server_name);
-            let cred = cfg.credentials.for_device(p.device, p.store, p.role)?;
+            let cred = cfg
+                .credentials
+                .for_device(p.device, p.store, p.role, &cfg.endpoint)?;
             c.token = cred.token;
             c.tls = cred.tls;
             c.max_inflight = cfg.max_inflight;

@@ -19,6 +19,7 @@ use crate::report::{GeneratorInfo, Report};
 use crate::sched::DeviceSched;
 use crate::workload::{self, Workload};
 use crate::{replay, verify};
+use tillstream_client::EndpointOptions;
 
 /// Default port of the server's HTTP API.
 const DEFAULT_HTTP_PORT: u16 = 7401;
@@ -271,6 +272,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         give_up_after: Duration::from_secs(args.give_up_after),
         max_inflight: args.max_inflight,
         connect_wait: Duration::from_secs(10),
+        endpoint: EndpointOptions {
+            max_udp_payload: args
+                .quic_max_udp_payload
+                .unwrap_or(tillstream_protocol::DEFAULT_MAX_UDP_PAYLOAD),
+            ..EndpointOptions::default()
+        },
     };
     // The CPU the run costs (the server's, or this whole process's) and
     // the server's own ack latency.

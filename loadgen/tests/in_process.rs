@@ -220,6 +220,7 @@ async fn used_device_ids_fail_the_run_even_before_they_connect() -> anyhow::Resu
         max_inflight: 8,
         // Sends start before any Welcome: the check must not depend on it.
         connect_wait: Duration::ZERO,
+        endpoint: tillstream_client::EndpointOptions::default(),
     };
     let first = fleet::run(workload::build(&spec, 20, None)?, &cfg).await?;
     assert!(first.failures.is_empty(), "{:?}", first.failures);

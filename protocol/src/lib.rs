@@ -33,15 +33,17 @@ pub const ALPN: &[u8] = b"tillstream/1";
 /// a device's QUIC path MTU discovery, unless configured otherwise: the
 /// most one IPv4 datagram carries (65,535 bytes less the IP and UDP
 /// headers), so that only the path bounds a packet. Discovery probes up
-/// from 1200 and keeps what the path carries: 1472 on a 1500-byte
-/// Ethernet path (1452 over IPv6), 8952 with jumbo frames, and all of it
-/// on loopback. A device probes no higher than its own route carries (its
-/// interface's MTU); a probe too large for a later hop is a lost probe,
-/// not lost data. QUIC's costs per packet (header protection,
-/// AEAD set-up, ACKs, one datagram's trip through the kernel) fall with
-/// the count: a 128-event batch of about 26 KiB goes in 18 packets of
-/// 1452 bytes, 3 of 8952, 1 here. On loopback the server took about a
-/// sixth less CPU an event in one packet than in 3 (README, Benchmarks).
+/// from 1200 and keeps what the path carries: 1472 where the device's
+/// own network is 1500-byte Ethernet (1452 over IPv6), 8952 with jumbo
+/// frames, and all of it on loopback. A device probes no higher than its
+/// own route carries (its interface's MTU); a probe too large for a later
+/// hop is a lost probe, not lost data, and discovery ends below it.
+/// QUIC's costs per packet (header protection, AEAD set-up, ACKs, one
+/// datagram's trip through the kernel) fall with the count: a 128-event
+/// batch of about 26 KiB goes in 18 packets of 1472 bytes, 3 of 8952, 1
+/// here. On loopback the devices send a third of the packets they sent
+/// at 8952 bytes; the server's CPU an event was the same within the
+/// noise (README, Benchmarks, 2026-11-28 early morning).
 pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 65_507;
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u8 = 1;

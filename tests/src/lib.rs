@@ -37,7 +37,17 @@ pub async fn start_server(dir: &std::path::Path, shards: u16) -> anyhow::Result<
     Ok(Server::start(cfg).await?)
 }
 
-/// A client endpoint trusting `server`'s self-signed certificate.
+/// Whether this process runs as root (the tests that mount a tmpfs or
+/// change loopback's routes need it).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next().map(|u| u == "0"))
+            .unwrap_or(false)
+    })
+}
+
 /// Opens the store of a stopped server's data directory as `tillstream
 /// verify` does: its journal replayed into the tables first.
 pub fn open_recovered(
@@ -135,6 +145,7 @@ impl Tokens {
     }
 }
 
+/// A client endpoint trusting `server`'s self-signed certificate.
 pub fn endpoint_for(server: &Server) -> anyhow::Result<ClientEndpoint> {
     let ca = std::fs::read(server.cert_path())?;
     Ok(client_endpoint(&ca, server.quic_addr())?)

@@ -15,15 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::crash::{loadgen_args, stop_and_verify};
 use crate::process::{ServeOpts, ServerProcess};
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|v| v.split_whitespace().next().map(|u| u == "0"))
-            .unwrap_or(false)
-    })
-}
+use tillstream_tests::is_root;
 
 /// A tmpfs of a fixed size, unmounted when dropped.
 struct SmallDisk {

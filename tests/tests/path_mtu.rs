@@ -185,7 +185,9 @@ impl NarrowRoute {
 
 impl Drop for NarrowRoute {
     fn drop(&mut self) {
-        let _ = ip(&["addr", "del", &format!("{}/32", self.0), "dev", "lo"]);
+        let a = self.0.to_string();
+        let _ = ip(&["route", "del", "local", &a, "dev", "lo", "table", "local"]);
+        let _ = ip(&["addr", "del", &format!("{a}/32"), "dev", "lo"]);
     }
 }
 
@@ -198,6 +200,10 @@ impl Drop for NarrowRoute {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root to give a loopback address a 1500-byte route; .ci/run runs it as root"]
 async fn a_device_probes_no_higher_than_its_route_carries() -> anyhow::Result<()> {
+    anyhow::ensure!(
+        is_root(),
+        "giving a loopback address a route of its own needs root: run this test as root"
+    );
     let route = NarrowRoute::add(std::net::Ipv4Addr::new(127, 31, 15, 0))?;
     let dir = tempfile::tempdir()?;
     let mut cfg = test_config(dir.path(), 1);

@@ -72,16 +72,21 @@ pub fn bind(
 
 /// The largest UDP payload the kernel's route to `server` carries: the
 /// MTU it keeps for that destination (the outgoing interface's, or less
-/// where ICMP said a hop carries less) less the IP and UDP headers;
-/// `None` where the kernel does not say.
+/// where a route says so or ICMP said a hop carries less) less the IP
+/// and UDP headers; `None` where the kernel does not say.
 ///
-/// Why: a probe of path MTU discovery larger than this is refused by the
-/// device's own kernel (`EMSGSIZE`) and never leaves, yet quinn counts it
-/// as sent until it is declared lost, holding the congestion window it
-/// takes (`crate::tls`). Bounding discovery here costs one socket and
-/// three system calls a connection, and on a 1500-byte path keeps the
-/// search between 1200 and 1472 bytes instead of climbing to 64 KiB.
+/// Why: a probe larger than the interface's MTU is refused by the
+/// device's own kernel (`EMSGSIZE`; quinn sends with the kernel's path
+/// MTU otherwise ignored) and one larger than a hop the kernel knows of
+/// is lost on the way, yet quinn counts either as in flight until it is
+/// declared lost, holding the congestion window it takes (`crate::tls`).
+/// Bounding discovery here costs a socket and five system calls a
+/// connection, and on a 1500-byte network keeps the search between 1200
+/// and 1472 bytes instead of climbing to 64 KiB.
 pub fn route_payload(server: SocketAddr) -> Option<u16> {
+    // An IPv4 server written as an IPv4-mapped IPv6 address has an IPv4
+    // route and headers.
+    let server = SocketAddr::new(server.ip().to_canonical(), server.port());
     let any: SocketAddr = if server.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
@@ -203,5 +208,8 @@ mod tests {
         let server: SocketAddr = (std::net::Ipv6Addr::LOCALHOST, 9).into();
         let v6 = route_payload(server);
         assert!(matches!(v6, None | Some(65_488)), "{v6:?}");
+        // An IPv4 address in IPv6 clothing is routed, and counted, as IPv4.
+        let mapped = std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped();
+        assert_eq!(route_payload((mapped, 9).into()), Some(65_507));
     }
 }

@@ -192,7 +192,7 @@ pub(crate) struct Args {
     quic_window_kib: u64,
     /// Largest UDP payload, in bytes, that devices may send: their QUIC
     /// path MTU discovery tries up to it and keeps what the path carries
-    /// (about 1452 on a 1500-byte Ethernet path), so a larger bound only
+    /// (1472 on a 1500-byte Ethernet network), so a larger bound only
     /// pays where jumbo frames (or loopback) carry it: fewer, larger
     /// packets cost less CPU on both ends. 1472 holds every packet to a
     /// 1500-byte frame.
