@@ -97,7 +97,10 @@ pub fn client_endpoint_with(
     let mut endpoint =
         quinn::Endpoint::new_with_abstract_socket(config, None, socket.clone(), runtime)
             .map_err(ClientError::Socket)?;
-    endpoint.set_default_client_config(tls.quinn_config());
+    // For a plain `connect` to the server the endpoint was made for,
+    // discovery bounded by that server's route, as a device's dial is.
+    endpoint
+        .set_default_client_config(tls.quinn_config_at(None, crate::udp::route_payload(server)));
     Ok(ClientEndpoint::new(endpoint, tls, socket))
 }
 
@@ -243,7 +246,8 @@ fn device_tls(
 
 impl DeviceTls {
     /// The quinn settings of a connection that starts at QUIC's smallest
-    /// UDP payload (for connecting without a [`DeviceClient`](crate::DeviceClient)).
+    /// UDP payload (for connecting without a [`DeviceClient`](crate::DeviceClient)),
+    /// its discovery kept to quinn's 1,452 bytes since no route is known.
     pub fn quinn_config(&self) -> quinn::ClientConfig {
         self.quinn_config_at(None, None)
     }
