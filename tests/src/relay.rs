@@ -474,11 +474,7 @@ fn open_flow(
     tx: mpsc::Sender<Inbound>,
     now: Instant,
 ) -> std::io::Result<Flow> {
-    let local: SocketAddr = if server.is_ipv6() {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    };
+    let local = tillstream_client::udp::any_port_for(server);
     // Buffers as large as the devices' and the server's: with the kernel's
     // default (about 3 datagrams of 64 KiB) a relay short of CPU dropped
     // more than its faults said, and counted none of it.

@@ -43,6 +43,22 @@ async fn send_all(
     Ok(())
 }
 
+/// Streams `script` through a new device on `endpoint` and waits until
+/// the endpoint has learned a path MTU to `server` from it.
+async fn find_path(
+    endpoint: &tillstream_client::ClientEndpoint,
+    server: &tillstream_engine::Server,
+    script: &DeviceScript,
+) -> anyhow::Result<tillstream_client::DeviceClient> {
+    let dev = stream(endpoint, server, &Tokens::of(server)?, script).await?;
+    let addr = server.quic_addr();
+    wait_for("a path MTU learned", || {
+        endpoint.path_mtu(addr).is_some_and(|m| m > QUIC_MIN_MTU)
+    })
+    .await?;
+    Ok(dev)
+}
+
 /// Waits until `what` holds, polling.
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + WAIT;
@@ -64,17 +80,7 @@ async fn a_later_connection_starts_at_the_path_mtu_the_first_one_found() -> anyh
 
     // Loopback carries every probe: the first device's discovery climbs
     // from QUIC's minimum to the server's limit.
-    let first = stream(
-        &endpoint,
-        &server,
-        &tokens,
-        &script(300, 1, true, 3, 20, t0),
-    )
-    .await?;
-    wait_for("the first connection's path MTU", || {
-        endpoint.path_mtu(addr).is_some_and(|m| m > QUIC_MIN_MTU)
-    })
-    .await?;
+    let first = find_path(&endpoint, &server, &script(300, 1, true, 3, 20, t0)).await?;
     let learned = endpoint.path_mtu(addr).unwrap_or(0);
     let searched = first.stats();
     assert!(
@@ -209,23 +215,12 @@ async fn a_device_probes_no_higher_than_its_route_carries() -> anyhow::Result<()
     let mut cfg = test_config(dir.path(), 1);
     cfg.listen = (route.0, 0).into();
     let server = tillstream_engine::Server::start(cfg).await?;
-    let tokens = Tokens::of(&server)?;
     let endpoint = endpoint_for(&server)?;
     let addr = server.quic_addr();
     let t0 = now_us() - 3_600_000_000;
 
-    let dev = stream(
-        &endpoint,
-        &server,
-        &tokens,
-        &script(500, 1, true, 3, 20, t0),
-    )
-    .await?;
     // Discovery from 1,200 to 1,472 bytes ends in a handful of probes.
-    wait_for("the connection's path MTU", || {
-        endpoint.path_mtu(addr).is_some_and(|m| m > QUIC_MIN_MTU)
-    })
-    .await?;
+    let dev = find_path(&endpoint, &server, &script(500, 1, true, 3, 20, t0)).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stats = dev.stats();
     assert_eq!(

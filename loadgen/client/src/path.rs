@@ -113,7 +113,7 @@ impl ClientEndpoint {
         let mtu = self.path_mtu_or_scout(server).await;
         let route = crate::udp::route_payload(server);
         if route.is_none() {
-            tracing::debug!(%server, "the route's MTU is unknown: probing to 1,452 bytes at most");
+            tracing::debug!(%server, "the kernel does not say what the route carries: discovery keeps to quinn's own bound");
         }
         let config = tls.unwrap_or(&self.default_tls).quinn_config_at(mtu, route);
         self.endpoint.connect_with(config, server, server_name)

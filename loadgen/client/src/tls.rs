@@ -1,4 +1,4 @@
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -324,12 +324,7 @@ impl DeviceTls {
 /// large buffers where the kernel allows (`crate::udp`; a smaller one only
 /// costs speed, so it is logged, not refused).
 fn bind(server: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
-    let addr: SocketAddr = if server.is_ipv6() {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    };
-    let (socket, buffers) = crate::udp::bind(addr, buffer)?;
+    let (socket, buffers) = crate::udp::bind(crate::udp::any_port_for(server), buffer)?;
     if buffers.recv_short() {
         tracing::debug!(?buffers, "the UDP receive buffer is smaller than asked for");
     }

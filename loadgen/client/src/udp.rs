@@ -70,6 +70,16 @@ pub fn bind(
     Ok((socket.into(), buffers))
 }
 
+/// An ephemeral port on every address of `server`'s family: where a
+/// socket that talks to `server` binds.
+pub fn any_port_for(server: SocketAddr) -> SocketAddr {
+    if server.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    }
+}
+
 /// The largest UDP payload the kernel's route to `server` carries: the
 /// MTU it keeps for that destination (the outgoing interface's, or less
 /// where a route says so or ICMP said a hop carries less) less the IP
@@ -87,12 +97,7 @@ pub fn route_payload(server: SocketAddr) -> Option<u16> {
     // An IPv4 server written as an IPv4-mapped IPv6 address has an IPv4
     // route and headers.
     let server = SocketAddr::new(server.ip().to_canonical(), server.port());
-    let any: SocketAddr = if server.is_ipv6() {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = std::net::UdpSocket::bind(any).ok()?;
+    let socket = std::net::UdpSocket::bind(any_port_for(server)).ok()?;
     // Connecting a UDP socket sends nothing: it picks the route.
     socket.connect(server).ok()?;
     let (mtu, headers) = route::mtu(&socket, server.is_ipv6())?;
