@@ -13,7 +13,7 @@ use tillstream_engine::{AuthConfig, CertAuth, Server, ServerConfig};
 use crate::cli::{Args, AuthMode};
 use crate::credentials::Credentials;
 use crate::fleet::{self, RunConfig};
-use crate::generator::{FleetSpec, with_run_id};
+use crate::generator::{FleetSpec, clock_start_us, with_run_id};
 use crate::meter::ServerMeter;
 use crate::report::{GeneratorInfo, Report};
 use crate::sched::DeviceSched;
@@ -76,14 +76,15 @@ pub async fn prepare(args: &Args) -> anyhow::Result<(Workload, GeneratorInfo)> {
             info.csv = Some(csv);
             return Ok((work, info));
         }
+        let events = a.events_to_send()?;
         let spec = FleetSpec {
             stores: a.stores,
             terminals_per_store: a.terminals_per_store,
             sensors_per_store: a.sensors_per_store,
             skus: a.skus,
-            events: a.events_to_send()?,
+            events,
             seed: a.seed,
-            start_us: now_us(),
+            start_us: clock_start_us(now_us(), events, a.step_us(), a.rate),
             step_us: a.step_us(),
         };
         Ok((

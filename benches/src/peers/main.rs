@@ -226,7 +226,7 @@ async fn run(args: &Args) -> anyhow::Result<(Report, bool)> {
         devices: args.devices,
         batch_size: args.batch_size,
         seed: args.seed,
-        start_us: SystemTime::now()
+        now_us: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
     };

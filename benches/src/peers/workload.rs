@@ -4,7 +4,7 @@
 //! batch's events as values, for the peers that store rows, not bytes.
 
 use anyhow::{Context, bail};
-use tillstream_loadgen::generator::{FleetSpec, Generator};
+use tillstream_loadgen::generator::{FleetSpec, Generator, clock_start_us};
 use tillstream_loadgen::workload::{Batcher, Workload};
 use tillstream_protocol::Event;
 
@@ -34,8 +34,9 @@ pub(crate) struct Shape {
     pub(crate) devices: u32,
     pub(crate) batch_size: u32,
     pub(crate) seed: u64,
-    /// Time of the first event (UTC µs).
-    pub(crate) start_us: i64,
+    /// The wall clock (UTC µs) the events lead up to: the last is stamped
+    /// about then (`clock_start_us`).
+    pub(crate) now_us: i64,
 }
 
 /// One device's batches, as frames and as events.
@@ -77,7 +78,7 @@ pub(crate) fn prepare(shape: Shape) -> anyhow::Result<Prepared> {
         skus: SKUS,
         events: shape.events,
         seed: shape.seed,
-        start_us: shape.start_us,
+        start_us: clock_start_us(shape.now_us, shape.events, STEP_US, 0.0),
         step_us: STEP_US,
     };
     let generator = Generator::new(spec).context("setting up the generator")?;
@@ -151,7 +152,7 @@ mod tests {
             devices: 6,
             batch_size: 32,
             seed: 3,
-            start_us: 1_700_000_000_000_000,
+            now_us: 1_700_000_000_000_000,
         })?;
         assert_eq!(p.work.events, 2_000);
         assert_eq!(p.rows.len(), 6);

@@ -73,6 +73,26 @@ pub struct FleetSpec {
     pub step_us: i64,
 }
 
+/// Where a run's simulated clock starts, given the wall clock `now_us`.
+///
+/// A run paced at `rate` events a second whose simulated clock does not
+/// outrun the wall clock (`step_us × rate ≤ 1 s`) starts now. Any other run
+/// (unpaced, or stepping faster than it sends) starts far enough back that
+/// its last event is stamped now: an unpaced run at 1 M events/s moves the
+/// default 20 µs step's clock 20 s a second, and the tail of a long run
+/// would otherwise be stamped minutes ahead, past the server's bound on
+/// future timestamps, and refused (`future_timestamp`).
+pub fn clock_start_us(now_us: i64, events: u64, step_us: i64, rate: f64) -> i64 {
+    let keeps_pace = rate > 0.0 && step_us as f64 * rate <= 1e6;
+    if keeps_pace {
+        return now_us;
+    }
+    let span = i64::try_from(events)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(step_us.max(0));
+    now_us.saturating_sub(span)
+}
+
 /// Kinds of device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

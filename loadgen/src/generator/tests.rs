@@ -348,3 +348,25 @@ fn a_batch_closes_when_its_first_event_has_waited_long_enough() -> anyhow::Resul
     assert!(first_due(&by_size_only) > first_due(&w));
     Ok(())
 }
+
+#[test]
+fn an_unpaced_run_ends_its_clock_now_and_a_paced_one_starts_it_now() {
+    const NOW: i64 = START + 86_400 * 1_000_000;
+    // 20 M events at 20 µs: 400 simulated seconds, more than the server's
+    // five minutes of allowed lead had they started now.
+    assert_eq!(clock_start_us(NOW, 20_000_000, 20, 0.0), NOW - 400_000_000);
+    let events = 20_000;
+    let g = Generator::new(FleetSpec {
+        start_us: clock_start_us(NOW, events, 20, 0.0),
+        ..spec(1, events)
+    })
+    .expect("a valid spec");
+    let newest = g.map(|(_, e)| e.ts_us()).max().unwrap_or(i64::MIN);
+    // The last events are stamped now, give or take a device's offset.
+    let lead = MAX_OFFSET_US + MAX_JITTER_US;
+    assert!((NOW - lead..=NOW + lead).contains(&newest), "{newest}");
+    // Paced at real time (50 k events/s at 20 µs): the clocks keep step.
+    assert_eq!(clock_start_us(NOW, 20_000_000, 20, 50_000.0), NOW);
+    // Paced, but stepping faster than it sends: back again.
+    assert_eq!(clock_start_us(NOW, 1_000, 20, 100_000.0), NOW - 20_000);
+}
