@@ -109,7 +109,11 @@ pub struct Args {
     pub rate: f64,
 
     /// Simulated microseconds between consecutive events [default: 1e6 /
-    /// --rate with a rate, else 20].
+    /// --rate with a rate, else 20]. A run whose simulated clock keeps
+    /// pace with the wall clock (a --rate with step × rate ≤ 1 s) starts
+    /// it now; any other run starts it far enough back that its last
+    /// event is stamped now, so no event is past the server's bound on
+    /// future times (`tillstream serve --max-clock-skew-s`).
     #[arg(long, value_name = "US")]
     pub sim_step_us: Option<i64>,
 
