@@ -48,6 +48,9 @@ const SENSOR_WEIGHT: f64 = 0.5;
 const MAX_OFFSET_US: i64 = 2_000_000;
 /// Largest jitter of one event's time, µs.
 const MAX_JITTER_US: i64 = 200_000;
+/// Furthest an event is stamped past the simulated clock, µs: its
+/// device's offset and its jitter.
+pub const MAX_LEAD_US: i64 = MAX_OFFSET_US + MAX_JITTER_US;
 /// Most devices of one kind and another in a store (device ids keep 16
 /// bits for the index).
 pub const MAX_DEVICES_PER_STORE: u32 = 1 << 16;

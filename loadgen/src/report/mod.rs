@@ -327,6 +327,27 @@ impl Report {
         })
     }
 
+    /// Why generated events were refused, if any were: the generator
+    /// makes only valid events, so what a server refuses of them points
+    /// at the setup, most often its clock behind this host's by more
+    /// than it allows. Replayed CSV rows may be bad in themselves: no
+    /// note for those.
+    pub fn rejected_note(&self) -> Option<String> {
+        (self.events_rejected > 0 && self.generator.mode == "fleet").then(|| {
+            format!(
+                "the server refused {} of the generated events ({:.1}%), which are valid as \
+                 generated: the likeliest cause is the clocks (refused as future_timestamp), \
+                 the server's behind this host's by more than its `--max-clock-skew-s`, or that \
+                 bound under the devices' own offsets (up to {:.1} s ahead); its /metrics \
+                 counts them by code (tillstream_events_rejected_total), and they are kept in \
+                 its rejected_events table",
+                self.events_rejected,
+                100.0 * self.events_rejected as f64 / self.events_total.max(1) as f64,
+                crate::generator::MAX_LEAD_US as f64 / 1e6
+            )
+        })
+    }
+
     /// Why the ack p99 may be more the disk's than the server's: it is
     /// 50 ms or more, and the server's journal had appends that slow.
     pub fn disk_bound(&self) -> Option<String> {
@@ -395,6 +416,9 @@ impl Report {
             "reconnects {}, resent batches {}, refused events {}, rejected events {}",
             self.reconnects, self.resent_batches, self.events_refused, self.events_rejected
         );
+        if let Some(why) = self.rejected_note() {
+            let _ = writeln!(s, "note: {why}");
+        }
         let _ = writeln!(
             s,
             "path MTU {} bytes ({} discovery probes); QUIC packets sent {}, lost {}",

@@ -193,3 +193,32 @@ fn a_watermark_regression_fails_the_run_without_verify() -> Result<(), Box<dyn s
     assert_eq!(json["watermark_regressions"], 1);
     Ok(())
 }
+
+#[test]
+fn refused_generated_events_are_named_with_their_likely_cause()
+-> Result<(), Box<dyn std::error::Error>> {
+    let mut out = outcome(1_000)?;
+    let fleet = |out: &RunOutcome, info| {
+        Report::new(out, (1_000, 10, 1000), 1, 1, info, serde_json::Value::Null)
+    };
+    assert!(
+        fleet(&out, info()).rejected_note().is_none(),
+        "none refused"
+    );
+    out.events_rejected = 250;
+    let r = fleet(&out, info());
+    let why = r.rejected_note().ok_or("250 generated events refused")?;
+    assert!(
+        why.contains("refused 250 of the generated events (25.0%)"),
+        "{why}"
+    );
+    assert!(why.contains("future_timestamp"), "{why}");
+    assert!(r.summary().contains("note: the server refused 250"));
+    // A replayed file's rows may be refused for what they are.
+    let csv = GeneratorInfo {
+        mode: "csv",
+        ..info()
+    };
+    assert!(fleet(&out, csv).rejected_note().is_none());
+    Ok(())
+}
