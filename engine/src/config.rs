@@ -179,11 +179,11 @@ pub struct ServerConfig {
     /// `memory_limit::CONNECTION_BYTES`. 0 (the default here; `tillstream
     /// serve` sets 320 MiB) turns it off.
     pub memory_soft_limit_bytes: u64,
-    /// Switches the process's allocator between returning freed pages at
-    /// once (`true`) and after its own delay; set by the binary that picks
+    /// Switches the process's allocator between returning freed pages
+    /// soon (`true`) and after its own delay; set by the binary that picks
     /// the allocator (`tillstream serve`: mimalloc's purge delay). Without
     /// it the soft limit only holds back budget. None by default.
-    pub purge_at_once: Option<fn(bool)>,
+    pub purge_soon: Option<fn(bool)>,
 }
 
 /// Where the journal and the tables live.
@@ -249,7 +249,7 @@ impl ServerConfig {
             faults: Faults::default(),
             release_memory: None,
             memory_soft_limit_bytes: 0,
-            purge_at_once: None,
+            purge_soon: None,
         }
     }
 }

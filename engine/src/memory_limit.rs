@@ -1,6 +1,7 @@
 //! The memory soft limit: past it, the server is under memory pressure.
-//! The allocator then returns freed pages to the OS at once instead of
-//! after its delay, and each shard holds half its in-flight budget.
+//! The allocator then returns freed pages to the OS soon (the binary
+//! picks how soon: `tillstream serve`, 50 ms) instead of after its delay,
+//! and each shard holds half its in-flight budget.
 //!
 //! Why: the live heap of a server with 1 M resident SKUs peaked near
 //! 370 MB (heaptrack), but its RSS near 700-800 MB. Most of the rest were
@@ -8,10 +9,13 @@
 //! them (mimalloc 3's purge delay), while the write path freed and
 //! allocated tens of MB a flush; and 70-100 MB of the live heap were row
 //! sets on their way to the tables, which the in-flight budget bounds.
-//! Returning pages at once costs some 8% more CPU an event (madvise calls
-//! and the faults that follow), and half the budget (with the row pool
-//! trimmed every second to what that half uses) leaves less slack for a
-//! slow flush: prices worth paying only when memory is short. So
+//! Returning pages soon costs CPU (madvise calls and the faults that
+//! follow: the main fleet's server took 15-16 page faults per 1,000
+//! events under pressure, 12-13 without, and 22-25 when pages went back
+//! at once, as they did until 50 ms was the binary's delay), and half
+//! the budget (with the row pool trimmed every second to what that half
+//! uses) leaves less slack for a slow flush: prices worth paying only when
+//! memory is short. So
 //! the server pays them past a limit, as a garbage-collected runtime
 //! collects harder near its memory limit, and stops once RSS falls an
 //! eighth below it. The decisions are plain functions ([`pressure`],
@@ -119,14 +123,14 @@ pub fn resident_bytes() -> Option<u64> {
 }
 
 /// Samples RSS until shutdown; past `limit_bytes`, holds back half of each
-/// shard's budget and tells the allocator, through `purge_at_once` if the
-/// binary gave one, to return freed pages at once. Nothing happens where
+/// shard's budget and tells the allocator, through `purge_soon` if the
+/// binary gave one, to return freed pages soon. Nothing happens where
 /// RSS cannot be read.
 pub(crate) async fn run(
     ctx: Arc<EngineCtx>,
     row_sets: Arc<RowSetPool>,
     limit_bytes: u64,
-    purge_at_once: Option<fn(bool)>,
+    purge_soon: Option<fn(bool)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     if resident_bytes().is_none() {
@@ -184,7 +188,7 @@ pub(crate) async fn run(
             release(held.take());
             None
         };
-        if let Some(set) = purge_at_once {
+        if let Some(set) = purge_soon {
             set(on);
         }
         tracing::info!(
@@ -193,7 +197,7 @@ pub(crate) async fn run(
             pressure = on,
             "memory soft limit: {}",
             if on {
-                "freed pages go back at once, shards hold half their in-flight budget"
+                "the allocator returns freed pages soon, shards hold half their in-flight budget"
             } else {
                 "back under; the allocator's delay and the whole budget again"
             }

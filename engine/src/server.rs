@@ -250,7 +250,7 @@ impl Server {
                 ctx.clone(),
                 row_sets,
                 cfg.memory_soft_limit_bytes,
-                cfg.purge_at_once,
+                cfg.purge_soon,
                 shutdown_rx.clone(),
             ));
         }

@@ -76,10 +76,10 @@ pub(crate) struct Args {
           value_parser = clap::value_parser!(u64).range(1..=65_536))]
     max_inflight_mib_per_shard: u64,
     /// Resident memory, in MiB, past which the server is under memory
-    /// pressure: freed pages go back to the OS at once instead of after a
-    /// delay, and each shard holds half its in-flight budget, so RSS stays
-    /// near the live heap for some CPU (about 8% more an event while
-    /// past it). Set it under the memory you give the server, above what
+    /// pressure: freed pages go back to the OS 50 ms after they are freed
+    /// instead of a second, and each shard holds half its in-flight
+    /// budget, so RSS stays near the live heap for a little CPU while past
+    /// it (the page faults of memory freed and taken again). Set it under the memory you give the server, above what
     /// it needs at rest; 0 turns it off. The default is about the peak of
     /// a server at full speed with 50 k resident SKUs (the loadgen's
     /// fleet), which 256 MiB held under pressure at 13% less throughput;
@@ -424,7 +424,7 @@ pub(crate) fn run(
     let mut cfg = server_config(args)?;
     cfg.journal_dir = journal_dir;
     cfg.release_memory = allocator.map(|a| a.release_memory);
-    cfg.purge_at_once = allocator.map(|a| a.purge_at_once);
+    cfg.purge_soon = allocator.map(|a| a.purge_soon);
     if let Some((lo, hi)) = cfg.faults.commit_delay {
         tracing::warn!(?lo, ?hi, "fault injection: every store commit is delayed");
     }
