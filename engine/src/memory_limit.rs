@@ -144,12 +144,26 @@ pub(crate) async fn run(
     let mut held: Option<Vec<JoinHandle<()>>> = None;
     // Samples since pressure began.
     let mut under_pressure: u32 = 0;
+    // Time under pressure not yet counted in whole seconds, and when the
+    // last sample was taken (a late tick counts for the time it took).
+    let mut pressure_time = Duration::ZERO;
+    let mut sampled_at = tokio::time::Instant::now();
     let mut connections = HeldConnections::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => break,
         }
+        if held.is_some() {
+            // The time since the last sample was spent under pressure.
+            pressure_time += sampled_at.elapsed();
+            let whole = pressure_time.as_secs();
+            if whole > 0 {
+                m::memory_pressure_seconds(whole);
+                pressure_time -= Duration::from_secs(whole);
+            }
+        }
+        sampled_at = tokio::time::Instant::now();
         let Some(rss) = resident_bytes() else {
             continue;
         };

@@ -141,6 +141,24 @@ impl ServerMeter {
         })
     }
 
+    /// How long the server was under memory pressure between two
+    /// readings of one process (RSS past its `--memory-soft-limit-mib`:
+    /// its shards then hold half their in-flight budget), in whole
+    /// seconds, and whether it still was at the second; `None` as for
+    /// [`ServerMeter::ack_latency_between`], or for a server that does
+    /// not count it.
+    pub fn memory_pressure_between(
+        before: Option<&Reading>,
+        after: Option<&Reading>,
+    ) -> Option<ServerMemoryPressure> {
+        let (before, after) = same_process(before, after)?;
+        let seconds = after.get(PRESSURE_SECONDS)? - before.get(PRESSURE_SECONDS).unwrap_or(0.0);
+        Some(ServerMemoryPressure {
+            seconds: seconds.max(0.0).round() as u64,
+            at_end: after.get(PRESSURE).is_some_and(|v| v > 0.0),
+        })
+    }
+
     /// The use between two readings, over `events` acknowledged events;
     /// `None` if either is missing, or the server restarted between them
     /// (its CPU time started again from zero).
@@ -219,6 +237,19 @@ pub struct ServerJournalAppends {
     /// Appends that took over 100 ms.
     pub over_100ms: u64,
 }
+
+/// The server's memory pressure over a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ServerMemoryPressure {
+    /// Whole seconds spent past its memory soft limit.
+    pub seconds: u64,
+    /// Still past it when the run ended.
+    pub at_end: bool,
+}
+
+/// The names of the server's memory pressure gauge and its time counter.
+const PRESSURE: &str = "tillstream_memory_pressure";
+const PRESSURE_SECONDS: &str = "tillstream_memory_pressure_seconds_total";
 
 /// The name of the server's journal append histogram.
 const JOURNAL_APPEND: &str = "tillstream_journal_append_duration_seconds";
@@ -381,6 +412,37 @@ mod tests {
         };
         let got = ServerMeter::journal_appends_between(Some(&fresh), Some(&after));
         assert_eq!(got.map(|j| (j.count, j.over_50ms)), Some((2_101, 5)));
+    }
+
+    #[test]
+    fn the_servers_time_under_memory_pressure_is_that_of_the_run() {
+        let at = |seconds: u64, on: u8, started| Reading {
+            seconds: 1.0,
+            started,
+            metrics: Scrape::parse(&format!("{PRESSURE} {on}\n{PRESSURE_SECONDS} {seconds}\n")),
+        };
+        let got = ServerMeter::memory_pressure_between(
+            Some(&at(3, 0, Some(5.0))),
+            Some(&at(17, 1, Some(5.0))),
+        );
+        let want = ServerMemoryPressure {
+            seconds: 14,
+            at_end: true,
+        };
+        assert_eq!(got, Some(want));
+        let calm = ServerMeter::memory_pressure_between(
+            Some(&at(3, 0, Some(5.0))),
+            Some(&at(3, 0, Some(5.0))),
+        );
+        assert_eq!(calm.map(|p| (p.seconds, p.at_end)), Some((0, false)));
+        // Another process, or a server that does not count it: no figure.
+        let other = at(17, 1, Some(9.0));
+        assert!(
+            ServerMeter::memory_pressure_between(Some(&at(3, 0, Some(5.0))), Some(&other))
+                .is_none()
+        );
+        let bare = reading(2.0, Some(5.0));
+        assert!(ServerMeter::memory_pressure_between(Some(&bare), Some(&bare)).is_none());
     }
 
     fn read_now(m: &ServerMeter) -> Option<Reading> {

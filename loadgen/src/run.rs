@@ -317,6 +317,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         ServerMeter::ack_latency_between(before.as_ref(), after.as_ref());
     report.server_journal_appends_ms =
         ServerMeter::journal_appends_between(before.as_ref(), after.as_ref());
+    report.server_memory_pressure =
+        ServerMeter::memory_pressure_between(before.as_ref(), after.as_ref());
 
     // A replay names its products and stores in the server's catalogue.
     if let Some(catalog) = report

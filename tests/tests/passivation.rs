@@ -193,9 +193,9 @@ async fn a_day_in_use_drops_its_idle_minutes_and_a_late_sale_adds_to_them() -> a
 }
 
 /// Past `--memory-soft-limit-mib` the server is under memory pressure
-/// (the gauge says so): each shard holds back half its in-flight budget,
-/// and ingest carries on in the other half; under a limit it never
-/// reaches, nothing is held back.
+/// (the gauge says so, and the time under it is counted): each shard
+/// holds back half its in-flight budget, and ingest carries on in the
+/// other half; under a limit it never reaches, nothing is held back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_memory_soft_limit_half_the_budget_is_held_back() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -219,6 +219,11 @@ async fn past_the_memory_soft_limit_half_the_budget_is_held_back() -> anyhow::Re
     // half held back (16 of the default 32 MiB) as in flight.
     let held = p.server.metric("tillstream_shard_inflight_bytes")?;
     assert!(held >= 16.0 * 1024.0 * 1024.0, "in flight {held} bytes");
+    // The time under pressure is counted, in whole seconds.
+    let counted = wait_metrics(&p.server, Duration::from_secs(10), |s| {
+        Ok(s.metric("tillstream_memory_pressure_seconds_total")? >= 1.0)
+    })?;
+    assert!(counted, "no second under pressure was counted");
     stop_and_verify(p, &scripts)?;
 
     // A limit far above the server's RSS: the gauge stays 0.
@@ -228,6 +233,10 @@ async fn past_the_memory_soft_limit_half_the_budget_is_held_back() -> anyhow::Re
     let server = ServerProcess::start(&opts)?;
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(server.metric("tillstream_memory_pressure")?, 0.0);
+    assert_eq!(
+        server.metric("tillstream_memory_pressure_seconds_total")?,
+        0.0
+    );
     assert!(server.metric("tillstream_shard_inflight_bytes")? < 16.0 * 1024.0 * 1024.0);
     let (status, _) = server.terminate(Duration::from_secs(30))?;
     assert!(status.success(), "serve exited with {status}");

@@ -182,7 +182,11 @@ pub(super) const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     (
         "tillstream_memory_pressure",
-        "1 while RSS is past --memory-soft-limit-mib (plus 48 KiB per connection served in the last minute): freed pages go back to the OS at once, shards hold half their in-flight budget.",
+        "1 while RSS is past --memory-soft-limit-mib (plus 48 KiB per connection served in the last minute): freed pages go back to the OS sooner, shards hold half their in-flight budget.",
+    ),
+    (
+        "tillstream_memory_pressure_seconds_total",
+        "Time spent past the memory soft limit, in whole seconds: its rate is the share of time under memory pressure.",
     ),
     (
         "tillstream_allocator_collection_seconds",

@@ -385,6 +385,11 @@ pub(crate) fn memory_pressure(on: bool) {
     gauge!("tillstream_memory_pressure").set(if on { 1.0 } else { 0.0 });
 }
 
+/// Whole seconds more spent under memory pressure (see `memory_limit`).
+pub(crate) fn memory_pressure_seconds(seconds: u64) {
+    counter!("tillstream_memory_pressure_seconds_total").increment(seconds);
+}
+
 /// How long no batch has been acknowledged although batches wait (0 when
 /// none waits): the age of a stall, refreshed on every scrape.
 pub(crate) fn ack_stall(stalled: Duration) {

@@ -8,7 +8,9 @@ use serde::Serialize;
 use tillstream_protocol::ErrorCode;
 
 use crate::fleet::RunOutcome;
-use crate::meter::{CpuScope, CpuUse, ServerAckLatency, ServerJournalAppends};
+use crate::meter::{
+    CpuScope, CpuUse, ServerAckLatency, ServerJournalAppends, ServerMemoryPressure,
+};
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
@@ -145,6 +147,11 @@ pub struct Report {
     /// 50 ms can set an ack p99 while their own p99 stays low;
     /// `tillstream check-disk` measures the disk alone.
     pub server_journal_appends_ms: Option<ServerJournalAppends>,
+    /// The server's time past its memory soft limit over the run (null
+    /// where its metrics could not be read or it restarted). Under
+    /// pressure its shards hold half their in-flight budget, so a run
+    /// that measures the peak should have none.
+    pub server_memory_pressure: Option<ServerMemoryPressure>,
     /// How late the devices' runtime ran a timer due every 10 ms
     /// (`lag` module). An ack read late by the loadgen counts that lag
     /// into its latency, so a lag p99 near the ack p99 means the loadgen,
@@ -262,6 +269,7 @@ impl Report {
             ack_latency_ms: Percentiles::from_us(&out.latency_us),
             server_ack_latency_ms: None,
             server_journal_appends_ms: None,
+            server_memory_pressure: None,
             device_runtime_lag_ms: out.runtime_lag_us.as_ref().map(Percentiles::from_us),
             reconnects: out.stats.reconnects,
             resent_batches: out.stats.resent_batches,
@@ -344,6 +352,26 @@ impl Report {
                 self.events_rejected,
                 100.0 * self.events_rejected as f64 / self.events_total.max(1) as f64,
                 crate::generator::MAX_LEAD_US as f64 / 1e6
+            )
+        })
+    }
+
+    /// That the server ran part of the run under memory pressure, if it
+    /// did: its figures are then those of half its in-flight budget.
+    pub fn memory_pressure_note(&self) -> Option<String> {
+        let p = self.server_memory_pressure.as_ref()?;
+        (p.seconds > 0 || p.at_end).then(|| {
+            format!(
+                "the server was past its memory soft limit for {} s of the run{}: its shards held \
+                 half their in-flight budget and its allocator returned freed pages sooner, so \
+                 these are its figures under memory pressure; to measure it without, give \
+                 `serve --memory-soft-limit-mib` a limit above its peak RSS (0 turns it off)",
+                p.seconds,
+                if p.at_end {
+                    ", and still was at its end"
+                } else {
+                    ""
+                }
             )
         })
     }
@@ -434,6 +462,9 @@ impl Report {
                 "CPU ({whose}): {:.2} s, {:.3} us an event",
                 c.seconds, c.us_per_event
             );
+        }
+        if let Some(why) = self.memory_pressure_note() {
+            let _ = writeln!(s, "note: {why}");
         }
         if let Some(v) = &self.verify {
             let get = |k: &str| v.get(k).map_or_else(|| "?".to_owned(), ToString::to_string);

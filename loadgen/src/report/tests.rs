@@ -222,3 +222,45 @@ fn refused_generated_events_are_named_with_their_likely_cause()
     assert!(fleet(&out, csv).rejected_note().is_none());
     Ok(())
 }
+
+#[test]
+fn a_run_the_server_spent_under_memory_pressure_says_so() -> Result<(), Box<dyn std::error::Error>>
+{
+    let out = outcome(1_000)?;
+    let mut r = Report::new(
+        &out,
+        (1_000, 10, 1000),
+        1,
+        1,
+        info(),
+        serde_json::Value::Null,
+    );
+    assert!(r.memory_pressure_note().is_none(), "not read");
+    r.server_memory_pressure = Some(ServerMemoryPressure {
+        seconds: 0,
+        at_end: false,
+    });
+    assert!(r.memory_pressure_note().is_none(), "none");
+    r.server_memory_pressure = Some(ServerMemoryPressure {
+        seconds: 12,
+        at_end: true,
+    });
+    let why = r.memory_pressure_note().ok_or("12 s under pressure")?;
+    assert!(
+        why.contains("for 12 s of the run, and still was at its end"),
+        "{why}"
+    );
+    assert!(
+        r.summary()
+            .contains("note: the server was past its memory soft limit")
+    );
+    let json = serde_json::to_value(&r)?;
+    assert_eq!(json["server_memory_pressure"]["seconds"], 12);
+    // Under it for less than a second, at the end: still named.
+    r.server_memory_pressure = Some(ServerMemoryPressure {
+        seconds: 0,
+        at_end: true,
+    });
+    assert!(r.memory_pressure_note().is_some());
+    Ok(())
+}
