@@ -79,8 +79,9 @@ pub(crate) struct Args {
     /// pressure: freed pages go back to the OS 50 ms after they are freed
     /// instead of a second, and each shard holds half its in-flight
     /// budget, so RSS stays near the live heap for a little CPU while past
-    /// it (the page faults of memory freed and taken again). Set it under the memory you give the server, above what
-    /// it needs at rest; 0 turns it off. The default is about the peak of
+    /// it (the page faults of memory freed and taken again). Set it under
+    /// the memory you give the server, above what it needs at rest; 0
+    /// turns it off. The default is about the peak of
     /// a server at full speed with 50 k resident SKUs (the loadgen's
     /// fleet), which 256 MiB held under pressure at 13% less throughput;
     /// 1 M resident SKUs still stay under 512 MiB with it. Each
