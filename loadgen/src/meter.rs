@@ -123,9 +123,7 @@ impl ServerMeter {
         after: Option<&Reading>,
     ) -> Option<ServerJournalAppends> {
         let (before, after) = same_process(before, after)?;
-        // A histogram is exported from its first sample on: missing before
-        // the run, the server had not appended yet.
-        let between = |series: &str| Some(after.get(series)? - before.get(series).unwrap_or(0.0));
+        let between = |series: &str| grew(before, after, series);
         let count = between(&format!("{JOURNAL_APPEND}_count"))?;
         let over = |le: &str| {
             let within = between(&format!("{JOURNAL_APPEND}_bucket{{le=\"{le}\"}}"))?;
@@ -152,7 +150,7 @@ impl ServerMeter {
         after: Option<&Reading>,
     ) -> Option<ServerMemoryPressure> {
         let (before, after) = same_process(before, after)?;
-        let seconds = after.get(PRESSURE_SECONDS)? - before.get(PRESSURE_SECONDS).unwrap_or(0.0);
+        let seconds = grew(before, after, PRESSURE_SECONDS)?;
         Some(ServerMemoryPressure {
             seconds: seconds.max(0.0).round() as u64,
             at_end: after.get(PRESSURE).is_some_and(|v| v > 0.0),
@@ -191,6 +189,14 @@ fn same_process<'a>(
 ) -> Option<(&'a Scrape, &'a Scrape)> {
     let (before, after) = (before?, after?);
     (before.started == after.started).then_some((&before.metrics, &after.metrics))
+}
+
+/// How much `series` grew between two readings of one process; `None`
+/// where the second lacks it (a server that does not export it). Missing
+/// from the first, it counts from 0: a histogram is exported from its
+/// first sample on, so the server had recorded none yet.
+fn grew(before: &Scrape, after: &Scrape, series: &str) -> Option<f64> {
+    Some(after.get(series)? - before.get(series).unwrap_or(0.0))
 }
 
 /// One reading of a server's figures.
