@@ -1,6 +1,8 @@
 //! Write throughput of the embedded store's tables: a durable commit
 //! (fsync included), and a materialization, what the flusher writes off
-//! the ack path every interval (no fsync: the journal holds the records).
+//! the ack path every interval (no fsync: the journal holds the records),
+//! and the packing of a materialization's raw rows alone, its CPU without
+//! the disk's noise.
 //!
 //! Each commit carries what the engine writes for N sales of 3 lines from
 //! 16 terminals in 2 stores: the sales, their lines, their stock movements,
@@ -14,7 +16,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use tillstream_storage::embedded::EmbeddedStore;
+use tillstream_storage::embedded::{EmbeddedStore, PackersForBench, pack_for_bench};
 use tillstream_storage::{time, *};
 
 const TERMINALS: u64 = 16;
@@ -199,6 +201,18 @@ fn store_commit(c: &mut Criterion) {
             );
         });
     }
+    // Packing alone, the CPU of the block log's write (the sales, lines
+    // and movements as varint deltas, `packed`), without the disk's noise.
+    let mut packers = PackersForBench::default();
+    let sales = 4096usize;
+    group.throughput(Throughput::Elements(sales as u64));
+    group.bench_function(format!("pack_{sales}_sales_3_lines"), |b| {
+        b.iter_batched(
+            || fleet.tick(sales),
+            |rows| black_box(pack_for_bench(&rows, &mut packers)),
+            BatchSize::PerIteration,
+        );
+    });
     // What the flusher does off the ack path: one write of everything that
     // gathered over an interval (no fsync; the journal holds it), its
     // levels and rollups deduplicated across the whole write.

@@ -122,6 +122,7 @@ use crate::rows::*;
 use crate::store::*;
 use durability::{Durability, FailAfter, Fsync};
 
+pub use blocks::{PackersForBench, pack_for_bench};
 pub use data_format::DATA_FORMAT;
 pub use journal_place::place_journal;
 pub use restore::restore_files;

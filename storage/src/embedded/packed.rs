@@ -147,7 +147,11 @@ impl Packer {
     /// write position and the field index in locals: kept in the packer,
     /// they were loaded and stored again around every byte written to the
     /// row buffer (the compiler cannot tell that those bytes do not
-    /// overlap them), and that was most of packing's time.
+    /// overlap them), and that was most of packing's time. Locals only
+    /// if each row type's `pack` is inlined here: called, it took the
+    /// writer by pointer, and the position and index went through memory
+    /// at every field again (hence `#[inline(always)]` on every `pack`,
+    /// `packed/rows.rs`).
     #[inline]
     pub(crate) fn push<T: Packed>(&mut self, row: &T) {
         self.push_fields(|w| row.pack(w));
