@@ -279,6 +279,36 @@ pub(crate) fn dedupe<T: Clone, K: Hash + Eq + Ord>(
     out
 }
 
+/// Packs the sales, sale lines and stock movements of `rows` into their
+/// blocks as a commit does, writing nothing; returns the blocks' bytes.
+/// `sets` keeps the packers from call to call, as the store does.
+///
+/// For the `store_commit` bench: packing is the CPU of the block log's
+/// write, measured here apart from the disk's noise. Not an API.
+#[doc(hidden)]
+pub fn pack_for_bench(rows: &RowSet, sets: &mut PackersForBench) -> usize {
+    fn table<T: BlockRow>(rows: &[T], sets: &mut TableBlockSets) -> usize {
+        let set = sets.of(T::TABLE);
+        set.pack(rows.iter());
+        let bytes = set.blocks().map(|(_, b)| b.len()).sum();
+        set.trim();
+        bytes
+    }
+    let sets = &mut sets.0;
+    table(&rows.sales, sets) + table(&rows.sale_lines, sets) + table(&rows.stock_movements, sets)
+}
+
+/// The packers [`pack_for_bench`] keeps.
+#[doc(hidden)]
+#[derive(Default)]
+pub struct PackersForBench(TableBlockSets);
+
+impl std::fmt::Debug for PackersForBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PackersForBench")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,35 +348,5 @@ mod tests {
             vec![(3, 1), (5, 3), (7, 1)],
             "key order, the last row of a key"
         );
-    }
-}
-
-/// Packs the sales, sale lines and stock movements of `rows` into their
-/// blocks as a commit does, writing nothing; returns the blocks' bytes.
-/// `sets` keeps the packers from call to call, as the store does.
-///
-/// For the `store_commit` bench: packing is the CPU of the block log's
-/// write, measured here apart from the disk's noise. Not an API.
-#[doc(hidden)]
-pub fn pack_for_bench(rows: &RowSet, sets: &mut PackersForBench) -> usize {
-    fn table<T: BlockRow>(rows: &[T], sets: &mut TableBlockSets) -> usize {
-        let set = sets.of(T::TABLE);
-        set.pack(rows.iter());
-        let bytes = set.blocks().map(|(_, b)| b.len()).sum();
-        set.trim();
-        bytes
-    }
-    let sets = &mut sets.0;
-    table(&rows.sales, sets) + table(&rows.sale_lines, sets) + table(&rows.stock_movements, sets)
-}
-
-/// The packers [`pack_for_bench`] keeps.
-#[doc(hidden)]
-#[derive(Default)]
-pub struct PackersForBench(TableBlockSets);
-
-impl std::fmt::Debug for PackersForBench {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PackersForBench")
     }
 }
