@@ -62,9 +62,10 @@ struct Free {
 /// Why a new set starts with the room of the last one handed back: a set
 /// from `RowSet::default` grew each vector by doubling, a reallocation,
 /// a copy of the rows so far and fresh pages each step: 1.6% of the
-/// server's CPU at the peak rate in a profile, 0.7% with this. New sets are made when the pool is empty: while the shards' budget
-/// fills, and after each trim under memory pressure, which drops the sets
-/// unused for a second.
+/// server's CPU at the peak rate in a profile, 0.7% with this. New sets
+/// are made when the pool is empty: while the shards' budget fills, and
+/// after each trim under memory pressure, which drops the sets unused
+/// for a second.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Shape {
     sales: usize,
