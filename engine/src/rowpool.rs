@@ -154,7 +154,6 @@ impl RowSetPool {
         let mut free = self.free.lock();
         free.out = free.out.saturating_sub(1);
         if !keep {
-            drop(free);
             return;
         }
         free.shape = Shape::of(&set);

@@ -12,11 +12,6 @@ use crate::journal::{Journal, JournalError};
 use crate::rows::*;
 use crate::store::{CommitInfo, Store, StoreError};
 
-/// How many rows ahead packing asks the cache for: about ten lines of
-/// 64-to-100-byte rows, as far as a load's latency reaches at a few ns a
-/// row.
-const ROWS_AHEAD: usize = 8;
-
 /// The batch being built and what it counts.
 pub(super) struct Writer {
     batch: OwnedWriteBatch,
@@ -200,18 +195,7 @@ impl EmbeddedStore {
     ) -> Result<(), StoreError> {
         let mut sets = self.packers.lock();
         let set = sets.of(T::TABLE);
-        set.pack(parts.iter().flat_map(|p| {
-            let rows = table(p);
-            // The rows were written by the shards a flush interval ago and
-            // have left the cache: ask for those a few ahead while this one
-            // is packed, so the loads overlap.
-            rows.iter().enumerate().map(move |(i, r)| {
-                if let Some(ahead) = rows.get(i + ROWS_AHEAD) {
-                    crate::hint::prefetch(ahead);
-                }
-                r
-            })
-        }));
+        set.pack_parts(parts, table);
         for ((part, hour), bytes) in set.blocks() {
             let ptr = self.block_log.stage(bytes)?;
             out.blocks

@@ -5,7 +5,7 @@
 //! writer's position and field index stay in registers and each field's
 //! index is a constant. The compiler had left the larger rows' `pack` out
 //! of line, and a sale line packed in 41 ns instead of 27 (the
-//! `store_commit` bench's packing: 1.28 ms for 4,096 sales, then 0.85).
+//! `store_commit` bench's packing: 1.28–1.30 ms for 4,096 sales, then 0.89).
 
 use super::{Packed, RowWriter, Unpacker};
 use crate::rows::*;
