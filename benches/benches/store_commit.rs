@@ -2,7 +2,8 @@
 //! (fsync included), and a materialization, what the flusher writes off
 //! the ack path every interval (no fsync: the journal holds the records),
 //! and the packing of a materialization's raw rows alone, its CPU without
-//! the disk's noise.
+//! the disk's noise; and the read back: a full scan of the lines and
+//! movements, what `export`, `verify` and a restart's late windows decode.
 //!
 //! Each commit carries what the engine writes for N sales of 3 lines from
 //! 16 terminals in 2 stores: the sales, their lines, their stock movements,
@@ -236,5 +237,46 @@ fn store_commit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, store_commit);
+/// A full scan of `sale_lines` and `stock_movements` over a store that
+/// holds 16 writes of 4,096 sales: the packed blocks' decoding, read
+/// through the `Query` trait as `export` and `verify` read them.
+fn store_scan(c: &mut Criterion) {
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("no temp dir: {e}"),
+    };
+    let store = match EmbeddedStore::open(dir.path()) {
+        Ok(s) => s,
+        Err(e) => panic!("cannot open the store: {e}"),
+    };
+    let mut fleet = Fleet::new();
+    for lsn in 1..=16 {
+        if let Err(e) = store.materialize(std::slice::from_ref(&fleet.tick(4096)), lsn) {
+            panic!("materialize failed: {e}");
+        }
+    }
+    let count = |table: Table| {
+        let mut rows = 0u64;
+        match store.scan(table, &mut |r| {
+            black_box(r);
+            rows += 1;
+        }) {
+            Ok(()) => rows,
+            Err(e) => panic!("scan failed: {e}"),
+        }
+    };
+    let rows = count(Table::SaleLines) + count(Table::StockMovements);
+    let mut group = c.benchmark_group("store_scan");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(rows));
+    group.bench_function("lines_and_movements_of_65536_sales", |b| {
+        b.iter(|| count(Table::SaleLines) + count(Table::StockMovements));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, store_commit, store_scan);
 criterion_main!(benches);

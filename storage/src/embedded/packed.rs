@@ -378,7 +378,7 @@ impl<'a> Unpacker<'a> {
     }
 
     /// A signed number field that must fit `T`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn narrow_int<T: TryFrom<i64>>(&mut self) -> Result<T, &'static str> {
         T::try_from(self.int()?).map_err(|_| "a field is out of its range")
     }
@@ -394,6 +394,7 @@ impl<'a> Unpacker<'a> {
     }
 
     /// An optional number.
+    #[inline(always)]
     pub(crate) fn opt(&mut self) -> Result<Option<u64>, &'static str> {
         let some = self.flag()?;
         let v = self.num()?;
