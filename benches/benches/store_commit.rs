@@ -174,15 +174,21 @@ impl Fleet {
     }
 }
 
-fn store_commit(c: &mut Criterion) {
+/// An empty store in a temporary directory, which lives as long as the
+/// directory returned beside it.
+fn fresh_store() -> (tempfile::TempDir, EmbeddedStore) {
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
         Err(e) => panic!("no temp dir: {e}"),
     };
-    let store = match EmbeddedStore::open(dir.path()) {
-        Ok(s) => s,
+    match EmbeddedStore::open(dir.path()) {
+        Ok(s) => (dir, s),
         Err(e) => panic!("cannot open the store: {e}"),
-    };
+    }
+}
+
+fn store_commit(c: &mut Criterion) {
+    let (_dir, store) = fresh_store();
     let mut fleet = Fleet::new();
     let mut group = c.benchmark_group("store_commit");
     group
@@ -241,14 +247,7 @@ fn store_commit(c: &mut Criterion) {
 /// holds 16 writes of 4,096 sales: the packed blocks' decoding, read
 /// through the `Query` trait as `export` and `verify` read them.
 fn store_scan(c: &mut Criterion) {
-    let dir = match tempfile::tempdir() {
-        Ok(d) => d,
-        Err(e) => panic!("no temp dir: {e}"),
-    };
-    let store = match EmbeddedStore::open(dir.path()) {
-        Ok(s) => s,
-        Err(e) => panic!("cannot open the store: {e}"),
-    };
+    let (_dir, store) = fresh_store();
     let mut fleet = Fleet::new();
     for lsn in 1..=16 {
         if let Err(e) = store.materialize(std::slice::from_ref(&fleet.tick(4096)), lsn) {
