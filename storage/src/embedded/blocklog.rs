@@ -331,11 +331,24 @@ impl BlockLog {
     /// segment (the frames staged before it written first) when the
     /// current one would pass its size.
     pub(crate) fn stage_as(&self, format: BlockFormat, block: &[u8]) -> Result<Ptr, StoreError> {
+        self.stage_pieces(format, &[block])
+    }
+
+    /// [`BlockLog::stage_as`] a block given in pieces, written one after
+    /// the other (a stock block's header and sections, `packed::stock`,
+    /// are never copied into one buffer first).
+    pub(crate) fn stage_pieces(
+        &self,
+        format: BlockFormat,
+        pieces: &[&[u8]],
+    ) -> Result<Ptr, StoreError> {
         let mut t = self.tail.lock();
         let staged = t.staged.buf();
         let mut start = staged.len();
         staged.extend_from_slice(&[0u8; FRAME]);
-        staged.extend_from_slice(block);
+        for piece in pieces {
+            staged.extend_from_slice(piece);
+        }
         let end = staged.len();
         let Ok(len) = u32::try_from(end - start - FRAME) else {
             staged.resize(start, 0);

@@ -131,7 +131,13 @@ pub(crate) fn decode_block<T: StoredRow>(
 }
 
 /// Blocks are cut by (partition, hour): see `BlockRow`.
-type BlockKey = (u64, u32);
+pub(crate) type BlockKey = (u64, u32);
+
+/// The block a row goes to: its (partition, hour).
+#[inline(always)]
+pub(crate) fn block_key_of<T: BlockRow>(r: &T) -> BlockKey {
+    (r.part(), crate::time::hour(r.ts_us()))
+}
 
 /// How many rows ahead packing asks the cache for: about ten lines of
 /// 64-to-100-byte rows, as far as a load's latency reaches at a few ns a
@@ -161,27 +167,57 @@ pub(crate) struct BlockSet {
     packers: Vec<(BlockKey, Packer)>,
     used: usize,
     index: super::FastMap<BlockKey, usize>,
+    /// The block the last row went to: the next row nearly always goes
+    /// there too, found without a lookup.
+    last: Option<(BlockKey, usize)>,
 }
 
 impl BlockSet {
     /// Packs `rows`, in order, into blocks by (partition, hour); the
     /// blocks of an earlier call are forgotten.
     pub(crate) fn pack<'a, T: BlockRow + 'a>(&mut self, rows: impl Iterator<Item = &'a T>) {
+        self.begin();
+        for r in rows {
+            self.push_row(r);
+        }
+        self.end();
+    }
+
+    /// Forgets the blocks of the last pack, to pack anew.
+    pub(crate) fn begin(&mut self) {
         self.used = 0;
         self.index.clear();
-        let mut last: Option<(BlockKey, usize)> = None;
-        for r in rows {
-            let key = (r.part(), crate::time::hour(r.ts_us()));
-            let at = match last {
-                Some((k, at)) if k == key => at,
-                _ => self.packer_for::<T>(key),
-            };
-            last = Some((key, at));
-            if let Some((_, p)) = self.packers.get_mut(at) {
-                p.push(r);
-            }
+        self.last = None;
+    }
+
+    /// Packs `r` into the block of its (partition, hour).
+    #[inline]
+    pub(crate) fn push_row<T: BlockRow>(&mut self, r: &T) {
+        self.push_with(T::TABLE, block_key_of(r), |w| r.pack(w));
+    }
+
+    /// Packs a row of `table`, whose fields `fields` writes, into block `key`.
+    #[inline]
+    pub(crate) fn push_with(
+        &mut self,
+        table: Table,
+        key: BlockKey,
+        fields: impl FnOnce(&mut super::packed::RowWriter<'_>),
+    ) {
+        let at = match self.last {
+            Some((k, at)) if k == key => at,
+            _ => self.packer_for(table, key),
+        };
+        self.last = Some((key, at));
+        if let Some((_, p)) = self.packers.get_mut(at) {
+            p.push_fields(fields);
         }
+    }
+
+    /// Ends a pack: the blocks in key order.
+    pub(crate) fn end(&mut self) {
         self.packers[..self.used].sort_unstable_by_key(|(k, _)| *k);
+        self.last = None;
     }
 
     /// Packs one table's rows of `parts`, read in place, in order (see
@@ -206,7 +242,7 @@ impl BlockSet {
     }
 
     /// The index of the packer of block `key`, started if new.
-    fn packer_for<T: BlockRow>(&mut self, key: BlockKey) -> usize {
+    fn packer_for(&mut self, table: Table, key: BlockKey) -> usize {
         if let Some(&at) = self.index.get(&key) {
             return at;
         }
@@ -214,9 +250,9 @@ impl BlockSet {
         match self.packers.get_mut(at) {
             Some((k, p)) => {
                 *k = key;
-                p.restart(T::TABLE);
+                p.restart(table);
             }
-            None => self.packers.push((key, Packer::new(T::TABLE))),
+            None => self.packers.push((key, Packer::new(table))),
         }
         self.used += 1;
         self.index.insert(key, at);
@@ -259,13 +295,25 @@ impl BlockSet {
 #[derive(Default)]
 pub(crate) struct TableBlockSets {
     sets: [BlockSet; Table::ALL.len()],
+    /// The stock blocks' lines (`packed::stock`).
+    stock_lines: BlockSet,
 }
 
 impl TableBlockSets {
     /// The packers of `table`'s blocks.
     pub(crate) fn of(&mut self, table: Table) -> &mut BlockSet {
-        let at = Table::ALL.iter().position(|t| *t == table).unwrap_or(0);
-        &mut self.sets[at]
+        &mut self.sets[Self::at(table)]
+    }
+
+    fn at(table: Table) -> usize {
+        Table::ALL.iter().position(|t| *t == table).unwrap_or(0)
+    }
+
+    /// The packers of the stock blocks' lines and of the other movements
+    /// (`packed::stock`).
+    pub(crate) fn stock(&mut self) -> (&mut BlockSet, &mut BlockSet) {
+        let others = &mut self.sets[Self::at(Table::StockMovements)];
+        (&mut self.stock_lines, others)
     }
 }
 
@@ -305,8 +353,8 @@ pub(crate) fn dedupe<T: Clone, K: Hash + Eq + Ord>(
     out
 }
 
-/// Packs the sales, sale lines and stock movements of `rows` into their
-/// blocks as a commit does, writing nothing; returns the blocks' bytes.
+/// Packs the sales, and the sale lines and stock movements (stock blocks,
+/// `packed::stock`), of `rows` into their blocks as a commit does, writing nothing; returns the blocks' bytes.
 /// `sets` keeps the packers from call to call, as the store does.
 ///
 /// For the `store_commit` bench: packing is the CPU of the block log's
@@ -325,9 +373,21 @@ pub fn pack_for_bench(rows: &RowSet, sets: &mut PackersForBench) -> usize {
         bytes
     }
     let sets = &mut sets.0;
-    table(rows, |p| &p.sales, sets)
-        + table(rows, |p| &p.sale_lines, sets)
-        + table(rows, |p| &p.stock_movements, sets)
+    let sales = table(rows, |p| &p.sales, sets);
+    let (lines, others) = sets.stock();
+    super::packed::stock::pack(std::slice::from_ref(rows), lines, others);
+    let stock = super::packed::stock::blocks(lines, others)
+        .map(|blocks| {
+            blocks
+                .iter()
+                .flat_map(|b| b.bytes())
+                .map(<[u8]>::len)
+                .sum::<usize>()
+        })
+        .unwrap_or(0);
+    lines.trim();
+    others.trim();
+    sales + stock
 }
 
 /// The packers [`pack_for_bench`] keeps.

@@ -5,9 +5,9 @@
 use fjall::{Keyspace, OwnedWriteBatch, Slice};
 use rkyv::util::AlignedVec;
 
-use super::blocklog::{Ptr, encode_end};
+use super::blocklog::{BlockFormat, Ptr, encode_end};
 use super::blocks::{self, BlockRow};
-use super::{EmbeddedStore, backend_err, keys};
+use super::{EmbeddedStore, backend_err, keys, packed};
 use crate::journal::{Journal, JournalError};
 use crate::rows::*;
 use crate::store::{CommitInfo, Store, StoreError};
@@ -154,9 +154,7 @@ impl EmbeddedStore {
         // The big tables' frames go to the disk while the next is encoded.
         self.stage_blocks(parts, |p| &p.sales, id, &mut out)?;
         self.block_log.write_behind()?;
-        self.stage_blocks(parts, |p| &p.sale_lines, id, &mut out)?;
-        self.block_log.write_behind()?;
-        self.stage_blocks(parts, |p| &p.stock_movements, id, &mut out)?;
+        self.stage_stock_blocks(parts, id, &mut out)?;
         self.block_log.write_behind()?;
         self.stage_blocks(parts, |p| &p.device_health, id, &mut out)?;
         self.stage_blocks(parts, |p| &p.rejected, id, &mut out)?;
@@ -202,6 +200,36 @@ impl EmbeddedStore {
                 .push((keys::block_key(T::TABLE, part, hour, id), ptr));
         }
         set.trim();
+        Ok(())
+    }
+
+    /// Stages the stock blocks of `parts` (sale lines with their
+    /// movements, and the other movements: `packed::stock`), read in
+    /// place. A stock block's pointer goes under the `sale_lines` key and
+    /// the `stock_movements` key of its (partition, hour) both.
+    fn stage_stock_blocks(
+        &self,
+        parts: &[RowSet],
+        id: u64,
+        out: &mut Logged,
+    ) -> Result<(), StoreError> {
+        let mut sets = self.packers.lock();
+        let (lines, others) = sets.stock();
+        packed::stock::pack(parts, lines, others);
+        for block in packed::stock::blocks(lines, others)? {
+            let ptr = self
+                .block_log
+                .stage_pieces(BlockFormat::Packed, &block.bytes())?;
+            let (part, hour) = block.key;
+            if block.stock {
+                out.blocks
+                    .push((keys::block_key(Table::SaleLines, part, hour, id), ptr));
+            }
+            out.blocks
+                .push((keys::block_key(Table::StockMovements, part, hour, id), ptr));
+        }
+        lines.trim();
+        others.trim();
         Ok(())
     }
 

@@ -28,7 +28,10 @@ use crate::store::StoreError;
 /// - 2: `stock_levels` blocks are written in the packed format, under
 ///   keys one byte longer (`keys::level_bucket_key`); format 1's rkyv
 ///   blocks are still read, and rewritten when their bucket changes.
-pub const DATA_FORMAT: u32 = 2;
+/// - 3: a store's sale lines and stock movements of an hour of one commit
+///   are one stock block (`packed::stock`): a line carries the movement
+///   it made. Blocks of formats 1 and 2 are still read as they are.
+pub const DATA_FORMAT: u32 = 3;
 
 /// The file's name in the data directory.
 pub(crate) const FILE: &str = "FORMAT";

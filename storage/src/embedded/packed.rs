@@ -18,7 +18,8 @@
 //! |---|---|
 //! | 0..4 | magic `TSP1` |
 //! | 4 | the table (`Table as u8`) |
-//! | 5..8 | zero |
+//! | 5 | the layout: 0 here; 1 is a stock block (`stock`: a store's sale lines with their movements, and its other movements) |
+//! | 6..8 | zero |
 //! | 8..12 | rows, u32 little-endian |
 //! | 12.. | the rows, one after the other, nothing after the last |
 //!
@@ -44,6 +45,7 @@ use crate::rows::*;
 use crate::store::StoreError;
 
 mod rows;
+pub(crate) mod stock;
 #[cfg(test)]
 pub(crate) use rows::reason_of;
 
@@ -97,6 +99,20 @@ pub(crate) trait Packed: Sized {
     fn pack(&self, p: &mut RowWriter<'_>);
     /// Reads a row's fields, in the order `pack` wrote them.
     fn unpack(u: &mut Unpacker<'_>) -> Result<Self, &'static str>;
+    /// Whether the table's rows are read from stock blocks too (`stock`):
+    /// sale lines and stock movements.
+    const IN_STOCK_BLOCKS: bool = false;
+    /// The table's row of a stock block's sale line, `moved` the level
+    /// after and `applied` of the movement it made, if it made one.
+    #[inline(always)]
+    fn from_stock_line(_line: &SaleLineRow, _moved: Option<(i64, bool)>) -> Option<Self> {
+        None
+    }
+    /// The table's row of one of a stock block's other movements.
+    #[inline(always)]
+    fn from_stock_movement(_m: StockMovementRow) -> Option<Self> {
+        None
+    }
 }
 
 /// Packs rows into one block of one table (see the module docs), in a
@@ -473,6 +489,9 @@ pub(crate) fn decode_each<T: Packed + StoredRow>(
             bytes.len()
         )));
     };
+    if head[..4] == *MAGIC && head[5] == stock::LAYOUT {
+        return stock::decode_each(bytes, row);
+    }
     if &head[..4] != MAGIC || head[4] != T::TABLE as u8 || head[5..8] != [0, 0, 0] {
         return Err(corrupt(
             "a packed block's header is not one of this table".into(),

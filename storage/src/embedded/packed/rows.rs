@@ -152,6 +152,13 @@ impl Packed for SaleLineRow {
             amount: u.int()?,
         })
     }
+
+    const IN_STOCK_BLOCKS: bool = true;
+
+    #[inline(always)]
+    fn from_stock_line(line: &SaleLineRow, _moved: Option<(i64, bool)>) -> Option<Self> {
+        Some(*line)
+    }
 }
 
 impl Packed for StockMovementRow {
@@ -185,6 +192,18 @@ impl Packed for StockMovementRow {
             level_after: u.int()?,
             applied: u.flag()?,
         })
+    }
+
+    const IN_STOCK_BLOCKS: bool = true;
+
+    #[inline(always)]
+    fn from_stock_line(line: &SaleLineRow, moved: Option<(i64, bool)>) -> Option<Self> {
+        moved.map(|(level_after, applied)| super::stock::movement_of(line, level_after, applied))
+    }
+
+    #[inline(always)]
+    fn from_stock_movement(m: StockMovementRow) -> Option<Self> {
+        Some(m)
     }
 }
 
