@@ -221,6 +221,10 @@ fn rows_of(block: &[u8]) -> Result<(u32, &[u8]), StoreError> {
 
 /// [`super::decode_each`] of a stock block: each row of `T`'s table, a
 /// line or a movement, handed to `row`.
+///
+/// Its loops are written out as `packed::decode_each`'s are, not shared
+/// with it through a generic helper taking the row's decoder: shared, a
+/// full scan (`store_scan`) took 13.3 ms against 12.0.
 pub(super) fn decode_each<T: Packed + StoredRow>(
     bytes: &[u8],
     mut row: impl FnMut(T),
