@@ -354,7 +354,8 @@ pub(crate) fn dedupe<T: Clone, K: Hash + Eq + Ord>(
 }
 
 /// Packs the sales, and the sale lines and stock movements (stock blocks,
-/// `packed::stock`), of `rows` into their blocks as a commit does, writing nothing; returns the blocks' bytes.
+/// `packed::stock`), of `rows` into their blocks as a commit does,
+/// writing nothing; returns the blocks' bytes.
 /// `sets` keeps the packers from call to call, as the store does.
 ///
 /// For the `store_commit` bench: packing is the CPU of the block log's

@@ -110,8 +110,16 @@ impl EmbeddedStore {
                 return Err(e);
             }
         };
+        // A stock block's two keys point to one block: its bytes count once.
+        let mut last: Option<Ptr> = None;
         for (key, ptr) in &logged.blocks {
-            w.put_logged(&self.blocks, key, *ptr, ptr.len as usize);
+            let len = if last == Some(*ptr) {
+                0
+            } else {
+                ptr.len as usize
+            };
+            w.put_logged(&self.blocks, key, *ptr, len);
+            last = Some(*ptr);
         }
         if let Some(end) = logged.end {
             w.put(&self.meta, keys::BLOCKLOG_END, &encode_end(end));
