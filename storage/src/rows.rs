@@ -54,6 +54,21 @@ pub enum SaleKind {
     Refund = 1,
 }
 
+impl SaleKind {
+    /// The stock movement a line of `quantity` units makes: its reason and
+    /// its delta (a sale takes units out, a refund puts them back). The
+    /// shards write it, and the embedded store derives a line's movement
+    /// from its line with it (stock blocks), so the two agree by
+    /// construction.
+    #[inline]
+    pub fn stock_change(self, quantity: i32) -> (MovementReason, i64) {
+        match self {
+            SaleKind::Sale => (MovementReason::Sale, -i64::from(quantity)),
+            SaleKind::Refund => (MovementReason::Refund, i64::from(quantity)),
+        }
+    }
+}
+
 /// Why a SKU's stock moved.
 #[derive(
     Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, Copy, PartialEq, Eq, Hash,

@@ -131,10 +131,7 @@ impl Gen {
                 tax: line_tax,
                 amount,
             });
-            let (reason, delta) = match kind {
-                SaleKind::Sale => (MovementReason::Sale, -i64::from(quantity)),
-                SaleKind::Refund => (MovementReason::Refund, i64::from(quantity)),
-            };
+            let (reason, delta) = kind.stock_change(quantity);
             self.movement(k, store, sku, ts_us, reason, delta, line);
         }
         self.rows.sales.push(SaleRow {

@@ -142,7 +142,7 @@ pub(crate) fn block_key_of<T: BlockRow>(r: &T) -> BlockKey {
 /// How many rows ahead packing asks the cache for: about ten lines of
 /// 64-to-100-byte rows, as far as a load's latency reaches at a few ns a
 /// row.
-const ROWS_AHEAD: usize = 8;
+pub(crate) const ROWS_AHEAD: usize = 8;
 
 /// Packers kept for the next commit: more blocks than this in one table of
 /// a commit (thousands of devices' health rows) get new packers, dropped

@@ -11,7 +11,7 @@ use tillstream_protocol::{
     ArchivedBatch, ArchivedEvent, ArchivedMovementKind, ArchivedStockMovement, Event, RejectCode,
 };
 use tillstream_storage::{
-    DeviceHealthRow, EventKey, MovementReason, RejectedEventRow, RowSet, SaleKind, SaleLineRow,
+    DeviceHealthRow, EventKey, MovementReason, RejectedEventRow, RowSet, SaleLineRow,
     StockMovementRow,
 };
 
@@ -294,10 +294,7 @@ impl ShardCore {
                 tax: l.tax.to_native(),
                 amount: l.amount(),
             });
-            let (reason, delta) = match v.kind {
-                SaleKind::Sale => (MovementReason::Sale, -i64::from(quantity)),
-                SaleKind::Refund => (MovementReason::Refund, i64::from(quantity)),
-            };
+            let (reason, delta) = v.kind.stock_change(quantity);
             let slot = self.next_warm_slot();
             self.movement(v.store, sku, slot, v.ts, key, line, reason, delta, out);
         }

@@ -35,7 +35,7 @@
 //! otherwise.
 
 use super::{MAGIC, MAX_FIELDS, Packed, RowWriter, StoredRow, Unpacker};
-use crate::embedded::blocks::{BlockKey, BlockSet, block_key_of};
+use crate::embedded::blocks::{BlockKey, BlockSet, ROWS_AHEAD, block_key_of};
 use crate::rows::*;
 use crate::store::StoreError;
 
@@ -46,14 +46,11 @@ pub(crate) const LAYOUT: u8 = 1;
 const STOCK_HEADER: usize = 20;
 
 /// The stock movement a sale or refund line made, given what only the
-/// movement knows: the level after it and whether it applied (see
-/// `ShardCore::apply`, which writes both rows).
+/// movement knows: the level after it and whether it applied (the shards
+/// write both rows, the movement's by `SaleKind::stock_change` too).
 #[inline(always)]
 pub(crate) fn movement_of(line: &SaleLineRow, level_after: i64, applied: bool) -> StockMovementRow {
-    let (reason, delta) = match line.kind {
-        SaleKind::Sale => (MovementReason::Sale, -i64::from(line.quantity)),
-        SaleKind::Refund => (MovementReason::Refund, i64::from(line.quantity)),
-    };
+    let (reason, delta) = line.kind.stock_change(line.quantity);
     StockMovementRow {
         store: line.store,
         sku: line.sku,
@@ -116,9 +113,6 @@ pub(crate) fn pack(parts: &[RowSet], lines: &mut BlockSet, others: &mut BlockSet
     lines.end();
     others.end();
 }
-
-/// Rows asked for ahead of the one packed (`blocks::ROWS_AHEAD`).
-const ROWS_AHEAD: usize = 8;
 
 #[inline(always)]
 fn pack_moved(w: &mut RowWriter<'_>, moved: Option<Moved>) {
@@ -213,10 +207,8 @@ fn rows_of(block: &[u8]) -> Result<(u32, &[u8]), StoreError> {
     let (head, body) = block
         .split_first_chunk::<{ super::HEADER }>()
         .ok_or_else(corrupt)?;
-    Ok((
-        u32::from_le_bytes([head[8], head[9], head[10], head[11]]),
-        body,
-    ))
+    // The count was written as a u32 (`Packer::finish`).
+    Ok((super::claimed_rows(head) as u32, body))
 }
 
 /// [`super::decode_each`] of a stock block: each row of `T`'s table, a
