@@ -267,3 +267,39 @@ fn a_watermark_without_its_ledger_row_is_missing_data() -> TestResult {
     only(&check(rows, None)?, 1, 0, 0, 0, 0, 0);
     Ok(())
 }
+
+/// A ledger row that claims more events than any frame holds gets no
+/// slots (`verify/events.rs`): its events are counted by key, with the
+/// same answers.
+#[test]
+fn a_batch_too_big_for_slots_is_checked_by_key() -> TestResult {
+    let mut rows = sample();
+    let claimed: u32 = (1 << 16) + 1;
+    for b in rows
+        .batches
+        .iter_mut()
+        .filter(|b| (b.device, b.seq) == (3, 1))
+    {
+        b.events = claimed;
+    }
+    let sale = rows
+        .sales
+        .iter()
+        .find(|s| s.key == key(3, 1, 0))
+        .copied()
+        .ok_or("the sample has no sale of device 3")?;
+    rows.sales.push(sale);
+    let r = check(rows, None)?;
+    // Its two stored events are neither missing nor orphans; the rest of
+    // what it claims is missing, and the doubled sale is a duplicate.
+    only(&r, u64::from(claimed) - 2, 1, 0, 0, 0, 0);
+    assert_eq!(r.events, 10);
+    Ok(())
+}
+
+/// What `verify` keeps of every sale stays small: a store of millions of
+/// sales holds one of these for each.
+#[test]
+fn a_sale_takes_56_bytes_or_less() {
+    assert!(size_of::<SaleAcc>() <= 56);
+}
