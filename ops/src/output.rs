@@ -190,6 +190,24 @@ impl<W: Write> RowWriter<W> {
         }
     }
 
+    /// Writes `row` as one JSON line straight from its type, where this
+    /// writer writes JSON lines (`None` for CSV, whose columns come from
+    /// a row's `Value`). Only for rows whose `Value` would be written as
+    /// it is: no field a caller rewrites first.
+    pub(crate) fn write_json_line<T: serde::Serialize>(
+        &mut self,
+        row: &T,
+    ) -> Option<std::io::Result<()>> {
+        match self {
+            RowWriter::Json(out) => Some(
+                serde_json::to_writer(&mut *out, row)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| writeln!(out)),
+            ),
+            RowWriter::Csv { .. } => None,
+        }
+    }
+
     pub(crate) fn finish(self) -> std::io::Result<()> {
         match self {
             RowWriter::Json(mut out) => out.flush(),
