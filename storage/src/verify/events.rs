@@ -4,11 +4,15 @@
 //! the map of sales beside it, most of `verify`'s time (every row of four
 //! tables a probe of a table larger than the caches) and most of its
 //! 1 GB. The ledger, read first, says how many events each batch holds,
-//! so each batch gets a run of slots in one array: a row finds its batch
-//! in a map of batches (a few per thousand events, and the last one found
-//! is kept, since rows of one batch come together), then its slot by its
-//! index. A key that no ledger batch has room for (an orphan, or a batch
-//! of a size the engine never writes) is counted in a map as before.
+//! so each batch gets a run of slots in one array, when its first event
+//! is seen: a row finds its batch in a map of batches (a few per thousand
+//! events, and the last one found is kept, since rows of one batch come
+//! together), then its slot by its index. A key that no ledger batch has
+//! room for (an orphan) is counted in a map as before, and so are the
+//! events of a batch that gets no slots: one that claims more events than
+//! the engine's frames hold, or one past the slots' budget, which keeps
+//! the slots within a few times the rows read, whatever a damaged ledger
+//! claims.
 
 use super::{Map, SaleAcc};
 use crate::rows::EventKey;
@@ -18,18 +22,35 @@ use crate::rows::EventKey;
 /// without allocating for what it claims.
 const MAX_SLOTTED_EVENTS: u32 = 1 << 16;
 
+/// Slots a batch may take beyond [`SLOTS_PER_ROW`] a row read.
+const SLOTS_AHEAD: usize = 1 << 16;
+
+/// Slots the array may hold a row read (a healthy store's batches have
+/// about one row an event: a sale's lines and movements are more).
+const SLOTS_PER_ROW: usize = 4;
+
 /// A slot without a sale.
 const NO_SALE: u32 = u32::MAX;
+
+/// A batch's (device, seq).
+type Batch = (u64, u64);
+
+/// A batch's slots: the first, and how many (its events); `None` for a
+/// batch that has none.
+type Run = Option<(usize, u32)>;
 
 /// The events and sales `verify` has seen, by key.
 #[derive(Default)]
 pub(super) struct Events {
     /// The ledger: each batch (device, seq) and the events it holds.
     pub(super) ledger: Map<(u64, u64), u32>,
-    /// Each batch with slots: its first slot and its events.
-    slotted: Map<(u64, u64), (usize, u32)>,
+    /// Each batch an event was seen of: its first slot and its events,
+    /// or `None` when it has no slots (its events are in the maps).
+    slotted: Map<Batch, Run>,
     /// The batch found last, as `slotted` has it.
-    last: Option<((u64, u64), (usize, u32))>,
+    last: Option<(Batch, Run)>,
+    /// Rows looked up, for the slots' budget.
+    rows: usize,
     /// Primary rows stored, per slot (saturating: 2 is a duplicate).
     stored: Vec<u8>,
     /// Where each slot's sale is in `sales`.
@@ -44,35 +65,45 @@ pub(super) struct Events {
 }
 
 impl Events {
-    /// Adds a ledger row. All of them come before any event (`verify`
-    /// scans the ledger first): a batch added later would leave its
-    /// events counted where they were seen without it.
+    /// Adds a ledger row (of one key, the last row counts, as in a map).
+    /// All of them come before any event (`verify` scans the ledger
+    /// first): slots are given by the counts the ledger has then.
     pub(super) fn add_batch(&mut self, device: u64, seq: u64, events: u32) {
-        let batch = (device, seq);
-        if self.ledger.insert(batch, events).is_some() {
-            // A key is stored once; the slots of the first row stay.
-            return;
-        }
-        if events <= MAX_SLOTTED_EVENTS {
-            let first = self.stored.len();
-            self.slotted.insert(batch, (first, events));
-            let end = first + events as usize;
-            self.stored.resize(end, 0);
-            self.sale_at.resize(end, NO_SALE);
-        }
+        self.ledger.insert((device, seq), events);
     }
 
     fn slot(&mut self, key: &EventKey) -> Option<usize> {
         let batch = (key.device, key.seq);
-        let (first, events) = match self.last {
-            Some((b, found)) if b == batch => found,
+        self.rows += 1;
+        let run = match self.last {
+            Some((b, run)) if b == batch => run,
             _ => {
-                let found = *self.slotted.get(&batch)?;
-                self.last = Some((batch, found));
-                found
+                let run = match self.slotted.get(&batch) {
+                    Some(&run) => run,
+                    None => self.give_slots(batch)?,
+                };
+                self.last = Some((batch, run));
+                run
             }
         };
+        let (first, events) = run?;
         (key.idx < events).then(|| first + key.idx as usize)
+    }
+
+    /// Decides, at its first event, whether `batch` gets slots and gives
+    /// them; `None` (nothing recorded) for a batch not in the ledger.
+    fn give_slots(&mut self, batch: Batch) -> Option<Run> {
+        let events = *self.ledger.get(&batch)?;
+        let first = self.stored.len();
+        let end = first + events as usize;
+        let budget = SLOTS_PER_ROW * self.rows + SLOTS_AHEAD;
+        let run = (events <= MAX_SLOTTED_EVENTS && end <= budget).then(|| {
+            self.stored.resize(end, 0);
+            self.sale_at.resize(end, NO_SALE);
+            (first, events)
+        });
+        self.slotted.insert(batch, run);
+        Some(run)
     }
 
     /// Records a primary row; true when its key is new.
@@ -120,7 +151,7 @@ impl Events {
             n += 1;
             least = Some(least.map_or(key, |l| l.min(key)));
         };
-        for (&(device, seq), &(first, events)) in &self.slotted {
+        for (&(device, seq), &(first, events)) in self.slotted_runs() {
             let runs = self.stored[first..first + events as usize].iter();
             for (idx, _) in (0u32..).zip(runs).filter(|(_, s)| **s > 1) {
                 note(EventKey { device, seq, idx });
@@ -135,7 +166,7 @@ impl Events {
     /// Events of batch (device, seq) among 0..events that are not stored.
     pub(super) fn absent(&self, device: u64, seq: u64, events: u32) -> u64 {
         match self.slotted.get(&(device, seq)) {
-            Some(&(first, n)) if n == events => {
+            Some(&Some((first, n))) if n == events => {
                 let slots = &self.stored[first..first + events as usize];
                 slots.iter().filter(|&&s| s == 0).count() as u64
             }
@@ -147,7 +178,9 @@ impl Events {
 
     fn is_stored(&self, key: EventKey) -> bool {
         match self.slotted.get(&(key.device, key.seq)) {
-            Some(&(first, events)) if key.idx < events => self.stored[first + key.idx as usize] > 0,
+            Some(&Some((first, events))) if key.idx < events => {
+                self.stored[first + key.idx as usize] > 0
+            }
             _ => self.unslotted.contains_key(&key),
         }
     }
@@ -155,8 +188,9 @@ impl Events {
     /// Stored events whose batch is not in the ledger or holds fewer
     /// events than their index: how many, and one of them.
     pub(super) fn orphans(&self) -> (u64, Option<EventKey>) {
-        // A slot is inside its batch by construction: only keys without
-        // one can be orphans.
+        // A slot is inside its batch as the whole ledger counts it (slots
+        // are given once the ledger is read): only keys without one can
+        // be orphans.
         let mut n = 0u64;
         let mut first = None;
         for key in self.unslotted.keys() {
@@ -172,9 +206,64 @@ impl Events {
         (n, first)
     }
 
+    fn slotted_runs(&self) -> impl Iterator<Item = (&(u64, u64), &(usize, u32))> {
+        self.slotted
+            .iter()
+            .filter_map(|(batch, run)| run.as_ref().map(|run| (batch, run)))
+    }
+
     /// Devices of the stored events that have no slot (the others are
     /// the ledger's).
     pub(super) fn unslotted_devices(&self) -> impl Iterator<Item = u64> + '_ {
         self.unslotted.keys().map(|k| k.device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A damaged ledger that claims far more events than are stored
+    /// gets slots within the budget, and the same answers.
+    #[test]
+    fn claims_past_the_rows_read_get_no_slots_but_the_same_answers() {
+        let mut e = Events::default();
+        let batches = 200u64;
+        for seq in 0..batches {
+            e.add_batch(1, seq, MAX_SLOTTED_EVENTS);
+        }
+        for seq in 0..batches {
+            assert!(e.primary(EventKey {
+                device: 1,
+                seq,
+                idx: 5
+            }));
+        }
+        let claimed = batches as usize * MAX_SLOTTED_EVENTS as usize;
+        assert!(
+            e.stored.len() <= SLOTS_PER_ROW * batches as usize + SLOTS_AHEAD,
+            "{} slots for {batches} rows read ({claimed} claimed)",
+            e.stored.len()
+        );
+        // Some batches got slots and some did not; each answers alike.
+        assert!(matches!(e.slotted.get(&(1, 0)), Some(Some(_))));
+        assert_eq!(e.slotted.get(&(1, batches - 1)), Some(&None));
+        assert!(!e.unslotted.is_empty());
+        assert_eq!(e.count(), batches);
+        // The first batch has slots, the last none.
+        for seq in [0, batches - 1] {
+            let absent = e.absent(1, seq, MAX_SLOTTED_EVENTS);
+            assert_eq!(absent, u64::from(MAX_SLOTTED_EVENTS) - 1);
+        }
+        assert_eq!(e.orphans(), (0, None));
+        // A second row of a key is a duplicate, slotted or not.
+        for seq in [0, batches - 1] {
+            assert!(!e.primary(EventKey {
+                device: 1,
+                seq,
+                idx: 5
+            }));
+        }
+        assert_eq!(e.duplicates().0, 2);
     }
 }

@@ -303,3 +303,23 @@ fn a_batch_too_big_for_slots_is_checked_by_key() -> TestResult {
 fn a_sale_takes_56_bytes_or_less() {
     assert!(size_of::<SaleAcc>() <= 56);
 }
+
+/// Of two ledger rows of one batch, the last counts (as the map of the
+/// ledger had it): an event past its count is an orphan, though the
+/// first row had room for it.
+#[test]
+fn the_last_of_two_ledger_rows_of_a_batch_counts() -> TestResult {
+    let mut rows = sample();
+    let first = rows
+        .batches
+        .iter()
+        .find(|b| (b.device, b.seq) == (1, 1))
+        .copied()
+        .ok_or("the sample has no batch 1 of device 1")?;
+    rows.batches.push(BatchRow {
+        events: first.events - 1,
+        ..first
+    });
+    only(&check(rows, None)?, 0, 0, 1, 0, 0, 0);
+    Ok(())
+}

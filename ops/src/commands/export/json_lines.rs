@@ -44,7 +44,7 @@ struct ReadableSale<'a>(&'a SaleRow);
 impl Serialize for ReadableSale<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let r = self.0;
-        let mut m = s.serialize_struct("SaleRow", 19)?;
+        let mut m = s.serialize_struct("SaleRow", 18)?;
         m.serialize_field("store", &r.store)?;
         m.serialize_field("ts_us", &r.ts_us)?;
         m.serialize_field("key", &r.key)?;
