@@ -120,16 +120,29 @@ fn scalar(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
-        Value::Array(a)
-            if a.iter().all(|x| x.as_u64().is_some_and(|n| n < 256)) && a.len() == 16 =>
-        {
-            // 16-byte ids print as hex.
-            a.iter()
-                .filter_map(Value::as_u64)
-                .map(|b| format!("{b:02x}"))
-                .collect()
-        }
+        // 16-byte ids print as hex.
+        Value::Array(a) if a.len() == 16 => match bytes_of(a) {
+            Some(b) => Hex(&b).to_string(),
+            None => v.to_string(),
+        },
         other => other.to_string(),
+    }
+}
+
+/// The bytes an array of numbers holds, if each is under 256 (how
+/// serde_json gives a byte array).
+pub(crate) fn bytes_of(a: &[Value]) -> Option<Vec<u8>> {
+    a.iter()
+        .map(|x| x.as_u64().and_then(|n| u8::try_from(n).ok()))
+        .collect()
+}
+
+/// Bytes as two lowercase hex digits each.
+pub(crate) struct Hex<'a>(pub(crate) &'a [u8]);
+
+impl std::fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::Value;
 use tillstream_storage::time::parse_ts;
 use tillstream_storage::{RowRef, Table};
 
-use crate::output::RowWriter;
+use crate::output::{Hex, RowWriter, bytes_of};
 
 mod json_lines;
 
@@ -128,30 +128,24 @@ fn readable(v: &mut Value) {
                 }
             }
         }
-        Value::Array(a)
-            if !a.is_empty() && a.iter().all(|x| x.as_u64().is_some_and(|n| n < 256)) =>
-        {
-            *v = Value::String(
-                a.iter()
-                    .filter_map(Value::as_u64)
-                    .map(|b| format!("{b:02x}"))
-                    .collect(),
-            );
+        Value::Array(a) if !a.is_empty() => {
+            if let Some(bytes) = bytes_of(a) {
+                *v = Value::String(Hex(&bytes).to_string());
+            }
         }
         _ => {}
     }
 }
 
 fn ascii(v: &Value) -> Option<String> {
-    let a = v.as_array()?;
-    a.iter()
-        .map(|x| {
-            x.as_u64()
-                .and_then(|n| u8::try_from(n).ok())
-                .filter(u8::is_ascii_graphic)
-                .map(char::from)
-        })
-        .collect()
+    let bytes = bytes_of(v.as_array()?).filter(|b| printable(b))?;
+    Some(bytes.into_iter().map(char::from).collect())
+}
+
+/// Whether a currency's bytes are written as the letters they spell
+/// (else as hex, as any byte array).
+fn printable(bytes: &[u8]) -> bool {
+    bytes.iter().all(u8::is_ascii_graphic)
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {

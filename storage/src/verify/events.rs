@@ -43,7 +43,7 @@ type Run = Option<(usize, u32)>;
 #[derive(Default)]
 pub(super) struct Events {
     /// The ledger: each batch (device, seq) and the events it holds.
-    pub(super) ledger: Map<(u64, u64), u32>,
+    pub(super) ledger: Map<Batch, u32>,
     /// Each batch an event was seen of: its first slot and its events,
     /// or `None` when it has no slots (its events are in the maps).
     slotted: Map<Batch, Run>,

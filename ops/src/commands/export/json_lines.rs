@@ -14,7 +14,7 @@ use std::io::Write;
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 use tillstream_storage::{RowRef, SaleRow};
 
-use crate::output::RowWriter;
+use crate::output::{Hex, RowWriter};
 
 /// Writes `row` as one JSON line without its `Value`; `None` for a row
 /// that takes the `Value` path, and for CSV.
@@ -51,11 +51,11 @@ impl Serialize for ReadableSale<'_> {
         m.serialize_field("kind", &r.kind)?;
         m.serialize_field("terminal", &r.terminal)?;
         m.serialize_field("operator", &r.operator)?;
-        m.serialize_field("txn", &Hex(&r.txn))?;
-        if r.currency.iter().all(u8::is_ascii_graphic) {
+        m.serialize_field("txn", &HexStr(&r.txn))?;
+        if super::printable(&r.currency) {
             m.serialize_field("currency", &Letters(&r.currency))?;
         } else {
-            m.serialize_field("currency", &Hex(&r.currency))?;
+            m.serialize_field("currency", &HexStr(&r.currency))?;
         }
         m.serialize_field("lines", &r.lines)?;
         m.serialize_field("items", &r.items)?;
@@ -71,18 +71,12 @@ impl Serialize for ReadableSale<'_> {
     }
 }
 
-/// Bytes as a string of two lowercase hex digits each.
-struct Hex<'a>(&'a [u8]);
+/// Bytes as a JSON string of their hex (`output::Hex`).
+struct HexStr<'a>(&'a [u8]);
 
-impl fmt::Display for Hex<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
-impl Serialize for Hex<'_> {
+impl Serialize for HexStr<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.collect_str(&Hex(self.0))
     }
 }
 
