@@ -1,0 +1,371 @@
+#!/usr/bin/env bash
+# A local Apache Cassandra 5.0 cluster without Docker, for trying the
+# ScyllaDB backend on a laptop and for CI's cluster suite (README,
+# "ScyllaDB"). Cassandra is a real CQL server the `scylla` driver speaks
+# to; what is ScyllaDB's alone (the shard-aware port, tablets) is not
+# exercised by it.
+#
+#   run.sh start [--nodes N] [--dir DIR]   fetch Cassandra once, start N nodes
+#   run.sh stop [--dir DIR]                stop every node (SIGTERM, then SIGKILL)
+#   run.sh kill K [--dir DIR]              SIGKILL node K (counting from 1)
+#   run.sh start-node K [--dir DIR]        start node K again, wait for CQL
+#   run.sh status [--dir DIR]              each node: pid, and whether CQL answers
+#   run.sh nodes [--dir DIR]               the TILLSTREAM_SCYLLA_NODES line
+#
+# Node K listens on 127.0.0.K (all of 127/8 is loopback on Linux), port
+# 9042 for CQL and 7000 between nodes; 127.0.0.1 is the seed. `start`
+# prints `TILLSTREAM_SCYLLA_NODES=127.0.0.1:9042,...` as its last line.
+#
+# Environment:
+#   TILLSTREAM_CASSANDRA_DIR    the cluster's directory (default
+#                               $XDG_STATE_HOME/tillstream/cassandra, else
+#                               ~/.local/state/tillstream/cassandra)
+#   TILLSTREAM_CASSANDRA_CACHE  the jars (default ~/.cache/tillstream/cassandra-5.0)
+#   TILLSTREAM_CASSANDRA_HEAP   heap per node (default 768m)
+#   JAVA_HOME                   a Java 11 or 17; otherwise one is looked for
+#   CASSANDRA_START_TIMEOUT_S   how long a node may take to answer CQL (default 180)
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+state_home="${XDG_STATE_HOME:-$HOME/.local/state}"
+dir="${TILLSTREAM_CASSANDRA_DIR:-$state_home/tillstream/cassandra}"
+cache="${TILLSTREAM_CASSANDRA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tillstream/cassandra-5.0}"
+heap="${TILLSTREAM_CASSANDRA_HEAP:-768m}"
+start_timeout="${CASSANDRA_START_TIMEOUT_S:-180}"
+cql_port=9042
+
+say() { echo "run.sh: $*" >&2; }
+die() {
+    say "$*"
+    exit 1
+}
+
+usage() {
+    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+}
+
+# --- arguments ---------------------------------------------------------------
+cmd="${1:-}"
+[ -n "$cmd" ] || {
+    usage
+    exit 2
+}
+shift
+nodes=1
+node_k=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --nodes)
+        nodes="${2:?--nodes needs a number}"
+        shift 2
+        ;;
+    --nodes=*)
+        nodes="${1#*=}"
+        shift
+        ;;
+    --dir)
+        dir="${2:?--dir needs a directory}"
+        shift 2
+        ;;
+    --dir=*)
+        dir="${1#*=}"
+        shift
+        ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    [0-9]*)
+        node_k="$1"
+        shift
+        ;;
+    *) die "unknown argument '$1' (run.sh --help)" ;;
+    esac
+done
+case "$nodes" in '' | *[!0-9]*) die "--nodes takes a number from 1 to 9, not '$nodes'" ;; esac
+[ "$nodes" -ge 1 ] && [ "$nodes" -le 9 ] || die "--nodes takes a number from 1 to 9, not '$nodes'"
+
+# --- Java --------------------------------------------------------------------
+# Cassandra 5.0 runs on Java 11 and 17; newer JVMs refuse its security
+# manager call, so a newer `java` on PATH is passed over.
+java_major() { "$1" -version 2>&1 | sed -n 's/.*version "\([0-9]*\)[."].*/\1/p' | head -n1; }
+find_java() {
+    local c
+    for c in ${JAVA_HOME:+"$JAVA_HOME/bin/java"} /usr/lib/jvm/java-17-openjdk-*/bin/java \
+        /usr/lib/jvm/java-11-openjdk-*/bin/java /usr/lib/jvm/*17*/bin/java "$(command -v java || true)"; do
+        [ -x "$c" ] || continue
+        case "$(java_major "$c")" in 11 | 17)
+            echo "$c"
+            return 0
+            ;;
+        esac
+    done
+    return 1
+}
+
+# --- the jars ----------------------------------------------------------------
+fetch_jars() {
+    if [ -f "$cache/.complete" ]; then
+        return 0
+    fi
+    command -v mvn >/dev/null || die "Maven (mvn) is needed once, to fetch Cassandra's jars into $cache (Debian: apt-get install maven)"
+    say "fetching Cassandra 5.0 and its dependencies from Maven Central into $cache (once)"
+    mkdir -p "$cache"
+    rm -rf "$cache/lib.partial"
+    mvn -q -B -f "$here/pom.xml" \
+        org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+        -DoutputDirectory="$cache/lib.partial" -DincludeScope=runtime >&2 ||
+        die "Maven could not fetch Cassandra (see above)"
+    rm -rf "$cache/lib"
+    mv "$cache/lib.partial" "$cache/lib"
+    touch "$cache/.complete"
+}
+
+# --- one node ----------------------------------------------------------------
+node_dir() { echo "$dir/node$1"; }
+node_ip() { echo "127.0.0.$1"; }
+
+cql_answers() {
+    # A TCP connect to the CQL port: Cassandra opens it last in start-up.
+    (exec 3<>"/dev/tcp/$(node_ip "$1")/$cql_port") 2>/dev/null
+}
+
+node_pid() {
+    local f
+    f="$(node_dir "$1")/pid"
+    [ -f "$f" ] || return 1
+    local pid
+    pid="$(cat "$f")"
+    kill -0 "$pid" 2>/dev/null || return 1
+    echo "$pid"
+}
+
+write_config() {
+    local k="$1" d ip
+    d="$(node_dir "$k")"
+    ip="$(node_ip "$k")"
+    mkdir -p "$d/conf" "$d/data" "$d/commitlog" "$d/saved_caches" "$d/hints" "$d/cdc_raw" "$d/logs" "$d/tmp" "$d/triggers"
+    # Only keys Cassandra 5.0 knows: it refuses unknown ones.
+    cat >"$d/conf/cassandra.yaml" <<EOF
+cluster_name: tillstream-local
+num_tokens: 16
+partitioner: org.apache.cassandra.dht.Murmur3Partitioner
+endpoint_snitch: SimpleSnitch
+seed_provider:
+  - class_name: org.apache.cassandra.locator.SimpleSeedProvider
+    parameters:
+      - seeds: "127.0.0.1:7000"
+listen_address: $ip
+rpc_address: $ip
+storage_port: 7000
+native_transport_port: $cql_port
+start_native_transport: true
+auto_bootstrap: false
+auto_snapshot: false
+data_file_directories:
+  - $d/data
+commitlog_directory: $d/commitlog
+saved_caches_directory: $d/saved_caches
+hints_directory: $d/hints
+cdc_raw_directory: $d/cdc_raw
+commitlog_sync: periodic
+commitlog_sync_period: 10000ms
+commitlog_segment_size: 8MiB
+concurrent_reads: 8
+concurrent_writes: 16
+concurrent_counter_writes: 4
+concurrent_materialized_view_writes: 4
+concurrent_compactors: 1
+memtable_heap_space: 96MiB
+memtable_offheap_space: 96MiB
+key_cache_size: 16MiB
+paxos_variant: v2
+storage_compatibility_mode: NONE
+authenticator: AllowAllAuthenticator
+authorizer: AllowAllAuthorizer
+EOF
+    cat >"$d/conf/logback.xml" <<EOF
+<configuration>
+  <appender name="FILE" class="ch.qos.logback.core.FileAppender">
+    <file>$d/logs/system.log</file>
+    <encoder><pattern>%-5level [%thread] %date{ISO8601} %F:%L - %msg%n</pattern></encoder>
+  </appender>
+  <root level="INFO"><appender-ref ref="FILE"/></root>
+</configuration>
+EOF
+}
+
+start_node() {
+    local k="$1" d ip java pid
+    d="$(node_dir "$k")"
+    ip="$(node_ip "$k")"
+    if pid="$(node_pid "$k")"; then
+        say "node $k is already running (pid $pid)"
+    else
+        [ -f "$d/conf/cassandra.yaml" ] || write_config "$k"
+        java="$(find_java)" || die "no Java 11 or 17 found: Cassandra 5.0 needs one (Debian: apt-get install openjdk-17-jre-headless), or set JAVA_HOME"
+        local jamm
+        jamm="$(ls "$cache"/lib/jamm-*.jar 2>/dev/null | head -n1)"
+        [ -n "$jamm" ] || die "jamm is missing from $cache/lib: remove $cache and start again"
+        say "starting node $k on $ip (logs: $d/logs/system.log)"
+        # The flags of Cassandra's conf/jvm17-server.options that a node
+        # needs on Java 17 (module access for its off-heap and reflection
+        # code), a small heap, and no JMX (no cassandra.jmx.* port set).
+        setsid "$java" \
+            -Xms"$heap" -Xmx"$heap" -Xss256k -XX:+UseG1GC -XX:+ParallelRefProcEnabled \
+            -XX:MaxTenuringThreshold=1 -XX:G1HeapRegionSize=4m -XX:MaxGCPauseMillis=300 \
+            -XX:+ExitOnOutOfMemoryError \
+            -Djdk.attach.allowAttachSelf=true \
+            --add-exports java.base/jdk.internal.misc=ALL-UNNAMED \
+            --add-exports java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED \
+            --add-exports java.rmi/sun.rmi.registry=ALL-UNNAMED \
+            --add-exports java.rmi/sun.rmi.server=ALL-UNNAMED \
+            --add-exports java.sql/java.sql=ALL-UNNAMED \
+            --add-exports java.base/java.lang.ref=ALL-UNNAMED \
+            --add-exports jdk.unsupported/sun.misc=ALL-UNNAMED \
+            --add-exports jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED \
+            --add-exports jdk.attach/sun.tools.attach=ALL-UNNAMED \
+            --add-opens java.base/java.lang.module=ALL-UNNAMED \
+            --add-opens java.base/jdk.internal.loader=ALL-UNNAMED \
+            --add-opens java.base/jdk.internal.ref=ALL-UNNAMED \
+            --add-opens java.base/jdk.internal.reflect=ALL-UNNAMED \
+            --add-opens java.base/jdk.internal.math=ALL-UNNAMED \
+            --add-opens java.base/jdk.internal.module=ALL-UNNAMED \
+            --add-opens java.base/jdk.internal.util.jar=ALL-UNNAMED \
+            --add-opens jdk.management/com.sun.management.internal=ALL-UNNAMED \
+            --add-opens java.base/sun.nio.ch=ALL-UNNAMED \
+            --add-opens java.base/java.io=ALL-UNNAMED \
+            --add-opens java.base/java.lang.reflect=ALL-UNNAMED \
+            --add-opens jdk.compiler/com.sun.tools.javac=ALL-UNNAMED \
+            --add-opens java.base/java.lang=ALL-UNNAMED \
+            --add-opens java.base/java.util=ALL-UNNAMED \
+            -Dio.netty.tryReflectionSetAccessible=true \
+            -Dio.netty.allocator.useCacheForAllThreads=true -Dio.netty.allocator.maxOrder=11 \
+            -Djava.net.preferIPv4Stack=true \
+            -javaagent:"$jamm" \
+            -Djna.tmpdir="$d/tmp" -Djava.io.tmpdir="$d/tmp" \
+            -Dcassandra-foreground=yes \
+            -Dcassandra.config="file://$d/conf/cassandra.yaml" \
+            -Dcassandra.storagedir="$d" \
+            -Dcassandra.logdir="$d/logs" \
+            -Dlogback.configurationFile="$d/conf/logback.xml" \
+            -Dcassandra.skip_wait_for_gossip_to_settle=0 \
+            -Dcassandra.ring_delay_ms=1000 \
+            -Dcassandra.superuser_setup_delay_ms=0 -Dcassandra.triggers_dir="$d/triggers" \
+            -Dcassandra.test.flush_local_schema_changes=false \
+            -cp "$cache/lib/*" \
+            org.apache.cassandra.service.CassandraDaemon \
+            >"$d/logs/stdout.log" 2>&1 </dev/null &
+        echo $! >"$d/pid"
+    fi
+    wait_for_cql "$k"
+}
+
+wait_for_cql() {
+    local k="$1" d waited=0
+    d="$(node_dir "$k")"
+    until cql_answers "$k"; do
+        if ! node_pid "$k" >/dev/null; then
+            say "node $k exited during start-up; the end of its logs:"
+            tail -n 30 "$d/logs/system.log" "$d/logs/stdout.log" >&2 2>/dev/null || true
+            exit 1
+        fi
+        if [ "$waited" -ge "$start_timeout" ]; then
+            say "node $k did not answer CQL on $(node_ip "$k"):$cql_port within ${start_timeout}s; see $d/logs/system.log"
+            exit 1
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    say "node $k answers CQL on $(node_ip "$k"):$cql_port"
+}
+
+known_nodes() {
+    local k count=0
+    for k in 1 2 3 4 5 6 7 8 9; do
+        [ -d "$(node_dir "$k")/conf" ] && count=$k
+    done
+    echo "$count"
+}
+
+nodes_line() {
+    local n="$1" k list=""
+    for k in $(seq 1 "$n"); do
+        list="$list${list:+,}$(node_ip "$k"):$cql_port"
+    done
+    echo "TILLSTREAM_SCYLLA_NODES=$list"
+}
+
+stop_node() {
+    local k="$1" pid waited=0
+    pid="$(node_pid "$k")" || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null; do
+        if [ "$waited" -ge 30 ]; then
+            kill -KILL "$pid" 2>/dev/null || true
+            break
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    rm -f "$(node_dir "$k")/pid"
+    say "node $k stopped"
+}
+
+need_k() {
+    case "$node_k" in '' | *[!0-9]*) die "$cmd needs a node number K (1 for 127.0.0.1)" ;; esac
+    [ -d "$(node_dir "$node_k")/conf" ] || die "node $node_k has never been started in $dir"
+}
+
+case "$cmd" in
+start)
+    fetch_jars
+    mkdir -p "$dir"
+    # Nodes one after another: a node joining while another is still
+    # starting can race it for tokens.
+    for k in $(seq 1 "$nodes"); do
+        start_node "$k"
+    done
+    nodes_line "$nodes"
+    ;;
+start-node)
+    need_k
+    fetch_jars
+    start_node "$node_k"
+    ;;
+kill)
+    need_k
+    pid="$(node_pid "$node_k")" || die "node $node_k is not running"
+    kill -KILL "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    rm -f "$(node_dir "$node_k")/pid"
+    say "node $node_k killed (SIGKILL, pid $pid)"
+    ;;
+stop)
+    for k in $(seq "$(known_nodes)" -1 1); do
+        stop_node "$k"
+    done
+    ;;
+status)
+    n="$(known_nodes)"
+    [ "$n" -gt 0 ] || {
+        echo "no cluster in $dir"
+        exit 0
+    }
+    for k in $(seq 1 "$n"); do
+        if pid="$(node_pid "$k")"; then
+            if cql_answers "$k"; then state="up, CQL answers"; else state="starting"; fi
+            echo "node $k $(node_ip "$k") pid $pid: $state"
+        else
+            echo "node $k $(node_ip "$k"): down"
+        fi
+    done
+    ;;
+nodes)
+    nodes_line "$(known_nodes)"
+    ;;
+*)
+    usage
+    exit 2
+    ;;
+esac
