@@ -333,6 +333,25 @@ impl EmbeddedStore {
         }
         .map_err(|e| open_err(&wal, e))?;
         let mut journal = journal;
+        // The journal must hold every record after the checkpoint. It
+        // starts later only when segments were deleted past a checkpoint
+        // that never became durable: fjall can swallow a failed
+        // background sync (`durability.rs`). Replaying from there would
+        // skip records an ack covered, so say so instead.
+        if let Some(first) = journal
+            .first_lsn()
+            .filter(|&f| f > checkpoint.saturating_add(1))
+        {
+            return Err(StoreError::Corrupt {
+                what: "journal",
+                reason: format!(
+                    "the tables are checkpointed to LSN {checkpoint} but the journal in {} starts at LSN {first}: records {} to {} are gone, so some acknowledged batches may be missing. Restore from a backup, or move the journal aside to start from the tables alone",
+                    wal.display(),
+                    checkpoint + 1,
+                    first - 1
+                ),
+            });
+        }
         // Every segment may have been truncated away after a checkpoint:
         // the journal then continues after it.
         journal.set_base(checkpoint);

@@ -334,6 +334,14 @@ impl Journal {
         self.last_lsn
     }
 
+    /// The LSN the journal starts at: its oldest segment's first record
+    /// (or, when that segment is empty, the record it waits for); `None`
+    /// with no segment. Every LSN from it to [`last_lsn`](Self::last_lsn)
+    /// is in the journal.
+    pub fn first_lsn(&self) -> Option<u64> {
+        self.segs.iter().next().map(|s| s.first)
+    }
+
     /// Raises [`last_lsn`](Journal::last_lsn) to `lsn`: the next record
     /// must be `lsn + 1`. For a journal that forgot its last LSN (every
     /// segment deleted) while the caller's checkpoint knows it. A lower
