@@ -374,46 +374,20 @@ fn embedded_queries_answer_from_the_rows() -> TestResult {
 #[cfg(feature = "scylla")]
 mod on_scylla {
     use super::*;
-    use crate::schema::SchemaOptions;
-    use crate::scylla::{ScyllaConfig, ScyllaStore, apply_schema};
+    use crate::scylla::ScyllaStore;
+    use crate::scylla::testkit::TestKeyspace;
 
-    struct Scylla(ScyllaConfig);
+    struct Scylla(TestKeyspace);
 
     impl Harness for Scylla {
         type S = ScyllaStore;
         fn open(&mut self) -> Result<ScyllaStore, StoreError> {
-            ScyllaStore::connect(self.0.clone())
-        }
-    }
-
-    impl Drop for Scylla {
-        fn drop(&mut self) {
-            if let Err(e) = crate::scylla::drop_keyspace(&self.0) {
-                eprintln!("leaving keyspace {} behind: {e}", self.0.keyspace);
-            }
+            ScyllaStore::connect(self.0.cfg.clone())
         }
     }
 
     fn scylla() -> Result<Scylla, Box<dyn std::error::Error>> {
-        let nodes = std::env::var("TILLSTREAM_SCYLLA_NODES")
-            .map_err(|_| "set TILLSTREAM_SCYLLA_NODES to host:port of a ScyllaDB node")?;
-        let dc = std::env::var("TILLSTREAM_SCYLLA_DC").unwrap_or_else(|_| "datacenter1".into());
-        let rf = std::env::var("TILLSTREAM_SCYLLA_RF").unwrap_or_else(|_| "1".into());
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos();
-        let mut cfg = ScyllaConfig::new(nodes.split(',').map(str::to_string).collect());
-        cfg.keyspace = format!("tillstream_conformance_{stamp}");
-        cfg.node_id = format!("conformance-{stamp}");
-        apply_schema(
-            &cfg,
-            &SchemaOptions {
-                keyspace: cfg.keyspace.clone(),
-                replication: format!("{{'class': 'NetworkTopologyStrategy', '{dc}': {rf}}}"),
-                ttl_days: None,
-            },
-        )?;
-        Ok(Scylla(cfg))
+        Ok(Scylla(TestKeyspace::new("conformance")?))
     }
 
     #[test]

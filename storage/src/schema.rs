@@ -182,21 +182,23 @@ mod tests {
                 ));
             }
         }
-        // The keyspace, the logical tables, and seven of the backend's
+        // The keyspace, the logical tables, and eight of the backend's
         // own: store_movements (the movements by store and hour, for
-        // activation), the journal, the checkpoints, the two staging
-        // tables of snapshot rows and the two of the catalogue.
-        if stmts.len() != 8 + Table::ALL.len() {
+        // activation), the journal, the checkpoints, the node leases, the
+        // two staging tables of snapshot rows and the two of the
+        // catalogue.
+        if stmts.len() != 9 + Table::ALL.len() {
             return Err(format!(
                 "{} statements, expected {}",
                 stmts.len(),
-                8 + Table::ALL.len()
+                9 + Table::ALL.len()
             ));
         }
         for (table, key) in [
             ("store_movements", &["store", "hour"][..]),
             ("journal", &["node", "segment"][..]),
             ("checkpoints", &["node"][..]),
+            ("node_leases", &["node"][..]),
             ("staged_levels", &["node", "lsn", "chunk"][..]),
             ("staged_rollups", &["node", "lsn", "chunk"][..]),
             ("catalog_products", &["bucket"][..]),

@@ -71,29 +71,28 @@ impl ScyllaStore {
         }
     }
 
-    /// Finds the journal's end after `checkpoint` and, unless read-only,
-    /// starts a new generation: this start's records overwrite what an
-    /// append that failed half-way left (never acknowledged) under the
-    /// same LSNs, and a replay stops at such leftovers.
-    pub(super) fn open_journal(&self, checkpoint: u64, generation: u64) -> Result<(), StoreError> {
+    /// Finds the journal's end after `checkpoint`. A writer refuses to
+    /// start when the end is below `high`, the last LSN an ack may have
+    /// covered (`fence.rs`): records are missing that the new
+    /// generation would write over. Records past the end that an append
+    /// left half-done (never acknowledged) are written over by this
+    /// start's generation, and a replay stops at such leftovers.
+    pub(super) fn open_journal(&self, checkpoint: u64, high: u64) -> Result<(), StoreError> {
         let mut last = checkpoint;
         self.walk_journal(checkpoint, |lsn, _| {
             last = lsn;
             Ok(true)
         })?;
+        if last < high && !self.cfg.read_only {
+            return Err(StoreError::Open {
+                path: format!("node id {:?}", self.cfg.node_id),
+                reason: format!(
+                    "the journal ends at LSN {last}, but records up to {high} may have been acknowledged: LSN {} is missing (a replica lost, or a read below quorum). Refusing to start, since this start would write over them; bring the cluster's nodes back (and repair) first",
+                    last + 1
+                ),
+            });
+        }
         self.journal_last.store(last, Ordering::Release);
-        let generation = if self.cfg.read_only {
-            generation
-        } else {
-            let next = generation + 1;
-            self.block(self.session.execute_unpaged(
-                &self.st.generation_write,
-                (next as i64, next as i64, &self.cfg.node_id),
-            ))
-            .map_err(backend_err("starting a journal generation"))?;
-            next
-        };
-        self.generation.store(generation, Ordering::Release);
         Ok(())
     }
 
@@ -109,8 +108,15 @@ impl ScyllaStore {
         let writes = self
             .st
             .journal_writes(&self.cfg.node_id, generation, &split);
-        self.block(self.st.run(&self.session, writes, self.cfg.max_in_flight))
-            .map_err(|e| self.poison(e))?;
+        // The records, then the high-water mark under the lease: only
+        // both make the batch durable here (`fence.rs`).
+        self.block(async {
+            self.st
+                .run(&self.session, writes, self.cfg.max_in_flight)
+                .await?;
+            self.fence.mark(last_lsn).await
+        })
+        .map_err(|e| self.poison(e))?;
         self.journal_last.store(last_lsn, Ordering::Release);
         Ok(())
     }

@@ -268,7 +268,7 @@ impl CqlRow for StockMovementRow {
 
 /// The same movement in `store_movements`, keyed by (store, hour).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct ByStoreHour(pub(crate) StockMovementRow);
+pub(crate) struct ByStoreHour(pub(crate) StockMovementRow, pub(crate) u64);
 
 impl CqlRow for ByStoreHour {
     const TABLE: &'static str = "store_movements";
@@ -286,6 +286,7 @@ impl CqlRow for ByStoreHour {
         "counted",
         "level_after",
         "applied",
+        "lsn",
     ];
     const PARTITION_COLUMNS: usize = 2;
 
@@ -300,6 +301,7 @@ impl CqlRow for ByStoreHour {
         v.extend(key_values(&m.key));
         v.push(int(m.line));
         v.extend(movement_tail(m));
+        v.push(big_u(self.1));
         v
     }
 
@@ -308,18 +310,21 @@ impl CqlRow for ByStoreHour {
         let store = c.u32()?;
         c.i64()?; // hour
         let ts_us = c.i64()?;
-        Ok(ByStoreHour(StockMovementRow {
-            store,
-            ts_us,
-            sku: c.u64()?,
-            key: c.key()?,
-            line: c.int_u16()?,
-            reason: c.reason()?,
-            delta: c.i64()?,
-            counted: c.i64()?,
-            level_after: c.i64()?,
-            applied: c.bool()?,
-        }))
+        Ok(ByStoreHour(
+            StockMovementRow {
+                store,
+                ts_us,
+                sku: c.u64()?,
+                key: c.key()?,
+                line: c.int_u16()?,
+                reason: c.reason()?,
+                delta: c.i64()?,
+                counted: c.i64()?,
+                level_after: c.i64()?,
+                applied: c.bool()?,
+            },
+            c.u64()?,
+        ))
     }
 }
 

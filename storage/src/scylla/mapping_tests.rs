@@ -37,7 +37,12 @@ fn every_row_type_round_trips_through_cql_values() {
     round_trip(&s.batches);
     round_trip(&s.rejected);
     round_trip(&[dead_letter(Some(7)), dead_letter(None)]);
-    let by_hour: Vec<ByStoreHour> = s.stock_movements.iter().copied().map(ByStoreHour).collect();
+    let by_hour: Vec<ByStoreHour> = s
+        .stock_movements
+        .iter()
+        .enumerate()
+        .map(|(i, m)| ByStoreHour(*m, i as u64 * 1_000_003))
+        .collect();
     round_trip(&by_hour);
 }
 

@@ -43,7 +43,7 @@ impl ScyllaStore {
         lsn: u64,
     ) -> Result<CommitInfo, StoreError> {
         self.writable()?;
-        let events = self.st.event_writes(rows);
+        let events = self.st.event_writes(rows, lsn);
         let staged = self.st.staged_writes(&self.cfg.node_id, lsn, snap);
         let marks = self.st.mark_writes(rows);
         let info = CommitInfo {
@@ -56,15 +56,29 @@ impl ScyllaStore {
             self.st.run(&self.session, events, n).await?;
             self.st.run(&self.session, staged, n).await?;
             self.st.run(&self.session, marks, n).await?;
-            // The commit point; stamped with its LSN, so a late retry of
-            // an older checkpoint cannot move it back.
-            self.session
+            // The commit point, under this start's generation: a fenced
+            // holder's checkpoint does not land (`fence.rs`).
+            let result = self
+                .session
                 .execute_unpaged(
                     &self.st.checkpoint_write,
-                    (&self.cfg.node_id, lsn as i64, now_us(), lsn as i64),
+                    (
+                        lsn as i64,
+                        now_us(),
+                        &self.cfg.node_id,
+                        self.generation.load(Ordering::Acquire) as i64,
+                    ),
                 )
                 .await
-                .map_err(backend_err("writing the checkpoint"))
+                .map_err(backend_err("writing the checkpoint"))?;
+            if super::fence::applied_result(result)? {
+                Ok(())
+            } else {
+                Err(StoreError::Poisoned(format!(
+                    "fenced: another tillstream took node id {:?} (at a checkpoint); this one stops writing. Give each server its own --scylla-node-id",
+                    self.cfg.node_id
+                )))
+            }
         })
         .map_err(|e| self.poison(e))?;
         self.checkpoint.fetch_max(lsn, Ordering::AcqRel);
@@ -79,16 +93,27 @@ impl ScyllaStore {
             .map(|_| ())
     }
 
+    /// A crash before the commit point, for tests: the event-keyed rows
+    /// of `lsn` written, nothing else.
+    #[cfg(test)]
+    pub(crate) fn write_rows_then_crash(&self, rows: &RowSet, lsn: u64) -> Result<(), StoreError> {
+        let events = self.st.event_writes(rows, lsn);
+        self.block(self.st.run(&self.session, events, self.cfg.max_in_flight))
+    }
+
+    /// A frozen process, for tests: the lease is no longer renewed.
+    #[cfg(test)]
+    pub(crate) fn freeze_heartbeat(&self) {
+        self.fence.frozen.store(true, Ordering::Release);
+    }
+
     /// `Store::commit` (tools and tests, no checkpoint): every row at once,
     /// snapshot rows straight into their tables.
     pub(super) fn commit_rows(&self, rows: &RowSet) -> Result<CommitInfo, StoreError> {
         self.writable()?;
         let snap = Snapshots::newest_of(rows);
-        let mut writes = self.st.event_writes(rows);
-        writes.extend(
-            self.st
-                .snapshot_writes(&snap, self.checkpoint.load(Ordering::Acquire)),
-        );
+        let mut writes = self.st.event_writes(rows, 0);
+        writes.extend(self.st.snapshot_writes(&snap));
         let marks = self.st.mark_writes(rows);
         let info = CommitInfo {
             rows: rows.len(),
@@ -108,7 +133,7 @@ impl ScyllaStore {
     /// then `snapshots_at = lsn`; their staged copies are dropped at the
     /// next sync.
     fn apply_snapshots(&self, snap: &Snapshots, lsn: u64) -> Result<(), StoreError> {
-        let writes = self.st.snapshot_writes(snap, lsn);
+        let writes = self.st.snapshot_writes(snap);
         let n = self.cfg.max_in_flight;
         self.block(async {
             self.st.run(&self.session, writes, n).await?;

@@ -24,14 +24,17 @@
 
 mod cols;
 mod config;
+mod fence;
 mod journal;
 mod mapping;
 mod materialize;
 mod query;
+mod quorum;
 mod statements;
 mod writes;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -49,6 +52,7 @@ pub use scylla::statement::Consistency;
 use crate::buckets::{LEVEL_BUCKETS, batch_seq_bucket};
 use crate::rows::*;
 use crate::store::{CommitInfo, ReplayVisitor, Store, StoreError, WindowMovement};
+use fence::{Fence, LeaseStatements};
 use mapping::{ByStoreHour, CqlRow};
 use statements::Texts;
 use writes::Prepared;
@@ -58,8 +62,10 @@ pub struct ScyllaStore {
     /// `None` only while dropping (the runtime is shut down in the
     /// background, which is allowed from any context).
     rt: Option<tokio::runtime::Runtime>,
-    session: Session,
+    session: Arc<Session>,
     st: Prepared,
+    /// This writer's hold on its node id (`fence.rs`).
+    fence: Arc<Fence>,
     cfg: ScyllaConfig,
     journal_last: AtomicU64,
     checkpoint: AtomicU64,
@@ -70,7 +76,9 @@ pub struct ScyllaStore {
     /// Materializations whose staged snapshot rows are in their tables
     /// and can be dropped: (LSN, chunks).
     staged: Mutex<Vec<(u64, usize)>>,
-    poisoned: Mutex<Option<String>>,
+    /// Why writes stopped, when they did; shared with the lease's
+    /// heartbeat, which may find the node fenced.
+    poisoned: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for ScyllaStore {
@@ -87,6 +95,22 @@ impl std::fmt::Debug for ScyllaStore {
 impl Drop for ScyllaStore {
     fn drop(&mut self) {
         if let Some(rt) = self.rt.take() {
+            if !self.cfg.read_only {
+                // Give the node id back, so the next start need not wait
+                // out the lease; from a thread of its own, since a drop
+                // may run on another runtime's worker, where blocking on
+                // this one would panic.
+                let fence = self.fence.clone();
+                let handle = rt.handle().clone();
+                let released = std::thread::spawn(move || {
+                    handle.block_on(async {
+                        tokio::time::timeout(std::time::Duration::from_secs(2), fence.release())
+                            .await
+                            .ok()
+                    })
+                });
+                let _ = released.join();
+            }
             rt.shutdown_background();
         }
     }
@@ -116,30 +140,43 @@ impl ScyllaStore {
                 path: cfg.nodes.join(","),
                 reason: format!("starting the driver's runtime: {e}"),
             })?;
-        let (session, st) = rt.block_on(async {
+        let (session, st, lease) = rt.block_on(async {
             let session = cfg.session().await?;
+            cfg.check_consistency(&session).await?;
+            let unprepared = |e: StoreError| StoreError::Open {
+                path: cfg.nodes.join(","),
+                reason: format!(
+                    "preparing statements on keyspace {:?} ({e}); has `tillstream schema apply` run?",
+                    cfg.keyspace
+                ),
+            };
             let st = Prepared::new(&session, &Texts::new(&cfg.keyspace), &cfg.keyspace)
                 .await
-                .map_err(|e| StoreError::Open {
-                    path: cfg.nodes.join(","),
-                    reason: format!(
-                        "preparing statements on keyspace {:?} ({e}); has `tillstream schema apply` run?",
-                        cfg.keyspace
-                    ),
-                })?;
-            Ok::<_, StoreError>((session, st))
+                .map_err(unprepared)?;
+            let lease = LeaseStatements::prepare(&session, &cfg.keyspace)
+                .await
+                .map_err(unprepared)?;
+            Ok::<_, StoreError>((Arc::new(session), st, lease))
         })?;
+        let poisoned = Arc::new(Mutex::new(None));
+        let fence = Arc::new(Fence::new(
+            session.clone(),
+            lease,
+            cfg.node_id.clone(),
+            poisoned.clone(),
+        ));
         let store = ScyllaStore {
             rt: Some(rt),
             session,
             st,
+            fence,
             cfg,
             journal_last: AtomicU64::new(0),
             checkpoint: AtomicU64::new(0),
             pruned_below: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             staged: Mutex::new(Vec::new()),
-            poisoned: Mutex::new(None),
+            poisoned,
         };
         store.open_state()?;
         Ok(store)
@@ -159,15 +196,59 @@ impl ScyllaStore {
         }
     }
 
-    /// Reads this node's checkpoint, finishes the snapshot rows of the
-    /// last one if a crash interrupted them, and finds the journal's end.
+    /// A writer first takes its node id (`fence.rs`): nothing is written,
+    /// and nothing read that a stale holder could still move, before.
+    /// Then it reads this node's checkpoint, finishes the snapshot rows
+    /// of the last one if a crash interrupted them, and finds the
+    /// journal's end, which must reach every acknowledged record.
     fn open_state(&self) -> Result<(), StoreError> {
+        let high = if self.cfg.read_only {
+            let lease = self.block(self.fence.read())?.unwrap_or_default();
+            self.generation.store(lease.generation, Ordering::Release);
+            lease.journal_high
+        } else {
+            let before = self.block(self.read_checkpoint())?;
+            let lease = self.block(self.fence.take(before.generation))?;
+            self.block(self.fence_checkpoints(before.generation, lease.generation))?;
+            self.generation.store(lease.generation, Ordering::Release);
+            lease.journal_high
+        };
         let state = self.block(self.read_checkpoint())?;
         self.checkpoint.store(state.lsn, Ordering::Release);
         self.pruned_below
             .store(state.pruned_below, Ordering::Release);
         self.finish_snapshots(state.lsn, state.snapshots_at)?;
-        self.open_journal(state.lsn, state.generation)
+        self.open_journal(state.lsn, high)?;
+        if !self.cfg.read_only {
+            let fence = self.fence.clone();
+            if let Some(rt) = &self.rt {
+                rt.spawn(fence.heartbeat());
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the checkpoint row to this start's generation, so that a
+    /// fenced holder's checkpoint (written `IF generation = <its own>`)
+    /// can no longer land. `seen` is the generation read before.
+    async fn fence_checkpoints(&self, seen: u64, generation: u64) -> Result<(), StoreError> {
+        let seen = (seen > 0).then_some(seen as i64);
+        let result = self
+            .session
+            .execute_unpaged(
+                &self.st.generation_write,
+                (generation as i64, &self.cfg.node_id, seen),
+            )
+            .await
+            .map_err(backend_err("fencing the checkpoint"))?;
+        if fence::applied_result(result)? {
+            Ok(())
+        } else {
+            Err(StoreError::Open {
+                path: format!("node id {:?}", self.cfg.node_id),
+                reason: "another tillstream moved this node's checkpoint generation while this one started; two servers must never share a node id".into(),
+            })
+        }
     }
 
     async fn read_checkpoint(&self) -> Result<CheckpointRow, StoreError> {
@@ -369,9 +450,14 @@ impl Store for ScyllaStore {
         let parts: Vec<Vec<ByStoreHour>> = self.block(self.many(reads, |(h, from, to)| {
             self.read::<ByStoreHour>(&self.st.store_movements_read, (store, h, from, to))
         }))?;
+        // Rows a materialization wrote past the checkpoint (a crash
+        // before its commit point) are the replay's to apply again: read
+        // now, they would count twice.
+        let checkpoint = self.checkpoint.load(Ordering::Acquire);
         Ok(parts
             .into_iter()
             .flatten()
+            .filter(|m| m.1 <= checkpoint)
             .filter_map(|m| WindowMovement::of(&m.0))
             .collect())
     }
@@ -477,6 +563,11 @@ fn now_us() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
+
+#[cfg(test)]
+pub(crate) mod testkit;
+#[cfg(test)]
+mod tests_cluster;
 
 #[cfg(test)]
 mod tests {

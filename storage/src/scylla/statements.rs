@@ -88,13 +88,13 @@ impl Texts {
                 "DELETE FROM {ks}.journal USING TIMESTAMP ? WHERE node = ? AND segment = ?"
             ),
             generation_write: format!(
-                "UPDATE {ks}.checkpoints USING TIMESTAMP ? SET generation = ? WHERE node = ?"
+                "UPDATE {ks}.checkpoints SET generation = ? WHERE node = ? IF generation = ?"
             ),
             checkpoint_read: format!(
                 "SELECT lsn, pruned_below, generation, snapshots_at FROM {ks}.checkpoints WHERE node = ?"
             ),
             checkpoint_write: format!(
-                "INSERT INTO {ks}.checkpoints (node, lsn, updated_at_us) VALUES (?, ?, ?) USING TIMESTAMP ?"
+                "UPDATE {ks}.checkpoints SET lsn = ?, updated_at_us = ? WHERE node = ? IF generation = ?"
             ),
             pruned_write: format!(
                 "UPDATE {ks}.checkpoints USING TIMESTAMP ? SET pruned_below = ? WHERE node = ?"

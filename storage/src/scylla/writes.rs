@@ -10,6 +10,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, MaybeUnset};
 
 use super::backend_err;
@@ -85,6 +86,14 @@ async fn prep(session: &Session, text: &str) -> Result<PreparedStatement, StoreE
     Ok(p)
 }
 
+/// Prepares a conditional write (Paxos, at SERIAL across data centres):
+/// idempotent too, as running it twice gives the same row.
+async fn prep_conditional(session: &Session, text: &str) -> Result<PreparedStatement, StoreError> {
+    let mut p = prep(session, text).await?;
+    p.set_serial_consistency(Some(SerialConsistency::Serial));
+    Ok(p)
+}
+
 impl Prepared {
     pub(crate) async fn new(
         session: &Session,
@@ -111,9 +120,15 @@ impl Prepared {
             journal_insert: prep(session, &t.journal_insert).await?,
             journal_read: prep(session, &t.journal_read).await?,
             journal_delete_segment: prep(session, &t.journal_delete_segment).await?,
-            generation_write: prep(session, &t.generation_write).await?,
-            checkpoint_read: prep(session, &t.checkpoint_read).await?,
-            checkpoint_write: prep(session, &t.checkpoint_write).await?,
+            generation_write: prep_conditional(session, &t.generation_write).await?,
+            checkpoint_read: {
+                // At SERIAL: it sees the conditional writes of the
+                // generation and the checkpoint, committed or in flight.
+                let mut p = prep(session, &t.checkpoint_read).await?;
+                p.set_consistency(Consistency::Serial);
+                p
+            },
+            checkpoint_write: prep_conditional(session, &t.checkpoint_write).await?,
             pruned_write: prep(session, &t.pruned_write).await?,
             watermark_read: prep(session, &t.watermark_read).await?,
             batch_read: prep(session, &t.batch_read).await?,
@@ -163,7 +178,11 @@ impl Prepared {
     /// The writes of the event-keyed rows of `rows` (everything but the
     /// snapshots and the watermarks): idempotent, the same keys and values
     /// whenever the same journal records are materialized.
-    pub(crate) fn event_writes<'a>(&'a self, rows: &RowSet) -> Vec<Write<'a>> {
+    /// `lsn` is the materialization's, kept with each row activation
+    /// reads back (`store_movements`), so that rows written past the
+    /// checkpoint before a crash are left out of a late window the replay
+    /// fills again; 0 for writes with no checkpoint (tools).
+    pub(crate) fn event_writes<'a>(&'a self, rows: &RowSet, lsn: u64) -> Vec<Write<'a>> {
         let mut out = Vec::with_capacity(rows.len() + rows.stock_movements.len());
         add(
             &mut out,
@@ -187,7 +206,7 @@ impl Prepared {
             &mut out,
             &self.ins_store_movements,
             4,
-            movements.map(ByStoreHour),
+            movements.map(|m| ByStoreHour(m, lsn)),
             |_| None,
         );
         add(
@@ -231,10 +250,12 @@ impl Prepared {
         out
     }
 
-    /// The snapshot rows into their tables: a SKU's level stamped with its
-    /// version (the newest wins whatever order writes land in), rollups
-    /// with the LSN they were derived at.
-    pub(crate) fn snapshot_writes<'a>(&'a self, snap: &Snapshots, lsn: u64) -> Vec<Write<'a>> {
+    /// The snapshot rows into their tables, each stamped with a version
+    /// of its own entity, so the newest wins whatever order writes land
+    /// in and whichever node id (LSN sequence) wrote them: a SKU's level
+    /// with its `version`, a rollup minute with its count of sales and
+    /// refunds, which every change to it raises ([`rollup_version`]).
+    pub(crate) fn snapshot_writes<'a>(&'a self, snap: &Snapshots) -> Vec<Write<'a>> {
         let mut out = Vec::with_capacity(snap.levels.len() + snap.rollups.len());
         add(
             &mut out,
@@ -248,7 +269,7 @@ impl Prepared {
             &self.ins_rollups,
             6,
             snap.rollups.iter().copied(),
-            |_| Some(lsn as i64),
+            |r| Some(rollup_version(r)),
         );
         out
     }
@@ -350,6 +371,12 @@ fn add<'a, T: CqlRow>(
         }
         out.push(Write::new(st, table, T::PARTITION_COLUMNS, values));
     }
+}
+
+/// A rollup minute's version: its sales and refunds. Each event applied
+/// to the minute adds one of either, so it only grows, on any node.
+pub(crate) fn rollup_version(r: &TerminalRollupRow) -> i64 {
+    i64::from(r.sales) + i64::from(r.refunds)
 }
 
 /// Snapshot rows staged per chunk: a partition of the staging tables.
