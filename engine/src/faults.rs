@@ -81,6 +81,13 @@ pub trait CommitFault: Send + Sync + std::fmt::Debug + 'static {
         let _ = store;
         Ok(())
     }
+
+    /// Fails a read of the batch ledger (the check of an old resend) when
+    /// the fault says so.
+    fn has_batch(&self, device: u64, seq: u64) -> Result<(), StoreError> {
+        let _ = (device, seq);
+        Ok(())
+    }
 }
 
 /// A store with a [`CommitFault`] in front of its commits.
@@ -182,6 +189,7 @@ impl<F: CommitFault> Store for FaultyStore<F> {
     }
 
     fn has_batch(&self, device: u64, seq: u64) -> Result<bool, StoreError> {
+        self.fault.has_batch(device, seq)?;
         self.inner.has_batch(device, seq)
     }
 

@@ -490,6 +490,63 @@ async fn a_reused_seq_with_other_content_is_refused_not_acknowledged() -> anyhow
     Ok(())
 }
 
+/// A batch ledger that cannot be read, as a cluster without a quorum.
+#[derive(Debug)]
+struct LedgerUnreadable;
+
+impl tillstream_engine::faults::CommitFault for LedgerUnreadable {
+    fn has_batch(&self, _device: u64, _seq: u64) -> Result<(), tillstream_storage::StoreError> {
+        Err(tillstream_storage::StoreError::Backend {
+            op: "reading the batch ledger",
+            source: "injected: no quorum".into(),
+        })
+    }
+}
+
+/// An old resend whose ledger row cannot be read was acknowledged
+/// unchecked: a batch never stored would have been taken for stored. It
+/// now gets a retryable `store_unavailable` naming its seq, so the device
+/// keeps it and sends it again later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_resend_that_cannot_be_checked_is_refused_for_now() -> anyhow::Result<()> {
+    use tillstream_engine::faults::{FaultyStore, StoreLayer};
+    let dir = tempfile::tempdir()?;
+    let mut cfg = test_config(dir.path(), 1);
+    cfg.faults.store_layer = Some(StoreLayer(std::sync::Arc::new(|inner| {
+        std::sync::Arc::new(FaultyStore::new(inner, LedgerUnreadable))
+    })));
+    let server = tillstream_engine::Server::start(cfg).await?;
+    let mut raw = Raw::open(&server, 93).await?;
+    // More fresh batches than the recent digests keep, so batch 1's
+    // check goes to the ledger.
+    let n = tillstream_engine_core::ledger::RecentDigests::CAPACITY as u64 + 10;
+    let mut frames = Vec::new();
+    for seq in 1..=n {
+        frames.extend(good_batch(seq)?);
+    }
+    raw.send.write_all(&frames).await?;
+    let mut durable = 0;
+    while durable < n {
+        let (t, p) = read(&mut raw.recv).await?;
+        anyhow::ensure!(t == MsgType::Ack, "expected Ack, got {t:?}");
+        durable = decode::<Ack>(&p)?.durable_seq;
+    }
+    raw.send.write_all(&good_batch(1)?).await?;
+    let (t, p) = read(&mut raw.recv).await?;
+    anyhow::ensure!(t == MsgType::Error, "an unchecked resend got {t:?}");
+    let e = decode::<Error>(&p)?;
+    assert_eq!(
+        e.code,
+        ErrorCode::StoreUnavailable.as_u16(),
+        "{:?}",
+        e.reason
+    );
+    assert_eq!(e.batch_seq, 1);
+    assert!(ErrorCode::StoreUnavailable.is_retryable());
+    server.shutdown().await?;
+    Ok(())
+}
+
 /// A resend older than the device's recent digests is checked against the
 /// batch ledger in the tables, which trail the journal: right after its
 /// ack the tables may not hold it yet, and it must still be acknowledged,

@@ -148,16 +148,34 @@ pub(super) async fn read_batches(
                 continue;
             }
             Some((Admission::Duplicate, check)) => {
-                if let Some(why) = resend_conflict(ctx, device, seq, check).await? {
-                    m::batch_seq_conflict();
-                    refusals
-                        .refuse(
-                            seq,
-                            FrameError::SeqConflict(why),
-                            frame_bytes(&header, batch.bytes()),
-                        )
-                        .await?;
-                    continue;
+                match resend_conflict(ctx, device, seq, check).await? {
+                    Resend::Stored => {}
+                    Resend::Conflict(why) => {
+                        m::batch_seq_conflict();
+                        refusals
+                            .refuse(
+                                seq,
+                                FrameError::SeqConflict(why),
+                                frame_bytes(&header, batch.bytes()),
+                            )
+                            .await?;
+                        continue;
+                    }
+                    Resend::Unknown(why) => {
+                        // Neither acknowledged nor refused for good: the
+                        // device keeps the batch and resends it later.
+                        tracing::warn!(seq, reason = %why, "an old resend could not be checked; the device retries");
+                        let reason =
+                            format!("this resend could not be checked: {why}; retry later");
+                        let _ = pend_tx
+                            .send(Pending::Error(tillstream_protocol::Error {
+                                code: ErrorCode::StoreUnavailable.as_u16(),
+                                batch_seq: seq,
+                                reason: reason.clone(),
+                            }))
+                            .await;
+                        return Err(SessionEnd::Refused(reason));
+                    }
                 }
                 m::batch_duplicate();
                 Pending::Duplicate { seq, received }
@@ -236,19 +254,30 @@ pub(super) async fn read_batches(
     }
 }
 
-/// Why a batch whose seq was already admitted is not a resend of it, if it
-/// is not: its bytes differ from what was admitted under that seq, or (for
-/// a seq older than the recent digests) no batch was ever stored under it.
-/// Acknowledging either would tell the device a batch is stored that is not.
+/// What a batch whose seq was already admitted is.
+enum Resend {
+    /// The batch stored under its seq: acknowledged again.
+    Stored,
+    /// Not the batch stored under that seq: its bytes differ, or (for a
+    /// seq older than the recent digests) no batch was ever stored under
+    /// it. Acknowledging it would tell the device a batch is stored that
+    /// is not: refused for good.
+    Conflict(&'static str),
+    /// The ledger could not say (unreadable, or the tables far behind the
+    /// journal): a retryable refusal, never an unchecked ack.
+    Unknown(String),
+}
+
+/// Checks a resend against the recent digests, then the batch ledger.
 async fn resend_conflict(
     ctx: &EngineCtx,
     device: u64,
     seq: u64,
     check: DigestCheck,
-) -> Result<Option<&'static str>, SessionEnd> {
+) -> Result<Resend, SessionEnd> {
     match check {
-        DigestCheck::Same => Ok(None),
-        DigestCheck::Different => Ok(Some(
+        DigestCheck::Same => Ok(Resend::Stored),
+        DigestCheck::Different => Ok(Resend::Conflict(
             "another batch with this seq was stored; the device's seq counter was reset or its id is used by another",
         )),
         DigestCheck::Unknown => {
@@ -273,18 +302,13 @@ async fn resend_conflict(
                     ));
                 }
             }
-            match stored {
-                Ok(true) => Ok(None),
-                Ok(false) => Ok(Some(
+            Ok(match stored {
+                Ok(true) => Resend::Stored,
+                Ok(false) => Resend::Conflict(
                     "no batch was stored under this seq, which is below the device's watermark",
-                )),
-                // Cannot tell: ack as before rather than refuse a true
-                // resend; the store's failure shows everywhere else.
-                Err(e) => {
-                    tracing::warn!(error = %e, "batch ledger unreadable; resend acked unchecked");
-                    Ok(None)
-                }
-            }
+                ),
+                Err(e) => Resend::Unknown(e.to_string()),
+            })
         }
     }
 }
