@@ -252,7 +252,6 @@ start_node() {
             -Dcassandra.skip_wait_for_gossip_to_settle=0 \
             -Dcassandra.ring_delay_ms=1000 \
             -Dcassandra.superuser_setup_delay_ms=0 -Dcassandra.triggers_dir="$d/triggers" \
-            -Dcassandra.test.flush_local_schema_changes=false \
             -cp "$cache/lib/*" \
             org.apache.cassandra.service.CassandraDaemon \
             >"$d/logs/stdout.log" 2>&1 </dev/null &

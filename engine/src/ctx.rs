@@ -102,13 +102,17 @@ impl EngineCtx {
         if self.is_failed() {
             return Some("a batch could not be applied; restart the server".into());
         }
+        // The store's reason first: it says why acks stall (a fenced node
+        // id, a cluster without a quorum), where the stall only says that.
+        if let Err(e) = self.store.check_writable() {
+            return Some(e.to_string());
+        }
         let stall = self.sequencer.ack_stall();
-        if stall >= self.ack_stall_not_ready {
-            return Some(format!(
+        (stall >= self.ack_stall_not_ready).then(|| {
+            format!(
                 "no batch acknowledged for {} s although batches wait",
                 stall.as_secs()
-            ));
-        }
-        self.store.check_writable().err().map(|e| e.to_string())
+            )
+        })
     }
 }

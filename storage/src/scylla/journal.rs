@@ -105,18 +105,19 @@ impl ScyllaStore {
         let split =
             split_records(encoded, prev, last_lsn).map_err(backend_err("journal append"))?;
         let generation = self.generation.load(Ordering::Acquire);
-        let writes = self
-            .st
-            .journal_writes(&self.cfg.node_id, generation, &split);
         // The records, then the high-water mark under the lease: only
         // both make the batch durable here (`fence.rs`).
-        self.block(async {
-            self.st
-                .run(&self.session, writes, self.cfg.max_in_flight)
-                .await?;
-            self.fence.mark(last_lsn).await
-        })
-        .map_err(|e| self.poison(e))?;
+        self.until_written("a journal append", || {
+            let writes = self
+                .st
+                .journal_writes(&self.cfg.node_id, generation, &split);
+            self.block(async {
+                self.st
+                    .run(&self.session, writes, self.cfg.max_in_flight)
+                    .await?;
+                self.fence.mark(last_lsn).await
+            })
+        })?;
         self.journal_last.store(last_lsn, Ordering::Release);
         Ok(())
     }

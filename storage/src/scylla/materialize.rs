@@ -42,16 +42,17 @@ impl ScyllaStore {
         snap: &Snapshots,
         lsn: u64,
     ) -> Result<CommitInfo, StoreError> {
-        self.writable()?;
+        let n = self.cfg.max_in_flight;
+        let mut info = CommitInfo::default();
+        self.until_written("a materialization", || {
         let events = self.st.event_writes(rows, lsn);
         let staged = self.st.staged_writes(&self.cfg.node_id, lsn, snap);
         let marks = self.st.mark_writes(rows);
-        let info = CommitInfo {
+        info = CommitInfo {
             rows: rows.len(),
             records: events.len() + staged.len() * 2 + marks.len() + 1,
             bytes: 0,
         };
-        let n = self.cfg.max_in_flight;
         self.block(async {
             self.st.run(&self.session, events, n).await?;
             self.st.run(&self.session, staged, n).await?;
@@ -80,7 +81,7 @@ impl ScyllaStore {
                 )))
             }
         })
-        .map_err(|e| self.poison(e))?;
+        })?;
         self.checkpoint.fetch_max(lsn, Ordering::AcqRel);
         Ok(info)
     }
@@ -133,19 +134,21 @@ impl ScyllaStore {
     /// then `snapshots_at = lsn`; their staged copies are dropped at the
     /// next sync.
     fn apply_snapshots(&self, snap: &Snapshots, lsn: u64) -> Result<(), StoreError> {
-        let writes = self.st.snapshot_writes(snap);
         let n = self.cfg.max_in_flight;
-        self.block(async {
-            self.st.run(&self.session, writes, n).await?;
-            self.session
-                .execute_unpaged(
-                    &self.st.snapshots_at_write,
-                    (lsn as i64, lsn as i64, &self.cfg.node_id),
-                )
-                .await
-                .map_err(backend_err("recording the applied snapshots"))
-        })
-        .map_err(|e| self.poison(e))?;
+        self.until_written("the snapshot rows", || {
+            let writes = self.st.snapshot_writes(snap);
+            self.block(async {
+                self.st.run(&self.session, writes, n).await?;
+                self.session
+                    .execute_unpaged(
+                        &self.st.snapshots_at_write,
+                        (lsn as i64, lsn as i64, &self.cfg.node_id),
+                    )
+                    .await
+                    .map_err(backend_err("recording the applied snapshots"))
+                    .map(|_| ())
+            })
+        })?;
         let chunks = snap
             .levels
             .len()

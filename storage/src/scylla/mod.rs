@@ -79,7 +79,15 @@ pub struct ScyllaStore {
     /// Why writes stopped, when they did; shared with the lease's
     /// heartbeat, which may find the node fenced.
     poisoned: Arc<Mutex<Option<String>>>,
+    /// Why the cluster does not take writes now, while one is retried.
+    unavailable: Mutex<Option<String>>,
+    /// Writes retried so far.
+    write_retries: AtomicU64,
 }
+
+/// The first wait before a write is retried, and the longest.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl std::fmt::Debug for ScyllaStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -177,6 +185,8 @@ impl ScyllaStore {
             generation: AtomicU64::new(0),
             staged: Mutex::new(Vec::new()),
             poisoned,
+            unavailable: Mutex::new(None),
+            write_retries: AtomicU64::new(0),
         };
         store.open_state()?;
         Ok(store)
@@ -300,6 +310,75 @@ impl ScyllaStore {
             .collect()
     }
 
+    /// Runs `attempt` until it succeeds: a write the cluster cannot take
+    /// now (nodes down, timeouts) is retried with backoff, acks wait,
+    /// and [`Store::check_writable`] says why, so ingest resumes by
+    /// itself when enough replicas are back. Every write retried here is
+    /// idempotent (same keys, values and conditions). A fence, or any
+    /// other [`StoreError::Poisoned`], ends it and poisons the store.
+    fn until_written<T>(
+        &self,
+        what: &'static str,
+        mut attempt: impl FnMut() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut backoff = RETRY_FIRST;
+        let mut failures = 0u64;
+        loop {
+            self.writable()?;
+            match attempt() {
+                Ok(v) => {
+                    if failures > 0 {
+                        *self.unavailable.lock() = None;
+                        tracing::info!(what, failures, "the cluster takes writes again");
+                    }
+                    return Ok(v);
+                }
+                Err(e @ StoreError::Poisoned(_)) => return Err(self.poison(e)),
+                Err(e) => {
+                    failures += 1;
+                    self.write_retries.fetch_add(1, Ordering::Relaxed);
+                    if failures == 1 || failures.is_multiple_of(20) {
+                        tracing::warn!(what, failures, error = %e, "the cluster does not take a write; retrying (acks wait)");
+                    }
+                    *self.unavailable.lock() =
+                        Some(format!("the cluster does not take writes ({what}): {e}"));
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Runs an activation's read until it succeeds, as
+    /// [`until_written`](Self::until_written) does a write: a shard whose
+    /// store cannot be read waits for the cluster instead of failing the
+    /// engine. A read-only tool fails at once instead.
+    fn until_read<T>(
+        &self,
+        what: &'static str,
+        mut attempt: impl FnMut() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if self.cfg.read_only {
+            return attempt();
+        }
+        let mut backoff = RETRY_FIRST;
+        let mut failures = 0u64;
+        loop {
+            match attempt() {
+                Ok(v) => return Ok(v),
+                Err(e @ StoreError::Poisoned(_)) => return Err(e),
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(20) {
+                        tracing::warn!(what, failures, error = %e, "the cluster does not answer a read; retrying");
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
     fn poison(&self, e: StoreError) -> StoreError {
         let mut p = self.poisoned.lock();
         if p.is_none() {
@@ -348,6 +427,10 @@ impl ScyllaStore {
             (
                 "tillstream_scylla_connections",
                 m.get_total_connections() as f64,
+            ),
+            (
+                "tillstream_scylla_write_retries_total",
+                self.write_retries.load(Ordering::Relaxed) as f64,
             ),
         ];
         if let Ok(avg) = m.get_latency_avg_ms() {
@@ -421,7 +504,9 @@ impl Store for ScyllaStore {
     }
 
     fn load_levels(&self, store: u32) -> Result<Vec<StockLevelRow>, StoreError> {
-        self.block(self.levels_of_store(store))
+        self.until_read("a store's stock levels", || {
+            self.block(self.levels_of_store(store))
+        })
     }
 
     fn has_batch(&self, device: u64, seq: u64) -> Result<bool, StoreError> {
@@ -447,9 +532,11 @@ impl Store for ScyllaStore {
             })
             .collect();
         let store = i64::from(store);
-        let parts: Vec<Vec<ByStoreHour>> = self.block(self.many(reads, |(h, from, to)| {
-            self.read::<ByStoreHour>(&self.st.store_movements_read, (store, h, from, to))
-        }))?;
+        let parts: Vec<Vec<ByStoreHour>> = self.until_read("a store's late window", || {
+            self.block(self.many(reads.iter().copied(), |(h, from, to)| {
+                self.read::<ByStoreHour>(&self.st.store_movements_read, (store, h, from, to))
+            }))
+        })?;
         // Rows a materialization wrote past the checkpoint (a crash
         // before its commit point) are the replay's to apply again: read
         // now, they would count twice.
@@ -465,14 +552,23 @@ impl Store for ScyllaStore {
     fn load_rollups(&self, store: u32, day: u32) -> Result<Vec<TerminalRollupRow>, StoreError> {
         let store = i64::from(store);
         let first = i64::from(day) * 24;
-        let parts = self.block(self.many(first..first + 24, |hour| {
-            self.read::<TerminalRollupRow>(&self.st.rollups_read, (store, hour))
-        }))?;
+        let parts = self.until_read("a till's rollup day", || {
+            self.block(self.many(first..first + 24, |hour| {
+                self.read::<TerminalRollupRow>(&self.st.rollups_read, (store, hour))
+            }))
+        })?;
         Ok(parts.into_iter().flatten().collect())
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {
-        self.writable()
+        self.writable()?;
+        match &*self.unavailable.lock() {
+            Some(why) => Err(StoreError::Backend {
+                op: "writing",
+                source: why.clone().into(),
+            }),
+            None => Ok(()),
+        }
     }
 
     fn backend(&self) -> &'static str {
