@@ -9,7 +9,16 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(has_promtool)");
     println!("cargo::rustc-check-cfg=cfg(has_tmux)");
     println!("cargo::rustc-check-cfg=cfg(has_kubectl)");
+    println!("cargo::rustc-check-cfg=cfg(cassandra_cluster)");
     println!("cargo::rerun-if-env-changed=PATH");
+    // The cluster tests (`tests/cluster.rs`) kill the nodes of a
+    // deploy/cassandra/run.sh cluster: its contact points and directory.
+    println!("cargo::rerun-if-env-changed=TILLSTREAM_SCYLLA_NODES");
+    println!("cargo::rerun-if-env-changed=TILLSTREAM_CASSANDRA_DIR");
+    let set = |v: &str| std::env::var_os(v).is_some_and(|v| !v.is_empty());
+    if set("TILLSTREAM_SCYLLA_NODES") && set("TILLSTREAM_CASSANDRA_DIR") {
+        println!("cargo::rustc-cfg=cassandra_cluster");
+    }
     let dirs: Vec<_> = std::env::var_os("PATH")
         .map(|paths| {
             std::env::split_paths(&paths)

@@ -4,6 +4,7 @@ mod auth;
 mod backup;
 mod bad_clients;
 mod bad_network;
+mod cluster;
 mod crash;
 mod deploy;
 mod durability;

@@ -1,0 +1,458 @@
+//! `tillstream serve --store scylla` against a real 3-node Apache
+//! Cassandra 5.0 cluster (`deploy/cassandra/run.sh`, started by
+//! `.ci/run`), with faults in both: the server SIGKILLed, Cassandra nodes
+//! SIGKILLed, frozen and restarted, a second server under the same node
+//! id. Each test ends with `tillstream verify --store scylla --expected`:
+//! every acknowledged batch stored exactly once.
+//!
+//! Compiled as ignored unless `TILLSTREAM_SCYLLA_NODES` and
+//! `TILLSTREAM_CASSANDRA_DIR` (the cluster's `--dir`) are set when this
+//! crate is built. The tests share the cluster and kill its nodes, so
+//! they run one at a time, and each leaves every node up.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use parking_lot::Mutex;
+use tillstream_loadgen::cli::Args;
+
+use crate::process::{SERVER_BIN, ServeOpts, ServerProcess, tail};
+
+/// One test at a time on the shared cluster.
+static CLUSTER: Mutex<()> = Mutex::new(());
+
+/// The cluster of `deploy/cassandra/run.sh`, and its nodes' control.
+struct Cluster {
+    dir: PathBuf,
+    nodes: String,
+    script: PathBuf,
+}
+
+impl Cluster {
+    fn from_env() -> anyhow::Result<Cluster> {
+        let nodes = std::env::var("TILLSTREAM_SCYLLA_NODES")
+            .context("TILLSTREAM_SCYLLA_NODES names no cluster")?;
+        let dir = std::env::var("TILLSTREAM_CASSANDRA_DIR")
+            .context("TILLSTREAM_CASSANDRA_DIR names no run.sh cluster directory")?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cassandra/run.sh");
+        Ok(Cluster {
+            dir: dir.into(),
+            nodes,
+            script,
+        })
+    }
+
+    fn run_sh(&self, args: &[&str]) -> anyhow::Result<()> {
+        let out = Command::new("bash")
+            .arg(&self.script)
+            .args(args)
+            .arg("--dir")
+            .arg(&self.dir)
+            .output()
+            .context("running deploy/cassandra/run.sh")?;
+        ensure!(
+            out.status.success(),
+            "run.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    fn kill(&self, k: u32) -> anyhow::Result<()> {
+        self.run_sh(&["kill", &k.to_string()])
+    }
+
+    fn start_node(&self, k: u32) -> anyhow::Result<()> {
+        self.run_sh(&["start-node", &k.to_string()])
+    }
+
+    fn pid(&self, k: u32) -> anyhow::Result<String> {
+        let f = self.dir.join(format!("node{k}/pid"));
+        Ok(std::fs::read_to_string(&f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .trim()
+            .to_string())
+    }
+
+    fn signal(&self, k: u32, sig: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill").args([sig, &self.pid(k)?]).status()?;
+        ensure!(status.success(), "kill {sig} node {k}");
+        Ok(())
+    }
+
+    /// Every node up again, whatever a test did to them.
+    fn heal(&self) -> anyhow::Result<()> {
+        for k in 1..=3 {
+            let _ = self.signal(k, "-CONT");
+            self.start_node(k)?;
+        }
+        Ok(())
+    }
+
+    /// A fresh keyspace at replication factor 3, made by `tillstream
+    /// schema apply`.
+    fn keyspace(&self, tag: &str) -> anyhow::Result<String> {
+        let ks = format!("tillstream_{tag}_{}", tillstream_tests::now_us());
+        let out = Command::new(SERVER_BIN)
+            .args(["schema", "apply", "--replication", "datacenter1=3"])
+            .arg(format!("--scylla-nodes={}", self.nodes))
+            .arg(format!("--scylla-keyspace={ks}"))
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "schema apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(ks)
+    }
+
+    fn scylla_flags(&self, ks: &str, node_id: &str) -> Vec<String> {
+        vec![
+            "--store=scylla".into(),
+            format!("--scylla-nodes={}", self.nodes),
+            format!("--scylla-keyspace={ks}"),
+            format!("--scylla-node-id={node_id}"),
+            // Faults stall acks for seconds; say so on /readyz soon.
+            "--ack-stall-not-ready-s=3".into(),
+        ]
+    }
+
+    /// `tillstream verify --store scylla --expected manifest`: asserts
+    /// nothing acknowledged is missing or doubled.
+    fn verify(&self, ks: &str, manifest: &Path) -> anyhow::Result<()> {
+        let out = Command::new(SERVER_BIN)
+            .args(["verify", "--store=scylla"])
+            .arg(format!("--scylla-nodes={}", self.nodes))
+            .arg(format!("--scylla-keyspace={ks}"))
+            .arg("--expected")
+            .arg(manifest)
+            .output()?;
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "tillstream verify printed no report: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        eprintln!("tillstream verify --store scylla: {report}");
+        ensure!(report["missing"] == 0, "lost: {report}");
+        ensure!(report["duplicates"] == 0, "doubled: {report}");
+        ensure!(out.status.success(), "verify failed: {report}");
+        Ok(())
+    }
+}
+
+/// Holds the cluster for one test, and heals it when the test ends.
+struct Hold<'a> {
+    cluster: Cluster,
+    _guard: parking_lot::MutexGuard<'a, ()>,
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.cluster.heal() {
+            eprintln!("could not bring the cluster's nodes back: {e}");
+        }
+    }
+}
+
+fn hold() -> anyhow::Result<Hold<'static>> {
+    let guard = CLUSTER.lock();
+    let cluster = Cluster::from_env()?;
+    cluster.heal()?;
+    Ok(Hold {
+        cluster,
+        _guard: guard,
+    })
+}
+
+/// A server on the cluster under `node_id`, its data directory (TLS, keys)
+/// in `dir`.
+fn serve_opts(c: &Cluster, dir: &Path, ks: &str, node_id: &str) -> anyhow::Result<ServeOpts> {
+    std::fs::create_dir_all(dir)?;
+    let mut opts = ServeOpts::new(&dir.join("data"), &dir.join("serve.log"), 2)?;
+    opts.extra = c.scylla_flags(ks, node_id);
+    Ok(opts)
+}
+
+fn loadgen(opts: &ServeOpts, manifest: &Path, events: u64, rate: u64) -> anyhow::Result<Args> {
+    crate::crash::loadgen_args(opts, manifest, events, rate, 11)
+}
+
+/// Acks this server process made so far.
+fn acked(server: &ServerProcess) -> f64 {
+    server
+        .metric("tillstream_batches_acked_total")
+        .unwrap_or(-1.0)
+}
+
+/// Waits until the server has acknowledged more batches than `than`.
+fn acks_go_on(server: &ServerProcess, than: f64, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if acked(server) > than {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "no ack past {than} within {limit:?}; server log: {}",
+        tail(&server.opts.log)
+    )
+}
+
+fn readyz(server: &ServerProcess) -> (u16, String) {
+    server
+        .get("/readyz")
+        .unwrap_or((0, "unreachable".to_string()))
+}
+
+/// `tillstream serve --store scylla` SIGKILLed five times mid-stream: the
+/// loadgen rides through, and the cluster holds every acknowledged batch
+/// once. Each restart takes the node id's lease over from the dead
+/// process (it waits one lease period for the dead one to renew).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(cassandra_cluster),
+    ignore = "needs a Cassandra cluster of deploy/cassandra/run.sh: build with TILLSTREAM_SCYLLA_NODES and TILLSTREAM_CASSANDRA_DIR set"
+)]
+async fn sigkill_of_the_server_five_times_loses_and_doubles_nothing() -> anyhow::Result<()> {
+    let hold = hold()?;
+    let c = &hold.cluster;
+    let dir = tempfile::tempdir()?;
+    let ks = c.keyspace("kill9")?;
+    let opts = serve_opts(c, dir.path(), &ks, "kill9")?;
+    let server = ServerProcess::start(&opts)?;
+    let manifest = dir.path().join("acked.json");
+    let run = tokio::spawn(tillstream_loadgen::run::run(loadgen(
+        &opts, &manifest, 15_000, 600,
+    )?));
+    let done = {
+        let abort = run.abort_handle();
+        move || abort.is_finished()
+    };
+    let kills = tokio::task::spawn_blocking(move || -> anyhow::Result<(ServerProcess, u32)> {
+        let mut server = server;
+        let mut kills = 0;
+        while kills < 5 && !done() {
+            server
+                .wait_acked(20, Duration::from_secs(60))
+                .context("no acks before a kill")?;
+            let opts = server.kill9()?;
+            kills += 1;
+            server = ServerProcess::start(&opts)?;
+        }
+        Ok((server, kills))
+    });
+    let report = run.await??;
+    let (server, kills) = kills.await??;
+    eprintln!(
+        "kill -9 on the cluster: {kills} kills, {} of {} events acked, {} reconnects, ack p99 {:.0} ms",
+        report.events_acked, report.events_total, report.reconnects, report.ack_latency_ms.p99
+    );
+    ensure!(report.ok, "the run failed: {:?}", report.failures);
+    ensure!(kills == 5, "the stream ended after {kills} kills");
+    ensure!(report.events_acked == report.events_total);
+    let (status, _) = server.terminate(Duration::from_secs(60))?;
+    ensure!(status.success(), "serve exited with {status}");
+    c.verify(&ks, &manifest)
+}
+
+/// One Cassandra node of three SIGKILLed mid-stream: LOCAL_QUORUM still
+/// has two replicas, so acks go on; the node comes back afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(cassandra_cluster),
+    ignore = "needs a Cassandra cluster of deploy/cassandra/run.sh: build with TILLSTREAM_SCYLLA_NODES and TILLSTREAM_CASSANDRA_DIR set"
+)]
+async fn one_node_of_three_killed_acks_go_on() -> anyhow::Result<()> {
+    let hold = hold()?;
+    let c = &hold.cluster;
+    let dir = tempfile::tempdir()?;
+    let ks = c.keyspace("one_down")?;
+    let opts = serve_opts(c, dir.path(), &ks, "one-down")?;
+    let server = ServerProcess::start(&opts)?;
+    let manifest = dir.path().join("acked.json");
+    let run = tokio::spawn(tillstream_loadgen::run::run(loadgen(
+        &opts, &manifest, 8_000, 1_000,
+    )?));
+    let server = tokio::task::spawn_blocking(move || -> anyhow::Result<ServerProcess> {
+        server
+            .wait_acked(20, Duration::from_secs(60))
+            .context("no acks")?;
+        let before = acked(&server);
+        let c = Cluster::from_env()?;
+        c.kill(3)?;
+        acks_go_on(&server, before + 50.0, Duration::from_secs(30))?;
+        Ok(server)
+    })
+    .await??;
+    let report = run.await??;
+    ensure!(report.ok, "the run failed: {:?}", report.failures);
+    ensure!(report.events_acked == report.events_total);
+    c.start_node(3)?;
+    let (status, _) = server.terminate(Duration::from_secs(60))?;
+    ensure!(status.success(), "serve exited with {status}");
+    c.verify(&ks, &manifest)
+}
+
+/// Two of three down: no quorum, so acks stop and /readyz says 503;
+/// when a node returns, ingest resumes by itself and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(cassandra_cluster),
+    ignore = "needs a Cassandra cluster of deploy/cassandra/run.sh: build with TILLSTREAM_SCYLLA_NODES and TILLSTREAM_CASSANDRA_DIR set"
+)]
+async fn two_nodes_of_three_down_acks_stop_and_resume() -> anyhow::Result<()> {
+    let hold = hold()?;
+    let c = &hold.cluster;
+    let dir = tempfile::tempdir()?;
+    let ks = c.keyspace("two_down")?;
+    let opts = serve_opts(c, dir.path(), &ks, "two-down")?;
+    let server = ServerProcess::start(&opts)?;
+    let manifest = dir.path().join("acked.json");
+    let run = tokio::spawn(tillstream_loadgen::run::run(loadgen(
+        &opts, &manifest, 8_000, 1_000,
+    )?));
+    let server = tokio::task::spawn_blocking(move || -> anyhow::Result<ServerProcess> {
+        server
+            .wait_acked(20, Duration::from_secs(60))
+            .context("no acks")?;
+        let c = Cluster::from_env()?;
+        c.kill(2)?;
+        c.kill(3)?;
+        // In-flight writes drain or fail; then nothing more is acked.
+        std::thread::sleep(Duration::from_secs(4));
+        let stalled = acked(&server);
+        std::thread::sleep(Duration::from_secs(3));
+        ensure!(
+            acked(&server) == stalled,
+            "acks went on without a quorum: {stalled} then {}",
+            acked(&server)
+        );
+        let (status, body) = readyz(&server);
+        ensure!(status == 503, "/readyz answered {status}: {body}");
+        eprintln!("two of three down, /readyz: {status} {}", body.trim());
+        c.start_node(2)?;
+        acks_go_on(&server, stalled, Duration::from_secs(60))?;
+        Ok(server)
+    })
+    .await??;
+    let report = run.await??;
+    ensure!(report.ok, "the run failed: {:?}", report.failures);
+    ensure!(report.events_acked == report.events_total);
+    let (status, body) = readyz(&server);
+    ensure!(
+        status == 200,
+        "/readyz after the nodes came back: {status} {body}"
+    );
+    c.start_node(3)?;
+    let (status, _) = server.terminate(Duration::from_secs(60))?;
+    ensure!(status.success(), "serve exited with {status}");
+    c.verify(&ks, &manifest)
+}
+
+/// One node frozen with SIGSTOP for 10 s, then the whole cluster stopped
+/// and started again, under a running server: the stream ends complete
+/// and exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(cassandra_cluster),
+    ignore = "needs a Cassandra cluster of deploy/cassandra/run.sh: build with TILLSTREAM_SCYLLA_NODES and TILLSTREAM_CASSANDRA_DIR set"
+)]
+async fn a_frozen_node_and_a_whole_cluster_restart_lose_nothing() -> anyhow::Result<()> {
+    let hold = hold()?;
+    let c = &hold.cluster;
+    let dir = tempfile::tempdir()?;
+    let ks = c.keyspace("restart")?;
+    let opts = serve_opts(c, dir.path(), &ks, "restart")?;
+    let server = ServerProcess::start(&opts)?;
+    let manifest = dir.path().join("acked.json");
+    let run = tokio::spawn(tillstream_loadgen::run::run(loadgen(
+        &opts, &manifest, 12_000, 300,
+    )?));
+    let done = {
+        let abort = run.abort_handle();
+        move || abort.is_finished()
+    };
+    let server = tokio::task::spawn_blocking(move || -> anyhow::Result<ServerProcess> {
+        server
+            .wait_acked(20, Duration::from_secs(60))
+            .context("no acks")?;
+        let c = Cluster::from_env()?;
+        c.signal(2, "-STOP")?;
+        std::thread::sleep(Duration::from_secs(10));
+        c.signal(2, "-CONT")?;
+        let before = acked(&server);
+        acks_go_on(&server, before, Duration::from_secs(60))?;
+        ensure!(!done(), "the stream ended before the cluster restart");
+        c.run_sh(&["stop"])?;
+        let stopped = acked(&server);
+        c.heal()?;
+        acks_go_on(&server, stopped, Duration::from_secs(90))?;
+        Ok(server)
+    })
+    .await??;
+    let report = run.await??;
+    ensure!(report.ok, "the run failed: {:?}", report.failures);
+    ensure!(report.events_acked == report.events_total);
+    let (status, _) = server.terminate(Duration::from_secs(60))?;
+    ensure!(status.success(), "serve exited with {status}");
+    c.verify(&ks, &manifest)
+}
+
+/// A second server under a live one's node id is refused; a second one
+/// started while the first is frozen (SIGSTOP, as in a partition) takes
+/// the id over, and the first, thawed, finds itself fenced: /readyz says
+/// so, and it acknowledges nothing more. Every batch the first
+/// acknowledged is in the cluster once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(cassandra_cluster),
+    ignore = "needs a Cassandra cluster of deploy/cassandra/run.sh: build with TILLSTREAM_SCYLLA_NODES and TILLSTREAM_CASSANDRA_DIR set"
+)]
+async fn a_second_server_with_the_same_node_id_is_fenced_not_interleaved() -> anyhow::Result<()> {
+    let hold = hold()?;
+    let c = &hold.cluster;
+    let dir = tempfile::tempdir()?;
+    let ks = c.keyspace("fence")?;
+    let first = ServerProcess::start(&serve_opts(c, &dir.path().join("a"), &ks, "shared")?)?;
+    let manifest = dir.path().join("acked.json");
+    let report =
+        tillstream_loadgen::run::run(loadgen(&first.opts, &manifest, 3_000, 1_000)?).await?;
+    ensure!(report.ok, "the run failed: {:?}", report.failures);
+
+    let second_opts = serve_opts(c, &dir.path().join("b"), &ks, "shared")?;
+    let refused = ServerProcess::start(&second_opts);
+    let why = format!("{:?}", refused.as_ref().err());
+    ensure!(
+        refused.is_err() && why.contains("another live tillstream"),
+        "a second server under a live node id: {why}"
+    );
+
+    let stop = Command::new("kill")
+        .args(["-STOP", &first.pid().to_string()])
+        .status()?;
+    ensure!(stop.success());
+    let second = ServerProcess::start(&second_opts);
+    let cont = Command::new("kill")
+        .args(["-CONT", &first.pid().to_string()])
+        .status()?;
+    ensure!(cont.success());
+    let second = second?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, body) = loop {
+        let (status, body) = readyz(&first);
+        if status == 503 && body.contains("fenced") || Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("the fenced server's /readyz: {status} {}", body.trim());
+    ensure!(status == 503 && body.contains("fenced"), "{status} {body}");
+    drop(first);
+    let (status, _) = second.terminate(Duration::from_secs(60))?;
+    ensure!(status.success(), "serve exited with {status}");
+    c.verify(&ks, &manifest)
+}
