@@ -490,6 +490,24 @@ async fn a_reused_seq_with_other_content_is_refused_not_acknowledged() -> anyhow
     Ok(())
 }
 
+/// Sends more fresh batches than the recent digests keep, and waits for
+/// their acks: a resend of batch 1 is then checked against the ledger.
+async fn send_past_recent_digests(raw: &mut Raw) -> anyhow::Result<()> {
+    let n = tillstream_engine_core::ledger::RecentDigests::CAPACITY as u64 + 10;
+    let mut frames = Vec::new();
+    for seq in 1..=n {
+        frames.extend(good_batch(seq)?);
+    }
+    raw.send.write_all(&frames).await?;
+    let mut durable = 0;
+    while durable < n {
+        let (t, p) = read(&mut raw.recv).await?;
+        anyhow::ensure!(t == MsgType::Ack, "expected Ack, got {t:?}");
+        durable = decode::<Ack>(&p)?.durable_seq;
+    }
+    Ok(())
+}
+
 /// A batch ledger that cannot be read, as a cluster without a quorum.
 #[derive(Debug)]
 struct LedgerUnreadable;
@@ -517,20 +535,7 @@ async fn an_old_resend_that_cannot_be_checked_is_refused_for_now() -> anyhow::Re
     })));
     let server = tillstream_engine::Server::start(cfg).await?;
     let mut raw = Raw::open(&server, 93).await?;
-    // More fresh batches than the recent digests keep, so batch 1's
-    // check goes to the ledger.
-    let n = tillstream_engine_core::ledger::RecentDigests::CAPACITY as u64 + 10;
-    let mut frames = Vec::new();
-    for seq in 1..=n {
-        frames.extend(good_batch(seq)?);
-    }
-    raw.send.write_all(&frames).await?;
-    let mut durable = 0;
-    while durable < n {
-        let (t, p) = read(&mut raw.recv).await?;
-        anyhow::ensure!(t == MsgType::Ack, "expected Ack, got {t:?}");
-        durable = decode::<Ack>(&p)?.durable_seq;
-    }
+    send_past_recent_digests(&mut raw).await?;
     raw.send.write_all(&good_batch(1)?).await?;
     let (t, p) = read(&mut raw.recv).await?;
     anyhow::ensure!(t == MsgType::Error, "an unchecked resend got {t:?}");
@@ -559,19 +564,7 @@ async fn an_old_resend_is_acked_even_before_the_tables_hold_it() -> anyhow::Resu
     cfg.flush_interval = Duration::from_secs(3);
     let server = tillstream_engine::Server::start(cfg).await?;
     let mut raw = Raw::open(&server, 92).await?;
-    // More fresh batches than the recent digests keep.
-    let n = tillstream_engine_core::ledger::RecentDigests::CAPACITY as u64 + 10;
-    let mut frames = Vec::new();
-    for seq in 1..=n {
-        frames.extend(good_batch(seq)?);
-    }
-    raw.send.write_all(&frames).await?;
-    let mut durable = 0;
-    while durable < n {
-        let (t, p) = read(&mut raw.recv).await?;
-        anyhow::ensure!(t == MsgType::Ack, "expected Ack, got {t:?}");
-        durable = decode::<Ack>(&p)?.durable_seq;
-    }
+    send_past_recent_digests(&mut raw).await?;
     // Batch 1 again, at once: acked, not refused.
     raw.send.write_all(&good_batch(1)?).await?;
     let (t, p) = read(&mut raw.recv).await?;

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use parking_lot::Mutex;
-use tillstream_loadgen::cli::Args;
 
 use crate::process::{SERVER_BIN, ServeOpts, ServerProcess, tail};
 
@@ -176,8 +175,60 @@ fn serve_opts(c: &Cluster, dir: &Path, ks: &str, node_id: &str) -> anyhow::Resul
     Ok(opts)
 }
 
-fn loadgen(opts: &ServeOpts, manifest: &Path, events: u64, rate: u64) -> anyhow::Result<Args> {
-    crate::crash::loadgen_args(opts, manifest, events, rate, 11)
+/// A stream under way: a fresh keyspace, a server on it, and the loadgen
+/// sending `events` at `rate` from 104 devices, writing the manifest of
+/// what was acknowledged.
+struct Stream {
+    /// The server's data directory and the manifest, removed at the end.
+    _dir: tempfile::TempDir,
+    ks: String,
+    server: ServerProcess,
+    manifest: PathBuf,
+    run: tokio::task::JoinHandle<anyhow::Result<tillstream_loadgen::report::Report>>,
+}
+
+impl Stream {
+    fn start(c: &Cluster, tag: &str, events: u64, rate: u64) -> anyhow::Result<Stream> {
+        let dir = tempfile::tempdir()?;
+        let ks = c.keyspace(tag)?;
+        let opts = serve_opts(c, dir.path(), &ks, tag)?;
+        let server = ServerProcess::start(&opts)?;
+        let manifest = dir.path().join("acked.json");
+        let args = crate::crash::loadgen_args(&opts, &manifest, events, rate, 11)?;
+        let run = tokio::spawn(tillstream_loadgen::run::run(args));
+        Ok(Stream {
+            _dir: dir,
+            ks,
+            server,
+            manifest,
+            run,
+        })
+    }
+
+    /// Whether the loadgen has finished, for a blocking fault loop.
+    fn done_flag(&self) -> impl Fn() -> bool + Send + 'static {
+        let abort = self.run.abort_handle();
+        move || abort.is_finished()
+    }
+}
+
+/// The end of every stream: the loadgen acknowledged everything, `server`
+/// (the last process) drains on SIGTERM, and the cluster holds every
+/// acknowledged batch once.
+async fn finish(
+    c: &Cluster,
+    ks: &str,
+    manifest: &Path,
+    run: tokio::task::JoinHandle<anyhow::Result<tillstream_loadgen::report::Report>>,
+    server: ServerProcess,
+) -> anyhow::Result<tillstream_loadgen::report::Report> {
+    let report = run.await??;
+    ensure!(report.ok, "the run failed: {:?}", report.failures);
+    ensure!(report.events_acked == report.events_total);
+    let (status, _) = server.terminate(Duration::from_secs(60))?;
+    ensure!(status.success(), "serve exited with {status}");
+    c.verify(ks, manifest)?;
+    Ok(report)
 }
 
 /// Acks this server process made so far.
@@ -220,43 +271,31 @@ fn readyz(server: &ServerProcess) -> (u16, String) {
 async fn sigkill_of_the_server_five_times_loses_and_doubles_nothing() -> anyhow::Result<()> {
     let hold = hold()?;
     let c = &hold.cluster;
-    let dir = tempfile::tempdir()?;
-    let ks = c.keyspace("kill9")?;
-    let opts = serve_opts(c, dir.path(), &ks, "kill9")?;
-    let server = ServerProcess::start(&opts)?;
-    let manifest = dir.path().join("acked.json");
-    let run = tokio::spawn(tillstream_loadgen::run::run(loadgen(
-        &opts, &manifest, 15_000, 600,
-    )?));
-    let done = {
-        let abort = run.abort_handle();
-        move || abort.is_finished()
-    };
-    let kills = tokio::task::spawn_blocking(move || -> anyhow::Result<(ServerProcess, u32)> {
-        let mut server = server;
-        let mut kills = 0;
-        while kills < 5 && !done() {
-            server
-                .wait_acked(20, Duration::from_secs(60))
-                .context("no acks before a kill")?;
-            let opts = server.kill9()?;
-            kills += 1;
-            server = ServerProcess::start(&opts)?;
-        }
-        Ok((server, kills))
-    });
-    let report = run.await??;
-    let (server, kills) = kills.await??;
+    let stream = Stream::start(c, "kill9", 15_000, 600)?;
+    let done = stream.done_flag();
+    let server = stream.server;
+    let (server, kills) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(ServerProcess, u32)> {
+            let mut server = server;
+            let mut kills = 0;
+            while kills < 5 && !done() {
+                server
+                    .wait_acked(20, Duration::from_secs(60))
+                    .context("no acks before a kill")?;
+                let opts = server.kill9()?;
+                kills += 1;
+                server = ServerProcess::start(&opts)?;
+            }
+            Ok((server, kills))
+        })
+        .await??;
+    let report = finish(c, &stream.ks, &stream.manifest, stream.run, server).await?;
     eprintln!(
-        "kill -9 on the cluster: {kills} kills, {} of {} events acked, {} reconnects, ack p99 {:.0} ms",
-        report.events_acked, report.events_total, report.reconnects, report.ack_latency_ms.p99
+        "kill -9 on the cluster: {kills} kills, {} events acked, {} reconnects, ack p99 {:.0} ms",
+        report.events_acked, report.reconnects, report.ack_latency_ms.p99
     );
-    ensure!(report.ok, "the run failed: {:?}", report.failures);
     ensure!(kills == 5, "the stream ended after {kills} kills");
-    ensure!(report.events_acked == report.events_total);
-    let (status, _) = server.terminate(Duration::from_secs(60))?;
-    ensure!(status.success(), "serve exited with {status}");
-    c.verify(&ks, &manifest)
+    Ok(())
 }
 
 /// One Cassandra node of three SIGKILLed mid-stream: LOCAL_QUORUM still
@@ -269,32 +308,20 @@ async fn sigkill_of_the_server_five_times_loses_and_doubles_nothing() -> anyhow:
 async fn one_node_of_three_killed_acks_go_on() -> anyhow::Result<()> {
     let hold = hold()?;
     let c = &hold.cluster;
-    let dir = tempfile::tempdir()?;
-    let ks = c.keyspace("one_down")?;
-    let opts = serve_opts(c, dir.path(), &ks, "one-down")?;
-    let server = ServerProcess::start(&opts)?;
-    let manifest = dir.path().join("acked.json");
-    let run = tokio::spawn(tillstream_loadgen::run::run(loadgen(
-        &opts, &manifest, 8_000, 1_000,
-    )?));
+    let stream = Stream::start(c, "one_down", 8_000, 1_000)?;
+    let server = stream.server;
     let server = tokio::task::spawn_blocking(move || -> anyhow::Result<ServerProcess> {
         server
             .wait_acked(20, Duration::from_secs(60))
             .context("no acks")?;
         let before = acked(&server);
-        let c = Cluster::from_env()?;
-        c.kill(3)?;
+        Cluster::from_env()?.kill(3)?;
         acks_go_on(&server, before + 50.0, Duration::from_secs(30))?;
         Ok(server)
     })
     .await??;
-    let report = run.await??;
-    ensure!(report.ok, "the run failed: {:?}", report.failures);
-    ensure!(report.events_acked == report.events_total);
-    c.start_node(3)?;
-    let (status, _) = server.terminate(Duration::from_secs(60))?;
-    ensure!(status.success(), "serve exited with {status}");
-    c.verify(&ks, &manifest)
+    finish(c, &stream.ks, &stream.manifest, stream.run, server).await?;
+    Ok(())
 }
 
 /// Two of three down: no quorum, so acks stop and /readyz says 503;
@@ -307,14 +334,8 @@ async fn one_node_of_three_killed_acks_go_on() -> anyhow::Result<()> {
 async fn two_nodes_of_three_down_acks_stop_and_resume() -> anyhow::Result<()> {
     let hold = hold()?;
     let c = &hold.cluster;
-    let dir = tempfile::tempdir()?;
-    let ks = c.keyspace("two_down")?;
-    let opts = serve_opts(c, dir.path(), &ks, "two-down")?;
-    let server = ServerProcess::start(&opts)?;
-    let manifest = dir.path().join("acked.json");
-    let run = tokio::spawn(tillstream_loadgen::run::run(loadgen(
-        &opts, &manifest, 8_000, 1_000,
-    )?));
+    let stream = Stream::start(c, "two_down", 8_000, 1_000)?;
+    let server = stream.server;
     let server = tokio::task::spawn_blocking(move || -> anyhow::Result<ServerProcess> {
         server
             .wait_acked(20, Duration::from_secs(60))
@@ -339,18 +360,15 @@ async fn two_nodes_of_three_down_acks_stop_and_resume() -> anyhow::Result<()> {
         Ok(server)
     })
     .await??;
-    let report = run.await??;
-    ensure!(report.ok, "the run failed: {:?}", report.failures);
-    ensure!(report.events_acked == report.events_total);
+    let report = stream.run.await??;
     let (status, body) = readyz(&server);
     ensure!(
         status == 200,
-        "/readyz after the nodes came back: {status} {body}"
+        "/readyz after a node came back: {status} {body}"
     );
-    c.start_node(3)?;
-    let (status, _) = server.terminate(Duration::from_secs(60))?;
-    ensure!(status.success(), "serve exited with {status}");
-    c.verify(&ks, &manifest)
+    let done = tokio::spawn(async move { Ok(report) });
+    finish(c, &stream.ks, &stream.manifest, done, server).await?;
+    Ok(())
 }
 
 /// One node frozen with SIGSTOP for 10 s, then the whole cluster stopped
@@ -364,18 +382,9 @@ async fn two_nodes_of_three_down_acks_stop_and_resume() -> anyhow::Result<()> {
 async fn a_frozen_node_and_a_whole_cluster_restart_lose_nothing() -> anyhow::Result<()> {
     let hold = hold()?;
     let c = &hold.cluster;
-    let dir = tempfile::tempdir()?;
-    let ks = c.keyspace("restart")?;
-    let opts = serve_opts(c, dir.path(), &ks, "restart")?;
-    let server = ServerProcess::start(&opts)?;
-    let manifest = dir.path().join("acked.json");
-    let run = tokio::spawn(tillstream_loadgen::run::run(loadgen(
-        &opts, &manifest, 12_000, 300,
-    )?));
-    let done = {
-        let abort = run.abort_handle();
-        move || abort.is_finished()
-    };
+    let stream = Stream::start(c, "restart", 12_000, 300)?;
+    let done = stream.done_flag();
+    let server = stream.server;
     let server = tokio::task::spawn_blocking(move || -> anyhow::Result<ServerProcess> {
         server
             .wait_acked(20, Duration::from_secs(60))
@@ -394,12 +403,8 @@ async fn a_frozen_node_and_a_whole_cluster_restart_lose_nothing() -> anyhow::Res
         Ok(server)
     })
     .await??;
-    let report = run.await??;
-    ensure!(report.ok, "the run failed: {:?}", report.failures);
-    ensure!(report.events_acked == report.events_total);
-    let (status, _) = server.terminate(Duration::from_secs(60))?;
-    ensure!(status.success(), "serve exited with {status}");
-    c.verify(&ks, &manifest)
+    finish(c, &stream.ks, &stream.manifest, stream.run, server).await?;
+    Ok(())
 }
 
 /// A second server under a live one's node id is refused; a second one
@@ -419,8 +424,14 @@ async fn a_second_server_with_the_same_node_id_is_fenced_not_interleaved() -> an
     let ks = c.keyspace("fence")?;
     let first = ServerProcess::start(&serve_opts(c, &dir.path().join("a"), &ks, "shared")?)?;
     let manifest = dir.path().join("acked.json");
-    let report =
-        tillstream_loadgen::run::run(loadgen(&first.opts, &manifest, 3_000, 1_000)?).await?;
+    let report = tillstream_loadgen::run::run(crate::crash::loadgen_args(
+        &first.opts,
+        &manifest,
+        3_000,
+        1_000,
+        11,
+    )?)
+    .await?;
     ensure!(report.ok, "the run failed: {:?}", report.failures);
 
     let second_opts = serve_opts(c, &dir.path().join("b"), &ks, "shared")?;

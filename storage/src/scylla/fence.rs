@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use scylla::client::session::Session;
+use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
 
 use super::{backend_err, now_us};
@@ -76,18 +76,9 @@ impl LeaseStatements {
     pub(crate) async fn prepare(session: &Session, ks: &str) -> Result<Self, StoreError> {
         let mut out = Vec::with_capacity(6);
         for text in Self::texts(ks) {
-            let mut p = session
-                .prepare(text.as_str())
-                .await
-                .map_err(|e| StoreError::Backend {
-                    op: "preparing a statement",
-                    source: format!("{e}\n  in: {text}").into(),
-                })?;
             // A conditional write run twice gives the same row: the
             // retry policy may repeat one that timed out.
-            p.set_is_idempotent(true);
-            p.set_serial_consistency(Some(SerialConsistency::Serial));
-            out.push(p);
+            out.push(super::writes::prep_conditional(session, &text).await?);
         }
         let mut it = out.into_iter();
         let mut next = || {

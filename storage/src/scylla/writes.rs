@@ -88,7 +88,10 @@ async fn prep(session: &Session, text: &str) -> Result<PreparedStatement, StoreE
 
 /// Prepares a conditional write (Paxos, at SERIAL across data centres):
 /// idempotent too, as running it twice gives the same row.
-async fn prep_conditional(session: &Session, text: &str) -> Result<PreparedStatement, StoreError> {
+pub(crate) async fn prep_conditional(
+    session: &Session,
+    text: &str,
+) -> Result<PreparedStatement, StoreError> {
     let mut p = prep(session, text).await?;
     p.set_serial_consistency(Some(SerialConsistency::Serial));
     Ok(p)
