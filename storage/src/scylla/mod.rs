@@ -459,14 +459,28 @@ impl Store for ScyllaStore {
     fn journal_replay(&self, after: u64, f: &mut ReplayVisitor<'_>) -> Result<u64, StoreError> {
         let last = self.journal_last.load(Ordering::Acquire);
         let mut visited = 0;
+        let mut reached = after;
         self.walk_journal(after, |lsn, record| {
             if lsn > last {
                 return Ok(false);
             }
             f(lsn, record)?;
             visited += 1;
+            reached = lsn;
             Ok(true)
         })?;
+        // The walk at open found the journal's end; a replay that stops
+        // short of it would let the next checkpoint pass records never
+        // applied. Say so instead of skipping them.
+        if reached < last {
+            return Err(StoreError::Corrupt {
+                what: "journal",
+                reason: format!(
+                    "the replay after LSN {after} ended at {reached}, below the journal's end {last} found at open: record {} could not be read",
+                    reached + 1
+                ),
+            });
+        }
         Ok(visited)
     }
 
