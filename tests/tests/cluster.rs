@@ -264,7 +264,7 @@ fn readyz(server: &ServerProcess) -> (u16, String) {
 /// once. Each restart takes the node id's lease over from the dead
 /// process (it waits one lease period for the dead one to renew).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "quarantined: one CI run (debug build, loaded machine) found 8,178 of 15,000 acknowledged events missing after 5 kills; it passed in every run by hand. Run with --ignored; see README, ScyllaDB"]
+#[ignore = "quarantined: one CI run (debug build, loaded machine) found 8,178 of 15,000 acknowledged events missing after 5 kills; it passed in both runs by hand. Run with --ignored; see README, ScyllaDB"]
 async fn sigkill_of_the_server_five_times_loses_and_doubles_nothing() -> anyhow::Result<()> {
     let hold = hold()?;
     let c = &hold.cluster;
