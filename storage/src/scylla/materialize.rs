@@ -17,7 +17,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::writes::{STAGED_PER_CHUNK, Snapshots};
+use super::snapshots::{STAGED_PER_CHUNK, Snapshots};
 use super::{ScyllaStore, backend_err, now_us};
 use crate::rows::{RowSet, StockLevelRow, TerminalRollupRow};
 use crate::store::{CommitInfo, StoreError};

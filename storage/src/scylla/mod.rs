@@ -28,8 +28,11 @@ mod fence;
 mod journal;
 mod mapping;
 mod materialize;
+mod metrics;
 mod query;
 mod quorum;
+mod retry;
+mod snapshots;
 mod statements;
 mod writes;
 
@@ -84,10 +87,6 @@ pub struct ScyllaStore {
     /// Writes retried so far.
     write_retries: AtomicU64,
 }
-
-/// The first wait before a write is retried, and the longest.
-const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
-const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl std::fmt::Debug for ScyllaStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -308,138 +307,6 @@ impl ScyllaStore {
             .into_iter()
             .map(T::from_row)
             .collect()
-    }
-
-    /// Runs `attempt` until it succeeds: a write the cluster cannot take
-    /// now (nodes down, timeouts) is retried with backoff, acks wait,
-    /// and [`Store::check_writable`] says why, so ingest resumes by
-    /// itself when enough replicas are back. Every write retried here is
-    /// idempotent (same keys, values and conditions). A fence, or any
-    /// other [`StoreError::Poisoned`], ends it and poisons the store.
-    fn until_written<T>(
-        &self,
-        what: &'static str,
-        mut attempt: impl FnMut() -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut backoff = RETRY_FIRST;
-        let mut failures = 0u64;
-        loop {
-            self.writable()?;
-            match attempt() {
-                Ok(v) => {
-                    if failures > 0 {
-                        *self.unavailable.lock() = None;
-                        tracing::info!(what, failures, "the cluster takes writes again");
-                    }
-                    return Ok(v);
-                }
-                Err(e @ StoreError::Poisoned(_)) => return Err(self.poison(e)),
-                Err(e) => {
-                    failures += 1;
-                    self.write_retries.fetch_add(1, Ordering::Relaxed);
-                    if failures == 1 || failures.is_multiple_of(20) {
-                        tracing::warn!(what, failures, error = %e, "the cluster does not take a write; retrying (acks wait)");
-                    }
-                    *self.unavailable.lock() =
-                        Some(format!("the cluster does not take writes ({what}): {e}"));
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(RETRY_MAX);
-                }
-            }
-        }
-    }
-
-    /// Runs an activation's read until it succeeds, as
-    /// [`until_written`](Self::until_written) does a write: a shard whose
-    /// store cannot be read waits for the cluster instead of failing the
-    /// engine. A read-only tool fails at once instead.
-    fn until_read<T>(
-        &self,
-        what: &'static str,
-        mut attempt: impl FnMut() -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        if self.cfg.read_only {
-            return attempt();
-        }
-        let mut backoff = RETRY_FIRST;
-        let mut failures = 0u64;
-        loop {
-            match attempt() {
-                Ok(v) => return Ok(v),
-                Err(e @ StoreError::Poisoned(_)) => return Err(e),
-                Err(e) => {
-                    failures += 1;
-                    if failures == 1 || failures.is_multiple_of(20) {
-                        tracing::warn!(what, failures, error = %e, "the cluster does not answer a read; retrying");
-                    }
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(RETRY_MAX);
-                }
-            }
-        }
-    }
-
-    fn poison(&self, e: StoreError) -> StoreError {
-        let mut p = self.poisoned.lock();
-        if p.is_none() {
-            *p = Some(e.to_string());
-        }
-        e
-    }
-
-    fn writable(&self) -> Result<(), StoreError> {
-        if self.cfg.read_only {
-            return Err(StoreError::Backend {
-                op: "writing",
-                source: "this connection is read-only (a tool beside a live node)".into(),
-            });
-        }
-        match &*self.poisoned.lock() {
-            Some(why) => Err(StoreError::Poisoned(why.clone())),
-            None => Ok(()),
-        }
-    }
-
-    /// The driver's request counters, for `/metrics` beside the engine's.
-    pub fn driver_metrics(&self) -> Vec<(&'static str, f64)> {
-        let m = self.session.get_metrics();
-        let mut out = vec![
-            (
-                "tillstream_scylla_requests_total",
-                (m.get_requests_unpaged_num()
-                    + m.get_requests_manually_paged_num()
-                    + m.get_requests_automatically_paged_num()) as f64,
-            ),
-            (
-                "tillstream_scylla_errors_total",
-                (m.get_errors_unpaged_num()
-                    + m.get_errors_manually_paged_num()
-                    + m.get_errors_automatically_paged_num()) as f64,
-            ),
-            (
-                "tillstream_scylla_retries_total",
-                m.get_retries_num() as f64,
-            ),
-            (
-                "tillstream_scylla_request_timeouts_total",
-                m.get_request_timeouts() as f64,
-            ),
-            (
-                "tillstream_scylla_connections",
-                m.get_total_connections() as f64,
-            ),
-            (
-                "tillstream_scylla_write_retries_total",
-                self.write_retries.load(Ordering::Relaxed) as f64,
-            ),
-        ];
-        if let Ok(avg) = m.get_latency_avg_ms() {
-            out.push(("tillstream_scylla_latency_avg_seconds", avg as f64 / 1000.0));
-        }
-        if let Ok(p99) = m.get_latency_percentile_ms(99.0) {
-            out.push(("tillstream_scylla_latency_p99_seconds", p99 as f64 / 1000.0));
-        }
-        out
     }
 }
 
