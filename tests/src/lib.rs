@@ -3,6 +3,7 @@
 //! this library holds what they share.
 
 pub mod fleet_util;
+pub mod machine;
 pub mod raw;
 pub mod relay;
 

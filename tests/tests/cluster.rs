@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use parking_lot::Mutex;
 
+use tillstream_tests::machine;
+
 use crate::process::{SERVER_BIN, ServeOpts, ServerProcess, tail};
 
 /// One test at a time on the shared cluster.
@@ -142,10 +144,13 @@ impl Cluster {
     }
 }
 
-/// Holds the cluster for one test, and heals it when the test ends.
+/// Holds the cluster for one test, and heals it when the test ends; and
+/// the machine, which its nodes' restarts load past what the tests with
+/// deadlines bear (`tillstream_tests::machine`).
 struct Hold<'a> {
     cluster: Cluster,
     _guard: parking_lot::MutexGuard<'a, ()>,
+    _machine: machine::Held,
 }
 
 impl Drop for Hold<'_> {
@@ -158,11 +163,13 @@ impl Drop for Hold<'_> {
 
 fn hold() -> anyhow::Result<Hold<'static>> {
     let guard = CLUSTER.lock();
+    let machine = machine::whole();
     let cluster = Cluster::from_env()?;
     cluster.heal()?;
     Ok(Hold {
         cluster,
         _guard: guard,
+        _machine: machine,
     })
 }
 

@@ -19,8 +19,8 @@ use rustls::pki_types::pem::PemObject;
 use tillstream_client::{EndpointOptions, client_endpoint, client_endpoint_with};
 use tillstream_protocol::frame::{self, FrameHeader, decode};
 use tillstream_protocol::*;
-use tillstream_tests::now_us;
 use tillstream_tests::raw::{RawSession, read_msg};
+use tillstream_tests::{machine, now_us};
 
 use crate::crash::{loadgen_args, stop_and_verify};
 use crate::process::{ServeOpts, ServerProcess, tail};
@@ -163,14 +163,18 @@ async fn hostile(
             return Ok(("wrong ALPN", "closed"));
         }
         5 => {
-            // Slowloris: Hello a byte every 300 ms.
+            // Slowloris: Hello a byte every 300 ms, all but its last
+            // byte, which never comes: the server must give up on it
+            // (`hello_timeout`, 2 s) however slowly this machine runs;
+            // a complete Hello, however late, would be a valid one.
             let conn = connect(&endpoint, &opts).await?;
             let (mut send, _recv) = conn.open_bi().await?;
-            let h = frame::encode_to_vec(&Hello {
+            let mut h = frame::encode_to_vec(&Hello {
                 version: PROTOCOL_VERSION,
                 device,
                 token: Vec::new(),
             })?;
+            h.pop();
             let drip = async {
                 for b in h {
                     if send.write_all(&[b]).await.is_err() {
@@ -178,10 +182,15 @@ async fn hostile(
                     }
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
+                // Never ends: the closing is what is waited for.
+                std::future::pending::<()>().await;
             };
             tokio::select! {
-                () = drip => anyhow::bail!("a Hello dripped a byte at a time was waited for"),
+                () = drip => {}
                 _ = conn.closed() => {}
+                () = tokio::time::sleep(Duration::from_secs(60)) => {
+                    anyhow::bail!("a Hello dripped a byte at a time was waited on for 60 s")
+                }
             }
             return Ok(("slowloris Hello", "closed"));
         }
@@ -350,6 +359,7 @@ async fn honest(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_fleet_costs_the_honest_devices_nothing() -> anyhow::Result<()> {
+    let _machine = machine::with_deadlines();
     let dir = tempfile::tempdir()?;
     let mut opts = ServeOpts::new(&dir.path().join("data"), &dir.path().join("serve.log"), 2)?;
     opts.extra = ["--max-events-per-s-per-device", "5000"]

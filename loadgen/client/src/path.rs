@@ -18,7 +18,7 @@
 //!
 //! A fleet's first connections to a server start together, before any
 //! has found anything: the first one scouts the path, and the others wait
-//! up to [`SCOUT_WAIT`] for what it finds before they dial. Without the
+//! up to [`SCOUT_WAIT`] (by default) for what it finds before they dial. Without the
 //! wait, the loadgen's 100 devices sent 900 probes at every start, 4% of
 //! the server's CPU over a million-event run.
 
@@ -34,8 +34,9 @@ use tokio::time::Instant;
 use crate::gso::GsoCapped;
 use crate::tls::DeviceTls;
 
-/// How long a connection to a server no connection has found the path
-/// MTU of waits for the one finding it (the scout). On loopback or a LAN
+/// How long, by default, a connection to a server no connection has
+/// found the path MTU of waits for the one finding it (the scout;
+/// `EndpointOptions::scout_wait`). On loopback or a LAN
 /// the scout's handshake and first sample take ~25 ms; where they take
 /// longer (a far server, one that is down), the waiting ones search for
 /// themselves, as they would without a scout, at most this much later.
@@ -74,6 +75,8 @@ pub struct ClientEndpoint {
     /// The endpoint's socket, whose GSO batches follow the path MTU
     /// learned (`crate::gso`).
     socket: Arc<GsoCapped>,
+    /// How long a connection waits for the scout's path MTU.
+    scout_wait: Duration,
 }
 
 impl ClientEndpoint {
@@ -81,12 +84,14 @@ impl ClientEndpoint {
         endpoint: quinn::Endpoint,
         default_tls: DeviceTls,
         socket: Arc<GsoCapped>,
+        scout_wait: Duration,
     ) -> Self {
         Self {
             endpoint,
             default_tls,
             book: Arc::default(),
             socket,
+            scout_wait,
         }
     }
 
@@ -103,7 +108,7 @@ impl ClientEndpoint {
 
     /// Starts a connection to `server` with `tls` (the endpoint's default
     /// if `None`), at the path MTU learned so far, or once the scout has
-    /// learned it (see [`SCOUT_WAIT`]).
+    /// learned it (see `EndpointOptions::scout_wait`).
     pub(crate) async fn dial(
         &self,
         tls: Option<&DeviceTls>,
@@ -120,7 +125,7 @@ impl ClientEndpoint {
     }
 
     /// The path MTU learned for `server`. If none is and a scout has been
-    /// finding it for less than [`SCOUT_WAIT`], waits for it until then;
+    /// finding it for less than the scout wait, waits for it until then;
     /// if there is no scout, the caller becomes it (and gets `None`).
     async fn path_mtu_or_scout(&self, server: SocketAddr) -> Option<u16> {
         loop {
@@ -135,7 +140,7 @@ impl ClientEndpoint {
                 }
                 let now = Instant::now();
                 match paths.scouts.get(&server) {
-                    Some(&since) if now < since + SCOUT_WAIT => since + SCOUT_WAIT,
+                    Some(&since) if now < since + self.scout_wait => since + self.scout_wait,
                     _ => {
                         paths.scouts.insert(server, now);
                         return None;

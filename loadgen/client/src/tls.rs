@@ -43,6 +43,13 @@ pub struct EndpointOptions {
     /// 1500-byte Ethernet path, 8952 with jumbo frames, and probes no
     /// higher than the device's route to the server carries.
     pub max_udp_payload: u16,
+    /// How long a connection to a server this endpoint has found no path
+    /// MTU to yet waits for the one finding it (see
+    /// [`ClientEndpoint`](crate::ClientEndpoint)). Default 250 ms: on
+    /// loopback or a LAN the first connection's handshake and first
+    /// sample take ~25 ms. Longer suits a far server; zero makes every
+    /// connection search for itself.
+    pub scout_wait: Duration,
 }
 
 impl Default for EndpointOptions {
@@ -55,6 +62,7 @@ impl Default for EndpointOptions {
             socket_buffer_bytes: crate::udp::BUFFER_BYTES,
             stream_receive_window: None,
             max_udp_payload: DEFAULT_MAX_UDP_PAYLOAD,
+            scout_wait: crate::path::SCOUT_WAIT,
         }
     }
 }
@@ -101,7 +109,7 @@ pub fn client_endpoint_with(
     // discovery bounded by that server's route, as a device's dial is.
     endpoint
         .set_default_client_config(tls.quinn_config_at(None, crate::udp::route_payload(server)));
-    Ok(ClientEndpoint::new(endpoint, tls, socket))
+    Ok(ClientEndpoint::new(endpoint, tls, socket, opts.scout_wait))
 }
 
 /// The TLS settings of one device that proves who it is with a client
