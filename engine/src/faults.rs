@@ -84,7 +84,7 @@ pub trait CommitFault: Send + Sync + std::fmt::Debug + 'static {
 
     /// Fails a read of the batch ledger (the check of an old resend) when
     /// the fault says so.
-    fn has_batch(&self, device: u64, seq: u64) -> Result<(), StoreError> {
+    fn ledger_digest(&self, device: u64, seq: u64) -> Result<(), StoreError> {
         let _ = (device, seq);
         Ok(())
     }
@@ -188,9 +188,9 @@ impl<F: CommitFault> Store for FaultyStore<F> {
         self.inner.load_levels(store)
     }
 
-    fn has_batch(&self, device: u64, seq: u64) -> Result<bool, StoreError> {
-        self.fault.has_batch(device, seq)?;
-        self.inner.has_batch(device, seq)
+    fn ledger_digest(&self, device: u64, seq: u64) -> Result<Option<u64>, StoreError> {
+        self.fault.ledger_digest(device, seq)?;
+        self.inner.ledger_digest(device, seq)
     }
 
     fn load_movements(

@@ -119,6 +119,7 @@ pub(crate) fn replay(
             &mut rows,
             h,
             u32::try_from(archived.events.len()).unwrap_or(u32::MAX),
+            batch_digest(batch.bytes()),
         );
         done.records += 1;
         done.events += archived.events.len() as u64;
@@ -277,13 +278,21 @@ fn load_each(
     })
 }
 
+/// The digest the ledger keeps of a batch (`BatchRow::digest`), of the
+/// payload the device sent: what the journal holds too, so a replay
+/// writes the same. Never 0, which stands for "not kept".
+pub(crate) fn batch_digest(payload: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(payload).max(1)
+}
+
 /// The batch ledger row and the watermark a batch's unit carries.
-pub(crate) fn push_ledger(rows: &mut RowSet, h: BatchHeader, events: u32) {
+pub(crate) fn push_ledger(rows: &mut RowSet, h: BatchHeader, events: u32, digest: u64) {
     rows.batches.push(BatchRow {
         device: h.device,
         seq: h.seq,
         events,
         received_at_us: h.now_us,
+        digest,
     });
     rows.watermarks.push(WatermarkRow {
         device: h.device,

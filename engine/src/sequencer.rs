@@ -236,6 +236,18 @@ struct Pending {
     /// An append failed: nothing will be written again, so frames are no
     /// longer kept (the flusher fails their batches).
     failed: bool,
+    /// A dispatch failed part-way: some shards may hold parts of a batch
+    /// that has no LSN. No batch is sequenced after it (`submit`).
+    halted: bool,
+}
+
+/// Why `Sequencer::submit` sequenced nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Unsequenced<E> {
+    /// This batch's dispatch failed (`submit`'s docs).
+    Dispatch(E),
+    /// An earlier batch's dispatch failed: the engine has failed.
+    Halted,
 }
 
 /// How far acknowledgements got and when they last moved, to tell a stall
@@ -319,6 +331,7 @@ impl Sequencer {
                 since: None,
                 closed: false,
                 failed: false,
+                halted: false,
             }),
             wake: Condvar::new(),
             state: watch::Sender::new(JournalState {
@@ -335,17 +348,28 @@ impl Sequencer {
 
     /// Sequences one fresh batch: the next LSN, `dispatch` (which hands the
     /// batch's parts to the shards) and the journal record, all under the
-    /// lock (module docs). If `dispatch` fails nothing is journaled, the
-    /// LSN is not spent, and the error is returned.
+    /// lock (module docs). If `dispatch` fails nothing is journaled and
+    /// the error is returned; and since the shards it reached before it
+    /// failed may have applied their parts under this LSN, nothing is
+    /// sequenced after it either: every later batch is [`Unsequenced::Halted`],
+    /// so no state those parts touched is ever acknowledged or
+    /// materialized. The restart replays the journal, which never held
+    /// the batch.
     pub(crate) fn submit<E>(
         &self,
         header: BatchHeader,
         frame: Arc<dyn JournaledFrame>,
         dispatch: impl FnOnce(u64) -> Result<(), E>,
-    ) -> Result<u64, E> {
+    ) -> Result<u64, Unsequenced<E>> {
         let mut p = self.pending.lock();
+        if p.halted {
+            return Err(Unsequenced::Halted);
+        }
         let lsn = p.next_lsn;
-        dispatch(lsn)?;
+        if let Err(e) = dispatch(lsn) {
+            p.halted = true;
+            return Err(Unsequenced::Dispatch(e));
+        }
         p.next_lsn += 1;
         self.sequenced.store(lsn, Ordering::Release);
         if self.progress.acked.load(Ordering::Acquire) + 1 == lsn {
@@ -532,6 +556,43 @@ mod tests {
         writer.join().map_err(|_| "the writer panicked")?;
         assert_eq!(lasts(), [1, 3, 5]);
         assert_eq!(state.borrow().durable, 5);
+        Ok(())
+    }
+
+    #[test]
+    fn after_a_dispatch_that_failed_part_way_nothing_more_is_sequenced()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("store"))?);
+        let (seq, writer) = Sequencer::start(store, 0)?;
+        let header = BatchHeader {
+            device: 1,
+            seq: 1,
+            now_us: 0,
+            max_future_s: 300,
+            scope: Scope::default(),
+        };
+        let frame = || -> Arc<dyn JournaledFrame> { Arc::new(b"frame".to_vec()) };
+        assert_eq!(seq.submit(header, frame(), |_| Ok::<(), u16>(())), Ok(1));
+        // The second shard's actor is gone: the first one has its part.
+        assert_eq!(
+            seq.submit(header, frame(), |_| Err::<(), u16>(1)),
+            Err(Unsequenced::Dispatch(1))
+        );
+        let mut dispatched = false;
+        let later = seq.submit(header, frame(), |_| {
+            dispatched = true;
+            Ok::<(), u16>(())
+        });
+        assert_eq!(later, Err(Unsequenced::Halted));
+        assert!(!dispatched, "no shard is handed a batch after the failure");
+        seq.close();
+        writer.join().map_err(|_| "the writer panicked")?;
+        assert_eq!(
+            seq.subscribe().borrow().durable,
+            1,
+            "only the first batch is journaled"
+        );
         Ok(())
     }
 

@@ -396,9 +396,30 @@ impl Server {
         }
         let shards: Vec<ShardHandle> = self.ctx.shards.clone();
         let ctx_held = Arc::downgrade(&self.ctx);
+        let store = self.ctx.store.clone();
         // The flusher ends once every sender (the context's included) is gone.
         drop(self.ctx);
-        let _ = tokio::time::timeout(self.drain_timeout, self.flusher).await;
+        if tokio::time::timeout(self.drain_timeout, self.flusher)
+            .await
+            .is_err()
+        {
+            // Nothing acknowledged is lost: the journal holds it, and the
+            // next start replays it. But until then the tables trail what
+            // devices were told is stored, and a reader of the tables
+            // (verify, an analyst) would see them short.
+            let journaled = self.sequencer.subscribe().borrow().durable;
+            let materialized = tokio::task::spawn_blocking(move || store.materialized_lsn())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0);
+            tracing::warn!(
+                drain_timeout_s = self.drain_timeout.as_secs(),
+                materialized,
+                journaled,
+                "the drain timeout passed before the tables caught up with the journal: the tables hold LSNs up to {materialized} of {journaled}; the next start replays the rest (nothing acknowledged is lost)"
+            );
+        }
         self.sequencer.close();
         let writer = self.journal_writer;
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;

@@ -160,6 +160,28 @@ pub trait Query {
         }
         Ok(())
     }
+
+    /// The writers whose journal holds records the tables do not yet:
+    /// acknowledged batches that no reader of the tables sees until that
+    /// writer materializes them (a running server within its flush
+    /// interval, a stopped one when it next starts). Empty on the
+    /// embedded store, which a tool brings up to its journal when it
+    /// opens it.
+    fn trailing_journals(&self) -> Result<Vec<TrailingJournal>, StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+/// A writer whose journal holds records the tables do not yet
+/// ([`Query::trailing_journals`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TrailingJournal {
+    /// The writer: a ScyllaDB node id.
+    pub writer: String,
+    /// The last LSN the tables hold (its checkpoint).
+    pub tables_lsn: u64,
+    /// The last LSN an acknowledgement may have covered.
+    pub journal_lsn: u64,
 }
 
 /// Folds sales into the buckets of [`Query::sales_by_time`]; every backend

@@ -281,7 +281,8 @@ pub struct WatermarkRow {
 
 /// The batch ledger (`device_batches`, partition (device), clustering
 /// (seq)): how many events each durable batch held, so `verify` can tell a
-/// missing event from a batch that was short.
+/// missing event from a batch that was short, and which batch it was, so
+/// a resend under its seq can be told from another batch.
 #[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct BatchRow {
@@ -293,6 +294,11 @@ pub struct BatchRow {
     pub events: u32,
     /// Server time of receipt (UTC µs).
     pub received_at_us: i64,
+    /// xxh3-64 of the batch's payload as the device sent it: a batch sent
+    /// again under this seq is a resend only if it has this digest. 0 in
+    /// rows written before the ledger kept it (embedded data format 3 and
+    /// earlier, ScyllaDB rows from before the column).
+    pub digest: u64,
 }
 
 /// `rejected_events`: partition (device, day), clustering (ts, seq, idx).

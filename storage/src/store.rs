@@ -184,11 +184,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Current level of every SKU of `store` (activation, step one).
     fn load_levels(&self, store: u32) -> Result<Vec<StockLevelRow>, StoreError>;
 
-    /// Whether the tables hold batch `seq` of `device` in the batch ledger
-    /// (a resend whose seq is not among the device's recent batches is
-    /// checked against it: a seq below the watermark that was never stored
-    /// is not a resend).
-    fn has_batch(&self, device: u64, seq: u64) -> Result<bool, StoreError>;
+    /// The digest of batch `seq` of `device` in the batch ledger: `None`
+    /// when the tables hold no such batch, `Some(0)` when its row predates
+    /// digests ([`BatchRow::digest`](crate::BatchRow::digest)). A resend whose seq is not among the
+    /// device's recent batches is checked against it: a seq below the
+    /// watermark that was never stored, or stored with other bytes, is
+    /// not a resend.
+    fn ledger_digest(&self, device: u64, seq: u64) -> Result<Option<u64>, StoreError>;
 
     /// Stock movements of `store` stamped in any of `windows` (each
     /// `[from_us, to_us)`, sorted and disjoint) that a late window keeps

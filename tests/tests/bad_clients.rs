@@ -16,11 +16,21 @@ struct Raw {
 }
 
 impl Raw {
+    /// A new device's session.
     async fn open(server: &tillstream_engine::Server, device: u64) -> anyhow::Result<Self> {
+        Self::open_at(server, device, 0).await
+    }
+
+    /// A session of a device the server holds batches up to `durable` of.
+    async fn open_at(
+        server: &tillstream_engine::Server,
+        device: u64,
+        durable: u64,
+    ) -> anyhow::Result<Self> {
         let endpoint = endpoint_for(server)?;
         let token = Tokens::of(server)?.device(device, 1, true)?;
         let s = raw::RawSession::open(&endpoint, server.quic_addr(), device, &token).await?;
-        anyhow::ensure!(s.welcome.durable_seq == 0);
+        anyhow::ensure!(s.welcome.durable_seq == durable);
         Ok(Self {
             send: s.send,
             recv: s.recv,
@@ -491,11 +501,13 @@ async fn a_reused_seq_with_other_content_is_refused_not_acknowledged() -> anyhow
 }
 
 /// Sends more fresh batches than the recent digests keep, and waits for
-/// their acks: a resend of batch 1 is then checked against the ledger.
-async fn send_past_recent_digests(raw: &mut Raw) -> anyhow::Result<()> {
+/// their acks: a resend of batch 1 (returned) is then checked against the
+/// ledger.
+async fn send_past_recent_digests(raw: &mut Raw) -> anyhow::Result<Vec<u8>> {
     let n = tillstream_engine_core::ledger::RecentDigests::CAPACITY as u64 + 10;
-    let mut frames = Vec::new();
-    for seq in 1..=n {
+    let first = good_batch(1)?;
+    let mut frames = first.clone();
+    for seq in 2..=n {
         frames.extend(good_batch(seq)?);
     }
     raw.send.write_all(&frames).await?;
@@ -505,6 +517,42 @@ async fn send_past_recent_digests(raw: &mut Raw) -> anyhow::Result<()> {
         anyhow::ensure!(t == MsgType::Ack, "expected Ack, got {t:?}");
         durable = decode::<Ack>(&p)?.durable_seq;
     }
+    Ok(first)
+}
+
+/// A batch under an old seq that the device's recent digests no longer
+/// hold (after a restart, or past their 128) was checked against the
+/// ledger by its seq alone: a device that lost its counter had a new
+/// batch acknowledged as a resend, and dropped. The ledger keeps each
+/// batch's digest now: other bytes are refused, the same acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_seq_with_other_content_is_refused_after_a_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start_server(dir.path(), 1).await?;
+    let mut raw = Raw::open(&server, 94).await?;
+    let first = good_batch(1)?;
+    raw.send.write_all(&first).await?;
+    let (t, _) = read(&mut raw.recv).await?;
+    anyhow::ensure!(t == MsgType::Ack, "batch 1 acked");
+    server.shutdown().await?;
+
+    // The restarted server knows batch 1 from its ledger alone.
+    let server = start_server(dir.path(), 1).await?;
+    let mut raw = Raw::open_at(&server, 94, 1).await?;
+    let mut other = good_batch(1)?;
+    while other == first {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        other = good_batch(1)?;
+    }
+    raw.send.write_all(&other).await?;
+    expect_error(&mut raw.recv, ErrorCode::SeqConflict).await?;
+    raw.send.write_all(&first).await?;
+    let (t, p) = read(&mut raw.recv).await?;
+    anyhow::ensure!(
+        t == MsgType::Ack && decode::<Ack>(&p)?.durable_seq == 1,
+        "the true resend is acknowledged"
+    );
+    server.shutdown().await?;
     Ok(())
 }
 
@@ -513,7 +561,7 @@ async fn send_past_recent_digests(raw: &mut Raw) -> anyhow::Result<()> {
 struct LedgerUnreadable;
 
 impl tillstream_engine::faults::CommitFault for LedgerUnreadable {
-    fn has_batch(&self, _device: u64, _seq: u64) -> Result<(), tillstream_storage::StoreError> {
+    fn ledger_digest(&self, _device: u64, _seq: u64) -> Result<(), tillstream_storage::StoreError> {
         Err(tillstream_storage::StoreError::Backend {
             op: "reading the batch ledger",
             source: "injected: no quorum".into(),
@@ -535,8 +583,8 @@ async fn an_old_resend_that_cannot_be_checked_is_refused_for_now() -> anyhow::Re
     })));
     let server = tillstream_engine::Server::start(cfg).await?;
     let mut raw = Raw::open(&server, 93).await?;
-    send_past_recent_digests(&mut raw).await?;
-    raw.send.write_all(&good_batch(1)?).await?;
+    let first = send_past_recent_digests(&mut raw).await?;
+    raw.send.write_all(&first).await?;
     let (t, p) = read(&mut raw.recv).await?;
     anyhow::ensure!(t == MsgType::Error, "an unchecked resend got {t:?}");
     let e = decode::<Error>(&p)?;
@@ -564,9 +612,9 @@ async fn an_old_resend_is_acked_even_before_the_tables_hold_it() -> anyhow::Resu
     cfg.flush_interval = Duration::from_secs(3);
     let server = tillstream_engine::Server::start(cfg).await?;
     let mut raw = Raw::open(&server, 92).await?;
-    send_past_recent_digests(&mut raw).await?;
+    let first = send_past_recent_digests(&mut raw).await?;
     // Batch 1 again, at once: acked, not refused.
-    raw.send.write_all(&good_batch(1)?).await?;
+    raw.send.write_all(&first).await?;
     let (t, p) = read(&mut raw.recv).await?;
     if t == MsgType::Error {
         anyhow::bail!(

@@ -117,6 +117,11 @@ impl Cluster {
             format!("--scylla-node-id={node_id}"),
             // Faults stall acks for seconds; say so on /readyz soon.
             "--ack-stall-not-ready-s=3".into(),
+            // Acks need only the journal; the tables follow at what three
+            // JVMs on 2 shared cores take, up to the shards' budgets
+            // behind. The last drain must end with them caught up, or
+            // verify has no verdict (it refuses while a journal trails).
+            "--drain-timeout-s=180".into(),
         ]
     }
 
@@ -232,7 +237,7 @@ async fn finish(
     let report = run.await??;
     ensure!(report.ok, "the run failed: {:?}", report.failures);
     ensure!(report.events_acked == report.events_total);
-    let (status, _) = server.terminate(Duration::from_secs(60))?;
+    let (status, _) = server.terminate(Duration::from_secs(240))?;
     ensure!(status.success(), "serve exited with {status}");
     c.verify(ks, manifest)?;
     Ok(report)
@@ -271,7 +276,10 @@ fn readyz(server: &ServerProcess) -> (u16, String) {
 /// once. Each restart takes the node id's lease over from the dead
 /// process (it waits one lease period for the dead one to renew).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "quarantined: one CI run (debug build, loaded machine) found 8,178 of 15,000 acknowledged events missing after 5 kills; it passed in both runs by hand. Run with --ignored; see README, ScyllaDB"]
+#[cfg_attr(
+    not(cassandra_cluster),
+    ignore = "needs a Cassandra cluster of deploy/cassandra/run.sh: build with TILLSTREAM_SCYLLA_NODES and TILLSTREAM_CASSANDRA_DIR set"
+)]
 async fn sigkill_of_the_server_five_times_loses_and_doubles_nothing() -> anyhow::Result<()> {
     let hold = hold()?;
     let c = &hold.cluster;

@@ -31,10 +31,11 @@ pub(super) async fn assemble(
                 lsn,
                 header,
                 events,
+                digest,
                 parts,
                 permits,
                 received,
-            } => match unit_of(header, events, parts).await {
+            } => match unit_of(header, events, digest, parts).await {
                 Ok(unit_rows) => {
                     let seq = header.seq;
                     let rejected = rejected_of(seq, &unit_rows);
@@ -101,6 +102,7 @@ fn rejected_of(seq: u64, parts: &[RowSet]) -> Vec<RejectedRef> {
 async fn unit_of(
     header: BatchHeader,
     events: u32,
+    digest: u64,
     parts: Vec<oneshot::Receiver<PartResult>>,
 ) -> Result<Vec<RowSet>, String> {
     let mut rows = Vec::with_capacity(parts.len() + 1);
@@ -112,7 +114,7 @@ async fn unit_of(
         );
     }
     let mut ledger = RowSet::default();
-    push_ledger(&mut ledger, header, events);
+    push_ledger(&mut ledger, header, events, digest);
     rows.push(ledger);
     Ok(rows)
 }

@@ -13,7 +13,10 @@
 //! - batches pass every stage in seq order, so a device's commit units
 //!   reach the flusher in seq order;
 //! - once a batch is admitted its unit is always submitted, even if the
-//!   connection dies, so the device's ledger becomes quiescent again;
+//!   connection dies, so the device's ledger becomes quiescent again: the
+//!   reader takes the batch's budgets and its place in the pipeline
+//!   before admitting it, and awaits nothing from admission to hand-off,
+//!   so no LSN is handed out that never reaches the flusher;
 //! - an ack is only written after the flusher resolved the unit Ok (or,
 //!   for a replayed batch, once the device's durable seq covers it).
 
@@ -82,6 +85,10 @@ pub(crate) enum SessionEnd {
     /// The session's own pipeline stopped.
     #[error("session pipeline stopped")]
     PipelineStopped,
+    /// The engine failed before this batch: a batch reached only some of
+    /// its shards, and nothing is sequenced after it.
+    #[error("the engine has failed; restart the server")]
+    EngineFailed,
 }
 
 /// Bad frames tolerated on one connection before it is closed.
@@ -99,6 +106,8 @@ pub(super) enum Pending {
         lsn: u64,
         header: BatchHeader,
         events: u32,
+        /// For the ledger row (`recovery::batch_digest`).
+        digest: u64,
         parts: Vec<oneshot::Receiver<PartResult>>,
         /// The shards' in-flight budget, held until durable.
         permits: Vec<OwnedSemaphorePermit>,

@@ -17,7 +17,7 @@ use crate::ctx::EngineCtx;
 use crate::devices::DeviceSlot;
 use crate::flusher::CommitUnit;
 use crate::metrics as m;
-use crate::sequencer::BatchHeader;
+use crate::sequencer::{BatchHeader, Unsequenced};
 use crate::shards::{ApplyWork, ShardMsg};
 use crate::wire::{ReadError, read_frame, with_header};
 
@@ -135,10 +135,38 @@ pub(super) async fn read_batches(
                 );
             }
         }
-        let digest = xxhash_rust::xxh3::xxh3_64(batch.bytes());
+        let digest = crate::recovery::batch_digest(batch.bytes());
+        // Everything a fresh batch waits for is taken before it is
+        // admitted: its shards' budgets, in shard order, held until its
+        // rows are in the tables (a full shard stops this reader, and QUIC
+        // flow control the device; taken before any part is applied, no
+        // applied part ever waits on a budget), and its place in the
+        // pipeline. From admission to hand-off nothing then awaits: a
+        // reader that ended there (drain aborts readers) would leave the
+        // device's ledger admitted and never applied, or an LSN that never
+        // reaches the flusher, which stalls every later ack.
+        let now = now_us();
+        plan.clear();
+        plan_batch_scoped(archived, device, &scope, &ctx.rules, now, &mut plan);
+        let mut permits = Vec::with_capacity(2);
+        for (shard, _) in plan.touched() {
+            let h = &ctx.shards[usize::from(shard)];
+            let permit = h
+                .budget
+                .clone()
+                .acquire_many_owned(h.units_for(payload_len))
+                .await
+                .map_err(|_| SessionEnd::ShuttingDown)?;
+            permits.push(permit);
+        }
+        let handoff = pend_tx
+            .reserve()
+            .await
+            .map_err(|_| SessionEnd::PipelineStopped)?;
         let pending = match slot.admit(seq, digest, conn) {
             None => return Err(SessionEnd::Superseded),
             Some((Admission::TooFarAhead, _)) => {
+                drop((handoff, permits));
                 let err = FrameError::Violation(
                     "batch seq leaps too far ahead of the device's last batch",
                 );
@@ -148,9 +176,11 @@ pub(super) async fn read_batches(
                 continue;
             }
             Some((Admission::Duplicate, check)) => {
-                match resend_conflict(ctx, device, seq, check).await? {
+                drop(permits);
+                match resend_conflict(ctx, device, seq, digest, check).await? {
                     Resend::Stored => {}
                     Resend::Conflict(why) => {
+                        drop(handoff);
                         m::batch_seq_conflict();
                         refusals
                             .refuse(
@@ -167,13 +197,11 @@ pub(super) async fn read_batches(
                         tracing::warn!(seq, reason = %why, "an old resend could not be checked; the device retries");
                         let reason =
                             format!("this resend could not be checked: {why}; retry later");
-                        let _ = pend_tx
-                            .send(Pending::Error(tillstream_protocol::Error {
-                                code: ErrorCode::StoreUnavailable.as_u16(),
-                                batch_seq: seq,
-                                reason: reason.clone(),
-                            }))
-                            .await;
+                        handoff.send(Pending::Error(tillstream_protocol::Error {
+                            code: ErrorCode::StoreUnavailable.as_u16(),
+                            batch_seq: seq,
+                            reason: reason.clone(),
+                        }));
                         return Err(SessionEnd::Refused(reason));
                     }
                 }
@@ -181,28 +209,8 @@ pub(super) async fn read_batches(
                 Pending::Duplicate { seq, received }
             }
             Some((Admission::Fresh, _)) => {
-                let now = now_us();
-                plan.clear();
-                plan_batch_scoped(archived, device, &scope, &ctx.rules, now, &mut plan);
                 audit_out_of_scope(ctx, conn, device, seq, &plan);
                 let batch = Arc::new(batch);
-                // Back-pressure: every shard's permits first, in shard
-                // order, and held until the batch's rows are in the tables.
-                // A full shard stops this reader, and QUIC flow control
-                // then stops the device. Taking them all before any part
-                // is applied means no applied part ever waits on a budget,
-                // so the units that hold the budget can always complete.
-                let mut permits = Vec::with_capacity(2);
-                for (shard, _) in plan.touched() {
-                    let h = &ctx.shards[usize::from(shard)];
-                    let permit = h
-                        .budget
-                        .clone()
-                        .acquire_many_owned(h.units_for(payload_len))
-                        .await
-                        .map_err(|_| SessionEnd::ShuttingDown)?;
-                    permits.push(permit);
-                }
                 let header = BatchHeader {
                     device,
                     seq,
@@ -232,25 +240,26 @@ pub(super) async fn read_batches(
                 });
                 let lsn = match sequenced {
                     Ok(lsn) => lsn,
-                    Err(shard) => {
-                        // Earlier parts of this batch may already be applied.
+                    Err(Unsequenced::Dispatch(shard)) => {
+                        // Earlier parts of this batch may already be
+                        // applied: the sequencer takes no batch after it.
                         ctx.fail("a shard actor stopped");
                         return Err(SessionEnd::ShardGone(shard));
                     }
+                    Err(Unsequenced::Halted) => return Err(SessionEnd::EngineFailed),
                 };
                 Pending::Fresh {
                     lsn,
                     header,
                     events,
+                    digest,
                     parts,
                     permits,
                     received,
                 }
             }
         };
-        if pend_tx.send(pending).await.is_err() {
-            return Err(SessionEnd::PipelineStopped);
-        }
+        handoff.send(pending);
     }
 }
 
@@ -273,29 +282,29 @@ async fn resend_conflict(
     ctx: &EngineCtx,
     device: u64,
     seq: u64,
+    digest: u64,
     check: DigestCheck,
 ) -> Result<Resend, SessionEnd> {
+    const OTHER_BATCH: &str = "another batch with this seq was stored; the device's seq counter was reset or its id is used by another";
     match check {
         DigestCheck::Same => Ok(Resend::Stored),
-        DigestCheck::Different => Ok(Resend::Conflict(
-            "another batch with this seq was stored; the device's seq counter was reset or its id is used by another",
-        )),
+        DigestCheck::Different => Ok(Resend::Conflict(OTHER_BATCH)),
         DigestCheck::Unknown => {
-            let has_batch = || {
+            let ledger_digest = || {
                 let store = ctx.store.clone();
                 async move {
-                    tokio::task::spawn_blocking(move || store.has_batch(device, seq))
+                    tokio::task::spawn_blocking(move || store.ledger_digest(device, seq))
                         .await
                         .map_err(|e| SessionEnd::Conn(format!("batch ledger read: {e}")))
                 }
             };
-            let mut stored = has_batch().await?;
-            if matches!(stored, Ok(false)) {
+            let mut stored = ledger_digest().await?;
+            if matches!(stored, Ok(None)) {
                 // The batch may be journaled and acknowledged but not yet
                 // in the tables (they trail the journal by a flush): once
                 // they hold everything journaled now, the answer is final.
                 if ctx.tables_caught_up(Duration::from_secs(10)).await {
-                    stored = has_batch().await?;
+                    stored = ledger_digest().await?;
                 } else {
                     stored = Err(StoreError::Poisoned(
                         "the tables did not catch up with the journal".into(),
@@ -303,8 +312,11 @@ async fn resend_conflict(
                 }
             }
             Ok(match stored {
-                Ok(true) => Resend::Stored,
-                Ok(false) => Resend::Conflict(
+                // 0: a ledger row from before digests were kept, which
+                // says only that a batch was stored under this seq.
+                Ok(Some(d)) if d == digest || d == 0 => Resend::Stored,
+                Ok(Some(_)) => Resend::Conflict(OTHER_BATCH),
+                Ok(None) => Resend::Conflict(
                     "no batch was stored under this seq, which is below the device's watermark",
                 ),
                 Err(e) => Resend::Unknown(e.to_string()),

@@ -62,17 +62,22 @@ pub(crate) fn open_embedded(data_dir: &Path) -> anyhow::Result<EmbeddedStore> {
 }
 
 /// A read-only connection to the cluster. It does not replay the journal:
-/// a live server may be writing it. What the journal holds past the
-/// checkpoint is said, since the tables do not hold it yet.
+/// a live server may be writing it. What the journals of every node id
+/// hold past their checkpoints is said, since the tables do not hold it
+/// yet.
 fn open_cluster(data_dir: &Path, args: &StoreArgs) -> anyhow::Result<Arc<dyn Backend>> {
     let choice = args.choice(true)?;
     let store = tillstream_engine::open_backend(&choice, data_dir, None, None)
         .context("connecting to ScyllaDB")?;
-    let (checkpoint, last) = (store.materialized_lsn()?, store.journal_last_lsn());
-    if last > checkpoint {
+    for t in store.trailing_journals()? {
         tracing::warn!(
-            records = last - checkpoint,
-            "the journal holds records the tables do not yet: a running server writes them within its flush interval, a stopped one when it starts"
+            node_id = %t.writer,
+            tables_lsn = t.tables_lsn,
+            journal_lsn = t.journal_lsn,
+            "the journal of node id {} holds acknowledged records the tables do not yet (LSNs {} to {}): a running server writes them within its flush interval, a stopped one when it starts",
+            t.writer,
+            t.tables_lsn + 1,
+            t.journal_lsn
         );
     }
     Ok(store)

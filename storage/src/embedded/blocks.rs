@@ -28,6 +28,14 @@ pub(crate) trait StoredRow:
 {
     /// What the row is called in error messages.
     const WHAT: &'static str;
+
+    /// The row from bytes an older data format wrote for it, which do not
+    /// validate as this format's: `None` when there is no older layout,
+    /// or these bytes are not one either.
+    fn from_older(bytes: &AlignedVec) -> Option<Self> {
+        let _ = bytes;
+        None
+    }
 }
 
 /// A row of a time-series table (`Packed::TABLE`), stored in blocks
@@ -53,9 +61,33 @@ stored! {
     TerminalRollupRow => "terminal_rollups row",
     DeviceHealthRow => "device_health row",
     WatermarkRow => "device_watermarks row",
-    BatchRow => "device_batches row",
     RejectedEventRow => "rejected_events row",
     DeadLetterRow => "dead_letters row",
+}
+
+/// A ledger row as data formats 1 to 3 wrote it, before
+/// [`BatchRow::digest`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchRowV3 {
+    pub(crate) device: u64,
+    pub(crate) seq: u64,
+    pub(crate) events: u32,
+    pub(crate) received_at_us: i64,
+}
+
+impl StoredRow for BatchRow {
+    const WHAT: &'static str = "device_batches row";
+
+    fn from_older(bytes: &AlignedVec) -> Option<Self> {
+        let old = rkyv::from_bytes::<BatchRowV3, RkyvError>(bytes).ok()?;
+        Some(BatchRow {
+            device: old.device,
+            seq: old.seq,
+            events: old.events,
+            received_at_us: old.received_at_us,
+            digest: 0,
+        })
+    }
 }
 
 macro_rules! block_row {
@@ -119,7 +151,9 @@ pub(crate) fn decode_one<T: StoredRow>(
     bytes: &[u8],
     buf: &mut AlignedVec,
 ) -> Result<T, StoreError> {
-    rkyv::from_bytes::<T, RkyvError>(aligned(bytes, buf)).map_err(|e| corrupt(T::WHAT, e))
+    let bytes = aligned(bytes, buf);
+    rkyv::from_bytes::<T, RkyvError>(bytes)
+        .or_else(|e| T::from_older(bytes).ok_or_else(|| corrupt(T::WHAT, e)))
 }
 
 /// Validates and deserializes a block of rows.

@@ -31,7 +31,10 @@ use crate::store::StoreError;
 /// - 3: a store's sale lines and stock movements of an hour of one commit
 ///   are one stock block (`packed::stock`): a line carries the movement
 ///   it made. Blocks of formats 1 and 2 are still read as they are.
-pub const DATA_FORMAT: u32 = 3;
+/// - 4: `device_batches` rows carry the batch's digest
+///   (`BatchRow::digest`); rows of formats 1 to 3 are still read, with
+///   digest 0 (`blocks::BatchRowV3`).
+pub const DATA_FORMAT: u32 = 4;
 
 /// The file's name in the data directory.
 pub(crate) const FILE: &str = "FORMAT";

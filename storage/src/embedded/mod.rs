@@ -526,10 +526,16 @@ impl Store for EmbeddedStore {
         self.movements_in(store, windows)
     }
 
-    fn has_batch(&self, device: u64, seq: u64) -> Result<bool, StoreError> {
-        self.batches
-            .contains_key(keys::batch_key(device, seq))
-            .map_err(|e| backend_err("reading the batch ledger", e))
+    fn ledger_digest(&self, device: u64, seq: u64) -> Result<Option<u64>, StoreError> {
+        let Some(value) = self
+            .batches
+            .get(keys::batch_key(device, seq))
+            .map_err(|e| backend_err("reading the batch ledger", e))?
+        else {
+            return Ok(None);
+        };
+        let row: BatchRow = blocks::decode_one(&value, &mut rkyv::util::AlignedVec::new())?;
+        Ok(Some(row.digest))
     }
 
     fn load_rollups(&self, store: u32, day: u32) -> Result<Vec<TerminalRollupRow>, StoreError> {

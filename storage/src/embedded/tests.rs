@@ -185,6 +185,7 @@ fn rollups_and_batches_are_upserts() -> TestResult {
         seq: 1,
         events: 3,
         received_at_us: T0,
+        digest: 0x5eed,
     };
     store.commit(&RowSet {
         terminal_rollups: vec![r],
@@ -344,6 +345,7 @@ fn rows_of_a_write_during_a_scan(
             seq: 1,
             events: 1,
             received_at_us: T0,
+            digest: 0x5eed,
         }],
         ..RowSet::default()
     };
@@ -497,5 +499,43 @@ fn a_journal_that_starts_past_the_checkpoint_is_refused() -> TestResult {
     // The store as it was, journal and tables in step, still opens.
     let store = EmbeddedStore::open(&live)?;
     assert_eq!(store.journal_last_lsn(), 6);
+    Ok(())
+}
+
+/// The ledger keeps each batch's digest; a row as data format 3 wrote it,
+/// before the digest, still reads (digest 0), in a point read and a scan.
+#[test]
+fn ledger_rows_keep_their_digest_and_format_3_rows_still_read() -> TestResult {
+    let (_dir, store) = open()?;
+    let b = BatchRow {
+        device: 1,
+        seq: 1,
+        events: 3,
+        received_at_us: T0,
+        digest: 77,
+    };
+    store.commit(&RowSet {
+        batches: vec![b],
+        ..RowSet::default()
+    })?;
+    assert_eq!(store.ledger_digest(1, 1)?, Some(77));
+    assert_eq!(store.ledger_digest(1, 2)?, None);
+    let old = rkyv::to_bytes::<rkyv::rancor::Error>(&blocks::BatchRowV3 {
+        device: 1,
+        seq: 2,
+        events: 4,
+        received_at_us: T0,
+    })?;
+    store
+        .batches
+        .insert(keys::batch_key(1, 2), old.as_slice())?;
+    assert_eq!(store.ledger_digest(1, 2)?, Some(0));
+    let mut scanned = Vec::new();
+    store.scan(Table::DeviceBatches, &mut |r| {
+        if let RowRef::Batch(b) = r {
+            scanned.push((b.seq, b.events, b.digest));
+        }
+    })?;
+    assert_eq!(scanned, [(1, 3, 77), (2, 4, 0)]);
     Ok(())
 }

@@ -340,12 +340,62 @@ pub fn apply_schema(cfg: &ScyllaConfig, opts: &SchemaOptions) -> Result<usize, S
                 n += 1;
             }
         }
+        n += add_columns(&session, &opts.keyspace, &one_node)
+            .await
+            .map_err(|e| cfg.open_err(e))?;
         session
             .await_schema_agreement()
             .await
             .map_err(|e| cfg.open_err(format!("waiting for schema agreement: {e}")))?;
         Ok(n)
     })
+}
+
+/// Columns added to a table after it was first created, in order: `CREATE
+/// TABLE IF NOT EXISTS` leaves a keyspace made by an older build without
+/// them, and CQL has no `ADD IF NOT EXISTS` that both Cassandra and
+/// ScyllaDB take.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("store_movements", "lsn", "bigint"),
+    ("device_batches", "digest", "bigint"),
+];
+
+/// Adds each of [`ADDED_COLUMNS`] its table lacks; how many it added.
+async fn add_columns(
+    session: &Session,
+    keyspace: &str,
+    one_node: &scylla::client::execution_profile::ExecutionProfileHandle,
+) -> Result<usize, String> {
+    let mut added = 0;
+    for &(table, column, kind) in ADDED_COLUMNS {
+        let mut find = Statement::new(
+            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+        );
+        find.set_execution_profile_handle(Some(one_node.clone()));
+        let read_err =
+            |e: &dyn std::fmt::Display| format!("reading the columns of {keyspace}.{table}: {e}");
+        let found = session
+            .query_unpaged(find, (keyspace, table, column))
+            .await
+            .map_err(|e| read_err(&e))?
+            .into_rows_result()
+            .map_err(|e| read_err(&e))?
+            .rows_num()
+            > 0;
+        if found {
+            continue;
+        }
+        let cql = format!("ALTER TABLE {keyspace}.{table} ADD {column} {kind}");
+        let mut add = Statement::new(cql.as_str());
+        add.set_execution_profile_handle(Some(one_node.clone()));
+        session
+            .query_unpaged(add, ())
+            .await
+            .map_err(|e| format!("{cql}: {e}"))?;
+        tracing::info!(%keyspace, %table, %column, "column added");
+        added += 1;
+    }
+    Ok(added)
 }
 
 #[cfg(test)]

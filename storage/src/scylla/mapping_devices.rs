@@ -102,8 +102,14 @@ impl CqlRow for WatermarkRow {
 
 impl CqlRow for BatchRow {
     const TABLE: &'static str = "device_batches";
-    const COLUMNS: &'static [&'static str] =
-        &["device", "seq_bucket", "seq", "events", "received_at_us"];
+    const COLUMNS: &'static [&'static str] = &[
+        "device",
+        "seq_bucket",
+        "seq",
+        "events",
+        "received_at_us",
+        "digest",
+    ];
     const PARTITION_COLUMNS: usize = 2;
 
     fn values(&self) -> Values {
@@ -113,6 +119,8 @@ impl CqlRow for BatchRow {
             big_u(self.seq),
             big(self.events.into()),
             big(self.received_at_us),
+            // The digest's bits as they are: bigint is signed.
+            big(self.digest as i64),
         ]
     }
 
@@ -125,6 +133,8 @@ impl CqlRow for BatchRow {
             seq: c.u64()?,
             events: c.u32()?,
             received_at_us: c.i64()?,
+            // Null in a row from before the column.
+            digest: c.opt_i64()?.unwrap_or(0) as u64,
         })
     }
 }

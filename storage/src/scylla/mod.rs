@@ -390,12 +390,16 @@ impl Store for ScyllaStore {
         })
     }
 
-    fn has_batch(&self, device: u64, seq: u64) -> Result<bool, StoreError> {
+    fn ledger_digest(&self, device: u64, seq: u64) -> Result<Option<u64>, StoreError> {
         let rows = self.block(self.all_rows(
             &self.st.batch_read,
             (device as i64, batch_seq_bucket(seq) as i64, seq as i64),
         ))?;
-        Ok(!rows.is_empty())
+        Ok(rows.first().map(|r| match r.columns.first() {
+            Some(Some(scylla::value::CqlValue::BigInt(d))) => *d as u64,
+            // Null: a row from before the column.
+            _ => 0,
+        }))
     }
 
     fn load_movements(

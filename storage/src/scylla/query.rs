@@ -41,6 +41,23 @@ impl ScyllaStore {
         Ok(())
     }
 
+    /// (node id, LSN) of each row of `cql`, a read of two columns.
+    async fn node_lsns(
+        &self,
+        cql: &str,
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        self.session
+            .query_iter(cql, ())
+            .await
+            .map_err(backend_err("reading the node ids' LSNs"))?
+            .rows_stream::<(String, Option<i64>)>()
+            .map_err(backend_err("reading the node ids' LSNs"))?
+            .map_ok(|(node, lsn)| (node, lsn.map_or(0, |l| u64::try_from(l).unwrap_or(0))))
+            .try_collect()
+            .await
+            .map_err(backend_err("reading the node ids' LSNs"))
+    }
+
     /// Every row of a table, mapped.
     async fn scan_all<T: CqlRow>(&self, table: Table) -> Result<Vec<T>, StoreError> {
         let mut out = Vec::new();
@@ -199,6 +216,34 @@ impl Query for ScyllaStore {
         let mut marks = self.block(self.scan_all::<WatermarkRow>(Table::DeviceWatermarks))?;
         marks.sort_unstable_by_key(|w| w.device);
         Ok(marks)
+    }
+
+    /// Each node id's checkpoint against the high-water mark of its
+    /// journal (`fence.rs`): both tables hold a row per node id.
+    fn trailing_journals(&self) -> Result<Vec<TrailingJournal>, StoreError> {
+        let ks = &self.cfg.keyspace;
+        let (highs, checkpoints) = self.block(async {
+            let highs = self
+                .node_lsns(&format!("SELECT node, journal_high FROM {ks}.node_leases"))
+                .await?;
+            let checkpoints = self
+                .node_lsns(&format!("SELECT node, lsn FROM {ks}.checkpoints"))
+                .await?;
+            Ok::<_, StoreError>((highs, checkpoints))
+        })?;
+        let mut out: Vec<TrailingJournal> = highs
+            .into_iter()
+            .filter_map(|(writer, journal_lsn)| {
+                let tables_lsn = checkpoints.get(&writer).copied().unwrap_or(0);
+                (journal_lsn > tables_lsn).then_some(TrailingJournal {
+                    writer,
+                    tables_lsn,
+                    journal_lsn,
+                })
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| a.writer.cmp(&b.writer));
+        Ok(out)
     }
 
     /// Pages through the table in the cluster's token order (not key

@@ -101,7 +101,7 @@ impl Texts {
             ),
             watermark_read: format!("SELECT seq FROM {ks}.device_watermarks WHERE device = ?"),
             batch_read: format!(
-                "SELECT seq FROM {ks}.device_batches WHERE device = ? AND seq_bucket = ? AND seq = ?"
+                "SELECT digest FROM {ks}.device_batches WHERE device = ? AND seq_bucket = ? AND seq = ?"
             ),
             levels_read: select::<StockLevelRow>(ks, "store = ? AND bucket = ?"),
             store_movements_read: select::<ByStoreHour>(
@@ -308,7 +308,7 @@ mod tests {
         );
         assert_eq!(
             select::<BatchRow>("ks", "device = ?"),
-            "SELECT device, seq_bucket, seq, events, received_at_us FROM ks.device_batches WHERE device = ?"
+            "SELECT device, seq_bucket, seq, events, received_at_us, digest FROM ks.device_batches WHERE device = ?"
         );
         // Every read names the whole partition key it reads.
         assert!(t.levels_read.ends_with("WHERE store = ? AND bucket = ?"));

@@ -9,6 +9,7 @@ use super::testkit::TestKeyspace;
 use super::*;
 use crate::journal::encode_record;
 use crate::testutil::sample;
+use crate::{Query, TrailingJournal};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -227,5 +228,73 @@ fn a_rollup_from_a_node_with_lower_lsns_still_lands() -> TestResult {
         .iter()
         .find(|r| (r.terminal, r.minute) == (rollup.terminal, rollup.minute));
     assert_eq!(mine.map(|r| r.sales), Some(6));
+    Ok(())
+}
+
+/// Acknowledged records still only in a node id's journal are reported,
+/// to a reader of the tables too, until a checkpoint covers them: a
+/// verify must not count them missing.
+#[test]
+#[cfg_attr(
+    not(scylla_cluster),
+    ignore = "needs a ScyllaDB cluster: build with TILLSTREAM_SCYLLA_NODES set"
+)]
+fn a_journal_past_its_checkpoint_is_reported_trailing() -> TestResult {
+    let ks = TestKeyspace::new("trailing")?;
+    let writer = ScyllaStore::connect(ks.cfg.clone())?;
+    let other = ScyllaStore::connect(ks.as_node("other"))?;
+    other.journal_append(&records(1..=2), 2)?;
+    other.materialize(&[], 2)?;
+    writer.journal_append(&records(1..=3), 3)?;
+    let reader = ScyllaStore::connect(ScyllaConfig {
+        read_only: true,
+        ..ks.cfg.clone()
+    })?;
+    let expect = vec![TrailingJournal {
+        writer: ks.cfg.node_id.clone(),
+        tables_lsn: 0,
+        journal_lsn: 3,
+    }];
+    assert_eq!(reader.trailing_journals()?, expect);
+    assert_eq!(writer.trailing_journals()?, expect);
+    writer.materialize(&[], 3)?;
+    assert_eq!(reader.trailing_journals()?, Vec::new());
+    Ok(())
+}
+
+/// The ledger's digest on the cluster: kept with each batch, 0 for a row
+/// from before the column, and a keyspace made by a build without the
+/// column gets it from `schema apply`.
+#[test]
+#[cfg_attr(
+    not(scylla_cluster),
+    ignore = "needs a ScyllaDB cluster: build with TILLSTREAM_SCYLLA_NODES set"
+)]
+fn ledger_digests_and_a_keyspace_from_before_them() -> TestResult {
+    let ks = TestKeyspace::new("digest")?;
+    // The keyspace as an older build left it.
+    ks.run("ALTER TABLE {ks}.device_batches DROP digest")?;
+    apply_schema(
+        &ks.cfg,
+        &crate::schema::SchemaOptions {
+            keyspace: ks.cfg.keyspace.clone(),
+            replication: "{'class': 'NetworkTopologyStrategy', 'datacenter1': 1}".into(),
+            ttl_days: None,
+        },
+    )?;
+    ks.run("INSERT INTO {ks}.device_batches (device, seq_bucket, seq, events, received_at_us) VALUES (1, 0, 2, 4, 0)")?;
+    let store = ScyllaStore::connect(ks.cfg.clone())?;
+    let mut rows = RowSet::default();
+    rows.batches.push(BatchRow {
+        device: 1,
+        seq: 1,
+        events: 3,
+        received_at_us: 0,
+        digest: u64::MAX - 6,
+    });
+    store.commit(&rows)?;
+    assert_eq!(store.ledger_digest(1, 1)?, Some(u64::MAX - 6));
+    assert_eq!(store.ledger_digest(1, 2)?, Some(0));
+    assert_eq!(store.ledger_digest(1, 3)?, None);
     Ok(())
 }

@@ -105,6 +105,7 @@ fn finds_orphans() -> TestResult {
         seq: 3,
         events: 1,
         received_at_us: T0,
+        digest: 0x5eed,
     });
     only(&check(rows, None)?, 0, 0, 1, 0, 0, 0);
 
@@ -234,6 +235,7 @@ fn problems_are_capped() -> TestResult {
             seq: 1,
             events: 1,
             received_at_us: T0,
+            digest: 0x5eed,
         });
     }
     let r = check(rows, None)?;

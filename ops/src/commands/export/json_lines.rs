@@ -250,6 +250,7 @@ mod tests {
             seq: 2,
             events: 128,
             received_at_us: 3,
+            digest: 0x5eed,
         };
         let rows = [
             RowRef::SaleLine(&line),
