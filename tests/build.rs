@@ -1,14 +1,15 @@
 //! Some tests need a program beside the server: the metrics-format and
 //! deploy tests run `promtool` (Debian package `prometheus`), the `top`
 //! test a real terminal (`tmux`), one deploy test `kubectl kustomize`
-//! (not in Debian's packages). Each is compiled as ignored unless its
-//! program is on PATH when this crate is built; `.ci/run` installs
-//! promtool and tmux first.
+//! (not in Debian's packages), the analytics test `cqlsh` (PyPI). Each is
+//! compiled as ignored unless its program is on PATH when this crate is
+//! built; `.ci/run` installs promtool, tmux and cqlsh first.
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(has_promtool)");
     println!("cargo::rustc-check-cfg=cfg(has_tmux)");
     println!("cargo::rustc-check-cfg=cfg(has_kubectl)");
+    println!("cargo::rustc-check-cfg=cfg(has_cqlsh)");
     println!("cargo::rustc-check-cfg=cfg(cassandra_cluster)");
     println!("cargo::rerun-if-env-changed=PATH");
     // The cluster tests (`tests/cluster.rs`) kill the nodes of a
@@ -36,6 +37,7 @@ fn main() {
         ("promtool", "has_promtool"),
         ("tmux", "has_tmux"),
         ("kubectl", "has_kubectl"),
+        ("cqlsh", "has_cqlsh"),
     ] {
         if dirs.iter().any(|dir| dir.join(program).is_file()) {
             println!("cargo::rustc-cfg={cfg}");

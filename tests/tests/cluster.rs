@@ -25,9 +25,9 @@ use crate::process::{SERVER_BIN, ServeOpts, ServerProcess, tail};
 static CLUSTER: Mutex<()> = Mutex::new(());
 
 /// The cluster of `deploy/cassandra/run.sh`, and its nodes' control.
-struct Cluster {
+pub(crate) struct Cluster {
     dir: PathBuf,
-    nodes: String,
+    pub(crate) nodes: String,
     script: PathBuf,
 }
 
@@ -94,7 +94,7 @@ impl Cluster {
 
     /// A fresh keyspace at replication factor 3, made by `tillstream
     /// schema apply`.
-    fn keyspace(&self, tag: &str) -> anyhow::Result<String> {
+    pub(crate) fn keyspace(&self, tag: &str) -> anyhow::Result<String> {
         let ks = format!("tillstream_{tag}_{}", tillstream_tests::now_us());
         let out = Command::new(SERVER_BIN)
             .args(["schema", "apply", "--replication", "datacenter1=3"])
@@ -109,7 +109,7 @@ impl Cluster {
         Ok(ks)
     }
 
-    fn scylla_flags(&self, ks: &str, node_id: &str) -> Vec<String> {
+    pub(crate) fn scylla_flags(&self, ks: &str, node_id: &str) -> Vec<String> {
         vec![
             "--store=scylla".into(),
             format!("--scylla-nodes={}", self.nodes),
@@ -127,7 +127,7 @@ impl Cluster {
 
     /// `tillstream verify --store scylla --expected manifest`: asserts
     /// nothing acknowledged is missing or doubled.
-    fn verify(&self, ks: &str, manifest: &Path) -> anyhow::Result<()> {
+    pub(crate) fn verify(&self, ks: &str, manifest: &Path) -> anyhow::Result<()> {
         let out = Command::new(SERVER_BIN)
             .args(["verify", "--store=scylla"])
             .arg(format!("--scylla-nodes={}", self.nodes))
@@ -152,8 +152,8 @@ impl Cluster {
 /// Holds the cluster for one test, and heals it when the test ends; and
 /// the machine, which its nodes' restarts load past what the tests with
 /// deadlines bear (`tillstream_tests::machine`).
-struct Hold<'a> {
-    cluster: Cluster,
+pub(crate) struct Hold<'a> {
+    pub(crate) cluster: Cluster,
     _guard: parking_lot::MutexGuard<'a, ()>,
     _machine: machine::Held,
 }
@@ -166,7 +166,7 @@ impl Drop for Hold<'_> {
     }
 }
 
-fn hold() -> anyhow::Result<Hold<'static>> {
+pub(crate) fn hold() -> anyhow::Result<Hold<'static>> {
     let guard = CLUSTER.lock();
     let machine = machine::whole();
     let cluster = Cluster::from_env()?;
@@ -180,7 +180,12 @@ fn hold() -> anyhow::Result<Hold<'static>> {
 
 /// A server on the cluster under `node_id`, its data directory (TLS, keys)
 /// in `dir`.
-fn serve_opts(c: &Cluster, dir: &Path, ks: &str, node_id: &str) -> anyhow::Result<ServeOpts> {
+pub(crate) fn serve_opts(
+    c: &Cluster,
+    dir: &Path,
+    ks: &str,
+    node_id: &str,
+) -> anyhow::Result<ServeOpts> {
     std::fs::create_dir_all(dir)?;
     let mut opts = ServeOpts::new(&dir.join("data"), &dir.join("serve.log"), 2)?;
     opts.extra = c.scylla_flags(ks, node_id);

@@ -44,7 +44,27 @@ pub(crate) fn loadgen_args(
     rate: u64,
     seed: u64,
 ) -> anyhow::Result<Args> {
-    Ok(Args::try_parse_from([
+    Ok(Args::try_parse_from(
+        loadgen_target(opts).into_iter().chain([
+            format!("--events={events}"),
+            "--stores=13".into(),
+            "--terminals-per-store=6".into(),
+            "--sensors-per-store=2".into(),
+            "--skus=500".into(),
+            "--batch-size=32".into(),
+            format!("--rate={rate}"),
+            format!("--seed={seed}"),
+            "--run-id=1".into(),
+            format!("--manifest={}", manifest.display()),
+            "--give-up-after=300".into(),
+        ]),
+    )?)
+}
+
+/// The loadgen's first arguments for the server of `opts`: its addresses,
+/// its certificate and the key its tokens are signed with.
+pub(crate) fn loadgen_target(opts: &ServeOpts) -> Vec<String> {
+    vec![
         "tillstream-loadgen".to_owned(),
         format!("--server={}", opts.quic),
         format!("--ca={}", opts.cert_path().display()),
@@ -55,18 +75,7 @@ pub(crate) fn loadgen_args(
                 .display()
         ),
         format!("--http={}", opts.http_url()),
-        format!("--events={events}"),
-        "--stores=13".into(),
-        "--terminals-per-store=6".into(),
-        "--sensors-per-store=2".into(),
-        "--skus=500".into(),
-        "--batch-size=32".into(),
-        format!("--rate={rate}"),
-        format!("--seed={seed}"),
-        "--run-id=1".into(),
-        format!("--manifest={}", manifest.display()),
-        "--give-up-after=300".into(),
-    ])?)
+    ]
 }
 
 /// What the kill loop saw.

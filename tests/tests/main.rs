@@ -1,5 +1,6 @@
 //! End-to-end tests: one binary, one module per area.
 
+mod analytics;
 mod auth;
 mod backup;
 mod bad_clients;

@@ -1,0 +1,247 @@
+//! Analytics reading the cluster: the shipped Online Retail sample
+//! (`loadgen/tests/data/`) replayed into a server on the Cassandra cluster
+//! and into one on the embedded store gives the same answers to `query`,
+//! `export` and `verify`; and the CQL the README shows an analyst, run
+//! with `cqlsh` against the cluster, agrees with `query`.
+//!
+//! Compiled as ignored unless the cluster is named at build time (as for
+//! `cluster.rs`) and `cqlsh` (PyPI `cqlsh`) is on PATH.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+
+use crate::cluster::{Cluster, hold, serve_opts};
+use crate::process::{SERVER_BIN, ServeOpts, ServerProcess};
+
+/// The sample the README's CQL examples name values of.
+fn sample_csv() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../loadgen/tests/data/online-retail-sample.csv")
+}
+
+/// Replays the sample into `server` and stops it once its tables hold
+/// everything; the manifest of what was acknowledged is `manifest`.
+async fn replay(server: ServerProcess, manifest: &Path) -> anyhow::Result<()> {
+    let opts = server.opts.clone();
+    let args = <tillstream_loadgen::cli::Args as clap::Parser>::try_parse_from(
+        crate::crash::loadgen_target(&opts).into_iter().chain([
+            format!("--replay-csv={}", sample_csv().display()),
+            format!("--manifest={}", manifest.display()),
+            "--run-id=1".into(),
+        ]),
+    )?;
+    let report = tillstream_loadgen::run::run(args).await?;
+    ensure!(report.ok, "the replay failed: {:?}", report.failures);
+    ensure!(report.events_acked == report.events_total && report.events_total > 0);
+    let (status, _) = server.terminate(Duration::from_secs(240))?;
+    ensure!(status.success(), "serve exited with {status}");
+    Ok(())
+}
+
+/// Store 28 is the United Kingdom in the sample, and SKU
+/// 4359830775492328649 its StockCode 85123A (README, "Query the tables
+/// with CQL").
+const UK: &str = "--store 28";
+const SKU: &str = "--sku 4359830775492328649";
+/// The whole sample, as CSV.
+const YEAR: &str = "--from 2010-12-01 --to 2011-12-10 --format csv";
+
+/// `tillstream <command> <store> <rest>` (`args` split at whitespace): its
+/// standard output. The store's flags come before a `query` question,
+/// whose own `--store` is a store number.
+fn tillstream(args: &str, store: &[String]) -> anyhow::Result<String> {
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let (command, rest) = args.split_first().context("no command")?;
+    let out = Command::new(SERVER_BIN)
+        .arg(command)
+        .args(store)
+        .args(rest)
+        .output()
+        .context("running tillstream")?;
+    ensure!(
+        out.status.success(),
+        "tillstream {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Columns that differ between two replays of the same data: the server's
+/// clock (they ran at different moments), and a movement's level after it,
+/// which follows the order the tills' batches happened to arrive in (the
+/// levels they come to do not).
+const PER_RUN: [&str; 5] = [
+    "updated_at",
+    "updated_at_us",
+    "received_at",
+    "received_at_us",
+    "level_after",
+];
+
+/// The rows of a CSV answer with its header, in a fixed order (the
+/// cluster hands rows back in token order, not key order), without the
+/// [`PER_RUN`] columns (in answers whose text has no comma, so a plain
+/// split on commas holds).
+fn sorted_lines(csv: &str) -> Vec<String> {
+    let header: Vec<&str> = csv.lines().next().unwrap_or("").split(',').collect();
+    let keep: Vec<bool> = header.iter().map(|h| !PER_RUN.contains(h)).collect();
+    let mut lines: Vec<String> = csv
+        .lines()
+        .map(|l| {
+            if keep.iter().all(|&k| k) {
+                return l.to_owned();
+            }
+            l.split(',')
+                .zip(&keep)
+                .filter(|(_, k)| **k)
+                .map(|(c, _)| c)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    if lines.len() > 1 {
+        lines[1..].sort_unstable();
+    }
+    lines
+}
+
+/// The CQL statements of the README's `cql` block, on keyspace `ks`.
+fn readme_cql(ks: &str) -> anyhow::Result<Vec<String>> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))?;
+    let block = readme
+        .split("```cql\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .context("the README has no ```cql block")?;
+    let text: String = block
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    Ok(text
+        .split(';')
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|s| !s.is_empty())
+        .map(|s| s.replace("tillstream.", &format!("{ks}.")))
+        .collect())
+}
+
+/// The rows `cqlsh` prints for `cql`, each as its cells.
+fn cqlsh(c: &Cluster, cql: &str) -> anyhow::Result<Vec<Vec<String>>> {
+    let host = c.nodes.split(',').next().unwrap_or("127.0.0.1:9042");
+    let (addr, port) = host.rsplit_once(':').unwrap_or((host, "9042"));
+    let out = Command::new("cqlsh")
+        .args([addr, port, "--no-color", "--request-timeout=60", "-e", cql])
+        .output()
+        .context("running cqlsh")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "cqlsh -e {cql:?}: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A header, a line of dashes, the rows, a blank line, "(N rows)".
+    Ok(stdout
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with('-'))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.split('|').map(|c| c.trim().to_owned()).collect())
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(cassandra_cluster, has_cqlsh)),
+    ignore = "needs a Cassandra cluster of deploy/cassandra/run.sh (build with TILLSTREAM_SCYLLA_NODES and TILLSTREAM_CASSANDRA_DIR set) and cqlsh (PyPI cqlsh) on PATH"
+)]
+async fn the_online_retail_sample_reads_the_same_from_the_cluster() -> anyhow::Result<()> {
+    let hold = hold()?;
+    let c = &hold.cluster;
+    let dir = tempfile::tempdir()?;
+
+    let embedded = ServeOpts::new(
+        &dir.path().join("embedded"),
+        &dir.path().join("embedded.log"),
+        2,
+    )?;
+    let embedded_manifest = dir.path().join("embedded.json");
+    replay(ServerProcess::start(&embedded)?, &embedded_manifest).await?;
+    let ks = c.keyspace("retail")?;
+    let cluster = serve_opts(c, &dir.path().join("cluster"), &ks, "retail")?;
+    let cluster_manifest = dir.path().join("cluster.json");
+    replay(ServerProcess::start(&cluster)?, &cluster_manifest).await?;
+
+    let on_embedded = vec![format!("--data-dir={}", embedded.data_dir.display())];
+    let on_cluster: Vec<String> = c
+        .scylla_flags(&ks, "retail")
+        .into_iter()
+        .filter(|f| f.starts_with("--store") || f.starts_with("--scylla-"))
+        .collect();
+    for (store, manifest) in [
+        (&on_embedded, &embedded_manifest),
+        (&on_cluster, &cluster_manifest),
+    ] {
+        let m = manifest.display().to_string();
+        let report: serde_json::Value =
+            serde_json::from_str(&tillstream(&format!("verify --expected {m}"), store)?)?;
+        ensure!(
+            report["ok"] == true && report["events"].as_u64() > Some(0),
+            "{report}"
+        );
+    }
+
+    let questions = [
+        format!("query sales --bucket day {YEAR}"),
+        format!("query sales --bucket hour {UK} {YEAR}"),
+        format!("query top-skus --by revenue --limit 25 {YEAR}"),
+        format!("query stock-history {UK} {SKU} {YEAR}"),
+        "query low-stock --below=-20 --format csv".into(),
+        "query terminals --format csv".into(),
+        "query watermarks --format csv".into(),
+        format!("query basket-pairs --limit 20 {YEAR}"),
+        "export --table sales --format csv".into(),
+        "export --table sale_lines --format csv".into(),
+        "export --table stock_movements --format csv".into(),
+        "export --table device_batches --format csv".into(),
+    ];
+    for q in &questions {
+        let (a, b) = (tillstream(q, &on_embedded)?, tillstream(q, &on_cluster)?);
+        ensure!(a.lines().count() > 1, "{q} answered nothing: {a}");
+        assert_eq!(
+            sorted_lines(&a),
+            sorted_lines(&b),
+            "{q}: the embedded store, then the cluster"
+        );
+    }
+
+    // The README's CQL, straight on the cluster's tables.
+    let statements = readme_cql(&ks)?;
+    ensure!(statements.len() >= 4, "{statements:?}");
+    let day = tillstream(
+        &format!("query sales --bucket day {UK} --from 2010-12-01 --to 2010-12-02 --format json"),
+        &on_cluster,
+    )?;
+    let day: serde_json::Value = serde_json::from_str(&day)?;
+    let history = tillstream(
+        &format!("query stock-history {UK} {SKU} --from 2010-12-01 --to 2011-01-01 --format csv"),
+        &on_cluster,
+    )?;
+    for cql in &statements {
+        let rows = cqlsh(c, cql)?;
+        ensure!(!rows.is_empty(), "no rows for {cql}");
+        if cql.contains("count(*)") {
+            let (sales, gross) = (&rows[0][0], &rows[0][1]);
+            assert_eq!(sales, &day[0]["sales"].to_string(), "{cql}");
+            assert_eq!(gross, &day[0]["gross_minor"].to_string(), "{cql}");
+        }
+        if cql.contains("stock_movements") {
+            assert_eq!(rows.len(), history.lines().count() - 1, "{cql}");
+        }
+    }
+    Ok(())
+}
