@@ -414,8 +414,10 @@ async fn every_event_is_acked_exactly_once_through_loss_delay_and_partition() ->
 
     let mut stats = ClientStats::default();
     let mut behind = BTreeMap::new();
+    let mut disconnects = BTreeMap::new();
     for c in &clients {
         stats.merge(&c.stats());
+        disconnects.insert(c.device(), c.stats().disconnects);
         let durable = *c.acks().borrow();
         if durable < n {
             behind.insert(c.device(), (durable, c.unacked(), c.stats().last_error));
@@ -509,10 +511,27 @@ async fn every_event_is_acked_exactly_once_through_loss_delay_and_partition() ->
         assert!(relay_stats.to_server.partitioned > 0 && relay_stats.to_client.partitioned > 0);
     }
     if plan.partition_for >= Duration::from_secs(10) {
-        // Twice the client's 5 s idle timeout: every session dies.
+        // Twice the client's 5 s idle timeout: every session dies. Those
+        // are the sessions of the devices acknowledged before the cut (on
+        // a loaded machine some are still connecting through the loss).
+        let cut = origin + plan.partition_after;
+        let connected: HashSet<u64> = acks
+            .iter()
+            .filter(|a| a.at < cut)
+            .map(|a| a.device)
+            .collect();
         assert!(
-            stats.disconnects >= plan.devices,
-            "every device lost its connection: {stats:?}"
+            connected.len() as u64 > plan.devices / 2,
+            "{} devices acknowledged before the cut",
+            connected.len()
+        );
+        let survived: Vec<u64> = connected
+            .into_iter()
+            .filter(|d| disconnects.get(d).copied().unwrap_or(0) == 0)
+            .collect();
+        assert!(
+            survived.is_empty(),
+            "these devices kept their connection through the partition: {survived:?}"
         );
     }
     Ok(())

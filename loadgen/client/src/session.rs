@@ -41,10 +41,19 @@ impl End {
     }
 }
 
-/// When a session records its path MTU, in ms after the one before. The
-/// first comes early: a fleet's devices connect at once, and the others
-/// wait for the first one's (`path::SCOUT_WAIT`).
-const PATH_SAMPLES_MS: [u64; 6] = [20, 80, 300, 1_200, 4_800, 19_200];
+/// When a session records its path MTU again, in ms after the one before,
+/// once the first record (`watch_path`) is made.
+const PATH_SAMPLES_MS: [u64; 5] = [80, 300, 1_200, 4_800, 19_200];
+
+/// How often the path is looked at until its search settles.
+const SETTLE_STEP: Duration = Duration::from_millis(5);
+/// The least quiet that tells a settled search: quinn sends each probe
+/// as soon as the one before is acknowledged, so on a path that loses
+/// none, a few round trips without a probe mean there is none left.
+const SETTLE_QUIET: Duration = Duration::from_millis(20);
+/// The first record is made by then, settled or not: where probes are
+/// lost, each waits out its loss timer.
+const SETTLE_MAX: Duration = Duration::from_secs(2);
 
 /// What lives across the sessions of one device.
 #[derive(Debug)]
@@ -244,6 +253,26 @@ impl Session {
     /// round trips where the path carries every probe, and a few seconds
     /// where probes are lost and wait for their timeouts. Never returns.
     async fn watch_path(&self, conn: &quinn::Connection, probes_before: u64) -> Infallible {
+        // The first record is what a fleet's other devices, waiting on
+        // this one (`path::SCOUT_WAIT`), start from: made while the search
+        // still climbs, each of them would search the rest for itself.
+        let started = tokio::time::Instant::now();
+        let mut probes = conn.stats().path.sent_plpmtud_probes;
+        let mut quiet_since = started;
+        while started.elapsed() < SETTLE_MAX {
+            tokio::time::sleep(SETTLE_STEP).await;
+            let now = conn.stats().path.sent_plpmtud_probes;
+            if now != probes {
+                (probes, quiet_since) = (now, tokio::time::Instant::now());
+            } else if (probes > 0 || started.elapsed() >= SETTLE_QUIET * 5)
+                && quiet_since.elapsed() >= SETTLE_QUIET.max(conn.rtt() * 3)
+            {
+                // (No probe at all by then: this connection started where
+                // the path was known, or cannot search.)
+                break;
+            }
+        }
+        self.learn_path(conn, probes_before, false);
         for wait_ms in PATH_SAMPLES_MS {
             tokio::time::sleep(Duration::from_millis(wait_ms)).await;
             self.learn_path(conn, probes_before, false);
