@@ -287,6 +287,10 @@ async fn watermarks(State(s): AppState, ConnectInfo(peer): Peer, headers: Header
     }
 }
 
+/// How long `POST /v1/verify` waits for the tables to catch up with what
+/// was acknowledged before it answers 503.
+const VERIFY_WAIT: Duration = Duration::from_secs(60);
+
 /// Body of `POST /v1/verify`: optionally, the batches a client had
 /// acknowledged, each to be found with all its events.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -305,8 +309,29 @@ async fn verify_handler(
         return r;
     }
     let req = body.map(|Json(r)| r).unwrap_or_default();
-    // Acknowledged is journaled; the tables follow within a flush interval.
-    s.ctx.tables_caught_up(Duration::from_secs(60)).await;
+    // Acknowledged is journaled; the tables follow within a flush interval,
+    // or much later behind a slow cluster. Checked before they caught up,
+    // what they lack would be counted missing, and on ScyllaDB (no
+    // snapshot) tables read while rows still land disagree with each
+    // other: no verdict then, but a retryable refusal.
+    if !s.ctx.tables_caught_up(VERIFY_WAIT).await {
+        let journaled = s.ctx.sequencer.subscribe().borrow().durable;
+        let store = s.store.clone();
+        let in_tables = tokio::task::spawn_blocking(move || store.materialized_lsn())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, HeaderValue::from_static("5"))],
+            format!(
+                "the tables still trail the journal after {} s (LSN {in_tables} of {journaled}): every acknowledged batch is durable in the journal, but a verdict now would count the rest missing; ask again\n",
+                VERIFY_WAIT.as_secs()
+            ),
+        )
+            .into_response();
+    }
     let store = s.store.clone();
     let run = tokio::task::spawn_blocking(move || verify(&*store, req.expected.as_deref()));
     match run.await {

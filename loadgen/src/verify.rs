@@ -58,24 +58,49 @@ pub async fn remote(
     let url = format!("{}/v1/verify", http.trim_end_matches('/'));
     let auth = bearer.map(|t| format!("Bearer {t}"));
     tokio::task::spawn_blocking(move || {
-        let mut req = agent(Duration::from_secs(600)).post(&url);
-        if let Some(a) = &auth {
-            req = req.header("Authorization", a);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(600)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        // 503: the server's tables still trail what it acknowledged (a
+        // slow cluster); it waits a minute each time before it says so.
+        for _ in 0..VERIFY_ATTEMPTS {
+            let mut req = agent.post(&url);
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            let mut resp = req
+                .send_json(VerifyRequest {
+                    expected: &expected,
+                })
+                .with_context(|| format!("POST {url}"))?;
+            let status = resp.status();
+            if status == 503 {
+                let why = resp.body_mut().read_to_string().unwrap_or_default();
+                tracing::warn!(reason = %why.trim(), "the server cannot verify yet; asking again");
+                std::thread::sleep(Duration::from_secs(5));
+                continue;
+            }
+            if !status.is_success() {
+                let body = resp.body_mut().read_to_string().unwrap_or_default();
+                anyhow::bail!("POST {url}: {status}: {}", body.trim());
+            }
+            return resp
+                .body_mut()
+                .with_config()
+                .limit(64 << 20)
+                .read_json::<serde_json::Value>()
+                .with_context(|| format!("reading the answer of POST {url}"));
         }
-        let mut resp = req
-            .send_json(VerifyRequest {
-                expected: &expected,
-            })
-            .with_context(|| format!("POST {url}"))?;
-        resp.body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_json::<serde_json::Value>()
-            .with_context(|| format!("reading the answer of POST {url}"))
+        anyhow::bail!("POST {url}: the server's tables did not catch up with what it acknowledged in {VERIFY_ATTEMPTS} attempts of a minute")
     })
     .await
     .context("the verification task failed")?
 }
+
+/// Times [`remote`] asks a server whose tables trail its journal.
+const VERIFY_ATTEMPTS: u32 = 10;
 
 /// `GET {http}{path}` on the server's API with the token, if any, its
 /// body read by `read`, off the runtime (5 s at most); the error says
