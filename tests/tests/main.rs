@@ -22,6 +22,7 @@ mod path_mtu;
 mod power_loss;
 mod process;
 mod reload;
+mod resends;
 mod restart;
 mod storm;
 mod top;
