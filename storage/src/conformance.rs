@@ -299,7 +299,7 @@ pub(crate) fn queries_answer_from_the_rows(b: &mut impl Harness) -> TestResult {
         .filter(|r| (r.store, r.sku) == (m.store, m.sku))
         .copied()
         .collect();
-    history.sort_unstable_by_key(|r| (r.ts_us, r.key, r.line));
+    crate::query::in_time_order(&mut history);
     assert!(history.len() > 1, "the sample moves one SKU more than once");
     assert_eq!(
         store.stock_history(m.store, m.sku, i64::MIN + 1, i64::MAX)?,

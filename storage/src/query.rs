@@ -122,14 +122,36 @@ pub trait Query {
         limit: usize,
     ) -> Result<Vec<SkuTotal>, StoreError>;
 
-    /// A SKU's stock movements in time order, each with its level after.
-    fn stock_history(
+    /// A SKU's stored `stock_movements` rows stamped in `[from_us, to_us)`,
+    /// in any order, as the engine wrote them (`level_after` is the level
+    /// when each was applied, in arrival order).
+    fn sku_movements(
         &self,
         store: u32,
         sku: u64,
         from_us: i64,
         to_us: i64,
     ) -> Result<Vec<StockMovementRow>, StoreError>;
+
+    /// A SKU's stock movements stamped in `[from_us, to_us)` in event-time
+    /// order, each with the level as of its time ([`in_time_order`]). The
+    /// level at `from_us` depends on every row before it, so this reads
+    /// the SKU's movements from the beginning up to `to_us`.
+    fn stock_history(
+        &self,
+        store: u32,
+        sku: u64,
+        from_us: i64,
+        to_us: i64,
+    ) -> Result<Vec<StockMovementRow>, StoreError> {
+        if from_us >= to_us {
+            return Ok(Vec::new());
+        }
+        let mut rows = self.sku_movements(store, sku, i64::MIN, to_us)?;
+        in_time_order(&mut rows);
+        rows.retain(|r| r.ts_us >= from_us);
+        Ok(rows)
+    }
 
     /// Current levels strictly below `below`, lowest first.
     fn low_stock(&self, store: Option<u32>, below: i64) -> Result<Vec<StockLevelRow>, StoreError>;
@@ -182,6 +204,37 @@ pub struct TrailingJournal {
     pub tables_lsn: u64,
     /// The last LSN an acknowledgement may have covered.
     pub journal_lsn: u64,
+}
+
+/// Sorts one SKU's movements into event-time order and sets each row's
+/// `level_after` to the level as of its time, by the engine's stock rule
+/// (ARCHITECTURE.md, "Stock converges"): the latest count at or before it
+/// plus the deltas of the movements between; with no count before it, the
+/// sum of every delta up to it. Ties: at one time, movements come before a
+/// count (a count sees what is stamped at its own time), counts by key,
+/// movements by key and line.
+///
+/// The stored `level_after` is the level the engine reached when it
+/// applied the row, in the order rows arrived. Devices that were offline,
+/// or a replay, send rows late, so that order is not time's: a late
+/// movement changes the level of every row after it up to the next
+/// count, and a reader recomputes those levels here rather than store
+/// them again. With every row of the SKU from its first, the last row's
+/// level is the SKU's current level (`stock_levels`).
+pub fn in_time_order(rows: &mut [StockMovementRow]) {
+    rows.sort_unstable_by_key(|r| {
+        let count = r.reason == MovementReason::CountCorrection;
+        (r.ts_us, count, r.key, r.line)
+    });
+    let mut level = 0i64;
+    for r in rows {
+        level = if r.reason == MovementReason::CountCorrection {
+            r.counted
+        } else {
+            level.saturating_add(r.delta)
+        };
+        r.level_after = level;
+    }
 }
 
 /// Folds sales into the buckets of [`Query::sales_by_time`]; every backend

@@ -191,7 +191,10 @@ pub struct StockMovementRow {
     pub delta: i64,
     /// For `CountCorrection`: the counted level. 0 otherwise.
     pub counted: i64,
-    /// The SKU's level after this row was applied.
+    /// The SKU's level after this row was applied, in the order rows
+    /// arrived; [`Query::stock_history`](crate::Query::stock_history)
+    /// answers with the level as of the row's event time instead
+    /// ([`in_time_order`](crate::in_time_order)).
     pub level_after: i64,
     /// False when the row was stamped at or before the SKU's latest count
     /// (the count already saw it), so it did not change the level.

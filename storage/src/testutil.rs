@@ -350,7 +350,7 @@ impl Query for MemQuery {
     ) -> Result<Vec<SkuTotal>, StoreError> {
         Ok(Vec::new())
     }
-    fn stock_history(
+    fn sku_movements(
         &self,
         _: u32,
         _: u64,

@@ -88,7 +88,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         name: "stock-history",
-        summary: "A SKU's stock movements in time order, each with the level after it.",
+        summary: "A SKU's stock movements in event-time order, each with the level as of its time: the latest count at or before it plus the movements between (a late movement changes the rows after it).",
         params: &[
             Param {
                 required: true,

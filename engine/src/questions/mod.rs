@@ -39,7 +39,8 @@ pub enum Question {
         /// Rows.
         limit: usize,
     },
-    /// A SKU's stock movements with the level after each.
+    /// A SKU's stock movements in event-time order, each with the level
+    /// as of its time.
     StockHistory {
         /// Store id.
         store: u32,

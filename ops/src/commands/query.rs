@@ -92,7 +92,10 @@ enum What {
         #[arg(long, default_value_t = 10)]
         limit: usize,
     },
-    /// A SKU's stock movements, each with the level after it.
+    /// A SKU's stock movements in event-time order, each with the level
+    /// as of its time (the latest count at or before it plus the
+    /// movements between): a movement that arrives late changes the
+    /// levels of the rows after it.
     StockHistory {
         /// Store id.
         #[arg(long)]

@@ -300,7 +300,7 @@ impl Query for EmbeddedStore {
         Ok(totals.finish(by, limit))
     }
 
-    fn stock_history(
+    fn sku_movements(
         &self,
         store: u32,
         sku: u64,
@@ -321,7 +321,6 @@ impl Query for EmbeddedStore {
                 }
             },
         )?;
-        out.sort_unstable_by_key(|r| (r.ts_us, r.key, r.line));
         Ok(out)
     }
 

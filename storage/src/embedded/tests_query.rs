@@ -109,11 +109,13 @@ fn top_skus_by_quantity_and_revenue() -> TestResult {
 #[test]
 fn stock_history_in_time_order() -> TestResult {
     let (_dir, store) = loaded()?;
-    let h = store.stock_history(1, 100, T0, T0 + DAY_US)?;
-    let levels: Vec<_> = h.iter().map(|m| (m.reason, m.level_after)).collect();
     use MovementReason::*;
+    let levels = |h: Vec<StockMovementRow>| -> Vec<(MovementReason, i64)> {
+        h.iter().map(|m| (m.reason, m.level_after)).collect()
+    };
+    let h = store.stock_history(1, 100, T0, T0 + DAY_US)?;
     assert_eq!(
-        levels,
+        levels(h),
         vec![
             (Sale, -2),
             (Sale, -3),
@@ -122,10 +124,81 @@ fn stock_history_in_time_order() -> TestResult {
             (Sale, 36)
         ]
     );
+    // A device that was offline sends a shrink of 5, stamped between the
+    // first two sales, after the count: the engine recorded it unapplied
+    // at level 36 (the count saw it). In time order it lowers every row
+    // after it up to the count, which absorbs it.
+    let late = RowSet {
+        stock_movements: vec![StockMovementRow {
+            store: 1,
+            sku: 100,
+            ts_us: T0 + MINUTE_US + 2,
+            key: EventKey {
+                device: 9,
+                seq: 1,
+                idx: 0,
+            },
+            line: 0,
+            reason: Shrink,
+            delta: -5,
+            counted: 0,
+            level_after: 36,
+            applied: false,
+        }],
+        ..RowSet::default()
+    };
+    store.commit(&late)?;
+    let h = store.stock_history(1, 100, T0, T0 + DAY_US)?;
+    assert_eq!(
+        levels(h),
+        vec![
+            (Sale, -2),
+            (Shrink, -7),
+            (Sale, -8),
+            (Receipt, 42),
+            (CountCorrection, 40),
+            (Sale, 36)
+        ]
+    );
+    // A window's first row carries the level of everything before it.
     let window = store.stock_history(1, 100, T0 + 3 * MINUTE_US, T0 + HOUR_US)?;
-    assert_eq!(window.len(), 2);
+    assert_eq!(levels(window), vec![(Receipt, 42), (CountCorrection, 40)]);
     assert!(store.stock_history(1, 999, T0, T0 + DAY_US)?.is_empty());
     Ok(())
+}
+
+#[test]
+fn counts_reset_the_level_in_time_order() {
+    use MovementReason::*;
+    let row =
+        |ts_us: i64, idx: u32, reason: MovementReason, delta: i64, counted: i64| StockMovementRow {
+            store: 1,
+            sku: 7,
+            ts_us,
+            key: EventKey {
+                device: 1,
+                seq: 1,
+                idx,
+            },
+            line: 0,
+            reason,
+            delta,
+            counted,
+            level_after: i64::MIN,
+            applied: true,
+        };
+    // Given in arrival order; two counts at one time break on their key,
+    // and a movement at a count's time is one the count saw.
+    let mut rows = vec![
+        row(30, 5, Sale, -1, 0),
+        row(20, 4, CountCorrection, 0, 12),
+        row(20, 3, CountCorrection, 0, 10),
+        row(20, 6, Receipt, 4, 0),
+        row(10, 1, Receipt, 3, 0),
+    ];
+    in_time_order(&mut rows);
+    let got: Vec<_> = rows.iter().map(|r| (r.ts_us, r.level_after)).collect();
+    assert_eq!(got, vec![(10, 3), (20, 7), (20, 10), (20, 12), (30, 11)]);
 }
 
 #[test]

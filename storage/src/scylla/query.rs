@@ -126,7 +126,7 @@ impl Query for ScyllaStore {
         Ok(totals.finish(by, limit))
     }
 
-    fn stock_history(
+    fn sku_movements(
         &self,
         store: u32,
         sku: u64,
@@ -151,9 +151,7 @@ impl Query for ScyllaStore {
                 (store, sku, month, from_us, to_us),
             )
         }))?;
-        let mut out: Vec<StockMovementRow> = parts.into_iter().flatten().collect();
-        out.sort_unstable_by_key(|r| (r.ts_us, r.key, r.line));
-        Ok(out)
+        Ok(parts.into_iter().flatten().collect())
     }
 
     fn low_stock(&self, store: Option<u32>, below: i64) -> Result<Vec<StockLevelRow>, StoreError> {
