@@ -19,7 +19,7 @@ mod output;
 #[command(
     name = "tillstream",
     version,
-    after_help = "Exit codes: 0 done; 1 `verify` found a violated invariant; 2 an error (bad flags, an unreachable store, a failed write), with the reason on stderr."
+    after_help = "Exit codes: 0 done; 1 `verify` found a violated invariant; 2 an error (bad flags, an unreachable store, a port in use, a failed write), with the reason on stderr; 78 a bad setting (`check-config`, or `serve` refusing its config file, flags or variables), each bad key named on stderr."
 )]
 struct Cli {
     /// Log format on stderr; with json, every line on stderr is JSON.
@@ -291,6 +291,20 @@ pub fn main(allocator: Option<AllocatorHooks>) -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every exit code a command ends with is in the top-level --help.
+    #[test]
+    fn the_help_lists_every_exit_code() {
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        for code in [0, 1, EXIT_ERROR, config_file::EXIT_CONFIG] {
+            assert!(
+                help.contains(&format!("; {code} ")) || help.contains(&format!(": {code} ")),
+                "exit code {code} is not in\n{help}"
+            );
+        }
+    }
 
     /// The option number names the purge delay: mimalloc 3's default for
     /// it is 1,000 ms, and no other option of its enum has that default.
