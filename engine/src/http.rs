@@ -34,6 +34,8 @@ pub(crate) struct HttpState {
     pub(crate) settings: ServerSettings,
     /// The QUIC socket, for its buffer and drop figures.
     pub(crate) udp: crate::udp::ServerSocket,
+    /// Where this server's credentials are, for `POST /v1/backup`.
+    pub(crate) credentials: crate::backup::CredentialSources,
 }
 
 /// Binds and serves until `shutdown` turns true.
@@ -62,6 +64,7 @@ pub(crate) async fn serve(
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/{endpoint}", get(question))
         .with_state(Arc::new(state));
+    let app = with_json_405(app);
     let join = tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;
@@ -77,6 +80,51 @@ pub(crate) async fn serve(
         }
     });
     Ok((bound, join))
+}
+
+/// `api` with its 405s answered in JSON. The layer wraps the router from
+/// outside (as its fallback service): a layer on the router itself runs
+/// inside each route, before axum adds the `Allow` header this reads.
+fn with_json_405(api: axum::Router) -> axum::Router {
+    axum::Router::new()
+        .fallback_service(api)
+        .layer(axum::middleware::from_fn(method_not_allowed_as_json))
+}
+
+/// A method a path does not take (`GET /v1/verify`): axum's 405 has the
+/// `Allow` header but an empty body, which left a client (or a person
+/// with curl) guessing; every other refusal of the API is a JSON
+/// `{"error": ...}`, so this one is too, and says what to send instead.
+async fn method_not_allowed_as_json(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let response = next.run(req).await;
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let allowed = parts
+        .headers
+        .get(axum::http::header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let error = if allowed.is_empty() {
+        format!("{method} is not allowed on {path}")
+    } else {
+        format!("{method} is not allowed on {path}: use {allowed}")
+    };
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let body = Json(serde_json::json!({ "error": error })).into_response();
+    let (body_parts, body) = body.into_parts();
+    parts.headers.extend(body_parts.headers);
+    Response::from_parts(parts, body)
 }
 
 type AppState = State<Arc<HttpState>>;
@@ -185,10 +233,21 @@ async fn catalog_handler(
 struct BackupRequest {
     /// A new or empty directory on the server's machine.
     dir: std::path::PathBuf,
+    /// Whether to copy the credentials too (`--no-credentials`: false).
+    /// Absent, as from a client older than the field: true, since a
+    /// backup without them restores a server its devices cannot use.
+    #[serde(default = "yes")]
+    credentials: bool,
 }
 
-/// `POST /v1/backup {"dir": ...}` (role admin): a consistent copy of the
-/// store while it serves (`tillstream backup --server-http`).
+fn yes() -> bool {
+    true
+}
+
+/// `POST /v1/backup {"dir": ..., "credentials": true}` (role admin): a
+/// consistent copy of the store while it serves, and the credentials
+/// this server uses beside it (`tillstream backup --server-http`): the
+/// same as `tillstream backup` of a stopped server.
 async fn backup_handler(
     State(s): AppState,
     ConnectInfo(peer): Peer,
@@ -200,10 +259,17 @@ async fn backup_handler(
     }
     let store = s.store.clone();
     let dir = req.dir.clone();
-    match tokio::task::spawn_blocking(move || store.backup_to(&dir)).await {
-        Ok(Ok(info)) => {
-            tracing::info!(dir = %req.dir.display(), ?info, "backup written");
-            Json(info).into_response()
+    let credentials = req.credentials.then(|| s.credentials.clone());
+    let run = move || crate::backup::write_backup(&*store, &dir, credentials.as_ref());
+    match tokio::task::spawn_blocking(run).await {
+        Ok(Ok(report)) => {
+            tracing::info!(
+                dir = %req.dir.display(),
+                info = ?report.store,
+                credentials = report.credentials.files.len(),
+                "backup written"
+            );
+            Json(report).into_response()
         }
         Ok(Err(e)) => (
             StatusCode::CONFLICT,
@@ -400,5 +466,57 @@ async fn revoke_handler(
         )
             .into_response(),
         Err(e) => internal(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// `METHOD PATH` to a router with the API's 405 layer: the raw response.
+    async fn ask(method: &str, path: &str) -> std::io::Result<String> {
+        let app = with_json_405(
+            axum::Router::new()
+                .route("/v1/verify", post(|| async { "verified" }))
+                .route("/healthz", get(|| async { "ok" })),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut conn = tokio::net::TcpStream::connect(addr).await?;
+        conn.write_all(
+            format!("{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+        let mut out = String::new();
+        conn.read_to_string(&mut out).await?;
+        server.abort();
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_wrong_method_is_a_json_405_naming_the_right_one() -> std::io::Result<()> {
+        let out = ask("GET", "/v1/verify").await?;
+        let lower = out.to_ascii_lowercase();
+        assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+        assert!(lower.contains("allow: post"), "{out}");
+        assert!(lower.contains("content-type: application/json"), "{out}");
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(body)?;
+        assert_eq!(
+            json["error"], "GET is not allowed on /v1/verify: use POST",
+            "{out}"
+        );
+        // What the router takes is untouched.
+        let ok = ask("POST", "/v1/verify").await?;
+        assert!(
+            ok.starts_with("HTTP/1.1 200") && ok.ends_with("verified"),
+            "{ok}"
+        );
+        let missing = ask("GET", "/nowhere").await?;
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        Ok(())
     }
 }

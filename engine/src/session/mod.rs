@@ -152,13 +152,35 @@ pub(crate) async fn serve(
         let counted = Counted::new(&ctx.connections);
         let result = session(&conn, &ctx, stop, admitted).await;
         drop(counted);
+        let routine = routine_end(&result, conn.close_reason().as_ref());
         match result {
             Ok(()) => tracing::debug!("session ended"),
+            Err(reason) if routine => tracing::debug!(%reason, "session ended"),
             Err(reason) => tracing::info!(%reason, "session ended"),
         }
     }
     .instrument(span)
     .await;
+}
+
+/// Whether a session ended as sessions do all day: the device finished
+/// its stream or closed its connection with code 0 (what
+/// tillstream-client sends, and quinn when a device drops its last
+/// handle), a newer connection of the device took over, or the server is
+/// stopping. Those log at DEBUG: a fleet's reconnects at INFO, one line
+/// each, buried the ends worth a look (a device gone silent, a protocol
+/// fault, a refusal), which stay at INFO. A connection the server closed
+/// itself (`LocallyClosed`) is not routine: revocation, too many errors and
+/// a failed store close it so, and quinn does not say which.
+fn routine_end(result: &Result<(), SessionEnd>, closed: Option<&quinn::ConnectionError>) -> bool {
+    match result {
+        Ok(()) | Err(SessionEnd::Superseded | SessionEnd::ShuttingDown) => true,
+        Err(SessionEnd::Conn(_)) => matches!(
+            closed,
+            Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code.into_inner() == 0
+        ),
+        Err(_) => false,
+    }
 }
 
 /// One connection in `EngineCtx::connections` and in
@@ -329,4 +351,37 @@ async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, reason: &str) {
     let _ = send.finish();
     // Give the Reject a moment to leave before the connection closes.
     let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app_close(code: u32) -> quinn::ConnectionError {
+        quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+            error_code: quinn::VarInt::from_u32(code),
+            reason: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_device_leaving_normally_is_routine_and_a_fault_is_not() {
+        let lost = || Err(SessionEnd::Conn("closed by peer: 0".into()));
+        assert!(routine_end(&Ok(()), None));
+        assert!(routine_end(&lost(), Some(&app_close(0))));
+        assert!(routine_end(&Err(SessionEnd::Superseded), None));
+        assert!(routine_end(&Err(SessionEnd::ShuttingDown), None));
+        // A device that vanished, broke the protocol or was refused.
+        assert!(!routine_end(
+            &lost(),
+            Some(&quinn::ConnectionError::TimedOut)
+        ));
+        assert!(!routine_end(&lost(), Some(&app_close(1))));
+        assert!(!routine_end(&lost(), None));
+        assert!(!routine_end(&Err(SessionEnd::NoHello), None));
+        assert!(!routine_end(
+            &Err(SessionEnd::TooManyBadFrames),
+            Some(&app_close(0))
+        ));
+    }
 }
