@@ -54,7 +54,10 @@ pub(crate) struct Record<'a> {
     pub(crate) reason: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) peer: Option<SocketAddr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "tillstream_storage::json::opt_id"
+    )]
     pub(crate) device: Option<u64>,
     /// The credential's id (token jti or certificate serial), if known.
     #[serde(skip_serializing_if = "Option::is_none")]

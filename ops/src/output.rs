@@ -129,6 +129,32 @@ fn scalar(v: &Value) -> String {
     }
 }
 
+/// Whether writing failed because the reader went away (`| head`): not an
+/// error of the command's. CSV wraps the `io::Error` in its own, which
+/// `csv`'s `From` wraps again as an `io::Error` of kind `Other`.
+pub(crate) fn broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::BrokenPipe {
+                return true;
+            }
+            if let Some(inner) = io.get_ref()
+                && broken_pipe(inner)
+            {
+                return true;
+            }
+        }
+        if let Some(csv::ErrorKind::Io(io)) = e.downcast_ref::<csv::Error>().map(csv::Error::kind)
+            && io.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// The bytes an array of numbers holds, if each is under 256 (how
 /// serde_json gives a byte array).
 pub(crate) fn bytes_of(a: &[Value]) -> Option<Vec<u8>> {
@@ -232,6 +258,32 @@ impl<W: Write> RowWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer whose reader has gone.
+    struct Gone;
+
+    impl Write for Gone {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+    }
+
+    #[test]
+    fn a_reader_that_went_away_is_told_from_a_failure_in_every_format() {
+        let rows = vec![serde_json::json!({"a": 1})];
+        for format in [Format::Table, Format::Csv, Format::Json] {
+            let e = print_rows(&rows, format, &mut Gone).err();
+            assert!(
+                e.as_ref().is_some_and(|e| broken_pipe(e)),
+                "{format:?}: {e:?}"
+            );
+        }
+        let other = std::io::Error::other("disk full");
+        assert!(!broken_pipe(&other));
+    }
 
     #[test]
     fn csv_quotes_and_flattens() -> std::io::Result<()> {

@@ -86,6 +86,7 @@ pub fn terminals(q: &dyn Query, scope: Scope) -> Result<Vec<TerminalTotal>, Stor
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeviceHealth {
     /// Device.
+    #[serde(serialize_with = "crate::json::id")]
     pub device: u64,
     /// Store it reported for.
     pub store: u32,
@@ -148,6 +149,7 @@ pub struct DeadStock {
     /// Store.
     pub store: u32,
     /// Product.
+    #[serde(serialize_with = "crate::json::id")]
     pub sku: u64,
     /// Current level.
     pub level: i64,
@@ -197,9 +199,14 @@ pub fn dead_stock(q: &dyn Query, scope: Scope) -> Result<Vec<DeadStock>, StoreEr
 /// Two SKUs bought together.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BasketPair {
+    /// The store whose sales these are; `None` (JSON `null`, named "all
+    /// stores") when counted over all.
+    pub store: Option<u32>,
     /// One product (the lower id).
+    #[serde(serialize_with = "crate::json::id")]
     pub sku_a: u64,
     /// The other.
+    #[serde(serialize_with = "crate::json::id")]
     pub sku_b: u64,
     /// Sales holding both.
     pub baskets: u64,
@@ -258,6 +265,7 @@ pub fn basket_pairs(
             let share_b = single.get(&b).copied().unwrap_or(n) as f64 / total;
             let confidence = n as f64 / with_a;
             BasketPair {
+                store: scope.store,
                 sku_a: a,
                 sku_b: b,
                 baskets: n,

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
     /// The SKU id events carry.
+    #[serde(serialize_with = "crate::json::id", deserialize_with = "crate::json::de_id")]
     pub sku: u64,
     /// The chain's code for it (a StockCode, an EAN).
     pub code: String,
@@ -61,34 +62,142 @@ impl Catalog {
 }
 
 /// Adds `sku_code`, `sku_name` (and `sku_a_*`, `sku_b_*`) and
-/// `store_name` beside the ids of each JSON object of an answer. Nothing
-/// is added when the catalogue is empty; an id it does not name gets
-/// empty names.
+/// `store_name` beside the ids of each JSON object of an answer or an
+/// export, whichever way the id is written ([`crate::json`]). An id the
+/// catalogue does not name (or an empty catalogue) gets empty names, so
+/// every row of a kind has the same fields.
 pub fn name_rows(catalog: &Catalog, rows: &mut [serde_json::Value]) {
-    if catalog.is_empty() {
-        return;
-    }
-    let (products, stores) = catalog.index();
+    let names = Names::new(catalog);
     for row in rows {
-        let Some(obj) = row.as_object_mut() else {
-            continue;
-        };
+        if let Some(obj) = row.as_object_mut() {
+            names.add_to(obj);
+        }
+    }
+}
+
+/// The `store_name` of a row summed over every store (its `store` is
+/// `null`).
+pub const ALL_STORES: &str = "all stores";
+
+/// The catalogue indexed by id, to name rows one at a time ([`name_rows`]).
+#[derive(Debug, Default)]
+pub struct Names<'a> {
+    products: HashMap<u64, &'a Product>,
+    stores: HashMap<u32, &'a StoreInfo>,
+}
+
+impl<'a> Names<'a> {
+    /// The index of `catalog`.
+    pub fn new(catalog: &'a Catalog) -> Self {
+        let (products, stores) = catalog.index();
+        Names { products, stores }
+    }
+
+    /// A SKU's code and name; empty when the catalogue does not name it.
+    pub fn product(&self, sku: u64) -> (&'a str, &'a str) {
+        self.products
+            .get(&sku)
+            .map_or(("", ""), |p| (p.code.as_str(), p.name.as_str()))
+    }
+
+    /// A store's name; empty when the catalogue does not name it.
+    pub fn store(&self, store: u32) -> &'a str {
+        self.stores.get(&store).map_or("", |s| s.name.as_str())
+    }
+
+    /// Adds the names beside the ids of one JSON object.
+    pub fn add_to(&self, obj: &mut serde_json::Map<String, serde_json::Value>) {
         for field in ["sku", "sku_a", "sku_b"] {
-            if let Some(sku) = obj.get(field).and_then(serde_json::Value::as_u64) {
-                let p = products.get(&sku);
-                let code = p.map_or("", |p| p.code.as_str());
-                let name = p.map_or("", |p| p.name.as_str());
+            if let Some(sku) = obj.get(field).and_then(crate::json::id_of) {
+                let (code, name) = self.product(sku);
                 obj.insert(format!("{field}_code"), code.into());
                 obj.insert(format!("{field}_name"), name.into());
             }
         }
-        if let Some(store) = obj.get("store").and_then(serde_json::Value::as_u64) {
-            let s = u32::try_from(store).ok().and_then(|s| stores.get(&s));
-            obj.insert(
-                "store_name".into(),
-                s.map_or("", |s| s.name.as_str()).into(),
-            );
+        match obj.get("store") {
+            // A total over every store says so rather than show a store 0.
+            Some(serde_json::Value::Null) => {
+                obj.insert("store_name".into(), ALL_STORES.into());
+            }
+            Some(v) => {
+                let name = v
+                    .as_u64()
+                    .and_then(|s| u32::try_from(s).ok())
+                    .map_or("", |s| self.store(s));
+                obj.insert("store_name".into(), name.into());
+            }
+            None => {}
         }
+    }
+}
+
+/// The SKU a user means by `text`: the catalogue's code for it (`85123A`,
+/// case and surrounding spaces ignored) or its id. `code:` or `id:` in
+/// front says which; without it a text that is both a code and another
+/// product's id is refused as ambiguous rather than guessed.
+pub fn resolve_sku(catalog: &Catalog, text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let by_code = |code: &str| {
+        catalog
+            .products
+            .iter()
+            .find(|p| p.code.trim().eq_ignore_ascii_case(code.trim()))
+            .map(|p| p.sku)
+    };
+    let unknown = |code: &str| {
+        if catalog.products.is_empty() {
+            format!(
+                "no product has the code {code:?}: the catalogue is empty (`tillstream catalog import`); give the SKU id"
+            )
+        } else {
+            format!("no product in the catalogue has the code {code:?}")
+        }
+    };
+    if let Some(code) = text.strip_prefix("code:") {
+        return by_code(code).ok_or_else(|| unknown(code));
+    }
+    if let Some(id) = text.strip_prefix("id:") {
+        return id
+            .trim()
+            .parse()
+            .map_err(|_| format!("{id:?} is not a SKU id (decimal digits)"));
+    }
+    match (by_code(text), text.parse::<u64>().ok()) {
+        (Some(a), Some(b)) if a != b => Err(format!(
+            "{text:?} is the code of SKU {a} and also a SKU id: say code:{text} or id:{text}"
+        )),
+        (Some(sku), _) | (None, Some(sku)) => Ok(sku),
+        (None, None) => Err(unknown(text)),
+    }
+}
+
+/// The store a user means by `text`: its name in the catalogue (case
+/// ignored) or its id, by the rules of [`resolve_sku`] (`name:`, `id:`).
+pub fn resolve_store(catalog: &Catalog, text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    let by_name = |name: &str| {
+        catalog
+            .stores
+            .iter()
+            .find(|s| s.name.trim().eq_ignore_ascii_case(name.trim()))
+            .map(|s| s.store)
+    };
+    let unknown = |name: &str| format!("no store in the catalogue is named {name:?}");
+    if let Some(name) = text.strip_prefix("name:") {
+        return by_name(name).ok_or_else(|| unknown(name));
+    }
+    if let Some(id) = text.strip_prefix("id:") {
+        return id
+            .trim()
+            .parse()
+            .map_err(|_| format!("{id:?} is not a store id (0 to 4294967295)"));
+    }
+    match (by_name(text), text.parse::<u32>().ok()) {
+        (Some(a), Some(b)) if a != b => Err(format!(
+            "{text:?} is the name of store {a} and also a store id: say name:{text} or id:{text}"
+        )),
+        (Some(store), _) | (None, Some(store)) => Ok(store),
+        (None, None) => Err(unknown(text)),
     }
 }
 
@@ -164,8 +273,8 @@ mod tests {
             }],
         };
         let mut rows = vec![
-            serde_json::json!({"store": 1, "sku": 7}),
-            serde_json::json!({"sku_a": 7, "sku_b": 8}),
+            serde_json::json!({"store": 1, "sku": "7"}),
+            serde_json::json!({"sku_a": 7, "sku_b": "8"}),
         ];
         name_rows(&catalog, &mut rows);
         assert_eq!(rows[0]["sku_code"], "85123A");
@@ -176,13 +285,51 @@ mod tests {
             rows[1]["sku_b_name"], "",
             "an unknown SKU gets an empty name"
         );
-        let mut plain = vec![serde_json::json!({"sku": 7})];
+        let mut plain = vec![serde_json::json!({"sku": "7", "store": 1})];
         name_rows(&Catalog::default(), &mut plain);
         assert_eq!(
             plain[0],
-            serde_json::json!({"sku": 7}),
-            "no catalogue, no names"
+            serde_json::json!({"sku": "7", "sku_code": "", "sku_name": "", "store": 1, "store_name": ""}),
+            "no catalogue: the same fields, empty"
         );
+    }
+
+    #[test]
+    fn users_name_products_and_stores_by_code_or_id() {
+        let product = |sku: u64, code: &str| Product {
+            sku,
+            code: code.into(),
+            name: String::new(),
+            category: String::new(),
+        };
+        let catalog = Catalog {
+            products: vec![product(sku_of("85123A"), "85123A"), product(99, "22423")],
+            stores: vec![StoreInfo {
+                store: 28,
+                name: "United Kingdom".into(),
+                country: String::new(),
+            }],
+        };
+        assert_eq!(resolve_sku(&catalog, "85123a "), Ok(sku_of("85123A")));
+        assert_eq!(
+            resolve_sku(&catalog, &sku_of("85123A").to_string()),
+            Ok(sku_of("85123A"))
+        );
+        assert_eq!(resolve_sku(&catalog, "7"), Ok(7), "an id it does not name");
+        let both = resolve_sku(&catalog, "22423").unwrap_err();
+        assert!(both.contains("code:22423 or id:22423"), "{both}");
+        assert_eq!(resolve_sku(&catalog, "code:22423"), Ok(99));
+        assert_eq!(resolve_sku(&catalog, "id:22423"), Ok(22423));
+        assert!(resolve_sku(&catalog, "NOPE").is_err());
+        assert!(
+            resolve_sku(&Catalog::default(), "85123A")
+                .unwrap_err()
+                .contains("catalogue is empty")
+        );
+        assert_eq!(resolve_store(&catalog, "united kingdom"), Ok(28));
+        assert_eq!(resolve_store(&catalog, "28"), Ok(28));
+        assert!(resolve_store(&catalog, "France").is_err());
+        assert!(resolve_store(&catalog, "id:-1").is_err());
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod catalog;
 mod direct_io;
 pub mod hint;
 pub mod journal;
+pub mod json;
 pub mod query;
 pub mod rows;
 pub mod schema;

@@ -57,9 +57,11 @@ pub enum TopBy {
 /// One SKU's totals over a time range (money in minor units).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SkuTotal {
-    /// Store (0 when summed over all stores).
-    pub store: u32,
+    /// Store; `None` (JSON `null`, named "all stores") when summed over
+    /// all stores.
+    pub store: Option<u32>,
     /// Product.
+    #[serde(serialize_with = "crate::json::id")]
     pub sku: u64,
     /// Units sold net of refunds: `quantity_sold - quantity_refunded`.
     pub quantity: i64,
@@ -311,7 +313,7 @@ pub struct SkuTotals {
 
 impl SkuTotals {
     /// Empty totals over `[from_us, to_us)`; `per_store` false sums each
-    /// SKU over all stores (reported as store 0).
+    /// SKU over all stores (reported with no store).
     pub fn new(from_us: i64, to_us: i64, per_store: bool) -> Self {
         SkuTotals {
             per_store,
@@ -332,7 +334,7 @@ impl SkuTotals {
         };
         let s = if self.per_store { r.store } else { 0 };
         let t = self.totals.entry((s, r.sku)).or_insert(SkuTotal {
-            store: s,
+            store: self.per_store.then_some(s),
             sku: r.sku,
             quantity: 0,
             quantity_sold: 0,

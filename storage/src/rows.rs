@@ -33,6 +33,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 #[rkyv(derive(Debug))]
 pub struct EventKey {
     /// The device that sent it.
+    #[serde(serialize_with = "crate::json::id")]
     pub device: u64,
     /// The batch's seq.
     pub seq: u64,
@@ -126,20 +127,26 @@ pub struct SaleRow {
     /// Units over all lines.
     pub items: i64,
     /// Σ line amounts (quantity × unit price − discount), before tax.
+    #[serde(rename = "gross_minor")]
     pub gross: i64,
     /// Σ line discounts.
+    #[serde(rename = "discount_minor")]
     pub discount: i64,
     /// Σ line taxes.
+    #[serde(rename = "tax_minor")]
     pub tax: i64,
     /// Σ tender amounts.
+    #[serde(rename = "tendered_minor")]
     pub tendered: i64,
     /// Σ tender tips.
+    #[serde(rename = "tip_minor")]
     pub tip: i64,
     /// Number of tenders (split payments have several).
     pub tenders: u8,
     /// Bitmask of tender methods (bit = `TenderMethod as u8`).
     pub tender_methods: u8,
     /// Loyalty customer, if any.
+    #[serde(serialize_with = "crate::json::opt_id")]
     pub customer: Option<u64>,
 }
 
@@ -150,6 +157,7 @@ pub struct SaleLineRow {
     /// Store.
     pub store: u32,
     /// Product.
+    #[serde(serialize_with = "crate::json::id")]
     pub sku: u64,
     /// Event time (UTC µs).
     pub ts_us: i64,
@@ -162,12 +170,16 @@ pub struct SaleLineRow {
     /// Units (positive for both kinds).
     pub quantity: i32,
     /// Price of one unit.
+    #[serde(rename = "unit_price_minor")]
     pub unit_price: i64,
     /// Line discount.
+    #[serde(rename = "discount_minor")]
     pub discount: i64,
     /// Line tax.
+    #[serde(rename = "tax_minor")]
     pub tax: i64,
     /// quantity × unit price − discount.
+    #[serde(rename = "amount_minor")]
     pub amount: i64,
 }
 
@@ -178,6 +190,7 @@ pub struct StockMovementRow {
     /// Store.
     pub store: u32,
     /// Product.
+    #[serde(serialize_with = "crate::json::id")]
     pub sku: u64,
     /// Event time (UTC µs).
     pub ts_us: i64,
@@ -208,6 +221,7 @@ pub struct StockLevelRow {
     /// Store.
     pub store: u32,
     /// Product.
+    #[serde(serialize_with = "crate::json::id")]
     pub sku: u64,
     /// Current level: latest count + movements stamped after it.
     pub level: i64,
@@ -241,10 +255,13 @@ pub struct TerminalRollupRow {
     /// Refunds in the minute.
     pub refunds: u32,
     /// Σ gross of the sales.
+    #[serde(rename = "gross_minor")]
     pub gross: i64,
     /// Σ tax of the sales.
+    #[serde(rename = "tax_minor")]
     pub tax: i64,
     /// Σ gross of the refunds.
+    #[serde(rename = "refunded_minor")]
     pub refunded: i64,
 }
 
@@ -275,6 +292,7 @@ pub struct DeviceHealthRow {
 #[rkyv(derive(Debug))]
 pub struct WatermarkRow {
     /// Device.
+    #[serde(serialize_with = "crate::json::id")]
     pub device: u64,
     /// Highest durable batch seq.
     pub seq: u64,
@@ -290,6 +308,7 @@ pub struct WatermarkRow {
 #[rkyv(derive(Debug))]
 pub struct BatchRow {
     /// Device.
+    #[serde(serialize_with = "crate::json::id")]
     pub device: u64,
     /// Batch seq.
     pub seq: u64,
@@ -301,6 +320,7 @@ pub struct BatchRow {
     /// again under this seq is a resend only if it has this digest. 0 in
     /// rows written before the ledger kept it (embedded data format 3 and
     /// earlier, ScyllaDB rows from before the column).
+    #[serde(serialize_with = "crate::json::id")]
     pub digest: u64,
 }
 

@@ -37,6 +37,7 @@ use crate::time;
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct ExpectedBatch {
     /// Device that sent it.
+    #[serde(serialize_with = "crate::json::id", deserialize_with = "crate::json::de_id")]
     pub device: u64,
     /// Its seq.
     pub seq: u64,

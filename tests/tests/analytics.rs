@@ -257,7 +257,9 @@ fn id_text(v: &serde_json::Value) -> String {
 /// sum of its movements in event-time order (the sample has no shelf
 /// counts; a count would set the sum to what it counted), although its
 /// tills' batches arrive in no particular order; and the last row's
-/// level is the SKU's current one.
+/// level is the SKU's current one. Then what an analyst trips over
+/// (issue 70): codes for ids, ids JSON keeps whole, names in exports,
+/// negative thresholds, swapped bounds, `| head`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_history_levels_follow_event_time() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -326,5 +328,61 @@ async fn stock_history_levels_follow_event_time() -> anyhow::Result<()> {
         .find(|l| id_text(&l["sku"]) == sku)
         .context("85123A is below 0 in the UK")?;
     assert_eq!(current["level"].as_i64(), Some(level));
+
+    // An analyst names the store and the product as the catalogue does.
+    let named = Command::new(SERVER_BIN)
+        .arg("query")
+        .args(&store)
+        .args(["stock-history", "--store", "united kingdom"])
+        .args(["--sku", "85123a", "--format", "json"])
+        .output()?;
+    ensure!(named.status.success(), "{named:?}");
+    let named: Vec<serde_json::Value> = serde_json::from_slice(&named.stdout)?;
+    assert_eq!(named, history, "by code and name, then by ids");
+    for row in &history {
+        assert_eq!(row["sku"], sku, "a 64-bit id is a JSON string");
+        assert_eq!(row["sku_code"], "85123A");
+        assert_eq!(row["store_name"], "United Kingdom");
+    }
+    ensure!(
+        moves.iter().all(|m| m["sku_code"] == "85123A"),
+        "an export names its products"
+    );
+    // A threshold below zero needs no `=`; swapped bounds are an error.
+    tillstream("query low-stock --below -125 --format json", &store)?;
+    let swapped = tillstream(
+        "query sales --from 2011-01-02 --to 2011-01-01 --format json",
+        &store,
+    );
+    ensure!(
+        swapped
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("the range is empty")),
+        "{swapped:?}"
+    );
+    // A reader that goes away (`| head`) ends no command with an error.
+    for args in [
+        "query sales --bucket hour --format csv",
+        "query sales --bucket hour --format json",
+        "export --table sale_lines --format csv",
+        "export --table sale_lines",
+    ] {
+        let (command, rest) = args.split_once(' ').context("no command")?;
+        let mut child = Command::new(SERVER_BIN)
+            .arg(command)
+            .args(&store)
+            .args(rest.split_whitespace())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        drop(child.stdout.take());
+        let out = child.wait_with_output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.success() && !stderr.contains("error"),
+            "{args} into a closed pipe: {} {stderr}",
+            out.status
+        );
+    }
     Ok(())
 }

@@ -30,9 +30,9 @@ pub struct Endpoint {
 
 const STORE: Param = Param {
     name: "store",
-    kind: "integer",
+    kind: "string",
     required: false,
-    help: "Store id; all stores when left out.",
+    help: "Store: its id (28) or its name in the catalogue (United Kingdom; `id:` or `name:` in front settles a text that is both); all stores when left out.",
 };
 const FROM: Param = Param {
     name: "from",
@@ -92,14 +92,14 @@ pub const ENDPOINTS: &[Endpoint] = &[
         params: &[
             Param {
                 required: true,
-                help: "Store id.",
+                help: "Store: its id (28) or its name in the catalogue (United Kingdom).",
                 ..STORE
             },
             Param {
                 name: "sku",
-                kind: "integer",
+                kind: "string",
                 required: true,
-                help: "SKU.",
+                help: "SKU: the catalogue's code for it (85123A) or its id (4359830775492328649); `code:` or `id:` in front settles a text that is both.",
             },
             FROM,
             TO,
@@ -211,7 +211,7 @@ pub fn openapi() -> Value {
         "info": {
             "title": "tillstream query API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "What `tillstream query` answers, from a running server. Money is in minor units; times are UTC microseconds (`*_us`)."
+            "description": "What `tillstream query` answers, from a running server. Money is in minor units (`*_minor`); times are UTC microseconds (`*_us`). 64-bit ids (`sku`, `sku_a`, `sku_b`, `device`, `customer`, `digest`) are JSON strings of their digits, so that no parser rounds them past 2^53; rows with a store or a SKU carry the catalogue's `store_name`, `sku_code` and `sku_name` beside them, and a row summed over all stores has `store` null and `store_name` \"all stores\"."
         },
         "paths": paths,
         "components": {

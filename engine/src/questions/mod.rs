@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 use tillstream_storage::time::parse_ts;
+use tillstream_storage::catalog::{self, Catalog};
 use tillstream_storage::{Bucket, Query, StoreError, TopBy, analytics};
 
 mod endpoints;
@@ -21,8 +22,8 @@ pub use endpoints::{ENDPOINTS, Endpoint, Param, openapi};
 pub enum Question {
     /// Sales and refunds of one store (or all) per hour or day.
     Sales {
-        /// Store id; all when `None`.
-        store: Option<u32>,
+        /// Store: its id or its catalogue name; all when `None`.
+        store: Option<String>,
         /// The time range.
         range: Range,
         /// Bucket width.
@@ -30,8 +31,9 @@ pub enum Question {
     },
     /// The best SKUs by quantity or revenue, net of refunds.
     TopSkus {
-        /// Store id; all (summed per SKU, store 0) when `None`.
-        store: Option<u32>,
+        /// Store: its id or its catalogue name; all (summed per SKU,
+        /// with no store) when `None`.
+        store: Option<String>,
         /// The time range.
         range: Range,
         /// Ranking.
@@ -42,17 +44,17 @@ pub enum Question {
     /// A SKU's stock movements in event-time order, each with the level
     /// as of its time.
     StockHistory {
-        /// Store id.
-        store: u32,
-        /// SKU.
-        sku: u64,
+        /// Store: its id or its catalogue name.
+        store: String,
+        /// SKU: its catalogue code or its id.
+        sku: String,
         /// The time range.
         range: Range,
     },
     /// Current levels below a threshold, lowest first.
     LowStock {
-        /// Store id; all when `None`.
-        store: Option<u32>,
+        /// Store: its id or its catalogue name; all when `None`.
+        store: Option<String>,
         /// Threshold (strictly below).
         below: i64,
     },
@@ -60,29 +62,29 @@ pub enum Question {
     Watermarks,
     /// Per-terminal totals and when each was last active.
     Terminals {
-        /// Store id; all when `None`.
-        store: Option<u32>,
+        /// Store: its id or its catalogue name; all when `None`.
+        store: Option<String>,
         /// The time range.
         range: Range,
     },
     /// Per-device health: latest report and extremes.
     Health {
-        /// Store id; all when `None`.
-        store: Option<u32>,
+        /// Store: its id or its catalogue name; all when `None`.
+        store: Option<String>,
         /// The time range.
         range: Range,
     },
     /// SKUs with stock and no sale in the last `days` days.
     DeadStock {
-        /// Store id; all when `None`.
-        store: Option<u32>,
+        /// Store: its id or its catalogue name; all when `None`.
+        store: Option<String>,
         /// Days without a sale.
         days: u32,
     },
     /// SKUs most often bought together, with support, confidence, lift.
     BasketPairs {
-        /// Store id; all when `None`.
-        store: Option<u32>,
+        /// Store: its id or its catalogue name; all when `None`.
+        store: Option<String>,
         /// The time range.
         range: Range,
         /// Pairs.
@@ -111,7 +113,17 @@ impl Range {
                 ))
             }),
         };
-        Ok((parse(&self.from, 0)?, parse(&self.to, i64::MAX)?))
+        let (from, to) = (parse(&self.from, 0)?, parse(&self.to, i64::MAX)?);
+        if from >= to {
+            // An empty range is a mistake (swapped bounds), not a question
+            // whose answer is "nothing".
+            return Err(QuestionError::Bad(format!(
+                "from {:?} is not before to {:?}: the range is empty",
+                self.from.as_deref().unwrap_or("the beginning"),
+                self.to.as_deref().unwrap_or("the end")
+            )));
+        }
+        Ok((from, to))
     }
 }
 
@@ -159,7 +171,7 @@ impl Question {
                 range: r,
                 bucket,
             } => {
-                out.extend(store.map(|s| ("store", s.to_string())));
+                out.extend(store.clone().map(|s| ("store", s)));
                 range(r, &mut out);
                 out.push(("bucket", bucket_name(*bucket).into()));
             }
@@ -169,7 +181,7 @@ impl Question {
                 by,
                 limit,
             } => {
-                out.extend(store.map(|s| ("store", s.to_string())));
+                out.extend(store.clone().map(|s| ("store", s)));
                 range(r, &mut out);
                 out.push(("by", by_name(*by).into()));
                 out.push(("limit", limit.to_string()));
@@ -179,21 +191,21 @@ impl Question {
                 sku,
                 range: r,
             } => {
-                out.push(("store", store.to_string()));
-                out.push(("sku", sku.to_string()));
+                out.push(("store", store.clone()));
+                out.push(("sku", sku.clone()));
                 range(r, &mut out);
             }
             Question::LowStock { store, below } => {
-                out.extend(store.map(|s| ("store", s.to_string())));
+                out.extend(store.clone().map(|s| ("store", s)));
                 out.push(("below", below.to_string()));
             }
             Question::Watermarks => {}
             Question::Terminals { store, range: r } | Question::Health { store, range: r } => {
-                out.extend(store.map(|s| ("store", s.to_string())));
+                out.extend(store.clone().map(|s| ("store", s)));
                 range(r, &mut out);
             }
             Question::DeadStock { store, days } => {
-                out.extend(store.map(|s| ("store", s.to_string())));
+                out.extend(store.clone().map(|s| ("store", s)));
                 out.push(("days", days.to_string()));
             }
             Question::BasketPairs {
@@ -202,7 +214,7 @@ impl Question {
                 limit,
                 min_baskets,
             } => {
-                out.extend(store.map(|s| ("store", s.to_string())));
+                out.extend(store.clone().map(|s| ("store", s)));
                 range(r, &mut out);
                 out.push(("limit", limit.to_string()));
                 out.push(("min_baskets", min_baskets.to_string()));
@@ -264,7 +276,7 @@ impl Question {
         };
         Ok(match endpoint {
             "sales" => Question::Sales {
-                store: num(params, "store")?,
+                store: text("store"),
                 range,
                 bucket: match text("bucket").as_deref() {
                     None | Some("day") => Bucket::Day,
@@ -274,7 +286,7 @@ impl Question {
                 },
             },
             "top-skus" => Question::TopSkus {
-                store: num(params, "store")?,
+                store: text("store"),
                 range,
                 by: match text("by").as_deref() {
                     None | Some("revenue") => TopBy::Revenue,
@@ -284,28 +296,28 @@ impl Question {
                 limit: num(params, "limit")?.unwrap_or(10),
             },
             "stock-history" => Question::StockHistory {
-                store: num(params, "store")?.ok_or_else(|| need("store"))?,
-                sku: num(params, "sku")?.ok_or_else(|| need("sku"))?,
+                store: text("store").ok_or_else(|| need("store"))?,
+                sku: text("sku").ok_or_else(|| need("sku"))?,
                 range,
             },
             "low-stock" => Question::LowStock {
-                store: num(params, "store")?,
+                store: text("store"),
                 below: num(params, "below")?.unwrap_or(5),
             },
             "terminals" => Question::Terminals {
-                store: num(params, "store")?,
+                store: text("store"),
                 range,
             },
             "health" => Question::Health {
-                store: num(params, "store")?,
+                store: text("store"),
                 range,
             },
             "dead-stock" => Question::DeadStock {
-                store: num(params, "store")?,
+                store: text("store"),
                 days: num(params, "days")?.unwrap_or(30),
             },
             "basket-pairs" => Question::BasketPairs {
-                store: num(params, "store")?,
+                store: text("store"),
                 range,
                 limit: num(params, "limit")?.unwrap_or(20),
                 min_baskets: num(params, "min_baskets")?.unwrap_or(2),
@@ -316,15 +328,19 @@ impl Question {
 
     /// The answer: a JSON array of objects, the same wherever it is asked.
     /// Blocks on the store: call it from a blocking thread.
+    /// Stores and SKUs are named by id or by the catalogue (`85123A`,
+    /// `United Kingdom`), and every row gets the catalogue's names beside
+    /// its ids.
     pub fn answer(&self, q: &dyn Query) -> Result<Vec<Value>, QuestionError> {
-        let mut rows = self.answer_ids(q)?;
-        if !rows.is_empty() && !matches!(self, Question::Watermarks | Question::Health { .. }) {
-            tillstream_storage::catalog::name_rows(&q.catalog()?, &mut rows);
-        }
+        let catalog = q.catalog()?;
+        let mut rows = self.answer_ids(q, &catalog)?;
+        catalog::name_rows(&catalog, &mut rows);
         Ok(rows)
     }
 
-    fn answer_ids(&self, q: &dyn Query) -> Result<Vec<Value>, QuestionError> {
+    fn answer_ids(&self, q: &dyn Query, cat: &Catalog) -> Result<Vec<Value>, QuestionError> {
+        let one_store = |s: &str| catalog::resolve_store(cat, s).map_err(QuestionError::Bad);
+        let store = |s: &Option<String>| s.as_deref().map(one_store).transpose();
         fn values<T: serde::Serialize>(rows: Vec<T>) -> Vec<Value> {
             rows.into_iter()
                 .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
@@ -332,53 +348,54 @@ impl Question {
         }
         Ok(match self {
             Question::Sales {
-                store,
+                store: s,
                 range,
                 bucket,
             } => {
                 let (from, to) = range.bounds()?;
-                values(q.sales_by_time(*store, from, to, *bucket)?)
+                values(q.sales_by_time(store(s)?, from, to, *bucket)?)
             }
             Question::TopSkus {
-                store,
+                store: s,
                 range,
                 by,
                 limit,
             } => {
                 let (from, to) = range.bounds()?;
-                values(q.top_skus(*store, from, to, *by, *limit)?)
+                values(q.top_skus(store(s)?, from, to, *by, *limit)?)
             }
             Question::StockHistory { store, sku, range } => {
                 let (from, to) = range.bounds()?;
-                values(q.stock_history(*store, *sku, from, to)?)
+                let sku = catalog::resolve_sku(cat, sku).map_err(QuestionError::Bad)?;
+                values(q.stock_history(one_store(store)?, sku, from, to)?)
             }
-            Question::LowStock { store, below } => values(q.low_stock(*store, *below)?),
+            Question::LowStock { store: s, below } => values(q.low_stock(store(s)?, *below)?),
             Question::Watermarks => values(q.watermarks()?),
-            Question::Terminals { store, range } => {
-                values(analytics::terminals(q, scope(*store, range)?)?)
+            Question::Terminals { store: s, range } => {
+                values(analytics::terminals(q, scope(store(s)?, range)?)?)
             }
-            Question::Health { store, range } => {
-                values(analytics::health(q, scope(*store, range)?)?)
+            Question::Health { store: s, range } => {
+                values(analytics::health(q, scope(store(s)?, range)?)?)
             }
-            Question::DeadStock { store, days } => {
+            Question::DeadStock { store: s, days } => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
                 let scope = analytics::Scope {
-                    store: *store,
+                    store: store(s)?,
                     from_us: now.saturating_sub(i64::from(*days) * 86_400_000_000),
                     to_us: i64::MAX,
                 };
                 values(analytics::dead_stock(q, scope)?)
             }
             Question::BasketPairs {
-                store,
+                store: s,
                 range,
                 limit,
                 min_baskets,
             } => values(analytics::basket_pairs(
                 q,
-                scope(*store, range)?,
+                scope(store(s)?, range)?,
                 *limit,
                 *min_baskets,
             )?),

@@ -9,7 +9,7 @@ fn every_kind() -> Vec<Question> {
     };
     vec![
         Question::Sales {
-            store: Some(3),
+            store: Some("3".into()),
             range: range.clone(),
             bucket: Bucket::Hour,
         },
@@ -20,17 +20,17 @@ fn every_kind() -> Vec<Question> {
             limit: 7,
         },
         Question::StockHistory {
-            store: 1,
-            sku: u64::MAX,
+            store: "1".into(),
+            sku: "85123A".into(),
             range: Range::default(),
         },
         Question::LowStock {
-            store: Some(2),
+            store: Some("United Kingdom".into()),
             below: -4,
         },
         Question::Watermarks,
         Question::Terminals {
-            store: Some(4),
+            store: Some("4".into()),
             range: range.clone(),
         },
         Question::Health {
@@ -38,7 +38,7 @@ fn every_kind() -> Vec<Question> {
             range: Range::default(),
         },
         Question::DeadStock {
-            store: Some(1),
+            store: Some("id:1".into()),
             days: 14,
         },
         Question::BasketPairs {
@@ -101,7 +101,7 @@ fn bad_requests_say_what_is_wrong() {
     };
     assert!(ask("nope", &[]).contains("no endpoint"));
     assert!(ask("sales", &[("stor", "1")]).contains("no parameter \"stor\""));
-    assert!(ask("sales", &[("store", "x")]).contains("not a valid number"));
+    assert!(ask("top-skus", &[("limit", "x")]).contains("not a valid number"));
     assert!(ask("sales", &[("bucket", "week")]).contains("minute, hour or day"));
     assert!(ask("stock-history", &[("store", "1")]).contains("needs sku="));
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
+use tillstream_storage::catalog::Names;
 use tillstream_storage::time::parse_ts;
 use tillstream_storage::{RowRef, Table};
 
@@ -173,6 +174,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let store = super::open_store(&args.data_dir, &args.store)?;
+    let catalog = store.catalog().context("reading the catalogue")?;
+    let names = Names::new(&catalog);
     let sink: Box<dyn Write> = match &args.out {
         Some(p) => {
             Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
@@ -196,12 +199,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         if failed.is_some() || event_time(&row).is_some_and(|ts| ts < from || ts >= to) {
             return;
         }
-        let written = match json_lines::write_direct(&mut writer, &row) {
+        let written = match json_lines::write_direct(&mut writer, &names, &row) {
             Some(done) => done.map_err(anyhow::Error::from),
             None => to_value(&row)
                 .map_err(anyhow::Error::from)
                 .and_then(|mut v| {
                     readable(&mut v);
+                    if let Some(obj) = v.as_object_mut() {
+                        names.add_to(obj);
+                    }
                     writer.write(&v).map_err(anyhow::Error::from)
                 }),
         };
@@ -222,10 +228,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     if let Err(e) = finished {
         // A reader that stopped early (`| head`) is not an error.
-        let broken_pipe = e
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe);
-        if !broken_pipe {
+        if !crate::output::broken_pipe(e.as_ref()) {
             return Err(e.context("writing the export"));
         }
     }

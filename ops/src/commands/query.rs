@@ -69,9 +69,10 @@ impl From<Range> for questions::Range {
 enum What {
     /// Sales and refunds bucketed by minute, hour or day.
     Sales {
-        /// Store id; all stores when left out.
+        /// Store: its id, or its name in the catalogue ("United Kingdom");
+        /// all stores when left out.
         #[arg(long)]
-        store: Option<u32>,
+        store: Option<String>,
         #[command(flatten)]
         range: Range,
         /// Bucket width.
@@ -80,9 +81,10 @@ enum What {
     },
     /// The best-selling SKUs by quantity or revenue (net of refunds).
     TopSkus {
-        /// Store id; all stores (summed per SKU) when left out.
+        /// Store: its id, or its name in the catalogue ("United Kingdom");
+        /// all stores (summed per SKU, with no store) when left out.
         #[arg(long)]
-        store: Option<u32>,
+        store: Option<String>,
         #[command(flatten)]
         range: Range,
         /// Ranking.
@@ -97,22 +99,24 @@ enum What {
     /// movements between): a movement that arrives late changes the
     /// levels of the rows after it.
     StockHistory {
-        /// Store id.
+        /// Store: its id, or its name in the catalogue ("United Kingdom").
         #[arg(long)]
-        store: u32,
-        /// SKU.
+        store: String,
+        /// SKU: the catalogue's code for it (85123A) or its id. `code:` or
+        /// `id:` in front settles a text that is both.
         #[arg(long)]
-        sku: u64,
+        sku: String,
         #[command(flatten)]
         range: Range,
     },
     /// SKUs whose current level is below a threshold, lowest first.
     LowStock {
-        /// Store id; all stores when left out.
+        /// Store: its id, or its name in the catalogue ("United Kingdom");
+        /// all stores when left out.
         #[arg(long)]
-        store: Option<u32>,
-        /// Threshold (strictly below).
-        #[arg(long, default_value_t = 5)]
+        store: Option<String>,
+        /// Threshold (strictly below); may be negative (`--below -125`).
+        #[arg(long, default_value_t = 5, allow_negative_numbers = true)]
         below: i64,
     },
     /// Every device's highest durable batch seq.
@@ -120,26 +124,29 @@ enum What {
     /// Per-terminal sales, refunds and money from the rollups, and the last
     /// minute each was active.
     Terminals {
-        /// Store id; all stores when left out.
+        /// Store: its id, or its name in the catalogue ("United Kingdom");
+        /// all stores when left out.
         #[arg(long)]
-        store: Option<u32>,
+        store: Option<String>,
         #[command(flatten)]
         range: Range,
     },
     /// Per-device health: reports, last seen, battery, temperature,
     /// signal, queue depth.
     Health {
-        /// Store id; all stores when left out.
+        /// Store: its id, or its name in the catalogue ("United Kingdom");
+        /// all stores when left out.
         #[arg(long)]
-        store: Option<u32>,
+        store: Option<String>,
         #[command(flatten)]
         range: Range,
     },
     /// SKUs with stock and no sale in the last N days, most stock first.
     DeadStock {
-        /// Store id; all stores when left out.
+        /// Store: its id, or its name in the catalogue ("United Kingdom");
+        /// all stores when left out.
         #[arg(long)]
-        store: Option<u32>,
+        store: Option<String>,
         /// Days without a sale.
         #[arg(long, default_value_t = 30)]
         days: u32,
@@ -147,9 +154,10 @@ enum What {
     /// SKUs most often bought together (one sale is one basket, refunds
     /// left out): baskets, support, confidence (of B given A) and lift.
     BasketPairs {
-        /// Store id; all stores when left out.
+        /// Store: its id, or its name in the catalogue ("United Kingdom");
+        /// all stores when left out.
         #[arg(long)]
-        store: Option<u32>,
+        store: Option<String>,
         #[command(flatten)]
         range: Range,
         /// Pairs.
@@ -247,8 +255,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             })?
         }
     };
-    print_rows(&rows, args.format, &mut std::io::stdout().lock())?;
-    Ok(ExitCode::SUCCESS)
+    match print_rows(&rows, args.format, &mut std::io::stdout().lock()) {
+        // A reader that stopped early (`| head`) is not an error.
+        Err(e) if crate::output::broken_pipe(&e) => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(anyhow::Error::new(e).context("writing the answer")),
+        Ok(()) => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// `GET <base>/api/v1/...` with the bearer token.

@@ -74,7 +74,7 @@ fn sales_by_hour_and_by_day() -> TestResult {
     Ok(())
 }
 
-fn ranking(v: &[SkuTotal]) -> Vec<(u32, u64, i64, i64, u64)> {
+fn ranking(v: &[SkuTotal]) -> Vec<(Option<u32>, u64, i64, i64, u64)> {
     v.iter()
         .map(|t| (t.store, t.sku, t.quantity, t.revenue, t.lines))
         .collect()
@@ -88,16 +88,16 @@ fn top_skus_by_quantity_and_revenue() -> TestResult {
     assert_eq!(
         ranking(&q),
         vec![
-            (0, 100, 8, 2050, 4),
-            (0, 200, 5, 100, 1),
-            (0, 102, 3, 297, 1),
-            (0, 101, 0, 0, 2)
+            (None, 100, 8, 2050, 4),
+            (None, 200, 5, 100, 1),
+            (None, 102, 3, 297, 1),
+            (None, 101, 0, 0, 2)
         ]
     );
     let r = store.top_skus(None, all.0, all.1, TopBy::Revenue, 2)?;
-    assert_eq!(ranking(&r), vec![(0, 100, 8, 2050, 4), (0, 102, 3, 297, 1)]);
+    assert_eq!(ranking(&r), vec![(None, 100, 8, 2050, 4), (None, 102, 3, 297, 1)]);
     let one = store.top_skus(Some(1), all.0, all.1, TopBy::Quantity, 1)?;
-    assert_eq!(ranking(&one), vec![(1, 100, 7, 1750, 3)]);
+    assert_eq!(ranking(&one), vec![(Some(1), 100, 7, 1750, 3)]);
     assert!(
         store
             .top_skus(Some(1), all.0, all.1, TopBy::Quantity, 0)?

@@ -7,11 +7,14 @@
 //! its 3.5 M sales. Rows with no byte field are written as they are; a
 //! sale's two byte fields are written as `readable` leaves them. Refused
 //! events and dead letters, rare, keep the `Value` path, as does CSV.
+//! Rows with a store or a SKU get the catalogue's names after their own
+//! fields, as `Names::add_to` puts them in a `Value`.
 
 use std::fmt;
 use std::io::Write;
 
 use serde::ser::{Serialize, SerializeStruct, Serializer};
+use tillstream_storage::catalog::Names;
 use tillstream_storage::{RowRef, SaleRow};
 
 use crate::output::{Hex, RowWriter};
@@ -20,19 +23,72 @@ use crate::output::{Hex, RowWriter};
 /// that takes the `Value` path, and for CSV.
 pub(super) fn write_direct<W: Write>(
     writer: &mut RowWriter<W>,
+    names: &Names<'_>,
     row: &RowRef<'_>,
 ) -> Option<std::io::Result<()>> {
+    let product = |store, sku| {
+        let (sku_code, sku_name) = names.product(sku);
+        ProductNames {
+            sku_code,
+            sku_name,
+            store_name: names.store(store),
+        }
+    };
+    let store = |store| StoreName {
+        store_name: names.store(store),
+    };
     match row {
-        RowRef::Sale(r) => writer.write_json_line(&ReadableSale(r)),
-        RowRef::SaleLine(r) => writer.write_json_line(r),
-        RowRef::Movement(r) => writer.write_json_line(r),
-        RowRef::Level(r) => writer.write_json_line(r),
-        RowRef::Rollup(r) => writer.write_json_line(r),
-        RowRef::Health(r) => writer.write_json_line(r),
+        RowRef::Sale(r) => writer.write_json_line(&Named {
+            row: ReadableSale(r),
+            names: store(r.store),
+        }),
+        RowRef::SaleLine(r) => writer.write_json_line(&Named {
+            row: r,
+            names: product(r.store, r.sku),
+        }),
+        RowRef::Movement(r) => writer.write_json_line(&Named {
+            row: r,
+            names: product(r.store, r.sku),
+        }),
+        RowRef::Level(r) => writer.write_json_line(&Named {
+            row: r,
+            names: product(r.store, r.sku),
+        }),
+        RowRef::Rollup(r) => writer.write_json_line(&Named {
+            row: r,
+            names: store(r.store),
+        }),
+        RowRef::Health(r) => writer.write_json_line(&Named {
+            row: r,
+            names: store(r.store),
+        }),
         RowRef::Watermark(r) => writer.write_json_line(r),
         RowRef::Batch(r) => writer.write_json_line(r),
         RowRef::Rejected(_) | RowRef::DeadLetter(_) => None,
     }
+}
+
+/// A row, then the names of its ids.
+#[derive(serde::Serialize)]
+struct Named<R, N> {
+    #[serde(flatten)]
+    row: R,
+    #[serde(flatten)]
+    names: N,
+}
+
+/// The catalogue's names of a row's SKU and store.
+#[derive(serde::Serialize)]
+struct ProductNames<'a> {
+    sku_code: &'a str,
+    sku_name: &'a str,
+    store_name: &'a str,
+}
+
+/// The catalogue's name of a row's store.
+#[derive(serde::Serialize)]
+struct StoreName<'a> {
+    store_name: &'a str,
 }
 
 /// A sale as `readable` leaves its `Value`: the transaction id in hex,
@@ -59,15 +115,24 @@ impl Serialize for ReadableSale<'_> {
         }
         m.serialize_field("lines", &r.lines)?;
         m.serialize_field("items", &r.items)?;
-        m.serialize_field("gross", &r.gross)?;
-        m.serialize_field("discount", &r.discount)?;
-        m.serialize_field("tax", &r.tax)?;
-        m.serialize_field("tendered", &r.tendered)?;
-        m.serialize_field("tip", &r.tip)?;
+        m.serialize_field("gross_minor", &r.gross)?;
+        m.serialize_field("discount_minor", &r.discount)?;
+        m.serialize_field("tax_minor", &r.tax)?;
+        m.serialize_field("tendered_minor", &r.tendered)?;
+        m.serialize_field("tip_minor", &r.tip)?;
         m.serialize_field("tenders", &r.tenders)?;
         m.serialize_field("tender_methods", &r.tender_methods)?;
-        m.serialize_field("customer", &r.customer)?;
+        m.serialize_field("customer", &r.customer.map(OptionalId))?;
         m.end()
+    }
+}
+
+/// A 64-bit id as `tillstream_storage::json` writes it: a string.
+struct OptionalId(u64);
+
+impl Serialize for OptionalId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        tillstream_storage::json::id(&self.0, s)
     }
 }
 
@@ -101,6 +166,7 @@ impl Serialize for Letters<'_> {
 mod tests {
     use super::super::{readable, to_value};
     use super::*;
+    use tillstream_storage::catalog::{Catalog, Product, StoreInfo};
     use tillstream_storage::{
         BatchRow, DeviceHealthRow, EventKey, MovementReason, SaleKind, SaleLineRow, StockLevelRow,
         StockMovementRow, TerminalRollupRow, WatermarkRow,
@@ -110,9 +176,30 @@ mod tests {
 
     /// The line a row gets through its `Value`, as `export` wrote every
     /// row before.
+    /// A catalogue naming the SKU and the store of the rows below, so
+    /// that both paths write names (and an unnamed SKU, 9, empty ones).
+    fn catalog() -> Catalog {
+        Catalog {
+            products: vec![Product {
+                sku: 1 << 40,
+                code: "85123A".into(),
+                name: "WHITE \"HANGING\" HEART".into(),
+                category: String::new(),
+            }],
+            stores: vec![StoreInfo {
+                store: 4,
+                name: "United Kingdom".into(),
+                country: String::new(),
+            }],
+        }
+    }
+
     fn through_value(row: &RowRef<'_>) -> Result<String, Box<dyn std::error::Error>> {
         let mut v = to_value(row)?;
         readable(&mut v);
+        if let Some(obj) = v.as_object_mut() {
+            Names::new(&catalog()).add_to(obj);
+        }
         let mut w = RowWriter::new(Vec::new(), false);
         w.write(&v)?;
         match w {
@@ -123,7 +210,8 @@ mod tests {
 
     fn direct(row: &RowRef<'_>) -> Result<String, Box<dyn std::error::Error>> {
         let mut w = RowWriter::new(Vec::new(), false);
-        write_direct(&mut w, row).ok_or("the row took the Value path")??;
+        let catalog = catalog();
+        write_direct(&mut w, &Names::new(&catalog), row).ok_or("the row took the Value path")??;
         match w {
             RowWriter::Json(out) => Ok(String::from_utf8(out)?),
             RowWriter::Csv { .. } => Err("a JSON writer became a CSV one".into()),
@@ -265,9 +353,22 @@ mod tests {
         for row in &rows {
             assert_eq!(direct(row)?, through_value(row)?);
         }
+        // Ids past 2^53 as strings, names after the row's own fields.
+        let named = direct(&rows[0])?;
+        assert!(
+            named.contains(r#""sku":"1099511627776""#)
+                && named.contains(r#""device":"18446744073709551614""#)
+                && named.ends_with(
+                    r#""sku_code":"85123A","sku_name":"WHITE \"HANGING\" HEART","store_name":"United Kingdom"}
+"#
+                ),
+            "{named}"
+        );
+        assert!(named.contains(r#""unit_price_minor":250"#), "{named}");
         // CSV takes the Value path, for its columns.
         let mut csv = RowWriter::new(Vec::new(), true);
-        assert!(write_direct(&mut csv, &rows[0]).is_none());
+        let catalog = catalog();
+        assert!(write_direct(&mut csv, &Names::new(&catalog), &rows[0]).is_none());
         Ok(())
     }
 }
