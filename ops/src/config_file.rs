@@ -19,41 +19,113 @@ pub(crate) const EXIT_CONFIG: u8 = 78;
 pub(crate) const FLAG: &str = "--config";
 pub(crate) const VAR: &str = "TILLSTREAM_CONFIG";
 
-/// A config file that cannot be used: the key (if one is at fault) and why.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}: {why}")]
-pub(crate) struct ConfigError {
-    /// The file.
-    pub(crate) file: PathBuf,
-    /// What is wrong, naming the key.
+/// One thing that keeps `serve` from starting with its settings: the
+/// file it is in (when it is in one), the key at fault (when one is) and
+/// why. Every problem is gathered before any is reported, so a file is
+/// mended in one pass, not one key per run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    /// The config file holding the key.
+    pub(crate) file: Option<PathBuf>,
+    /// The key (or variable) at fault, as written.
+    pub(crate) key: Option<String>,
+    /// What is wrong.
     pub(crate) why: String,
 }
 
-/// The file's settings as flags for `command` (serve's definition), and
-/// the keys it set. Unknown keys, and values of a shape no flag takes, are
-/// errors naming the key.
-pub(crate) fn flags_from(
-    file: &Path,
-    command: &clap::Command,
-) -> Result<(Vec<OsString>, BTreeSet<String>), ConfigError> {
+impl Problem {
+    /// A problem of no one key.
+    pub(crate) fn new(why: impl Into<String>) -> Self {
+        Self {
+            file: None,
+            key: None,
+            why: why.into(),
+        }
+    }
+
+    /// A problem of `key`.
+    pub(crate) fn of(key: impl Into<String>, why: impl Into<String>) -> Self {
+        Self {
+            key: Some(key.into()),
+            ..Self::new(why)
+        }
+    }
+
+    /// The same problem, placed in `file`.
+    pub(crate) fn in_file(mut self, file: &Path) -> Self {
+        self.file = Some(file.to_path_buf());
+        self
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}: ", file.display())?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, "`{key}`: ")?;
+        }
+        f.write_str(&self.why)
+    }
+}
+
+/// Settings that cannot be used: every problem found.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub(crate) struct ConfigError {
+    /// What is wrong, each naming its key.
+    pub(crate) problems: Vec<Problem>,
+}
+
+/// What a config file sets: its settings as flags (each with the key
+/// that set it), the keys it set, and what is wrong with the rest.
+#[derive(Debug, Default)]
+pub(crate) struct FileFlags {
+    /// `(key, --flag=value)` in the file's order.
+    pub(crate) flags: Vec<(String, OsString)>,
+    /// The keys the file set (flags whose variable is set among them).
+    pub(crate) keys: BTreeSet<String>,
+    /// Keys that are no setting, or whose values no flag takes.
+    pub(crate) problems: Vec<Problem>,
+}
+
+/// The settings a config file may hold: `command`'s (serve's) flags, but
+/// for the hidden ones (testing only), the file itself and what only
+/// makes sense typed (`--print-config`, `--help`). `--print-config` lists
+/// these, so a setting is in the file format and the listing or neither.
+pub(crate) fn keys(command: &clap::Command) -> impl Iterator<Item = &clap::Arg> {
+    command.get_arguments().filter(|a| {
+        a.get_long()
+            .is_some_and(|long| !matches!(long, "config" | "print-config" | "help" | "version"))
+            && !a.is_hide_set()
+    })
+}
+
+/// The file's settings as flags for `command` (serve's definition). An
+/// unknown key (named with the key it likely misspells) or a value of a
+/// shape no flag takes is a problem; the other keys are still read. Only
+/// a file that cannot be read or is not TOML is an error.
+pub(crate) fn flags_from(file: &Path, command: &clap::Command) -> Result<FileFlags, ConfigError> {
     let err = |why: String| ConfigError {
-        file: file.to_path_buf(),
-        why,
+        problems: vec![Problem::new(why).in_file(file)],
     };
     let text = std::fs::read_to_string(file).map_err(|e| err(format!("cannot read it: {e}")))?;
     let table: toml::Table = text.parse().map_err(|e| err(format!("not TOML: {e}")))?;
-    let mut flags = Vec::new();
-    let mut keys = BTreeSet::new();
+    let mut out = FileFlags::default();
     for (key, value) in &table {
         let long = key.replace('_', "-");
-        let arg = command
-            .get_arguments()
-            .find(|a| a.get_long() == Some(long.as_str()) && !a.is_hide_set() && long != "config")
-            .ok_or_else(|| {
-                err(format!(
-                    "unknown key `{key}` (keys are `tillstream serve` flags: see --help)"
-                ))
-            })?;
+        let problem = |why: String| Problem::of(key, why).in_file(file);
+        let Some(arg) = keys(command).find(|a| a.get_long() == Some(long.as_str())) else {
+            let hint = match suggest(&long, command) {
+                Some(known) => format!("did you mean `{known}`?"),
+                None => "keys are `tillstream serve` flags: see --help".into(),
+            };
+            out.problems
+                .push(Problem::new(format!("unknown key `{key}` ({hint})")).in_file(file));
+            continue;
+        };
+        out.keys.insert(key.clone());
         // Its variable, when set, comes before the file.
         if arg
             .get_env()
@@ -66,27 +138,75 @@ pub(crate) fn flags_from(
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Float(f) => f.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Array(items) => items
-                .iter()
-                .map(|v| match v {
-                    toml::Value::String(s) => Ok(s.clone()),
-                    toml::Value::Integer(i) => Ok(i.to_string()),
-                    _ => Err(err(format!("`{key}`: a list of strings or numbers"))),
-                })
-                .collect::<Result<Vec<_>, _>>()?
-                .join(","),
-            _ => return Err(err(format!("`{key}`: a string, number, boolean or list"))),
+            toml::Value::Array(items) => {
+                let items: Option<Vec<String>> = items
+                    .iter()
+                    .map(|v| match v {
+                        toml::Value::String(s) => Some(s.clone()),
+                        toml::Value::Integer(i) => Some(i.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                match items {
+                    Some(items) => items.join(","),
+                    None => {
+                        out.problems
+                            .push(problem("a list of strings or numbers".into()));
+                        continue;
+                    }
+                }
+            }
+            _ => {
+                out.problems
+                    .push(problem("a string, number, boolean or list".into()));
+                continue;
+            }
         };
-        let takes_value = arg.get_action().takes_values();
-        match (takes_value, value) {
-            (true, _) => flags.push(OsString::from(format!("--{long}={text}"))),
-            (false, toml::Value::Boolean(true)) => flags.push(OsString::from(format!("--{long}"))),
+        match (arg.get_action().takes_values(), value) {
+            (true, _) => out
+                .flags
+                .push((key.clone(), OsString::from(format!("--{long}={text}")))),
+            (false, toml::Value::Boolean(true)) => out
+                .flags
+                .push((key.clone(), OsString::from(format!("--{long}")))),
             (false, toml::Value::Boolean(false)) => {}
-            (false, _) => return Err(err(format!("`{key}` is a switch: true or false"))),
+            (false, _) => out.problems.push(problem("a switch: true or false".into())),
         }
-        keys.insert(key.clone());
     }
-    Ok((flags, keys))
+    Ok(out)
+}
+
+/// The known key nearest `unknown` (a typo's distance: at most 2 edits,
+/// or a quarter of its length), if one is that near.
+pub(crate) fn suggest(unknown: &str, command: &clap::Command) -> Option<String> {
+    let unknown = unknown.replace('_', "-");
+    let within = (unknown.chars().count() / 4).max(2);
+    keys(command)
+        .filter_map(|a| a.get_long())
+        .map(|known| (edit_distance(&unknown, known), known))
+        .filter(|(d, _)| *d <= within)
+        .min()
+        .map(|(_, known)| known.to_string())
+}
+
+/// Levenshtein distance: the insertions, deletions and substitutions of
+/// one character that turn `a` into `b`. (Keys are a few dozen short
+/// strings: the two-row table costs nothing.)
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// The config file `argv` names (`--config FILE`, `--config=FILE`), or
@@ -106,25 +226,9 @@ pub(crate) fn config_flag(argv: &[OsString]) -> Option<PathBuf> {
     file
 }
 
-/// The user's `tillstream serve ...` line with its config file's settings
-/// (if it names one) placed as flags before the user's own, and the keys
-/// the file set. What `serve` starts with, and what SIGHUP reads again.
-pub(crate) fn serve_argv(
-    user_argv: &[OsString],
-    serve: &clap::Command,
-) -> Result<(Vec<OsString>, BTreeSet<String>), ConfigError> {
-    match config_flag(user_argv) {
-        Some(file) => {
-            let (flags, keys) = flags_from(&file, serve)?;
-            Ok((with_file_flags(user_argv.to_vec(), flags), keys))
-        }
-        None => Ok((user_argv.to_vec(), BTreeSet::new())),
-    }
-}
-
 /// `argv` (a `tillstream serve ...` line) with the file's flags placed
 /// right after `serve`, before the user's own.
-fn with_file_flags(argv: Vec<OsString>, flags: Vec<OsString>) -> Vec<OsString> {
+pub(crate) fn with_file_flags(argv: Vec<OsString>, flags: Vec<OsString>) -> Vec<OsString> {
     let Some(at) = argv.iter().position(|a| a == "serve") else {
         return argv;
     };
@@ -180,7 +284,8 @@ mod tests {
         let (_d, path) = file(
             "max_connections = 5\nscylla-nodes = [\"a:9042\", \"b:9042\"]\nmetrics-auth = true\n",
         )?;
-        let (mut flags, keys) = flags_from(&path, &command())?;
+        let read = flags_from(&path, &command())?;
+        let mut flags: Vec<OsString> = read.flags.into_iter().map(|(_, f)| f).collect();
         flags.sort();
         assert_eq!(
             flags,
@@ -191,26 +296,62 @@ mod tests {
             ]
             .map(OsString::from)
         );
-        assert_eq!(keys.len(), 3);
+        assert_eq!(read.keys.len(), 3);
+        assert!(read.problems.is_empty(), "{:?}", read.problems);
         Ok(())
     }
 
     #[test]
-    fn an_unknown_key_or_a_bad_shape_names_the_key() -> Result<(), Box<dyn std::error::Error>> {
-        for (text, says) in [
-            ("max_conections = 5\n", "unknown key `max_conections`"),
-            ("metrics-auth = 3\n", "`metrics-auth` is a switch"),
-            ("max-connections = { a = 1 }\n", "`max-connections`"),
-            ("max-connections = \n", "not TOML"),
+    fn every_bad_key_is_named_and_the_good_ones_still_read()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (_d, path) = file(
+            "max_conections = 5\nmetrics-auth = 3\nmax-connections = { a = 1 }\n\
+             scylla-nodes = \"a:9042\"\nlisten-address = \"x\"\n",
+        )?;
+        let read = flags_from(&path, &command())?;
+        let said: Vec<String> = read.problems.iter().map(ToString::to_string).collect();
+        for says in [
+            "unknown key `max_conections` (did you mean `max-connections`?)",
+            "`metrics-auth`: a switch",
+            "`max-connections`: a string, number",
+            "unknown key `listen-address` (keys are `tillstream serve` flags",
         ] {
-            let (_d, path) = file(text)?;
-            let e = flags_from(&path, &command()).err().map(|e| e.to_string());
             assert!(
-                e.as_deref().is_some_and(|e| e.contains(says)),
-                "{text}: {e:?}"
+                said.iter().any(|p| p.contains(says)),
+                "no {says:?} in {said:?}"
             );
         }
+        assert_eq!(said.len(), 4, "{said:?}");
+        assert!(
+            said.iter()
+                .all(|p| p.starts_with(&path.display().to_string()))
+        );
+        assert_eq!(
+            read.flags,
+            [(
+                "scylla-nodes".to_string(),
+                OsString::from("--scylla-nodes=a:9042")
+            )]
+        );
+        let (_d, path) = file("max-connections = \n")?;
+        let e = flags_from(&path, &command()).err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("not TOML")));
         Ok(())
+    }
+
+    #[test]
+    fn a_misspelt_key_suggests_the_nearest_and_a_far_one_none() {
+        assert_eq!(edit_distance("max-conections", "max-connections"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        let c = command();
+        assert_eq!(
+            suggest("max_conections", &c).as_deref(),
+            Some("max-connections")
+        );
+        assert_eq!(suggest("metrics-aut", &c).as_deref(), Some("metrics-auth"));
+        assert_eq!(suggest("scyla-node", &c).as_deref(), Some("scylla-nodes"));
+        assert_eq!(suggest("listen", &c), None);
     }
 
     #[test]

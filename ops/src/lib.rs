@@ -19,7 +19,7 @@ mod output;
 #[command(
     name = "tillstream",
     version,
-    after_help = "Exit codes: 0 done; 1 `verify` found a violated invariant; 2 an error (bad flags, an unreachable store, a port in use, a failed write), with the reason on stderr; 78 a bad setting (`check-config`, or `serve` refusing its config file, flags or variables), each bad key named on stderr."
+    after_help = "Exit codes: 0 done; 1 `verify` found a violated invariant; 2 an error (bad flags, an unreachable store, a port in use, a failed write), with the reason on stderr; 78 a bad setting (`check-config`; `serve`'s config file, its TILLSTREAM_* variables, or values it cannot use), each bad key named on stderr."
 )]
 struct Cli {
     /// Log format on stderr; with json, every line on stderr is JSON.
@@ -202,25 +202,25 @@ pub fn main(allocator: Option<AllocatorHooks>) -> std::process::ExitCode {
     let user_argv: Vec<OsString> = std::env::args_os().collect();
     let root = <Cli as clap::CommandFactory>::command()
         .mut_subcommand("serve", |c| c.args_override_self(true));
-    // serve's config file: its settings become flags before the user's.
-    let mut from_file = std::collections::BTreeSet::new();
-    let mut argv = user_argv.clone();
-    if subcommand_of(&user_argv) == Some("serve") {
-        match config_file::serve_argv(&user_argv, &commands::config::serve_command(&root)) {
-            Ok((with_file, keys)) => (argv, from_file) = (with_file, keys),
-            Err(e) => {
-                eprintln!("error: {e}");
+    // serve's settings (flags, variables, its config file) are read and
+    // checked as check-config does, every problem reported at once.
+    let (matches, from_file) = if subcommand_of(&user_argv) == Some("serve") {
+        let file = config_file::config_flag(&user_argv);
+        match commands::config::load(&root, &user_argv, file.as_deref()) {
+            Ok(l) => (l.matches, l.from_file),
+            Err(commands::config::LoadError::Usage(e)) => e.exit(),
+            Err(commands::config::LoadError::Config(e)) => {
+                for p in e.problems {
+                    eprintln!("error: {p}");
+                }
                 return std::process::ExitCode::from(config_file::EXIT_CONFIG);
             }
         }
-    }
-    let matches = match root.clone().try_get_matches_from(&argv) {
-        Ok(m) => m,
-        Err(e) if !from_file.is_empty() && e.use_stderr() => {
-            eprintln!("error in the config file or flags: {}", e.render());
-            return std::process::ExitCode::from(config_file::EXIT_CONFIG);
+    } else {
+        match root.clone().try_get_matches_from(&user_argv) {
+            Ok(m) => (m, std::collections::BTreeSet::new()),
+            Err(e) => e.exit(),
         }
-        Err(e) => e.exit(),
     };
     let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(c) => c,
@@ -282,7 +282,7 @@ pub fn main(allocator: Option<AllocatorHooks>) -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            logging::fail(format!("{e:#}"));
+            logging::fail(logging::chain(&e));
             std::process::ExitCode::from(EXIT_ERROR)
         }
     }

@@ -61,9 +61,42 @@ pub(crate) fn fail(msg: impl std::fmt::Display) {
     }
 }
 
+/// `e` and its causes, `: `-joined as `{e:#}` is, but each cause once:
+/// an error whose message already ends with its source's (the engine's
+/// `cannot listen on ADDR: {source}`) printed the OS error twice.
+pub(crate) fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if out.ends_with(&cause) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&cause);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::level;
+    use super::{chain, level};
+
+    #[test]
+    fn a_cause_the_message_already_holds_is_printed_once() {
+        let os = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address in use");
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot listen on 127.0.0.1:7400: {0}")]
+        struct Bind(#[source] std::io::Error);
+        let e = anyhow::Error::new(Bind(os)).context("starting the server");
+        assert_eq!(
+            chain(&e),
+            "starting the server: cannot listen on 127.0.0.1:7400: Address in use"
+        );
+        let plain = anyhow::anyhow!("no store").context("verify");
+        assert_eq!(chain(&plain), format!("{plain:#}"));
+    }
 
     #[test]
     fn quiet_and_verbose_move_the_default_level() {

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,14 +10,20 @@ use anyhow::Context;
 use clap::{ArgMatches, FromArgMatches};
 use tillstream_engine::{DEFAULT_FLUSH_INTERVAL_MS, ReloadableLimits, Server, ServerConfig};
 
+mod checks;
+
+pub(crate) use checks::Endpoints;
+
 /// Run the server. With no flags: QUIC on 127.0.0.1:7400, HTTP on
 /// 127.0.0.1:7401, the embedded store and a self-signed certificate in
 /// ./data, one shard per two cores.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// UDP address for QUIC (use 0.0.0.0:7400 to accept devices from the network).
+    /// UDP address for QUIC (use 0.0.0.0:7400 to accept devices from the
+    /// network); a host name (`localhost:7400`) listens on the address it
+    /// resolves to (its first IPv4 one), which serve prints.
     #[arg(long, default_value = "127.0.0.1:7400", env = "TILLSTREAM_LISTEN")]
-    listen: SocketAddr,
+    listen: String,
     /// Data directory: the embedded store (store/) and TLS files (tls/).
     #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
     data_dir: PathBuf,
@@ -47,9 +52,12 @@ pub(crate) struct Args {
     print_config: bool,
     /// Shard actors (default: half the cores, at least one: the QUIC
     /// connections, the journal and the table writes need the others).
-    #[arg(long, env = "TILLSTREAM_SHARDS")]
+    #[arg(long, env = "TILLSTREAM_SHARDS",
+          value_parser = clap::value_parser!(u16).range(1..))]
     shards: Option<u16>,
-    /// TCP address of the HTTP API (/metrics, /healthz, /readyz, /v1/*); "off" to disable.
+    /// TCP address of the HTTP API (/metrics, /healthz, /readyz, /v1/*,
+    /// the query API /api/v1/*), an IP address or a host name; "off" to
+    /// disable.
     #[arg(long, default_value = "127.0.0.1:7401", env = "TILLSTREAM_HTTP")]
     http: String,
     /// How long acknowledged rows wait before they are written to the
@@ -230,46 +238,6 @@ impl Args {
     pub(crate) fn print_config(&self) -> bool {
         self.print_config
     }
-
-    /// What `check-config` checks beyond parsing: the files named exist,
-    /// the ports are free. The error names the setting.
-    pub(crate) fn check_environment(&self) -> Result<(), String> {
-        for (key, file) in [("tls-cert", &self.tls_cert), ("tls-key", &self.tls_key)] {
-            if let Some(f) = file
-                && !f.is_file()
-            {
-                return Err(format!("`{key}`: no file {}", f.display()));
-            }
-        }
-        if let Err(e) = std::net::UdpSocket::bind(self.listen) {
-            return Err(format!("`listen` {}: {e}", self.listen));
-        }
-        match self.http.as_str() {
-            "off" | "none" | "" => {}
-            a => {
-                let addr: SocketAddr = a
-                    .parse()
-                    .map_err(|_| format!("`http` {a:?} is not an address like 127.0.0.1:7401"))?;
-                if let Err(e) = std::net::TcpListener::bind(addr) {
-                    return Err(format!("`http` {addr}: {e}"));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// What `check-config` checks of the values beyond their one-by-one
-    /// parsing: the store settings fit together.
-    pub(crate) fn check_values(&self) -> Result<(), String> {
-        let store = self.store.choice(false).map_err(|e| format!("{e:#}"))?;
-        match (&self.journal_dir, store) {
-            (Some(_), tillstream_engine::StoreChoice::Scylla(_)) => Err(
-                "--journal-dir is for the embedded store: with --store scylla the journal is in the cluster"
-                    .into(),
-            ),
-            _ => Ok(()),
-        }
-    }
 }
 
 /// serve's settings as the command line, its variables and its config
@@ -296,14 +264,11 @@ pub(crate) fn raw_values(matches: &ArgMatches) -> RawValues {
 /// serve's settings read again from the same command line and variables
 /// and the config file as it is now: what SIGHUP does.
 pub(crate) fn reread(root: &clap::Command, user_argv: &[OsString]) -> anyhow::Result<Settings> {
-    let serve = super::config::serve_command(root);
-    let (argv, _) =
-        crate::config_file::serve_argv(user_argv, &serve).map_err(anyhow::Error::from)?;
-    let matches = root
-        .clone()
-        .try_get_matches_from(&argv)
-        .map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim()))?;
-    let serve = matches
+    let file = crate::config_file::config_flag(user_argv);
+    let loaded = super::config::load(root, user_argv, file.as_deref())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let serve = loaded
+        .matches
         .subcommand_matches("serve")
         .context("no serve settings")?;
     Ok(Settings {
@@ -326,7 +291,14 @@ const RELOADABLE: [&str; 5] = [
 /// no longer parses changes nothing (the error is logged, the server
 /// keeps its limits).
 fn reload(server: &Server, started: &RawValues, reread: &dyn Fn() -> anyhow::Result<Settings>) {
-    let now = match reread().and_then(|s| Ok((server_config(s.args)?, s.raw))) {
+    // Where it listens is no limit SIGHUP changes: the running server's
+    // addresses stand in, so a reload resolves no name.
+    let at = Endpoints {
+        listen: server.quic_addr(),
+        http: server.http_addr(),
+        resolved: Vec::new(),
+    };
+    let now = match reread().and_then(|s| Ok((server_config(s.args, &at)?, s.raw))) {
         Ok(n) => n,
         Err(e) => {
             server.reload_refused();
@@ -366,21 +338,15 @@ fn reload(server: &Server, started: &RawValues, reread: &dyn Fn() -> anyhow::Res
     }
 }
 
-/// The server's configuration from serve's settings.
-fn server_config(args: Args) -> anyhow::Result<ServerConfig> {
+/// The server's configuration from serve's settings (which passed
+/// `Args::problems`) and where it listens.
+fn server_config(args: Args, at: &Endpoints) -> anyhow::Result<ServerConfig> {
     let mut cfg = ServerConfig::new(&args.data_dir);
-    cfg.listen = args.listen;
+    cfg.listen = at.listen;
     if let Some(s) = args.shards {
-        anyhow::ensure!(s >= 1, "--shards must be at least 1");
         cfg.shards = s;
     }
-    cfg.http = match args.http.as_str() {
-        "off" | "none" | "" => None,
-        a => Some(
-            a.parse()
-                .with_context(|| format!("--http {a:?} is not an address like 127.0.0.1:7401"))?,
-        ),
-    };
+    cfg.http = at.http;
     cfg.flush_interval = Duration::from_millis(args.flush_interval_ms);
     cfg.tls = args.tls_cert.zip(args.tls_key);
     cfg.drain_timeout = Duration::from_secs(args.drain_timeout_s);
@@ -418,11 +384,22 @@ pub(crate) fn run(
     reread: impl Fn() -> anyhow::Result<Settings>,
     allocator: Option<crate::AllocatorHooks>,
 ) -> anyhow::Result<ExitCode> {
-    // The checks `check-config` runs, so a bad combination is refused
-    // before anything is placed.
-    args.check_values().map_err(anyhow::Error::msg)?;
+    // The settings passed `config::load`'s checks (check-config's). Now
+    // the machine's, before the data directory, keys or certificate are
+    // made: a start that cannot listen leaves nothing behind.
+    let at = match args.endpoints() {
+        Ok(at) => at,
+        Err(problems) => return Ok(refused(problems)),
+    };
+    for said in &at.resolved {
+        crate::logging::say(said);
+    }
+    let problems = args.environment_problems(&at);
+    if !problems.is_empty() {
+        return Ok(refused(problems));
+    }
     let journal_dir = args.journal_dir.clone();
-    let mut cfg = server_config(args)?;
+    let mut cfg = server_config(args, &at)?;
     cfg.journal_dir = journal_dir;
     cfg.release_memory = allocator.map(|a| a.release_memory);
     cfg.purge_soon = allocator.map(|a| a.purge_soon);
@@ -458,7 +435,9 @@ pub(crate) fn run(
             )),
         }
         if let Some(h) = server.http_addr() {
-            crate::logging::say(format!("HTTP API on http://{h} (/metrics, /healthz, /readyz, /v1/verify)"));
+            crate::logging::say(format!(
+                "HTTP API on http://{h} (/metrics, /healthz, /readyz, /v1/verify, the query API /api/v1/, described at /api/v1/openapi.json)"
+            ));
         }
         loop {
             match signals.next().await {
@@ -470,6 +449,14 @@ pub(crate) fn run(
         server.shutdown().await.context("shutting down")?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Each problem once, and the exit code of a start that failed.
+fn refused(problems: Vec<crate::config_file::Problem>) -> ExitCode {
+    for p in problems {
+        crate::logging::fail(p);
+    }
+    ExitCode::from(crate::EXIT_ERROR)
 }
 
 /// What a signal asks of the server.
