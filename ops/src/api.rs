@@ -75,15 +75,60 @@ pub(crate) fn call(
         .with_context(|| format!("reading the answer of {url}"))?;
     match status {
         200 => serde_json::from_str(&text).with_context(|| format!("the answer of {url}")),
-        401 | 403 => anyhow::bail!(
-            "{url} answered {status}: give a token of the right role with --api-token (tillstream token issue --role analyst|admin)"
+        _ => anyhow::bail!("{}", refused(url, status, &text)),
+    }
+}
+
+/// What to say of an answer other than 200: the server's own reason (its
+/// `{"error": ...}`, else the text), and for a refused token what to do.
+fn refused(url: &str, status: u16, text: &str) -> String {
+    let why = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(String::from))
+        .unwrap_or_else(|| text.trim().to_owned());
+    let why = if why.is_empty() {
+        "(no reason given)".to_owned()
+    } else {
+        why
+    };
+    match status {
+        401 => format!(
+            "{url} answered 401: {why}; give a valid token with --api-token (tillstream token issue --role analyst|admin)"
         ),
-        _ => {
-            let why = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(String::from))
-                .unwrap_or(text);
-            anyhow::bail!("{url} answered {status}: {why}")
-        }
+        403 => format!(
+            "{url} answered 403: {why}; give a token of that role with --api-token (tillstream token issue --role analyst|admin)"
+        ),
+        _ => format!("{url} answered {status}: {why}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused;
+
+    #[test]
+    fn a_refusal_says_the_servers_reason() {
+        let url = "http://127.0.0.1:7401/api/v1/sales";
+        let expired = refused(
+            url,
+            401,
+            r#"{"error":"the token expired at 2026-11-28T10:00:00Z"}"#,
+        );
+        assert!(
+            expired.contains("the token expired at 2026-11-28T10:00:00Z"),
+            "{expired}"
+        );
+        assert!(expired.contains("--api-token"), "{expired}");
+        let weak = refused(
+            url,
+            403,
+            r#"{"error":"this endpoint needs role admin; the token has analyst"}"#,
+        );
+        assert!(
+            weak.contains("needs role admin; the token has analyst"),
+            "{weak}"
+        );
+        assert!(refused(url, 500, "disk on fire\n").ends_with("500: disk on fire"));
+        assert!(refused(url, 502, "").contains("(no reason given)"));
     }
 }

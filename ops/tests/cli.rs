@@ -171,7 +171,10 @@ fn serve_drain_verify_and_query_as_processes() -> anyhow::Result<()> {
     };
     let low: serde_json::Value =
         serde_json::from_str(&live(&["low-stock", "--below", "1000000"])?)?;
-    let (store, sku) = (low[0]["store"].to_string(), low[0]["sku"].to_string());
+    let (store, sku) = (
+        low[0]["store"].to_string(),
+        low[0]["sku"].as_str().unwrap_or_default().to_owned(),
+    );
     let questions: Vec<Vec<&str>> = vec![
         vec!["sales", "--bucket", "hour"],
         vec!["top-skus", "--by", "quantity", "--limit", "5"],

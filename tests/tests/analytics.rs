@@ -386,3 +386,37 @@ async fn stock_history_levels_follow_event_time() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A user who may read a stopped server's data directory but not write
+/// it is told exactly what reading needs (the embedded store opens only
+/// for writing), not that a server might hold it.
+#[test]
+#[ignore = "needs root to run the tool as another user (runuser); .ci/run runs it as root"]
+fn a_reader_without_write_access_is_told_what_it_needs() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let opts = ServeOpts::new(&dir.path().join("data"), &dir.path().join("serve.log"), 1)?;
+    let (status, _) = ServerProcess::start(&opts)?.terminate(Duration::from_secs(60))?;
+    ensure!(status.success(), "serve exited with {status}");
+    // Readable by everyone (a tempdir is 0700), writable by its owner.
+    for d in [dir.path(), &opts.data_dir, &opts.data_dir.join("store")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let bin = dir.path().join("tillstream");
+    std::fs::copy(SERVER_BIN, &bin)?;
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(&bin)
+        .args(["query", "--data-dir"])
+        .arg(&opts.data_dir)
+        .arg("watermarks")
+        .output()
+        .context("running runuser")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "nobody read it: {stderr}");
+    ensure!(
+        stderr.contains("needs write access") && !stderr.contains("stop it"),
+        "{stderr}"
+    );
+    Ok(())
+}

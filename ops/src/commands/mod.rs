@@ -41,12 +41,9 @@ pub(crate) fn open_embedded(data_dir: &Path) -> anyhow::Result<EmbeddedStore> {
         "no store at {} (is --data-dir right? `tillstream serve` creates it)",
         dir.display()
     );
-    let store = EmbeddedStore::open(&dir).with_context(|| {
-        format!(
-            "opening the store at {} (if a running server holds it: stop it, or ask it over HTTP)",
-            dir.display()
-        )
-    })?;
+    // The store's error says why it would not open: held by a server, no
+    // write access, ...
+    let store = EmbeddedStore::open(&dir)?;
     // What was acknowledged but not yet in the tables when the server
     // stopped is in the journal: bring the tables up to it first.
     let replayed = tillstream_engine::recover(&store)

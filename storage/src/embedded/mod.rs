@@ -193,6 +193,22 @@ fn open_err(dir: &Path, e: impl fmt::Display) -> StoreError {
     }
 }
 
+/// Why a user without write access cannot read the store, and what to
+/// do: the embedded engine (fjall) has no read-only mode (it takes a lock
+/// file and recovers its own journal on open), and a reader first brings
+/// the tables up to tillstream's journal, so every reader writes.
+fn no_write_access(dir: &Path, io: &std::io::Error) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(dir).map_or_else(
+        |_| "its owner".to_owned(),
+        |m| format!("its owner (uid {})", m.uid()),
+    );
+    format!(
+        "{io}: opening the embedded store writes to it (a lock file, and the journal replayed into the tables), so reading it needs write access to {} and everything in it; run as {owner}, or ask the running server over HTTP (--server-http)",
+        dir.display()
+    )
+}
+
 pub(crate) fn backend_err(op: &'static str, e: fjall::Error) -> StoreError {
     StoreError::Backend {
         op,
@@ -260,7 +276,13 @@ impl EmbeddedStore {
             .cache_size(BLOCK_CACHE_BYTES)
             .open()
             .map_err(|e| match e {
-                fjall::Error::Locked => open_err(dir, "another process has it open"),
+                fjall::Error::Locked => open_err(
+                    dir,
+                    "another process has it open (a running server: stop it, or ask it over HTTP with --server-http)",
+                ),
+                fjall::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+                    open_err(dir, no_write_access(dir, &io))
+                }
                 e => open_err(dir, e),
             })?;
         // Under fjall's lock, so no server is in the middle of it: the
