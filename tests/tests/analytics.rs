@@ -182,6 +182,7 @@ async fn the_online_retail_sample_reads_the_same_from_the_cluster() -> anyhow::R
         .scylla_flags(&ks, "retail")
         .into_iter()
         .filter(|f| f.starts_with("--store") || f.starts_with("--scylla-"))
+        .filter(|f| !f.starts_with("--scylla-node-id"))
         .collect();
     for (store, manifest) in [
         (&on_embedded, &embedded_manifest),

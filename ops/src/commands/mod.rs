@@ -63,7 +63,7 @@ pub(crate) fn open_embedded(data_dir: &Path) -> anyhow::Result<EmbeddedStore> {
 /// hold past their checkpoints is said, since the tables do not hold it
 /// yet.
 fn open_cluster(data_dir: &Path, args: &StoreArgs) -> anyhow::Result<Arc<dyn Backend>> {
-    let choice = args.choice(true)?;
+    let choice = args.reader()?;
     let store = tillstream_engine::open_backend(&choice, data_dir, None, None)
         .context("connecting to ScyllaDB")?;
     for t in store.trailing_journals()? {

@@ -38,6 +38,8 @@ pub(crate) struct Args {
     journal_dir: Option<PathBuf>,
     #[command(flatten)]
     store: super::store_args::StoreArgs,
+    #[command(flatten)]
+    writer: super::store_args::WriterArgs,
     /// A TOML file of these settings, keyed by flag name
     /// (`max-connections = 20000`); a flag or its TILLSTREAM_* variable
     /// overrides the file. `tillstream check-config FILE` checks one.
@@ -373,7 +375,7 @@ fn server_config(args: Args, at: &Endpoints) -> anyhow::Result<ServerConfig> {
     cfg.frame_deadline = Duration::from_secs(args.frame_deadline_s);
     cfg.quic_window_bytes = args.quic_window_kib << 10;
     cfg.quic_max_udp_payload = args.quic_max_udp_payload;
-    cfg.store = args.store.choice(false)?;
+    cfg.store = args.store.writer(&args.writer)?;
     cfg.faults.commit_delay = args.inject_commit_delay_ms;
     Ok(cfg)
 }

@@ -23,12 +23,29 @@ pub(crate) enum StoreKind {
 /// The backend flags.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct StoreArgs {
-    /// Where the journal and the tables live.
-    #[arg(long = "store", value_enum, default_value_t = StoreKind::Embedded,
-          env = "TILLSTREAM_STORE")]
+    /// Where the journal and the tables live (`--backend` is the same
+    /// flag, under a name a question's `--store N` cannot be taken for).
+    #[arg(long = "store", visible_alias = "backend", value_enum,
+          default_value_t = StoreKind::Embedded, env = "TILLSTREAM_STORE")]
     kind: StoreKind,
     #[command(flatten)]
     scylla: ScyllaArgs,
+}
+
+/// What only a writer of the cluster (`serve`) names: which node it is.
+/// The read-only tools (`query`, `export`, `verify`) read every node's
+/// journal position and write nothing, so they do not offer it.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct WriterArgs {
+    /// This node's name: its journal and checkpoint in the cluster. A
+    /// replacement machine takes over by using the same name; two live
+    /// servers must never share one.
+    #[arg(
+        long,
+        default_value = "tillstream-1",
+        env = "TILLSTREAM_SCYLLA_NODE_ID"
+    )]
+    pub(crate) scylla_node_id: String,
 }
 
 /// How to reach a ScyllaDB cluster.
@@ -45,15 +62,6 @@ pub(crate) struct ScyllaArgs {
     /// Keyspace of the tables.
     #[arg(long, default_value = "tillstream", env = "TILLSTREAM_SCYLLA_KEYSPACE")]
     scylla_keyspace: String,
-    /// This node's name: its journal and checkpoint in the cluster. A
-    /// replacement machine takes over by using the same name; two live
-    /// servers must never share one.
-    #[arg(
-        long,
-        default_value = "tillstream-1",
-        env = "TILLSTREAM_SCYLLA_NODE_ID"
-    )]
-    scylla_node_id: String,
     /// Data centre to send requests to (token- and shard-aware within
     /// it); default: any.
     #[arg(long, env = "TILLSTREAM_SCYLLA_DC")]
@@ -102,13 +110,8 @@ impl ScyllaArgs {
             "--scylla-keyspace {:?}: lower-case letters, digits and '_', a letter first",
             self.scylla_keyspace
         );
-        anyhow::ensure!(
-            !self.scylla_node_id.is_empty(),
-            "--scylla-node-id must not be empty"
-        );
         let mut cfg = ScyllaConfig::new(nodes);
         cfg.keyspace = self.scylla_keyspace.clone();
-        cfg.node_id = self.scylla_node_id.clone();
         cfg.datacenter = self.scylla_dc.clone();
         cfg.consistency = scylla_consistency(&self.scylla_consistency)?;
         cfg.max_in_flight = usize::try_from(self.scylla_max_in_flight).unwrap_or(256);
@@ -133,13 +136,29 @@ fn scylla_consistency(s: &str) -> anyhow::Result<Consistency> {
 }
 
 impl StoreArgs {
-    /// The backend to open; `read_only` for tools beside a live server.
-    pub(crate) fn choice(&self, read_only: bool) -> anyhow::Result<StoreChoice> {
+    /// The backend a read-only tool opens beside a live server.
+    pub(crate) fn reader(&self) -> anyhow::Result<StoreChoice> {
         Ok(match self.kind {
             StoreKind::Embedded => StoreChoice::Embedded,
             StoreKind::Scylla => {
                 let mut cfg = self.scylla.config()?;
-                cfg.read_only = read_only;
+                cfg.read_only = true;
+                StoreChoice::Scylla(cfg)
+            }
+        })
+    }
+
+    /// The backend `serve` writes as node `writer`.
+    pub(crate) fn writer(&self, writer: &WriterArgs) -> anyhow::Result<StoreChoice> {
+        Ok(match self.kind {
+            StoreKind::Embedded => StoreChoice::Embedded,
+            StoreKind::Scylla => {
+                anyhow::ensure!(
+                    !writer.scylla_node_id.is_empty(),
+                    "--scylla-node-id must not be empty"
+                );
+                let mut cfg = self.scylla.config()?;
+                cfg.node_id = writer.scylla_node_id.clone();
                 StoreChoice::Scylla(cfg)
             }
         })
@@ -160,11 +179,30 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        writer: WriterArgs,
     }
 
     fn parse(args: &[&str]) -> anyhow::Result<StoreChoice> {
         let cli = Cli::try_parse_from(std::iter::once("t").chain(args.iter().copied()))?;
-        cli.store.choice(false)
+        cli.store.writer(&cli.writer)
+    }
+
+    /// A reader (`query`, `export`, `verify`) does not offer what only a
+    /// writer names.
+    #[test]
+    fn readers_do_not_offer_the_writers_node_id() {
+        #[derive(Debug, Parser)]
+        struct Reader {
+            #[command(flatten)]
+            store: StoreArgs,
+        }
+        let refused = Reader::try_parse_from(["t", "--scylla-node-id", "eu-1"]);
+        assert!(refused.is_err());
+        let help = <Reader as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        assert!(!help.contains("node-id"), "{help}");
     }
 
     #[test]

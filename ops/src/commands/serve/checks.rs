@@ -115,7 +115,7 @@ impl Args {
         if let Err(e) = self.auth.config() {
             out.push(Problem::of("auth", format!("{e:#}")));
         }
-        match self.store.choice(false) {
+        match self.store.writer(&self.writer) {
             Err(e) => out.push(Problem::of("store", format!("{e:#}"))),
             Ok(StoreChoice::Scylla(_)) if self.journal_dir.is_some() => out.push(Problem::of(
                 "journal-dir",
