@@ -32,7 +32,9 @@ pub(crate) struct Args {
     /// Runs per setting; the median (by events/s) is reported.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=50))]
     runs: u64,
-    /// Where tune.json and tune.svg go.
+    /// Where the results go: a directory (made if missing) that gets
+    /// tune.json and tune.svg, or a file name ending in .json, which gets
+    /// the table, with the chart beside it (same name, .svg).
     #[arg(long, default_value = "tune")]
     out: PathBuf,
 }
@@ -62,6 +64,31 @@ struct Recommendation {
     shards: u16,
     flush_interval_ms: u64,
     reason: String,
+    /// Whether its lead over the runner-up is smaller than the spread of
+    /// the runs themselves (or than [`UNKNOWN_NOISE`] when each setting
+    /// ran once): then the ranking is a guess.
+    within_noise: bool,
+}
+
+/// The run-to-run spread of events/s assumed when each setting ran once
+/// and so says nothing of its own: the spread of repeated runs on the
+/// 2-core box the benchmarks run on was up to about 10%.
+const UNKNOWN_NOISE: f64 = 0.10;
+
+/// The largest spread of one setting's runs, as a share of its median:
+/// how far apart two measurements of the same thing came. `None` when
+/// each setting ran once.
+fn noise(rows: &[Row]) -> Option<f64> {
+    rows.iter()
+        .filter(|r| r.runs_events_per_s.len() > 1 && r.events_per_s > 0.0)
+        .map(|r| {
+            let (lo, hi) = r
+                .runs_events_per_s
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            (hi - lo) / r.events_per_s
+        })
+        .max_by(f64::total_cmp)
 }
 
 /// The setting to recommend: the fastest, unless another within 5% of
@@ -91,11 +118,57 @@ fn recommend(rows: &[Row]) -> Option<Recommendation> {
             best.p99_ms
         )
     };
+    // The lead the pick has over the best of the rest, against the noise.
+    let runner_up = rows
+        .iter()
+        .filter(|r| !std::ptr::eq(*r, pick))
+        .map(|r| r.events_per_s)
+        .max_by(f64::total_cmp);
+    let lead = runner_up.map(|r| (pick.events_per_s - r).abs() / pick.events_per_s.max(1.0));
+    let (spread, measured) = match noise(rows) {
+        Some(n) => (n, true),
+        None => (UNKNOWN_NOISE, false),
+    };
+    let within_noise = lead.is_some_and(|l| l < spread);
+    let reason = match (within_noise, measured) {
+        (false, _) => reason,
+        (true, true) => format!(
+            "{reason}; but the settings are {:.0}% apart and runs of one setting up to {:.0}%: within noise, so measure again before changing",
+            lead.unwrap_or(0.0) * 100.0,
+            spread * 100.0
+        ),
+        (true, false) => format!(
+            "{reason}; but the settings are {:.0}% apart after one run each, within the ~{:.0}% runs differ by here: use --runs 3 or more before changing",
+            lead.unwrap_or(0.0) * 100.0,
+            UNKNOWN_NOISE * 100.0
+        ),
+    };
     Some(Recommendation {
         shards: pick.shards,
         flush_interval_ms: pick.flush_interval_ms,
         reason,
+        within_noise,
     })
+}
+
+/// Where `--out` puts the table and the chart, and the directory to make.
+fn outputs(out: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    if out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    {
+        let dir = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), PathBuf::from);
+        (out.to_path_buf(), out.with_extension("svg"), dir)
+    } else {
+        (
+            out.join("tune.json"),
+            out.join("tune.svg"),
+            out.to_path_buf(),
+        )
+    }
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -176,8 +249,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         recommended.shards, recommended.flush_interval_ms, recommended.reason
     );
 
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    let (json, svg, dir) = outputs(&args.out);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let curve = Curve {
         name: "tune".into(),
         x_label: "shard actors".into(),
@@ -193,9 +266,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map(|(_, _, p)| p)
             .collect(),
     };
-    let svg = args.out.join("tune.svg");
     chart::draw(&curve, &svg)?;
-    let json = args.out.join("tune.json");
     let report = Report {
         events_per_run: args.events,
         runs_per_setting: args.runs,
@@ -221,6 +292,47 @@ mod tests {
             p99_ms,
             runs_events_per_s: vec![events_per_s],
         }
+    }
+
+    #[test]
+    fn a_lead_smaller_than_the_runs_spread_is_called_noise() {
+        // One run each, 6% apart: nothing says that is more than noise.
+        let once = [row(1, 100.0, 50.0), row(2, 106.0, 50.0)];
+        let r = recommend(&once);
+        assert!(r.as_ref().is_some_and(|r| r.within_noise), "{r:?}");
+        assert!(r.is_some_and(|r| r.reason.contains("--runs 3")));
+        // Three runs each, 6% apart, but one setting's runs 12% apart.
+        let mut a = row(1, 100.0, 50.0);
+        a.runs_events_per_s = vec![94.0, 100.0, 106.0];
+        let mut b = row(2, 106.0, 50.0);
+        b.runs_events_per_s = vec![105.0, 106.0, 107.0];
+        let r = recommend(&[a, b]);
+        assert!(r.is_some_and(|r| r.within_noise && r.reason.contains("within noise")));
+        // 40% apart, runs within 2%: a real difference.
+        let mut a = row(1, 100.0, 50.0);
+        a.runs_events_per_s = vec![99.0, 100.0, 101.0];
+        let mut b = row(2, 140.0, 50.0);
+        b.runs_events_per_s = vec![139.0, 140.0, 141.0];
+        let r = recommend(&[a, b]);
+        assert!(r.is_some_and(|r| !r.within_noise && r.shards == 2));
+    }
+
+    #[test]
+    fn out_takes_a_directory_or_a_json_file() {
+        let (json, svg, dir) = outputs(std::path::Path::new("tune.json"));
+        assert_eq!(
+            (json, svg, dir),
+            ("tune.json".into(), "tune.svg".into(), ".".into())
+        );
+        let (json, svg, dir) = outputs(std::path::Path::new("runs/today"));
+        assert_eq!(
+            (json, svg, dir),
+            (
+                "runs/today/tune.json".into(),
+                "runs/today/tune.svg".into(),
+                "runs/today".into()
+            )
+        );
     }
 
     #[test]
