@@ -13,6 +13,7 @@ mod accept;
 mod audit;
 mod auth;
 mod backend;
+mod backup;
 mod clock;
 mod config;
 mod ctx;
@@ -44,6 +45,11 @@ mod wire;
 pub use audit::AuditTarget;
 pub use auth::{AuthConfig, CertAuth};
 pub use backend::open_backend;
+pub use backup::{
+    AbsentCredential, BackupError, BackupReport, CredentialFile, CredentialSources,
+    CredentialsBackup, CredentialsRestore, RestorePlan, RestoredCredential, plan_restore,
+    write_backup,
+};
 pub use config::{DEFAULT_FLUSH_INTERVAL_MS, ServerConfig, ServerSettings, StoreChoice};
 pub use error::EngineError;
 pub use live_limits::{LimitChange, ReloadableLimits};

@@ -263,6 +263,10 @@ impl Server {
                         store: backend.clone(),
                         settings: settings.clone(),
                         udp: udp_socket,
+                        credentials: crate::backup::CredentialSources {
+                            data_dir: cfg.data_dir.clone(),
+                            tls: cfg.tls.clone(),
+                        },
                     },
                     shutdown_rx,
                 )

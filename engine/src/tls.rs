@@ -11,7 +11,7 @@ use crate::EngineError;
 
 /// Where the self-signed pair lives below the data directory.
 pub(crate) const DEV_CERT: &str = "tls/cert.pem";
-const DEV_KEY: &str = "tls/key.pem";
+pub(crate) const DEV_KEY: &str = "tls/key.pem";
 
 /// Loaded certificate chain and key, and the PEM file devices should trust.
 pub(crate) struct TlsMaterial {

@@ -54,9 +54,12 @@ enum Command {
     /// Signed tokens for devices and the HTTP API: `token issue`, `token revoke`.
     Token(commands::credentials::TokenArgs),
     /// A consistent copy of the store while the server runs (`--server-http`)
-    /// or of a stopped server's data directory.
+    /// or of a stopped server's data directory, and the credentials a
+    /// restore needs beside it (signing key, TLS pair, device CA,
+    /// revocation list; `--no-credentials` leaves them out).
     Backup(commands::backup::BackupArgs),
-    /// Make a data directory's store from a backup, then verify it.
+    /// Make a data directory from a backup: its store, verified, and its
+    /// credentials where `serve` reads them.
     Restore(commands::backup::RestoreArgs),
     /// Names for SKUs and stores, shown beside their ids in query answers:
     /// `catalog import FILE.csv`.

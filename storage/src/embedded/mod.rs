@@ -125,7 +125,7 @@ use durability::{Durability, FailAfter, Fsync};
 pub use blocks::{PackersForBench, pack_for_bench};
 pub use data_format::DATA_FORMAT;
 pub use journal_place::place_journal;
-pub use restore::restore_files;
+pub use restore::{CREDENTIALS_DIR, restore_files};
 
 /// fjall's block cache, shared by the keyspaces: their index and filter
 /// blocks and the point tables' hot data (why not fjall's 32 MiB: at the

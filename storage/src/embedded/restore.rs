@@ -24,6 +24,11 @@ use crate::store::StoreError;
 /// A file system's own directory in its root, which counts as nothing.
 const LOST_FOUND: &str = "lost+found";
 
+/// The directory of a backup that holds the server's credentials beside
+/// the store (the engine writes and restores it): never copied into the
+/// store, where secret keys would sit where nothing lists or reads them.
+pub const CREDENTIALS_DIR: &str = "credentials";
+
 /// Copies the backup at `backup` (a directory `EmbeddedStore::backup_to`
 /// wrote) into `store_dir`, which must not exist. With `journal`, a
 /// directory that is missing or empty, the journal is placed there and the
@@ -115,7 +120,7 @@ fn copy_backup(
     for entry in fs::read_dir(backup).map_err(copying)? {
         let entry = entry.map_err(copying)?;
         let name = entry.file_name();
-        if name == JOURNAL_DIR || theirs(&name) {
+        if name == JOURNAL_DIR || name == CREDENTIALS_DIR || theirs(&name) {
             continue;
         }
         let dest = store_dir.join(&name);

@@ -151,3 +151,20 @@ fn a_restore_that_fails_after_placing_its_journal_leaves_nothing_behind()
     assert!(!dir.path().join("x/store").exists() && !backup.join("wal2").exists());
     Ok(())
 }
+
+/// The credentials a backup carries beside the store (`credentials/`)
+/// are the engine's to place in the data directory: none of them is
+/// copied into the store, where a secret would sit unlisted.
+#[test]
+fn a_restore_leaves_the_credentials_beside_the_store_out_of_it()
+-> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let (_live, backup, _) = backed_up(dir.path())?;
+    fs::create_dir_all(backup.join("credentials/auth"))?;
+    fs::write(backup.join("credentials/auth/signing.key"), b"secret")?;
+    let store_dir = dir.path().join("restored/store");
+    restore_files(&backup, &store_dir, None)?;
+    assert!(!store_dir.join("credentials").exists());
+    assert_eq!(restored_records(&store_dir)?, [3, 4]);
+    Ok(())
+}
