@@ -63,6 +63,7 @@ pub(crate) async fn serve(
         .route("/v1/catalog", post(catalog_handler))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/{endpoint}", get(question))
+        .fallback(not_found)
         .with_state(Arc::new(state));
     let app = with_json_405(app);
     let join = tokio::spawn(async move {
@@ -127,6 +128,40 @@ async fn method_not_allowed_as_json(
     Response::from_parts(parts, body)
 }
 
+/// No route has the path: a JSON 404 like every other refusal (axum's
+/// own has an empty body).
+async fn not_found(uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no endpoint {}: the API is described at /api/v1/openapi.json",
+            uri.path()
+        ),
+    )
+}
+
+/// `{"error": why}` with `status`: the body of every refusal.
+fn error(status: StatusCode, why: impl std::fmt::Display) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "error": why.to_string() })),
+    )
+        .into_response()
+}
+
+/// A request body as the JSON `T`, or the 400 to answer. Bodies are read
+/// here, after the caller's token was checked, rather than by axum's
+/// `Json` extractor: that one answered a bad body before the token (a 422
+/// to a caller who may not call at all) and in plain text.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not the JSON this endpoint takes: {e}"),
+        )
+    })
+}
+
 type AppState = State<Arc<HttpState>>;
 type Peer = ConnectInfo<SocketAddr>;
 
@@ -184,11 +219,10 @@ async fn metrics_text(State(s): AppState, ConnectInfo(peer): Peer, headers: Head
     );
     match metrics::handle() {
         Some(h) => h.render().into_response(),
-        None => (
+        None => error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "metrics recorder unavailable\n",
-        )
-            .into_response(),
+            "metrics recorder unavailable",
+        ),
     }
 }
 
@@ -212,11 +246,15 @@ async fn catalog_handler(
     State(s): AppState,
     ConnectInfo(peer): Peer,
     headers: HeaderMap,
-    Json(catalog): Json<tillstream_storage::catalog::Catalog>,
+    body: axum::body::Bytes,
 ) -> Response {
     if let Some(r) = refusal(&s, &headers, peer, Role::Admin) {
         return r;
     }
+    let catalog: tillstream_storage::catalog::Catalog = match json_body(&body) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let store = s.store.clone();
     let counts = (catalog.products.len(), catalog.stores.len());
     match tokio::task::spawn_blocking(move || store.put_catalog(&catalog)).await {
@@ -230,6 +268,7 @@ async fn catalog_handler(
 
 /// Body of `POST /v1/backup`.
 #[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct BackupRequest {
     /// A new or empty directory on the server's machine.
     dir: std::path::PathBuf,
@@ -252,11 +291,15 @@ async fn backup_handler(
     State(s): AppState,
     ConnectInfo(peer): Peer,
     headers: HeaderMap,
-    Json(req): Json<BackupRequest>,
+    body: axum::body::Bytes,
 ) -> Response {
     if let Some(r) = refusal(&s, &headers, peer, Role::Admin) {
         return r;
     }
+    let req: BackupRequest = match json_body(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
     let store = s.store.clone();
     let dir = req.dir.clone();
     let credentials = req.credentials.then(|| s.credentials.clone());
@@ -271,11 +314,7 @@ async fn backup_handler(
             );
             Json(report).into_response()
         }
-        Ok(Err(e)) => (
-            StatusCode::CONFLICT,
-            Json(serde_json::json!({ "error": e.to_string() })),
-        )
-            .into_response(),
+        Ok(Err(e)) => error(StatusCode::CONFLICT, e),
         Err(e) => internal(e),
     }
 }
@@ -287,43 +326,37 @@ async fn openapi() -> Response {
 }
 
 /// `GET /api/v1/<endpoint>?...`: what `tillstream query` answers, as the
-/// same JSON array (role analyst).
+/// same JSON array (role analyst). The endpoint and the query string are
+/// read raw rather than by axum's extractors, which answered a repeated
+/// parameter with the last of its values and a malformed one in plain
+/// text; every refusal here is the document's JSON, with the status the
+/// question's error names (400, 404, 409, 500).
 async fn question(
     State(s): AppState,
     ConnectInfo(peer): Peer,
     headers: HeaderMap,
-    axum::extract::Path(endpoint): axum::extract::Path<String>,
-    axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
+    uri: axum::http::Uri,
 ) -> Response {
-    use crate::questions::{Question, QuestionError};
+    use crate::questions::Question;
     if let Some(r) = refusal(&s, &headers, peer, Role::Analyst) {
         return r;
     }
-    let q = match Question::from_request(&endpoint, &params) {
+    let endpoint = uri.path().trim_start_matches("/api/v1/");
+    let q = match Question::from_query(endpoint, uri.query()) {
         Ok(q) => q,
-        Err(e) => {
-            let status = if crate::questions::ENDPOINTS
-                .iter()
-                .any(|e| e.name == endpoint)
-            {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::NOT_FOUND
-            };
-            return (status, Json(serde_json::json!({ "error": e.to_string() }))).into_response();
-        }
+        Err(e) => return question_error(&e),
     };
     let store = s.store.clone();
     match tokio::task::spawn_blocking(move || q.answer(store.as_ref())).await {
         Ok(Ok(rows)) => Json(rows).into_response(),
-        Ok(Err(QuestionError::Bad(why))) => (
-            StatusCode::BAD_REQUEST,
-            Json(serde_json::json!({ "error": why })),
-        )
-            .into_response(),
-        Ok(Err(e)) => internal(e),
+        Ok(Err(e)) => question_error(&e),
         Err(e) => internal(e),
     }
+}
+
+fn question_error(e: &crate::questions::QuestionError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    error(status, e)
 }
 
 async fn settings(State(s): AppState, ConnectInfo(peer): Peer, headers: HeaderMap) -> Response {
@@ -334,11 +367,7 @@ async fn settings(State(s): AppState, ConnectInfo(peer): Peer, headers: HeaderMa
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Json(serde_json::json!({ "error": e.to_string() })),
-    )
-        .into_response()
+    error(StatusCode::INTERNAL_SERVER_ERROR, e)
 }
 
 async fn watermarks(State(s): AppState, ConnectInfo(peer): Peer, headers: HeaderMap) -> Response {
@@ -360,6 +389,7 @@ const VERIFY_WAIT: Duration = Duration::from_secs(60);
 /// Body of `POST /v1/verify`: optionally, the batches a client had
 /// acknowledged, each to be found with all its events.
 #[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct VerifyRequest {
     #[serde(default)]
     expected: Option<Vec<ExpectedBatch>>,
@@ -369,12 +399,20 @@ async fn verify_handler(
     State(s): AppState,
     ConnectInfo(peer): Peer,
     headers: HeaderMap,
-    body: Option<Json<VerifyRequest>>,
+    body: axum::body::Bytes,
 ) -> Response {
     if let Some(r) = refusal(&s, &headers, peer, Role::Analyst) {
         return r;
     }
-    let req = body.map(|Json(r)| r).unwrap_or_default();
+    // No body (curl -X POST) asks for the invariants alone.
+    let req: VerifyRequest = if body.trim_ascii().is_empty() {
+        VerifyRequest::default()
+    } else {
+        match json_body(&body) {
+            Ok(r) => r,
+            Err(r) => return r,
+        }
+    };
     // Acknowledged is journaled; the tables follow within a flush interval,
     // or much later behind a slow cluster. Checked before they caught up,
     // what they lack would be counted missing, and on ScyllaDB (no
@@ -388,15 +426,18 @@ async fn verify_handler(
             .ok()
             .and_then(Result::ok)
             .unwrap_or(0);
-        return (
+        let mut r = error(
             StatusCode::SERVICE_UNAVAILABLE,
-            [(axum::http::header::RETRY_AFTER, HeaderValue::from_static("5"))],
             format!(
-                "the tables still trail the journal after {} s (LSN {in_tables} of {journaled}): every acknowledged batch is durable in the journal, but a verdict now would count the rest missing; ask again\n",
+                "the tables still trail the journal after {} s (LSN {in_tables} of {journaled}): every acknowledged batch is durable in the journal, but a verdict now would count the rest missing; ask again",
                 VERIFY_WAIT.as_secs()
             ),
-        )
-            .into_response();
+        );
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from_static("5"),
+        );
+        return r;
     }
     let store = s.store.clone();
     let run = tokio::task::spawn_blocking(move || verify(&*store, req.expected.as_deref()));
@@ -409,6 +450,7 @@ async fn verify_handler(
 
 /// Body of `POST /v1/revoke` (role admin).
 #[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RevokeRequest {
     /// The token's `jti` or the certificate's serial, in hex.
     id: String,
@@ -422,11 +464,15 @@ async fn revoke_handler(
     State(s): AppState,
     ConnectInfo(peer): Peer,
     headers: HeaderMap,
-    Json(req): Json<RevokeRequest>,
+    body: axum::body::Bytes,
 ) -> Response {
     if let Some(r) = refusal(&s, &headers, peer, Role::Admin) {
         return r;
     }
+    let req: RevokeRequest = match json_body(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
     // Who revoked what, from where.
     let by = headers
         .get(AUTHORIZATION)
@@ -444,13 +490,10 @@ async fn revoke_handler(
         "token" => Method::Token,
         "certificate" => Method::Certificate,
         other => {
-            return (
+            return error(
                 StatusCode::BAD_REQUEST,
-                Json(
-                    serde_json::json!({ "error": format!("kind {other:?}: token or certificate") }),
-                ),
-            )
-                .into_response();
+                format!("kind {other:?}: token or certificate"),
+            );
         }
     };
     let auth = s.ctx.auth.clone();
@@ -460,11 +503,7 @@ async fn revoke_handler(
             Json(serde_json::json!({ "revoked": added, "connections_closed": closed }))
                 .into_response()
         }
-        Ok(Err(e)) => (
-            StatusCode::BAD_REQUEST,
-            Json(serde_json::json!({ "error": e.to_string() })),
-        )
-            .into_response(),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
         Err(e) => internal(e),
     }
 }

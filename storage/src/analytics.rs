@@ -39,7 +39,7 @@ pub struct TerminalTotal {
     pub sales: u64,
     /// Refunds.
     pub refunds: u64,
-    /// Σ gross of sales, minor units.
+    /// Σ gross of sales, in minor units of the currency (pence, cents).
     pub gross_minor: i64,
     /// Σ tax of sales, minor units.
     pub tax_minor: i64,
@@ -47,7 +47,8 @@ pub struct TerminalTotal {
     pub refunded_minor: i64,
     /// gross − refunded, minor units.
     pub net_minor: i64,
-    /// The last minute with activity (UTC µs of its start).
+    /// Start of the last minute with activity: UTC microseconds since
+    /// the epoch.
     pub last_active_us: i64,
 }
 
@@ -92,19 +93,26 @@ pub struct DeviceHealth {
     pub store: u32,
     /// Reports in the range.
     pub reports: u64,
-    /// When it was last heard from (UTC µs).
+    /// When it was last heard from: UTC microseconds since the epoch.
     pub last_seen_us: i64,
-    /// Battery at the last report, percent.
+    /// Battery at the last report: 0–100 percent, or 255 when the device
+    /// runs on mains power (the protocol's `DeviceHealth::battery_pct`;
+    /// devices send the byte unchecked, so 101–254 may appear and mean
+    /// nothing).
     pub battery_pct: u8,
-    /// Lowest battery in the range, percent.
+    /// Lowest battery in the range, 0–100 percent; 255 when every report
+    /// in it was on mains power.
     pub battery_min_pct: u8,
-    /// Highest temperature in the range, tenths of °C.
+    /// Highest temperature in the range, in tenths of a degree Celsius
+    /// (`215` is 21.5 °C).
     pub temperature_max_dc: i16,
-    /// Weakest signal in the range, dBm.
+    /// Weakest radio signal in the range, in dBm (negative; closer to 0
+    /// is stronger).
     pub rssi_min_dbm: i16,
-    /// Deepest queue of unsent events in the range.
+    /// Most batches the device held unacknowledged at a report in the
+    /// range.
     pub queue_depth_max: u32,
-    /// Uptime at the last report, seconds.
+    /// Seconds since the device booted, at the last report.
     pub uptime_s: u32,
 }
 
@@ -151,9 +159,10 @@ pub struct DeadStock {
     /// Product.
     #[serde(serialize_with = "crate::json::id")]
     pub sku: u64,
-    /// Current level.
+    /// Units in stock now.
     pub level: i64,
-    /// Its last sale ever seen (UTC µs), if any.
+    /// Its last sale ever seen (UTC microseconds since the epoch); `None`
+    /// (JSON `null`) if it never sold.
     pub last_sale_us: Option<i64>,
 }
 
@@ -210,7 +219,7 @@ pub struct BasketPair {
     pub sku_b: u64,
     /// Sales holding both.
     pub baskets: u64,
-    /// `baskets` over all sales in the range.
+    /// `baskets` over all sales in the range, 0 to 1.
     pub support: f64,
     /// `baskets` over the sales holding `sku_a`: how often a buyer of A
     /// also takes B.

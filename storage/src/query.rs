@@ -22,7 +22,7 @@ pub enum Bucket {
 /// and its JSON names say so (`gross_minor`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 pub struct SalesBucket {
-    /// Start of the bucket (UTC µs).
+    /// Start of the bucket: UTC microseconds since the epoch.
     pub start_us: i64,
     /// Sales in it.
     pub sales: u64,
@@ -69,7 +69,7 @@ pub struct SkuTotal {
     pub quantity_sold: i64,
     /// Units on refund lines.
     pub quantity_refunded: i64,
-    /// Amount sold net of refunds.
+    /// Amount sold net of refunds, in minor units of the currency.
     #[serde(rename = "revenue_minor")]
     pub revenue: i64,
     /// Sale lines counted.

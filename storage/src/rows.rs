@@ -225,11 +225,13 @@ pub struct StockLevelRow {
     pub sku: u64,
     /// Current level: latest count + movements stamped after it.
     pub level: i64,
-    /// Time of the latest count, if the SKU was ever counted.
+    /// Event time of the latest count (UTC microseconds since the epoch),
+    /// if the SKU was ever counted.
     pub count_ts_us: Option<i64>,
     /// Key of that count (ties between counts of the same time break on it).
     pub count_key: Option<EventKey>,
-    /// Event time of the newest movement or count applied.
+    /// Event time of the newest movement or count applied (UTC
+    /// microseconds since the epoch).
     pub updated_ts_us: i64,
     /// Rows of stock_movements applied to this SKU so far; the newest
     /// version wins when two commits race.
@@ -275,15 +277,16 @@ pub struct DeviceHealthRow {
     pub key: EventKey,
     /// Store the device is in.
     pub store: u32,
-    /// Battery 0–100, 255 on mains.
+    /// Battery: 0–100 percent, or 255 when the device runs on mains
+    /// power (no battery to report).
     pub battery_pct: u8,
-    /// Tenths of a degree Celsius.
+    /// Temperature in tenths of a degree Celsius (`215` is 21.5 °C).
     pub temperature_dc: i16,
     /// Seconds since boot.
     pub uptime_s: u32,
     /// Batches the device holds unacknowledged.
     pub queue_depth: u32,
-    /// Signal strength, dBm.
+    /// Radio signal strength in dBm (negative; closer to 0 is stronger).
     pub rssi_dbm: i16,
 }
 

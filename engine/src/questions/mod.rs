@@ -4,18 +4,29 @@
 //!
 //! Times travel as the text the user typed (`2026-11-21`,
 //! `2026-11-21T10:00`, RFC 3339) and are parsed where the question is
-//! answered, by the same code.
+//! answered, by the same code. What each parameter takes is one table
+//! (`endpoints.rs`) that both the checks here and the OpenAPI document
+//! (`schema.rs`, `v1.rs`) read; the rows' fields another (`rows.rs`).
 
 use std::collections::HashMap;
 
 use serde_json::Value;
-use tillstream_storage::time::parse_ts;
 use tillstream_storage::catalog::{self, Catalog};
+use tillstream_storage::time::parse_ts;
 use tillstream_storage::{Bucket, Query, StoreError, TopBy, analytics};
 
+pub mod check;
 mod endpoints;
+mod request;
+pub mod rows;
+mod schema;
+mod v1;
 
-pub use endpoints::{ENDPOINTS, Endpoint, Param, openapi};
+pub use endpoints::{
+    ENDPOINTS, Endpoint, Kind, MAX_DAYS, MAX_LIMIT, Param, TIME_PATTERN, endpoint,
+};
+pub use request::parse_query;
+pub use schema::openapi;
 
 /// One question of the query API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,10 +116,12 @@ pub struct Range {
 
 impl Range {
     fn bounds(&self) -> Result<(i64, i64), QuestionError> {
+        // The texts were checked against the document's pattern
+        // ([`Question::check`]); this reads them.
         let parse = |s: &Option<String>, default: i64| match s {
             None => Ok(default),
             Some(s) => parse_ts(s).ok_or_else(|| {
-                QuestionError::Bad(format!(
+                Refusal::invalid(format!(
                     "{s:?} is not a time like 2011-02-20, 2011-02-20T11:39 or RFC 3339"
                 ))
             }),
@@ -117,7 +130,7 @@ impl Range {
         if from >= to {
             // An empty range is a mistake (swapped bounds), not a question
             // whose answer is "nothing".
-            return Err(QuestionError::Bad(format!(
+            return Err(Refusal::invalid(format!(
                 "from {:?} is not before to {:?}: the range is empty",
                 self.from.as_deref().unwrap_or("the beginning"),
                 self.to.as_deref().unwrap_or("the end")
@@ -130,16 +143,74 @@ impl Range {
 /// Why a question got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum QuestionError {
-    /// The question itself is wrong (HTTP 400).
+    /// The question cannot be answered as asked: [`Refusal::kind`] says
+    /// whether it is malformed (HTTP 400), names what is not there (404)
+    /// or names two things at once (409).
     #[error("{0}")]
-    Bad(String),
+    Bad(Refusal),
     /// The store failed (HTTP 500).
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+impl QuestionError {
+    /// The HTTP status that answers it.
+    pub fn status(&self) -> u16 {
+        match self {
+            QuestionError::Bad(r) => r.kind.status(),
+            QuestionError::Store(_) => 500,
+        }
+    }
+}
+
+/// A question refused, and why, for a person.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{why}")]
+pub struct Refusal {
+    /// What kind of refusal.
+    pub kind: Refused,
+    /// What was wrong.
+    pub why: String,
+}
+
+impl Refusal {
+    /// A malformed question (400).
+    pub(crate) fn invalid(why: impl Into<String>) -> QuestionError {
+        QuestionError::Bad(Refusal {
+            kind: Refused::Invalid,
+            why: why.into(),
+        })
+    }
+}
+
+/// The kinds of [`Refusal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not a question the document allows: an unknown or repeated
+    /// parameter, a value of the wrong form, a missing one, an empty
+    /// range (HTTP 400).
+    Invalid,
+    /// No such endpoint, or a store or SKU the catalogue does not know
+    /// (HTTP 404): the question is well formed, its subject is not there.
+    Unknown,
+    /// A text that is one thing's catalogue name and another's id (HTTP
+    /// 409): well formed, but which one depends on the catalogue now.
+    Ambiguous,
+}
+
+impl Refused {
+    /// Its HTTP status.
+    pub fn status(self) -> u16 {
+        match self {
+            Refused::Invalid => 400,
+            Refused::Unknown => 404,
+            Refused::Ambiguous => 409,
+        }
+    }
+}
+
 fn bad(s: impl Into<String>) -> QuestionError {
-    QuestionError::Bad(s.into())
+    Refusal::invalid(s)
 }
 
 impl Question {
@@ -238,43 +309,58 @@ impl Question {
         path
     }
 
-    /// The question an HTTP request asks. Unknown endpoints or
-    /// parameters, and values that do not parse, are [`QuestionError::Bad`].
+    /// The question `GET /api/v1/<endpoint>?<raw>` asks ([`parse_query`],
+    /// then [`Question::from_request`]).
+    pub fn from_query(endpoint: &str, raw: Option<&str>) -> Result<Question, QuestionError> {
+        let spec = endpoints::endpoint(endpoint).ok_or_else(|| no_endpoint(endpoint))?;
+        Self::from_request(spec.name, &parse_query(raw.unwrap_or(""))?)
+    }
+
+    /// The question an HTTP request asks. An unknown endpoint is
+    /// [`Refused::Unknown`]; unknown parameters, missing required ones
+    /// and values the endpoint's [`Param`]s do not take are
+    /// [`Refused::Invalid`].
     pub fn from_request(
         endpoint: &str,
         params: &HashMap<String, String>,
     ) -> Result<Question, QuestionError> {
-        let spec = ENDPOINTS
-            .iter()
-            .find(|e| e.name == endpoint)
-            .ok_or_else(|| bad(format!("no endpoint /api/v1/{endpoint}")))?;
-        for k in params.keys() {
-            if !spec.params.iter().any(|p| p.name == k) {
+        let spec = endpoints::endpoint(endpoint).ok_or_else(|| no_endpoint(endpoint))?;
+        for (k, v) in params {
+            let Some(p) = spec.param(k) else {
                 let known: Vec<&str> = spec.params.iter().map(|p| p.name).collect();
                 return Err(bad(format!(
                     "/api/v1/{endpoint} has no parameter {k:?} (it takes {known:?})"
                 )));
-            }
+            };
+            p.check(v).map_err(bad)?;
+        }
+        if let Some(p) = spec
+            .params
+            .iter()
+            .find(|p| p.required && !params.contains_key(p.name))
+        {
+            return Err(bad(format!("/api/v1/{endpoint} needs {}=", p.name)));
         }
         let text = |k: &str| params.get(k).cloned();
-        fn num<T: std::str::FromStr>(
+        // Checked above: these read what `Param::check` took.
+        fn num<T: TryFrom<i64>>(
             params: &HashMap<String, String>,
             k: &str,
-        ) -> Result<Option<T>, QuestionError> {
-            params
-                .get(k)
-                .map(|v| {
-                    v.parse()
-                        .map_err(|_| bad(format!("{k}={v:?} is not a valid number")))
-                })
-                .transpose()
+            default: T,
+        ) -> Result<T, QuestionError> {
+            match params.get(k) {
+                None => Ok(default),
+                Some(v) => endpoints::int_of(v)
+                    .and_then(|n| T::try_from(n).ok())
+                    .ok_or_else(|| bad(format!("{k}={v:?} is out of range"))),
+            }
         }
         let need = |k: &str| bad(format!("/api/v1/{endpoint} needs {k}="));
         let range = Range {
             from: text("from"),
             to: text("to"),
         };
-        Ok(match endpoint {
+        Ok(match spec.name {
             "sales" => Question::Sales {
                 store: text("store"),
                 range,
@@ -293,7 +379,7 @@ impl Question {
                     Some("quantity") => TopBy::Quantity,
                     Some(b) => return Err(bad(format!("by={b:?}: quantity or revenue"))),
                 },
-                limit: num(params, "limit")?.unwrap_or(10),
+                limit: num(params, "limit", 10)?,
             },
             "stock-history" => Question::StockHistory {
                 store: text("store").ok_or_else(|| need("store"))?,
@@ -302,7 +388,7 @@ impl Question {
             },
             "low-stock" => Question::LowStock {
                 store: text("store"),
-                below: num(params, "below")?.unwrap_or(5),
+                below: num(params, "below", 5)?,
             },
             "terminals" => Question::Terminals {
                 store: text("store"),
@@ -314,16 +400,29 @@ impl Question {
             },
             "dead-stock" => Question::DeadStock {
                 store: text("store"),
-                days: num(params, "days")?.unwrap_or(30),
+                days: num(params, "days", 30)?,
             },
             "basket-pairs" => Question::BasketPairs {
                 store: text("store"),
                 range,
-                limit: num(params, "limit")?.unwrap_or(20),
-                min_baskets: num(params, "min_baskets")?.unwrap_or(2),
+                limit: num(params, "limit", 20)?,
+                min_baskets: num(params, "min_baskets", 2)?,
             },
             _ => Question::Watermarks,
         })
+    }
+
+    /// Holds the question to what its endpoint's parameters take, as a
+    /// request's would be: a question the CLI built (`--limit 0`) is
+    /// refused as the same question over HTTP is, so both answer alike.
+    pub fn check(&self) -> Result<(), QuestionError> {
+        let spec = endpoint(self.endpoint()).ok_or_else(|| no_endpoint(self.endpoint()))?;
+        for (k, v) in self.params() {
+            if let Some(p) = spec.param(k) {
+                p.check(&v).map_err(bad)?;
+            }
+        }
+        Ok(())
     }
 
     /// The answer: a JSON array of objects, the same wherever it is asked.
@@ -332,6 +431,7 @@ impl Question {
     /// `United Kingdom`), and every row gets the catalogue's names beside
     /// its ids.
     pub fn answer(&self, q: &dyn Query) -> Result<Vec<Value>, QuestionError> {
+        self.check()?;
         let catalog = q.catalog()?;
         let mut rows = self.answer_ids(q, &catalog)?;
         catalog::name_rows(&catalog, &mut rows);
@@ -339,7 +439,19 @@ impl Question {
     }
 
     fn answer_ids(&self, q: &dyn Query, cat: &Catalog) -> Result<Vec<Value>, QuestionError> {
-        let one_store = |s: &str| catalog::resolve_store(cat, s).map_err(QuestionError::Bad);
+        let one_store = |s: &str| {
+            request::store(cat, s).map_err(|e| match (e, s.trim()) {
+                // `tillstream query sales --store scylla` meant the backend.
+                (QuestionError::Bad(mut r), "scylla" | "embedded") => {
+                    r.why = format!(
+                        "{}; to read the {s} backend, name it before the question: `tillstream query --backend {s} ...`",
+                        r.why
+                    );
+                    QuestionError::Bad(r)
+                }
+                (e, _) => e,
+            })
+        };
         let store = |s: &Option<String>| s.as_deref().map(one_store).transpose();
         fn values<T: serde::Serialize>(rows: Vec<T>) -> Vec<Value> {
             rows.into_iter()
@@ -366,7 +478,7 @@ impl Question {
             }
             Question::StockHistory { store, sku, range } => {
                 let (from, to) = range.bounds()?;
-                let sku = catalog::resolve_sku(cat, sku).map_err(QuestionError::Bad)?;
+                let sku = request::sku(cat, sku)?;
                 values(q.stock_history(one_store(store)?, sku, from, to)?)
             }
             Question::LowStock { store: s, below } => values(q.low_stock(store(s)?, *below)?),
@@ -381,9 +493,12 @@ impl Question {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+                // Saturating: a CLI's `--days` is any u32, and days in
+                // microseconds pass i64 from 106,751 days on.
+                let back = i64::from(*days).saturating_mul(tillstream_storage::time::DAY_US);
                 let scope = analytics::Scope {
                     store: store(s)?,
-                    from_us: now.saturating_sub(i64::from(*days) * 86_400_000_000),
+                    from_us: now.saturating_sub(back),
                     to_us: i64::MAX,
                 };
                 values(analytics::dead_stock(q, scope)?)
@@ -401,6 +516,14 @@ impl Question {
             )?),
         })
     }
+}
+
+fn no_endpoint(endpoint: &str) -> QuestionError {
+    let known: Vec<&str> = ENDPOINTS.iter().map(|e| e.name).collect();
+    QuestionError::Bad(Refusal {
+        kind: Refused::Unknown,
+        why: format!("no endpoint /api/v1/{endpoint} (there are {known:?})"),
+    })
 }
 
 fn scope(store: Option<u32>, range: &Range) -> Result<analytics::Scope, QuestionError> {
@@ -442,3 +565,5 @@ fn encode(v: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_contract;

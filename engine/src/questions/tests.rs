@@ -101,8 +101,8 @@ fn bad_requests_say_what_is_wrong() {
     };
     assert!(ask("nope", &[]).contains("no endpoint"));
     assert!(ask("sales", &[("stor", "1")]).contains("no parameter \"stor\""));
-    assert!(ask("top-skus", &[("limit", "x")]).contains("not a valid number"));
-    assert!(ask("sales", &[("bucket", "week")]).contains("minute, hour or day"));
+    assert!(ask("top-skus", &[("limit", "x")]).contains("not a whole number from 1 to 10000"));
+    assert!(ask("sales", &[("bucket", "week")]).contains("one of minute, hour, day"));
     assert!(ask("stock-history", &[("store", "1")]).contains("needs sku="));
 }
 
@@ -120,8 +120,74 @@ fn the_openapi_document_lists_every_endpoint_and_parameter() {
             assert!(listed, "{path}: {name} is not documented");
         }
     }
+    let questions = doc["paths"].as_object().map(|paths| {
+        paths
+            .keys()
+            .filter(|p| p.starts_with("/api/v1/") && *p != "/api/v1/openapi.json")
+            .count()
+    });
+    assert_eq!(questions, Some(ENDPOINTS.len()));
+}
+
+/// Issue 70, item 13: what the document allows, the server takes.
+#[test]
+fn the_document_gives_enums_bounds_and_time_patterns() {
+    let doc = openapi();
+    let param = |path: &str, name: &str| {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
+            .unwrap_or_default()
+    };
     assert_eq!(
-        doc["paths"].as_object().map(serde_json::Map::len),
-        Some(ENDPOINTS.len())
+        param("/api/v1/sales", "bucket")["schema"]["enum"],
+        serde_json::json!(["minute", "hour", "day"])
+    );
+    assert_eq!(
+        param("/api/v1/top-skus", "by")["schema"]["enum"],
+        serde_json::json!(["quantity", "revenue"])
+    );
+    assert_eq!(param("/api/v1/top-skus", "limit")["schema"]["minimum"], 1);
+    assert!(param("/api/v1/terminals", "from")["schema"]["pattern"].is_string());
+    assert_eq!(param("/api/v1/health", "store")["schema"]["minLength"], 1);
+}
+
+/// Issue 70: a request's number reaches no arithmetic that overflows.
+#[test]
+fn dead_stock_of_the_most_days_does_not_overflow() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let store = tillstream_storage::embedded::EmbeddedStore::open(dir.path())?;
+    let q = Question::DeadStock {
+        store: None,
+        days: u32::MAX,
+    };
+    let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| q.answer(&store)));
+    assert!(answer.is_ok(), "days = u32::MAX panicked");
+    Ok(())
+}
+
+/// Issue 70, item 12: units a reader cannot guess are named in the
+/// document, field by field.
+#[test]
+fn the_document_names_the_units_of_health_and_money() {
+    let doc = openapi();
+    let field = |row: &str, name: &str| {
+        doc["components"]["schemas"][row]["properties"][name]["description"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let battery = field("DeviceHealth", "battery_pct");
+    assert!(
+        battery.contains("255") && battery.contains("mains"),
+        "{battery}"
+    );
+    assert!(field("DeviceHealth", "temperature_max_dc").contains("tenths of a degree Celsius"));
+    assert!(field("DeviceHealth", "rssi_min_dbm").contains("dBm"));
+    assert!(field("SalesBucket", "gross_minor").contains("minor units"));
+    assert!(field("SalesBucket", "start_us").contains("UTC microseconds"));
+    assert_eq!(
+        doc["components"]["schemas"]["DeviceHealth"]["properties"]["battery_pct"]["maximum"],
+        255
     );
 }
