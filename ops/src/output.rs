@@ -7,7 +7,8 @@ use std::io::Write;
 use serde_json::{Map, Value};
 use tillstream_storage::time::format_ts;
 
-/// Output format of `tillstream query`.
+/// Output format of `tillstream query`. `export` offers the same names
+/// but a terminal table.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub(crate) enum Format {
     /// Aligned columns for a terminal.
@@ -16,6 +17,8 @@ pub(crate) enum Format {
     Csv,
     /// A JSON array of objects.
     Json,
+    /// One JSON object per line (JSON lines).
+    Jsonl,
 }
 
 pub(crate) fn print_rows(
@@ -23,9 +26,19 @@ pub(crate) fn print_rows(
     format: Format,
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
-    if let Format::Json = format {
-        serde_json::to_writer_pretty(&mut *out, rows)?;
-        return writeln!(out);
+    match format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, rows)?;
+            return writeln!(out);
+        }
+        Format::Jsonl => {
+            for row in rows {
+                serde_json::to_writer(&mut *out, row)?;
+                writeln!(out)?;
+            }
+            return Ok(());
+        }
+        Format::Table | Format::Csv => {}
     }
     let flat: Vec<Vec<(String, String)>> = rows.iter().map(flatten).collect();
     let mut columns: Vec<String> = Vec::new();
@@ -51,7 +64,7 @@ pub(crate) fn print_rows(
             }
             w.flush()?;
         }
-        Format::Table | Format::Json => {
+        Format::Table | Format::Json | Format::Jsonl => {
             if flat.is_empty() {
                 return writeln!(out, "(no rows)");
             }
@@ -182,6 +195,9 @@ pub(crate) enum RowWriter<W: Write> {
     },
     /// One JSON object a line.
     Json(W),
+    /// One JSON array, written a row at a time: `[` before the first,
+    /// `,` between, `]` at [`RowWriter::finish`].
+    JsonArray { out: W, rows: u64 },
 }
 
 /// RFC 4180 with `\n` line ends, quoting only where needed.
@@ -203,11 +219,21 @@ impl<W: Write> RowWriter<W> {
         }
     }
 
+    /// A writer of one JSON array.
+    pub(crate) fn json_array(out: W) -> Self {
+        RowWriter::JsonArray { out, rows: 0 }
+    }
+
     pub(crate) fn write(&mut self, row: &Value) -> std::io::Result<()> {
         match self {
             RowWriter::Json(out) => {
                 serde_json::to_writer(&mut *out, row)?;
                 writeln!(out)
+            }
+            RowWriter::JsonArray { out, rows } => {
+                out.write_all(if *rows == 0 { b"[\n" } else { b",\n" })?;
+                *rows += 1;
+                serde_json::to_writer(&mut *out, row).map_err(std::io::Error::from)
             }
             RowWriter::Csv { out, columns } => {
                 let flat = flatten(row);
@@ -243,6 +269,14 @@ impl<W: Write> RowWriter<W> {
                     .map_err(std::io::Error::from)
                     .and_then(|()| writeln!(out)),
             ),
+            RowWriter::JsonArray { out, rows } => {
+                let sep: &[u8] = if *rows == 0 { b"[\n" } else { b",\n" };
+                *rows += 1;
+                Some(
+                    out.write_all(sep)
+                        .and_then(|()| serde_json::to_writer(&mut *out, row).map_err(Into::into)),
+                )
+            }
             RowWriter::Csv { .. } => None,
         }
     }
@@ -250,6 +284,10 @@ impl<W: Write> RowWriter<W> {
     pub(crate) fn finish(self) -> std::io::Result<()> {
         match self {
             RowWriter::Json(mut out) => out.flush(),
+            RowWriter::JsonArray { mut out, rows } => {
+                out.write_all(if rows == 0 { b"[]\n" } else { b"\n]\n" })?;
+                out.flush()
+            }
             RowWriter::Csv { mut out, .. } => out.flush(),
         }
     }
@@ -283,6 +321,28 @@ mod tests {
         }
         let other = std::io::Error::other("disk full");
         assert!(!broken_pipe(&other));
+    }
+
+    #[test]
+    fn query_and_export_write_json_and_json_lines_alike() -> std::io::Result<()> {
+        let rows = vec![serde_json::json!({"a": 1}), serde_json::json!({"a": 2})];
+        let mut lines = Vec::new();
+        print_rows(&rows, Format::Jsonl, &mut lines)?;
+        assert_eq!(String::from_utf8_lossy(&lines), "{\"a\":1}\n{\"a\":2}\n");
+        let mut array = RowWriter::json_array(Vec::new());
+        for r in &rows {
+            array.write(r)?;
+        }
+        let RowWriter::JsonArray { out, .. } = &array else {
+            return Err(std::io::Error::other("not an array writer"));
+        };
+        let text = String::from_utf8_lossy(out).into_owned() + "\n]\n";
+        let parsed: Vec<Value> = serde_json::from_str(&text)?;
+        assert_eq!(parsed, rows);
+        let mut empty = Vec::new();
+        RowWriter::json_array(&mut empty).finish()?;
+        assert_eq!(empty, b"[]\n");
+        Ok(())
     }
 
     #[test]

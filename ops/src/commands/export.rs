@@ -45,12 +45,14 @@ pub(crate) struct Args {
     out: Option<PathBuf>,
 }
 
-/// How rows are written.
+/// How rows are written: the names `query --format` uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum ExportFormat {
     /// RFC 4180 CSV, one header row.
     Csv,
-    /// One JSON object per line.
+    /// One JSON array of objects, streamed.
+    Json,
+    /// One JSON object per line (JSON lines).
     Jsonl,
 }
 
@@ -182,10 +184,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => Box::new(std::io::stdout().lock()),
     };
-    let mut writer = RowWriter::new(
-        std::io::BufWriter::with_capacity(1 << 16, sink),
-        args.format == ExportFormat::Csv,
-    );
+    let sink = std::io::BufWriter::with_capacity(1 << 16, sink);
+    let mut writer = match args.format {
+        ExportFormat::Json => RowWriter::json_array(sink),
+        ExportFormat::Csv => RowWriter::new(sink, true),
+        ExportFormat::Jsonl => RowWriter::new(sink, false),
+    };
     // A spinner on a terminal (indicatif draws nothing otherwise).
     let progress = indicatif::ProgressBar::new_spinner();
     if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg}: {human_pos} rows")
