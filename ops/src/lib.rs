@@ -96,7 +96,7 @@ enum Command {
 
 /// Writes `bytes` to stdout; a reader that stopped early (`| head`) is
 /// not an error.
-fn print_all(bytes: &[u8]) -> anyhow::Result<std::process::ExitCode> {
+pub(crate) fn print_all(bytes: &[u8]) -> anyhow::Result<std::process::ExitCode> {
     use std::io::Write;
     match std::io::stdout().lock().write_all(bytes) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
@@ -284,6 +284,8 @@ pub fn main(allocator: Option<AllocatorHooks>) -> std::process::ExitCode {
     };
     match result {
         Ok(code) => code,
+        // A reader that stopped early (`| head`) is not a failure.
+        Err(e) if output::broken_pipe(e.as_ref()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             logging::fail(logging::chain(&e));
             std::process::ExitCode::from(EXIT_ERROR)

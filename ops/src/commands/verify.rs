@@ -55,7 +55,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let report = verify(&*store, expected.as_deref()).context("verifying the store")?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    // Not println!, which panics when the reader has gone (`| head`).
+    crate::print_all(format!("{}\n", serde_json::to_string_pretty(&report)?).as_bytes())?;
     Ok(if report.ok {
         ExitCode::SUCCESS
     } else {
