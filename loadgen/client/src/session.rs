@@ -327,7 +327,7 @@ impl Session {
             if life.welcomed_before {
                 st.stats.reconnects += 1;
             }
-            count_acked(&mut st.stats, &acked, 0);
+            count_acked(&mut st.stats, &acked, &[]);
             // Nothing left to wait for: the session has recovered.
             let recovered = if st.window.is_empty() {
                 life.lost_at.take()
@@ -429,7 +429,7 @@ impl Session {
             let settled = st.window.on_ack(ack.durable_seq);
             let acked = settled.acked;
             let stale = self.refuse_stale(&mut st, settled.stale, at);
-            count_acked(&mut st.stats, &acked, ack.rejected.len());
+            count_acked(&mut st.stats, &acked, &ack.rejected);
             if let Some(t) = life.lost_at.take() {
                 st.stats.record_recovery(at - t);
             }
@@ -539,8 +539,15 @@ impl Session {
     }
 }
 
-fn count_acked(stats: &mut crate::ClientStats, acked: &[crate::AckedBatch], rejected: usize) {
+fn count_acked(
+    stats: &mut crate::ClientStats,
+    acked: &[crate::AckedBatch],
+    rejected: &[tillstream_protocol::RejectedRef],
+) {
     stats.acked_batches += acked.len() as u64;
     stats.acked_events += acked.iter().map(|b| u64::from(b.events)).sum::<u64>();
-    stats.rejected_events += rejected as u64;
+    stats.rejected_events += rejected.len() as u64;
+    for r in rejected {
+        *stats.rejected_by_code.entry(r.code).or_default() += 1;
+    }
 }

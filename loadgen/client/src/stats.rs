@@ -29,6 +29,10 @@ pub struct ClientStats {
     pub stale_batches: u64,
     /// Events the server refused on semantic grounds (reported in acks).
     pub rejected_events: u64,
+    /// Those events by the server's wire code
+    /// ([`RejectCode`](tillstream_protocol::RejectCode) value): what a
+    /// diagnosis of them rests on.
+    pub rejected_by_code: BTreeMap<u16, u64>,
     /// `Error` frames received, by wire code.
     pub errors_by_code: BTreeMap<u16, u64>,
     /// `Reject` answers to `Hello`, by wire code.
@@ -77,6 +81,9 @@ impl ClientStats {
         self.quic_sent_packets += o.quic_sent_packets;
         self.quic_lost_packets += o.quic_lost_packets;
         self.rejected_events += o.rejected_events;
+        for (k, v) in &o.rejected_by_code {
+            *self.rejected_by_code.entry(*k).or_default() += v;
+        }
         for (k, v) in &o.errors_by_code {
             *self.errors_by_code.entry(*k).or_default() += v;
         }
@@ -124,11 +131,19 @@ mod tests {
         };
         b.errors_by_code.insert(10, 1);
         b.errors_by_code.insert(13, 1);
+        a.rejected_by_code.insert(105, 4);
+        b.rejected_by_code.insert(105, 1);
+        b.rejected_by_code.insert(102, 2);
         b.record_recovery(Duration::from_millis(9));
         a.merge(&b);
         assert_eq!(a.connects, 3);
         assert_eq!(a.errors_by_code.get(&10), Some(&3));
         assert_eq!(a.errors_by_code.get(&13), Some(&1));
+        assert_eq!(
+            a.rejected_by_code,
+            BTreeMap::from([(102, 2), (105, 5)]),
+            "refusals add up by code"
+        );
         assert_eq!(a.recovery_max, Duration::from_millis(9));
         assert_eq!(a.recoveries, 1);
     }

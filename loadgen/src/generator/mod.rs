@@ -12,9 +12,15 @@
 //!   simulated shelf level that sales and refunds move too.
 //! - Every device sends an occasional health ping.
 //! - Event times follow a simulated clock from `start_us`, `step_us` per
-//!   event, shifted by a fixed per-device offset of up to ±2 s and a little
-//!   jitter, so devices interleave out of order by a few seconds; each
-//!   device's own clock never goes back.
+//!   event, plus a little jitter; a till's clock runs behind it by a fixed
+//!   offset of up to 4 s, so tills interleave out of order by a few
+//!   seconds, and a shelf sensor's runs a jitter ahead of every till's, so
+//!   that no count is stamped before a till's event generated before it;
+//!   each device's own clock never goes back. The server orders a count
+//!   only against the newest 1,024 movements of its SKU, which for the
+//!   busiest SKUs at this simulation's pace are less than a second of
+//!   their time: sensors up to 4 s behind the tills had counts of those
+//!   refused as `count_too_late` (issue 70).
 //! - Busier stores get more traffic (weight 1/√rank); within a store a
 //!   till is twice as busy as a sensor.
 
@@ -44,13 +50,18 @@ const SENSOR_HEALTH_SHARE: f64 = 0.03;
 const SENSOR_COUNT_SHARE: f64 = 0.55;
 /// A sensor's traffic relative to a till's.
 const SENSOR_WEIGHT: f64 = 0.5;
-/// Largest fixed clock offset of a device, µs.
-const MAX_OFFSET_US: i64 = 2_000_000;
+/// Furthest a till's clock runs behind the simulated clock, µs (a fixed
+/// offset per till).
+pub const MAX_TILL_LAG_US: i64 = 4_000_000;
 /// Largest jitter of one event's time, µs.
 const MAX_JITTER_US: i64 = 200_000;
-/// Furthest an event is stamped past the simulated clock, µs: its
-/// device's offset and its jitter.
-pub const MAX_LEAD_US: i64 = MAX_OFFSET_US + MAX_JITTER_US;
+/// How far a sensor's clock runs ahead of the simulated clock, µs: by a
+/// till's largest jitter, so a count is stamped after every till event
+/// generated before it (module docs).
+const SENSOR_LEAD_US: i64 = MAX_JITTER_US;
+/// Furthest an event is stamped past the simulated clock, µs: a sensor's
+/// lead and its jitter.
+pub const MAX_LEAD_US: i64 = SENSOR_LEAD_US + MAX_JITTER_US;
 /// Most devices of one kind and another in a store (device ids keep 16
 /// bits for the index).
 pub const MAX_DEVICES_PER_STORE: u32 = 1 << 16;
@@ -235,7 +246,10 @@ impl Generator {
                     kind,
                 });
                 states.push(DeviceState {
-                    offset_us: rng.random_range(-MAX_OFFSET_US..=MAX_OFFSET_US),
+                    offset_us: match kind {
+                        DeviceKind::Till => rng.random_range(-MAX_TILL_LAG_US..=0),
+                        DeviceKind::Sensor => SENSOR_LEAD_US,
+                    },
                     last_ts: i64::MIN,
                     boot_ts: spec.start_us - rng.random_range(3_600..30 * 86_400) * 1_000_000,
                     battery: rng.random_range(60..=100),

@@ -194,32 +194,76 @@ fn a_watermark_regression_fails_the_run_without_verify() -> Result<(), Box<dyn s
     Ok(())
 }
 
+/// Issue 70: 798 refusals that the server counted as `count_too_late`
+/// were blamed on the clocks. A diagnosis comes from the server's code.
 #[test]
-fn refused_generated_events_are_named_with_their_likely_cause()
--> Result<(), Box<dyn std::error::Error>> {
+fn refusals_are_diagnosed_by_the_servers_code_not_guessed() -> Result<(), Box<dyn std::error::Error>>
+{
+    use tillstream_protocol::RejectCode;
     let mut out = outcome(1_000)?;
-    let fleet = |out: &RunOutcome, info| {
+    let report = |out: &RunOutcome, info| {
         Report::new(out, (1_000, 10, 1000), 1, 1, info, serde_json::Value::Null)
     };
     assert!(
-        fleet(&out, info()).rejected_note().is_none(),
+        report(&out, info()).rejected_notes().is_empty(),
         "none refused"
     );
-    out.events_rejected = 250;
-    let r = fleet(&out, info());
-    let why = r.rejected_note().ok_or("250 generated events refused")?;
+    out.events_rejected = 798;
+    out.stats
+        .rejected_by_code
+        .insert(RejectCode::CountTooLate.as_u16(), 798);
+    let r = report(&out, info());
+    assert_eq!(r.rejected_by_code.get("count_too_late"), Some(&798));
+    let json = serde_json::to_value(&r)?;
+    assert_eq!(json["rejected_by_code"]["count_too_late"], 798);
+    let notes = r.rejected_notes();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].starts_with("count_too_late: 798 "), "{}", notes[0]);
+    assert!(notes[0].contains("1,024 movements"), "{}", notes[0]);
     assert!(
-        why.contains("refused 250 of the generated events (25.0%)"),
-        "{why}"
+        !notes[0].contains("clock"),
+        "a count refused as too late says nothing of clocks: {}",
+        notes[0]
     );
-    assert!(why.contains("future_timestamp"), "{why}");
-    assert!(r.summary().contains("note: the server refused 250"));
-    // A replayed file's rows may be refused for what they are.
+    let text = r.summary();
+    assert!(
+        text.contains("rejected events by the server's code: count_too_late 798"),
+        "{text}"
+    );
+    assert!(!text.contains("future_timestamp"), "{text}");
+
+    // The clocks where, and only where, the server said future_timestamp.
+    out.events_rejected = 810;
+    out.stats
+        .rejected_by_code
+        .insert(RejectCode::FutureTimestamp.as_u16(), 12);
+    let notes = report(&out, info()).rejected_notes();
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    let clocks = notes
+        .iter()
+        .find(|n| n.starts_with("future_timestamp: 12 "))
+        .ok_or("a note for future_timestamp")?;
+    assert!(clocks.contains("--max-clock-skew-s"), "{clocks}");
+
+    // A code this build does not know: counted under its number, and
+    // not explained.
+    out.stats.rejected_by_code.insert(177, 1);
+    let r = report(&out, info());
+    assert_eq!(r.rejected_by_code.get("code_177"), Some(&1));
+    let unknown = r
+        .rejected_notes()
+        .into_iter()
+        .find(|n| n.starts_with("code_177: 1 "))
+        .ok_or("a note for code 177")?;
+    assert!(unknown.contains("unknown to this build"), "{unknown}");
+    // A replayed file makes no shelf counts: the code's own meaning, no
+    // word about the generator.
     let csv = GeneratorInfo {
         mode: "csv",
         ..info()
     };
-    assert!(fleet(&out, csv).rejected_note().is_none());
+    let notes = report(&out, csv).rejected_notes();
+    assert!(notes.iter().all(|n| !n.contains("generator")), "{notes:?}");
     Ok(())
 }
 
