@@ -18,8 +18,9 @@ use crate::sched::DeviceSched;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "tillstream-loadgen", version, about, long_about)]
 pub struct Args {
-    /// QUIC address of a running server (host:port). Without it, a server
-    /// is started in process.
+    /// QUIC address of a running server (host:port), which must answer a
+    /// QUIC handshake within 5 s before anything is sent ("cannot connect
+    /// to ..." otherwise). Without it, a server is started in process.
     #[arg(long, value_name = "ADDR")]
     pub server: Option<String>,
 
@@ -54,8 +55,12 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = AuthMode::Token)]
     pub auth: AuthMode,
 
-    /// Base URL of the server's HTTP API, for --verify and the settings in
-    /// the report [default: http://<server ip>:7401].
+    /// Base URL of the server's HTTP API, for --verify, the server's CPU
+    /// time and ack latency, and its settings in the report [default:
+    /// http://<server ip>:<server port + 1>, as `tillstream serve` pairs
+    /// its defaults 7400 and 7401]. Asked (GET /healthz) before anything
+    /// is sent: with --verify, a run whose API does not answer fails
+    /// there; without, it goes on without the server's figures.
     #[arg(long, value_name = "URL", requires = "server")]
     pub http: Option<String>,
 
@@ -203,7 +208,8 @@ pub struct Args {
     #[arg(long)]
     pub verify: bool,
 
-    /// Fail if not every event is acknowledged within this many seconds.
+    /// Fail if not every event is acknowledged within this many seconds
+    /// of the devices' first dial (their connections included).
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     pub give_up_after: u64,
 

@@ -28,8 +28,8 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tillstream_client::{
-    ClientConfig, ClientError, ClientEvent, ClientStats, DeviceClient, EndpointOptions,
-    client_endpoint_with,
+    ClientConfig, ClientEndpoint, ClientError, ClientEvent, ClientStats, DeviceClient,
+    EndpointOptions, client_endpoint_with,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -155,7 +155,16 @@ fn progress(total: u64) -> ProgressBar {
 }
 
 /// Sends `work` and collects the acknowledgements.
+///
+/// `cfg.give_up_after` counts from the first dial, the wait for the
+/// devices' first sessions included, so a run gives up when it says it
+/// did (issue 70: "gave up after 5 s" came after 17). A fleet of which no
+/// device gets a session is an error, "cannot connect to ...", as soon as
+/// a device's attempt has failed without an answer from the server, or at
+/// that deadline.
 pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> {
+    let dialled = Instant::now();
+    let deadline = tokio::time::Instant::from(dialled + cfg.give_up_after);
     let endpoint = client_endpoint_with(&cfg.ca_pem, cfg.server, &cfg.endpoint)
         .context("creating the QUIC endpoint")?;
     let (tx, mut rx) = mpsc::channel::<ClientEvent>(8192);
@@ -204,8 +213,14 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
     // handshakes, not the ingest.
     let limit = cfg
         .connect_wait
-        .max(Duration::from_millis(5 * clients.len() as u64));
-    wait_connected(&clients, limit).await;
+        .max(Duration::from_millis(5 * clients.len() as u64))
+        .min(cfg.give_up_after);
+    if let Err(why) = wait_connected(&clients, limit).await {
+        let why = format!("cannot connect to {}: {why}", cfg.server);
+        tracing::error!("{why}");
+        close(clients, &endpoint, false).await;
+        anyhow::bail!(why);
+    }
 
     let start = Instant::now();
     let lag_probe = LagProbe::start().context("starting the runtime lag probe")?;
@@ -239,7 +254,6 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
 
     let bar = progress(total);
     let mut c = Collector::new(untimed)?;
-    let deadline = tokio::time::Instant::from(start + cfg.give_up_after);
     // The last acknowledgement of a timed batch, and of any.
     let (mut last_timed, mut last_ack) = (start, start);
     // Where no progress bar shows (logs, CI), a stats line every 5 s.
@@ -282,10 +296,21 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
                 break;
             }
             () = tokio::time::sleep_until(deadline) => {
-                c.failures.push(format!(
-                    "gave up after {:?}: {} of {total} events acknowledged",
-                    cfg.give_up_after, c.acked
-                ));
+                let given = secs(cfg.give_up_after);
+                let why = match never_connected(&clients) {
+                    Some(last) => format!(
+                        "cannot connect to {}: no device had a session in {given} \
+                         (--give-up-after){last}",
+                        cfg.server
+                    ),
+                    None => format!(
+                        "gave up after {given}: {} of {total} events acknowledged",
+                        c.acked
+                    ),
+                };
+                // Said now, not only in the report at the end.
+                tracing::error!("{why}");
+                c.failures.push(why);
                 break;
             }
         }
@@ -307,7 +332,7 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
 
     let mut stats = ClientStats::default();
     let mut used = Vec::new();
-    for client in clients {
+    for client in &clients {
         let s = client.stats();
         if s.stale_batches > 0 {
             used.push(format!(
@@ -317,10 +342,8 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
             ));
         }
         stats.merge(&s);
-        if let Ok(client) = Arc::try_unwrap(client) {
-            client.close().await;
-        }
     }
+    let unreachable = stats.connects == 0 && stats.rejects_by_code.is_empty();
     if let Some(first) = used.first() {
         c.failures.push(format!(
             "the server already holds batches of {} of these devices ({first}{}) from an \
@@ -330,8 +353,12 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
             if used.len() > 1 { ", ..." } else { "" }
         ));
     }
-    endpoint.close(0u32.into(), b"run over");
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    close(clients, &endpoint, !unreachable).await;
+    // A run the server answered no device of is not a run: an error, as
+    // from `wait_connected`.
+    if unreachable && !c.failures.is_empty() {
+        anyhow::bail!(c.failures.join("; "));
+    }
     Ok(RunOutcome {
         events_sent: sent.load(Ordering::Relaxed),
         events_acked: c.acked,
@@ -348,28 +375,76 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
 }
 
 /// Waits until every device has had a session (or gave up for good), at
-/// most `limit`, so the handshakes stay out of the measurement.
-async fn wait_connected(clients: &[Arc<DeviceClient>], limit: Duration) {
+/// most `limit`, so the handshakes stay out of the measurement. An error,
+/// why the first attempt failed, once one has and the server has answered
+/// none: no session and no `Reject` (a server that is busy or draining
+/// answers, and is waited for).
+async fn wait_connected(clients: &[Arc<DeviceClient>], limit: Duration) -> Result<(), String> {
     let deadline = Instant::now() + limit;
     loop {
-        let waiting = clients
+        let stats: Vec<ClientStats> = clients.iter().map(|c| c.stats()).collect();
+        let waiting = stats
             .iter()
-            .filter(|c| {
-                let s = c.stats();
-                s.connects == 0 && s.rejects_by_code.is_empty()
-            })
+            .filter(|s| s.connects == 0 && s.rejects_by_code.is_empty())
             .count();
         if waiting == 0 {
-            return;
+            return Ok(());
+        }
+        if waiting == clients.len()
+            && let Some(failed) = stats.iter().find(|s| s.connect_failures > 0)
+        {
+            return Err(failed
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "the connection failed".into()));
         }
         if Instant::now() >= deadline {
             tracing::warn!(
                 waiting,
                 "not every device connected in time; starting anyway"
             );
-            return;
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `Some` (the devices' last error, as `: why`, or nothing) if the server
+/// answered none of the devices: no session, no `Reject`.
+fn never_connected(clients: &[Arc<DeviceClient>]) -> Option<String> {
+    let stats: Vec<ClientStats> = clients.iter().map(|c| c.stats()).collect();
+    let answered = stats
+        .iter()
+        .any(|s| s.connects > 0 || !s.rejects_by_code.is_empty());
+    (!answered).then(|| {
+        stats
+            .iter()
+            .find_map(|s| s.last_error.as_ref())
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    })
+}
+
+/// Closes the devices and the endpoint; where the server answered, waits
+/// (2 s at most) for the closes to reach it.
+async fn close(clients: Vec<Arc<DeviceClient>>, endpoint: &ClientEndpoint, answered: bool) {
+    for client in clients {
+        if let Ok(client) = Arc::try_unwrap(client) {
+            client.close().await;
+        }
+    }
+    endpoint.close(0u32.into(), b"run over");
+    if answered {
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    }
+}
+
+/// A duration as people read it: `3 s`, `2.5 s`.
+fn secs(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
     }
 }
 

@@ -11,7 +11,10 @@
 //! - the report ([`report`]), with what the run cost the server and how
 //!   long it took to acknowledge, by its own measure ([`meter`]), how late
 //!   the loadgen's own runtime ran ([`lag`]), and the end-to-end check
-//!   ([`verify`]).
+//!   ([`verify`]);
+//! - against a server elsewhere, a check that it answers, on its QUIC
+//!   port and its HTTP API, before anything is prepared or sent
+//!   ([`remote`]).
 //!
 //! It is not a test of correctness under faults (that is `tests/`), nor a
 //! micro-benchmark (that is `benches/`).
@@ -22,6 +25,7 @@ pub mod fleet;
 pub mod generator;
 pub mod lag;
 pub mod meter;
+pub mod remote;
 pub mod replay;
 pub mod report;
 pub mod run;

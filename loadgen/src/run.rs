@@ -7,7 +7,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use std::sync::Arc;
 use tillstream_auth::ca::DeviceCa;
-use tillstream_auth::token::SigningKey;
 use tillstream_engine::{AuthConfig, CertAuth, Server, ServerConfig};
 
 use crate::cli::{Args, AuthMode};
@@ -15,14 +14,12 @@ use crate::credentials::Credentials;
 use crate::fleet::{self, RunConfig};
 use crate::generator::{FleetSpec, clock_start_us, with_run_id};
 use crate::meter::ServerMeter;
+use crate::remote::{self, Remote};
 use crate::report::{GeneratorInfo, Report};
 use crate::sched::DeviceSched;
 use crate::workload::{self, Workload};
 use crate::{replay, verify};
 use tillstream_client::EndpointOptions;
-
-/// Default port of the server's HTTP API.
-const DEFAULT_HTTP_PORT: u16 = 7401;
 
 /// Where the load goes.
 enum Target {
@@ -31,9 +28,10 @@ enum Target {
         server: Box<Server>,
         _dir: Option<tempfile::TempDir>,
     },
-    /// A server elsewhere, with its HTTP API (and an admin token for it).
+    /// A server elsewhere, with its HTTP API where it answers (and an
+    /// admin token for it).
     Remote {
-        http: String,
+        http: Option<String>,
         bearer: Option<String>,
     },
 }
@@ -104,17 +102,21 @@ pub async fn prepare(args: &Args) -> anyhow::Result<(Workload, GeneratorInfo)> {
     Ok((work, info))
 }
 
-async fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
-    tokio::net::lookup_host(server)
-        .await
-        .with_context(|| format!("cannot resolve --server {server}"))?
-        .next()
-        .with_context(|| format!("--server {server} resolves to no address"))
-}
-
 /// Runs the whole benchmark and returns its report.
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     args.check()?;
+    let endpoint = EndpointOptions {
+        max_udp_payload: args
+            .quic_max_udp_payload
+            .unwrap_or(tillstream_protocol::DEFAULT_MAX_UDP_PAYLOAD),
+        ..EndpointOptions::default()
+    };
+    // A server elsewhere is asked whether it answers before a workload,
+    // which may take a while, is prepared for it.
+    let remote = match &args.server {
+        Some(s) => Some(remote::connect(&args, s, &endpoint).await?),
+        None => None,
+    };
     let (mut work, info) = prepare(&args).await?;
     let totals = (work.events, work.batches, work.bytes);
     let run_id = args.run_id.unwrap_or_else(|| {
@@ -129,62 +131,21 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         d.device = with_run_id(d.device, run_id);
     }
 
-    let (target, addr, ca_pem, settings, credentials) = match &args.server {
-        Some(s) => {
-            let ca_pem_of_server = args
-                .ca
-                .as_ref()
-                .map(std::fs::read)
-                .transpose()
-                .context("reading --ca")?
-                .unwrap_or_default();
-            let credentials = match (&args.token_key, args.auth) {
-                (_, AuthMode::None) => Credentials::None,
-                (_, AuthMode::Certificate) => {
-                    let dir = args
-                        .device_ca_dir
-                        .as_ref()
-                        .context("--device-ca-dir is required with --auth certificate")?;
-                    Credentials::Certificates {
-                        ca: Arc::new(DeviceCa::load(dir).with_context(|| {
-                            format!("loading the device CA of {}", dir.display())
-                        })?),
-                        trust_pem: ca_pem_of_server,
-                    }
-                }
-                (Some(p), _) => Credentials::Tokens(Arc::new(
-                    SigningKey::load(p)
-                        .with_context(|| format!("reading --token-key {}", p.display()))?,
-                )),
-                (None, _) => bail!(
-                    "--token-key FILE is required with --server (the server's DATA_DIR/auth/signing.key), or --auth none for a server run with --auth none"
-                ),
-            };
-            let addr = resolve(s).await?;
-            let ca = args
-                .ca
-                .as_ref()
-                .context("--ca FILE is required with --server")?;
-            let pem =
-                std::fs::read(ca).with_context(|| format!("reading --ca {}", ca.display()))?;
-            let http = args.http.clone().unwrap_or_else(|| {
-                format!("http://{}", SocketAddr::new(addr.ip(), DEFAULT_HTTP_PORT))
-            });
-            // The API (verify, settings) takes an admin token signed with
-            // the server's key, whatever the devices present.
-            let bearer = match &args.token_key {
-                Some(p) => Credentials::Tokens(Arc::new(SigningKey::load(p)?)).api_token(),
-                None => None,
-            };
-            let settings = verify::remote_settings(&http, bearer.as_deref()).await;
-            (
-                Target::Remote { http, bearer },
-                addr,
-                pem,
-                settings,
-                credentials,
-            )
-        }
+    let (target, addr, ca_pem, settings, credentials) = match remote {
+        Some(Remote {
+            addr,
+            ca_pem,
+            credentials,
+            http,
+            bearer,
+            settings,
+        }) => (
+            Target::Remote { http, bearer },
+            addr,
+            ca_pem,
+            settings,
+            credentials,
+        ),
         None => {
             let (dir, path) = match &args.data_dir {
                 Some(d) => (None, d.clone()),
@@ -273,23 +234,22 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         give_up_after: Duration::from_secs(args.give_up_after),
         max_inflight: args.max_inflight,
         connect_wait: Duration::from_secs(10),
-        endpoint: EndpointOptions {
-            max_udp_payload: args
-                .quic_max_udp_payload
-                .unwrap_or(tillstream_protocol::DEFAULT_MAX_UDP_PAYLOAD),
-            ..EndpointOptions::default()
-        },
+        endpoint,
     };
     // The CPU the run costs (the server's, or this whole process's) and
     // the server's own ack latency.
+    // None: a server whose HTTP API does not answer (`remote`).
     let meter = match &target {
-        Target::Remote { http, bearer } => ServerMeter::Remote {
+        Target::Remote { http, bearer } => http.as_ref().map(|http| ServerMeter::Remote {
             http: http.clone(),
             bearer: bearer.clone(),
-        },
-        Target::InProcess { .. } => ServerMeter::Own,
+        }),
+        Target::InProcess { .. } => Some(ServerMeter::Own),
     };
-    let before = meter.read().await;
+    let before = match &meter {
+        Some(m) => m.read().await,
+        None => None,
+    };
     let out = match args.device_threads {
         Some(threads) => {
             let sched = args.device_sched();
@@ -300,7 +260,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         }
         None => fleet::run(work, &cfg).await?,
     };
-    let after = meter.read().await;
+    let after = match &meter {
+        Some(m) => m.read().await,
+        None => None,
+    };
     if let Some(path) = &args.manifest {
         let json =
             serde_json::to_vec(&verify::manifest(&out.acked)).context("encoding the manifest")?;
@@ -312,7 +275,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     report.auth = auth_mode.to_string();
     report.device_threads = args.device_threads;
     report.device_sched = args.device_sched().effective();
-    report.cpu = meter.between(before.as_ref(), after.as_ref(), out.events_acked);
+    report.cpu = meter
+        .as_ref()
+        .and_then(|m| m.between(before.as_ref(), after.as_ref(), out.events_acked));
     report.server_ack_latency_ms =
         ServerMeter::ack_latency_between(before.as_ref(), after.as_ref());
     report.server_journal_appends_ms =
@@ -337,9 +302,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                     .map_err(anyhow::Error::from)
                     .and_then(|r| r.map_err(anyhow::Error::from))
             }
-            Target::Remote { http, bearer } => {
-                verify::put_catalog(http, bearer.as_deref(), catalog).await
-            }
+            Target::Remote {
+                http: Some(http),
+                bearer,
+            } => verify::put_catalog(http, bearer.as_deref(), catalog).await,
+            Target::Remote { http: None, .. } => Err(anyhow::anyhow!(
+                "the server's HTTP API does not answer (pass --http URL)"
+            )),
         };
         if let Err(e) = written {
             tracing::warn!(error = %format!("{e:#}"), "the replay's catalogue was not written");
@@ -354,9 +323,14 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 server.tables_caught_up(Duration::from_secs(120)).await;
                 verify::in_process(server.store(), expected).await
             }
-            Target::Remote { http, bearer } => {
-                verify::remote(http, bearer.as_deref(), expected).await
-            }
+            Target::Remote {
+                http: Some(http),
+                bearer,
+            } => verify::remote(http, bearer.as_deref(), expected).await,
+            // `remote::connect` refuses --verify without an HTTP API.
+            Target::Remote { http: None, .. } => Err(anyhow::anyhow!(
+                "the server's HTTP API does not answer (pass --http URL)"
+            )),
         };
         Some(got.unwrap_or_else(|e| serde_json::json!({ "ok": false, "error": format!("{e:#}") })))
     } else {
