@@ -3,7 +3,10 @@
 //! test a real terminal (`tmux`), one deploy test `kubectl kustomize`
 //! (not in Debian's packages), the analytics test `cqlsh` (PyPI). Each is
 //! compiled as ignored unless its program is on PATH when this crate is
-//! built; `.ci/run` installs promtool, tmux and cqlsh first.
+//! built; `.ci/run` installs promtool, tmux and cqlsh first. The contract
+//! test runs schemathesis (PyPI) from the path in `TILLSTREAM_SCHEMATHESIS`
+//! (`.ci/run` installs it in a virtualenv of its own, off PATH: this
+//! machine's CPython 3.11.7 fails inside it).
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(has_promtool)");
@@ -11,6 +14,13 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(has_kubectl)");
     println!("cargo::rustc-check-cfg=cfg(has_cqlsh)");
     println!("cargo::rustc-check-cfg=cfg(cassandra_cluster)");
+    println!("cargo::rustc-check-cfg=cfg(has_schemathesis)");
+    println!("cargo::rerun-if-env-changed=TILLSTREAM_SCHEMATHESIS");
+    if std::env::var_os("TILLSTREAM_SCHEMATHESIS")
+        .is_some_and(|st| std::path::Path::new(&st).is_file())
+    {
+        println!("cargo::rustc-cfg=has_schemathesis");
+    }
     println!("cargo::rerun-if-env-changed=PATH");
     // The cluster tests (`tests/cluster.rs`) kill the nodes of a
     // deploy/cassandra/run.sh cluster: its contact points and directory.

@@ -6,6 +6,7 @@ mod backup;
 mod bad_clients;
 mod bad_network;
 mod cluster;
+mod contract;
 mod crash;
 mod deploy;
 mod durability;

@@ -158,7 +158,7 @@ const FROM: Param = Param {
     name: "from",
     kind: Kind::Time,
     required: false,
-    help: "Start, inclusive: a date (2011-02-20, midnight UTC), a date and time (2011-02-20T11:39 or 2011-02-20 11:39:05.25, UTC) or RFC 3339 (2011-02-20T12:39:00+01:00). The beginning of time when left out. Must be before `to` (else 400).",
+    help: "Start, inclusive: a date (2011-02-20, midnight UTC), a date and time (2011-02-20T11:39 or 2011-02-20 11:39:05.25, UTC) or RFC 3339 (2011-02-20T12:39:00+01:00). The beginning of time when left out. When both are given, `from` must be before `to` (else 400); one alone that leaves nothing between it and the other end answers no rows.",
     example: Some("2010-12-01"),
 };
 const TO: Param = Param {

@@ -115,7 +115,10 @@ pub struct Range {
 }
 
 impl Range {
-    fn bounds(&self) -> Result<(i64, i64), QuestionError> {
+    /// The range in UTC µs, `None` when it holds nothing: a `to` before
+    /// 1970 with no `from` (the tables hold nothing before it), say.
+    /// Bounds both given, the wrong way round, are refused instead.
+    fn bounds(&self) -> Result<Option<(i64, i64)>, QuestionError> {
         // The texts were checked against the document's pattern
         // ([`Question::check`]); this reads them.
         let parse = |s: &Option<String>, default: i64| match s {
@@ -127,16 +130,18 @@ impl Range {
             }),
         };
         let (from, to) = (parse(&self.from, 0)?, parse(&self.to, i64::MAX)?);
-        if from >= to {
-            // An empty range is a mistake (swapped bounds), not a question
-            // whose answer is "nothing".
-            return Err(Refusal::invalid(format!(
-                "from {:?} is not before to {:?}: the range is empty",
-                self.from.as_deref().unwrap_or("the beginning"),
-                self.to.as_deref().unwrap_or("the end")
-            )));
+        if from < to {
+            return Ok(Some((from, to)));
         }
-        Ok((from, to))
+        match (&self.from, &self.to) {
+            // An empty range between two bounds is a mistake (swapped
+            // bounds), not a question whose answer is "nothing".
+            (Some(f), Some(t)) => Err(Refusal::invalid(format!(
+                "from {f:?} is not before to {t:?}: the range is empty"
+            ))),
+            // One bound alone: the other is the end of what is stored.
+            _ => Ok(None),
+        }
     }
 }
 
@@ -464,8 +469,11 @@ impl Question {
                 range,
                 bucket,
             } => {
-                let (from, to) = range.bounds()?;
-                values(q.sales_by_time(store(s)?, from, to, *bucket)?)
+                let (bounds, store) = (range.bounds()?, store(s)?);
+                let Some((from, to)) = bounds else {
+                    return Ok(Vec::new());
+                };
+                values(q.sales_by_time(store, from, to, *bucket)?)
             }
             Question::TopSkus {
                 store: s,
@@ -473,22 +481,31 @@ impl Question {
                 by,
                 limit,
             } => {
-                let (from, to) = range.bounds()?;
-                values(q.top_skus(store(s)?, from, to, *by, *limit)?)
+                let (bounds, store) = (range.bounds()?, store(s)?);
+                let Some((from, to)) = bounds else {
+                    return Ok(Vec::new());
+                };
+                values(q.top_skus(store, from, to, *by, *limit)?)
             }
             Question::StockHistory { store, sku, range } => {
-                let (from, to) = range.bounds()?;
+                let bounds = range.bounds()?;
                 let sku = request::sku(cat, sku)?;
-                values(q.stock_history(one_store(store)?, sku, from, to)?)
+                let store = one_store(store)?;
+                let Some((from, to)) = bounds else {
+                    return Ok(Vec::new());
+                };
+                values(q.stock_history(store, sku, from, to)?)
             }
             Question::LowStock { store: s, below } => values(q.low_stock(store(s)?, *below)?),
             Question::Watermarks => values(q.watermarks()?),
-            Question::Terminals { store: s, range } => {
-                values(analytics::terminals(q, scope(store(s)?, range)?)?)
-            }
-            Question::Health { store: s, range } => {
-                values(analytics::health(q, scope(store(s)?, range)?)?)
-            }
+            Question::Terminals { store: s, range } => match scope(range.bounds()?, store(s)?) {
+                Some(scope) => values(analytics::terminals(q, scope)?),
+                None => Vec::new(),
+            },
+            Question::Health { store: s, range } => match scope(range.bounds()?, store(s)?) {
+                Some(scope) => values(analytics::health(q, scope)?),
+                None => Vec::new(),
+            },
             Question::DeadStock { store: s, days } => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -508,12 +525,10 @@ impl Question {
                 range,
                 limit,
                 min_baskets,
-            } => values(analytics::basket_pairs(
-                q,
-                scope(store(s)?, range)?,
-                *limit,
-                *min_baskets,
-            )?),
+            } => match scope(range.bounds()?, store(s)?) {
+                Some(scope) => values(analytics::basket_pairs(q, scope, *limit, *min_baskets)?),
+                None => Vec::new(),
+            },
         })
     }
 }
@@ -526,9 +541,9 @@ fn no_endpoint(endpoint: &str) -> QuestionError {
     })
 }
 
-fn scope(store: Option<u32>, range: &Range) -> Result<analytics::Scope, QuestionError> {
-    let (from_us, to_us) = range.bounds()?;
-    Ok(analytics::Scope {
+/// The analytics' scope; `None` for a range that holds nothing.
+fn scope(bounds: Option<(i64, i64)>, store: Option<u32>) -> Option<analytics::Scope> {
+    bounds.map(|(from_us, to_us)| analytics::Scope {
         store,
         from_us,
         to_us,
