@@ -288,11 +288,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
             Param {
                 name: "days",
                 kind: Kind::Int {
-                    min: 1,
+                    min: 0,
                     max: MAX_DAYS,
                 },
                 required: false,
-                help: "Days without a sale, counted back from now, at most 36525 (default 30).",
+                help: "Days without a sale, counted back from now, at most 36525 (default 30); 0 lists every SKU with stock.",
                 example: None,
             },
         ],
