@@ -446,7 +446,7 @@ impl Report {
                 .collect();
             let _ = writeln!(
                 s,
-                "rejected events by the server's code: {} (each kept in its rejected_events table)",
+                "rejected events by the server's code: {} (each kept in the server's rejected_events table)",
                 codes.join(", ")
             );
             for why in self.rejected_notes() {

@@ -25,8 +25,8 @@ pub(super) fn by_name(counts: &BTreeMap<u16, u64>) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// One note per code: `<name>: <count> <what the code says>`, and, for a
-/// generated fleet, what that means of the generator's events.
+/// One note per code: `<name>: <count> refused as <what the code says>`,
+/// and, for a generated fleet, what that means of the generator's events.
 pub(super) fn notes(by_name: &BTreeMap<String, u64>, fleet: bool) -> Vec<String> {
     by_name
         .iter()
@@ -37,14 +37,14 @@ pub(super) fn notes(by_name: &BTreeMap<String, u64>, fleet: bool) -> Vec<String>
                 Some(code) => {
                     let generated = if fleet { of_generated(code) } else { None };
                     format!(
-                        "{name}: {count} {}{}",
+                        "{name}: {count} refused as {}{}",
                         meaning(code),
                         generated.map(|g| format!("; {g}")).unwrap_or_default()
                     )
                 }
                 None => format!(
-                    "{name}: {count} events refused under a code unknown to this build of the \
-                     loadgen (see the server's protocol/FORMAT.md)"
+                    "{name}: {count} refused under a code unknown to this build of the loadgen \
+                     (see the server's protocol/FORMAT.md)"
                 ),
             }
         })
