@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
     /// The SKU id events carry.
-    #[serde(serialize_with = "crate::json::id", deserialize_with = "crate::json::de_id")]
+    #[serde(
+        serialize_with = "crate::json::id",
+        deserialize_with = "crate::json::de_id"
+    )]
     pub sku: u64,
     /// The chain's code for it (a StockCode, an EAN).
     pub code: String,

@@ -37,7 +37,10 @@ use crate::time;
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct ExpectedBatch {
     /// Device that sent it.
-    #[serde(serialize_with = "crate::json::id", deserialize_with = "crate::json::de_id")]
+    #[serde(
+        serialize_with = "crate::json::id",
+        deserialize_with = "crate::json::de_id"
+    )]
     pub device: u64,
     /// Its seq.
     pub seq: u64,

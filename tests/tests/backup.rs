@@ -128,7 +128,12 @@ fn marks(json: &str) -> anyhow::Result<HashMap<u64, u64>> {
     let rows: Vec<serde_json::Value> = serde_json::from_str(json)?;
     Ok(rows
         .iter()
-        .filter_map(|r| Some((tillstream_storage::json::id_of(&r["device"])?, r["seq"].as_u64()?)))
+        .filter_map(|r| {
+            Some((
+                tillstream_storage::json::id_of(&r["device"])?,
+                r["seq"].as_u64()?,
+            ))
+        })
         .collect())
 }
 

@@ -95,7 +95,10 @@ fn top_skus_by_quantity_and_revenue() -> TestResult {
         ]
     );
     let r = store.top_skus(None, all.0, all.1, TopBy::Revenue, 2)?;
-    assert_eq!(ranking(&r), vec![(None, 100, 8, 2050, 4), (None, 102, 3, 297, 1)]);
+    assert_eq!(
+        ranking(&r),
+        vec![(None, 100, 8, 2050, 4), (None, 102, 3, 297, 1)]
+    );
     let one = store.top_skus(Some(1), all.0, all.1, TopBy::Quantity, 1)?;
     assert_eq!(ranking(&one), vec![(Some(1), 100, 7, 1750, 3)]);
     assert!(
