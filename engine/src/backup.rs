@@ -338,6 +338,16 @@ pub fn plan_restore(backup: &Path, data_dir: &Path) -> Result<RestorePlan, Backu
         // Read from the place the kind has, never from a path the
         // manifest names: the backup decides no file outside it.
         let copy = dir.join(kind.place);
+        // Nor through a link: a crafted backup could name any file the
+        // restoring user may read, and restore would make it a key.
+        let meta = fs::symlink_metadata(&copy)
+            .map_err(io_err("reading the backup's credential", &copy))?;
+        if !meta.file_type().is_file() {
+            return Err(unreadable(format!(
+                "{} is not a plain file (a link, say): a backup's credentials are files it wrote",
+                copy.display()
+            )));
+        }
         let bytes = fs::read(&copy).map_err(io_err("reading the backup's credential", &copy))?;
         let file = data_dir.join(kind.place);
         let already_there = match fs::read(&file) {

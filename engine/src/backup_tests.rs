@@ -183,3 +183,32 @@ fn a_backup_without_its_manifest_or_with_an_unknown_credential_is_refused()
     assert!(none.note.contains("no credentials"));
     Ok(())
 }
+
+/// A crafted backup whose credential is a link to another file (here a
+/// secret of the restoring user's) is refused: restore copies files the
+/// backup holds, never what a link points at.
+#[test]
+fn a_credential_that_is_a_link_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+    let root = tempfile::tempdir()?;
+    let data = data_dir(root.path())?;
+    let backup = root.path().join("backup");
+    let sources = CredentialSources {
+        data_dir: data,
+        tls: None,
+    };
+    back_up_credentials(&sources, &backup.join(CREDENTIALS_DIR))?;
+    let elsewhere = root.path().join("someone-elses-secret");
+    fs::write(&elsewhere, b"not a key of this server")?;
+    let key = backup.join(CREDENTIALS_DIR).join(token::SIGNING_KEY);
+    fs::remove_file(&key)?;
+    std::os::unix::fs::symlink(&elsewhere, &key)?;
+    let fresh = root.path().join("fresh");
+    let err = plan_restore(&backup, &fresh).err();
+    assert!(
+        err.as_ref()
+            .is_some_and(|e| e.to_string().contains("not a plain file")),
+        "{err:?}"
+    );
+    assert!(!fresh.join("auth").exists());
+    Ok(())
+}

@@ -197,7 +197,7 @@ pub struct Args {
     pub report: Option<PathBuf>,
 
     /// Write the acknowledged batches to FILE as JSON
-    /// (`[{"device":..,"seq":..,"events":..}]`), the manifest that
+    /// (`[{"device":"..","seq":..,"events":..}]`), the manifest that
     /// `tillstream verify --expected FILE` checks the store against.
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,

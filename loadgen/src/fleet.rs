@@ -95,6 +95,7 @@ impl RunConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct AckedRef {
     /// The device.
+    #[serde(serialize_with = "tillstream_storage::json::id")]
     pub device: u64,
     /// The batch's seq.
     pub seq: u64,

@@ -96,6 +96,16 @@ enum Command {
 
 /// Writes `bytes` to stdout; a reader that stopped early (`| head`) is
 /// not an error.
+/// `println!` that returns an error instead of panicking when standard
+/// output fails, and ends quietly when its reader has gone (`| head`).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! outln {
+    ($($t:tt)*) => {
+        $crate::print_all(format!("{}\n", format_args!($($t)*)).as_bytes()).map(|_| ())
+    };
+}
+
 pub(crate) fn print_all(bytes: &[u8]) -> anyhow::Result<std::process::ExitCode> {
     use std::io::Write;
     match std::io::stdout().lock().write_all(bytes) {
@@ -284,8 +294,6 @@ pub fn main(allocator: Option<AllocatorHooks>) -> std::process::ExitCode {
     };
     match result {
         Ok(code) => code,
-        // A reader that stopped early (`| head`) is not a failure.
-        Err(e) if output::broken_pipe(e.as_ref()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             logging::fail(logging::chain(&e));
             std::process::ExitCode::from(EXIT_ERROR)

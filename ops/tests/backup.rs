@@ -264,6 +264,12 @@ fn a_restored_server_accepts_the_credentials_issued_before_the_backup() -> anyho
     let info = json_of(&out)?;
     assert_eq!(info["credentials"]["included"], true, "{info}");
     assert_eq!(names(&info, "files"), sorted(&NAMES), "{info}");
+    // The answer is what the OpenAPI document says it is.
+    let doc = tillstream_engine::questions::openapi();
+    let schema = &doc["paths"]["/v1/backup"]["post"]["responses"]["200"]["content"]["application/json"]
+        ["schema"];
+    assert!(schema.is_object(), "no schema of the backup's answer");
+    tillstream_engine::questions::check::check(&doc, schema, &info).map_err(anyhow::Error::msg)?;
     let creds = backup.join("credentials");
     assert_eq!(mode(&creds)?, 0o700);
     for (name, place) in PLACES {

@@ -331,11 +331,11 @@ fn serve_drain_verify_and_query_as_processes() -> anyhow::Result<()> {
     let mut rows = out.lines();
     let header = rows.next().unwrap_or_default();
     assert!(
-        header.starts_with("start,start_us,sales,refunds"),
+        header.starts_with("store,start,start_us,sales,refunds"),
         "{header}"
     );
     let sales: u64 = rows
-        .filter_map(|l| l.split(',').nth(2)?.parse::<u64>().ok())
+        .filter_map(|l| l.split(',').nth(3)?.parse::<u64>().ok())
         .sum();
     assert!(sales > 0, "{out}");
 

@@ -32,16 +32,25 @@ pub fn de_id<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
     match Either::deserialize(d)? {
         Either::Number(n) => Ok(n),
-        Either::Text(t) => t.trim().parse().map_err(|_| {
+        Either::Text(t) => digits(&t).ok_or_else(|| {
             serde::de::Error::custom(format!("{t:?} is not a 64-bit id (decimal digits)"))
         }),
     }
 }
 
+/// A string of decimal digits and nothing else (no sign, no spaces, as
+/// the OpenAPI document's pattern says), as a 64-bit id.
+fn digits(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
 /// The id a JSON value holds, written either way.
 pub fn id_of(v: &serde_json::Value) -> Option<u64> {
     match v {
-        serde_json::Value::String(s) => s.parse().ok(),
+        serde_json::Value::String(s) => digits(s),
         other => other.as_u64(),
     }
 }
@@ -74,7 +83,13 @@ mod tests {
         assert_eq!(back.sku, 7, "a number is still read");
         let back: Row = serde_json::from_str(&text)?;
         assert_eq!(back.sku, big);
-        assert!(serde_json::from_str::<Row>(r#"{"sku":"85123A","customer":null}"#).is_err());
+        for not_digits in ["85123A", " 7", "+7", ""] {
+            let text = format!(r#"{{"sku":"{not_digits}","customer":null}}"#);
+            assert!(
+                serde_json::from_str::<Row>(&text).is_err(),
+                "{not_digits:?}"
+            );
+        }
         Ok(())
     }
 }

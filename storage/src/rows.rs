@@ -351,6 +351,7 @@ pub struct DeadLetterRow {
     /// Server time of receipt (UTC µs).
     pub ts_us: i64,
     /// The session's device, if it had said Hello.
+    #[serde(serialize_with = "crate::json::opt_id")]
     pub device: Option<u64>,
     /// Remote address.
     pub peer: String,

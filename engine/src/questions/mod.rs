@@ -473,7 +473,18 @@ impl Question {
                 let Some((from, to)) = bounds else {
                     return Ok(Vec::new());
                 };
-                values(q.sales_by_time(store, from, to, *bucket)?)
+                // A bucket says whose sales it sums, as the other answers
+                // do: a store, or all of them (`null`, "all stores").
+                let mut rows = values(q.sales_by_time(store, from, to, *bucket)?);
+                for row in &mut rows {
+                    if let Value::Object(obj) = row {
+                        let mut scoped = serde_json::Map::with_capacity(obj.len() + 1);
+                        scoped.insert("store".into(), store.into());
+                        scoped.append(obj);
+                        *obj = scoped;
+                    }
+                }
+                rows
             }
             Question::TopSkus {
                 store: s,

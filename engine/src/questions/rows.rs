@@ -129,8 +129,9 @@ const fn time(name: &'static str, help: &'static str) -> Field {
     f(name, I64, help)
 }
 
-/// `/api/v1/sales`: storage `SalesBucket`.
+/// `/api/v1/sales`: storage `SalesBucket`, with the store it sums.
 pub const SALES: &[Field] = &[
+    STORE_OR_ALL,
     time(
         "start_us",
         "Start of the bucket: UTC microseconds since the Unix epoch.",
@@ -145,6 +146,7 @@ pub const SALES: &[Field] = &[
     money("tax_minor", "Σ tax of the sales, minor units."),
     money("refunded_minor", "Σ gross of the refunds, minor units."),
     money("net_minor", "gross_minor − refunded_minor, minor units."),
+    STORE_NAME,
 ];
 
 /// `/api/v1/top-skus`: storage `SkuTotal`, named.

@@ -104,7 +104,7 @@ pub(crate) fn run_backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
             "the server did not back up its credentials (it predates them): copy its data directory's auth/ and tls/ beside the backup",
         ),
     }
-    println!("{}", serde_json::to_string_pretty(&info)?);
+    crate::outln!("{}", serde_json::to_string_pretty(&info)?)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -140,7 +140,7 @@ pub(crate) fn run_restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         "credentials": credentials,
         "verify": report,
     });
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    crate::outln!("{}", serde_json::to_string_pretty(&out)?)?;
     Ok(if report.ok {
         ExitCode::SUCCESS
     } else {

@@ -109,11 +109,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     print!("{}", summary(&report));
     let wal = args.data_dir.join("store/wal");
     if let Ok(journal) = std::fs::read_link(&wal) {
-        println!(
+        crate::outln!(
             "note: this data directory's journal is in {} (serve --journal-dir): its acks wait \
              on that disk, so measure it with --data-dir on it",
             journal.display()
-        );
+        )?;
     }
     if let Some(path) = &args.report {
         let json = serde_json::to_vec_pretty(&report)?;

@@ -244,7 +244,7 @@ pub(crate) fn run_ca(args: CaArgs) -> anyhow::Result<ExitCode> {
                 cert.display(),
                 key.display()
             ));
-            println!("{}", issued.claims.id);
+            crate::outln!("{}", issued.claims.id)?;
         }
         CaCommand::Revoke {
             data_dir,
@@ -289,7 +289,7 @@ pub(crate) fn run_token(args: TokenArgs) -> anyhow::Result<ExitCode> {
                 claims.id,
                 ttl.as_secs()
             ));
-            println!("{token}");
+            crate::outln!("{token}")?;
         }
         TokenCommand::Revoke {
             data_dir,

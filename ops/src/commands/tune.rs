@@ -227,10 +227,14 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let recommended = recommend(&rows).context("nothing was measured")?;
-    println!(
+    crate::outln!(
         "{:>6} {:>9} {:>12} {:>9} {:>9}",
-        "shards", "flush ms", "events/s", "p50 ms", "p99 ms"
-    );
+        "shards",
+        "flush ms",
+        "events/s",
+        "p50 ms",
+        "p99 ms"
+    )?;
     for r in &rows {
         let mark = if (r.shards, r.flush_interval_ms)
             == (recommended.shards, recommended.flush_interval_ms)
@@ -239,15 +243,21 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         } else {
             ""
         };
-        println!(
+        crate::outln!(
             "{:>6} {:>9} {:>12.0} {:>9.1} {:>9.1}{mark}",
-            r.shards, r.flush_interval_ms, r.events_per_s, r.p50_ms, r.p99_ms
-        );
+            r.shards,
+            r.flush_interval_ms,
+            r.events_per_s,
+            r.p50_ms,
+            r.p99_ms
+        )?;
     }
-    println!(
+    crate::outln!(
         "\nrecommended: shards = {}, flush-interval-ms = {} ({})",
-        recommended.shards, recommended.flush_interval_ms, recommended.reason
-    );
+        recommended.shards,
+        recommended.flush_interval_ms,
+        recommended.reason
+    )?;
 
     let (json, svg, dir) = outputs(&args.out);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -275,7 +285,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     std::fs::write(&json, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {}", json.display()))?;
-    println!("{} and {}", json.display(), svg.display());
+    crate::outln!("{} and {}", json.display(), svg.display())?;
     Ok(ExitCode::SUCCESS)
 }
 

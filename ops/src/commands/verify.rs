@@ -20,7 +20,7 @@ pub(crate) struct Args {
     #[command(flatten)]
     store: super::store_args::StoreArgs,
     /// A JSON file with the batches a client had acknowledged
-    /// (`[{"device":1,"seq":1,"events":128}, ...]`); each must be stored whole.
+    /// (`[{"device":"1","seq":1,"events":128}, ...]`; a number is read too); each must be stored whole.
     #[arg(long)]
     expected: Option<PathBuf>,
 }
