@@ -4,10 +4,9 @@
 //! back with the store, the secret files kept private; `--no-credentials`
 //! leaves them out and says what that costs.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use tillstream_client::client_endpoint;
@@ -15,7 +14,7 @@ use tillstream_tests::{DeviceScript, device_with, now_us, prepare, script};
 
 mod common;
 
-use common::{BIN, run};
+use common::{BIN, Serve, run, serve_banner};
 
 /// What a backup holds of a server that made a device CA and revoked a
 /// credential: every credential but none of the others' files.
@@ -38,70 +37,10 @@ const PLACES: [(&str, &str); 6] = [
     ("revocation_list", "auth/revoked.jsonl"),
 ];
 
-/// A `tillstream serve` child, killed if the test fails half-way.
-struct Serve {
-    child: Child,
-    quic: SocketAddr,
-    http: SocketAddr,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Serve {
-    fn url(&self) -> String {
-        format!("http://{}", self.http)
-    }
-
-    /// SIGTERM, and its exit: the drain leaves the tables whole.
-    fn stop(mut self) -> anyhow::Result<()> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -TERM failed");
-        let exit = self.child.wait()?;
-        anyhow::ensure!(exit.success(), "serve exited with {exit}");
-        Ok(())
-    }
-}
-
 fn serve(data: &Path) -> anyhow::Result<Serve> {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-        .args(["--shards", "1", "--revocation-poll-ms", "50"])
-        .arg("--data-dir")
-        .arg(data)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
-    let mut lines = BufReader::new(stderr).lines();
-    let (mut quic, mut http) = (None, None);
-    while quic.is_none() || http.is_none() {
-        let line = lines
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("serve exited early"))??;
-        if let Some(rest) = line.strip_prefix("tillstream listening on ") {
-            quic = rest.split_whitespace().next().map(str::parse).transpose()?;
-        }
-        if let Some(rest) = line.strip_prefix("HTTP API on http://") {
-            http = rest.split_whitespace().next().map(str::parse).transpose()?;
-        }
-    }
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Ok(Serve {
-        child,
-        quic: quic.ok_or_else(|| anyhow::anyhow!("no QUIC address"))?,
-        http: http.ok_or_else(|| anyhow::anyhow!("no HTTP address"))?,
-    })
+    let args = ["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+    let more = ["--shards", "1", "--revocation-poll-ms", "50"];
+    Ok(serve_banner(data, &[&args[..], &more[..]].concat(), &[])?.0)
 }
 
 /// `tillstream ARGS` without a data directory: its output.

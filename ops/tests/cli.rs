@@ -2,7 +2,6 @@
 //! devices streaming to it, the HTTP endpoints, a SIGTERM drain, then
 //! `verify` and `query` on the data directory it left.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -13,7 +12,7 @@ use tillstream_tests::{DeviceScript, device, now_us, prepare, script};
 
 mod common;
 
-use common::{BIN, Serve, run};
+use common::{BIN, Serve, run, serve_banner};
 
 fn serve(data: &Path) -> anyhow::Result<Serve> {
     serve_with(data, &[])
@@ -21,46 +20,15 @@ fn serve(data: &Path) -> anyhow::Result<Serve> {
 
 /// `serve`, with settings given as their `TILLSTREAM_*` variables.
 fn serve_with(data: &Path, envs: &[(&str, &std::ffi::OsStr)]) -> anyhow::Result<Serve> {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .env("RUST_LOG", "warn")
-        .envs(envs.iter().copied())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
-    let mut lines = BufReader::new(stderr).lines();
-    let (mut quic, mut http) = (None, None);
-    while quic.is_none() || http.is_none() {
-        let line = lines
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("serve exited early"))??;
-        if let Some(rest) = line.strip_prefix("tillstream listening on ") {
-            quic = rest.split_whitespace().next().map(str::parse).transpose()?;
-        }
-        if let Some(rest) = line.strip_prefix("HTTP API on http://") {
-            http = rest.split_whitespace().next().map(str::parse).transpose()?;
-        }
-    }
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Ok(Serve {
-        child,
-        quic: quic.ok_or_else(|| anyhow::anyhow!("no QUIC address"))?,
-        http: http.ok_or_else(|| anyhow::anyhow!("no HTTP address"))?,
-    })
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+    ];
+    Ok(serve_banner(data, &args, envs)?.0)
 }
 
 fn stream(data: &Path, quic: SocketAddr, scripts: &[DeviceScript]) -> anyhow::Result<()> {

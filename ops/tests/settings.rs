@@ -3,13 +3,12 @@
 //! alike, host names, ports in use, the HTTP API's 405s and banner, and
 //! `--print-config`.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 mod common;
 
-use common::{BIN, Serve, run};
+use common::{BIN, run, serve_banner};
 
 /// The config file: a flag beats its variable, which beats the file, which
 /// beats the default; check-config names a bad key and exits 78, and
@@ -87,47 +86,6 @@ fn a_config_file_sits_between_the_variables_and_the_defaults() -> anyhow::Result
     Ok(())
 }
 
-/// `tillstream serve ARGS --data-dir DATA` until its banner names the HTTP
-/// API: the running child and every line it printed so far.
-fn serve_banner(data: &Path, args: &[&str]) -> anyhow::Result<(Serve, Vec<String>)> {
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
-    let mut lines = BufReader::new(stderr).lines();
-    let mut seen = Vec::new();
-    let (mut quic, mut http) = (None, None);
-    while quic.is_none() || http.is_none() {
-        let Some(line) = lines.next().transpose()? else {
-            let _ = child.kill();
-            let _ = child.wait();
-            anyhow::bail!("serve exited early:\n{}", seen.join("\n"));
-        };
-        if let Some(rest) = line.strip_prefix("tillstream listening on ") {
-            quic = rest.split_whitespace().next().map(str::parse).transpose()?;
-        }
-        if let Some(rest) = line.strip_prefix("HTTP API on http://") {
-            http = rest.split_whitespace().next().map(str::parse).transpose()?;
-        }
-        seen.push(line);
-    }
-    std::thread::spawn(move || for _ in lines {});
-    let server = Serve {
-        child,
-        quic: quic.ok_or_else(|| anyhow::anyhow!("no QUIC address"))?,
-        http: http.ok_or_else(|| anyhow::anyhow!("no HTTP address"))?,
-    };
-    Ok((server, seen))
-}
-
 /// `check-config FILE` and `serve --config FILE` judge a file the same
 /// way: every bad key is named (a misspelt one with the key it likely
 /// meant), each error is printed once, and both exit 78.
@@ -184,6 +142,7 @@ fn serve_listens_on_host_names_and_says_where() -> anyhow::Result<()> {
     let (server, lines) = serve_banner(
         &dir.path().join("data"),
         &["--listen", "localhost:0", "--http", "localhost:0"],
+        &[],
     )?;
     let all = lines.join("\n");
     assert!(server.quic.ip().is_loopback(), "{all}");
@@ -234,6 +193,7 @@ fn a_wrong_method_is_a_json_405_and_the_banner_names_the_query_api() -> anyhow::
     let (server, lines) = serve_banner(
         &dir.path().join("data"),
         &["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+        &[],
     )?;
     let banner = lines
         .iter()
