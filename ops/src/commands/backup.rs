@@ -69,6 +69,11 @@ pub(crate) fn run_backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
     // the credentials it uses (it knows their paths).
     let dir = std::path::absolute(&args.dir).unwrap_or(args.dir.clone());
     let body = serde_json::json!({ "dir": dir, "credentials": !args.no_credentials });
+    if args.target.server_http.is_some() && args.tls_cert.is_some() {
+        crate::logging::say(
+            "--tls-cert/--tls-key (or TILLSTREAM_TLS_*) name a stopped server's pair: the running server backs up the pair it uses",
+        );
+    }
     let info = match args.target.post("/v1/backup", &body)? {
         Some(answer) => answer,
         None => {
