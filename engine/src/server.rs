@@ -185,12 +185,12 @@ impl Server {
             source,
         };
         let (socket, udp_socket) = udp::bind(cfg.listen).map_err(bind_err)?;
-        // GSO batches under 64 KiB: `tillstream_client::gso`. The server's
+        // GSO batches under 64 KiB: `tillstream_socket::gso`. The server's
         // own packets stay at QUIC's first size: it runs no path MTU
         // discovery (`tls::quic_server_config`).
-        let socket = tillstream_client::gso::quic_socket(
+        let socket = tillstream_socket::gso::quic_socket(
             socket,
-            tillstream_client::gso::MIN_MTU,
+            tillstream_socket::gso::MIN_MTU,
             &quinn::TokioRuntime,
         )
         .map_err(bind_err)?;

@@ -1,5 +1,5 @@
 //! The server's UDP socket: its buffers (sized by
-//! `tillstream_client::udp`, which explains why they matter), a warning
+//! `tillstream_socket::udp`, which explains why they matter), a warning
 //! when the kernel grants less, and the kernel's count of the datagrams
 //! it dropped there, for `/metrics`.
 //!
@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 
-use tillstream_client::udp::{BUFFER_BYTES, SocketBuffers};
+use tillstream_socket::udp::{BUFFER_BYTES, SocketBuffers};
 
 /// The listening socket's buffers and where the kernel counts its drops.
 #[derive(Debug, Clone)]
@@ -27,7 +27,7 @@ pub(crate) struct ServerSocket {
 /// Binds the listening socket with large buffers; dual-stack when binding
 /// `[::]`. Logs a warning if the receive buffer is smaller than asked.
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<(std::net::UdpSocket, ServerSocket)> {
-    let (socket, buffers) = tillstream_client::udp::bind(addr, BUFFER_BYTES)?;
+    let (socket, buffers) = tillstream_socket::udp::bind(addr, BUFFER_BYTES)?;
     if buffers.recv_short() {
         tracing::warn!(
             granted_bytes = buffers.recv,

@@ -81,3 +81,28 @@ fn storage_depends_on_nothing_internal() -> anyhow::Result<()> {
         ],
     )
 }
+
+/// The server shares the devices' socket code, not the device client:
+/// both depend on `tillstream-socket`, which knows no frame, message or
+/// identity of tillstream's.
+#[test]
+fn the_engine_does_not_depend_on_the_device_client() -> anyhow::Result<()> {
+    assert_free_of("tillstream-engine", &["tillstream-client"])?;
+    assert_free_of(
+        "tillstream-socket",
+        &[
+            "tillstream-protocol",
+            "tillstream-client",
+            "tillstream-engine",
+            "tillstream-storage",
+            "tillstream-auth",
+        ],
+    )?;
+    assert!(
+        deps("tillstream-engine")?
+            .iter()
+            .any(|d| d == "tillstream-socket"),
+        "the engine reaches its socket code through tillstream-socket"
+    );
+    Ok(())
+}

@@ -48,15 +48,17 @@ mod backoff;
 mod device;
 mod error;
 mod events;
-pub mod gso;
 mod path;
 mod prepared;
 mod session;
 mod stats;
 mod tls;
-pub mod udp;
 mod window;
 mod wire;
+
+/// The socket code the server shares (`tillstream-socket`), under the
+/// paths the client has always given it.
+pub use tillstream_socket::{gso, udp};
 
 pub use backoff::Backoff;
 pub use device::DeviceClient;

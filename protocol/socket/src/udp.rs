@@ -89,7 +89,7 @@ pub fn any_port_for(server: SocketAddr) -> SocketAddr {
 /// device's own kernel (`EMSGSIZE`; quinn sends with the kernel's path
 /// MTU otherwise ignored) and one larger than a hop the kernel knows of
 /// is lost on the way, yet quinn counts either as in flight until it is
-/// declared lost, holding the congestion window it takes (`crate::tls`).
+/// declared lost, holding the congestion window it takes (`tillstream_client`'s `tls`).
 /// Bounding discovery here costs a socket and five system calls a
 /// connection, and on a 1500-byte network keeps the search between 1200
 /// and 1472 bytes instead of climbing to 64 KiB.
