@@ -142,6 +142,19 @@ fn scalar(v: &Value) -> String {
     }
 }
 
+/// A count with thousands separators (`1,234,567`), rounded, never
+/// negative: what `top` shows of shards' entities.
+pub(crate) fn grouped(v: f64) -> String {
+    let digits = format!("{:.0}", v.max(0.0));
+    let groups: Vec<&str> = digits
+        .as_bytes()
+        .rchunks(3)
+        .rev()
+        .filter_map(|g| std::str::from_utf8(g).ok())
+        .collect();
+    groups.join(",")
+}
+
 /// Whether writing failed because the reader went away (`| head`): not an
 /// error of the command's. CSV wraps the `io::Error` in its own, which
 /// `csv`'s `From` wraps again as an `io::Error` of kind `Other`.
@@ -343,6 +356,15 @@ mod tests {
         RowWriter::json_array(&mut empty).finish()?;
         assert_eq!(empty, b"[]\n");
         Ok(())
+    }
+
+    #[test]
+    fn counts_are_grouped_by_thousands() {
+        let shown: Vec<String> = [0.0, 7.4, 999.0, 1_000.0, 1_234_567.5, -3.0]
+            .into_iter()
+            .map(grouped)
+            .collect();
+        assert_eq!(shown, ["0", "7", "999", "1,000", "1,234,568", "0"]);
     }
 
     #[test]

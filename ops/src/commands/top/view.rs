@@ -109,7 +109,7 @@ pub(crate) fn frame(
 
 /// A count with thousands separators.
 fn count(v: f64) -> String {
-    tillstream_loadgen::report::thousands(v)
+    crate::output::grouped(v)
 }
 
 #[cfg(test)]
