@@ -56,6 +56,8 @@ pub(crate) fn print_rows(
             .unwrap_or_default()
     };
     match format {
+        // No rows, no columns: an empty answer, not one empty record.
+        Format::Csv if flat.is_empty() => {}
         Format::Csv => {
             let mut w = csv_writer(&mut *out);
             w.write_record(&columns)?;
@@ -355,6 +357,14 @@ mod tests {
         let mut empty = Vec::new();
         RowWriter::json_array(&mut empty).finish()?;
         assert_eq!(empty, b"[]\n");
+        Ok(())
+    }
+
+    #[test]
+    fn an_empty_csv_answer_is_empty() -> std::io::Result<()> {
+        let mut out = Vec::new();
+        print_rows(&[], Format::Csv, &mut out)?;
+        assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
         Ok(())
     }
 
