@@ -15,7 +15,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use tillstream_storage::journal::{Journal, JournalOptions, JournalRecords, encode_record};
+use tillstream_journal::{Journal, JournalOptions, JournalRecords, encode_record};
 
 /// Bytes of one journaled batch: header and a 128-sale frame.
 const RECORD_BYTES: usize = 32 + 27_000;

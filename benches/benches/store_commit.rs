@@ -17,7 +17,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use tillstream_storage::embedded::{EmbeddedStore, PackersForBench, pack_for_bench};
+use tillstream_embedded::{EmbeddedStore, PackersForBench, pack_for_bench};
 use tillstream_storage::{time, *};
 
 const TERMINALS: u64 = 16;

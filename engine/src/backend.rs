@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use tillstream_storage::embedded::EmbeddedStore;
-use tillstream_storage::scylla::ScyllaStore;
+use tillstream_embedded::EmbeddedStore;
+use tillstream_scylla::ScyllaStore;
 use tillstream_storage::{Backend, StoreError};
 
 use crate::config::StoreChoice;

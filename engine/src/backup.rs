@@ -19,7 +19,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use tillstream_auth::{ca, revocation, token};
-use tillstream_storage::embedded::CREDENTIALS_DIR;
+use tillstream_embedded::CREDENTIALS_DIR;
 use tillstream_storage::{BackupInfo, Store, StoreError};
 
 use crate::tls::{DEV_CERT, DEV_KEY};

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tillstream_protocol::Limits;
 
-use tillstream_storage::scylla::ScyllaConfig;
+use tillstream_scylla::ScyllaConfig;
 
 use crate::auth::AuthConfig;
 use crate::faults::Faults;

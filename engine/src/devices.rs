@@ -347,7 +347,7 @@ mod tests {
     use super::*;
 
     fn store_in(dir: &std::path::Path) -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
-        Ok(Arc::new(tillstream_storage::embedded::EmbeddedStore::open(
+        Ok(Arc::new(tillstream_embedded::EmbeddedStore::open(
             &dir.join("store"),
         )?))
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tillstream_storage::journal::JournalRecords;
+use tillstream_journal::JournalRecords;
 use tillstream_storage::rows::{RowSet, StockLevelRow, TerminalRollupRow};
 use tillstream_storage::{CommitInfo, ReplayVisitor, Store, StoreError, WindowMovement};
 

@@ -1,5 +1,5 @@
 //! The limits an operator may change while the server runs (SIGHUP, see
-//! ARCHITECTURE.md "Operations"): the connection cap and the per-device
+//! docs/internals/design.md "Operations"): the connection cap and the per-device
 //! caps and rate. Each is one atomic read where it is enforced, so a
 //! reload takes effect at the next connection or batch, and no connection
 //! is dropped for it. Everything else (ports, shards, buffers, the store)

@@ -304,7 +304,7 @@ pub(crate) fn push_ledger(rows: &mut RowSet, h: BatchHeader, events: u32, digest
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tillstream_storage::embedded::EmbeddedStore;
+    use tillstream_embedded::EmbeddedStore;
     use tillstream_storage::{EventKey, MovementReason, StockLevelRow, StockMovementRow};
 
     /// Levels and in-window movements of SKUs 1..=20 of `stores`.
@@ -456,7 +456,7 @@ mod tests {
     -> Result<(), Box<dyn std::error::Error>> {
         use tillstream_engine_core::route::Scope;
         use tillstream_engine_core::testkit::{batch, line, sale};
-        use tillstream_storage::journal::encode_record;
+        use tillstream_journal::encode_record;
 
         let dir = tempdir()?;
         let now_us = 1_800_000_000_000_000;

@@ -37,7 +37,7 @@ use parking_lot::{Condvar, Mutex};
 use tillstream_engine_core::route::{Kinds, Scope};
 use tillstream_engine_core::validate::{LEGACY_MAX_FUTURE_US, Rules};
 use tillstream_protocol::ValidatedBatch;
-use tillstream_storage::journal::{JournalRecords, RECORD_HEADER};
+use tillstream_journal::{JournalRecords, RECORD_HEADER};
 use tillstream_storage::{Store, StoreError};
 use tokio::sync::watch;
 

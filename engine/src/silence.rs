@@ -68,7 +68,7 @@ pub(crate) async fn run(store: Arc<dyn Backend>, mut shutdown: watch::Receiver<b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tillstream_storage::embedded::EmbeddedStore;
+    use tillstream_embedded::EmbeddedStore;
     use tillstream_storage::{RowSet, Store, WatermarkRow};
 
     #[test]

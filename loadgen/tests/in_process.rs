@@ -318,7 +318,7 @@ async fn the_replayed_sample_queries_to_the_csvs_own_totals() -> anyhow::Result<
         info.bad_rows
     );
 
-    let store = tillstream_storage::embedded::EmbeddedStore::open(&dir.path().join("store"))?;
+    let store = tillstream_embedded::EmbeddedStore::open(&dir.path().join("store"))?;
     tillstream_engine::recover(&store)?;
     let buckets = store.sales_by_time(None, i64::MIN + 1, i64::MAX, Bucket::Day)?;
     let net: i64 = buckets.iter().map(|b| b.net).sum();

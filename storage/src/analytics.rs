@@ -298,7 +298,7 @@ pub fn basket_pairs(
 mod tests {
     use super::*;
     use crate::rows::SaleKind::{Refund, Sale};
-    use crate::testutil::{Gen, MemQuery, key};
+    use crate::testkit::{Gen, MemQuery, key};
     use crate::time::{DAY_US, MINUTE_US};
 
     const T0: i64 = 1_700_000_000_000_000;

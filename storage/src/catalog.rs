@@ -217,8 +217,7 @@ pub fn sku_of(code: &str) -> u64 {
 
 /// Strings as `len u32 LE | bytes` one after another (the embedded
 /// store's value of a catalogue entry).
-#[cfg(any(feature = "embedded", test))]
-pub(crate) fn encode_fields(fields: &[&str]) -> Vec<u8> {
+pub fn encode_fields(fields: &[&str]) -> Vec<u8> {
     let mut out = Vec::new();
     for f in fields {
         out.extend_from_slice(&u32::try_from(f.len()).unwrap_or(u32::MAX).to_le_bytes());
@@ -228,8 +227,7 @@ pub(crate) fn encode_fields(fields: &[&str]) -> Vec<u8> {
 }
 
 /// The `n` strings [`encode_fields`] wrote; `None` if the bytes are not that.
-#[cfg(any(feature = "embedded", test))]
-pub(crate) fn decode_fields(mut bytes: &[u8], n: usize) -> Option<Vec<String>> {
+pub fn decode_fields(mut bytes: &[u8], n: usize) -> Option<Vec<String>> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let (len, rest) = bytes.split_first_chunk::<4>()?;

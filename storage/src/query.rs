@@ -210,7 +210,7 @@ pub struct TrailingJournal {
 
 /// Sorts one SKU's movements into event-time order and sets each row's
 /// `level_after` to the level as of its time, by the engine's stock rule
-/// (ARCHITECTURE.md, "Stock converges"): the latest count at or before it
+/// (docs/internals/design.md, "Stock converges"): the latest count at or before it
 /// plus the deltas of the movements between; with no count before it, the
 /// sum of every delta up to it. Ties: at one time, movements come before a
 /// count (a count sees what is stamped at its own time), counts by key,
@@ -377,7 +377,7 @@ pub fn lowest_levels(levels: Vec<StockLevelRow>, below: i64) -> Vec<StockLevelRo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::sample;
+    use crate::testkit::sample;
     use crate::time::MINUTE_US;
 
     /// Minute buckets start on the minute and together hold what one

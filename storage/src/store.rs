@@ -1,6 +1,6 @@
 //! The `Store` trait: what the engine needs from a backend.
 
-use crate::journal::{JournalRecords, encode_records};
+use tillstream_journal::{JournalRecords, encode_records};
 use crate::rows::{RowSet, StockLevelRow, StockMovementRow, TerminalRollupRow};
 
 /// Errors of a store. A store that failed to make data durable is

@@ -1,4 +1,4 @@
-//! `tillstream verify`: the integrity check of the invariants in ARCHITECTURE.md, over any backend
+//! `tillstream verify`: the integrity check of the invariants (docs/internals/design.md), over any backend
 //! that implements [`Query`].
 //!
 //! It checks, in one pass over each table (O(rows); the ledger first, whose
@@ -412,7 +412,7 @@ impl Verifier {
     }
 }
 
-/// Checks the invariants of ARCHITECTURE.md over every table `q` holds; with
+/// Checks the invariants (docs/internals/design.md, "Invariants") over every table `q` holds; with
 /// `expected`, also that each acknowledged batch is stored whole.
 pub fn verify(
     q: &dyn Query,

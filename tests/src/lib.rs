@@ -53,8 +53,8 @@ pub fn is_root() -> bool {
 /// verify` does: its journal replayed into the tables first.
 pub fn open_recovered(
     data_dir: &std::path::Path,
-) -> anyhow::Result<tillstream_storage::embedded::EmbeddedStore> {
-    let store = tillstream_storage::embedded::EmbeddedStore::open(&data_dir.join("store"))?;
+) -> anyhow::Result<tillstream_embedded::EmbeddedStore> {
+    let store = tillstream_embedded::EmbeddedStore::open(&data_dir.join("store"))?;
     tillstream_engine::recover(&store)?;
     Ok(store)
 }

@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use tillstream_client::DeviceClient;
 use tillstream_engine::faults::{CommitFault, FaultyStore, StoreLayer};
 use tillstream_engine::{Server, ServerConfig};
-use tillstream_storage::journal::{JournalRecords, encode_records};
+use tillstream_journal::{JournalRecords, encode_records};
 use tillstream_storage::verify::{ExpectedBatch, verify};
 use tillstream_storage::{Store, StoreError};
 use tillstream_tests::*;

@@ -17,9 +17,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use tillstream_storage::embedded::EmbeddedStore;
+use tillstream_embedded::EmbeddedStore;
 use tillstream_storage::schema::SchemaOptions;
-use tillstream_storage::scylla::{
+use tillstream_scylla::{
     Consistency, ParseConsistency, ScyllaConfig, ScyllaStore, apply_schema,
 };
 use tillstream_storage::{Query, RowRef, RowSet, Store, Table};

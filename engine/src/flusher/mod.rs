@@ -390,8 +390,8 @@ impl Flusher {
                 // starts once `max_permits` gathered (the run loop checks
                 // after this). Every write costs per store and SKU it
                 // touches, so writing at once what gathered meanwhile
-                // made smaller writes, more of them (ARCHITECTURE.md, the
-                // flusher).
+                // made smaller writes, more of them (docs/internals/design.md,
+                // "The flusher").
             }
             Ok((Err(e), _, _)) => {
                 tracing::error!(error = %e, "writing the tables failed: no more acknowledgements until restart");

@@ -4,7 +4,7 @@
 use super::*;
 use crate::sequencer::BatchHeader;
 use tillstream_engine_core::route::Scope;
-use tillstream_storage::embedded::EmbeddedStore;
+use tillstream_embedded::EmbeddedStore;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 

@@ -156,7 +156,7 @@ fn the_document_gives_enums_bounds_and_time_patterns() {
 #[test]
 fn dead_stock_of_the_most_days_does_not_overflow() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let store = tillstream_storage::embedded::EmbeddedStore::open(dir.path())?;
+    let store = tillstream_embedded::EmbeddedStore::open(dir.path())?;
     let q = Question::DeadStock {
         store: None,
         days: u32::MAX,

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use tillstream_storage::Store;
 use tillstream_storage::catalog::{Catalog, Product, StoreInfo};
-use tillstream_storage::embedded::EmbeddedStore;
+use tillstream_embedded::EmbeddedStore;
 use tillstream_storage::rows::*;
 use tillstream_storage::time::parse_ts;
 

@@ -1,7 +1,7 @@
 //! The sequencer's grouping, halting and stall accounting.
 use super::*;
 use crate::faults::{CommitFault, FaultyStore};
-use tillstream_storage::embedded::EmbeddedStore;
+use tillstream_embedded::EmbeddedStore;
 
 /// Records the last LSN of every append, and holds the first one
 /// until it is let go.

@@ -68,7 +68,7 @@ fn meaning(code: RejectCode) -> &'static str {
              the movements of its SKU's last hour, and of a SKU that moves more often, against \
              its newest 1,024 movements only (its memory bound); a count that reaches it behind \
              more newer movements of its SKU than that cannot be ordered and is refused, by \
-             design (ARCHITECTURE.md, \"Stock converges\")"
+             design (docs/internals/design.md, \"Stock converges\")"
         }
         RejectCode::NegativeLevel => "shelf counts with a negative level",
         RejectCode::ZeroDelta => "stock movements with a delta of zero",

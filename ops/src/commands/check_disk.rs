@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
-use tillstream_storage::journal::{Journal, JournalOptions, encode_record};
+use tillstream_journal::{Journal, JournalOptions, encode_record};
 
 /// The flags of `check-disk` (its help is on the subcommand in `lib.rs`).
 #[derive(Debug, clap::Args)]
@@ -49,7 +49,7 @@ pub(crate) struct Args {
 }
 
 /// What an append at or past this took counts as a stall: past ten ack
-/// deadlines of a half-loaded server (ARCHITECTURE.md's 10 ms target).
+/// 10 ms deadlines.
 const STALL: Duration = Duration::from_millis(100);
 
 /// The result, as `--report` writes it.

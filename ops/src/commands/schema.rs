@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use tillstream_storage::schema::{DEFAULT_KEYSPACE, SchemaOptions, render};
-use tillstream_storage::scylla::apply_schema;
+use tillstream_scylla::apply_schema;
 
 use super::store_args::ScyllaArgs;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tillstream_engine::StoreChoice;
-use tillstream_storage::scylla::{Consistency, ParseConsistency, ScyllaConfig};
+use tillstream_scylla::{Consistency, ParseConsistency, ScyllaConfig};
 
 /// Where the journal and the tables live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -1,7 +1,7 @@
 //! Tests of [`verify`](super::verify) on hand-built row sets.
 
 use super::*;
-use crate::testutil::{MemQuery, T0, key, sample};
+use crate::testkit::{MemQuery, T0, key, sample};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 

@@ -6,7 +6,7 @@
 //! shards stepped in any interleaving, journal syncs cut short, and crashes
 //! that lose what the journal had not synced (possibly coming back with
 //! another shard count). The model store checks the invariants of
-//! ARCHITECTURE.md after every materialization and everything after every
+//! docs/internals/design.md after every materialization and everything after every
 //! crash and at the end (see `model.rs`); after a crash, nothing a device
 //! was told is durable may be missing.
 //!

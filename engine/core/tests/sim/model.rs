@@ -1,5 +1,5 @@
 //! An in-memory store with the `Store` semantics, and the invariants of
-//! ARCHITECTURE.md checked on it.
+//! docs/internals/design.md checked on it.
 //!
 //! Semantics: a commit is atomic; raw rows are appended (so a row stored
 //! twice shows); stock levels keep the highest version; rollups the last

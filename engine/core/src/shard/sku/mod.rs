@@ -1,5 +1,5 @@
 //! The SKU entity: one product's stock level in one store, under the stock
-//! rule of ARCHITECTURE.md ("Stock converges").
+//! rule of docs/internals/design.md ("Stock converges").
 //!
 //! Events are ordered by their own time. The level is the latest count
 //! (latest by `(ts, key)`) plus the deltas of the movements stamped
@@ -76,7 +76,7 @@ pub(super) enum CountOutcome {
 /// `i64` time each). Every held time is within the late window of the
 /// SKU's newest, so 32 bits hold it once the base follows the floor
 /// (`SkuState::rebase`). Deltas come from a sale line's quantity or a
-/// stock movement, both `i32` on the wire (ARCHITECTURE.md, "Stock
+/// stock movement, both `i32` on the wire (docs/internals/design.md, "Stock
 /// converges"); a stored row's delta past that range, which no device
 /// can send, is held at the bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
