@@ -219,10 +219,10 @@ pub fn main(allocator: Option<AllocatorHooks>) -> std::process::ExitCode {
     // checked as check-config does, every problem reported at once.
     let (matches, from_file) = if subcommand_of(&user_argv) == Some("serve") {
         let file = config_file::config_flag(&user_argv);
-        match commands::config::load(&root, &user_argv, file.as_deref()) {
+        match commands::serve::settings::load(&root, &user_argv, file.as_deref()) {
             Ok(l) => (l.matches, l.from_file),
-            Err(commands::config::LoadError::Usage(e)) => e.exit(),
-            Err(commands::config::LoadError::Config(e)) => {
+            Err(commands::serve::settings::LoadError::Usage(e)) => e.exit(),
+            Err(commands::serve::settings::LoadError::Config(e)) => {
                 for p in e.problems {
                     eprintln!("error: {p}");
                 }

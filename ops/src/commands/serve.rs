@@ -11,6 +11,7 @@ use clap::{ArgMatches, FromArgMatches};
 use tillstream_engine::{DEFAULT_FLUSH_INTERVAL_MS, ReloadableLimits, Server, ServerConfig};
 
 mod checks;
+pub(crate) mod settings;
 
 pub(crate) use checks::Endpoints;
 
@@ -267,7 +268,7 @@ pub(crate) fn raw_values(matches: &ArgMatches) -> RawValues {
 /// and the config file as it is now: what SIGHUP does.
 pub(crate) fn reread(root: &clap::Command, user_argv: &[OsString]) -> anyhow::Result<Settings> {
     let file = crate::config_file::config_flag(user_argv);
-    let loaded = super::config::load(root, user_argv, file.as_deref())
+    let loaded = settings::load(root, user_argv, file.as_deref())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let serve = loaded
         .matches
