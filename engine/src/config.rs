@@ -205,7 +205,7 @@ pub enum StoreChoice {
 /// apply is about a fifth of the server's CPU per event (perf); the QUIC
 /// connections, the session stages, the journal and the table writes need
 /// the rest, and a shard actor per core left them none. On 2 cores, one
-/// shard beat two in every workload measured (docs/tune.md): the main
+/// shard beat two in every workload measured (docs/operating/tune.md): the main
 /// command, 695 k resident SKUs, 10,000 devices.
 pub(crate) fn default_shards(cores: usize) -> u16 {
     u16::try_from(cores / 2).unwrap_or(u16::MAX).max(1)

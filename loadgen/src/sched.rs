@@ -8,7 +8,7 @@
 //! Linux's `SCHED_BATCH` keeps a thread's fair share of the CPU but takes
 //! away its wakeup preemption, so the device threads run when the server
 //! yields or its slice ends. On 2 cores with `--server` on loopback
-//! (docs/loadgen.md): in a pair of runs of 4 M events from 100
+//! (docs/devices/loadgen.md): in a pair of runs of 4 M events from 100
 //! devices flat out, the server's threads were preempted 5,668 times
 //! instead of 20,353; 10 pairs of such runs reached 984 k events/s
 //! against 931 k (medians, higher in 8), the server's CPU an event little

@@ -1,6 +1,6 @@
 //! The ScyllaDB conformance tests run only against a live cluster: they
 //! are compiled as ignored unless `TILLSTREAM_SCYLLA_NODES` is set when
-//! the crate is built (docs/scylladb.md).
+//! the crate is built (docs/operating/scylladb.md).
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(scylla_cluster)");

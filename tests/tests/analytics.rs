@@ -1,7 +1,7 @@
 //! Analytics reading the cluster: the shipped Online Retail sample
 //! (`loadgen/tests/data/`) replayed into a server on the Cassandra cluster
 //! and into one on the embedded store gives the same answers to `query`,
-//! `export` and `verify`; and the CQL docs/scylladb.md shows an analyst, run
+//! `export` and `verify`; and the CQL docs/operating/scylladb.md shows an analyst, run
 //! with `cqlsh` against the cluster, agrees with `query`. The cluster's
 //! test is compiled as ignored unless the cluster is named at build time
 //! (as for `cluster.rs`) and `cqlsh` (PyPI `cqlsh`) is on PATH.
@@ -17,7 +17,7 @@ use anyhow::{Context, ensure};
 use crate::cluster::{Cluster, hold, serve_opts};
 use crate::process::{SERVER_BIN, ServeOpts, ServerProcess};
 
-/// The sample the CQL examples of docs/scylladb.md name values of.
+/// The sample the CQL examples of docs/operating/scylladb.md name values of.
 fn sample_csv() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../loadgen/tests/data/online-retail-sample.csv")
 }
@@ -42,7 +42,7 @@ async fn replay(server: ServerProcess, manifest: &Path) -> anyhow::Result<()> {
 }
 
 /// Store 28 is the United Kingdom in the sample, and SKU
-/// 4359830775492328649 its StockCode 85123A (docs/scylladb.md, "Query
+/// 4359830775492328649 its StockCode 85123A (docs/operating/scylladb.md, "Query
 /// the tables with CQL").
 const UK: &str = "--store 28";
 const SKU: &str = "--sku 4359830775492328649";
@@ -114,12 +114,12 @@ fn sorted_lines(csv: &str, drop: &[&str]) -> Vec<String> {
 /// `ks`.
 fn readme_cql(ks: &str) -> anyhow::Result<Vec<String>> {
     let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/scylladb.md"))?;
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/analytics/cql.md"))?;
     let block = readme
         .split("```cql\n")
         .nth(1)
         .and_then(|rest| rest.split("```").next())
-        .context("docs/scylladb.md has no ```cql block")?;
+        .context("docs/analytics/cql.md has no ```cql block")?;
     let text: String = block
         .lines()
         .filter(|l| !l.trim_start().starts_with("--"))

@@ -4,7 +4,7 @@
 //! same consistency, as fast as the cluster takes them. No QUIC, no
 //! engine, no journal: what `serve --store scylla` writes for the same
 //! events, less its journal and checkpoints, so the ratio of the server's
-//! events/s to this one is a conservative one (docs/scylladb.md).
+//! events/s to this one is a conservative one (docs/operating/scylladb.md).
 //!
 //! ```sh
 //! tillstream-loadgen --events 300000 --data-dir /tmp/run     # the rows

@@ -23,7 +23,7 @@ pub(crate) struct Args {
     /// server's default. These runs are 100 devices flat out, where a
     /// quarter of a shard's budget starts most writes: a wide fleet of
     /// small batches writes once an interval, paying per store touched,
-    /// which the longer intervals are for (docs/tune.md).
+    /// which the longer intervals are for (docs/operating/tune.md).
     #[arg(long, value_delimiter = ',', default_value = "50,200,500")]
     flush_interval_ms: Vec<u64>,
     /// Events per run.
