@@ -75,11 +75,46 @@ fn storage_depends_on_nothing_internal() -> anyhow::Result<()> {
             "tokio",
             "quinn",
             "ractor",
+            "fjall",
+            "scylla",
             "tillstream-protocol",
             "tillstream-engine-core",
             "tillstream-engine",
         ],
     )
+}
+
+/// The layers of ARCHITECTURE.md's code map, as the internal crates each
+/// crate may reach (directly or through another): everything else of
+/// ours is refused. A backend reaches the contract and the journal, never
+/// the other backend or the engine; the contract reaches the journal
+/// alone; the engine's core reaches the wire and the row types.
+#[test]
+fn each_crate_reaches_only_the_crates_below_it() -> anyhow::Result<()> {
+    let rules: &[(&str, &[&str])] = &[
+        ("tillstream-protocol", &[]),
+        ("tillstream-socket", &[]),
+        ("tillstream-journal", &[]),
+        ("tillstream-auth", &[]),
+        ("tillstream-storage", &["tillstream-journal"]),
+        ("tillstream-embedded", &["tillstream-storage", "tillstream-journal"]),
+        ("tillstream-scylla", &["tillstream-storage", "tillstream-journal"]),
+        (
+            "tillstream-engine-core",
+            &["tillstream-protocol", "tillstream-storage", "tillstream-journal"],
+        ),
+        ("tillstream-client", &["tillstream-protocol", "tillstream-socket"]),
+    ];
+    let mut broken = Vec::new();
+    for (krate, allowed) in rules {
+        for d in deps(krate)? {
+            if d.starts_with("tillstream-") && d != *krate && !allowed.contains(&d.as_str()) {
+                broken.push(format!("{krate} reaches {d}"));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "crates across their layer: {broken:#?}");
+    Ok(())
 }
 
 /// The server shares the devices' socket code, not the device client:

@@ -13,6 +13,7 @@ mod durability;
 mod full_disk;
 mod hostile;
 mod hostile_fleet;
+mod import_circles;
 mod ingest;
 mod layers;
 mod metrics_format;

@@ -17,6 +17,7 @@ use tillstream_storage::{Bucket, Query, StoreError, TopBy, analytics};
 
 pub mod check;
 mod endpoints;
+mod openapi;
 mod request;
 pub mod rows;
 mod schema;
@@ -26,7 +27,7 @@ pub use endpoints::{
     ENDPOINTS, Endpoint, Kind, MAX_DAYS, MAX_LIMIT, Param, TIME_PATTERN, endpoint,
 };
 pub use request::parse_query;
-pub use schema::openapi;
+pub use openapi::openapi;
 
 /// One question of the query API.
 #[derive(Debug, Clone, PartialEq, Eq)]

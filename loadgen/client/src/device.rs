@@ -1,20 +1,16 @@
-//! The device handle and the state it shares with its background task.
-//!
-//! Who touches what: `State` sits behind one mutex, held only for short,
-//! non-async bookkeeping. Senders (`DeviceClient::send`) push into the
-//! window and wake the writer through `work`; the task's reader applies
-//! acks and errors, publishes the durable seq on `durable`, and wakes
-//! senders and waiters through `space` and `changed`.
+//! The device handle: what a program holds to send one device's batches
+//! and wait for their acks. It starts the background task (`session`) and
+//! reads the state the two share (`shared`).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::session::Session;
+use crate::shared::{Refusal, Shared, State};
 use crate::{
     ClientConfig, ClientEndpoint, ClientError, ClientEvent, ClientStats, PreparedBatch, Window,
 };
@@ -22,87 +18,6 @@ use crate::{
 /// How long [`DeviceClient::close`] waits for the task to close its
 /// connection before aborting it.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// Why a batch will never be acknowledged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Refusal {
-    /// The server refused it with an `Error` frame.
-    Server { code: u16, reason: String },
-    /// The server already held its seq (up to `durable`) from an earlier
-    /// user of the device id.
-    Stale { durable: u64 },
-}
-
-impl Refusal {
-    fn error(&self, seq: u64) -> ClientError {
-        match self {
-            Refusal::Server { code, reason } => ClientError::Refused {
-                seq,
-                code: *code,
-                reason: reason.clone(),
-            },
-            Refusal::Stale { durable } => ClientError::Stale {
-                seq,
-                durable: *durable,
-            },
-        }
-    }
-}
-
-#[derive(Debug)]
-pub(crate) struct State {
-    pub(crate) window: Window,
-    pub(crate) stats: ClientStats,
-    /// Every refused seq, so that [`DeviceClient::wait_acked`] never takes
-    /// one for acknowledged when a later batch is. Not capped: refusals are
-    /// rare (each is a dead letter on the server, or a stale batch that
-    /// stops the sender), and forgetting one would give a wrong answer.
-    pub(crate) refused: BTreeMap<u64, Refusal>,
-    /// Set when the server rejected the device for good.
-    pub(crate) fatal: Option<(u16, String)>,
-    pub(crate) closed: bool,
-    /// The connection of the session under way, whose QUIC counters
-    /// [`DeviceClient::stats`] adds to those of the sessions before it.
-    pub(crate) live: Option<quinn::Connection>,
-}
-
-impl State {
-    pub(crate) fn remember_refusal(&mut self, seq: u64, why: Refusal) {
-        self.refused.insert(seq, why);
-    }
-}
-
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) device: u64,
-    state: Mutex<State>,
-    /// Senders wait here for room in the window.
-    pub(crate) space: Notify,
-    /// The writer waits here for something to write.
-    pub(crate) work: Notify,
-    /// The durable seq, for [`DeviceClient::acks`].
-    pub(crate) durable: watch::Sender<u64>,
-    /// Bumped on every change a waiter may care about.
-    changed: watch::Sender<u64>,
-}
-
-impl Shared {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Publishes the durable seq and wakes senders, waiters and the writer.
-    pub(crate) fn publish(&self, durable: u64) {
-        self.durable.send_if_modified(|v| {
-            let changed = *v != durable;
-            *v = durable;
-            changed
-        });
-        self.changed.send_modify(|g| *g = g.wrapping_add(1));
-        self.space.notify_waiters();
-        self.work.notify_one();
-    }
-}
 
 /// One device's session with the server, kept alive by a background task
 /// that reconnects and resends until the client is closed or the server
@@ -138,21 +53,10 @@ impl DeviceClient {
         cfg: ClientConfig,
         events: Option<mpsc::Sender<ClientEvent>>,
     ) -> Self {
-        let shared = Arc::new(Shared {
-            device: cfg.device,
-            state: Mutex::new(State {
-                window: Window::new(cfg.max_inflight).with_replay(cfg.replay),
-                stats: ClientStats::default(),
-                refused: BTreeMap::new(),
-                fatal: None,
-                closed: false,
-                live: None,
-            }),
-            space: Notify::new(),
-            work: Notify::new(),
-            durable: watch::Sender::new(0),
-            changed: watch::Sender::new(0),
-        });
+        let shared = Arc::new(Shared::new(
+            cfg.device,
+            State::new(Window::new(cfg.max_inflight).with_replay(cfg.replay)),
+        ));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let span = tracing::info_span!("device", device = cfg.device);
         let session = Session::new(shared.clone(), endpoint, cfg, events);
@@ -212,7 +116,7 @@ impl DeviceClient {
     /// `timeout`.
     pub async fn wait_acked(&self, seq: u64, timeout: Duration) -> Result<(), ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut changed = self.shared.changed.subscribe();
+        let mut changed = self.shared.changes();
         loop {
             let durable = {
                 let st = self.shared.lock();
@@ -295,47 +199,5 @@ impl Drop for DeviceClient {
         if self.task.is_some() {
             self.signal_close();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refusals_are_never_forgotten() {
-        let mut st = State {
-            window: Window::new(8),
-            stats: ClientStats::default(),
-            refused: BTreeMap::new(),
-            fatal: None,
-            closed: false,
-            live: None,
-        };
-        for seq in 1..=10_000 {
-            st.remember_refusal(
-                seq,
-                Refusal::Server {
-                    code: 5,
-                    reason: "bad".into(),
-                },
-            );
-        }
-        st.remember_refusal(10_001, Refusal::Stale { durable: 20_000 });
-        assert!(matches!(
-            st.refused.get(&1).map(|r| r.error(1)),
-            Some(ClientError::Refused {
-                seq: 1,
-                code: 5,
-                ..
-            })
-        ));
-        assert!(matches!(
-            st.refused.get(&10_001).map(|r| r.error(10_001)),
-            Some(ClientError::Stale {
-                seq: 10_001,
-                durable: 20_000
-            })
-        ));
     }
 }

@@ -48,9 +48,11 @@ mod backoff;
 mod device;
 mod error;
 mod events;
+mod options;
 mod path;
 mod prepared;
 mod session;
+mod shared;
 mod stats;
 mod tls;
 mod window;
@@ -64,12 +66,11 @@ pub use backoff::Backoff;
 pub use device::DeviceClient;
 pub use error::ClientError;
 pub use events::{AckEvent, AckedBatch, ClientEvent, RefusedBatch, StaleBatch};
-pub use path::ClientEndpoint;
+pub use options::EndpointOptions;
+pub use path::{ClientEndpoint, client_endpoint, client_endpoint_with};
 pub use prepared::PreparedBatch;
 pub use stats::ClientStats;
-pub use tls::{
-    DeviceTls, EndpointOptions, client_endpoint, client_endpoint_with, client_tls_with_identity,
-};
+pub use tls::{DeviceTls, client_tls_with_identity};
 pub use window::{Settled, Window};
 
 use std::net::SocketAddr;

@@ -18,9 +18,14 @@
 //!
 //! A fleet's first connections to a server start together, before any
 //! has found anything: the first one scouts the path, and the others wait
-//! up to [`SCOUT_WAIT`] (by default) for what it finds before they dial. Without the
-//! wait, the loadgen's 100 devices sent 900 probes at every start, 4% of
-//! the server's CPU over a million-event run.
+//! up to [`EndpointOptions::scout_wait`] (250 ms by default) for what it
+//! finds before they dial. Without the wait, the loadgen's 100 devices sent
+//! 900 probes at every start, 4% of the server's CPU over a million-event
+//! run.
+//!
+//! The endpoint is made here too ([`client_endpoint`]): the endpoint owns
+//! its socket and its devices' default TLS settings (`tls`), so it is built
+//! where it is defined and `tls` needs nothing of it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,15 +37,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::gso::GsoCapped;
-use crate::tls::DeviceTls;
-
-/// How long, by default, a connection to a server no connection has
-/// found the path MTU of waits for the one finding it (the scout;
-/// `EndpointOptions::scout_wait`). On loopback or a LAN
-/// the scout's handshake and first sample take ~25 ms; where they take
-/// longer (a far server, one that is down), the waiting ones search for
-/// themselves, as they would without a scout, at most this much later.
-pub(crate) const SCOUT_WAIT: Duration = Duration::from_millis(250);
+use crate::tls::{DeviceTls, device_tls};
+use crate::{ClientError, EndpointOptions};
 
 /// What the connections of an endpoint found, per server.
 #[derive(Debug, Default)]
@@ -61,6 +59,62 @@ impl PathBook {
     fn lock(&self) -> MutexGuard<'_, Paths> {
         self.paths.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// A client QUIC endpoint that trusts the certificates in `ca_pem` (PEM, one
+/// or more) and speaks ALPN `tillstream/1` over TLS 1.3 with ring, 0-RTT
+/// off. It binds one UDP socket of `server`'s address family on an
+/// ephemeral port, shared by every device connected through it, with
+/// socket buffers of several MiB where the OS allows. Transport settings are
+/// [`EndpointOptions::default`].
+///
+/// Must be called inside a tokio runtime (the endpoint's driver is spawned
+/// on it).
+pub fn client_endpoint(ca_pem: &[u8], server: SocketAddr) -> Result<ClientEndpoint, ClientError> {
+    client_endpoint_with(ca_pem, server, &EndpointOptions::default())
+}
+
+/// [`client_endpoint`] with explicit transport settings.
+pub fn client_endpoint_with(
+    ca_pem: &[u8],
+    server: SocketAddr,
+    opts: &EndpointOptions,
+) -> Result<ClientEndpoint, ClientError> {
+    let tls = device_tls(ca_pem, opts, None)?;
+    let socket = bind(server, opts.socket_buffer_bytes).map_err(ClientError::Socket)?;
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(opts.max_udp_payload)
+        .map_err(|e| {
+            ClientError::Tls(format!(
+                "QUIC max UDP payload {}: {e} (allowed: 1200 to 65527)",
+                opts.max_udp_payload
+            ))
+        })?;
+    // Until a connection has found the path MTU, batches are sized for
+    // the largest packet there may be (`ClientEndpoint::learn` resizes them).
+    let socket = crate::gso::quic_socket(socket, opts.max_udp_payload, &*runtime)
+        .map_err(ClientError::Socket)?;
+    let mut endpoint =
+        quinn::Endpoint::new_with_abstract_socket(config, None, socket.clone(), runtime)
+            .map_err(ClientError::Socket)?;
+    // For a plain `connect` to the server the endpoint was made for,
+    // discovery bounded by that server's route, as a device's dial is.
+    endpoint
+        .set_default_client_config(tls.quinn_config_at(None, crate::udp::route_payload(server)));
+    Ok(ClientEndpoint::new(endpoint, tls, socket, opts.scout_wait))
+}
+
+/// Binds a UDP socket of `server`'s family on an ephemeral port, with
+/// large buffers where the kernel allows (`crate::udp`; a smaller one only
+/// costs speed, so it is logged, not refused).
+fn bind(server: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    let (socket, buffers) = crate::udp::bind(crate::udp::any_port_for(server), buffer)?;
+    if buffers.recv_short() {
+        tracing::debug!(?buffers, "the UDP receive buffer is smaller than asked for");
+    }
+    Ok(socket)
 }
 
 /// A client QUIC endpoint (one UDP socket), its devices' default TLS
@@ -184,6 +238,15 @@ mod tests {
 
     use super::*;
 
+    #[tokio::test]
+    async fn refuses_pem_without_certificates() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
+        assert!(matches!(
+            client_endpoint(b"not a pem", addr),
+            Err(ClientError::Tls(_))
+        ));
+    }
+
     /// What a connection learns of its path sizes the endpoint's GSO
     /// batches: the largest path MTU known of any server, and only until
     /// a smaller one is learned for that same server.
@@ -193,7 +256,7 @@ mod tests {
         let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
         let a: SocketAddr = ([127, 0, 0, 1], 7400).into();
         let b: SocketAddr = ([127, 0, 0, 1], 7500).into();
-        let endpoint = crate::client_endpoint(ca.cert.pem().as_bytes(), a)?;
+        let endpoint = client_endpoint(ca.cert.pem().as_bytes(), a)?;
         let segments = || endpoint.socket.max_transmit_segments();
         assert_eq!(segments(), 1, "a packet of up to 65,507 bytes a send");
         endpoint.learn(a, 1472);

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use tillstream_protocol::{Ack, Error as ErrorMsg, ErrorCode, Welcome};
 use tokio::sync::{mpsc, watch};
 
-use crate::device::{Refusal, Shared, State};
 use crate::error::code_name;
+use crate::shared::{Refusal, Shared, State};
 use crate::wire::{Incoming, hello_frame, read_frame};
 use crate::{
     AckEvent, Backoff, ClientConfig, ClientEndpoint, ClientEvent, PreparedBatch, RefusedBatch,
@@ -254,8 +254,9 @@ impl Session {
     /// where probes are lost and wait for their timeouts. Never returns.
     async fn watch_path(&self, conn: &quinn::Connection, probes_before: u64) -> Infallible {
         // The first record is what a fleet's other devices, waiting on
-        // this one (`path::SCOUT_WAIT`), start from: made while the search
-        // still climbs, each of them would search the rest for itself.
+        // this one (`EndpointOptions::scout_wait`), start from: made while
+        // the search still climbs, each of them would search the rest for
+        // itself.
         let started = tokio::time::Instant::now();
         let mut probes = conn.stats().path.sent_plpmtud_probes;
         let mut quiet_since = started;

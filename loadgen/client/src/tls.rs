@@ -1,116 +1,15 @@
-use std::net::SocketAddr;
+//! A device's TLS settings and the QUIC transport of each of its
+//! connections ([`DeviceTls`]).
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tillstream_protocol::{ALPN, DEFAULT_MAX_UDP_PAYLOAD};
+use tillstream_protocol::ALPN;
 
-use crate::ClientError;
 use crate::gso::MIN_MTU;
-use crate::path::ClientEndpoint;
-
-/// Transport settings of a client endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EndpointOptions {
-    /// A connection that hears nothing from the server for this long is
-    /// lost, and the device reconnects. A server killed without a word is
-    /// noticed only this way. The shorter of the client's and the server's
-    /// value applies.
-    pub idle_timeout: Duration,
-    /// Keep-alive interval: keeps a quiet but healthy connection from
-    /// timing out. At most half of `idle_timeout` (a longer one is
-    /// lowered to that), so that a lost PING is sent again in time. A
-    /// PING goes out only after this long without a packet from the
-    /// server, and each costs the server a packet in and an ACK out: with
-    /// a 1 s interval, 10,000 devices that batch every 1–1.2 s sent 4.7
-    /// datagrams a batch where 3 carry it (batch, ack, ACK), and the
-    /// server spent about a fifth more CPU a batch (one noisy A/B).
-    pub keep_alive: Duration,
-    /// UDP receive and send buffer sizes asked for (the kernel may grant
-    /// less; see [`crate::udp`]): with the default ~208 KiB, batched runs
-    /// dropped packets.
-    pub socket_buffer_bytes: usize,
-    /// The stream receive window advertised to the server, if not quinn's
-    /// default. Tests use a tiny one to play a device that reads nothing.
-    pub stream_receive_window: Option<u32>,
-    /// The largest UDP payload this endpoint sends (the bound of its path
-    /// MTU discovery) and accepts. The server's own limit caps what a
-    /// device sends. Default
-    /// [`DEFAULT_MAX_UDP_PAYLOAD`](tillstream_protocol::DEFAULT_MAX_UDP_PAYLOAD)
-    /// (65,507): discovery keeps what the path carries, 1472 on a
-    /// 1500-byte Ethernet path, 8952 with jumbo frames, and probes no
-    /// higher than the device's route to the server carries.
-    pub max_udp_payload: u16,
-    /// How long a connection to a server this endpoint has found no path
-    /// MTU to yet waits for the one finding it (see
-    /// [`ClientEndpoint`](crate::ClientEndpoint)). Default 250 ms: on
-    /// loopback or a LAN the first connection's handshake and first
-    /// sample take ~25 ms. Longer suits a far server; zero makes every
-    /// connection search for itself.
-    pub scout_wait: Duration,
-}
-
-impl Default for EndpointOptions {
-    /// 5 s idle timeout, a keep-alive after 2 s of silence, 16 MiB buffers,
-    /// UDP payloads as large as the path carries.
-    fn default() -> Self {
-        Self {
-            idle_timeout: Duration::from_secs(5),
-            keep_alive: Duration::from_secs(2),
-            socket_buffer_bytes: crate::udp::BUFFER_BYTES,
-            stream_receive_window: None,
-            max_udp_payload: DEFAULT_MAX_UDP_PAYLOAD,
-            scout_wait: crate::path::SCOUT_WAIT,
-        }
-    }
-}
-
-/// A client QUIC endpoint that trusts the certificates in `ca_pem` (PEM, one
-/// or more) and speaks ALPN `tillstream/1` over TLS 1.3 with ring, 0-RTT
-/// off. It binds one UDP socket of `server`'s address family on an
-/// ephemeral port, shared by every device connected through it, with
-/// socket buffers of several MiB where the OS allows. Transport settings are
-/// [`EndpointOptions::default`].
-///
-/// Must be called inside a tokio runtime (the endpoint's driver is spawned
-/// on it).
-pub fn client_endpoint(ca_pem: &[u8], server: SocketAddr) -> Result<ClientEndpoint, ClientError> {
-    client_endpoint_with(ca_pem, server, &EndpointOptions::default())
-}
-
-/// [`client_endpoint`] with explicit transport settings.
-pub fn client_endpoint_with(
-    ca_pem: &[u8],
-    server: SocketAddr,
-    opts: &EndpointOptions,
-) -> Result<ClientEndpoint, ClientError> {
-    let tls = device_tls(ca_pem, opts, None)?;
-    let socket = bind(server, opts.socket_buffer_bytes).map_err(ClientError::Socket)?;
-    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-    let mut config = quinn::EndpointConfig::default();
-    config
-        .max_udp_payload_size(opts.max_udp_payload)
-        .map_err(|e| {
-            ClientError::Tls(format!(
-                "QUIC max UDP payload {}: {e} (allowed: 1200 to 65527)",
-                opts.max_udp_payload
-            ))
-        })?;
-    // Until a connection has found the path MTU, batches are sized for
-    // the largest packet there may be (`ClientEndpoint::learn` resizes them).
-    let socket = crate::gso::quic_socket(socket, opts.max_udp_payload, &*runtime)
-        .map_err(ClientError::Socket)?;
-    let mut endpoint =
-        quinn::Endpoint::new_with_abstract_socket(config, None, socket.clone(), runtime)
-            .map_err(ClientError::Socket)?;
-    // For a plain `connect` to the server the endpoint was made for,
-    // discovery bounded by that server's route, as a device's dial is.
-    endpoint
-        .set_default_client_config(tls.quinn_config_at(None, crate::udp::route_payload(server)));
-    Ok(ClientEndpoint::new(endpoint, tls, socket, opts.scout_wait))
-}
+use crate::{ClientError, EndpointOptions};
 
 /// The TLS settings of one device that proves who it is with a client
 /// certificate (PEM chain and PKCS#8 key, as `tillstream ca issue` writes
@@ -205,7 +104,9 @@ impl std::fmt::Debug for DeviceTls {
     }
 }
 
-fn device_tls(
+/// The TLS settings of a device that trusts the certificates in `ca_pem`,
+/// presenting `identity` if it has one.
+pub(crate) fn device_tls(
     ca_pem: &[u8],
     opts: &EndpointOptions,
     identity: Option<Identity>,
@@ -328,29 +229,11 @@ impl DeviceTls {
     }
 }
 
-/// Binds a UDP socket of `server`'s family on an ephemeral port, with
-/// large buffers where the kernel allows (`crate::udp`; a smaller one only
-/// costs speed, so it is logged, not refused).
-fn bind(server: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
-    let (socket, buffers) = crate::udp::bind(crate::udp::any_port_for(server), buffer)?;
-    if buffers.recv_short() {
-        tracing::debug!(?buffers, "the UDP receive buffer is smaller than asked for");
-    }
-    Ok(socket)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use tillstream_protocol::DEFAULT_MAX_UDP_PAYLOAD;
 
-    #[tokio::test]
-    async fn refuses_pem_without_certificates() {
-        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
-        assert!(matches!(
-            client_endpoint(b"not a pem", addr),
-            Err(ClientError::Tls(_))
-        ));
-    }
+    use super::*;
 
     #[test]
     fn a_first_window_holds_more_packets_than_the_server_waits_for() {
