@@ -53,4 +53,72 @@ fn main() {
             println!("cargo::rustc-cfg={cfg}");
         }
     }
+    doc_examples();
+}
+
+/// The markdown pages holding ```rust blocks, which `src/lib.rs` includes
+/// as doc comments under `cfg(doctest)`, so that `cargo test` compiles and
+/// runs each block against the workspace's crates (this package depends
+/// on them): the book (`docs/`), README.md, ARCHITECTURE.md and every
+/// other `*.md` of the repository outside `target/` and hidden
+/// directories. Written to `$OUT_DIR/doc_examples.rs`, one item a page.
+///
+/// This reruns when a page listed changes, not on every edit of the docs
+/// (each rerun rebuilds this package and the e2e binary): a page that
+/// gains its first Rust block is caught by `tests/docs.rs`, which asks for
+/// a `touch tests/build.rs`. A clean build (CI) always lists them all.
+fn doc_examples() {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if name.starts_with('.') || name == "target" || name == "node_modules" {
+                continue;
+            }
+            if kind.is_dir() {
+                walk(&path, out);
+            } else if name.ends_with(".md") {
+                out.push(path);
+            }
+        }
+    }
+    let manifest = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
+    let root = manifest.parent().expect("tests/ is in the repository");
+    let mut pages = Vec::new();
+    walk(root, &mut pages);
+    pages.sort();
+    let mut items = String::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap_or_default();
+        if !text.lines().any(|l| {
+            let t = l.trim_start();
+            t.starts_with("```rust") || t.starts_with("~~~rust")
+        }) {
+            continue;
+        }
+        println!("cargo::rerun-if-changed={}", page.display());
+        let relative = page
+            .strip_prefix(root)
+            .unwrap_or(page)
+            .display()
+            .to_string();
+        let name: String = relative
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        items.push_str(&format!(
+            "// {relative}\n#[doc = include_str!({path:?})]\n#[allow(non_camel_case_types)]\npub struct {name};\n\n",
+            path = page.display().to_string(),
+        ));
+    }
+    let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    std::fs::write(out.join("doc_examples.rs"), items).expect("writing doc_examples.rs");
 }

@@ -7,6 +7,7 @@ use std::ffi::OsString;
 use clap::{Parser, Subcommand};
 
 mod api;
+mod cli_reference;
 mod commands;
 mod config_file;
 mod logging;
@@ -92,6 +93,9 @@ enum Command {
     },
     /// Print the man page (roff; `tillstream man | man -l -`).
     Man,
+    /// Print the book's command-line reference (docs/reference/cli.md).
+    #[command(hide = true)]
+    CliReference,
 }
 
 /// Writes `bytes` to stdout; a reader that stopped early (`| head`) is
@@ -291,6 +295,7 @@ pub fn main(allocator: Option<AllocatorHooks>) -> std::process::ExitCode {
                 .map_err(anyhow::Error::from)
                 .and_then(|()| print_all(&page))
         }
+        Command::CliReference => print_all(cli_reference::markdown().as_bytes()),
     };
     match result {
         Ok(code) => code,

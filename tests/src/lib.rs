@@ -2,6 +2,14 @@
 //! the tests live in `tests/main.rs` (one binary, one module per area), and
 //! this library holds what they share.
 
+/// The ```rust blocks of the book and of the repository's other markdown
+/// pages, compiled and run as doc tests against the workspace's crates
+/// (which pages: `build.rs`).
+#[cfg(doctest)]
+mod doc_examples {
+    include!(concat!(env!("OUT_DIR"), "/doc_examples.rs"));
+}
+
 pub mod fleet_util;
 pub mod machine;
 pub mod raw;
