@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use tillstream_engine_core::route::{Kinds, Scope};
 use tillstream_engine_core::validate::{LEGACY_MAX_FUTURE_US, Rules};
-use tillstream_protocol::ValidatedBatch;
 use tillstream_journal::{JournalRecords, RECORD_HEADER};
+use tillstream_protocol::ValidatedBatch;
 use tillstream_storage::{Store, StoreError};
 use tokio::sync::watch;
 

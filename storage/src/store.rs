@@ -1,7 +1,7 @@
 //! The `Store` trait: what the engine needs from a backend.
 
-use tillstream_journal::{JournalRecords, encode_records};
 use crate::rows::{RowSet, StockLevelRow, StockMovementRow, TerminalRollupRow};
+use tillstream_journal::{JournalRecords, encode_records};
 
 /// Errors of a store. A store that failed to make data durable is
 /// [`StoreError::Poisoned`] from then on: it refuses every further commit,

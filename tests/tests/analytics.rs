@@ -113,8 +113,9 @@ fn sorted_lines(csv: &str, drop: &[&str]) -> Vec<String> {
 /// The CQL statements of the ScyllaDB guide's `cql` block, on keyspace
 /// `ks`.
 fn readme_cql(ks: &str) -> anyhow::Result<Vec<String>> {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/analytics/cql.md"))?;
+    let readme = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/analytics/cql.md"),
+    )?;
     let block = readme
         .split("```cql\n")
         .nth(1)

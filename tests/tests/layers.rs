@@ -97,13 +97,26 @@ fn each_crate_reaches_only_the_crates_below_it() -> anyhow::Result<()> {
         ("tillstream-journal", &[]),
         ("tillstream-auth", &[]),
         ("tillstream-storage", &["tillstream-journal"]),
-        ("tillstream-embedded", &["tillstream-storage", "tillstream-journal"]),
-        ("tillstream-scylla", &["tillstream-storage", "tillstream-journal"]),
+        (
+            "tillstream-embedded",
+            &["tillstream-storage", "tillstream-journal"],
+        ),
+        (
+            "tillstream-scylla",
+            &["tillstream-storage", "tillstream-journal"],
+        ),
         (
             "tillstream-engine-core",
-            &["tillstream-protocol", "tillstream-storage", "tillstream-journal"],
+            &[
+                "tillstream-protocol",
+                "tillstream-storage",
+                "tillstream-journal",
+            ],
         ),
-        ("tillstream-client", &["tillstream-protocol", "tillstream-socket"]),
+        (
+            "tillstream-client",
+            &["tillstream-protocol", "tillstream-socket"],
+        ),
     ];
     let mut broken = Vec::new();
     for (krate, allowed) in rules {

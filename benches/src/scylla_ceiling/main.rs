@@ -18,10 +18,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use tillstream_embedded::EmbeddedStore;
+use tillstream_scylla::{Consistency, ParseConsistency, ScyllaConfig, ScyllaStore, apply_schema};
 use tillstream_storage::schema::SchemaOptions;
-use tillstream_scylla::{
-    Consistency, ParseConsistency, ScyllaConfig, ScyllaStore, apply_schema,
-};
 use tillstream_storage::{Query, RowRef, RowSet, Store, Table};
 
 #[global_allocator]

@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::sequencer::BatchHeader;
-use tillstream_engine_core::route::Scope;
 use tillstream_embedded::EmbeddedStore;
+use tillstream_engine_core::route::Scope;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 

@@ -26,8 +26,8 @@ mod v1;
 pub use endpoints::{
     ENDPOINTS, Endpoint, Kind, MAX_DAYS, MAX_LIMIT, Param, TIME_PATTERN, endpoint,
 };
-pub use request::parse_query;
 pub use openapi::openapi;
+pub use request::parse_query;
 
 /// One question of the query API.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,9 +5,9 @@
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use tillstream_embedded::EmbeddedStore;
 use tillstream_storage::Store;
 use tillstream_storage::catalog::{Catalog, Product, StoreInfo};
-use tillstream_embedded::EmbeddedStore;
 use tillstream_storage::rows::*;
 use tillstream_storage::time::parse_ts;
 

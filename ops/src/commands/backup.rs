@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use tillstream_embedded::{EmbeddedStore, restore_files};
 use tillstream_engine::{CredentialSources, CredentialsRestore, plan_restore, write_backup};
 use tillstream_storage::Store;
-use tillstream_embedded::{EmbeddedStore, restore_files};
 use tillstream_storage::verify::verify;
 
 /// Copy the store into DIR, consistent as of one moment: the tables and

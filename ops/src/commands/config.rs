@@ -31,7 +31,6 @@ pub(crate) struct CheckArgs {
     no_environment: bool,
 }
 
-
 pub(crate) fn check(args: CheckArgs, root: &clap::Command) -> anyhow::Result<ExitCode> {
     let no_environment = args.no_environment;
     let file = args

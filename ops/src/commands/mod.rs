@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use store_args::{StoreArgs, StoreKind};
-use tillstream_storage::Backend;
 use tillstream_embedded::EmbeddedStore;
+use tillstream_storage::Backend;
 
 /// Opens the store for reading: the embedded store of a data directory
 /// (with a hint when a server holds it), brought up to its journal; or a

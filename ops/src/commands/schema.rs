@@ -4,8 +4,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use tillstream_storage::schema::{DEFAULT_KEYSPACE, SchemaOptions, render};
 use tillstream_scylla::apply_schema;
+use tillstream_storage::schema::{DEFAULT_KEYSPACE, SchemaOptions, render};
 
 use super::store_args::ScyllaArgs;
 

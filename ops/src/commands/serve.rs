@@ -268,8 +268,8 @@ pub(crate) fn raw_values(matches: &ArgMatches) -> RawValues {
 /// and the config file as it is now: what SIGHUP does.
 pub(crate) fn reread(root: &clap::Command, user_argv: &[OsString]) -> anyhow::Result<Settings> {
     let file = crate::config_file::config_flag(user_argv);
-    let loaded = settings::load(root, user_argv, file.as_deref())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let loaded =
+        settings::load(root, user_argv, file.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let serve = loaded
         .matches
         .subcommand_matches("serve")

@@ -5,7 +5,6 @@
 //! Stored bytes are never trusted: a value that fails validation is
 //! [`StoreError::Corrupt`], never a panic.
 
-
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor::Error as RkyvError;
@@ -35,7 +34,6 @@ pub(crate) trait StoredRow:
         None
     }
 }
-
 
 macro_rules! stored {
     ($($ty:ty => $what:literal),* $(,)?) => {
@@ -79,7 +77,6 @@ impl StoredRow for BatchRow {
         })
     }
 }
-
 
 fn encode_err(what: &'static str, e: RkyvError) -> StoreError {
     StoreError::Backend {

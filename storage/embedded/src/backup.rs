@@ -218,7 +218,7 @@ pub(super) mod tests {
     /// A live store with records 1..=4 journaled, 1..=2 in the tables, and
     /// a backup of it; returns the live store (kept open), the backup and
     /// what the backup said.
-    pub(in crate) fn backed_up(
+    pub(crate) fn backed_up(
         dir: &Path,
     ) -> Result<(EmbeddedStore, std::path::PathBuf, BackupInfo), StoreError> {
         let store = EmbeddedStore::open(&dir.join("live"))?;

@@ -121,10 +121,10 @@ use fjall::config::CompressionPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
 use parking_lot::{Mutex, RwLock};
 
+use durability::{Durability, FailAfter, Fsync};
 use tillstream_journal::{Journal, JournalOptions, JournalRecords, ReplayError, SyncFault};
 use tillstream_storage::rows::*;
 use tillstream_storage::store::*;
-use durability::{Durability, FailAfter, Fsync};
 
 pub use commit::{PackersForBench, pack_for_bench};
 pub use data_format::DATA_FORMAT;
@@ -583,11 +583,15 @@ impl Store for EmbeddedStore {
         EmbeddedStore::backup_to(self, dest)
     }
 
-    fn put_catalog(&self, catalog: &tillstream_storage::catalog::Catalog) -> Result<(), StoreError> {
+    fn put_catalog(
+        &self,
+        catalog: &tillstream_storage::catalog::Catalog,
+    ) -> Result<(), StoreError> {
         self.check_writable()?;
         let mut batch = self.db.batch();
         for p in &catalog.products {
-            let value = tillstream_storage::catalog::encode_fields(&[&p.code, &p.name, &p.category]);
+            let value =
+                tillstream_storage::catalog::encode_fields(&[&p.code, &p.name, &p.category]);
             batch.insert(&self.meta, keys::catalog_product(p.sku), value);
         }
         for s in &catalog.stores {

@@ -8,8 +8,8 @@ use rkyv::util::AlignedVec;
 
 use super::blocklog::{BlockFormat, Ptr};
 use super::blocks::BlockRow;
-use crate::archive::StoredRow;
 use super::{EmbeddedStore, backend_err, keys, packed};
+use crate::archive::StoredRow;
 use tillstream_storage::query::*;
 use tillstream_storage::rows::*;
 use tillstream_storage::store::{StoreError, WindowMovement};

@@ -130,4 +130,3 @@ fn too_big(bytes: usize) -> StoreError {
         source: format!("{bytes} bytes of lines in one block, over 4 GiB").into(),
     }
 }
-

@@ -135,7 +135,10 @@ fn rows_split_over_many_commits_verify_ok() -> TestResult {
     assert_eq!(store.next_commit_id(), 4);
     let r = verify(&store, None)?;
     assert!(r.ok, "{r:#?}");
-    assert_eq!(dump(&store)?, dump(&tillstream_storage::testkit::MemQuery(rows))?);
+    assert_eq!(
+        dump(&store)?,
+        dump(&tillstream_storage::testkit::MemQuery(rows))?
+    );
     Ok(())
 }
 

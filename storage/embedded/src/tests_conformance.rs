@@ -47,4 +47,3 @@ fn embedded_snapshot_rows_keep_the_newest() -> TestResult {
 fn embedded_queries_answer_from_the_rows() -> TestResult {
     queries_answer_from_the_rows(&mut embedded()?)
 }
-

@@ -131,8 +131,7 @@ fn levels_of_data_format_1_still_read_and_are_rewritten_packed_when_compacted()
 }
 
 #[test]
-fn a_delta_of_levels_packs_to_under_a_fifth_of_its_rkyv_size() -> crate::tests::TestResult
-{
+fn a_delta_of_levels_packs_to_under_a_fifth_of_its_rkyv_size() -> crate::tests::TestResult {
     // A commit's changed levels of one store, sorted by SKU.
     let run: Vec<StockLevelRow> = (0..2_000u64)
         .map(|i| StockLevelRow {

@@ -13,10 +13,10 @@
 use rkyv::util::AlignedVec;
 
 use super::JournalError;
-use crate::direct_io::BLOCK;
 use super::format::{
     MAX_RECORD_PAYLOAD, RECORD_HEADER, check_group, push_record, salt_crcs_in_place,
 };
+use crate::direct_io::BLOCK;
 
 /// Records to append, not yet encoded: each is its LSN and its payload in
 /// two parts (a header of the caller's, then the body), written one after

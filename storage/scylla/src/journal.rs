@@ -13,8 +13,8 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use super::writes::journal_timestamp;
 use super::{ScyllaStore, backend_err};
-use tillstream_storage::buckets::journal_segment;
 use tillstream_journal::split_records;
+use tillstream_storage::buckets::journal_segment;
 use tillstream_storage::store::StoreError;
 
 /// One journal row: LSN, generation, payload.

@@ -52,12 +52,12 @@ pub use config::{ParseConsistency, ScyllaConfig, apply_schema};
 /// Consistency levels, as the driver names them.
 pub use scylla::statement::Consistency;
 
-use tillstream_storage::buckets::{LEVEL_BUCKETS, batch_seq_bucket};
-use tillstream_storage::rows::*;
-use tillstream_storage::store::{CommitInfo, ReplayVisitor, Store, StoreError, WindowMovement};
 use fence::{Fence, LeaseStatements};
 use mapping::{ByStoreHour, CqlRow};
 use statements::Texts;
+use tillstream_storage::buckets::{LEVEL_BUCKETS, batch_seq_bucket};
+use tillstream_storage::rows::*;
+use tillstream_storage::store::{CommitInfo, ReplayVisitor, Store, StoreError, WindowMovement};
 use writes::Prepared;
 
 /// The ScyllaDB store. See the module documentation.
@@ -464,7 +464,10 @@ impl Store for ScyllaStore {
         self.driver_metrics()
     }
 
-    fn put_catalog(&self, catalog: &tillstream_storage::catalog::Catalog) -> Result<(), StoreError> {
+    fn put_catalog(
+        &self,
+        catalog: &tillstream_storage::catalog::Catalog,
+    ) -> Result<(), StoreError> {
         self.writable()?;
         let n = self.cfg.max_in_flight.max(1);
         self.block(async {

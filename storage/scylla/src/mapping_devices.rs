@@ -4,9 +4,9 @@
 use scylla::value::{CqlValue, Row};
 
 use super::{CqlRow, Values, big, big_u, int, small};
+use crate::cols::Cols;
 use tillstream_storage::buckets::batch_seq_bucket;
 use tillstream_storage::rows::*;
-use crate::cols::Cols;
 use tillstream_storage::store::StoreError;
 use tillstream_storage::time;
 

@@ -196,9 +196,9 @@ impl Texts {
 mod tests {
     use super::super::mapping::{ByStoreHour, CqlRow, DEAD_LETTER_COLUMNS};
     use super::*;
+    use std::collections::BTreeMap;
     use tillstream_storage::rows::*;
     use tillstream_storage::schema::all_statements;
-    use std::collections::BTreeMap;
 
     /// Column names per table, read from the schema's CREATE TABLEs.
     fn schema_columns() -> BTreeMap<String, Vec<String>> {

@@ -5,8 +5,8 @@
 //! the keyspace. CI runs these against a 3-node Apache Cassandra 5.0
 //! cluster at replication factor 3 (`deploy/cassandra/run.sh`).
 
-use tillstream_storage::schema::SchemaOptions;
 use crate::{ScyllaConfig, apply_schema, drop_keyspace};
+use tillstream_storage::schema::SchemaOptions;
 
 /// A test's keyspace, and a configuration that writes to it.
 pub(crate) struct TestKeyspace {

@@ -8,12 +8,12 @@
 
 use std::collections::BTreeMap;
 
-use tillstream_journal::encode_record;
 use crate::query::{Query, RowRef};
 use crate::rows::*;
 use crate::store::{Store, StoreError};
 use crate::testkit::sample;
 use crate::verify::verify;
+use tillstream_journal::encode_record;
 
 /// What a contract test returns.
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -125,9 +125,7 @@ pub fn parts_store_what_their_concatenation_stores(b: &mut impl Harness) -> Test
 
 /// The journal gives back, after a reopen, exactly the records the
 /// checkpoint does not cover, in LSN order and byte for byte.
-pub fn the_journal_replays_what_the_checkpoint_does_not_cover(
-    b: &mut impl Harness,
-) -> TestResult {
+pub fn the_journal_replays_what_the_checkpoint_does_not_cover(b: &mut impl Harness) -> TestResult {
     let payload = |lsn: u64| format!("record {lsn}").into_bytes();
     {
         let store = b.open()?;

@@ -5,9 +5,9 @@
 use proptest::prelude::*;
 
 use super::movement_of;
-use crate::stock_blocks::{blocks, pack};
 use crate::blocks::{BlockKey, BlockSet, block_key_of};
 use crate::packed::decode;
+use crate::stock_blocks::{blocks, pack};
 use tillstream_storage::rows::*;
 use tillstream_storage::store::StoreError;
 use tillstream_storage::testkit::key;
