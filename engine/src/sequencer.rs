@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::CachePadded;
 use parking_lot::{Condvar, Mutex};
 use tillstream_engine_core::route::{Kinds, Scope};
 use tillstream_engine_core::validate::{LEGACY_MAX_FUTURE_US, Rules};
@@ -257,7 +258,9 @@ pub(crate) enum Unsequenced<E> {
 #[derive(Debug)]
 pub(crate) struct AckProgress {
     epoch: Instant,
-    acked: AtomicU64,
+    /// Read by every submit, written by the flusher: on a cache line of
+    /// its own, not one the sessions' allocations share.
+    acked: CachePadded<AtomicU64>,
     moved_at_ms: AtomicU64,
 }
 
@@ -265,7 +268,7 @@ impl AckProgress {
     fn new(acked: u64) -> Self {
         Self {
             epoch: Instant::now(),
-            acked: AtomicU64::new(acked),
+            acked: CachePadded::new(AtomicU64::new(acked)),
             moved_at_ms: AtomicU64::new(0),
         }
     }
@@ -297,7 +300,9 @@ impl AckProgress {
 /// The sequencer (module docs). Shared by every session.
 #[derive(Debug)]
 pub(crate) struct Sequencer {
-    pending: Mutex<Pending>,
+    /// Taken by every submit and by the writer thread: padded, so that the
+    /// fields read beside it are not invalidated with it.
+    pending: CachePadded<Mutex<Pending>>,
     /// The last LSN handed out (read without the lock, for stall checks).
     sequenced: AtomicU64,
     progress: Arc<AckProgress>,
@@ -325,14 +330,14 @@ impl Sequencer {
             group_wait,
             sequenced: AtomicU64::new(last_lsn),
             progress: Arc::new(AckProgress::new(last_lsn)),
-            pending: Mutex::new(Pending {
+            pending: CachePadded::new(Mutex::new(Pending {
                 next_lsn: last_lsn + 1,
                 group: Group::default(),
                 since: None,
                 closed: false,
                 failed: false,
                 halted: false,
-            }),
+            })),
             wake: Condvar::new(),
             state: watch::Sender::new(JournalState {
                 durable: last_lsn,

@@ -187,5 +187,8 @@ where
         + for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>,
 {
     let bytes = frame::encode_to_vec(msg).map_err(|e| e.to_string())?;
-    send.write_all(&bytes).await.map_err(|e| e.to_string())
+    // As a chunk, quinn keeps the buffer itself: write_all copied it.
+    send.write_chunk(bytes::Bytes::from(bytes))
+        .await
+        .map_err(|e| e.to_string())
 }
