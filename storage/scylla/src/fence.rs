@@ -101,6 +101,11 @@ impl LeaseStatements {
     }
 }
 
+/// Attempts of a lease read, and the wait after the first that failed
+/// (doubling): about 3 s in all, within a start's patience.
+const LEASE_READ_TRIES: u32 = 5;
+const LEASE_READ_FIRST_WAIT: Duration = Duration::from_millis(200);
+
 /// The lease row as read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Lease {
@@ -209,10 +214,30 @@ impl Fence {
     }
 
     /// The lease row, read at SERIAL; `None` before any writer started.
+    ///
+    /// A SERIAL read is a Paxos round, which a busy cluster may time out
+    /// ("received only 0 responses", write type CAS) where a plain read
+    /// would not; and the driver's retry policy does not repeat a CAS
+    /// timeout. A read changes nothing, so it is tried again, a few times
+    /// with backoff, before a server refuses to start for it.
     pub(crate) async fn read(&self) -> Result<Option<Lease>, StoreError> {
-        let rows = self
-            .rows(&self.st.read, (&self.node_id,), "reading the node lease")
-            .await?;
+        let mut wait = LEASE_READ_FIRST_WAIT;
+        let mut tries = 1;
+        let rows = loop {
+            match self
+                .rows(&self.st.read, (&self.node_id,), "reading the node lease")
+                .await
+            {
+                Ok(rows) => break rows,
+                Err(e) if tries < LEASE_READ_TRIES => {
+                    tracing::warn!(error = %e, tries, "reading the node lease failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    tries += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Ok(rows.first().map(|r| Lease {
             generation: col_u64(r, 0),
             holder: match r.columns.get(1) {
