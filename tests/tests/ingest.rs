@@ -308,23 +308,31 @@ async fn acks_name_every_refused_event_in_event_order() -> anyhow::Result<()> {
 }
 
 /// A quiet device stays connected under a server idle timeout shorter
-/// than its own keep-alive (2 s): the server sends keep-alives too, at
-/// half its idle timeout. With the server's fixed 5 s, a till silent for
-/// longer than `--idle-timeout-s` lost its connection and reconnected.
+/// than its own keep-alive: the server sends keep-alives too, at half its
+/// idle timeout. With the server's fixed 5 s, a till silent for longer
+/// than `--idle-timeout-s` lost its connection and reconnected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_device_outlives_a_short_server_idle_timeout() -> anyhow::Result<()> {
-    quiet_device_keeps_its_connection(Duration::from_secs(1), None).await
+    quiet_device_keeps_its_connection(SHORT_IDLE, None).await
 }
 
 /// The same with the short idle timeout on the device's side: the
 /// client lowers its keep-alive to half of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_device_outlives_its_own_short_idle_timeout() -> anyhow::Result<()> {
-    quiet_device_keeps_its_connection(Duration::from_secs(30), Some(Duration::from_secs(1))).await
+    quiet_device_keeps_its_connection(Duration::from_secs(30), Some(SHORT_IDLE)).await
 }
 
-/// A device sends a batch, stays silent for 3 s, sends another, and must
-/// not have reconnected in between.
+/// The short idle timeout of these tests. Its keep-alives go at half of
+/// it, so a process stalled for less than that (2 s: CI runs these beside
+/// a Cassandra cluster on 2 cores) loses nothing; at 1 s, a stall of
+/// half a second closed the connection once.
+const SHORT_IDLE: Duration = Duration::from_secs(4);
+
+/// A device sends a batch, stays silent for twice the shorter idle
+/// timeout, sends another, and must not have reconnected in between. Its
+/// own keep-alive is 10 s, and without `device_idle` its idle timeout is
+/// 60 s, so only the keep-alives under test keep the connection.
 async fn quiet_device_keeps_its_connection(
     server_idle: Duration,
     device_idle: Option<Duration>,
@@ -335,10 +343,11 @@ async fn quiet_device_keeps_its_connection(
     cfg.idle_timeout = server_idle;
     let server = tillstream_engine::Server::start(cfg).await?;
     let tokens = Tokens::of(&server)?;
-    let mut options = tillstream_client::EndpointOptions::default();
-    if let Some(idle) = device_idle {
-        options.idle_timeout = idle;
-    }
+    let options = tillstream_client::EndpointOptions {
+        idle_timeout: device_idle.unwrap_or(Duration::from_secs(60)),
+        keep_alive: Duration::from_secs(10),
+        ..tillstream_client::EndpointOptions::default()
+    };
     let ca = std::fs::read(server.cert_path())?;
     let endpoint = tillstream_client::client_endpoint_with(&ca, server.quic_addr(), &options)?;
     let s = script(42, 1, true, 2, 5, now_us());
@@ -350,8 +359,9 @@ async fn quiet_device_keeps_its_connection(
         .ok_or_else(|| anyhow::anyhow!("the script has fewer than two batches"))?;
     dev.send(first).await?;
     dev.wait_acked(1, WAIT).await?;
-    // Three times the shorter idle timeout, with nothing to send.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Twice the shorter idle timeout, with nothing to send.
+    let idle = device_idle.map_or(server_idle, |d| d.min(server_idle));
+    tokio::time::sleep(2 * idle).await;
     dev.send(second).await?;
     dev.wait_acked(2, WAIT).await?;
     assert_eq!(
