@@ -147,19 +147,7 @@ fn unset(long: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn root() -> clap::Command {
-        <crate::Cli as clap::CommandFactory>::command()
-            .mut_subcommand("serve", |c| c.args_override_self(true))
-    }
-
-    fn argv(args: &[&str]) -> Vec<OsString> {
-        ["tillstream", "serve"]
-            .iter()
-            .chain(args)
-            .map(OsString::from)
-            .collect()
-    }
+    use crate::commands::serve::settings::tests::{argv, root};
 
     /// `--print-config` cannot forget a key: each one the file format
     /// has is a line of its own, set or not.

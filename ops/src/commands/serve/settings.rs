@@ -190,15 +190,17 @@ pub(crate) fn clap_message(e: &clap::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn root() -> clap::Command {
+    /// The command line `tillstream serve` is parsed with, for tests.
+    pub(crate) fn root() -> clap::Command {
         <crate::Cli as clap::CommandFactory>::command()
             .mut_subcommand("serve", |c| c.args_override_self(true))
     }
 
-    fn argv(args: &[&str]) -> Vec<OsString> {
+    /// `tillstream serve` and `args`.
+    pub(crate) fn argv(args: &[&str]) -> Vec<OsString> {
         ["tillstream", "serve"]
             .iter()
             .chain(args)
@@ -206,8 +208,6 @@ mod tests {
             .collect()
     }
 
-    /// `--print-config` cannot forget a key: each one the file format
-    /// has is a line of its own, set or not.
     /// `load` refuses what serve cannot start with, all of it at once,
     /// naming each key; a good line loads.
     #[test]
