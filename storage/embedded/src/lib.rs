@@ -90,6 +90,7 @@ mod blocks;
 mod commit;
 mod data_format;
 mod durability;
+mod errors;
 mod journal_place;
 mod keys;
 mod levels;
@@ -97,6 +98,9 @@ mod packed;
 mod query;
 mod restore;
 mod stock_blocks;
+
+pub(crate) use errors::backend_err;
+use errors::{no_write_access, open_err};
 
 #[cfg(test)]
 mod tests;
@@ -187,36 +191,6 @@ impl fmt::Debug for EmbeddedStore {
             .field("path", &self.path)
             .field("poisoned", &self.poisoned.load(Ordering::Acquire))
             .finish_non_exhaustive()
-    }
-}
-
-fn open_err(dir: &Path, e: impl fmt::Display) -> StoreError {
-    StoreError::Open {
-        path: dir.display().to_string(),
-        reason: e.to_string(),
-    }
-}
-
-/// Why a user without write access cannot read the store, and what to
-/// do: the embedded engine (fjall) has no read-only mode (it takes a lock
-/// file and recovers its own journal on open), and a reader first brings
-/// the tables up to tillstream's journal, so every reader writes.
-fn no_write_access(dir: &Path, io: &std::io::Error) -> String {
-    use std::os::unix::fs::MetadataExt;
-    let owner = std::fs::metadata(dir).map_or_else(
-        |_| "its owner".to_owned(),
-        |m| format!("its owner (uid {})", m.uid()),
-    );
-    format!(
-        "{io}: opening the embedded store writes to it (a lock file, and the journal replayed into the tables), so reading it needs write access to {} and everything in it; run as {owner}, or ask the running server over HTTP (--server-http)",
-        dir.display()
-    )
-}
-
-pub(crate) fn backend_err(op: &'static str, e: fjall::Error) -> StoreError {
-    StoreError::Backend {
-        op,
-        source: Box::new(e),
     }
 }
 
