@@ -18,10 +18,17 @@ use crate::sched::DeviceSched;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "tillstream-loadgen", version, about, long_about)]
 pub struct Args {
-    /// QUIC address of a running server (host:port), which must answer a
-    /// QUIC handshake within 5 s before anything is sent ("cannot connect
-    /// to ..." otherwise). Without it, a server is started in process.
-    #[arg(long, value_name = "ADDR")]
+    /// QUIC address of a running server (host:port), or a comma-separated
+    /// list of the nodes of one cluster (`--server
+    /// 10.0.0.1:7400,10.0.0.2:7400`): seeds that share one certificate
+    /// (--ca) and one server name (--server-name), all of one address
+    /// family. Every device gets the whole list and starts at seed `device
+    /// % n`; a node that does not serve a device's store redirects it to
+    /// the one that does. At least one must answer a QUIC handshake within
+    /// 5 s before anything is sent ("cannot connect to ..." otherwise; a
+    /// warning names those that do not); --http is derived from the first.
+    /// Without it, a server is started in process.
+    #[arg(long, value_name = "ADDR[,ADDR...]")]
     pub server: Option<String>,
 
     /// PEM file of the certificate to trust (the server's self-signed

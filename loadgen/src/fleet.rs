@@ -41,8 +41,11 @@ use crate::workload::{DevicePlan, Workload};
 /// How to run.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    /// The server's QUIC address.
+    /// The server's QUIC address (the first seed of every device).
     pub server: SocketAddr,
+    /// More QUIC addresses of the same cluster, every device's seeds after
+    /// `server` ([`ClientConfig::seeds`]); empty for a single server.
+    pub seeds: Vec<SocketAddr>,
     /// The name its certificate carries.
     pub server_name: String,
     /// PEM of the certificate(s) to trust.
@@ -67,6 +70,16 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// The server's address, or the cluster's, comma-separated (as
+    /// `--server` takes them), for messages.
+    pub fn servers(&self) -> String {
+        std::iter::once(&self.server)
+            .chain(&self.seeds)
+            .map(SocketAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Flat out against `server` (certificate name `localhost`), waiting
     /// up to 10 s for every device's first session: how a benchmark drives
     /// a server it started itself.
@@ -79,6 +92,7 @@ impl RunConfig {
     ) -> Self {
         RunConfig {
             server,
+            seeds: Vec::new(),
             server_name: "localhost".into(),
             ca_pem,
             credentials,
@@ -189,6 +203,7 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
         .iter()
         .map(|p| {
             let mut c = ClientConfig::new(cfg.server, p.device);
+            c.seeds.clone_from(&cfg.seeds);
             c.server_name.clone_from(&cfg.server_name);
             let cred = cfg
                 .credentials
@@ -216,8 +231,8 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
         .connect_wait
         .max(Duration::from_millis(5 * clients.len() as u64))
         .min(cfg.give_up_after);
-    if let Err(why) = wait_connected(&clients, limit).await {
-        let why = format!("cannot connect to {}: {why}", cfg.server);
+    if let Err(why) = wait_connected(&clients, 1 + cfg.seeds.len(), limit).await {
+        let why = format!("cannot connect to {}: {why}", cfg.servers());
         tracing::error!("{why}");
         close(clients, &endpoint, false).await;
         anyhow::bail!(why);
@@ -302,7 +317,7 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
                     Some(last) => format!(
                         "cannot connect to {}: no device had a session in {given} \
                          (--give-up-after){last}",
-                        cfg.server
+                        cfg.servers()
                     ),
                     None => format!(
                         "gave up after {given}: {} of {total} events acknowledged",
@@ -377,10 +392,15 @@ pub async fn run(work: Workload, cfg: &RunConfig) -> anyhow::Result<RunOutcome> 
 
 /// Waits until every device has had a session (or gave up for good), at
 /// most `limit`, so the handshakes stay out of the measurement. An error,
-/// why the first attempt failed, once one has and the server has answered
-/// none: no session and no `Reject` (a server that is busy or draining
-/// answers, and is waited for).
-async fn wait_connected(clients: &[Arc<DeviceClient>], limit: Duration) -> Result<(), String> {
+/// why the first attempts failed, once a device's attempts have failed at
+/// each of its `seeds` and the server has answered none: no session and
+/// no `Reject` (a server that is busy or draining answers, and is waited
+/// for).
+async fn wait_connected(
+    clients: &[Arc<DeviceClient>],
+    seeds: usize,
+    limit: Duration,
+) -> Result<(), String> {
     let deadline = Instant::now() + limit;
     loop {
         let stats: Vec<ClientStats> = clients.iter().map(|c| c.stats()).collect();
@@ -391,8 +411,10 @@ async fn wait_connected(clients: &[Arc<DeviceClient>], limit: Duration) -> Resul
         if waiting == 0 {
             return Ok(());
         }
+        // A device tries its seeds in turn: one has failed when it failed
+        // at each of them.
         if waiting == clients.len()
-            && let Some(failed) = stats.iter().find(|s| s.connect_failures > 0)
+            && let Some(failed) = stats.iter().find(|s| s.connect_failures >= seeds as u64)
         {
             return Err(failed
                 .last_error

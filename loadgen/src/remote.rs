@@ -1,6 +1,9 @@
 //! A server elsewhere (`--server`): what the devices need to reach it, and
 //! whether it answers, asked before a workload is prepared or streamed:
 //! its QUIC port with one handshake, its HTTP API with `GET /healthz`.
+//! `--server` may list the nodes of one cluster, comma-separated: each is
+//! resolved and asked for a handshake, and every device gets them all as
+//! its seeds (`tillstream_client::Dialer`).
 //! Issue 70: a loadgen that could not reach its server never said so, and
 //! one whose `--http` was wrong streamed the whole run and failed at the
 //! end.
@@ -35,8 +38,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A server elsewhere, checked.
 #[derive(Debug)]
 pub struct Remote {
-    /// Its QUIC address.
+    /// Its QUIC address: the first of `--server`.
     pub addr: SocketAddr,
+    /// The other addresses of `--server` (nodes of the same cluster), in
+    /// order; empty for a single server.
+    pub seeds: Vec<SocketAddr>,
     /// PEM of the certificate to trust (`--ca`).
     pub ca_pem: Vec<u8>,
     /// What the devices authenticate with.
@@ -57,9 +63,47 @@ pub fn derived_http(quic: SocketAddr) -> Option<String> {
     Some(format!("http://{}", SocketAddr::new(quic.ip(), port)))
 }
 
+/// The addresses of `--server`: one, or a comma-separated list (spaces
+/// around each are dropped). An empty one is an error.
+pub fn split_servers(server: &str) -> anyhow::Result<Vec<&str>> {
+    let list: Vec<&str> = server.split(',').map(str::trim).collect();
+    if list.iter().any(|s| s.is_empty()) {
+        bail!("--server {server:?} has an empty address: give host:port[,host:port...]");
+    }
+    Ok(list)
+}
+
+/// Resolves each address of `--server` (the first address each resolves
+/// to), all of one address family: the devices' endpoint binds one socket.
+async fn resolve_servers(server: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for s in split_servers(server)? {
+        let addr = tokio::net::lookup_host(s)
+            .await
+            .with_context(|| format!("cannot resolve --server {s}"))?
+            .next()
+            .with_context(|| format!("--server {s} resolves to no address"))?;
+        if let Some(first) = addrs.first()
+            && first.is_ipv6() != addr.is_ipv6()
+        {
+            bail!(
+                "--server {s} ({addr}) is not of the address family of {first}: the devices \
+                 share one socket, so every address must be IPv4, or every one IPv6"
+            );
+        }
+        if !addrs.contains(&addr) {
+            addrs.push(addr);
+        }
+    }
+    Ok(addrs)
+}
+
 /// Resolves `--server`, reads the credentials, and checks that the server
 /// answers: a handshake on its QUIC port (else "cannot connect to ..."),
 /// then `GET /healthz` on its HTTP API, which `--verify` cannot do without.
+/// Of a list, every address is asked at once; one that answers is enough
+/// (the devices go to the next seed past a dead one), and a warning names
+/// the others.
 pub async fn connect(args: &Args, server: &str, opts: &EndpointOptions) -> anyhow::Result<Remote> {
     let ca = args
         .ca
@@ -67,19 +111,45 @@ pub async fn connect(args: &Args, server: &str, opts: &EndpointOptions) -> anyho
         .context("--ca FILE is required with --server")?;
     let ca_pem = std::fs::read(ca).with_context(|| format!("reading --ca {}", ca.display()))?;
     let credentials = credentials(args, &ca_pem)?;
-    let addr = tokio::net::lookup_host(server)
-        .await
-        .with_context(|| format!("cannot resolve --server {server}"))?
-        .next()
-        .with_context(|| format!("--server {server} resolves to no address"))?;
+    let addrs = resolve_servers(server).await?;
     // A device's credential: with certificates, the server may ask for one
     // in the handshake itself.
     let probe = credentials
         .for_device(0, 1, Role::Terminal, opts)
         .context("a credential for the connection check")?;
-    handshake(addr, &args.server_name, &ca_pem, probe.tls.as_ref(), opts)
-        .await
-        .map_err(|why| anyhow::anyhow!("cannot connect to {addr} (--server {server}): {why}"))?;
+    let mut checks = tokio::task::JoinSet::new();
+    for (i, &addr) in addrs.iter().enumerate() {
+        let (name, pem, tls, opts) = (
+            args.server_name.clone(),
+            ca_pem.clone(),
+            probe.tls.clone(),
+            *opts,
+        );
+        checks.spawn(async move {
+            let made = handshake(addr, &name, &pem, tls.as_ref(), &opts).await;
+            (i, made)
+        });
+    }
+    let mut silent: Vec<(usize, String)> = Vec::new();
+    while let Some(done) = checks.join_next().await {
+        let (i, made) = done.context("the connection check failed")?;
+        if let Err(why) = made {
+            silent.push((i, why));
+        }
+    }
+    silent.sort();
+    let why = |&(i, ref why): &(usize, String)| format!("{}: {why}", addrs[i]);
+    if silent.len() == addrs.len() {
+        let whys: Vec<String> = silent.iter().map(why).collect();
+        bail!("cannot connect to {} (--server {server})", whys.join("; "));
+    }
+    for s in &silent {
+        tracing::warn!(
+            "cannot connect to {} (--server {server}); the devices start at the other seeds",
+            why(s)
+        );
+    }
+    let (addr, seeds) = (addrs[0], addrs[1..].to_vec());
 
     let (http, derived) = match &args.http {
         Some(h) => (h.trim_end_matches('/').to_owned(), false),
@@ -123,6 +193,7 @@ pub async fn connect(args: &Args, server: &str, opts: &EndpointOptions) -> anyho
     };
     Ok(Remote {
         addr,
+        seeds,
         ca_pem,
         credentials,
         http,
@@ -200,6 +271,38 @@ pub async fn healthz(http: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_takes_a_list_of_addresses() -> anyhow::Result<()> {
+        assert_eq!(split_servers("127.0.0.1:7001")?, ["127.0.0.1:7001"]);
+        assert_eq!(
+            split_servers("127.0.0.1:7001,127.0.0.2:7001, node-3.local:7001")?,
+            ["127.0.0.1:7001", "127.0.0.2:7001", "node-3.local:7001"]
+        );
+        for bad in ["", "a:1,", ",a:1", "a:1,,b:2", " "] {
+            assert!(split_servers(bad).is_err(), "{bad:?}");
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn server_addresses_resolve_to_one_family() -> anyhow::Result<()> {
+        let addrs = resolve_servers("127.0.0.1:7001,127.0.0.2:7001,127.0.0.1:7001").await?;
+        assert_eq!(
+            addrs,
+            [
+                "127.0.0.1:7001".parse::<SocketAddr>()?,
+                "127.0.0.2:7001".parse()?
+            ],
+            "in order, once each"
+        );
+        let mixed = resolve_servers("127.0.0.1:7001,[::1]:7001").await;
+        assert!(
+            mixed.is_err_and(|e| e.to_string().contains("address family")),
+            "IPv4 and IPv6 together"
+        );
+        Ok(())
+    }
 
     #[test]
     fn the_http_api_is_the_next_port_of_the_quic_one() {

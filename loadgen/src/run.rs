@@ -131,9 +131,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         d.device = with_run_id(d.device, run_id);
     }
 
-    let (target, addr, ca_pem, settings, credentials) = match remote {
+    let (target, addr, seeds, ca_pem, settings, credentials) = match remote {
         Some(Remote {
             addr,
+            seeds,
             ca_pem,
             credentials,
             http,
@@ -142,6 +143,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         }) => (
             Target::Remote { http, bearer },
             addr,
+            seeds,
             ca_pem,
             settings,
             credentials,
@@ -211,6 +213,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                     _dir: dir,
                 },
                 addr,
+                Vec::new(),
                 pem,
                 settings,
                 credentials,
@@ -227,6 +230,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         .count();
     let cfg = RunConfig {
         server: addr,
+        seeds,
         server_name: args.server_name.clone(),
         ca_pem,
         credentials,

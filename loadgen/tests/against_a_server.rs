@@ -130,6 +130,24 @@ async fn a_server_that_does_not_answer_is_named_before_anything_is_sent() -> any
     Ok(())
 }
 
+/// `--server` takes the nodes of a cluster, comma-separated: every
+/// device gets them all as seeds, so one that does not answer (the first,
+/// here) costs the devices that start there one handshake timeout, and
+/// the run goes on at the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_of_servers_survives_a_silent_one() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = server(dir.path()).await?;
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let list = format!("{},{}", silent.local_addr()?, server.quic_addr());
+    let r = run(args_for(&server, &list, &[])?).await?;
+    assert!(r.ok, "{}", r.summary());
+    assert_eq!(r.events_acked, 300);
+    assert_eq!(r.redirects, 0, "a single node owns every store");
+    server.shutdown().await?;
+    Ok(())
+}
+
 /// Issue 70, item 11: "gave up after 5 s" came after 17 s, the wait for
 /// connections and the teardown on top. A fleet now gives up within its
 /// stated time of its first dial, and says why.
@@ -152,6 +170,7 @@ async fn a_fleet_gives_up_in_the_time_it_states() -> anyhow::Result<()> {
     };
     let cfg = RunConfig {
         server: addr,
+        seeds: Vec::new(),
         server_name: "localhost".into(),
         ca_pem: std::fs::read(server.cert_path())?,
         credentials: tillstream_loadgen::credentials::Credentials::None,

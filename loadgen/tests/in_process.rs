@@ -229,6 +229,7 @@ async fn used_device_ids_fail_the_run_even_before_they_connect() -> anyhow::Resu
     };
     let cfg = RunConfig {
         server: server.quic_addr(),
+        seeds: Vec::new(),
         server_name: "localhost".into(),
         ca_pem: std::fs::read(server.cert_path())?,
         credentials: tillstream_loadgen::credentials::Credentials::of_server(&server)?,
@@ -380,6 +381,7 @@ async fn refused_events_are_counted_by_the_servers_code() -> anyhow::Result<()> 
     };
     let cfg = RunConfig {
         server: server.quic_addr(),
+        seeds: Vec::new(),
         server_name: "localhost".into(),
         ca_pem: std::fs::read(server.cert_path())?,
         credentials: tillstream_loadgen::credentials::Credentials::of_server(&server)?,

@@ -57,11 +57,17 @@ pub enum ErrorCode {
     /// one is an entity the server keeps); refused whole, kept as a dead
     /// letter.
     TooManySkus = 20,
+    /// The node does not serve the device's store; the reason names the
+    /// node that does (`store S is served by ADDR`). Sent in `Reject` to a
+    /// version-1 device, which cannot follow a `Redirect` (version 2 gets
+    /// that instead). Retryable: the device backs off and tries another
+    /// address of the cluster.
+    NotOwner = 21,
 }
 
 impl ErrorCode {
     /// Every code, in wire order (for metric labels known in advance).
-    pub const ALL: [ErrorCode; 20] = {
+    pub const ALL: [ErrorCode; 21] = {
         use ErrorCode::*;
         [
             BadMagic,
@@ -84,6 +90,7 @@ impl ErrorCode {
             TooManyStores,
             TooManyTerminals,
             TooManySkus,
+            NotOwner,
         ]
     };
 
@@ -116,6 +123,7 @@ impl ErrorCode {
             18 => TooManyStores,
             19 => TooManyTerminals,
             20 => TooManySkus,
+            21 => NotOwner,
             _ => return None,
         })
     }
@@ -144,15 +152,20 @@ impl ErrorCode {
             TooManyStores => "too_many_stores",
             TooManyTerminals => "too_many_terminals",
             TooManySkus => "too_many_skus",
+            NotOwner => "not_owner",
         }
     }
 
     /// Whether a device should keep its batches and retry later (as opposed
-    /// to a permanent refusal that needs an operator).
+    /// to a permanent refusal that needs an operator). `not_owner` is: the
+    /// device retries at another address of the cluster.
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::StoreUnavailable | ErrorCode::Busy | ErrorCode::Draining
+            ErrorCode::StoreUnavailable
+                | ErrorCode::Busy
+                | ErrorCode::Draining
+                | ErrorCode::NotOwner
         )
     }
 }
@@ -268,6 +281,24 @@ mod tests {
         assert_eq!(decoded, ErrorCode::ALL, "ALL lists every code, in order");
         assert_eq!(ErrorCode::from_u16(9), Some(ErrorCode::StoreUnavailable));
         assert_eq!(ErrorCode::from_u16(0), None);
+    }
+
+    #[test]
+    fn not_owner_is_code_21_and_retryable() {
+        assert_eq!(ErrorCode::ALL.len(), 21);
+        assert_eq!(ErrorCode::from_u16(21), Some(ErrorCode::NotOwner));
+        assert_eq!(ErrorCode::NotOwner.name(), "not_owner");
+        assert!(ErrorCode::NotOwner.is_retryable());
+        let retryable: Vec<&str> = ErrorCode::ALL
+            .into_iter()
+            .filter(|c| c.is_retryable())
+            .map(ErrorCode::name)
+            .collect();
+        assert_eq!(
+            retryable,
+            ["store_unavailable", "busy", "draining", "not_owner"],
+            "FORMAT.md's list of retryable codes"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! ```text
 //! offset size field
 //!      0    4 magic            b"TLST"
-//!      4    1 protocol version 1
+//!      4    1 protocol version 1 or 2 (the sender's; see below)
 //!      5    1 message type     MsgType
 //!      6    2 flags            0 (reserved; non-zero is refused)
 //!      8    4 payload length   u32 LE, at most the negotiated maximum
@@ -15,6 +15,14 @@
 //! a single payload byte is read), read `len` bytes into a 16-byte aligned
 //! buffer, [`FrameHeader::check_payload`] (CRC), then validate the payload
 //! as the archived type with [`access`] or [`ValidatedBatch::new`].
+//!
+//! A frame carries its sender's protocol version. A device writes its own
+//! ([`encode`]: [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION)); a server,
+//! which accepts
+//! [`MIN_PROTOCOL_VERSION`](crate::MIN_PROTOCOL_VERSION)`..=`[`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION),
+//! answers a device in the version its `Hello` stated
+//! ([`encode_versioned`]), so that a device of an older build, which
+//! parses only its own version, can read the answer.
 
 use rkyv::api::high::{HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
@@ -53,6 +61,9 @@ pub enum MsgType {
     Ack = 5,
     /// Server → device, a frame could not be taken.
     Error = 6,
+    /// Server → device (version 2 and later), the device's store is served
+    /// by another node; the connection then closes.
+    Redirect = 7,
 }
 
 impl MsgType {
@@ -65,6 +76,7 @@ impl MsgType {
             4 => MsgType::Batch,
             5 => MsgType::Ack,
             6 => MsgType::Error,
+            7 => MsgType::Redirect,
             _ => return None,
         })
     }
@@ -273,10 +285,19 @@ impl FrameHeader {
         Ok(())
     }
 
-    /// Writes the header for `payload` into `out`.
+    /// Writes the header for `payload` into `out`, stating this build's
+    /// [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION).
     pub fn write(msg_type: MsgType, payload: &[u8], out: &mut Vec<u8>) {
+        Self::write_versioned(crate::PROTOCOL_VERSION, msg_type, payload, out);
+    }
+
+    /// Writes the header for `payload` into `out`, stating `version` (a
+    /// server answering a device of an older version; tests of odd
+    /// headers). It writes any `version` it is given: [`encode_versioned`]
+    /// checks it.
+    pub fn write_versioned(version: u8, msg_type: MsgType, payload: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(&MAGIC);
-        out.push(crate::PROTOCOL_VERSION);
+        out.push(version);
         out.push(msg_type as u8);
         out.extend_from_slice(&0u16.to_le_bytes());
         let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
@@ -311,13 +332,37 @@ wire!(crate::Reject, Reject, "Reject");
 wire!(Batch, Batch, "Batch");
 wire!(crate::Ack, Ack, "Ack");
 wire!(crate::Error, Error, "Error");
+wire!(crate::Redirect, Redirect, "Redirect");
 
-/// Encodes `msg` as a whole frame (header and payload) appended to `out`.
+/// Encodes `msg` as a whole frame (header and payload) appended to `out`,
+/// stating this build's [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION).
 pub fn encode<M>(msg: &M, out: &mut Vec<u8>) -> Result<(), FrameError>
 where
     M: WireMessage,
     M::Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
 {
+    encode_versioned(msg, crate::PROTOCOL_VERSION, out)
+}
+
+/// Encodes `msg` as a whole frame appended to `out`, stating `version` in
+/// its header: how a server answers a device in the version its `Hello`
+/// stated. The payload is the same whatever the version. A version this
+/// build does not accept
+/// ([`MIN_PROTOCOL_VERSION`](crate::MIN_PROTOCOL_VERSION)`..=`[`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION))
+/// is refused as [`FrameError::UnsupportedVersion`], and nothing is
+/// appended.
+pub fn encode_versioned<M>(msg: &M, version: u8, out: &mut Vec<u8>) -> Result<(), FrameError>
+where
+    M: WireMessage,
+    M::Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
+{
+    if !(crate::MIN_PROTOCOL_VERSION..=crate::PROTOCOL_VERSION).contains(&version) {
+        return Err(FrameError::UnsupportedVersion {
+            got: version,
+            min: crate::MIN_PROTOCOL_VERSION,
+            max: crate::PROTOCOL_VERSION,
+        });
+    }
     let payload = rkyv::to_bytes::<rancor::Error>(msg).map_err(|e| FrameError::Invalid {
         what: M::NAME,
         reason: e.to_string(),
@@ -329,7 +374,7 @@ where
         });
     }
     out.reserve(HEADER_LEN + payload.len());
-    FrameHeader::write(M::TYPE, &payload, out);
+    FrameHeader::write_versioned(version, M::TYPE, &payload, out);
     out.extend_from_slice(&payload);
     Ok(())
 }
@@ -342,6 +387,18 @@ where
 {
     let mut out = Vec::new();
     encode(msg, &mut out)?;
+    Ok(out)
+}
+
+/// Encodes `msg` as a new frame stating `version` (see
+/// [`encode_versioned`]).
+pub fn encode_to_vec_versioned<M>(msg: &M, version: u8) -> Result<Vec<u8>, FrameError>
+where
+    M: WireMessage,
+    M::Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
+{
+    let mut out = Vec::new();
+    encode_versioned(msg, version, &mut out)?;
     Ok(out)
 }
 

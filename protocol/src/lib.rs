@@ -45,7 +45,14 @@ pub const ALPN: &[u8] = b"tillstream/1";
 /// at 8952 bytes; the server's CPU an event was the same within the
 /// noise (README, Benchmarks, 2026-11-28 early morning).
 pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 65_507;
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
-/// The oldest version the server still accepts during a rollout.
+/// The protocol version this build speaks: 2, whose devices follow a
+/// [`Redirect`] to the node that serves their store. Frames are otherwise
+/// byte for byte those of version 1 (`FORMAT.md`, "Version 2").
+pub const PROTOCOL_VERSION: u8 = 2;
+/// The oldest version the server still accepts during a rollout: 1, whose
+/// devices cannot follow a [`Redirect`] and get a `Reject` with
+/// [`ErrorCode::NotOwner`] instead.
 pub const MIN_PROTOCOL_VERSION: u8 = 1;
+/// The first version whose devices follow a [`Redirect`]: a server sends
+/// one only to a device whose `Hello.version` is at least this.
+pub const REDIRECT_VERSION: u8 = 2;

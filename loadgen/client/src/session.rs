@@ -1,19 +1,22 @@
 //! The device's background task: connect, `Hello`, resend, read acks,
-//! reconnect with backoff.
+//! reconnect with backoff, follow redirects to the node that serves the
+//! device's store (where to dial is `route`'s [`Dialer`]).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tillstream_protocol::{Ack, Error as ErrorMsg, ErrorCode, Welcome};
+use tillstream_protocol::{Ack, Error as ErrorMsg, ErrorCode, Redirect, Welcome};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::code_name;
+use crate::route::{Owner, parse_owner, shorten};
 use crate::shared::{Refusal, Shared, State};
 use crate::wire::{Incoming, hello_frame, read_frame};
 use crate::{
-    AckEvent, Backoff, ClientConfig, ClientEndpoint, ClientEvent, PreparedBatch, RefusedBatch,
-    StaleBatch,
+    AckEvent, Backoff, ClientConfig, ClientEndpoint, ClientEvent, Dialer, NextAttempt,
+    PreparedBatch, RefusedBatch, StaleBatch,
 };
 
 /// Application close code of a device that is going away normally.
@@ -28,16 +31,84 @@ enum End {
     Shutdown,
     /// The server rejected the device for good.
     Fatal { code: u16, reason: String },
-    /// The connection was lost or could not be set up; try again.
-    Lost { reason: String, welcomed: bool },
+    /// The connection was lost or could not be set up; try again, where
+    /// `then` says.
+    Lost {
+        reason: String,
+        welcomed: bool,
+        then: Then,
+    },
+}
+
+/// Where the next attempt goes after a lost session (see [`Dialer`]).
+#[derive(Debug)]
+enum Then {
+    /// The same address, after a backoff: a plain disconnect, a retryable
+    /// refusal.
+    Same,
+    /// The next seed, after a backoff: the node failed the connection or
+    /// does not serve the device.
+    NextSeed,
+    /// Where the `Redirect` says, at once if the dialer allows.
+    Redirect(Redirect),
 }
 
 impl End {
-    fn lost(reason: impl Into<String>, welcomed: bool) -> Self {
+    fn lost(reason: impl Into<String>, welcomed: bool, then: Then) -> Self {
         End::Lost {
             reason: reason.into(),
             welcomed,
+            then,
         }
+    }
+
+    /// A connection that failed before `Welcome`: the node may be dead.
+    fn failed(reason: impl Into<String>) -> Self {
+        End::lost(reason, false, Then::NextSeed)
+    }
+
+    /// The node sent the device elsewhere.
+    fn redirected(r: Redirect, welcomed: bool) -> Self {
+        let reason = format!(
+            "redirected to {:?} (store {}, epoch {})",
+            shorten(&r.owner, 128),
+            r.store,
+            r.epoch
+        );
+        End::lost(reason, welcomed, Then::Redirect(r))
+    }
+}
+
+/// Where a retryable code sends the device. `busy` (its earlier batches
+/// are still being committed there) to the same node; any other to the
+/// next seed: `not_owner` says the node does not serve it, and
+/// `draining` and `store_unavailable` say the node cannot serve it now
+/// (shutting down; fenced, cut off from its cluster, or the store
+/// changing hands), where another node may, or redirects it back.
+fn then_after(code: u16) -> Then {
+    if code == ErrorCode::Busy.as_u16() {
+        Then::Same
+    } else {
+        Then::NextSeed
+    }
+}
+
+/// Where a lost connection sends the device: an idle timeout (the node
+/// stopped answering: it may have died), or a close by the server with a
+/// code [`then_after`] sends elsewhere, to another node; anything else (a
+/// reset, a stream error) to the same one.
+fn then_after_loss(e: &quinn::ConnectionError) -> Then {
+    match e {
+        quinn::ConnectionError::TimedOut => Then::NextSeed,
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            match u16::try_from(c.error_code.into_inner()) {
+                Ok(code) if ErrorCode::from_u16(code).is_some_and(ErrorCode::is_retryable) => {
+                    then_after(code)
+                }
+                _ => Then::Same,
+            }
+        }
+        _ => Then::Same,
     }
 }
 
@@ -62,6 +133,8 @@ struct Life {
     /// When the last session was lost, until an ack shows recovery.
     lost_at: Option<Instant>,
     welcomed_before: bool,
+    /// Where to dial.
+    dialer: Dialer,
 }
 
 /// The device's task.
@@ -103,34 +176,61 @@ impl Session {
             ),
             lost_at: None,
             welcomed_before: false,
+            dialer: Dialer::new(self.cfg.server, &self.cfg.seeds, self.cfg.device),
         };
         loop {
-            let (reason, welcomed) = match self.session(&mut life, &mut shutdown).await {
-                End::Shutdown => return,
-                End::Fatal { code, reason } => {
-                    self.send_event(ClientEvent::Fatal {
-                        device: self.cfg.device,
-                        code,
+            let target = life.dialer.target();
+            let (reason, welcomed, then) =
+                match self.session(&mut life, target, &mut shutdown).await {
+                    End::Shutdown => return,
+                    End::Fatal { code, reason } => {
+                        self.send_event(ClientEvent::Fatal {
+                            device: self.cfg.device,
+                            code,
+                            reason,
+                        })
+                        .await;
+                        return;
+                    }
+                    End::Lost {
                         reason,
-                    })
-                    .await;
-                    return;
-                }
-                End::Lost { reason, welcomed } => (reason, welcomed),
-            };
+                        welcomed,
+                        then,
+                    } => (reason, welcomed, then),
+                };
             {
                 let mut st = self.shared.lock();
                 st.window.on_disconnect();
                 if welcomed {
                     st.stats.disconnects += 1;
                     life.lost_at.get_or_insert_with(Instant::now);
-                } else {
+                } else if !matches!(then, Then::Redirect(_)) {
                     st.stats.connect_failures += 1;
+                }
+                if matches!(then, Then::Redirect(_)) {
+                    st.stats.redirects += 1;
                 }
                 st.stats.last_error = Some(reason.clone());
             }
+            let next = match then {
+                Then::Same => life.dialer.on_lost(),
+                Then::NextSeed => life.dialer.on_failure(),
+                Then::Redirect(r) => {
+                    let owner = tokio::select! {
+                        biased;
+                        () = wait_shutdown(&mut shutdown) => return,
+                        owner = self.resolve_owner(&r.owner) => owner,
+                    };
+                    life.dialer.on_redirect(owner)
+                }
+            };
+            let to = life.dialer.target();
+            if next == NextAttempt::Now {
+                tracing::debug!(%reason, from = %target, %to, "redirected; dialing the owner");
+                continue;
+            }
             let delay = life.backoff.next_delay();
-            tracing::debug!(%reason, welcomed, ?delay, "session ended; reconnecting");
+            tracing::debug!(%reason, welcomed, ?delay, from = %target, %to, "session ended; reconnecting");
             tokio::select! {
                 biased;
                 () = wait_shutdown(&mut shutdown) => return,
@@ -139,11 +239,58 @@ impl Session {
         }
     }
 
-    async fn session(&self, life: &mut Life, shutdown: &mut watch::Receiver<bool>) -> End {
+    /// The address a `Redirect`'s owner names, looked up if it is a DNS
+    /// name (the first address of the endpoint's family it resolves to, or
+    /// else the first); `None` when it is empty, not `host:port`, or does
+    /// not resolve within the connect timeout.
+    async fn resolve_owner(&self, owner: &str) -> Option<SocketAddr> {
+        let name = match parse_owner(owner) {
+            Some(Owner::Addr(a)) => return Some(a),
+            Some(Owner::Name(n)) => n,
+            None => {
+                if !owner.trim().is_empty() {
+                    tracing::warn!(
+                        owner = shorten(owner, 128),
+                        "a Redirect's owner is not host:port; taken as empty"
+                    );
+                }
+                return None;
+            }
+        };
+        let found = tokio::time::timeout(
+            self.cfg.connect_timeout,
+            tokio::net::lookup_host(name.as_str()),
+        )
+        .await;
+        let addrs: Vec<SocketAddr> = match found {
+            Ok(Ok(addrs)) => addrs.collect(),
+            Ok(Err(e)) => {
+                tracing::warn!(owner = %name, error = %e, "cannot resolve a Redirect's owner");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(owner = %name, "no answer in time resolving a Redirect's owner");
+                return None;
+            }
+        };
+        let v6 = self.endpoint.local_addr().ok().map(|a| a.is_ipv6());
+        addrs
+            .iter()
+            .find(|a| Some(a.is_ipv6()) == v6)
+            .or(addrs.first())
+            .copied()
+    }
+
+    async fn session(
+        &self,
+        life: &mut Life,
+        target: SocketAddr,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> End {
         let setup = tokio::select! {
             biased;
             () = wait_shutdown(shutdown) => return End::Shutdown,
-            r = self.connect() => r,
+            r = self.connect(target) => r,
         };
         let (conn, mut send, mut recv, welcome) = match setup {
             Ok(s) => s,
@@ -162,9 +309,9 @@ impl Session {
             () = wait_shutdown(shutdown) => End::Shutdown,
             end = self.reader(&mut recv, life) => end,
             end = self.writer(&mut send) => end,
-            never = self.watch_path(&conn, probes_before) => match never {},
+            never = self.watch_path(&conn, target, probes_before) => match never {},
         };
-        self.learn_path(&conn, probes_before, true);
+        self.learn_path(&conn, target, probes_before, true);
         let (code, why): (u32, &[u8]) = match &end {
             End::Lost { reason, .. } if reason.starts_with("protocol") => {
                 (CLOSE_PROTOCOL, b"protocol violation")
@@ -175,9 +322,10 @@ impl Session {
         end
     }
 
-    /// Handshake, stream, `Hello`, and the server's answer.
+    /// Handshake, stream, `Hello`, and the answer of the node at `target`.
     async fn connect(
         &self,
+        target: SocketAddr,
     ) -> Result<
         (
             quinn::Connection,
@@ -190,35 +338,36 @@ impl Session {
         let cfg = &self.cfg;
         let connecting = self
             .endpoint
-            .dial(cfg.tls.as_ref(), cfg.server, &cfg.server_name)
+            .dial(cfg.tls.as_ref(), target, &cfg.server_name)
             .await
             .map_err(|e| match e {
                 quinn::ConnectError::InvalidServerName(_) => {
                     self.fatal(0, format!("invalid server name {:?}", cfg.server_name))
                 }
-                e => End::lost(format!("cannot connect: {e}"), false),
+                e => End::failed(format!("cannot connect to {target}: {e}")),
             })?;
         let conn = match tokio::time::timeout(cfg.connect_timeout, connecting).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(End::lost(format!("handshake failed: {e}"), false)),
-            Err(_) => return Err(End::lost("handshake timed out", false)),
+            Ok(Err(e)) => return Err(End::failed(format!("handshake with {target} failed: {e}"))),
+            Err(_) => return Err(End::failed(format!("handshake with {target} timed out"))),
         };
         let (mut send, mut recv) = conn
             .open_bi()
             .await
-            .map_err(|e| End::lost(format!("cannot open the stream: {e}"), false))?;
+            .map_err(|e| End::failed(format!("cannot open the stream: {e}")))?;
         let hello = hello_frame(cfg.device, &cfg.token)
             .map_err(|e| self.fatal(0, format!("cannot encode Hello: {e}")))?;
         send.write_all(&hello)
             .await
-            .map_err(|e| End::lost(format!("cannot write Hello: {e}"), false))?;
+            .map_err(|e| End::failed(format!("cannot write Hello: {e}")))?;
         let answer = match tokio::time::timeout(cfg.connect_timeout, read_frame(&mut recv)).await {
             Ok(Ok(a)) => a,
-            Ok(Err(e)) => return Err(End::lost(format!("no answer to Hello: {e}"), false)),
-            Err(_) => return Err(End::lost("no answer to Hello in time", false)),
+            Ok(Err(e)) => return Err(End::failed(format!("no answer to Hello: {e}"))),
+            Err(_) => return Err(End::failed("no answer to Hello in time")),
         };
         match answer {
             Incoming::Welcome(w) => Ok((conn, send, recv, w)),
+            Incoming::Redirect(r) => Err(End::redirected(r, false)),
             Incoming::Reject(r) => {
                 self.shared
                     .lock()
@@ -236,15 +385,15 @@ impl Session {
                             r.reason
                         ),
                         false,
+                        then_after(r.code),
                     ))
                 } else {
                     Err(self.fatal(r.code, r.reason))
                 }
             }
-            other => Err(End::lost(
-                format!("protocol: expected Welcome or Reject, got {other:?}"),
-                false,
-            )),
+            other => Err(End::failed(format!(
+                "protocol: expected Welcome, Redirect or Reject, got {other:?}"
+            ))),
         }
     }
 
@@ -252,7 +401,12 @@ impl Session {
     /// the path MTU the connection reached (`path`): discovery takes a few
     /// round trips where the path carries every probe, and a few seconds
     /// where probes are lost and wait for their timeouts. Never returns.
-    async fn watch_path(&self, conn: &quinn::Connection, probes_before: u64) -> Infallible {
+    async fn watch_path(
+        &self,
+        conn: &quinn::Connection,
+        server: SocketAddr,
+        probes_before: u64,
+    ) -> Infallible {
         // The first record is what a fleet's other devices, waiting on
         // this one (`EndpointOptions::scout_wait`), start from: made while
         // the search still climbs, each of them would search the rest for
@@ -273,20 +427,27 @@ impl Session {
                 break;
             }
         }
-        self.learn_path(conn, probes_before, false);
+        self.learn_path(conn, server, probes_before, false);
         for wait_ms in PATH_SAMPLES_MS {
             tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-            self.learn_path(conn, probes_before, false);
+            self.learn_path(conn, server, probes_before, false);
         }
         std::future::pending().await
     }
 
-    /// Records what `conn`'s path came to; once the session `ended`, its
-    /// QUIC counters also join those of the sessions before it (until
-    /// then [`crate::DeviceClient::stats`] reads them off the live one).
-    fn learn_path(&self, conn: &quinn::Connection, probes_before: u64, ended: bool) {
+    /// Records what `conn`'s path (to `server`) came to; once the session
+    /// `ended`, its QUIC counters also join those of the sessions before it
+    /// (until then [`crate::DeviceClient::stats`] reads them off the live
+    /// one).
+    fn learn_path(
+        &self,
+        conn: &quinn::Connection,
+        server: SocketAddr,
+        probes_before: u64,
+        ended: bool,
+    ) {
         let path = conn.stats().path;
-        self.endpoint.learn(self.cfg.server, path.current_mtu);
+        self.endpoint.learn(server, path.current_mtu);
         let mut st = self.shared.lock();
         st.stats.path_mtu = path.current_mtu;
         st.stats.mtu_probes = probes_before + path.sent_plpmtud_probes;
@@ -325,6 +486,7 @@ impl Session {
             let acked = settled.acked;
             let stale = self.refuse_stale(&mut st, settled.stale, now);
             st.stats.connects += 1;
+            life.dialer.on_welcome();
             if life.welcomed_before {
                 st.stats.reconnects += 1;
             }
@@ -397,7 +559,10 @@ impl Session {
         loop {
             let frame = match read_frame(recv).await {
                 Ok(f) => f,
-                Err(e) => return End::lost(e.to_string(), true),
+                Err(e) => {
+                    let then = e.connection_lost().map_or(Then::Same, then_after_loss);
+                    return End::lost(e.to_string(), true, then);
+                }
             };
             let at = Instant::now();
             let events = match frame {
@@ -406,8 +571,15 @@ impl Session {
                     Ok(ev) => ev.into_iter().collect(),
                     Err(end) => return end,
                 },
+                // Not sent mid-session by the servers of this version;
+                // followed all the same.
+                Incoming::Redirect(r) => return End::redirected(r, true),
                 other => {
-                    return End::lost(format!("protocol: unexpected {other:?} mid-session"), true);
+                    return End::lost(
+                        format!("protocol: unexpected {other:?} mid-session"),
+                        true,
+                        Then::Same,
+                    );
                 }
             };
             for ev in events {
@@ -452,7 +624,8 @@ impl Session {
         events
     }
 
-    /// A retryable error ends the session (the batch is kept and resent);
+    /// A retryable error ends the session (the batch is kept and resent,
+    /// at another node after `not_owner`, at this one otherwise);
     /// any other error drops the batch it names, or, without a seq (the
     /// server could not read the frame), the oldest batch written on this
     /// connection that is neither acknowledged nor refused: the server
@@ -465,6 +638,7 @@ impl Session {
             return Err(End::lost(
                 format!("server: {name} at batch {} ({})", err.batch_seq, err.reason),
                 true,
+                then_after(err.code),
             ));
         }
         let refused = if err.batch_seq == 0 {
@@ -523,7 +697,15 @@ impl Session {
                     // fresh buffer, then into the packets.
                     let frame = bytes::Bytes::from_owner(n.frame);
                     if let Err(e) = send.write_chunk(frame).await {
-                        return End::lost(format!("write of batch {} failed: {e}", n.seq), true);
+                        let then = match &e {
+                            quinn::WriteError::ConnectionLost(c) => then_after_loss(c),
+                            _ => Then::Same,
+                        };
+                        return End::lost(
+                            format!("write of batch {} failed: {e}", n.seq),
+                            true,
+                            then,
+                        );
                     }
                 }
                 None => notified.await,

@@ -9,6 +9,9 @@ pub struct ClientStats {
     pub connects: u64,
     /// Sessions that reached `Welcome` after an earlier one was lost.
     pub reconnects: u64,
+    /// `Redirect`s received: a node sent the device to the one that serves
+    /// its store (followed or not; see [`Dialer`](crate::Dialer)).
+    pub redirects: u64,
     /// Connection attempts that failed before `Welcome` (handshake, timeout,
     /// retryable `Reject`).
     pub connect_failures: u64,
@@ -68,6 +71,7 @@ impl ClientStats {
     pub fn merge(&mut self, o: &ClientStats) {
         self.connects += o.connects;
         self.reconnects += o.reconnects;
+        self.redirects += o.redirects;
         self.connect_failures += o.connect_failures;
         self.disconnects += o.disconnects;
         self.batches_written += o.batches_written;
@@ -127,6 +131,7 @@ mod tests {
         a.errors_by_code.insert(10, 2);
         let mut b = ClientStats {
             connects: 2,
+            redirects: 3,
             ..ClientStats::default()
         };
         b.errors_by_code.insert(10, 1);
@@ -137,6 +142,7 @@ mod tests {
         b.record_recovery(Duration::from_millis(9));
         a.merge(&b);
         assert_eq!(a.connects, 3);
+        assert_eq!(a.redirects, 3);
         assert_eq!(a.errors_by_code.get(&10), Some(&3));
         assert_eq!(a.errors_by_code.get(&13), Some(&1));
         assert_eq!(

@@ -4,7 +4,7 @@ use tillstream_protocol::frame::{
     DEFAULT_MAX_PAYLOAD, FrameHeader, HEADER_LEN, PayloadBuf, decode, encode_to_vec,
 };
 use tillstream_protocol::{
-    Ack, Error as ErrorMsg, FrameError, Hello, MsgType, PROTOCOL_VERSION, Reject, Welcome,
+    Ack, Error as ErrorMsg, FrameError, Hello, MsgType, PROTOCOL_VERSION, Redirect, Reject, Welcome,
 };
 
 /// A frame from the server, validated and decoded.
@@ -14,6 +14,7 @@ pub(crate) enum Incoming {
     Reject(Reject),
     Ack(Ack),
     Error(ErrorMsg),
+    Redirect(Redirect),
     /// A message type a server never sends (Hello, Batch).
     Unexpected(MsgType),
 }
@@ -30,6 +31,19 @@ pub(crate) enum WireError {
     /// The bytes were not a valid frame.
     #[error("bad frame from server: {0}")]
     Frame(#[from] FrameError),
+}
+
+impl WireError {
+    /// The connection's error, if the read failed because the connection
+    /// was lost (as opposed to the stream or the frame).
+    pub(crate) fn connection_lost(&self) -> Option<&quinn::ConnectionError> {
+        match self {
+            WireError::Read(quinn::ReadExactError::ReadError(
+                quinn::ReadError::ConnectionLost(c),
+            )) => Some(c),
+            _ => None,
+        }
+    }
 }
 
 /// A read error with its cause: quinn's "connection lost" alone does not
@@ -59,6 +73,7 @@ pub(crate) fn decode_incoming(ty: MsgType, payload: &[u8]) -> Result<Incoming, F
         MsgType::Reject => Incoming::Reject(decode::<Reject>(payload)?),
         MsgType::Ack => Incoming::Ack(decode::<Ack>(payload)?),
         MsgType::Error => Incoming::Error(decode::<ErrorMsg>(payload)?),
+        MsgType::Redirect => Incoming::Redirect(decode::<Redirect>(payload)?),
         other @ (MsgType::Hello | MsgType::Batch) => Incoming::Unexpected(other),
     })
 }
@@ -123,7 +138,21 @@ mod tests {
             reason: "no".into(),
         };
         assert_eq!(roundtrip(&encode_to_vec(&r)?)?, Incoming::Reject(r));
+        let d = Redirect {
+            store: 3,
+            epoch: 7,
+            owner: "10.0.0.2:7400".into(),
+        };
+        assert_eq!(roundtrip(&encode_to_vec(&d)?)?, Incoming::Redirect(d));
+        // A server answers a device of version 1 in version 1.
+        let r1 = Reject {
+            code: 21,
+            reason: "store 3 is served by 10.0.0.2:7400".into(),
+        };
+        let frame = tillstream_protocol::frame::encode_to_vec_versioned(&r1, 1)?;
+        assert_eq!(roundtrip(&frame)?, Incoming::Reject(r1));
         let hello = hello_frame(5, b"t")?;
+        assert_eq!(hello[4], PROTOCOL_VERSION, "the header states the version");
         assert_eq!(roundtrip(&hello)?, Incoming::Unexpected(MsgType::Hello));
         Ok(())
     }
@@ -149,6 +178,7 @@ mod tests {
                 MsgType::Welcome,
                 MsgType::Error,
                 MsgType::Reject,
+                MsgType::Redirect,
             ] {
                 let _ = decode_incoming(ty, &aligned(&noise));
             }

@@ -1,6 +1,7 @@
 //! The device client against a scripted QUIC server on loopback: resend
 //! after a lost connection, retryable and final errors (with and without a
-//! seq), rejected `Hello`, device ids the server already holds seqs of.
+//! seq), rejected `Hello`, device ids the server already holds seqs of,
+//! and clusters of scripted nodes that redirect devices to one another.
 //! The real engine is exercised by the end-to-end tests in `tests/`.
 
 use std::collections::HashMap;
@@ -15,8 +16,8 @@ use tillstream_client::{
 use tillstream_protocol::frame::{DEFAULT_MAX_PAYLOAD, FrameHeader, HEADER_LEN, PayloadBuf};
 use tillstream_protocol::frame::{decode, encode_to_vec};
 use tillstream_protocol::{
-    ALPN, Ack, Batch, Error as ErrorMsg, ErrorCode, Hello, Limits, MsgType, Reject, ValidatedBatch,
-    Welcome,
+    ALPN, Ack, Batch, Error as ErrorMsg, ErrorCode, Hello, Limits, MsgType, Redirect, Reject,
+    ValidatedBatch, Welcome,
 };
 use tokio::sync::mpsc;
 
@@ -34,12 +35,23 @@ enum Action {
     /// for a frame whose seq it could not read (the watermark then moves
     /// over the gap with the next batch, as the engine's ledger does).
     ErrorNoSeq(ErrorCode),
+    /// Send a `Redirect` to `Log::redirect_owner` instead of an ack, and
+    /// close.
+    Redirect,
+}
+
+/// How a scripted node answers `Hello` instead of `Welcome`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    Reject(ErrorCode),
+    /// A `Redirect` naming this owner.
+    Redirect(String),
 }
 
 /// Decides per (connection number, batch seq).
 type Script = Arc<dyn Fn(usize, u64) -> Action + Send + Sync>;
-/// Decides per connection number whether to reject `Hello`.
-type HelloScript = Arc<dyn Fn(usize) -> Option<ErrorCode> + Send + Sync>;
+/// Decides per connection number whether to refuse or redirect `Hello`.
+type HelloScript = Arc<dyn Fn(usize) -> Option<Answer> + Send + Sync>;
 
 #[derive(Default)]
 struct Log {
@@ -49,6 +61,10 @@ struct Log {
     connections: usize,
     /// How long the server waits before answering `Hello` with `Welcome`.
     welcome_delay: Duration,
+    /// The node (its address) and device of every `Hello`, in order.
+    hellos: Vec<(SocketAddr, u64)>,
+    /// The owner `Action::Redirect` names.
+    redirect_owner: String,
 }
 
 struct Scripted {
@@ -58,11 +74,39 @@ struct Scripted {
     _endpoint: quinn::Endpoint,
 }
 
-fn server(
+type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Scripted nodes of one cluster: one certificate, one store (the log:
+/// durable seqs, connections, hellos).
+struct Cluster {
+    cert: rcgen::CertifiedKey<rcgen::KeyPair>,
+    log: Arc<Mutex<Log>>,
+}
+
+impl Cluster {
+    fn new() -> BoxResult<Self> {
+        Ok(Self {
+            cert: rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?,
+            log: Arc::default(),
+        })
+    }
+
+    fn node(&self, script: Script, hello: HelloScript) -> BoxResult<Scripted> {
+        node(&self.cert, self.log.clone(), script, hello)
+    }
+}
+
+/// A scripted server alone.
+fn server(script: Script, hello: HelloScript) -> BoxResult<Scripted> {
+    Cluster::new()?.node(script, hello)
+}
+
+fn node(
+    ck: &rcgen::CertifiedKey<rcgen::KeyPair>,
+    log: Arc<Mutex<Log>>,
     script: Script,
     hello: HelloScript,
-) -> Result<Scripted, Box<dyn std::error::Error + Send + Sync>> {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+) -> BoxResult<Scripted> {
     let ca_pem = ck.cert.pem().into_bytes();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -74,7 +118,6 @@ fn server(
     let cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     let endpoint = quinn::Endpoint::server(cfg, ([127, 0, 0, 1], 0).into())?;
     let addr = endpoint.local_addr()?;
-    let log = Arc::new(Mutex::new(Log::default()));
     let (ep, lg) = (endpoint.clone(), log.clone());
     tokio::spawn(async move {
         while let Some(incoming) = ep.accept().await {
@@ -85,7 +128,7 @@ fn server(
             };
             let (lg, script, hello) = (lg.clone(), script.clone(), hello.clone());
             tokio::spawn(async move {
-                let _ = serve(incoming, n, lg, script, hello).await;
+                let _ = serve(incoming, addr, n, lg, script, hello).await;
             });
         }
     });
@@ -110,6 +153,7 @@ async fn read(recv: &mut quinn::RecvStream) -> Option<(MsgType, PayloadBuf)> {
 
 async fn serve(
     incoming: quinn::Incoming,
+    at: SocketAddr,
     n: usize,
     log: Arc<Mutex<Log>>,
     script: Script,
@@ -120,12 +164,20 @@ async fn serve(
     let (ty, payload) = read(&mut recv).await.ok_or("no hello")?;
     assert_eq!(ty, MsgType::Hello);
     let h: Hello = decode::<Hello>(&payload)?;
-    if let Some(code) = hello(n) {
-        let r = Reject {
-            code: code.as_u16(),
-            reason: "scripted".into(),
+    log.lock().unwrap().hellos.push((at, h.device));
+    if let Some(answer) = hello(n) {
+        let frame = match answer {
+            Answer::Reject(code) => encode_to_vec(&Reject {
+                code: code.as_u16(),
+                reason: "scripted".into(),
+            })?,
+            Answer::Redirect(owner) => encode_to_vec(&Redirect {
+                store: 1,
+                epoch: 3,
+                owner,
+            })?,
         };
-        send.write_all(&encode_to_vec(&r)?).await?;
+        send.write_all(&frame).await?;
         send.finish()?;
         tokio::time::sleep(Duration::from_millis(50)).await;
         conn.close(0u32.into(), b"rejected");
@@ -156,6 +208,19 @@ async fn serve(
         match action {
             Action::Close => {
                 conn.close(7u32.into(), b"scripted loss");
+                return Ok(());
+            }
+            Action::Redirect => {
+                let owner = log.lock().unwrap().redirect_owner.clone();
+                let r = Redirect {
+                    store: 1,
+                    epoch: 4,
+                    owner,
+                };
+                send.write_all(&encode_to_vec(&r)?).await?;
+                send.finish()?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                conn.close(0u32.into(), b"redirected");
                 return Ok(());
             }
             Action::Error(code) | Action::ErrorNoSeq(code) => {
@@ -363,7 +428,7 @@ async fn final_error_drops_and_reports_the_batch() -> TestResult {
 async fn final_reject_stops_the_device() -> TestResult {
     let s = server(
         Arc::new(|_, _| Action::Ack),
-        Arc::new(|_| Some(ErrorCode::AuthFailed)),
+        Arc::new(|_| Some(Answer::Reject(ErrorCode::AuthFailed))),
     )?;
     let ep = client_endpoint(&s.ca_pem, s.addr)?;
     let (tx, mut rx) = mpsc::channel(16);
@@ -400,7 +465,7 @@ async fn final_reject_stops_the_device() -> TestResult {
 async fn retryable_reject_is_retried() -> TestResult {
     let s = server(
         Arc::new(|_, _| Action::Ack),
-        Arc::new(|conn| (conn < 2).then_some(ErrorCode::Draining)),
+        Arc::new(|conn| (conn < 2).then_some(Answer::Reject(ErrorCode::Draining))),
     )?;
     let ep = client_endpoint(&s.ca_pem, s.addr)?;
     let dev = DeviceClient::start(ep, config(&s));
@@ -443,3 +508,7 @@ async fn timeout_and_close() -> TestResult {
 // Errors without a seq and device ids the server already holds.
 #[path = "scripted/stale.rs"]
 mod stale;
+
+// Clusters: redirects, seeds.
+#[path = "scripted/redirect.rs"]
+mod redirect;

@@ -167,6 +167,9 @@ pub struct Report {
     pub device_runtime_lag_ms: Option<Percentiles>,
     /// Sessions re-established after a loss.
     pub reconnects: u64,
+    /// `Redirect`s the devices got: a node of a cluster (`--server` with
+    /// several addresses) sent a device to the node that serves its store.
+    pub redirects: u64,
     /// Batch frames written again after reconnects.
     pub resent_batches: u64,
     /// The largest UDP payload the devices' paths to the server carried,
@@ -281,6 +284,7 @@ impl Report {
             server_memory_pressure: None,
             device_runtime_lag_ms: out.runtime_lag_us.as_ref().map(Percentiles::from_us),
             reconnects: out.stats.reconnects,
+            redirects: out.stats.redirects,
             resent_batches: out.stats.resent_batches,
             path_mtu: out.stats.path_mtu,
             mtu_probes: out.stats.mtu_probes,
@@ -438,6 +442,13 @@ impl Report {
             "reconnects {}, resent batches {}, refused events {}, rejected events {}",
             self.reconnects, self.resent_batches, self.events_refused, self.events_rejected
         );
+        if self.redirects > 0 {
+            let _ = writeln!(
+                s,
+                "redirects {} (a node sent a device to the node that serves its store)",
+                self.redirects
+            );
+        }
         if !self.rejected_by_code.is_empty() {
             let codes: Vec<String> = self
                 .rejected_by_code

@@ -308,3 +308,21 @@ fn a_run_the_server_spent_under_memory_pressure_says_so() -> Result<(), Box<dyn 
     assert!(r.memory_pressure_note().is_some());
     Ok(())
 }
+
+#[test]
+fn redirects_are_reported_next_to_reconnects() -> Result<(), Box<dyn std::error::Error>> {
+    let mut out = outcome(100)?;
+    let r = Report::new(&out, (100, 10, 1000), 1, 1, info(), serde_json::Value::Null);
+    assert!(!r.summary().contains("redirects"), "none, none said");
+    out.stats.reconnects = 2;
+    out.stats.redirects = 3;
+    let r = Report::new(&out, (100, 10, 1000), 1, 1, info(), serde_json::Value::Null);
+    let json = serde_json::to_value(&r)?;
+    assert_eq!(json["reconnects"], 2);
+    assert_eq!(json["redirects"], 3);
+    let keys: Vec<&String> = json.as_object().ok_or("an object")?.keys().collect();
+    let at = |k: &str| keys.iter().position(|x| *x == k);
+    assert_eq!(at("redirects"), at("reconnects").map(|i| i + 1));
+    assert!(r.summary().contains("redirects 3 ("), "{}", r.summary());
+    Ok(())
+}

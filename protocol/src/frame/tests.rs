@@ -167,7 +167,63 @@ fn small_messages_round_trip() -> Result<(), FrameError> {
     };
     let (_, p) = split(&encode_to_vec(&reject)?)?;
     assert_eq!(decode::<Reject>(&p)?, reject);
+
+    let redirect = Redirect {
+        store: 12,
+        epoch: 4,
+        owner: "tillstream-2.tillstream.retail.svc:7400".into(),
+    };
+    let (h, p) = split(&encode_to_vec(&redirect)?)?;
+    assert_eq!(h.msg_type, MsgType::Redirect);
+    assert_eq!(decode::<Redirect>(&p)?, redirect);
     Ok(())
+}
+
+#[test]
+fn message_types_decode_from_their_byte() {
+    for t in [
+        MsgType::Hello,
+        MsgType::Welcome,
+        MsgType::Reject,
+        MsgType::Batch,
+        MsgType::Ack,
+        MsgType::Error,
+        MsgType::Redirect,
+    ] {
+        assert_eq!(MsgType::from_u8(t as u8), Some(t));
+    }
+    assert_eq!(MsgType::Redirect as u8, 7);
+    assert_eq!(MsgType::from_u8(0), None);
+    assert_eq!(MsgType::from_u8(8), None);
+}
+
+/// A server answers a device in the version its `Hello` stated: the
+/// payload is the same, only byte 4 differs, and both versions parse.
+#[test]
+fn frames_of_every_accepted_version_parse() -> Result<(), FrameError> {
+    let batch = sample_batch();
+    let current = encode_to_vec(&batch)?;
+    assert_eq!(current[4], crate::PROTOCOL_VERSION);
+    for version in crate::MIN_PROTOCOL_VERSION..=crate::PROTOCOL_VERSION {
+        let frame = encode_to_vec_versioned(&batch, version)?;
+        assert_eq!(frame[4], version);
+        assert_eq!(frame[..4], current[..4]);
+        assert_eq!(frame[5..], current[5..], "only the version byte differs");
+        let (header, payload) = split(&frame)?;
+        assert_eq!(header.version, version);
+        assert_eq!(ValidatedBatch::new(payload, 4096)?.get().seq.to_native(), 5);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_version_outside_the_accepted_range_is_not_encoded() {
+    for version in [0, crate::PROTOCOL_VERSION + 1, u8::MAX] {
+        let mut out = vec![1, 2, 3];
+        let err = encode_versioned(&sample_batch(), version, &mut out).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::UnsupportedVersion);
+        assert_eq!(out, [1, 2, 3], "nothing appended");
+    }
 }
 
 #[test]
@@ -281,6 +337,7 @@ proptest! {
         let _ = ValidatedBatch::new(aligned(&bytes), 4096);
         let _ = decode::<Hello>(&aligned(&bytes));
         let _ = decode::<Ack>(&aligned(&bytes));
+        let _ = decode::<Redirect>(&aligned(&bytes));
         let _ = FrameHeader::parse(&bytes, DEFAULT_MAX_PAYLOAD);
     }
 

@@ -14,6 +14,7 @@ mod batch;
 mod error;
 mod event;
 mod hello;
+mod redirect;
 mod reject;
 mod welcome;
 
@@ -22,6 +23,7 @@ pub use batch::{ArchivedBatch, Batch};
 pub use error::{ArchivedError, Error};
 pub use event::*;
 pub use hello::{ArchivedHello, Hello};
+pub use redirect::{ArchivedRedirect, Redirect};
 pub use reject::{ArchivedReject, Reject};
 pub use welcome::{ArchivedLimits, ArchivedWelcome, Limits, Welcome};
 
