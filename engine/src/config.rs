@@ -184,6 +184,23 @@ pub struct ServerConfig {
     /// the allocator (`tillstream serve`: mimalloc's purge delay). Without
     /// it the soft limit only holds back budget. None by default.
     pub purge_soon: Option<fn(bool)>,
+    /// Serve one fleet with other nodes over the same ScyllaDB keyspace
+    /// (`cluster`): stores are divided between the live members, devices
+    /// are redirected to their store's node, a dead node's stores move.
+    /// None (the default): this node serves every store.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// How this node takes part in a cluster of tillstream nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The QUIC address devices reach this node at (`host:port`), given
+    /// to devices that must be sent here. Default: the bound address,
+    /// which must then not be a wildcard.
+    pub advertise_quic: Option<String>,
+    /// The HTTP address operators reach this node at, shown by
+    /// `/v1/cluster`. Default: the bound one.
+    pub advertise_http: Option<String>,
 }
 
 /// Where the journal and the tables live.
@@ -250,6 +267,7 @@ impl ServerConfig {
             release_memory: None,
             memory_soft_limit_bytes: 0,
             purge_soon: None,
+            cluster: None,
         }
     }
 }

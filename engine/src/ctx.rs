@@ -57,6 +57,10 @@ pub(crate) struct EngineCtx {
     /// Connections being served: the memory soft limit grows with them
     /// (`memory_limit::limit_with`).
     pub(crate) connections: AtomicUsize,
+    /// This node's part in a cluster of nodes (`cluster`), set once the
+    /// QUIC address is bound, before the first device is served; unset
+    /// without `--cluster`.
+    pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl EngineCtx {

@@ -342,6 +342,35 @@ impl Devices {
     }
 }
 
+impl Devices {
+    /// Drops the slots of `devices` (a store handed to another node) that
+    /// no session holds and whose batches are all in the tables; returns
+    /// those that must wait. Kept, a slot would hold a watermark the new
+    /// owner moves past, and turn it back should the device return.
+    pub(crate) fn forget(&self, devices: &[u64], materialized_lsn: u64) -> Vec<u64> {
+        let mut slots = self.slots.lock();
+        devices
+            .iter()
+            .copied()
+            .filter(|d| {
+                let Some(slot) = slots.get(d) else {
+                    return false;
+                };
+                let done = Arc::strong_count(slot) == 1 && {
+                    let st = slot.state.lock();
+                    st.owner.is_none()
+                        && st.ledger.is_quiescent()
+                        && st.last_lsn <= materialized_lsn
+                };
+                if done {
+                    slots.remove(d);
+                }
+                !done
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,9 @@ pub enum EngineError {
     /// The signing key, the device CA or the revocation list is unusable.
     #[error("authentication setup: {0}")]
     Auth(String),
+    /// The settings do not fit together (a cluster without ScyllaDB, ...).
+    #[error("{0}")]
+    Config(String),
     /// The actor system failed.
     #[error("actor system: {0}")]
     Actor(String),

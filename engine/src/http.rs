@@ -59,6 +59,7 @@ pub(crate) async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/v1/settings", get(settings))
+        .route("/v1/cluster", get(cluster))
         .route("/v1/watermarks", get(watermarks))
         .route("/v1/verify", post(verify_handler))
         .route("/v1/revoke", post(revoke_handler))
@@ -354,6 +355,21 @@ async fn settings(State(s): AppState, ConnectInfo(peer): Peer, headers: HeaderMa
         return r;
     }
     Json(s.settings.clone()).into_response()
+}
+
+/// `GET /v1/cluster` (role analyst): the members, their leases, and the
+/// stores and devices each serves; 404 on a node without `--cluster`.
+async fn cluster(State(s): AppState, ConnectInfo(peer): Peer, headers: HeaderMap) -> Response {
+    if let Some(r) = refusal(&s, &headers, peer, Role::Analyst) {
+        return r;
+    }
+    match s.ctx.cluster.get() {
+        None => error(StatusCode::NOT_FOUND, "this node runs alone (no --cluster)"),
+        Some(c) => match c.status().await {
+            Ok(status) => Json(status).into_response(),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        },
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {

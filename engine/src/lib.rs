@@ -15,6 +15,7 @@ mod auth;
 mod backend;
 mod backup;
 mod clock;
+mod cluster;
 mod config;
 mod ctx;
 mod devices;
@@ -50,7 +51,10 @@ pub use backup::{
     CredentialsBackup, CredentialsRestore, RestorePlan, RestoredCredential, plan_restore,
     write_backup,
 };
-pub use config::{DEFAULT_FLUSH_INTERVAL_MS, ServerConfig, ServerSettings, StoreChoice};
+pub use cluster::{ClusterStatus, MemberStatus, cluster_status};
+pub use config::{
+    ClusterConfig, DEFAULT_FLUSH_INTERVAL_MS, ServerConfig, ServerSettings, StoreChoice,
+};
 pub use error::EngineError;
 pub use live_limits::{LimitChange, ReloadableLimits};
 pub use memory_limit::resident_bytes;

@@ -13,6 +13,7 @@ use tillstream_storage::{Backend, Store};
 use tokio::sync::watch;
 
 use crate::auth::{self, Auth};
+use crate::config::StoreChoice;
 use crate::ctx::EngineCtx;
 use crate::devices::Devices;
 use crate::flusher::{self, FlushSettings};
@@ -177,6 +178,7 @@ impl Server {
             },
             failed,
             connections: AtomicUsize::new(0),
+            cluster: std::sync::OnceLock::new(),
         });
 
         let listen = cfg.listen;
@@ -203,6 +205,15 @@ impl Server {
         .map_err(bind_err)?;
         let quic_addr = endpoint.local_addr().map_err(bind_err)?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        if let Some(cc) = &cfg.cluster {
+            let cluster = join_cluster(&cfg, cc, quic_addr, auth.enabled()).await?;
+            let _ = ctx.cluster.set(cluster.clone());
+            tokio::spawn(crate::cluster::run(
+                cluster,
+                ctx.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
         let accept = tokio::spawn(accept::accept_loop(
             endpoint.clone(),
             ctx.clone(),
@@ -388,6 +399,11 @@ impl Server {
     /// acknowledges what was read, closes connections (after at most the
     /// drain timeout), then stops the shards and the flusher.
     pub async fn shutdown(self) -> Result<(), EngineError> {
+        // In a cluster, the stores go to other nodes first, so their
+        // devices move while this one still answers them.
+        if let Some(c) = self.ctx.cluster.get() {
+            crate::cluster::leave(c, &self.ctx).await;
+        }
         self.ctx.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown_tx.send(true);
         let _ = self.accept.await;
@@ -450,4 +466,38 @@ impl Server {
         );
         Ok(())
     }
+}
+
+/// Checks that `--cluster` fits the other settings, and joins.
+async fn join_cluster(
+    cfg: &ServerConfig,
+    cc: &crate::config::ClusterConfig,
+    quic_addr: SocketAddr,
+    auth_on: bool,
+) -> Result<Arc<crate::cluster::Cluster>, EngineError> {
+    let StoreChoice::Scylla(scylla) = &cfg.store else {
+        return Err(EngineError::Config(
+            "--cluster needs --store scylla: the nodes share the cluster's tables".into(),
+        ));
+    };
+    if !auth_on {
+        return Err(EngineError::Config(
+            "--cluster needs device authentication: a device's store, which decides its node, comes from its credential".into(),
+        ));
+    }
+    let quic = match &cc.advertise_quic {
+        Some(a) => a.clone(),
+        None if quic_addr.ip().is_unspecified() => {
+            return Err(EngineError::Config(format!(
+                "--cluster: the QUIC address {quic_addr} is a wildcard, which devices sent here cannot dial; give --advertise host:port"
+            )));
+        }
+        None => quic_addr.to_string(),
+    };
+    let http = cc
+        .advertise_http
+        .clone()
+        .or_else(|| cfg.http.map(|a| a.to_string()))
+        .unwrap_or_default();
+    Ok(crate::cluster::Cluster::join(scylla.clone(), quic, http).await?)
 }

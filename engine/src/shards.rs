@@ -49,6 +49,9 @@ pub(crate) enum ShardMsg {
     Passivate(IdleBefore),
     /// Report the core's counters and gauges.
     Stats(oneshot::Sender<ShardStats>),
+    /// Drop a store handed to another node, as far as its rows are in the
+    /// tables (`ShardCore::forget_store`); answers whether all of it left.
+    ForgetStore(u32, oneshot::Sender<bool>),
 }
 
 /// A shard: the actor's handle and its in-flight byte budget.
@@ -144,6 +147,11 @@ impl Actor for ShardActor {
             }
             ShardMsg::Stats(reply) => {
                 let _ = reply.send(state.core.stats());
+            }
+            ShardMsg::ForgetStore(store, reply) => {
+                let materialized = *state.materialized.borrow();
+                let _ = reply.send(state.core.forget_store(store, materialized));
+                state.gauges.entities(&state.core.stats());
             }
             ShardMsg::Passivate(idle) => {
                 let materialized = *state.materialized.borrow();

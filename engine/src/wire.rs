@@ -180,13 +180,19 @@ pub(crate) fn with_header(head: &[u8], payload: &[u8]) -> Vec<u8> {
 }
 
 /// Encodes and writes one message.
-pub(crate) async fn write_msg<M>(send: &mut quinn::SendStream, msg: &M) -> Result<(), String>
+pub(crate) async fn write_msg<M>(
+    send: &mut quinn::SendStream,
+    msg: &M,
+    version: u8,
+) -> Result<(), String>
 where
     M: WireMessage,
     M::Archived: rkyv::Portable
         + for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>,
 {
-    let bytes = frame::encode_to_vec(msg).map_err(|e| e.to_string())?;
+    // In the version the device spoke in its Hello: a version-1 device
+    // reads no other.
+    let bytes = frame::encode_to_vec_versioned(msg, version).map_err(|e| e.to_string())?;
     // As a chunk, quinn keeps the buffer itself: write_all copied it.
     send.write_chunk(bytes::Bytes::from(bytes))
         .await

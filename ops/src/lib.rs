@@ -48,6 +48,8 @@ enum Command {
     Query(commands::query::Args),
     /// The ScyllaDB schema: `schema print` (for `cqlsh`), `schema apply` (on a cluster).
     Schema(commands::schema::Args),
+    /// Several nodes over one keyspace (`serve --cluster`): `cluster status`.
+    Cluster(commands::cluster::Args),
     /// Write one table's rows as CSV or JSON lines, streamed.
     Export(commands::export::Args),
     /// The device CA for mutual TLS: `ca init`, `ca issue`, `ca revoke`.
@@ -274,6 +276,7 @@ pub fn main(allocator: Option<AllocatorHooks>) -> std::process::ExitCode {
         Command::Query(a) => commands::query::run(a),
         Command::Export(a) => commands::export::run(a),
         Command::Schema(a) => commands::schema::run(a),
+        Command::Cluster(a) => commands::cluster::run(a),
         Command::Ca(a) => commands::credentials::run_ca(a),
         Command::Token(a) => commands::credentials::run_token(a),
         Command::Backup(a) => commands::backup::run_backup(a),

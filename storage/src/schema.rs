@@ -11,7 +11,7 @@ pub struct SchemaFile {
 }
 
 /// The schema files, in the order to apply them.
-pub const FILES: [SchemaFile; 2] = [
+pub const FILES: [SchemaFile; 3] = [
     SchemaFile {
         name: "001_keyspace.cql",
         cql: include_str!("../schema/001_keyspace.cql"),
@@ -19,6 +19,10 @@ pub const FILES: [SchemaFile; 2] = [
     SchemaFile {
         name: "002_tables.cql",
         cql: include_str!("../schema/002_tables.cql"),
+    },
+    SchemaFile {
+        name: "003_cluster.cql",
+        cql: include_str!("../schema/003_cluster.cql"),
     },
 ];
 
@@ -182,16 +186,16 @@ mod tests {
                 ));
             }
         }
-        // The keyspace, the logical tables, and eight of the backend's
+        // The keyspace, the logical tables, and ten of the backend's
         // own: store_movements (the movements by store and hour, for
         // activation), the journal, the checkpoints, the node leases, the
-        // two staging tables of snapshot rows and the two of the
-        // catalogue.
-        if stmts.len() != 9 + Table::ALL.len() {
+        // two staging tables of snapshot rows, the two of the catalogue,
+        // and the two a cluster of nodes shares (members, store owners).
+        if stmts.len() != 11 + Table::ALL.len() {
             return Err(format!(
                 "{} statements, expected {}",
                 stmts.len(),
-                9 + Table::ALL.len()
+                11 + Table::ALL.len()
             ));
         }
         for (table, key) in [
@@ -203,6 +207,9 @@ mod tests {
             ("staged_rollups", &["node", "lsn", "chunk"][..]),
             ("catalog_products", &["bucket"][..]),
             ("catalog_stores", &["store"][..]),
+            // Every member in one partition: read in one request.
+            ("cluster_members", &["ring"][..]),
+            ("store_owners", &["store"][..]),
         ] {
             let s = create_table(&stmts, table)?;
             if partition_key(s) != key {

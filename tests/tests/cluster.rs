@@ -32,7 +32,7 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
-    fn from_env() -> anyhow::Result<Cluster> {
+    pub(crate) fn from_env() -> anyhow::Result<Cluster> {
         let nodes = std::env::var("TILLSTREAM_SCYLLA_NODES")
             .context("TILLSTREAM_SCYLLA_NODES names no cluster")?;
         let dir = std::env::var("TILLSTREAM_CASSANDRA_DIR")

@@ -18,6 +18,7 @@ mod import_circles;
 mod ingest;
 mod layers;
 mod metrics_format;
+mod nodes;
 mod offline;
 mod overload;
 mod passivation;

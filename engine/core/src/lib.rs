@@ -56,6 +56,7 @@
 //! when an entity's rows are all in the tables, so that passivating it and
 //! loading it again gives the same state.
 
+pub mod cluster;
 mod digest_set;
 pub mod ledger;
 pub mod route;

@@ -10,6 +10,42 @@ pub(super) const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     ("tillstream_ready", "1 when /readyz would answer 200."),
     (
+        "tillstream_cluster_members",
+        "Live members of the cluster as this node last read them (absent without --cluster).",
+    ),
+    (
+        "tillstream_cluster_stores_owned",
+        "Stores this node serves.",
+    ),
+    (
+        "tillstream_cluster_store_takes_total",
+        "Stores this node took (raising the store's epoch).",
+    ),
+    (
+        "tillstream_cluster_handoffs_total",
+        "Stores this node handed over to another (a member joined, or SIGTERM).",
+    ),
+    (
+        "tillstream_cluster_handoff_failures_total",
+        "Hand-offs that did not finish (sessions or tables too slow, the cluster unreachable); retried.",
+    ),
+    (
+        "tillstream_cluster_handoff_duration_seconds",
+        "Time from a hand-off's start to the store's release.",
+    ),
+    (
+        "tillstream_cluster_adoptions_total",
+        "Journals of gone nodes this node replayed into the tables.",
+    ),
+    (
+        "tillstream_cluster_adoption_duration_seconds",
+        "Time to replay a gone node's journal.",
+    ),
+    (
+        "tillstream_cluster_redirects_total",
+        "Devices sent to the node serving their store.",
+    ),
+    (
         "tillstream_store_poisoned",
         "1 once a write or sync of the store failed: no more acks until restart.",
     ),

@@ -288,6 +288,40 @@ pub(crate) fn commit_done(elapsed: Duration, rows: usize, bytes: usize) {
 /// One group commit of the journal: the write and fsync an ack waits for.
 /// What the replay at start did: how many journal records it applied
 /// again, and how long it took (most of a restart).
+/// Live members of the cluster and stores this node serves.
+pub(crate) fn cluster_members(live: usize, owned: usize) {
+    gauge!("tillstream_cluster_members").set(live as f64);
+    gauge!("tillstream_cluster_stores_owned").set(owned as f64);
+}
+
+/// A store taken (its epoch raised) by this node.
+pub(crate) fn cluster_store_taken() {
+    counter!("tillstream_cluster_store_takes_total").increment(1);
+}
+
+/// A store handed over to another node, and how long it took.
+pub(crate) fn cluster_handoff(took: Duration) {
+    counter!("tillstream_cluster_handoffs_total").increment(1);
+    histogram!("tillstream_cluster_handoff_duration_seconds").record(took.as_secs_f64());
+}
+
+/// A hand-off that did not finish (it is retried).
+pub(crate) fn cluster_handoff_failed() {
+    counter!("tillstream_cluster_handoff_failures_total").increment(1);
+}
+
+/// A gone node's journal replayed by this node, and how long it took.
+pub(crate) fn cluster_adopted(took: Duration) {
+    counter!("tillstream_cluster_adoptions_total").increment(1);
+    histogram!("tillstream_cluster_adoption_duration_seconds").record(took.as_secs_f64());
+}
+
+/// A device sent to another node (a `Redirect`, or `not_owner` to a
+/// version-1 device).
+pub(crate) fn cluster_redirect() {
+    counter!("tillstream_cluster_redirects_total").increment(1);
+}
+
 pub(crate) fn recovered(records: u64, elapsed: Duration) {
     gauge!("tillstream_recovery_replayed_records").set(records as f64);
     gauge!("tillstream_recovery_duration_seconds").set(elapsed.as_secs_f64());

@@ -27,6 +27,8 @@ struct Outbox {
     conn: quinn::Connection,
     slot: Arc<DeviceSlot>,
     writable: bool,
+    /// The protocol version of the device's Hello: every frame is written in it.
+    version: u8,
     /// How long one ack may take to write before the device counts as
     /// not reading (`ServerConfig::ack_write_deadline`).
     deadline: Duration,
@@ -78,7 +80,9 @@ impl Outbox {
         // (and the budget its batches hold) for ever: past the deadline the
         // connection is closed; what it sent is still committed, and it
         // learns its watermark from the next Welcome.
-        match tokio::time::timeout(self.deadline, write_msg(&mut self.send, msg)).await {
+        match tokio::time::timeout(self.deadline, write_msg(&mut self.send, msg, self.version))
+            .await
+        {
             Ok(r) => self.writable = r.is_ok(),
             Err(_) => {
                 tracing::info!("the device did not read its acks in time; closing");
@@ -144,21 +148,34 @@ impl Outbox {
     }
 }
 
+/// Where the acks go: the stream, in the protocol version of the device's
+/// Hello, each write within `deadline` (`ServerConfig::ack_write_deadline`).
+pub(super) struct AckStream {
+    pub(super) send: quinn::SendStream,
+    pub(super) version: u8,
+    pub(super) deadline: Duration,
+}
+
 /// Stage three: wait for durability in seq order and send cumulative acks.
 pub(super) async fn ack(
     mut rx: mpsc::UnboundedReceiver<Acking>,
-    send: quinn::SendStream,
+    to: AckStream,
     slot: Arc<DeviceSlot>,
     conn: quinn::Connection,
     mut failed: tokio::sync::watch::Receiver<bool>,
     welcomed: u64,
-    deadline: Duration,
 ) {
+    let AckStream {
+        send,
+        version,
+        deadline,
+    } = to;
     let mut out = Outbox {
         send,
         conn,
         slot,
         writable: true,
+        version,
         deadline,
         owed_batches: 0,
         owed_rejected: Vec::new(),

@@ -25,12 +25,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tillstream_protocol::frame::decode;
-use tillstream_protocol::{ErrorCode, FrameError, Hello, MsgType, Reject, RejectedRef, Welcome};
+use tillstream_protocol::{
+    ErrorCode, FrameError, Hello, MIN_PROTOCOL_VERSION, MsgType, REDIRECT_VERSION, Redirect,
+    Reject, RejectedRef, Welcome,
+};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::audit::Record;
 use crate::auth;
+use crate::cluster::Admit;
 use crate::ctx::EngineCtx;
 use crate::flusher::CommitResult;
 use crate::metrics as m;
@@ -42,7 +46,7 @@ mod ack;
 mod assemble;
 mod read;
 
-use ack::ack;
+use ack::{AckStream, ack};
 use assemble::assemble;
 use read::read_batches;
 
@@ -223,8 +227,14 @@ async fn session(
     )
     .await
     .map_err(|_| SessionEnd::NoHello)?;
+    // Until the Hello is read, answers go in the oldest version, which
+    // every device reads; then in the one its Hello came in.
+    let mut version = MIN_PROTOCOL_VERSION;
     let hello = match first {
-        Ok(Some((h, payload, _))) if h.msg_type == MsgType::Hello => decode::<Hello>(&payload),
+        Ok(Some((h, payload, _))) if h.msg_type == MsgType::Hello => {
+            version = h.version;
+            decode::<Hello>(&payload)
+        }
         Ok(Some(_)) => Err(FrameError::Violation("the first frame must be Hello")),
         Ok(None) => return Ok(()),
         Err(ReadError::TooSlow { .. }) => return Err(SessionEnd::NoHello),
@@ -234,7 +244,7 @@ async fn session(
     let hello = match hello {
         Ok(h) => h,
         Err(err) => {
-            refuse(&mut send, err.code(), &format!("bad Hello: {err}")).await;
+            refuse(&mut send, version, err.code(), &format!("bad Hello: {err}")).await;
             return Err(SessionEnd::BadHello(err));
         }
     };
@@ -251,7 +261,7 @@ async fn session(
                 record = record.credential(id);
             }
             ctx.auth.audit.log_unauthenticated(record);
-            refuse(&mut send, no.code, &no.reason).await;
+            refuse(&mut send, version, no.code, &no.reason).await;
             return Err(SessionEnd::Refused(no.reason));
         }
     };
@@ -264,13 +274,42 @@ async fn session(
     drop(admitted);
 
     if let Some((code, why)) = refusal(ctx) {
-        refuse(&mut send, code, &why).await;
+        refuse(&mut send, version, code, &why).await;
         return Err(SessionEnd::Refused(why));
     }
+    // In a cluster, only the node serving the device's store goes on.
+    let _serving = match ctx.cluster.get() {
+        None => None,
+        Some(cluster) => {
+            let Some(store) = scope.store else {
+                let why = "a cluster node serves devices whose credential names their store";
+                refuse(&mut send, version, ErrorCode::NotAuthenticated, why).await;
+                return Err(SessionEnd::Refused(why.into()));
+            };
+            match cluster.admit(store, device, conn).await {
+                Admit::Serve(guard) => Some(guard),
+                Admit::Redirect { owner, epoch } => {
+                    m::cluster_redirect();
+                    redirect(&mut send, version, store, epoch, &owner).await;
+                    return Err(SessionEnd::Refused(format!("redirected to {owner:?}")));
+                }
+                Admit::Wait(why) => {
+                    refuse(&mut send, version, ErrorCode::StoreUnavailable, &why).await;
+                    return Err(SessionEnd::Refused(why));
+                }
+            }
+        }
+    };
     let slot = match ctx.devices.slot(device, &ctx.store).await {
         Ok(s) => s,
         Err(e) => {
-            refuse(&mut send, ErrorCode::StoreUnavailable, &e.to_string()).await;
+            refuse(
+                &mut send,
+                version,
+                ErrorCode::StoreUnavailable,
+                &e.to_string(),
+            )
+            .await;
             return Err(SessionEnd::Refused(e.to_string()));
         }
     };
@@ -278,14 +317,14 @@ async fn session(
     if !slot.wait_quiescent(QUIESCE_TIMEOUT).await {
         slot.release(conn);
         let why = "earlier batches of this device are still being committed";
-        refuse(&mut send, ErrorCode::Busy, why).await;
+        refuse(&mut send, version, ErrorCode::Busy, why).await;
         return Err(SessionEnd::Refused(why.into()));
     }
     let welcome = Welcome {
         durable_seq: slot.durable(),
         limits: ctx.limits,
     };
-    write_msg(&mut send, &welcome)
+    write_msg(&mut send, &welcome, version)
         .await
         .map_err(SessionEnd::Conn)?;
     tracing::debug!(durable_seq = welcome.durable_seq, "welcomed");
@@ -298,12 +337,15 @@ async fn session(
     let acker = tokio::spawn(
         ack(
             ack_rx,
-            send,
+            AckStream {
+                send,
+                version,
+                deadline: ctx.ack_write_deadline,
+            },
             slot.clone(),
             conn.clone(),
             ctx.failed.subscribe(),
             welcome.durable_seq,
-            ctx.ack_write_deadline,
         )
         .in_current_span(),
     );
@@ -338,7 +380,35 @@ fn refusal(ctx: &EngineCtx) -> Option<(ErrorCode, String)> {
     None
 }
 
-async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, reason: &str) {
+/// Sends the device to the node serving its store: a `Redirect` to a
+/// device that follows one (version 2), `not_owner` naming the node to
+/// one that does not. An empty `owner`: no node is live for the store yet.
+async fn redirect(send: &mut quinn::SendStream, version: u8, store: u32, epoch: u64, owner: &str) {
+    if version >= REDIRECT_VERSION {
+        m::sessions_refused(ErrorCode::NotOwner);
+        let _ = write_msg(
+            send,
+            &Redirect {
+                store,
+                epoch,
+                owner: owner.to_string(),
+            },
+            version,
+        )
+        .await;
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+        return;
+    }
+    let why = if owner.is_empty() {
+        format!("store {store} has no live node yet; retry")
+    } else {
+        format!("store {store} is served by {owner}")
+    };
+    refuse(send, version, ErrorCode::NotOwner, &why).await;
+}
+
+async fn refuse(send: &mut quinn::SendStream, version: u8, code: ErrorCode, reason: &str) {
     m::sessions_refused(code);
     let _ = write_msg(
         send,
@@ -346,6 +416,7 @@ async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, reason: &str) {
             code: code.as_u16(),
             reason: reason.to_string(),
         },
+        version,
     )
     .await;
     let _ = send.finish();

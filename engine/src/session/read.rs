@@ -329,7 +329,7 @@ async fn resend_conflict(
 /// on refusal paths: it checksums the payload again.
 fn frame_bytes(header: &FrameHeader, payload: &[u8]) -> Vec<u8> {
     let mut head = Vec::with_capacity(16);
-    FrameHeader::write(header.msg_type, payload, &mut head);
+    FrameHeader::write_versioned(header.version, header.msg_type, payload, &mut head);
     with_header(&head, payload)
 }
 

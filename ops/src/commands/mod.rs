@@ -3,6 +3,7 @@
 pub(crate) mod backup;
 pub(crate) mod catalog;
 pub(crate) mod check_disk;
+pub(crate) mod cluster;
 pub(crate) mod config;
 pub(crate) mod credentials;
 pub(crate) mod export;

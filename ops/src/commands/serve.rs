@@ -41,6 +41,25 @@ pub(crate) struct Args {
     store: super::store_args::StoreArgs,
     #[command(flatten)]
     writer: super::store_args::WriterArgs,
+    /// Serve one fleet with other tillstream nodes over the same ScyllaDB
+    /// keyspace: each store is served by one live node, chosen by
+    /// rendezvous hashing over the members; a device that reaches another
+    /// node is sent to it; a node that dies has its journal replayed and
+    /// its stores taken by the others within seconds; SIGTERM hands this
+    /// node's stores over first. Needs --store scylla, a --scylla-node-id
+    /// of its own, device authentication, and the same signing key and
+    /// certificate on every node (docs/operating/cluster.md).
+    #[arg(long, env = "TILLSTREAM_CLUSTER")]
+    cluster: bool,
+    /// With --cluster: the QUIC address (host:port) that devices sent to
+    /// this node dial. Default: the --listen address, which must then
+    /// not be a wildcard (0.0.0.0).
+    #[arg(long, requires = "cluster", env = "TILLSTREAM_ADVERTISE")]
+    advertise: Option<String>,
+    /// With --cluster: the HTTP address shown for this node by
+    /// `/v1/cluster` and `tillstream cluster status`. Default: --http.
+    #[arg(long, requires = "cluster", env = "TILLSTREAM_ADVERTISE_HTTP")]
+    advertise_http: Option<String>,
     /// A TOML file of these settings, keyed by flag name
     /// (`max-connections = 20000`); a flag or its TILLSTREAM_* variable
     /// overrides the file. `tillstream check-config FILE` checks one.
@@ -371,6 +390,10 @@ fn server_config(args: Args, at: &Endpoints) -> anyhow::Result<ServerConfig> {
     cfg.hello_timeout = Duration::from_millis(args.hello_timeout_ms);
     cfg.idle_timeout = Duration::from_secs(args.idle_timeout_s);
     cfg.auth = args.auth.config()?;
+    cfg.cluster = args.cluster.then(|| tillstream_engine::ClusterConfig {
+        advertise_quic: args.advertise.clone(),
+        advertise_http: args.advertise_http.clone(),
+    });
     cfg.max_frame_buffer_bytes =
         usize::try_from(args.max_frame_buffers_mib << 20).unwrap_or(usize::MAX);
     cfg.frame_deadline = Duration::from_secs(args.frame_deadline_s);

@@ -54,6 +54,12 @@ pub struct ScyllaConfig {
     /// it (a live node's appends land out of order for a moment, which a
     /// writer at start would take for a torn tail).
     pub read_only: bool,
+    /// Opening another node's id to replay its journal, because the
+    /// members table found that node gone (engine `cluster`): its lease
+    /// is taken at once, without watching it for one lease period. Safe
+    /// either way (the take is a lightweight transaction that fences the
+    /// old holder); the watch only spares a live node a fencing.
+    pub adopting: bool,
 }
 
 impl ScyllaConfig {
@@ -70,6 +76,7 @@ impl ScyllaConfig {
             credentials: None,
             tls_ca: None,
             read_only: false,
+            adopting: false,
         }
     }
 
@@ -358,6 +365,7 @@ pub fn apply_schema(cfg: &ScyllaConfig, opts: &SchemaOptions) -> Result<usize, S
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("store_movements", "lsn", "bigint"),
     ("device_batches", "digest", "bigint"),
+    ("store_movements", "writer", "bigint"),
 ];
 
 /// Adds each of [`ADDED_COLUMNS`] its table lacks; how many it added.

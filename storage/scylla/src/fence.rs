@@ -253,13 +253,18 @@ impl Fence {
     /// alive, refuses one that is, and takes the generation after both
     /// the lease's and `floor` (an older layout's). Returns the lease as
     /// it was before the take, with the new generation.
-    pub(crate) async fn take(&self, floor: u64) -> Result<Lease, StoreError> {
+    pub(crate) async fn take(&self, floor: u64, adopting: bool) -> Result<Lease, StoreError> {
         let refuse = |reason: String| StoreError::Open {
             path: format!("node id {:?}", self.node_id),
             reason,
         };
         let mut current = self.read().await?;
-        if let Some(seen) = current.clone().filter(|l| !l.holder.is_empty()) {
+        // Adopting a node the members table found gone: no watch (see
+        // `ScyllaConfig::adopting`).
+        let watch = current
+            .clone()
+            .filter(|l| !l.holder.is_empty() && !adopting);
+        if let Some(seen) = watch {
             let age_us = now_us().saturating_sub(seen.renewed_at_us);
             // Twice the lease: a margin for clocks that differ.
             if age_us < 2 * LEASE.as_micros() as i64 {

@@ -22,6 +22,7 @@
 //!   again to the same keys with the same values, and a stale write can
 //!   never overtake a newer one.
 
+mod cluster;
 mod cols;
 mod config;
 mod fence;
@@ -46,6 +47,7 @@ use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::Row;
 
+pub use cluster::{ClusterTables, MemberRow, NodeJournal, OwnerRecord};
 #[cfg(test)]
 pub(crate) use config::drop_keyspace;
 pub use config::{ParseConsistency, ScyllaConfig, apply_schema};
@@ -53,7 +55,7 @@ pub use config::{ParseConsistency, ScyllaConfig, apply_schema};
 pub use scylla::statement::Consistency;
 
 use fence::{Fence, LeaseStatements};
-use mapping::{ByStoreHour, CqlRow};
+use mapping::{ByStoreHour, CqlRow, writer_hash};
 use statements::Texts;
 use tillstream_storage::buckets::{LEVEL_BUCKETS, batch_seq_bucket};
 use tillstream_storage::rows::*;
@@ -217,7 +219,7 @@ impl ScyllaStore {
             lease.journal_high
         } else {
             let before = self.block(self.read_checkpoint())?;
-            let lease = self.block(self.fence.take(before.generation))?;
+            let lease = self.block(self.fence.take(before.generation, self.cfg.adopting))?;
             self.block(self.fence_checkpoints(before.generation, lease.generation))?;
             self.generation.store(lease.generation, Ordering::Release);
             lease.journal_high
@@ -425,11 +427,15 @@ impl Store for ScyllaStore {
         // Rows a materialization wrote past the checkpoint (a crash
         // before its commit point) are the replay's to apply again: read
         // now, they would count twice.
+        // Only this node's: a store changes hands only once the tables
+        // hold all of its last owner's records (its checkpoint covers
+        // them), so another writer's rows are all in.
         let checkpoint = self.checkpoint.load(Ordering::Acquire);
+        let me = writer_hash(&self.cfg.node_id);
         Ok(parts
             .into_iter()
             .flatten()
-            .filter(|m| m.1 <= checkpoint)
+            .filter(|m| m.1 <= checkpoint || m.2.is_some_and(|w| w != me))
             .filter_map(|m| WindowMovement::of(&m.0))
             .collect())
     }

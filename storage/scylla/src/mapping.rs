@@ -266,9 +266,25 @@ impl CqlRow for StockMovementRow {
     }
 }
 
-/// The same movement in `store_movements`, keyed by (store, hour).
+/// The same movement in `store_movements`, keyed by (store, hour), with
+/// the LSN of the materialization that wrote it and its writer's
+/// [`writer_hash`].
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct ByStoreHour(pub(crate) StockMovementRow, pub(crate) u64);
+pub(crate) struct ByStoreHour(
+    pub(crate) StockMovementRow,
+    pub(crate) u64,
+    pub(crate) Option<u64>,
+);
+
+/// A node id as `store_movements.writer` holds it: FNV-1a, fixed across
+/// builds. Two node ids of one keyspace sharing a hash (about one chance
+/// in 2^64 per pair) would only make activation leave out the other's
+/// rows past this node's checkpoint.
+pub(crate) fn writer_hash(node: &str) -> u64 {
+    node.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
 
 impl CqlRow for ByStoreHour {
     const TABLE: &'static str = "store_movements";
@@ -287,6 +303,7 @@ impl CqlRow for ByStoreHour {
         "level_after",
         "applied",
         "lsn",
+        "writer",
     ];
     const PARTITION_COLUMNS: usize = 2;
 
@@ -302,6 +319,7 @@ impl CqlRow for ByStoreHour {
         v.push(int(m.line));
         v.extend(movement_tail(m));
         v.push(big_u(self.1));
+        v.push(self.2.and_then(big_u));
         v
     }
 
@@ -324,6 +342,7 @@ impl CqlRow for ByStoreHour {
                 applied: c.bool()?,
             },
             c.u64()?,
+            c.opt_i64()?.map(|w| w as u64),
         ))
     }
 }

@@ -41,7 +41,7 @@ fn every_row_type_round_trips_through_cql_values() {
         .stock_movements
         .iter()
         .enumerate()
-        .map(|(i, m)| ByStoreHour(*m, i as u64 * 1_000_003))
+        .map(|(i, m)| ByStoreHour(*m, i as u64 * 1_000_003, (i % 2 == 0).then_some(i as u64)))
         .collect();
     round_trip(&by_hour);
 }

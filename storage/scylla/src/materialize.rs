@@ -17,6 +17,7 @@
 
 use std::sync::atomic::Ordering;
 
+use super::mapping::writer_hash;
 use super::snapshots::{STAGED_PER_CHUNK, Snapshots};
 use super::{ScyllaStore, backend_err, now_us};
 use tillstream_storage::rows::{RowSet, StockLevelRow, TerminalRollupRow};
@@ -45,7 +46,7 @@ impl ScyllaStore {
         let n = self.cfg.max_in_flight;
         let mut info = CommitInfo::default();
         self.until_written("a materialization", || {
-        let events = self.st.event_writes(rows, lsn);
+        let events = self.st.event_writes(rows, lsn, writer_hash(&self.cfg.node_id));
         let staged = self.st.staged_writes(&self.cfg.node_id, lsn, snap);
         let marks = self.st.mark_writes(rows);
         info = CommitInfo {
@@ -98,7 +99,9 @@ impl ScyllaStore {
     /// of `lsn` written, nothing else.
     #[cfg(test)]
     pub(crate) fn write_rows_then_crash(&self, rows: &RowSet, lsn: u64) -> Result<(), StoreError> {
-        let events = self.st.event_writes(rows, lsn);
+        let events = self
+            .st
+            .event_writes(rows, lsn, writer_hash(&self.cfg.node_id));
         self.block(self.st.run(&self.session, events, self.cfg.max_in_flight))
     }
 
@@ -113,7 +116,9 @@ impl ScyllaStore {
     pub(super) fn commit_rows(&self, rows: &RowSet) -> Result<CommitInfo, StoreError> {
         self.writable()?;
         let snap = Snapshots::newest_of(rows);
-        let mut writes = self.st.event_writes(rows, 0);
+        let mut writes = self
+            .st
+            .event_writes(rows, 0, writer_hash(&self.cfg.node_id));
         writes.extend(self.st.snapshot_writes(&snap));
         let marks = self.st.mark_writes(rows);
         let info = CommitInfo {

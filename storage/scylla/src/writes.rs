@@ -185,8 +185,16 @@ impl Prepared {
     /// `lsn` is the materialization's, kept with each row activation
     /// reads back (`store_movements`), so that rows written past the
     /// checkpoint before a crash are left out of a late window the replay
-    /// fills again; 0 for writes with no checkpoint (tools).
-    pub(crate) fn event_writes<'a>(&'a self, rows: &RowSet, lsn: u64) -> Vec<Write<'a>> {
+    /// fills again; 0 for writes with no checkpoint (tools). `writer` is
+    /// the node id's `writer_hash`: activation leaves out only its own
+    /// node's rows past its checkpoint (another node's rows are all
+    /// within that node's checkpoint before a store changes hands).
+    pub(crate) fn event_writes<'a>(
+        &'a self,
+        rows: &RowSet,
+        lsn: u64,
+        writer: u64,
+    ) -> Vec<Write<'a>> {
         let mut out = Vec::with_capacity(rows.len() + rows.stock_movements.len());
         add(
             &mut out,
@@ -210,7 +218,7 @@ impl Prepared {
             &mut out,
             &self.ins_store_movements,
             4,
-            movements.map(|m| ByStoreHour(m, lsn)),
+            movements.map(|m| ByStoreHour(m, lsn, Some(writer))),
             |_| None,
         );
         add(

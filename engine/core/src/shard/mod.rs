@@ -441,7 +441,7 @@ impl ShardCore {
     /// back.
     pub fn passivate_idle(&mut self, idle: IdleBefore, materialized_lsn: u64) -> Passivated {
         let mut out = Passivated::default();
-        self.stores.retain(|active| {
+        self.stores.retain(|_, active| {
             let stays = !active.last.idle(idle.entities_us, materialized_lsn);
             if !stays {
                 out.stores += 1;
@@ -478,6 +478,33 @@ impl ShardCore {
             self.rollups.shrink_to(self.rollups.len() * 2);
         }
         out
+    }
+
+    /// Drops everything of `store` (its SKUs, rollup days and minutes,
+    /// terminals) whose rows are in the tables (last LSN at most
+    /// `materialized_lsn`), whatever its age: the store is being handed
+    /// to another node, which loads it from the tables; kept here, it
+    /// would be stale should the store come back. True once nothing of it
+    /// is left; false means some of it waits for the tables (call again).
+    pub fn forget_store(&mut self, store: u32, materialized_lsn: u64) -> bool {
+        let mut all = true;
+        self.stores.retain(|s, active| {
+            let stays = s == store && active.last.lsn > materialized_lsn;
+            all &= !stays;
+            s != store || stays
+        });
+        self.days.retain(|&(s, _), d| {
+            let stays = s == store && d.last.lsn > materialized_lsn;
+            all &= !stays;
+            s != store || stays
+        });
+        let days = &self.days;
+        self.rollups
+            .retain(|&(s, day, _, _), _| s != store || days.contains_key(&(s, day)));
+        if all {
+            self.terminals.retain(|(s, _)| *s != store);
+        }
+        all
     }
 
     /// The shard's counters and gauges (walks the SKUs for the window

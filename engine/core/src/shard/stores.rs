@@ -98,9 +98,9 @@ impl ActiveStores {
     }
 
     /// Keeps the stores `keep` says yes to.
-    pub(super) fn retain(&mut self, mut keep: impl FnMut(&StoreSkus) -> bool) {
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(u32, &StoreSkus) -> bool) {
         let before = self.slots.len();
-        self.slots.retain(|(_, s)| keep(s));
+        self.slots.retain(|(store, s)| keep(*store, s));
         if self.slots.len() != before {
             self.index.clear();
             self.index.extend(
@@ -136,7 +136,7 @@ mod tests {
         }
         // Store 3 leaves: 9 moves to its place in the vector, and the
         // remembered last store (9) must not point at the old place.
-        stores.retain(|s| !s.skus.contains_key(300));
+        stores.retain(|_, s| !s.skus.contains_key(300));
         assert_eq!(stores.len(), 2);
         assert!(!stores.contains(3));
         let (nine, new) = stores.get_or_load(9);

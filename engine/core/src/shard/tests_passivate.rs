@@ -151,3 +151,24 @@ fn passivated_state_comes_back_the_same_from_its_rows() -> R {
     }
     Ok(())
 }
+
+#[test]
+fn a_handed_over_store_leaves_whole_once_its_rows_are_in_the_tables() -> R {
+    let mut c = core(0, 1);
+    let b1 = testkit::batch(1, vec![sale(NOW, 1, 4, vec![line(7, 1, 100)])])?;
+    apply_at(&mut c, 10, &b1, NOW);
+    let b2 = testkit::batch(2, vec![movement(NOW, 1, 8, 5), movement(NOW, 2, 9, 5)])?;
+    apply_at(&mut c, 11, &b2, NOW);
+    // Recent, but a hand-off does not wait for idleness; it does wait for
+    // the tables: LSN 11 is not in them yet.
+    assert!(!c.forget_store(1, 10));
+    assert_eq!(c.level(1, 8).map(|l| l.level), Some(5));
+    assert!(c.forget_store(1, 11));
+    let s = c.stats();
+    assert_eq!((s.stores_active, s.skus_active), (1, 1));
+    assert_eq!((s.rollup_days_active, s.terminals_active), (0, 0));
+    assert_eq!(c.level(1, 8), None);
+    // The other store stays.
+    assert_eq!(c.level(2, 9).map(|l| l.level), Some(5));
+    Ok(())
+}

@@ -1,0 +1,347 @@
+//! The cluster's background work (module docs of `cluster`): every
+//! [`TICK`], renew this node's row and read the others'; replay the
+//! journal of a node gone with records not yet in the tables, when this
+//! node is its adopter; hand over the stores another live node should
+//! serve. And on SIGTERM, [`leave`]: hand over every store, then go.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tillstream_engine_core::cluster::adopter;
+use tillstream_protocol::ErrorCode;
+use tillstream_scylla::{MemberRow, ScyllaConfig, ScyllaStore};
+use tillstream_storage::StoreError;
+use tokio::sync::watch;
+
+use super::{Cluster, MEMBER_LEASE, TICK, View};
+use crate::clock::now_us;
+use crate::ctx::EngineCtx;
+use crate::metrics as m;
+use crate::shards::ShardMsg;
+
+/// Longest a hand-off waits for the store's sessions to end, and then for
+/// the tables to hold their batches.
+const HANDOFF_SESSIONS: Duration = Duration::from_secs(10);
+const HANDOFF_TABLES: Duration = Duration::from_secs(30);
+
+/// Renews this node's row, reads the members and the journals, and
+/// decides whether this node may serve: not if another process took its
+/// node id (fenced), not if its row could not be renewed for a lease.
+pub(crate) async fn refresh(c: &Arc<Cluster>) -> Result<(), StoreError> {
+    let now = now_us();
+    let (stores, sessions, leaving) = {
+        let (stores, sessions) = c.counts();
+        (stores, sessions, c.state.lock().leaving)
+    };
+    let row = MemberRow {
+        node: c.me.clone(),
+        generation: c.generation,
+        quic_addr: c.quic_addr.clone(),
+        http_addr: c.http_addr.clone(),
+        started_at_us: c.started_at_us,
+        renewed_at_us: now,
+        leaving,
+        stores,
+        devices: sessions,
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let renewed = c.tables.renew(&row).await;
+    let read = async {
+        let members = c.tables.members().await?;
+        let nodes: Vec<&str> = members.iter().map(|m| m.node.as_str()).collect();
+        let journals = c.tables.journals(&nodes).await?;
+        Ok::<_, StoreError>((members, journals))
+    }
+    .await;
+    let mut st = c.state.lock();
+    match (renewed, read) {
+        (Ok(()), Ok((members, journals))) => {
+            st.renewed_at_us = now;
+            let fenced = journals
+                .get(&c.me)
+                .is_some_and(|j| j.generation > c.generation);
+            st.view = View::build(members, journals, now);
+            if fenced {
+                st.isolated = Some(format!(
+                    "another process took node id {} (its lease moved past generation {}): this one serves nobody; restart it",
+                    c.me, c.generation
+                ));
+            } else if st
+                .isolated
+                .as_deref()
+                .is_some_and(|w| w.starts_with("cannot reach"))
+            {
+                tracing::info!("the cluster is reachable again");
+                st.isolated = None;
+            }
+            m::cluster_members(st.view.live.len(), st.owned.len());
+            Ok(())
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            let silent = Duration::from_micros(now.saturating_sub(st.renewed_at_us).max(0) as u64);
+            if silent >= MEMBER_LEASE && st.isolated.is_none() {
+                st.isolated = Some(format!(
+                    "cannot reach the cluster to renew this node's membership for {}s ({e}): its stores may be moving to other nodes",
+                    silent.as_secs()
+                ));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Runs until shutdown (module docs).
+pub(crate) async fn run(c: Arc<Cluster>, ctx: Arc<EngineCtx>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let busy: Arc<parking_lot::Mutex<HashSet<String>>> = Arc::default();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let began = Instant::now();
+        if let Err(e) = refresh(&c).await {
+            tracing::warn!(error = %e, "renewing this node's membership failed");
+        }
+        if began.elapsed() > MEMBER_LEASE / 3 {
+            tracing::warn!(
+                ms = began.elapsed().as_millis() as u64,
+                "renewing this node's membership was slow: others may take it for gone"
+            );
+        }
+        // The guard is dropped before `close_all` takes the lock again.
+        let isolated = c.state.lock().isolated.clone();
+        if let Some(why) = isolated {
+            close_all(&c, &why);
+            continue;
+        }
+        let view = c.view();
+        let now = now_us();
+        let live: Vec<&str> = view.live.iter().map(String::as_str).collect();
+        // A node gone with records not in the tables: its adopter replays them.
+        for member in &view.members {
+            let node = &member.node;
+            let drained = view
+                .journals
+                .get(node)
+                .is_none_or(|j| j.holder.is_empty() && j.checkpoint >= j.journal_high);
+            if *node == c.me || drained || !view.gone(node, now) {
+                continue;
+            }
+            if adopter(node, &live).map(|i| live[i]) != Some(c.me.as_str()) {
+                continue;
+            }
+            if busy.lock().insert(format!("adopt {node}")) {
+                let lease = view.journals.get(node);
+                tracing::warn!(
+                    node,
+                    row_age_ms = (now - member.renewed_at_us) / 1000,
+                    lease_age_ms = lease.map_or(-1, |j| (now - j.renewed_at_us) / 1000),
+                    row_generation = member.generation,
+                    lease_generation = lease.map_or(0, |j| j.generation),
+                    "a member is gone with acknowledged records not in the tables: replaying its journal"
+                );
+                let (c, node, busy) = (c.clone(), node.clone(), busy.clone());
+                tokio::spawn(async move {
+                    adopt(&c, &node).await;
+                    busy.lock().remove(&format!("adopt {node}"));
+                });
+            }
+        }
+        // Stores another live node should serve now.
+        let moving: Vec<u32> = {
+            let st = c.state.lock();
+            st.owned
+                .iter()
+                .filter(|(store, o)| {
+                    !o.leaving && view.owner_of(**store).is_some_and(|n| n != c.me)
+                })
+                .map(|(s, _)| *s)
+                .collect()
+        };
+        for store in moving {
+            if busy.lock().insert(format!("store {store}")) {
+                let (c, ctx, busy) = (c.clone(), ctx.clone(), busy.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = handoff(&c, &ctx, store).await {
+                        m::cluster_handoff_failed();
+                        tracing::warn!(store, error = %e, "handing the store over failed; will retry");
+                    }
+                    busy.lock().remove(&format!("store {store}"));
+                });
+            }
+        }
+    }
+}
+
+/// Ends every session this node serves: it may not serve them now.
+fn close_all(c: &Cluster, why: &str) {
+    let st = c.state.lock();
+    for o in st.owned.values() {
+        for conn in o.sessions.values() {
+            conn.close(
+                quinn::VarInt::from_u32(u32::from(ErrorCode::StoreUnavailable.as_u16())),
+                why.as_bytes(),
+            );
+        }
+    }
+}
+
+/// Replays the journal of `node`, gone, into the tables, as its own
+/// restart would: opens its node id (taking its lease, which fences the
+/// old process should it still run), recovers, closes (giving the lease
+/// back). Its stores may then be taken.
+async fn adopt(c: &Cluster, node: &str) {
+    let started = Instant::now();
+    tracing::info!(node, "replaying the journal of a node gone");
+    let cfg = ScyllaConfig {
+        node_id: node.to_string(),
+        adopting: true,
+        read_only: false,
+        ..c.scylla.clone()
+    };
+    let done = tokio::task::spawn_blocking(move || {
+        let store = ScyllaStore::connect(cfg)?;
+        let replayed = crate::recovery::recover(&store)?;
+        drop(store);
+        Ok::<_, StoreError>(replayed)
+    })
+    .await;
+    match done {
+        Ok(Ok(r)) => {
+            m::cluster_adopted(started.elapsed());
+            tracing::info!(
+                node,
+                records = r.records,
+                events = r.events,
+                ms = started.elapsed().as_millis() as u64,
+                "replayed the journal of a node gone; its stores may move"
+            );
+        }
+        Ok(Err(e)) => tracing::warn!(node, error = %e, "replaying a gone node's journal failed"),
+        Err(e) => tracing::warn!(node, error = %e, "replaying a gone node's journal panicked"),
+    }
+}
+
+/// Hands `store` over: no new sessions, ends the ones served, waits for
+/// the tables to hold every batch, drops the store's state, releases it.
+pub(crate) async fn handoff(c: &Cluster, ctx: &EngineCtx, store: u32) -> Result<(), String> {
+    let started = Instant::now();
+    let (conns, epoch, devices) = {
+        let mut st = c.state.lock();
+        let Some(o) = st.owned.get_mut(&store) else {
+            return Ok(());
+        };
+        o.leaving = true;
+        let conns: Vec<quinn::Connection> = o.sessions.values().cloned().collect();
+        (
+            conns,
+            o.epoch,
+            o.devices.iter().copied().collect::<Vec<u64>>(),
+        )
+    };
+    let unmark = |why: String| {
+        if let Some(o) = c.state.lock().owned.get_mut(&store) {
+            o.leaving = false;
+        }
+        why
+    };
+    for conn in &conns {
+        conn.close(
+            quinn::VarInt::from_u32(u32::from(ErrorCode::NotOwner.as_u16())),
+            b"store handed over to another node",
+        );
+    }
+    let until = Instant::now() + HANDOFF_SESSIONS;
+    while c
+        .state
+        .lock()
+        .owned
+        .get(&store)
+        .is_some_and(|o| !o.sessions.is_empty())
+    {
+        if Instant::now() > until {
+            return Err(unmark("its sessions did not end".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !ctx.tables_caught_up(HANDOFF_TABLES).await {
+        return Err(unmark(
+            "the tables did not catch up with the journal".into(),
+        ));
+    }
+    // The shards and the device slots let go of the store once the tables
+    // hold all of it, which they now do (a late flush may still be landing).
+    let mut forgotten = false;
+    for _ in 0..200 {
+        let materialized = ctx
+            .store
+            .materialized_lsn()
+            .map_err(|e| unmark(e.to_string()))?;
+        let mut all = true;
+        for shard in &ctx.shards {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if shard
+                .actor
+                .send_message(ShardMsg::ForgetStore(store, tx))
+                .is_ok()
+            {
+                all &= rx.await.unwrap_or(false);
+            }
+        }
+        if all && ctx.devices.forget(&devices, materialized).is_empty() {
+            forgotten = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    if !forgotten {
+        return Err(unmark("the store's state did not leave memory".into()));
+    }
+    let released = c
+        .tables
+        .release(store, epoch, &c.me)
+        .await
+        .map_err(|e| unmark(e.to_string()))?;
+    c.state.lock().owned.remove(&store);
+    m::cluster_handoff(started.elapsed());
+    tracing::info!(
+        store,
+        epoch,
+        released,
+        sessions = conns.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "handed the store over"
+    );
+    Ok(())
+}
+
+/// SIGTERM: says this node is leaving, hands every store over, and
+/// removes its row, so devices move before the process goes.
+pub(crate) async fn leave(c: &Arc<Cluster>, ctx: &EngineCtx) {
+    let started = Instant::now();
+    c.state.lock().leaving = true;
+    let _ = refresh(c).await;
+    // Every session ends at once; the hand-offs then find them gone.
+    close_all(c, "this node is leaving the cluster");
+    let stores: Vec<u32> = c.state.lock().owned.keys().copied().collect();
+    let mut failed = 0;
+    for &store in &stores {
+        if let Err(e) = handoff(c, ctx, store).await {
+            m::cluster_handoff_failed();
+            tracing::warn!(store, error = %e, "handing the store over on leaving failed");
+            failed += 1;
+        }
+    }
+    if let Err(e) = c.tables.remove(&c.me).await {
+        tracing::warn!(error = %e, "removing this node's member row failed");
+    }
+    tracing::info!(
+        stores = stores.len(),
+        failed,
+        ms = started.elapsed().as_millis() as u64,
+        "left the cluster"
+    );
+}
