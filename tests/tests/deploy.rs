@@ -121,8 +121,9 @@ fn prometheus_files_pass_promtool_and_each_alert_fires_when_it_should() -> anyho
 
 /// The dashboard and the alert rules refer only to metrics a running
 /// server exports: a scrape after a real stream. ScyllaDB's driver
-/// figures appear only with `--store scylla`, so those must be among the
-/// names the server describes.
+/// figures appear only with `--store scylla`, and the cluster's gauges and
+/// histograms only with `--cluster` (which needs ScyllaDB), so those must
+/// be among the names the server describes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_alerts_name_only_metrics_a_real_scrape_holds() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -163,7 +164,9 @@ async fn dashboard_and_alerts_name_only_metrics_a_real_scrape_holds() -> anyhow:
     for expr in &exprs {
         for name in metric_names(expr) {
             let ok = scraped.contains(name.as_str())
-                || (name.starts_with("tillstream_scylla_") && described.contains(name.as_str()));
+                || (name.starts_with("tillstream_scylla_") && described.contains(name.as_str()))
+                || (name.starts_with("tillstream_cluster_")
+                    && described.contains(histogram_base(&name)));
             if !ok {
                 unknown.insert(name);
             }
@@ -183,10 +186,24 @@ async fn dashboard_and_alerts_name_only_metrics_a_real_scrape_holds() -> anyhow:
         "tillstream_events_rejected_total",
         "tillstream_connections_active",
         "tillstream_flush_failures_total",
+        "tillstream_cluster_members",
+        "tillstream_cluster_stores_owned",
+        "tillstream_cluster_handoffs_total",
+        "tillstream_cluster_adoptions_total",
+        "tillstream_cluster_redirects_total",
     ] {
         assert!(all.contains(needed), "nothing shows {needed}");
     }
     Ok(())
+}
+
+/// A histogram's name without the suffix of its series (`_bucket`,
+/// `_sum`, `_count`).
+fn histogram_base(name: &str) -> &str {
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name)
 }
 
 /// The HTTP paths of the StatefulSet's probes.
@@ -222,7 +239,9 @@ fn env_vars_of(args: &[&str]) -> anyhow::Result<BTreeSet<String>> {
 /// reach the container's ports with the right protocols; the grace period
 /// outlasts the drain; the ConfigMap's settings are real ones that
 /// `tillstream check-config` accepts, and every variable set is one the
-/// commands read.
+/// commands read (or one that another variable's value refers to). The
+/// nodes form a cluster: each advertises its own name under the headless
+/// governing Service, which carries both ports.
 #[test]
 fn kubernetes_manifests_match_the_server_they_run() -> anyhow::Result<()> {
     let k8s = deploy_dir().join("kubernetes");
@@ -378,9 +397,74 @@ fn kubernetes_manifests_match_the_server_they_run() -> anyhow::Result<()> {
     assert!(!env.is_empty(), "no tillstream-env literals");
     let serve_vars = env_vars_of(&["serve"])?;
     let schema_vars = env_vars_of(&["schema", "apply"])?;
-    for e in container["env"].as_vec().into_iter().flatten() {
+    let pod_env: Vec<&Yaml> = container["env"].as_vec().into_iter().flatten().collect();
+    let value_of = |name: &str| -> Option<&str> {
+        pod_env
+            .iter()
+            .find(|e| str_of(&e["name"]) == Some(name))
+            .and_then(|e| str_of(&e["value"]))
+    };
+    for e in &pod_env {
         let name = str_of(&e["name"]).unwrap_or_default();
-        assert!(serve_vars.contains(name), "serve reads no {name}");
+        let referred = format!("$({name})");
+        let helper = pod_env
+            .iter()
+            .filter_map(|o| str_of(&o["value"]))
+            .any(|v| v.contains(&referred));
+        assert!(
+            serve_vars.contains(name) || helper,
+            "serve reads no {name}, and no variable refers to it"
+        );
+    }
+
+    // A cluster of nodes, each advertising its own stable name.
+    assert_eq!(
+        settings.get("cluster").and_then(|v| v.as_bool()),
+        Some(true)
+    );
+    assert!(
+        sets[0]["spec"]["replicas"].as_i64().unwrap_or(1) >= 2,
+        "a cluster of one"
+    );
+    let governing = str_of(&sets[0]["spec"]["serviceName"]).unwrap_or_default();
+    let headless = services
+        .iter()
+        .find(|s| str_of(&s["metadata"]["name"]) == Some(governing))
+        .ok_or_else(|| anyhow::anyhow!("no Service {governing:?} governs the StatefulSet"))?;
+    assert_eq!(str_of(&headless["spec"]["clusterIP"]), Some("None"));
+    let headless_ports: BTreeSet<&str> = headless["spec"]["ports"]
+        .as_vec()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| str_of(&p["targetPort"]))
+        .collect();
+    assert_eq!(headless_ports, BTreeSet::from(["http", "quic"]));
+    let field_of = |name: &str| -> Option<&str> {
+        pod_env
+            .iter()
+            .find(|e| str_of(&e["name"]) == Some(name))
+            .and_then(|e| str_of(&e["valueFrom"]["fieldRef"]["fieldPath"]))
+    };
+    assert_eq!(
+        field_of("TILLSTREAM_SCYLLA_NODE_ID"),
+        Some("metadata.name"),
+        "the node id is the pod's name"
+    );
+    assert_eq!(field_of("POD_NAMESPACE"), Some("metadata.namespace"));
+    for (var, port) in [
+        ("TILLSTREAM_ADVERTISE", quic_port),
+        ("TILLSTREAM_ADVERTISE_HTTP", http_port),
+    ] {
+        assert_eq!(
+            value_of(var),
+            Some(
+                format!(
+                    "$(TILLSTREAM_SCYLLA_NODE_ID).{governing}.$(POD_NAMESPACE).svc.cluster.local:{port}"
+                )
+                .as_str()
+            ),
+            "{var}: the pod's own name under the governing Service"
+        );
     }
     for (name, _) in &env {
         assert!(
