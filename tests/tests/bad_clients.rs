@@ -467,3 +467,68 @@ pub(crate) async fn other_batch(first: &[u8], seq: u64) -> anyhow::Result<Vec<u8
     }
     Ok(other)
 }
+
+/// Reads one frame: its header (whose version the test checks) and payload.
+async fn read_versioned(
+    recv: &mut quinn::RecvStream,
+) -> anyhow::Result<(FrameHeader, frame::PayloadBuf)> {
+    let mut head = [0u8; frame::HEADER_LEN];
+    tokio::time::timeout(Duration::from_secs(20), recv.read_exact(&mut head)).await??;
+    let h = FrameHeader::parse(&head, frame::DEFAULT_MAX_PAYLOAD)?;
+    let mut payload = vec![0u8; h.len as usize];
+    recv.read_exact(&mut payload).await?;
+    h.check_payload(&payload)?;
+    Ok((h, frame::aligned(&payload)))
+}
+
+/// A device of protocol version 1 (it knows no Redirect) talks to a
+/// version-2 server: it is welcomed and acknowledged in version-1 frames,
+/// which it can read, and a refusal reaches it in version 1 too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_device_is_answered_in_version_1() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start_server(dir.path(), 1).await?;
+    let endpoint = endpoint_for(&server)?;
+    let tokens = Tokens::of(&server)?;
+    let conn = endpoint
+        .connect(server.quic_addr(), "localhost")?
+        .await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = Hello {
+        version: 1,
+        device: 31,
+        token: tokens.device(31, 1, true)?,
+    };
+    send.write_all(&frame::encode_to_vec_versioned(&hello, 1)?)
+        .await?;
+    let (h, payload) = read_versioned(&mut recv).await?;
+    assert_eq!((h.msg_type, h.version), (MsgType::Welcome, 1));
+    assert_eq!(decode::<Welcome>(&payload)?.durable_seq, 0);
+    let s = script(9, 1, true, 1, 3, now_us());
+    let b = s
+        .batches
+        .last()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no batch"))?;
+    send.write_all(&frame::encode_to_vec_versioned(&Batch { seq: 1, ..b }, 1)?)
+        .await?;
+    let (h, payload) = read_versioned(&mut recv).await?;
+    assert_eq!((h.msg_type, h.version), (MsgType::Ack, 1));
+    assert_eq!(decode::<Ack>(&payload)?.durable_seq, 1);
+    // A bad token: the Reject comes in version 1 as well.
+    let conn = endpoint
+        .connect(server.quic_addr(), "localhost")?
+        .await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let forged = Hello {
+        version: 1,
+        device: 32,
+        token: b"not a token".to_vec(),
+    };
+    send.write_all(&frame::encode_to_vec_versioned(&forged, 1)?)
+        .await?;
+    let (h, _) = read_versioned(&mut recv).await?;
+    assert_eq!((h.msg_type, h.version), (MsgType::Reject, 1));
+    server.shutdown().await?;
+    Ok(())
+}
