@@ -127,7 +127,14 @@ pub(crate) async fn run(c: Arc<Cluster>, ctx: Arc<EngineCtx>, mut shutdown: watc
                 .journals
                 .get(node)
                 .is_none_or(|j| j.holder.is_empty() && j.checkpoint >= j.journal_high);
-            if *node == c.me || drained || !view.gone(node, now) {
+            // A lease renewed lately has a live holder: the node itself
+            // (late with its row, not gone), or another node replaying
+            // its journal now.
+            let held = view.journals.get(node).is_some_and(|j| {
+                !j.holder.is_empty()
+                    && now.saturating_sub(j.renewed_at_us) < MEMBER_LEASE.as_micros() as i64
+            });
+            if *node == c.me || drained || held || !view.gone(node, now) {
                 continue;
             }
             if adopter(node, &live).map(|i| live[i]) != Some(c.me.as_str()) {
@@ -204,8 +211,16 @@ async fn adopt(c: &Cluster, node: &str) {
     };
     let done = tokio::task::spawn_blocking(move || {
         let store = ScyllaStore::connect(cfg)?;
+        let opened = started.elapsed();
         let replayed = crate::recovery::recover(&store)?;
+        let recovered = started.elapsed();
         drop(store);
+        tracing::info!(
+            open_ms = opened.as_millis() as u64,
+            replay_ms = (recovered - opened).as_millis() as u64,
+            close_ms = (started.elapsed() - recovered).as_millis() as u64,
+            "the gone node's journal: opened, replayed, closed"
+        );
         Ok::<_, StoreError>(replayed)
     })
     .await;

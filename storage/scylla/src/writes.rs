@@ -99,6 +99,10 @@ pub(crate) async fn prep_conditional(
 }
 
 impl Prepared {
+    /// Prepares every statement at once: one round trip to the cluster
+    /// instead of one per statement, which on a loaded cluster made a
+    /// start (and the replay of a gone node's journal, which opens its
+    /// node id) take seconds longer.
     pub(crate) async fn new(
         session: &Session,
         t: &Texts,
@@ -118,57 +122,121 @@ impl Prepared {
                 Table::RejectedEvents => select::<RejectedEventRow>(ks, ""),
                 Table::DeadLetters => select::<DeadLetterRow>(ks, ""),
             };
-            scans.push((table, prep(session, &text).await?));
+            scans.push((table, text));
         }
-        Ok(Prepared {
-            journal_insert: prep(session, &t.journal_insert).await?,
-            journal_read: prep(session, &t.journal_read).await?,
-            journal_delete_segment: prep(session, &t.journal_delete_segment).await?,
-            generation_write: prep_conditional(session, &t.generation_write).await?,
+        // (conditional, text) in the order the fields below take them.
+        let texts: Vec<(bool, String)> = vec![
+            (false, t.journal_insert.clone()),
+            (false, t.journal_read.clone()),
+            (false, t.journal_delete_segment.clone()),
+            (true, t.generation_write.clone()),
+            (false, t.checkpoint_read.clone()),
+            (true, t.checkpoint_write.clone()),
+            (false, t.pruned_write.clone()),
+            (false, t.watermark_read.clone()),
+            (false, t.batch_read.clone()),
+            (false, t.levels_read.clone()),
+            (false, t.store_movements_read.clone()),
+            (false, t.rollups_read.clone()),
+            (false, t.history_read.clone()),
+            (false, t.sales_read.clone()),
+            (false, insert::<SaleRow>(ks, false)),
+            (false, insert::<SaleLineRow>(ks, false)),
+            (false, insert::<StockMovementRow>(ks, false)),
+            (false, insert::<ByStoreHour>(ks, false)),
+            (false, insert::<StockLevelRow>(ks, true)),
+            (false, insert::<TerminalRollupRow>(ks, true)),
+            (false, insert::<DeviceHealthRow>(ks, false)),
+            (false, insert::<WatermarkRow>(ks, true)),
+            (false, insert::<BatchRow>(ks, false)),
+            (false, insert::<RejectedEventRow>(ks, false)),
+            (
+                false,
+                insert_into(ks, "dead_letters", DEAD_LETTER_COLUMNS, false),
+            ),
+            (false, t.staged_levels_insert.clone()),
+            (false, t.staged_rollups_insert.clone()),
+            (false, t.staged_levels_read.clone()),
+            (false, t.staged_rollups_read.clone()),
+            (false, t.staged_levels_delete.clone()),
+            (false, t.staged_rollups_delete.clone()),
+            (false, t.snapshots_at_write.clone()),
+            (false, t.product_insert.clone()),
+            (false, t.store_insert.clone()),
+            (false, t.products_read.clone()),
+            (false, t.stores_read.clone()),
+        ];
+        let scan_tables: Vec<Table> = scans.iter().map(|(table, _)| *table).collect();
+        let texts: Vec<(bool, String)> = texts
+            .into_iter()
+            .chain(scans.into_iter().map(|(_, text)| (false, text)))
+            .collect();
+        let all = futures_util::future::join_all(texts.iter().map(|(cond, text)| async move {
+            if *cond {
+                prep_conditional(session, text).await
+            } else {
+                prep(session, text).await
+            }
+        }))
+        .await;
+        let mut prepared = all.into_iter();
+        let mut next = || {
+            prepared.next().unwrap_or_else(|| {
+                Err(StoreError::Backend {
+                    op: "preparing a statement",
+                    source: "fewer statements prepared than asked".into(),
+                })
+            })
+        };
+        let mut prepared = Prepared {
+            journal_insert: next()?,
+            journal_read: next()?,
+            journal_delete_segment: next()?,
+            generation_write: next()?,
             checkpoint_read: {
                 // At SERIAL: it sees the conditional writes of the
                 // generation and the checkpoint, committed or in flight.
-                let mut p = prep(session, &t.checkpoint_read).await?;
+                let mut p = next()?;
                 p.set_consistency(Consistency::Serial);
                 p
             },
-            checkpoint_write: prep_conditional(session, &t.checkpoint_write).await?,
-            pruned_write: prep(session, &t.pruned_write).await?,
-            watermark_read: prep(session, &t.watermark_read).await?,
-            batch_read: prep(session, &t.batch_read).await?,
-            levels_read: prep(session, &t.levels_read).await?,
-            store_movements_read: prep(session, &t.store_movements_read).await?,
-            rollups_read: prep(session, &t.rollups_read).await?,
-            history_read: prep(session, &t.history_read).await?,
-            sales_read: prep(session, &t.sales_read).await?,
-            ins_sales: prep(session, &insert::<SaleRow>(ks, false)).await?,
-            ins_lines: prep(session, &insert::<SaleLineRow>(ks, false)).await?,
-            ins_movements: prep(session, &insert::<StockMovementRow>(ks, false)).await?,
-            ins_store_movements: prep(session, &insert::<ByStoreHour>(ks, false)).await?,
-            ins_levels: prep(session, &insert::<StockLevelRow>(ks, true)).await?,
-            ins_rollups: prep(session, &insert::<TerminalRollupRow>(ks, true)).await?,
-            ins_health: prep(session, &insert::<DeviceHealthRow>(ks, false)).await?,
-            ins_marks: prep(session, &insert::<WatermarkRow>(ks, true)).await?,
-            ins_batches: prep(session, &insert::<BatchRow>(ks, false)).await?,
-            ins_rejected: prep(session, &insert::<RejectedEventRow>(ks, false)).await?,
-            ins_dead: prep(
-                session,
-                &insert_into(ks, "dead_letters", DEAD_LETTER_COLUMNS, false),
-            )
-            .await?,
-            ins_staged_levels: prep(session, &t.staged_levels_insert).await?,
-            ins_staged_rollups: prep(session, &t.staged_rollups_insert).await?,
-            staged_levels_read: prep(session, &t.staged_levels_read).await?,
-            staged_rollups_read: prep(session, &t.staged_rollups_read).await?,
-            staged_levels_delete: prep(session, &t.staged_levels_delete).await?,
-            staged_rollups_delete: prep(session, &t.staged_rollups_delete).await?,
-            snapshots_at_write: prep(session, &t.snapshots_at_write).await?,
-            product_insert: prep(session, &t.product_insert).await?,
-            store_insert: prep(session, &t.store_insert).await?,
-            products_read: prep(session, &t.products_read).await?,
-            stores_read: prep(session, &t.stores_read).await?,
-            scans,
-        })
+            checkpoint_write: next()?,
+            pruned_write: next()?,
+            watermark_read: next()?,
+            batch_read: next()?,
+            levels_read: next()?,
+            store_movements_read: next()?,
+            rollups_read: next()?,
+            history_read: next()?,
+            sales_read: next()?,
+            ins_sales: next()?,
+            ins_lines: next()?,
+            ins_movements: next()?,
+            ins_store_movements: next()?,
+            ins_levels: next()?,
+            ins_rollups: next()?,
+            ins_health: next()?,
+            ins_marks: next()?,
+            ins_batches: next()?,
+            ins_rejected: next()?,
+            ins_dead: next()?,
+            ins_staged_levels: next()?,
+            ins_staged_rollups: next()?,
+            staged_levels_read: next()?,
+            staged_rollups_read: next()?,
+            staged_levels_delete: next()?,
+            staged_rollups_delete: next()?,
+            snapshots_at_write: next()?,
+            product_insert: next()?,
+            store_insert: next()?,
+            products_read: next()?,
+            stores_read: next()?,
+            scans: Vec::with_capacity(scan_tables.len()),
+        };
+        for table in scan_tables {
+            prepared.scans.push((table, next()?));
+        }
+        Ok(prepared)
     }
 
     /// The full-table read of `table`.
