@@ -214,6 +214,10 @@ impl<F: CommitFault> Store for FaultyStore<F> {
         self.inner.backend()
     }
 
+    fn read_parallelism(&self) -> usize {
+        self.inner.read_parallelism()
+    }
+
     fn put_catalog(
         &self,
         catalog: &tillstream_storage::catalog::Catalog,

@@ -93,6 +93,7 @@ pub(crate) fn replay(
     load_each(store, &whole, &ahead, &mut |_, loaded| {
         cores.iter_mut().for_each(|core| loaded.install(core));
     })?;
+    let read_ahead_ms = started.elapsed().as_millis() as u64;
     let mut rows = RowSet::default();
     let mut needs: Vec<Need> = Vec::new();
     let mut done = Replayed {
@@ -132,12 +133,15 @@ pub(crate) fn replay(
     };
     store.journal_replay(from, &mut visit)?;
     if last > from {
+        let applied_ms = started.elapsed().as_millis() as u64;
         store.materialize(std::slice::from_ref(&rows), last)?;
         done.checkpoint = store.sync_materialized()?;
         tracing::info!(
             records = done.records,
             events = done.events,
             read_ahead = ahead.len(),
+            read_ahead_ms,
+            applied_ms,
             checkpoint = done.checkpoint,
             ms = started.elapsed().as_millis() as u64,
             "journal replayed into the tables"
@@ -215,9 +219,7 @@ fn load_each(
     needs: &[Need],
     install: &mut dyn FnMut(usize, shards::Loaded),
 ) -> Result<(), StoreError> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(needs.len());
+    let threads = store.read_parallelism().max(1).min(needs.len());
     let one_by_one = |install: &mut dyn FnMut(usize, shards::Loaded)| {
         for (i, &need) in needs.iter().enumerate() {
             install(i, shards::load(store, cfg, need)?);

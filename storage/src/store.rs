@@ -213,6 +213,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// A short name of the backend (`embedded`, `scylla`).
     fn backend(&self) -> &'static str;
 
+    /// How many activation reads (`load_*`) are worth running at once, as
+    /// recovery does before a replay: the cores for a store on this
+    /// machine, whose reads are CPU work; a networked store says more, as
+    /// its reads mostly wait on round trips.
+    fn read_parallelism(&self) -> usize {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    }
+
     /// The backend's own counters (`tillstream_*` names, with units), for
     /// `/metrics` beside the engine's: the ScyllaDB driver's requests,
     /// errors, retries and latency. None by default.

@@ -466,6 +466,14 @@ impl Store for ScyllaStore {
         "scylla"
     }
 
+    /// Eight activations at once: each is itself up to `max_in_flight`
+    /// reads, and it waits on round trips, not on this machine's cores.
+    /// With two (the cores here), replaying a gone node's journal spent
+    /// 24 s of 27 reading its 9 stores two at a time.
+    fn read_parallelism(&self) -> usize {
+        8
+    }
+
     fn backend_metrics(&self) -> Vec<(&'static str, f64)> {
         self.driver_metrics()
     }
