@@ -490,9 +490,7 @@ async fn a_version_1_device_is_answered_in_version_1() -> anyhow::Result<()> {
     let server = start_server(dir.path(), 1).await?;
     let endpoint = endpoint_for(&server)?;
     let tokens = Tokens::of(&server)?;
-    let conn = endpoint
-        .connect(server.quic_addr(), "localhost")?
-        .await?;
+    let conn = endpoint.connect(server.quic_addr(), "localhost")?.await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let hello = Hello {
         version: 1,
@@ -516,9 +514,7 @@ async fn a_version_1_device_is_answered_in_version_1() -> anyhow::Result<()> {
     assert_eq!((h.msg_type, h.version), (MsgType::Ack, 1));
     assert_eq!(decode::<Ack>(&payload)?.durable_seq, 1);
     // A bad token: the Reject comes in version 1 as well.
-    let conn = endpoint
-        .connect(server.quic_addr(), "localhost")?
-        .await?;
+    let conn = endpoint.connect(server.quic_addr(), "localhost")?.await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let forged = Hello {
         version: 1,

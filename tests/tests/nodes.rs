@@ -231,7 +231,7 @@ async fn nodes_join_die_and_restart_under_a_stream_and_nothing_is_lost() -> anyh
     let hold = hold()?;
     let c = &hold.cluster;
     let mut fleet = Fleet::start(c, "nodes", 3)?;
-    let run = fleet.stream(24_000, 300)?;
+    let run = fleet.stream(16_000, 150)?;
     let c2 = Cluster::from_env()?;
     let fleet = tokio::task::spawn_blocking(move || -> anyhow::Result<Fleet> {
         fleet
@@ -289,7 +289,7 @@ async fn a_node_frozen_past_its_lease_is_fenced_and_its_late_writes_do_not_land(
     let hold = hold()?;
     let c = &hold.cluster;
     let fleet = Fleet::start(c, "frozen", 3)?;
-    let run = fleet.stream(12_000, 300)?;
+    let run = fleet.stream(8_000, 150)?;
     let fleet = tokio::task::spawn_blocking(move || -> anyhow::Result<Fleet> {
         let mut fleet = fleet;
         let pid = fleet.node(3)?.pid().to_string();

@@ -168,17 +168,15 @@ pub(crate) async fn run(c: Arc<Cluster>, ctx: Arc<EngineCtx>, mut shutdown: watc
                 .map(|(s, _)| *s)
                 .collect()
         };
-        for store in moving {
-            if busy.lock().insert(format!("store {store}")) {
-                let (c, ctx, busy) = (c.clone(), ctx.clone(), busy.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = handoff(&c, &ctx, store).await {
-                        m::cluster_handoff_failed();
-                        tracing::warn!(store, error = %e, "handing the store over failed; will retry");
-                    }
-                    busy.lock().remove(&format!("store {store}"));
-                });
-            }
+        if !moving.is_empty() && busy.lock().insert("handoff".into()) {
+            let (c, ctx, busy) = (c.clone(), ctx.clone(), busy.clone());
+            tokio::spawn(async move {
+                if let Err(e) = handoff(&c, &ctx, &moving).await {
+                    m::cluster_handoff_failed();
+                    tracing::warn!(stores = moving.len(), error = %e, "handing stores over failed; will retry");
+                }
+                busy.lock().remove("handoff");
+            });
         }
     }
 }
@@ -240,26 +238,36 @@ async fn adopt(c: &Cluster, node: &str) {
     }
 }
 
-/// Hands `store` over: no new sessions, ends the ones served, waits for
-/// the tables to hold every batch, drops the store's state, releases it.
-pub(crate) async fn handoff(c: &Cluster, ctx: &EngineCtx, store: u32) -> Result<(), String> {
+/// Hands `stores` over together: no new sessions for them, ends the
+/// ones served, waits once for the tables to hold every batch, then per
+/// store drops its state and releases its row. Together, because each
+/// wait is for the whole node's tables: one at a time, a node leaving
+/// with eight stores behind a slow cluster waited eight times. Returns
+/// the stores handed over.
+pub(crate) async fn handoff(
+    c: &Cluster,
+    ctx: &EngineCtx,
+    stores: &[u32],
+) -> Result<Vec<u32>, String> {
     let started = Instant::now();
-    let (conns, epoch, devices) = {
+    let mut moving: Vec<(u32, u64, Vec<u64>)> = Vec::new();
+    let mut conns: Vec<quinn::Connection> = Vec::new();
+    {
         let mut st = c.state.lock();
-        let Some(o) = st.owned.get_mut(&store) else {
-            return Ok(());
-        };
-        o.leaving = true;
-        let conns: Vec<quinn::Connection> = o.sessions.values().cloned().collect();
-        (
-            conns,
-            o.epoch,
-            o.devices.iter().copied().collect::<Vec<u64>>(),
-        )
-    };
+        for &store in stores {
+            if let Some(o) = st.owned.get_mut(&store) {
+                o.leaving = true;
+                conns.extend(o.sessions.values().cloned());
+                moving.push((store, o.epoch, o.devices.iter().copied().collect()));
+            }
+        }
+    }
     let unmark = |why: String| {
-        if let Some(o) = c.state.lock().owned.get_mut(&store) {
-            o.leaving = false;
+        let mut st = c.state.lock();
+        for (store, _, _) in &moving {
+            if let Some(o) = st.owned.get_mut(store) {
+                o.leaving = false;
+            }
         }
         why
     };
@@ -270,15 +278,15 @@ pub(crate) async fn handoff(c: &Cluster, ctx: &EngineCtx, store: u32) -> Result<
         );
     }
     let until = Instant::now() + HANDOFF_SESSIONS;
-    while c
-        .state
-        .lock()
-        .owned
-        .get(&store)
-        .is_some_and(|o| !o.sessions.is_empty())
-    {
+    let sessions_left = || {
+        let st = c.state.lock();
+        moving
+            .iter()
+            .any(|(s, _, _)| st.owned.get(s).is_some_and(|o| !o.sessions.is_empty()))
+    };
+    while sessions_left() {
         if Instant::now() > until {
-            return Err(unmark("its sessions did not end".into()));
+            return Err(unmark("their sessions did not end".into()));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -287,50 +295,58 @@ pub(crate) async fn handoff(c: &Cluster, ctx: &EngineCtx, store: u32) -> Result<
             "the tables did not catch up with the journal".into(),
         ));
     }
-    // The shards and the device slots let go of the store once the tables
-    // hold all of it, which they now do (a late flush may still be landing).
-    let mut forgotten = false;
-    for _ in 0..200 {
-        let materialized = ctx
-            .store
-            .materialized_lsn()
-            .map_err(|e| unmark(e.to_string()))?;
-        let mut all = true;
-        for shard in &ctx.shards {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if shard
-                .actor
-                .send_message(ShardMsg::ForgetStore(store, tx))
-                .is_ok()
-            {
-                all &= rx.await.unwrap_or(false);
+    let mut done = Vec::with_capacity(moving.len());
+    for (store, epoch, devices) in &moving {
+        // The shards and the device slots let go of the store once the
+        // tables hold all of it, which they now do (a late flush may
+        // still be landing).
+        let mut forgotten = false;
+        for _ in 0..200 {
+            let materialized = ctx
+                .store
+                .materialized_lsn()
+                .map_err(|e| unmark(e.to_string()))?;
+            let mut all = true;
+            for shard in &ctx.shards {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if shard
+                    .actor
+                    .send_message(ShardMsg::ForgetStore(*store, tx))
+                    .is_ok()
+                {
+                    all &= rx.await.unwrap_or(false);
+                }
             }
+            if all && ctx.devices.forget(devices, materialized).is_empty() {
+                forgotten = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        if all && ctx.devices.forget(&devices, materialized).is_empty() {
-            forgotten = true;
-            break;
+        if !forgotten {
+            tracing::warn!(store, "the store's state did not leave memory; keeping it");
+            if let Some(o) = c.state.lock().owned.get_mut(store) {
+                o.leaving = false;
+            }
+            continue;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        let released = c
+            .tables
+            .release(*store, *epoch, &c.me)
+            .await
+            .map_err(|e| unmark(e.to_string()))?;
+        c.state.lock().owned.remove(store);
+        m::cluster_handoff(started.elapsed());
+        tracing::info!(
+            store,
+            epoch,
+            released,
+            ms = started.elapsed().as_millis() as u64,
+            "handed the store over"
+        );
+        done.push(*store);
     }
-    if !forgotten {
-        return Err(unmark("the store's state did not leave memory".into()));
-    }
-    let released = c
-        .tables
-        .release(store, epoch, &c.me)
-        .await
-        .map_err(|e| unmark(e.to_string()))?;
-    c.state.lock().owned.remove(&store);
-    m::cluster_handoff(started.elapsed());
-    tracing::info!(
-        store,
-        epoch,
-        released,
-        sessions = conns.len(),
-        ms = started.elapsed().as_millis() as u64,
-        "handed the store over"
-    );
-    Ok(())
+    Ok(done)
 }
 
 /// SIGTERM: says this node is leaving, hands every store over, and
@@ -339,18 +355,23 @@ pub(crate) async fn leave(c: &Arc<Cluster>, ctx: &EngineCtx) {
     let started = Instant::now();
     c.state.lock().leaving = true;
     let _ = refresh(c).await;
-    // Every session ends at once; the hand-offs then find them gone.
-    close_all(c, "this node is leaving the cluster");
     let stores: Vec<u32> = c.state.lock().owned.keys().copied().collect();
-    let mut failed = 0;
-    for &store in &stores {
-        if let Err(e) = handoff(c, ctx, store).await {
+    let handed = match handoff(c, ctx, &stores).await {
+        Ok(done) => done.len(),
+        Err(e) => {
             m::cluster_handoff_failed();
-            tracing::warn!(store, error = %e, "handing the store over on leaving failed");
-            failed += 1;
+            tracing::warn!(error = %e, "handing the stores over on leaving failed: a node replays this one's journal once it is gone");
+            0
         }
-    }
-    if let Err(e) = c.tables.remove(&c.me).await {
+    };
+    let failed = stores.len() - handed;
+    // A row with stores still held stays, marked leaving: once this
+    // process is gone it is a member gone, whose journal is replayed (if
+    // the drain leaves any of it out of the tables) and whose stores are
+    // taken. Without the row no node would look at them.
+    if failed == 0
+        && let Err(e) = c.tables.remove(&c.me).await
+    {
         tracing::warn!(error = %e, "removing this node's member row failed");
     }
     tracing::info!(
