@@ -46,13 +46,21 @@ impl RawSession {
 pub async fn read_msg(
     recv: &mut quinn::RecvStream,
 ) -> anyhow::Result<(MsgType, frame::PayloadBuf)> {
+    let (h, payload) = read_frame(recv).await?;
+    Ok((h.msg_type, payload))
+}
+
+/// [`read_msg`], with the whole header (its protocol version, say).
+pub async fn read_frame(
+    recv: &mut quinn::RecvStream,
+) -> anyhow::Result<(FrameHeader, frame::PayloadBuf)> {
     let mut head = [0u8; frame::HEADER_LEN];
     tokio::time::timeout(Duration::from_secs(20), recv.read_exact(&mut head)).await??;
     let h = FrameHeader::parse(&head, frame::DEFAULT_MAX_PAYLOAD)?;
     let mut payload = vec![0u8; h.len as usize];
     recv.read_exact(&mut payload).await?;
     h.check_payload(&payload)?;
-    Ok((h.msg_type, frame::aligned(&payload)))
+    Ok((h, frame::aligned(&payload)))
 }
 
 /// A `Batch` frame of `events` with seq `seq`, stamped now.

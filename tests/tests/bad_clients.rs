@@ -65,13 +65,18 @@ pub(crate) async fn expect_error(
 }
 
 pub(crate) fn good_batch(seq: u64) -> anyhow::Result<Vec<u8>> {
+    Ok(frame::encode_to_vec(&good_batch_msg(seq)?)?)
+}
+
+/// The batch of [`good_batch`], before encoding.
+fn good_batch_msg(seq: u64) -> anyhow::Result<Batch> {
     let s = script(9, 1, true, 1, 3, now_us());
     let b = s
         .batches
         .last()
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no batch"))?;
-    Ok(frame::encode_to_vec(&Batch { seq, ..b })?)
+    Ok(Batch { seq, ..b })
 }
 
 pub(crate) async fn dead_letters(
@@ -468,19 +473,6 @@ pub(crate) async fn other_batch(first: &[u8], seq: u64) -> anyhow::Result<Vec<u8
     Ok(other)
 }
 
-/// Reads one frame: its header (whose version the test checks) and payload.
-async fn read_versioned(
-    recv: &mut quinn::RecvStream,
-) -> anyhow::Result<(FrameHeader, frame::PayloadBuf)> {
-    let mut head = [0u8; frame::HEADER_LEN];
-    tokio::time::timeout(Duration::from_secs(20), recv.read_exact(&mut head)).await??;
-    let h = FrameHeader::parse(&head, frame::DEFAULT_MAX_PAYLOAD)?;
-    let mut payload = vec![0u8; h.len as usize];
-    recv.read_exact(&mut payload).await?;
-    h.check_payload(&payload)?;
-    Ok((h, frame::aligned(&payload)))
-}
-
 /// A device of protocol version 1 (it knows no Redirect) talks to a
 /// version-2 server: it is welcomed and acknowledged in version-1 frames,
 /// which it can read, and a refusal reaches it in version 1 too.
@@ -499,18 +491,12 @@ async fn a_version_1_device_is_answered_in_version_1() -> anyhow::Result<()> {
     };
     send.write_all(&frame::encode_to_vec_versioned(&hello, 1)?)
         .await?;
-    let (h, payload) = read_versioned(&mut recv).await?;
+    let (h, payload) = raw::read_frame(&mut recv).await?;
     assert_eq!((h.msg_type, h.version), (MsgType::Welcome, 1));
     assert_eq!(decode::<Welcome>(&payload)?.durable_seq, 0);
-    let s = script(9, 1, true, 1, 3, now_us());
-    let b = s
-        .batches
-        .last()
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("no batch"))?;
-    send.write_all(&frame::encode_to_vec_versioned(&Batch { seq: 1, ..b }, 1)?)
+    send.write_all(&frame::encode_to_vec_versioned(&good_batch_msg(1)?, 1)?)
         .await?;
-    let (h, payload) = read_versioned(&mut recv).await?;
+    let (h, payload) = raw::read_frame(&mut recv).await?;
     assert_eq!((h.msg_type, h.version), (MsgType::Ack, 1));
     assert_eq!(decode::<Ack>(&payload)?.durable_seq, 1);
     // A bad token: the Reject comes in version 1 as well.
@@ -523,7 +509,7 @@ async fn a_version_1_device_is_answered_in_version_1() -> anyhow::Result<()> {
     };
     send.write_all(&frame::encode_to_vec_versioned(&forged, 1)?)
         .await?;
-    let (h, _) = read_versioned(&mut recv).await?;
+    let (h, _) = raw::read_frame(&mut recv).await?;
     assert_eq!((h.msg_type, h.version), (MsgType::Reject, 1));
     server.shutdown().await?;
     Ok(())

@@ -154,16 +154,15 @@ impl Fleet {
         Ok(serde_json::from_str(&body)?)
     }
 
-    /// Waits until node `k` (asked of node `via`) is in `state` and holds
-    /// `stores` stores as the owners table says (`None`: any number); how
-    /// long it took.
-    fn wait_member(
+    /// Polls node `via`'s `/v1/cluster` until `done` holds of the status
+    /// and `node`'s member row; how long it took.
+    fn wait_status(
         &self,
         via: u8,
         node: &str,
-        state: &str,
-        stores: Option<u64>,
+        what: &str,
         limit: Duration,
+        done: impl Fn(&serde_json::Value, &serde_json::Value) -> bool,
     ) -> anyhow::Result<Duration> {
         let t0 = Instant::now();
         let mut last = serde_json::Value::Null;
@@ -172,43 +171,44 @@ impl Fleet {
                 let member = s["members"]
                     .as_array()
                     .and_then(|ms| ms.iter().find(|m| m["node"] == node).cloned());
-                if let Some(m) = member {
-                    let held = m["stores"].as_u64().unwrap_or(0);
-                    let fits = stores.is_none_or(|n| held == n);
-                    if m["state"] == state && fits {
-                        return Ok(t0.elapsed());
-                    }
-                    last = m;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!("{node} not {state} with {stores:?} stores within {limit:?}: last {last}")
-    }
-
-    /// Waits until `node` is live and holds a store, or the others have
-    /// released one for it (taken at its devices' next Hello, which a
-    /// stream near its end may not bring); how long it took.
-    fn wait_handed_over(&self, via: u8, node: &str, limit: Duration) -> anyhow::Result<Duration> {
-        let t0 = Instant::now();
-        let mut last = serde_json::Value::Null;
-        while t0.elapsed() < limit {
-            if let Ok(s) = self.status(via) {
-                let member = s["members"]
-                    .as_array()
-                    .and_then(|ms| ms.iter().find(|m| m["node"] == node).cloned());
-                let released = s["stores_released"].as_u64().unwrap_or(0);
-                if let Some(m) = member {
-                    let held = m["stores"].as_u64().unwrap_or(0);
-                    if m["state"] == "live" && (held > 0 || released > 0) {
-                        return Ok(t0.elapsed());
-                    }
+                if let Some(m) = member
+                    && done(&s, &m)
+                {
+                    return Ok(t0.elapsed());
                 }
                 last = s;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        bail!("no store handed over to {node} within {limit:?}: last {last}")
+        bail!("{node}: not {what} within {limit:?}: last {last}")
+    }
+
+    /// Waits until `node` is in `state` and holds `stores` stores as the
+    /// owners table says (`None`: any number).
+    fn wait_member(
+        &self,
+        via: u8,
+        node: &str,
+        state: &str,
+        stores: Option<u64>,
+        limit: Duration,
+    ) -> anyhow::Result<Duration> {
+        let what = format!("{state} with {stores:?} stores");
+        self.wait_status(via, node, &what, limit, |_, m| {
+            let held = m["stores"].as_u64().unwrap_or(0);
+            m["state"] == state && stores.is_none_or(|n| held == n)
+        })
+    }
+
+    /// Waits until `node` is live and holds a store, or the others have
+    /// released one for it (taken at its devices' next Hello, which a
+    /// stream near its end may not bring).
+    fn wait_handed_over(&self, via: u8, node: &str, limit: Duration) -> anyhow::Result<Duration> {
+        self.wait_status(via, node, "handed a store", limit, |s, m| {
+            let held = m["stores"].as_u64().unwrap_or(0);
+            let released = s["stores_released"].as_u64().unwrap_or(0);
+            m["state"] == "live" && (held > 0 || released > 0)
+        })
     }
 
     /// The end: the run acknowledged everything, every node left drains on

@@ -61,6 +61,7 @@
 
 mod backoff;
 mod device;
+mod ending;
 mod error;
 mod events;
 mod options;

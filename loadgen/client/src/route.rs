@@ -127,6 +127,48 @@ impl Dialer {
     }
 }
 
+/// The address a `Redirect`'s owner names, looked up if it is a DNS
+/// name (the first address of the endpoint's family it resolves to, or
+/// else the first); `None` when it is empty, not `host:port`, or does
+/// not resolve within the connect timeout.
+pub(crate) async fn resolve_owner(
+    endpoint: &quinn::Endpoint,
+    connect_timeout: std::time::Duration,
+    owner: &str,
+) -> Option<SocketAddr> {
+    let name = match parse_owner(owner) {
+        Some(Owner::Addr(a)) => return Some(a),
+        Some(Owner::Name(n)) => n,
+        None => {
+            if !owner.trim().is_empty() {
+                tracing::warn!(
+                    owner = shorten(owner, 128),
+                    "a Redirect's owner is not host:port; taken as empty"
+                );
+            }
+            return None;
+        }
+    };
+    let found = tokio::time::timeout(connect_timeout, tokio::net::lookup_host(name.as_str())).await;
+    let addrs: Vec<SocketAddr> = match found {
+        Ok(Ok(addrs)) => addrs.collect(),
+        Ok(Err(e)) => {
+            tracing::warn!(owner = %name, error = %e, "cannot resolve a Redirect's owner");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(owner = %name, "no answer in time resolving a Redirect's owner");
+            return None;
+        }
+    };
+    let v6 = endpoint.local_addr().ok().map(|a| a.is_ipv6());
+    addrs
+        .iter()
+        .find(|a| Some(a.is_ipv6()) == v6)
+        .or(addrs.first())
+        .copied()
+}
+
 /// A `Redirect`'s owner, checked before any lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Owner {

@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tillstream_protocol::{Ack, Error as ErrorMsg, ErrorCode, Redirect, Welcome};
+use tillstream_protocol::{Ack, Error as ErrorMsg, ErrorCode, Welcome};
 use tokio::sync::{mpsc, watch};
 
+use crate::ending::{End, Then, then_after, then_after_loss};
 use crate::error::code_name;
-use crate::route::{Owner, parse_owner, shorten};
 use crate::shared::{Refusal, Shared, State};
 use crate::wire::{Incoming, hello_frame, read_frame};
 use crate::{
@@ -23,94 +23,6 @@ use crate::{
 const CLOSE_NORMAL: u32 = 0;
 /// Application close code after the server broke the protocol.
 const CLOSE_PROTOCOL: u32 = 1;
-
-/// How a session ended.
-#[derive(Debug)]
-enum End {
-    /// The client is closing.
-    Shutdown,
-    /// The server rejected the device for good.
-    Fatal { code: u16, reason: String },
-    /// The connection was lost or could not be set up; try again, where
-    /// `then` says.
-    Lost {
-        reason: String,
-        welcomed: bool,
-        then: Then,
-    },
-}
-
-/// Where the next attempt goes after a lost session (see [`Dialer`]).
-#[derive(Debug)]
-enum Then {
-    /// The same address, after a backoff: a plain disconnect, a retryable
-    /// refusal.
-    Same,
-    /// The next seed, after a backoff: the node failed the connection or
-    /// does not serve the device.
-    NextSeed,
-    /// Where the `Redirect` says, at once if the dialer allows.
-    Redirect(Redirect),
-}
-
-impl End {
-    fn lost(reason: impl Into<String>, welcomed: bool, then: Then) -> Self {
-        End::Lost {
-            reason: reason.into(),
-            welcomed,
-            then,
-        }
-    }
-
-    /// A connection that failed before `Welcome`: the node may be dead.
-    fn failed(reason: impl Into<String>) -> Self {
-        End::lost(reason, false, Then::NextSeed)
-    }
-
-    /// The node sent the device elsewhere.
-    fn redirected(r: Redirect, welcomed: bool) -> Self {
-        let reason = format!(
-            "redirected to {:?} (store {}, epoch {})",
-            shorten(&r.owner, 128),
-            r.store,
-            r.epoch
-        );
-        End::lost(reason, welcomed, Then::Redirect(r))
-    }
-}
-
-/// Where a retryable code sends the device. `busy` (its earlier batches
-/// are still being committed there) to the same node; any other to the
-/// next seed: `not_owner` says the node does not serve it, and
-/// `draining` and `store_unavailable` say the node cannot serve it now
-/// (shutting down; fenced, cut off from its cluster, or the store
-/// changing hands), where another node may, or redirects it back.
-fn then_after(code: u16) -> Then {
-    if code == ErrorCode::Busy.as_u16() {
-        Then::Same
-    } else {
-        Then::NextSeed
-    }
-}
-
-/// Where a lost connection sends the device: an idle timeout (the node
-/// stopped answering: it may have died), or a close by the server with a
-/// code [`then_after`] sends elsewhere, to another node; anything else (a
-/// reset, a stream error) to the same one.
-fn then_after_loss(e: &quinn::ConnectionError) -> Then {
-    match e {
-        quinn::ConnectionError::TimedOut => Then::NextSeed,
-        quinn::ConnectionError::ApplicationClosed(c) => {
-            match u16::try_from(c.error_code.into_inner()) {
-                Ok(code) if ErrorCode::from_u16(code).is_some_and(ErrorCode::is_retryable) => {
-                    then_after(code)
-                }
-                _ => Then::Same,
-            }
-        }
-        _ => Then::Same,
-    }
-}
 
 /// When a session records its path MTU again, in ms after the one before,
 /// once the first record (`watch_path`) is made.
@@ -219,7 +131,7 @@ impl Session {
                     let owner = tokio::select! {
                         biased;
                         () = wait_shutdown(&mut shutdown) => return,
-                        owner = self.resolve_owner(&r.owner) => owner,
+                        owner = crate::route::resolve_owner(&self.endpoint, self.cfg.connect_timeout, &r.owner) => owner,
                     };
                     life.dialer.on_redirect(owner)
                 }
@@ -237,48 +149,6 @@ impl Session {
                 () = tokio::time::sleep(delay) => {}
             }
         }
-    }
-
-    /// The address a `Redirect`'s owner names, looked up if it is a DNS
-    /// name (the first address of the endpoint's family it resolves to, or
-    /// else the first); `None` when it is empty, not `host:port`, or does
-    /// not resolve within the connect timeout.
-    async fn resolve_owner(&self, owner: &str) -> Option<SocketAddr> {
-        let name = match parse_owner(owner) {
-            Some(Owner::Addr(a)) => return Some(a),
-            Some(Owner::Name(n)) => n,
-            None => {
-                if !owner.trim().is_empty() {
-                    tracing::warn!(
-                        owner = shorten(owner, 128),
-                        "a Redirect's owner is not host:port; taken as empty"
-                    );
-                }
-                return None;
-            }
-        };
-        let found = tokio::time::timeout(
-            self.cfg.connect_timeout,
-            tokio::net::lookup_host(name.as_str()),
-        )
-        .await;
-        let addrs: Vec<SocketAddr> = match found {
-            Ok(Ok(addrs)) => addrs.collect(),
-            Ok(Err(e)) => {
-                tracing::warn!(owner = %name, error = %e, "cannot resolve a Redirect's owner");
-                return None;
-            }
-            Err(_) => {
-                tracing::warn!(owner = %name, "no answer in time resolving a Redirect's owner");
-                return None;
-            }
-        };
-        let v6 = self.endpoint.local_addr().ok().map(|a| a.is_ipv6());
-        addrs
-            .iter()
-            .find(|a| Some(a.is_ipv6()) == v6)
-            .or(addrs.first())
-            .copied()
     }
 
     async fn session(
