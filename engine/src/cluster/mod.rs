@@ -69,6 +69,18 @@ struct Owned {
     devices: HashSet<u64>,
 }
 
+/// What the liveness rules (`MemberLiveness`) read of a member: its row
+/// and its node lease.
+fn liveness(m: &MemberRow, journal: Option<&NodeJournal>) -> MemberLiveness {
+    MemberLiveness {
+        renewed_at_us: m.renewed_at_us,
+        leaving: m.leaving,
+        generation: m.generation,
+        lease_generation: journal.map_or(0, |j| j.generation),
+        lease_renewed_at_us: journal.map_or(0, |j| j.renewed_at_us),
+    }
+}
+
 /// The members as last read.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct View {
@@ -80,13 +92,7 @@ pub(crate) struct View {
 
 impl View {
     fn liveness(&self, m: &MemberRow) -> MemberLiveness {
-        MemberLiveness {
-            renewed_at_us: m.renewed_at_us,
-            leaving: m.leaving,
-            generation: m.generation,
-            lease_generation: self.journals.get(&m.node).map_or(0, |j| j.generation),
-            lease_renewed_at_us: self.journals.get(&m.node).map_or(0, |j| j.renewed_at_us),
-        }
+        liveness(m, self.journals.get(&m.node))
     }
 
     fn build(members: Vec<MemberRow>, journals: HashMap<String, NodeJournal>, now: i64) -> View {

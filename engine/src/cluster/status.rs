@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use tillstream_engine_core::cluster::MemberLiveness;
 use tillstream_scylla::{ClusterTables, MemberRow, NodeJournal, OwnerRecord, ScyllaConfig};
 use tillstream_storage::StoreError;
 
@@ -71,13 +70,7 @@ pub(crate) fn status_of(
         .iter()
         .map(|m| {
             let journal = journals.get(&m.node);
-            let liveness = MemberLiveness {
-                renewed_at_us: m.renewed_at_us,
-                leaving: m.leaving,
-                generation: m.generation,
-                lease_generation: journal.map_or(0, |j| j.generation),
-                lease_renewed_at_us: journal.map_or(0, |j| j.renewed_at_us),
-            };
+            let liveness = super::liveness(m, journal);
             let state = if liveness.generation < liveness.lease_generation {
                 "fenced"
             } else if liveness.gone(now, lease_us) {
