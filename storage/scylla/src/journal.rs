@@ -74,12 +74,23 @@ impl ScyllaStore {
     /// Finds the journal's end after `checkpoint`. A writer refuses to
     /// start when the end is below `high`, the last LSN an ack may have
     /// covered (`fence.rs`): records are missing that the new
-    /// generation would write over. Records past the end that an append
-    /// left half-done (never acknowledged) are written over by this
-    /// start's generation, and a replay stops at such leftovers.
+    /// generation would write over.
+    ///
+    /// The end is never past `high` (or the checkpoint): records beyond it
+    /// were written by an append whose mark never landed, so nobody
+    /// acknowledged them. They are left out of the replay and written over
+    /// by this start's generation. With several nodes this matters: a
+    /// fenced process's late appends land past the high-water mark after
+    /// another node replayed its journal and its stores moved on, and
+    /// replaying them here would write those stores' rows beside their
+    /// new owner (ARCHITECTURE.md, "Several nodes").
     pub(super) fn open_journal(&self, checkpoint: u64, high: u64) -> Result<(), StoreError> {
+        let acked_end = high.max(checkpoint);
         let mut last = checkpoint;
         self.walk_journal(checkpoint, |lsn, _| {
+            if lsn > acked_end {
+                return Ok(false);
+            }
             last = lsn;
             Ok(true)
         })?;

@@ -95,6 +95,48 @@ fn a_frozen_holder_is_fenced_by_the_next_start() -> TestResult {
     Ok(())
 }
 
+/// Another node adopts a frozen holder's journal and gives it back; the
+/// holder thaws and appends (its mark fails, so nothing is acked). The
+/// node id's next start must not replay that late append: its stores
+/// have new owners by then, who write their rows.
+#[test]
+#[cfg_attr(
+    not(scylla_cluster),
+    ignore = "needs a ScyllaDB cluster: build with TILLSTREAM_SCYLLA_NODES set"
+)]
+fn a_fenced_holders_late_append_is_not_replayed_by_the_next_start() -> TestResult {
+    let ks = TestKeyspace::new("fence_late")?;
+    let old = ScyllaStore::connect(ks.cfg.clone())?;
+    old.journal_append(&records(1..=3), 3)?;
+    old.freeze_heartbeat();
+    let adopter = ScyllaStore::connect(ScyllaConfig {
+        adopting: true,
+        ..ks.cfg.clone()
+    })?;
+    assert_eq!(adopter.journal_last_lsn(), 3);
+    drop(adopter);
+    let late = err_text(old.journal_append(&records_of("late", 4..=5), 5));
+    assert!(late.contains("fenced"), "{late}");
+    let next = ScyllaStore::connect(ks.cfg.clone())?;
+    assert_eq!(
+        next.journal_last_lsn(),
+        3,
+        "the late append was never acked"
+    );
+    next.journal_append(&records_of("new", 4..=4), 4)?;
+    let mut seen = Vec::new();
+    next.journal_replay(0, &mut |lsn, payload| {
+        seen.push((lsn, String::from_utf8_lossy(payload).into_owned()));
+        Ok(())
+    })?;
+    let want: Vec<(u64, String)> = [(1, "batch 1"), (2, "batch 2"), (3, "batch 3"), (4, "new 4")]
+        .into_iter()
+        .map(|(lsn, text)| (lsn, text.to_string()))
+        .collect();
+    assert_eq!(seen, want, "LSN 5 of the late append is left out too");
+    Ok(())
+}
+
 /// A start whose journal walk ends below an LSN an ack covered refuses
 /// to run: its generation would write over the missing records.
 #[test]
