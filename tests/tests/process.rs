@@ -114,7 +114,11 @@ impl ServerProcess {
             .arg("--data-dir")
             .arg(&opts.data_dir)
             .args(&opts.extra)
-            .env("RUST_LOG", "warn")
+            // Warnings only, unless a debugging run asks for more.
+            .env(
+                "RUST_LOG",
+                std::env::var("TILLSTREAM_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -16,6 +16,9 @@
 //!   the tables. Never before: the records that node acknowledged for the
 //!   store must be in the tables before anyone applies the store's next
 //!   batch.
+//! - **What a node's periodic look at the rows changes** ([`reconcile`]):
+//!   it takes the stores rendezvous gives it before their devices ask,
+//!   and gives back the rows that name it for stores it does not serve.
 
 /// The splitmix64 finalizer (as `route`): a fixed bijection, so every
 /// node and every version computes the same weights.
@@ -171,9 +174,71 @@ pub fn may_take(
     }
 }
 
+/// What a node does, at its periodic look at every store's row, about a
+/// store whose row it read and that it does not hold in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconcile {
+    /// Take it now (through [`may_take`]), before its devices' next
+    /// `Hello` asks: rendezvous picks this node, and the row names no
+    /// one, this node, or a node gone.
+    Take,
+    /// Give it back: the row names this node, which does not serve it
+    /// (a start after a crash, a leave whose hand-off timed out, a take
+    /// whose answer was lost), and another node should. Safe because this
+    /// process replayed its own journal before it served anyone. Left
+    /// alone, the other node would send the store's devices here, and
+    /// this node would send them back.
+    Release,
+    /// Nothing to do.
+    Keep,
+}
+
+/// The [`Reconcile`] for `row`, given the live member rendezvous picks
+/// for the store (`target`) and whether the row's owner is gone.
+pub fn reconcile(me: &str, row: &OwnerRow, target: Option<&str>, owner_gone: bool) -> Reconcile {
+    let mine = target == Some(me);
+    if row.owner == me {
+        return if mine {
+            Reconcile::Take
+        } else {
+            Reconcile::Release
+        };
+    }
+    if mine && (row.owner.is_empty() || owner_gone) {
+        Reconcile::Take
+    } else {
+        Reconcile::Keep
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_row_naming_this_node_is_taken_back_or_given_back() {
+        let row = |owner: &str| OwnerRow {
+            epoch: 4,
+            owner: owner.into(),
+        };
+        // Ours and ours by rendezvous: serve it (a take raises the epoch).
+        assert_eq!(reconcile("a", &row("a"), Some("a"), false), Reconcile::Take);
+        // Ours by the row only: the node that should serve it cannot
+        // take it while the row names a live node. Give it back.
+        assert_eq!(
+            reconcile("a", &row("a"), Some("b"), false),
+            Reconcile::Release
+        );
+        assert_eq!(reconcile("a", &row("a"), None, false), Reconcile::Release);
+        // Released, or its holder gone: the node rendezvous picks takes it.
+        assert_eq!(reconcile("a", &row(""), Some("a"), false), Reconcile::Take);
+        assert_eq!(reconcile("a", &row("b"), Some("a"), true), Reconcile::Take);
+        // Another live node holds it (and is handing it over), or another
+        // node should take it: nothing to do here.
+        assert_eq!(reconcile("a", &row("b"), Some("a"), false), Reconcile::Keep);
+        assert_eq!(reconcile("a", &row(""), Some("b"), false), Reconcile::Keep);
+        assert_eq!(reconcile("a", &row("c"), Some("b"), true), Reconcile::Keep);
+    }
 
     fn nodes(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("node-{i}")).collect()

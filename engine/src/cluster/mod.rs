@@ -246,15 +246,7 @@ impl Cluster {
         }
         match self.try_take(store).await {
             Ok(Some(epoch)) => {
-                m::cluster_store_taken();
-                tracing::info!(store, epoch, "took the store");
-                self.state.lock().owned.insert(
-                    store,
-                    Owned {
-                        epoch,
-                        ..Owned::default()
-                    },
-                );
+                self.hold(store, epoch, "at a device's Hello");
                 self.admit_held(store, device, conn)
                     .unwrap_or_else(|| Admit::Wait("the store changed hands again".into()))
             }
@@ -314,6 +306,19 @@ impl Cluster {
                 epoch,
             }),
         }
+    }
+
+    /// Serves `store`, taken at `epoch`, from now on.
+    fn hold(&self, store: u32, epoch: u64, when: &'static str) {
+        m::cluster_store_taken();
+        tracing::info!(store, epoch, when, "took the store");
+        self.state.lock().owned.insert(
+            store,
+            Owned {
+                epoch,
+                ..Owned::default()
+            },
+        );
     }
 
     /// Takes `store` if [`may_take`] allows: the new epoch, `Ok(None)` if

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tillstream_engine_core::cluster::adopter;
+use tillstream_engine_core::cluster::{OwnerRow, Reconcile, adopter, reconcile};
 use tillstream_protocol::ErrorCode;
 use tillstream_scylla::{MemberRow, ScyllaConfig, ScyllaStore};
 use tillstream_storage::StoreError;
@@ -20,10 +20,17 @@ use crate::ctx::EngineCtx;
 use crate::metrics as m;
 use crate::shards::ShardMsg;
 
-/// Longest a hand-off waits for the store's sessions to end, and then for
-/// the tables to hold their batches.
-const HANDOFF_SESSIONS: Duration = Duration::from_secs(10);
+/// Longest a hand-off waits for the store's sessions to end (each ends
+/// once its batches in flight are durable), then for the tables to hold
+/// their batches, then for the shards to let the store's state go.
+/// Generous: a hand-off that gives up serves the store here again, and
+/// its devices come back only to be moved at the next try. On a loaded
+/// cluster a journal append can take seconds.
+const HANDOFF_SESSIONS: Duration = Duration::from_secs(30);
 const HANDOFF_TABLES: Duration = Duration::from_secs(30);
+const HANDOFF_FORGET: Duration = Duration::from_secs(10);
+/// Every how many ticks a node reads every store's row ([`reconcile_owners`]).
+const RECONCILE_TICKS: u64 = 3;
 
 /// Renews this node's row, reads the members and the journals, and
 /// decides whether this node may serve: not if another process took its
@@ -96,7 +103,7 @@ pub(crate) async fn run(c: Arc<Cluster>, ctx: Arc<EngineCtx>, mut shutdown: watc
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let busy: Arc<parking_lot::Mutex<HashSet<String>>> = Arc::default();
-    loop {
+    for ticks in 0u64.. {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|s| *s) => return,
@@ -168,6 +175,15 @@ pub(crate) async fn run(c: Arc<Cluster>, ctx: Arc<EngineCtx>, mut shutdown: watc
                 .map(|(s, _)| *s)
                 .collect()
         };
+        if ticks % RECONCILE_TICKS == 0 && busy.lock().insert("reconcile".into()) {
+            let (c, busy) = (c.clone(), busy.clone());
+            tokio::spawn(async move {
+                if let Err(e) = reconcile_owners(&c).await {
+                    tracing::warn!(error = %e, "reading the stores' owners failed; will retry");
+                }
+                busy.lock().remove("reconcile");
+            });
+        }
         if !moving.is_empty() && busy.lock().insert("handoff".into()) {
             let (c, ctx, busy) = (c.clone(), ctx.clone(), busy.clone());
             tokio::spawn(async move {
@@ -179,6 +195,56 @@ pub(crate) async fn run(c: Arc<Cluster>, ctx: Arc<EngineCtx>, mut shutdown: watc
             });
         }
     }
+}
+
+/// Reads every store's row and, for each store this node does not serve,
+/// does what [`reconcile`] says: takes the stores rendezvous gives it
+/// (released ones, a gone node's once its journal is drained), so their
+/// devices find them held, and gives back rows that name it for stores
+/// another node should serve, which would otherwise bounce those devices
+/// between the two nodes. Under the take lock, so no `Hello` takes a
+/// store between the look and the act.
+async fn reconcile_owners(c: &Arc<Cluster>) -> Result<(), StoreError> {
+    let rows = c.tables.owners().await?;
+    let _one = c.takes.lock().await;
+    let view = c.view();
+    let now = now_us();
+    for r in rows {
+        {
+            let st = c.state.lock();
+            if st.leaving || st.isolated.is_some() {
+                return Ok(());
+            }
+            if st.owned.contains_key(&r.store) {
+                continue;
+            }
+        }
+        let gone = !r.owner.is_empty() && r.owner != c.me && view.gone(&r.owner, now);
+        let row = OwnerRow {
+            epoch: r.epoch,
+            owner: r.owner.clone(),
+        };
+        match reconcile(&c.me, &row, view.owner_of(r.store), gone) {
+            Reconcile::Take => match c.try_take(r.store).await {
+                Ok(Some(epoch)) => c.hold(r.store, epoch, "before its devices asked"),
+                Ok(None) => {}
+                Err(why) => tracing::debug!(store = r.store, why, "not taking the store yet"),
+            },
+            Reconcile::Release => {
+                // Not released: a hand-off of this node released it
+                // since the read, or another node took it.
+                if c.tables.release(r.store, r.epoch, &c.me).await? {
+                    tracing::info!(
+                        store = r.store,
+                        epoch = r.epoch,
+                        "gave back a store this node held by its row only"
+                    );
+                }
+            }
+            Reconcile::Keep => {}
+        }
+    }
+    Ok(())
 }
 
 /// Ends every session this node serves: it may not serve them now.
@@ -301,7 +367,8 @@ pub(crate) async fn handoff(
         // tables hold all of it, which they now do (a late flush may
         // still be landing).
         let mut forgotten = false;
-        for _ in 0..200 {
+        let until = Instant::now() + HANDOFF_FORGET;
+        while Instant::now() < until {
             let materialized = ctx
                 .store
                 .materialized_lsn()
