@@ -1,8 +1,10 @@
 //! Who a device or an API caller is, and what it may do (see
 //! ARCHITECTURE.md, "Identity"). The credentials and their checks live in
 //! `tillstream-auth`; this module holds the server's side: which modes are
-//! on, the revocation list as the server knows it, the live connections
-//! each credential holds (so a revocation closes them), and the scope a
+//! on, the token keys in force (the signing key and the accepted previous
+//! keys, read again on SIGHUP), the revocation list as the server knows
+//! it, the live connections each credential holds (so a revocation, or
+//! the retirement of their token's key, closes them), and the scope a
 //! device's batches are planned with.
 
 use std::collections::{HashMap, HashSet};
@@ -13,7 +15,8 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
 use rustls::pki_types::CertificateDer;
-use tillstream_auth::token::{SIGNING_KEY, SigningKey};
+use tillstream_auth::keys::Verifier;
+use tillstream_auth::token::SIGNING_KEY;
 use tillstream_auth::{Claims, Role, ca, now_s, revocation};
 use tillstream_engine_core::route::{Kinds, Scope};
 use tillstream_protocol::ErrorCode;
@@ -98,11 +101,33 @@ struct Live {
     conn: quinn::Connection,
     device: u64,
     expires_at_s: u64,
+    /// The token key that verified the credential (`None`: a certificate).
+    key_id: Option<String>,
+}
+
+/// The token keys a server verifies with, by their ids (`kid`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenKeys {
+    /// The key in `DATA_DIR/auth/signing.key`.
+    pub signing: String,
+    /// The keys in `DATA_DIR/auth/previous-keys/`, whose tokens also verify.
+    pub accepted: Vec<String>,
+}
+
+impl TokenKeys {
+    fn of(v: &Verifier) -> Self {
+        Self {
+            signing: v.signing().kid().to_owned(),
+            accepted: v.accepted().iter().map(|k| k.kid().to_owned()).collect(),
+        }
+    }
 }
 
 /// The server's authentication state.
 pub(crate) struct Auth {
-    key: Option<SigningKey>,
+    /// The token keys; `None` when authentication is off. Replaced whole
+    /// on SIGHUP; a check clones the `Arc` and verifies outside the lock.
+    keys: Option<RwLock<Arc<Verifier>>>,
     tokens: bool,
     ca_pem: Option<Vec<u8>>,
     data_dir: PathBuf,
@@ -141,7 +166,7 @@ impl Auth {
                 .unwrap_or(&AuditTarget::File(data_dir.join("audit.jsonl"))),
         )?;
         let mut auth = Self {
-            key: None,
+            keys: None,
             tokens: false,
             ca_pem: None,
             data_dir: data_dir.to_owned(),
@@ -160,11 +185,16 @@ impl Auth {
             );
             return Ok(auth);
         }
-        let (key, made) =
-            SigningKey::load_or_create(&data_dir.join(SIGNING_KEY)).map_err(auth_err)?;
+        let (keys, made) = Verifier::load_or_create(data_dir).map_err(auth_err)?;
         if made {
             tracing::info!(key = %data_dir.join(SIGNING_KEY).display(), "created the token signing key; `tillstream token issue` signs with it");
         }
+        let in_force = TokenKeys::of(&keys);
+        tracing::info!(
+            signing = %in_force.signing,
+            accepted = ?in_force.accepted,
+            "token keys"
+        );
         let (ca_cert, _) = ca::paths(data_dir);
         let use_ca = match cfg.certificates {
             CertAuth::Off => false,
@@ -179,7 +209,7 @@ impl Auth {
             })?;
             auth.ca_pem = Some(pem);
         }
-        auth.key = Some(key);
+        auth.keys = Some(RwLock::new(Arc::new(keys)));
         auth.tokens = cfg.tokens;
         auth.metrics_open = cfg.metrics_open;
         auth.reload_revocations()?;
@@ -193,7 +223,43 @@ impl Auth {
 
     /// Whether credentials are checked at all.
     pub(crate) fn enabled(&self) -> bool {
-        self.key.is_some()
+        self.keys.is_some()
+    }
+
+    /// The token keys in force; `None` when authentication is off.
+    fn verifier(&self) -> Option<Arc<Verifier>> {
+        self.keys.as_ref().map(|k| k.read().clone())
+    }
+
+    /// The token keys in force, by id; `None` when authentication is off.
+    pub(crate) fn token_keys(&self) -> Option<TokenKeys> {
+        self.verifier().map(|v| TokenKeys::of(&v))
+    }
+
+    /// Reads the signing key and the accepted keys again (SIGHUP) and puts
+    /// them in force, then closes the connections whose token was verified
+    /// by a key no longer accepted. A file that does not load changes
+    /// nothing: the keys in force stay, and the error names the file.
+    pub(crate) fn reload_keys(&self) -> Result<Option<TokenKeys>, EngineError> {
+        let Some(slot) = &self.keys else {
+            return Ok(None);
+        };
+        let fresh = Verifier::load(&self.data_dir).map_err(auth_err)?;
+        let now = TokenKeys::of(&fresh);
+        let before = std::mem::replace(&mut *slot.write(), Arc::new(fresh));
+        let before = TokenKeys::of(&before);
+        if before != now {
+            let detail = serde_json::json!({
+                "signing": now.signing,
+                "accepted": now.accepted,
+                "signing_before": before.signing,
+                "accepted_before": before.accepted,
+            });
+            self.audit
+                .log(Record::new("token_keys", "token keys reloaded").detail(detail));
+        }
+        self.sweep()?;
+        Ok(Some(now))
     }
 
     /// The device CA's certificate, when client certificates are accepted.
@@ -209,7 +275,7 @@ impl Auth {
         device: u64,
         token: &[u8],
     ) -> Result<Option<Claims>, Refused> {
-        let Some(key) = &self.key else {
+        let Some(keys) = self.verifier() else {
             return Ok(None);
         };
         let cert = conn
@@ -221,8 +287,11 @@ impl Auth {
             (None, false) if self.tokens => {
                 let token = std::str::from_utf8(token)
                     .map_err(|_| refused("the token is not text (a JWT)"))?;
-                key.verify(token, now_s())
-                    .map_err(|e| refused(e.to_string()))?
+                let claims = keys
+                    .verify(token, now_s())
+                    .map_err(|e| refused(e.to_string()))?;
+                count_key(&keys, &claims);
+                claims
             }
             (None, false) => {
                 return Err(refused(
@@ -270,7 +339,7 @@ impl Auth {
         &self,
         authorization: Option<&str>,
     ) -> Result<Option<(Role, String)>, String> {
-        let Some(key) = &self.key else {
+        let Some(keys) = self.verifier() else {
             return Ok(None);
         };
         // The scheme is case-insensitive (RFC 7235).
@@ -279,9 +348,10 @@ impl Auth {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t)
             .ok_or("a bearer token is required (tillstream token issue --role analyst|admin)")?;
-        let claims = key
+        let claims = keys
             .verify(token.trim(), now_s())
             .map_err(|e| e.to_string())?;
+        count_key(&keys, &claims);
         if self.revoked.read().contains(&claims.id) {
             return Err(format!("the credential {} was revoked", claims.id));
         }
@@ -307,6 +377,7 @@ impl Auth {
                 conn: conn.clone(),
                 device: claims.device.unwrap_or_default(),
                 expires_at_s: claims.expires_at_s,
+                key_id: claims.key_id.clone(),
             });
         LiveGuard {
             auth: self.clone(),
@@ -316,12 +387,13 @@ impl Auth {
     }
 
     /// Reads the revocation list if it changed since the last look, then
-    /// closes the live connections of revoked or expired credentials.
-    /// Returns how many it closed.
+    /// closes the live connections of revoked or expired credentials, and
+    /// of tokens whose key is no longer accepted. Returns how many it
+    /// closed.
     pub(crate) fn sweep(&self) -> Result<usize, EngineError> {
-        if self.key.is_none() {
+        let Some(keys) = self.verifier() else {
             return Ok(0);
-        }
+        };
         // A list that cannot be read now is reported, and the connections
         // are still checked against the last one read (and for expiry).
         let reloaded = self.reload_revocations();
@@ -336,6 +408,8 @@ impl Auth {
                     "credential revoked"
                 } else if l.expires_at_s <= now {
                     "credential expired"
+                } else if l.key_id.as_deref().is_some_and(|k| !keys.accepts(k)) {
+                    "token key retired"
                 } else {
                     return true;
                 };
@@ -396,6 +470,12 @@ impl Auth {
         *last = Some(seen);
         Ok(())
     }
+}
+
+/// Counts which key verified a token: tokens of an accepted previous key
+/// still in use say it cannot be retired yet.
+fn count_key(keys: &Verifier, claims: &Claims) {
+    m::token_key_used(claims.key_id.as_deref() == Some(keys.signing().kid()));
 }
 
 /// Unregisters a live connection when its session ends.

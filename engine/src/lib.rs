@@ -44,7 +44,7 @@ mod udp;
 mod wire;
 
 pub use audit::AuditTarget;
-pub use auth::{AuthConfig, CertAuth};
+pub use auth::{AuthConfig, CertAuth, TokenKeys};
 pub use backend::open_backend;
 pub use backup::{
     AbsentCredential, BackupError, BackupReport, CredentialFile, CredentialSources,

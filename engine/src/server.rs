@@ -384,6 +384,21 @@ impl Server {
         Ok(changed)
     }
 
+    /// Reads the token keys again, the signing key and the accepted
+    /// previous keys (`DATA_DIR/auth/previous-keys/*.key`), and puts them
+    /// in force; closes the connections whose token's key is no longer
+    /// accepted. A key file that does not load changes nothing (the error
+    /// names it). What SIGHUP does besides [`Server::reload`]; `None` when
+    /// authentication is off.
+    pub fn reload_keys(&self) -> Result<Option<crate::TokenKeys>, EngineError> {
+        self.ctx.auth.reload_keys()
+    }
+
+    /// The token keys in force, by id; `None` when authentication is off.
+    pub fn token_keys(&self) -> Option<crate::TokenKeys> {
+        self.ctx.auth.token_keys()
+    }
+
     /// Counts a reload whose settings could not be read (the limits in
     /// force stay): `tillstream_config_last_reload_successful` drops to 0.
     pub fn reload_refused(&self) {

@@ -327,6 +327,63 @@ fn verify_explains_a_missing_data_directory() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `token rotate-key`, `token keys` and `token retire-key` on a data
+/// directory, as an operator runs them between restarts: what each did is
+/// printed, and each mistake is refused with the file or key it concerns.
+#[test]
+fn token_key_rotation_commands_say_what_they_did_and_refuse_mistakes() -> anyhow::Result<()> {
+    use tillstream_auth::keys::{Verifier, previous_keys_dir};
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let (code, _, err) = run(&["token", "rotate-key"], &data)?;
+    assert!(code != 0 && err.contains("no signing key"), "{err}");
+
+    let old = Verifier::load_or_create(&data)?
+        .0
+        .signing()
+        .kid()
+        .to_owned();
+    let (code, out, err) = run(&["token", "rotate-key"], &data)?;
+    assert_eq!(code, 0, "{err}");
+    let new = Verifier::load(&data)?.signing().kid().to_owned();
+    assert!(
+        out.contains(&format!("old key {old}")) && out.contains(&format!("new key {new}")),
+        "{out}"
+    );
+    assert!(err.contains("retire-key"), "says what comes next: {err}");
+    let (code, out, err) = run(&["token", "keys"], &data)?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("signing   {new}")) && out.contains(&format!("accepted  {old}")),
+        "{out}"
+    );
+
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a key\n")?;
+    let bad_arg = bad.display().to_string();
+    let (code, _, err) = run(&["token", "rotate-key", "--new-key", &bad_arg], &data)?;
+    assert!(code != 0 && err.contains("bad.pem"), "{err}");
+    let (code, _, err) = run(&["token", "retire-key", "--kid", &new], &data)?;
+    assert!(code != 0 && err.contains("is the signing key"), "{err}");
+    let (code, _, err) = run(&["token", "retire-key", "--kid", "0123456789abcdef"], &data)?;
+    assert!(
+        code != 0 && err.contains(&old),
+        "lists the accepted keys: {err}"
+    );
+    // A file among the accepted keys that holds none is named: a server
+    // would not start with it.
+    let junk = previous_keys_dir(&data).join("junk.key");
+    std::fs::write(&junk, "junk\n")?;
+    let (code, _, err) = run(&["token", "keys"], &data)?;
+    assert!(code != 0 && err.contains("junk.key"), "{err}");
+    std::fs::remove_file(&junk)?;
+
+    let (code, _, err) = run(&["token", "retire-key", "--kid", &old], &data)?;
+    assert_eq!(code, 0, "{err}");
+    assert!(Verifier::load(&data)?.accepted().is_empty());
+    Ok(())
+}
+
 /// `serve --journal-dir` keeps the journal in another directory, and
 /// what is acknowledged survives a SIGKILL there: with rows held back
 /// from the tables (a long flush interval), the acknowledged batches are

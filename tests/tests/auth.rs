@@ -20,6 +20,8 @@ use tillstream_tests::{Tokens, caught_up, endpoint_for, now_us, test_config};
 
 use crate::process::{ServeOpts, ServerProcess};
 
+mod key_rotation;
+
 const AUTH_FAILED: u16 = 11;
 
 /// A server with its HTTP API, revocations looked at every 100 ms.

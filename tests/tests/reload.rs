@@ -12,7 +12,8 @@ use tillstream_tests::raw::{RawSession, batch_frame, read_msg};
 
 use crate::process::{ServeOpts, ServerProcess};
 
-fn hangup(server: &ServerProcess) -> anyhow::Result<()> {
+/// `kill -HUP` of the server.
+pub(crate) fn hangup(server: &ServerProcess) -> anyhow::Result<()> {
     let status = Command::new("kill")
         .args(["-HUP", &server.pid().to_string()])
         .status()?;

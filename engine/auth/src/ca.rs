@@ -185,6 +185,7 @@ pub fn claims_from_cert(der: &[u8]) -> Result<Claims, AuthError> {
         expires_at_s: u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0),
         id: serial_id(cert.raw_serial()),
         method: Method::Certificate,
+        key_id: None,
     })
 }
 

@@ -9,8 +9,11 @@
 //!
 //! The HTTP API takes the same tokens with role `admin` or `analyst`.
 //! [`revocation`] is the list of credentials withdrawn before they expire.
+//! [`keys`] lets a server accept tokens of previous keys besides its
+//! signing key, so that the key can be rotated with no downtime.
 
 pub mod ca;
+pub mod keys;
 pub mod revocation;
 pub mod token;
 
@@ -21,8 +24,8 @@ pub use files::write_atomic;
 use std::fmt;
 use std::str::FromStr;
 
-/// Below the data directory: the signing key, the device CA, the list of
-/// revoked credentials.
+/// Below the data directory: the signing key, the accepted previous keys,
+/// the device CA, the list of revoked credentials.
 pub const AUTH_DIR: &str = "auth";
 
 /// What a credential allows.
@@ -106,6 +109,10 @@ pub struct Claims {
     pub id: String,
     /// How it was presented.
     pub method: Method,
+    /// The id (`kid`) of the token key that verified it; `None` for a
+    /// certificate. A server that stops accepting that key closes the
+    /// connections it verified.
+    pub key_id: Option<String>,
 }
 
 /// Why a credential was refused. The messages go back to the client and
@@ -119,6 +126,12 @@ pub enum AuthError {
     /// The signature does not verify with this deployment's key.
     #[error("the credential's signature does not verify with this server's key")]
     BadSignature,
+    /// The token names (`kid`) a key this server does not accept: one
+    /// retired after a rotation, or another deployment's.
+    #[error(
+        "the credential's signature cannot be checked: it names a signing key this server does not accept (retired, or another deployment's)"
+    )]
+    UnknownKey,
     /// Past its expiry.
     #[error("the credential expired")]
     Expired,
@@ -133,6 +146,15 @@ pub enum AuthError {
         #[source]
         source: std::io::Error,
     },
+    /// A key file that holds no usable token key.
+    #[error("{path}: {reason}")]
+    BadKey {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// A key rotation that cannot be done as asked.
+    #[error("token keys: {0}")]
+    Keys(String),
     /// Generating keys or certificates.
     #[error("crypto: {0}")]
     Crypto(String),

@@ -1,9 +1,12 @@
 //! Signed tokens: JWT (RFC 7519) signed with EdDSA (Ed25519).
 //!
-//! One key pair per deployment signs and verifies: devices get tokens with
-//! role `terminal` or `shelf-sensor` and their device id and store; users
-//! of the HTTP API get `admin` or `analyst`. Verifying costs one Ed25519
-//! check per connection (per HTTP request for the API), nothing per event.
+//! One key pair per deployment signs: devices get tokens with role
+//! `terminal` or `shelf-sensor` and their device id and store; users of the
+//! HTTP API get `admin` or `analyst`. Every token names its key in the
+//! `kid` header ([`key_id`]), so that a server may also accept the tokens
+//! of a previous key while the deployment moves to a new one
+//! ([`crate::keys`]). Verifying costs one Ed25519 check per connection (per
+//! HTTP request for the API), nothing per event.
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,7 +15,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
 use crate::files::{read_string, write_atomic};
-use crate::{AuthError, Claims, Method, Role, now_s, random_id};
+use crate::{AuthError, Claims, Method, Role, hex, now_s, random_id};
 
 /// The signing key below the data directory, made on the server's first
 /// start.
@@ -23,6 +26,17 @@ const ISSUER: &str = "tillstream";
 
 /// Longest lifetime a token may be issued with: ten years.
 pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The id a token names its key by (`kid`): the first 16 hex digits (64
+/// bits) of the SHA-256 of the raw Ed25519 public key. Derived from the
+/// key, so every node and every copy of a key agree on it with nothing to
+/// configure; public, like the key it names.
+pub fn key_id(public_key_raw: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, public_key_raw);
+    let mut id = hex(digest.as_ref());
+    id.truncate(16);
+    id
+}
 
 /// What a token is issued for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +66,8 @@ struct JwtClaims {
 /// The deployment's Ed25519 key: issues and verifies tokens.
 pub struct SigningKey {
     pem: String,
+    public: Vec<u8>,
+    kid: String,
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
@@ -59,7 +75,9 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -89,15 +107,39 @@ impl SigningKey {
         validation.leeway = 0;
         Ok(Self {
             pem: pem.to_owned(),
+            public: pair.public_key_raw().to_vec(),
+            kid: key_id(pair.public_key_raw()),
             encoding: EncodingKey::from_ed_der(&pair.serialize_der()),
             decoding: DecodingKey::from_ed_der(pair.public_key_raw()),
             validation,
         })
     }
 
-    /// Reads the key at `path`.
+    /// Reads the key at `path`; a file that holds no usable key is an
+    /// error naming it.
     pub fn load(path: &Path) -> Result<Self, AuthError> {
-        Self::from_pem(&read_string("reading the signing key", path)?)
+        Self::from_pem(&read_string("reading the token key", path)?).map_err(|e| match e {
+            AuthError::Invalid(reason) => AuthError::BadKey {
+                path: path.to_owned(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// The id tokens name this key by (their `kid` header).
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// Whether `other` is the same key (by its public half).
+    pub fn same_key(&self, other: &SigningKey) -> bool {
+        self.public == other.public
+    }
+
+    /// The key as its PKCS#8 PEM, for copying it to another file.
+    pub(crate) fn pem(&self) -> &str {
+        &self.pem
     }
 
     /// Reads the key at `path`, or makes one there (mode 0600) if there is
@@ -132,13 +174,17 @@ impl SigningKey {
             exp: iat.saturating_add(req.ttl.as_secs()),
             jti,
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.encoding)
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
             .map_err(|e| AuthError::Crypto(e.to_string()))?;
-        Ok((token, to_claims(claims)?))
+        Ok((token, to_claims(claims, &self.kid)?))
     }
 
-    /// Checks a token's signature, issuer and expiry (against `now_s`) and
-    /// returns its claims. Revocation is the caller's list to check.
+    /// Checks a token's signature (with this key only, whatever key it
+    /// names), issuer and expiry (against `now_s`) and returns its claims.
+    /// Revocation is the caller's list to check. A server verifies with
+    /// [`crate::keys::Verifier`], which also accepts previous keys.
     pub fn verify(&self, token: &str, now_s: u64) -> Result<Claims, AuthError> {
         let data = jsonwebtoken::decode::<JwtClaims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
@@ -149,11 +195,11 @@ impl SigningKey {
         if data.claims.exp <= now_s {
             return Err(AuthError::Expired);
         }
-        to_claims(data.claims)
+        to_claims(data.claims, &self.kid)
     }
 }
 
-fn to_claims(c: JwtClaims) -> Result<Claims, AuthError> {
+fn to_claims(c: JwtClaims, kid: &str) -> Result<Claims, AuthError> {
     let device =
         if c.role.is_device() {
             Some(c.sub.parse::<u64>().map_err(|_| {
@@ -170,6 +216,7 @@ fn to_claims(c: JwtClaims) -> Result<Claims, AuthError> {
         expires_at_s: c.exp,
         id: c.jti,
         method: Method::Token,
+        key_id: Some(kid.to_owned()),
     })
 }
 
@@ -212,6 +259,44 @@ mod tests {
         assert_eq!((claims.device, claims.store), (Some(7), Some(3)));
         assert_eq!(claims.role, Role::Terminal);
         assert_eq!(claims.id.len(), 32);
+        assert_eq!(claims.key_id.as_deref(), Some(key.kid()));
+        Ok(())
+    }
+
+    #[test]
+    fn a_token_names_its_key_by_a_stable_short_id() -> Result<(), AuthError> {
+        let key = SigningKey::generate()?;
+        let (token, _) = key.issue(&terminal(60))?;
+        let header =
+            jsonwebtoken::decode_header(&token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        assert_eq!(header.kid.as_deref(), Some(key.kid()));
+        assert_eq!(key.kid().len(), 16);
+        assert!(key.kid().bytes().all(|b| b.is_ascii_hexdigit()));
+        // The same key read again has the same id; another key another.
+        let again = SigningKey::from_pem(key.pem())?;
+        assert_eq!(again.kid(), key.kid());
+        assert!(again.same_key(&key));
+        let other = SigningKey::generate()?;
+        assert_ne!(other.kid(), key.kid());
+        assert!(!other.same_key(&key));
+        // SHA-256 of nothing starts e3b0c442 98fc1c14: the id is its first
+        // 16 hex digits.
+        assert_eq!(key_id(b""), "e3b0c44298fc1c14");
+        Ok(())
+    }
+
+    #[test]
+    fn a_file_without_a_key_is_an_error_naming_it() -> Result<(), AuthError> {
+        let dir = tempfile::tempdir().map_err(|e| AuthError::Crypto(e.to_string()))?;
+        let path = dir.path().join("bad.key");
+        std::fs::write(&path, "not a key\n").map_err(|e| AuthError::Crypto(e.to_string()))?;
+        let err = SigningKey::load(&path).map(|_| ());
+        assert!(
+            matches!(&err, Err(AuthError::BadKey { path: p, .. }) if *p == path),
+            "{err:?}"
+        );
+        let shown = err.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(shown.contains("bad.key"), "{shown}");
         Ok(())
     }
 

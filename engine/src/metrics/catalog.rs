@@ -245,8 +245,12 @@ pub(super) const DESCRIPTIONS: &[(&str, &str)] = &[
         "Credentials refused, by surface (device or api).",
     ),
     (
+        "tillstream_auth_token_keys_used_total",
+        "Tokens whose signature verified, by key: signing, or accepted (a previous key in auth/previous-keys).",
+    ),
+    (
         "tillstream_auth_connections_closed_total",
-        "Live connections closed by a revocation or expiry.",
+        "Live connections closed by a revocation, an expiry or the retirement of their token's key, by reason.",
     ),
     (
         "tillstream_authz_refused_events_total",

@@ -149,6 +149,9 @@ fn zero_series() {
     for result in ["ok", "error"] {
         counter!("tillstream_config_reloads_total", "result" => result).increment(0);
     }
+    for key in ["signing", "accepted"] {
+        counter!("tillstream_auth_token_keys_used_total", "key" => key).increment(0);
+    }
 }
 
 /// Counters recorded only with labels (`zero_series` starts each known
@@ -161,6 +164,7 @@ const LABELLED: &[&str] = &[
     "tillstream_connections_refused_total",
     "tillstream_auth_failures_total",
     "tillstream_auth_connections_closed_total",
+    "tillstream_auth_token_keys_used_total",
     "tillstream_sessions_refused_total",
     "tillstream_audit_lines_dropped_total",
     "tillstream_config_reloads_total",
@@ -444,7 +448,16 @@ pub(crate) fn auth_failed(surface: &'static str) {
     counter!("tillstream_auth_failures_total", "surface" => surface).increment(1);
 }
 
-/// A live connection closed because its credential was revoked or expired.
+/// A token verified: by the signing key, or by an accepted previous key
+/// (whose tokens must be replaced before it is retired). Once per
+/// connection or HTTP request.
+pub(crate) fn token_key_used(signing: bool) {
+    let key = if signing { "signing" } else { "accepted" };
+    counter!("tillstream_auth_token_keys_used_total", "key" => key).increment(1);
+}
+
+/// A live connection closed because its credential was revoked or expired,
+/// or its token key retired.
 pub(crate) fn auth_closed(why: &'static str) {
     counter!("tillstream_auth_connections_closed_total", "reason" => why).increment(1);
 }

@@ -1,5 +1,6 @@
 //! `tillstream ca ...` and `tillstream token ...`: the device CA, signed
-//! tokens, revocation; and the `serve` flags of authentication.
+//! tokens, their keys' rotation, revocation; and the `serve` flags of
+//! authentication.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tillstream_auth::ca::{self, DeviceCa};
+use tillstream_auth::keys::{self, Verifier};
 use tillstream_auth::token::{SIGNING_KEY, SigningKey, TokenRequest};
 use tillstream_auth::{Method, Role, revocation};
 use tillstream_engine::{AuditTarget, AuthConfig, CertAuth};
@@ -187,6 +189,46 @@ enum TokenCommand {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Make a new key sign tokens while the old key's tokens still verify.
+    ///
+    /// DATA_DIR/auth/signing.key moves to
+    /// DATA_DIR/auth/previous-keys/KID.key (KID: the old key's id) and a
+    /// fresh key, or --new-key, becomes auth/signing.key (both mode 0600).
+    /// A server reads its keys at start and on SIGHUP. Then issue new
+    /// tokens, replace the old ones, and `token retire-key --kid KID`.
+    /// Nodes of a cluster must share their keys: rotate once and give
+    /// every node the same files, in three rolls
+    /// (docs/operating/cluster.md, "Rotating the token signing key").
+    RotateKey {
+        /// Data directory whose keys rotate.
+        #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The key to sign with from now on (Ed25519, PKCS#8 PEM), such as
+        /// the one every node of a cluster already accepts; a copy of it
+        /// among the accepted keys is removed. Default: a fresh key.
+        #[arg(long, value_name = "FILE")]
+        new_key: Option<PathBuf>,
+    },
+    /// Stop accepting the tokens of a previous key.
+    ///
+    /// Removes it from DATA_DIR/auth/previous-keys/. A server refuses its tokens from its
+    /// next start or SIGHUP, and then closes their live connections. The
+    /// signing key itself cannot be retired (rotate first).
+    RetireKey {
+        /// Data directory holding the key.
+        #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The key's id (`kid`), as `rotate-key` or `token keys` printed it.
+        #[arg(long)]
+        kid: String,
+    },
+    /// List the token keys of a data directory by id (`kid`, named in each
+    /// token's header): the signing key, and the accepted previous keys.
+    Keys {
+        /// Data directory holding the keys.
+        #[arg(long, default_value = "./data", env = "TILLSTREAM_DATA_DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 /// `30d`, `12h`, `30m`, `45s` or plain seconds.
@@ -300,10 +342,10 @@ pub(crate) fn run_token(args: TokenArgs) -> anyhow::Result<ExitCode> {
             let id = match (token, id) {
                 (Some(t), _) => {
                     // Read the id from a token this deployment signed, even
-                    // an expired one.
-                    let key = load_key(&data_dir, None)?;
-                    key.verify(t.trim(), 0)
-                        .context("the token does not verify with this data directory's key")?
+                    // an expired one, or one of a previous key.
+                    let keys = Verifier::load(&data_dir).context("loading the token keys")?;
+                    keys.verify(t.trim(), 0)
+                        .context("the token does not verify with this data directory's keys")?
                         .id
                 }
                 (None, Some(id)) => id,
@@ -311,8 +353,59 @@ pub(crate) fn run_token(args: TokenArgs) -> anyhow::Result<ExitCode> {
             };
             report_revoked(&data_dir, &id, Method::Token, &reason)?;
         }
+        TokenCommand::RotateKey { data_dir, new_key } => rotate_key(&data_dir, new_key)?,
+        TokenCommand::RetireKey { data_dir, kid } => {
+            for path in keys::retire(&data_dir, &kid)? {
+                crate::logging::say(format!("removed {}", path.display()));
+            }
+            crate::logging::say(format!(
+                "key {kid} retired: a server on {} refuses its tokens from its next start or SIGHUP (`kill -HUP`), and closes their connections",
+                data_dir.display()
+            ));
+        }
+        TokenCommand::Keys { data_dir } => {
+            let signing = data_dir.join(SIGNING_KEY);
+            let key = load_key(&data_dir, None)?;
+            crate::outln!("signing   {}  {}", key.kid(), signing.display())?;
+            for (path, key) in keys::load_accepted(&data_dir)? {
+                crate::outln!("accepted  {}  {}", key.kid(), path.display())?;
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn rotate_key(data_dir: &Path, new_key: Option<PathBuf>) -> anyhow::Result<()> {
+    let new = match new_key {
+        Some(path) => Some(
+            SigningKey::load(&path)
+                .with_context(|| format!("reading --new-key {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let r = keys::rotate(data_dir, new)?;
+    for path in &r.removed {
+        crate::logging::say(format!(
+            "removed {}: a copy of the new key, which signs now",
+            path.display()
+        ));
+    }
+    crate::outln!("old key {}: accepted, kept in {}", r.old, r.kept.display())?;
+    crate::outln!(
+        "new key {}: signs, in {}",
+        r.new,
+        data_dir.join(SIGNING_KEY).display()
+    )?;
+    crate::logging::say(format!(
+        "next: restart the server on {dir} (or `kill -HUP` it) so that it reads both keys; \
+         then issue new tokens (`tillstream token issue`) and replace the old ones; once no \
+         device or API user presents a token of {old}, `tillstream token retire-key --data-dir {dir} --kid {old}` \
+         and restart (or SIGHUP) again. Nodes of a cluster share keys: give every node these \
+         files (docs/operating/cluster.md, \"Rotating the token signing key\")",
+        dir = data_dir.display(),
+        old = r.old
+    ));
+    Ok(())
 }
 
 fn load_key(data_dir: &Path, key: Option<&Path>) -> anyhow::Result<SigningKey> {

@@ -65,7 +65,8 @@ pub(crate) struct Args {
     /// overrides the file. `tillstream check-config FILE` checks one.
     /// SIGHUP re-reads it and applies the connection and per-device limits
     /// (max-connections, max-*-per-device) without dropping connections;
-    /// other settings need a restart.
+    /// other settings need a restart. SIGHUP also reads the token keys
+    /// again (DATA_DIR/auth/signing.key and auth/previous-keys/*.key).
     #[arg(long, env = "TILLSTREAM_CONFIG")]
     config: Option<PathBuf>,
     /// Print the settings in force (and where each came from: flag, env,
@@ -360,6 +361,27 @@ fn reload(server: &Server, started: &RawValues, reread: &dyn Fn() -> anyhow::Res
     }
 }
 
+/// Reads the token keys again (SIGHUP), so that each phase of a key
+/// rotation needs no restart. Before the settings: a config file that no
+/// longer parses holds no key back. A key file that does not load changes
+/// nothing, and says which file.
+fn reload_keys(server: &Server) {
+    let before = server.token_keys();
+    match server.reload_keys() {
+        Ok(Some(now)) if before.as_ref() != Some(&now) => {
+            crate::logging::say(format!(
+                "SIGHUP: token keys now: signing {}, accepted [{}]",
+                now.signing,
+                now.accepted.join(", ")
+            ));
+        }
+        Ok(_) => tracing::info!("SIGHUP: token keys unchanged"),
+        Err(e) => crate::logging::fail(format!(
+            "SIGHUP: the token keys did not load, the keys in force stay: {e}"
+        )),
+    }
+}
+
 /// The server's configuration from serve's settings (which passed
 /// `Args::problems`) and where it listens.
 fn server_config(args: Args, at: &Endpoints) -> anyhow::Result<ServerConfig> {
@@ -460,6 +482,14 @@ pub(crate) fn run(
                     .map_or_else(String::new, |p| p.display().to_string())
             )),
         }
+        // During a key rotation the operator checks each node's keys.
+        if let Some(keys) = server.token_keys().filter(|k| !k.accepted.is_empty()) {
+            crate::logging::say(format!(
+                "token key {} signs; tokens of [{}] are accepted too (auth/previous-keys)",
+                keys.signing,
+                keys.accepted.join(", ")
+            ));
+        }
         if let Some(h) = server.http_addr() {
             crate::logging::say(format!(
                 "HTTP API on http://{h} (/metrics, /healthz, /readyz, /v1/verify, the query API /api/v1/, described at /api/v1/openapi.json)"
@@ -468,7 +498,10 @@ pub(crate) fn run(
         loop {
             match signals.next().await {
                 Signal::Stop => break,
-                Signal::Reload => reload(&server, &started, &reread),
+                Signal::Reload => {
+                    reload_keys(&server);
+                    reload(&server, &started, &reread);
+                }
             }
         }
         crate::logging::say("draining...");
@@ -489,7 +522,7 @@ fn refused(problems: Vec<crate::config_file::Problem>) -> ExitCode {
 enum Signal {
     /// SIGTERM or Ctrl-C: drain and exit.
     Stop,
-    /// SIGHUP: re-read the limits and the revocation list.
+    /// SIGHUP: re-read the limits, the token keys and the revocation list.
     Reload,
 }
 

@@ -172,6 +172,7 @@ fn kubernetes_manifests_match_the_server_they_run() -> anyhow::Result<()> {
         .and_then(|m| str_of(&m["mountPath"]))
         .ok_or_else(|| anyhow::anyhow!("no config mount"))?;
     assert_eq!(*config_path, format!("{mount}/tillstream.toml"));
+    token_keys_land_where_the_server_reads_them(pod)?;
 
     // Variables: those of tillstream-env and the pod's own are read by
     // serve (and the schema job's by schema apply).
@@ -298,6 +299,61 @@ fn kubernetes_manifests_match_the_server_they_run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The token keys are files where the server reads them: the signing key
+/// at DATA_DIR/auth/signing.key, always; during a key rotation the keys
+/// accepted besides it in DATA_DIR/auth/previous-keys/*.key, from an
+/// optional Secret (absent between rotations).
+fn token_keys_land_where_the_server_reads_them(pod: &Yaml) -> anyhow::Result<()> {
+    use tillstream_auth::keys::PREVIOUS_KEYS;
+    use tillstream_auth::token::SIGNING_KEY;
+    let container = &pod["spec"]["containers"][0];
+    let mount_of = |name: &str| -> anyhow::Result<String> {
+        container["volumeMounts"]
+            .as_vec()
+            .into_iter()
+            .flatten()
+            .find(|m| str_of(&m["name"]) == Some(name))
+            .and_then(|m| str_of(&m["mountPath"]))
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("no {name} mount"))
+    };
+    let (data, auth) = (mount_of("data")?, mount_of("auth")?);
+    let volume = pod["spec"]["volumes"]
+        .as_vec()
+        .into_iter()
+        .flatten()
+        .find(|v| str_of(&v["name"]) == Some("auth"))
+        .ok_or_else(|| anyhow::anyhow!("no auth volume"))?;
+    // (file in the pod, from an optional Secret) of every key file.
+    let mut keys = Vec::new();
+    for source in volume["projected"]["sources"]
+        .as_vec()
+        .into_iter()
+        .flatten()
+    {
+        let secret = &source["secret"];
+        for item in secret["items"].as_vec().into_iter().flatten() {
+            let path = format!("{auth}/{}", str_of(&item["path"]).unwrap_or_default());
+            if path.ends_with(".key") {
+                keys.push((path, secret["optional"].as_bool() == Some(true)));
+            }
+        }
+    }
+    assert!(
+        keys.contains(&(format!("{data}/{SIGNING_KEY}"), false)),
+        "the signing key is not mounted at DATA_DIR/{SIGNING_KEY}: {keys:?}"
+    );
+    let previous: Vec<&(String, bool)> = keys
+        .iter()
+        .filter(|(p, _)| p.starts_with(&format!("{data}/{PREVIOUS_KEYS}/")))
+        .collect();
+    assert!(
+        !previous.is_empty() && previous.iter().all(|(_, optional)| *optional),
+        "the previous keys are not an optional Secret in DATA_DIR/{PREVIOUS_KEYS}/: {keys:?}"
+    );
+    Ok(())
+}
+
 #[test]
 #[cfg_attr(
     not(has_kubectl),
@@ -341,5 +397,62 @@ fn kustomize_renders_the_base_with_secrets_in_place() -> anyhow::Result<()> {
     // Every object lands in the namespace, and the pod refers to the
     // generated (hashed) ConfigMap.
     assert!(rendered.contains("name: tillstream-config-"), "{rendered}");
+    // Between rotations the pod names the optional Secret of previous keys
+    // as it is (there is none); during one, the kustomization's commented
+    // generator, enabled, renames it with its hash (a change rolls the pods).
+    assert!(
+        projected_secrets(&docs).contains(&"tillstream-previous-signing-keys".to_owned()),
+        "{rendered}"
+    );
+    let kustomization = std::fs::read_to_string(base.join("kustomization.yaml"))?;
+    let commented = "  # - name: tillstream-previous-signing-keys\n  #   files:\n  #     - next.key=secrets/next.key\n  #     - previous.key=secrets/previous.key\n";
+    anyhow::ensure!(
+        kustomization.contains(commented),
+        "kustomization.yaml has no commented generator of previous keys"
+    );
+    std::fs::write(
+        base.join("kustomization.yaml"),
+        kustomization.replace(commented, &commented.replace("  # ", "  ")),
+    )?;
+    for f in ["next.key", "previous.key"] {
+        std::fs::write(base.join("secrets").join(f), "placeholder\n")?;
+    }
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&base)
+        .output()?;
+    let rendered = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kubectl kustomize, with previous keys: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = YamlLoader::load_from_str(&rendered)?;
+    let secrets: Vec<String> = docs
+        .iter()
+        .filter(|d| str_of(&d["kind"]) == Some("Secret"))
+        .filter_map(|d| str_of(&d["metadata"]["name"]).map(str::to_owned))
+        .filter(|n| n.starts_with("tillstream-previous-signing-keys-"))
+        .collect();
+    assert_eq!(secrets.len(), 1, "{rendered}");
+    assert!(
+        projected_secrets(&docs).contains(&secrets[0]),
+        "the pod does not name the generated Secret: {rendered}"
+    );
     Ok(())
+}
+
+/// The Secrets the StatefulSet's pods project into their volumes.
+fn projected_secrets(docs: &[Yaml]) -> Vec<String> {
+    docs.iter()
+        .filter(|d| str_of(&d["kind"]) == Some("StatefulSet"))
+        .flat_map(|d| {
+            d["spec"]["template"]["spec"]["volumes"]
+                .as_vec()
+                .into_iter()
+                .flatten()
+        })
+        .flat_map(|v| v["projected"]["sources"].as_vec().into_iter().flatten())
+        .filter_map(|s| str_of(&s["secret"]["name"]).map(str::to_owned))
+        .collect()
 }
