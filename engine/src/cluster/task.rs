@@ -29,7 +29,8 @@ use crate::shards::ShardMsg;
 const HANDOFF_SESSIONS: Duration = Duration::from_secs(30);
 const HANDOFF_TABLES: Duration = Duration::from_secs(30);
 const HANDOFF_FORGET: Duration = Duration::from_secs(10);
-/// Every how many ticks a node reads every store's row ([`reconcile_owners`]).
+/// Every how many ticks a node reads every store's row ([`reconcile_owners`])
+/// while no member is gone.
 const RECONCILE_TICKS: u64 = 3;
 
 /// Renews this node's row, reads the members and the journals, and
@@ -175,7 +176,15 @@ pub(crate) async fn run(c: Arc<Cluster>, ctx: Arc<EngineCtx>, mut shutdown: watc
                 .map(|(s, _)| *s)
                 .collect()
         };
-        if ticks % RECONCILE_TICKS == 0 && busy.lock().insert("reconcile".into()) {
+        // Every tick for two minutes after a member went: its stores are
+        // taken as soon as its journal is drained, not a few ticks later.
+        let lately = now - Duration::from_secs(120).as_micros() as i64;
+        let someone_gone = view
+            .members
+            .iter()
+            .any(|m| m.renewed_at_us > lately && view.gone(&m.node, now));
+        if (someone_gone || ticks % RECONCILE_TICKS == 0) && busy.lock().insert("reconcile".into())
+        {
             let (c, busy) = (c.clone(), busy.clone());
             tokio::spawn(async move {
                 if let Err(e) = reconcile_owners(&c).await {
@@ -315,6 +324,7 @@ pub(crate) async fn handoff(
     ctx: &EngineCtx,
     stores: &[u32],
 ) -> Result<Vec<u32>, String> {
+    let _one = c.handoffs.lock().await;
     let started = Instant::now();
     let mut moving: Vec<(u32, u64, Vec<u64>)> = Vec::new();
     let mut conns: Vec<quinn::Connection> = Vec::new();
@@ -423,15 +433,13 @@ pub(crate) async fn leave(c: &Arc<Cluster>, ctx: &EngineCtx) {
     c.state.lock().leaving = true;
     let _ = refresh(c).await;
     let stores: Vec<u32> = c.state.lock().owned.keys().copied().collect();
-    let handed = match handoff(c, ctx, &stores).await {
-        Ok(done) => done.len(),
-        Err(e) => {
-            m::cluster_handoff_failed();
-            tracing::warn!(error = %e, "handing the stores over on leaving failed: a node replays this one's journal once it is gone");
-            0
-        }
-    };
-    let failed = stores.len() - handed;
+    if let Err(e) = handoff(c, ctx, &stores).await {
+        m::cluster_handoff_failed();
+        tracing::warn!(error = %e, "handing the stores over on leaving failed: a node replays this one's journal once it is gone");
+    }
+    // What is still held (a hand-off the tick had started may have
+    // handed some over first).
+    let failed = c.state.lock().owned.len();
     // A row with stores still held stays, marked leaving: once this
     // process is gone it is a member gone, whose journal is replayed (if
     // the drain leaves any of it out of the tables) and whose stores are
