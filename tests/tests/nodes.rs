@@ -220,9 +220,14 @@ impl Fleet {
     ) -> anyhow::Result<Report> {
         let report = run.await??;
         if !report.ok {
-            for o in &self.opts {
+            // The whole logs outlive the temporary directory, for a look.
+            let keep = std::env::temp_dir().join(format!("tillstream-{}", self.ks));
+            std::fs::create_dir_all(&keep)?;
+            for (k, o) in self.opts.iter().enumerate() {
                 eprintln!("--- {}:\n{}", o.log.display(), tail(&o.log));
+                std::fs::copy(&o.log, keep.join(format!("node{}.log", k + 1)))?;
             }
+            eprintln!("the nodes' logs are in {}", keep.display());
             bail!("the run failed: {:?}", report.failures);
         }
         ensure!(report.events_acked == report.events_total);
@@ -247,13 +252,17 @@ impl Fleet {
 /// once its journal is replayed; the other two restart one at a time
 /// (SIGTERM hands their stores over first). The stream rides through
 /// all of it, and nothing acknowledged is lost or doubled.
+///
+/// At 100 events/s: four debug-built nodes and three Cassandra JVMs share
+/// these 2 cores, and at 150 the tables fell so far behind the journals
+/// that hand-offs waited minutes for them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet reliable on the 2-core CI machine: it passed once and failed twice (2026-11-29: the joiner took no store within 90 s; a run stalled at 15,853 of 20,000 acks after the rolling restart). Run it by hand with the cluster up: cargo test -p tillstream-tests --test e2e -- --ignored nodes::nodes_join"]
+#[ignore = "run by hand with the cluster up (about 4 minutes, and the machine to itself): cargo test -p tillstream-tests --test e2e -- --ignored nodes::nodes_join. The suite's budget on 2 cores leaves no room for it; the frozen-node test covers a leave and a rejoin. 2026-11-29: of 5 runs while it was fixed, 3 passed; 2 ran out of the loadgen's 300 s (once at the earlier 150 events/s, once with a build beside it)"]
 async fn nodes_join_die_and_restart_under_a_stream_and_nothing_is_lost() -> anyhow::Result<()> {
     let hold = hold()?;
     let c = &hold.cluster;
     let mut fleet = Fleet::start(c, "nodes", 3)?;
-    let run = fleet.stream(20_000, 150)?;
+    let run = fleet.stream(16_000, 100)?;
     let c2 = Cluster::from_env()?;
     let fleet = tokio::task::spawn_blocking(move || -> anyhow::Result<Fleet> {
         fleet
@@ -301,7 +310,12 @@ async fn nodes_join_die_and_restart_under_a_stream_and_nothing_is_lost() -> anyh
 /// A node frozen (SIGSTOP) past its lease: another node replays its
 /// journal, which fences it, and takes its stores. Thawed, it must not
 /// acknowledge or write: `/readyz` says it is fenced, the members table
-/// shows it fenced, and verify finds nothing lost or doubled.
+/// shows it fenced, and verify finds nothing lost or doubled. Then a
+/// step of a rolling restart: node 1 leaves on SIGTERM (handing its
+/// stores over) and rejoins, and the others hand its share back.
+///
+/// The CI suite's test of leaving and joining: the full one below (a
+/// fourth node, a kill, every node restarted) takes four minutes more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(cassandra_cluster),
@@ -312,7 +326,7 @@ async fn a_node_frozen_past_its_lease_is_fenced_and_its_late_writes_do_not_land(
     let hold = hold()?;
     let c = &hold.cluster;
     let fleet = Fleet::start(c, "frozen", 3)?;
-    let run = fleet.stream(8_000, 150)?;
+    let run = fleet.stream(12_000, 150)?;
     let fleet = tokio::task::spawn_blocking(move || -> anyhow::Result<Fleet> {
         let mut fleet = fleet;
         let pid = fleet.node(3)?.pid().to_string();
@@ -349,6 +363,19 @@ async fn a_node_frozen_past_its_lease_is_fenced_and_its_late_writes_do_not_land(
         let server = fleet.take(3)?;
         server.kill9()?;
         fleet.restart(3)?;
+        // Node 1 leaves and comes back.
+        let server = fleet.take(1)?;
+        let log = server.opts.log.clone();
+        let (status, took) = server.terminate(Duration::from_secs(120))?;
+        ensure!(
+            status.success(),
+            "node 1 exited with {status}: {}",
+            tail(&log)
+        );
+        eprintln!("node-1 left in {took:?}");
+        fleet.restart(1)?;
+        let back = fleet.wait_handed_over(2, "node-1", Duration::from_secs(120))?;
+        eprintln!("node-1 back: its share handed over {back:?} after it started");
         Ok(fleet)
     })
     .await??;
