@@ -372,17 +372,7 @@ fn kustomize_renders_the_base_with_secrets_in_place() -> anyhow::Result<()> {
     for f in ["tls.crt", "tls.key", "signing.key"] {
         std::fs::write(base.join("secrets").join(f), "placeholder\n")?;
     }
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(&base)
-        .output()?;
-    let rendered = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "kubectl kustomize: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let docs = YamlLoader::load_from_str(&rendered)?;
+    let (rendered, docs) = kustomize(&base, "the base")?;
     let kinds: BTreeSet<&str> = docs.iter().filter_map(|d| str_of(&d["kind"])).collect();
     for kind in [
         "StatefulSet",
@@ -417,17 +407,7 @@ fn kustomize_renders_the_base_with_secrets_in_place() -> anyhow::Result<()> {
     for f in ["next.key", "previous.key"] {
         std::fs::write(base.join("secrets").join(f), "placeholder\n")?;
     }
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(&base)
-        .output()?;
-    let rendered = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "kubectl kustomize, with previous keys: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let docs = YamlLoader::load_from_str(&rendered)?;
+    let (rendered, docs) = kustomize(&base, "with previous keys")?;
     let secrets: Vec<String> = docs
         .iter()
         .filter(|d| str_of(&d["kind"]) == Some("Secret"))
@@ -443,6 +423,22 @@ fn kustomize_renders_the_base_with_secrets_in_place() -> anyhow::Result<()> {
 }
 
 /// The Secrets the StatefulSet's pods project into their volumes.
+/// `kubectl kustomize base`: the rendered text and its documents.
+fn kustomize(base: &std::path::Path, what: &str) -> anyhow::Result<(String, Vec<Yaml>)> {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(base)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "kubectl kustomize, {what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = String::from_utf8_lossy(&out.stdout).into_owned();
+    let docs = YamlLoader::load_from_str(&rendered)?;
+    Ok((rendered, docs))
+}
+
 fn projected_secrets(docs: &[Yaml]) -> Vec<String> {
     docs.iter()
         .filter(|d| str_of(&d["kind"]) == Some("StatefulSet"))
