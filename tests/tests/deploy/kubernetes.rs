@@ -424,7 +424,7 @@ fn kustomize_renders_the_base_with_secrets_in_place() -> anyhow::Result<()> {
 
 /// The Secrets the StatefulSet's pods project into their volumes.
 /// `kubectl kustomize base`: the rendered text and its documents.
-fn kustomize(base: &std::path::Path, what: &str) -> anyhow::Result<(String, Vec<Yaml>)> {
+fn kustomize(base: &Path, what: &str) -> anyhow::Result<(String, Vec<Yaml>)> {
     let out = Command::new("kubectl")
         .arg("kustomize")
         .arg(base)
