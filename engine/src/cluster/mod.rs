@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tillstream_engine_core::cluster::{JournalState, MemberLiveness, Take, may_take, rendezvous};
-use tillstream_scylla::{ClusterTables, MemberRow, NodeJournal, ScyllaConfig};
+use tillstream_scylla::{ClusterTables, Connection, MemberRow, NodeJournal, ScyllaConfig};
 
 use crate::clock::now_us;
 use crate::metrics as m;
@@ -142,6 +142,9 @@ pub(crate) struct Cluster {
     pub(crate) tables: ClusterTables,
     /// To open a dead node's journal (`adopt`).
     pub(crate) scylla: ScyllaConfig,
+    /// A session for that, made once in the background at start: opening
+    /// a journal over it skips seconds of connecting at a failover.
+    pub(crate) adoption: std::sync::OnceLock<Connection>,
     pub(crate) me: String,
     /// The generation of this process's node lease.
     pub(crate) generation: u64,
@@ -154,7 +157,16 @@ pub(crate) struct Cluster {
     /// One hand-off at a time: SIGTERM's may start while the tick's runs,
     /// and the second then hands over what the first left.
     handoffs: tokio::sync::Mutex<()>,
+    /// Woken when a store is taken here and when the view is read again:
+    /// a `Hello` told to wait waits for this ([`Cluster::admit_patiently`]).
+    changed: tokio::sync::Notify,
 }
+
+/// How long a `Hello` told to wait is held before the refusal: inside
+/// the client's wait for an answer (10 s by default), and long enough
+/// for a store taken over at a failover to be served at once, not after
+/// the device's next backoff (2.5 to 5 s at its longest).
+const HELLO_PATIENCE: Duration = Duration::from_secs(4);
 
 #[derive(Debug, Default)]
 struct State {
@@ -203,6 +215,7 @@ impl Cluster {
             tables,
             me: scylla.node_id.clone(),
             scylla,
+            adoption: std::sync::OnceLock::new(),
             generation,
             quic_addr,
             http_addr,
@@ -210,6 +223,7 @@ impl Cluster {
             state: Mutex::new(State::default()),
             takes: tokio::sync::Mutex::new(()),
             handoffs: tokio::sync::Mutex::new(()),
+            changed: tokio::sync::Notify::new(),
         });
         // Registered and looked around before the first device is served.
         task::refresh(&cluster).await?;
@@ -231,6 +245,37 @@ impl Cluster {
         let st = self.state.lock();
         let sessions: usize = st.owned.values().map(|o| o.sessions.len()).sum();
         (st.owned.len() as u32, sessions as u32)
+    }
+
+    /// [`admit`](Self::admit), asked again each time a store is taken
+    /// here or the view is read again while the answer is to wait, for up
+    /// to [`HELLO_PATIENCE`]; not while this node serves nobody.
+    pub(crate) async fn admit_patiently(
+        self: &Arc<Self>,
+        store: u32,
+        device: u64,
+        conn: &quinn::Connection,
+    ) -> Admit {
+        let until = tokio::time::Instant::now() + HELLO_PATIENCE;
+        loop {
+            // Registered before the look, so a change during it wakes this.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let answer = self.admit(store, device, conn).await;
+            let isolated = self.state.lock().isolated.is_some();
+            match answer {
+                Admit::Wait(_) if !isolated && tokio::time::Instant::now() < until => {
+                    let _ = tokio::time::timeout_at(until, changed).await;
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    /// Wakes the `Hello`s waiting in [`admit_patiently`](Self::admit_patiently).
+    pub(crate) fn changed(&self) {
+        self.changed.notify_waiters();
     }
 
     /// What the `Hello` of `device` of `store` on `conn` gets (module docs).
@@ -319,6 +364,7 @@ impl Cluster {
                 ..Owned::default()
             },
         );
+        self.changed();
     }
 
     /// Takes `store` if [`may_take`] allows: the new epoch, `Ok(None)` if

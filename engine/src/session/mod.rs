@@ -286,7 +286,7 @@ async fn session(
                 refuse(&mut send, version, ErrorCode::NotAuthenticated, why).await;
                 return Err(SessionEnd::Refused(why.into()));
             };
-            match cluster.admit(store, device, conn).await {
+            match cluster.admit_patiently(store, device, conn).await {
                 Admit::Serve(guard) => Some(guard),
                 Admit::Redirect { owner, epoch } => {
                     m::cluster_redirect();
