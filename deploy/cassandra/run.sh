@@ -6,6 +6,7 @@
 # exercised by it.
 #
 #   run.sh start [--nodes N] [--dir DIR]   fetch Cassandra once, start N nodes
+#                                          (those that ran before, together)
 #   run.sh stop [--dir DIR]                stop every node (SIGTERM, then SIGKILL)
 #   run.sh kill K [--dir DIR]              SIGKILL node K (counting from 1)
 #   run.sh start-node K [--dir DIR]        start node K again, wait for CQL
@@ -196,6 +197,12 @@ EOF
 }
 
 start_node() {
+    launch_node "$1"
+    wait_for_cql "$1"
+}
+
+# Starts node K's JVM unless it runs, without waiting for it.
+launch_node() {
     local k="$1" d ip java pid
     d="$(node_dir "$k")"
     ip="$(node_ip "$k")"
@@ -262,7 +269,6 @@ start_node() {
             >"$d/logs/stdout.log" 2>&1 </dev/null &
         echo $! >"$d/pid"
     fi
-    wait_for_cql "$k"
 }
 
 wait_for_cql() {
@@ -300,10 +306,11 @@ nodes_line() {
     echo "TILLSTREAM_SCYLLA_NODES=$list"
 }
 
+# Waits for node K to exit after a SIGTERM (sent by the caller), and
+# SIGKILLs it after 30 s.
 stop_node() {
     local k="$1" pid waited=0
     pid="$(node_pid "$k")" || return 0
-    kill -TERM "$pid" 2>/dev/null || true
     while kill -0 "$pid" 2>/dev/null; do
         if [ "$waited" -ge 30 ]; then
             kill -KILL "$pid" 2>/dev/null || true
@@ -325,10 +332,19 @@ case "$cmd" in
 start)
     fetch_jars
     mkdir -p "$dir"
-    # Nodes one after another: a node joining while another is still
-    # starting can race it for tokens.
+    # A new node after the ones before it answer: a node joining while
+    # another is still starting can race it for tokens. Nodes that have
+    # run before (their tokens saved) start together: a whole cluster
+    # restarts in the time of its slowest node, not of all of them.
     for k in $(seq 1 "$nodes"); do
-        start_node "$k"
+        if [ -f "$(node_dir "$k")/conf/cassandra.yaml" ]; then
+            launch_node "$k"
+        else
+            start_node "$k"
+        fi
+    done
+    for k in $(seq 1 "$nodes"); do
+        wait_for_cql "$k"
     done
     nodes_line "$nodes"
     ;;
@@ -346,6 +362,10 @@ kill)
     say "node $node_k killed (SIGKILL, pid $pid)"
     ;;
 stop)
+    # All at once, then each waited for.
+    for k in $(seq "$(known_nodes)" -1 1); do
+        if pid="$(node_pid "$k")"; then kill -TERM "$pid" 2>/dev/null || true; fi
+    done
     for k in $(seq "$(known_nodes)" -1 1); do
         stop_node "$k"
     done

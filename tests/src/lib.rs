@@ -12,6 +12,7 @@ mod doc_examples {
 
 pub mod fleet_util;
 pub mod machine;
+pub mod netns;
 pub mod raw;
 pub mod relay;
 

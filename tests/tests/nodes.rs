@@ -8,6 +8,7 @@
 //!
 //! Compiled as ignored without the cluster (see `cluster.rs`).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,9 +16,12 @@ use anyhow::{Context, bail, ensure};
 use clap::Parser;
 use tillstream_loadgen::cli::Args;
 use tillstream_loadgen::report::Report;
+use tillstream_tests::netns::NetNs;
 
 use crate::cluster::{Cluster, hold};
 use crate::process::{ServeOpts, ServerProcess, tail};
+
+mod partition;
 
 /// The stores of the fleet: enough that each of 3-4 nodes serves several.
 const STORES: u32 = 30;
@@ -85,13 +89,29 @@ impl Fleet {
     fn add(&mut self, c: &Cluster) -> anyhow::Result<u8> {
         let k = self.opts.len() as u8 + 1;
         let opts = node_opts(c, self.dir.path(), &self.ks, k)?;
+        self.push(opts)
+    }
+
+    /// Starts one more node inside `ns`, listening on its device link: a
+    /// node the test can cut off from the cluster and not its devices.
+    fn add_in(&mut self, c: &Cluster, ns: &NetNs) -> anyhow::Result<u8> {
+        let k = self.opts.len() as u8 + 1;
+        let mut opts = node_opts(c, self.dir.path(), &self.ks, k)?;
+        // Nothing else listens in the namespace.
+        opts.quic = SocketAddr::from((ns.device_ip(), 7443));
+        opts.http = SocketAddr::from((ns.device_ip(), 7480));
+        opts.netns = Some(ns.name().to_string());
+        self.push(opts)
+    }
+
+    fn push(&mut self, opts: ServeOpts) -> anyhow::Result<u8> {
         if let Some(first) = self.opts.first() {
             share_identity(first, &opts)?;
         }
         let server = ServerProcess::start(&opts)?;
         self.opts.push(opts);
         self.nodes.push(Some(server));
-        Ok(k)
+        Ok(self.opts.len() as u8)
     }
 
     fn node(&self, k: u8) -> anyhow::Result<&ServerProcess> {
@@ -198,6 +218,22 @@ impl Fleet {
             let held = m["stores"].as_u64().unwrap_or(0);
             m["state"] == state && stores.is_none_or(|n| held == n)
         })
+    }
+
+    /// Waits until node `k`'s `/readyz` answers 503 with `why` in its body.
+    fn wait_readyz(&self, k: u8, why: &str, limit: Duration) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        loop {
+            let (code, body) = self.node(k)?.get("/readyz")?;
+            if code == 503 && body.contains(why) {
+                return Ok(());
+            }
+            ensure!(
+                t0.elapsed() < limit,
+                "node {k}'s /readyz, {limit:?} on: {code} {body} (waiting for 503 with {why:?})"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Waits until `node` is live and holds a store, or the others have
@@ -347,18 +383,7 @@ async fn a_node_frozen_past_its_lease_is_fenced_and_its_late_writes_do_not_land(
             moved?
         );
         // Thawed, it knows it was fenced and serves nobody.
-        let t0 = Instant::now();
-        loop {
-            let (code, body) = fleet.node(3)?.get("/readyz")?;
-            if code == 503 && body.contains("another") {
-                break;
-            }
-            ensure!(
-                t0.elapsed() < Duration::from_secs(30),
-                "the thawed node still says ready: {code} {body}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        fleet.wait_readyz(3, "another", Duration::from_secs(30))?;
         // Its process stays up, fenced; it is replaced by a restart.
         let server = fleet.take(3)?;
         server.kill9()?;

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use tillstream_tests::netns::ip;
 use tillstream_tests::*;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -195,18 +196,6 @@ async fn devices_connecting_at_once_wait_for_one_to_find_the_path_mtu() -> anyho
     for d in fleet {
         d.close().await;
     }
-    Ok(())
-}
-
-/// Runs `ip` with `args`; its error output in the error.
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = std::process::Command::new("ip").args(args).output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
     Ok(())
 }
 

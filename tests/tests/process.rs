@@ -31,6 +31,9 @@ pub(crate) struct ServeOpts {
     pub(crate) extra: Vec<String>,
     /// Where stderr goes (appended across restarts).
     pub(crate) log: PathBuf,
+    /// The network namespace it runs in (`ip netns exec`), if not this
+    /// process's (`tillstream_tests::netns`).
+    pub(crate) netns: Option<String>,
 }
 
 /// A free loopback port of each kind, found by binding port 0.
@@ -51,6 +54,7 @@ impl ServeOpts {
             shards,
             extra: Vec::new(),
             log: log.to_path_buf(),
+            netns: None,
         })
     }
 
@@ -103,7 +107,16 @@ impl ServerProcess {
             .open(&opts.log)
             .with_context(|| format!("opening {}", opts.log.display()))?;
         let started = Instant::now();
-        let child = Command::new(SERVER_BIN)
+        // `ip netns exec` execs the server: the child is the server.
+        let mut cmd = match &opts.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, SERVER_BIN]);
+                c
+            }
+            None => Command::new(SERVER_BIN),
+        };
+        let child = cmd
             .arg("serve")
             .arg("--listen")
             .arg(opts.quic.to_string())
