@@ -158,6 +158,15 @@ pub(crate) fn applied_result(
     Ok(applied(&rows))
 }
 
+/// The generation a conditional write `IF generation = ?` that was not
+/// applied found: its answer's second column (after `[applied]`).
+fn answered_generation(rows: &[Row]) -> Option<u64> {
+    match rows.first()?.columns.get(1)? {
+        Some(CqlValue::BigInt(g)) => u64::try_from(*g).ok(),
+        _ => None,
+    }
+}
+
 fn col_u64(row: &Row, i: usize) -> u64 {
     match row.columns.get(i) {
         Some(Some(CqlValue::BigInt(v))) => u64::try_from(*v).unwrap_or(0),
@@ -359,10 +368,29 @@ impl Fence {
             )
             .await?;
         if !applied(&rows) {
-            return Err(self.fenced("at a journal append"));
+            return Err(self.not_applied(&rows, generation, "at a journal append"));
         }
         self.renewed_at_us.fetch_max(now, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// The error of a lease write `IF generation = <mine>` not applied: a
+    /// fence only when the answer names a later generation. CI once saw
+    /// one not applied while two of three Cassandra nodes came back, with
+    /// no other process on the node id: its Paxos round did not win, and
+    /// poisoning on that stopped a live server for good. Any such answer
+    /// is a failed write, retried, and nothing is acknowledged on it.
+    fn not_applied(&self, rows: &[Row], mine: u64, what: &str) -> StoreError {
+        match answered_generation(rows) {
+            Some(g) if g > mine => self.fenced(what),
+            seen => StoreError::Backend {
+                op: "writing the node lease",
+                source: format!(
+                    "a conditional write {what} was not applied, but the lease names generation {seen:?}, not one after this process's {mine}; retrying"
+                )
+                .into(),
+            },
+        }
     }
 
     /// One heartbeat, when nothing renewed the lease for a while.
@@ -381,7 +409,7 @@ impl Fence {
             )
             .await?;
         if !applied(&rows) {
-            return Err(self.fenced("while idle"));
+            return Err(self.not_applied(&rows, generation, "while idle"));
         }
         self.renewed_at_us.fetch_max(now, Ordering::AcqRel);
         Ok(())
@@ -445,6 +473,25 @@ mod tests {
         assert!(!applied(&[row(Some(CqlValue::Boolean(false)))]));
         assert!(!applied(&[]));
         assert!(!applied(&[row(None)]));
+    }
+
+    #[test]
+    fn a_write_not_applied_names_the_generation_it_found() {
+        let answer = |g: Option<CqlValue>| {
+            vec![Row {
+                columns: vec![Some(CqlValue::Boolean(false)), g],
+            }]
+        };
+        assert_eq!(
+            answered_generation(&answer(Some(CqlValue::BigInt(7)))),
+            Some(7)
+        );
+        assert_eq!(answered_generation(&answer(None)), None);
+        assert_eq!(
+            answered_generation(&answer(Some(CqlValue::BigInt(-1)))),
+            None
+        );
+        assert_eq!(answered_generation(&[]), None);
     }
 
     #[test]
