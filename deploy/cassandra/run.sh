@@ -6,7 +6,8 @@
 # exercised by it.
 #
 #   run.sh start [--nodes N] [--dir DIR]   fetch Cassandra once, start N nodes
-#                                          (those that ran before, together)
+#                                          (those that ran before together,
+#                                          after the seed)
 #   run.sh stop [--dir DIR]                stop every node (SIGTERM, then SIGKILL)
 #   run.sh kill K [--dir DIR]              SIGKILL node K (counting from 1)
 #   run.sh start-node K [--dir DIR]        start node K again, wait for CQL
@@ -334,10 +335,12 @@ start)
     mkdir -p "$dir"
     # A new node after the ones before it answer: a node joining while
     # another is still starting can race it for tokens. Nodes that have
-    # run before (their tokens saved) start together: a whole cluster
-    # restarts in the time of its slowest node, not of all of them.
+    # run before (their tokens saved) start together, once the seed
+    # (node 1) answers: a node that finds no peer to gossip with gives up
+    # its start. A whole cluster restarts in the time of the seed and its
+    # slowest other node, not of all of them in a row.
     for k in $(seq 1 "$nodes"); do
-        if [ -f "$(node_dir "$k")/conf/cassandra.yaml" ]; then
+        if [ "$k" -gt 1 ] && [ -f "$(node_dir "$k")/conf/cassandra.yaml" ]; then
             launch_node "$k"
         else
             start_node "$k"

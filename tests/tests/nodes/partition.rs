@@ -17,9 +17,8 @@ use crate::cluster::{acked, hold};
 /// `/readyz`, acknowledges nothing more, and sends its devices away. The
 /// others find it gone, replay its journal (which fences its node id) and
 /// serve its stores. Joined again, it finds itself fenced, and nothing it
-/// had in flight lands. Restarted, it takes its share back. Then node 2
-/// is SIGKILLed: its stores move too. Every acknowledged batch is stored
-/// once.
+/// had in flight lands. Then node 2 is SIGKILLed: its stores move too,
+/// to node 1. Every acknowledged batch is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root (a network namespace) and the Cassandra cluster of deploy/cassandra/run.sh; .ci/run runs it as root: cargo test -p tillstream-tests --test e2e -- --ignored nodes::partition"]
 async fn a_node_cut_off_from_the_cluster_but_not_its_devices_is_fenced_and_loses_nothing()
@@ -30,7 +29,7 @@ async fn a_node_cut_off_from_the_cluster_but_not_its_devices_is_fenced_and_loses
     let ns = NetNs::new()?;
     let mut fleet = Fleet::start(c, "partition", 2)?;
     fleet.add_in(c, &ns)?;
-    let run = fleet.stream(12_000, 150)?;
+    let run = fleet.stream(9_000, 150)?;
     let fleet = tokio::task::spawn_blocking(move || -> anyhow::Result<Fleet> {
         let mut fleet = fleet;
         fleet
@@ -68,11 +67,9 @@ async fn a_node_cut_off_from_the_cluster_but_not_its_devices_is_fenced_and_loses
             "node 3 acknowledged {} batches after it was cut off",
             after - acked_isolated
         );
-        // Replaced by a restart, it takes its share back.
+        // Fenced, it stays so until replaced; a restart taking its share
+        // back is the frozen-node test's.
         fleet.take(3)?.kill9()?;
-        fleet.restart(3)?;
-        let back = fleet.wait_handed_over(1, "node-3", Duration::from_secs(120))?;
-        eprintln!("node-3 restarted: its share handed over {back:?} after");
         // Node 2 dies without a word.
         let killed_at = Instant::now();
         fleet.take(2)?.kill9()?;
