@@ -25,6 +25,7 @@
 mod cluster;
 mod cols;
 mod config;
+mod connection;
 mod fence;
 mod journal;
 mod mapping;
@@ -51,60 +52,16 @@ pub use cluster::{ClusterTables, MemberRow, NodeJournal, OwnerRecord};
 #[cfg(test)]
 pub(crate) use config::drop_keyspace;
 pub use config::{ParseConsistency, ScyllaConfig, apply_schema};
+pub use connection::Connection;
 /// Consistency levels, as the driver names them.
 pub use scylla::statement::Consistency;
 
-use fence::{Fence, LeaseStatements};
+use fence::Fence;
 use mapping::{ByStoreHour, CqlRow, writer_hash};
-use statements::Texts;
 use tillstream_storage::buckets::{LEVEL_BUCKETS, batch_seq_bucket};
 use tillstream_storage::rows::*;
 use tillstream_storage::store::{CommitInfo, ReplayVisitor, Store, StoreError, WindowMovement};
 use writes::Prepared;
-
-/// A session and its prepared statements, made once and shared by the
-/// stores opened on it ([`ScyllaStore::open_on`]). Connecting and
-/// preparing took 6 s of a failover's adoption on a loaded 3-node
-/// cluster; a node makes this ahead of need.
-#[derive(Clone)]
-pub struct Connection {
-    session: Arc<Session>,
-    st: Arc<Prepared>,
-    lease: LeaseStatements,
-}
-
-impl std::fmt::Debug for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").finish_non_exhaustive()
-    }
-}
-
-impl Connection {
-    /// Connects to `cfg`'s cluster and prepares every statement of its
-    /// keyspace. Its driver tasks run on the calling runtime.
-    pub async fn connect(cfg: &ScyllaConfig) -> Result<Connection, StoreError> {
-        let session = cfg.session().await?;
-        cfg.check_consistency(&session).await?;
-        let unprepared = |e: StoreError| StoreError::Open {
-            path: cfg.nodes.join(","),
-            reason: format!(
-                "preparing statements on keyspace {:?} ({e}); has `tillstream schema apply` run?",
-                cfg.keyspace
-            ),
-        };
-        let st = Prepared::new(&session, &Texts::new(&cfg.keyspace), &cfg.keyspace)
-            .await
-            .map_err(unprepared)?;
-        let lease = LeaseStatements::prepare(&session, &cfg.keyspace)
-            .await
-            .map_err(unprepared)?;
-        Ok(Connection {
-            session: Arc::new(session),
-            st: Arc::new(st),
-            lease,
-        })
-    }
-}
 
 /// The ScyllaDB store. See the module documentation.
 pub struct ScyllaStore {
