@@ -63,6 +63,23 @@ struct SlotState {
     idle_since: Instant,
 }
 
+/// A session's hold on its device's slot: the slot's owner until dropped.
+/// Dropped on every way out of a session, so no path leaves a closed
+/// connection as owner: such a slot would never pass for idle, and a store
+/// holding it could never be handed over (it once held a hand-off for
+/// minutes after a `Welcome` that failed to send).
+#[derive(Debug)]
+pub(crate) struct Ownership {
+    slot: Arc<DeviceSlot>,
+    conn: quinn::Connection,
+}
+
+impl Drop for Ownership {
+    fn drop(&mut self) {
+        self.slot.release(&self.conn);
+    }
+}
+
 impl DeviceSlot {
     /// Decides whether a batch is new or a replay, and records a new one
     /// as applied, with its `digest`; `None` if `conn` no longer owns the
@@ -197,8 +214,9 @@ impl DeviceSlot {
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
-    /// Makes `conn` the device's session, closing the previous one.
-    pub(crate) fn take_ownership(&self, conn: &quinn::Connection) {
+    /// Makes `conn` the device's session, closing the previous one, until
+    /// the returned hold is dropped.
+    pub(crate) fn take_ownership(self: &Arc<Self>, conn: &quinn::Connection) -> Ownership {
         let old = self.state.lock().owner.replace(conn.clone());
         if let Some(old) = old
             && old.stable_id() != conn.stable_id()
@@ -208,10 +226,14 @@ impl DeviceSlot {
                 b"superseded by a newer connection of this device",
             );
         }
+        Ownership {
+            slot: self.clone(),
+            conn: conn.clone(),
+        }
     }
 
     /// Forgets `conn` as owner if it still is.
-    pub(crate) fn release(&self, conn: &quinn::Connection) {
+    fn release(&self, conn: &quinn::Connection) {
         let mut st = self.state.lock();
         if st
             .owner
@@ -420,6 +442,64 @@ mod tests {
         for _ in 0..10 {
             assert!(!devices.pace(&slot, 1, MIN_BATCH_COST * 1000).await);
         }
+        Ok(())
+    }
+
+    /// A real QUIC connection over loopback, as the server sees it.
+    async fn a_connection(
+        dir: &std::path::Path,
+    ) -> anyhow::Result<(quinn::Connection, quinn::Connection)> {
+        use crate::tls;
+        let material = tls::load_or_create(None, dir)?;
+        let config = tls::quic_server_config(&material, None, 1 << 20, Duration::from_secs(30))?;
+        let server = quinn::Endpoint::new(
+            tls::endpoint_config(dir, 1472)?,
+            Some(config),
+            std::net::UdpSocket::bind("127.0.0.1:0")?,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        let addr = server.local_addr()?;
+        let device =
+            tillstream_client::client_endpoint(&std::fs::read(&material.trust_path)?, addr)?;
+        let (dialled, accepted) = tokio::join!(
+            async { anyhow::Ok(device.connect(addr, "localhost")?.await?) },
+            async {
+                let incoming = server
+                    .accept()
+                    .await
+                    .ok_or_else(|| anyhow::anyhow!("no connection"))?;
+                anyhow::Ok(incoming.await?)
+            },
+        );
+        Ok((dialled?, accepted?))
+    }
+
+    /// However a session ends (here: as if writing its `Welcome` failed
+    /// and it returned early), dropping its hold lets the slot go; while
+    /// held, a hand-off must wait for it.
+    #[tokio::test]
+    async fn a_session_gone_on_any_path_leaves_its_slot_free_to_forget() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn Store> = Arc::new(tillstream_embedded::EmbeddedStore::open(
+            &dir.path().join("store"),
+        )?);
+        let (_device, conn) = a_connection(dir.path()).await?;
+        let devices = Devices::new(MIN_BATCH_COST);
+        let slot = devices.slot(7, &store).await?;
+        let owner = slot.take_ownership(&conn);
+        let early_return = async move {
+            let _owner = owner;
+            conn.close(0u32.into(), b"gone");
+            Err::<(), &str>("the Welcome could not be written")
+        };
+        assert!(devices.forget(&[7], 0) == vec![7], "held by a live session");
+        assert!(early_return.await.is_err());
+        drop(slot);
+        assert_eq!(
+            devices.forget(&[7], 0),
+            Vec::<u64>::new(),
+            "the slot stayed owned"
+        );
         Ok(())
     }
 }

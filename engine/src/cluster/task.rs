@@ -430,6 +430,7 @@ pub(crate) async fn handoff(
         // tables hold all of it, which they now do (a late flush may
         // still be landing).
         let mut forgotten = false;
+        let (mut shards_held, mut devices_held) = (false, Vec::new());
         let until = Instant::now() + HANDOFF_FORGET;
         while Instant::now() < until {
             let materialized = ctx
@@ -447,14 +448,21 @@ pub(crate) async fn handoff(
                     all &= rx.await.unwrap_or(false);
                 }
             }
-            if all && ctx.devices.forget(devices, materialized).is_empty() {
+            devices_held = ctx.devices.forget(devices, materialized);
+            shards_held = !all;
+            if all && devices_held.is_empty() {
                 forgotten = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         if !forgotten {
-            tracing::warn!(store, "the store's state did not leave memory; keeping it");
+            tracing::warn!(
+                store,
+                shards_held,
+                devices_held = ?&devices_held[..devices_held.len().min(8)],
+                "the store's state did not leave memory; keeping it"
+            );
             if let Some(o) = c.state.lock().owned.get_mut(store) {
                 o.leaving = false;
             }

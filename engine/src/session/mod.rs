@@ -313,9 +313,9 @@ async fn session(
             return Err(SessionEnd::Refused(e.to_string()));
         }
     };
-    slot.take_ownership(conn);
+    let owner = slot.take_ownership(conn);
     if !slot.wait_quiescent(QUIESCE_TIMEOUT).await {
-        slot.release(conn);
+        drop(owner);
         let why = "earlier batches of this device are still being committed";
         refuse(&mut send, version, ErrorCode::Busy, why).await;
         return Err(SessionEnd::Refused(why.into()));
@@ -354,7 +354,7 @@ async fn session(
     drop(pend_tx);
     let _ = assembler.await;
     let _ = acker.await;
-    slot.release(conn);
+    drop(owner);
     outcome
 }
 
