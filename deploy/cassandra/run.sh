@@ -9,13 +9,16 @@
 #                                          (those that ran before together,
 #                                          after the seed)
 #   run.sh stop [--dir DIR]                stop every node (SIGTERM, then SIGKILL)
-#   run.sh kill K [--dir DIR]              SIGKILL node K (counting from 1)
+#   run.sh kill K [--dir DIR]              flush node K's schema, then SIGKILL it
+#                                          (counting from 1)
+#   run.sh flush-schema K [--dir DIR]      write node K's schema to disk (nodetool)
 #   run.sh start-node K [--dir DIR]        start node K again, wait for CQL
 #   run.sh status [--dir DIR]              each node: pid, and whether CQL answers
 #   run.sh nodes [--dir DIR]               the TILLSTREAM_SCYLLA_NODES line
 #
 # Node K listens on 127.0.0.K (all of 127/8 is loopback on Linux), port
-# 9042 for CQL and 7000 between nodes; 127.0.0.1 is the seed. `start`
+# 9042 for CQL and 7000 between nodes, and JMX (nodetool) on
+# 127.0.0.1:720K; 127.0.0.1 is the seed. `start`
 # prints `TILLSTREAM_SCYLLA_NODES=127.0.0.1:9042,...` as its last line.
 #
 # Environment:
@@ -218,11 +221,16 @@ launch_node() {
         say "starting node $k on $ip (logs: $d/logs/system.log)"
         # The flags of Cassandra's conf/jvm17-server.options that a node
         # needs on Java 17 (module access for its off-heap and reflection
-        # code), a small heap, and no JMX (no cassandra.jmx.* port set).
+        # code), a small heap, and JMX on loopback only, for nodetool.
         # flush_local_schema_changes=false, as Cassandra's own test suite
-        # runs: a schema change is not flushed to sstables at once (the
-        # commit log still holds it). A CREATE TABLE took 1-2 s with the
-        # flush here, and the tests create a keyspace of 20 tables each.
+        # runs: a schema change is not flushed to sstables at once. A
+        # keyspace of 20 tables took 13-34 s to create with the flush here
+        # (2026-11-30), 5-7 s without, and the tests make one each. The
+        # cost: the commit log holds the change, but a restarted node
+        # reads its schema before it replays the log, so after a SIGKILL
+        # it drops its rows of a table the disk did not know ("Skipped 20
+        # mutations from unknown CF"), acknowledged writes included. So
+        # `kill` flushes the schema first (flush_schema).
         setsid "$java" \
             -Xms"$heap" -Xmx"$heap" -Xss256k -XX:+UseG1GC -XX:+ParallelRefProcEnabled \
             -XX:MaxTenuringThreshold=1 -XX:G1HeapRegionSize=4m -XX:MaxGCPauseMillis=300 \
@@ -264,12 +272,32 @@ launch_node() {
             -Dcassandra.skip_wait_for_gossip_to_settle=0 \
             -Dcassandra.test.flush_local_schema_changes=false \
             -Dcassandra.ring_delay_ms=1000 \
+            -Dcassandra.jmx.local.port="$(jmx_port "$k")" \
             -Dcassandra.superuser_setup_delay_ms=0 -Dcassandra.triggers_dir="$d/triggers" \
             -cp "$cache/lib/*" \
             org.apache.cassandra.service.CassandraDaemon \
             >"$d/logs/stdout.log" 2>&1 </dev/null &
         echo $! >"$d/pid"
     fi
+}
+
+jmx_port() { echo $((7200 + $1)); }
+
+# Writes node K's schema tables to sstables (see the flag above): a node
+# killed afterwards knows its tables when it replays its commit log.
+flush_schema() {
+    local k="$1" java
+    java="$(find_java)" || die "no Java 11 or 17 found for nodetool"
+    # nodetool's own Java 17 access flags (Cassandra's jvm17-clients.options);
+    # its stdout is its client library's debug log.
+    "$java" -Xmx128m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+        --add-exports java.base/sun.nio.ch=ALL-UNNAMED --add-opens java.base/sun.nio.ch=ALL-UNNAMED \
+        --add-exports java.base/jdk.internal.misc=ALL-UNNAMED \
+        --add-exports java.base/jdk.internal.ref=ALL-UNNAMED --add-opens java.base/java.nio=ALL-UNNAMED \
+        -cp "$cache/lib/*" \
+        org.apache.cassandra.tools.NodeTool -h 127.0.0.1 -p "$(jmx_port "$k")" \
+        flush system_schema >/dev/null ||
+        die "nodetool could not flush node $k's schema (JMX on 127.0.0.1:$(jmx_port "$k")); a node started by an older run.sh has no JMX: stop and start it"
 }
 
 wait_for_cql() {
@@ -356,9 +384,16 @@ start-node)
     fetch_jars
     start_node "$node_k"
     ;;
+flush-schema)
+    need_k
+    node_pid "$node_k" >/dev/null || die "node $node_k is not running"
+    flush_schema "$node_k"
+    say "node $node_k's schema is on disk"
+    ;;
 kill)
     need_k
     pid="$(node_pid "$node_k")" || die "node $node_k is not running"
+    flush_schema "$node_k"
     kill -KILL "$pid"
     while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
     rm -f "$(node_dir "$node_k")/pid"
