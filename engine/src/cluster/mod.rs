@@ -88,6 +88,12 @@ pub(crate) struct View {
     pub(crate) journals: HashMap<String, NodeJournal>,
     /// The live members' ids, sorted.
     pub(crate) live: Vec<String>,
+    /// When it was read (µs): rows are judged as of then. Judged against
+    /// the clock instead, a view that a failed refresh left stale made
+    /// every member look gone: in a test, a node slow to reach a loaded
+    /// cluster took a healthy node's journal, and fenced it, from rows
+    /// it had read 7 s before.
+    pub(crate) read_at_us: i64,
 }
 
 impl View {
@@ -101,6 +107,7 @@ impl View {
             members,
             journals,
             live: Vec::new(),
+            read_at_us: now,
         };
         let mut live: Vec<String> = view
             .members
@@ -113,12 +120,16 @@ impl View {
         view
     }
 
-    /// Whether `node` is gone (no row counts as gone: it left cleanly).
-    fn gone(&self, node: &str, now: i64) -> bool {
+    /// Whether `node` was gone when the view was read (no row counts as
+    /// gone: it left cleanly).
+    fn gone(&self, node: &str) -> bool {
         self.members
             .iter()
             .find(|m| m.node == node)
-            .is_none_or(|m| self.liveness(m).gone(now, MEMBER_LEASE.as_micros() as i64))
+            .is_none_or(|m| {
+                self.liveness(m)
+                    .gone(self.read_at_us, MEMBER_LEASE.as_micros() as i64)
+            })
     }
 
     fn addr_of(&self, node: &str) -> String {
@@ -375,10 +386,9 @@ impl Cluster {
             .owner(store)
             .await
             .map_err(|e| format!("reading the owner of store {store}: {e}"))?;
-        let now = now_us();
         let (gone, journal) = match &row {
             Some(r) if !r.owner.is_empty() && r.owner != self.me => {
-                let gone = self.view().gone(&r.owner, now);
+                let gone = self.view().gone(&r.owner);
                 let journal = if gone {
                     self.tables
                         .journal(&r.owner)
@@ -420,11 +430,52 @@ impl Cluster {
                     );
                 }
                 self.tables
-                    .take(store, from, &self.me, now)
+                    .take(store, from, &self.me, now_us())
                     .await
                     .map_err(|e| format!("taking store {store}: {e}"))
             }
             Take::Wait(why) => Err(why),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A member is gone by the rows as they were read, however long ago:
+    /// a view a failed refresh left behind never turns a live member
+    /// into a gone one as the clock moves on.
+    #[test]
+    fn a_member_is_judged_gone_as_of_when_the_view_was_read() {
+        let lease = MEMBER_LEASE.as_micros() as i64;
+        let read_at = 1_000 * lease;
+        let member = |node: &str, renewed_at_us: i64| MemberRow {
+            node: node.into(),
+            generation: 1,
+            renewed_at_us,
+            ..MemberRow::default()
+        };
+        let journal = |renewed_at_us: i64| NodeJournal {
+            generation: 1,
+            holder: "a process".into(),
+            renewed_at_us,
+            ..NodeJournal::default()
+        };
+        let view = View::build(
+            vec![
+                member("fresh", read_at - lease / 2),
+                member("late", read_at - 2 * lease),
+            ],
+            HashMap::from([
+                ("fresh".to_string(), journal(read_at - lease / 2)),
+                ("late".to_string(), journal(read_at - 2 * lease)),
+            ]),
+            read_at,
+        );
+        assert_eq!(view.live, vec!["fresh".to_string()]);
+        assert!(!view.gone("fresh"), "renewed half a lease before the read");
+        assert!(view.gone("late"), "silent for two leases at the read");
+        assert!(view.gone("never-seen"), "no row: it left cleanly");
     }
 }

@@ -160,7 +160,6 @@ pub(crate) async fn run(c: Arc<Cluster>, ctx: Arc<EngineCtx>, mut shutdown: watc
             continue;
         }
         let view = c.view();
-        let now = now_us();
         let live: Vec<&str> = view.live.iter().map(String::as_str).collect();
         // A node gone with records not in the tables: its adopter replays them.
         for member in &view.members {
@@ -174,9 +173,10 @@ pub(crate) async fn run(c: Arc<Cluster>, ctx: Arc<EngineCtx>, mut shutdown: watc
             // its journal now.
             let held = view.journals.get(node).is_some_and(|j| {
                 !j.holder.is_empty()
-                    && now.saturating_sub(j.renewed_at_us) < MEMBER_LEASE.as_micros() as i64
+                    && view.read_at_us.saturating_sub(j.renewed_at_us)
+                        < MEMBER_LEASE.as_micros() as i64
             });
-            if *node == c.me || drained || held || !view.gone(node, now) {
+            if *node == c.me || drained || held || !view.gone(node) {
                 continue;
             }
             if adopter(node, &live).map(|i| live[i]) != Some(c.me.as_str()) {
@@ -184,10 +184,11 @@ pub(crate) async fn run(c: Arc<Cluster>, ctx: Arc<EngineCtx>, mut shutdown: watc
             }
             if busy.lock().insert(format!("adopt {node}")) {
                 let lease = view.journals.get(node);
+                let read_at = view.read_at_us;
                 tracing::warn!(
                     node,
-                    row_age_ms = (now - member.renewed_at_us) / 1000,
-                    lease_age_ms = lease.map_or(-1, |j| (now - j.renewed_at_us) / 1000),
+                    row_age_ms = (read_at - member.renewed_at_us) / 1000,
+                    lease_age_ms = lease.map_or(-1, |j| (read_at - j.renewed_at_us) / 1000),
                     row_generation = member.generation,
                     lease_generation = lease.map_or(0, |j| j.generation),
                     "a member is gone with acknowledged records not in the tables: replaying its journal"
@@ -217,11 +218,11 @@ pub(crate) async fn run(c: Arc<Cluster>, ctx: Arc<EngineCtx>, mut shutdown: watc
         };
         // Every tick for two minutes after a member went: its stores are
         // taken as soon as its journal is drained, not a few ticks later.
-        let lately = now - Duration::from_secs(120).as_micros() as i64;
+        let lately = view.read_at_us - Duration::from_secs(120).as_micros() as i64;
         let someone_gone = view
             .members
             .iter()
-            .any(|m| m.renewed_at_us > lately && view.gone(&m.node, now));
+            .any(|m| m.renewed_at_us > lately && view.gone(&m.node));
         if (someone_gone || ticks % RECONCILE_TICKS == 0) && busy.lock().insert("reconcile".into())
         {
             let (c, busy) = (c.clone(), busy.clone());
@@ -256,7 +257,6 @@ async fn reconcile_owners(c: &Arc<Cluster>) -> Result<(), StoreError> {
     let rows = c.tables.owners().await?;
     let _one = c.takes.lock().await;
     let view = c.view();
-    let now = now_us();
     // Taken together: one at a time, a dead node's nine stores took 5 s
     // of a failover (two reads and a lightweight transaction each).
     let mut takes = tokio::task::JoinSet::new();
@@ -270,7 +270,7 @@ async fn reconcile_owners(c: &Arc<Cluster>) -> Result<(), StoreError> {
                 continue;
             }
         }
-        let gone = !r.owner.is_empty() && r.owner != c.me && view.gone(&r.owner, now);
+        let gone = !r.owner.is_empty() && r.owner != c.me && view.gone(&r.owner);
         let row = OwnerRow {
             epoch: r.epoch,
             owner: r.owner.clone(),
