@@ -9,9 +9,11 @@
 #                                          (those that ran before together,
 #                                          after the seed)
 #   run.sh stop [--dir DIR]                stop every node (SIGTERM, then SIGKILL)
-#   run.sh kill K [--dir DIR]              flush node K's schema, then SIGKILL it
-#                                          (counting from 1)
-#   run.sh flush-schema K [--dir DIR]      write node K's schema to disk (nodetool)
+#   run.sh kill K [--no-flush] [--dir DIR] flush node K's schema, then SIGKILL it
+#                                          (counting from 1); --no-flush: at once,
+#                                          the schema flushed before (below)
+#   run.sh flush-schema [K] [--dir DIR]    write node K's schema to disk
+#                                          (nodetool), or every running node's
 #   run.sh start-node K [--dir DIR]        start node K again, wait for CQL
 #   run.sh status [--dir DIR]              each node: pid, and whether CQL answers
 #   run.sh nodes [--dir DIR]               the TILLSTREAM_SCYLLA_NODES line
@@ -58,6 +60,7 @@ cmd="${1:-}"
 shift
 nodes=1
 node_k=""
+flush=yes
 while [ $# -gt 0 ]; do
     case "$1" in
     --nodes)
@@ -74,6 +77,10 @@ while [ $# -gt 0 ]; do
         ;;
     --dir=*)
         dir="${1#*=}"
+        shift
+        ;;
+    --no-flush)
+        flush=no
         shift
         ;;
     -h | --help)
@@ -385,15 +392,29 @@ start-node)
     start_node "$node_k"
     ;;
 flush-schema)
-    need_k
-    node_pid "$node_k" >/dev/null || die "node $node_k is not running"
-    flush_schema "$node_k"
-    say "node $node_k's schema is on disk"
+    if [ -n "$node_k" ]; then
+        need_k
+        node_pid "$node_k" >/dev/null || die "node $node_k is not running"
+        flush_schema "$node_k"
+        say "node $node_k's schema is on disk"
+    else
+        # Every running node at once: a nodetool JVM takes seconds to
+        # start, more on a loaded machine.
+        flushing=""
+        for k in $(seq 1 "$(known_nodes)"); do
+            if node_pid "$k" >/dev/null; then
+                flush_schema "$k" &
+                flushing="$flushing $!"
+            fi
+        done
+        for p in $flushing; do wait "$p" || die "a schema flush failed"; done
+        say "the running nodes' schema is on disk"
+    fi
     ;;
 kill)
     need_k
     pid="$(node_pid "$node_k")" || die "node $node_k is not running"
-    flush_schema "$node_k"
+    if [ "$flush" = yes ]; then flush_schema "$node_k"; fi
     kill -KILL "$pid"
     while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
     rm -f "$(node_dir "$node_k")/pid"

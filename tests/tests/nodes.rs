@@ -30,8 +30,7 @@ const STORES: u32 = 30;
 /// keyspace's flags, `--cluster`.
 fn node_opts(c: &Cluster, dir: &Path, ks: &str, k: u8) -> anyhow::Result<ServeOpts> {
     let ip = format!("127.0.0.{k}");
-    let quic = std::net::UdpSocket::bind(format!("{ip}:0"))?.local_addr()?;
-    let http = std::net::TcpListener::bind(format!("{ip}:0"))?.local_addr()?;
+    let (quic, http) = crate::process::free_ports_on(&ip)?;
     let home = dir.join(format!("node{k}"));
     std::fs::create_dir_all(&home)?;
     let mut opts = ServeOpts::new(&home.join("data"), &home.join("serve.log"), 1)?;

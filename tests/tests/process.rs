@@ -36,11 +36,36 @@ pub(crate) struct ServeOpts {
     pub(crate) netns: Option<String>,
 }
 
-/// A free loopback port of each kind, found by binding port 0.
+/// A free loopback port of each kind.
 pub(crate) fn free_ports() -> anyhow::Result<(SocketAddr, SocketAddr)> {
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok((udp.local_addr()?, tcp.local_addr()?))
+    free_ports_on("127.0.0.1")
+}
+
+/// A port free for both UDP and TCP on `ip`, below Linux's ephemeral
+/// range (32768-60999). A server restarted on its ports must find them
+/// free: one from port 0 is an ephemeral port, which any outgoing
+/// connection may take meanwhile (in CI, a node restarted on 127.0.0.1
+/// found its HTTP port taken, most likely by a connection to the
+/// Cassandra node on that address).
+pub(crate) fn free_ports_on(ip: &str) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 32_768 - 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Test binaries running at once start at different places.
+    let start = std::process::id().wrapping_mul(7_919);
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FIRST + start.wrapping_add(n.wrapping_mul(2)) % SPAN;
+        let (Ok(udp), Ok(tcp)) = (
+            std::net::UdpSocket::bind(format!("{ip}:{port}")),
+            std::net::TcpListener::bind(format!("{ip}:{port}")),
+        ) else {
+            continue;
+        };
+        return Ok((udp.local_addr()?, tcp.local_addr()?));
+    }
+    anyhow::bail!("no port below 32768 is free for both UDP and TCP on {ip}")
 }
 
 impl ServeOpts {
