@@ -445,35 +445,6 @@ mod tests {
         Ok(())
     }
 
-    /// A real QUIC connection over loopback, as the server sees it.
-    async fn a_connection(
-        dir: &std::path::Path,
-    ) -> anyhow::Result<(quinn::Connection, quinn::Connection)> {
-        use crate::tls;
-        let material = tls::load_or_create(None, dir)?;
-        let config = tls::quic_server_config(&material, None, 1 << 20, Duration::from_secs(30))?;
-        let server = quinn::Endpoint::new(
-            tls::endpoint_config(dir, 1472)?,
-            Some(config),
-            std::net::UdpSocket::bind("127.0.0.1:0")?,
-            Arc::new(quinn::TokioRuntime),
-        )?;
-        let addr = server.local_addr()?;
-        let device =
-            tillstream_client::client_endpoint(&std::fs::read(&material.trust_path)?, addr)?;
-        let (dialled, accepted) = tokio::join!(
-            async { anyhow::Ok(device.connect(addr, "localhost")?.await?) },
-            async {
-                let incoming = server
-                    .accept()
-                    .await
-                    .ok_or_else(|| anyhow::anyhow!("no connection"))?;
-                anyhow::Ok(incoming.await?)
-            },
-        );
-        Ok((dialled?, accepted?))
-    }
-
     /// However a session ends (here: as if writing its `Welcome` failed
     /// and it returned early), dropping its hold lets the slot go; while
     /// held, a hand-off must wait for it.
@@ -483,7 +454,7 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(tillstream_embedded::EmbeddedStore::open(
             &dir.path().join("store"),
         )?);
-        let (_device, conn) = a_connection(dir.path()).await?;
+        let (_device, conn) = crate::tls::tests::loopback_connection(dir.path(), 1472).await?;
         let devices = Devices::new(MIN_BATCH_COST);
         let slot = devices.slot(7, &store).await?;
         let owner = slot.take_ownership(&conn);

@@ -302,7 +302,7 @@ fn endpoint_secret(data_dir: &Path) -> Result<Vec<u8>, EngineError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use anyhow::Context;
     use std::time::Duration;
@@ -335,15 +335,17 @@ mod tests {
         assert_eq!(keep_alive_within(s(5), Duration::ZERO), s(5));
     }
 
-    /// The server sends acks and small frames: it probes nothing, and its
-    /// packets stay at QUIC's minimum while the device's grow.
-    #[tokio::test]
-    async fn the_server_leaves_path_mtu_discovery_to_its_devices() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let material = load_or_create(None, dir.path())?;
+    /// A device's connection and the server's end of it, over loopback,
+    /// with the server's certificate made in `dir` and its packets up to
+    /// `max_udp` bytes. The endpoints live as long as the connections.
+    pub(crate) async fn loopback_connection(
+        dir: &Path,
+        max_udp: u16,
+    ) -> anyhow::Result<(quinn::Connection, quinn::Connection)> {
+        let material = load_or_create(None, dir)?;
         let config = quic_server_config(&material, None, 1 << 20, Duration::from_secs(30))?;
         let server = quinn::Endpoint::new(
-            endpoint_config(dir.path(), 8952)?,
+            endpoint_config(dir, max_udp)?,
             Some(config),
             std::net::UdpSocket::bind("127.0.0.1:0")?,
             Arc::new(quinn::TokioRuntime),
@@ -363,7 +365,15 @@ mod tests {
                 incoming.await.map_err(anyhow::Error::from)
             },
         );
-        let (device_conn, server_conn) = (dialled?, accepted?);
+        Ok((dialled?, accepted?))
+    }
+
+    /// The server sends acks and small frames: it probes nothing, and its
+    /// packets stay at QUIC's minimum while the device's grow.
+    #[tokio::test]
+    async fn the_server_leaves_path_mtu_discovery_to_its_devices() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (device_conn, server_conn) = loopback_connection(dir.path(), 8952).await?;
         // The device's discovery climbs to 8952 bytes in a few round trips
         // over loopback; the server's would have probed in the same time.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -448,8 +448,13 @@ pub(crate) async fn handoff(
                     all &= rx.await.unwrap_or(false);
                 }
             }
-            devices_held = ctx.devices.forget(devices, materialized);
+            // The device slots go only once the shards let the store go.
             shards_held = !all;
+            devices_held = if all {
+                ctx.devices.forget(devices, materialized)
+            } else {
+                Vec::new()
+            };
             if all && devices_held.is_empty() {
                 forgotten = true;
                 break;
