@@ -56,7 +56,7 @@ pub(crate) fn free_ports_on(ip: &str) -> anyhow::Result<(SocketAddr, SocketAddr)
     let start = std::process::id().wrapping_mul(7_919);
     for _ in 0..SPAN {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = FIRST + start.wrapping_add(n.wrapping_mul(2)) % SPAN;
+        let port = FIRST + start.wrapping_add(n) % SPAN;
         let (Ok(udp), Ok(tcp)) = (
             std::net::UdpSocket::bind(format!("{ip}:{port}")),
             std::net::TcpListener::bind(format!("{ip}:{port}")),
